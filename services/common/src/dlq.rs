@@ -1,0 +1,49 @@
+//! The dead-letter helper: permanent failures go to `reviews.dlq` with the original bytes, their source
+//! coordinate, an error kind and a reason, and are counted per kind. Nothing bad is ever dropped silently.
+
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::DeliveryFuture;
+
+use crate::events::{DeadLetter, SourceCoordinate};
+use crate::kafka::ResilientProducer;
+
+/// Produces dead letters for one service.
+#[derive(Clone, Debug)]
+pub struct DeadLetterSink {
+    /// Shared producer of the service (dead letters ride the same idempotent connection).
+    producer: ResilientProducer,
+    /// Physical name of the dead-letter topic.
+    topic: String,
+    /// Service name recorded in each dead letter and used in the metric name.
+    service: &'static str,
+}
+
+impl DeadLetterSink {
+    /// A sink writing to `topic`.
+    pub fn new(producer: ResilientProducer, topic: String, service: &'static str) -> Self {
+        Self { producer, topic, service }
+    }
+
+    /// Builds the dead letter for a consumed message.
+    pub fn letter(&self, error_kind: &str, reason: &str, source: SourceCoordinate, key: Option<&[u8]>, value: &[u8]) -> DeadLetter {
+        DeadLetter::new(self.service, error_kind, reason, source, key, value)
+    }
+
+    /// Enqueues a dead letter (keyed by the original key) and counts it; await the future before storing
+    /// the source offset.
+    pub async fn enqueue(&self, letter: &DeadLetter, original_key: Option<&[u8]>) -> KafkaResult<DeliveryFuture> {
+        let payload = serde_json::to_vec(letter).expect("dead letters always serialise");
+        let future = self.producer.enqueue(&self.topic, original_key, &payload, None).await?;
+        metrics::counter!(format!("sentiflow_{}_dlq_total", self.service), "error_kind" => letter.error_kind.clone()).increment(1);
+        tracing::warn!(
+            service = self.service,
+            error_kind = %letter.error_kind,
+            reason = %letter.reason,
+            topic = %letter.source.topic,
+            partition = letter.source.partition,
+            offset = letter.source.offset,
+            "message sent to the dead-letter topic"
+        );
+        Ok(future)
+    }
+}

@@ -1,0 +1,320 @@
+//! Kafka plumbing with at-least-once semantics: consumers that store offsets only when told to, idempotent
+//! producers that are rebuilt after a fatal error, topic creation from the catalogue, and lag metrics.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+use tracing::{debug, info, warn};
+
+use crate::catalogue::Catalogue;
+use crate::config::KafkaArgs;
+use crate::health::Health;
+
+/// Client context shared by our consumers and producers: turns librdkafka statistics into lag metrics
+/// and logs rebalances and commit failures.
+#[derive(Clone, Debug)]
+pub struct ServiceContext {
+    /// Service name, the `<service>` part of metric names.
+    service: &'static str,
+}
+
+impl ServiceContext {
+    /// A context whose metrics are named after `service`.
+    pub fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl ClientContext for ServiceContext {
+    fn stats(&self, statistics: Statistics) {
+        let name = format!("sentiflow_{}_consumer_lag_messages", self.service);
+        for (topic, stats) in statistics.topics {
+            for (partition, partition_stats) in stats.partitions {
+                // librdkafka reports partition -1 (the internal UA partition) and -1 lag before the first fetch.
+                if partition < 0 || partition_stats.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(name.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(partition_stats.consumer_lag as f64);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(format!("sentiflow_{}_kafka_client_errors_total", self.service)).increment(1);
+        warn!(service = self.service, %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for ServiceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        info!(service = self.service, ?rebalance, "rebalance starting");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        info!(service = self.service, ?rebalance, "rebalance done");
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(service = self.service, ?offsets, "offsets committed"),
+            // "No offset stored" just means nothing new was processed since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                metrics::counter!(format!("sentiflow_{}_commit_errors_total", self.service)).increment(1);
+                warn!(service = self.service, %error, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// The consumer type every service uses.
+pub type Consumer = StreamConsumer<ServiceContext>;
+
+/// Builds a consumer for at-least-once processing and subscribes it to `topics`.
+///
+/// Auto-commit stays on but auto offset *store* is off: an offset becomes committable only when the
+/// caller calls `store_offset` after every output of that message was acknowledged by the broker.
+pub fn at_least_once_consumer(
+    kafka: &KafkaArgs,
+    group_id: &str,
+    service: &'static str,
+    topics: &[&str],
+) -> KafkaResult<Consumer> {
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group_id)
+        .set("client.id", format!("sentiflow-{service}"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "45000")
+        .set("statistics.interval.ms", "5000");
+    override_from_options(&mut config, kafka);
+    let consumer: Consumer = config.create_with_context(ServiceContext::new(service))?;
+    consumer.subscribe(topics)?;
+    info!(service, group_id, ?topics, brokers = %kafka.brokers, "consumer subscribed");
+    Ok(consumer)
+}
+
+/// User-supplied `--kafka-option`s win over our role defaults.
+fn override_from_options(config: &mut rdkafka::ClientConfig, kafka: &KafkaArgs) {
+    for option in &kafka.options {
+        config.set(option.key.clone(), option.value.clone());
+    }
+}
+
+/// Builds an idempotent, acks=all producer (ordering per partition survives retries).
+pub fn idempotent_producer(kafka: &KafkaArgs, service: &'static str) -> KafkaResult<FutureProducer<ServiceContext>> {
+    let mut config = kafka.client_config();
+    config
+        .set("client.id", format!("sentiflow-{service}"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "60000")
+        .set("statistics.interval.ms", "0");
+    override_from_options(&mut config, kafka);
+    config.create_with_context(ServiceContext::new(service))
+}
+
+/// An idempotent producer that replaces itself after a fatal error instead of staying dead
+/// (an idempotent producer can hit a fatal "out of order sequence" error; see rust-rdkafka #627).
+#[derive(Clone)]
+pub struct ResilientProducer {
+    /// Settings used to rebuild the producer.
+    kafka: KafkaArgs,
+    /// Service name for metrics and client id.
+    service: &'static str,
+    /// The live producer; swapped wholesale on a fatal error.
+    inner: Arc<RwLock<FutureProducer<ServiceContext>>>,
+}
+
+impl std::fmt::Debug for ResilientProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResilientProducer").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl ResilientProducer {
+    /// Creates the producer.
+    pub fn new(kafka: &KafkaArgs, service: &'static str) -> KafkaResult<Self> {
+        Ok(Self {
+            kafka: kafka.clone(),
+            service,
+            inner: Arc::new(RwLock::new(idempotent_producer(kafka, service)?)),
+        })
+    }
+
+    /// The current underlying producer (for metadata queries).
+    pub fn current(&self) -> FutureProducer<ServiceContext> {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Enqueues one message and returns the future of its broker acknowledgement.
+    /// Waits (asynchronously) while librdkafka's local queue is full: that is backpressure, not an error.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> KafkaResult<DeliveryFuture> {
+        loop {
+            let producer = self.current();
+            let mut record = FutureRecord::to(topic).payload(payload);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(headers) = headers.clone() {
+                record = record.headers(headers);
+            }
+            match producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => {
+                    self.rebuild_if_fatal();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the producer when librdkafka reports a fatal error; returns whether it did.
+    pub fn rebuild_if_fatal(&self) -> bool {
+        let fatal = self.current().client().fatal_error();
+        let Some((code, reason)) = fatal else {
+            return false;
+        };
+        warn!(service = self.service, ?code, reason, "producer hit a fatal error; rebuilding it");
+        metrics::counter!(format!("sentiflow_{}_producer_rebuilds_total", self.service)).increment(1);
+        match idempotent_producer(&self.kafka, self.service) {
+            Ok(fresh) => {
+                *self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                true
+            }
+            Err(error) => {
+                warn!(service = self.service, %error, "could not rebuild producer");
+                false
+            }
+        }
+    }
+
+    /// Waits until every enqueued message is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.current().flush(timeout)
+    }
+}
+
+/// Awaits a delivery future, turning a dropped future into a Kafka error.
+pub async fn await_delivery(future: DeliveryFuture) -> KafkaResult<(i32, i64)> {
+    match future.await {
+        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+        Ok(Err((error, _message))) => Err(error),
+        Err(_canceled) => Err(KafkaError::Canceled),
+    }
+}
+
+/// Creates every catalogue topic under `prefix` that does not exist yet; returns the names created.
+///
+/// `replication_factor_cap` bounds the catalogue's replication factor (a single local broker needs 1).
+pub async fn ensure_topics(
+    kafka: &KafkaArgs,
+    catalogue: &Catalogue,
+    replication_factor_cap: Option<i32>,
+) -> KafkaResult<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let specs: Vec<(String, i32, i32, String, &'static str)> = catalogue
+        .topics
+        .iter()
+        .map(|spec| {
+            let replication = replication_factor_cap.map_or(spec.replication_factor, |cap| spec.replication_factor.min(cap));
+            (
+                kafka.topic(&spec.name),
+                spec.partitions,
+                replication,
+                spec.retention_ms.to_string(),
+                spec.cleanup_policy.as_str(),
+            )
+        })
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|(name, partitions, replication, retention, cleanup)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(*replication))
+                .set("retention.ms", retention)
+                .set("cleanup.policy", cleanup)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &options).await?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_name, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| warn!(topic = name, ?code, "topic creation failed"));
+            }
+        }
+    }
+    if !created.is_empty() {
+        info!(?created, "topics created");
+    }
+    Ok(created)
+}
+
+/// Periodically checks that the brokers answer a metadata request and reports it as the `kafka` check.
+pub fn spawn_kafka_probe(
+    producer: ResilientProducer,
+    health: Health,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let client = producer.current();
+            let outcome = tokio::task::spawn_blocking(move || {
+                client.client().fetch_metadata(None, Duration::from_secs(3)).map(|metadata| metadata.brokers().len())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(brokers)) if brokers > 0 => health.set_check("kafka", true, format!("{brokers} broker(s) reachable")),
+                Ok(Ok(_)) => health.set_check("kafka", false, "metadata lists no broker"),
+                Ok(Err(error)) => health.set_check("kafka", false, error.to_string()),
+                Err(join_error) => health.set_check("kafka", false, join_error.to_string()),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
+}
+
+/// True for errors that will not heal by retrying the same message (bad topic, message too large, auth).
+pub fn is_permanent_produce_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}

@@ -1,0 +1,34 @@
+//! Shared plumbing of the sentiflow services, written once so every service behaves the same way.
+//!
+//! Guarantees this crate gives its users: consumers store an offset only when told to (after every
+//! output was acknowledged), producers are idempotent and rebuilt after fatal errors, permanent failures
+//! become dead letters with a reason, and secrets never reach logs.
+//!
+//! # Layout
+//! - [`config`]: clap argument groups (Kafka with security pass-through, Redis, telemetry), secrets.
+//! - [`catalogue`]: the topic catalogue (`schemas/topics.json`) and physical topic names.
+//! - [`events`]: Rust types of every event in `schemas/`.
+//! - [`schema`]: JSON Schema validation of events against `schemas/`.
+//! - [`kafka`]: at-least-once consumer, resilient idempotent producer, topic creation, lag metrics.
+//! - [`dlq`]: the dead-letter helper.
+//! - [`store`]: Redis with reconnection and a readiness probe.
+//! - [`health`]: liveness/readiness state behind `/healthz` and `/readyz`.
+//! - [`telemetry`]: tracing, Prometheus metrics and the HTTP server.
+//! - [`retry`]: exponential backoff for transient failures.
+//! - [`shutdown`]: SIGINT/SIGTERM handling.
+//! - [`cache`]: where the setup put Kafka jars, ONNX Runtime, corpora and lexicons.
+
+pub mod cache;
+pub mod catalogue;
+pub mod config;
+pub mod dlq;
+pub mod events;
+pub mod health;
+pub mod kafka;
+pub mod retry;
+pub mod schema;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,127 @@
+//! The per-message transformation of ingest, free of I/O: bytes → validated review → cleaned, redacted,
+//! language-checked, labelled `CleanReview`, or a [`Rejection`] for the dead-letter topic.
+
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use sentiflow_common::events::{CleanReview, RawReview, Redactions, SCHEMA_VERSION, SourceCoordinate};
+use sentiflow_common::schema::{EventSchema, SchemaRegistry};
+use sentiflow_model::{lang, text};
+use sha2::Sha256;
+
+use crate::config::LangPolicy;
+use crate::error::Rejection;
+use crate::label::Labeller;
+
+/// Namespace of the deterministic ids of clean events (UUID v5 of the raw event id), so a re-processed
+/// message yields the same clean event id and downstream consumers can deduplicate by it.
+const CLEAN_EVENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5e47_1f10_c1ea_4e00_9a3b_2d6c_7e8f_0a1b);
+
+/// Everything needed to turn one raw message into a clean review.
+#[derive(Debug)]
+pub struct Processor {
+    /// Largest accepted payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Key of the author HMAC.
+    pub author_hash_key: Vec<u8>,
+    /// Allowed languages; empty allows all.
+    pub lang_allow: Vec<String>,
+    /// What to do with other languages.
+    pub lang_policy: LangPolicy,
+    /// Labelling rules.
+    pub labeller: Labeller,
+}
+
+impl Processor {
+    /// Validates and transforms one message.
+    pub fn process(&self, payload: Option<&[u8]>, source: &SourceCoordinate) -> Result<CleanReview, Rejection> {
+        let raw = self.parse(payload)?;
+        let cleaned = text::clean(&raw.text);
+        if !has_content(&cleaned.text) {
+            return Err(Rejection::EmptyAfterCleaning);
+        }
+        let (lang, lang_confidence) = detect_language(&cleaned.text, raw.lang.as_deref());
+        let lang_allowed = lang == "und" || self.lang_allow.is_empty() || self.lang_allow.iter().any(|allowed| *allowed == lang);
+        if !lang_allowed && self.lang_policy == LangPolicy::Dlq {
+            return Err(Rejection::LanguageNotAllowed { lang, allowed: self.lang_allow.clone() });
+        }
+        let label = self.labeller.label(raw.label, raw.rating, &cleaned.text);
+        let text_hash = text::text_fingerprint(&cleaned.text);
+        let redactions = Redactions {
+            emails: cleaned.redactions.emails,
+            phones: cleaned.redactions.phones,
+            cards: cleaned.redactions.cards,
+        };
+        Ok(CleanReview {
+            schema_version: SCHEMA_VERSION,
+            event_id: uuid::Uuid::new_v5(&CLEAN_EVENT_NAMESPACE, raw.event_id.as_bytes()).to_string(),
+            event_time: Utc::now(),
+            source_event_id: raw.event_id,
+            review_id: raw.review_id,
+            source: raw.source,
+            author_hash: self.author_hash(&raw.author),
+            text: cleaned.text,
+            text_hash,
+            created_at: raw.created_at,
+            lang,
+            lang_confidence,
+            lang_allowed,
+            label,
+            redactions,
+            normalizer_version: text::NORMALIZER_VERSION.to_owned(),
+            source_offset: source.clone(),
+            metadata: raw.metadata,
+            rating: raw.rating,
+        })
+    }
+
+    /// Size, encoding, JSON, version and schema checks, in that order (cheapest and clearest first).
+    fn parse(&self, payload: Option<&[u8]>) -> Result<RawReview, Rejection> {
+        let bytes = payload.ok_or(Rejection::EmptyPayload)?;
+        if bytes.len() > self.max_payload_bytes {
+            return Err(Rejection::Oversize { size: bytes.len(), limit: self.max_payload_bytes });
+        }
+        let json = std::str::from_utf8(bytes).map_err(|error| Rejection::InvalidUtf8(error.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|error| Rejection::NotJson(error.to_string()))?;
+        match value.get("schema_version") {
+            Some(version) if version.as_u64() != Some(u64::from(SCHEMA_VERSION)) => {
+                return Err(Rejection::UnknownSchemaVersion(version.to_string()));
+            }
+            _ => {}
+        }
+        SchemaRegistry::global()
+            .validate(EventSchema::Review, &value)
+            .map_err(|violation| Rejection::SchemaViolation(violation.to_string()))?;
+        serde_json::from_value(value).map_err(|error| Rejection::SchemaViolation(error.to_string()))
+    }
+
+    /// Keyed hash of the author id: stable per key, not reversible without it.
+    fn author_hash(&self, author: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.author_hash_key).expect("HMAC accepts any key length");
+        mac.update(author.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Placeholders the normaliser writes; a text made only of these carries no opinion.
+const PLACEHOLDERS: [&str; 5] = ["<url>", "@user", "<email>", "<phone>", "<card>"];
+
+/// True when something other than placeholders, punctuation and whitespace is left.
+fn has_content(cleaned: &str) -> bool {
+    cleaned
+        .split_whitespace()
+        .filter(|word| !PLACEHOLDERS.contains(word))
+        .any(|word| word.chars().any(|c| !c.is_ascii_punctuation() && !c.is_whitespace()))
+}
+
+/// Detected language, falling back to the producer's hint when detection is unsure; "und" when unknown.
+///
+/// An unreliable guess is never used to reject: short tweets are often misdetected, and "und" is allowed.
+fn detect_language(cleaned: &str, hint: Option<&str>) -> (String, f64) {
+    let hint = hint.map(|hint| hint.split('-').next().unwrap_or(hint).to_ascii_lowercase());
+    match (lang::detect(cleaned), hint) {
+        (Some(detected), _) if detected.reliable => (detected.lang, detected.confidence),
+        (_, Some(hint)) => (hint, 0.0),
+        (Some(detected), None) => ("und".to_owned(), detected.confidence),
+        (None, None) => ("und".to_owned(), 0.0),
+    }
+}

@@ -1,0 +1,102 @@
+//! Copy-on-write helpers the cleaning and redaction steps share: replacing accepted regex matches
+//! with a placeholder, and chaining steps that allocate only when they change something.
+
+use std::borrow::Cow;
+
+use regex::Regex;
+
+/// Runs `step` on `text` and keeps `text` (no copy) when the step borrowed, i.e. changed nothing.
+///
+/// Every step of this crate follows that convention: it returns `Cow::Owned` only when its output
+/// differs from its input, so callers can also use the variant as a "changed" flag.
+pub(crate) fn apply_step<'a>(
+    text: Cow<'a, str>,
+    step: impl FnOnce(&str) -> Cow<'_, str>,
+) -> Cow<'a, str> {
+    let changed = match step(&text) {
+        Cow::Owned(changed) => Some(changed),
+        Cow::Borrowed(_) => None,
+    };
+    match changed {
+        Some(changed) => Cow::Owned(changed),
+        None => text,
+    }
+}
+
+/// Replaces matches of `pattern` with `placeholder` where `accept` agrees, returning the new text
+/// and how many spans were replaced.
+///
+/// `accept(text, start, end)` sees each match in the original text and returns the span to
+/// replace (it may shrink the match, e.g. to drop trailing punctuation) or `None` to keep it. This
+/// is how the boundary rules that the `regex` crate cannot express (no look-around) are enforced.
+pub(crate) fn replace_accepted<'t>(
+    text: &'t str,
+    pattern: &Regex,
+    placeholder: &str,
+    mut accept: impl FnMut(&str, usize, usize) -> Option<(usize, usize)>,
+) -> (Cow<'t, str>, u32) {
+    let mut out = String::new();
+    let mut copied_up_to = 0;
+    let mut replaced = 0;
+    for found in pattern.find_iter(text) {
+        let Some((start, end)) = accept(text, found.start(), found.end()) else {
+            continue;
+        };
+        if out.is_empty() {
+            out.reserve(text.len());
+        }
+        out.push_str(&text[copied_up_to..start]);
+        out.push_str(placeholder);
+        copied_up_to = end;
+        replaced += 1;
+    }
+    if replaced == 0 {
+        return (Cow::Borrowed(text), 0);
+    }
+    out.push_str(&text[copied_up_to..]);
+    (Cow::Owned(out), replaced)
+}
+
+/// The character just before byte offset `index`, if any.
+pub(crate) fn char_before(text: &str, index: usize) -> Option<char> {
+    text[..index].chars().next_back()
+}
+
+/// The character at byte offset `index`, if any.
+pub(crate) fn char_at(text: &str, index: usize) -> Option<char> {
+    text[index..].chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_only_accepted_matches() {
+        let digits = Regex::new(r"\d+").expect("valid regex");
+        let (out, count) = replace_accepted("a1 b22 c333", &digits, "#", |text, start, end| {
+            (text[start..end].len() > 1).then_some((start, end))
+        });
+        assert_eq!(out, "a1 b# c#");
+        assert_eq!(count, 2);
+        let (out, count) = replace_accepted("none here", &digits, "#", |_, start, end| Some((start, end)));
+        assert!(matches!(out, Cow::Borrowed(_)));
+        assert_eq!(count, 0);
+    }
+
+    #[test]
+    fn apply_step_keeps_borrowed_text() {
+        let text = apply_step(Cow::Borrowed("abc"), Cow::Borrowed);
+        assert!(matches!(text, Cow::Borrowed("abc")));
+        let text = apply_step(text, |text| Cow::Owned(text.to_uppercase()));
+        assert_eq!(text, "ABC");
+    }
+
+    #[test]
+    fn neighbours() {
+        assert_eq!(char_before("héllo", 3), Some('é'));
+        assert_eq!(char_before("héllo", 0), None);
+        assert_eq!(char_at("héllo", 1), Some('é'));
+        assert_eq!(char_at("héllo", 6), None);
+    }
+}

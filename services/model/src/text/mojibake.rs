@@ -1,0 +1,287 @@
+//! Repair of mojibake: UTF-8 text that some system decoded as Windows-1252 or Latin-1
+//! (`Ã©` for `é`, `â€™` for `’`, `ðŸ˜‚` for `😂`), possibly more than once.
+
+use std::borrow::Cow;
+
+/// Windows-1252 bytes 0x80..=0x9F, the only range where it differs from Latin-1. `None` marks
+/// the five bytes Windows-1252 leaves undefined; decoders pass those through as C1 controls.
+const CP1252_HIGH: [Option<char>; 32] = [
+    Some('€'),
+    None,
+    Some('‚'),
+    Some('ƒ'),
+    Some('„'),
+    Some('…'),
+    Some('†'),
+    Some('‡'),
+    Some('ˆ'),
+    Some('‰'),
+    Some('Š'),
+    Some('‹'),
+    Some('Œ'),
+    None,
+    Some('Ž'),
+    None,
+    None,
+    Some('‘'),
+    Some('’'),
+    Some('“'),
+    Some('”'),
+    Some('•'),
+    Some('–'),
+    Some('—'),
+    Some('˜'),
+    Some('™'),
+    Some('š'),
+    Some('›'),
+    Some('œ'),
+    None,
+    Some('ž'),
+    Some('Ÿ'),
+];
+
+/// The character Windows-1252 assigns to `byte`, `None` for its five undefined bytes.
+pub fn cp1252_char(byte: u8) -> Option<char> {
+    match byte {
+        0x80..=0x9F => CP1252_HIGH[usize::from(byte - 0x80)],
+        _ => Some(char::from(byte)),
+    }
+}
+
+/// The byte a Windows-1252 (or, for C1 controls, Latin-1) decoder turned into `ch`, if any.
+pub fn cp1252_byte(ch: char) -> Option<u8> {
+    if let Ok(byte) = u8::try_from(ch) {
+        // Latin-1 covers 0x00..=0xFF; the C1 controls in it are what lenient Windows-1252
+        // decoders produce for the undefined bytes, and what Latin-1 mojibake contains.
+        return Some(byte);
+    }
+    CP1252_HIGH
+        .iter()
+        .position(|&mapped| mapped == Some(ch))
+        .and_then(|index| u8::try_from(index).ok())
+        .map(|index| 0x80 + index)
+}
+
+/// Repairs mojibake sequences, pass after pass while each pass leaves fewer of them (text that
+/// was mis-decoded twice needs two passes). Returns `Cow::Owned` only when something was repaired.
+///
+/// A sequence is a UTF-8 lead byte followed by its continuation bytes, all seen through
+/// Windows-1252; it is replaced only when those bytes decode as UTF-8 (the round trip succeeds) to a
+/// character that plausibly was the original (see [`is_plausible_original`]). Legitimate text
+/// almost never contains such sequences: `Ã`, `â` or `ð` followed by `©`, `€` or `Ÿ` is not a
+/// spelling of any language.
+pub fn repair_mojibake(text: &str) -> Cow<'_, str> {
+    let mut pending = count_sequences(text);
+    if pending == 0 {
+        return Cow::Borrowed(text);
+    }
+    let mut repaired = Cow::Borrowed(text);
+    while pending > 0 {
+        let candidate = repair_pass(&repaired);
+        let remaining = count_sequences(&candidate);
+        // The brief's guard: accept a pass only if it reduces the suspicious sequences, which
+        // also guarantees the loop ends.
+        if remaining >= pending {
+            break;
+        }
+        repaired = Cow::Owned(candidate);
+        pending = remaining;
+    }
+    repaired
+}
+
+/// Replaces every mojibake sequence once, left to right.
+fn repair_pass(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_lead_char) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        match decode_sequence(rest) {
+            Some((decoded, consumed)) => {
+                out.push(decoded);
+                rest = &rest[consumed..];
+            }
+            None => {
+                let lead_len = rest.chars().next().map_or(1, char::len_utf8);
+                out.push_str(&rest[..lead_len]);
+                rest = &rest[lead_len..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// How many mojibake sequences one pass would repair; the "suspicious characters" measure.
+fn count_sequences(text: &str) -> usize {
+    let mut count = 0;
+    let mut rest = text;
+    while let Some(start) = rest.find(is_lead_char) {
+        rest = &rest[start..];
+        let consumed = match decode_sequence(rest) {
+            Some((_, consumed)) => {
+                count += 1;
+                consumed
+            }
+            None => rest.chars().next().map_or(1, char::len_utf8),
+        };
+        rest = &rest[consumed..];
+    }
+    count
+}
+
+/// Characters whose Windows-1252 byte is a UTF-8 lead byte of a multi-byte sequence
+/// (0xC2..=0xF4, i.e. `Â`..=`ô`).
+fn is_lead_char(ch: char) -> bool {
+    ('\u{c2}'..='\u{f4}').contains(&ch)
+}
+
+/// Decodes the mojibake sequence at the start of `text`, returning the original character and
+/// the number of bytes of `text` it replaces.
+fn decode_sequence(text: &str) -> Option<(char, usize)> {
+    let mut chars = text.chars();
+    let lead_char = chars.next()?;
+    let lead = cp1252_byte(lead_char)?;
+    let continuation_count = match lead {
+        0xC2..=0xDF => 1,
+        0xE0..=0xEF => 2,
+        0xF0..=0xF4 => 3,
+        _ => return None,
+    };
+    let mut bytes = [lead, 0, 0, 0];
+    let mut consumed = lead_char.len_utf8();
+    for slot in bytes.iter_mut().skip(1).take(continuation_count) {
+        let next = chars.next();
+        let continuation = next.and_then(cp1252_byte).filter(|byte| (0x80..=0xBF).contains(byte));
+        let (Some(next), Some(continuation)) = (next, continuation) else {
+            return decode_dangling_quote(text);
+        };
+        *slot = continuation;
+        consumed += next.len_utf8();
+    }
+    let decoded = std::str::from_utf8(&bytes[..=continuation_count]).ok()?.chars().next()?;
+    is_plausible_original(decoded).then_some((decoded, consumed))
+}
+
+/// `â€` followed by no continuation: the third byte was one that Windows-1252 leaves undefined
+/// and some system dropped it. It was almost always 0x9D (`”`), or 0x8D (a zero-width joiner) when
+/// an emoji follows.
+fn decode_dangling_quote(text: &str) -> Option<(char, usize)> {
+    let after = text.strip_prefix("â€")?;
+    let next = after.chars().next();
+    if next.and_then(cp1252_byte).is_some_and(|byte| (0x80..=0xBF).contains(&byte)) {
+        return None;
+    }
+    let joins_emoji = next.is_some_and(|ch| ch == 'ð' || ch >= '\u{1F000}');
+    let decoded = if joins_emoji { '\u{200d}' } else { '”' };
+    Some((decoded, "â€".len()))
+}
+
+/// Whether `decoded` is a character that text plausibly contained before it was mis-decoded.
+///
+/// Two-byte sequences are restricted to the Latin, Greek, Cyrillic, Hebrew and Arabic letters that
+/// real mojibake comes from, because a capital accented letter followed by typographic punctuation
+/// (`É…`) also forms a valid two-byte sequence and must stay as it is.
+fn is_plausible_original(decoded: char) -> bool {
+    matches!(
+        decoded,
+        '\u{a0}'..='\u{17f}'
+            | '\u{218}'..='\u{21b}'
+            | '\u{370}'..='\u{3ff}'
+            | '\u{400}'..='\u{4ff}'
+            | '\u{5d0}'..='\u{5ea}'
+            | '\u{621}'..='\u{64a}'
+            | '\u{800}'..='\u{d7ff}'
+            | '\u{f900}'..='\u{fffd}'
+            | '\u{10000}'..='\u{effff}'
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// What a producer that decodes UTF-8 bytes as Windows-1252 (Latin-1 for undefined bytes)
+    /// sends us.
+    pub(crate) fn to_mojibake(text: &str) -> String {
+        text.bytes()
+            .map(|byte| cp1252_char(byte).unwrap_or(char::from(byte)))
+            .collect()
+    }
+
+    #[test]
+    fn cp1252_table_round_trips() {
+        for byte in 0..=u8::MAX {
+            if let Some(ch) = cp1252_char(byte) {
+                assert_eq!(cp1252_byte(ch), Some(byte), "byte {byte:#x}");
+            }
+        }
+        assert_eq!(cp1252_char(0x92), Some('’'));
+        assert_eq!(cp1252_char(0x9D), None);
+        assert_eq!(cp1252_byte('\u{9d}'), Some(0x9D));
+        assert_eq!(cp1252_byte('😂'), None);
+    }
+
+    #[test]
+    fn repairs_mojibake() {
+        let cases = [
+            ("café", "café"),
+            ("cafÃ©", "café"),
+            ("donâ€™t", "don’t"),
+            ("â€œquotedâ€\u{9d}", "“quoted”"),
+            ("â€œquotedâ€ dropped", "“quoted” dropped"),
+            ("lol ðŸ˜‚", "lol 😂"),
+            ("ðŸ‘¨â€ðŸ‘©", "👨\u{200d}👩"),
+            ("Ã¼ber SchÃ¶n", "über Schön"),
+            ("seÃ±or", "señor"),
+            ("Ã‰tÃ©", "Été"),
+            ("Ð¿Ñ€Ð¸Ð²ÐµÑ‚", "привет"),
+            ("æ—¥æœ¬", "日本"),
+            ("Â£5", "£5"),
+            ("â\u{9d}¤ï¸\u{8f}", "❤️"),
+            // Latin-1 (not Windows-1252) mojibake: C1 controls instead of typographic characters.
+            ("don\u{e2}\u{80}\u{99}t", "don’t"),
+            // Double encoding needs two passes.
+            ("cafÃƒÂ©", "café"),
+            ("donÃ¢â‚¬â„¢t", "don’t"),
+            // Legitimate text that looks a little like mojibake stays as it is.
+            ("OLÉ…", "OLÉ…"),
+            ("Weiß’", "Weiß’"),
+            ("Ça va? À bientôt", "Ça va? À bientôt"),
+            ("naïve façade", "naïve façade"),
+            ("100°C ± 2", "100°C ± 2"),
+            ("ð alone", "ð alone"),
+            ("Ã", "Ã"),
+            ("", ""),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(repair_mojibake(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn borrows_clean_text() {
+        assert!(matches!(repair_mojibake("plain ascii"), Cow::Borrowed(_)));
+        assert!(matches!(repair_mojibake("ça va 😂"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn repairs_real_rows_seen_through_cp1252() {
+        // Real rows of airline_tweets.csv.gz as a producer that decodes UTF-8 as Windows-1252
+        // would deliver them. The data files contain no such mojibake themselves (see the
+        // data_files integration test for the garbling they do contain).
+        let rows = [
+            "@VirginAmerica I’m having trouble adding this flight my wife booked to my Elevate account. Help? http://t.co/pX8hQOKS3R",
+            "@VirginAmerica you guys messed up my seating.. I reserved seating with my friends and you guys gave my seat away ... 😡 I want free internet",
+            "@VirginAmerica mood lighting on point🙌 Reclining my seat, kickin up my feet💤",
+        ];
+        for row in rows {
+            let garbled = to_mojibake(row);
+            assert_ne!(garbled, row);
+            assert_eq!(repair_mojibake(&garbled), row);
+        }
+        assert_eq!(to_mojibake("I’m"), "Iâ€™m");
+        assert_eq!(to_mojibake("😡"), "ðŸ˜¡");
+    }
+}

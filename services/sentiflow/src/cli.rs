@@ -1,0 +1,109 @@
+//! The `sentiflow` command tree: `up`, `replay`, `topics`, and each service (`ingest`) as a subcommand.
+#![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sentiflow_common::catalogue::{Catalogue, topics};
+use sentiflow_common::config::{KafkaArgs, TelemetryArgs};
+use sentiflow_common::kafka::{self, ResilientProducer};
+use sentiflow_common::telemetry;
+use sentiflow_ingest::IngestConfig;
+
+use crate::corpus::{self, CorpusFormat};
+use crate::replay;
+use crate::up::{self, UpArgs};
+
+/// Streaming sentiment MLOps on Kafka: ingest, clean and label reviews, predict, watch for drift.
+#[derive(Parser, Debug)]
+#[command(name = "sentiflow", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the whole pipeline locally: Kafka + Redis from the setup cache, topics, services, corpus replay.
+    Up(UpArgs),
+    /// Publish a corpus file (CSV/JSONL, .gz ok) to reviews.raw.
+    Replay(ReplayArgs),
+    /// Create the catalogue's topics (idempotent).
+    Topics(TopicsArgs),
+    /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
+    Ingest(Box<IngestConfig>),
+}
+
+/// Flags of `sentiflow replay`.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Corpus file.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Layout of the file.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+    /// Publish at most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Rows per second (default: as fast as the broker accepts).
+    #[arg(long)]
+    pub rate: Option<u32>,
+}
+
+/// Flags of `sentiflow topics`.
+#[derive(clap::Args, Debug)]
+pub struct TopicsArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Catalogue file (default: the one built into this binary, schemas/topics.json).
+    #[arg(long)]
+    pub catalogue: Option<PathBuf>,
+    /// Upper bound of the replication factor (e.g. 1 for a single-broker cluster).
+    #[arg(long)]
+    pub max_replication_factor: Option<i32>,
+}
+
+/// Runs a parsed command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
+    match cli.command {
+        Command::Up(args) => {
+            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn,sentiflow=info,sentiflow_ingest=info".to_owned(), ..TelemetryArgs::ephemeral() });
+            up::up(args, shutdown).await
+        }
+        Command::Replay(args) => {
+            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn".to_owned(), ..TelemetryArgs::ephemeral() });
+            let records = corpus::read_records(&args.file, args.format, args.limit)?;
+            let producer = ResilientProducer::new(&args.kafka, "replay")?;
+            let bar = replay::progress_bar(records.len() as u64, "published", true);
+            let summary = replay::publish(&producer, &args.kafka.topic(topics::REVIEWS_RAW), &records, args.rate, &bar).await?;
+            bar.finish();
+            println!("published {} records in {:.2} s ({:.0}/s)", summary.published, summary.elapsed.as_secs_f64(), summary.rate());
+            Ok(())
+        }
+        Command::Topics(args) => {
+            telemetry::init_tracing(&TelemetryArgs::ephemeral());
+            let catalogue = match &args.catalogue {
+                Some(path) => Catalogue::load(path).with_context(|| format!("loading {}", path.display()))?,
+                None => Catalogue::embedded().clone(),
+            };
+            let created = kafka::ensure_topics(&args.kafka, &catalogue, args.max_replication_factor).await?;
+            println!("{} topics in the catalogue, {} created: {created:?}", catalogue.topics.len(), created.len());
+            Ok(())
+        }
+        Command::Ingest(config) => {
+            telemetry::init_tracing(&config.telemetry);
+            tracing::info!(?config, "starting ingest");
+            sentiflow_ingest::run(*config, shutdown).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The `sentiflow` command line as a library: local Kafka/Redis servers, corpus readers, replay and `up`,
+//! reused by the integration tests.
+//!
+//! # Layout
+//! - [`cli`]: the clap command tree and dispatch.
+//! - [`up`]: `sentiflow up`, the whole pipeline on one machine.
+//! - [`local`]: real Kafka (KRaft) and Redis processes started from the setup cache.
+//! - [`corpus`]: corpus files → raw review events.
+//! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
+
+pub mod cli;
+pub mod corpus;
+pub mod local;
+pub mod replay;
+pub mod up;

