@@ -33,7 +33,7 @@ pub fn kafka() -> &'static SharedKafka {
         if let Ok(brokers) = std::env::var("SENTIFLOW_TEST_KAFKA_BROKERS") {
             return SharedKafka { brokers, _server: None };
         }
-        let cache = CacheDir::from_env();
+        let cache = CacheDir::from_env().expect("cache dir");
         let libs = cache.require(cache.kafka_libs(), "Apache Kafka jars").expect("run infra/setup.sh first");
         let data_dir = scratch_dir("kafka");
         let started = Instant::now();
@@ -54,8 +54,13 @@ pub fn kafka() -> &'static SharedKafka {
 /// A fresh Redis on a free port, owned by the calling test (dropped = stopped).
 pub fn redis() -> RedisServer {
     init_logs();
-    RedisServer::start(RedisOptions { data_dir: scratch_dir("redis"), port: None, password: None, persistence: false })
-        .expect("start a test Redis (is redis-server installed? run infra/setup.sh)")
+    RedisServer::start(RedisOptions {
+        data_dir: scratch_dir("redis"),
+        port: None,
+        password: None,
+        persistence: false,
+    })
+    .expect("start a test Redis (is redis-server installed? run infra/setup.sh)")
 }
 
 /// A directory under the system temp dir for one server; stale ones of dead test processes are removed.
@@ -64,13 +69,20 @@ fn scratch_dir(kind: &str) -> PathBuf {
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').nth(1).and_then(|pid| pid.parse::<u32>().ok());
+            let pid = name
+                .split('-')
+                .nth(1)
+                .and_then(|pid| pid.parse::<u32>().ok());
             if pid.is_some_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists()) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
-    let dir = root.join(format!("{kind}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let dir = root.join(format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
@@ -78,7 +90,10 @@ fn scratch_dir(kind: &str) -> PathBuf {
 /// Logs of the code under test, at `SENTIFLOW_TEST_LOG` (default warn), to the test's captured output.
 pub fn init_logs() {
     let filter = std::env::var("SENTIFLOW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A random topic prefix so concurrent tests and runs never share topics.
@@ -89,13 +104,21 @@ pub fn unique_prefix() -> String {
 /// Kafka settings for the shared broker under a fresh prefix, with every catalogue topic created.
 pub async fn kafka_with_topics() -> KafkaArgs {
     let args = KafkaArgs::local(kafka().brokers.clone(), unique_prefix());
-    sentiflow_common::kafka::ensure_topics(&args, Catalogue::embedded(), Some(1)).await.expect("create topics");
+    sentiflow_common::kafka::ensure_topics(&args, Catalogue::embedded(), Some(1))
+        .await
+        .expect("create topics");
     args
 }
 
 /// Reads `topic` from the beginning until `expected` messages arrived, then keeps listening for `settle`
 /// to catch extras; panics when fewer than `expected` arrive within `timeout`.
-pub async fn read_exactly(brokers: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<OwnedMessage> {
+pub async fn read_exactly(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
     let brokers = brokers.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -106,11 +129,15 @@ pub async fn read_exactly(brokers: &str, topic: &str, expected: usize, timeout: 
             .set("auto.offset.reset", "earliest")
             .create()
             .expect("reader consumer");
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("topic metadata");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("topic metadata");
         let partitions = metadata.topics()[0].partitions().len();
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
-            assignment.add_partition_offset(&topic, partition as i32, Offset::Beginning).expect("assign");
+            assignment
+                .add_partition_offset(&topic, partition as i32, Offset::Beginning)
+                .expect("assign");
         }
         consumer.assign(&assignment).expect("assign");
         let mut messages = Vec::new();
@@ -124,7 +151,10 @@ pub async fn read_exactly(brokers: &str, topic: &str, expected: usize, timeout: 
                 break;
             }
             if settle_until.is_none() && Instant::now() >= deadline {
-                panic!("{topic}: only {} of {expected} messages within {timeout:?}", messages.len());
+                panic!(
+                    "{topic}: only {} of {expected} messages within {timeout:?}",
+                    messages.len()
+                );
             }
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
                 messages.push(message.detach());
@@ -140,7 +170,9 @@ pub async fn read_exactly(brokers: &str, topic: &str, expected: usize, timeout: 
 pub fn json_payloads(messages: &[OwnedMessage]) -> Vec<serde_json::Value> {
     messages
         .iter()
-        .map(|message| serde_json::from_slice(message.payload().expect("payload")).expect("JSON payload"))
+        .map(|message| {
+            serde_json::from_slice(message.payload().expect("payload")).expect("JSON payload")
+        })
         .collect()
 }
 
@@ -148,7 +180,9 @@ pub fn json_payloads(messages: &[OwnedMessage]) -> Vec<serde_json::Value> {
 pub fn count_by(values: &[serde_json::Value], field: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for value in values {
-        *counts.entry(value[field].as_str().unwrap_or("<missing>").to_owned()).or_insert(0) += 1;
+        *counts
+            .entry(value[field].as_str().unwrap_or("<missing>").to_owned())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -169,15 +203,26 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// Path of a file in `../shared/data` (tests may read it directly).
 pub fn shared_data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name)
 }

@@ -14,7 +14,9 @@ use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_ingest::IngestConfig;
 use sentiflow_ingest::config::LangPolicy;
-use sentiflow_tests::{eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis};
+use sentiflow_tests::{
+    eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis,
+};
 use tokio_util::sync::CancellationToken;
 
 fn ingest_config(kafka: &KafkaArgs, redis_url: &str, max_batch: usize) -> IngestConfig {
@@ -38,15 +40,24 @@ fn ingest_config(kafka: &KafkaArgs, redis_url: &str, max_batch: usize) -> Ingest
 
 /// `count` real airline tweets as raw reviews with distinct normalised texts (so text dedupe keeps all).
 fn real_reviews(count: usize, skip: usize) -> Vec<RawReview> {
-    let records = sentiflow::corpus::read_records(&sentiflow_tests::shared_data("airline_tweets.csv.gz"), sentiflow::corpus::CorpusFormat::Airline, None)
-        .expect("airline corpus");
+    let records = sentiflow::corpus::read_records(
+        &sentiflow_tests::shared_data("airline_tweets.csv.gz"),
+        sentiflow::corpus::CorpusFormat::Airline,
+        None,
+    )
+    .expect("airline corpus");
     let mut seen = BTreeSet::new();
     records
         .into_iter()
         .map(|record| serde_json::from_slice::<RawReview>(&record.payload).expect("raw review"))
         .filter(|review| {
             let cleaned = sentiflow_model::text::clean(&review.text);
-            cleaned.text.split_whitespace().filter(|word| *word != "@user" && *word != "<url>").count() >= 3
+            cleaned
+                .text
+                .split_whitespace()
+                .filter(|word| *word != "@user" && *word != "<url>")
+                .count()
+                >= 3
                 && seen.insert(sentiflow_model::text::text_fingerprint(&cleaned.text))
         })
         .skip(skip)
@@ -56,15 +67,37 @@ fn real_reviews(count: usize, skip: usize) -> Vec<RawReview> {
 
 async fn publish(producer: &ResilientProducer, topic: &str, key: &str, payload: Option<&[u8]>) {
     let future = match payload {
-        Some(payload) => producer.enqueue(topic, Some(key.as_bytes()), payload, None).await.expect("enqueue"),
-        None => producer.current().send_result(FutureRecord::<[u8], [u8]>::to(topic).key(key.as_bytes())).map_err(|(error, _)| error).expect("enqueue tombstone"),
+        Some(payload) => producer
+            .enqueue(topic, Some(key.as_bytes()), payload, None)
+            .await
+            .expect("enqueue"),
+        None => producer
+            .current()
+            .send_result(FutureRecord::<[u8], [u8]>::to(topic).key(key.as_bytes()))
+            .map_err(|(error, _)| error)
+            .expect("enqueue tombstone"),
     };
     await_delivery(future).await.expect("delivered");
 }
 
+/// Publishes in order, awaiting every acknowledgement at the end (the idempotent producer keeps order).
 async fn publish_reviews(producer: &ResilientProducer, topic: &str, reviews: &[RawReview]) {
+    let mut acks = Vec::with_capacity(reviews.len());
     for review in reviews {
-        publish(producer, topic, &review.review_id, Some(&serde_json::to_vec(review).unwrap())).await;
+        acks.push(
+            producer
+                .enqueue(
+                    topic,
+                    Some(review.review_id.as_bytes()),
+                    &serde_json::to_vec(review).unwrap(),
+                    None,
+                )
+                .await
+                .expect("enqueue"),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.expect("delivered");
     }
 }
 
@@ -80,18 +113,47 @@ fn malformed_inputs(template: &RawReview) -> Vec<(&'static str, Option<Vec<u8>>)
     invalid_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
     invalid_utf8.extend_from_slice(b"\"}");
     vec![
-        ("not_json", Some(b"{this is not json".to_vec())),
-        ("not_json", Some(b"".to_vec())),
+        ("invalid_json", Some(b"{this is not json".to_vec())),
+        ("invalid_json", Some(b"   ".to_vec())),
         ("invalid_utf8", Some(invalid_utf8)),
-        ("schema_violation", with(&|v| { v.as_object_mut().unwrap().remove("text"); })),
-        ("schema_violation", with(&|v| v["rating"] = serde_json::json!("five"))),
-        ("schema_violation", with(&|v| v["text"] = serde_json::json!("x".repeat(10_001)))),
-        ("schema_violation", with(&|v| v["label"] = serde_json::json!("ecstatic"))),
-        ("schema_violation", with(&|v| v["surprise"] = serde_json::json!(true))),
-        ("schema_violation", with(&|v| v["created_at"] = serde_json::json!("yesterday"))),
-        ("unknown_schema_version", with(&|v| v["schema_version"] = serde_json::json!(2))),
-        ("oversize", with(&|v| v["metadata"] = serde_json::json!({"blob": "y".repeat(70_000)}))),
-        ("empty_after_cleaning", with(&|v| v["text"] = serde_json::json!("@someone https://t.co/xyz !!!"))),
+        (
+            "schema_violation",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("text");
+            }),
+        ),
+        (
+            "schema_violation",
+            with(&|v| v["rating"] = serde_json::json!("five")),
+        ),
+        (
+            "schema_violation",
+            with(&|v| v["text"] = serde_json::json!("x".repeat(10_001))),
+        ),
+        (
+            "schema_violation",
+            with(&|v| v["label"] = serde_json::json!("ecstatic")),
+        ),
+        (
+            "schema_violation",
+            with(&|v| v["surprise"] = serde_json::json!(true)),
+        ),
+        (
+            "schema_violation",
+            with(&|v| v["created_at"] = serde_json::json!("yesterday")),
+        ),
+        (
+            "unknown_schema_version",
+            with(&|v| v["schema_version"] = serde_json::json!(2)),
+        ),
+        (
+            "oversize",
+            with(&|v| v["metadata"] = serde_json::json!({"blob": "y".repeat(70_000)})),
+        ),
+        (
+            "empty_after_cleaning",
+            with(&|v| v["text"] = serde_json::json!("@someone https://t.co/xyz !!!")),
+        ),
         ("empty_payload", None),
     ]
 }
@@ -101,7 +163,12 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
     let kafka = kafka_with_topics().await;
     let redis_server = redis();
     let shutdown = CancellationToken::new();
-    let running = sentiflow_ingest::start(ingest_config(&kafka, &redis_server.url(), 64), shutdown.clone()).await.expect("ingest starts");
+    let running = sentiflow_ingest::start(
+        ingest_config(&kafka, &redis_server.url(), 64),
+        shutdown.clone(),
+    )
+    .await
+    .expect("ingest starts");
     let producer = ResilientProducer::new(&kafka, "test").unwrap();
     let raw_topic = kafka.topic(topics::REVIEWS_RAW);
 
@@ -111,32 +178,76 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
     let resent: Vec<RawReview> = valid[..20].to_vec();
     let retweets: Vec<RawReview> = valid[20..40]
         .iter()
-        .map(|review| RawReview { event_id: format!("{}-rt", review.event_id), review_id: format!("{}-rt", review.review_id), ..review.clone() })
+        .map(|review| RawReview {
+            event_id: format!("{}-rt", review.event_id),
+            review_id: format!("{}-rt", review.review_id),
+            ..review.clone()
+        })
         .collect();
 
     publish_reviews(&producer, &raw_topic, &valid[..150]).await;
     for (index, (_, payload)) in malformed.iter().enumerate() {
-        publish(&producer, &raw_topic, &format!("bad-{index}"), payload.as_deref()).await;
+        publish(
+            &producer,
+            &raw_topic,
+            &format!("bad-{index}"),
+            payload.as_deref(),
+        )
+        .await;
     }
     publish_reviews(&producer, &raw_topic, &resent).await;
     publish_reviews(&producer, &raw_topic, &valid[150..]).await;
     publish_reviews(&producer, &raw_topic, &retweets).await;
 
-    let clean = read_exactly(&kafka.brokers, &kafka.topic(topics::REVIEWS_CLEAN), valid.len(), Duration::from_secs(60), Duration::from_secs(3)).await;
-    let dlq = read_exactly(&kafka.brokers, &kafka.topic(topics::REVIEWS_DLQ), malformed.len(), Duration::from_secs(30), Duration::from_secs(1)).await;
-    assert_eq!(clean.len(), valid.len(), "exactly the valid events, no duplicates");
+    let clean = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_CLEAN),
+        valid.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )
+    .await;
+    let dlq = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_DLQ),
+        malformed.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        clean.len(),
+        valid.len(),
+        "exactly the valid events, no duplicates"
+    );
     assert_eq!(dlq.len(), malformed.len(), "exactly the malformed events");
 
     let registry = SchemaRegistry::global();
     let clean_values = json_payloads(&clean);
     for value in &clean_values {
-        registry.validate(EventSchema::CleanReview, value).unwrap_or_else(|violation| panic!("{violation}: {value}"));
-        assert!(!value.to_string().contains("\"author\""), "raw author must not be forwarded");
+        registry
+            .validate(EventSchema::CleanReview, value)
+            .unwrap_or_else(|violation| panic!("{violation}: {value}"));
+        assert!(
+            !value.to_string().contains("\"author\""),
+            "raw author must not be forwarded"
+        );
     }
-    let expected_ids: BTreeSet<String> = valid.iter().map(|review| review.review_id.clone()).collect();
-    let got_ids: BTreeSet<String> = clean_values.iter().map(|value| value["review_id"].as_str().unwrap().to_owned()).collect();
+    let expected_ids: BTreeSet<String> = valid
+        .iter()
+        .map(|review| review.review_id.clone())
+        .collect();
+    let got_ids: BTreeSet<String> = clean_values
+        .iter()
+        .map(|value| value["review_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(got_ids, expected_ids);
-    assert!(clean_values.iter().all(|value| value["label"]["provenance"] == "source_label"), "airline rows carry their label");
+    assert!(
+        clean_values
+            .iter()
+            .all(|value| value["label"]["provenance"] == "source_label"),
+        "airline rows carry their label"
+    );
 
     let mut expected_kinds = BTreeMap::new();
     for (kind, _) in &malformed {
@@ -144,25 +255,47 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
     }
     let mut got_kinds = BTreeMap::new();
     for (message, value) in dlq.iter().zip(json_payloads(&dlq)) {
-        registry.validate(EventSchema::DeadLetter, &value).unwrap_or_else(|violation| panic!("{violation}: {value}"));
+        registry
+            .validate(EventSchema::DeadLetter, &value)
+            .unwrap_or_else(|violation| panic!("{violation}: {value}"));
         let letter: DeadLetter = serde_json::from_value(value).unwrap();
         assert!(!letter.reason.is_empty());
         assert_eq!(letter.service, "ingest");
         assert_eq!(letter.source.topic, raw_topic);
-        let index: usize = std::str::from_utf8(message.key().unwrap()).unwrap().trim_start_matches("bad-").parse().unwrap();
-        assert_eq!(letter.error_kind, malformed[index].0, "kind of bad-{index}: {}", letter.reason);
-        assert_eq!(letter.original_value().unwrap(), malformed[index].1.clone().unwrap_or_default(), "original bytes kept");
+        let index: usize = std::str::from_utf8(message.key().unwrap())
+            .unwrap()
+            .trim_start_matches("bad-")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            letter.error_kind, malformed[index].0,
+            "kind of bad-{index}: {}",
+            letter.reason
+        );
+        assert_eq!(
+            letter.original_value().unwrap(),
+            malformed[index].1.clone().unwrap_or_default(),
+            "original bytes kept"
+        );
         *got_kinds.entry(letter.error_kind.clone()).or_insert(0usize) += 1;
     }
     assert_eq!(got_kinds, expected_kinds);
 
     let (consumed, clean_count, dead, duplicates) = running.stats.snapshot();
-    assert_eq!((clean_count, dead, duplicates), (300, malformed.len() as u64, 40));
+    assert_eq!(
+        (clean_count, dead, duplicates),
+        (300, malformed.len() as u64, 40)
+    );
     assert_eq!(consumed, 300 + 40 + malformed.len() as u64);
 
     let (status, metrics) = http_get(running.http_addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    for needle in ["sentiflow_ingest_events_in_total", "sentiflow_ingest_dlq_total{error_kind=\"not_json\"}", "sentiflow_ingest_dedupe_hits_total{kind=\"text\"}", "sentiflow_ingest_processing_seconds_bucket"] {
+    for needle in [
+        "sentiflow_ingest_events_in_total",
+        "sentiflow_ingest_dlq_total{error_kind=\"invalid_json\"}",
+        "sentiflow_ingest_dedupe_hits_total{kind=\"text\"}",
+        "sentiflow_ingest_processing_seconds_bucket",
+    ] {
         assert!(metrics.contains(needle), "{needle} missing from /metrics");
     }
     shutdown.cancel();
@@ -181,8 +314,16 @@ async fn restart_mid_stream_loses_nothing() {
         publish_reviews(&producer, &kafka.topic(topics::REVIEWS_RAW), &reviews).await;
 
         let shutdown = CancellationToken::new();
-        let first = sentiflow_ingest::start(ingest_config(&kafka, &redis_server.url(), 25), shutdown.clone()).await.unwrap();
-        assert!(eventually(Duration::from_secs(60), || first.stats.snapshot().0 >= 300).await, "first run made progress");
+        let first = sentiflow_ingest::start(
+            ingest_config(&kafka, &redis_server.url(), 25),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(60), || first.stats.snapshot().0 >= 300).await,
+            "first run made progress"
+        );
         if graceful {
             shutdown.cancel();
             first.task.await.unwrap().unwrap();
@@ -191,15 +332,41 @@ async fn restart_mid_stream_loses_nothing() {
             let _ = first.task.await;
         }
         let stopped_at = first.stats.snapshot().0;
-        assert!(stopped_at < reviews.len() as u64, "stopped mid-stream ({stopped_at})");
+        assert!(
+            stopped_at < reviews.len() as u64,
+            "stopped mid-stream ({stopped_at})"
+        );
 
         let shutdown = CancellationToken::new();
-        let second = sentiflow_ingest::start(ingest_config(&kafka, &redis_server.url(), 200), shutdown.clone()).await.unwrap();
-        let clean = read_exactly(&kafka.brokers, &kafka.topic(topics::REVIEWS_CLEAN), reviews.len(), Duration::from_secs(90), Duration::from_secs(3)).await;
-        let ids: BTreeSet<String> = json_payloads(&clean).iter().map(|value| value["review_id"].as_str().unwrap().to_owned()).collect();
-        assert_eq!(ids.len(), reviews.len(), "every valid event arrived (graceful: {graceful})");
+        let second = sentiflow_ingest::start(
+            ingest_config(&kafka, &redis_server.url(), 200),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let clean = read_exactly(
+            &kafka.brokers,
+            &kafka.topic(topics::REVIEWS_CLEAN),
+            reviews.len(),
+            Duration::from_secs(90),
+            Duration::from_secs(3),
+        )
+        .await;
+        let ids: BTreeSet<String> = json_payloads(&clean)
+            .iter()
+            .map(|value| value["review_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            reviews.len(),
+            "every valid event arrived (graceful: {graceful})"
+        );
         if graceful {
-            assert_eq!(clean.len(), reviews.len(), "a graceful stop commits: no duplicates");
+            assert_eq!(
+                clean.len(),
+                reviews.len(),
+                "a graceful stop commits: no duplicates"
+            );
         }
         shutdown.cancel();
         second.task.await.unwrap().unwrap();
@@ -211,20 +378,33 @@ async fn redis_outage_holds_the_stream_and_flips_readiness() {
     let kafka = kafka_with_topics().await;
     let mut redis_server = redis();
     let shutdown = CancellationToken::new();
-    let running = sentiflow_ingest::start(ingest_config(&kafka, &redis_server.url(), 50), shutdown.clone()).await.unwrap();
+    let running = sentiflow_ingest::start(
+        ingest_config(&kafka, &redis_server.url(), 50),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let producer = ResilientProducer::new(&kafka, "test").unwrap();
     let raw_topic = kafka.topic(topics::REVIEWS_RAW);
     let reviews = real_reviews(400, 0);
 
     publish_reviews(&producer, &raw_topic, &reviews[..200]).await;
-    assert!(eventually(Duration::from_secs(60), || running.stats.snapshot().1 == 200).await, "first half processed");
+    assert!(
+        eventually(Duration::from_secs(60), || running.stats.snapshot().1
+            == 200)
+        .await,
+        "first half processed"
+    );
     assert!(eventually(Duration::from_secs(10), || running.health.is_ready()).await);
 
     redis_server.stop().unwrap();
     publish_reviews(&producer, &raw_topic, &reviews[200..]).await;
     let not_ready = async {
         for _ in 0..100 {
-            if http_get(running.http_addr, "/readyz").await.map(|(status, _)| status) == Ok(503) {
+            if http_get(running.http_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 503)
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -233,12 +413,26 @@ async fn redis_outage_holds_the_stream_and_flips_readiness() {
     };
     assert!(not_ready.await, "/readyz turns 503 while Redis is down");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(running.stats.snapshot().1, 200, "nothing passes unchecked while Redis is down");
+    assert_eq!(
+        running.stats.snapshot().1,
+        200,
+        "nothing passes unchecked while Redis is down"
+    );
 
     redis_server.restart().unwrap();
-    let clean = read_exactly(&kafka.brokers, &kafka.topic(topics::REVIEWS_CLEAN), 400, Duration::from_secs(60), Duration::from_secs(2)).await;
+    let clean = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_CLEAN),
+        400,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(clean.len(), 400, "nothing lost, nothing doubled");
-    assert!(eventually(Duration::from_secs(10), || running.health.is_ready()).await, "ready again");
+    assert!(
+        eventually(Duration::from_secs(10), || running.health.is_ready()).await,
+        "ready again"
+    );
     let (status, _) = http_get(running.http_addr, "/readyz").await.unwrap();
     assert_eq!(status, 200);
     shutdown.cancel();
@@ -250,10 +444,14 @@ async fn invalid_configuration_is_refused_at_start() {
     let kafka = KafkaArgs::local("127.0.0.1:1", "unused");
     let mut config = ingest_config(&kafka, "redis://127.0.0.1:1/", 10);
     config.author_hash_key = Secret::new("short");
-    let error = sentiflow_ingest::start(config, CancellationToken::new()).await.unwrap_err();
+    let error = sentiflow_ingest::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("--author-hash-key"), "{error}");
     let mut config = ingest_config(&kafka, "redis://127.0.0.1:1/", 10);
     config.telemetry.drain_timeout_ms = 60_000;
-    let error = sentiflow_ingest::start(config, CancellationToken::new()).await.unwrap_err();
+    let error = sentiflow_ingest::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("session timeout"), "{error}");
 }

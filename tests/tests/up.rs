@@ -8,7 +8,11 @@ use sentiflow::up::{UpArgs, up};
 use tokio_util::sync::CancellationToken;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -28,6 +32,9 @@ async fn up_replays_a_corpus_and_reconciles() {
         no_replay: false,
         exit_after_replay: true,
     };
-    let result = tokio::time::timeout(Duration::from_secs(240), up(args, CancellationToken::new())).await;
-    result.expect("up finished in time").expect("up replayed and reconciled");
+    let result =
+        tokio::time::timeout(Duration::from_secs(240), up(args, CancellationToken::new())).await;
+    result
+        .expect("up finished in time")
+        .expect("up replayed and reconciled");
 }

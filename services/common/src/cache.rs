@@ -50,8 +50,13 @@ impl CacheDir {
 
     fn resolve(override_dir: Option<OsString>, home: Option<PathBuf>) -> Result<Self, CacheError> {
         let root = match override_dir.filter(|v| !v.is_empty()) {
-            Some(dir) => std::path::absolute(PathBuf::from(dir)).map_err(|_| CacheError::NoLocation)?,
-            None => home.ok_or(CacheError::NoLocation)?.join(".cache").join("sentiflow"),
+            Some(dir) => {
+                std::path::absolute(PathBuf::from(dir)).map_err(|_| CacheError::NoLocation)?
+            }
+            None => home
+                .ok_or(CacheError::NoLocation)?
+                .join(".cache")
+                .join("sentiflow"),
         };
         Ok(Self { root })
     }
@@ -128,7 +133,10 @@ mod tests {
         assert_eq!(c.root(), Path::new("/home/u/.cache/sentiflow"));
         let c = CacheDir::resolve(None, Some("/home/u".into())).unwrap();
         assert_eq!(c.root(), Path::new("/home/u/.cache/sentiflow"));
-        assert!(matches!(CacheDir::resolve(None, None), Err(CacheError::NoLocation)));
+        assert!(matches!(
+            CacheDir::resolve(None, None),
+            Err(CacheError::NoLocation)
+        ));
     }
 
     #[test]
@@ -142,7 +150,10 @@ mod tests {
     fn layout_matches_setup_script() {
         let c = CacheDir::new("/c");
         assert_eq!(c.kafka_libs(), Path::new("/c/kafka/4.4.0/libs"));
-        assert_eq!(c.kafka_log4j_config(), Path::new("/c/kafka/4.4.0/log4j2.properties"));
+        assert_eq!(
+            c.kafka_log4j_config(),
+            Path::new("/c/kafka/4.4.0/log4j2.properties")
+        );
         assert_eq!(
             c.onnxruntime_lib(),
             Path::new("/c/onnxruntime/1.31.1/libonnxruntime.so.1.31.1")
@@ -173,10 +184,17 @@ mod tests {
         assert!(msg.ends_with("; run infra/setup.sh"), "{msg}");
 
         std::fs::create_dir_all(cache.kafka_libs()).unwrap();
-        assert_eq!(cache.require(cache.kafka_libs(), "Kafka jars").unwrap(), cache.kafka_libs());
+        assert_eq!(
+            cache.require(cache.kafka_libs(), "Kafka jars").unwrap(),
+            cache.kafka_libs()
+        );
 
         std::fs::create_dir_all(cache.vader_lexicon().parent().unwrap()).unwrap();
         std::fs::write(cache.vader_lexicon(), "good\t1.9\t0.9\t[2]\n").unwrap();
-        assert!(cache.require(cache.vader_lexicon(), "VADER lexicon").is_ok());
+        assert!(
+            cache
+                .require(cache.vader_lexicon(), "VADER lexicon")
+                .is_ok()
+        );
     }
 }

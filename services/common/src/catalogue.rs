@@ -326,7 +326,10 @@ mod tests {
     #[test]
     fn physical_names() {
         assert_eq!(physical_name("", topics::REVIEWS_RAW), "reviews.raw");
-        assert_eq!(physical_name("t1a2", topics::REVIEWS_RAW), "t1a2.reviews.raw");
+        assert_eq!(
+            physical_name("t1a2", topics::REVIEWS_RAW),
+            "t1a2.reviews.raw"
+        );
         let spec = Catalogue::embedded()
             .get(topics::PREDICTIONS)
             .expect("predictions");
@@ -358,15 +361,37 @@ mod tests {
     #[test]
     fn validation_rejects_bad_topics() {
         with_topic(|_| {}).expect("baseline is valid");
-        let cases: [(&str, fn(&mut serde_json::Value), &str); 8] = [
-            ("zero partitions", |t| t["partitions"] = 0.into(), "NoPartitions"),
-            ("replication", |t| t["replication_factor"] = 0.into(), "BadReplication"),
-            ("retention", |t| t["retention_ms"] = 0.into(), "BadRetention"),
+        /// A named edit of the topic and the error variant it must produce.
+        type Case = (&'static str, fn(&mut serde_json::Value), &'static str);
+        let cases: [Case; 8] = [
+            (
+                "zero partitions",
+                |t| t["partitions"] = 0.into(),
+                "NoPartitions",
+            ),
+            (
+                "replication",
+                |t| t["replication_factor"] = 0.into(),
+                "BadReplication",
+            ),
+            (
+                "retention",
+                |t| t["retention_ms"] = 0.into(),
+                "BadRetention",
+            ),
             ("policy", |t| t["cleanup_policy"] = "shred".into(), "Parse"),
-            ("schema", |t| t["schema"] = "x.schema.json".into(), "UnknownSchema"),
+            (
+                "schema",
+                |t| t["schema"] = "x.schema.json".into(),
+                "UnknownSchema",
+            ),
             ("name", |t| t["name"] = "bad name".into(), "IllegalName"),
             ("key", |t| t["key"] = "".into(), "EmptyKey"),
-            ("missing", |t| _ = t.as_object_mut().map(|o| o.remove("key")), "Parse"),
+            (
+                "missing",
+                |t| _ = t.as_object_mut().map(|o| o.remove("key")),
+                "Parse",
+            ),
         ];
         for (what, edit, variant) in cases {
             let err = with_topic(edit).expect_err(what);
@@ -397,7 +422,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("topics.json");
         std::fs::write(&path, EMBEDDED_CATALOGUE).expect("write");
-        assert_eq!(&Catalogue::load(&path).expect("load"), Catalogue::embedded());
+        assert_eq!(
+            &Catalogue::load(&path).expect("load"),
+            Catalogue::embedded()
+        );
         let err = Catalogue::load(dir.path().join("missing.json")).expect_err("missing");
         assert!(matches!(err, CatalogueError::Io { .. }), "{err:?}");
     }

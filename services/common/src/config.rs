@@ -59,9 +59,16 @@ pub struct KafkaOption {
 /// Whether a librdkafka property holds a credential and must be redacted.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "sasl.jaas", "token", "key.pem", "private"]
-        .iter()
-        .any(|needle| key.contains(needle))
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "token",
+        "key.pem",
+        "private",
+    ]
+    .iter()
+    .any(|needle| key.contains(needle))
 }
 
 impl fmt::Debug for KafkaOption {
@@ -91,15 +98,26 @@ impl FromStr for KafkaOption {
 #[derive(Args, Clone, Debug)]
 pub struct KafkaArgs {
     /// Comma-separated bootstrap servers (host:port).
-    #[arg(long = "kafka-brokers", env = "SENTIFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "SENTIFLOW_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
 
     /// Prefix prepended to every catalogue topic name ("" = the plain names, "stage" → "stage.reviews.raw").
-    #[arg(long = "topic-prefix", env = "SENTIFLOW_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long = "topic-prefix",
+        env = "SENTIFLOW_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
 
     /// librdkafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.
-    #[arg(long = "kafka-security-protocol", env = "SENTIFLOW_KAFKA_SECURITY_PROTOCOL")]
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "SENTIFLOW_KAFKA_SECURITY_PROTOCOL"
+    )]
     pub security_protocol: Option<String>,
 
     /// librdkafka `sasl.mechanism` (e.g. SCRAM-SHA-512, PLAIN).
@@ -111,27 +129,48 @@ pub struct KafkaArgs {
     pub sasl_username: Option<String>,
 
     /// librdkafka `sasl.password` (redacted in logs).
-    #[arg(long = "kafka-sasl-password", env = "SENTIFLOW_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "SENTIFLOW_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
     pub sasl_password: Option<Secret>,
 
     /// librdkafka `ssl.ca.location`: CA bundle used to verify the brokers.
-    #[arg(long = "kafka-ssl-ca-location", env = "SENTIFLOW_KAFKA_SSL_CA_LOCATION")]
+    #[arg(
+        long = "kafka-ssl-ca-location",
+        env = "SENTIFLOW_KAFKA_SSL_CA_LOCATION"
+    )]
     pub ssl_ca_location: Option<String>,
 
     /// librdkafka `ssl.certificate.location`: client certificate for mutual TLS.
-    #[arg(long = "kafka-ssl-certificate-location", env = "SENTIFLOW_KAFKA_SSL_CERTIFICATE_LOCATION")]
+    #[arg(
+        long = "kafka-ssl-certificate-location",
+        env = "SENTIFLOW_KAFKA_SSL_CERTIFICATE_LOCATION"
+    )]
     pub ssl_certificate_location: Option<String>,
 
     /// librdkafka `ssl.key.location`: client private key for mutual TLS.
-    #[arg(long = "kafka-ssl-key-location", env = "SENTIFLOW_KAFKA_SSL_KEY_LOCATION")]
+    #[arg(
+        long = "kafka-ssl-key-location",
+        env = "SENTIFLOW_KAFKA_SSL_KEY_LOCATION"
+    )]
     pub ssl_key_location: Option<String>,
 
     /// librdkafka `ssl.key.password` (redacted in logs).
-    #[arg(long = "kafka-ssl-key-password", env = "SENTIFLOW_KAFKA_SSL_KEY_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "kafka-ssl-key-password",
+        env = "SENTIFLOW_KAFKA_SSL_KEY_PASSWORD",
+        hide_env_values = true
+    )]
     pub ssl_key_password: Option<Secret>,
 
     /// Extra librdkafka properties, `key=value`, repeatable (env: comma-separated).
-    #[arg(long = "kafka-option", env = "SENTIFLOW_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "SENTIFLOW_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub options: Vec<KafkaOption>,
 }
 
@@ -179,11 +218,20 @@ impl KafkaArgs {
         put("security.protocol", self.security_protocol.as_deref());
         put("sasl.mechanism", self.sasl_mechanism.as_deref());
         put("sasl.username", self.sasl_username.as_deref());
-        put("sasl.password", self.sasl_password.as_ref().map(Secret::expose));
+        put(
+            "sasl.password",
+            self.sasl_password.as_ref().map(Secret::expose),
+        );
         put("ssl.ca.location", self.ssl_ca_location.as_deref());
-        put("ssl.certificate.location", self.ssl_certificate_location.as_deref());
+        put(
+            "ssl.certificate.location",
+            self.ssl_certificate_location.as_deref(),
+        );
         put("ssl.key.location", self.ssl_key_location.as_deref());
-        put("ssl.key.password", self.ssl_key_password.as_ref().map(Secret::expose));
+        put(
+            "ssl.key.password",
+            self.ssl_key_password.as_ref().map(Secret::expose),
+        );
         for option in &self.options {
             props.insert(option.key.clone(), option.value.clone());
         }
@@ -231,7 +279,11 @@ impl fmt::Display for RedisUrl {
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") || s.starts_with("unix://") {
+        if s.starts_with("redis://")
+            || s.starts_with("rediss://")
+            || s.starts_with("redis+unix://")
+            || s.starts_with("unix://")
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err("expected redis://[user:password@]host:port[/db] or rediss:// for TLS".to_owned())
@@ -243,15 +295,28 @@ impl FromStr for RedisUrl {
 #[derive(Args, Clone, Debug)]
 pub struct RedisArgs {
     /// Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS (password redacted in logs).
-    #[arg(long = "redis-url", env = "SENTIFLOW_REDIS_URL", default_value = "redis://127.0.0.1:6379/", hide_env_values = true)]
+    #[arg(
+        long = "redis-url",
+        env = "SENTIFLOW_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true
+    )]
     pub url: RedisUrl,
 
     /// Prefix of every Redis key this deployment writes, so several pipelines can share one Redis.
-    #[arg(long = "redis-key-prefix", env = "SENTIFLOW_REDIS_KEY_PREFIX", default_value = "sentiflow")]
+    #[arg(
+        long = "redis-key-prefix",
+        env = "SENTIFLOW_REDIS_KEY_PREFIX",
+        default_value = "sentiflow"
+    )]
     pub key_prefix: String,
 
     /// Timeout of a single Redis command, milliseconds.
-    #[arg(long = "redis-timeout-ms", env = "SENTIFLOW_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "SENTIFLOW_REDIS_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     pub timeout_ms: u64,
 }
 
@@ -280,7 +345,11 @@ pub enum LogFormat {
 #[derive(Args, Clone, Debug)]
 pub struct TelemetryArgs {
     /// Address of the HTTP server for /healthz, /readyz and /metrics (port 0 picks a free port).
-    #[arg(long = "http-addr", env = "SENTIFLOW_HTTP_ADDR", default_value = "127.0.0.1:9100")]
+    #[arg(
+        long = "http-addr",
+        env = "SENTIFLOW_HTTP_ADDR",
+        default_value = "127.0.0.1:9100"
+    )]
     pub http_addr: SocketAddr,
 
     /// Log format.
@@ -292,7 +361,11 @@ pub struct TelemetryArgs {
     pub log_filter: String,
 
     /// Time allowed after a shutdown signal to finish in-flight work and commit offsets, milliseconds.
-    #[arg(long = "drain-timeout-ms", env = "SENTIFLOW_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "drain-timeout-ms",
+        env = "SENTIFLOW_DRAIN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub drain_timeout_ms: u64,
 }
 
@@ -317,8 +390,12 @@ mod tests {
         let mut kafka = KafkaArgs::local("b:9092", "");
         kafka.sasl_password = Some(Secret::new("hunter2"));
         kafka.ssl_key_password = Some(Secret::new("pem-pass"));
-        kafka.options.push("sasl.oauthbearer.client.secret=topsecret".parse().unwrap());
-        kafka.options.push("socket.keepalive.enable=true".parse().unwrap());
+        kafka
+            .options
+            .push("sasl.oauthbearer.client.secret=topsecret".parse().unwrap());
+        kafka
+            .options
+            .push("socket.keepalive.enable=true".parse().unwrap());
         let shown = format!("{kafka:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("pem-pass"), "{shown}");

@@ -21,19 +21,37 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// A sink writing to `topic`.
     pub fn new(producer: ResilientProducer, topic: String, service: &'static str) -> Self {
-        Self { producer, topic, service }
+        Self {
+            producer,
+            topic,
+            service,
+        }
     }
 
     /// Builds the dead letter for a consumed message.
-    pub fn letter(&self, error_kind: &str, reason: &str, source: SourceCoordinate, key: Option<&[u8]>, value: &[u8]) -> DeadLetter {
+    pub fn letter(
+        &self,
+        error_kind: &str,
+        reason: &str,
+        source: SourceCoordinate,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> DeadLetter {
         DeadLetter::new(self.service, error_kind, reason, source, key, value)
     }
 
     /// Enqueues a dead letter (keyed by the original key) and counts it; await the future before storing
     /// the source offset.
-    pub async fn enqueue(&self, letter: &DeadLetter, original_key: Option<&[u8]>) -> KafkaResult<DeliveryFuture> {
+    pub async fn enqueue(
+        &self,
+        letter: &DeadLetter,
+        original_key: Option<&[u8]>,
+    ) -> KafkaResult<DeliveryFuture> {
         let payload = serde_json::to_vec(letter).expect("dead letters always serialise");
-        let future = self.producer.enqueue(&self.topic, original_key, &payload, None).await?;
+        let future = self
+            .producer
+            .enqueue(&self.topic, original_key, &payload, None)
+            .await?;
         metrics::counter!(format!("sentiflow_{}_dlq_total", self.service), "error_kind" => letter.error_kind.clone()).increment(1);
         tracing::warn!(
             service = self.service,

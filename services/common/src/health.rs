@@ -54,7 +54,11 @@ impl Health {
     /// Records the outcome of a check; logs and counts transitions only, so probes can call it often.
     pub fn set_check(&self, name: &str, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
-        let mut checks = self.inner.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut checks = self
+            .inner
+            .checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let changed = checks.get(name).is_none_or(|previous| previous.ok != ok);
         if changed {
             if ok {
@@ -83,7 +87,12 @@ impl Health {
 
     /// The state of one check, if it was ever set.
     pub fn check(&self, name: &str) -> Option<CheckState> {
-        self.inner.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+        self.inner
+            .checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Ready when every registered check is ok.
@@ -98,8 +107,18 @@ impl Health {
 
     /// The JSON document served by `/healthz` and `/readyz`.
     pub fn snapshot(&self) -> Value {
-        let checks = self.inner.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let info = self.inner.info.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let checks = self
+            .inner
+            .checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let info = self
+            .inner
+            .info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let ready = checks.values().all(|check| check.ok);
         serde_json::json!({
             "service": self.inner.service,
@@ -126,7 +145,11 @@ mod tests {
         assert!(!health.is_ready());
         let since = health.check("redis").unwrap().since;
         health.set_check("redis", false, "still refused");
-        assert_eq!(health.check("redis").unwrap().since, since, "since moves only on transitions");
+        assert_eq!(
+            health.check("redis").unwrap().since,
+            since,
+            "since moves only on transitions"
+        );
         health.set_check("redis", true, "pong");
         assert!(health.is_ready());
         health.set_info("device", "cpu");

@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
@@ -11,7 +12,6 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
-use rdkafka::TopicPartitionList;
 use tracing::{debug, info, warn};
 
 use crate::catalogue::Catalogue;
@@ -49,7 +49,11 @@ impl ClientContext for ServiceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!(format!("sentiflow_{}_kafka_client_errors_total", self.service)).increment(1);
+        metrics::counter!(format!(
+            "sentiflow_{}_kafka_client_errors_total",
+            self.service
+        ))
+        .increment(1);
         warn!(service = self.service, %error, reason, "kafka client error");
     }
 }
@@ -69,7 +73,8 @@ impl ConsumerContext for ServiceContext {
             // "No offset stored" just means nothing new was processed since the last commit.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
-                metrics::counter!(format!("sentiflow_{}_commit_errors_total", self.service)).increment(1);
+                metrics::counter!(format!("sentiflow_{}_commit_errors_total", self.service))
+                    .increment(1);
                 warn!(service = self.service, %error, "offset commit failed");
             }
         }
@@ -115,7 +120,10 @@ fn override_from_options(config: &mut rdkafka::ClientConfig, kafka: &KafkaArgs) 
 }
 
 /// Builds an idempotent, acks=all producer (ordering per partition survives retries).
-pub fn idempotent_producer(kafka: &KafkaArgs, service: &'static str) -> KafkaResult<FutureProducer<ServiceContext>> {
+pub fn idempotent_producer(
+    kafka: &KafkaArgs,
+    service: &'static str,
+) -> KafkaResult<FutureProducer<ServiceContext>> {
     let mut config = kafka.client_config();
     config
         .set("client.id", format!("sentiflow-{service}"))
@@ -143,7 +151,9 @@ pub struct ResilientProducer {
 
 impl std::fmt::Debug for ResilientProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResilientProducer").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("ResilientProducer")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,7 +169,10 @@ impl ResilientProducer {
 
     /// The current underlying producer (for metadata queries).
     pub fn current(&self) -> FutureProducer<ServiceContext> {
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Enqueues one message and returns the future of its broker acknowledgement.
@@ -199,11 +212,23 @@ impl ResilientProducer {
         let Some((code, reason)) = fatal else {
             return false;
         };
-        warn!(service = self.service, ?code, reason, "producer hit a fatal error; rebuilding it");
-        metrics::counter!(format!("sentiflow_{}_producer_rebuilds_total", self.service)).increment(1);
+        warn!(
+            service = self.service,
+            ?code,
+            reason,
+            "producer hit a fatal error; rebuilding it"
+        );
+        metrics::counter!(format!(
+            "sentiflow_{}_producer_rebuilds_total",
+            self.service
+        ))
+        .increment(1);
         match idempotent_producer(&self.kafka, self.service) {
             Ok(fresh) => {
-                *self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                *self
+                    .inner
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
                 true
             }
             Err(error) => {
@@ -241,7 +266,9 @@ pub async fn ensure_topics(
         .topics
         .iter()
         .map(|spec| {
-            let replication = replication_factor_cap.map_or(spec.replication_factor, |cap| spec.replication_factor.min(cap));
+            let replication = replication_factor_cap.map_or(spec.replication_factor, |cap| {
+                spec.replication_factor.min(cap)
+            });
             (
                 kafka.topic(&spec.name),
                 spec.partitions,
@@ -267,7 +294,8 @@ pub async fn ensure_topics(
             Ok(name) => created.push(name),
             Err((_name, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| warn!(topic = name, ?code, "topic creation failed"));
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| warn!(topic = name, ?code, "topic creation failed"));
             }
         }
     }
@@ -288,11 +316,16 @@ pub fn spawn_kafka_probe(
         loop {
             let client = producer.current();
             let outcome = tokio::task::spawn_blocking(move || {
-                client.client().fetch_metadata(None, Duration::from_secs(3)).map(|metadata| metadata.brokers().len())
+                client
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(3))
+                    .map(|metadata| metadata.brokers().len())
             })
             .await;
             match outcome {
-                Ok(Ok(brokers)) if brokers > 0 => health.set_check("kafka", true, format!("{brokers} broker(s) reachable")),
+                Ok(Ok(brokers)) if brokers > 0 => {
+                    health.set_check("kafka", true, format!("{brokers} broker(s) reachable"))
+                }
                 Ok(Ok(_)) => health.set_check("kafka", false, "metadata lists no broker"),
                 Ok(Err(error)) => health.set_check("kafka", false, error.to_string()),
                 Err(join_error) => health.set_check("kafka", false, join_error.to_string()),

@@ -17,7 +17,11 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at 50 ms, capped at `max`.
     pub fn new(max: Duration) -> Self {
-        Self { next: Duration::from_millis(50), max, attempts: 0 }
+        Self {
+            next: Duration::from_millis(50),
+            max,
+            attempts: 0,
+        }
     }
 
     /// Attempts made so far.
@@ -32,7 +36,11 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
         // Cheap deterministic-enough jitter from the clock; cryptographic randomness is not needed here.
-        let seed = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
+        let seed = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
         let jitter = (seed % 41) as i64 - 20; // -20..=20 percent
         let adjusted = (nanos as i128 * (100 + i128::from(jitter)) / 100).max(0) as u64;
         Duration::from_nanos(adjusted)

@@ -233,7 +233,7 @@ impl SchemaRegistry {
             let validator = jsonschema::options()
                 .with_draft(Draft::Draft202012)
                 .with_registry(&registry)
-                .should_validate_formats(false)
+                .should_validate_formats(true)
                 .should_ignore_unknown_formats(false)
                 .offline()
                 .build(&document)
@@ -318,7 +318,10 @@ mod tests {
         let registry = SchemaRegistry::new().expect("schemas compile");
         assert!(!format!("{registry:?}").is_empty());
         for schema in EventSchema::ALL {
-            assert_eq!(EventSchema::from_file_name(schema.file_name()), Some(schema));
+            assert_eq!(
+                EventSchema::from_file_name(schema.file_name()),
+                Some(schema)
+            );
             assert_eq!(schema.name().parse::<EventSchema>(), Ok(schema));
             assert_eq!(schema.file_name().parse::<EventSchema>(), Ok(schema));
             let document: Value = serde_json::from_str(schema.source()).expect("json");
@@ -360,7 +363,10 @@ mod tests {
             .validate(EventSchema::Review, &review)
             .expect_err("bad date rejected");
         assert_eq!(violation.errors.len(), 1, "{violation}");
-        assert!(violation.errors[0].starts_with("at /created_at: "), "{violation}");
+        assert!(
+            violation.errors[0].starts_with("at /created_at: "),
+            "{violation}"
+        );
     }
 
     #[test]
@@ -388,7 +394,10 @@ mod tests {
         assert!(violation.more);
         let text = violation.to_string();
         assert!(!text.contains("my secret text"), "{text}");
-        assert!(text.starts_with("review.schema.json violated: at /"), "{text}");
+        assert!(
+            text.starts_with("review.schema.json violated: at /"),
+            "{text}"
+        );
         assert!(violation.errors.iter().all(|e| e.chars().count() < 400));
     }
 

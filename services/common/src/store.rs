@@ -20,7 +20,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -35,7 +37,10 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { connection, key_prefix: args.key_prefix.clone() })
+        Ok(Self {
+            connection,
+            key_prefix: args.key_prefix.clone(),
+        })
     }
 
     /// A connection handle for commands and pipelines.

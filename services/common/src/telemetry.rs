@@ -19,11 +19,14 @@ use crate::health::Health;
 /// Histogram buckets for latencies in seconds: 100 µs .. 30 s. Kept in one place so every service's
 /// histograms aggregate together in Prometheus.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 /// Buckets for batch sizes (rows per batch).
-pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
 
 /// Installs the global tracing subscriber once; later calls (several services in one process) are no-ops.
 pub fn init_tracing(args: &TelemetryArgs) {
@@ -33,7 +36,9 @@ pub fn init_tracing(args: &TelemetryArgs) {
         .and_then(|value| EnvFilter::try_new(value).ok())
         .or_else(|| EnvFilter::try_new(&args.log_filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let _ = match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -45,8 +50,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)
-            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_rows".to_owned()), BATCH_SIZE_BUCKETS))
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".to_owned()),
+                LATENCY_BUCKETS_SECONDS,
+            )
+            .and_then(|builder| {
+                builder
+                    .set_buckets_for_metric(Matcher::Suffix("_rows".to_owned()), BATCH_SIZE_BUCKETS)
+            })
             .expect("static bucket lists are non-empty");
         match builder.install_recorder() {
             Ok(handle) => handle,
@@ -70,7 +81,10 @@ pub async fn serve_http(
     extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let state = HttpState { health, prometheus: prometheus() };
+    let state = HttpState {
+        health,
+        prometheus: prometheus(),
+    };
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -82,7 +96,9 @@ pub async fn serve_http(
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "http endpoints: /healthz /readyz /metrics");
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "http server failed");
         }
@@ -95,13 +111,21 @@ async fn healthz(State(state): State<HttpState>) -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let status = if state.health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if state.health.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(state.health.snapshot())).into_response()
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> Response {
     state.prometheus.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

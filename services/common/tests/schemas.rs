@@ -5,9 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use sentiflow_common::catalogue::{Catalogue, topics};
 use sentiflow_common::events::{
     CleanReview, DeadLetter, Device, DeviceWanted, DriftReport, DriftStatus, Event, GateDecision,
@@ -17,6 +14,9 @@ use sentiflow_common::events::{
     new_event_id,
 };
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 /// The repository's `schemas/` directory.
 fn schemas_dir() -> PathBuf {
@@ -25,7 +25,9 @@ fn schemas_dir() -> PathBuf {
 
 /// A fixed instant with sub-second precision, `minutes` after a base time.
 fn at(minutes: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).single().expect("valid time")
+    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0)
+        .single()
+        .expect("valid time")
         + Duration::minutes(minutes)
         + Duration::microseconds(123_456)
 }
@@ -317,8 +319,7 @@ fn example(schema: EventSchema) -> Value {
     let path = schemas_dir()
         .join("examples")
         .join(format!("{}.json", schema.name()));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -347,7 +348,10 @@ fn example_files_validate_and_decode() {
         letter.original_value().expect("base64").len() as u64,
         letter.original_size_bytes
     );
-    assert_eq!(letter.original_key().expect("base64"), Some(b"tw-1".to_vec()));
+    assert_eq!(
+        letter.original_key().expect("base64"),
+        Some(b"tw-1".to_vec())
+    );
     example_fits::<LabelFeedback>();
     example_fits::<Prediction>();
     example_fits::<NegativeAlert>();
@@ -391,19 +395,52 @@ fn apply(value: &mut Value, edit: Edit) {
 
 /// Invalid edits that apply to every event.
 const COMMON_INVALID: &[(&str, Edit)] = &[
-    ("unknown schema_version", Edit::Set("/schema_version", || json!(2))),
-    ("schema_version 0", Edit::Set("/schema_version", || json!(0))),
-    ("schema_version as string", Edit::Set("/schema_version", || json!("1"))),
+    (
+        "unknown schema_version",
+        Edit::Set("/schema_version", || json!(2)),
+    ),
+    (
+        "schema_version 0",
+        Edit::Set("/schema_version", || json!(0)),
+    ),
+    (
+        "schema_version as string",
+        Edit::Set("/schema_version", || json!("1")),
+    ),
     ("event_id wrong type", Edit::Set("/event_id", || json!(42))),
     ("empty event_id", Edit::Set("/event_id", || json!(""))),
-    ("event_id too long", Edit::Set("/event_id", || json!("e".repeat(129)))),
-    ("event_time not a time", Edit::Set("/event_time", || json!("yesterday"))),
-    ("event_time without offset", Edit::Set("/event_time", || json!("2024-05-01T12:00:00"))),
-    ("event_time with space", Edit::Set("/event_time", || json!("2024-05-01 12:00:00Z"))),
-    ("event_time month 13", Edit::Set("/event_time", || json!("2024-13-01T12:00:00Z"))),
-    ("event_time Feb 30", Edit::Set("/event_time", || json!("2023-02-30T12:00:00Z"))),
-    ("event_time hour 25", Edit::Set("/event_time", || json!("2024-05-01T25:00:00Z"))),
-    ("event_time epoch number", Edit::Set("/event_time", || json!(1_714_564_800))),
+    (
+        "event_id too long",
+        Edit::Set("/event_id", || json!("e".repeat(129))),
+    ),
+    (
+        "event_time not a time",
+        Edit::Set("/event_time", || json!("yesterday")),
+    ),
+    (
+        "event_time without offset",
+        Edit::Set("/event_time", || json!("2024-05-01T12:00:00")),
+    ),
+    (
+        "event_time with space",
+        Edit::Set("/event_time", || json!("2024-05-01 12:00:00Z")),
+    ),
+    (
+        "event_time month 13",
+        Edit::Set("/event_time", || json!("2024-13-01T12:00:00Z")),
+    ),
+    (
+        "event_time Feb 30",
+        Edit::Set("/event_time", || json!("2023-02-30T12:00:00Z")),
+    ),
+    (
+        "event_time hour 25",
+        Edit::Set("/event_time", || json!("2024-05-01T25:00:00Z")),
+    ),
+    (
+        "event_time epoch number",
+        Edit::Set("/event_time", || json!(1_714_564_800)),
+    ),
     ("unknown extra field", Edit::Set("/extra", || json!("x"))),
     ("missing event_id", Edit::Remove("/event_id")),
 ];
@@ -420,14 +457,29 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
             ("rating 6", Edit::Set("/rating", || json!(6))),
             ("rating fractional", Edit::Set("/rating", || json!(4.5))),
             ("bad label", Edit::Set("/label", || json!("angry"))),
-            ("label capitalised", Edit::Set("/label", || json!("Positive"))),
+            (
+                "label capitalised",
+                Edit::Set("/label", || json!("Positive")),
+            ),
             ("bad lang", Edit::Set("/lang", || json!("English"))),
-            ("author too long", Edit::Set("/author", || json!("a".repeat(257)))),
+            (
+                "author too long",
+                Edit::Set("/author", || json!("a".repeat(257))),
+            ),
             ("empty source", Edit::Set("/source", || json!(""))),
-            ("bad created_at", Edit::Set("/created_at", || json!("2024-05-01"))),
-            ("nested metadata", Edit::Set("/metadata/nested", || json!({"a": 1}))),
+            (
+                "bad created_at",
+                Edit::Set("/created_at", || json!("2024-05-01")),
+            ),
+            (
+                "nested metadata",
+                Edit::Set("/metadata/nested", || json!({"a": 1})),
+            ),
             ("array metadata", Edit::Set("/metadata/list", || json!([1]))),
-            ("metadata not object", Edit::Set("/metadata", || json!("k=v"))),
+            (
+                "metadata not object",
+                Edit::Set("/metadata", || json!("k=v")),
+            ),
             (
                 "metadata over 32 keys",
                 Edit::Set("/metadata", || {
@@ -437,35 +489,92 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         ],
         EventSchema::CleanReview => vec![
             ("oversize text", Edit::Set("/text", long_text)),
-            ("negative offset", Edit::Set("/source_offset/offset", || json!(-1))),
-            ("negative partition", Edit::Set("/source_offset/partition", || json!(-1))),
-            ("extra in source_offset", Edit::Set("/source_offset/extra", || json!(1))),
-            ("bad provenance", Edit::Set("/label/provenance", || json!("guess"))),
-            ("label as bare string", Edit::Set("/label", || json!("negative"))),
-            ("confidence above 1", Edit::Set("/label/confidence", || json!(1.5))),
-            ("lang_confidence negative", Edit::Set("/lang_confidence", || json!(-0.1))),
-            ("short author_hash", Edit::Set("/author_hash", || json!("abc"))),
-            ("uppercase text_hash", Edit::Set("/text_hash", || json!("F".repeat(64)))),
-            ("negative redactions", Edit::Set("/redactions/emails", || json!(-1))),
+            (
+                "negative offset",
+                Edit::Set("/source_offset/offset", || json!(-1)),
+            ),
+            (
+                "negative partition",
+                Edit::Set("/source_offset/partition", || json!(-1)),
+            ),
+            (
+                "extra in source_offset",
+                Edit::Set("/source_offset/extra", || json!(1)),
+            ),
+            (
+                "bad provenance",
+                Edit::Set("/label/provenance", || json!("guess")),
+            ),
+            (
+                "label as bare string",
+                Edit::Set("/label", || json!("negative")),
+            ),
+            (
+                "confidence above 1",
+                Edit::Set("/label/confidence", || json!(1.5)),
+            ),
+            (
+                "lang_confidence negative",
+                Edit::Set("/lang_confidence", || json!(-0.1)),
+            ),
+            (
+                "short author_hash",
+                Edit::Set("/author_hash", || json!("abc")),
+            ),
+            (
+                "uppercase text_hash",
+                Edit::Set("/text_hash", || json!("F".repeat(64))),
+            ),
+            (
+                "negative redactions",
+                Edit::Set("/redactions/emails", || json!(-1)),
+            ),
             ("missing redaction count", Edit::Remove("/redactions/cards")),
-            ("lang_allowed as string", Edit::Set("/lang_allowed", || json!("yes"))),
+            (
+                "lang_allowed as string",
+                Edit::Set("/lang_allowed", || json!("yes")),
+            ),
             ("missing label (nullable, required)", Edit::Remove("/label")),
         ],
         EventSchema::DeadLetter => vec![
             ("negative offset", Edit::Set("/source/offset", || json!(-1))),
-            ("bad error_kind", Edit::Set("/error_kind", || json!("Schema-Violation"))),
-            ("value not base64", Edit::Set("/original_value_b64", || json!("not base64!"))),
-            ("value bad padding", Edit::Set("/original_value_b64", || json!("abc"))),
-            ("key not base64", Edit::Set("/original_key_b64", || json!("@@@@"))),
-            ("negative size", Edit::Set("/original_size_bytes", || json!(-3))),
-            ("missing key (nullable, required)", Edit::Remove("/original_key_b64")),
-            ("reason too long", Edit::Set("/reason", || json!("r".repeat(4097)))),
+            (
+                "bad error_kind",
+                Edit::Set("/error_kind", || json!("Schema-Violation")),
+            ),
+            (
+                "value not base64",
+                Edit::Set("/original_value_b64", || json!("not base64!")),
+            ),
+            (
+                "value bad padding",
+                Edit::Set("/original_value_b64", || json!("abc")),
+            ),
+            (
+                "key not base64",
+                Edit::Set("/original_key_b64", || json!("@@@@")),
+            ),
+            (
+                "negative size",
+                Edit::Set("/original_size_bytes", || json!(-3)),
+            ),
+            (
+                "missing key (nullable, required)",
+                Edit::Remove("/original_key_b64"),
+            ),
+            (
+                "reason too long",
+                Edit::Set("/reason", || json!("r".repeat(4097))),
+            ),
         ],
         EventSchema::LabelFeedback => vec![
             ("bad label", Edit::Set("/label", || json!("mixed"))),
             ("null label", Edit::Set("/label", || Value::Null)),
             ("empty reviewer", Edit::Set("/reviewer", || json!(""))),
-            ("note too long", Edit::Set("/note", || json!("n".repeat(2001)))),
+            (
+                "note too long",
+                Edit::Set("/note", || json!("n".repeat(2001))),
+            ),
         ],
         EventSchema::Prediction => vec![
             ("bad label", Edit::Set("/label", || json!("meh"))),
@@ -473,12 +582,27 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
             ("bad family", Edit::Set("/model/family", || json!("llm"))),
             ("extra in model", Edit::Set("/model/extra", || json!(1))),
             ("missing model version", Edit::Remove("/model/version")),
-            ("probability above 1", Edit::Set("/probabilities/neutral", || json!(1.01))),
-            ("missing probability", Edit::Remove("/probabilities/positive")),
-            ("negative latency", Edit::Set("/inference_latency_ms", || json!(-1))),
-            ("negative text_length", Edit::Set("/text_length", || json!(-1))),
+            (
+                "probability above 1",
+                Edit::Set("/probabilities/neutral", || json!(1.01)),
+            ),
+            (
+                "missing probability",
+                Edit::Remove("/probabilities/positive"),
+            ),
+            (
+                "negative latency",
+                Edit::Set("/inference_latency_ms", || json!(-1)),
+            ),
+            (
+                "negative text_length",
+                Edit::Set("/text_length", || json!(-1)),
+            ),
             ("oov_rate above 1", Edit::Set("/oov_rate", || json!(2))),
-            ("latency as string", Edit::Set("/inference_latency_ms", || json!("3ms"))),
+            (
+                "latency as string",
+                Edit::Set("/inference_latency_ms", || json!("3ms")),
+            ),
         ],
         EventSchema::NegativeAlert => vec![
             ("oversize text", Edit::Set("/text", long_text)),
@@ -487,32 +611,71 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         ],
         EventSchema::DriftReport => vec![
             ("bad status", Edit::Set("/status", || json!("alarm"))),
-            ("bad window kind", Edit::Set("/window/kind", || json!("session"))),
-            ("bad signal status", Edit::Set("/signals/0/status", || json!("bad"))),
-            ("p_value above 1", Edit::Set("/signals/1/p_value", || json!(3))),
+            (
+                "bad window kind",
+                Edit::Set("/window/kind", || json!("session")),
+            ),
+            (
+                "bad signal status",
+                Edit::Set("/signals/0/status", || json!("bad")),
+            ),
+            (
+                "p_value above 1",
+                Edit::Set("/signals/1/p_value", || json!(3)),
+            ),
             ("missing p_value", Edit::Remove("/signals/0/p_value")),
-            ("extra in signal", Edit::Set("/signals/0/extra", || json!(1))),
-            ("statistic null", Edit::Set("/signals/0/statistic", || Value::Null)),
+            (
+                "extra in signal",
+                Edit::Set("/signals/0/extra", || json!(1)),
+            ),
+            (
+                "statistic null",
+                Edit::Set("/signals/0/statistic", || Value::Null),
+            ),
             ("negative events", Edit::Set("/window/events", || json!(-5))),
-            ("bad window end", Edit::Set("/window/end", || json!("later"))),
+            (
+                "bad window end",
+                Edit::Set("/window/end", || json!("later")),
+            ),
             ("signals not array", Edit::Set("/signals", || json!({}))),
-            ("negative drift windows", Edit::Set("/consecutive_drift_windows", || json!(-1))),
+            (
+                "negative drift windows",
+                Edit::Set("/consecutive_drift_windows", || json!(-1)),
+            ),
         ],
         EventSchema::RetrainRequest => vec![
-            ("bad requested_by", Edit::Set("/requested_by", || json!("cron"))),
-            ("bad device_wanted", Edit::Set("/device_wanted", || json!("tpu"))),
+            (
+                "bad requested_by",
+                Edit::Set("/requested_by", || json!("cron")),
+            ),
+            (
+                "bad device_wanted",
+                Edit::Set("/device_wanted", || json!("tpu")),
+            ),
             ("bad family", Edit::Set("/family", || json!("big"))),
-            ("bad data_from", Edit::Set("/data_from", || json!("last week"))),
-            ("missing data_to (nullable, required)", Edit::Remove("/data_to")),
+            (
+                "bad data_from",
+                Edit::Set("/data_from", || json!("last week")),
+            ),
+            (
+                "missing data_to (nullable, required)",
+                Edit::Remove("/data_to"),
+            ),
         ],
         EventSchema::ModelUpdate => vec![
             ("bad action", Edit::Set("/action", || json!("deleted"))),
             ("bad alias", Edit::Set("/alias", || json!("canary"))),
             ("bad sha256", Edit::Set("/sha256", || json!("1234"))),
-            ("metric not a number", Edit::Set("/metrics/macro_f1", || json!("0.7"))),
+            (
+                "metric not a number",
+                Edit::Set("/metrics/macro_f1", || json!("0.7")),
+            ),
             ("gate missing epsilon", Edit::Remove("/gate/epsilon")),
             ("gate extra field", Edit::Set("/gate/extra", || json!(true))),
-            ("empty artifact_uri", Edit::Set("/artifact_uri", || json!(""))),
+            (
+                "empty artifact_uri",
+                Edit::Set("/artifact_uri", || json!("")),
+            ),
         ],
     }
 }
@@ -521,8 +684,16 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
 fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
     let max_text = || json!("é".repeat(10_000));
     let mut edits = vec![
-        ("time with offset and nanos", Edit::Set("/event_time", || json!("2024-05-01T14:00:00.123456789+02:00"))),
-        ("leap day", Edit::Set("/event_time", || json!("2024-02-29T00:00:00Z"))),
+        (
+            "time with offset and nanos",
+            Edit::Set("/event_time", || {
+                json!("2024-05-01T14:00:00.123456789+02:00")
+            }),
+        ),
+        (
+            "leap day",
+            Edit::Set("/event_time", || json!("2024-02-29T00:00:00Z")),
+        ),
     ];
     edits.extend(match schema {
         EventSchema::Review => vec![
@@ -536,7 +707,10 @@ fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
             ("no lang", Edit::Remove("/lang")),
             ("no metadata", Edit::Remove("/metadata")),
             ("empty author", Edit::Set("/author", || json!(""))),
-            ("any metadata key", Edit::Set("/metadata/any key at all", || Value::Null)),
+            (
+                "any metadata key",
+                Edit::Set("/metadata/any key at all", || Value::Null),
+            ),
         ],
         EventSchema::CleanReview => vec![
             ("text of exactly 10000 chars", Edit::Set("/text", max_text)),
@@ -547,7 +721,10 @@ fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         ],
         EventSchema::DeadLetter => vec![
             ("no key", Edit::Set("/original_key_b64", || Value::Null)),
-            ("empty value", Edit::Set("/original_value_b64", || json!(""))),
+            (
+                "empty value",
+                Edit::Set("/original_value_b64", || json!("")),
+            ),
         ],
         EventSchema::LabelFeedback => vec![
             ("null note", Edit::Set("/note", || Value::Null)),
@@ -561,7 +738,10 @@ fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         EventSchema::DriftReport => vec![
             ("no detail", Edit::Remove("/signals/0/detail")),
             ("no signals", Edit::Set("/signals", || json!([]))),
-            ("negative statistic", Edit::Set("/signals/0/statistic", || json!(-3.5))),
+            (
+                "negative statistic",
+                Edit::Set("/signals/0/statistic", || json!(-3.5)),
+            ),
         ],
         EventSchema::RetrainRequest => vec![
             ("no report", Edit::Set("/report_id", || Value::Null)),
@@ -569,7 +749,10 @@ fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         ],
         EventSchema::ModelUpdate => vec![
             ("no gate", Edit::Set("/gate", || Value::Null)),
-            ("no champion yet", Edit::Set("/gate/champion_macro_f1", || Value::Null)),
+            (
+                "no champion yet",
+                Edit::Set("/gate/champion_macro_f1", || Value::Null),
+            ),
             ("no alias", Edit::Set("/alias", || Value::Null)),
             ("no metrics", Edit::Set("/metrics", || json!({}))),
         ],
@@ -609,7 +792,10 @@ fn every_required_field_is_required() {
         let document: Value = serde_json::from_str(schema.source()).expect("schema json");
         let required = document["required"].as_array().expect("required list");
         for field in ["schema_version", "event_id", "event_time"] {
-            assert!(required.contains(&json!(field)), "{schema} must require {field}");
+            assert!(
+                required.contains(&json!(field)),
+                "{schema} must require {field}"
+            );
         }
         let valid = example(schema);
         for field in required {
@@ -648,10 +834,16 @@ fn lint(path: &str, node: &Value, problems: &mut Vec<String>) {
         Value::Object(map) => {
             if let Some(Value::Object(properties)) = map.get("properties") {
                 if map.get("additionalProperties") != Some(&Value::Bool(false)) {
-                    problems.push(format!("{path}: object without additionalProperties: false"));
+                    problems.push(format!(
+                        "{path}: object without additionalProperties: false"
+                    ));
                 }
                 for (name, property) in properties {
-                    if property.get("description").and_then(Value::as_str).is_none() {
+                    if property
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_none()
+                    {
                         problems.push(format!("{path}/properties/{name}: no description"));
                     }
                 }
@@ -704,7 +896,11 @@ fn schema_files_follow_house_rules() {
 fn schemas_directory_has_no_stray_schema_files() {
     let mut on_disk = BTreeSet::new();
     for entry in std::fs::read_dir(schemas_dir()).expect("schemas dir") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".schema.json") && name != "common.schema.json" {
             on_disk.insert(name);
         }
@@ -728,9 +924,17 @@ fn catalogue_covers_every_topic_and_schema() {
     let mut used = BTreeSet::new();
     for topic in &catalogue.topics {
         let schema = topic.event_schema().expect("known schema");
-        assert!(schemas_dir().join(&topic.schema).is_file(), "{}", topic.schema);
+        assert!(
+            schemas_dir().join(&topic.schema).is_file(),
+            "{}",
+            topic.schema
+        );
         assert!(topic.partitions >= 1 && !topic.description.is_empty());
-        assert!(!topic.producers.is_empty() && !topic.consumers.is_empty(), "{}", topic.name);
+        assert!(
+            !topic.producers.is_empty() && !topic.consumers.is_empty(),
+            "{}",
+            topic.name
+        );
         // The key names a string field of the event (the example shows it).
         let pointer = format!("/{}", topic.key.replace('.', "/"));
         let key = example(schema).pointer(&pointer).cloned();
@@ -748,9 +952,15 @@ fn catalogue_covers_every_topic_and_schema() {
     let get = |name: &str| catalogue.get(name).expect(name);
     assert_eq!(get(topics::REVIEWS_RAW).partitions, 3);
     assert_eq!(get(topics::REVIEWS_DLQ).retention_ms, 30 * 24 * 3_600_000);
-    assert_eq!(get(topics::MODELS_UPDATES).retention_ms, 90 * 24 * 3_600_000);
+    assert_eq!(
+        get(topics::MODELS_UPDATES).retention_ms,
+        90 * 24 * 3_600_000
+    );
     assert_eq!(get(topics::DRIFT_REPORTS).retention_ms, 90 * 24 * 3_600_000);
-    assert_eq!(get(topics::PREDICTIONS_SHADOW).schema, "prediction.schema.json");
+    assert_eq!(
+        get(topics::PREDICTIONS_SHADOW).schema,
+        "prediction.schema.json"
+    );
 }
 
 #[test]
@@ -760,7 +970,11 @@ fn rust_keys_match_catalogue_key_fields() {
         assert_eq!(spec.event_schema(), Some(E::SCHEMA), "{topic}");
         let value = serde_json::to_value(event).expect("serialise");
         let pointer = format!("/{}", spec.key.replace('.', "/"));
-        assert_eq!(value.pointer(&pointer), Some(&json!(event.key())), "{topic}");
+        assert_eq!(
+            value.pointer(&pointer),
+            Some(&json!(event.key())),
+            "{topic}"
+        );
     }
     check(topics::REVIEWS_RAW, &raw_review());
     check(topics::REVIEWS_CLEAN, &clean_review());

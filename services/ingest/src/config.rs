@@ -31,11 +31,19 @@ pub struct IngestConfig {
     pub telemetry: TelemetryArgs,
 
     /// Consumer group id; replicas of ingest share it and split the partitions.
-    #[arg(long, env = "SENTIFLOW_INGEST_GROUP_ID", default_value = "sentiflow-ingest")]
+    #[arg(
+        long,
+        env = "SENTIFLOW_INGEST_GROUP_ID",
+        default_value = "sentiflow-ingest"
+    )]
     pub group_id: String,
 
     /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`).
-    #[arg(long, env = "SENTIFLOW_INGEST_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    #[arg(
+        long,
+        env = "SENTIFLOW_INGEST_MAX_PAYLOAD_BYTES",
+        default_value_t = 65_536
+    )]
     pub max_payload_bytes: usize,
 
     /// Most messages processed as one batch (one Redis round trip, one wait for broker acks).
@@ -59,7 +67,12 @@ pub struct IngestConfig {
     pub author_hash_key: Secret,
 
     /// Allowed languages (ISO 639-1, comma-separated); empty allows all. Undetectable text is allowed.
-    #[arg(long, env = "SENTIFLOW_INGEST_LANG_ALLOW", value_delimiter = ',', default_value = "en")]
+    #[arg(
+        long,
+        env = "SENTIFLOW_INGEST_LANG_ALLOW",
+        value_delimiter = ',',
+        default_value = "en"
+    )]
     pub lang_allow: Vec<String>,
 
     /// What happens to reviews in other languages.
@@ -67,7 +80,11 @@ pub struct IngestConfig {
     pub lang_policy: LangPolicy,
 
     /// Smallest |VADER compound| that yields a weak positive/negative label for unlabelled reviews.
-    #[arg(long, env = "SENTIFLOW_INGEST_WEAK_LABEL_THRESHOLD", default_value_t = 0.5)]
+    #[arg(
+        long,
+        env = "SENTIFLOW_INGEST_WEAK_LABEL_THRESHOLD",
+        default_value_t = 0.5
+    )]
     pub weak_label_threshold: f64,
 
     /// VADER lexicon file (default: the one infra/setup.sh installed in the cache).
@@ -91,9 +108,17 @@ pub enum ConfigError {
 impl IngestConfig {
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |name, reason: &str| Err(ConfigError::Invalid { name, reason: reason.to_owned() });
+        let invalid = |name, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
         if self.author_hash_key.expose().len() < 16 {
-            return invalid("--author-hash-key", "must be at least 16 characters (it keys the author HMAC)");
+            return invalid(
+                "--author-hash-key",
+                "must be at least 16 characters (it keys the author HMAC)",
+            );
         }
         if self.max_batch == 0 {
             return invalid("--max-batch", "must be at least 1");
@@ -109,7 +134,10 @@ impl IngestConfig {
         }
         // The drain must end before the group's session timeout (45 s) or we drop out mid-rebalance.
         if self.telemetry.drain_timeout_ms >= 45_000 {
-            return invalid("--drain-timeout-ms", "must be below the consumer session timeout (45000 ms)");
+            return invalid(
+                "--drain-timeout-ms",
+                "must be below the consumer session timeout (45000 ms)",
+            );
         }
         Ok(())
     }

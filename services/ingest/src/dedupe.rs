@@ -53,7 +53,11 @@ pub struct Claim {
 }
 
 /// Checks a batch of claims in one round trip, in order (so two copies inside one batch are caught too).
-pub async fn check_batch(connection: &mut ConnectionManager, claims: &[Claim], ttl_secs: u64) -> redis::RedisResult<Vec<Verdict>> {
+pub async fn check_batch(
+    connection: &mut ConnectionManager,
+    claims: &[Claim],
+    ttl_secs: u64,
+) -> redis::RedisResult<Vec<Verdict>> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }

@@ -46,7 +46,7 @@ impl Rejection {
             Self::EmptyPayload => "empty_payload",
             Self::Oversize { .. } => "oversize",
             Self::InvalidUtf8(_) => "invalid_utf8",
-            Self::NotJson(_) => "not_json",
+            Self::NotJson(_) => "invalid_json",
             Self::UnknownSchemaVersion(_) => "unknown_schema_version",
             Self::SchemaViolation(_) => "schema_violation",
             Self::EmptyAfterCleaning => "empty_after_cleaning",

@@ -33,12 +33,25 @@ impl Labeller {
     ///
     /// Weak labels are only positive or negative: a lexicon that finds no sentiment words is not evidence
     /// of neutrality (sarcasm, domain words), so such reviews stay unlabelled rather than mislabelled.
-    pub fn label(&self, source_label: Option<Sentiment>, rating: Option<u8>, cleaned_text: &str) -> Option<LabelInfo> {
+    pub fn label(
+        &self,
+        source_label: Option<Sentiment>,
+        rating: Option<u8>,
+        cleaned_text: &str,
+    ) -> Option<LabelInfo> {
         if let Some(label) = source_label {
-            return Some(LabelInfo { label, provenance: LabelProvenance::SourceLabel, confidence: 1.0 });
+            return Some(LabelInfo {
+                label,
+                provenance: LabelProvenance::SourceLabel,
+                confidence: 1.0,
+            });
         }
         if let Some(label) = rating.and_then(sentiment_from_rating) {
-            return Some(LabelInfo { label, provenance: LabelProvenance::SourceRating, confidence: 1.0 });
+            return Some(LabelInfo {
+                label,
+                provenance: LabelProvenance::SourceRating,
+                confidence: 1.0,
+            });
         }
         let compound = self.lexicon.score(cleaned_text).compound;
         let label = if compound >= self.threshold {
@@ -48,7 +61,11 @@ impl Labeller {
         } else {
             return None;
         };
-        Some(LabelInfo { label, provenance: LabelProvenance::WeakLexicon, confidence: compound.abs() })
+        Some(LabelInfo {
+            label,
+            provenance: LabelProvenance::WeakLexicon,
+            confidence: compound.abs(),
+        })
     }
 }
 
@@ -57,7 +74,10 @@ mod tests {
     use super::*;
 
     fn labeller() -> Labeller {
-        let lexicon = Lexicon::parse("good\t1.9\t0.9\t[2, 2]\nterrible\t-2.5\t0.5\t[-3, -2]\nawful\t-2.0\t0.5\t[-2, -2]\n").unwrap();
+        let lexicon = Lexicon::parse(
+            "good\t1.9\t0.9\t[2, 2]\nterrible\t-2.5\t0.5\t[-3, -2]\nawful\t-2.0\t0.5\t[-2, -2]\n",
+        )
+        .unwrap();
         Labeller::new(lexicon, 0.5)
     }
 
@@ -82,21 +102,49 @@ mod tests {
         let labeller = labeller();
         // (source label, rating, text, expected label, provenance)
         let table = [
-            (Some(Sentiment::Neutral), Some(1), "terrible awful", Some((Sentiment::Neutral, LabelProvenance::SourceLabel))),
-            (None, Some(5), "terrible awful", Some((Sentiment::Positive, LabelProvenance::SourceRating))),
-            (None, None, "terrible awful flight", Some((Sentiment::Negative, LabelProvenance::WeakLexicon))),
-            (None, None, "good good good", Some((Sentiment::Positive, LabelProvenance::WeakLexicon))),
+            (
+                Some(Sentiment::Neutral),
+                Some(1),
+                "terrible awful",
+                Some((Sentiment::Neutral, LabelProvenance::SourceLabel)),
+            ),
+            (
+                None,
+                Some(5),
+                "terrible awful",
+                Some((Sentiment::Positive, LabelProvenance::SourceRating)),
+            ),
+            (
+                None,
+                None,
+                "terrible awful flight",
+                Some((Sentiment::Negative, LabelProvenance::WeakLexicon)),
+            ),
+            (
+                None,
+                None,
+                "good good good",
+                Some((Sentiment::Positive, LabelProvenance::WeakLexicon)),
+            ),
             (None, None, "the flight left at noon", None),
         ];
         for (source, rating, text, expected) in table {
-            let got = labeller.label(source, rating, text).map(|info| (info.label, info.provenance));
+            let got = labeller
+                .label(source, rating, text)
+                .map(|info| (info.label, info.provenance));
             assert_eq!(got, expected, "{source:?} {rating:?} {text:?}");
         }
     }
 
     #[test]
     fn weak_label_confidence_is_the_compound_magnitude() {
-        let info = labeller().label(None, None, "terrible awful flight").unwrap();
-        assert!(info.confidence >= 0.5 && info.confidence <= 1.0, "{}", info.confidence);
+        let info = labeller()
+            .label(None, None, "terrible awful flight")
+            .unwrap();
+        assert!(
+            info.confidence >= 0.5 && info.confidence <= 1.0,
+            "{}",
+            info.confidence
+        );
     }
 }

@@ -3,7 +3,9 @@
 
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use sentiflow_common::events::{CleanReview, RawReview, Redactions, SCHEMA_VERSION, SourceCoordinate};
+use sentiflow_common::events::{
+    CleanReview, RawReview, Redactions, SCHEMA_VERSION, SourceCoordinate,
+};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_model::{lang, text};
 use sha2::Sha256;
@@ -14,7 +16,8 @@ use crate::label::Labeller;
 
 /// Namespace of the deterministic ids of clean events (UUID v5 of the raw event id), so a re-processed
 /// message yields the same clean event id and downstream consumers can deduplicate by it.
-const CLEAN_EVENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5e47_1f10_c1ea_4e00_9a3b_2d6c_7e8f_0a1b);
+const CLEAN_EVENT_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5e47_1f10_c1ea_4e00_9a3b_2d6c_7e8f_0a1b);
 
 /// Everything needed to turn one raw message into a clean review.
 #[derive(Debug)]
@@ -33,16 +36,24 @@ pub struct Processor {
 
 impl Processor {
     /// Validates and transforms one message.
-    pub fn process(&self, payload: Option<&[u8]>, source: &SourceCoordinate) -> Result<CleanReview, Rejection> {
+    pub fn process(
+        &self,
+        payload: Option<&[u8]>,
+        source: &SourceCoordinate,
+    ) -> Result<CleanReview, Rejection> {
         let raw = self.parse(payload)?;
         let cleaned = text::clean(&raw.text);
         if !has_content(&cleaned.text) {
             return Err(Rejection::EmptyAfterCleaning);
         }
         let (lang, lang_confidence) = detect_language(&cleaned.text, raw.lang.as_deref());
-        let lang_allowed = lang == "und" || self.lang_allow.is_empty() || self.lang_allow.iter().any(|allowed| *allowed == lang);
+        let lang_allowed =
+            lang == "und" || self.lang_allow.is_empty() || self.lang_allow.contains(&lang);
         if !lang_allowed && self.lang_policy == LangPolicy::Dlq {
-            return Err(Rejection::LanguageNotAllowed { lang, allowed: self.lang_allow.clone() });
+            return Err(Rejection::LanguageNotAllowed {
+                lang,
+                allowed: self.lang_allow.clone(),
+            });
         }
         let label = self.labeller.label(raw.label, raw.rating, &cleaned.text);
         let text_hash = text::text_fingerprint(&cleaned.text);
@@ -53,7 +64,8 @@ impl Processor {
         };
         Ok(CleanReview {
             schema_version: SCHEMA_VERSION,
-            event_id: uuid::Uuid::new_v5(&CLEAN_EVENT_NAMESPACE, raw.event_id.as_bytes()).to_string(),
+            event_id: uuid::Uuid::new_v5(&CLEAN_EVENT_NAMESPACE, raw.event_id.as_bytes())
+                .to_string(),
             event_time: Utc::now(),
             source_event_id: raw.event_id,
             review_id: raw.review_id,
@@ -78,10 +90,15 @@ impl Processor {
     fn parse(&self, payload: Option<&[u8]>) -> Result<RawReview, Rejection> {
         let bytes = payload.ok_or(Rejection::EmptyPayload)?;
         if bytes.len() > self.max_payload_bytes {
-            return Err(Rejection::Oversize { size: bytes.len(), limit: self.max_payload_bytes });
+            return Err(Rejection::Oversize {
+                size: bytes.len(),
+                limit: self.max_payload_bytes,
+            });
         }
-        let json = std::str::from_utf8(bytes).map_err(|error| Rejection::InvalidUtf8(error.to_string()))?;
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|error| Rejection::NotJson(error.to_string()))?;
+        let json = std::str::from_utf8(bytes)
+            .map_err(|error| Rejection::InvalidUtf8(error.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|error| Rejection::NotJson(error.to_string()))?;
         match value.get("schema_version") {
             Some(version) if version.as_u64() != Some(u64::from(SCHEMA_VERSION)) => {
                 return Err(Rejection::UnknownSchemaVersion(version.to_string()));
@@ -96,7 +113,8 @@ impl Processor {
 
     /// Keyed hash of the author id: stable per key, not reversible without it.
     fn author_hash(&self, author: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.author_hash_key).expect("HMAC accepts any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.author_hash_key)
+            .expect("HMAC accepts any key length");
         mac.update(author.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -110,7 +128,10 @@ fn has_content(cleaned: &str) -> bool {
     cleaned
         .split_whitespace()
         .filter(|word| !PLACEHOLDERS.contains(word))
-        .any(|word| word.chars().any(|c| !c.is_ascii_punctuation() && !c.is_whitespace()))
+        .any(|word| {
+            word.chars()
+                .any(|c| !c.is_ascii_punctuation() && !c.is_whitespace())
+        })
 }
 
 /// Detected language, falling back to the producer's hint when detection is unsure; "und" when unknown.

@@ -22,12 +22,12 @@ use sentiflow_common::telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::SERVICE;
 use crate::config::IngestConfig;
 use crate::dedupe::{self, Claim, Verdict};
 use crate::error::{IngestError, Rejection};
 use crate::label::Labeller;
 use crate::pipeline::Processor;
-use crate::SERVICE;
 
 /// Running totals of this process, for `sentiflow up`'s summary and for tests (Prometheus has the same).
 #[derive(Debug, Default)]
@@ -76,12 +76,15 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
 }
 
 /// Starts the service and returns once it is consuming (errors in configuration surface here).
-pub async fn start(config: IngestConfig, shutdown: CancellationToken) -> Result<Running, IngestError> {
+pub async fn start(
+    config: IngestConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, IngestError> {
     config.validate()?;
     let lexicon_path = match &config.lexicon_path {
         Some(path) => path.clone(),
         None => CacheDir::from_env()
-            .require(CacheDir::from_env().vader_lexicon(), "VADER lexicon")
+            .and_then(|cache| cache.require(cache.vader_lexicon(), "VADER lexicon"))
             .map_err(|error| IngestError::Lexicon(error.to_string()))?,
     };
     let lexicon = sentiflow_model::lexicon::Lexicon::load(&lexicon_path)
@@ -90,7 +93,12 @@ pub async fn start(config: IngestConfig, shutdown: CancellationToken) -> Result<
     let processor = Processor {
         max_payload_bytes: config.max_payload_bytes,
         author_hash_key: config.author_hash_key.expose().as_bytes().to_vec(),
-        lang_allow: config.lang_allow.iter().map(|lang| lang.trim().to_ascii_lowercase()).filter(|lang| !lang.is_empty()).collect(),
+        lang_allow: config
+            .lang_allow
+            .iter()
+            .map(|lang| lang.trim().to_ascii_lowercase())
+            .filter(|lang| !lang.is_empty())
+            .collect(),
         lang_policy: config.lang_policy,
         labeller: Labeller::new(lexicon, config.weak_label_threshold),
     };
@@ -98,19 +106,40 @@ pub async fn start(config: IngestConfig, shutdown: CancellationToken) -> Result<
     let health = Health::new(SERVICE);
     let raw_topic = config.kafka.topic(topics::REVIEWS_RAW);
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
-    let consumer = kafka::at_least_once_consumer(&config.kafka, &config.group_id, SERVICE, &[&raw_topic])?;
+    let consumer =
+        kafka::at_least_once_consumer(&config.kafka, &config.group_id, SERVICE, &[&raw_topic])?;
     let redis = RedisStore::connect_lazy(&config.redis)?;
 
     let probes_stop = shutdown.child_token();
-    let (http_addr, http_task) = telemetry::serve_http(config.telemetry.http_addr, health.clone(), axum_router(), probes_stop.clone()).await?;
+    let (http_addr, http_task) = telemetry::serve_http(
+        config.telemetry.http_addr,
+        health.clone(),
+        axum_router(),
+        probes_stop.clone(),
+    )
+    .await?;
     let probes = [
-        kafka::spawn_kafka_probe(producer.clone(), health.clone(), Duration::from_secs(5), probes_stop.clone()),
-        store::spawn_redis_probe(redis.clone(), health.clone(), Duration::from_secs(1), probes_stop.clone()),
+        kafka::spawn_kafka_probe(
+            producer.clone(),
+            health.clone(),
+            Duration::from_secs(5),
+            probes_stop.clone(),
+        ),
+        store::spawn_redis_probe(
+            redis.clone(),
+            health.clone(),
+            Duration::from_secs(1),
+            probes_stop.clone(),
+        ),
     ];
 
     let worker = Worker {
         clean_topic: config.kafka.topic(topics::REVIEWS_CLEAN),
-        dlq: DeadLetterSink::new(producer.clone(), config.kafka.topic(topics::REVIEWS_DLQ), SERVICE),
+        dlq: DeadLetterSink::new(
+            producer.clone(),
+            config.kafka.topic(topics::REVIEWS_DLQ),
+            SERVICE,
+        ),
         producer,
         consumer,
         redis,
@@ -135,7 +164,12 @@ pub async fn start(config: IngestConfig, shutdown: CancellationToken) -> Result<
         let _ = http_task.await;
         result
     });
-    Ok(Running { stats, http_addr, health, task })
+    Ok(Running {
+        stats,
+        http_addr,
+        health,
+        task,
+    })
 }
 
 fn axum_router() -> axum::Router {
@@ -145,7 +179,14 @@ fn axum_router() -> axum::Router {
 /// What one consumed message turned into.
 enum Outcome {
     /// A clean review to publish, with its dedupe verdict filled in later.
-    Clean { key: String, payload: Vec<u8>, text_hash: String, event_id: String, verdict: Verdict, label: Option<&'static str> },
+    Clean {
+        key: String,
+        payload: Vec<u8>,
+        text_hash: String,
+        event_id: String,
+        verdict: Verdict,
+        label: Option<&'static str>,
+    },
     /// A permanent rejection for the dead-letter topic.
     Rejected(Rejection),
 }
@@ -176,10 +217,17 @@ impl Worker {
         while let Some(batch) = self.next_batch().await {
             let started = Instant::now();
             if self.process_batch(&batch).await.is_err() {
-                warn!(messages = batch.len(), "batch abandoned at shutdown; it will be redelivered");
+                warn!(
+                    messages = batch.len(),
+                    "batch abandoned at shutdown; it will be redelivered"
+                );
                 break;
             }
-            debug!(messages = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch done");
+            debug!(
+                messages = batch.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch done"
+            );
         }
         self.finish();
         Ok(())
@@ -214,7 +262,8 @@ impl Worker {
     }
 
     async fn receive_error(&self, error: &rdkafka::error::KafkaError) {
-        metrics::counter!("sentiflow_ingest_errors_total", "error_kind" => "kafka_receive").increment(1);
+        metrics::counter!("sentiflow_ingest_errors_total", "error_kind" => "kafka_receive")
+            .increment(1);
         warn!(%error, "kafka receive error");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -232,7 +281,8 @@ impl Worker {
                         record_clean_metrics(&review);
                         Outcome::Clean {
                             key: review.review_id.clone(),
-                            payload: serde_json::to_vec(&review).expect("clean reviews always serialise"),
+                            payload: serde_json::to_vec(&review)
+                                .expect("clean reviews always serialise"),
                             text_hash: review.text_hash.clone(),
                             event_id: review.source_event_id.clone(),
                             verdict: Verdict::New,
@@ -248,26 +298,48 @@ impl Worker {
         self.publish(batch, &outcomes).await?;
 
         for (message, received) in batch {
-            if let Err(error) = self.consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+            if let Err(error) =
+                self.consumer
+                    .store_offset(message.topic(), message.partition(), message.offset())
+            {
                 // The partition was revoked meanwhile; its new owner will redeliver (at-least-once).
                 debug!(%error, partition = message.partition(), offset = message.offset(), "offset not stored");
             }
-            metrics::histogram!("sentiflow_ingest_processing_seconds").record(received.elapsed().as_secs_f64());
+            metrics::histogram!("sentiflow_ingest_processing_seconds")
+                .record(received.elapsed().as_secs_f64());
         }
-        self.stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .consumed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Fills in dedupe verdicts, retrying Redis outages with backoff until it answers (or shutdown).
-    async fn dedupe(&self, batch: &[(OwnedMessage, Instant)], outcomes: &mut [Outcome]) -> Result<(), Abandoned> {
+    async fn dedupe(
+        &self,
+        batch: &[(OwnedMessage, Instant)],
+        outcomes: &mut [Outcome],
+    ) -> Result<(), Abandoned> {
         let mut claims = Vec::new();
         let mut positions = Vec::new();
         for (index, ((message, _), outcome)) in batch.iter().zip(outcomes.iter()).enumerate() {
-            if let Outcome::Clean { text_hash, event_id, .. } = outcome {
+            if let Outcome::Clean {
+                text_hash,
+                event_id,
+                ..
+            } = outcome
+            {
                 claims.push(Claim {
                     event_key: self.redis.key(&["dedupe", "event", event_id]),
-                    text_key: self.dedupe_text.then(|| self.redis.key(&["dedupe", "text", text_hash])),
-                    coordinate: format!("{}/{}/{}", message.topic(), message.partition(), message.offset()),
+                    text_key: self
+                        .dedupe_text
+                        .then(|| self.redis.key(&["dedupe", "text", text_hash])),
+                    coordinate: format!(
+                        "{}/{}/{}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    ),
                 });
                 positions.push(index);
             }
@@ -279,7 +351,8 @@ impl Worker {
                 Ok(verdicts) => break verdicts,
                 Err(error) => {
                     self.health.set_check("redis", false, error.to_string());
-                    metrics::counter!("sentiflow_ingest_retries_total", "dependency" => "redis").increment(1);
+                    metrics::counter!("sentiflow_ingest_retries_total", "dependency" => "redis")
+                        .increment(1);
                     if backoff.should_log() {
                         warn!(%error, attempts = backoff.attempts(), "redis unavailable; holding the batch and retrying");
                     }
@@ -296,7 +369,11 @@ impl Worker {
     }
 
     /// Produces every output of the batch and waits for all acknowledgements; failed sends are retried.
-    async fn publish(&self, batch: &[(OwnedMessage, Instant)], outcomes: &[Outcome]) -> Result<(), Abandoned> {
+    async fn publish(
+        &self,
+        batch: &[(OwnedMessage, Instant)],
+        outcomes: &[Outcome],
+    ) -> Result<(), Abandoned> {
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut backoff = Backoff::new(Duration::from_secs(5));
         while !pending.is_empty() {
@@ -312,15 +389,21 @@ impl Worker {
                     }
                 }
             }
-            let deliveries = futures::future::join_all(futures.into_iter().map(|(index, future)| async move { (index, kafka::await_delivery(future).await) }));
+            let deliveries =
+                futures::future::join_all(futures.into_iter().map(|(index, future)| async move {
+                    (index, kafka::await_delivery(future).await)
+                }));
             let results = if self.shutdown.is_cancelled() {
-                tokio::time::timeout(self.drain_timeout, deliveries).await.map_err(|_| Abandoned)?
+                tokio::time::timeout(self.drain_timeout, deliveries)
+                    .await
+                    .map_err(|_| Abandoned)?
             } else {
                 deliveries.await
             };
             for (index, result) in results {
                 if let Err(error) = result {
-                    metrics::counter!("sentiflow_ingest_retries_total", "dependency" => "kafka").increment(1);
+                    metrics::counter!("sentiflow_ingest_retries_total", "dependency" => "kafka")
+                        .increment(1);
                     if backoff.should_log() {
                         warn!(%error, "delivery failed; retrying");
                     }
@@ -328,24 +411,36 @@ impl Worker {
                 }
             }
             if failed.is_empty() {
-                self.health.set_check("kafka", true, "deliveries acknowledged");
+                self.health
+                    .set_check("kafka", true, "deliveries acknowledged");
                 break;
             }
             self.producer.rebuild_if_fatal();
-            self.health.set_check("kafka", false, format!("{} deliveries failed", failed.len()));
+            self.health.set_check(
+                "kafka",
+                false,
+                format!("{} deliveries failed", failed.len()),
+            );
             failed.sort_unstable();
             pending = failed;
             self.wait_or_abandon(backoff.next_delay()).await?;
         }
         for outcome in outcomes {
             let counter = match outcome {
-                Outcome::Clean { verdict: Verdict::New, .. } => &self.stats.clean,
+                Outcome::Clean {
+                    verdict: Verdict::New,
+                    ..
+                } => &self.stats.clean,
                 Outcome::Clean { .. } => &self.stats.duplicates,
                 Outcome::Rejected(_) => &self.stats.dead_lettered,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             match outcome {
-                Outcome::Clean { verdict: Verdict::New, label, .. } => {
+                Outcome::Clean {
+                    verdict: Verdict::New,
+                    label,
+                    ..
+                } => {
                     metrics::counter!("sentiflow_ingest_events_out_total").increment(1);
                     metrics::counter!("sentiflow_ingest_labels_total", "provenance" => label.unwrap_or("none")).increment(1);
                 }
@@ -359,14 +454,31 @@ impl Worker {
     }
 
     /// Enqueues the output of one message: a clean event, a dead letter, or nothing for a duplicate.
-    async fn enqueue(&self, message: &OwnedMessage, outcome: &Outcome) -> rdkafka::error::KafkaResult<Option<DeliveryFuture>> {
+    async fn enqueue(
+        &self,
+        message: &OwnedMessage,
+        outcome: &Outcome,
+    ) -> rdkafka::error::KafkaResult<Option<DeliveryFuture>> {
         match outcome {
-            Outcome::Clean { verdict: Verdict::New, key, payload, .. } => {
-                self.producer.enqueue(&self.clean_topic, Some(key.as_bytes()), payload, None).await.map(Some)
-            }
+            Outcome::Clean {
+                verdict: Verdict::New,
+                key,
+                payload,
+                ..
+            } => self
+                .producer
+                .enqueue(&self.clean_topic, Some(key.as_bytes()), payload, None)
+                .await
+                .map(Some),
             Outcome::Clean { .. } => Ok(None),
             Outcome::Rejected(rejection) => {
-                let letter = self.dlq.letter(rejection.kind(), &rejection.to_string(), coordinate(message), message.key(), message.payload().unwrap_or_default());
+                let letter = self.dlq.letter(
+                    rejection.kind(),
+                    &rejection.to_string(),
+                    coordinate(message),
+                    message.key(),
+                    message.payload().unwrap_or_default(),
+                );
                 self.dlq.enqueue(&letter, message.key()).await.map(Some)
             }
         }
@@ -384,7 +496,9 @@ impl Worker {
     fn finish(&self) {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => info!("final offsets committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
             Err(error) => warn!(%error, "final commit failed; the last batch may be redelivered"),
         }
         if let Err(error) = self.producer.flush(self.drain_timeout) {
@@ -395,13 +509,22 @@ impl Worker {
 }
 
 fn coordinate(message: &OwnedMessage) -> SourceCoordinate {
-    SourceCoordinate { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() }
+    SourceCoordinate {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
 }
 
 fn record_clean_metrics(review: &sentiflow_common::events::CleanReview) {
-    for (kind, count) in [("email", review.redactions.emails), ("phone", review.redactions.phones), ("card", review.redactions.cards)] {
+    for (kind, count) in [
+        ("email", review.redactions.emails),
+        ("phone", review.redactions.phones),
+        ("card", review.redactions.cards),
+    ] {
         if count > 0 {
-            metrics::counter!("sentiflow_ingest_redactions_total", "kind" => kind).increment(u64::from(count));
+            metrics::counter!("sentiflow_ingest_redactions_total", "kind" => kind)
+                .increment(u64::from(count));
         }
     }
     if !review.lang_allowed {

@@ -43,7 +43,10 @@ fn detectable_content(text: &str) -> Option<String> {
         if is_language_neutral(token) {
             continue;
         }
-        let word: String = token.chars().filter(|ch| !ch.is_ascii_digit() && *ch != '#').collect();
+        let word: String = token
+            .chars()
+            .filter(|ch| !ch.is_ascii_digit() && *ch != '#')
+            .collect();
         if !word.chars().any(char::is_alphabetic) {
             continue;
         }
@@ -62,7 +65,9 @@ fn is_language_neutral(token: &str) -> bool {
     token.starts_with('@')
         || lowered_prefix.as_deref() == Some("http")
         || lowered_prefix.as_deref() == Some("www.")
-        || PLACEHOLDERS.iter().any(|placeholder| token.contains(placeholder))
+        || PLACEHOLDERS
+            .iter()
+            .any(|placeholder| token.contains(placeholder))
 }
 
 /// The ISO 639-1 code of a whatlang language. The match is exhaustive so that a whatlang upgrade
@@ -149,14 +154,32 @@ mod tests {
     #[test]
     fn detects_common_languages() {
         let cases = [
-            ("The flight was delayed for three hours and nobody told us anything", "en"),
+            (
+                "The flight was delayed for three hours and nobody told us anything",
+                "en",
+            ),
             ("El vuelo se retrasó tres horas y nadie nos dijo nada", "es"),
-            ("Le vol a été retardé de trois heures et personne ne nous a rien dit", "fr"),
-            ("Der Flug hatte drei Stunden Verspätung und niemand hat uns etwas gesagt", "de"),
-            ("Il volo è stato ritardato di tre ore e nessuno ci ha detto niente", "it"),
+            (
+                "Le vol a été retardé de trois heures et personne ne nous a rien dit",
+                "fr",
+            ),
+            (
+                "Der Flug hatte drei Stunden Verspätung und niemand hat uns etwas gesagt",
+                "de",
+            ),
+            (
+                "Il volo è stato ritardato di tre ore e nessuno ci ha detto niente",
+                "it",
+            ),
             ("O voo atrasou três horas e ninguém nos disse nada", "pt"),
-            ("De vlucht had drie uur vertraging en niemand heeft ons iets verteld", "nl"),
-            ("Рейс задержали на три часа, и никто нам ничего не сказал", "ru"),
+            (
+                "De vlucht had drie uur vertraging en niemand heeft ons iets verteld",
+                "nl",
+            ),
+            (
+                "Мы очень долго ждали в аэропорту, потому что рейс задержали, а сотрудники ничего не объясняли",
+                "ru",
+            ),
         ];
         for (text, expected) in cases {
             let detected = detect(text).unwrap_or_else(|| panic!("no language for {text:?}"));
@@ -172,14 +195,25 @@ mod tests {
             .expect("english text");
         assert_eq!(detected.lang, "en");
         assert_eq!(
-            detectable_content("@user @AmericanAir #delayed again 2015 <url> http://t.co/x <phone> really").as_deref(),
+            detectable_content(
+                "@user @AmericanAir #delayed again 2015 <url> http://t.co/x <phone> really"
+            )
+            .as_deref(),
             Some("delayed again really")
         );
     }
 
     #[test]
     fn short_texts_have_no_language() {
-        let cases = ["", "   ", "ok thanks", "@user <url> <email> 12345", "@united @delta hi", "😂😂😂 !!!", "123 456 789"];
+        let cases = [
+            "",
+            "   ",
+            "ok thanks",
+            "@user <url> <email> 12345",
+            "@united @delta hi",
+            "😂😂😂 !!!",
+            "123 456 789",
+        ];
         for text in cases {
             assert_eq!(detect(text), None, "text {text:?}");
         }

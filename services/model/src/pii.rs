@@ -111,34 +111,37 @@ pub(crate) fn redact_cow(text: &str) -> (Cow<'_, str>, Redactions) {
 
 /// Replaces e-mail addresses with `<email>`.
 pub fn redact_emails(text: &str) -> (Cow<'_, str>, u32) {
-    replace_accepted(text, &EMAIL, EMAIL_PLACEHOLDER, |_, start, end| Some((start, end)))
+    replace_accepted(text, &EMAIL, EMAIL_PLACEHOLDER, |_, start, end| {
+        Some((start, end))
+    })
 }
 
 /// Replaces Luhn-valid runs of 13 to 19 digits, optionally grouped by single spaces or dashes,
 /// with `<card>`.
 pub fn redact_cards(text: &str) -> (Cow<'_, str>, u32) {
     replace_accepted(text, &DIGIT_CHAIN, CARD_PLACEHOLDER, |text, start, end| {
-        let glued_to_word = char_before(text, start).is_some_and(char::is_alphanumeric)
-            || char_at(text, end).is_some_and(char::is_alphanumeric);
-        if glued_to_word {
-            return None;
-        }
-        find_card_in_chain(&text[start..end]).map(|(from, to)| (start + from, start + to))
+        let glued_start = char_before(text, start).is_some_and(char::is_alphanumeric);
+        let glued_end = char_at(text, end).is_some_and(char::is_alphanumeric);
+        find_card_in_chain(&text[start..end], glued_start, glued_end)
+            .map(|(from, to)| (start + from, start + to))
     })
 }
 
 /// The longest run of whole digit groups in `chain` that is shaped like a card number and passes
-/// the Luhn check, as a byte range of `chain`.
-fn find_card_in_chain(chain: &str) -> Option<(usize, usize)> {
+/// the Luhn check, as a byte range of `chain`. A first or last group glued to a word (`id4111…`,
+/// `visa13 4222…`) belongs to that word and is never part of a card.
+fn find_card_in_chain(chain: &str, glued_start: bool, glued_end: bool) -> Option<(usize, usize)> {
     let digit_count = chain.bytes().filter(u8::is_ascii_digit).count();
     if digit_count < *CARD_DIGITS.start() {
         return None;
     }
     let groups: Vec<(usize, usize)> = group_spans(chain).collect();
+    let first_allowed = usize::from(glued_start);
+    let end_allowed = groups.len() - usize::from(glued_end);
     let mut best: Option<(usize, usize, usize)> = None;
-    for first in 0..groups.len() {
+    for first in first_allowed..end_allowed {
         let mut digits = 0;
-        for last in first..groups.len() {
+        for last in first..end_allowed {
             digits += groups[last].1 - groups[last].0;
             if digits > *CARD_DIGITS.end() {
                 break;
@@ -175,7 +178,10 @@ fn is_card_shaped(groups: &[(usize, usize)]) -> bool {
         return true;
     }
     let (last, leading) = groups.split_last().expect("window is never empty");
-    leading.iter().all(|(from, to)| (3..=6).contains(&(to - from))) && (1..=6).contains(&(last.1 - last.0))
+    leading
+        .iter()
+        .all(|(from, to)| (3..=6).contains(&(to - from)))
+        && (1..=6).contains(&(last.1 - last.0))
 }
 
 /// The Luhn (mod 10) check of all digits in `number`.
@@ -197,12 +203,20 @@ fn passes_luhn(number: &str) -> bool {
 /// Replaces phone numbers with `<phone>`: `+` international numbers of 8 to 15 digits and North
 /// American numbers written with separators.
 pub fn redact_phones(text: &str) -> (Cow<'_, str>, u32) {
-    let (international, international_count) =
-        replace_accepted(text, &INTERNATIONAL_PHONE, PHONE_PLACEHOLDER, accept_international_phone);
+    let (international, international_count) = replace_accepted(
+        text,
+        &INTERNATIONAL_PHONE,
+        PHONE_PLACEHOLDER,
+        accept_international_phone,
+    );
     let mut north_american_count = 0;
     let redacted = apply_step(international, |text| {
-        let (out, count) =
-            replace_accepted(text, &NORTH_AMERICAN_PHONE, PHONE_PLACEHOLDER, accept_north_american_phone);
+        let (out, count) = replace_accepted(
+            text,
+            &NORTH_AMERICAN_PHONE,
+            PHONE_PLACEHOLDER,
+            accept_north_american_phone,
+        );
         north_american_count = count;
         out
     });
@@ -221,7 +235,8 @@ fn accept_international_phone(text: &str, start: usize, end: usize) -> Option<(u
         let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
         if digits <= *INTERNATIONAL_DIGITS.end() {
             let stands_alone = !continues_number(text, end);
-            return (INTERNATIONAL_DIGITS.contains(&digits) && stands_alone).then_some((start, end));
+            return (INTERNATIONAL_DIGITS.contains(&digits) && stands_alone)
+                .then_some((start, end));
         }
         let last_separator = candidate.rfind([' ', '.', '-'])?;
         end = start + last_separator;
@@ -232,7 +247,8 @@ fn accept_international_phone(text: &str, start: usize, end: usize) -> Option<(u
 /// `555-123-4567-89`, a version string or an IP address).
 fn accept_north_american_phone(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     let before = char_before(text, start);
-    let part_of_longer_number = before.is_some_and(|before| before.is_alphanumeric() || before == '+')
+    let part_of_longer_number = before
+        .is_some_and(|before| before.is_alphanumeric() || before == '+')
         || before.is_some_and(|before| matches!(before, '.' | '-'))
             && char_before(text, start - 1).is_some_and(|ch| ch.is_ascii_digit())
         || continues_number(text, end);
@@ -255,7 +271,11 @@ mod tests {
     #[test]
     fn redacts_emails() {
         let cases = [
-            ("mail me at john.doe+x@example.co.uk now", "mail me at <email> now", 1),
+            (
+                "mail me at john.doe+x@example.co.uk now",
+                "mail me at <email> now",
+                1,
+            ),
             ("JOHN@EXAMPLE.COM", "<email>", 1),
             ("a@b.co and c_d@e-f.org", "<email> and <email>", 2),
             ("(bob@x.io)", "(<email>)", 1),
@@ -307,7 +327,11 @@ mod tests {
         for (input, expected) in cases {
             let (out, redactions) = redact(input);
             assert_eq!(out, expected, "input {input:?}");
-            assert_eq!(redactions.phones, u32::from(out.contains(PHONE_PLACEHOLDER)), "input {input:?}");
+            assert_eq!(
+                redactions.phones,
+                u32::from(out.contains(PHONE_PLACEHOLDER)),
+                "input {input:?}"
+            );
         }
     }
 
@@ -333,7 +357,11 @@ mod tests {
         for (input, expected) in cases {
             let (out, redactions) = redact(input);
             assert_eq!(out, expected, "input {input:?}");
-            assert_eq!(redactions.cards, u32::from(out.contains(CARD_PLACEHOLDER)), "input {input:?}");
+            assert_eq!(
+                redactions.cards,
+                u32::from(out.contains(CARD_PLACEHOLDER)),
+                "input {input:?}"
+            );
         }
     }
 
@@ -384,9 +412,17 @@ mod tests {
 
     #[test]
     fn counts_and_borrows() {
-        let (out, redactions) = redact_cow("mail a@b.co or call 555-123-4567, card 4111 1111 1111 1111");
+        let (out, redactions) =
+            redact_cow("mail a@b.co or call 555-123-4567, card 4111 1111 1111 1111");
         assert_eq!(out, "mail <email> or call <phone>, card <card>");
-        assert_eq!(redactions, Redactions { emails: 1, phones: 1, cards: 1 });
+        assert_eq!(
+            redactions,
+            Redactions {
+                emails: 1,
+                phones: 1,
+                cards: 1
+            }
+        );
         assert_eq!(redactions.total(), 3);
         let (out, redactions) = redact_cow("nothing personal in 2015");
         assert!(matches!(out, Cow::Borrowed(_)));

@@ -79,14 +79,16 @@ mod tests {
         });
         assert_eq!(out, "a1 b# c#");
         assert_eq!(count, 2);
-        let (out, count) = replace_accepted("none here", &digits, "#", |_, start, end| Some((start, end)));
+        let (out, count) = replace_accepted("none here", &digits, "#", |_, start, end| {
+            Some((start, end))
+        });
         assert!(matches!(out, Cow::Borrowed(_)));
         assert_eq!(count, 0);
     }
 
     #[test]
     fn apply_step_keeps_borrowed_text() {
-        let text = apply_step(Cow::Borrowed("abc"), Cow::Borrowed);
+        let text = apply_step(Cow::Borrowed("abc"), |text| Cow::Borrowed(text));
         assert!(matches!(text, Cow::Borrowed("abc")));
         let text = apply_step(text, |text| Cow::Owned(text.to_uppercase()));
         assert_eq!(text, "ABC");

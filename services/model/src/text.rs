@@ -10,7 +10,8 @@
 //! 5. [`replace_urls`]: `http(s)://…` and `www.…` become `<url>`.
 //! 6. [`crate::pii::redact`]: e-mail, card and phone numbers become `<email>`, `<card>`, `<phone>`.
 //! 7. [`replace_mentions`]: `@name` becomes `@user`.
-//! 8. [`cap_elongations`]: runs of more than three identical characters are cut to three.
+//! 8. [`cap_elongations`]: runs of more than three identical characters (digits excepted) are cut
+//!    to three.
 //!
 //! Case is preserved because it carries sentiment (`GREAT` vs `great`).
 //!
@@ -208,7 +209,9 @@ fn is_whitespace_normal(text: &str) -> bool {
     let mut previous_was_space = true;
     for ch in text.chars() {
         let is_space = ch == ' ';
-        if (is_space && previous_was_space) || (!is_space && (ch.is_whitespace() || is_removable_invisible(ch))) {
+        if (is_space && previous_was_space)
+            || (!is_space && (ch.is_whitespace() || is_removable_invisible(ch)))
+        {
             return false;
         }
         previous_was_space = is_space;
@@ -245,15 +248,22 @@ static URL: LazyLock<Regex> = LazyLock::new(|| {
 pub fn replace_urls(text: &str) -> (Cow<'_, str>, u32) {
     replace_accepted(text, &URL, URL_PLACEHOLDER, |text, start, end| {
         let found = &text[start..end];
-        let has_scheme = found.get(..4).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"));
+        let has_scheme = found
+            .get(..4)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"));
         // `www.` glued to a word or an e-mail (`bob@www.example.com`) is left for the e-mail
         // pattern; a scheme is unambiguous wherever it starts.
-        let glued = char_before(text, start).is_some_and(|before| before.is_alphanumeric() || "@.-_".contains(before));
+        let glued = char_before(text, start)
+            .is_some_and(|before| before.is_alphanumeric() || "@.-_".contains(before));
         if !has_scheme && glued {
             return None;
         }
         let trimmed = trim_url_end(found);
-        let body_start = if has_scheme { found.find("//").map_or(found.len(), |slashes| slashes + 2) } else { found.find('.').map_or(found.len(), |dot| dot + 1) };
+        let body_start = if has_scheme {
+            found.find("//").map_or(found.len(), |slashes| slashes + 2)
+        } else {
+            found.find('.').map_or(found.len(), |dot| dot + 1)
+        };
         (trimmed.len() > body_start).then_some((start, start + trimmed.len()))
     })
 }
@@ -266,7 +276,8 @@ fn trim_url_end(url: &str) -> &str {
         let trailing_punctuation = matches!(
             last,
             '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '’' | '”' | '»' | '…' | ']' | '}' | '*'
-        ) || (last == ')' && trimmed.matches('(').count() < trimmed.matches(')').count());
+        ) || (last == ')'
+            && trimmed.matches('(').count() < trimmed.matches(')').count());
         if !trailing_punctuation {
             break;
         }
@@ -275,7 +286,8 @@ fn trim_url_end(url: &str) -> &str {
     trimmed
 }
 
-static MENTION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"@[A-Za-z0-9_]+").expect("mention pattern is valid"));
+static MENTION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"@[A-Za-z0-9_]+").expect("mention pattern is valid"));
 
 /// Mentions seen by [`replace_mentions`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +349,9 @@ fn is_mention_boundary(text: &str, start: usize, end: usize) -> bool {
 
 /// Cuts every run of more than [`MAX_REPEAT`] identical characters to [`MAX_REPEAT`]
 /// ("soooooo" → "sooo", "!!!!!!" → "!!!", "😂😂😂😂" → "😂😂😂").
+///
+/// Digits are not elongations: capping them would turn the real rows "flt 2222" into "flt 222"
+/// and "over 150000 miles" into "over 1500 miles", changing facts that reviewers read.
 pub fn cap_elongations(text: &str) -> Cow<'_, str> {
     let Some(first_excess) = find_excess_repeat(text) else {
         return Cow::Borrowed(text);
@@ -362,21 +377,21 @@ pub fn cap_elongations(text: &str) -> Cow<'_, str> {
             previous = Some(ch);
             run = 1;
         }
-        if run <= MAX_REPEAT {
+        if run <= MAX_REPEAT || ch.is_numeric() {
             out.push(ch);
         }
     }
     Cow::Owned(out)
 }
 
-/// Byte offset of the first character that makes a run longer than [`MAX_REPEAT`].
+/// Byte offset of the first non-digit character that makes a run longer than [`MAX_REPEAT`].
 fn find_excess_repeat(text: &str) -> Option<usize> {
     let mut previous = None;
     let mut run = 0;
     for (index, ch) in text.char_indices() {
         if Some(ch) == previous {
             run += 1;
-            if run > MAX_REPEAT {
+            if run > MAX_REPEAT && !ch.is_numeric() {
                 return Some(index);
             }
         } else {
@@ -388,7 +403,8 @@ fn find_excess_repeat(text: &str) -> Option<usize> {
 }
 
 static FINGERPRINT_PUNCTUATION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[\p{P}\p{Sm}\p{Sc}\p{Sk}\x{FE0E}\x{FE0F}\x{200D}]+").expect("punctuation pattern is valid")
+    Regex::new(r"[\p{P}\p{Sm}\p{Sc}\p{Sk}\x{FE0E}\x{FE0F}\x{200D}]+")
+        .expect("punctuation pattern is valid")
 });
 static FINGERPRINT_APOSTROPHES: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(\w)['’‘`](\w)").expect("apostrophe pattern is valid"));
@@ -446,7 +462,11 @@ mod tests {
             ("c1\u{9d}ctl", "c1ctl", true),
             ("rtl\u{202e}spoof", "rtlspoof", true),
             ("soft\u{ad}hyphen", "softhyphen", true),
-            ("family 👨\u{200d}👩\u{200d}👧 ❤\u{fe0f}", "family 👨\u{200d}👩\u{200d}👧 ❤\u{fe0f}", false),
+            (
+                "family 👨\u{200d}👩\u{200d}👧 ❤\u{fe0f}",
+                "family 👨\u{200d}👩\u{200d}👧 ❤\u{fe0f}",
+                false,
+            ),
             (" \u{0} \n ", "", true),
             ("", "", false),
         ];
@@ -455,7 +475,10 @@ mod tests {
             assert_eq!(out, expected, "input {input:?}");
             assert_eq!(was_removed, removed, "input {input:?}");
         }
-        assert!(matches!(normalize_whitespace("already normal").0, Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_whitespace("already normal").0,
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -502,7 +525,12 @@ mod tests {
     fn replaces_mentions() {
         let cases = [
             ("@united thanks", "@user thanks", 1, 1),
-            ("thanks @united and @AmericanAir!", "thanks @user and @user!", 2, 2),
+            (
+                "thanks @united and @AmericanAir!",
+                "thanks @user and @user!",
+                2,
+                2,
+            ),
             (".@united lost my bag", ".@user lost my bag", 1, 1),
             ("RT @jetblue: great", "RT @user: great", 1, 1),
             ("RT@jetblue great", "RT@user great", 1, 1),
@@ -519,7 +547,11 @@ mod tests {
         for (input, expected, found, rewritten) in cases {
             let (out, counts) = replace_mentions(input);
             assert_eq!(out, expected, "input {input:?}");
-            assert_eq!(counts, MentionCounts { found, rewritten }, "input {input:?}");
+            assert_eq!(
+                counts,
+                MentionCounts { found, rewritten },
+                "input {input:?}"
+            );
         }
         assert!(matches!(replace_mentions("@user hi").0, Cow::Borrowed(_)));
     }
@@ -535,7 +567,9 @@ mod tests {
             ("😂😂😂😂😂", "😂😂😂"),
             ("NOOOOOOO", "NOOO"),
             ("aaaabbbbcccc", "aaabbbccc"),
-            ("1000000", "1000"),
+            ("1000000", "1000000"),
+            ("flt 2222!!!!", "flt 2222!!!"),
+            ("99.99999999%", "99.99999999%"),
             ("", ""),
         ];
         for (input, expected) in cases {
@@ -550,17 +584,24 @@ mod tests {
             ("", ""),
             ("   ", ""),
             ("Great flight!!!!!! 😂😂😂😂", "Great flight!!! 😂😂😂"),
-            ("@united you are the WORST &amp; I'm sooooo mad http://t.co/x", "@user you are the WORST & I'm sooo mad <url>"),
+            (
+                "@united you are the WORST &amp; I'm sooooo mad http://t.co/x",
+                "@user you are the WORST & I'm sooo mad <url>",
+            ),
             ("cafÃ© &amp; donâ€™t", "café & don’t"),
             ("line one\nline two\t\tend", "line one line two end"),
-            ("mail me: a.b@example.com, or call +1 (555) 123-4567", "mail me: <email>, or call <phone>"),
+            (
+                "mail me: a.b@example.com, or call +1 (555) 123-4567",
+                "mail me: <email>, or call <phone>",
+            ),
             ("card 4111 1111 1111 1111 pls", "card <card> pls"),
             ("cafe\u{301}", "café"),
             // A phone number split by an NBSP is found on the first pass.
             ("call 555-123&nbsp;4567", "call <phone>"),
             // Fragments joined by deleting characters are found too (idempotence).
             ("wwwww.example.com", "<url>"),
-            ("5555-123-4567", "<phone>"),
+            ("5555-123-4567", "5555-123-4567"),
+            ("noooooo 555-123-4567", "nooo <phone>"),
             ("&am\u{1}p;", "&"),
             ("a@b.com@name", "<email>@user"),
             ("Rui En\\u2019s ex", "Rui En’s ex"),
@@ -568,18 +609,33 @@ mod tests {
         for (input, expected) in cases {
             let cleaned = clean(input);
             assert_eq!(cleaned.text, expected, "input {input:?}");
-            assert_eq!(clean(&cleaned.text).text, cleaned.text, "idempotence for {input:?}");
+            assert_eq!(
+                clean(&cleaned.text).text,
+                cleaned.text,
+                "idempotence for {input:?}"
+            );
         }
     }
 
     #[test]
     fn reports_what_it_did() {
-        let cleaned = clean("RT @a: @b ðŸ˜‚ see http://x.co/1 and www.y.com, mail c@d.io 555-123-4567");
-        assert_eq!(cleaned.text, "RT @user: @user 😂 see <url> and <url>, mail <email> <phone>");
+        let cleaned =
+            clean("RT @a: @b ðŸ˜‚ see http://x.co/1 and www.y.com, mail c@d.io 555-123-4567");
+        assert_eq!(
+            cleaned.text,
+            "RT @user: @user 😂 see <url> and <url>, mail <email> <phone>"
+        );
         assert!(cleaned.mojibake_repaired);
         assert_eq!(cleaned.urls, 2);
         assert_eq!(cleaned.mentions, 2);
-        assert_eq!(cleaned.redactions, Redactions { emails: 1, phones: 1, cards: 0 });
+        assert_eq!(
+            cleaned.redactions,
+            Redactions {
+                emails: 1,
+                phones: 1,
+                cards: 0
+            }
+        );
 
         let again = clean(&cleaned.text);
         assert_eq!(again.text, cleaned.text);
@@ -647,7 +703,12 @@ mod tests {
             assert_eq!(dedupe_key(text), "great flight thanks", "text {text:?}");
             assert_eq!(text_fingerprint(text), expected, "text {text:?}");
         }
-        let different = ["Great flight, thanks! 😡", "Bad flight, thanks!", "great flights thanks", "artful flight thanks"];
+        let different = [
+            "Great flight, thanks! 😡",
+            "Bad flight, thanks!",
+            "great flights thanks",
+            "artful flight thanks",
+        ];
         for text in different {
             assert_ne!(text_fingerprint(text), expected, "text {text:?}");
         }

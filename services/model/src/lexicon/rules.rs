@@ -28,18 +28,19 @@ pub const AFTER_BUT_WEIGHT: f64 = 1.5;
 pub fn booster(word: &str) -> Option<f64> {
     let increment = match word {
         "absolutely" | "amazingly" | "awfully" | "completely" | "considerable" | "considerably"
-        | "decidedly" | "deeply" | "effing" | "enormous" | "enormously" | "entirely" | "especially"
-        | "exceptional" | "exceptionally" | "extreme" | "extremely" | "fabulously" | "flipping"
-        | "flippin" | "frackin" | "fracking" | "fricking" | "frickin" | "frigging" | "friggin"
-        | "fully" | "fuckin" | "fucking" | "fuggin" | "fugging" | "greatly" | "hella" | "highly"
-        | "hugely" | "incredible" | "incredibly" | "intensely" | "major" | "majorly" | "more"
-        | "most" | "particularly" | "purely" | "quite" | "really" | "remarkably" | "so"
-        | "substantially" | "thoroughly" | "total" | "totally" | "tremendous" | "tremendously"
-        | "uber" | "unbelievably" | "unusually" | "utter" | "utterly" | "very" => BOOSTER_INCREMENT,
+        | "decidedly" | "deeply" | "effing" | "enormous" | "enormously" | "entirely"
+        | "especially" | "exceptional" | "exceptionally" | "extreme" | "extremely"
+        | "fabulously" | "flipping" | "flippin" | "frackin" | "fracking" | "fricking"
+        | "frickin" | "frigging" | "friggin" | "fully" | "fuckin" | "fucking" | "fuggin"
+        | "fugging" | "greatly" | "hella" | "highly" | "hugely" | "incredible" | "incredibly"
+        | "intensely" | "major" | "majorly" | "more" | "most" | "particularly" | "purely"
+        | "quite" | "really" | "remarkably" | "so" | "substantially" | "thoroughly" | "total"
+        | "totally" | "tremendous" | "tremendously" | "uber" | "unbelievably" | "unusually"
+        | "utter" | "utterly" | "very" => BOOSTER_INCREMENT,
         "almost" | "barely" | "hardly" | "just enough" | "kind of" | "kinda" | "kindof"
         | "kind-of" | "less" | "little" | "marginal" | "marginally" | "occasional"
-        | "occasionally" | "partly" | "scarce" | "scarcely" | "slight" | "slightly" | "somewhat"
-        | "sort of" | "sorta" | "sortof" | "sort-of" => DAMPENER_DECREMENT,
+        | "occasionally" | "partly" | "scarce" | "scarcely" | "slight" | "slightly"
+        | "somewhat" | "sort of" | "sorta" | "sortof" | "sort-of" => DAMPENER_DECREMENT,
         _ => return None,
     };
     Some(increment)
@@ -49,14 +50,65 @@ pub fn booster(word: &str) -> Option<f64> {
 pub fn is_negation(word: &str) -> bool {
     matches!(
         word,
-        "aint" | "arent" | "cannot" | "cant" | "couldnt" | "darent" | "didnt" | "doesnt" | "ain't"
-            | "aren't" | "can't" | "couldn't" | "daren't" | "didn't" | "doesn't" | "dont" | "hadnt"
-            | "hasnt" | "havent" | "isnt" | "mightnt" | "mustnt" | "neither" | "don't" | "hadn't"
-            | "hasn't" | "haven't" | "isn't" | "mightn't" | "mustn't" | "neednt" | "needn't"
-            | "never" | "none" | "nope" | "nor" | "not" | "nothing" | "nowhere" | "oughtnt"
-            | "shant" | "shouldnt" | "uhuh" | "wasnt" | "werent" | "oughtn't" | "shan't"
-            | "shouldn't" | "uh-uh" | "wasn't" | "weren't" | "without" | "wont" | "wouldnt"
-            | "won't" | "wouldn't" | "rarely" | "seldom" | "despite"
+        "aint"
+            | "arent"
+            | "cannot"
+            | "cant"
+            | "couldnt"
+            | "darent"
+            | "didnt"
+            | "doesnt"
+            | "ain't"
+            | "aren't"
+            | "can't"
+            | "couldn't"
+            | "daren't"
+            | "didn't"
+            | "doesn't"
+            | "dont"
+            | "hadnt"
+            | "hasnt"
+            | "havent"
+            | "isnt"
+            | "mightnt"
+            | "mustnt"
+            | "neither"
+            | "don't"
+            | "hadn't"
+            | "hasn't"
+            | "haven't"
+            | "isn't"
+            | "mightn't"
+            | "mustn't"
+            | "neednt"
+            | "needn't"
+            | "never"
+            | "none"
+            | "nope"
+            | "nor"
+            | "not"
+            | "nothing"
+            | "nowhere"
+            | "oughtnt"
+            | "shant"
+            | "shouldnt"
+            | "uhuh"
+            | "wasnt"
+            | "werent"
+            | "oughtn't"
+            | "shan't"
+            | "shouldn't"
+            | "uh-uh"
+            | "wasn't"
+            | "weren't"
+            | "without"
+            | "wont"
+            | "wouldnt"
+            | "won't"
+            | "wouldn't"
+            | "rarely"
+            | "seldom"
+            | "despite"
     ) || word.contains("n't")
 }
 
@@ -89,7 +141,14 @@ mod tests {
         for (word, expected) in boosters {
             assert_eq!(booster(word), expected, "{word}");
         }
-        let negations = [("not", true), ("never", true), ("isn't", true), ("shouldn't've", true), ("no", false), ("note", false)];
+        let negations = [
+            ("not", true),
+            ("never", true),
+            ("isn't", true),
+            ("shouldn't've", true),
+            ("no", false),
+            ("note", false),
+        ];
         for (word, expected) in negations {
             assert_eq!(is_negation(word), expected, "{word}");
         }

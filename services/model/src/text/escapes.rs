@@ -100,7 +100,9 @@ fn parse_digits(digits: &str, radix: u32) -> Option<u32> {
 fn decode_unicode_escape(text: &str) -> Option<(char, usize)> {
     let first = parse_unicode_escape(text)?;
     if !(0xD800..=0xDBFF).contains(&first) {
-        return char::from_u32(first).filter(|&decoded| decoded != '\0').map(|decoded| (decoded, 6));
+        return char::from_u32(first)
+            .filter(|&decoded| decoded != '\0')
+            .map(|decoded| (decoded, 6));
     }
     let second = parse_unicode_escape(text.get(6..)?)?;
     if !(0xDC00..=0xDFFF).contains(&second) {
@@ -300,7 +302,10 @@ mod tests {
             ("&amp", "&amp"),
             // Literal JSON escapes left by a double-encoding scraper (real TweetEval rows).
             ("Rui En\\u2019s ex boyfriend", "Rui En’s ex boyfriend"),
-            ("framed for murder probably\\u002c by", "framed for murder probably, by"),
+            (
+                "framed for murder probably\\u002c by",
+                "framed for murder probably, by",
+            ),
             ("\\ud83d\\ude02", "😂"),
             ("\\ud83d alone", "\\ud83d alone"),
             ("\\u12", "\\u12"),
@@ -315,7 +320,10 @@ mod tests {
     #[test]
     fn borrows_when_nothing_to_decode() {
         assert!(matches!(decode_escapes("AT&T rocks"), Cow::Borrowed(_)));
-        assert!(matches!(decode_escapes("no escapes at all"), Cow::Borrowed(_)));
+        assert!(matches!(
+            decode_escapes("no escapes at all"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -151,17 +151,24 @@ fn decode_sequence(text: &str) -> Option<(char, usize)> {
     };
     let mut bytes = [lead, 0, 0, 0];
     let mut consumed = lead_char.len_utf8();
+    let mut first_continuation = None;
     for slot in bytes.iter_mut().skip(1).take(continuation_count) {
         let next = chars.next();
-        let continuation = next.and_then(cp1252_byte).filter(|byte| (0x80..=0xBF).contains(byte));
+        let continuation = next
+            .and_then(cp1252_byte)
+            .filter(|byte| (0x80..=0xBF).contains(byte));
         let (Some(next), Some(continuation)) = (next, continuation) else {
             return decode_dangling_quote(text);
         };
+        first_continuation.get_or_insert(next);
         *slot = continuation;
         consumed += next.len_utf8();
     }
-    let decoded = std::str::from_utf8(&bytes[..=continuation_count]).ok()?.chars().next()?;
-    is_plausible_original(decoded).then_some((decoded, consumed))
+    let decoded = std::str::from_utf8(&bytes[..=continuation_count])
+        .ok()?
+        .chars()
+        .next()?;
+    is_plausible_original(decoded, first_continuation?).then_some((decoded, consumed))
 }
 
 /// `â€` followed by no continuation: the third byte was one that Windows-1252 leaves undefined
@@ -170,7 +177,10 @@ fn decode_sequence(text: &str) -> Option<(char, usize)> {
 fn decode_dangling_quote(text: &str) -> Option<(char, usize)> {
     let after = text.strip_prefix("â€")?;
     let next = after.chars().next();
-    if next.and_then(cp1252_byte).is_some_and(|byte| (0x80..=0xBF).contains(&byte)) {
+    if next
+        .and_then(cp1252_byte)
+        .is_some_and(|byte| (0x80..=0xBF).contains(&byte))
+    {
         return None;
     }
     let joins_emoji = next.is_some_and(|ch| ch == 'ð' || ch >= '\u{1F000}');
@@ -178,24 +188,35 @@ fn decode_dangling_quote(text: &str) -> Option<(char, usize)> {
     Some((decoded, "â€".len()))
 }
 
-/// Whether `decoded` is a character that text plausibly contained before it was mis-decoded.
+/// Whether `decoded` is a character that text plausibly contained before it was mis-decoded;
+/// `first_continuation` is the character that stood for the byte after the lead byte.
 ///
-/// Two-byte sequences are restricted to the Latin, Greek, Cyrillic, Hebrew and Arabic letters that
-/// real mojibake comes from, because a capital accented letter followed by typographic punctuation
-/// (`É…`) also forms a valid two-byte sequence and must stay as it is.
-fn is_plausible_original(decoded: char) -> bool {
-    matches!(
-        decoded,
+/// Latin-1, Latin Extended-A, Greek, Cyrillic, Hebrew and Arabic letters are what most two-byte
+/// mojibake comes from. The rarer two-byte ranges (Latin Extended-B, IPA, modifier letters,
+/// combining marks, as in the mojibake of `( ͡° ͜ʖ ͡°)`) are accepted unless the second character is
+/// typographic punctuation, because a capital accented letter followed by `…`, `’` or `”`
+/// (`OLÉ…`) also forms a valid two-byte sequence and must stay as it is. A C1 control is accepted
+/// only from `Â` and a C1 control: that is how double encoding spells the bytes Windows-1252 leaves
+/// undefined (the 0x8F of 👏), and the next pass needs it back; so are `ƒ`, `ˆ` and `˜`, the
+/// Windows-1252 letters that double encoding spells with two bytes (`Æ’` for the 0x83 of 😃).
+fn is_plausible_original(decoded: char, first_continuation: char) -> bool {
+    let after_typographic_punctuation = matches!(
+        first_continuation,
+        '…' | '‘' | '’' | '“' | '”' | '•' | '›' | '»'
+    );
+    match decoded {
+        '\u{80}'..='\u{9f}' => ('\u{80}'..='\u{9f}').contains(&first_continuation),
         '\u{a0}'..='\u{17f}'
-            | '\u{218}'..='\u{21b}'
-            | '\u{370}'..='\u{3ff}'
-            | '\u{400}'..='\u{4ff}'
-            | '\u{5d0}'..='\u{5ea}'
-            | '\u{621}'..='\u{64a}'
-            | '\u{800}'..='\u{d7ff}'
-            | '\u{f900}'..='\u{fffd}'
-            | '\u{10000}'..='\u{effff}'
-    )
+        | '\u{370}'..='\u{3ff}'
+        | '\u{400}'..='\u{4ff}'
+        | '\u{5d0}'..='\u{5ea}'
+        | '\u{621}'..='\u{64a}' => true,
+        // Windows-1252's own letters from this range: double encoding passes through them.
+        'ƒ' | 'ˆ' | '˜' => true,
+        '\u{180}'..='\u{36f}' => !after_typographic_punctuation,
+        '\u{800}'..='\u{d7ff}' | '\u{f900}'..='\u{fffd}' | '\u{10000}'..='\u{effff}' => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +268,15 @@ pub(crate) mod tests {
             ("donÃ¢â‚¬â„¢t", "don’t"),
             // Legitimate text that looks a little like mojibake stays as it is.
             ("OLÉ…", "OLÉ…"),
+            ("PERCHÌ”", "PERCHÌ”"),
+            // Real airline row 5534's Lenny face, garbled: IPA and combining marks.
+            ("( Í¡° ÍœÊ– Í¡°)", "( \u{361}° \u{35c}ʖ \u{361}°)"),
+            ("Ç\u{8e}", "ǎ"),
+            // Double encoding of a byte that Windows-1252 leaves undefined (👏 = F0 9F 91 8F).
+            ("Ã°Å¸â€˜Â\u{8f}", "👏"),
+            ("Â€ stays", "Â€ stays"),
+            ("Ã°Å¸Ëœâ€š", "😂"),
+            ("Ã°Å¸ËœÆ’", "😃"),
             ("Weiß’", "Weiß’"),
             ("Ça va? À bientôt", "Ça va? À bientôt"),
             ("naïve façade", "naïve façade"),
