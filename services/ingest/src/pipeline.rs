@@ -146,3 +146,206 @@ fn detect_language(cleaned: &str, hint: Option<&str>) -> (String, f64) {
         (None, None) => ("und".to_owned(), 0.0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sentiflow_common::events::{LabelProvenance, Sentiment};
+    use sentiflow_model::lexicon::Lexicon;
+
+    use super::*;
+
+    fn processor(lang_policy: LangPolicy) -> Processor {
+        let lexicon =
+            Lexicon::parse("great\t3.1\t0.8\t[3, 3]\nterrible\t-2.5\t0.5\t[-3, -2]\n").unwrap();
+        Processor {
+            max_payload_bytes: 2048,
+            author_hash_key: b"unit-test-author-key".to_vec(),
+            lang_allow: vec!["en".to_owned()],
+            lang_policy,
+            labeller: Labeller::new(lexicon, 0.5),
+        }
+    }
+
+    fn source() -> SourceCoordinate {
+        SourceCoordinate {
+            topic: "reviews.raw".to_owned(),
+            partition: 2,
+            offset: 41,
+        }
+    }
+
+    fn review(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut value = serde_json::json!({
+            "schema_version": 1,
+            "event_id": "evt-1",
+            "event_time": "2026-11-25T12:00:00Z",
+            "review_id": "r-1",
+            "source": "twitter",
+            "author": "@alice",
+            "text": "@united the crew was great, thanks! Mail me at alice@example.com",
+            "created_at": "2026-11-25T11:59:00Z"
+        });
+        edit(&mut value);
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn a_valid_review_becomes_a_schema_valid_clean_event() {
+        let clean = processor(LangPolicy::Mark)
+            .process(Some(&review(|_| {})), &source())
+            .unwrap();
+        let value = serde_json::to_value(&clean).unwrap();
+        SchemaRegistry::global()
+            .validate(EventSchema::CleanReview, &value)
+            .unwrap();
+        assert_eq!(clean.source_event_id, "evt-1");
+        assert_eq!(clean.source_offset, source());
+        assert!(clean.text.starts_with("@user "), "{}", clean.text);
+        assert!(
+            clean.text.contains("<email>") && !clean.text.contains("alice@example.com"),
+            "{}",
+            clean.text
+        );
+        assert_eq!(clean.redactions.emails, 1);
+        assert_eq!(clean.author_hash.len(), 64);
+        assert_ne!(clean.author_hash, "@alice");
+        let label = clean.label.unwrap();
+        assert_eq!(
+            (label.label, label.provenance),
+            (Sentiment::Positive, LabelProvenance::WeakLexicon)
+        );
+        assert_eq!(clean.normalizer_version, text::NORMALIZER_VERSION);
+    }
+
+    #[test]
+    fn clean_event_ids_are_deterministic_and_author_hashes_keyed() {
+        let first = processor(LangPolicy::Mark)
+            .process(Some(&review(|_| {})), &source())
+            .unwrap();
+        let again = processor(LangPolicy::Mark)
+            .process(Some(&review(|_| {})), &source())
+            .unwrap();
+        assert_eq!(
+            first.event_id, again.event_id,
+            "a redelivered message keeps its clean event id"
+        );
+        assert_eq!(first.author_hash, again.author_hash);
+        let mut other_key = processor(LangPolicy::Mark);
+        other_key.author_hash_key = b"another-key-entirely".to_vec();
+        let other = other_key.process(Some(&review(|_| {})), &source()).unwrap();
+        assert_ne!(
+            first.author_hash, other.author_hash,
+            "the hash depends on the key"
+        );
+    }
+
+    #[test]
+    fn every_rejection_kind_is_reported() {
+        let processor = processor(LangPolicy::Dlq);
+        let spanish = "El servicio de esta aerolínea es malísimo, nunca más vuelvo a volar con ellos porque siempre llegan tarde";
+        let table: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (None, "empty_payload"),
+            (Some(vec![b' '; 4096]), "oversize"),
+            (Some(vec![b'"', 0xff, b'"']), "invalid_utf8"),
+            (Some(b"{\"schema_version\": 1,".to_vec()), "invalid_json"),
+            (
+                Some(review(|v| v["schema_version"] = serde_json::json!(2))),
+                "unknown_schema_version",
+            ),
+            (
+                Some(review(|v| v["schema_version"] = serde_json::json!("1"))),
+                "unknown_schema_version",
+            ),
+            (
+                Some(review(|v| {
+                    v.as_object_mut().unwrap().remove("review_id");
+                })),
+                "schema_violation",
+            ),
+            (
+                Some(review(|v| v["rating"] = serde_json::json!(9))),
+                "schema_violation",
+            ),
+            (
+                Some(review(|v| v["text"] = serde_json::json!(""))),
+                "schema_violation",
+            ),
+            (
+                Some(review(|v| {
+                    v["event_time"] = serde_json::json!("2026-13-45")
+                })),
+                "schema_violation",
+            ),
+            (
+                Some(review(|v| {
+                    v["text"] = serde_json::json!("   @bob https://x.co/a ... !!")
+                })),
+                "empty_after_cleaning",
+            ),
+            (
+                Some(review(|v| v["text"] = serde_json::json!(spanish))),
+                "language_not_allowed",
+            ),
+        ];
+        for (payload, kind) in table {
+            let rejection = processor
+                .process(payload.as_deref(), &source())
+                .unwrap_err();
+            assert_eq!(rejection.kind(), kind, "{rejection}");
+            assert!(!rejection.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn other_languages_are_marked_under_the_mark_policy() {
+        let spanish = "El servicio de esta aerolínea es malísimo, nunca más vuelvo a volar con ellos porque siempre llegan tarde";
+        let clean = processor(LangPolicy::Mark)
+            .process(
+                Some(&review(|v| v["text"] = serde_json::json!(spanish))),
+                &source(),
+            )
+            .unwrap();
+        assert_eq!(clean.lang, "es");
+        assert!(!clean.lang_allowed);
+    }
+
+    #[test]
+    fn ratings_and_source_labels_beat_the_lexicon() {
+        let processor = processor(LangPolicy::Mark);
+        let rated = processor
+            .process(
+                Some(&review(|v| v["rating"] = serde_json::json!(1))),
+                &source(),
+            )
+            .unwrap();
+        let label = rated.label.unwrap();
+        assert_eq!(
+            (label.label, label.provenance),
+            (Sentiment::Negative, LabelProvenance::SourceRating)
+        );
+        let labelled = processor
+            .process(
+                Some(&review(|v| v["label"] = serde_json::json!("neutral"))),
+                &source(),
+            )
+            .unwrap();
+        assert_eq!(
+            labelled.label.unwrap().provenance,
+            LabelProvenance::SourceLabel
+        );
+    }
+
+    #[test]
+    fn content_check_ignores_placeholders_and_punctuation() {
+        for (text, expected) in [
+            ("@user <url>", false),
+            ("... !!!", false),
+            ("<email> <phone>", false),
+            ("ok", true),
+            ("😂😂", true),
+            ("@user 5", true),
+        ] {
+            assert_eq!(has_content(text), expected, "{text:?}");
+        }
+    }
+}

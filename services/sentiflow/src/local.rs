@@ -380,6 +380,16 @@ fn spawn_logged(cmd: Command, program: &str, hint: &'static str) -> Result<Child
     })
 }
 
+/// `-XX:SharedArchiveFile=<libs>/../kafka.jsa` when `infra/setup.sh` made that class-data-sharing
+/// archive (it roughly halves the JVM's start-up CPU). A stale archive (other JVM) is only ignored by
+/// the JVM, with a warning in the log.
+fn cds_archive_arg(libs: &Path) -> Option<String> {
+    let archive = libs.parent()?.join("kafka.jsa");
+    archive
+        .is_file()
+        .then(|| format!("-XX:SharedArchiveFile={}", archive.display()))
+}
+
 fn java_binary() -> PathBuf {
     std::env::var_os("JAVA_HOME")
         .map(|home| PathBuf::from(home).join("bin").join("java"))
@@ -540,6 +550,7 @@ impl KafkaServer {
                 "-Dkafka.logs.dir={}",
                 data_dir.join("logs").display()
             ));
+        cmd.args(cds_archive_arg(libs));
         if let Some(config) = &opts.log4j_config {
             cmd.arg(format!("-Dlog4j2.configurationFile={}", config.display()));
         }
@@ -774,20 +785,21 @@ fn format_storage(
 ) -> Result<(), LocalError> {
     let mut cmd = Command::new(java_binary());
     // A short-lived tool: small heap, serial GC and C1 only start fastest.
-    cmd.args([
-        "-Xmx256m",
-        "-XX:+UseSerialGC",
-        "-XX:TieredStopAtLevel=1",
-        "-Xshare:auto",
-    ])
-    .arg("-cp")
-    .arg(libs.join("*"))
-    .arg("kafka.tools.StorageTool")
-    .args(["format", "-t", cluster_id, "-c"])
-    .arg(properties)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(cds_archive_arg(libs))
+        .args([
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Xshare:auto",
+        ])
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .arg("kafka.tools.StorageTool")
+        .args(["format", "-t", cluster_id, "-c"])
+        .arg(properties)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = spawn_logged(cmd, "java", JAVA_HINT)?;
     let out = child
         .wait_with_output()
