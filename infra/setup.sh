@@ -28,6 +28,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 TMP_DIRS=()
 CDS_PID=""
+CHANGED=0 # set when this run installed anything, so the manifest is rewritten
 cleanup() {
   local d
   if [[ -n "$CDS_PID" ]]; then kill -KILL "$CDS_PID" 2>/dev/null || true; wait "$CDS_PID" 2>/dev/null || true; fi
@@ -56,7 +57,8 @@ check_prereqs() {
     || die "Java $jv is too old: Kafka $KAFKA_VERSION needs Java >= 17 (e.g. apt-get install openjdk-17-jdk-headless)"
   command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven (e.g. apt-get install maven)"
   command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3 (e.g. apt-get install python3 python3-pip)"
-  python3 -m pip --version >/dev/null 2>&1 || die "'python3 -m pip' does not work: install pip (e.g. apt-get install python3-pip, or python3 -m ensurepip)"
+  # Importing pip is what 'python3 -m pip' needs, at a quarter of the cost of 'python3 -m pip --version'.
+  python3 -c 'import pip' >/dev/null 2>&1 || die "'python3 -m pip' does not work: install pip (e.g. apt-get install python3-pip, or python3 -m ensurepip)"
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust via https://rustup.rs"
   command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found: install coreutils"
   [[ -f "$POM" && -f "$LOG4J_SRC" ]] || die "missing $POM or $LOG4J_SRC: run this script from a sentiflow checkout"
@@ -112,11 +114,13 @@ install_kafka() {
     mv "$tmp/libs" "$KAFKA_DIR/libs"
     mv "$tmp/jars.sha256" "$KAFKA_DIR/jars.sha256"
     printf '%s\n' "$want" >"$KAFKA_DIR/.stamp"
+    CHANGED=1
   fi
   # Cheap enough to check every run: keep the log4j config in step with the repository's copy.
   if ! cmp -s "$LOG4J_SRC" "$KAFKA_DIR/log4j2.properties"; then
     cp "$LOG4J_SRC" "$KAFKA_DIR/log4j2.properties.tmp"
     mv "$KAFKA_DIR/log4j2.properties.tmp" "$KAFKA_DIR/log4j2.properties"
+    CHANGED=1
     log "Kafka $KAFKA_VERSION: log4j2.properties updated"
   fi
 }
@@ -138,6 +142,7 @@ install_kafka_cds() {
   if build_kafka_cds "$tmp"; then
     mv -f "$tmp/kafka.jsa" "$KAFKA_DIR/kafka.jsa"
     printf '%s\n' "$want" >"$KAFKA_DIR/.cds.stamp"
+    CHANGED=1
   else
     log "warning: no class-data-sharing archive (see above); brokers will start without it"
     rm -f "$KAFKA_DIR/kafka.jsa"
@@ -242,6 +247,7 @@ install_ort() {
   printf 'onnxruntime==%s %s\n' "$ORT_VERSION" "$ORT_PLATFORM" >"$tmp/out/.stamp"
   rm -rf "$ORT_DIR"
   mv "$tmp/out" "$ORT_DIR"
+  CHANGED=1
 }
 
 # install_wheel_file NAME SPEC MEMBER DEST_DIR: one file from a pure-Python wheel, stamped by SPEC.
@@ -262,10 +268,16 @@ install_wheel_file() {
   rm -f "$stamp"
   mv -f "$tmp/out/$(basename "$member")" "$file"
   printf '%s\n' "$spec" >"$stamp"
+  CHANGED=1
 }
 
 # ---------------------------------------------------------------- manifest and summary
 write_manifest() {
+  # Nothing installed and the manifest is newer than this script (whose artifact list may change):
+  # the manifest is current, and hashing ~130 MB again would dominate a re-run.
+  if [[ "$CHANGED" == 0 && -s "$CACHE/MANIFEST.sha256" && "$CACHE/MANIFEST.sha256" -nt "${BASH_SOURCE[0]}" ]]; then
+    return
+  fi
   # sha256sum format, paths relative to the cache: `cd "$CACHE" && sha256sum -c MANIFEST.sha256` verifies
   # everything; kafka/<v>/jars.sha256 (itself listed, the "jar list hash") verifies each jar from kafka/<v>/.
   make_tmp "$CACHE"; local tmp="$TMP"
@@ -280,9 +292,7 @@ write_manifest() {
     # Machine-specific (made with this JVM), so only listed, never compared across machines.
     if [[ -s "kafka/$KAFKA_VERSION/kafka.jsa" ]]; then sha256sum -- "kafka/$KAFKA_VERSION/kafka.jsa"; fi
   ) | grep -v ' onnxruntime/[^ ]*/libonnxruntime\.so$' >"$tmp/MANIFEST.sha256"
-  if ! cmp -s "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"; then
-    mv "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"
-  fi
+  mv -f "$tmp/MANIFEST.sha256" "$CACHE/MANIFEST.sha256"
 }
 
 summary() {

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::spans::{apply_step, char_at, char_before, replace_accepted};
+use crate::spans::{OnReject, apply_step, char_at, char_before, replace_accepted};
 
 /// Replaces an e-mail address.
 pub const EMAIL_PLACEHOLDER: &str = "<email>";
@@ -111,20 +111,30 @@ pub(crate) fn redact_cow(text: &str) -> (Cow<'_, str>, Redactions) {
 
 /// Replaces e-mail addresses with `<email>`.
 pub fn redact_emails(text: &str) -> (Cow<'_, str>, u32) {
-    replace_accepted(text, &EMAIL, EMAIL_PLACEHOLDER, |_, start, end| {
-        Some((start, end))
-    })
+    replace_accepted(
+        text,
+        &EMAIL,
+        EMAIL_PLACEHOLDER,
+        OnReject::SkipMatch,
+        |_, start, end| Some((start, end)),
+    )
 }
 
 /// Replaces Luhn-valid runs of 13 to 19 digits, optionally grouped by single spaces or dashes,
 /// with `<card>`.
 pub fn redact_cards(text: &str) -> (Cow<'_, str>, u32) {
-    replace_accepted(text, &DIGIT_CHAIN, CARD_PLACEHOLDER, |text, start, end| {
-        let glued_start = char_before(text, start).is_some_and(char::is_alphanumeric);
-        let glued_end = char_at(text, end).is_some_and(char::is_alphanumeric);
-        find_card_in_chain(&text[start..end], glued_start, glued_end)
-            .map(|(from, to)| (start + from, start + to))
-    })
+    replace_accepted(
+        text,
+        &DIGIT_CHAIN,
+        CARD_PLACEHOLDER,
+        OnReject::SkipMatch,
+        |text, start, end| {
+            let glued_start = char_before(text, start).is_some_and(char::is_alphanumeric);
+            let glued_end = char_at(text, end).is_some_and(char::is_alphanumeric);
+            find_card_in_chain(&text[start..end], glued_start, glued_end)
+                .map(|(from, to)| (start + from, start + to))
+        },
+    )
 }
 
 /// The longest run of whole digit groups in `chain` that is shaped like a card number and passes
@@ -207,6 +217,7 @@ pub fn redact_phones(text: &str) -> (Cow<'_, str>, u32) {
         text,
         &INTERNATIONAL_PHONE,
         PHONE_PLACEHOLDER,
+        OnReject::RescanInside,
         accept_international_phone,
     );
     let mut north_american_count = 0;
@@ -215,6 +226,7 @@ pub fn redact_phones(text: &str) -> (Cow<'_, str>, u32) {
             text,
             &NORTH_AMERICAN_PHONE,
             PHONE_PLACEHOLDER,
+            OnReject::RescanInside,
             accept_north_american_phone,
         );
         north_american_count = count;

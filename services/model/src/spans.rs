@@ -23,6 +23,17 @@ pub(crate) fn apply_step<'a>(
     }
 }
 
+/// Where [`replace_accepted`] looks for the next match after `accept` rejected one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnReject {
+    /// After the rejected match: it cannot contain an acceptable one (`accept` already searched
+    /// inside it, as the card check does with the groups of a digit chain).
+    SkipMatch,
+    /// One character after its start: a rejected `www.` glued to an address may hide an
+    /// `http://` URL further on.
+    RescanInside,
+}
+
 /// Replaces matches of `pattern` with `placeholder` where `accept` agrees, returning the new text
 /// and how many spans were replaced.
 ///
@@ -33,13 +44,24 @@ pub(crate) fn replace_accepted<'t>(
     text: &'t str,
     pattern: &Regex,
     placeholder: &str,
+    on_reject: OnReject,
     mut accept: impl FnMut(&str, usize, usize) -> Option<(usize, usize)>,
 ) -> (Cow<'t, str>, u32) {
     let mut out = String::new();
     let mut copied_up_to = 0;
+    let mut search_from = 0;
     let mut replaced = 0;
-    for found in pattern.find_iter(text) {
+    while let Some(found) = pattern.find_at(text, search_from) {
         let Some((start, end)) = accept(text, found.start(), found.end()) else {
+            search_from = match on_reject {
+                OnReject::SkipMatch => found.end().max(found.start() + 1),
+                OnReject::RescanInside => {
+                    found.start() + char_at(text, found.start()).map_or(1, char::len_utf8)
+                }
+            };
+            if search_from > text.len() {
+                break;
+            }
             continue;
         };
         if out.is_empty() {
@@ -48,6 +70,7 @@ pub(crate) fn replace_accepted<'t>(
         out.push_str(&text[copied_up_to..start]);
         out.push_str(placeholder);
         copied_up_to = end;
+        search_from = end.max(found.start() + 1);
         replaced += 1;
     }
     if replaced == 0 {
@@ -74,16 +97,38 @@ mod tests {
     #[test]
     fn replaces_only_accepted_matches() {
         let digits = Regex::new(r"\d+").expect("valid regex");
-        let (out, count) = replace_accepted("a1 b22 c333", &digits, "#", |text, start, end| {
-            (text[start..end].len() > 1).then_some((start, end))
-        });
+        let (out, count) = replace_accepted(
+            "a1 b22 c333",
+            &digits,
+            "#",
+            OnReject::SkipMatch,
+            |text, start, end| (text[start..end].len() > 1).then_some((start, end)),
+        );
         assert_eq!(out, "a1 b# c#");
         assert_eq!(count, 2);
-        let (out, count) = replace_accepted("none here", &digits, "#", |_, start, end| {
-            Some((start, end))
-        });
+        let (out, count) = replace_accepted(
+            "none here",
+            &digits,
+            "#",
+            OnReject::SkipMatch,
+            |_, start, end| Some((start, end)),
+        );
         assert!(matches!(out, Cow::Borrowed(_)));
         assert_eq!(count, 0);
+    }
+
+    #[test]
+    fn rescans_inside_rejected_matches_when_asked() {
+        let words = Regex::new(r"[a-z]+").expect("valid regex");
+        let accept_short = |text: &str, start: usize, end: usize| {
+            (text[start..end].len() <= 2).then_some((start, end))
+        };
+        let (skipped, count) =
+            replace_accepted("abc", &words, "#", OnReject::SkipMatch, accept_short);
+        assert_eq!((skipped.as_ref(), count), ("abc", 0));
+        let (rescanned, count) =
+            replace_accepted("abc", &words, "#", OnReject::RescanInside, accept_short);
+        assert_eq!((rescanned.as_ref(), count), ("a#", 1));
     }
 
     #[test]

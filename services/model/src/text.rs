@@ -38,7 +38,7 @@ pub use escapes::decode_escapes;
 pub use mojibake::repair_mojibake;
 
 use crate::pii::{self, Redactions};
-use crate::spans::{apply_step, char_at, char_before, replace_accepted};
+use crate::spans::{OnReject, apply_step, char_at, char_before, replace_accepted};
 
 /// Version of the output of [`clean`]. Bump it whenever `clean` returns something different for
 /// any input: dedupe fingerprints, dataset snapshots and trained models record it.
@@ -246,26 +246,32 @@ static URL: LazyLock<Regex> = LazyLock::new(|| {
 /// Replaces `http://`, `https://` and `www.` URLs with `<url>`, leaving trailing sentence
 /// punctuation outside. Returns the text and the number of URLs.
 pub fn replace_urls(text: &str) -> (Cow<'_, str>, u32) {
-    replace_accepted(text, &URL, URL_PLACEHOLDER, |text, start, end| {
-        let found = &text[start..end];
-        let has_scheme = found
-            .get(..4)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"));
-        // `www.` glued to a word or an e-mail (`bob@www.example.com`) is left for the e-mail
-        // pattern; a scheme is unambiguous wherever it starts.
-        let glued = char_before(text, start)
-            .is_some_and(|before| before.is_alphanumeric() || "@.-_".contains(before));
-        if !has_scheme && glued {
-            return None;
-        }
-        let trimmed = trim_url_end(found);
-        let body_start = if has_scheme {
-            found.find("//").map_or(found.len(), |slashes| slashes + 2)
-        } else {
-            found.find('.').map_or(found.len(), |dot| dot + 1)
-        };
-        (trimmed.len() > body_start).then_some((start, start + trimmed.len()))
-    })
+    replace_accepted(
+        text,
+        &URL,
+        URL_PLACEHOLDER,
+        OnReject::RescanInside,
+        |text, start, end| {
+            let found = &text[start..end];
+            let has_scheme = found
+                .get(..4)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"));
+            // `www.` glued to a word or an e-mail (`bob@www.example.com`) is left for the e-mail
+            // pattern; a scheme is unambiguous wherever it starts.
+            let glued = char_before(text, start)
+                .is_some_and(|before| before.is_alphanumeric() || "@.-_".contains(before));
+            if !has_scheme && glued {
+                return None;
+            }
+            let trimmed = trim_url_end(found);
+            let body_start = if has_scheme {
+                found.find("//").map_or(found.len(), |slashes| slashes + 2)
+            } else {
+                found.find('.').map_or(found.len(), |dot| dot + 1)
+            };
+            (trimmed.len() > body_start).then_some((start, start + trimmed.len()))
+        },
+    )
 }
 
 /// Drops sentence punctuation that follows a URL (`see http://x.co/a.` ends at `a`), keeping a
@@ -509,6 +515,7 @@ mod tests {
             ("glued:http://t.co/x", "glued:<url>", 1),
             ("wwww.example.com", "<url>", 1),
             ("bob@www.example.com", "bob@www.example.com", 0),
+            ("@www.http://x.co/a", "@www.<url>", 1),
             ("awww.cute", "awww.cute", 0),
             ("http://", "http://", 0),
             ("http://.", "http://.", 0),

@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sentiflow_common::cache::{CacheDir, CacheError, KAFKA_VERSION};
@@ -136,30 +136,32 @@ type SpawnReply = mpsc::Sender<io::Result<Child>>;
 /// Spawns `cmd` on the process-lifetime spawner thread, in its own process group, with
 /// `PR_SET_PDEATHSIG(SIGKILL)`, so the child dies with this process however it ends.
 fn spawn(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<(Command, SpawnReply)>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Command, SpawnReply)>();
-        // The sender lives in a static, so `recv` never fails and the thread never exits: children
-        // it forks keep their parent thread for the life of the process.
-        std::thread::Builder::new()
-            .name("sentiflow-spawner".into())
-            .spawn(move || {
-                while let Ok((mut cmd, reply)) = rx.recv() {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("cannot start the sentiflow-spawner thread");
-        tx
-    });
+    static SPAWNER: Mutex<Option<mpsc::Sender<(Command, SpawnReply)>>> = Mutex::new(None);
+    let spawner = {
+        let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel::<(Command, SpawnReply)>();
+                // The static keeps a sender, so `recv` never fails and the thread never exits:
+                // children it forks keep their parent thread for the life of the process.
+                std::thread::Builder::new()
+                    .name("sentiflow-spawner".into())
+                    .spawn(move || {
+                        while let Ok((mut cmd, reply)) = rx.recv() {
+                            let _ = reply.send(cmd.spawn());
+                        }
+                    })?;
+                guard.insert(tx).clone()
+            }
+        }
+    };
     cmd.process_group(0);
     die_with_parent(&mut cmd);
+    let gone = || io::Error::other("the sentiflow-spawner thread is gone");
     let (reply_tx, reply_rx) = mpsc::channel();
-    spawner
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("the sentiflow-spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the sentiflow-spawner thread is gone"))?
+    spawner.send((cmd, reply_tx)).map_err(|_| gone())?;
+    reply_rx.recv().map_err(|_| gone())?
 }
 
 /// Makes the child receive SIGKILL when its parent thread (the spawner, which lives as long as the

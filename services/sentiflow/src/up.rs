@@ -94,20 +94,27 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         data_dir.display()
     );
     let started = Instant::now();
-    let mut kafka_server = KafkaServer::start(KafkaOptions {
+    let kafka_options = KafkaOptions {
         libs_dir: kafka_libs,
         log4j_config: Some(cache.kafka_log4j_config()).filter(|path| path.exists()),
         data_dir: data_dir.join("kafka"),
         port: Some(args.kafka_port),
         heap_mb: 512,
         num_partitions: 3,
-    })?;
-    let mut redis_server = RedisServer::start(RedisOptions {
+    };
+    let redis_options = RedisOptions {
         data_dir: data_dir.join("redis"),
         port: Some(args.redis_port),
         password: None,
         persistence: true,
-    })?;
+    };
+    // Both starts block for seconds (JVM start-up, readiness polling): keep them off the async workers.
+    let (kafka_started, redis_started) = tokio::join!(
+        tokio::task::spawn_blocking(move || KafkaServer::start(kafka_options)),
+        tokio::task::spawn_blocking(move || RedisServer::start(redis_options)),
+    );
+    let mut kafka_server = kafka_started??;
+    let mut redis_server = redis_started??;
     println!(
         "  kafka  {} (log {})",
         kafka_server.bootstrap_servers(),
@@ -170,8 +177,12 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         Ok(result) => result?,
         Err(join_error) => bail!("ingest task failed: {join_error}"),
     }
-    redis_server.stop()?;
-    kafka_server.stop()?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        redis_server.stop()?;
+        kafka_server.stop()?;
+        Ok(())
+    })
+    .await??;
     println!("stopped cleanly");
     outcome
 }

