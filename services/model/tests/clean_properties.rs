@@ -10,7 +10,7 @@ const FRAGMENTS: &[&str] = &[
     "  ", "\n", "\t", "\u{a0}", "\u{1}", "\u{9d}", "\u{8f}", "\u{200b}", "&", "amp;", "&amp;",
     "&lt;", "&#", "x27;", "\\u", "2019", "Ã", "©", "â", "€", "™", "ð", "Ÿ", "˜", "‚", "Â",
     "e\u{301}", "\u{301}", "!", "!!", "?", "<", ">", "url", "<url>", "#", "+1", "(", ")", "4111",
-    "1111", "😂", "RT ", ":", "com", "b@c.io",
+    "1111", "😂", "RT ", ":", "com", "b@c.io", "\u{85}", "A", "\u{30a}", "“", "Ñ", "…", "É",
 ];
 
 /// A small deterministic generator (xorshift64*) so failures reproduce without a dependency.
