@@ -143,7 +143,8 @@ pub async fn start(
         producer,
         consumer,
         redis,
-        processor,
+        processor: Arc::new(processor),
+        transform_workers: std::thread::available_parallelism().map_or(1, usize::from),
         health: health.clone(),
         max_batch: config.max_batch,
         batch_wait: Duration::from_millis(config.batch_wait_ms),
@@ -176,6 +177,65 @@ fn axum_router() -> axum::Router {
     axum::Router::new()
 }
 
+/// A batch of consumed messages with their receive times, shared with the transform threads.
+type Batch = Arc<Vec<(OwnedMessage, Instant)>>;
+
+/// Transforms a batch on up to `workers` threads (chunks keep their order).
+fn transform_parallel(
+    processor: &Processor,
+    batch: &[(OwnedMessage, Instant)],
+    workers: usize,
+) -> Vec<Outcome> {
+    const MIN_CHUNK: usize = 32;
+    let workers = workers.clamp(1, batch.len().div_ceil(MIN_CHUNK).max(1));
+    if workers == 1 {
+        return batch
+            .iter()
+            .map(|(message, _)| transform(processor, message))
+            .collect();
+    }
+    let chunk_size = batch.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = batch
+            .chunks(chunk_size)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(message, _)| transform(processor, message))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Processes one message into what should be published for it.
+fn transform(processor: &Processor, message: &OwnedMessage) -> Outcome {
+    match processor.process(message.payload(), &coordinate(message)) {
+        Ok(review) => {
+            record_clean_metrics(&review);
+            Outcome::Clean {
+                key: review.review_id.clone(),
+                payload: serde_json::to_vec(&review).expect("clean reviews always serialise"),
+                text_hash: review.text_hash.clone(),
+                event_id: review.source_event_id.clone(),
+                verdict: Verdict::New,
+                label: review.label.as_ref().map(|label| label.provenance.as_str()),
+            }
+        }
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
 /// What one consumed message turned into.
 enum Outcome {
     /// A clean review to publish, with its dedupe verdict filled in later.
@@ -196,7 +256,8 @@ struct Worker {
     producer: ResilientProducer,
     dlq: DeadLetterSink,
     redis: RedisStore,
-    processor: Processor,
+    processor: Arc<Processor>,
+    transform_workers: usize,
     health: Health,
     clean_topic: String,
     max_batch: usize,
@@ -235,7 +296,7 @@ impl Worker {
 
     /// Collects up to `max_batch` messages; the first waits indefinitely, the rest up to `batch_wait`.
     /// Returns None on shutdown.
-    async fn next_batch(&self) -> Option<Vec<(OwnedMessage, Instant)>> {
+    async fn next_batch(&self) -> Option<Batch> {
         let mut batch = Vec::with_capacity(self.max_batch);
         let first = loop {
             tokio::select! {
@@ -258,7 +319,7 @@ impl Worker {
                 Err(_elapsed) => break,
             }
         }
-        Some(batch)
+        Some(Arc::new(batch))
     }
 
     async fn receive_error(&self, error: &rdkafka::error::KafkaError) {
@@ -268,36 +329,24 @@ impl Worker {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    async fn process_batch(&self, batch: &[(OwnedMessage, Instant)]) -> Result<(), Abandoned> {
+    async fn process_batch(&self, batch: &Batch) -> Result<(), Abandoned> {
         metrics::counter!("sentiflow_ingest_events_in_total").increment(batch.len() as u64);
         metrics::histogram!("sentiflow_ingest_batch_size_rows").record(batch.len() as f64);
 
-        let mut outcomes: Vec<Outcome> = batch
-            .iter()
-            .map(|(message, _)| {
-                let source = coordinate(message);
-                match self.processor.process(message.payload(), &source) {
-                    Ok(review) => {
-                        record_clean_metrics(&review);
-                        Outcome::Clean {
-                            key: review.review_id.clone(),
-                            payload: serde_json::to_vec(&review)
-                                .expect("clean reviews always serialise"),
-                            text_hash: review.text_hash.clone(),
-                            event_id: review.source_event_id.clone(),
-                            verdict: Verdict::New,
-                            label: review.label.as_ref().map(|label| label.provenance.as_str()),
-                        }
-                    }
-                    Err(rejection) => Outcome::Rejected(rejection),
-                }
-            })
-            .collect();
+        // Cleaning and language detection are CPU work (~150 µs a review): run them off the async
+        // workers, spread over the cores, keeping the batch order.
+        let processor = self.processor.clone();
+        let shared = batch.clone();
+        let workers = self.transform_workers;
+        let mut outcomes =
+            tokio::task::spawn_blocking(move || transform_parallel(&processor, &shared, workers))
+                .await
+                .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
 
         self.dedupe(batch, &mut outcomes).await?;
         self.publish(batch, &outcomes).await?;
 
-        for (message, received) in batch {
+        for (message, received) in batch.iter() {
             if let Err(error) =
                 self.consumer
                     .store_offset(message.topic(), message.partition(), message.offset())
