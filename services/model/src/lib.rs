@@ -7,6 +7,15 @@
 //! - [`pii`]: redaction of e-mail addresses, phone numbers and payment-card numbers ([`redact`]).
 //! - [`lang`]: language detection with ISO 639-1 codes ([`detect`]).
 //! - [`lexicon`]: VADER-style lexicon scoring used for weak labels ([`Lexicon`]).
+//! - [`hashed`]: weights and reference forward pass of the hashed embedding-bag family.
+//! - [`featurize`]: raw text → hashed feature ids, the one code path of training and serving
+//!   ([`featurize::Featurizer`], [`featurize::FEATURIZER_VERSION`]).
+//! - [`train`]: the sparse-SGD CPU trainer of the hashed family ([`train::train`]).
+//! - [`eval`]: precision, recall, F1, macro-F1, confusion matrix and calibration error
+//!   ([`eval::evaluate`]).
+//! - [`onnx`]: ONNX protobuf types, model metadata, the hashed-family exporter and load-time checks.
+//! - [`runtime`]: ONNX Runtime loading (once per process), sessions on a device proven by a warm-up,
+//!   batched prediction.
 //! - `spans` (private): copy-on-write helpers the cleaning and redaction steps share.
 //!
 //! # Contract
@@ -15,11 +24,17 @@
 //! spaces only and no leading or trailing whitespace. Any change of its output for any input must bump
 //! [`NORMALIZER_VERSION`], because dedupe fingerprints and trained models depend on it.
 
+pub mod eval;
+pub mod featurize;
+pub mod hashed;
 pub mod lang;
 pub mod lexicon;
+pub mod onnx;
 pub mod pii;
+pub mod runtime;
 mod spans;
 pub mod text;
+pub mod train;
 
 pub use lang::{Detected, detect};
 pub use lexicon::{Lexicon, LexiconError, Polarity, SentimentScores};

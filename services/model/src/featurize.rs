@@ -1,0 +1,674 @@
+//! The featurizer of the `hashed` family: raw review text → hashed feature ids in `1..buckets`. Training
+//! and serving both call [`Featurizer::featurize`], which runs [`crate::clean`] itself, so the two can
+//! never see differently prepared text.
+//!
+//! # Rules (all part of [`FEATURIZER_VERSION`])
+//! 1. **Cleaning**: [`crate::clean`] (its own version, [`crate::NORMALIZER_VERSION`], is recorded
+//!    separately).
+//! 2. **Tokens**, scanned from the cleaned text (case preserved until a word is lowercased):
+//!    - a whitespace-separated chunk that is an ASCII emoticon (`:)`, `:-(`, `;D`, `<3`, `xD`, `-_-`,
+//!      optionally followed by `.`, `,`, `!` or `?`) is one token in a canonical form: nose removed,
+//!      repeated mouth collapsed, letters uppercased (`:-)))` → `:)`, `:p` → `:P`);
+//!    - the placeholders of [`crate::text::PLACEHOLDERS`] (`<url>`, `@user`, `<email>`, `<phone>`,
+//!      `<card>`) are tokens as they are;
+//!    - words are runs of letters, digits and `_`, continued over an apostrophe (`'` or `’`) that is
+//!      followed by a letter; they are lowercased, `’` becomes `'`, and all-digit words become `<num>`;
+//!    - a run of `!` or of `?` is one token `!` or `?`;
+//!    - every other non-ASCII character that is not a letter, digit, general punctuation, a variation
+//!      selector, a joiner, a skin-tone modifier or U+FFFD (emoji, ♥, ★) is a token of its own;
+//!    - everything else (`#`, quotes, brackets, dashes) only separates tokens.
+//! 3. **Negation scope**: after a negator ([`NEGATORS`] or any word ending in `n't`), words get the
+//!    prefix `neg_` until the next `.`, `,`, `:`, `;`, `!`, `?`, `…`, the word `but`, or the end of the
+//!    text. The negator itself is not marked.
+//! 4. **Features**, each hashed with a one-byte namespace so different kinds never share a string:
+//!    lexicon prior tokens (rule 5), word n-grams of order 1..=`word_ngrams` over the (marked) tokens,
+//!    then character n-grams of lengths `char_ngram_min..=char_ngram_max` of `<word>` for each word
+//!    (unmarked, digits folded; the whole `<word>` is skipped because the unigram already covers it).
+//! 5. **Lexicon priors** (with a [`Lexicon`] and `lexicon_features`): for every token with a lexicon
+//!    valence, a token for its rounded valence (sign flipped inside a negation scope), one token for the
+//!    count of positive and one for the count of negative lexicon tokens (capped at 3), and the bin of
+//!    VADER's compound score of the cleaned text, repeated so that it makes up `lexicon_share` of the
+//!    bag. Mean pooling then turns the compound bin into a fixed-weight vote, whatever the text length:
+//!    the model learns how far to trust the lexicon.
+//! 6. **Ids**: FNV-1a 64 over `namespace byte ‖ token bytes` (bigrams joined by a space), finalised by
+//!    murmur3's `fmix64`, then `1 + hash mod (buckets − 1)`; id 0 is [`PADDING_ID`]. The hash is
+//!    fixed and portable (no per-process seed).
+//! 7. **Order and cap**: lexicon tokens, unigrams, higher n-grams, character n-grams, in text order;
+//!    everything after the first `max_features` ids is dropped (the compound copies are counted in).
+//!
+//! Any change that alters the ids emitted for any input (a rule above, the hash, the namespaces) must
+//! bump [`FEATURIZER_VERSION`]; a change of defaults alone changes [`FeaturizerConfig::config_hash`]
+//! instead. Serving refuses a model whose featurizer version it does not implement.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::hashed::PADDING_ID;
+use crate::lexicon::Lexicon;
+use crate::text::{PLACEHOLDERS, clean};
+
+/// Version of the feature ids this module emits; see the module documentation for the bump rule.
+pub const FEATURIZER_VERSION: &str = "feat-v1";
+
+/// Row lengths serving pads batches to, so that ONNX Runtime only ever sees a few input shapes.
+pub const PAD_LENGTHS: [usize; 4] = [32, 64, 128, 256];
+
+/// Words that open a negation scope (besides every word ending in `n't`).
+pub const NEGATORS: [&str; 27] = [
+    "not", "no", "never", "cannot", "nothing", "nobody", "none", "nowhere", "neither", "nor",
+    "without", "aint", "arent", "cant", "couldnt", "didnt", "doesnt", "dont", "hadnt", "hasnt",
+    "havent", "isnt", "shouldnt", "wasnt", "werent", "wont", "wouldnt",
+];
+
+/// Prefix of words inside a negation scope.
+const NEGATION_PREFIX: &str = "neg_";
+
+/// The token all-digit words are folded to.
+const NUMBER_TOKEN: &str = "<num>";
+
+/// Namespaces that keep different kinds of features apart in the hash space.
+mod namespace {
+    pub const WORD_NGRAM: u8 = b'w';
+    pub const CHAR_NGRAM: u8 = b'c';
+    pub const LEXICON_WORD: u8 = b'l';
+    pub const LEXICON_COUNT: u8 = b'n';
+    pub const LEXICON_COMPOUND: u8 = b'p';
+}
+
+/// Why a featurizer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturizerError {
+    /// A configuration value is out of range.
+    #[error("invalid featurizer configuration: {0}")]
+    InvalidConfig(String),
+    /// Lexicon features are on but no lexicon was given.
+    #[error("featurizer configuration asks for lexicon features but no lexicon was given")]
+    LexiconMissing,
+}
+
+/// What the featurizer emits. Every field changes the ids, so the whole struct goes into
+/// [`FeaturizerConfig::config_hash`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturizerConfig {
+    /// Rows of the embedding table including the padding row: ids are `1..buckets`.
+    pub buckets: usize,
+    /// Highest word n-gram order (1 = unigrams only, 2 = also bigrams, …).
+    pub word_ngrams: usize,
+    /// Shortest character n-gram inside a word; 0 turns character n-grams off.
+    pub char_ngram_min: usize,
+    /// Longest character n-gram inside a word.
+    pub char_ngram_max: usize,
+    /// Cap on ids per text; must fit the largest of [`PAD_LENGTHS`] so serving never truncates.
+    pub max_features: usize,
+    /// Whether words in a negation scope get the `neg_` prefix.
+    pub negation: bool,
+    /// Whether the lexicon prior tokens of rule 5 are emitted (needs a [`Lexicon`]).
+    pub lexicon_features: bool,
+    /// Equal-width bins of VADER's compound score over `[-1, 1]`.
+    pub lexicon_compound_bins: usize,
+    /// Share of the bag given to the compound-bin token, in `[0, 0.9]`; 0 emits it once.
+    pub lexicon_share: f32,
+}
+
+impl Default for FeaturizerConfig {
+    fn default() -> Self {
+        Self {
+            buckets: 1 << 19,
+            word_ngrams: 2,
+            char_ngram_min: 3,
+            char_ngram_max: 5,
+            max_features: 256,
+            negation: true,
+            lexicon_features: true,
+            lexicon_compound_bins: 20,
+            lexicon_share: 0.25,
+        }
+    }
+}
+
+impl FeaturizerConfig {
+    /// Checks ranges; [`Featurizer::new`] calls it.
+    pub fn validate(&self) -> Result<(), FeaturizerError> {
+        let invalid = |reason: String| Err(FeaturizerError::InvalidConfig(reason));
+        if self.buckets < 2 || i64::try_from(self.buckets).is_err() {
+            return invalid(format!("buckets must be at least 2, got {}", self.buckets));
+        }
+        if !(1..=4).contains(&self.word_ngrams) {
+            return invalid(format!(
+                "word_ngrams must be 1..=4, got {}",
+                self.word_ngrams
+            ));
+        }
+        if self.char_ngram_min > 0
+            && (self.char_ngram_min > self.char_ngram_max || self.char_ngram_max > 8)
+        {
+            return invalid(format!(
+                "character n-gram range {}..={} must satisfy 1 <= min <= max <= 8",
+                self.char_ngram_min, self.char_ngram_max
+            ));
+        }
+        let largest_pad = PAD_LENGTHS[PAD_LENGTHS.len() - 1];
+        if self.max_features == 0 || self.max_features > largest_pad {
+            return invalid(format!(
+                "max_features must be 1..={largest_pad}, got {}",
+                self.max_features
+            ));
+        }
+        if self.lexicon_features && self.lexicon_compound_bins == 0 {
+            return invalid("lexicon_compound_bins must be at least 1".to_owned());
+        }
+        if !(0.0..=0.9).contains(&self.lexicon_share) {
+            return invalid(format!(
+                "lexicon_share must be in [0, 0.9], got {}",
+                self.lexicon_share
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hex sha256 of the canonical JSON `{"version": FEATURIZER_VERSION, "config": self}` (fields in
+    /// declaration order): the identity of the id space, for the model card and the ONNX metadata.
+    /// Two models are only comparable, and a model only servable, under the same hash.
+    pub fn config_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+    }
+
+    /// `{"version":…,"config":{…}}` with the fields in declaration order, exactly as `serde_json`
+    /// writes it (a unit test holds the two together, so a new field cannot be forgotten here).
+    /// Written by hand because the library does not otherwise need a JSON dependency.
+    pub fn canonical_json(&self) -> String {
+        format!(
+            "{{\"version\":\"{FEATURIZER_VERSION}\",\"config\":{{\"buckets\":{},\"word_ngrams\":{},\
+             \"char_ngram_min\":{},\"char_ngram_max\":{},\"max_features\":{},\"negation\":{},\
+             \"lexicon_features\":{},\"lexicon_compound_bins\":{},\"lexicon_share\":{:?}}}}}",
+            self.buckets,
+            self.word_ngrams,
+            self.char_ngram_min,
+            self.char_ngram_max,
+            self.max_features,
+            self.negation,
+            self.lexicon_features,
+            self.lexicon_compound_bins,
+            self.lexicon_share,
+        )
+    }
+}
+
+/// The text → ids function shared by training and serving.
+#[derive(Debug, Clone)]
+pub struct Featurizer {
+    config: FeaturizerConfig,
+    lexicon: Option<Lexicon>,
+}
+
+/// What kind of token a [`Token`] is; decides which features it yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    /// A lowercased word: gets character n-grams and may be negated.
+    Word,
+    /// A placeholder, emoticon, `!`/`?` or symbol: used as it is.
+    Other,
+}
+
+/// One token of the cleaned text.
+#[derive(Debug, Clone)]
+struct Token {
+    /// The token as hashed for word n-grams (with the negation prefix when negated).
+    text: String,
+    /// The token without the negation prefix (for lexicon look-ups and character n-grams).
+    surface_start: usize,
+    kind: TokenKind,
+    negated: bool,
+}
+
+impl Token {
+    fn surface(&self) -> &str {
+        &self.text[self.surface_start..]
+    }
+}
+
+impl Featurizer {
+    /// A featurizer for `config`; `lexicon` is required when `config.lexicon_features` is on and
+    /// ignored otherwise.
+    pub fn new(
+        config: FeaturizerConfig,
+        lexicon: Option<Lexicon>,
+    ) -> Result<Self, FeaturizerError> {
+        config.validate()?;
+        let lexicon = if config.lexicon_features {
+            Some(lexicon.ok_or(FeaturizerError::LexiconMissing)?)
+        } else {
+            None
+        };
+        Ok(Self { config, lexicon })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FeaturizerConfig {
+        &self.config
+    }
+
+    /// Feature ids of one raw text, in the deterministic order of the module documentation, at most
+    /// `max_features` of them, each in `1..buckets`. Empty text gives no ids.
+    pub fn featurize(&self, raw_text: &str) -> Vec<i64> {
+        self.featurize_counted(raw_text).0
+    }
+
+    /// [`Featurizer::featurize`] plus the number of tokens of the cleaned text (the trainer's
+    /// tokens/s counts these, as fastText counts words).
+    pub(crate) fn featurize_counted(&self, raw_text: &str) -> (Vec<i64>, usize) {
+        let cleaned = clean(raw_text).text;
+        let tokens = tokenize(&cleaned, self.config.negation);
+        let mut sink = IdSink::new(&self.config);
+
+        let mut compound_bin = None;
+        if let Some(lexicon) = &self.lexicon {
+            compound_bin = Some(self.lexicon_tokens(lexicon, &cleaned, &tokens, &mut sink));
+        }
+        self.word_ngrams(&tokens, &mut sink);
+        self.char_ngrams(&tokens, &mut sink);
+
+        let mut ids = sink.ids;
+        if let Some(bin) = compound_bin {
+            let compound_id = self.id(namespace::LEXICON_COMPOUND, &[bin.to_string().as_bytes()]);
+            let share = f64::from(self.config.lexicon_share);
+            let budget = self.config.max_features;
+            // Copies so that they make up `share` of the bag: c / (c + n) = share.
+            let wanted = (share / (1.0 - share) * ids.len() as f64).round() as usize;
+            let copies = wanted.clamp(1, budget);
+            ids.truncate(budget - copies);
+            let mut with_prior = Vec::with_capacity(copies + ids.len());
+            with_prior.resize(copies, compound_id);
+            with_prior.extend_from_slice(&ids);
+            ids = with_prior;
+        }
+        ids.truncate(self.config.max_features);
+        (ids, tokens.len())
+    }
+
+    /// Featurizes `texts` into one row-major `[rows][cols]` matrix padded with [`PADDING_ID`], where
+    /// `cols = pad_to`; rows longer than `pad_to` are cut (choose `pad_to` with [`pad_length`] to
+    /// avoid that). Returns `(ids, rows, cols)`, the shape of the ONNX input.
+    pub fn batch<S: AsRef<str>>(&self, texts: &[S], pad_to: usize) -> (Vec<i64>, usize, usize) {
+        let mut ids = vec![PADDING_ID; texts.len() * pad_to];
+        for (row, text) in ids.chunks_mut(pad_to.max(1)).zip(texts) {
+            let features = self.featurize(text.as_ref());
+            let kept = features.len().min(pad_to);
+            row[..kept].copy_from_slice(&features[..kept]);
+        }
+        (ids, texts.len(), pad_to)
+    }
+
+    /// Rule 5 except the compound copies, which are added last; returns the compound bin.
+    fn lexicon_tokens(
+        &self,
+        lexicon: &Lexicon,
+        cleaned: &str,
+        tokens: &[Token],
+        sink: &mut IdSink,
+    ) -> usize {
+        let mut positive = 0usize;
+        let mut negative = 0usize;
+        for token in tokens {
+            let Some(valence) = lexicon.valence(token.surface()) else {
+                continue;
+            };
+            let signed = if token.negated { -valence } else { valence };
+            if signed > 0.0 {
+                positive += 1;
+            } else if signed < 0.0 {
+                negative += 1;
+            }
+            let rounded = signed.round() as i64;
+            sink.push(self.id(
+                namespace::LEXICON_WORD,
+                &[format!("{rounded:+}").as_bytes()],
+            ));
+        }
+        for (name, count) in [("pos", positive), ("neg", negative)] {
+            let capped = count.min(3);
+            sink.push(self.id(
+                namespace::LEXICON_COUNT,
+                &[format!("{name}{capped}").as_bytes()],
+            ));
+        }
+        let compound = lexicon.score(cleaned).compound;
+        compound_bin(compound, self.config.lexicon_compound_bins)
+    }
+
+    /// Rule 4: word n-grams of order 1..=word_ngrams, all unigrams first, then bigrams, …
+    fn word_ngrams(&self, tokens: &[Token], sink: &mut IdSink) {
+        for order in 1..=self.config.word_ngrams {
+            for window in tokens.windows(order) {
+                let mut hash = FeatureHash::new(namespace::WORD_NGRAM);
+                for (position, token) in window.iter().enumerate() {
+                    if position > 0 {
+                        hash.write(b" ");
+                    }
+                    hash.write(token.text.as_bytes());
+                }
+                sink.push(hash.id(self.config.buckets));
+            }
+        }
+    }
+
+    /// Rule 4: character n-grams of `<word>` for each word token.
+    fn char_ngrams(&self, tokens: &[Token], sink: &mut IdSink) {
+        let (min, max) = (self.config.char_ngram_min, self.config.char_ngram_max);
+        if min == 0 {
+            return;
+        }
+        let mut bounded = String::new();
+        let mut boundaries = Vec::new();
+        for token in tokens.iter().filter(|token| token.kind == TokenKind::Word) {
+            bounded.clear();
+            bounded.push('<');
+            bounded.push_str(token.surface());
+            bounded.push('>');
+            boundaries.clear();
+            boundaries.extend(bounded.char_indices().map(|(index, _)| index));
+            boundaries.push(bounded.len());
+            let chars = boundaries.len() - 1;
+            for length in min..=max.min(chars) {
+                for start in 0..=chars - length {
+                    if length == chars {
+                        continue; // the whole `<word>`: the unigram covers it
+                    }
+                    let slice = &bounded[boundaries[start]..boundaries[start + length]];
+                    sink.push(self.id(namespace::CHAR_NGRAM, &[slice.as_bytes()]));
+                }
+            }
+        }
+    }
+
+    fn id(&self, namespace: u8, parts: &[&[u8]]) -> i64 {
+        let mut hash = FeatureHash::new(namespace);
+        for part in parts {
+            hash.write(part);
+        }
+        hash.id(self.config.buckets)
+    }
+}
+
+/// Collects ids up to the cap, so long texts cost no more than `max_features` hashes.
+struct IdSink {
+    ids: Vec<i64>,
+    cap: usize,
+}
+
+impl IdSink {
+    fn new(config: &FeaturizerConfig) -> Self {
+        Self {
+            ids: Vec::with_capacity(config.max_features),
+            cap: config.max_features,
+        }
+    }
+
+    fn push(&mut self, id: i64) {
+        if self.ids.len() < self.cap {
+            self.ids.push(id);
+        }
+    }
+}
+
+/// The smallest of [`PAD_LENGTHS`] that holds `longest_row` ids, or the largest one when none does.
+pub fn pad_length(longest_row: usize) -> usize {
+    PAD_LENGTHS
+        .iter()
+        .copied()
+        .find(|&length| length >= longest_row)
+        .unwrap_or(PAD_LENGTHS[PAD_LENGTHS.len() - 1])
+}
+
+/// Bin of a compound score in `[-1, 1]` among `bins` equal-width bins (1.0 falls in the last one).
+fn compound_bin(compound: f64, bins: usize) -> usize {
+    let position = (compound.clamp(-1.0, 1.0) + 1.0) / 2.0 * bins as f64;
+    (position.floor() as usize).min(bins - 1)
+}
+
+/// FNV-1a 64 of `bytes` finalised by murmur3's `fmix64`: the portable hash behind feature ids, also
+/// used for stable data splits.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash = FeatureHash(FeatureHash::OFFSET_BASIS);
+    hash.write(bytes);
+    hash.finish()
+}
+
+/// FNV-1a 64 with a namespace byte, finalised by murmur3's `fmix64` so that the low bits used by the
+/// modulo are well mixed even for short strings.
+struct FeatureHash(u64);
+
+impl FeatureHash {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new(namespace: u8) -> Self {
+        let mut hash = Self(Self::OFFSET_BASIS);
+        hash.write(&[namespace]);
+        hash
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut mixed = self.0;
+        mixed ^= mixed >> 33;
+        mixed = mixed.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        mixed ^= mixed >> 33;
+        mixed = mixed.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        mixed ^= mixed >> 33;
+        mixed
+    }
+
+    /// `1 + hash mod (buckets - 1)`: never the padding id.
+    fn id(&self, buckets: usize) -> i64 {
+        let slots = (buckets - 1) as u64;
+        (1 + self.finish() % slots) as i64
+    }
+}
+
+/// Rule 2 and 3: the tokens of a cleaned text, with negation marks when `negation` is on.
+fn tokenize(cleaned: &str, negation: bool) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut in_scope = false;
+    for chunk in cleaned.split(' ').filter(|chunk| !chunk.is_empty()) {
+        if let Some((emoticon, ends_scope)) = emoticon(chunk) {
+            tokens.push(Token {
+                text: emoticon,
+                surface_start: 0,
+                kind: TokenKind::Other,
+                negated: false,
+            });
+            in_scope &= !ends_scope;
+            continue;
+        }
+        let mut rest = chunk;
+        while let Some(ch) = rest.chars().next() {
+            if let Some(placeholder) = PLACEHOLDERS.iter().find(|p| rest.starts_with(**p)) {
+                tokens.push(other_token(placeholder));
+                rest = &rest[placeholder.len()..];
+            } else if ch.is_alphanumeric() || ch == '_' {
+                let length = word_length(rest);
+                let word = normalize_word(&rest[..length]);
+                rest = &rest[length..];
+                let negated = negation && in_scope;
+                if word == "but" {
+                    in_scope = false;
+                } else if negation && is_negator(&word) {
+                    in_scope = true;
+                }
+                tokens.push(word_token(word, negated));
+            } else if ch == '!' || ch == '?' {
+                tokens.push(other_token(if ch == '!' { "!" } else { "?" }));
+                rest = rest.trim_start_matches(ch);
+                in_scope = false;
+            } else {
+                if matches!(ch, '.' | ',' | ':' | ';' | '…') {
+                    in_scope = false;
+                } else if is_symbol(ch) {
+                    tokens.push(other_token(&rest[..ch.len_utf8()]));
+                }
+                rest = &rest[ch.len_utf8()..];
+            }
+        }
+    }
+    tokens
+}
+
+fn other_token(text: &str) -> Token {
+    Token {
+        text: text.to_owned(),
+        surface_start: 0,
+        kind: TokenKind::Other,
+        negated: false,
+    }
+}
+
+fn word_token(word: String, negated: bool) -> Token {
+    if negated {
+        Token {
+            text: format!("{NEGATION_PREFIX}{word}"),
+            surface_start: NEGATION_PREFIX.len(),
+            kind: TokenKind::Word,
+            negated: true,
+        }
+    } else {
+        Token {
+            text: word,
+            surface_start: 0,
+            kind: TokenKind::Word,
+            negated: false,
+        }
+    }
+}
+
+/// Byte length of the word at the start of `text`: letters, digits and `_`, continued over an
+/// apostrophe that is followed by a letter.
+fn word_length(text: &str) -> usize {
+    let mut end = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((index, ch)) = chars.next() {
+        let continues = ch.is_alphanumeric()
+            || ch == '_'
+            || (matches!(ch, '\'' | '’')
+                && end > 0
+                && chars.peek().is_some_and(|(_, next)| next.is_alphabetic()));
+        if !continues {
+            break;
+        }
+        end = index + ch.len_utf8();
+    }
+    end
+}
+
+/// Lowercase, `’` → `'`, all-digit words → `<num>`.
+fn normalize_word(word: &str) -> String {
+    if word.chars().all(|ch| ch.is_ascii_digit()) {
+        return NUMBER_TOKEN.to_owned();
+    }
+    word.chars()
+        .flat_map(char::to_lowercase)
+        .map(|ch| if ch == '’' { '\'' } else { ch })
+        .collect()
+}
+
+fn is_negator(word: &str) -> bool {
+    word.ends_with("n't") || NEGATORS.contains(&word)
+}
+
+/// Non-ASCII characters that are tokens of their own: emoji and other symbols.
+fn is_symbol(ch: char) -> bool {
+    !ch.is_ascii()
+        && !ch.is_alphanumeric()
+        && !matches!(
+            ch,
+            '\u{80}'..='\u{bf}'          // Latin-1 punctuation and spacing (« » ¡ ¿ NBSP)
+            | '\u{300}'..='\u{36f}'      // combining diacritics
+            | '\u{2000}'..='\u{206f}'    // general punctuation (quotes, dashes, …, joiners)
+            | '\u{fe00}'..='\u{fe0f}'    // variation selectors
+            | '\u{1f3fb}'..='\u{1f3ff}'  // skin-tone modifiers
+            | '\u{e0020}'..='\u{e007f}'  // emoji tag characters
+            | '\u{fffd}'                 // replacement character of undecodable bytes
+        )
+}
+
+/// The canonical emoticon of a whole chunk, and whether trailing punctuation after it ends a
+/// negation scope; `None` when the chunk is not an emoticon.
+fn emoticon(chunk: &str) -> Option<(String, bool)> {
+    let core = chunk.trim_end_matches(['.', ',', '!', '?']);
+    let ends_scope = core.len() != chunk.len();
+    canonical_emoticon(core).map(|canonical| (canonical, ends_scope))
+}
+
+/// Rule 2's emoticon grammar: `[<>]? eyes nose? mouth+`, `mouth+ nose? eyes`, `<3`, `</3`, `xD`,
+/// `-_-`, `^_^`, `o_O`.
+fn canonical_emoticon(core: &str) -> Option<String> {
+    const EYES: &[char] = &[':', ';', '='];
+    const NOSES: &[char] = &['-', 'o', '\'', '^'];
+    const MOUTHS: &[char] = &[
+        ')', ']', '(', '[', 'D', 'd', 'P', 'p', '/', '\\', '|', '*', '3', 'O', 'o', 'S', 's', '@',
+    ];
+    const REVERSED_MOUTHS: &[char] = &[')', '(', ']', '['];
+    match core {
+        "<3" | "<33" | "<333" => return Some("<3".to_owned()),
+        "</3" => return Some("</3".to_owned()),
+        "-_-" | "^_^" | "^^" | "o_o" | "o_O" | "O_o" | "O_O" => {
+            return Some(core.to_ascii_lowercase());
+        }
+        _ => {}
+    }
+    if core.len() >= 2
+        && core.len() <= 4
+        && core.chars().all(|ch| ch.is_ascii())
+        && matches!(core.as_bytes()[0], b'x' | b'X')
+        && core[1..].chars().all(|ch| ch == 'D')
+    {
+        return Some("XD".to_owned());
+    }
+    let chars: Vec<char> = core.chars().collect();
+    if chars.len() < 2 || chars.len() > 8 {
+        return None;
+    }
+    let mut start = 0;
+    if matches!(chars[0], '<' | '>') {
+        start = 1;
+    }
+    // eyes nose? mouth+
+    if start < chars.len() && EYES.contains(&chars[start]) {
+        let eyes = chars[start];
+        let mut position = start + 1;
+        if position < chars.len() && NOSES.contains(&chars[position]) && position + 1 < chars.len()
+        {
+            position += 1;
+        }
+        let mouth = &chars[position..];
+        if !mouth.is_empty() && mouth.iter().all(|ch| *ch == mouth[0]) && MOUTHS.contains(&mouth[0])
+        {
+            let mouth_char = mouth[0].to_ascii_uppercase();
+            return Some(format!("{eyes}{mouth_char}"));
+        }
+        return None;
+    }
+    // mouth+ nose? eyes, as in `(:` or `(-:`
+    let last = chars[chars.len() - 1];
+    if EYES.contains(&last) && start == 0 {
+        let mut end = chars.len() - 1;
+        if end > 1 && NOSES.contains(&chars[end - 1]) {
+            end -= 1;
+        }
+        let mouth = &chars[..end];
+        if !mouth.is_empty()
+            && mouth.iter().all(|ch| *ch == mouth[0])
+            && REVERSED_MOUTHS.contains(&mouth[0])
+        {
+            return Some(format!("{}{last}", mouth[0]));
+        }
+    }
+    None
+}

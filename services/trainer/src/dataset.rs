@@ -1,0 +1,828 @@
+//! Dataset snapshots: immutable Parquet files (one per split) plus a JSON manifest, the metadata catalogue
+//! of what a model was trained on. Splits are assigned by a hash of the review id, so a review never
+//! moves between train, validation and test across snapshots.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float32Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, TimeZone, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sentiflow_common::events::{LabelProvenance, Sentiment, SourceCoordinate};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Which part of the data a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Used to fit weights.
+    Train,
+    /// Used for early stopping and model selection.
+    Validation,
+    /// Held out: the gate and the model card's figures.
+    Test,
+}
+
+impl Split {
+    /// Every split, in file order.
+    pub const ALL: [Split; 3] = [Split::Train, Split::Validation, Split::Test];
+
+    /// The split of a review: sha256(review id), first 8 bytes big-endian, mod 100: < 80 train,
+    /// < 90 validation, else test. Stable across snapshots, machines and versions.
+    pub fn of(review_id: &str) -> Split {
+        let digest = Sha256::digest(review_id.as_bytes());
+        let bucket = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % 100;
+        match bucket {
+            0..80 => Split::Train,
+            80..90 => Split::Validation,
+            _ => Split::Test,
+        }
+    }
+
+    /// File-name and manifest name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// The documented split rule, recorded in every manifest.
+pub const SPLIT_RULE: &str =
+    "sha256(review_id)[0..8] as big-endian u64 mod 100: <80 train, <90 validation, else test";
+
+/// One labelled example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRow {
+    /// Review id (decides the split).
+    pub review_id: String,
+    /// Cleaned, redacted text (the normaliser's output; the featurizer cleans again idempotently).
+    pub text: String,
+    /// The label.
+    pub label: Sentiment,
+    /// Where the label came from.
+    pub provenance: LabelProvenance,
+    /// Confidence of the label (1 for source and human labels).
+    pub confidence: f32,
+    /// When the review was written.
+    pub created_at: DateTime<Utc>,
+    /// Source platform or corpus.
+    pub source: String,
+}
+
+/// Offsets of the Kafka data a snapshot was cut from, per topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Smallest offset included.
+    pub min_offset: i64,
+    /// Largest offset included.
+    pub max_offset: i64,
+}
+
+/// Where the rows came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// Imported from a file (`sentiflow dataset import`).
+    File {
+        /// Path as given.
+        path: String,
+        /// sha256 of the file's bytes.
+        sha256: String,
+    },
+    /// Curated from topics.
+    Topics {
+        /// Offset ranges per partition.
+        offsets: Vec<OffsetRange>,
+    },
+}
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name inside the snapshot directory.
+    pub name: String,
+    /// Split stored in it.
+    pub split: Split,
+    /// Rows in it.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// sha256 of the file.
+    pub sha256: String,
+}
+
+/// The manifest: the metadata catalogue entry of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Snapshot id (also the directory name).
+    pub snapshot_id: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Total rows.
+    pub rows: u64,
+    /// Rows per split.
+    pub split_rows: BTreeMap<Split, u64>,
+    /// Rows per class.
+    pub class_counts: BTreeMap<Sentiment, u64>,
+    /// Rows per class and split.
+    pub class_counts_by_split: BTreeMap<Split, BTreeMap<Sentiment, u64>>,
+    /// Rows per label provenance.
+    pub provenance: BTreeMap<LabelProvenance, u64>,
+    /// Rows per source.
+    pub sources: BTreeMap<String, u64>,
+    /// Earliest `created_at`.
+    pub time_from: DateTime<Utc>,
+    /// Latest `created_at`.
+    pub time_to: DateTime<Utc>,
+    /// Where the rows came from.
+    pub origin: Origin,
+    /// Version of the text normaliser that produced the texts.
+    pub normalizer_version: String,
+    /// The split rule.
+    pub split_rule: String,
+    /// The files with their checksums.
+    pub files: Vec<FileEntry>,
+}
+
+/// Errors of snapshot writing and reading.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// No rows at all.
+    #[error("the dataset is empty")]
+    Empty,
+    /// A class has no example in the training split.
+    #[error("the training split has no {0} example; every class needs examples")]
+    MissingClass(Sentiment),
+    /// Filesystem failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Arrow/Parquet failure (corrupt file, wrong schema).
+    #[error("{path}: {reason}")]
+    Format {
+        /// File involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file's checksum does not match the manifest.
+    #[error(
+        "{path}: sha256 {actual} does not match the manifest's {expected}; the snapshot is corrupt"
+    )]
+    Checksum {
+        /// File involved.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// No snapshot with that id.
+    #[error("no snapshot {0}")]
+    NotFound(String),
+}
+
+impl DatasetError {
+    /// Stable kind for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::MissingClass(_) => "missing_class",
+            Self::Io { .. } => "io",
+            Self::Format { .. } => "format",
+            Self::Checksum { .. } => "checksum",
+            Self::NotFound(_) => "not_found",
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn format_error(path: &Path, reason: impl std::fmt::Display) -> DatasetError {
+    DatasetError::Format {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, DatasetError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io_error(path))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn arrow_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("review_id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("provenance", DataType::Utf8, false),
+        Field::new("confidence", DataType::Float32, false),
+        Field::new(
+            "created_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("source", DataType::Utf8, false),
+    ]))
+}
+
+fn to_batch(rows: &[&DatasetRow]) -> RecordBatch {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| row.review_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| row.text.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| row.label.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| row.provenance.as_str()),
+        )),
+        Arc::new(Float32Array::from_iter_values(
+            rows.iter().map(|row| row.confidence),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|row| row.created_at.timestamp_millis()),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| row.source.as_str()),
+        )),
+    ];
+    RecordBatch::try_new(arrow_schema(), columns).expect("columns match the schema")
+}
+
+/// The snapshot store: `<root>/<snapshot id>/{train,validation,test}.parquet + manifest.json`.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    /// Directory holding one sub-directory per snapshot.
+    root: PathBuf,
+}
+
+impl SnapshotStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes an immutable snapshot; nothing is visible until it is complete (temp dir + rename).
+    pub fn write(&self, rows: &[DatasetRow], origin: Origin) -> Result<Manifest, DatasetError> {
+        if rows.is_empty() {
+            return Err(DatasetError::Empty);
+        }
+        let mut by_split: BTreeMap<Split, Vec<&DatasetRow>> = BTreeMap::new();
+        for row in rows {
+            by_split
+                .entry(Split::of(&row.review_id))
+                .or_default()
+                .push(row);
+        }
+        let train = by_split
+            .get(&Split::Train)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for class in Sentiment::ALL {
+            if !train.iter().any(|row| row.label == class) {
+                return Err(DatasetError::MissingClass(class));
+            }
+        }
+        std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
+        let staging = self
+            .root
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+        let result = self.write_staged(&staging, &by_split, rows, origin);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    fn write_staged(
+        &self,
+        staging: &Path,
+        by_split: &BTreeMap<Split, Vec<&DatasetRow>>,
+        rows: &[DatasetRow],
+        origin: Origin,
+    ) -> Result<Manifest, DatasetError> {
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
+            .set_created_by("sentiflow".to_owned())
+            .build();
+        let mut files = Vec::new();
+        let mut content_hash = Sha256::new();
+        for split in Split::ALL {
+            let split_rows = by_split.get(&split).map(Vec::as_slice).unwrap_or_default();
+            let name = format!("{}.parquet", split.as_str());
+            let path = staging.join(&name);
+            let file = File::create(&path).map_err(io_error(&path))?;
+            let mut writer = ArrowWriter::try_new(file, arrow_schema(), Some(properties.clone()))
+                .map_err(|error| format_error(&path, error))?;
+            for chunk in split_rows.chunks(8192) {
+                writer
+                    .write(&to_batch(chunk))
+                    .map_err(|error| format_error(&path, error))?;
+            }
+            writer.close().map_err(|error| format_error(&path, error))?;
+            let sha256 = sha256_file(&path)?;
+            content_hash.update(sha256.as_bytes());
+            let bytes = std::fs::metadata(&path).map_err(io_error(&path))?.len();
+            files.push(FileEntry {
+                name,
+                split,
+                rows: split_rows.len() as u64,
+                bytes,
+                sha256,
+            });
+        }
+        let created_at = Utc::now();
+        let snapshot_id = format!(
+            "snap-{}-{}",
+            created_at.format("%Y%m%dT%H%M%S%3fZ"),
+            &hex::encode(content_hash.finalize())[..8]
+        );
+        let mut manifest = Manifest {
+            snapshot_id: snapshot_id.clone(),
+            created_at,
+            rows: rows.len() as u64,
+            split_rows: BTreeMap::new(),
+            class_counts: BTreeMap::new(),
+            class_counts_by_split: BTreeMap::new(),
+            provenance: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            time_from: rows
+                .iter()
+                .map(|row| row.created_at)
+                .min()
+                .expect("non-empty"),
+            time_to: rows
+                .iter()
+                .map(|row| row.created_at)
+                .max()
+                .expect("non-empty"),
+            origin,
+            normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
+            split_rule: SPLIT_RULE.to_owned(),
+            files,
+        };
+        for (split, split_rows) in by_split {
+            manifest.split_rows.insert(*split, split_rows.len() as u64);
+            for row in split_rows {
+                *manifest.class_counts.entry(row.label).or_default() += 1;
+                *manifest
+                    .class_counts_by_split
+                    .entry(*split)
+                    .or_default()
+                    .entry(row.label)
+                    .or_default() += 1;
+                *manifest.provenance.entry(row.provenance).or_default() += 1;
+                *manifest.sources.entry(row.source.clone()).or_default() += 1;
+            }
+        }
+        let manifest_path = staging.join("manifest.json");
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+        std::fs::write(&manifest_path, json).map_err(io_error(&manifest_path))?;
+        let target = self.root.join(&snapshot_id);
+        std::fs::rename(staging, &target).map_err(io_error(&target))?;
+        manifest.snapshot_id = snapshot_id;
+        Ok(manifest)
+    }
+
+    /// Snapshot ids, oldest first (ids sort by creation time).
+    pub fn list(&self) -> Result<Vec<String>, DatasetError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(&self.root)(error)),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("snap-"))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The id of the newest snapshot, if any.
+    pub fn latest(&self) -> Result<Option<String>, DatasetError> {
+        Ok(self.list()?.pop())
+    }
+
+    /// Reads a manifest.
+    pub fn manifest(&self, snapshot_id: &str) -> Result<Manifest, DatasetError> {
+        let path = self.root.join(snapshot_id).join("manifest.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DatasetError::NotFound(snapshot_id.to_owned()));
+            }
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        serde_json::from_slice(&bytes).map_err(|error| format_error(&path, error))
+    }
+
+    /// Reads one split after verifying every file's checksum against the manifest.
+    pub fn read(&self, snapshot_id: &str, split: Split) -> Result<Vec<DatasetRow>, DatasetError> {
+        let manifest = self.manifest(snapshot_id)?;
+        for entry in &manifest.files {
+            let path = self.root.join(snapshot_id).join(&entry.name);
+            let actual = sha256_file(&path)?;
+            if actual != entry.sha256 {
+                return Err(DatasetError::Checksum {
+                    path,
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        let entry = manifest
+            .files
+            .iter()
+            .find(|entry| entry.split == split)
+            .ok_or_else(|| DatasetError::NotFound(format!("{snapshot_id}/{}", split.as_str())))?;
+        let path = self.root.join(snapshot_id).join(&entry.name);
+        read_parquet(&path)
+    }
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<DatasetRow>, DatasetError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|error| format_error(path, error))?
+        .build()
+        .map_err(|error| format_error(path, error))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|error| format_error(path, error))?;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format_error(path, format!("missing column {name}")))
+        };
+        let strings = |name: &str| -> Result<StringArray, DatasetError> {
+            column(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| format_error(path, format!("column {name} is not a string column")))
+        };
+        let (ids, texts, labels, provenances, sources) = (
+            strings("review_id")?,
+            strings("text")?,
+            strings("label")?,
+            strings("provenance")?,
+            strings("source")?,
+        );
+        let confidences = column("confidence")?
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .cloned()
+            .ok_or_else(|| format_error(path, "confidence is not float32"))?;
+        let times = column("created_at")?
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .cloned()
+            .ok_or_else(|| format_error(path, "created_at is not a millisecond timestamp"))?;
+        for index in 0..batch.num_rows() {
+            let label = labels
+                .value(index)
+                .parse()
+                .map_err(|error| format_error(path, format!("row {index}: {error}")))?;
+            let provenance = provenances
+                .value(index)
+                .parse()
+                .map_err(|error| format_error(path, format!("row {index}: {error}")))?;
+            let created_at = Utc
+                .timestamp_millis_opt(times.value(index))
+                .single()
+                .ok_or_else(|| format_error(path, format!("row {index}: bad timestamp")))?;
+            rows.push(DatasetRow {
+                review_id: ids.value(index).to_owned(),
+                text: texts.value(index).to_owned(),
+                label,
+                provenance,
+                confidence: confidences.value(index),
+                created_at,
+                source: sources.value(index).to_owned(),
+            });
+        }
+        debug_assert!(!ids.is_nullable() || ids.null_count() == 0);
+    }
+    Ok(rows)
+}
+
+/// Merges labelled rows so that a human label overrides a source or weak label of the same review,
+/// and a later label of equal rank replaces an earlier one. Output is ordered by review id.
+pub fn merge_labels(rows: impl IntoIterator<Item = DatasetRow>) -> Vec<DatasetRow> {
+    fn rank(provenance: LabelProvenance) -> u8 {
+        match provenance {
+            LabelProvenance::Human => 3,
+            LabelProvenance::SourceLabel => 2,
+            LabelProvenance::SourceRating => 1,
+            LabelProvenance::WeakLexicon => 0,
+        }
+    }
+    let mut merged: BTreeMap<String, DatasetRow> = BTreeMap::new();
+    for row in rows {
+        match merged.get_mut(&row.review_id) {
+            Some(existing) if rank(row.provenance) < rank(existing.provenance) => {}
+            Some(existing) => {
+                // A human label may arrive without text (labels.feedback): keep the review's text.
+                let text = if row.text.is_empty() {
+                    std::mem::take(&mut existing.text)
+                } else {
+                    row.text.clone()
+                };
+                *existing = DatasetRow { text, ..row };
+            }
+            None => {
+                merged.insert(row.review_id.clone(), row);
+            }
+        }
+    }
+    merged
+        .into_values()
+        .filter(|row| !row.text.is_empty())
+        .collect()
+}
+
+/// Offset ranges of a set of source coordinates (for a curated snapshot's manifest).
+pub fn offset_ranges<'a>(
+    coordinates: impl IntoIterator<Item = &'a SourceCoordinate>,
+) -> Vec<OffsetRange> {
+    let mut ranges: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for coordinate in coordinates {
+        let entry = ranges
+            .entry((coordinate.topic.clone(), coordinate.partition))
+            .or_insert((coordinate.offset, coordinate.offset));
+        entry.0 = entry.0.min(coordinate.offset);
+        entry.1 = entry.1.max(coordinate.offset);
+    }
+    ranges
+        .into_iter()
+        .map(
+            |((topic, partition), (min_offset, max_offset))| OffsetRange {
+                topic,
+                partition,
+                min_offset,
+                max_offset,
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, label: Sentiment, provenance: LabelProvenance, text: &str) -> DatasetRow {
+        DatasetRow {
+            review_id: id.to_owned(),
+            text: text.to_owned(),
+            label,
+            provenance,
+            confidence: 1.0,
+            created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap(),
+            source: "unit".to_owned(),
+        }
+    }
+
+    fn rows(count: usize) -> Vec<DatasetRow> {
+        (0..count)
+            .map(|index| {
+                row(
+                    &format!("r{index}"),
+                    Sentiment::from_index(index % 3).unwrap(),
+                    LabelProvenance::SourceLabel,
+                    &format!("text {index}"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_is_stable_and_roughly_80_10_10() {
+        assert_eq!(Split::of("r1"), Split::of("r1"));
+        let mut counts: BTreeMap<Split, usize> = BTreeMap::new();
+        for index in 0..10_000 {
+            *counts
+                .entry(Split::of(&format!("review-{index}")))
+                .or_default() += 1;
+        }
+        assert!(
+            (7_700..8_300).contains(&counts[&Split::Train]),
+            "{counts:?}"
+        );
+        assert!(
+            (800..1_200).contains(&counts[&Split::Validation]),
+            "{counts:?}"
+        );
+        assert!((800..1_200).contains(&counts[&Split::Test]), "{counts:?}");
+        // Pinned values: changing the rule would silently move reviews between splits.
+        let pinned: Vec<Split> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| Split::of(id))
+            .collect();
+        assert_eq!(pinned, pinned_splits());
+    }
+
+    fn pinned_splits() -> Vec<Split> {
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| {
+                let digest = Sha256::digest(id.as_bytes());
+                match u64::from_be_bytes(digest[..8].try_into().unwrap()) % 100 {
+                    0..80 => Split::Train,
+                    80..90 => Split::Validation,
+                    _ => Split::Test,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_round_trip_with_manifest_and_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let input = rows(600);
+        let manifest = store
+            .write(
+                &input,
+                Origin::File {
+                    path: "unit".into(),
+                    sha256: "0".repeat(64),
+                },
+            )
+            .unwrap();
+        assert_eq!(manifest.rows, 600);
+        assert_eq!(manifest.class_counts.values().sum::<u64>(), 600);
+        assert_eq!(manifest.split_rows.values().sum::<u64>(), 600);
+        assert_eq!(store.list().unwrap(), vec![manifest.snapshot_id.clone()]);
+        let mut read_back = Vec::new();
+        for split in Split::ALL {
+            let part = store.read(&manifest.snapshot_id, split).unwrap();
+            assert!(part.iter().all(|row| Split::of(&row.review_id) == split));
+            read_back.extend(part);
+        }
+        read_back.sort_by(|a, b| a.review_id.cmp(&b.review_id));
+        let mut expected = input.clone();
+        expected.sort_by(|a, b| a.review_id.cmp(&b.review_id));
+        assert_eq!(read_back, expected);
+        assert_eq!(store.manifest(&manifest.snapshot_id).unwrap(), manifest);
+        // No staging directory is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let manifest = store
+            .write(
+                &rows(300),
+                Origin::File {
+                    path: "unit".into(),
+                    sha256: "0".repeat(64),
+                },
+            )
+            .unwrap();
+        let path = dir.path().join(&manifest.snapshot_id).join("test.parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let error = store.read(&manifest.snapshot_id, Split::Train).unwrap_err();
+        assert_eq!(error.kind(), "checksum", "{error}");
+    }
+
+    #[test]
+    fn empty_data_and_missing_classes_are_refused_without_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let origin = Origin::File {
+            path: "unit".into(),
+            sha256: "0".repeat(64),
+        };
+        assert_eq!(
+            store.write(&[], origin.clone()).unwrap_err().kind(),
+            "empty"
+        );
+        let no_neutral: Vec<DatasetRow> = rows(300)
+            .into_iter()
+            .filter(|row| row.label != Sentiment::Neutral)
+            .collect();
+        let error = store.write(&no_neutral, origin).unwrap_err();
+        assert!(
+            matches!(error, DatasetError::MissingClass(Sentiment::Neutral)),
+            "{error}"
+        );
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .map(Iterator::count)
+                .unwrap_or(0),
+            0,
+            "nothing half-written"
+        );
+    }
+
+    #[test]
+    fn human_labels_override_weak_and_source_labels() {
+        let merged = merge_labels(vec![
+            row(
+                "a",
+                Sentiment::Positive,
+                LabelProvenance::WeakLexicon,
+                "great",
+            ),
+            row("a", Sentiment::Negative, LabelProvenance::Human, ""),
+            row("b", Sentiment::Neutral, LabelProvenance::Human, "meh"),
+            row(
+                "b",
+                Sentiment::Positive,
+                LabelProvenance::SourceLabel,
+                "meh!",
+            ),
+            row("c", Sentiment::Negative, LabelProvenance::Human, ""),
+        ]);
+        let view: Vec<(&str, Sentiment, LabelProvenance, &str)> = merged
+            .iter()
+            .map(|row| {
+                (
+                    row.review_id.as_str(),
+                    row.label,
+                    row.provenance,
+                    row.text.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("a", Sentiment::Negative, LabelProvenance::Human, "great"),
+                ("b", Sentiment::Neutral, LabelProvenance::Human, "meh"),
+            ],
+            "a human label without text keeps the review's text; one with no review at all is dropped"
+        );
+    }
+
+    #[test]
+    fn offset_ranges_per_partition() {
+        let coordinate = |partition, offset| SourceCoordinate {
+            topic: "reviews.clean".into(),
+            partition,
+            offset,
+        };
+        let ranges = offset_ranges(&[coordinate(0, 5), coordinate(0, 2), coordinate(1, 7)]);
+        assert_eq!(
+            ranges[0],
+            OffsetRange {
+                topic: "reviews.clean".into(),
+                partition: 0,
+                min_offset: 2,
+                max_offset: 5
+            }
+        );
+        assert_eq!(ranges[1].min_offset, 7);
+    }
+}
