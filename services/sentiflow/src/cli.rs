@@ -35,6 +35,12 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
     Ingest(Box<IngestConfig>),
+    /// Dataset snapshots: import labelled files, list, show manifests.
+    Dataset {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::dataset::DatasetCommand,
+    },
 }
 
 /// Flags of `sentiflow replay`.
@@ -123,6 +129,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 created.len()
             );
             Ok(())
+        }
+        Command::Dataset { command } => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            tokio::task::spawn_blocking(move || crate::dataset::run(command)).await?
         }
         Command::Ingest(config) => {
             telemetry::init_tracing(&config.telemetry);

