@@ -35,6 +35,12 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
     Ingest(Box<IngestConfig>),
+    /// The model registry: list, show, promote, roll back.
+    Models {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::models::ModelsCommand,
+    },
     /// Dataset snapshots: import labelled files, list, show manifests.
     Dataset {
         /// What to do.
@@ -129,6 +135,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 created.len()
             );
             Ok(())
+        }
+        Command::Models { command } => {
+            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn".to_owned(), ..TelemetryArgs::ephemeral() });
+            crate::models::run(command).await
         }
         Command::Dataset { command } => {
             telemetry::init_tracing(&TelemetryArgs {

@@ -6,6 +6,7 @@
 //! - [`up`]: `sentiflow up`, the whole pipeline on one machine.
 //! - [`local`]: real Kafka (KRaft) and Redis processes started from the setup cache.
 //! - [`dataset`]: `sentiflow dataset import|list|show` (snapshots for offline training).
+//! - [`models`]: `sentiflow models list|show|promote|rollback`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
 
@@ -13,5 +14,6 @@ pub mod cli;
 pub mod corpus;
 pub mod dataset;
 pub mod local;
+pub mod models;
 pub mod replay;
 pub mod up;
