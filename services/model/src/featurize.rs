@@ -93,7 +93,7 @@ pub enum FeaturizerError {
 pub struct FeaturizerConfig {
     /// Rows of the embedding table including the padding row: ids are `1..buckets`.
     pub buckets: usize,
-    /// Highest word n-gram order (1 = unigrams only, 2 = also bigrams, …).
+    /// Highest word n-gram order (0 = none, 1 = unigrams only, 2 = also bigrams, …).
     pub word_ngrams: usize,
     /// Shortest character n-gram inside a word; 0 turns character n-grams off.
     pub char_ngram_min: usize,
@@ -134,9 +134,9 @@ impl FeaturizerConfig {
         if self.buckets < 2 || i64::try_from(self.buckets).is_err() {
             return invalid(format!("buckets must be at least 2, got {}", self.buckets));
         }
-        if !(1..=4).contains(&self.word_ngrams) {
+        if self.word_ngrams > 4 {
             return invalid(format!(
-                "word_ngrams must be 1..=4, got {}",
+                "word_ngrams must be 0..=4, got {}",
                 self.word_ngrams
             ));
         }
@@ -274,10 +274,12 @@ impl Featurizer {
             let compound_id = self.id(namespace::LEXICON_COMPOUND, &[bin.to_string().as_bytes()]);
             let share = f64::from(self.config.lexicon_share);
             let budget = self.config.max_features;
-            // Copies so that they make up `share` of the bag: c / (c + n) = share.
+            // The other features keep (1 − share) of the budget; the copies then make up `share` of
+            // the bag: c / (c + n) = share.
+            let others_budget = (((1.0 - share) * budget as f64).floor() as usize).max(1);
+            ids.truncate(others_budget);
             let wanted = (share / (1.0 - share) * ids.len() as f64).round() as usize;
-            let copies = wanted.clamp(1, budget);
-            ids.truncate(budget - copies);
+            let copies = wanted.clamp(1, budget - ids.len());
             let mut with_prior = Vec::with_capacity(copies + ids.len());
             with_prior.resize(copies, compound_id);
             with_prior.extend_from_slice(&ids);

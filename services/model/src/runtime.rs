@@ -315,6 +315,8 @@ pub struct LoadedModel {
     summary: GraphSummary,
     /// Node placement seen in the profiled warm-up of a CUDA session.
     placement: Option<Placement>,
+    /// Intra-op threads of the session, reused by [`LoadedModel::replicate`].
+    intra_threads: usize,
 }
 
 impl fmt::Debug for LoadedModel {
@@ -340,11 +342,29 @@ fn session_builder(env: &OrtEnvironment, intra_threads: usize) -> Result<Session
 /// Distinguishes the profile files of sessions built concurrently in one process.
 static PROFILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Removes profile files ORT may have started under `prefix` (it appends `_<timestamp>.json`) when
+/// the session never got far enough to hand back the name.
+fn remove_profiles(prefix: &Path) {
+    let (Some(directory), Some(stem)) = (prefix.parent(), prefix.file_name()) else {
+        return;
+    };
+    let stem = format!("{}_", stem.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&stem) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl LoadedModel {
     /// Checks `onnx_bytes` against the sentiflow contract ([`onnx::verify_structure`]), builds a
     /// session on the requested device (see the module docs for how the device is decided) with
-    /// `intra_threads` threads for intra-op parallelism (1 = only the calling thread), and runs one
-    /// warm-up inference that must return valid probabilities.
+    /// `intra_threads` threads for intra-op parallelism (1, or 0, = only the calling thread), and runs
+    /// one warm-up inference that must return valid probabilities. Further sessions for more worker
+    /// threads: [`LoadedModel::replicate`].
     pub fn load(
         env: &OrtEnvironment,
         onnx_bytes: &[u8],
@@ -397,6 +417,7 @@ impl LoadedModel {
             fallback_reason: None,
             summary,
             placement: None,
+            intra_threads,
         };
         model.warm_up(&[1], 1)?;
         Ok(model)
@@ -424,15 +445,17 @@ impl LoadedModel {
         let mut builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
             .map_err(|error| format!("registering the CUDA execution provider failed: {error}"))?;
-        let session = builder
-            .commit_from_memory(onnx_bytes)
-            .map_err(|error| format!("building a CUDA session failed: {error}"))?;
+        let session = builder.commit_from_memory(onnx_bytes).map_err(|error| {
+            remove_profiles(&profile_prefix);
+            format!("building a CUDA session failed: {error}")
+        })?;
         let mut model = Self {
             session,
             device: Device::Cuda,
             fallback_reason: None,
             summary: summary.clone(),
             placement: None,
+            intra_threads,
         };
         let warm_up = model.warm_up(&[1], 1);
         // Profiling must be ended (and its file removed) whatever the warm-up did.
@@ -461,6 +484,31 @@ impl LoadedModel {
         }
         model.placement = Some(placement);
         Ok(model)
+    }
+
+    /// Another session of the same model on the device this one proved, for one more worker thread:
+    /// skips the structural check and the CUDA/CPU decision (a CUDA replica still proves its
+    /// placement). `onnx_bytes` must be the bytes this model was loaded from; their metadata is
+    /// compared as a guard.
+    pub fn replicate(&self, env: &OrtEnvironment, onnx_bytes: &[u8]) -> Result<Self, RuntimeError> {
+        let metadata = onnx::read_metadata(onnx_bytes)?;
+        if metadata != self.summary.metadata {
+            return Err(RuntimeError::Session(format!(
+                "replicate got the bytes of {} {}, not of {} {}",
+                metadata.name,
+                metadata.version,
+                self.summary.metadata.name,
+                self.summary.metadata.version
+            )));
+        }
+        let summary = self.summary.clone();
+        let mut replica = match self.device {
+            Device::Cpu => Self::load_cpu(env, onnx_bytes, self.intra_threads, summary)?,
+            Device::Cuda => Self::load_cuda(env, onnx_bytes, self.intra_threads, &summary)
+                .map_err(RuntimeError::CudaUnavailable)?,
+        };
+        replica.fallback_reason.clone_from(&self.fallback_reason);
+        Ok(replica)
     }
 
     /// The device the session really runs on.
@@ -565,5 +613,50 @@ impl LoadedModel {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shaped like ORT 1.31's profile (trimmed): session events, node events with `args.provider`.
+    fn profile(gemm_provider: &str) -> String {
+        format!(
+            r#"[
+{{"cat" : "Session","pid" :1,"tid" :1,"dur" :7,"ts" :1,"ph" : "X","name" :"session_initialization","args" : {{}}}},
+{{"cat" : "Node","pid" :1,"tid" :1,"dur" :1,"ts" :2,"ph" : "X","name" :"token_vectors_fence_before","args" : {{"op_name" : "Gather"}}}},
+{{"cat" : "Node","pid" :1,"tid" :1,"dur" :5,"ts" :3,"ph" : "X","name" :"token_vectors_kernel_time","args" : {{"op_name" : "Gather","provider" : "CUDAExecutionProvider"}}}},
+{{"cat" : "Node","pid" :1,"tid" :1,"dur" :5,"ts" :4,"ph" : "X","name" :"is_padding_kernel_time","args" : {{"op_name" : "Equal","provider" : "CPUExecutionProvider"}}}},
+{{"cat" : "Node","pid" :1,"tid" :1,"dur" :5,"ts" :5,"ph" : "X","name" :"logits_kernel_time","args" : {{"op_name" : "Gemm","provider" : "{gemm_provider}"}}}},
+{{"cat" : "Session","pid" :1,"tid" :1,"dur" :9,"ts" :6,"ph" : "X","name" :"model_run","args" : {{}}}}
+]"#
+        )
+    }
+
+    #[test]
+    fn placement_counts_kernel_events_per_provider() {
+        let placement = Placement::from_profile(&profile("CUDAExecutionProvider")).expect("parses");
+        assert_eq!(
+            placement.nodes_by_provider.get("CUDAExecutionProvider"),
+            Some(&2)
+        );
+        assert_eq!(
+            placement.nodes_by_provider.get("CPUExecutionProvider"),
+            Some(&1)
+        );
+        assert!(
+            placement.is_cuda(),
+            "host-side Equal does not make it a CPU model"
+        );
+    }
+
+    #[test]
+    fn compute_nodes_on_cpu_mean_not_cuda() {
+        let placement = Placement::from_profile(&profile("CPUExecutionProvider")).expect("parses");
+        assert_eq!(placement.compute_ops_off_cuda, ["Gemm"]);
+        assert!(!placement.is_cuda());
+        assert!(!Placement::default().is_cuda(), "no node on CUDA at all");
+        assert!(Placement::from_profile("not json").is_err());
     }
 }

@@ -39,6 +39,18 @@ pub enum LearningRateSchedule {
     Constant,
 }
 
+/// How the gradient becomes an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Plain SGD, as fastText: every row moves by `lr × gradient`.
+    Sgd,
+    /// Row-wise AdaGrad for the embeddings (one accumulator per row) and element-wise AdaGrad for
+    /// the output layer: frequent rows (the compound-prior token, which makes up a fixed share of
+    /// every bag) slow down, rare rows keep learning.
+    Adagrad,
+}
+
 /// How classes are weighted in the loss, from the (example-weighted) class counts of the training set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +76,8 @@ pub struct TrainConfig {
     pub learning_rate: f32,
     /// Learning-rate schedule.
     pub schedule: LearningRateSchedule,
+    /// Update rule.
+    pub optimizer: OptimizerKind,
     /// Class weighting of the loss.
     pub class_weighting: ClassWeighting,
     /// L2 strength on the embedding rows (applied lazily, only where used).
@@ -85,6 +99,7 @@ impl Default for TrainConfig {
             epochs: 8,
             learning_rate: 0.2,
             schedule: LearningRateSchedule::Linear,
+            optimizer: OptimizerKind::Sgd,
             class_weighting: ClassWeighting::InverseFrequency,
             l2_embeddings: 0.0,
             l2_output: 0.0,
@@ -279,7 +294,7 @@ pub fn train(
         *value = (rng.next_f32() * 2.0 - 1.0) * scale;
     }
 
-    let mut sgd = Sgd::new(&model, config);
+    let mut optimizer = Optimizer::new(&model, config);
     let mut order: Vec<usize> = (0..training.len()).collect();
     let mut history = Vec::with_capacity(config.epochs);
     let total_steps = (config.epochs * training.len()) as f64;
@@ -292,7 +307,7 @@ pub fn train(
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0f64;
         let mut weight_sum = 0.0f64;
-        let mut features = 0usize;
+        let mut features = 0.0f64;
         let mut learning_rate = config.learning_rate;
         for (position, &index) in order.iter().enumerate() {
             let step = epoch * training.len() + position;
@@ -302,34 +317,33 @@ pub fn train(
                 }
                 LearningRateSchedule::Constant => config.learning_rate,
             };
-            let ids = train_bags.ids(index);
-            if ids.is_empty() {
+            let entries = train_bags.entries(index);
+            let label = training[index].label;
+            let weight = training[index].weight * class_weights[label];
+            if entries.is_empty() || weight == 0.0 {
                 continue;
             }
             kept.clear();
             if config.feature_dropout > 0.0 {
                 kept.extend(
-                    ids.iter()
+                    entries
+                        .iter()
                         .copied()
                         .filter(|_| rng.next_f32() >= config.feature_dropout),
                 );
                 if kept.is_empty() {
-                    kept.push(ids[rng.below(ids.len())]);
+                    kept.push(entries[rng.below(entries.len())]);
                 }
             } else {
-                kept.extend_from_slice(ids);
+                kept.extend_from_slice(entries);
             }
-            let label = training[index].label;
-            let weight = training[index].weight * class_weights[label];
-            if weight == 0.0 {
-                continue;
-            }
-            loss_sum += f64::from(sgd.step(&mut model, &kept, label, weight, learning_rate));
+            let step = optimizer.step(&mut model, &kept, label, weight, learning_rate);
+            loss_sum += f64::from(step.loss);
             weight_sum += f64::from(weight);
-            features += kept.len();
+            features += f64::from(step.occurrences);
         }
         let seconds = start.elapsed().as_secs_f64();
-        sgd.catch_up_all(&mut model);
+        optimizer.catch_up_all(&mut model);
 
         let predictions = validation_bags.predict(&model);
         let evaluation = evaluate(&predictions, &validation_labels);
@@ -344,7 +358,7 @@ pub fn train(
             validation_macro_f1: evaluation.macro_f1,
             validation_log_loss: evaluation.log_loss,
             tokens_per_second: train_bags.tokens as f64 / seconds.max(1e-9),
-            features_per_second: features as f64 / seconds.max(1e-9),
+            features_per_second: features / seconds.max(1e-9),
             seconds,
         });
         let improved = best
@@ -438,9 +452,17 @@ fn class_weights(
     Ok(weights.map(|weight| weight as f32))
 }
 
-/// Feature ids of many texts in one flat buffer (ids as `u32` row indices; buckets fit).
+/// One distinct feature id of a bag and how often it occurs there (the compound-prior token occurs
+/// many times by design); the trainer works on these so a repeated id costs one row update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    row: u32,
+    count: f32,
+}
+
+/// The bags of many texts in one flat buffer, each sorted by row.
 struct Bags {
-    ids: Vec<u32>,
+    entries: Vec<Entry>,
     offsets: Vec<usize>,
     /// Cleaned-text tokens over all texts, for tokens/s.
     tokens: usize,
@@ -486,25 +508,35 @@ impl Bags {
                 .collect()
         });
         let mut bags = Self {
-            ids: Vec::new(),
+            entries: Vec::new(),
             offsets: vec![0],
             tokens: 0,
         };
+        let mut sorted = Vec::new();
         for (rows, tokens) in parts {
             bags.tokens += tokens;
             for row in rows {
-                bags.ids.extend(
+                sorted.clear();
+                sorted.extend(
                     row.iter()
                         .map(|&id| u32::try_from(id).expect("bucket ids fit in u32")),
                 );
-                bags.offsets.push(bags.ids.len());
+                sorted.sort_unstable();
+                let row_start = bags.entries.len();
+                for &id in &sorted {
+                    match bags.entries[row_start..].last_mut() {
+                        Some(last) if last.row == id => last.count += 1.0,
+                        _ => bags.entries.push(Entry { row: id, count: 1.0 }),
+                    }
+                }
+                bags.offsets.push(bags.entries.len());
             }
         }
         bags
     }
 
-    fn ids(&self, index: usize) -> &[u32] {
-        &self.ids[self.offsets[index]..self.offsets[index + 1]]
+    fn entries(&self, index: usize) -> &[Entry] {
+        &self.entries[self.offsets[index]..self.offsets[index + 1]]
     }
 
     fn len(&self) -> usize {
@@ -515,24 +547,33 @@ impl Bags {
         let mut hidden = vec![0.0f32; model.dim];
         (0..self.len())
             .map(|index| {
-                let logits = forward(model, self.ids(index), &mut hidden);
+                let logits = forward(model, self.entries(index), &mut hidden);
                 softmax(logits.map(f64::from))
             })
             .collect()
     }
 }
 
-/// `hidden = mean(E[ids])` (zero for no ids) and the logits `Wᵀ hidden + b`.
-fn forward(model: &HashedModel, ids: &[u32], hidden: &mut [f32]) -> [f32; CLASSES] {
+/// `hidden = mean(E[ids])` over occurrences (zero for an empty bag) and the logits `Wᵀ hidden + b`.
+fn forward(model: &HashedModel, entries: &[Entry], hidden: &mut [f32]) -> [f32; CLASSES] {
     let dim = model.dim;
     hidden.fill(0.0);
-    for &id in ids {
-        let row = &model.embeddings[id as usize * dim..(id as usize + 1) * dim];
-        for (sum, value) in hidden.iter_mut().zip(row) {
-            *sum += value;
+    let mut occurrences = 0.0f32;
+    for entry in entries {
+        let start = entry.row as usize * dim;
+        let row = &model.embeddings[start..start + dim];
+        occurrences += entry.count;
+        if entry.count == 1.0 {
+            for (sum, value) in hidden.iter_mut().zip(row) {
+                *sum += value;
+            }
+        } else {
+            for (sum, value) in hidden.iter_mut().zip(row) {
+                *sum += entry.count * value;
+            }
         }
     }
-    let inverse = 1.0 / ids.len().max(1) as f32;
+    let inverse = 1.0 / occurrences.max(1.0);
     let mut logits = model.bias;
     for (d, value) in hidden.iter_mut().enumerate() {
         *value *= inverse;
@@ -544,13 +585,27 @@ fn forward(model: &HashedModel, ids: &[u32], hidden: &mut [f32]) -> [f32; CLASSE
     logits
 }
 
-/// Scratch buffers and lazy-L2 bookkeeping of the SGD.
-struct Sgd {
+/// What one optimisation step reports.
+struct StepOutcome {
+    /// Weighted cross-entropy before the update.
+    loss: f32,
+    /// Feature occurrences in the bag.
+    occurrences: f32,
+}
+
+/// Scratch buffers, AdaGrad accumulators and lazy-L2 bookkeeping.
+struct Optimizer {
     dim: usize,
+    adagrad: bool,
     hidden: Vec<f32>,
     grad_hidden: Vec<f32>,
     l2_embeddings: f32,
     l2_output: f32,
+    /// Row-wise AdaGrad: running sum of each embedding row's mean squared gradient.
+    row_squares: Vec<f32>,
+    /// Element-wise AdaGrad sums of the output layer and bias.
+    weight_squares: Vec<f32>,
+    bias_squares: [f32; CLASSES],
     /// Σ ln(1 − lr·λ) over all steps so far: the log of the decay a row untouched since the start
     /// would owe.
     log_decay: f64,
@@ -558,17 +613,24 @@ struct Sgd {
     row_log_decay: Vec<f64>,
 }
 
-impl Sgd {
+/// Keeps AdaGrad's first steps finite.
+const ADAGRAD_EPSILON: f32 = 1e-8;
+
+impl Optimizer {
     fn new(model: &HashedModel, config: &TrainConfig) -> Self {
-        let lazy = config.l2_embeddings > 0.0;
+        let adagrad = config.optimizer == OptimizerKind::Adagrad;
         Self {
             dim: model.dim,
+            adagrad,
             hidden: vec![0.0; model.dim],
             grad_hidden: vec![0.0; model.dim],
             l2_embeddings: config.l2_embeddings,
             l2_output: config.l2_output,
+            row_squares: if adagrad { vec![0.0; model.buckets] } else { Vec::new() },
+            weight_squares: if adagrad { vec![0.0; model.dim * CLASSES] } else { Vec::new() },
+            bias_squares: [0.0; CLASSES],
             log_decay: 0.0,
-            row_log_decay: if lazy {
+            row_log_decay: if config.l2_embeddings > 0.0 {
                 vec![0.0; model.buckets]
             } else {
                 Vec::new()
@@ -576,15 +638,15 @@ impl Sgd {
         }
     }
 
-    /// Applies the decay row `id` missed since its last catch-up.
-    fn catch_up(&mut self, model: &mut HashedModel, id: usize) {
-        let owed = self.log_decay - self.row_log_decay[id];
+    /// Applies the decay row `row` missed since its last catch-up.
+    fn catch_up(&mut self, model: &mut HashedModel, row: usize) {
+        let owed = self.log_decay - self.row_log_decay[row];
         if owed != 0.0 {
             let factor = owed.exp() as f32;
-            for value in &mut model.embeddings[id * self.dim..(id + 1) * self.dim] {
+            for value in &mut model.embeddings[row * self.dim..(row + 1) * self.dim] {
                 *value *= factor;
             }
-            self.row_log_decay[id] = self.log_decay;
+            self.row_log_decay[row] = self.log_decay;
         }
     }
 
@@ -593,27 +655,27 @@ impl Sgd {
         if self.row_log_decay.is_empty() {
             return;
         }
-        for id in 1..model.buckets {
-            self.catch_up(model, id);
+        for row in 1..model.buckets {
+            self.catch_up(model, row);
         }
     }
 
-    /// One SGD step; returns the weighted loss before the update.
+    /// One step on one example.
     fn step(
         &mut self,
         model: &mut HashedModel,
-        ids: &[u32],
+        entries: &[Entry],
         label: usize,
         weight: f32,
         learning_rate: f32,
-    ) -> f32 {
+    ) -> StepOutcome {
         let dim = self.dim;
         if !self.row_log_decay.is_empty() {
-            for &id in ids {
-                self.catch_up(model, id as usize);
+            for entry in entries {
+                self.catch_up(model, entry.row as usize);
             }
         }
-        let logits = forward(model, ids, &mut self.hidden);
+        let logits = forward(model, entries, &mut self.hidden);
         let probabilities = softmax(logits.map(f64::from));
         let loss = -(probabilities[label].max(1e-30)).ln() as f32 * weight;
         let mut gradient = [0.0f32; CLASSES];
@@ -628,29 +690,55 @@ impl Sgd {
             let mut back = 0.0f32;
             for class in 0..CLASSES {
                 back += weights[class] * gradient[class];
-                weights[class] = weights[class] * output_decay
-                    - learning_rate * gradient[class] * self.hidden[d];
+                let grad = gradient[class] * self.hidden[d];
+                let rate = if self.adagrad {
+                    let square = &mut self.weight_squares[d * CLASSES + class];
+                    *square += grad * grad;
+                    learning_rate / (square.sqrt() + ADAGRAD_EPSILON)
+                } else {
+                    learning_rate
+                };
+                weights[class] = weights[class] * output_decay - rate * grad;
             }
             self.grad_hidden[d] = back;
         }
         for class in 0..CLASSES {
-            model.bias[class] -= learning_rate * gradient[class];
+            let rate = if self.adagrad {
+                self.bias_squares[class] += gradient[class] * gradient[class];
+                learning_rate / (self.bias_squares[class].sqrt() + ADAGRAD_EPSILON)
+            } else {
+                learning_rate
+            };
+            model.bias[class] -= rate * gradient[class];
         }
 
-        let scale = learning_rate / ids.len() as f32;
-        for value in &mut self.grad_hidden {
-            *value *= scale;
-        }
-        for &id in ids {
-            let row = &mut model.embeddings[id as usize * dim..(id as usize + 1) * dim];
-            for (value, grad) in row.iter_mut().zip(&self.grad_hidden) {
-                *value -= grad;
+        let occurrences: f32 = entries.iter().map(|entry| entry.count).sum();
+        let inverse = 1.0 / occurrences;
+        let mean_square = if self.adagrad {
+            self.grad_hidden.iter().map(|grad| grad * grad).sum::<f32>() / dim as f32
+        } else {
+            0.0
+        };
+        for entry in entries {
+            let share = entry.count * inverse;
+            let row = entry.row as usize;
+            let rate = if self.adagrad {
+                let square = &mut self.row_squares[row];
+                *square += share * share * mean_square;
+                learning_rate / (square.sqrt() + ADAGRAD_EPSILON)
+            } else {
+                learning_rate
+            };
+            let scale = rate * share;
+            let values = &mut model.embeddings[row * dim..(row + 1) * dim];
+            for (value, grad) in values.iter_mut().zip(&self.grad_hidden) {
+                *value -= scale * grad;
             }
         }
         if !self.row_log_decay.is_empty() {
             self.log_decay += f64::from(1.0 - learning_rate * self.l2_embeddings).ln();
         }
-        loss
+        StepOutcome { loss, occurrences }
     }
 }
 
@@ -788,15 +876,15 @@ mod tests {
             l2_embeddings: 0.1,
             ..TrainConfig::default()
         };
-        let mut sgd = Sgd::new(&model, &config);
+        let mut optimizer = Optimizer::new(&model, &config);
         let mut expected = [1.0f32, -1.0, 0.5, 2.0];
         for learning_rate in [0.5f32, 0.25, 0.1] {
-            sgd.step(&mut model, &[3], 0, 1.0, learning_rate);
+            optimizer.step(&mut model, &[Entry { row: 3, count: 1.0 }], 0, 1.0, learning_rate);
             for value in &mut expected {
                 *value *= 1.0 - learning_rate * 0.1;
             }
         }
-        sgd.catch_up_all(&mut model);
+        optimizer.catch_up_all(&mut model);
         for (actual, expected) in model.embeddings[28..32].iter().zip(expected) {
             assert!((actual - expected).abs() < 1e-6, "{actual} vs {expected}");
         }
@@ -812,13 +900,13 @@ mod tests {
             dim: 4,
             ..TrainConfig::default()
         };
-        let mut sgd = Sgd::new(&model, &config);
-        let ids = [3u32, 5, 9];
+        let mut optimizer = Optimizer::new(&model, &config);
+        let entries = [3, 5, 9].map(|row| Entry { row, count: 1.0 });
         let before = model.predict_ids(&[3, 5, 9])[2];
-        let first_loss = sgd.step(&mut model, &ids, 2, 1.0, 0.5);
+        let first_loss = optimizer.step(&mut model, &entries, 2, 1.0, 0.5).loss;
         let mut last_loss = first_loss;
         for _ in 0..20 {
-            last_loss = sgd.step(&mut model, &ids, 2, 1.0, 0.5);
+            last_loss = optimizer.step(&mut model, &entries, 2, 1.0, 0.5).loss;
         }
         assert!(model.predict_ids(&[3, 5, 9])[2] > before);
         assert!(last_loss < first_loss);

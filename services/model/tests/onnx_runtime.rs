@@ -171,3 +171,22 @@ fn throughput_probe() {
         seconds * 1e3 / iterations as f64
     );
 }
+
+#[test]
+fn replicas_share_the_device_and_agree() {
+    let env = ort_env();
+    let bytes = small_model_bytes();
+    let mut first = LoadedModel::load(&env, &bytes, DeviceRequest::Auto, 1).expect("load");
+    let mut second = first.replicate(&env, &bytes).expect("replicate");
+    assert_eq!(second.device(), first.device());
+    assert_eq!(second.fallback_reason(), first.fallback_reason());
+    assert_eq!(second.metadata(), first.metadata());
+    let ids = [3i64, 4, 5, 0];
+    assert_eq!(
+        first.predict(&ids, 2, 2).expect("first"),
+        second.predict(&ids, 2, 2).expect("second")
+    );
+    let other = export_hashed(&random_model(500, 8, 3), &test_metadata("other")).expect("export");
+    let error = first.replicate(&env, &other).expect_err("different model");
+    assert_eq!(error.kind(), "session_build");
+}

