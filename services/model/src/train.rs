@@ -526,7 +526,10 @@ impl Bags {
                 for &id in &sorted {
                     match bags.entries[row_start..].last_mut() {
                         Some(last) if last.row == id => last.count += 1.0,
-                        _ => bags.entries.push(Entry { row: id, count: 1.0 }),
+                        _ => bags.entries.push(Entry {
+                            row: id,
+                            count: 1.0,
+                        }),
                     }
                 }
                 bags.offsets.push(bags.entries.len());
@@ -626,8 +629,16 @@ impl Optimizer {
             grad_hidden: vec![0.0; model.dim],
             l2_embeddings: config.l2_embeddings,
             l2_output: config.l2_output,
-            row_squares: if adagrad { vec![0.0; model.buckets] } else { Vec::new() },
-            weight_squares: if adagrad { vec![0.0; model.dim * CLASSES] } else { Vec::new() },
+            row_squares: if adagrad {
+                vec![0.0; model.buckets]
+            } else {
+                Vec::new()
+            },
+            weight_squares: if adagrad {
+                vec![0.0; model.dim * CLASSES]
+            } else {
+                Vec::new()
+            },
             bias_squares: [0.0; CLASSES],
             log_decay: 0.0,
             row_log_decay: if config.l2_embeddings > 0.0 {
@@ -879,7 +890,13 @@ mod tests {
         let mut optimizer = Optimizer::new(&model, &config);
         let mut expected = [1.0f32, -1.0, 0.5, 2.0];
         for learning_rate in [0.5f32, 0.25, 0.1] {
-            optimizer.step(&mut model, &[Entry { row: 3, count: 1.0 }], 0, 1.0, learning_rate);
+            optimizer.step(
+                &mut model,
+                &[Entry { row: 3, count: 1.0 }],
+                0,
+                1.0,
+                learning_rate,
+            );
             for value in &mut expected {
                 *value *= 1.0 - learning_rate * 0.1;
             }

@@ -35,6 +35,10 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
     Ingest(Box<IngestConfig>),
+    /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
+    Train(Box<crate::train::TrainArgs>),
+    /// Evaluate a model (file or registry) on a labelled file.
+    Eval(Box<crate::train::EvalArgs>),
     /// The model registry: list, show, promote, roll back.
     Models {
         /// What to do.
@@ -136,8 +140,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Train(args) => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn,sentiflow_trainer=info".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            crate::train::train(*args).await
+        }
+        Command::Eval(args) => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            crate::train::eval(*args).await
+        }
         Command::Models { command } => {
-            telemetry::init_tracing(&TelemetryArgs { log_filter: "warn".to_owned(), ..TelemetryArgs::ephemeral() });
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
             crate::models::run(command).await
         }
         Command::Dataset { command } => {

