@@ -122,7 +122,7 @@ impl Default for FeaturizerConfig {
             negation: true,
             lexicon_features: true,
             lexicon_compound_bins: 20,
-            lexicon_share: 0.25,
+            lexicon_share: 0.5,
         }
     }
 }

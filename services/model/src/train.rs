@@ -97,13 +97,13 @@ impl Default for TrainConfig {
         Self {
             dim: 32,
             epochs: 8,
-            learning_rate: 0.2,
+            learning_rate: 0.01,
             schedule: LearningRateSchedule::Linear,
-            optimizer: OptimizerKind::Sgd,
+            optimizer: OptimizerKind::Adagrad,
             class_weighting: ClassWeighting::InverseFrequency,
             l2_embeddings: 0.0,
             l2_output: 0.0,
-            feature_dropout: 0.0,
+            feature_dropout: 0.3,
             patience: 3,
             seed: 42,
         }

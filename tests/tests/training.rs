@@ -1,0 +1,175 @@
+//! The training pipeline end to end on a small slice of real data, with a real Redis registry and ONNX
+//! Runtime: a snapshot is imported, trained twice with the same seed (identical weights and ONNX bytes),
+//! registered with its card, gated against the champion evaluated through ORT, promoted and rolled back.
+
+use sentiflow::corpus::CorpusFormat;
+use sentiflow_common::config::RedisArgs;
+use sentiflow_common::store::RedisStore;
+use sentiflow_model::featurize::FeaturizerConfig;
+use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::dataset::SnapshotStore;
+use sentiflow_trainer::gate::GatePolicy;
+use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
+use sentiflow_trainer::registry::Registry;
+
+fn small_request(snapshot_id: &str, seed: u64) -> TrainRequest {
+    TrainRequest {
+        snapshot_id: snapshot_id.to_owned(),
+        model_name: "sentiment-hashed".to_owned(),
+        featurizer: FeaturizerConfig {
+            buckets: 1 << 16,
+            ..FeaturizerConfig::default()
+        },
+        train: TrainConfig {
+            seed,
+            epochs: 3,
+            dim: 16,
+            ..TrainConfig::default()
+        },
+        device: TrainDevice::Auto,
+        gate: GatePolicy::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_register_gate_promote_and_reproduce() {
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::new(dir.path().join("snapshots"));
+    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
+    // A 4,000-row slice keeps the debug-build test quick.
+    let slice = dir.path().join("airline_slice.jsonl");
+    let records =
+        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(4000)).unwrap();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+        .collect();
+    std::fs::write(&slice, lines.join("\n")).unwrap();
+    let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+    assert!(manifest.rows > 3900, "{}", manifest.rows);
+    assert_eq!(manifest.files.len(), 3);
+
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "train-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment()
+        .expect("ONNX Runtime from the setup cache (run infra/setup.sh)");
+    let lexicon = sentiflow::train::lexicon().unwrap();
+
+    let first = pipeline::train_and_register(
+        &store,
+        &registry,
+        lexicon.clone(),
+        &ort,
+        &small_request(&manifest.snapshot_id, 11),
+    )
+    .await
+    .unwrap();
+    assert!(first.gate.passed, "no champion: passes");
+    assert!(first.champion_test.is_none());
+    // The majority-class baseline scores a macro-F1 of about 0.26 here (negative is 64% of the slice).
+    assert!(
+        first.test.macro_f1 > 0.45,
+        "learned something: macro-F1 {}",
+        first.test.macro_f1
+    );
+    registry
+        .promote("sentiment-hashed", &first.record.version)
+        .await
+        .unwrap();
+
+    // Same snapshot + seed + device: identical weights; the champion is evaluated through ORT on the
+    // same rows and matches the Rust evaluation of the same weights.
+    let second = pipeline::train_and_register(
+        &store,
+        &registry,
+        lexicon.clone(),
+        &ort,
+        &small_request(&manifest.snapshot_id, 11),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.record.metrics, second.record.metrics);
+    let card = |version: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(
+                dir.path()
+                    .join(format!("models/sentiment-hashed/{version}/card.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        card(&first.record.version)["weights_sha256"],
+        card(&second.record.version)["weights_sha256"],
+        "bit-identical weights"
+    );
+    let champion_test = second.champion_test.expect("champion evaluated");
+    assert!(
+        (champion_test.macro_f1 - first.test.macro_f1).abs() < 1e-9,
+        "ORT and Rust agree on the champion's figures"
+    );
+    assert!(
+        second.gate.passed,
+        "an identical model passes the gate: {}",
+        second.gate.reason
+    );
+    assert!(
+        dir.path()
+            .join(format!(
+                "models/sentiment-hashed/{}/card.md",
+                second.record.version
+            ))
+            .exists()
+    );
+
+    // Identical weights + identical metadata → identical ONNX bytes.
+    let first_bytes = registry.load_verified(&first.record).await.unwrap();
+    let metadata = sentiflow_model::onnx::read_metadata(&first_bytes).unwrap();
+    let again = sentiflow_model::onnx::read_metadata(
+        &registry.load_verified(&second.record).await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metadata.weights_sha256, again.weights_sha256);
+    assert_eq!(
+        metadata.created_at, again.created_at,
+        "created_at comes from the snapshot, not the clock"
+    );
+
+    // A different seed is a different model; the gate compares it with the champion on the same rows.
+    let third = pipeline::train_and_register(
+        &store,
+        &registry,
+        lexicon,
+        &ort,
+        &small_request(&manifest.snapshot_id, 99),
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        card(&third.record.version)["weights_sha256"],
+        card(&first.record.version)["weights_sha256"]
+    );
+    assert_eq!(third.gate.champion_macro_f1, Some(first.test.macro_f1));
+
+    // --device cuda is refused for the hashed family, and nothing is registered.
+    let versions_before = registry.versions("sentiment-hashed").await.unwrap().len();
+    let mut cuda = small_request(&manifest.snapshot_id, 1);
+    cuda.device = TrainDevice::Cuda;
+    let error = pipeline::train_and_register(
+        &store,
+        &registry,
+        sentiflow::train::lexicon().unwrap(),
+        &ort,
+        &cuda,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("--device cuda"), "{error}");
+    assert_eq!(
+        registry.versions("sentiment-hashed").await.unwrap().len(),
+        versions_before
+    );
+}
