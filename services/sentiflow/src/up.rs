@@ -66,6 +66,14 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_replay: bool,
 
+    /// Do not train a first champion when the registry has none.
+    #[arg(long)]
+    pub no_bootstrap: bool,
+
+    /// Rows of the corpus used to train the bootstrap champion (default: all of it).
+    #[arg(long)]
+    pub bootstrap_limit: Option<usize>,
+
     /// Shut down once the replay has been fully processed instead of waiting for Ctrl-C (smoke tests, CI).
     #[arg(long)]
     pub exit_after_replay: bool,
@@ -151,6 +159,17 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         weak_label_threshold: 0.5,
         lexicon_path: None,
     };
+    if !args.no_bootstrap {
+        bootstrap_champion(
+            &data_dir,
+            &redis_server.url(),
+            &kafka_args,
+            &corpus_path,
+            args.format,
+            args.bootstrap_limit,
+        )
+        .await?;
+    }
     let services = shutdown.child_token();
     let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
     println!(
@@ -309,4 +328,73 @@ fn author_hash_key(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
     );
     std::fs::write(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Secret::new(key))
+}
+
+/// Trains and promotes a first `sentiment-hashed` champion from the corpus when the registry has none,
+/// so the pipeline always has a real model to serve.
+async fn bootstrap_champion(
+    data_dir: &std::path::Path,
+    redis_url: &str,
+    kafka_args: &KafkaArgs,
+    corpus_path: &std::path::Path,
+    format: CorpusFormat,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    use sentiflow_common::events::{ModelAlias, UpdateAction};
+    use sentiflow_trainer::pipeline::{TrainDevice, TrainRequest};
+
+    const NAME: &str = "sentiment-hashed";
+    let redis = sentiflow_common::store::RedisStore::connect_lazy(&RedisArgs::local(
+        redis_url,
+        "sentiflow",
+    ))?;
+    let registry = sentiflow_trainer::registry::Registry::new(data_dir.join("models"), redis);
+    if let Some(version) = registry.alias(NAME, ModelAlias::Champion).await? {
+        println!("  model  {NAME} champion {version}");
+        return Ok(());
+    }
+    println!(
+        "bootstrapping a first champion from {}",
+        corpus_path.display()
+    );
+    let store = sentiflow_trainer::dataset::SnapshotStore::new(data_dir.join("snapshots"));
+    let files = vec![corpus_path.to_owned()];
+    let manifest = tokio::task::spawn_blocking(move || {
+        crate::dataset::import_limited(&store, &files, format, limit)
+    })
+    .await??;
+    let store = sentiflow_trainer::dataset::SnapshotStore::new(data_dir.join("snapshots"));
+    let request = TrainRequest {
+        snapshot_id: manifest.snapshot_id.clone(),
+        model_name: NAME.to_owned(),
+        featurizer: sentiflow_model::featurize::FeaturizerConfig::default(),
+        train: sentiflow_model::train::TrainConfig::default(),
+        device: TrainDevice::Auto,
+        gate: sentiflow_trainer::gate::GatePolicy::default(),
+    };
+    let ort = crate::train::ort_environment()?;
+    let outcome = sentiflow_trainer::pipeline::train_and_register(
+        &store,
+        &registry,
+        crate::train::lexicon()?,
+        &ort,
+        &request,
+    )
+    .await?;
+    let record = &outcome.record;
+    registry.promote(NAME, &record.version).await?;
+    crate::models::announce(
+        kafka_args,
+        &record.update_event(UpdateAction::Promoted, None, Some(ModelAlias::Champion)),
+    )
+    .await?;
+    println!(
+        "  model  {NAME} {} promoted (snapshot {}, test macro-F1 {:.4}, trained in {:.1} s on {})",
+        record.version,
+        manifest.snapshot_id,
+        outcome.test.macro_f1,
+        outcome.train_seconds,
+        record.trained_on
+    );
+    Ok(())
 }
