@@ -116,6 +116,8 @@ pub fn import_limited(
 ) -> anyhow::Result<Manifest> {
     let mut rows = Vec::new();
     let mut empty = 0usize;
+    let mut duplicates = 0usize;
+    let mut fingerprints = std::collections::HashSet::new();
     let mut origins = Vec::new();
     for path in files {
         let records = corpus::read_records(path, format, limit)
@@ -143,6 +145,12 @@ pub fn import_limited(
                 empty += 1;
                 continue;
             }
+            // Copies of one text under different ids (retweets, corpora that embed each other) would
+            // land in different splits and leak test rows into training: keep the first only.
+            if !fingerprints.insert(sentiflow_model::text_fingerprint(&cleaned.text)) {
+                duplicates += 1;
+                continue;
+            }
             rows.push(DatasetRow {
                 review_id: review.review_id,
                 text: cleaned.text,
@@ -154,6 +162,11 @@ pub fn import_limited(
             });
         }
         origins.push(format!("{}#{}", path.display(), sha256_file(path)?));
+    }
+    if duplicates > 0 {
+        println!(
+            "skipped {duplicates} rows whose normalised text duplicates an earlier row (kept the first)"
+        );
     }
     if empty > 0 {
         println!("skipped {empty} rows whose text is empty after cleaning");
