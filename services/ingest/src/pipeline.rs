@@ -43,7 +43,7 @@ impl Processor {
     ) -> Result<CleanReview, Rejection> {
         let raw = self.parse(payload)?;
         let cleaned = text::clean(&raw.text);
-        if !has_content(&cleaned.text) {
+        if !text::has_content(&cleaned.text) {
             return Err(Rejection::EmptyAfterCleaning);
         }
         let (lang, lang_confidence) = detect_language(&cleaned.text, raw.lang.as_deref());
@@ -118,20 +118,6 @@ impl Processor {
         mac.update(author.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
-}
-
-/// Placeholders the normaliser writes; a text made only of these carries no opinion.
-const PLACEHOLDERS: [&str; 5] = ["<url>", "@user", "<email>", "<phone>", "<card>"];
-
-/// True when something other than placeholders, punctuation and whitespace is left.
-fn has_content(cleaned: &str) -> bool {
-    cleaned
-        .split_whitespace()
-        .filter(|word| !PLACEHOLDERS.contains(word))
-        .any(|word| {
-            word.chars()
-                .any(|c| !c.is_ascii_punctuation() && !c.is_whitespace())
-        })
 }
 
 /// Detected language, falling back to the producer's hint when detection is unsure; "und" when unknown.
@@ -345,7 +331,7 @@ mod tests {
             ("😂😂", true),
             ("@user 5", true),
         ] {
-            assert_eq!(has_content(text), expected, "{text:?}");
+            assert_eq!(text::has_content(text), expected, "{text:?}");
         }
     }
 }

@@ -58,6 +58,18 @@ pub const PLACEHOLDERS: [&str; 5] = [
     pii::CARD_PLACEHOLDER,
 ];
 
+/// True when a cleaned text has something besides placeholders, punctuation and whitespace: the
+/// rule for "empty after cleaning", shared by ingest (dead letter) and dataset import (skip).
+pub fn has_content(cleaned: &str) -> bool {
+    cleaned
+        .split_whitespace()
+        .filter(|word| !PLACEHOLDERS.contains(word))
+        .any(|word| {
+            word.chars()
+                .any(|c| !c.is_ascii_punctuation() && !c.is_whitespace())
+        })
+}
+
 /// Longest run of one character that survives [`cap_elongations`] ("sooo", "!!!").
 pub const MAX_REPEAT: usize = 3;
 

@@ -137,11 +137,7 @@ pub fn import_limited(
                 );
             };
             let cleaned = sentiflow_model::clean(&review.text);
-            if cleaned
-                .text
-                .split_whitespace()
-                .all(|word| sentiflow_model::text::PLACEHOLDERS.contains(&word))
-            {
+            if !sentiflow_model::text::has_content(&cleaned.text) {
                 empty += 1;
                 continue;
             }

@@ -263,7 +263,7 @@ pub fn print_evaluation(title: &str, evaluation: &Evaluation) {
         evaluation.expected_calibration_error,
         evaluation.rows
     );
-    for (name, class) in ["negative", "neutral", "positive"]
+    for (name, class) in sentiflow_model::eval::CLASS_NAMES
         .iter()
         .zip(&evaluation.per_class)
     {

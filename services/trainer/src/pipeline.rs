@@ -258,7 +258,7 @@ pub async fn train_and_register(
             trained.validation.macro_f1,
         ),
     ]);
-    for (index, name) in ["negative", "neutral", "positive"].iter().enumerate() {
+    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
         metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
     }
     let record = registry
@@ -390,7 +390,7 @@ pub fn card_markdown(card: &ModelCard) -> String {
         out,
         "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
     );
-    for (name, class) in ["negative", "neutral", "positive"]
+    for (name, class) in sentiflow_model::eval::CLASS_NAMES
         .iter()
         .zip(&card.test.per_class)
     {

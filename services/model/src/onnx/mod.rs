@@ -48,7 +48,7 @@ pub const INPUT_NAME: &str = "input_ids";
 pub const OUTPUT_NAME: &str = "probabilities";
 
 /// The class labels in output order.
-pub const DEFAULT_LABELS: [&str; 3] = ["negative", "neutral", "positive"];
+pub const DEFAULT_LABELS: [&str; 3] = crate::eval::CLASS_NAMES;
 
 /// `family` value of the hashed embedding-bag models.
 pub const FAMILY_HASHED: &str = "hashed";
