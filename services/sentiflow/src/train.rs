@@ -104,9 +104,7 @@ pub fn ort_environment() -> anyhow::Result<OrtEnvironment> {
 
 /// Loads the VADER lexicon from the setup cache.
 pub fn lexicon() -> anyhow::Result<Lexicon> {
-    let cache = CacheDir::from_env()?;
-    let path = cache.require(cache.vader_lexicon(), "VADER lexicon")?;
-    Ok(Lexicon::load(&path)?)
+    Ok(pipeline::cached_lexicon()?)
 }
 
 /// Runs `sentiflow train`.

@@ -346,16 +346,23 @@ pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineEr
         ));
     }
     let lexicon = if config.lexicon_features {
-        let cache = sentiflow_common::cache::CacheDir::from_env()
-            .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
-        let path = cache
-            .require(cache.vader_lexicon(), "VADER lexicon")
-            .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
-        Some(Lexicon::load(&path).map_err(|error| PipelineError::Featurizer(error.to_string()))?)
+        Some(cached_lexicon()?)
     } else {
         None
     };
     Featurizer::new(config, lexicon).map_err(|error| PipelineError::Featurizer(error.to_string()))
+}
+
+/// The VADER lexicon installed by infra/setup.sh in the cache.
+pub fn cached_lexicon() -> Result<Lexicon, PipelineError> {
+    let featurizer_error =
+        |error: &dyn std::fmt::Display| PipelineError::Featurizer(error.to_string());
+    let cache =
+        sentiflow_common::cache::CacheDir::from_env().map_err(|error| featurizer_error(&error))?;
+    let path = cache
+        .require(cache.vader_lexicon(), "VADER lexicon")
+        .map_err(|error| featurizer_error(&error))?;
+    Lexicon::load(&path).map_err(|error| featurizer_error(&error))
 }
 
 /// The human-readable model card.
