@@ -36,9 +36,13 @@ pub fn init_tracing(args: &TelemetryArgs) {
         .and_then(|value| EnvFilter::try_new(value).ok())
         .or_else(|| EnvFilter::try_new(&args.log_filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Logs go to stderr so a CLI's report on stdout stays clean; colours only on a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
