@@ -216,6 +216,8 @@ wire_enum! {
         RolledBack = "rolled_back",
         /// A candidate failed the promotion gate.
         Rejected = "rejected",
+        Serving = "serving",
+        LoadFailed = "load_failed",
     }
 }
 
@@ -705,6 +707,9 @@ pub struct ModelUpdate {
     pub metrics: BTreeMap<String, f64>,
     /// Gate decision (JSON null when no gate ran).
     pub gate: Option<GateDecision>,
+    /// Which instance and why, for `serving` / `load_failed` (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A payload could not be turned into an event; `kind()` is a ready-made dead-letter `error_kind`.

@@ -250,6 +250,7 @@ fn model_update() -> ModelUpdate {
             epsilon: 0.01,
             max_recall_drop: 0.02,
         }),
+        detail: None,
     }
 }
 
@@ -293,6 +294,12 @@ fn every_event_type_round_trips_through_its_schema() {
     registered.gate = None;
     registered.metrics.clear();
     round_trip(&registered);
+    let mut load_failed = model_update();
+    load_failed.action = UpdateAction::LoadFailed;
+    load_failed.detail = Some("infer@host-1: checksum mismatch".to_owned());
+    let value = round_trip(&load_failed);
+    assert_eq!(value["action"], "load_failed");
+    assert_eq!(value["detail"], "infer@host-1: checksum mismatch");
 }
 
 #[test]

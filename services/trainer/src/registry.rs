@@ -75,6 +75,7 @@ impl ModelRecord {
             featurizer_version: self.featurizer_version.clone(),
             metrics: self.metrics.clone(),
             gate: self.gate.clone(),
+            detail: None,
         }
     }
 }

@@ -1,0 +1,314 @@
+//! The synchronous API: `POST /v1/predict` scores texts with the served model; `/openapi.json` describes
+//! it. Every bad request gets a 4xx with a JSON body `{"error": <kind>, "message": …}`, never a panic.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model::ModelSlot;
+use crate::score::probabilities;
+
+/// Limits on one request, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Most texts per request.
+    pub max_texts: usize,
+    /// Longest text in bytes.
+    pub max_text_bytes: usize,
+}
+
+impl HttpLimits {
+    /// Largest body that can hold `max_texts` texts of `max_text_bytes`, even fully `\uXXXX`-escaped.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_texts
+            .saturating_mul(self.max_text_bytes.saturating_mul(6).saturating_add(4))
+            .saturating_add(1024)
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    slot: ModelSlot,
+    limits: HttpLimits,
+}
+
+/// The body of `POST /v1/predict`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// Texts to score (raw; they are normalised exactly as the Kafka path normalises them).
+    pub texts: Vec<String>,
+}
+
+/// One scored text.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TextPrediction {
+    /// Predicted class.
+    pub label: String,
+    /// Probability of the predicted class.
+    pub confidence: f64,
+    /// Probability per class.
+    pub probabilities: sentiflow_common::events::Probabilities,
+}
+
+/// The answer of `POST /v1/predict`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PredictResponse {
+    /// The model version that scored every text of the request.
+    pub model: sentiflow_common::events::ModelRef,
+    /// The device that really ran it.
+    pub device: sentiflow_common::events::Device,
+    /// One entry per text, in request order.
+    pub predictions: Vec<TextPrediction>,
+    /// Model run time, milliseconds.
+    pub inference_ms: f64,
+}
+
+/// The routes merged into the service's HTTP server.
+pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/openapi.json", get(openapi))
+        .with_state(HttpState { slot, limits })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
+}
+
+/// A JSON error response, counted by kind.
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+    metrics::counter!("sentiflow_infer_http_errors_total", "error_kind" => kind).increment(1);
+    (
+        status,
+        Json(json!({"error": kind, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn predict(State(state): State<HttpState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let response = predict_inner(&state, body).await;
+    metrics::counter!("sentiflow_infer_http_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!("sentiflow_infer_http_request_seconds")
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn predict_inner(state: &HttpState, body: Result<Bytes, BytesRejection>) -> Response {
+    let limits = state.limits;
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "unreadable_body"
+            };
+            return error(
+                status,
+                kind,
+                format!(
+                    "{} (the body limit is {} bytes)",
+                    rejection.body_text(),
+                    limits.max_body_bytes()
+                ),
+            );
+        }
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(parse_error) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {parse_error}"),
+            );
+        }
+    };
+    let request: PredictRequest = match serde_json::from_value(value) {
+        Ok(request) => request,
+        Err(shape_error) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("expected {{\"texts\": [\"…\", …]}}: {shape_error}"),
+            );
+        }
+    };
+    if request.texts.is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_texts",
+            "`texts` must hold at least one text",
+        );
+    }
+    if request.texts.len() > limits.max_texts {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_texts",
+            format!(
+                "{} texts; at most {} per request",
+                request.texts.len(),
+                limits.max_texts
+            ),
+        );
+    }
+    if let Some((index, text)) = request
+        .texts
+        .iter()
+        .enumerate()
+        .find(|(_, text)| text.len() > limits.max_text_bytes)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "text_too_long",
+            format!(
+                "text {index} has {} bytes; at most {} per text",
+                text.len(),
+                limits.max_text_bytes
+            ),
+        );
+    }
+    let Some(model) = state.slot.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_model",
+            "no model is serving yet; see /healthz",
+        );
+    };
+    let scoring_model = model.clone();
+    let texts = request.texts;
+    let scored = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        scoring_model
+            .score(&texts)
+            .map(|rows| (rows, started.elapsed()))
+    })
+    .await;
+    let (rows, elapsed) = match scored {
+        Ok(Ok(scored)) => scored,
+        Ok(Err(runtime_error)) => {
+            tracing::error!(%runtime_error, "inference failed on an HTTP request");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                runtime_error.to_string(),
+            );
+        }
+        Err(join_error) => {
+            tracing::error!(%join_error, "inference task failed on an HTTP request");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                "the inference task failed",
+            );
+        }
+    };
+    metrics::histogram!("sentiflow_infer_http_texts_rows").record(rows.len() as f64);
+    let predictions = rows
+        .into_iter()
+        .map(|row| {
+            let probabilities = probabilities(row);
+            let (label, confidence) = probabilities.argmax();
+            TextPrediction {
+                label: label.as_str().to_owned(),
+                confidence,
+                probabilities,
+            }
+        })
+        .collect();
+    Json(PredictResponse {
+        model: model.model_ref().clone(),
+        device: model.event_device(),
+        predictions,
+        inference_ms: elapsed.as_secs_f64() * 1000.0,
+    })
+    .into_response()
+}
+
+async fn openapi(State(state): State<HttpState>) -> Json<Value> {
+    Json(openapi_document(state.limits))
+}
+
+/// The OpenAPI 3.1 description of the service's HTTP API.
+pub fn openapi_document(limits: HttpLimits) -> Value {
+    let error_body = json!({
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "Stable error kind (also the `error_kind` label of sentiflow_infer_http_errors_total)."},
+            "message": {"type": "string"}
+        }
+    });
+    let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sentiflow infer",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Sentiment predictions (negative / neutral / positive) from the served champion model."
+        },
+        "paths": {
+            "/v1/predict": {
+                "post": {
+                    "summary": "Score texts with the served model",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+                    "responses": {
+                        "200": {"description": "One prediction per text, in order", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+                        "400": error_response("invalid_json: the body is not JSON"),
+                        "413": error_response("body_too_large"),
+                        "422": error_response("invalid_request, empty_texts, too_many_texts or text_too_long"),
+                        "503": error_response("no_model: no model is serving yet")
+                    }
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness and details: checks, device, served model", "responses": {"200": {"description": "Health snapshot"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 200 when a model serves and Kafka and Redis answer, else 503", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition format"}}}}
+        },
+        "components": {
+            "schemas": {
+                "PredictRequest": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["texts"],
+                    "properties": {
+                        "texts": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": limits.max_texts,
+                            "items": {"type": "string", "maxLength": limits.max_text_bytes, "description": "Raw text; at most this many bytes of UTF-8."}
+                        }
+                    }
+                },
+                "PredictResponse": {
+                    "type": "object",
+                    "required": ["model", "device", "predictions", "inference_ms"],
+                    "properties": {
+                        "model": {"type": "object", "required": ["name", "version", "family"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "family": {"type": "string", "enum": ["hashed", "encoder"]}}},
+                        "device": {"type": "string", "enum": ["cpu", "cuda"], "description": "The device that really ran the model."},
+                        "predictions": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["label", "confidence", "probabilities"],
+                            "properties": {
+                                "label": {"type": "string", "enum": ["negative", "neutral", "positive"]},
+                                "confidence": {"type": "number"},
+                                "probabilities": {"type": "object", "required": ["negative", "neutral", "positive"], "properties": {"negative": {"type": "number"}, "neutral": {"type": "number"}, "positive": {"type": "number"}}}
+                            }
+                        }},
+                        "inference_ms": {"type": "number"}
+                    }
+                },
+                "Error": error_body
+            }
+        }
+    })
+}

@@ -1,0 +1,343 @@
+//! A served model: checksum-verified ONNX bytes → the featurizer it was trained with + one ONNX Runtime
+//! session per worker, scoring batches on blocking threads; the slot that swaps models atomically; and
+//! the start-up probe that finds out which device ONNX Runtime really gives this process.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sentiflow_common::events::{self, ModelFamily, ModelRef};
+use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_length};
+use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
+use sentiflow_model::onnx::{self, FAMILY_HASHED, ModelMetadata};
+use sentiflow_model::runtime::{Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError};
+use tokio::sync::watch;
+
+use crate::error::LoadError;
+
+/// How to build the sessions of a served model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    /// The device to ask for (after the start-up probe: `Cpu` when `auto` already fell back).
+    pub device: DeviceRequest,
+    /// Sessions (one per inference worker).
+    pub workers: usize,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// Largest batch the service sends; warmed up before the model takes traffic.
+    pub max_batch: usize,
+}
+
+/// Class probabilities of one text, in `Sentiment::index` order.
+pub type ClassProbabilities = [f32; CLASSES];
+
+/// A model ready to take traffic.
+pub struct ServingModel {
+    model: ModelRef,
+    sha256: String,
+    metadata: ModelMetadata,
+    device: Device,
+    fallback_reason: Option<String>,
+    featurizer: Featurizer,
+    sessions: Mutex<Vec<LoadedModel>>,
+    session_returned: Condvar,
+    loaded_at: DateTime<Utc>,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for ServingModel {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ServingModel")
+            .field("model", &self.model)
+            .field("device", &self.device)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingModel {
+    /// Builds `spec.workers` sessions of `onnx` (whose checksum the caller verified against the
+    /// registry), rebuilds its featurizer from the metadata, and warms every padded shape the service
+    /// will send (batch 1 and `spec.max_batch` at each padded length), so the first real request pays
+    /// no allocation. Blocking: call from a blocking thread.
+    ///
+    /// `expected` names the registry record the bytes came from: an artifact whose own metadata names
+    /// another model or version is refused (a misplaced or swapped file).
+    pub fn load(
+        env: &OrtEnvironment,
+        onnx_bytes: &[u8],
+        sha256: &str,
+        expected: &ModelRef,
+        spec: &LoadSpec,
+    ) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let runtime_error = |error: RuntimeError| match error {
+            RuntimeError::CudaUnavailable(reason) => LoadError::Cuda(reason),
+            other => LoadError::Runtime(other.to_string()),
+        };
+        let first = LoadedModel::load(env, onnx_bytes, spec.device, spec.intra_threads)
+            .map_err(runtime_error)?;
+        let metadata = first.metadata().clone();
+        if metadata.family != FAMILY_HASHED {
+            return Err(LoadError::Unsupported(format!(
+                "{} {} is of family `{}`; this build serves `{FAMILY_HASHED}`",
+                metadata.name, metadata.version, metadata.family
+            )));
+        }
+        if metadata.name != expected.name || metadata.version != expected.version {
+            return Err(LoadError::Unsupported(format!(
+                "the artifact says it is {} {}, the registry says {} {}",
+                metadata.name, metadata.version, expected.name, expected.version
+            )));
+        }
+        let featurizer = sentiflow_trainer::pipeline::featurizer_for(&metadata)
+            .map_err(|error| LoadError::Unsupported(error.to_string()))?;
+        let device = first.device();
+        let fallback_reason = first.fallback_reason().map(str::to_owned);
+        let mut sessions = Vec::with_capacity(spec.workers);
+        sessions.push(first);
+        while sessions.len() < spec.workers.max(1) {
+            let replica = sessions[0]
+                .replicate(env, onnx_bytes)
+                .map_err(runtime_error)?;
+            sessions.push(replica);
+        }
+        for session in &mut sessions {
+            for batch in [1, spec.max_batch.max(1)] {
+                session
+                    .warm_up(&PAD_LENGTHS, batch)
+                    .map_err(runtime_error)?;
+            }
+        }
+        Ok(Self {
+            model: ModelRef {
+                family: ModelFamily::Hashed,
+                ..expected.clone()
+            },
+            sha256: sha256.to_owned(),
+            metadata,
+            device,
+            fallback_reason,
+            featurizer,
+            sessions: Mutex::new(sessions),
+            session_returned: Condvar::new(),
+            loaded_at: Utc::now(),
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// The registry reference (name, version, family).
+    pub fn model_ref(&self) -> &ModelRef {
+        &self.model
+    }
+
+    /// sha256 of the served artifact.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Metadata stored in the ONNX file.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    /// The device the sessions really run on (decided from a warm-up, not from the flag).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The device in event form.
+    pub fn event_device(&self) -> events::Device {
+        event_device(self.device)
+    }
+
+    /// Why CUDA is not used although `auto` asked for it.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// When the model started serving.
+    pub fn loaded_at(&self) -> DateTime<Utc> {
+        self.loaded_at
+    }
+
+    /// How long loading, replicating and warming took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// Class probabilities of `texts` (raw or clean: the featurizer normalises either way), padded to
+    /// one of the warmed lengths. Blocking: waits for a free session, then runs ONNX Runtime.
+    pub fn score<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let features: Vec<Vec<i64>> = texts
+            .iter()
+            .map(|text| self.featurizer.featurize(text.as_ref()))
+            .collect();
+        let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let cols = pad_length(longest);
+        let mut ids = vec![PADDING_ID; features.len() * cols];
+        for (row, row_features) in ids.chunks_mut(cols).zip(&features) {
+            let kept = row_features.len().min(cols);
+            row[..kept].copy_from_slice(&row_features[..kept]);
+        }
+        let mut session = self.checkout();
+        session.predict(&ids, features.len(), cols)
+    }
+
+    /// Takes a free session, waiting while all are busy; it goes back when the guard drops.
+    fn checkout(&self) -> SessionGuard<'_> {
+        let mut sessions = lock(&self.sessions);
+        loop {
+            if let Some(session) = sessions.pop() {
+                return SessionGuard {
+                    owner: self,
+                    session: Some(session),
+                };
+            }
+            sessions = self
+                .session_returned
+                .wait(sessions)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A session on loan to one scoring call; returned to the pool on drop, even when scoring panicked.
+struct SessionGuard<'a> {
+    owner: &'a ServingModel,
+    session: Option<LoadedModel>,
+}
+
+impl std::ops::Deref for SessionGuard<'_> {
+    type Target = LoadedModel;
+
+    fn deref(&self) -> &LoadedModel {
+        self.session.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for SessionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LoadedModel {
+        self.session.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            lock(&self.owner.sessions).push(session);
+            self.owner.session_returned.notify_one();
+        }
+    }
+}
+
+/// The device of the runtime in the form events carry.
+pub fn event_device(device: Device) -> events::Device {
+    match device {
+        Device::Cpu => events::Device::Cpu,
+        Device::Cuda => events::Device::Cuda,
+    }
+}
+
+/// The model being served (None until the first one loads). Swapping is one `send_replace`: batches
+/// that already hold the old `Arc` finish on it, every batch formed afterwards gets the new one.
+#[derive(Debug, Clone)]
+pub struct ModelSlot {
+    sender: Arc<watch::Sender<Option<Arc<ServingModel>>>>,
+}
+
+impl Default for ModelSlot {
+    fn default() -> Self {
+        Self {
+            sender: Arc::new(watch::Sender::new(None)),
+        }
+    }
+}
+
+impl ModelSlot {
+    /// The model serving now.
+    pub fn current(&self) -> Option<Arc<ServingModel>> {
+        self.sender.borrow().clone()
+    }
+
+    /// Puts `model` into service; returns the one it replaced.
+    pub fn swap(&self, model: Arc<ServingModel>) -> Option<Arc<ServingModel>> {
+        self.sender.send_replace(Some(model))
+    }
+
+    /// Waits until a model is serving.
+    pub async fn wait_for_model(&self) -> Arc<ServingModel> {
+        let mut receiver = self.sender.subscribe();
+        loop {
+            if let Some(model) = receiver.borrow_and_update().clone() {
+                return model;
+            }
+            if receiver.changed().await.is_err() {
+                // The sender lives as long as `self`; keep the signature total anyway.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// What the start-up probe found out about the device.
+#[derive(Debug, Clone)]
+pub struct DeviceProbe {
+    /// The device ONNX Runtime really ran the probe model on.
+    pub device: Device,
+    /// Why CUDA is not used although `auto` asked for it.
+    pub fallback_reason: Option<String>,
+}
+
+impl DeviceProbe {
+    /// The request to use for real models: once `auto` fell back to CPU, ask for CPU directly (the
+    /// reason is already known and logged; every model load would otherwise repeat the attempt).
+    pub fn request_for_models(&self, asked: DeviceRequest) -> DeviceRequest {
+        match (asked, self.device) {
+            (DeviceRequest::Auto, Device::Cpu) => DeviceRequest::Cpu,
+            (asked, _) => asked,
+        }
+    }
+}
+
+/// Runs a tiny generated model of the served family on the requested device, so the device is known
+/// (and `--device cuda` without a usable GPU refuses to start) before any real model exists.
+pub fn probe_device(
+    env: &OrtEnvironment,
+    request: DeviceRequest,
+    intra_threads: usize,
+) -> Result<DeviceProbe, RuntimeError> {
+    let mut model = HashedModel::zeros(64, 4);
+    model.bias = [0.1, 0.0, -0.1];
+    let metadata = ModelMetadata {
+        name: "device-probe".to_owned(),
+        version: "v0".to_owned(),
+        family: FAMILY_HASHED.to_owned(),
+        featurizer_version: FEATURIZER_VERSION.to_owned(),
+        featurizer_config_hash: String::new(),
+        featurizer_config: String::new(),
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: "none".to_owned(),
+        weights_sha256: String::new(),
+        created_at: "1970-01-01T00:00:00Z".to_owned(),
+    };
+    let bytes = onnx::export_hashed(&model, &metadata)?;
+    let loaded = LoadedModel::load(env, &bytes, request, intra_threads)?;
+    Ok(DeviceProbe {
+        device: loaded.device(),
+        fallback_reason: loaded.fallback_reason().map(str::to_owned),
+    })
+}

@@ -1,0 +1,171 @@
+//! The per-batch work of the Kafka path, pure apart from ONNX Runtime: decode and validate the clean
+//! reviews, score them in one model run, and build the prediction and alert events for each message.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
+use sentiflow_common::events::{
+    CleanReview, Event as _, NegativeAlert, Prediction, Probabilities, SCHEMA_VERSION, Sentiment,
+};
+use uuid::Uuid;
+
+use crate::error::Rejection;
+use crate::model::{ClassProbabilities, ServingModel};
+
+/// Namespace of prediction ids: a redelivered review scored by the same model version gets the same
+/// prediction id, so consumers can drop the duplicate.
+const PREDICTION_NAMESPACE: Uuid = Uuid::from_u128(0x5e47_1f10_a11c_4e5d_9b0e_7c3d_2f1a_0b9c);
+/// Namespace of alert ids (same reasoning).
+const ALERT_NAMESPACE: Uuid = Uuid::from_u128(0x5e47_1f10_a1e7_4e5d_9b0e_7c3d_2f1a_0b9d);
+
+/// What one consumed message turned into.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A prediction, plus an alert for a confident negative.
+    Predicted {
+        /// The prediction event.
+        prediction: Box<Prediction>,
+        /// The alert, when the prediction is negative at or above the threshold.
+        alert: Option<Box<NegativeAlert>>,
+        /// When the review entered the pipeline (`reviews.clean` event time), for end-to-end latency.
+        review_event_time: chrono::DateTime<Utc>,
+    },
+    /// Not a usable clean review: goes to the dead-letter topic.
+    Rejected(Rejection),
+}
+
+/// A scored batch, in message order.
+#[derive(Debug)]
+pub struct ScoredBatch {
+    /// One outcome per message.
+    pub outcomes: Vec<Outcome>,
+    /// Seconds the model run took (0 when nothing was scored).
+    pub inference_seconds: f64,
+    /// Reviews scored.
+    pub scored: usize,
+}
+
+/// Decodes, scores and builds events for `messages` with `model`. Blocking (runs ONNX Runtime).
+///
+/// # Errors
+/// Only when ONNX Runtime fails on valid input; the caller retries the batch.
+pub fn score_messages(
+    model: &ServingModel,
+    messages: &[OwnedMessage],
+    alert_threshold: f64,
+) -> Result<ScoredBatch, sentiflow_model::runtime::RuntimeError> {
+    let decoded: Vec<Result<CleanReview, Rejection>> = messages.iter().map(decode).collect();
+    let texts: Vec<&str> = decoded
+        .iter()
+        .filter_map(|review| review.as_ref().ok().map(|review| review.text.as_str()))
+        .collect();
+    let started = Instant::now();
+    let probabilities = model.score(&texts)?;
+    let inference_seconds = if texts.is_empty() {
+        0.0
+    } else {
+        started.elapsed().as_secs_f64()
+    };
+    let scored = probabilities.len();
+    let mut rows = probabilities.into_iter();
+    let outcomes = decoded
+        .into_iter()
+        .map(|review| match review {
+            Ok(review) => {
+                let row = rows.next().expect("one row per decoded review");
+                let (prediction, alert) =
+                    build_events(model, &review, row, inference_seconds, alert_threshold);
+                Outcome::Predicted {
+                    prediction: Box::new(prediction),
+                    alert: alert.map(Box::new),
+                    review_event_time: review.event_time,
+                }
+            }
+            Err(rejection) => Outcome::Rejected(rejection),
+        })
+        .collect();
+    Ok(ScoredBatch {
+        outcomes,
+        inference_seconds,
+        scored,
+    })
+}
+
+fn decode(message: &OwnedMessage) -> Result<CleanReview, Rejection> {
+    let payload = message
+        .payload()
+        .filter(|payload| !payload.is_empty())
+        .ok_or(Rejection::EmptyPayload)?;
+    CleanReview::decode_validated(payload).map_err(|error| Rejection::InvalidEvent {
+        kind: error.kind(),
+        reason: error.to_string(),
+    })
+}
+
+/// Probabilities as the event carries them, rounded through f32 → f64.
+pub fn probabilities(row: ClassProbabilities) -> Probabilities {
+    Probabilities {
+        negative: f64::from(row[0]),
+        neutral: f64::from(row[1]),
+        positive: f64::from(row[2]),
+    }
+}
+
+/// The prediction for one review and, for a confident negative, its alert.
+pub fn build_events(
+    model: &ServingModel,
+    review: &CleanReview,
+    row: ClassProbabilities,
+    inference_seconds: f64,
+    alert_threshold: f64,
+) -> (Prediction, Option<NegativeAlert>) {
+    let probabilities = probabilities(row);
+    let (label, confidence) = probabilities.argmax();
+    let model_ref = model.model_ref().clone();
+    let device = model.event_device();
+    let now = Utc::now();
+    let prediction_id = Uuid::new_v5(
+        &PREDICTION_NAMESPACE,
+        format!(
+            "{}/{}/{}",
+            review.event_id, model_ref.name, model_ref.version
+        )
+        .as_bytes(),
+    )
+    .to_string();
+    let alert =
+        (label == Sentiment::Negative && confidence >= alert_threshold).then(|| NegativeAlert {
+            schema_version: SCHEMA_VERSION,
+            event_id: Uuid::new_v5(&ALERT_NAMESPACE, prediction_id.as_bytes()).to_string(),
+            event_time: now,
+            review_id: review.review_id.clone(),
+            source_event_id: prediction_id.clone(),
+            confidence,
+            threshold: alert_threshold,
+            model: model_ref.clone(),
+            device,
+            text: review.text.clone(),
+            source: review.source.clone(),
+            created_at: review.created_at,
+        });
+    let prediction = Prediction {
+        schema_version: SCHEMA_VERSION,
+        event_id: prediction_id,
+        event_time: now,
+        source_event_id: review.event_id.clone(),
+        review_id: review.review_id.clone(),
+        label,
+        probabilities,
+        confidence,
+        model: model_ref,
+        device,
+        inference_latency_ms: inference_seconds * 1000.0,
+        created_at: review.created_at,
+        text_length: review.text.chars().count() as u64,
+        oov_rate: None,
+        lang: Some(review.lang.clone()),
+    };
+    (prediction, alert)
+}

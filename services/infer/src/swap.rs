@@ -1,0 +1,412 @@
+//! Zero-downtime model swaps: follows `models.updates` (fast path) and re-reads the registry's champion
+//! alias periodically (catches a missed event); fetches by content hash, verifies, warms, then swaps.
+//! A model that cannot be loaded is reported (log, metric, `load_failed` event) and the old one keeps
+//! serving.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::Message as _;
+use sentiflow_common::events::{
+    Event as _, ModelAlias, ModelUpdate, SCHEMA_VERSION, UpdateAction, new_event_id,
+};
+use sentiflow_common::health::Health;
+use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
+use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_trainer::registry::{ModelRecord, Registry, RegistryError};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::SERVICE;
+use crate::error::LoadError;
+use crate::model::{LoadSpec, ModelSlot, ServingModel};
+
+/// Loads and swaps the served model.
+#[derive(Debug)]
+pub struct Swapper {
+    /// ONNX Runtime.
+    pub env: OrtEnvironment,
+    /// Where records and artifacts are.
+    pub registry: Registry,
+    /// The slot the Kafka and HTTP paths read.
+    pub slot: ModelSlot,
+    /// Sessions to build.
+    pub spec: LoadSpec,
+    /// Registry name served.
+    pub model_name: String,
+    /// Health (`model` check, model info).
+    pub health: Health,
+    /// For `serving` / `load_failed` events.
+    pub producer: ResilientProducer,
+    /// Physical name of `models.updates`.
+    pub updates_topic: String,
+    /// This instance, as named in events (`infer@<host>/<pid>`).
+    pub instance: String,
+    /// The last (version, sha256) that failed to load, so the periodic check does not retry and
+    /// re-report the same broken artifact every poll.
+    failed: Mutex<Option<(String, String)>>,
+    /// One swap at a time (an event and the periodic check may race).
+    installing: tokio::sync::Mutex<()>,
+}
+
+impl Swapper {
+    /// A swapper; nothing is loaded until [`Swapper::reconcile`] or an update arrives.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        env: OrtEnvironment,
+        registry: Registry,
+        slot: ModelSlot,
+        spec: LoadSpec,
+        model_name: String,
+        health: Health,
+        producer: ResilientProducer,
+        updates_topic: String,
+    ) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+        Self {
+            env,
+            registry,
+            slot,
+            spec,
+            model_name,
+            health,
+            producer,
+            updates_topic,
+            instance: format!("{SERVICE}@{host}/{}", std::process::id()),
+            failed: Mutex::new(None),
+            installing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Serves the registry's current champion if it is not already served.
+    pub async fn reconcile(&self) -> Result<(), LoadError> {
+        let record = match self.registry.resolve(&self.model_name, "champion").await {
+            Ok(record) => record,
+            Err(RegistryError::NotFound(_)) => {
+                if self.slot.current().is_none() {
+                    self.health.set_check(
+                        "model",
+                        false,
+                        format!(
+                            "no champion of {} in the registry yet; waiting for one",
+                            self.model_name
+                        ),
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(LoadError::Registry(error.to_string())),
+        };
+        if self.is_serving(&record) || self.already_failed(&record) {
+            return Ok(());
+        }
+        self.install(record, "registry").await
+    }
+
+    /// Acts on one `models.updates` event: a new champion (promotion or rollback) is loaded and swapped in.
+    pub async fn handle_update(&self, update: &ModelUpdate) -> Result<(), LoadError> {
+        if update.model.name != self.model_name {
+            return Ok(());
+        }
+        let champion_changed = match update.action {
+            UpdateAction::Promoted => update.alias == Some(ModelAlias::Champion),
+            UpdateAction::RolledBack => true,
+            UpdateAction::Registered
+            | UpdateAction::Rejected
+            | UpdateAction::Serving
+            | UpdateAction::LoadFailed => false,
+        };
+        if !champion_changed {
+            return Ok(());
+        }
+        let record = self
+            .registry
+            .get(&update.model.name, &update.model.version)
+            .await
+            .map_err(|error| LoadError::Registry(error.to_string()))?;
+        if record.sha256 != update.sha256 {
+            let error = LoadError::Checksum(format!(
+                "the update announces sha256 {} but the registry records {} for {} {}",
+                update.sha256, record.sha256, record.name, record.version
+            ));
+            self.report_failure(&record, &error).await;
+            return Err(error);
+        }
+        if self.is_serving(&record) {
+            return Ok(());
+        }
+        self.install(record, update.action.as_str()).await
+    }
+
+    fn is_serving(&self, record: &ModelRecord) -> bool {
+        self.slot.current().is_some_and(|model| {
+            model.model_ref().version == record.version && model.sha256() == record.sha256
+        })
+    }
+
+    fn already_failed(&self, record: &ModelRecord) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .is_some_and(|(version, sha)| *version == record.version && *sha == record.sha256)
+    }
+
+    /// Fetches, verifies, loads and warms `record`, then swaps it in; on failure the old model stays.
+    async fn install(&self, record: ModelRecord, trigger: &str) -> Result<(), LoadError> {
+        let _one_at_a_time = self.installing.lock().await;
+        if self.is_serving(&record) {
+            return Ok(());
+        }
+        info!(name = %record.name, version = %record.version, trigger, "loading model");
+        let loaded = self.load(&record).await;
+        match loaded {
+            Ok(model) => {
+                let model = Arc::new(model);
+                let previous = self.slot.swap(model.clone());
+                *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                self.announce_serving(&record, &model, previous.as_deref())
+                    .await;
+                Ok(())
+            }
+            Err(error) => {
+                self.report_failure(&record, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn load(&self, record: &ModelRecord) -> Result<ServingModel, LoadError> {
+        let bytes = self
+            .registry
+            .load_verified(record)
+            .await
+            .map_err(|error| match error {
+                RegistryError::Checksum { .. } => LoadError::Checksum(error.to_string()),
+                other => LoadError::Registry(other.to_string()),
+            })?;
+        let env = self.env.clone();
+        let spec = self.spec;
+        let sha256 = record.sha256.clone();
+        let expected = record.model_ref();
+        tokio::task::spawn_blocking(move || {
+            ServingModel::load(&env, &bytes, &sha256, &expected, &spec)
+        })
+        .await
+        .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
+
+    async fn announce_serving(
+        &self,
+        record: &ModelRecord,
+        model: &ServingModel,
+        previous: Option<&ServingModel>,
+    ) {
+        let version = &model.model_ref().version;
+        info!(
+            name = %record.name,
+            %version,
+            previous = previous.map(|model| model.model_ref().version.as_str()),
+            device = %model.device(),
+            load_ms = model.load_time().as_millis() as u64,
+            "model swapped in"
+        );
+        metrics::counter!("sentiflow_infer_model_swaps_total").increment(1);
+        if let Some(previous) = previous {
+            metrics::gauge!("sentiflow_infer_model_info", "model" => previous.model_ref().name.clone(), "version" => previous.model_ref().version.clone()).set(0.0);
+        }
+        metrics::gauge!("sentiflow_infer_model_info", "model" => record.name.clone(), "version" => version.clone()).set(1.0);
+        metrics::gauge!("sentiflow_infer_model_load_seconds").set(model.load_time().as_secs_f64());
+        self.health
+            .set_check("model", true, format!("serving {} {version}", record.name));
+        self.health.set_info(
+            "model",
+            serde_json::json!({
+                "name": record.name,
+                "version": version,
+                "family": model.model_ref().family.as_str(),
+                "sha256": model.sha256(),
+                "featurizer_version": model.metadata().featurizer_version,
+                "training_snapshot": model.metadata().training_snapshot,
+                "device": model.device().as_str(),
+                "loaded_at": model.loaded_at(),
+            }),
+        );
+        let detail = format!(
+            "{} serves {} {version} on {}{}",
+            self.instance,
+            record.name,
+            model.device(),
+            previous.map_or_else(String::new, |previous| format!(
+                " (was {})",
+                previous.model_ref().version
+            ))
+        );
+        self.publish(
+            record,
+            UpdateAction::Serving,
+            previous.map(|model| model.model_ref().version.clone()),
+            detail,
+        )
+        .await;
+    }
+
+    async fn report_failure(&self, record: &ModelRecord, error: &LoadError) {
+        error!(name = %record.name, version = %record.version, kind = error.kind(), %error, "model load refused; the current model keeps serving");
+        metrics::counter!("sentiflow_infer_model_load_failures_total", "error_kind" => error.kind())
+            .increment(1);
+        *self
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((record.version.clone(), record.sha256.clone()));
+        let serving = self.slot.current();
+        match &serving {
+            Some(model) => self.health.set_info(
+                "last_load_error",
+                format!(
+                    "{} {}: {error} (still serving {})",
+                    record.name,
+                    record.version,
+                    model.model_ref().version
+                ),
+            ),
+            None => self.health.set_check(
+                "model",
+                false,
+                format!(
+                    "{} {} could not be loaded: {error}",
+                    record.name, record.version
+                ),
+            ),
+        }
+        let detail = format!(
+            "{}: {} ({error}); still serving {}",
+            self.instance,
+            error.kind(),
+            serving.map_or_else(
+                || "nothing".to_owned(),
+                |model| model.model_ref().version.clone()
+            )
+        );
+        self.publish(record, UpdateAction::LoadFailed, None, detail)
+            .await;
+    }
+
+    /// Best effort: the event is an audit trail; serving never waits on it for long.
+    async fn publish(
+        &self,
+        record: &ModelRecord,
+        action: UpdateAction,
+        previous_version: Option<String>,
+        detail: String,
+    ) {
+        let mut event = record.update_event(action, previous_version, None);
+        event.detail = Some(detail);
+        event.schema_version = SCHEMA_VERSION;
+        event.event_id = new_event_id();
+        event.event_time = Utc::now();
+        let payload = match event.to_json_vec() {
+            Ok(payload) => payload,
+            Err(error) => {
+                warn!(%error, "cannot serialise a models.updates event");
+                return;
+            }
+        };
+        let sent = async {
+            let future = self
+                .producer
+                .enqueue(
+                    &self.updates_topic,
+                    Some(event.key().as_bytes()),
+                    &payload,
+                    None,
+                )
+                .await?;
+            kafka::await_delivery(future).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                warn!(%error, action = action.as_str(), "could not publish to models.updates")
+            }
+            Err(_) => warn!(
+                action = action.as_str(),
+                "publishing to models.updates timed out"
+            ),
+        }
+    }
+}
+
+/// Follows `models.updates` and polls the registry until `shutdown`.
+pub async fn follow_updates(
+    swapper: Arc<Swapper>,
+    consumer: Consumer,
+    poll_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut poll = tokio::time::interval(poll_every);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = poll.tick() => {
+                if let Err(error) = swapper.reconcile().await {
+                    warn!(%error, "registry check failed");
+                }
+            }
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let Some(payload) = message.payload() else { continue };
+                    match ModelUpdate::decode_validated(payload) {
+                        Ok(update) => {
+                            if let Err(error) = swapper.handle_update(&update).await {
+                                warn!(%error, version = %update.model.version, "update not applied");
+                            }
+                        }
+                        Err(error) => {
+                            metrics::counter!("sentiflow_infer_errors_total", "error_kind" => "invalid_model_update").increment(1);
+                            warn!(%error, offset = message.offset(), "unreadable models.updates event ignored");
+                        }
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!("sentiflow_infer_errors_total", "error_kind" => "kafka_receive").increment(1);
+                    warn!(%error, "models.updates receive error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A consumer that sees every `models.updates` event from now on: its own group (every replica must
+/// see every update), starting at the end, never committing.
+pub fn updates_consumer(
+    kafka_args: &sentiflow_common::config::KafkaArgs,
+    group_prefix: &str,
+    topic: &str,
+) -> rdkafka::error::KafkaResult<Consumer> {
+    use rdkafka::consumer::Consumer as _;
+    let mut config = kafka_args.client_config();
+    config
+        .set(
+            "group.id",
+            format!("{group_prefix}-updates-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("client.id", "sentiflow-infer-updates")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("enable.partition.eof", "false");
+    for option in &kafka_args.options {
+        config.set(option.key.clone(), option.value.clone());
+    }
+    let consumer: Consumer =
+        config.create_with_context(sentiflow_common::kafka::ServiceContext::new(SERVICE))?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}

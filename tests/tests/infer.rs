@@ -1,0 +1,747 @@
+//! The inference service against a real Kafka broker, a real Redis registry and ONNX Runtime with two
+//! real trained models: exact prediction counts that match offline scoring, dead letters, hot swap under
+//! load (promote, then roll back), refusal of a corrupted artifact, the HTTP API and device honesty.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rdkafka::Message as _;
+use sentiflow::corpus::CorpusFormat;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
+use sentiflow_common::events::{
+    CleanReview, Event as _, LabelInfo, ModelAlias, ModelFamily, Redactions, SCHEMA_VERSION,
+    SourceCoordinate, UpdateAction,
+};
+use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::schema::{EventSchema, SchemaRegistry};
+use sentiflow_common::store::RedisStore;
+use sentiflow_infer::InferConfig;
+use sentiflow_infer::config::DeviceArg;
+use sentiflow_model::featurize::{FeaturizerConfig, pad_length};
+use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
+use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::dataset::SnapshotStore;
+use sentiflow_trainer::gate::GatePolicy;
+use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
+use sentiflow_trainer::registry::{NewModel, Registry};
+
+const MODEL: &str = "sentiment-hashed";
+/// Alert threshold of the tests (the small test models are less confident than a production one).
+const ALERT_THRESHOLD: f64 = 0.5;
+
+/// ONNX bytes of two genuinely different trained models, registered as `v1` and `v2` in every test.
+struct TrainedModels {
+    v1: Vec<u8>,
+    v2: Vec<u8>,
+}
+
+/// Trains both models once per test binary on a slice of the airline corpus (own runtime and Redis on
+/// a separate thread, because each test has its own runtime).
+fn trained_models() -> &'static TrainedModels {
+    static MODELS: OnceLock<TrainedModels> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let redis_server = sentiflow_tests::redis();
+                let dir = tempfile::tempdir().unwrap();
+                let store = SnapshotStore::new(dir.path().join("snapshots"));
+                let slice = dir.path().join("airline_slice.jsonl");
+                let records = sentiflow::corpus::read_records(
+                    &sentiflow_tests::shared_data("airline_tweets.csv.gz"),
+                    CorpusFormat::Airline,
+                    Some(3000),
+                )
+                .unwrap();
+                let lines: Vec<String> = records
+                    .iter()
+                    .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+                    .collect();
+                std::fs::write(&slice, lines.join("\n")).unwrap();
+                let manifest =
+                    sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+                let redis =
+                    RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "infer-train"))
+                        .unwrap();
+                let registry = Registry::new(dir.path().join("models"), redis);
+                let ort = sentiflow::train::ort_environment().expect("run infra/setup.sh");
+                let lexicon = sentiflow::train::lexicon().unwrap();
+                let mut artifacts = Vec::new();
+                for (seed, dim) in [(7, 16), (8, 8)] {
+                    let outcome = pipeline::train_and_register(
+                        &store,
+                        &registry,
+                        lexicon.clone(),
+                        &ort,
+                        &TrainRequest {
+                            snapshot_id: manifest.snapshot_id.clone(),
+                            model_name: MODEL.to_owned(),
+                            featurizer: FeaturizerConfig {
+                                buckets: 1 << 15,
+                                ..FeaturizerConfig::default()
+                            },
+                            train: TrainConfig {
+                                seed,
+                                epochs: 6,
+                                learning_rate: 0.05,
+                                dim,
+                                ..TrainConfig::default()
+                            },
+                            device: TrainDevice::Cpu,
+                            gate: GatePolicy::default(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                    artifacts.push(std::fs::read(&outcome.record.artifact_uri).unwrap());
+                }
+                TrainedModels {
+                    v2: artifacts.pop().unwrap(),
+                    v1: artifacts.pop().unwrap(),
+                }
+            })
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A registry under `data_dir` holding `v1` and `v2` (no champion yet).
+async fn registry_with_models(redis_url: &str, prefix: &str, data_dir: &Path) -> Registry {
+    let models = trained_models();
+    let store = RedisStore::connect_lazy(&RedisArgs::local(redis_url, prefix)).unwrap();
+    let registry = Registry::new(data_dir.join("models"), store);
+    for (version, onnx) in [("v1", &models.v1), ("v2", &models.v2)] {
+        registry
+            .register(NewModel {
+                name: MODEL.to_owned(),
+                version: Some(version.to_owned()),
+                family: ModelFamily::Hashed,
+                onnx: onnx.clone(),
+                featurizer_version: sentiflow_model::featurize::FEATURIZER_VERSION.to_owned(),
+                snapshot_id: "airline-slice".to_owned(),
+                trained_on: "cpu".to_owned(),
+                metrics: BTreeMap::new(),
+                gate: None,
+                files: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    registry
+}
+
+fn infer_config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, data_dir: &Path) -> InferConfig {
+    InferConfig {
+        kafka: kafka.clone(),
+        redis: RedisArgs::local(redis_url, prefix),
+        telemetry: TelemetryArgs::ephemeral(),
+        group_id: format!("infer-{}", uuid::Uuid::new_v4().simple()),
+        data_dir: data_dir.to_path_buf(),
+        model_name: MODEL.to_owned(),
+        device: DeviceArg::Auto,
+        ort_dylib: None,
+        workers: 2,
+        intra_threads: 1,
+        max_batch: 64,
+        batch_wait_ms: 5,
+        max_queued_batches: 3,
+        alert_threshold: ALERT_THRESHOLD,
+        registry_poll_secs: 30,
+        shadow_fraction: 0.0,
+        http_max_texts: 8,
+        http_max_text_bytes: 500,
+    }
+}
+
+/// Review texts from the airline corpus.
+fn texts(count: usize) -> Vec<String> {
+    sentiflow::corpus::read_records(
+        &sentiflow_tests::shared_data("airline_tweets.csv.gz"),
+        CorpusFormat::Airline,
+        Some(count + 3000),
+    )
+    .unwrap()
+    .into_iter()
+    .skip(3000) // not the rows the models were trained on
+    .map(|record| {
+        let raw: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        raw["text"].as_str().unwrap().to_owned()
+    })
+    .collect()
+}
+
+fn clean_review(index: usize, text: &str) -> CleanReview {
+    let now = chrono::Utc::now();
+    CleanReview {
+        schema_version: SCHEMA_VERSION,
+        event_id: format!("clean-{index}-{}", uuid::Uuid::new_v4().simple()),
+        event_time: now,
+        source_event_id: format!("raw-{index}"),
+        review_id: format!("review-{index}"),
+        source: "airline".to_owned(),
+        author_hash: "a".repeat(64),
+        text: text.to_owned(),
+        text_hash: "0".repeat(64),
+        created_at: now - chrono::Duration::minutes(5),
+        lang: "en".to_owned(),
+        lang_confidence: 0.9,
+        lang_allowed: true,
+        label: None::<LabelInfo>,
+        redactions: Redactions {
+            emails: 0,
+            phones: 0,
+            cards: 0,
+        },
+        normalizer_version: sentiflow_model::text::NORMALIZER_VERSION.to_owned(),
+        source_offset: SourceCoordinate {
+            topic: "reviews.raw".to_owned(),
+            partition: 0,
+            offset: index as i64,
+        },
+        metadata: None,
+        rating: None,
+    }
+}
+
+/// Publishes payloads to `reviews.clean` (keyed) and waits for every acknowledgement.
+async fn publish(kafka: &KafkaArgs, messages: &[(String, Vec<u8>)]) {
+    let producer = ResilientProducer::new(kafka, "test").unwrap();
+    let topic = kafka.topic(topics::REVIEWS_CLEAN);
+    let mut acks = Vec::new();
+    for (key, payload) in messages {
+        acks.push(
+            producer
+                .enqueue(&topic, Some(key.as_bytes()), payload, None)
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.unwrap();
+    }
+}
+
+fn review_messages(texts: &[String], offset: usize) -> Vec<(String, Vec<u8>)> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let review = clean_review(offset + index, text);
+            (review.review_id.clone(), review.to_json_vec().unwrap())
+        })
+        .collect()
+}
+
+/// Promotes `version` in the registry and announces it like `sentiflow models promote` does.
+async fn promote(kafka: &KafkaArgs, registry: &Registry, version: &str) {
+    let previous = registry.promote(MODEL, version).await.unwrap();
+    let record = registry.get(MODEL, version).await.unwrap();
+    sentiflow::models::announce(
+        kafka,
+        &record.update_event(UpdateAction::Promoted, previous, Some(ModelAlias::Champion)),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until infer's slot serves `version`.
+async fn wait_serving(running: &sentiflow_infer::Running, version: &str) {
+    let slot = running.slot.clone();
+    assert!(
+        sentiflow_tests::eventually(Duration::from_secs(60), || {
+            slot.current()
+                .is_some_and(|model| model.model_ref().version == version)
+        })
+        .await,
+        "infer did not start serving {version}"
+    );
+}
+
+/// Offline probabilities of one text through ONNX Runtime with the featurizer the model names.
+fn offline_probabilities(onnx: &[u8], texts: &[String]) -> Vec<[f32; 3]> {
+    let env = sentiflow::train::ort_environment().unwrap();
+    let mut model = LoadedModel::load(&env, onnx, DeviceRequest::Cpu, 1).unwrap();
+    let featurizer = pipeline::featurizer_for(model.metadata()).unwrap();
+    texts
+        .iter()
+        .map(|text| {
+            let longest = featurizer.featurize(text).len().max(1);
+            let (ids, rows, cols) = featurizer.batch(&[text], pad_length(longest));
+            model.predict(&ids, rows, cols).unwrap()[0]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf1", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+
+    let texts = texts(300);
+    let mut messages = review_messages(&texts, 0);
+    let malformed: Vec<(String, Vec<u8>)> = vec![
+        ("bad-1".to_owned(), b"not json".to_vec()),
+        (
+            "bad-2".to_owned(),
+            br#"{"schema_version": 1, "text": "missing fields"}"#.to_vec(),
+        ),
+        ("bad-3".to_owned(), Vec::new()),
+    ];
+    messages.splice(100..100, malformed);
+    publish(&kafka, &messages).await;
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "inf1", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.device.device.as_str(), "cpu");
+
+    let brokers = &sentiflow_tests::kafka().brokers;
+    let predictions = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::PREDICTIONS),
+        texts.len(),
+        Duration::from_secs(90),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        predictions.len(),
+        texts.len(),
+        "exactly one prediction per review"
+    );
+    let values = sentiflow_tests::json_payloads(&predictions);
+    let offline = offline_probabilities(&trained_models().v1, &texts);
+    let mut seen = BTreeSet::new();
+    let mut expected_alerts = 0;
+    for value in &values {
+        SchemaRegistry::global()
+            .validate(EventSchema::Prediction, value)
+            .unwrap();
+        assert_eq!(value["model"]["version"], "v1");
+        assert_eq!(
+            value["device"], "cpu",
+            "no GPU here: the device must say so"
+        );
+        let review_id = value["review_id"].as_str().unwrap();
+        let index: usize = review_id.trim_start_matches("review-").parse().unwrap();
+        assert!(seen.insert(index), "duplicate prediction for {review_id}");
+        let expected = offline[index];
+        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let got = value["probabilities"][class].as_f64().unwrap();
+            assert!(
+                (got - f64::from(expected[position])).abs() <= 1e-5,
+                "{review_id} {class}: served {got}, offline {}",
+                expected[position]
+            );
+        }
+        if value["label"] == "negative" && value["confidence"].as_f64().unwrap() >= ALERT_THRESHOLD
+        {
+            expected_alerts += 1;
+        }
+    }
+    let max_negative = values
+        .iter()
+        .map(|value| value["probabilities"]["negative"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        expected_alerts > 0,
+        "the slice has confident negatives (largest negative probability {max_negative}; labels {:?})",
+        sentiflow_tests::count_by(&values, "label")
+    );
+    let alerts = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::ALERTS_NEGATIVE),
+        expected_alerts,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(alerts.len(), expected_alerts);
+    for alert in sentiflow_tests::json_payloads(&alerts) {
+        SchemaRegistry::global()
+            .validate(EventSchema::NegativeAlert, &alert)
+            .unwrap();
+        assert!(alert["confidence"].as_f64().unwrap() >= ALERT_THRESHOLD);
+        assert_eq!(alert["threshold"], ALERT_THRESHOLD);
+    }
+    let dead = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::REVIEWS_DLQ),
+        3,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let dead = sentiflow_tests::json_payloads(&dead);
+    assert_eq!(
+        sentiflow_tests::count_by(&dead, "error_kind"),
+        BTreeMap::from([
+            ("empty_payload".to_owned(), 1),
+            ("invalid_json".to_owned(), 1),
+            ("schema_violation".to_owned(), 1),
+        ])
+    );
+    assert!(dead.iter().all(|letter| letter["service"] == "infer"));
+
+    let (status, health) = sentiflow_tests::http_get(running.http_addr, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["info"]["device"], "cpu", "{health}");
+    assert_eq!(health["info"]["model"]["version"], "v1", "{health}");
+    let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sentiflow_infer_device_info{device=\"cpu\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sentiflow_infer_batch_size_rows_bucket"));
+
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_promote_then_rollback_loses_nothing() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf2", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "inf2", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    wait_serving(&running, "v1").await;
+
+    // Continuous load: 6 waves of 300 reviews; promote v2 after the second, roll back after the fourth.
+    let texts = texts(1800);
+    let waves: Vec<Vec<(String, Vec<u8>)>> = texts
+        .chunks(300)
+        .enumerate()
+        .map(|(wave, chunk)| review_messages(chunk, wave * 300))
+        .collect();
+    for (wave, messages) in waves.iter().enumerate() {
+        publish(&kafka, messages).await;
+        if wave == 0 {
+            // The first wave is scored by v1 on every partition before anything changes.
+            let stats = running.stats.clone();
+            assert!(
+                sentiflow_tests::eventually(Duration::from_secs(60), || {
+                    stats.consumed.load(std::sync::atomic::Ordering::Relaxed) >= 300
+                })
+                .await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if wave == 1 {
+            promote(&kafka, &registry, "v2").await;
+            wait_serving(&running, "v2").await;
+        }
+        if wave == 3 {
+            let (from, to) = registry.rollback(MODEL).await.unwrap();
+            assert_eq!((from.as_str(), to.as_str()), ("v2", "v1"));
+            let record = registry.get(MODEL, "v1").await.unwrap();
+            sentiflow::models::announce(
+                &kafka,
+                &record.update_event(
+                    UpdateAction::RolledBack,
+                    Some(from),
+                    Some(ModelAlias::Champion),
+                ),
+            )
+            .await
+            .unwrap();
+            wait_serving(&running, "v1").await;
+        }
+    }
+
+    let brokers = &sentiflow_tests::kafka().brokers;
+    let predictions = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::PREDICTIONS),
+        texts.len(),
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    )
+    .await;
+    let mut by_review = BTreeMap::new();
+    let mut versions_by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for message in &predictions {
+        let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let version = value["model"]["version"].as_str().unwrap().to_owned();
+        assert!(version == "v1" || version == "v2", "{version}");
+        by_review
+            .entry(value["review_id"].as_str().unwrap().to_owned())
+            .or_insert_with(Vec::new)
+            .push(version.clone());
+        versions_by_partition
+            .entry(message.partition())
+            .or_default()
+            .push(version);
+    }
+    assert_eq!(by_review.len(), texts.len(), "every review was predicted");
+    assert!(
+        by_review.values().all(|versions| versions.len() == 1),
+        "no review predicted twice"
+    );
+    let counts = by_review
+        .values()
+        .fold(BTreeMap::<&str, usize>::new(), |mut counts, versions| {
+            *counts.entry(versions[0].as_str()).or_default() += 1;
+            counts
+        });
+    assert!(counts.get("v2").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert!(counts.get("v1").copied().unwrap_or(0) >= 300, "{counts:?}");
+    // Per partition the versions form at most three runs (v1, v2, v1): once a partition saw the new
+    // version, the old one never reappears until the next swap.
+    for (partition, versions) in &versions_by_partition {
+        let mut runs: Vec<&str> = Vec::new();
+        for version in versions {
+            if runs.last() != Some(&version.as_str()) {
+                runs.push(version);
+            }
+        }
+        assert!(
+            runs.len() <= 3 && runs.first() == Some(&"v1"),
+            "partition {partition}: versions interleave: {runs:?}"
+        );
+    }
+
+    // The swap acknowledgements are on models.updates.
+    let updates = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::MODELS_UPDATES),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let serving: Vec<String> = sentiflow_tests::json_payloads(&updates)
+        .into_iter()
+        .filter(|update| update["action"] == "serving")
+        .map(|update| update["model"]["version"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        serving,
+        ["v1", "v2", "v1"],
+        "one acknowledgement per swap (the first for the start-up load)"
+    );
+
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_artifact_is_refused_and_the_champion_keeps_serving() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf3", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "inf3", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    wait_serving(&running, "v1").await;
+
+    // Flip bytes inside v2's artifact after registration, then promote it.
+    let path = dir.path().join("models").join(MODEL).join("v2/model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    promote(&kafka, &registry, "v2").await;
+
+    let brokers = &sentiflow_tests::kafka().brokers;
+    let updates = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::MODELS_UPDATES),
+        3, // serving v1 (start-up), promoted v2 (the announcement), load_failed v2
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let failed = sentiflow_tests::json_payloads(&updates)
+        .into_iter()
+        .find(|update| update["action"] == "load_failed")
+        .expect("a load_failed event");
+    SchemaRegistry::global()
+        .validate(EventSchema::ModelUpdate, &failed)
+        .unwrap();
+    assert_eq!(failed["model"]["version"], "v2");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("checksum") && detail.contains("still serving v1"),
+        "{detail}"
+    );
+
+    // Serving continues on v1.
+    let texts = texts(50);
+    publish(&kafka, &review_messages(&texts, 0)).await;
+    let predictions = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::PREDICTIONS),
+        texts.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    let values = sentiflow_tests::json_payloads(&predictions);
+    assert_eq!(values.len(), texts.len());
+    assert!(values.iter().all(|value| value["model"]["version"] == "v1"));
+    let (status, _) = sentiflow_tests::http_get(running.http_addr, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "still ready on the old model");
+    let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sentiflow_infer_model_load_failures_total{error_kind=\"checksum\"}"),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf4", dir.path()).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "inf4", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = running.http_addr;
+    let post = |body: Vec<u8>| async move {
+        let (status, body) = sentiflow_tests::http_post(addr, "/v1/predict", &body)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|error| panic!("status {status}: body is not JSON ({error}): {body}"));
+        (status, json)
+    };
+
+    // No champion yet: not ready, and predict says why.
+    let (status, body) = post(br#"{"texts": ["hello"]}"#.to_vec()).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("no_model")));
+    let (status, _) = sentiflow_tests::http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503);
+
+    promote(&kafka, &registry, "v1").await;
+    wait_serving(&running, "v1").await;
+    let (status, body) = post(
+        serde_json::to_vec(&serde_json::json!({"texts": [
+            "@united worst flight ever, lost my bag and no help at all",
+            "thank you @JetBlue, great crew and smooth flight!",
+            ""
+        ]}))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"]["version"], "v1");
+    assert_eq!(body["device"], "cpu");
+    let predictions = body["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 3);
+    assert_eq!(predictions[0]["label"], "negative", "{body}");
+    assert_eq!(predictions[1]["label"], "positive", "{body}");
+    for prediction in predictions {
+        let sum: f64 = ["negative", "neutral", "positive"]
+            .iter()
+            .map(|class| prediction["probabilities"][class].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+    }
+
+    let too_many = serde_json::to_vec(&serde_json::json!({"texts": vec!["a"; 9]})).unwrap();
+    let too_long = serde_json::to_vec(&serde_json::json!({"texts": ["x".repeat(501)]})).unwrap();
+    for (body, want_status, want_kind) in [
+        (b"not json".to_vec(), 400, "invalid_json"),
+        (br#"{"texts": []}"#.to_vec(), 422, "empty_texts"),
+        (br#"{"texts": "one"}"#.to_vec(), 422, "invalid_request"),
+        (br#"{"text": ["one"]}"#.to_vec(), 422, "invalid_request"),
+        (br#"{"texts": [1, 2]}"#.to_vec(), 422, "invalid_request"),
+        (too_many, 422, "too_many_texts"),
+        (too_long, 422, "text_too_long"),
+        (vec![b' '; 1 << 20], 413, "body_too_large"),
+    ] {
+        let (status, body) = post(body).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want_status, Some(want_kind)),
+            "{body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|message| !message.is_empty())
+        );
+    }
+
+    let (status, openapi) = sentiflow_tests::http_get(addr, "/openapi.json")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert!(openapi["paths"]["/v1/predict"]["post"].is_object());
+    assert_eq!(
+        openapi["components"]["schemas"]["PredictRequest"]["properties"]["texts"]["maxItems"],
+        8
+    );
+    let (status, _) = sentiflow_tests::http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cuda_without_a_gpu_refuses_to_start() {
+    let kafka = KafkaArgs::local(
+        sentiflow_tests::kafka().brokers.clone(),
+        sentiflow_tests::unique_prefix(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = infer_config(&kafka, "redis://127.0.0.1:1", "inf5", dir.path());
+    config.device = DeviceArg::Cuda;
+    let error = sentiflow_infer::start(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("no GPU on this machine");
+    let message = error.to_string();
+    assert!(
+        message.contains("--device cuda was requested but CUDA cannot be used")
+            && message.contains("CUDA execution provider is not enabled in this build"),
+        "{message}"
+    );
+}
