@@ -1,5 +1,6 @@
 //! End-to-end smoke test of `sentiflow up`: its own Kafka and Redis, topics from the catalogue, ingest,
-//! a bootstrap champion trained and promoted, a replay of real corpus rows, and the reconciliation (clean + dead letters + duplicates = consumed).
+//! a bootstrap champion trained and promoted and served by infer, a replay of real corpus rows, and the
+//! reconciliations (clean + dead letters + duplicates = consumed; one prediction per clean review).
 
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ async fn up_replays_a_corpus_and_reconciles() {
         kafka_port: free_port(),
         redis_port: free_port(),
         ingest_http_addr: "127.0.0.1:0".parse().unwrap(),
+        infer_http_addr: "127.0.0.1:0".parse().unwrap(),
+        device: sentiflow_infer::config::DeviceArg::Auto,
         corpus: Some(sentiflow_tests::shared_data("airline_tweets.csv.gz")),
         format: CorpusFormat::Auto,
         limit: Some(3000),

