@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SENTIFLOW_SETUP_QUIET="${SENTIFLOW_SETUP_QUIET:-1}" bash infra/setup.sh
-cargo build --release --locked -p sentiflow
+cargo build --release --locked -p sentiflow -p sentiflow-infer
 exec target/release/sentiflow up "$@"

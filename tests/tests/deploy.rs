@@ -27,10 +27,18 @@ fn compose_file_is_valid() {
 
 #[test]
 fn compose_environment_variables_are_real_flags() {
-    let known: BTreeSet<String> = sentiflow_ingest::IngestConfig::command()
-        .get_arguments()
-        .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
-        .collect();
+    let known: BTreeSet<String> = [
+        sentiflow_ingest::IngestConfig::command(),
+        sentiflow_infer::InferConfig::command(),
+    ]
+    .iter()
+    .flat_map(|command| {
+        command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+    })
+    .collect();
     let compose = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
     let used: BTreeSet<String> = compose
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

@@ -745,3 +745,90 @@ async fn device_cuda_without_a_gpu_refuses_to_start() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_scoring_scores_the_sample_with_the_challenger_and_serves_the_champion() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf6", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+    registry.set_challenger(MODEL, "v2").await.unwrap();
+    let mut config = infer_config(&kafka, &redis_server.url(), "inf6", dir.path());
+    config.shadow_fraction = 0.5;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    wait_serving(&running, "v1").await;
+    let health = running.health.clone();
+    assert!(
+        sentiflow_tests::eventually(Duration::from_secs(30), || {
+            health.snapshot()["info"]["shadow_model"]["version"] == "v2"
+        })
+        .await,
+        "challenger loaded: {}",
+        running.health.snapshot()
+    );
+
+    let texts = texts(200);
+    let messages = review_messages(&texts, 0);
+    let sampled: BTreeSet<String> = messages
+        .iter()
+        .map(|(review_id, _)| review_id.clone())
+        .filter(|review_id| sentiflow_infer::score::in_shadow_sample(review_id, 0.5))
+        .collect();
+    assert!(
+        (60..=140).contains(&sampled.len()),
+        "about half: {}",
+        sampled.len()
+    );
+    publish(&kafka, &messages).await;
+    let brokers = &sentiflow_tests::kafka().brokers;
+    let served = sentiflow_tests::json_payloads(
+        &sentiflow_tests::read_exactly(
+            brokers,
+            &kafka.topic(topics::PREDICTIONS),
+            texts.len(),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+        .await,
+    );
+    assert_eq!(served.len(), texts.len());
+    assert!(
+        served.iter().all(|value| value["model"]["version"] == "v1"),
+        "the champion serves every review"
+    );
+    let shadow = sentiflow_tests::json_payloads(
+        &sentiflow_tests::read_exactly(
+            brokers,
+            &kafka.topic(topics::PREDICTIONS_SHADOW),
+            sampled.len(),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+        .await,
+    );
+    let shadowed: BTreeSet<String> = shadow
+        .iter()
+        .map(|value| value["review_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shadowed, sampled, "exactly the sampled reviews, once each");
+    for value in &shadow {
+        SchemaRegistry::global()
+            .validate(EventSchema::Prediction, value)
+            .unwrap();
+        assert_eq!(value["model"]["version"], "v2");
+    }
+    let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sentiflow_infer_shadow_predictions_total{"),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}

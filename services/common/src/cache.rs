@@ -108,6 +108,12 @@ impl CacheDir {
         self.root.join("lexicon").join("vader_lexicon.txt")
     }
 
+    /// The opt-in `bench` component (`infra/setup.sh --bench`): fastText and numpy installed with
+    /// `pip install --target`, put on `PYTHONPATH` by `sentiflow bench train`.
+    pub fn bench_python_dir(&self) -> PathBuf {
+        self.root.join("python").join("bench")
+    }
+
     /// `MANIFEST.sha256` (sha256sum format, paths relative to the root).
     pub fn manifest(&self) -> PathBuf {
         self.root.join("MANIFEST.sha256")

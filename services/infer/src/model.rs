@@ -278,6 +278,11 @@ impl ModelSlot {
         self.sender.send_replace(Some(model))
     }
 
+    /// Takes the model out of service (the shadow slot, when the challenger goes away).
+    pub fn clear(&self) -> Option<Arc<ServingModel>> {
+        self.sender.send_replace(None)
+    }
+
     /// Waits until a model is serving.
     pub async fn wait_for_model(&self) -> Arc<ServingModel> {
         let mut receiver = self.sender.subscribe();

@@ -36,6 +36,32 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
+/// The challenger's prediction of one sampled review, beside the champion's label.
+#[derive(Debug)]
+pub struct ShadowPrediction {
+    /// The challenger's prediction (for `predictions.shadow`).
+    pub prediction: Box<Prediction>,
+    /// What the champion answered for the same review.
+    pub champion_label: Sentiment,
+}
+
+/// Shadow scoring settings for one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Shadow<'a> {
+    /// The challenger.
+    pub model: &'a ServingModel,
+    /// Fraction of reviews it scores too.
+    pub fraction: f64,
+}
+
+/// Whether a review is in the shadow sample: a stable hash of its id, so a review is always in or
+/// always out whatever the batch boundaries.
+pub fn in_shadow_sample(review_id: &str, fraction: f64) -> bool {
+    let unit = (sentiflow_model::featurize::stable_hash(review_id.as_bytes()) >> 11) as f64
+        / (1u64 << 53) as f64;
+    unit < fraction
+}
+
 /// A scored batch, in message order.
 #[derive(Debug)]
 pub struct ScoredBatch {
@@ -45,6 +71,8 @@ pub struct ScoredBatch {
     pub inference_seconds: f64,
     /// Reviews scored.
     pub scored: usize,
+    /// Challenger predictions of the sampled reviews (empty without shadow scoring).
+    pub shadow: Vec<ShadowPrediction>,
 }
 
 /// Decodes, scores and builds events for `messages` with `model`. Blocking (runs ONNX Runtime).
@@ -53,6 +81,7 @@ pub struct ScoredBatch {
 /// Only when ONNX Runtime fails on valid input; the caller retries the batch.
 pub fn score_messages(
     model: &ServingModel,
+    shadow: Option<Shadow<'_>>,
     messages: &[OwnedMessage],
     alert_threshold: f64,
 ) -> Result<ScoredBatch, sentiflow_model::runtime::RuntimeError> {
@@ -69,6 +98,10 @@ pub fn score_messages(
         started.elapsed().as_secs_f64()
     };
     let scored = probabilities.len();
+    let shadow = match shadow {
+        Some(shadow) => score_shadow(shadow, &decoded, &probabilities),
+        None => Vec::new(),
+    };
     let mut rows = probabilities.into_iter();
     let outcomes = decoded
         .into_iter()
@@ -90,7 +123,52 @@ pub fn score_messages(
         outcomes,
         inference_seconds,
         scored,
+        shadow,
     })
+}
+
+/// Scores the sampled reviews with the challenger. A challenger failure is logged and counted and
+/// yields no shadow predictions: it must never hold up the served result.
+fn score_shadow(
+    shadow: Shadow<'_>,
+    decoded: &[Result<CleanReview, Rejection>],
+    champion: &[ClassProbabilities],
+) -> Vec<ShadowPrediction> {
+    let sampled: Vec<(&CleanReview, ClassProbabilities)> = decoded
+        .iter()
+        .filter_map(|review| review.as_ref().ok())
+        .zip(champion.iter().copied())
+        .filter(|(review, _)| in_shadow_sample(&review.review_id, shadow.fraction))
+        .collect();
+    if sampled.is_empty() {
+        return Vec::new();
+    }
+    let texts: Vec<&str> = sampled
+        .iter()
+        .map(|(review, _)| review.text.as_str())
+        .collect();
+    let started = Instant::now();
+    let rows = match shadow.model.score(&texts) {
+        Ok(rows) => rows,
+        Err(error) => {
+            metrics::counter!("sentiflow_infer_errors_total", "error_kind" => "shadow_inference")
+                .increment(1);
+            tracing::warn!(%error, "challenger inference failed; no shadow predictions for this batch");
+            return Vec::new();
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    sampled
+        .into_iter()
+        .zip(rows)
+        .map(|((review, champion_row), row)| {
+            let (prediction, _) = build_events(shadow.model, review, row, seconds, f64::INFINITY);
+            ShadowPrediction {
+                prediction: Box::new(prediction),
+                champion_label: probabilities(champion_row).argmax().0,
+            }
+        })
+        .collect()
 }
 
 fn decode(message: &OwnedMessage) -> Result<CleanReview, Rejection> {

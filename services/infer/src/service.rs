@@ -138,7 +138,8 @@ pub async fn start(
         intra_threads: config.intra_threads,
         max_batch: config.max_batch.max(config.http_max_texts),
     };
-    let swapper = Arc::new(Swapper::new(
+    let shadow_slot = ModelSlot::default();
+    let swapper = Swapper::new(
         env,
         registry,
         slot.clone(),
@@ -147,7 +148,12 @@ pub async fn start(
         health.clone(),
         producer.clone(),
         config.kafka.topic(topics::MODELS_UPDATES),
-    ));
+    );
+    let swapper = Arc::new(if config.shadow_fraction > 0.0 {
+        swapper.with_shadow(shadow_slot.clone())
+    } else {
+        swapper
+    });
     health.set_check("model", false, "loading the champion");
     let updates = swap::updates_consumer(
         &config.kafka,
@@ -194,6 +200,8 @@ pub async fn start(
         clean_topic: config.kafka.topic(topics::REVIEWS_CLEAN),
         predictions_topic: config.kafka.topic(topics::PREDICTIONS),
         alerts_topic: config.kafka.topic(topics::ALERTS_NEGATIVE),
+        shadow_topic: config.kafka.topic(topics::PREDICTIONS_SHADOW),
+        shadow_slot,
         dlq: DeadLetterSink::new(
             producer.clone(),
             config.kafka.topic(topics::REVIEWS_DLQ),
@@ -257,6 +265,8 @@ struct Worker {
     clean_topic: String,
     predictions_topic: String,
     alerts_topic: String,
+    shadow_topic: String,
+    shadow_slot: ModelSlot,
     stats: Arc<InferStats>,
     shutdown: CancellationToken,
 }
@@ -425,14 +435,23 @@ impl Worker {
         let messages = Arc::new(messages);
         let shared = messages.clone();
         let threshold = self.config.alert_threshold;
+        let shadow_fraction = self.config.shadow_fraction;
+        let challenger = (shadow_fraction > 0.0)
+            .then(|| self.shadow_slot.current())
+            .flatten();
         let shutdown = self.shutdown.clone();
         let scoring = tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_secs(5));
             loop {
                 let model = model.clone();
+                let challenger = challenger.clone();
                 let batch = shared.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    score::score_messages(&model, &batch, threshold)
+                    let shadow = challenger.as_deref().map(|model| score::Shadow {
+                        model,
+                        fraction: shadow_fraction,
+                    });
+                    score::score_messages(&model, shadow, &batch, threshold)
                 })
                 .await
                 .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
@@ -500,6 +519,7 @@ impl Worker {
                 }
             }
             self.record(&messages, received, &scored);
+            self.publish_shadow(&scored).await;
             metrics::gauge!("sentiflow_infer_queue_depth_batches").set(queued.len() as f64);
         }
         // Anything left in the queue is dropped unpublished; its offsets were never stored.
@@ -549,6 +569,37 @@ impl Worker {
             .fetch_add(predictions, Ordering::Relaxed);
         self.stats.alerts.fetch_add(alerts, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+    }
+
+    /// Best effort: shadow predictions go to `predictions.shadow` without holding up offsets, and
+    /// their agreement with the champion goes to metrics.
+    async fn publish_shadow(&self, scored: &ScoredBatch) {
+        for shadow in &scored.shadow {
+            let champion = shadow.champion_label.as_str();
+            let challenger = shadow.prediction.label.as_str();
+            metrics::counter!("sentiflow_infer_shadow_predictions_total", "champion_label" => champion, "challenger_label" => challenger).increment(1);
+            if champion == challenger {
+                metrics::counter!("sentiflow_infer_shadow_agreements_total").increment(1);
+            }
+            let payload = shadow
+                .prediction
+                .to_json_vec()
+                .expect("predictions always serialise");
+            if let Err(error) = self
+                .producer
+                .enqueue(
+                    &self.shadow_topic,
+                    Some(shadow.prediction.key().as_bytes()),
+                    &payload,
+                    None,
+                )
+                .await
+            {
+                metrics::counter!("sentiflow_infer_errors_total", "error_kind" => "shadow_publish")
+                    .increment(1);
+                debug!(%error, "shadow prediction not published");
+            }
+        }
     }
 
     /// Produces every output of the batch and waits for all acknowledgements; failed sends are retried.

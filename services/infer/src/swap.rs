@@ -48,6 +48,10 @@ pub struct Swapper {
     failed: Mutex<Option<(String, String)>>,
     /// One swap at a time (an event and the periodic check may race).
     installing: tokio::sync::Mutex<()>,
+    /// The challenger scored in shadow (None when shadow scoring is off).
+    shadow: Option<ModelSlot>,
+    /// The last challenger (version, sha256) that failed to load.
+    shadow_failed: Mutex<Option<(String, String)>>,
 }
 
 impl Swapper {
@@ -76,6 +80,81 @@ impl Swapper {
             instance: format!("{SERVICE}@{host}/{}", std::process::id()),
             failed: Mutex::new(None),
             installing: tokio::sync::Mutex::new(()),
+            shadow: None,
+            shadow_failed: Mutex::new(None),
+        }
+    }
+
+    /// Also follows the `challenger` alias into `slot`, for shadow scoring.
+    pub fn with_shadow(mut self, slot: ModelSlot) -> Self {
+        self.shadow = Some(slot);
+        self
+    }
+
+    /// Loads the registry's challenger into the shadow slot (or empties it when there is none, or when
+    /// it is the champion itself).
+    pub async fn reconcile_shadow(&self) -> Result<(), LoadError> {
+        let Some(shadow) = &self.shadow else {
+            return Ok(());
+        };
+        let record = match self.registry.resolve(&self.model_name, "challenger").await {
+            Ok(record) => record,
+            Err(RegistryError::NotFound(_)) => {
+                if shadow.clear().is_some() {
+                    info!("no challenger any more; shadow scoring paused");
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(LoadError::Registry(error.to_string())),
+        };
+        if self.is_serving(&record) {
+            shadow.clear();
+            return Ok(());
+        }
+        let current = shadow.current();
+        if current.as_ref().is_some_and(|model| {
+            model.model_ref().version == record.version && model.sha256() == record.sha256
+        }) {
+            return Ok(());
+        }
+        let failed_before = self
+            .shadow_failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .is_some_and(|(version, sha)| *version == record.version && *sha == record.sha256);
+        if failed_before {
+            return Ok(());
+        }
+        match self.load(&record).await {
+            Ok(model) => {
+                info!(name = %record.name, version = %record.version, "challenger loaded for shadow scoring");
+                self.health.set_info(
+                    "shadow_model",
+                    serde_json::json!({"name": record.name, "version": record.version, "sha256": record.sha256}),
+                );
+                shadow.swap(Arc::new(model));
+                Ok(())
+            }
+            Err(error) => {
+                error!(name = %record.name, version = %record.version, %error, "challenger refused; shadow scoring paused");
+                metrics::counter!("sentiflow_infer_model_load_failures_total", "error_kind" => error.kind())
+                    .increment(1);
+                *self
+                    .shadow_failed
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some((record.version.clone(), record.sha256.clone()));
+                shadow.clear();
+                let detail = format!(
+                    "{}: challenger {} ({error}); shadow scoring paused",
+                    self.instance,
+                    error.kind()
+                );
+                self.publish(&record, UpdateAction::LoadFailed, None, detail)
+                    .await;
+                Err(error)
+            }
         }
     }
 
@@ -104,11 +183,31 @@ impl Swapper {
         self.install(record, "registry").await
     }
 
-    /// Acts on one `models.updates` event: a new champion (promotion or rollback) is loaded and swapped in.
+    /// Acts on one `models.updates` event: a new champion (promotion or rollback) is loaded and swapped
+    /// in; with shadow scoring on, the challenger is re-read too (any registry change can move it).
     pub async fn handle_update(&self, update: &ModelUpdate) -> Result<(), LoadError> {
+        let champion = self.handle_champion_update(update).await;
+        if self.shadow.is_some()
+            && update.model.name == self.model_name
+            && matches!(
+                update.action,
+                UpdateAction::Registered
+                    | UpdateAction::Rejected
+                    | UpdateAction::Promoted
+                    | UpdateAction::RolledBack
+            )
+            && let Err(error) = self.reconcile_shadow().await
+        {
+            warn!(%error, "shadow model not updated");
+        }
+        champion
+    }
+
+    async fn handle_champion_update(&self, update: &ModelUpdate) -> Result<(), LoadError> {
         if update.model.name != self.model_name {
             return Ok(());
         }
+
         let champion_changed = match update.action {
             UpdateAction::Promoted => update.alias == Some(ModelAlias::Champion),
             UpdateAction::RolledBack => true,
@@ -357,6 +456,9 @@ pub async fn follow_updates(
             _ = poll.tick() => {
                 if let Err(error) = swapper.reconcile().await {
                     warn!(%error, "registry check failed");
+                }
+                if let Err(error) = swapper.reconcile_shadow().await {
+                    warn!(%error, "challenger check failed");
                 }
             }
             received = consumer.recv() => match received {

@@ -35,6 +35,8 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
     Ingest(Box<IngestConfig>),
+    /// Run the inference service (reviews.clean → predictions / alerts.negative; POST /v1/predict).
+    Infer(Box<sentiflow_infer::InferConfig>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
@@ -50,6 +52,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: crate::dataset::DatasetCommand,
+    },
+    /// Benchmarks against a baseline measured in the same run (train: our trainer vs fastText).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
     },
 }
 
@@ -168,10 +176,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             });
             tokio::task::spawn_blocking(move || crate::dataset::run(command)).await?
         }
+        Command::Bench { command } => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            tokio::task::spawn_blocking(move || crate::bench::run(command)).await?
+        }
         Command::Ingest(config) => {
             telemetry::init_tracing(&config.telemetry);
             tracing::info!(?config, "starting ingest");
             sentiflow_ingest::run(*config, shutdown).await?;
+            Ok(())
+        }
+        Command::Infer(config) => {
+            telemetry::init_tracing(&config.telemetry);
+            tracing::info!(?config, "starting infer");
+            sentiflow_infer::run(*config, shutdown).await?;
             Ok(())
         }
     }

