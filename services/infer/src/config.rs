@@ -187,3 +187,41 @@ impl InferConfig {
         self.data_dir.join("models")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> InferConfig {
+        let mut all = vec!["sentiflow-infer"];
+        all.extend_from_slice(args);
+        InferConfig::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_impossible_settings_are_refused_by_name() {
+        config(&[]).validate().expect("defaults work");
+        for (args, flag) in [
+            (vec!["--workers", "0"], "--workers"),
+            (vec!["--max-batch", "0"], "--max-batch"),
+            (vec!["--max-queued-batches", "1"], "--max-queued-batches"),
+            (vec!["--alert-threshold", "1.5"], "--alert-threshold"),
+            (vec!["--shadow-fraction=-0.1"], "--shadow-fraction"),
+            (vec!["--http-max-texts", "0"], "--http-max-texts"),
+            (vec!["--drain-timeout-ms", "60000"], "--drain-timeout-ms"),
+        ] {
+            let error = config(&args).validate().expect_err("refused");
+            assert_eq!(error.name, flag, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn device_flag_maps_to_the_runtime_request() {
+        assert_eq!(config(&[]).device, DeviceArg::Auto);
+        assert_eq!(
+            DeviceRequest::from(config(&["--device", "cuda"]).device),
+            DeviceRequest::Cuda
+        );
+        assert!(InferConfig::try_parse_from(["sentiflow-infer", "--device", "tpu"]).is_err());
+    }
+}

@@ -312,3 +312,32 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limit_fits_the_largest_valid_request_even_fully_escaped() {
+        let limits = HttpLimits {
+            max_texts: 256,
+            max_text_bytes: 5_000,
+        };
+        let escaped_text = "\\u00e9".repeat(5_000 / 2);
+        let largest = serde_json::to_vec(&serde_json::json!({"texts": vec![escaped_text; 256]}))
+            .expect("serialises");
+        assert!(largest.len() <= limits.max_body_bytes());
+    }
+
+    #[test]
+    fn openapi_document_states_the_configured_limits() {
+        let document = openapi_document(HttpLimits {
+            max_texts: 7,
+            max_text_bytes: 99,
+        });
+        let texts = &document["components"]["schemas"]["PredictRequest"]["properties"]["texts"];
+        assert_eq!(texts["maxItems"], 7);
+        assert_eq!(texts["items"]["maxLength"], 99);
+        assert!(document["paths"]["/v1/predict"]["post"]["responses"]["422"].is_object());
+    }
+}

@@ -247,3 +247,32 @@ pub fn build_events(
     };
     (prediction, alert)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_sample_is_stable_and_close_to_the_fraction() {
+        let ids: Vec<String> = (0..20_000).map(|index| format!("review-{index}")).collect();
+        for fraction in [0.0, 0.1, 0.5, 1.0] {
+            let sampled = ids
+                .iter()
+                .filter(|id| in_shadow_sample(id, fraction))
+                .count();
+            let share = sampled as f64 / ids.len() as f64;
+            assert!((share - fraction).abs() < 0.02, "{fraction}: {share}");
+        }
+        assert_eq!(
+            in_shadow_sample("review-7", 0.5),
+            in_shadow_sample("review-7", 0.5)
+        );
+    }
+
+    #[test]
+    fn probabilities_keep_class_order() {
+        let probabilities = probabilities([0.7, 0.2, 0.1]);
+        assert_eq!(probabilities.argmax().0, Sentiment::Negative);
+        assert!((probabilities.neutral - 0.2).abs() < 1e-6);
+    }
+}
