@@ -216,14 +216,14 @@ impl DatasetError {
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
     move |source| DatasetError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-fn format_error(path: &Path, reason: impl std::fmt::Display) -> DatasetError {
+pub(crate) fn format_error(path: &Path, reason: impl std::fmt::Display) -> DatasetError {
     DatasetError::Format {
         path: path.to_owned(),
         reason: reason.to_string(),
@@ -565,7 +565,14 @@ pub fn merge_labels(rows: impl IntoIterator<Item = DatasetRow>) -> Vec<DatasetRo
     let mut merged: BTreeMap<String, DatasetRow> = BTreeMap::new();
     for row in rows {
         match merged.get_mut(&row.review_id) {
-            Some(existing) if rank(row.provenance) < rank(existing.provenance) => {}
+            Some(existing) if rank(row.provenance) < rank(existing.provenance) => {
+                // A human label that arrived before its review: the review brings the text.
+                if existing.text.is_empty() && !row.text.is_empty() {
+                    existing.text = row.text;
+                    existing.created_at = row.created_at;
+                    existing.source = row.source;
+                }
+            }
             Some(existing) => {
                 // A human label may arrive without text (labels.feedback): keep the review's text.
                 let text = if row.text.is_empty() {
@@ -784,6 +791,13 @@ mod tests {
                 "meh!",
             ),
             row("c", Sentiment::Negative, LabelProvenance::Human, ""),
+            row("d", Sentiment::Positive, LabelProvenance::Human, ""),
+            row(
+                "d",
+                Sentiment::Negative,
+                LabelProvenance::WeakLexicon,
+                "late text",
+            ),
         ]);
         let view: Vec<(&str, Sentiment, LabelProvenance, &str)> = merged
             .iter()
@@ -801,6 +815,12 @@ mod tests {
             vec![
                 ("a", Sentiment::Negative, LabelProvenance::Human, "great"),
                 ("b", Sentiment::Neutral, LabelProvenance::Human, "meh"),
+                (
+                    "d",
+                    Sentiment::Positive,
+                    LabelProvenance::Human,
+                    "late text"
+                ),
             ],
             "a human label without text keeps the review's text; one with no review at all is dropped"
         );

@@ -1,13 +1,39 @@
-//! The trainer: dataset snapshots (Arrow/Parquet + manifest), the model registry (artifacts on disk,
-//! metadata and aliases in Redis) and the promotion gate.
+//! The trainer: streaming dataset curation (a service), dataset snapshots (Arrow/Parquet + manifest), the
+//! model registry (artifacts on disk, metadata and aliases in Redis) and the promotion gate.
+//!
+//! Guarantee of the curation service: at-least-once, in order per partition. Records of `reviews.clean`
+//! and `labels.feedback` are appended to a segment file that is written to a temp file, fsynced and
+//! renamed before the offsets it accounts for are stored, so a crash makes the trainer read messages
+//! again but never loses one; the copies a re-read creates are removed when a snapshot is built.
+//! Malformed messages go to `reviews.dlq` with a reason, acknowledged before their offsets count.
 //!
 //! # Layout
+//! - [`config`]: the service's flags and start-up checks.
+//! - [`error`]: rejection kinds (dead-letter `error_kind`, metric label) and fatal errors.
+//! - [`service`]: the consume → segment → store-offset loop, HTTP endpoints and probes. Issue 6's
+//!   `retrain.requests` consumer belongs beside it (it calls [`curation::curate_snapshot`], then
+//!   [`pipeline::train_and_register`]).
+//! - [`segment`]: durable append-only curation segments recording their offset ranges.
+//! - [`curation`]: segments → deduplicated, label-merged rows → an immutable snapshot.
 //! - [`dataset`]: splits by review-id hash, immutable snapshots with checksummed manifests, label merging.
 //! - [`registry`]: artifacts on disk, records and aliases in Redis, `models.updates` events.
 //! - [`pipeline`]: one training run: train, evaluate, export, card, register, gate.
 //! - [`gate`]: the promotion rule (macro-F1 within ε of the champion, no class recall drop beyond δ).
 
+pub mod config;
+pub mod curation;
 pub mod dataset;
+pub mod error;
 pub mod gate;
 pub mod pipeline;
 pub mod registry;
+pub mod segment;
+pub mod service;
+
+pub use config::TrainerConfig;
+pub use curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
+pub use error::{Rejection, TrainerError};
+pub use service::{Running, StatsSnapshot, TrainerStats, run, start};
+
+/// Service name used in metric names, logs and dead letters.
+pub const SERVICE: &str = "trainer";

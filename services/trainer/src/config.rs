@@ -1,0 +1,134 @@
+//! Configuration of the trainer service: every flag is also a `SENTIFLOW_…` environment variable.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
+
+/// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; bad input →
+/// `reviews.dlq`.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "sentiflow-trainer", version, about, long_about = None)]
+pub struct TrainerConfig {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Redis connection (the model registry).
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    /// HTTP endpoints, logs and shutdown.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    /// Consumer group id; replicas of the trainer share it and split the partitions.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_GROUP_ID",
+        default_value = "sentiflow-trainer"
+    )]
+    pub group_id: String,
+
+    /// Data directory: segments go to `<data-dir>/curation/segments`, snapshots to `<data-dir>/snapshots`.
+    #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
+    pub data_dir: PathBuf,
+
+    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`).
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_MAX_PAYLOAD_BYTES",
+        default_value_t = 65_536
+    )]
+    pub max_payload_bytes: usize,
+
+    /// Consumed messages (dead letters included) after which the open segment is written and closed.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_SEGMENT_MAX_MESSAGES",
+        default_value_t = 10_000
+    )]
+    pub segment_max_messages: usize,
+
+    /// Longest a segment stays open after its first message, milliseconds: offsets are committed only once
+    /// the segment holding them is on disk, so this bounds how much a crash makes the trainer re-read.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_SEGMENT_MAX_AGE_MS",
+        default_value_t = 30_000
+    )]
+    pub segment_max_age_ms: u64,
+
+    /// Build a snapshot whenever this many records were curated since the last one (off when unset).
+    #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_ROWS")]
+    pub snapshot_every_rows: Option<u64>,
+
+    /// Build a snapshot when this long passed since the last one and new records arrived, milliseconds
+    /// (checked when a segment closes; off when unset).
+    #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
+    pub snapshot_every_ms: Option<u64>,
+}
+
+/// A configuration that cannot work, caught at start-up instead of at the first message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// Flag name.
+        name: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+impl TrainerConfig {
+    /// Settings for tests and in-process runs: local Kafka and Redis, an ephemeral HTTP port.
+    pub fn local(kafka: KafkaArgs, redis: RedisArgs, data_dir: PathBuf) -> Self {
+        Self {
+            group_id: format!("{}-trainer", kafka.topic_prefix),
+            kafka,
+            redis,
+            telemetry: TelemetryArgs::ephemeral(),
+            data_dir,
+            max_payload_bytes: 65_536,
+            segment_max_messages: 10_000,
+            segment_max_age_ms: 30_000,
+            snapshot_every_rows: None,
+            snapshot_every_ms: None,
+        }
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.segment_max_messages == 0 {
+            return invalid("--segment-max-messages", "must be at least 1");
+        }
+        if self.segment_max_age_ms == 0 {
+            return invalid("--segment-max-age-ms", "must be at least 1");
+        }
+        if self.max_payload_bytes < 256 {
+            return invalid("--max-payload-bytes", "must be at least 256 bytes");
+        }
+        if self.snapshot_every_rows == Some(0) {
+            return invalid("--snapshot-every-rows", "must be at least 1 when set");
+        }
+        if self.snapshot_every_ms == Some(0) {
+            return invalid("--snapshot-every-ms", "must be at least 1 when set");
+        }
+        // The drain must end before the group's session timeout (45 s) or we drop out mid-rebalance.
+        if self.telemetry.drain_timeout_ms >= 45_000 {
+            return invalid(
+                "--drain-timeout-ms",
+                "must be below the consumer session timeout (45000 ms)",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! `sentiflow-trainer`: the trainer service as its own binary (production: one container per service).
+
+use clap::Parser;
+use sentiflow_trainer::TrainerConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = TrainerConfig::parse();
+    sentiflow_common::telemetry::init_tracing(&config.telemetry);
+    tracing::info!(?config, "starting sentiflow-trainer");
+    let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
+    sentiflow_trainer::run(config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,590 @@
+//! The curation loop: consume `reviews.clean` and `labels.feedback`, gather records into the open segment,
+//! write it durably when it is full or old enough, and only then store the offsets it accounts for;
+//! malformed messages go to `reviews.dlq` (acknowledged before their offsets count); optionally cut a
+//! snapshot every N records or every T.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::BorrowedMessage;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::dlq::DeadLetterSink;
+use sentiflow_common::events::{CleanReview, Event, LabelFeedback, SourceCoordinate};
+use sentiflow_common::health::Health;
+use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
+use sentiflow_common::retry::Backoff;
+use sentiflow_common::store::{self, RedisStore};
+use sentiflow_common::telemetry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::SERVICE;
+use crate::config::TrainerConfig;
+use crate::curation::{CurateOptions, curate_snapshot};
+use crate::dataset::SnapshotStore;
+use crate::error::{Rejection, TrainerError};
+use crate::segment::{CurationRecord, OffsetTracker, SegmentStore};
+
+/// Running totals of this process, for tests and `sentiflow up` (Prometheus has the same).
+#[derive(Debug, Default)]
+pub struct TrainerStats {
+    /// Messages consumed (both topics, malformed included).
+    consumed: AtomicU64,
+    /// Clean reviews curated (labelled or not).
+    reviews: AtomicU64,
+    /// Clean reviews without any label.
+    unlabelled: AtomicU64,
+    /// Human labels curated.
+    feedback: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    dead_lettered: AtomicU64,
+    /// Messages whose segment is on disk and whose offsets are stored.
+    durable: AtomicU64,
+    /// Segments written.
+    segments: AtomicU64,
+    /// Snapshots written by the schedule.
+    snapshots: AtomicU64,
+}
+
+/// [`TrainerStats`] as plain numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Messages consumed (both topics, malformed included).
+    pub consumed: u64,
+    /// Clean reviews curated (labelled or not).
+    pub reviews: u64,
+    /// Clean reviews without any label.
+    pub unlabelled: u64,
+    /// Human labels curated.
+    pub feedback: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages whose segment is on disk and whose offsets are stored.
+    pub durable: u64,
+    /// Segments written.
+    pub segments: u64,
+    /// Snapshots written by the schedule.
+    pub snapshots: u64,
+}
+
+impl TrainerStats {
+    /// The totals now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsSnapshot {
+            consumed: get(&self.consumed),
+            reviews: get(&self.reviews),
+            unlabelled: get(&self.unlabelled),
+            feedback: get(&self.feedback),
+            dead_lettered: get(&self.dead_lettered),
+            durable: get(&self.durable),
+            segments: get(&self.segments),
+            snapshots: get(&self.snapshots),
+        }
+    }
+}
+
+/// A started trainer service.
+#[derive(Debug)]
+pub struct Running {
+    /// Totals since start.
+    pub stats: Arc<TrainerStats>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+    /// Live health state.
+    pub health: Health,
+    /// The curation segments this service writes.
+    pub segments: SegmentStore,
+    /// The snapshot store its snapshots go to.
+    pub snapshots: SnapshotStore,
+    /// Ends when the service has closed its last segment and committed after `shutdown`.
+    pub task: tokio::task::JoinHandle<Result<(), TrainerError>>,
+}
+
+/// Runs the service until `shutdown` is cancelled, then closes the open segment and commits.
+pub async fn run(config: TrainerConfig, shutdown: CancellationToken) -> Result<(), TrainerError> {
+    let running = start(config, shutdown).await?;
+    running.task.await.unwrap_or_else(|join_error| {
+        std::panic::resume_unwind(join_error.into_panic());
+    })
+}
+
+/// Starts the service and returns once it is consuming (configuration and data-directory errors surface
+/// here).
+pub async fn start(
+    config: TrainerConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, TrainerError> {
+    config.validate()?;
+    let segments = SegmentStore::in_data_dir(&config.data_dir);
+    let snapshots = SnapshotStore::new(config.data_dir.join("snapshots"));
+    std::fs::create_dir_all(segments.dir()).map_err(|source| crate::dataset::DatasetError::Io {
+        path: segments.dir().to_owned(),
+        source,
+    })?;
+    let stale = segments.remove_stale_temp_files()?;
+    if stale > 0 {
+        info!(
+            stale,
+            "removed temp files of segment writes a crash interrupted"
+        );
+    }
+
+    let health = Health::new(SERVICE);
+    health.set_info("data_dir", config.data_dir.display().to_string());
+    let clean_topic = config.kafka.topic(topics::REVIEWS_CLEAN);
+    let feedback_topic = config.kafka.topic(topics::LABELS_FEEDBACK);
+    let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
+    let consumer = kafka::at_least_once_consumer(
+        &config.kafka,
+        &config.group_id,
+        SERVICE,
+        &[&clean_topic, &feedback_topic],
+    )?;
+    // The registry (issue 6's retrain loop) lives in Redis: readiness covers it from the start.
+    let redis = RedisStore::connect_lazy(&config.redis)?;
+
+    let probes_stop = shutdown.child_token();
+    let (http_addr, http_task) = telemetry::serve_http(
+        config.telemetry.http_addr,
+        health.clone(),
+        axum::Router::new(),
+        probes_stop.clone(),
+    )
+    .await?;
+    let probes = [
+        kafka::spawn_kafka_probe(
+            producer.clone(),
+            health.clone(),
+            Duration::from_secs(5),
+            probes_stop.clone(),
+        ),
+        store::spawn_redis_probe(
+            redis,
+            health.clone(),
+            Duration::from_secs(1),
+            probes_stop.clone(),
+        ),
+    ];
+
+    let worker = Worker {
+        dlq: DeadLetterSink::new(
+            producer.clone(),
+            config.kafka.topic(topics::REVIEWS_DLQ),
+            SERVICE,
+        ),
+        producer,
+        consumer,
+        segments: segments.clone(),
+        snapshots: snapshots.clone(),
+        clean_topic: clean_topic.clone(),
+        feedback_topic: feedback_topic.clone(),
+        max_payload_bytes: config.max_payload_bytes,
+        segment_max_messages: config.segment_max_messages as u64,
+        segment_max_age: Duration::from_millis(config.segment_max_age_ms),
+        snapshot_every_rows: config.snapshot_every_rows,
+        snapshot_every: config.snapshot_every_ms.map(Duration::from_millis),
+        health: health.clone(),
+        drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
+        shutdown,
+        stats: Arc::new(TrainerStats::default()),
+    };
+    let stats = worker.stats.clone();
+    info!(%http_addr, clean = %clean_topic, feedback = %feedback_topic,
+        segments = %segments.dir().display(), "trainer started");
+    // Issue 6: the retrain.requests consumer runs as a second task here, beside the curation loop; it
+    // calls curation::curate_snapshot and then pipeline::train_and_register.
+    let task = tokio::spawn(async move {
+        let result = worker.run().await;
+        probes_stop.cancel();
+        for probe in probes {
+            let _ = probe.await;
+        }
+        let _ = http_task.await;
+        result
+    });
+    Ok(Running {
+        stats,
+        http_addr,
+        health,
+        segments,
+        snapshots,
+        task,
+    })
+}
+
+/// The records and offsets gathered since the last segment closed.
+struct OpenSegment {
+    /// Records to write.
+    records: Vec<CurationRecord>,
+    /// Offsets of every message accounted for (records and dead letters).
+    offsets: OffsetTracker,
+    /// Messages accounted for.
+    messages: u64,
+    /// Of which dead-lettered.
+    dead_lettered: u64,
+    /// When the segment must close even if not full.
+    deadline: tokio::time::Instant,
+}
+
+/// When the schedule last cut a snapshot and what arrived since.
+struct SnapshotSchedule {
+    /// Records curated since the last scheduled snapshot.
+    rows_since: u64,
+    /// When the last scheduled snapshot started (or the service started).
+    last: Instant,
+    /// The snapshot being written, if any (one at a time).
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Worker {
+    consumer: Consumer,
+    producer: ResilientProducer,
+    dlq: DeadLetterSink,
+    segments: SegmentStore,
+    snapshots: SnapshotStore,
+    clean_topic: String,
+    feedback_topic: String,
+    max_payload_bytes: usize,
+    segment_max_messages: u64,
+    segment_max_age: Duration,
+    snapshot_every_rows: Option<u64>,
+    snapshot_every: Option<Duration>,
+    health: Health,
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+    stats: Arc<TrainerStats>,
+}
+
+/// Work given up at shutdown; its offsets stay unstored, so it is read again after a restart.
+#[derive(Debug)]
+struct Abandoned;
+
+impl Worker {
+    async fn run(self) -> Result<(), TrainerError> {
+        let mut open: Option<OpenSegment> = None;
+        let mut schedule = SnapshotSchedule {
+            rows_since: 0,
+            last: Instant::now(),
+            running: None,
+        };
+        let mut abandoned = false;
+        loop {
+            let deadline = open.as_ref().map(|segment| segment.deadline);
+            let segment_due = async move {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = segment_due => {
+                    if self.close(&mut open, &mut schedule).await.is_err() {
+                        abandoned = true;
+                        break;
+                    }
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let segment = open.get_or_insert_with(|| OpenSegment {
+                            records: Vec::new(),
+                            offsets: OffsetTracker::default(),
+                            messages: 0,
+                            dead_lettered: 0,
+                            deadline: tokio::time::Instant::now() + self.segment_max_age,
+                        });
+                        if self.accept(&message, segment).await.is_err() {
+                            abandoned = true;
+                            break;
+                        }
+                        if segment.messages >= self.segment_max_messages
+                            && self.close(&mut open, &mut schedule).await.is_err()
+                        {
+                            abandoned = true;
+                            break;
+                        }
+                    }
+                    Err(error) => self.receive_error(&error).await,
+                },
+            }
+        }
+        if !abandoned && self.close(&mut open, &mut schedule).await.is_err() {
+            warn!("last segment abandoned at shutdown; its messages will be read again");
+        }
+        if let Some(snapshot) = schedule.running.take()
+            && tokio::time::timeout(self.drain_timeout, snapshot)
+                .await
+                .is_err()
+        {
+            warn!(
+                "scheduled snapshot still running at shutdown; it finishes or leaves nothing behind"
+            );
+        }
+        self.finish();
+        Ok(())
+    }
+
+    async fn receive_error(&self, error: &rdkafka::error::KafkaError) {
+        metrics::counter!("sentiflow_trainer_errors_total", "error_kind" => "kafka_receive")
+            .increment(1);
+        warn!(%error, "kafka receive error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Adds one message to the open segment: a record, or a dead letter acknowledged by the broker.
+    async fn accept(
+        &self,
+        message: &BorrowedMessage<'_>,
+        segment: &mut OpenSegment,
+    ) -> Result<(), Abandoned> {
+        let coordinate = SourceCoordinate {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let logical = if message.topic() == self.feedback_topic {
+            topics::LABELS_FEEDBACK
+        } else {
+            debug_assert_eq!(message.topic(), self.clean_topic);
+            topics::REVIEWS_CLEAN
+        };
+        metrics::counter!("sentiflow_trainer_events_in_total", "topic" => logical).increment(1);
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        match self.decode(message.payload(), logical, coordinate.clone()) {
+            Ok(record) => {
+                let provenance = record.provenance.map_or("none", |p| p.as_str());
+                metrics::counter!("sentiflow_trainer_labels_total", "provenance" => provenance)
+                    .increment(1);
+                let counter = match (record.kind, record.label) {
+                    (crate::segment::RecordKind::Feedback, _) => &self.stats.feedback,
+                    (_, None) => {
+                        self.stats.unlabelled.fetch_add(1, Ordering::Relaxed);
+                        &self.stats.reviews
+                    }
+                    (_, Some(_)) => &self.stats.reviews,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                segment.records.push(record);
+            }
+            Err(rejection) => {
+                self.dead_letter(message, &rejection, coordinate).await?;
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                segment.dead_lettered += 1;
+            }
+        }
+        segment
+            .offsets
+            .add(message.topic(), message.partition(), message.offset());
+        segment.messages += 1;
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        payload: Option<&[u8]>,
+        logical: &'static str,
+        coordinate: SourceCoordinate,
+    ) -> Result<CurationRecord, Rejection> {
+        let payload = payload.ok_or(Rejection::EmptyPayload)?;
+        if payload.len() > self.max_payload_bytes {
+            return Err(Rejection::Oversize {
+                size: payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        let decode_error = |source| Rejection::Decode {
+            topic: logical,
+            source,
+        };
+        if logical == topics::LABELS_FEEDBACK {
+            let feedback = LabelFeedback::decode_validated(payload).map_err(decode_error)?;
+            Ok(CurationRecord::from_feedback(&feedback, coordinate))
+        } else {
+            let review = CleanReview::decode_validated(payload).map_err(decode_error)?;
+            Ok(CurationRecord::from_review(&review, coordinate))
+        }
+    }
+
+    /// Publishes a dead letter and waits for the broker's acknowledgement, retrying until it comes.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        rejection: &Rejection,
+        coordinate: SourceCoordinate,
+    ) -> Result<(), Abandoned> {
+        let letter = self.dlq.letter(
+            rejection.kind(),
+            &rejection.to_string(),
+            coordinate,
+            message.key(),
+            message.payload().unwrap_or_default(),
+        );
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let delivered = match self.dlq.enqueue(&letter, message.key()).await {
+                Ok(future) => self.until_drained(kafka::await_delivery(future)).await?,
+                Err(error) => Err(error),
+            };
+            match delivered {
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    metrics::counter!("sentiflow_trainer_retries_total", "dependency" => "kafka")
+                        .increment(1);
+                    self.producer.rebuild_if_fatal();
+                    self.health.set_check("kafka", false, error.to_string());
+                    if backoff.should_log() {
+                        warn!(%error, attempts = backoff.attempts(), "dead letter not delivered; retrying");
+                    }
+                    self.wait_or_abandon(backoff.next_delay()).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes the open segment durably, then stores the offsets it accounts for.
+    async fn close(
+        &self,
+        open: &mut Option<OpenSegment>,
+        schedule: &mut SnapshotSchedule,
+    ) -> Result<(), Abandoned> {
+        let Some(segment) = open.take() else {
+            return Ok(());
+        };
+        let records = Arc::new(segment.records);
+        let ranges = segment.offsets.ranges();
+        let mut backoff = Backoff::new(Duration::from_secs(10));
+        let meta = loop {
+            let (store, batch, offsets) = (self.segments.clone(), records.clone(), ranges.clone());
+            let dead_lettered = segment.dead_lettered;
+            let started = Instant::now();
+            let written =
+                tokio::task::spawn_blocking(move || store.write(&batch, offsets, dead_lettered))
+                    .await
+                    .unwrap_or_else(|join_error| {
+                        std::panic::resume_unwind(join_error.into_panic())
+                    });
+            match written {
+                Ok(meta) => {
+                    metrics::histogram!("sentiflow_trainer_segment_write_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    self.health.set_check("disk", true, "last segment written");
+                    break meta;
+                }
+                Err(error) => {
+                    metrics::counter!("sentiflow_trainer_retries_total", "dependency" => "disk")
+                        .increment(1);
+                    self.health.set_check("disk", false, error.to_string());
+                    if backoff.should_log() {
+                        warn!(%error, attempts = backoff.attempts(), "segment write failed; holding its offsets and retrying");
+                    }
+                    self.wait_or_abandon(backoff.next_delay()).await?;
+                }
+            }
+        };
+        // Only now may the offsets be committed: the segment holding these messages survives a crash.
+        for range in &ranges {
+            if let Err(error) =
+                self.consumer
+                    .store_offset(&range.topic, range.partition, range.max_offset)
+            {
+                // The partition was revoked meanwhile; its new owner reads it again (at-least-once).
+                debug!(%error, topic = %range.topic, partition = range.partition, "offset not stored");
+            }
+        }
+        self.stats
+            .durable
+            .fetch_add(segment.messages, Ordering::Relaxed);
+        self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sentiflow_trainer_segments_written_total").increment(1);
+        metrics::histogram!("sentiflow_trainer_segment_size_rows").record(meta.rows as f64);
+        debug!(segment = %meta.segment_id, rows = meta.rows, dead_lettered = meta.dead_lettered, "segment closed");
+        schedule.rows_since += meta.rows;
+        self.maybe_snapshot(schedule);
+        Ok(())
+    }
+
+    /// Starts a scheduled snapshot when one is due and none is running.
+    fn maybe_snapshot(&self, schedule: &mut SnapshotSchedule) {
+        let due = schedule.rows_since > 0
+            && (self
+                .snapshot_every_rows
+                .is_some_and(|rows| schedule.rows_since >= rows)
+                || self
+                    .snapshot_every
+                    .is_some_and(|every| schedule.last.elapsed() >= every));
+        if !due
+            || schedule
+                .running
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        schedule.rows_since = 0;
+        schedule.last = Instant::now();
+        let (segments, snapshots, stats) = (
+            self.segments.clone(),
+            self.snapshots.clone(),
+            self.stats.clone(),
+        );
+        schedule.running = Some(tokio::task::spawn_blocking(move || {
+            match curate_snapshot(&segments, &snapshots, &CurateOptions::default()) {
+                Ok(curated) => {
+                    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sentiflow_trainer_snapshots_total", "outcome" => "written")
+                        .increment(1);
+                    metrics::gauge!("sentiflow_trainer_last_snapshot_rows")
+                        .set(curated.manifest.rows as f64);
+                    metrics::gauge!("sentiflow_trainer_last_snapshot_unlabelled_rows")
+                        .set(curated.counts.unlabelled as f64);
+                }
+                Err(error) => {
+                    // Not enough data yet (empty, a class missing) is normal early on: count and go on.
+                    metrics::counter!("sentiflow_trainer_snapshots_total", "outcome" => error.kind())
+                        .increment(1);
+                    warn!(%error, "scheduled snapshot not written");
+                }
+            }
+        }));
+    }
+
+    /// Awaits `future`, giving up `drain_timeout` after shutdown was requested.
+    async fn until_drained<F: Future>(&self, future: F) -> Result<F::Output, Abandoned> {
+        tokio::select! {
+            output = future => Ok(output),
+            () = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(self.drain_timeout).await;
+            } => Err(Abandoned),
+        }
+    }
+
+    /// Sleeps before a retry; gives up (leaving offsets unstored) when shutdown was requested.
+    async fn wait_or_abandon(&self, delay: Duration) -> Result<(), Abandoned> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => Err(Abandoned),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    /// Commits stored offsets synchronously and flushes the producer.
+    fn finish(&self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => info!("final offsets committed"),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => warn!(%error, "final commit failed; the last segment may be read again"),
+        }
+        if let Err(error) = self.producer.flush(self.drain_timeout) {
+            warn!(%error, "producer flush failed at shutdown");
+        }
+        info!("trainer stopped");
+    }
+}
