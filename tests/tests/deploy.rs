@@ -30,6 +30,7 @@ fn compose_environment_variables_are_real_flags() {
     let known: BTreeSet<String> = [
         sentiflow_ingest::IngestConfig::command(),
         sentiflow_infer::InferConfig::command(),
+        sentiflow_trainer::TrainerConfig::command(),
     ]
     .iter()
     .flat_map(|command| {

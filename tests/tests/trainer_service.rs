@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use clap::Parser as _;
 use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
 use sentiflow_common::catalogue::topics;
@@ -389,6 +390,30 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
     assert_eq!(status, 200);
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
+
+    // The CLI path builds the same snapshot from the same segments.
+    let cli = sentiflow::cli::Cli::try_parse_from([
+        "sentiflow",
+        "dataset",
+        "snapshot",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ])
+    .expect("CLI flags");
+    let sentiflow::cli::Command::Dataset { command } = cli.command else {
+        panic!("parsed as a dataset command")
+    };
+    tokio::task::spawn_blocking(move || sentiflow::dataset::run(command))
+        .await
+        .unwrap()
+        .expect("sentiflow dataset snapshot");
+    let ids = running.snapshots.list().unwrap();
+    assert_eq!(ids.len(), 2);
+    let from_cli = running.snapshots.manifest(&ids[1]).unwrap();
+    assert_eq!(
+        (from_cli.rows, &from_cli.class_counts, &from_cli.origin),
+        (manifest.rows, &manifest.class_counts, &manifest.origin)
+    );
 }
 
 /// Stops the trainer with records in its open segment (gracefully, then by aborting its task as a crash

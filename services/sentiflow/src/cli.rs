@@ -1,4 +1,5 @@
-//! The `sentiflow` command tree: `up`, `replay`, `topics`, and each service (`ingest`) as a subcommand.
+//! The `sentiflow` command tree: `up`, `replay`, `topics`, and each service (`ingest`, `infer`, `trainer`)
+//! as a subcommand.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use sentiflow_common::config::{KafkaArgs, TelemetryArgs};
 use sentiflow_common::kafka::{self, ResilientProducer};
 use sentiflow_common::telemetry;
 use sentiflow_ingest::IngestConfig;
+use sentiflow_trainer::TrainerConfig;
 
 use crate::corpus::{self, CorpusFormat};
 use crate::replay;
@@ -37,6 +39,8 @@ pub enum Command {
     Ingest(Box<IngestConfig>),
     /// Run the inference service (reviews.clean → predictions / alerts.negative; POST /v1/predict).
     Infer(Box<sentiflow_infer::InferConfig>),
+    /// Run the trainer service (reviews.clean + labels.feedback → curation segments → dataset snapshots).
+    Trainer(Box<TrainerConfig>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
@@ -47,7 +51,7 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::models::ModelsCommand,
     },
-    /// Dataset snapshots: import labelled files, list, show manifests.
+    /// Dataset snapshots: import labelled files, snapshot the curated stream, list, show manifests.
     Dataset {
         /// What to do.
         #[command(subcommand)]
@@ -193,6 +197,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             telemetry::init_tracing(&config.telemetry);
             tracing::info!(?config, "starting infer");
             sentiflow_infer::run(*config, shutdown).await?;
+            Ok(())
+        }
+        Command::Trainer(config) => {
+            telemetry::init_tracing(&config.telemetry);
+            tracing::info!(?config, "starting trainer");
+            sentiflow_trainer::run(*config, shutdown).await?;
             Ok(())
         }
     }

@@ -1,5 +1,5 @@
-//! `sentiflow dataset import|list|show`: labelled files (the ../shared/data corpora, CSV or JSONL) into
-//! immutable snapshots for offline training, and a look at the catalogue of snapshots.
+//! `sentiflow dataset import|snapshot|list|show`: labelled files (the ../shared/data corpora, CSV or JSONL)
+//! or the trainer service's curated segments into immutable snapshots, and a look at the catalogue.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::path::{Path, PathBuf};
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use sentiflow_common::events::{LabelProvenance, RawReview};
 use sentiflow_trainer::dataset::{DatasetRow, Manifest, Origin, SnapshotStore, sha256_file};
+use sentiflow_trainer::segment::SegmentStore;
+use sentiflow_trainer::{CurateOptions, curate_snapshot};
 
 use crate::corpus::{self, CorpusFormat};
 
@@ -15,6 +17,8 @@ use crate::corpus::{self, CorpusFormat};
 pub enum DatasetCommand {
     /// Import one or more labelled files into a new snapshot.
     Import(ImportArgs),
+    /// Build a snapshot from the trainer service's curated segments (`<data-dir>/curation/segments`).
+    Snapshot(SnapshotArgs),
     /// List snapshots, oldest first.
     List(StoreArgs),
     /// Print a snapshot's manifest as JSON.
@@ -42,6 +46,20 @@ impl StoreArgs {
     }
 }
 
+/// Flags of `sentiflow dataset snapshot`.
+#[derive(clap::Args, Debug)]
+pub struct SnapshotArgs {
+    /// Store location (segments are read from `<data-dir>/curation/segments`).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only reviews written at or after this time (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+    #[arg(long)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only reviews written at or before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Flags of `sentiflow dataset import`.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
@@ -62,6 +80,32 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
         DatasetCommand::Import(args) => {
             let manifest = import(&args.store.store(), &args.files, args.format)?;
             print_summary(&manifest);
+            Ok(())
+        }
+        DatasetCommand::Snapshot(args) => {
+            let segments = SegmentStore::in_data_dir(&args.store.data_dir);
+            let curated = curate_snapshot(
+                &segments,
+                &args.store.store(),
+                &CurateOptions {
+                    data_from: args.from,
+                    data_to: args.to,
+                },
+            )
+            .with_context(|| format!("curating {}", segments.dir().display()))?;
+            let counts = &curated.counts;
+            println!(
+                "read {} records from {} segments ({} read twice after a restart, removed); kept out: {} unlabelled, {} in a language not allowed, {} outside the time range, {} human labels without their review; {} messages were dead-lettered",
+                counts.records,
+                counts.segments,
+                counts.redelivered,
+                counts.unlabelled,
+                counts.language_excluded,
+                counts.outside_time_range,
+                counts.feedback_without_review,
+                counts.dead_lettered
+            );
+            print_summary(&curated.manifest);
             Ok(())
         }
         DatasetCommand::List(store) => {
@@ -190,6 +234,15 @@ fn print_summary(manifest: &Manifest) {
     println!("  splits    {:?}", manifest.split_rows);
     println!("  classes   {:?}", manifest.class_counts);
     println!("  time      {} .. {}", manifest.time_from, manifest.time_to);
+    println!("  labels    {:?}", manifest.provenance);
+    if let Origin::Topics { offsets } = &manifest.origin {
+        for range in offsets {
+            println!(
+                "  offsets   {}[{}] {}..={}",
+                range.topic, range.partition, range.min_offset, range.max_offset
+            );
+        }
+    }
     for file in &manifest.files {
         println!(
             "  {} {:>7} rows {:>9} bytes sha256 {}",
