@@ -256,6 +256,15 @@ struct InFlight {
     scoring: JoinHandle<Option<ScoredBatch>>,
 }
 
+/// A scored batch whose outputs were handed to the producer, waiting for the broker.
+struct Enqueued {
+    messages: Arc<Vec<OwnedMessage>>,
+    received: Instant,
+    scored: ScoredBatch,
+    deliveries: Vec<(usize, DeliveryFuture)>,
+    failed: Vec<usize>,
+}
+
 struct Worker {
     config: InferConfig,
     producer: ResilientProducer,
@@ -295,14 +304,22 @@ impl Worker {
         )?);
         let worker = Arc::new(self);
         let (queue, queued) = mpsc::channel::<InFlight>(worker.config.max_queued_batches);
+        // Enqueued batches waiting for their acknowledgements; bounded like the scoring queue.
+        let (acks, pending) = mpsc::channel::<Enqueued>(worker.config.max_queued_batches);
         let publisher = {
             let worker = worker.clone();
+            tokio::spawn(async move { worker.publish_loop(queued, acks).await })
+        };
+        let acker = {
+            let worker = worker.clone();
             let consumer = consumer.clone();
-            tokio::spawn(async move { worker.publish_loop(&consumer, queued).await })
+            tokio::spawn(async move { worker.ack_loop(&consumer, pending).await })
         };
         worker.consume_loop(&consumer, queue).await;
-        // The queue sender is dropped: the publisher drains what was queued, then returns.
+        // The queue sender is dropped: the publisher drains what was queued and drops its sender, then
+        // the acker drains what was enqueued.
         let _ = publisher.await;
+        let _ = acker.await;
         worker.finish(&consumer);
         Ok(())
     }
@@ -478,16 +495,20 @@ impl Worker {
         }
     }
 
-    /// Publishes batches in consumption order and stores their offsets; drains the queue at shutdown
-    /// within the drain timeout.
-    async fn publish_loop(&self, consumer: &Consumer, mut queued: mpsc::Receiver<InFlight>) {
+    /// Enqueues the outputs of each scored batch in consumption order without waiting for the broker,
+    /// so the next batch is on its way while this one's acknowledgements come back.
+    async fn publish_loop(
+        &self,
+        mut queued: mpsc::Receiver<InFlight>,
+        acks: mpsc::Sender<Enqueued>,
+    ) {
+        let drain_deadline = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
         while let Some(InFlight {
             messages,
             received,
             scoring,
         }) = queued.recv().await
         {
-            let drain_deadline = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
             let scored = if self.shutdown.is_cancelled() {
                 match tokio::time::timeout(drain_deadline, scoring).await {
                     Ok(Ok(Some(scored))) => scored,
@@ -503,7 +524,44 @@ impl Worker {
                     Err(_cancelled) => break,
                 }
             };
-            if self.publish(&messages, &scored).await.is_err() {
+            let all: Vec<usize> = (0..messages.len()).collect();
+            let (deliveries, failed) = self.enqueue_all(&messages, &scored, &all).await;
+            let enqueued = Enqueued {
+                messages,
+                received,
+                scored,
+                deliveries,
+                failed,
+            };
+            if acks.send(enqueued).await.is_err() {
+                break;
+            }
+            metrics::gauge!("sentiflow_infer_queue_depth_batches").set(queued.len() as f64);
+        }
+        // Anything left in the queue is dropped unpublished; its offsets were never stored.
+        queued.close();
+        while let Some(in_flight) = queued.recv().await {
+            in_flight.scoring.abort();
+        }
+    }
+
+    /// Waits for each enqueued batch's acknowledgements in order, re-sends what failed, then stores the
+    /// batch's offsets: an offset is stored only once every output of its batch and of every earlier
+    /// batch is acknowledged.
+    async fn ack_loop(&self, consumer: &Consumer, mut pending: mpsc::Receiver<Enqueued>) {
+        while let Some(enqueued) = pending.recv().await {
+            let Enqueued {
+                messages,
+                received,
+                scored,
+                deliveries,
+                failed,
+            } = enqueued;
+            if self
+                .await_acknowledged(&messages, &scored, deliveries, failed)
+                .await
+                .is_err()
+            {
                 warn!(
                     messages = messages.len(),
                     "batch abandoned at shutdown; it will be redelivered"
@@ -520,13 +578,9 @@ impl Worker {
             }
             self.record(&messages, received, &scored);
             self.publish_shadow(&scored).await;
-            metrics::gauge!("sentiflow_infer_queue_depth_batches").set(queued.len() as f64);
         }
-        // Anything left in the queue is dropped unpublished; its offsets were never stored.
-        queued.close();
-        while let Some(in_flight) = queued.recv().await {
-            in_flight.scoring.abort();
-        }
+        pending.close();
+        while pending.recv().await.is_some() {}
     }
 
     fn record(&self, messages: &[OwnedMessage], received: Instant, scored: &ScoredBatch) {
@@ -602,42 +656,53 @@ impl Worker {
         }
     }
 
-    /// Produces every output of the batch and waits for all acknowledgements; failed sends are retried.
-    async fn publish(
+    /// Enqueues the outputs of the messages at `indices`; returns the delivery futures (by message
+    /// index) and the indices whose enqueue failed.
+    async fn enqueue_all(
         &self,
         messages: &[OwnedMessage],
         scored: &ScoredBatch,
-    ) -> Result<(), Abandoned> {
-        let mut pending: Vec<usize> = (0..messages.len()).collect();
-        let mut backoff = Backoff::new(Duration::from_secs(5));
-        let drain_timeout = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
-        while !pending.is_empty() {
-            let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(pending.len() * 2);
-            let mut failed = Vec::new();
-            for &index in &pending {
-                match self
-                    .enqueue(&messages[index], &scored.outcomes[index])
-                    .await
-                {
-                    Ok(enqueued) => {
-                        futures.extend(enqueued.into_iter().map(|future| (index, future)))
-                    }
-                    Err(error) => {
-                        warn!(%error, "enqueue failed");
-                        failed.push(index);
-                    }
+        indices: &[usize],
+    ) -> (Vec<(usize, DeliveryFuture)>, Vec<usize>) {
+        let mut futures = Vec::with_capacity(indices.len() * 2);
+        let mut failed = Vec::new();
+        for &index in indices {
+            match self
+                .enqueue(&messages[index], &scored.outcomes[index])
+                .await
+            {
+                Ok(enqueued) => futures.extend(enqueued.into_iter().map(|future| (index, future))),
+                Err(error) => {
+                    warn!(%error, "enqueue failed");
+                    failed.push(index);
                 }
             }
-            let deliveries =
-                futures::future::join_all(futures.into_iter().map(|(index, future)| async move {
+        }
+        (futures, failed)
+    }
+
+    /// Awaits `deliveries`; re-sends failed messages with backoff until all are acknowledged.
+    /// Gives up (Abandoned) only at shutdown.
+    async fn await_acknowledged(
+        &self,
+        messages: &[OwnedMessage],
+        scored: &ScoredBatch,
+        mut deliveries: Vec<(usize, DeliveryFuture)>,
+        mut failed: Vec<usize>,
+    ) -> Result<(), Abandoned> {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let drain_timeout = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
+        loop {
+            let waiting =
+                futures::future::join_all(deliveries.drain(..).map(|(index, future)| async move {
                     (index, kafka::await_delivery(future).await)
                 }));
             let results = if self.shutdown.is_cancelled() {
-                tokio::time::timeout(drain_timeout, deliveries)
+                tokio::time::timeout(drain_timeout, waiting)
                     .await
                     .map_err(|_| Abandoned)?
             } else {
-                deliveries.await
+                waiting.await
             };
             for (index, result) in results {
                 if let Err(error) = result {
@@ -652,7 +717,7 @@ impl Worker {
             if failed.is_empty() {
                 self.health
                     .set_check("kafka", true, "deliveries acknowledged");
-                break;
+                return Ok(());
             }
             self.producer.rebuild_if_fatal();
             self.health.set_check(
@@ -664,13 +729,15 @@ impl Worker {
             // prediction id is deterministic, so consumers can drop the copy.
             failed.sort_unstable();
             failed.dedup();
-            pending = failed;
             tokio::select! {
                 () = self.shutdown.cancelled() => return Err(Abandoned),
                 () = tokio::time::sleep(backoff.next_delay()) => {}
             }
+            let retry = std::mem::take(&mut failed);
+            let (again, still_failed) = self.enqueue_all(messages, scored, &retry).await;
+            deliveries = again;
+            failed = still_failed;
         }
-        Ok(())
     }
 
     /// Enqueues the outputs of one message: prediction (+ alert), or a dead letter.
