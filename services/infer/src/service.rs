@@ -110,6 +110,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, InferError> {
     config.validate()?;
+    // Install the metrics recorder before the first gauge (the device) is set, or it is lost.
+    telemetry::prometheus();
     let env = ort_environment(&config)?;
     let request = DeviceRequest::from(config.device);
     let intra_threads = config.intra_threads;
