@@ -1,6 +1,7 @@
 //! End-to-end smoke test of `sentiflow up`: its own Kafka and Redis, topics from the catalogue, ingest,
 //! a bootstrap champion trained and promoted and served by infer, a replay of real corpus rows, and the
-//! reconciliations (clean + dead letters + duplicates = consumed; one prediction per clean review).
+//! reconciliations (clean + dead letters + duplicates = consumed; one prediction per clean review), and
+//! the trainer running beside them and stopping cleanly.
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ async fn up_replays_a_corpus_and_reconciles() {
         redis_port: free_port(),
         ingest_http_addr: "127.0.0.1:0".parse().unwrap(),
         infer_http_addr: "127.0.0.1:0".parse().unwrap(),
+        trainer_http_addr: "127.0.0.1:0".parse().unwrap(),
         device: sentiflow_infer::config::DeviceArg::Auto,
         corpus: Some(sentiflow_tests::shared_data("airline_tweets.csv.gz")),
         format: CorpusFormat::Auto,

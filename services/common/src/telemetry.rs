@@ -23,6 +23,11 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// Buckets for whole training runs in seconds (the trainer's retrain loop): 1 s .. 1 h.
+pub const TRAINING_BUCKETS_SECONDS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
 /// Buckets for batch sizes (rows per batch).
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -61,6 +66,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .and_then(|builder| {
                 builder
                     .set_buckets_for_metric(Matcher::Suffix("_rows".to_owned()), BATCH_SIZE_BUCKETS)
+            })
+            .and_then(|builder| {
+                // A full-name match wins over the `_seconds` suffix.
+                builder.set_buckets_for_metric(
+                    Matcher::Full("sentiflow_trainer_retrain_seconds".to_owned()),
+                    TRAINING_BUCKETS_SECONDS,
+                )
             })
             .expect("static bucket lists are non-empty");
         match builder.install_recorder() {

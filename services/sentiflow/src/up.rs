@@ -15,6 +15,7 @@ use sentiflow_common::kafka::{self, ResilientProducer};
 use sentiflow_infer::InferConfig;
 use sentiflow_infer::config::DeviceArg;
 use sentiflow_ingest::IngestConfig;
+use sentiflow_trainer::TrainerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::corpus::{self, CorpusFormat};
@@ -55,6 +56,14 @@ pub struct UpArgs {
         default_value = "127.0.0.1:9102"
     )]
     pub infer_http_addr: SocketAddr,
+
+    /// HTTP address of the trainer service (/healthz with the last retrain, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "SENTIFLOW_UP_TRAINER_HTTP_ADDR",
+        default_value = "127.0.0.1:9103"
+    )]
+    pub trainer_http_addr: SocketAddr,
 
     /// Execution provider of the inference service.
     #[arg(long, env = "SENTIFLOW_INFER_DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
@@ -207,6 +216,19 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         http_max_texts: 256,
         http_max_text_bytes: 5_000,
     };
+    let trainer_config = TrainerConfig {
+        group_id: "sentiflow-trainer".to_owned(),
+        retrain_group_id: "sentiflow-trainer-retrain".to_owned(),
+        telemetry: TelemetryArgs {
+            http_addr: args.trainer_http_addr,
+            ..TelemetryArgs::ephemeral()
+        },
+        ..TrainerConfig::local(
+            kafka_args.clone(),
+            RedisArgs::local(&redis_server.url(), "sentiflow"),
+            data_dir.clone(),
+        )
+    };
     let services = shutdown.child_token();
     let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
     println!(
@@ -224,6 +246,12 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
             .as_deref()
             .map_or_else(String::new, |reason| format!(": {reason}"))
     );
+    let trainer = sentiflow_trainer::start(trainer_config, services.clone()).await?;
+    println!(
+        "  trainer http://{}/healthz  /readyz  /metrics  (curates reviews.clean + labels.feedback; retrains on {})",
+        trainer.http_addr,
+        topics::RETRAIN_REQUESTS
+    );
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
     let mut outcome = Ok(());
@@ -237,6 +265,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         &kafka_server.bootstrap_servers(),
         ingest.http_addr,
         infer.http_addr,
+        trainer.http_addr,
     );
     if outcome.is_ok() && !args.exit_after_replay {
         println!("\nrunning; press Ctrl-C to stop");
@@ -251,6 +280,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     match infer.task.await {
         Ok(result) => result?,
         Err(join_error) => bail!("infer task failed: {join_error}"),
+    }
+    match trainer.task.await {
+        Ok(result) => result?,
+        Err(join_error) => bail!("trainer task failed: {join_error}"),
     }
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         redis_server.stop()?;
@@ -418,7 +451,12 @@ async fn wait_for_progress(
     Ok(())
 }
 
-fn print_where_to_look(brokers: &str, ingest_http: SocketAddr, infer_http: SocketAddr) {
+fn print_where_to_look(
+    brokers: &str,
+    ingest_http: SocketAddr,
+    infer_http: SocketAddr,
+    trainer_http: SocketAddr,
+) {
     println!("\nwhere to look");
     println!(
         "  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e",
@@ -446,6 +484,14 @@ fn print_where_to_look(brokers: &str, ingest_http: SocketAddr, infer_http: Socke
         "  predict:        curl -s http://{infer_http}/v1/predict -H 'content-type: application/json' -d '{{\"texts\": [\"the flight was awful\"]}}'"
     );
     println!("  infer health:   curl -s http://{infer_http}/healthz");
+    println!(
+        "  model updates:  kcat -C -b {brokers} -t {} -o -5 -e",
+        topics::MODELS_UPDATES
+    );
+    println!("  last retrain:   curl -s http://{trainer_http}/healthz");
+    println!(
+        "  trainer metrics: curl -s http://{trainer_http}/metrics | grep sentiflow_trainer_retrain"
+    );
 }
 
 fn console_visible() -> bool {

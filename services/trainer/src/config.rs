@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use clap::Parser;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 
-/// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; bad input →
-/// `reviews.dlq`.
+use crate::gate::GatePolicy;
+
+/// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; `retrain.requests` →
+/// snapshot → train → gate → promote or reject on `models.updates`; bad input → `reviews.dlq`.
 #[derive(Parser, Clone, Debug)]
 #[command(name = "sentiflow-trainer", version, about, long_about = None)]
 pub struct TrainerConfig {
@@ -67,6 +69,35 @@ pub struct TrainerConfig {
     /// (checked when a segment closes; off when unset).
     #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
+
+    /// Do not consume `retrain.requests` (curation only; ONNX Runtime and the lexicon are then not needed).
+    #[arg(long, env = "SENTIFLOW_TRAINER_NO_RETRAIN")]
+    pub no_retrain: bool,
+
+    /// Consumer group of the retrain loop (its own group: requests are not split with curation).
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_RETRAIN_GROUP_ID",
+        default_value = "sentiflow-trainer-retrain"
+    )]
+    pub retrain_group_id: String,
+
+    /// Registry name the retrain loop trains, gates and promotes; requests for another model fail.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_MODEL_NAME",
+        default_value = "sentiment-hashed"
+    )]
+    pub model_name: String,
+
+    /// ONNX Runtime shared library, used to score the champion on the gate set (default:
+    /// `ORT_DYLIB_PATH`, else the one infra/setup.sh installed).
+    #[arg(long, env = "SENTIFLOW_ORT_DYLIB")]
+    pub ort_dylib: Option<PathBuf>,
+
+    /// Promotion gate of the retrain loop.
+    #[command(flatten)]
+    pub gate: GatePolicy,
 }
 
 /// A configuration that cannot work, caught at start-up instead of at the first message.
@@ -85,6 +116,7 @@ pub enum ConfigError {
 impl TrainerConfig {
     /// Settings for tests and in-process runs: local Kafka and Redis, an ephemeral HTTP port.
     pub fn local(kafka: KafkaArgs, redis: RedisArgs, data_dir: PathBuf) -> Self {
+        let kafka_prefix = kafka.topic_prefix.clone();
         Self {
             group_id: format!("{}-trainer", kafka.topic_prefix),
             kafka,
@@ -96,6 +128,11 @@ impl TrainerConfig {
             segment_max_age_ms: 30_000,
             snapshot_every_rows: None,
             snapshot_every_ms: None,
+            no_retrain: false,
+            retrain_group_id: format!("{}-trainer-retrain", kafka_prefix),
+            model_name: "sentiment-hashed".to_owned(),
+            ort_dylib: None,
+            gate: GatePolicy::default(),
         }
     }
 
@@ -118,6 +155,18 @@ impl TrainerConfig {
         }
         if self.snapshot_every_rows == Some(0) {
             return invalid("--snapshot-every-rows", "must be at least 1 when set");
+        }
+        if self.retrain_group_id == self.group_id {
+            return invalid(
+                "--retrain-group-id",
+                "must differ from --group-id (the retrain loop has its own consumer group)",
+            );
+        }
+        if !(self.gate.epsilon.is_finite() && self.gate.max_recall_drop.is_finite()) {
+            return invalid(
+                "--gate-epsilon",
+                "the gate thresholds must be finite numbers",
+            );
         }
         if self.snapshot_every_ms == Some(0) {
             return invalid("--snapshot-every-ms", "must be at least 1 when set");

@@ -56,6 +56,9 @@ pub enum TrainerError {
     /// The HTTP endpoint could not bind.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    /// ONNX Runtime or the lexicon the retrain loop needs could not be loaded.
+    #[error("retrain loop: {0} (or run with --no-retrain)")]
+    Runtime(String),
 }
 
 impl TrainerError {
@@ -67,6 +70,7 @@ impl TrainerError {
             Self::Redis(_) => "redis",
             Self::Dataset(error) => error.kind(),
             Self::Http(_) => "http",
+            Self::Runtime(_) => "runtime",
         }
     }
 }

@@ -7,12 +7,17 @@
 //! again but never loses one; the copies a re-read creates are removed when a snapshot is built.
 //! Malformed messages go to `reviews.dlq` with a reason, acknowledged before their offsets count.
 //!
+//! Guarantee of the retrain loop: at-least-once per `retrain.requests` message, one request at a time, and
+//! at most one `promoted`/`rejected` announcement per request id (outcomes are recorded in Redis before
+//! they are applied; see [`retrain`]).
+//!
 //! # Layout
 //! - [`config`]: the service's flags and start-up checks.
 //! - [`error`]: rejection kinds (dead-letter `error_kind`, metric label) and fatal errors.
-//! - [`service`]: the consume → segment → store-offset loop, HTTP endpoints and probes. Issue 6's
-//!   `retrain.requests` consumer belongs beside it (it calls [`curation::curate_snapshot`], then
-//!   [`pipeline::train_and_register`]).
+//! - [`service`]: the consume → segment → store-offset loop, HTTP endpoints and probes; starts the
+//!   retrain loop beside it.
+//! - [`retrain`]: `retrain.requests` → dedupe → [`curation::curate_snapshot`] →
+//!   [`pipeline::train_and_register`] → gate → promote or reject → `models.updates`.
 //! - [`segment`]: durable append-only curation segments recording their offset ranges.
 //! - [`curation`]: segments → deduplicated, label-merged rows → an immutable snapshot.
 //! - [`dataset`]: splits by review-id hash, immutable snapshots with checksummed manifests, label merging.
@@ -27,12 +32,14 @@ pub mod error;
 pub mod gate;
 pub mod pipeline;
 pub mod registry;
+pub mod retrain;
 pub mod segment;
 pub mod service;
 
 pub use config::TrainerConfig;
 pub use curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
 pub use error::{Rejection, TrainerError};
+pub use retrain::{OutcomeKind, OutcomeLog, RetrainOutcome};
 pub use service::{Running, StatsSnapshot, TrainerStats, run, start};
 
 /// Service name used in metric names, logs and dead letters.

@@ -1,7 +1,8 @@
 //! The curation loop: consume `reviews.clean` and `labels.feedback`, gather records into the open segment,
 //! write it durably when it is full or old enough, and only then store the offsets it accounts for;
 //! malformed messages go to `reviews.dlq` (acknowledged before their offsets count); optionally cut a
-//! snapshot every N records or every T.
+//! snapshot every N records or every T. Beside it, as a task of its own, the retrain loop
+//! ([`crate::retrain`]) consumes `retrain.requests`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::BorrowedMessage;
+use sentiflow_common::cache::CacheDir;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::dlq::DeadLetterSink;
 use sentiflow_common::events::{CleanReview, Event, LabelFeedback, SourceCoordinate};
@@ -19,6 +21,7 @@ use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
 use sentiflow_common::retry::Backoff;
 use sentiflow_common::store::{self, RedisStore};
 use sentiflow_common::telemetry;
+use sentiflow_model::runtime::OrtEnvironment;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -27,6 +30,8 @@ use crate::config::TrainerConfig;
 use crate::curation::{CurateOptions, curate_snapshot};
 use crate::dataset::SnapshotStore;
 use crate::error::{Rejection, TrainerError};
+use crate::registry::Registry;
+use crate::retrain::{OutcomeLog, RetrainWorker};
 use crate::segment::{CurationRecord, OffsetTracker, SegmentStore};
 
 /// Running totals of this process, for tests and `sentiflow up` (Prometheus has the same).
@@ -48,6 +53,18 @@ pub struct TrainerStats {
     segments: AtomicU64,
     /// Snapshots written by the schedule.
     snapshots: AtomicU64,
+    /// `retrain.requests` messages consumed (malformed and duplicates included).
+    pub(crate) retrain_requests: AtomicU64,
+    /// Malformed retrain requests sent to the dead-letter topic.
+    pub(crate) retrain_dead_lettered: AtomicU64,
+    /// Retrains whose new version passed the gate and was promoted.
+    pub(crate) retrains_promoted: AtomicU64,
+    /// Retrains whose new version the gate refused.
+    pub(crate) retrains_rejected: AtomicU64,
+    /// Retrain requests that could not produce a model.
+    pub(crate) retrains_failed: AtomicU64,
+    /// Retrain requests skipped because their request id was already handled.
+    pub(crate) retrains_duplicate: AtomicU64,
 }
 
 /// [`TrainerStats`] as plain numbers.
@@ -69,6 +86,18 @@ pub struct StatsSnapshot {
     pub segments: u64,
     /// Snapshots written by the schedule.
     pub snapshots: u64,
+    /// `retrain.requests` messages consumed (malformed and duplicates included).
+    pub retrain_requests: u64,
+    /// Malformed retrain requests sent to the dead-letter topic.
+    pub retrain_dead_lettered: u64,
+    /// Retrains whose new version passed the gate and was promoted.
+    pub retrains_promoted: u64,
+    /// Retrains whose new version the gate refused.
+    pub retrains_rejected: u64,
+    /// Retrain requests that could not produce a model.
+    pub retrains_failed: u64,
+    /// Retrain requests skipped because their request id was already handled.
+    pub retrains_duplicate: u64,
 }
 
 impl TrainerStats {
@@ -84,6 +113,12 @@ impl TrainerStats {
             durable: get(&self.durable),
             segments: get(&self.segments),
             snapshots: get(&self.snapshots),
+            retrain_requests: get(&self.retrain_requests),
+            retrain_dead_lettered: get(&self.retrain_dead_lettered),
+            retrains_promoted: get(&self.retrains_promoted),
+            retrains_rejected: get(&self.retrains_rejected),
+            retrains_failed: get(&self.retrains_failed),
+            retrains_duplicate: get(&self.retrains_duplicate),
         }
     }
 }
@@ -101,7 +136,10 @@ pub struct Running {
     pub segments: SegmentStore,
     /// The snapshot store its snapshots go to.
     pub snapshots: SnapshotStore,
-    /// Ends when the service has closed its last segment and committed after `shutdown`.
+    /// Handled retrain requests and their outcomes (None with `--no-retrain`).
+    pub retrain_outcomes: Option<OutcomeLog>,
+    /// Ends when the service has closed its last segment, finished or abandoned the retrain in progress,
+    /// and committed after `shutdown`.
     pub task: tokio::task::JoinHandle<Result<(), TrainerError>>,
 }
 
@@ -145,8 +183,54 @@ pub async fn start(
         SERVICE,
         &[&clean_topic, &feedback_topic],
     )?;
-    // The registry (issue 6's retrain loop) lives in Redis: readiness covers it from the start.
+    // The registry (the retrain loop's) lives in Redis: readiness covers it from the start.
     let redis = RedisStore::connect_lazy(&config.redis)?;
+    let stats = Arc::new(TrainerStats::default());
+    let retrain = if config.no_retrain {
+        health.set_info("retrain", "off (--no-retrain)");
+        None
+    } else {
+        let requests_topic = config.kafka.topic(topics::RETRAIN_REQUESTS);
+        let ort = ort_environment(&config)?;
+        let lexicon = tokio::task::spawn_blocking(crate::pipeline::cached_lexicon)
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+            .map_err(|error| TrainerError::Runtime(error.to_string()))?;
+        health.set_info(
+            "retrain",
+            format!("on: {requests_topic} -> {}", config.model_name),
+        );
+        Some(RetrainWorker {
+            consumer: kafka::at_least_once_consumer(
+                &config.kafka,
+                &config.retrain_group_id,
+                SERVICE,
+                &[&requests_topic],
+            )?,
+            producer: producer.clone(),
+            dlq: DeadLetterSink::new(
+                producer.clone(),
+                config.kafka.topic(topics::REVIEWS_DLQ),
+                SERVICE,
+            ),
+            updates_topic: config.kafka.topic(topics::MODELS_UPDATES),
+            requests_topic,
+            segments: segments.clone(),
+            snapshots: snapshots.clone(),
+            registry: Registry::new(config.data_dir.join("models"), redis.clone()),
+            outcomes: OutcomeLog::new(redis.clone()),
+            ort,
+            lexicon,
+            model_name: config.model_name.clone(),
+            gate: config.gate,
+            max_payload_bytes: config.max_payload_bytes,
+            health: health.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
+        })
+    };
+    let retrain_outcomes = retrain.as_ref().map(|worker| worker.outcomes.clone());
 
     let probes_stop = shutdown.child_token();
     let (http_addr, http_task) = telemetry::serve_http(
@@ -191,15 +275,19 @@ pub async fn start(
         health: health.clone(),
         drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
         shutdown,
-        stats: Arc::new(TrainerStats::default()),
+        stats: stats.clone(),
     };
-    let stats = worker.stats.clone();
     info!(%http_addr, clean = %clean_topic, feedback = %feedback_topic,
         segments = %segments.dir().display(), "trainer started");
-    // Issue 6: the retrain.requests consumer runs as a second task here, beside the curation loop; it
-    // calls curation::curate_snapshot and then pipeline::train_and_register.
+    // The retrain loop is a task of its own: a training run must not hold up curation.
+    let retrain_task = retrain.map(|worker| tokio::spawn(worker.run()));
     let task = tokio::spawn(async move {
         let result = worker.run().await;
+        if let Some(retrain_task) = retrain_task
+            && let Err(join_error) = retrain_task.await
+        {
+            std::panic::resume_unwind(join_error.into_panic());
+        }
         probes_stop.cancel();
         for probe in probes {
             let _ = probe.await;
@@ -213,8 +301,21 @@ pub async fn start(
         health,
         segments,
         snapshots,
+        retrain_outcomes,
         task,
     })
+}
+
+/// The ONNX Runtime library: the flag, else `ORT_DYLIB_PATH`, else the one in the setup cache.
+fn ort_environment(config: &TrainerConfig) -> Result<OrtEnvironment, TrainerError> {
+    let path = match (&config.ort_dylib, std::env::var_os("ORT_DYLIB_PATH")) {
+        (Some(path), _) => path.clone(),
+        (None, Some(path)) => path.into(),
+        (None, None) => CacheDir::from_env()
+            .and_then(|cache| cache.require(cache.onnxruntime_lib(), "ONNX Runtime library"))
+            .map_err(|error| TrainerError::Runtime(error.to_string()))?,
+    };
+    sentiflow_model::runtime::init(&path).map_err(|error| TrainerError::Runtime(error.to_string()))
 }
 
 /// The records and offsets gathered since the last segment closed.

@@ -1,0 +1,724 @@
+//! The closed loop: consume `retrain.requests` one at a time (own consumer group) → collapse duplicates by
+//! request id → fresh snapshot from the curated segments → train with the champion's recipe → gate →
+//! promote (and announce `promoted`, alias champion, so infer hot-swaps) or reject (the champion keeps
+//! serving, the new version becomes the challenger, `rejected` is announced with its numbers).
+//!
+//! Guarantee: at-least-once per request, and at most one `promoted`/`rejected` announcement per request id.
+//! Every outcome is written to Redis (a hash of request id → [`RetrainOutcome`]) *before* the registry is
+//! changed and the events are published; a request whose outcome is recorded but not yet announced (a
+//! crash in between) is finished from the record on redelivery, re-publishing the same event ids; a
+//! request whose outcome is announced is a duplicate and skipped. The request's offset is stored only
+//! after its outcome is recorded and its events are acknowledged by the broker. A crash *during* training
+//! trains again on redelivery (the interrupted run may leave an unaliased version in the registry).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::BorrowedMessage;
+use redis::AsyncCommands as _;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::dlq::DeadLetterSink;
+use sentiflow_common::events::{
+    DeviceWanted, Event, GateDecision, ModelAlias, ModelFamily, ModelUpdate, RetrainRequest,
+    SourceCoordinate, UpdateAction,
+};
+use sentiflow_common::health::Health;
+use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
+use sentiflow_common::retry::Backoff;
+use sentiflow_common::store::RedisStore;
+use sentiflow_model::featurize::FeaturizerConfig;
+use sentiflow_model::lexicon::Lexicon;
+use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_model::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
+use crate::dataset::{DatasetError, SnapshotStore};
+use crate::error::Rejection;
+use crate::gate::GatePolicy;
+use crate::pipeline::{self, ModelCard, PipelineError, TrainDevice, TrainRequest};
+use crate::registry::{ModelRecord, Registry, RegistryError};
+use crate::segment::SegmentStore;
+use crate::service::TrainerStats;
+
+/// How a retrain request ended (the `outcome` label of `sentiflow_trainer_retrains_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The gate passed: the new version is the champion.
+    Promoted,
+    /// The gate refused: the champion keeps serving, the new version is the challenger.
+    Rejected,
+    /// No model could be trained (not enough curated data, a class missing, device or family refused…).
+    Failed,
+    /// The request id was already handled; nothing was done.
+    Duplicate,
+}
+
+impl OutcomeKind {
+    /// Stable snake_case name (metric label, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Promoted => "promoted",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// What the loop did with one request, as recorded in Redis (and shown in `/healthz` for the last one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainOutcome {
+    /// The request's id (the deduplication key).
+    pub request_id: String,
+    /// Event id of the request message that was handled.
+    pub request_event_id: String,
+    /// Why the retrain was requested.
+    pub reason: String,
+    /// promoted / rejected / failed.
+    pub outcome: OutcomeKind,
+    /// Human-readable explanation (the gate's reason, or why it failed).
+    pub message: String,
+    /// Registry name.
+    pub model_name: String,
+    /// Version registered by this retrain (None when it failed before registering).
+    pub version: Option<String>,
+    /// Champion before this retrain.
+    pub previous_champion: Option<String>,
+    /// Snapshot trained on.
+    pub snapshot_id: Option<String>,
+    /// Rows of that snapshot.
+    pub snapshot_rows: Option<u64>,
+    /// Which data the snapshot covers: the requested range, or all curated data (and why).
+    pub data_range: String,
+    /// Where the featurizer and trainer settings came from (the champion's card, or the defaults).
+    pub recipe: String,
+    /// The gate's decision, when it ran.
+    pub gate: Option<GateDecision>,
+    /// Headline metrics of the new version on the gate set.
+    pub metrics: BTreeMap<String, f64>,
+    /// Seconds from picking the request up to the outcome.
+    pub seconds: f64,
+    /// When the outcome was decided.
+    pub decided_at: DateTime<Utc>,
+    /// The `models.updates` events this outcome publishes (fixed here so a replay re-sends the same ids).
+    pub events: Vec<ModelUpdate>,
+    /// Whether the registry change and every event are done and acknowledged.
+    pub announced: bool,
+}
+
+/// Handled requests and their outcomes in Redis: one hash, request id → JSON [`RetrainOutcome`].
+#[derive(Debug, Clone)]
+pub struct OutcomeLog {
+    /// Redis connection and key prefix.
+    redis: RedisStore,
+    /// The hash's key.
+    key: String,
+}
+
+impl OutcomeLog {
+    /// The log of a deployment (its Redis key prefix).
+    pub fn new(redis: RedisStore) -> Self {
+        let key = redis.key(&["trainer", "retrain", "outcomes"]);
+        Self { redis, key }
+    }
+
+    /// The recorded outcome of `request_id`, if any.
+    pub async fn get(&self, request_id: &str) -> Result<Option<RetrainOutcome>, RegistryError> {
+        let raw: Option<String> = self.redis.connection().hget(&self.key, request_id).await?;
+        raw.map(|raw| {
+            serde_json::from_str(&raw).map_err(|error| RegistryError::Corrupt {
+                key: format!("{}[{request_id}]", self.key),
+                reason: error.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every recorded outcome, by request id.
+    pub async fn all(&self) -> Result<BTreeMap<String, RetrainOutcome>, RegistryError> {
+        let raw: BTreeMap<String, String> = self.redis.connection().hgetall(&self.key).await?;
+        raw.into_iter()
+            .map(|(id, value)| {
+                serde_json::from_str(&value)
+                    .map(|outcome| (id.clone(), outcome))
+                    .map_err(|error| RegistryError::Corrupt {
+                        key: format!("{}[{id}]", self.key),
+                        reason: error.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Records (or updates) an outcome.
+    pub async fn put(&self, outcome: &RetrainOutcome) -> Result<(), RegistryError> {
+        let json = serde_json::to_string(outcome).expect("outcomes serialise");
+        let () = self
+            .redis
+            .connection()
+            .hset(&self.key, &outcome.request_id, json)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Maps the request's wanted device onto the pipeline's.
+pub fn train_device(wanted: DeviceWanted) -> TrainDevice {
+    match wanted {
+        DeviceWanted::Auto => TrainDevice::Auto,
+        DeviceWanted::Cpu => TrainDevice::Cpu,
+        DeviceWanted::Cuda => TrainDevice::Cuda,
+    }
+}
+
+/// Everything the retrain loop needs, built by the service at start-up.
+pub(crate) struct RetrainWorker {
+    /// `retrain.requests` consumer (its own group).
+    pub consumer: Consumer,
+    /// Producer for `models.updates` (and the dead letters).
+    pub producer: ResilientProducer,
+    /// Malformed requests go here.
+    pub dlq: DeadLetterSink,
+    /// Physical `models.updates` topic.
+    pub updates_topic: String,
+    /// Physical `retrain.requests` topic (for metric labels and dead letters).
+    pub requests_topic: String,
+    /// Curated segments the snapshot is cut from.
+    pub segments: SegmentStore,
+    /// Where snapshots go.
+    pub snapshots: SnapshotStore,
+    /// The model registry.
+    pub registry: Registry,
+    /// Handled request ids and their outcomes.
+    pub outcomes: OutcomeLog,
+    /// ONNX Runtime (the champion is scored through it on the gate set).
+    pub ort: OrtEnvironment,
+    /// VADER lexicon for the featurizer.
+    pub lexicon: Lexicon,
+    /// Registry name this loop retrains.
+    pub model_name: String,
+    /// Gate thresholds.
+    pub gate: GatePolicy,
+    /// Largest accepted request in bytes.
+    pub max_payload_bytes: usize,
+    /// `/healthz` facts (the last retrain) and checks.
+    pub health: Health,
+    /// Process totals.
+    pub stats: Arc<TrainerStats>,
+    /// Stops the loop.
+    pub shutdown: CancellationToken,
+    /// How long work may go on after shutdown was requested.
+    pub drain_timeout: Duration,
+}
+
+/// Work given up at shutdown; the request's offset stays unstored, so it is read again after a restart.
+#[derive(Debug)]
+struct Abandoned;
+
+/// Why a retrain did not produce a model: permanent (a `failed` outcome) or transient (retried).
+enum Attempt {
+    /// Record a failed outcome with this message.
+    Failed(String),
+    /// Redis or the disk failed: try again after a pause.
+    Transient(String),
+}
+
+impl From<PipelineError> for Attempt {
+    fn from(error: PipelineError) -> Self {
+        match &error {
+            PipelineError::Registry(RegistryError::Redis(_) | RegistryError::Io { .. })
+            | PipelineError::Dataset(DatasetError::Io { .. }) => Self::Transient(error.to_string()),
+            _ => Self::Failed(error.to_string()),
+        }
+    }
+}
+
+impl RetrainWorker {
+    /// Handles requests one at a time until shutdown, then commits.
+    pub async fn run(self) {
+        info!(topic = %self.requests_topic, model = %self.model_name, "retrain loop started");
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let handled = self.until_drained(self.handle(&message)).await;
+                        if !matches!(handled, Ok(Ok(()))) {
+                            warn!(offset = message.offset(), "retrain request abandoned at shutdown; it is read again after a restart");
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        metrics::counter!("sentiflow_trainer_errors_total", "error_kind" => "kafka_receive").increment(1);
+                        warn!(%error, "kafka receive error (retrain.requests)");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => info!("retrain loop: final offsets committed"),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => {
+                warn!(%error, "retrain loop: final commit failed; the last request may be read again");
+            }
+        }
+        info!("retrain loop stopped");
+    }
+
+    /// One request: dead letter, duplicate, finish a recorded outcome, or retrain; then store its offset.
+    async fn handle(&self, message: &BorrowedMessage<'_>) -> Result<(), Abandoned> {
+        metrics::counter!("sentiflow_trainer_events_in_total", "topic" => topics::RETRAIN_REQUESTS)
+            .increment(1);
+        self.stats.retrain_requests.fetch_add(1, Ordering::Relaxed);
+        match self.decode(message.payload()) {
+            Err(rejection) => {
+                self.dead_letter(message, &rejection).await?;
+                self.stats
+                    .retrain_dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(request) => {
+                let existing = self
+                    .retry_transient("redis", || self.outcomes.get(&request.request_id))
+                    .await?;
+                match existing {
+                    Some(outcome) if outcome.announced => {
+                        self.count(OutcomeKind::Duplicate);
+                        info!(request_id = %request.request_id, event_id = %request.event_id,
+                            outcome = outcome.outcome.as_str(), "retrain request already handled; skipped");
+                    }
+                    Some(outcome) => {
+                        info!(request_id = %request.request_id, outcome = outcome.outcome.as_str(),
+                            "finishing a recorded retrain outcome that was not announced");
+                        self.complete(outcome).await?;
+                    }
+                    None => {
+                        let outcome = self.retrain(&request).await?;
+                        self.complete(outcome).await?;
+                    }
+                }
+            }
+        }
+        if let Err(error) = self.consumer.store_offset_from_message(message) {
+            // The partition was revoked meanwhile; its new owner reads the request again and finds it handled.
+            debug!(%error, "retrain request offset not stored");
+        }
+        Ok(())
+    }
+
+    fn decode(&self, payload: Option<&[u8]>) -> Result<RetrainRequest, Rejection> {
+        let payload = payload.ok_or(Rejection::EmptyPayload)?;
+        if payload.len() > self.max_payload_bytes {
+            return Err(Rejection::Oversize {
+                size: payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        RetrainRequest::decode_validated(payload).map_err(|source| Rejection::Decode {
+            topic: topics::RETRAIN_REQUESTS,
+            source,
+        })
+    }
+
+    /// Publishes a dead letter and waits for the broker's acknowledgement, retrying until it comes.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        rejection: &Rejection,
+    ) -> Result<(), Abandoned> {
+        let letter = self.dlq.letter(
+            rejection.kind(),
+            &rejection.to_string(),
+            SourceCoordinate {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            message.key(),
+            message.payload().unwrap_or_default(),
+        );
+        self.retry_transient("kafka", || async {
+            let future = self.dlq.enqueue(&letter, message.key()).await?;
+            kafka::await_delivery(future).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Snapshot → train → gate, producing the outcome to record (transient failures are retried here).
+    async fn retrain(&self, request: &RetrainRequest) -> Result<RetrainOutcome, Abandoned> {
+        let started = Instant::now();
+        info!(request_id = %request.request_id, reason = %request.reason, requested_by = %request.requested_by,
+            serving = %request.model.version, device = %request.device_wanted, "retrain requested");
+        let mut backoff = Backoff::new(Duration::from_secs(30));
+        loop {
+            let mut outcome = RetrainOutcome {
+                request_id: request.request_id.clone(),
+                request_event_id: request.event_id.clone(),
+                reason: request.reason.clone(),
+                outcome: OutcomeKind::Failed,
+                message: String::new(),
+                model_name: self.model_name.clone(),
+                version: None,
+                previous_champion: None,
+                snapshot_id: None,
+                snapshot_rows: None,
+                data_range: String::new(),
+                recipe: String::new(),
+                gate: None,
+                metrics: BTreeMap::new(),
+                seconds: 0.0,
+                decided_at: Utc::now(),
+                events: Vec::new(),
+                announced: false,
+            };
+            match self.attempt(request, &mut outcome).await {
+                Ok(()) => {}
+                Err(Attempt::Failed(message)) => {
+                    outcome.outcome = OutcomeKind::Failed;
+                    outcome.message = message;
+                    outcome.events.clear();
+                }
+                Err(Attempt::Transient(error)) => {
+                    metrics::counter!("sentiflow_trainer_retries_total", "dependency" => "retrain")
+                        .increment(1);
+                    self.health.set_check("retrain", false, error.clone());
+                    if backoff.should_log() {
+                        warn!(%error, attempts = backoff.attempts(), request_id = %request.request_id,
+                            "retrain hit a transient error; retrying");
+                    }
+                    self.wait_or_abandon(backoff.next_delay()).await?;
+                    continue;
+                }
+            }
+            outcome.seconds = started.elapsed().as_secs_f64();
+            outcome.decided_at = Utc::now();
+            return Ok(outcome);
+        }
+    }
+
+    /// One try at a retrain; fills `outcome` with what it learns on the way.
+    async fn attempt(
+        &self,
+        request: &RetrainRequest,
+        outcome: &mut RetrainOutcome,
+    ) -> Result<(), Attempt> {
+        if request.model.name != self.model_name {
+            return Err(Attempt::Failed(format!(
+                "this trainer retrains {}; the request names {}",
+                self.model_name, request.model.name
+            )));
+        }
+        if request.family != ModelFamily::Hashed {
+            return Err(Attempt::Failed(format!(
+                "the {} family is not available in this build; only hashed can be retrained",
+                request.family
+            )));
+        }
+        let device = train_device(request.device_wanted);
+        pipeline::choose_device(device).map_err(|error| Attempt::Failed(error.to_string()))?;
+
+        let champion = match self.registry.resolve(&self.model_name, "champion").await {
+            Ok(record) => Some(record),
+            Err(RegistryError::NotFound(_)) => None,
+            Err(error @ RegistryError::Redis(_)) => {
+                return Err(Attempt::Transient(error.to_string()));
+            }
+            Err(error) => return Err(Attempt::Failed(format!("champion: {error}"))),
+        };
+        outcome.previous_champion = champion.as_ref().map(|record| record.version.clone());
+        if let Some(champion) = &champion
+            && champion.version != request.model.version
+        {
+            info!(requested = %request.model.version, champion = %champion.version,
+                "the request names an earlier serving version; retraining against the current champion");
+        }
+        let (featurizer, train, recipe) = recipe(champion.as_ref());
+        outcome.recipe = recipe;
+
+        let curated = self.snapshot(request, outcome).await?;
+        outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
+        outcome.snapshot_rows = Some(curated.manifest.rows);
+
+        let train_request = TrainRequest {
+            snapshot_id: curated.manifest.snapshot_id.clone(),
+            model_name: self.model_name.clone(),
+            featurizer,
+            train,
+            device,
+            gate: self.gate,
+        };
+        let trained = pipeline::train_and_register(
+            &self.snapshots,
+            &self.registry,
+            self.lexicon.clone(),
+            &self.ort,
+            &train_request,
+        )
+        .await?;
+        let record = trained.record;
+        outcome.version = Some(record.version.clone());
+        outcome.gate = Some(trained.gate.clone());
+        outcome.metrics = record.metrics.clone();
+        outcome.message = trained.gate.reason.clone();
+        outcome.events = vec![record.update_event(UpdateAction::Registered, None, None)];
+        if trained.gate.passed {
+            outcome.outcome = OutcomeKind::Promoted;
+            outcome.events.push(record.update_event(
+                UpdateAction::Promoted,
+                outcome.previous_champion.clone(),
+                Some(ModelAlias::Champion),
+            ));
+        } else {
+            outcome.outcome = OutcomeKind::Rejected;
+            outcome.events.push(record.update_event(
+                UpdateAction::Rejected,
+                None,
+                Some(ModelAlias::Challenger),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A fresh snapshot over the request's time range; all curated data when the range is unbounded or
+    /// holds too little to train on.
+    async fn snapshot(
+        &self,
+        request: &RetrainRequest,
+        outcome: &mut RetrainOutcome,
+    ) -> Result<CuratedSnapshot, Attempt> {
+        let ranged = CurateOptions {
+            data_from: request.data_from,
+            data_to: request.data_to,
+        };
+        let bounded = ranged != CurateOptions::default();
+        let describe = |options: &CurateOptions| {
+            let end = |time: Option<DateTime<Utc>>| {
+                time.map_or_else(|| "unbounded".to_owned(), |time| time.to_rfc3339())
+            };
+            format!("{} .. {}", end(options.data_from), end(options.data_to))
+        };
+        outcome.data_range = if bounded {
+            describe(&ranged)
+        } else {
+            "all curated data".to_owned()
+        };
+        match self.curate(ranged.clone()).await {
+            Ok(curated) => return Ok(curated),
+            Err(error @ (DatasetError::Empty | DatasetError::MissingClass(_))) if bounded => {
+                info!(%error, range = %describe(&ranged), "requested range cannot be trained on; using all curated data");
+                outcome.data_range = format!(
+                    "all curated data (the requested range {} could not be trained on: {error})",
+                    describe(&ranged)
+                );
+            }
+            Err(error) => return Err(snapshot_attempt(error)),
+        }
+        self.curate(CurateOptions::default())
+            .await
+            .map_err(snapshot_attempt)
+    }
+
+    async fn curate(&self, options: CurateOptions) -> Result<CuratedSnapshot, DatasetError> {
+        let (segments, snapshots) = (self.segments.clone(), self.snapshots.clone());
+        tokio::task::spawn_blocking(move || curate_snapshot(&segments, &snapshots, &options))
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
+
+    /// Records the outcome, applies it to the registry, publishes its events, marks it announced.
+    async fn complete(&self, mut outcome: RetrainOutcome) -> Result<(), Abandoned> {
+        self.retry_transient("redis", || self.outcomes.put(&outcome))
+            .await?;
+        if let Some(version) = outcome.version.clone() {
+            match outcome.outcome {
+                OutcomeKind::Promoted => {
+                    self.retry_transient("redis", || {
+                        self.registry.promote(&outcome.model_name, &version)
+                    })
+                    .await?;
+                }
+                OutcomeKind::Rejected => {
+                    self.retry_transient("redis", || {
+                        self.registry.set_challenger(&outcome.model_name, &version)
+                    })
+                    .await?;
+                }
+                OutcomeKind::Failed | OutcomeKind::Duplicate => {}
+            }
+        }
+        for event in &outcome.events {
+            self.publish(event).await?;
+        }
+        outcome.announced = true;
+        self.retry_transient("redis", || self.outcomes.put(&outcome))
+            .await?;
+        self.health
+            .set_check("retrain", true, "last retrain request handled");
+        self.count(outcome.outcome);
+        metrics::gauge!("sentiflow_trainer_last_retrain_timestamp_seconds")
+            .set(outcome.decided_at.timestamp_millis() as f64 / 1000.0);
+        metrics::histogram!("sentiflow_trainer_retrain_seconds").record(outcome.seconds);
+        self.health.set_info(
+            "last_retrain",
+            serde_json::json!({
+                "request_id": outcome.request_id,
+                "outcome": outcome.outcome.as_str(),
+                "message": outcome.message,
+                "version": outcome.version,
+                "previous_champion": outcome.previous_champion,
+                "snapshot_id": outcome.snapshot_id,
+                "data_range": outcome.data_range,
+                "macro_f1": outcome.gate.as_ref().map(|gate| gate.challenger_macro_f1),
+                "champion_macro_f1": outcome.gate.as_ref().and_then(|gate| gate.champion_macro_f1),
+                "seconds": outcome.seconds,
+                "decided_at": outcome.decided_at,
+            }),
+        );
+        let log = |what: &str| {
+            info!(request_id = %outcome.request_id, outcome = outcome.outcome.as_str(),
+                version = ?outcome.version, previous = ?outcome.previous_champion,
+                seconds = outcome.seconds, message = %outcome.message, "{what}");
+        };
+        match outcome.outcome {
+            OutcomeKind::Failed => log("retrain failed"),
+            _ => log("retrain done"),
+        }
+        Ok(())
+    }
+
+    /// Publishes one `models.updates` event and waits for the broker's acknowledgement, retrying.
+    async fn publish(&self, event: &ModelUpdate) -> Result<(), Abandoned> {
+        let payload = event.to_json_vec().expect("model updates serialise");
+        self.retry_transient("kafka", || async {
+            let future = self
+                .producer
+                .enqueue(
+                    &self.updates_topic,
+                    Some(event.key().as_bytes()),
+                    &payload,
+                    None,
+                )
+                .await?;
+            kafka::await_delivery(future).await
+        })
+        .await?;
+        metrics::counter!("sentiflow_trainer_model_updates_total", "action" => event.action.as_str())
+            .increment(1);
+        Ok(())
+    }
+
+    fn count(&self, kind: OutcomeKind) {
+        metrics::counter!("sentiflow_trainer_retrains_total", "outcome" => kind.as_str())
+            .increment(1);
+        let counter = match kind {
+            OutcomeKind::Promoted => &self.stats.retrains_promoted,
+            OutcomeKind::Rejected => &self.stats.retrains_rejected,
+            OutcomeKind::Failed => &self.stats.retrains_failed,
+            OutcomeKind::Duplicate => &self.stats.retrains_duplicate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `operation` until it succeeds, pausing with back-off between tries; gives up at shutdown.
+    async fn retry_transient<T, E, F, Fut>(
+        &self,
+        dependency: &'static str,
+        mut operation: F,
+    ) -> Result<T, Abandoned>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_secs(10));
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    metrics::counter!("sentiflow_trainer_retries_total", "dependency" => dependency)
+                        .increment(1);
+                    if dependency == "kafka" {
+                        self.producer.rebuild_if_fatal();
+                    }
+                    self.health.set_check(dependency, false, error.to_string());
+                    if backoff.should_log() {
+                        warn!(%error, dependency, attempts = backoff.attempts(), "retrain loop: retrying");
+                    }
+                    self.wait_or_abandon(backoff.next_delay()).await?;
+                }
+            }
+        }
+    }
+
+    /// Awaits `future`, giving up `drain_timeout` after shutdown was requested.
+    async fn until_drained<F: Future>(&self, future: F) -> Result<F::Output, Abandoned> {
+        tokio::select! {
+            output = future => Ok(output),
+            () = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(self.drain_timeout).await;
+            } => Err(Abandoned),
+        }
+    }
+
+    /// Sleeps before a retry; gives up when shutdown was requested.
+    async fn wait_or_abandon(&self, delay: Duration) -> Result<(), Abandoned> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => Err(Abandoned),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+fn snapshot_attempt(error: DatasetError) -> Attempt {
+    match error {
+        DatasetError::Io { .. } => Attempt::Transient(error.to_string()),
+        DatasetError::Empty | DatasetError::MissingClass(_) => {
+            Attempt::Failed(format!("the curated data cannot be trained on: {error}"))
+        }
+        other => Attempt::Failed(format!("snapshot: {other}")),
+    }
+}
+
+/// The featurizer and trainer settings of a retrain: the champion's (from its model card), so a retrain
+/// changes the data and nothing else; the defaults when there is no champion or its card is unreadable.
+fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, String) {
+    let defaults = |why: String| (FeaturizerConfig::default(), TrainConfig::default(), why);
+    let Some(champion) = champion else {
+        return defaults("defaults (no champion)".to_owned());
+    };
+    let card_path = Path::new(&champion.artifact_uri).with_file_name("card.json");
+    let card = std::fs::read(&card_path)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| {
+            serde_json::from_slice::<ModelCard>(&bytes).map_err(|error| error.to_string())
+        });
+    match card {
+        Ok(card) => (
+            card.featurizer_config,
+            card.train_config,
+            format!("the champion's ({} {})", champion.name, champion.version),
+        ),
+        Err(error) => {
+            warn!(path = %card_path.display(), %error, "champion card unreadable; retraining with the defaults");
+            defaults(format!(
+                "defaults (the champion's card {} is unreadable: {error})",
+                card_path.display()
+            ))
+        }
+    }
+}
