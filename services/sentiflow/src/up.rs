@@ -490,7 +490,7 @@ fn print_where_to_look(
     );
     println!("  last retrain:   curl -s http://{trainer_http}/healthz");
     println!(
-        "  trainer metrics: curl -s http://{trainer_http}/metrics | grep sentiflow_trainer_retrain"
+        "  retrains:       curl -s http://{trainer_http}/metrics | grep sentiflow_trainer_retrain"
     );
 }
 
