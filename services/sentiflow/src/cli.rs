@@ -39,7 +39,8 @@ pub enum Command {
     Ingest(Box<IngestConfig>),
     /// Run the inference service (reviews.clean → predictions / alerts.negative; POST /v1/predict).
     Infer(Box<sentiflow_infer::InferConfig>),
-    /// Run the trainer service (reviews.clean + labels.feedback → curation segments → dataset snapshots).
+    /// Run the trainer service (reviews.clean + labels.feedback → curation segments → dataset snapshots;
+    /// retrain.requests → snapshot → train → gate → promote or reject on models.updates).
     Trainer(Box<TrainerConfig>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     Train(Box<crate::train::TrainArgs>),
