@@ -722,3 +722,82 @@ fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_devices_map_onto_the_pipeline() {
+        assert_eq!(train_device(DeviceWanted::Auto), TrainDevice::Auto);
+        assert_eq!(train_device(DeviceWanted::Cpu), TrainDevice::Cpu);
+        assert_eq!(train_device(DeviceWanted::Cuda), TrainDevice::Cuda);
+        // The hashed family trains on the CPU: `cuda` is refused with a message, never ignored.
+        assert!(pipeline::choose_device(TrainDevice::Cuda).is_err());
+        assert!(pipeline::choose_device(train_device(DeviceWanted::Auto)).is_ok());
+    }
+
+    #[test]
+    fn outcome_names_match_their_wire_form() {
+        for kind in [
+            OutcomeKind::Promoted,
+            OutcomeKind::Rejected,
+            OutcomeKind::Failed,
+            OutcomeKind::Duplicate,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.as_str().to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn too_little_data_fails_and_disk_errors_are_retried() {
+        let failed = |attempt: Attempt| match attempt {
+            Attempt::Failed(message) => message,
+            Attempt::Transient(error) => panic!("expected a failed outcome, got transient {error}"),
+        };
+        assert!(failed(snapshot_attempt(DatasetError::Empty)).contains("empty"));
+        assert!(
+            failed(snapshot_attempt(DatasetError::MissingClass(
+                sentiflow_common::events::Sentiment::Neutral
+            )))
+            .contains("neutral")
+        );
+        let io = DatasetError::Io {
+            path: "/nowhere".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert!(matches!(snapshot_attempt(io), Attempt::Transient(_)));
+    }
+
+    #[test]
+    fn recipe_falls_back_to_the_defaults_without_a_readable_card() {
+        let (featurizer, train, why) = recipe(None);
+        assert_eq!(featurizer, FeaturizerConfig::default());
+        assert_eq!(train, TrainConfig::default());
+        assert!(why.contains("no champion"), "{why}");
+
+        let champion = ModelRecord {
+            name: "sentiment-hashed".to_owned(),
+            version: "v7".to_owned(),
+            family: ModelFamily::Hashed,
+            sha256: "0".repeat(64),
+            artifact_uri: "/nonexistent/sentiment-hashed/v7/model.onnx".to_owned(),
+            featurizer_version: "feat-v1".to_owned(),
+            snapshot_id: "snap".to_owned(),
+            trained_on: "cpu".to_owned(),
+            metrics: BTreeMap::new(),
+            gate: None,
+            registered_at: Utc::now(),
+        };
+        let (featurizer, _, why) = recipe(Some(&champion));
+        assert_eq!(featurizer, FeaturizerConfig::default());
+        assert!(
+            why.contains("unreadable")
+                && why.contains("/nonexistent/sentiment-hashed/v7/card.json"),
+            "{why}"
+        );
+    }
+}
