@@ -194,12 +194,20 @@ pub async fn train_and_register(
         Err(error) => return Err(error.into()),
     };
     let champion_test = match &champion {
-        Some(record) => Some(evaluate_onnx(
-            ort,
-            &registry.load_verified(record).await?,
-            &test_texts,
-            &test_labels,
-        )?),
+        Some(record) => {
+            // ONNX Runtime scoring is CPU-bound: keep it off the async workers (the trainer service runs
+            // this beside its curation loop).
+            let onnx = registry.load_verified(record).await?;
+            let (ort, labels) = (ort.clone(), test_labels.clone());
+            let texts: Vec<String> = test_texts.iter().map(|text| (*text).to_owned()).collect();
+            let evaluation = tokio::task::spawn_blocking(move || {
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                evaluate_onnx(&ort, &onnx, &texts, &labels)
+            })
+            .await
+            .map_err(|error| PipelineError::Onnx(error.to_string()))??;
+            Some(evaluation)
+        }
         None => None,
     };
     let decision = gate::decide(

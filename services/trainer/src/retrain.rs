@@ -516,7 +516,7 @@ impl RetrainWorker {
         } else {
             "all curated data".to_owned()
         };
-        match self.curate(ranged.clone()).await {
+        match self.curate(ranged.clone()).await? {
             Ok(curated) => return Ok(curated),
             Err(error @ (DatasetError::Empty | DatasetError::MissingClass(_))) if bounded => {
                 info!(%error, range = %describe(&ranged), "requested range cannot be trained on; using all curated data");
@@ -528,15 +528,19 @@ impl RetrainWorker {
             Err(error) => return Err(snapshot_attempt(error)),
         }
         self.curate(CurateOptions::default())
-            .await
+            .await?
             .map_err(snapshot_attempt)
     }
 
-    async fn curate(&self, options: CurateOptions) -> Result<CuratedSnapshot, DatasetError> {
+    /// Cuts a snapshot on a blocking thread; a panic there becomes a failed outcome, not a dead loop.
+    async fn curate(
+        &self,
+        options: CurateOptions,
+    ) -> Result<Result<CuratedSnapshot, DatasetError>, Attempt> {
         let (segments, snapshots) = (self.segments.clone(), self.snapshots.clone());
         tokio::task::spawn_blocking(move || curate_snapshot(&segments, &snapshots, &options))
             .await
-            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+            .map_err(|join_error| Attempt::Failed(format!("snapshot: {join_error}")))
     }
 
     /// Records the outcome, applies it to the registry, publishes its events, marks it announced.
