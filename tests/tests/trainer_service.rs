@@ -558,8 +558,20 @@ async fn invalid_configuration_is_refused_at_start() {
     );
     config.segment_max_messages = 10;
     config.telemetry.drain_timeout_ms = 60_000;
-    let error = sentiflow_trainer::start(config, CancellationToken::new())
+    let error = sentiflow_trainer::start(config.clone(), CancellationToken::new())
         .await
         .unwrap_err();
     assert!(error.to_string().contains("session timeout"), "{error}");
+    config.telemetry.drain_timeout_ms = 5_000;
+    config.retrain_group_id = config.group_id.clone();
+    let error = sentiflow_trainer::start(config.clone(), CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--retrain-group-id"), "{error}");
+    config.retrain_group_id = format!("{}-retrain", config.group_id);
+    config.gate.epsilon = f64::NAN;
+    let error = sentiflow_trainer::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--gate-epsilon"), "{error}");
 }
