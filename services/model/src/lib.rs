@@ -11,9 +11,13 @@
 //! - [`featurize`]: raw text → hashed feature ids, the one code path of training and serving
 //!   ([`featurize::Featurizer`], [`featurize::FEATURIZER_VERSION`]).
 //! - [`train`]: the sparse-SGD CPU trainer of the hashed family ([`train::train`]).
+//! - [`encoder`]: the encoder family: WordPiece tokenisation ([`encoder::EncoderTokenizer`]), frozen
+//!   MiniLM embeddings through ORT ([`encoder::FrozenEncoder`]) and the linear head's trainer
+//!   ([`encoder::train_head`]).
 //! - [`eval`]: precision, recall, F1, macro-F1, confusion matrix and calibration error
 //!   ([`eval::evaluate`]).
-//! - [`onnx`]: ONNX protobuf types, model metadata, the hashed-family exporter and load-time checks.
+//! - [`onnx`]: ONNX protobuf types, model metadata and family ([`onnx::Family`]), the exporters of
+//!   both families and load-time checks.
 //! - [`runtime`]: ONNX Runtime loading (once per process), sessions on a device proven by a warm-up,
 //!   batched prediction.
 //! - `spans` (private): copy-on-write helpers the cleaning and redaction steps share.
@@ -24,6 +28,7 @@
 //! spaces only and no leading or trailing whitespace. Any change of its output for any input must bump
 //! [`NORMALIZER_VERSION`], because dedupe fingerprints and trained models depend on it.
 
+pub mod encoder;
 pub mod eval;
 pub mod featurize;
 pub mod hashed;

@@ -332,7 +332,10 @@ impl fmt::Debug for LoadedModel {
 }
 
 /// A session builder with the options every session gets.
-fn session_builder(env: &OrtEnvironment, intra_threads: usize) -> Result<SessionBuilder, String> {
+pub(crate) fn session_builder(
+    env: &OrtEnvironment,
+    intra_threads: usize,
+) -> Result<SessionBuilder, String> {
     Session::builder(&env.env)
         .map_err(|error| error.to_string())?
         .with_intra_threads(intra_threads)
@@ -536,12 +539,55 @@ impl LoadedModel {
         self.placement.as_ref()
     }
 
-    /// Class probabilities for `rows` rows of `cols` feature ids each (row-major, padded with
+    /// Class probabilities for `rows` rows of `cols` ids each (row-major, padded with
     /// [`PADDING_ID`]). Ids must lie in `0..vocab_size`: ONNX `Gather` would wrap negative ids
-    /// around silently.
+    /// around silently. An encoder-family model gets the attention mask derived from the ids
+    /// (1 where the id is not [`PADDING_ID`], which is also BERT's `[PAD]`); use
+    /// [`LoadedModel::predict_masked`] to pass one explicitly.
     pub fn predict(
         &mut self,
         ids: &[i64],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
+        if self.summary.family.needs_attention_mask() {
+            let mask: Vec<i64> = ids.iter().map(|id| i64::from(*id != PADDING_ID)).collect();
+            self.run(ids, Some(&mask), rows, cols)
+        } else {
+            self.run(ids, None, rows, cols)
+        }
+    }
+
+    /// [`LoadedModel::predict`] with an explicit attention mask (`rows × cols`, 1 = token,
+    /// 0 = padding), as [`crate::encoder::TokenBatch`] carries it. Only encoder-family models take
+    /// a mask; a hashed model refuses one.
+    pub fn predict_masked(
+        &mut self,
+        ids: &[i64],
+        attention_mask: &[i64],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
+        if !self.summary.family.needs_attention_mask() {
+            return Err(RuntimeError::BadInput(format!(
+                "a `{}` model takes no attention mask",
+                self.summary.family
+            )));
+        }
+        if attention_mask.len() != ids.len() || attention_mask.iter().any(|m| !(0..=1).contains(m))
+        {
+            return Err(RuntimeError::BadInput(format!(
+                "the attention mask must hold {} zeros and ones, one per id",
+                ids.len()
+            )));
+        }
+        self.run(ids, Some(attention_mask), rows, cols)
+    }
+
+    fn run(
+        &mut self,
+        ids: &[i64],
+        attention_mask: Option<&[i64]>,
         rows: usize,
         cols: usize,
     ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
@@ -573,10 +619,18 @@ impl LoadedModel {
         }
         let input = TensorRef::from_array_view(([rows, cols], ids))
             .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![input])
-            .map_err(|error| RuntimeError::Inference(error.to_string()))?;
+        let outputs = match attention_mask {
+            None => self.session.run(ort::inputs![onnx::INPUT_NAME => input]),
+            Some(mask) => {
+                let mask = TensorRef::from_array_view(([rows, cols], mask))
+                    .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
+                self.session.run(ort::inputs![
+                    onnx::INPUT_NAME => input,
+                    onnx::ATTENTION_MASK_NAME => mask,
+                ])
+            }
+        }
+        .map_err(|error| RuntimeError::Inference(error.to_string()))?;
         let output = outputs
             .get(OUTPUT_NAME)
             .ok_or_else(|| RuntimeError::BadOutput(format!("no output named `{OUTPUT_NAME}`")))?;
@@ -593,6 +647,11 @@ impl LoadedModel {
             .chunks_exact(CLASSES)
             .map(|row| [row[0], row[1], row[2]])
             .collect())
+    }
+
+    /// The model family (from the metadata): decides how texts become inputs.
+    pub fn family(&self) -> onnx::Family {
+        self.summary.family
     }
 
     /// Runs one all-padding batch of `batch` rows for every padded length in `lengths` and checks the

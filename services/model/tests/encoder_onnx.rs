@@ -1,0 +1,236 @@
+//! The encoder family end to end on real files from the setup cache: the WordPiece tokenizer, frozen
+//! int8 MiniLM embeddings through ORT, a head trained on real airline tweets, the composed ONNX
+//! model and its parity with the Rust reference (ORT embedding + Rust head) to 1e-5.
+
+mod common;
+mod onnx_support;
+
+use onnx_support::{minilm_int8_path, minilm_tokenizer_path, ort_env};
+use sentiflow_model::encoder::head::Labelled;
+use sentiflow_model::encoder::{
+    BASE_MINILM_INT8, DEFAULT_MAX_LENGTH, EMBEDDING_DIM, ENCODER_FEATURIZER_VERSION, EncoderConfig,
+    EncoderError, EncoderTokenizer, FrozenEncoder, HeadConfig, sha256_hex, train_head,
+};
+use sentiflow_model::onnx::{
+    FAMILY_ENCODER, Family, ModelMetadata, OnnxError, export_encoder, read_metadata,
+    verify_structure,
+};
+use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
+
+const TOLERANCE: f64 = 1e-5;
+
+fn label_index(label: &str) -> usize {
+    sentiflow_model::eval::CLASS_NAMES
+        .iter()
+        .position(|name| *name == label)
+        .unwrap_or_else(|| panic!("unknown label {label}"))
+}
+
+fn config(tokenizer: &EncoderTokenizer, base: &[u8]) -> EncoderConfig {
+    EncoderConfig {
+        tokenizer_sha256: tokenizer.sha256().to_owned(),
+        max_length: tokenizer.max_length(),
+        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
+        base_model: BASE_MINILM_INT8.to_owned(),
+        base_sha256: sha256_hex(base),
+        fine_tuned: false,
+    }
+}
+
+fn metadata(config: &EncoderConfig) -> ModelMetadata {
+    ModelMetadata {
+        name: "sentiment-encoder".to_owned(),
+        version: "3".to_owned(),
+        family: FAMILY_ENCODER.to_owned(),
+        featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+        featurizer_config_hash: config.config_hash(),
+        featurizer_config: config.canonical_json(),
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: "snap-test".to_owned(),
+        weights_sha256: String::new(),
+        created_at: "2024-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+#[test]
+fn tokenizer_gives_bert_ids_cleans_first_and_counts_truncation() {
+    let path = minilm_tokenizer_path();
+    let tokenizer = EncoderTokenizer::from_file(&path, DEFAULT_MAX_LENGTH).expect("tokenizer");
+    // bert-base-uncased ids: [CLS] hello world ! [SEP]
+    let (ids, cut) = tokenizer.encode("Hello   World!").expect("encodes");
+    assert_eq!(ids, [101, 7592, 2088, 999, 102]);
+    assert!(!cut);
+    // The normaliser runs first: a mention becomes `@user`, a URL `<url>`.
+    let (cleaned, _) = tokenizer
+        .encode("@united thanks http://t.co/x")
+        .expect("encodes");
+    let (expected, _) = tokenizer.encode("@user thanks <url>").expect("encodes");
+    assert_eq!(cleaned, expected);
+
+    let short = EncoderTokenizer::from_file(&path, 8).expect("tokenizer");
+    let batch = short
+        .encode_batch(
+            &["one two three four five six seven eight nine", "fine", ""],
+            4,
+        )
+        .expect("batch");
+    assert_eq!(batch.truncated, 1);
+    assert_eq!(batch.cols, 8);
+    assert_eq!(batch.lengths, [8, 3, 2]);
+    assert_eq!(
+        batch.empty_rows().collect::<Vec<_>>(),
+        [2],
+        "nothing but [CLS] [SEP]"
+    );
+    assert_eq!(
+        batch.input_ids[7], 102,
+        "a truncated row still ends with [SEP]"
+    );
+    assert_eq!(&batch.attention_mask[8..16], &[1, 1, 1, 0, 0, 0, 0, 0]);
+
+    // A model's tokenizer is refused when the file differs from the one it was trained with.
+    let wrong = EncoderConfig {
+        tokenizer_sha256: "0".repeat(64),
+        ..config(&tokenizer, b"base")
+    };
+    assert!(matches!(
+        EncoderTokenizer::for_config(&wrong, &path),
+        Err(EncoderError::TokenizerMismatch { .. })
+    ));
+    let right = config(&tokenizer, b"base");
+    assert_eq!(
+        EncoderTokenizer::for_config(&right, &path)
+            .expect("same file")
+            .sha256(),
+        tokenizer.sha256()
+    );
+}
+
+#[test]
+fn exported_encoder_matches_the_reference_and_its_checks_hold() {
+    let env = ort_env();
+    let base = std::fs::read(minilm_int8_path()).expect("base encoder");
+    let tokenizer =
+        EncoderTokenizer::from_file(&minilm_tokenizer_path(), DEFAULT_MAX_LENGTH).expect("tok");
+    let mut encoder = FrozenEncoder::load(&env, &base, EMBEDDING_DIM, 2).expect("encoder");
+
+    // A few hundred real airline tweets: 240 to train, 60 to validate.
+    let rows: Vec<common::Row> = common::airline_rows().into_iter().take(300).collect();
+    let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
+    let labels: Vec<usize> = rows.iter().map(|row| label_index(&row.label)).collect();
+    let (embeddings, stats) = encoder
+        .embed(&tokenizer, &texts, 32, |_| {})
+        .expect("embeds");
+    assert_eq!(stats.rows, 300);
+    assert_eq!(embeddings.len(), 300 * EMBEDDING_DIM);
+    let weights = vec![1.0f32; 300];
+    let split = 240 * EMBEDDING_DIM;
+    let trained = train_head(
+        Labelled {
+            embeddings: &embeddings[..split],
+            labels: &labels[..240],
+            weights: &weights[..240],
+        },
+        Labelled {
+            embeddings: &embeddings[split..],
+            labels: &labels[240..],
+            weights: &weights[240..],
+        },
+        EMBEDDING_DIM,
+        &HeadConfig {
+            epochs: 15,
+            batch_size: 32,
+            ..HeadConfig::default()
+        },
+    )
+    .expect("head trains");
+    // Frozen MiniLM features separate airline sentiment well above chance even on 240 rows.
+    assert!(
+        trained.validation.macro_f1 > 0.4,
+        "validation macro-F1 {}",
+        trained.validation.macro_f1
+    );
+
+    let config = config(&tokenizer, &base);
+    let bytes = export_encoder(&base, &trained.head, &config, &metadata(&config)).expect("export");
+    assert_eq!(
+        bytes,
+        export_encoder(&base, &trained.head, &config, &metadata(&config)).expect("export"),
+        "same inputs, same bytes"
+    );
+    let summary = verify_structure(&bytes).expect("valid encoder file");
+    assert_eq!(summary.family, Family::Encoder);
+    let stored = read_metadata(&bytes).expect("metadata");
+    assert_eq!(stored.weights_sha256.len(), 64);
+    assert_eq!(
+        EncoderTokenizer::for_metadata(&stored, &minilm_tokenizer_path())
+            .expect("tokenizer from metadata")
+            .max_length(),
+        DEFAULT_MAX_LENGTH
+    );
+
+    let mut model = LoadedModel::load(&env, &bytes, DeviceRequest::Cpu, 2).expect("loads");
+    assert_eq!(model.family(), Family::Encoder);
+    let mut max_diff = 0.0f64;
+    for chunk in texts[240..].chunks(17) {
+        let batch = tokenizer.encode_batch(chunk, 8).expect("batch");
+        let served = model
+            .predict_masked(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+            )
+            .expect("ORT runs the encoder");
+        let derived = model
+            .predict(&batch.input_ids, batch.rows, batch.cols)
+            .expect("mask derived from the ids");
+        assert_eq!(served, derived);
+        let reference = encoder
+            .embed_batch(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+            )
+            .expect("embeds");
+        for (row, probabilities) in served.iter().enumerate() {
+            let expected = trained
+                .head
+                .predict(&reference[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM]);
+            for (got, want) in probabilities.iter().zip(expected) {
+                max_diff = max_diff.max((f64::from(*got) - want).abs());
+            }
+        }
+    }
+    eprintln!("encoder parity: max abs diff {max_diff:e}");
+    assert!(
+        max_diff <= TOLERANCE,
+        "ORT vs reference max abs diff {max_diff:e}"
+    );
+
+    // Tampering is caught by the structural check.
+    let mut forged = metadata(&config);
+    forged.weights_sha256 = "f".repeat(64);
+    assert!(matches!(
+        export_encoder(&base, &trained.head, &config, &forged),
+        Err(OnnxError::ChecksumMismatch { .. })
+    ));
+    let mut wrong_config = metadata(&config);
+    wrong_config.featurizer_config_hash = "0".repeat(64);
+    assert!(export_encoder(&base, &trained.head, &config, &wrong_config).is_err());
+    let mut hashed = metadata(&config);
+    hashed.family = "hashed".to_owned();
+    assert!(export_encoder(&base, &trained.head, &config, &hashed).is_err());
+    let mut bad = bytes.clone();
+    let needle = stored.weights_sha256.as_bytes();
+    let at = bad
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .expect("checksum is in the file");
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(
+        verify_structure(&bad),
+        Err(OnnxError::ChecksumMismatch { .. })
+    ));
+}
