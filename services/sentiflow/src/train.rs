@@ -8,11 +8,13 @@ use anyhow::{Context, bail};
 use sentiflow_common::cache::CacheDir;
 use sentiflow_common::config::KafkaArgs;
 use sentiflow_common::events::{ModelAlias, RawReview, UpdateAction};
+use sentiflow_model::encoder::HeadConfig;
 use sentiflow_model::eval::Evaluation;
 use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::runtime::OrtEnvironment;
 use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::encoder::{self, EncoderFiles, EncoderTrainRequest};
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
 
@@ -47,6 +49,13 @@ pub struct TrainArgs {
     /// Override the number of epochs.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Encoder family: longest token sequence fed to the encoder ([CLS] and [SEP] included); longer
+    /// texts are truncated and counted.
+    #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    /// Encoder family: ONNX Runtime threads for embedding (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub embed_threads: usize,
     /// Promote the new model when the gate passes.
     #[arg(long)]
     pub promote: bool,
@@ -63,7 +72,7 @@ pub struct TrainArgs {
 pub enum FamilyArg {
     /// Hashed n-gram embedding bag (CPU, fast).
     Hashed,
-    /// Fine-tuned transformer encoder (GPU tier).
+    /// Transformer encoder (all-MiniLM-L6-v2, int8, frozen) + mean pooling + a trained linear head.
     Encoder,
 }
 
@@ -109,15 +118,53 @@ pub fn lexicon() -> anyhow::Result<Lexicon> {
 
 /// Runs `sentiflow train`.
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    if args.family == FamilyArg::Encoder {
-        bail!("the encoder family is not available in this build yet; train --family hashed");
-    }
     let store = StoreArgs {
         data_dir: args.registry.data_dir.clone(),
     }
     .store();
     let snapshot_id = crate::dataset::resolve(&store, &args.snapshot)?;
     let registry = args.registry.open()?;
+    if args.family == FamilyArg::Encoder {
+        let mut head = HeadConfig {
+            seed: args.seed,
+            ..HeadConfig::default()
+        };
+        if let Some(epochs) = args.epochs {
+            head.epochs = epochs;
+        }
+        let request = EncoderTrainRequest {
+            snapshot_id,
+            model_name: args
+                .name
+                .clone()
+                .unwrap_or_else(|| "sentiment-encoder".to_owned()),
+            max_length: args.max_length,
+            head,
+            device: args.device,
+            gate: args.gate,
+            threads: if args.embed_threads == 0 {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            } else {
+                args.embed_threads
+            },
+            embedding_cache: Some(args.registry.data_dir.join("embeddings")),
+        };
+        let files = EncoderFiles::from_cache(&CacheDir::from_env()?)?;
+        let ort = ort_environment()?;
+        let result =
+            encoder::train_and_register_encoder(&store, &registry, &ort, &files, &request).await?;
+        let embedding = result.embedding;
+        println!(
+            "  embedded {} rows in {:.1} s ({:.1} rows/s, {} truncated at {} tokens), {} rows from the cache",
+            embedding.rows,
+            embedding.seconds,
+            embedding.rows_per_second,
+            embedding.truncated,
+            request.max_length,
+            embedding.cached_rows
+        );
+        return finish(&args, &registry, result.outcome).await;
+    }
     let mut train_config = TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()
@@ -139,15 +186,31 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let ort = ort_environment()?;
     let outcome =
         pipeline::train_and_register(&store, &registry, lexicon()?, &ort, &request).await?;
+    finish(&args, &registry, outcome).await
+}
+
+/// Reports a registered run, applies `--promote` when the gate passed and announces the result.
+async fn finish(
+    args: &TrainArgs,
+    registry: &sentiflow_trainer::registry::Registry,
+    outcome: pipeline::TrainOutcome,
+) -> anyhow::Result<()> {
     let record = &outcome.record;
     println!(
         "registered {} {} ({})",
         record.name, record.version, record.artifact_uri
     );
-    println!(
-        "  trained in {:.1} s, {:.0} tokens/s, device {}",
-        outcome.train_seconds, outcome.tokens_per_second, record.trained_on
-    );
+    if outcome.tokens_per_second > 0.0 {
+        println!(
+            "  trained in {:.1} s, {:.0} tokens/s, device {}",
+            outcome.train_seconds, outcome.tokens_per_second, record.trained_on
+        );
+    } else {
+        println!(
+            "  trained in {:.1} s, device {}",
+            outcome.train_seconds, record.trained_on
+        );
+    }
     print_evaluation("  test split", &outcome.test);
     if let Some(champion) = &outcome.champion_test {
         print_evaluation("  champion on the same rows", champion);

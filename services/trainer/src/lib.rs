@@ -23,12 +23,14 @@
 //! - [`dataset`]: splits by review-id hash, immutable snapshots with checksummed manifests, label merging.
 //! - [`registry`]: artifacts on disk, records and aliases in Redis, `models.updates` events.
 //! - [`pipeline`]: one training run: train, evaluate, export, card, register, gate.
+//! - [`encoder`]: the same run for the encoder family (frozen MiniLM embeddings + trained head).
 //! - [`gate`]: the promotion rule (macro-F1 within ε of the champion, no class recall drop beyond δ).
 
 pub mod config;
 pub mod curation;
 pub mod dataset;
 pub mod error;
+pub mod encoder;
 pub mod gate;
 pub mod pipeline;
 pub mod registry;

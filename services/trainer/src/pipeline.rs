@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sentiflow_common::events::{GateDecision, ModelFamily};
+use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::eval::{Evaluation, evaluate};
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
 use sentiflow_model::lexicon::Lexicon;
-use sentiflow_model::onnx::{ModelMetadata, export_hashed, weights_sha256};
+use sentiflow_model::onnx::{Family, ModelMetadata, export_hashed, weights_sha256};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel, OrtEnvironment};
 use sentiflow_model::train::{Example, TrainConfig, TrainedModel, train};
 use serde::{Deserialize, Serialize};
@@ -307,8 +308,9 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
-/// Evaluates an ONNX model on labelled texts through ONNX Runtime (CPU), rebuilding the featurizer the
-/// model was trained with from its metadata.
+/// Evaluates an ONNX model of either family on labelled texts through ONNX Runtime (CPU), rebuilding
+/// the featurizer (hashed) or tokenizer (encoder, from the setup cache) the model was trained with
+/// from its metadata.
 pub fn evaluate_onnx(
     ort: &OrtEnvironment,
     onnx: &[u8],
@@ -316,23 +318,60 @@ pub fn evaluate_onnx(
     labels: &[usize],
 ) -> Result<Evaluation, PipelineError> {
     let onnx_error = |error: &dyn std::fmt::Display| PipelineError::Onnx(error.to_string());
-    let mut model =
-        LoadedModel::load(ort, onnx, DeviceRequest::Cpu, 1).map_err(|error| onnx_error(&error))?;
-    let featurizer = featurizer_for(model.metadata())?;
+    let family = sentiflow_model::onnx::read_metadata(onnx)
+        .and_then(|metadata| metadata.family_kind())
+        .map_err(|error| onnx_error(&error))?;
+    let threads = match family {
+        Family::Hashed => 1,
+        // A transformer per row: use the cores.
+        Family::Encoder => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let mut model = LoadedModel::load(ort, onnx, DeviceRequest::Cpu, threads)
+        .map_err(|error| onnx_error(&error))?;
     let mut probabilities = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(256) {
-        let longest = chunk
-            .iter()
-            .map(|text| featurizer.featurize(text).len())
-            .max()
-            .unwrap_or(1);
-        let (ids, rows, cols) =
-            featurizer.batch(chunk, sentiflow_model::featurize::pad_length(longest));
-        for row in model
-            .predict(&ids, rows, cols)
-            .map_err(|error| onnx_error(&error))?
-        {
-            probabilities.push(row.map(f64::from));
+    match family {
+        Family::Hashed => {
+            let featurizer = featurizer_for(model.metadata())?;
+            for chunk in texts.chunks(256) {
+                let longest = chunk
+                    .iter()
+                    .map(|text| featurizer.featurize(text).len())
+                    .max()
+                    .unwrap_or(1);
+                let (ids, rows, cols) =
+                    featurizer.batch(chunk, sentiflow_model::featurize::pad_length(longest));
+                for row in model
+                    .predict(&ids, rows, cols)
+                    .map_err(|error| onnx_error(&error))?
+                {
+                    probabilities.push(row.map(f64::from));
+                }
+            }
+        }
+        Family::Encoder => {
+            let cache = sentiflow_common::cache::CacheDir::from_env()
+                .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+            let path = cache
+                .require(cache.minilm_tokenizer(), "MiniLM tokenizer")
+                .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+            let tokenizer = EncoderTokenizer::for_metadata(model.metadata(), &path)
+                .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+            for chunk in texts.chunks(64) {
+                let batch = tokenizer
+                    .encode_batch(chunk, 8)
+                    .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+                for row in model
+                    .predict_masked(
+                        &batch.input_ids,
+                        &batch.attention_mask,
+                        batch.rows,
+                        batch.cols,
+                    )
+                    .map_err(|error| onnx_error(&error))?
+                {
+                    probabilities.push(row.map(f64::from));
+                }
+            }
         }
     }
     Ok(evaluate(&probabilities, labels))

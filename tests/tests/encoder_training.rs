@@ -1,0 +1,160 @@
+//! The encoder family's training pipeline on a few hundred real airline tweets, with a real Redis
+//! registry and ONNX Runtime: a snapshot is imported, a frozen-MiniLM + linear-head model is trained,
+//! registered with its card and run through ORT (its figures match the Rust reference); a second
+//! run reads the cached embeddings and reproduces the weights; the hashed pipeline's evaluator
+//! serves both families; `--device cuda` is refused without registering anything.
+
+use sentiflow::corpus::CorpusFormat;
+use sentiflow_common::cache::CacheDir;
+use sentiflow_common::config::RedisArgs;
+use sentiflow_common::store::RedisStore;
+use sentiflow_model::encoder::HeadConfig;
+use sentiflow_model::onnx::{Family, read_metadata, verify_structure};
+use sentiflow_trainer::dataset::{SnapshotStore, Split};
+use sentiflow_trainer::encoder::{
+    EncoderFiles, EncoderTrainRequest, card_markdown, train_and_register_encoder,
+};
+use sentiflow_trainer::gate::GatePolicy;
+use sentiflow_trainer::pipeline::{self, TrainDevice};
+use sentiflow_trainer::registry::Registry;
+
+fn request(snapshot_id: &str, cache: &std::path::Path) -> EncoderTrainRequest {
+    EncoderTrainRequest {
+        snapshot_id: snapshot_id.to_owned(),
+        model_name: "sentiment-encoder".to_owned(),
+        max_length: 48,
+        head: HeadConfig {
+            epochs: 12,
+            batch_size: 32,
+            seed: 5,
+            ..HeadConfig::default()
+        },
+        device: TrainDevice::Auto,
+        gate: GatePolicy::default(),
+        threads: 2,
+        embedding_cache: Some(cache.to_path_buf()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoder_family_trains_registers_and_serves_through_ort() {
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::new(dir.path().join("snapshots"));
+    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
+    // 400 rows: enough for every class in every split, quick to embed in a debug build.
+    let slice = dir.path().join("airline_slice.jsonl");
+    let records =
+        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(400)).unwrap();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+        .collect();
+    std::fs::write(&slice, lines.join("\n")).unwrap();
+    let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "encoder-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment()
+        .expect("ONNX Runtime from the setup cache (run infra/setup.sh)");
+    let files = EncoderFiles::from_cache(&CacheDir::from_env().unwrap())
+        .expect("MiniLM files from the setup cache (run infra/setup.sh)");
+    let cache = dir.path().join("embeddings");
+
+    let first = train_and_register_encoder(
+        &store,
+        &registry,
+        &ort,
+        &files,
+        &request(&manifest.snapshot_id, &cache),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.embedding.rows, manifest.rows, "every row embedded");
+    assert_eq!(first.embedding.cached_rows, 0);
+    assert!(first.embedding.rows_per_second > 0.0);
+    let outcome = &first.outcome;
+    assert!(outcome.gate.passed, "no champion: passes");
+    // Majority-class macro-F1 is about 0.26 on airline tweets (negative is ~64%).
+    assert!(
+        outcome.test.macro_f1 > 0.35,
+        "learned something: macro-F1 {}",
+        outcome.test.macro_f1
+    );
+
+    // The registered artifact is an encoder-family ONNX whose ORT figures match the Rust reference.
+    let onnx = registry.load_verified(&outcome.record).await.unwrap();
+    assert_eq!(verify_structure(&onnx).unwrap().family, Family::Encoder);
+    let metadata = read_metadata(&onnx).unwrap();
+    assert_eq!(metadata.family, "encoder");
+    assert_eq!(metadata.training_snapshot, manifest.snapshot_id);
+    let test_rows = store.read(&manifest.snapshot_id, Split::Test).unwrap();
+    let texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let through_ort = pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels).unwrap();
+    assert_eq!(through_ort.confusion, outcome.test.confusion);
+    assert!((through_ort.macro_f1 - outcome.test.macro_f1).abs() < 1e-9);
+    let card_dir = dir.path().join(format!(
+        "models/sentiment-encoder/{}",
+        outcome.record.version
+    ));
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    assert_eq!(card["family"], "encoder");
+    assert_eq!(card["encoder_config"]["max_length"], 48);
+    assert!(card_dir.join("card.md").exists());
+
+    // Second run: embeddings from the cache, the same head, gated against the first as champion.
+    registry
+        .promote("sentiment-encoder", &outcome.record.version)
+        .await
+        .unwrap();
+    let second = train_and_register_encoder(
+        &store,
+        &registry,
+        &ort,
+        &files,
+        &request(&manifest.snapshot_id, &cache),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.embedding.rows, 0);
+    assert_eq!(second.embedding.cached_rows, manifest.rows);
+    let again = read_metadata(
+        &registry
+            .load_verified(&second.outcome.record)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        again.weights_sha256, metadata.weights_sha256,
+        "same weights"
+    );
+    let champion = second.outcome.champion_test.as_ref().expect("champion ran");
+    assert!((champion.macro_f1 - outcome.test.macro_f1).abs() < 1e-9);
+    assert!(second.outcome.gate.passed, "{}", second.outcome.gate.reason);
+    let card2: sentiflow_trainer::encoder::EncoderModelCard = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!(
+            "models/sentiment-encoder/{}/card.json",
+            second.outcome.record.version
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(card_markdown(&card2).contains("## Gate"));
+
+    // --device cuda: refused, nothing registered.
+    let before = registry.versions("sentiment-encoder").await.unwrap().len();
+    let mut cuda = request(&manifest.snapshot_id, &cache);
+    cuda.device = TrainDevice::Cuda;
+    let error = train_and_register_encoder(&store, &registry, &ort, &files, &cuda)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--device cuda"), "{error}");
+    assert_eq!(
+        registry.versions("sentiment-encoder").await.unwrap().len(),
+        before
+    );
+}
