@@ -71,7 +71,10 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     )
     .await
     .unwrap();
-    assert_eq!(first.embedding.rows, manifest.rows, "every row embedded");
+    assert_eq!(
+        first.embedding.rows as u64, manifest.rows,
+        "every row embedded"
+    );
     assert_eq!(first.embedding.cached_rows, 0);
     assert!(first.embedding.rows_per_second > 0.0);
     let outcome = &first.outcome;
@@ -120,7 +123,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     .await
     .unwrap();
     assert_eq!(second.embedding.rows, 0);
-    assert_eq!(second.embedding.cached_rows, manifest.rows);
+    assert_eq!(second.embedding.cached_rows as u64, manifest.rows);
     let again = read_metadata(
         &registry
             .load_verified(&second.outcome.record)

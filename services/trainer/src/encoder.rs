@@ -198,10 +198,6 @@ fn write_cached(path: &Path, values: &[f32]) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the arguments"
-)]
 fn embed_split(
     encoder: &mut FrozenEncoder,
     tokenizer: &EncoderTokenizer,

@@ -29,8 +29,8 @@
 pub mod config;
 pub mod curation;
 pub mod dataset;
-pub mod error;
 pub mod encoder;
+pub mod error;
 pub mod gate;
 pub mod pipeline;
 pub mod registry;

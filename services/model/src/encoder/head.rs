@@ -103,7 +103,9 @@ impl Default for HeadConfig {
             epochs: 40,
             batch_size: 256,
             learning_rate: 1e-3,
-            l2: 1e-3,
+            // Chosen among 0.001, 0.01, 0.05, 0.1, 0.2 by `examples/encoder_quality`: stronger L2
+            // transfers better out of domain (0.49 → 0.53 macro-F1) at no in-domain cost.
+            l2: 0.1,
             patience: 6,
             balance_classes: true,
             seed: 42,
