@@ -24,9 +24,9 @@ use crate::registry::{ModelRecord, NewModel, Registry};
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainDevice {
-    /// The best device that is really there (CPU for the hashed family).
+    /// The best device that is really there (CPU for the hashed family and the frozen encoder).
     Auto,
-    /// The CPU sparse-SGD trainer.
+    /// The CPU: sparse SGD (hashed), ORT embeddings + head (encoder).
     Cpu,
     /// A CUDA GPU.
     Cuda,
