@@ -160,4 +160,87 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         registry.versions("sentiment-encoder").await.unwrap().len(),
         before
     );
+
+    // The infer service serves the encoder champion: Kafka predictions and HTTP, family encoder,
+    // the same probabilities as offline ORT scoring.
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = sentiflow_infer::InferConfig {
+        kafka: kafka.clone(),
+        redis: RedisArgs::local(&redis_server.url(), "encoder-test"),
+        telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
+        group_id: "infer-encoder".to_owned(),
+        data_dir: dir.path().to_path_buf(),
+        model_name: "sentiment-encoder".to_owned(),
+        device: sentiflow_infer::config::DeviceArg::Auto,
+        ort_dylib: None,
+        workers: 1,
+        intra_threads: 2,
+        max_batch: 16,
+        batch_wait_ms: 5,
+        max_queued_batches: 2,
+        alert_threshold: 0.8,
+        registry_poll_secs: 30,
+        shadow_fraction: 0.0,
+        http_max_texts: 8,
+        http_max_text_bytes: 1_000,
+    };
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let slot = running.slot.clone();
+    assert!(
+        sentiflow_tests::eventually(std::time::Duration::from_secs(120), || slot
+            .current()
+            .is_some())
+        .await,
+        "infer loaded the encoder champion: {}",
+        running.health.snapshot()
+    );
+    let served = slot.current().unwrap();
+    assert_eq!(
+        served.model_ref().family,
+        sentiflow_common::events::ModelFamily::Encoder
+    );
+    let body = serde_json::to_vec(&serde_json::json!({"texts": texts[..3]})).unwrap();
+    let (status, response) = sentiflow_tests::http_post(running.http_addr, "/v1/predict", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{response}");
+    let response: serde_json::Value = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["model"]["family"], "encoder");
+    let mut offline = sentiflow_model::runtime::LoadedModel::load(
+        &ort,
+        &onnx,
+        sentiflow_model::runtime::DeviceRequest::Cpu,
+        1,
+    )
+    .unwrap();
+    let tokenizer = sentiflow_model::encoder::EncoderTokenizer::for_metadata(
+        &metadata,
+        &CacheDir::from_env().unwrap().minilm_tokenizer(),
+    )
+    .unwrap();
+    for (index, text) in texts[..3].iter().enumerate() {
+        let batch = tokenizer.encode_batch(&[text], 1).unwrap();
+        let expected = offline
+            .predict_masked(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+            )
+            .unwrap()[0];
+        let got = &response["predictions"][index]["probabilities"];
+        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let served = got[class].as_f64().unwrap();
+            assert!(
+                (served - f64::from(expected[position])).abs() < 1e-4,
+                "text {index} {class}: served {served}, offline {}",
+                expected[position]
+            );
+        }
+    }
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }

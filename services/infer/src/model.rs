@@ -6,10 +6,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sentiflow_common::cache::CacheDir;
 use sentiflow_common::events::{self, ModelFamily, ModelRef};
+use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_length};
 use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
-use sentiflow_model::onnx::{self, FAMILY_HASHED, ModelMetadata};
+use sentiflow_model::onnx::{self, FAMILY_HASHED, Family, ModelMetadata};
 use sentiflow_model::runtime::{Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError};
 use tokio::sync::watch;
 
@@ -31,6 +33,17 @@ pub struct LoadSpec {
 /// Class probabilities of one text, in `Sentiment::index` order.
 pub type ClassProbabilities = [f32; CLASSES];
 
+/// How a family turns text into the model's inputs (the same code as training: one path, no skew).
+enum Preprocess {
+    /// Hashed n-gram ids.
+    Hashed(Featurizer),
+    /// WordPiece ids + attention mask.
+    Encoder(EncoderTokenizer),
+}
+
+/// Encoder batches are padded to a multiple of this many tokens, so ORT sees few shapes.
+const ENCODER_PAD_MULTIPLE: usize = 16;
+
 /// A model ready to take traffic.
 pub struct ServingModel {
     model: ModelRef,
@@ -38,7 +51,7 @@ pub struct ServingModel {
     metadata: ModelMetadata,
     device: Device,
     fallback_reason: Option<String>,
-    featurizer: Featurizer,
+    preprocess: Preprocess,
     sessions: Mutex<Vec<LoadedModel>>,
     session_returned: Condvar,
     loaded_at: DateTime<Utc>,
@@ -79,20 +92,30 @@ impl ServingModel {
         let first = LoadedModel::load(env, onnx_bytes, spec.device, spec.intra_threads)
             .map_err(runtime_error)?;
         let metadata = first.metadata().clone();
-        if metadata.family != FAMILY_HASHED {
-            return Err(LoadError::Unsupported(format!(
-                "{} {} is of family `{}`; this build serves `{FAMILY_HASHED}`",
-                metadata.name, metadata.version, metadata.family
-            )));
-        }
         if metadata.name != expected.name || metadata.version != expected.version {
             return Err(LoadError::Unsupported(format!(
                 "the artifact says it is {} {}, the registry says {} {}",
                 metadata.name, metadata.version, expected.name, expected.version
             )));
         }
-        let featurizer = sentiflow_trainer::pipeline::featurizer_for(&metadata)
-            .map_err(|error| LoadError::Unsupported(error.to_string()))?;
+        let (family, preprocess) = match first.family() {
+            Family::Hashed => (
+                ModelFamily::Hashed,
+                Preprocess::Hashed(
+                    sentiflow_trainer::pipeline::featurizer_for(&metadata)
+                        .map_err(|error| LoadError::Unsupported(error.to_string()))?,
+                ),
+            ),
+            Family::Encoder => {
+                let tokenizer = CacheDir::from_env()
+                    .map_err(|error| LoadError::Unsupported(error.to_string()))
+                    .and_then(|cache| {
+                        EncoderTokenizer::for_metadata(&metadata, &cache.minilm_tokenizer())
+                            .map_err(|error| LoadError::Unsupported(error.to_string()))
+                    })?;
+                (ModelFamily::Encoder, Preprocess::Encoder(tokenizer))
+            }
+        };
         let device = first.device();
         let fallback_reason = first.fallback_reason().map(str::to_owned);
         let mut sessions = Vec::with_capacity(spec.workers);
@@ -103,23 +126,29 @@ impl ServingModel {
                 .map_err(runtime_error)?;
             sessions.push(replica);
         }
+        let lengths: Vec<usize> = match &preprocess {
+            Preprocess::Hashed(_) => PAD_LENGTHS.to_vec(),
+            Preprocess::Encoder(tokenizer) => {
+                (1..=tokenizer.max_length().div_ceil(ENCODER_PAD_MULTIPLE))
+                    .map(|multiple| multiple * ENCODER_PAD_MULTIPLE)
+                    .collect()
+            }
+        };
         for session in &mut sessions {
             for batch in [1, spec.max_batch.max(1)] {
-                session
-                    .warm_up(&PAD_LENGTHS, batch)
-                    .map_err(runtime_error)?;
+                session.warm_up(&lengths, batch).map_err(runtime_error)?;
             }
         }
         Ok(Self {
             model: ModelRef {
-                family: ModelFamily::Hashed,
+                family,
                 ..expected.clone()
             },
             sha256: sha256.to_owned(),
             metadata,
             device,
             fallback_reason,
-            featurizer,
+            preprocess,
             sessions: Mutex::new(sessions),
             session_returned: Condvar::new(),
             loaded_at: Utc::now(),
@@ -176,9 +205,29 @@ impl ServingModel {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let featurizer = match &self.preprocess {
+            Preprocess::Hashed(featurizer) => featurizer,
+            Preprocess::Encoder(tokenizer) => {
+                let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+                let batch = tokenizer
+                    .encode_batch(&texts, ENCODER_PAD_MULTIPLE)
+                    .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
+                if batch.truncated > 0 {
+                    metrics::counter!("sentiflow_infer_truncated_texts_total")
+                        .increment(batch.truncated as u64);
+                }
+                let mut session = self.checkout();
+                return session.predict_masked(
+                    &batch.input_ids,
+                    &batch.attention_mask,
+                    batch.rows,
+                    batch.cols,
+                );
+            }
+        };
         let features: Vec<Vec<i64>> = texts
             .iter()
-            .map(|text| self.featurizer.featurize(text.as_ref()))
+            .map(|text| featurizer.featurize(text.as_ref()))
             .collect();
         let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let cols = pad_length(longest);
