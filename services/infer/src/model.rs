@@ -37,8 +37,8 @@ pub type ClassProbabilities = [f32; CLASSES];
 enum Preprocess {
     /// Hashed n-gram ids.
     Hashed(Featurizer),
-    /// WordPiece ids + attention mask.
-    Encoder(EncoderTokenizer),
+    /// WordPiece ids + attention mask (boxed: the tokenizer is large and built once per model).
+    Encoder(Box<EncoderTokenizer>),
 }
 
 /// Encoder batches are padded to a multiple of this many tokens, so ORT sees few shapes.
@@ -113,7 +113,7 @@ impl ServingModel {
                         EncoderTokenizer::for_metadata(&metadata, &cache.minilm_tokenizer())
                             .map_err(|error| LoadError::Unsupported(error.to_string()))
                     })?;
-                (ModelFamily::Encoder, Preprocess::Encoder(tokenizer))
+                (ModelFamily::Encoder, Preprocess::Encoder(Box::new(tokenizer)))
             }
         };
         let device = first.device();
