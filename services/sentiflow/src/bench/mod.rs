@@ -132,18 +132,19 @@ pub fn markdown_table(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     if let Some((header, body)) = rows.split_first() {
         out.push_str(&line(header));
+        // `|---|--:|`: each cell is its width plus the two padding spaces; a colon right-aligns.
         let rule: Vec<String> = widths
             .iter()
             .enumerate()
             .map(|(column, width)| {
                 if column == 0 {
-                    "-".repeat(*width)
+                    "-".repeat(width + 2)
                 } else {
-                    format!("{}:", "-".repeat(width - 1))
+                    format!("{}:", "-".repeat(width + 1))
                 }
             })
             .collect();
-        out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        out.push_str(&format!("|{}|\n", rule.join("|")));
         for row in body {
             out.push_str(&line(row));
         }
