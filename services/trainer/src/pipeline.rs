@@ -586,3 +586,68 @@ pub fn card_markdown(card: &ModelCard) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu() -> CudaProbe {
+        CudaProbe::Available {
+            devices: 1,
+            driver_version: "13.0".to_owned(),
+            nvrtc: "libnvrtc.so.13".to_owned(),
+        }
+    }
+
+    #[test]
+    fn device_decisions_follow_the_probe() {
+        let none = CudaProbe::Unavailable("no NVIDIA driver: libcuda.so.1 missing".to_owned());
+        let auto_cpu = choose_device_with(TrainDevice::Auto, &none).unwrap();
+        assert_eq!(
+            (auto_cpu.trainer, auto_cpu.device),
+            (Trainer::Sparse, "cpu")
+        );
+        assert!(
+            auto_cpu.reason.contains("libcuda.so.1 missing"),
+            "{}",
+            auto_cpu.reason
+        );
+        let auto_gpu = choose_device_with(TrainDevice::Auto, &gpu()).unwrap();
+        assert_eq!(
+            (auto_gpu.trainer, auto_gpu.device),
+            (Trainer::Burn(BurnDevice::Cuda), "cuda")
+        );
+        assert!(
+            auto_gpu.reason.contains("CUDA driver 13.0"),
+            "{}",
+            auto_gpu.reason
+        );
+        let error = choose_device_with(TrainDevice::Cuda, &none).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--device cuda: no usable CUDA GPU: no NVIDIA driver"),
+            "{error}"
+        );
+        assert_eq!(
+            choose_device_with(TrainDevice::Cuda, &gpu())
+                .unwrap()
+                .trainer,
+            Trainer::Burn(BurnDevice::Cuda)
+        );
+        for probe in [none, gpu()] {
+            assert_eq!(
+                choose_device_with(TrainDevice::Cpu, &probe)
+                    .unwrap()
+                    .trainer,
+                Trainer::Sparse
+            );
+            assert_eq!(
+                choose_device_with(TrainDevice::BurnCpu, &probe)
+                    .unwrap()
+                    .device,
+                "burn-cpu"
+            );
+        }
+    }
+}
