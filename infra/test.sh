@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash infra/setup.sh
+bash infra/setup.sh --bench # the bench component: fastText for the bench harness test
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -93,6 +93,7 @@ fn trained_models() -> &'static TrainedModels {
                                 dim,
                                 ..TrainConfig::default()
                             },
+                            burn: Default::default(),
                             device: TrainDevice::Cpu,
                             gate: GatePolicy::default(),
                         },

@@ -92,6 +92,7 @@ async fn register_champion(registry: &Registry, data_dir: &Path) {
                 dim: 16,
                 ..TrainConfig::default()
             },
+            burn: Default::default(),
             device: TrainDevice::Cpu,
             gate: GatePolicy::default(),
         },

@@ -27,6 +27,7 @@ fn small_request(snapshot_id: &str, seed: u64) -> TrainRequest {
             ..TrainConfig::default()
         },
         device: TrainDevice::Auto,
+        burn: Default::default(),
         gate: GatePolicy::default(),
     }
 }
@@ -154,7 +155,7 @@ async fn train_register_gate_promote_and_reproduce() {
     );
     assert_eq!(third.gate.champion_macro_f1, Some(first.test.macro_f1));
 
-    // --device cuda is refused for the hashed family, and nothing is registered.
+    // --device cuda without a usable GPU (none here) is refused, and nothing is registered.
     let versions_before = registry.versions("sentiment-hashed").await.unwrap().len();
     let mut cuda = small_request(&manifest.snapshot_id, 1);
     cuda.device = TrainDevice::Cuda;

@@ -275,7 +275,7 @@ impl Featurizer {
 
     /// [`Featurizer::featurize`] plus the number of tokens of the cleaned text (the trainer's
     /// tokens/s counts these, as fastText counts words).
-    pub(crate) fn featurize_counted(&self, raw_text: &str) -> (Vec<i64>, usize) {
+    pub fn featurize_counted(&self, raw_text: &str) -> (Vec<i64>, usize) {
         let cleaned = clean(raw_text).text;
         let tokens = tokenize(&cleaned, self.config.negation);
         if tokens.is_empty() {

@@ -304,12 +304,7 @@ pub fn train(
     let buckets = featurizer.config().buckets;
     let dim = config.dim;
     let mut rng = Rng::new(config.seed);
-    let mut model = HashedModel::zeros(buckets, dim);
-    // fastText's initialisation: small uniform input rows, zero output layer.
-    let scale = 1.0 / dim as f32;
-    for value in &mut model.embeddings[dim..] {
-        *value = (rng.next_f32() * 2.0 - 1.0) * scale;
-    }
+    let mut model = initial_model(buckets, dim, &mut rng);
 
     let mut optimizer = Optimizer::new(&model, config);
     let mut order: Vec<usize> = (0..training.len()).collect();
@@ -406,6 +401,17 @@ pub fn train(
     })
 }
 
+/// fastText's initialisation, drawn from `rng`: input rows uniform in `±1/dim` (the padding row 0
+/// stays zero), a zero output layer and bias. Both trainers start from it.
+pub fn initial_model(buckets: usize, dim: usize, rng: &mut Rng) -> HashedModel {
+    let mut model = HashedModel::zeros(buckets, dim);
+    let scale = 1.0 / dim as f32;
+    for value in &mut model.embeddings[dim..] {
+        *value = (rng.next_f32() * 2.0 - 1.0) * scale;
+    }
+    model
+}
+
 /// Class probabilities of raw texts under `model`, through the same featurizer and the same f32
 /// arithmetic the trainer validates with (the f64 reference is [`HashedModel::predict_ids`]).
 pub fn predict_texts<S: AsRef<str> + Sync>(
@@ -417,7 +423,8 @@ pub fn predict_texts<S: AsRef<str> + Sync>(
     bags.predict(model)
 }
 
-fn check_examples(set: &'static str, examples: &[Example]) -> Result<(), TrainError> {
+/// Checks every example's label and weight; `set` (`training` or `validation`) names the slice in errors.
+pub fn check_examples(set: &'static str, examples: &[Example]) -> Result<(), TrainError> {
     for (index, example) in examples.iter().enumerate() {
         if example.label >= CLASSES {
             return Err(TrainError::InvalidLabel {
@@ -437,8 +444,8 @@ fn check_examples(set: &'static str, examples: &[Example]) -> Result<(), TrainEr
     Ok(())
 }
 
-/// Loss weight per class from the example-weighted class totals.
-fn class_weights(
+/// Loss weight per class from the example-weighted class totals; a class without weight is an error.
+pub fn class_weights(
     training: &[Example],
     weighting: ClassWeighting,
 ) -> Result<[f32; CLASSES], TrainError> {
@@ -789,11 +796,14 @@ impl Optimizer {
 }
 
 /// xoshiro256** seeded through splitmix64: small, fast and the same on every platform.
+/// Public so the burn trainer (`sentiflow-burn`) draws its initialisation, shuffles and dropout from the
+/// same seeded stream.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng([u64; 4]);
+pub struct Rng([u64; 4]);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// The generator for `seed`.
+    pub fn new(seed: u64) -> Self {
         let mut state = seed;
         let mut next = || {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -805,7 +815,8 @@ impl Rng {
         Self([next(), next(), next(), next()])
     }
 
-    fn next_u64(&mut self) -> u64 {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         let [s0, s1, s2, s3] = &mut self.0;
         let result = s1.wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = *s1 << 17;
@@ -819,17 +830,17 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)` with 24 bits.
-    pub(crate) fn next_f32(&mut self) -> f32 {
+    pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32
     }
 
     /// Uniform in `0..bound` (multiply-shift; the bias is below 2⁻³² for our sizes).
-    fn below(&mut self, bound: usize) -> usize {
+    pub fn below(&mut self, bound: usize) -> usize {
         ((u128::from(self.next_u64()) * bound as u128) >> 64) as usize
     }
 
     /// Fisher–Yates.
-    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for last in (1..items.len()).rev() {
             let other = self.below(last + 1);
             items.swap(last, other);

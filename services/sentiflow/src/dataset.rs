@@ -158,6 +158,38 @@ pub fn import_limited(
     format: CorpusFormat,
     limit: Option<usize>,
 ) -> anyhow::Result<Manifest> {
+    let (manifest, skipped) = import_counted(store, files, format, limit)?;
+    if skipped.duplicates > 0 {
+        println!(
+            "skipped {} rows whose normalised text duplicates an earlier row (kept the first)",
+            skipped.duplicates
+        );
+    }
+    if skipped.empty > 0 {
+        println!(
+            "skipped {} rows whose text is empty after cleaning",
+            skipped.empty
+        );
+    }
+    Ok(manifest)
+}
+
+/// Rows an import left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// Rows whose normalised text duplicates an earlier row (the first copy is kept).
+    pub duplicates: usize,
+    /// Rows whose text is empty after cleaning.
+    pub empty: usize,
+}
+
+/// [`import_limited`] without printing: returns what was skipped instead.
+pub fn import_counted(
+    store: &SnapshotStore,
+    files: &[PathBuf],
+    format: CorpusFormat,
+    limit: Option<usize>,
+) -> anyhow::Result<(Manifest, Skipped)> {
     let mut rows = Vec::new();
     let mut empty = 0usize;
     let mut duplicates = 0usize;
@@ -203,14 +235,6 @@ pub fn import_limited(
         }
         origins.push(format!("{}#{}", path.display(), sha256_file(path)?));
     }
-    if duplicates > 0 {
-        println!(
-            "skipped {duplicates} rows whose normalised text duplicates an earlier row (kept the first)"
-        );
-    }
-    if empty > 0 {
-        println!("skipped {empty} rows whose text is empty after cleaning");
-    }
     let rows = sentiflow_trainer::dataset::merge_labels(rows);
     let origin = Origin::File {
         path: files
@@ -220,7 +244,7 @@ pub fn import_limited(
             .join(","),
         sha256: origin_hash(&origins),
     };
-    Ok(store.write(&rows, origin)?)
+    Ok((store.write(&rows, origin)?, Skipped { duplicates, empty }))
 }
 
 fn origin_hash(origins: &[String]) -> String {

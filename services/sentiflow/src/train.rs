@@ -16,7 +16,7 @@ use sentiflow_model::runtime::OrtEnvironment;
 use sentiflow_model::train::TrainConfig;
 use sentiflow_trainer::encoder::{self, EncoderFiles, EncoderTrainRequest};
 use sentiflow_trainer::gate::GatePolicy;
-use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
+use sentiflow_trainer::pipeline::{self, BurnConfig, TrainDevice, TrainRequest};
 
 use crate::corpus::{self, CorpusFormat};
 use crate::dataset::StoreArgs;
@@ -40,9 +40,17 @@ pub struct TrainArgs {
     /// Registry name (default: sentiment-<family>).
     #[arg(long)]
     pub name: Option<String>,
-    /// Training device: auto uses what is really there and says so; cuda without a GPU fails.
+    /// Training device: auto trains on a CUDA GPU (burn) only when a driver probe finds a usable one,
+    /// else on the CPU (sparse SGD), and says which and why; cuda without a usable GPU fails;
+    /// burn-cpu runs the GPU code path on burn's CPU backend (slow).
     #[arg(long, value_enum, default_value_t = TrainDevice::Auto)]
     pub device: TrainDevice,
+    /// Mini-batch size of the burn trainer (cuda, burn-cpu).
+    #[arg(long, default_value_t = BurnConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// Initial learning rate of the burn trainer (cuda, burn-cpu).
+    #[arg(long, default_value_t = BurnConfig::default().learning_rate)]
+    pub burn_learning_rate: f32,
     /// Seed of initialisation, shuffling and dropout (same snapshot + seed + device = same weights).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -118,6 +126,11 @@ pub fn lexicon() -> anyhow::Result<Lexicon> {
 
 /// Runs `sentiflow train`.
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    // Decided first, so `--device cuda` without a GPU fails before anything is read or written.
+    if args.family == FamilyArg::Hashed {
+        let choice = pipeline::choose_device(args.device)?;
+        tracing::info!(device = choice.device, reason = %choice.reason, "training device");
+    }
     let store = StoreArgs {
         data_dir: args.registry.data_dir.clone(),
     }
@@ -180,6 +193,10 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "sentiment-hashed".to_owned()),
         featurizer: FeaturizerConfig::default(),
         train: train_config,
+        burn: BurnConfig {
+            batch_size: args.batch_size,
+            learning_rate: args.burn_learning_rate,
+        },
         device: args.device,
         gate: args.gate,
     };

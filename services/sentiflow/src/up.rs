@@ -555,6 +555,7 @@ async fn bootstrap_champion(
         featurizer: sentiflow_model::featurize::FeaturizerConfig::default(),
         train: sentiflow_model::train::TrainConfig::default(),
         device: TrainDevice::Auto,
+        burn: Default::default(),
         gate: sentiflow_trainer::gate::GatePolicy::default(),
     };
     let ort = crate::train::ort_environment()?;

@@ -155,6 +155,10 @@ pub fn choose_device(wanted: TrainDevice) -> Result<(&'static str, String), Pipe
              on frozen embeddings on the CPU); use --device auto or cpu"
                 .to_owned(),
         )),
+        TrainDevice::BurnCpu => Err(PipelineError::Device(
+            "--device burn-cpu runs the hashed family's burn trainer; the encoder family trains on              --device auto or cpu"
+                .to_owned(),
+        )),
     }
 }
 

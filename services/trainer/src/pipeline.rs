@@ -1,10 +1,12 @@
-//! One training run of the `hashed` family: snapshot → featurize → sparse-SGD training → evaluation on
-//! the snapshot's test split → ONNX export → model card → registry → gate against the champion
-//! (evaluated on the same test rows through ONNX Runtime) → optional promotion.
+//! One training run of the `hashed` family: snapshot → featurize → training (sparse SGD on the CPU, or
+//! the burn trainer on a CUDA GPU) → evaluation on the snapshot's test split → ONNX export → model card
+//! → registry → gate against the champion (evaluated on the same test rows through ONNX Runtime) →
+//! optional promotion.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+pub use sentiflow_burn::{BurnConfig, BurnDevice, CudaProbe};
 use sentiflow_common::events::{GateDecision, ModelFamily};
 use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::eval::{Evaluation, evaluate};
@@ -19,17 +21,41 @@ use crate::dataset::{DatasetRow, SnapshotStore, Split};
 use crate::gate::{self, GatePolicy, GateScores};
 use crate::registry::{ModelRecord, NewModel, Registry};
 
-/// Which device trains. The hashed family trains on the CPU by design (sparse SGD beats dense GPU
-/// updates for it); `cuda` is refused with a reason rather than silently ignored.
+/// Which device trains. `auto` takes a CUDA GPU only when a probe of the driver finds a usable one
+/// (and says why not otherwise); `cuda` without one is an error, never a silent fallback.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainDevice {
-    /// The best device that is really there (CPU for the hashed family and the frozen encoder).
+    /// Hashed family: CUDA (the burn trainer) when the driver probe finds a usable GPU, else the CPU
+    /// sparse trainer. The frozen encoder trains its head on the CPU.
     Auto,
     /// The CPU: sparse SGD (hashed), ORT embeddings + head (encoder).
     Cpu,
-    /// A CUDA GPU.
+    /// The burn trainer on the first CUDA GPU; fails when there is none.
     Cuda,
+    /// The burn trainer on burn's CPU (ndarray) backend: the GPU code path without a GPU (slow; for
+    /// checking that path).
+    BurnCpu,
+}
+
+/// Which trainer a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trainer {
+    /// The hand-written sparse SGD (`sentiflow_model::train`).
+    Sparse,
+    /// The generic burn code (`sentiflow_burn`) on a backend.
+    Burn(BurnDevice),
+}
+
+/// The device decision and its reason (both go into the log and the model card).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceChoice {
+    /// The trainer.
+    pub trainer: Trainer,
+    /// `cpu`, `cuda` or `burn-cpu`.
+    pub device: &'static str,
+    /// Why.
+    pub reason: String,
 }
 
 /// What to train.
@@ -43,6 +69,8 @@ pub struct TrainRequest {
     pub featurizer: FeaturizerConfig,
     /// Trainer settings (including the seed).
     pub train: TrainConfig,
+    /// Settings of the burn trainer (used when the device decision picks it).
+    pub burn: BurnConfig,
     /// Device wanted.
     pub device: TrainDevice,
     /// Gate thresholds.
@@ -85,6 +113,9 @@ pub struct ModelCard {
     pub featurizer_config_hash: String,
     /// Trainer configuration (seed included).
     pub train_config: TrainConfig,
+    /// The burn trainer's own settings, when it trained the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_config: Option<BurnConfig>,
     /// Device that trained it, and why.
     pub device: String,
     /// Why that device.
@@ -126,16 +157,60 @@ pub enum PipelineError {
     /// The device cannot be used.
     #[error("{0}")]
     Device(String),
+    /// The burn trainer failed.
+    #[error("burn trainer: {0}")]
+    Burn(String),
 }
 
-/// Decides the training device honestly.
-pub fn choose_device(wanted: TrainDevice) -> Result<(&'static str, String), PipelineError> {
+/// Decides the training device honestly, probing the CUDA driver (once per process) when the
+/// answer depends on it.
+pub fn choose_device(wanted: TrainDevice) -> Result<DeviceChoice, PipelineError> {
     match wanted {
-        TrainDevice::Cpu => Ok(("cpu", "requested".to_owned())),
-        TrainDevice::Auto => Ok(("cpu", "auto: the hashed family trains with sparse SGD on the CPU (faster than dense GPU updates for it)".to_owned())),
-        TrainDevice::Cuda => Err(PipelineError::Device(
-            "--device cuda: the hashed family has no CUDA trainer in this build; use --device auto or cpu".to_owned(),
-        )),
+        TrainDevice::Auto | TrainDevice::Cuda => {
+            choose_device_with(wanted, sentiflow_burn::probe::cuda())
+        }
+        TrainDevice::Cpu | TrainDevice::BurnCpu => {
+            choose_device_with(wanted, &CudaProbe::Unavailable("not probed".to_owned()))
+        }
+    }
+}
+
+/// [`choose_device`] for a given probe result.
+pub fn choose_device_with(
+    wanted: TrainDevice,
+    probe: &CudaProbe,
+) -> Result<DeviceChoice, PipelineError> {
+    let cuda = |reason: String| DeviceChoice {
+        trainer: Trainer::Burn(BurnDevice::Cuda),
+        device: BurnDevice::Cuda.as_str(),
+        reason,
+    };
+    match (wanted, probe) {
+        (TrainDevice::Cpu, _) => Ok(DeviceChoice {
+            trainer: Trainer::Sparse,
+            device: "cpu",
+            reason: "requested: sparse SGD on the CPU".to_owned(),
+        }),
+        (TrainDevice::BurnCpu, _) => Ok(DeviceChoice {
+            trainer: Trainer::Burn(BurnDevice::NdArray),
+            device: BurnDevice::NdArray.as_str(),
+            reason: "requested: the burn trainer on its CPU (ndarray) backend".to_owned(),
+        }),
+        (TrainDevice::Auto, CudaProbe::Available { .. }) => Ok(cuda(format!(
+            "auto: {}; burn trainer on the GPU",
+            probe.describe()
+        ))),
+        (TrainDevice::Auto, CudaProbe::Unavailable(why)) => Ok(DeviceChoice {
+            trainer: Trainer::Sparse,
+            device: "cpu",
+            reason: format!("auto: no usable CUDA ({why}); sparse SGD on the CPU"),
+        }),
+        (TrainDevice::Cuda, CudaProbe::Available { .. }) => {
+            Ok(cuda(format!("requested: {}", probe.describe())))
+        }
+        (TrainDevice::Cuda, CudaProbe::Unavailable(why)) => Err(PipelineError::Device(format!(
+            "--device cuda: no usable CUDA GPU: {why}; use --device auto or --device cpu"
+        ))),
     }
 }
 
@@ -157,7 +232,11 @@ pub async fn train_and_register(
     ort: &OrtEnvironment,
     request: &TrainRequest,
 ) -> Result<TrainOutcome, PipelineError> {
-    let (device, device_reason) = choose_device(request.device)?;
+    let DeviceChoice {
+        trainer,
+        device,
+        reason: device_reason,
+    } = choose_device(request.device)?;
     tracing::info!(device, reason = %device_reason, snapshot = %request.snapshot_id, "training");
     let manifest = store.manifest(&request.snapshot_id)?;
     let train_rows = store.read(&request.snapshot_id, Split::Train)?;
@@ -169,14 +248,29 @@ pub async fn train_and_register(
     let started = Instant::now();
     let featurizer_for_training = featurizer.clone();
     let train_config = request.train.clone();
+    let burn_config = request.burn.clone();
     let (train_examples, validation_examples) = (examples(&train_rows), examples(&validation_rows));
-    let trained: TrainedModel = tokio::task::spawn_blocking(move || {
-        train(
+    let trained: TrainedModel = tokio::task::spawn_blocking(move || match trainer {
+        Trainer::Sparse => train(
             &featurizer_for_training,
             &train_examples,
             &validation_examples,
             &train_config,
         )
+        .map_err(PipelineError::from),
+        Trainer::Burn(burn_device) => sentiflow_burn::train_on(
+            burn_device,
+            &featurizer_for_training,
+            &train_examples,
+            &validation_examples,
+            &train_config,
+            &burn_config,
+        )
+        .map_err(|error| match error {
+            sentiflow_burn::BurnError::Train(error) => PipelineError::Train(error),
+            sentiflow_burn::BurnError::CudaUnavailable(why) => PipelineError::Device(why),
+            other => PipelineError::Burn(other.to_string()),
+        }),
     })
     .await
     .map_err(|error| PipelineError::Onnx(error.to_string()))??;
@@ -248,6 +342,7 @@ pub async fn train_and_register(
         featurizer_config: featurizer.config().clone(),
         featurizer_config_hash: metadata.featurizer_config_hash.clone(),
         train_config: request.train.clone(),
+        burn_config: matches!(trainer, Trainer::Burn(_)).then(|| request.burn.clone()),
         device: device.to_owned(),
         device_reason,
         weights_sha256: metadata.weights_sha256.clone(),
@@ -431,6 +526,13 @@ pub fn card_markdown(card: &ModelCard) -> String {
         card.train_config.seed,
         card.best_epoch
     );
+    if let Some(burn) = &card.burn_config {
+        let _ = writeln!(
+            out,
+            "- burn trainer: batch size {}, learning rate {}\n",
+            burn.batch_size, burn.learning_rate
+        );
+    }
     let _ = writeln!(out, "## Test split (gate set)\n");
     let _ = writeln!(
         out,
@@ -483,4 +585,69 @@ pub fn card_markdown(card: &ModelCard) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu() -> CudaProbe {
+        CudaProbe::Available {
+            devices: 1,
+            driver_version: "13.0".to_owned(),
+            nvrtc: "libnvrtc.so.13".to_owned(),
+        }
+    }
+
+    #[test]
+    fn device_decisions_follow_the_probe() {
+        let none = CudaProbe::Unavailable("no NVIDIA driver: libcuda.so.1 missing".to_owned());
+        let auto_cpu = choose_device_with(TrainDevice::Auto, &none).unwrap();
+        assert_eq!(
+            (auto_cpu.trainer, auto_cpu.device),
+            (Trainer::Sparse, "cpu")
+        );
+        assert!(
+            auto_cpu.reason.contains("libcuda.so.1 missing"),
+            "{}",
+            auto_cpu.reason
+        );
+        let auto_gpu = choose_device_with(TrainDevice::Auto, &gpu()).unwrap();
+        assert_eq!(
+            (auto_gpu.trainer, auto_gpu.device),
+            (Trainer::Burn(BurnDevice::Cuda), "cuda")
+        );
+        assert!(
+            auto_gpu.reason.contains("CUDA driver 13.0"),
+            "{}",
+            auto_gpu.reason
+        );
+        let error = choose_device_with(TrainDevice::Cuda, &none).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--device cuda: no usable CUDA GPU: no NVIDIA driver"),
+            "{error}"
+        );
+        assert_eq!(
+            choose_device_with(TrainDevice::Cuda, &gpu())
+                .unwrap()
+                .trainer,
+            Trainer::Burn(BurnDevice::Cuda)
+        );
+        for probe in [none, gpu()] {
+            assert_eq!(
+                choose_device_with(TrainDevice::Cpu, &probe)
+                    .unwrap()
+                    .trainer,
+                Trainer::Sparse
+            );
+            assert_eq!(
+                choose_device_with(TrainDevice::BurnCpu, &probe)
+                    .unwrap()
+                    .device,
+                "burn-cpu"
+            );
+        }
+    }
 }

@@ -458,6 +458,7 @@ impl RetrainWorker {
             model_name: self.model_name.clone(),
             featurizer,
             train,
+            burn: Default::default(),
             device,
             gate: self.gate,
         };

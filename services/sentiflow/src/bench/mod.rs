@@ -2,13 +2,15 @@
 //! side-by-side table (or JSON). Each benchmark is a submodule with its own arguments and report.
 //!
 //! - [`train`]: `bench train`, our CPU trainer against fastText on the same data, split and thread.
+//! - [`infer`]: `bench infer`, batch inference of our serving path against fastText predict.
+//! - [`pipeline`]: `bench pipeline`, sentiflow-infer against raw Kafka pass-through and a Python peer.
 //!
 //! Shared here: the one-thread pinning, the Python environment of the baselines, and the table.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 pub mod infer;
 pub mod pipeline;
-mod train;
+pub mod train;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +21,9 @@ use sentiflow_common::cache::CacheDir;
 /// `sentiflow bench …`.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Our CPU trainer vs fastText (fasttext-wheel): tokens/s and macro-F1 on the same data, split
+    /// and one thread, in one run. Needs `bash infra/setup.sh --bench` once.
+    Train(Box<train::TrainBenchArgs>),
     /// Batch inference rows/s of our serving path vs fastText predict, same texts, one thread.
     Infer(Box<infer::InferBenchArgs>),
     /// sentiflow-infer vs raw Kafka pass-through vs a Python peer; latency at half load; memory.
@@ -28,6 +33,10 @@ pub enum BenchCommand {
 /// Runs a bench command (blocking: call it off the async runtime).
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let (json, report, text) = match command {
+        BenchCommand::Train(args) => {
+            let report = train::run(&args)?;
+            (args.json, serde_json::to_value(&report)?, report.render())
+        }
         BenchCommand::Infer(args) => {
             let report = infer::run(&args)?;
             (args.json, serde_json::to_value(&report)?, report.render())
@@ -123,18 +132,19 @@ pub fn markdown_table(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     if let Some((header, body)) = rows.split_first() {
         out.push_str(&line(header));
+        // `|---|--:|`: each cell is its width plus the two padding spaces; a colon right-aligns.
         let rule: Vec<String> = widths
             .iter()
             .enumerate()
             .map(|(column, width)| {
                 if column == 0 {
-                    "-".repeat(*width)
+                    "-".repeat(width + 2)
                 } else {
-                    format!("{}:", "-".repeat(width - 1))
+                    format!("{}:", "-".repeat(width + 1))
                 }
             })
             .collect();
-        out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        out.push_str(&format!("|{}|\n", rule.join("|")));
         for row in body {
             out.push_str(&line(row));
         }

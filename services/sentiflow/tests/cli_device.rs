@@ -1,0 +1,57 @@
+//! The `sentiflow` binary on this GPU-less machine: `train --device cuda` exits non-zero with a clear
+//! message before touching any snapshot or registry; `bench train` without the baseline says how to
+//! install it.
+
+use std::process::Command;
+
+fn sentiflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sentiflow"))
+}
+
+#[test]
+fn train_device_cuda_without_a_gpu_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = sentiflow()
+        .args(["train", "--device", "cuda", "--no-announce", "--data-dir"])
+        .arg(dir.path())
+        // Nothing listens here: the device check must fail before Redis or Kafka are needed.
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {}", output.status);
+    assert!(
+        stderr.contains("--device cuda: no usable CUDA GPU"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn train_help_lists_the_devices() {
+    let output = sentiflow().args(["train", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for device in ["auto", "cpu", "cuda", "burn-cpu"] {
+        assert!(help.contains(device), "{device} missing from: {help}");
+    }
+}
+
+#[test]
+fn bench_train_without_the_baseline_says_how_to_install_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = sentiflow()
+        .args(["bench", "train", "--limit", "10"])
+        .env("SENTIFLOW_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("infra/setup.sh --bench"),
+        "stderr: {stderr}"
+    );
+}
