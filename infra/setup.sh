@@ -13,9 +13,11 @@ MINILM_VERSION=0.1.0
 MINILM_INT8_VERSION=1.0.0
 PY_VERSION=3.11
 # Opt-in `bench` component (`setup.sh --bench` or SENTIFLOW_SETUP_BENCH=1): the fastText baseline of
-# `sentiflow bench train`. numpy < 2: fasttext 0.9.2's predict() copies arrays the way numpy 2 refuses.
+# `sentiflow bench train` / `bench infer`, and the Python peer of `bench pipeline` (confluent-kafka +
+# onnxruntime). numpy < 2: fasttext 0.9.2's predict() copies arrays the way numpy 2 refuses.
 FASTTEXT_SPEC="fasttext-wheel==0.9.2"
 NUMPY_SPEC="numpy==1.26.4"
+PEER_SPECS="confluent-kafka==2.16.1 onnxruntime==$ORT_VERSION"
 BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
 DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip)
@@ -310,20 +312,20 @@ install_wheel_files() {
 # Binary wheels for this interpreter, installed with `pip install --target` into the cache (never into
 # the system site-packages); `sentiflow bench train` puts the folder on PYTHONPATH.
 install_bench_python() {
-  local spec="$FASTTEXT_SPEC $NUMPY_SPEC python$PY_VERSION"
+  local spec="$FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS python$PY_VERSION"
   if [[ -f "$BENCH_PY_DIR/.stamp" && "$(cat "$BENCH_PY_DIR/.stamp")" == "$spec" ]]; then
-    log "bench Python packages ($FASTTEXT_SPEC, $NUMPY_SPEC): present"
+    log "bench Python packages ($FASTTEXT_SPEC, $NUMPY_SPEC, $PEER_SPECS): present"
     return
   fi
   local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
   [[ "$have" == "$PY_VERSION" ]] || die "the bench component needs python$PY_VERSION (its wheels are built for it), python3 is $have"
-  log "bench Python packages: installing $FASTTEXT_SPEC $NUMPY_SPEC"
+  log "bench Python packages: installing $FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS"
   mkdir -p "$CACHE/python"
   make_tmp "$CACHE/python"; local tmp="$TMP"
   python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
-    --target "$tmp/out" "$FASTTEXT_SPEC" "$NUMPY_SPEC" >"$tmp/pip.log" 2>&1 \
-    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $FASTTEXT_SPEC $NUMPY_SPEC"; }
-  PYTHONPATH="$tmp/out" python3 -c 'import fasttext, numpy' \
+    --target "$tmp/out" "$FASTTEXT_SPEC" "$NUMPY_SPEC" $PEER_SPECS >"$tmp/pip.log" 2>&1 \
+    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS"; }
+  PYTHONPATH="$tmp/out" python3 -c 'import fasttext, numpy, confluent_kafka, onnxruntime' \
     || die "$FASTTEXT_SPEC installed but does not import"
   printf '%s\n' "$spec" >"$tmp/out/.stamp"
   rm -rf "$BENCH_PY_DIR"
@@ -376,7 +378,7 @@ sentiflow cache ready: $CACHE
   manifest         $CACHE/MANIFEST.sha256
 EOF
   if [[ "$BENCH" == 1 ]]; then
-    printf '  bench python     %s (%s, %s)\n' "$BENCH_PY_DIR" "$FASTTEXT_SPEC" "$NUMPY_SPEC"
+    printf '  bench python     %s (%s, %s, %s)\n' "$BENCH_PY_DIR" "$FASTTEXT_SPEC" "$NUMPY_SPEC" "$PEER_SPECS"
   fi
 }
 
