@@ -1,0 +1,272 @@
+//! Shared state in Redis that makes alert hygiene hold across restarts and replicas, and the operator
+//! actions behind `sentiflow retrain` and `sentiflow drift mute/unmute`.
+//!
+//! Keys (under `--redis-key-prefix`):
+//! - `drift:mute` — operator mute of drift-triggered retrains, value = reason, TTL = mute duration;
+//! - `drift:cooldown:<model name>` — no drift-triggered request while it exists (value = request id);
+//! - `drift:retrain_lock:<model name>` — one retrain at a time (value = request id; TTL; a trainer
+//!   that finishes deletes it);
+//! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::AsyncCommands as _;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::config::KafkaArgs;
+use sentiflow_common::events::{
+    DeviceWanted, Event as _, ModelRef, RequestedBy, RetrainRequest, SCHEMA_VERSION, new_event_id,
+};
+use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::store::RedisStore;
+
+use crate::error::DriftError;
+use crate::window::Sample;
+
+/// Redis keys and operations of the drift service.
+#[derive(Clone, Debug)]
+pub struct Control {
+    /// The connection and key prefix.
+    store: RedisStore,
+}
+
+/// An operator mute in force.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mute {
+    /// Why, as given to `sentiflow drift mute`.
+    pub reason: String,
+    /// Seconds left.
+    pub ttl_secs: u64,
+}
+
+impl Control {
+    /// Operations on `store`.
+    pub fn new(store: RedisStore) -> Self {
+        Self { store }
+    }
+
+    fn mute_key(&self) -> String {
+        self.store.key(&["drift", "mute"])
+    }
+
+    fn cooldown_key(&self, name: &str) -> String {
+        self.store.key(&["drift", "cooldown", name])
+    }
+
+    /// Key of the retrain lock of model `name` (a trainer deletes it when its retrain ends).
+    pub fn lock_key(&self, name: &str) -> String {
+        self.store.key(&["drift", "retrain_lock", name])
+    }
+
+    fn reference_key(&self, model: &ModelRef) -> String {
+        self.store
+            .key(&["drift", "reference", &model.name, &model.version])
+    }
+
+    /// Mutes drift-triggered retrain requests for `duration`.
+    pub async fn mute(&self, duration: Duration, reason: &str) -> Result<(), DriftError> {
+        let mut connection = self.store.connection();
+        let millis = duration.as_millis().max(1) as u64;
+        let _: () = connection.pset_ex(self.mute_key(), reason, millis).await?;
+        Ok(())
+    }
+
+    /// Lifts an operator mute; returns whether one was in force.
+    pub async fn unmute(&self) -> Result<bool, DriftError> {
+        let mut connection = self.store.connection();
+        let removed: u64 = connection.del(self.mute_key()).await?;
+        Ok(removed > 0)
+    }
+
+    /// The operator mute in force, if any.
+    pub async fn mute_status(&self) -> Result<Option<Mute>, DriftError> {
+        let mut connection = self.store.connection();
+        let key = self.mute_key();
+        let (reason, ttl_ms): (Option<String>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut connection)
+            .await?;
+        Ok(reason.map(|reason| Mute {
+            reason,
+            ttl_secs: (ttl_ms.max(0) as u64).div_ceil(1000),
+        }))
+    }
+
+    /// Seconds left of the cooldown of model `name`, if one is running.
+    pub async fn cooldown_left(&self, name: &str) -> Result<Option<u64>, DriftError> {
+        let mut connection = self.store.connection();
+        let ttl_ms: i64 = connection.pttl(self.cooldown_key(name)).await?;
+        // -2: no key; -1: no expiry (treated as running).
+        Ok(match ttl_ms {
+            -2 => None,
+            -1 => Some(u64::MAX),
+            ms => Some((ms.max(0) as u64).div_ceil(1000)),
+        })
+    }
+
+    /// Starts the cooldown of model `name`.
+    pub async fn start_cooldown(
+        &self,
+        name: &str,
+        request_id: &str,
+        duration: Duration,
+    ) -> Result<(), DriftError> {
+        if duration.is_zero() {
+            return Ok(());
+        }
+        let mut connection = self.store.connection();
+        let _: () = connection
+            .pset_ex(
+                self.cooldown_key(name),
+                request_id,
+                duration.as_millis() as u64,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the retrain lock of model `name` for `request_id`; Err(holder) when another holds it.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        request_id: &str,
+        ttl: Duration,
+    ) -> Result<Result<(), String>, DriftError> {
+        let mut connection = self.store.connection();
+        let key = self.lock_key(name);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(request_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut connection)
+            .await?;
+        if taken.is_some() {
+            return Ok(Ok(()));
+        }
+        let holder: Option<String> = connection.get(&key).await?;
+        Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// Releases the lock of model `name` if `request_id` holds it (a failed publish gives it back).
+    pub async fn unlock(&self, name: &str, request_id: &str) -> Result<(), DriftError> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        let mut connection = self.store.connection();
+        let _: i64 = script
+            .key(self.lock_key(name))
+            .arg(request_id)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored reference of `model`, if any (an unreadable one is ignored and rebuilt).
+    pub async fn load_reference(&self, model: &ModelRef) -> Result<Option<Sample>, DriftError> {
+        let mut connection = self.store.connection();
+        let json: Option<String> = connection.get(self.reference_key(model)).await?;
+        Ok(json.and_then(|json| match serde_json::from_str(&json) {
+            Ok(sample) => Some(sample),
+            Err(error) => {
+                tracing::warn!(%error, version = %model.version, "stored drift reference is unreadable; rebuilding it");
+                None
+            }
+        }))
+    }
+
+    /// Stores the reference of `model` (kept 30 days).
+    pub async fn store_reference(
+        &self,
+        model: &ModelRef,
+        sample: &Sample,
+    ) -> Result<(), DriftError> {
+        let json = serde_json::to_string(sample).expect("samples serialise");
+        let mut connection = self.store.connection();
+        let _: () = connection
+            .set_ex(self.reference_key(model), json, 30 * 24 * 3600)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What `sentiflow retrain` decided.
+#[derive(Debug, Clone)]
+pub enum OperatorOutcome {
+    /// The request was published.
+    Published(RetrainRequest),
+    /// Another retrain holds the lock (and `force` was not given).
+    Locked {
+        /// Request id holding the lock.
+        holder: String,
+    },
+}
+
+/// Publishes an operator retrain request for `model`, taking the retrain lock (unless `force`, which
+/// replaces it) so the drift service does not add its own on top.
+pub async fn operator_retrain(
+    kafka: &KafkaArgs,
+    control: &Control,
+    model: ModelRef,
+    reason: &str,
+    device_wanted: DeviceWanted,
+    lock_ttl: Duration,
+    force: bool,
+) -> Result<OperatorOutcome, DriftError> {
+    let request = RetrainRequest {
+        schema_version: SCHEMA_VERSION,
+        event_id: new_event_id(),
+        event_time: Utc::now(),
+        request_id: new_event_id(),
+        reason: reason.chars().take(2000).collect(),
+        requested_by: RequestedBy::Operator,
+        report_id: None,
+        family: model.family,
+        model,
+        data_from: None,
+        data_to: None,
+        device_wanted,
+    };
+    request.validate()?;
+    if force {
+        control.unlock_any(&request.model.name).await?;
+    }
+    if let Err(holder) = control
+        .try_lock(&request.model.name, &request.request_id, lock_ttl)
+        .await?
+    {
+        return Ok(OperatorOutcome::Locked { holder });
+    }
+    let producer = ResilientProducer::new(kafka, "drift")?;
+    let payload = request.to_json_vec().expect("requests serialise");
+    let delivery = producer
+        .enqueue(
+            &kafka.topic(topics::RETRAIN_REQUESTS),
+            Some(request.key().as_bytes()),
+            &payload,
+            None,
+        )
+        .await;
+    let acked = match delivery {
+        Ok(future) => await_delivery(future).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = acked {
+        control
+            .unlock(&request.model.name, &request.request_id)
+            .await?;
+        return Err(error.into());
+    }
+    Ok(OperatorOutcome::Published(request))
+}
+
+impl Control {
+    /// Deletes the lock of model `name` whoever holds it (operator `--force`).
+    pub async fn unlock_any(&self, name: &str) -> Result<(), DriftError> {
+        let mut connection = self.store.connection();
+        let _: u64 = connection.del(self.lock_key(name)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Prometheus metrics of the drift service, all named `sentiflow_drift_*`; signal gauges are labelled by
+//! model version and signal name (a fixed set, see [`crate::signals::SIGNAL_NAMES`]).
+//!
+//! - `sentiflow_drift_signal_statistic{model_version,signal}`: last value of each signal;
+//! - `sentiflow_drift_signal_status{model_version,signal}` and `sentiflow_drift_status{model_version}`:
+//!   0 ok, 1 warn, 2 drift;
+//! - `sentiflow_drift_confirmed{model_version}` (0/1), `sentiflow_drift_consecutive_drift_windows`;
+//! - `sentiflow_drift_muted` (operator mute, 0/1), `sentiflow_drift_reports_total{status}`;
+//! - `sentiflow_drift_retrain_requests_total{requested_by}` (seen on `retrain.requests`),
+//!   `sentiflow_drift_retrain_decisions_total{outcome}`, `sentiflow_drift_last_retrain_timestamp_seconds`;
+//! - consumer lag: `sentiflow_drift_consumer_lag_messages{topic,partition}` (from common).
+
+use sentiflow_common::events::{DriftReport, DriftStatus};
+
+/// 0 ok, 1 warn, 2 drift.
+pub fn status_value(status: DriftStatus) -> f64 {
+    match status {
+        DriftStatus::Ok => 0.0,
+        DriftStatus::Warn => 1.0,
+        DriftStatus::Drift => 2.0,
+    }
+}
+
+/// Exports a published report.
+pub fn record_report(report: &DriftReport, operator_muted: bool) {
+    let version = report.model.version.clone();
+    metrics::counter!("sentiflow_drift_reports_total", "status" => report.status.as_str())
+        .increment(1);
+    metrics::gauge!("sentiflow_drift_muted").set(if operator_muted { 1.0 } else { 0.0 });
+    if report.signals.is_empty() {
+        // A reference window: nothing compared yet.
+        return;
+    }
+    for signal in &report.signals {
+        metrics::gauge!("sentiflow_drift_signal_statistic", "model_version" => version.clone(), "signal" => signal.name.clone())
+            .set(signal.statistic);
+        metrics::gauge!("sentiflow_drift_signal_status", "model_version" => version.clone(), "signal" => signal.name.clone())
+            .set(status_value(signal.status));
+    }
+    metrics::gauge!("sentiflow_drift_status", "model_version" => version.clone())
+        .set(status_value(report.status));
+    metrics::gauge!("sentiflow_drift_confirmed", "model_version" => version.clone())
+        .set(if report.confirmed { 1.0 } else { 0.0 });
+    metrics::gauge!("sentiflow_drift_consecutive_drift_windows", "model_version" => version)
+        .set(f64::from(report.consecutive_drift_windows));
+}

@@ -1,0 +1,553 @@
+//! The drift loop: consume `predictions`, `labels.feedback` and `retrain.requests`; window predictions
+//! per model version; publish a report per closed window; on confirmed drift, request one retrain
+//! (mute, cooldown and lock permitting). Offsets of predictions are stored only once every window
+//! holding them has been reported, so a crash replays the open windows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::OwnedMessage;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::dlq::DeadLetterSink;
+use sentiflow_common::events::{
+    DriftReport, DriftStatus, Event, LabelFeedback, ModelRef, Prediction, RequestedBy,
+    RetrainRequest, SCHEMA_VERSION, SourceCoordinate, new_event_id,
+};
+use sentiflow_common::health::Health;
+use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
+use sentiflow_common::retry::Backoff;
+use sentiflow_common::store::{self, RedisStore};
+use sentiflow_common::telemetry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::SERVICE;
+use crate::config::DriftConfig;
+use crate::control::Control;
+use crate::error::DriftError;
+use crate::http::{self, Board};
+use crate::monitor::{ClosedWindow, Monitor, Outcome};
+
+/// Running totals of this process (Prometheus has the same; tests and `up` read these).
+#[derive(Debug, Default)]
+pub struct DriftStats {
+    /// Predictions consumed.
+    pub predictions: AtomicU64,
+    /// Human labels joined to a prediction.
+    pub labels_joined: AtomicU64,
+    /// Drift reports published.
+    pub reports: AtomicU64,
+    /// Retrain requests published by this service.
+    pub retrain_requests: AtomicU64,
+}
+
+/// A started drift service.
+#[derive(Debug)]
+pub struct Running {
+    /// Totals since start.
+    pub stats: Arc<DriftStats>,
+    /// Where `/dashboard`, `/api/reports`, `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+    /// Live health state.
+    pub health: Health,
+    /// Ends when the service has drained and committed after `shutdown`.
+    pub task: JoinHandle<Result<(), DriftError>>,
+}
+
+/// Runs the service until `shutdown` is cancelled, then commits and returns.
+pub async fn run(config: DriftConfig, shutdown: CancellationToken) -> Result<(), DriftError> {
+    let running = start(config, shutdown).await?;
+    running.task.await.unwrap_or_else(|join_error| {
+        std::panic::resume_unwind(join_error.into_panic());
+    })
+}
+
+/// Starts the service and returns once it consumes (configuration errors surface here).
+pub async fn start(
+    config: DriftConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, DriftError> {
+    config.validate()?;
+    let health = Health::new(SERVICE);
+    let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
+    let redis = RedisStore::connect_lazy(&config.redis)?;
+    let control = Control::new(redis.clone());
+    let monitor = Monitor::new(&config);
+    let board = Board::new(config.history, monitor.thresholds().clone());
+    let topics = Topics {
+        predictions: config.kafka.topic(topics::PREDICTIONS),
+        labels: config.kafka.topic(topics::LABELS_FEEDBACK),
+        retrain: config.kafka.topic(topics::RETRAIN_REQUESTS),
+        reports: config.kafka.topic(topics::DRIFT_REPORTS),
+    };
+    let consumer = kafka::at_least_once_consumer(
+        &config.kafka,
+        &config.group_id,
+        SERVICE,
+        &[&topics.predictions, &topics.labels, &topics.retrain],
+    )?;
+    let probes_stop = shutdown.child_token();
+    let (http_addr, http_task) = telemetry::serve_http(
+        config.telemetry.http_addr,
+        health.clone(),
+        http::router(board.clone(), control.clone()),
+        probes_stop.clone(),
+    )
+    .await?;
+    let background = vec![
+        kafka::spawn_kafka_probe(
+            producer.clone(),
+            health.clone(),
+            Duration::from_secs(5),
+            probes_stop.clone(),
+        ),
+        store::spawn_redis_probe(
+            redis,
+            health.clone(),
+            Duration::from_secs(1),
+            probes_stop.clone(),
+        ),
+    ];
+    let stats = Arc::new(DriftStats::default());
+    let worker = Worker {
+        dlq: DeadLetterSink::new(
+            producer.clone(),
+            config.kafka.topic(topics::REVIEWS_DLQ),
+            SERVICE,
+        ),
+        producer,
+        control,
+        monitor,
+        board,
+        topics,
+        stats: stats.clone(),
+        config,
+        shutdown,
+    };
+    info!(%http_addr, "drift started; dashboard at /dashboard");
+    let task = tokio::spawn(async move {
+        let result = worker.run(consumer).await;
+        probes_stop.cancel();
+        for task in background {
+            let _ = task.await;
+        }
+        let _ = http_task.await;
+        result
+    });
+    Ok(Running {
+        stats,
+        http_addr,
+        health,
+        task,
+    })
+}
+
+/// Physical topic names.
+struct Topics {
+    predictions: String,
+    labels: String,
+    retrain: String,
+    reports: String,
+}
+
+/// Publishing stopped by shutdown (the offsets stay unstored; the input is replayed).
+#[derive(Debug)]
+struct Abandoned;
+
+struct Worker {
+    config: DriftConfig,
+    producer: ResilientProducer,
+    dlq: DeadLetterSink,
+    control: Control,
+    monitor: Monitor,
+    board: Board,
+    topics: Topics,
+    stats: Arc<DriftStats>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn run(mut self, consumer: Consumer) -> Result<(), DriftError> {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let message = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                received = consumer.recv() => match received {
+                    Ok(message) => message.detach(),
+                    Err(error) => {
+                        metrics::counter!("sentiflow_drift_errors_total", "error_kind" => "consume").increment(1);
+                        if backoff.should_log() {
+                            warn!(%error, "consume failed");
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                },
+            };
+            backoff = Backoff::new(Duration::from_secs(5));
+            if self.handle(&message).await.is_err() {
+                break;
+            }
+            let (topic, partition, offset) =
+                (message.topic(), message.partition(), message.offset());
+            let safe = if topic == self.topics.predictions {
+                self.monitor.safe_offset(topic, partition, offset)
+            } else {
+                Some(offset)
+            };
+            if let Some(safe) = safe
+                && let Err(error) = consumer.store_offset(topic, partition, safe)
+            {
+                warn!(%error, topic, partition, "storing the offset failed");
+            }
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => warn!(%error, "final commit failed; some input will be replayed"),
+        }
+        let drain = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
+        if let Err(error) = self.producer.flush(drain) {
+            warn!(%error, "producer flush failed at shutdown");
+        }
+        info!("drift stopped");
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: &OwnedMessage) -> Result<(), Abandoned> {
+        let topic = message.topic();
+        metrics::counter!("sentiflow_drift_events_in_total", "topic" => topic_label(&self.topics, topic)).increment(1);
+        let payload = message.payload().unwrap_or_default();
+        if topic == self.topics.predictions {
+            match Prediction::decode_validated(payload) {
+                Ok(prediction) => self.on_prediction(message, &prediction).await,
+                Err(error) => {
+                    self.dead_letter(message, error.kind(), &error.to_string())
+                        .await
+                }
+            }
+        } else if topic == self.topics.labels {
+            match LabelFeedback::decode_validated(payload) {
+                Ok(label) => {
+                    if self
+                        .monitor
+                        .add_label(&label.review_id, label.label.index())
+                    {
+                        self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
+                    } else {
+                        metrics::counter!("sentiflow_drift_labels_unmatched_total").increment(1);
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    self.dead_letter(message, error.kind(), &error.to_string())
+                        .await
+                }
+            }
+        } else {
+            match RetrainRequest::decode_validated(payload) {
+                Ok(request) => {
+                    self.on_retrain_request(request);
+                    Ok(())
+                }
+                Err(error) => {
+                    self.dead_letter(message, error.kind(), &error.to_string())
+                        .await
+                }
+            }
+        }
+    }
+
+    async fn on_prediction(
+        &mut self,
+        message: &OwnedMessage,
+        prediction: &Prediction,
+    ) -> Result<(), Abandoned> {
+        self.stats.predictions.fetch_add(1, Ordering::Relaxed);
+        if self.monitor.is_new(&prediction.model) {
+            let reference = self
+                .retry_redis("load reference", || {
+                    self.control.load_reference(&prediction.model)
+                })
+                .await?;
+            info!(model = %prediction.model.name, version = %prediction.model.version, stored_reference = reference.is_some(), "tracking a new model version");
+            self.monitor.track(&prediction.model, reference);
+        }
+        let outcome = self.monitor.add(
+            prediction,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        );
+        match outcome {
+            Outcome::Retired => {
+                metrics::counter!("sentiflow_drift_retired_predictions_total").increment(1);
+            }
+            Outcome::Windowed(closed) => {
+                for window in closed {
+                    self.on_closed(window).await?;
+                }
+            }
+        }
+        self.board.set_open(self.monitor.open_windows());
+        Ok(())
+    }
+
+    async fn on_closed(&mut self, mut closed: ClosedWindow) -> Result<(), Abandoned> {
+        if let Some(reference) = &closed.reference_completed {
+            let model = closed.report.model.clone();
+            self.retry_redis("store reference", || {
+                self.control.store_reference(&model, reference)
+            })
+            .await?;
+            info!(version = %model.version, events = reference.events(), "reference complete");
+        }
+        let model = closed.report.model.clone();
+        let mute = self.control.mute_status().await.unwrap_or_else(|error| {
+            warn!(%error, "cannot read the mute key; reporting unmuted");
+            None
+        });
+        let cooldown = self
+            .control
+            .cooldown_left(&model.name)
+            .await
+            .unwrap_or_else(|error| {
+                warn!(%error, "cannot read the cooldown key");
+                None
+            });
+        let report = &mut closed.report;
+        report.muted = mute.is_some() || cooldown.is_some();
+        report.event_time = Utc::now();
+        self.publish(&self.topics.reports, &*report).await?;
+        self.stats.reports.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::record_report(report, mute.is_some());
+        info!(
+            version = %model.version,
+            events = report.window.events,
+            status = %report.status,
+            confirmed = report.confirmed,
+            consecutive = report.consecutive_drift_windows,
+            muted = report.muted,
+            reference = closed.reference,
+            "drift report"
+        );
+        self.board.push_report(report.clone(), mute.clone());
+        let needs_request = report.confirmed
+            && self
+                .monitor
+                .confirmation(&model)
+                .is_some_and(|confirmation| !confirmation.requested);
+        if !needs_request {
+            return Ok(());
+        }
+        let decision = if mute.is_some() {
+            "muted"
+        } else if cooldown.is_some() {
+            "cooldown"
+        } else {
+            self.request_retrain(&closed.report).await?
+        };
+        metrics::counter!("sentiflow_drift_retrain_decisions_total", "outcome" => decision)
+            .increment(1);
+        if decision != "requested" {
+            info!(version = %model.version, decision, "confirmed drift; no retrain requested");
+        }
+        Ok(())
+    }
+
+    /// Takes the lock and publishes the request; returns the decision label.
+    async fn request_retrain(&mut self, report: &DriftReport) -> Result<&'static str, Abandoned> {
+        let model = &report.model;
+        let request = retrain_request(report, self.config.device_wanted);
+        let lock_ttl = Duration::from_secs(self.config.lock_ttl_secs);
+        match self
+            .control
+            .try_lock(&model.name, &request.request_id, lock_ttl)
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(holder)) => {
+                info!(version = %model.version, %holder, "a retrain is already running; not requesting another");
+                self.monitor.mark_requested(model);
+                return Ok("locked");
+            }
+            Err(error) => {
+                warn!(%error, "cannot take the retrain lock; will retry at the next window");
+                return Ok("lock_error");
+            }
+        }
+        self.publish(&self.topics.retrain, &request).await?;
+        self.stats.retrain_requests.fetch_add(1, Ordering::Relaxed);
+        self.monitor.mark_requested(model);
+        let cooldown = Duration::from_secs(self.config.cooldown_secs);
+        if let Err(error) = self
+            .control
+            .start_cooldown(&model.name, &request.request_id, cooldown)
+            .await
+        {
+            warn!(%error, "cannot start the cooldown; the lock still prevents a second retrain");
+        }
+        info!(version = %model.version, request_id = %request.request_id, report_id = %report.report_id, "retrain requested");
+        Ok("requested")
+    }
+
+    fn on_retrain_request(&mut self, request: RetrainRequest) {
+        metrics::counter!("sentiflow_drift_retrain_requests_total", "requested_by" => request.requested_by.as_str()).increment(1);
+        metrics::gauge!("sentiflow_drift_last_retrain_timestamp_seconds")
+            .set(request.event_time.timestamp_millis() as f64 / 1000.0);
+        if request.requested_by == RequestedBy::Operator {
+            // An operator's request covers the drift episode of that version: no second one.
+            self.monitor.mark_requested(&request.model);
+        }
+        self.board.push_request(request);
+    }
+
+    /// Produces one event and waits for its acknowledgement, retrying until it lands or shutdown.
+    async fn publish<E: Event>(&self, topic: &str, event: &E) -> Result<(), Abandoned> {
+        let payload = event.to_json_vec().expect("events serialise");
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let sent = match self
+                .producer
+                .enqueue(topic, Some(event.key().as_bytes()), &payload, None)
+                .await
+            {
+                Ok(future) => kafka::await_delivery(future).await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    metrics::counter!("sentiflow_drift_retries_total", "dependency" => "kafka")
+                        .increment(1);
+                    if backoff.should_log() {
+                        warn!(%error, topic, "publish failed; retrying");
+                    }
+                    self.producer.rebuild_if_fatal();
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Abandoned),
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Runs a Redis operation until it succeeds (an outage is never taken as "absent") or shutdown.
+    async fn retry_redis<T, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, Abandoned>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DriftError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    metrics::counter!("sentiflow_drift_retries_total", "dependency" => "redis")
+                        .increment(1);
+                    if backoff.should_log() {
+                        warn!(%error, what, "redis operation failed; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Abandoned),
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), Abandoned> {
+        let letter = self.dlq.letter(
+            kind,
+            reason,
+            SourceCoordinate {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            message.key(),
+            message.payload().unwrap_or_default(),
+        );
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let sent = match self.dlq.enqueue(&letter, message.key()).await {
+                Ok(future) => kafka::await_delivery(future).await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            if sent.is_ok() {
+                return Ok(());
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Abandoned),
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}
+
+/// The fixed `topic` label of an input topic.
+fn topic_label(topics: &Topics, topic: &str) -> &'static str {
+    if topic == topics.predictions {
+        "predictions"
+    } else if topic == topics.labels {
+        "labels.feedback"
+    } else {
+        "retrain.requests"
+    }
+}
+
+/// The retrain request for confirmed drift in `report`: its id is derived from the report, so the
+/// trainer collapses a replayed copy.
+pub fn retrain_request(
+    report: &DriftReport,
+    device_wanted: sentiflow_common::events::DeviceWanted,
+) -> RetrainRequest {
+    let drifting: Vec<String> = report
+        .signals
+        .iter()
+        .filter(|signal| signal.status == DriftStatus::Drift)
+        .map(|signal| format!("{}={:.3}", signal.name, signal.statistic))
+        .collect();
+    let reason = format!(
+        "drift confirmed after {} consecutive drift windows of {} predictions; drifting signals: {}",
+        report.consecutive_drift_windows,
+        report.window.events,
+        if drifting.is_empty() {
+            "none in the last window".to_owned()
+        } else {
+            drifting.join(", ")
+        }
+    );
+    let model: ModelRef = report.model.clone();
+    RetrainRequest {
+        schema_version: SCHEMA_VERSION,
+        event_id: new_event_id(),
+        event_time: Utc::now(),
+        request_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, report.report_id.as_bytes())
+            .to_string(),
+        reason,
+        requested_by: RequestedBy::Drift,
+        report_id: Some(report.report_id.clone()),
+        family: model.family,
+        model,
+        data_from: None,
+        data_to: Some(report.window.end),
+        device_wanted,
+    }
+}
