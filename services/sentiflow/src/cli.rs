@@ -1,5 +1,5 @@
-//! The `sentiflow` command tree: `up`, `replay`, `topics`, and each service (`ingest`, `infer`, `trainer`)
-//! as a subcommand.
+//! The `sentiflow` command tree: `up`, `replay`, `topics`, each service (`ingest`, `infer`, `trainer`,
+//! `drift run`) as a subcommand, and the operator commands (`models`, `retrain`, `drift mute`).
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::path::PathBuf;
@@ -42,6 +42,14 @@ pub enum Command {
     /// Run the trainer service (reviews.clean + labels.feedback → curation segments → dataset snapshots;
     /// retrain.requests → snapshot → train → gate → promote or reject on models.updates).
     Trainer(Box<TrainerConfig>),
+    /// The drift service and its operator controls: run, mute, unmute, status.
+    Drift {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::drift::DriftCommand,
+    },
+    /// Ask for a retrain of the serving model now (publishes a retrain request by an operator).
+    Retrain(Box<crate::drift::RetrainArgs>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
@@ -193,6 +201,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(?config, "starting ingest");
             sentiflow_ingest::run(*config, shutdown).await?;
             Ok(())
+        }
+        Command::Drift { command } => crate::drift::run(command, shutdown).await,
+        Command::Retrain(args) => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            crate::drift::retrain(*args).await
         }
         Command::Infer(config) => {
             telemetry::init_tracing(&config.telemetry);

@@ -7,6 +7,7 @@
 //! - [`local`]: real Kafka (KRaft) and Redis processes started from the setup cache.
 //! - [`dataset`]: `sentiflow dataset import|list|show` (snapshots for offline training).
 //! - [`models`]: `sentiflow models list|show|promote|rollback`.
+//! - [`drift`]: `sentiflow drift run|mute|unmute|status` and `sentiflow retrain`.
 //! - [`train`]: `sentiflow train` and `sentiflow eval`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod dataset;
+pub mod drift;
 pub mod local;
 pub mod models;
 pub mod replay;

