@@ -31,6 +31,7 @@ fn compose_environment_variables_are_real_flags() {
         sentiflow_ingest::IngestConfig::command(),
         sentiflow_infer::InferConfig::command(),
         sentiflow_trainer::TrainerConfig::command(),
+        sentiflow_drift::DriftConfig::command(),
     ]
     .iter()
     .flat_map(|command| {
