@@ -13,8 +13,8 @@ use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs};
 use sentiflow_common::events::{
-    Device, DeviceWanted, DriftReport, DriftStatus, Event as _, ModelFamily, ModelRef, Prediction,
-    Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION, Sentiment,
+    Device, DeviceWanted, DriftReport, DriftStatus, Event as _, LabelFeedback, ModelFamily,
+    ModelRef, Prediction, Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION, Sentiment,
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
@@ -185,6 +185,23 @@ async fn retrain_requests(kafka: &KafkaArgs, expected: usize) -> Vec<RetrainRequ
         .collect()
 }
 
+/// Prints each report's status and signal statistics (the figures quoted in the README).
+fn print_reports(label: &str, reports: &[&DriftReport]) {
+    for (i, report) in reports.iter().enumerate() {
+        let signals: Vec<String> = report
+            .signals
+            .iter()
+            .map(|s| format!("{}={:.3}", s.name, s.statistic))
+            .collect();
+        eprintln!(
+            "{label} window {i}: {} confirmed={} {}",
+            report.status,
+            report.confirmed,
+            signals.join(" ")
+        );
+    }
+}
+
 fn scored(reports: &[DriftReport]) -> Vec<&DriftReport> {
     reports.iter().filter(|r| !r.signals.is_empty()).collect()
 }
@@ -211,6 +228,7 @@ async fn stationary_stream_reports_ok_and_requests_no_retrain() {
     let reference = reports.iter().filter(|r| r.signals.is_empty()).count();
     assert_eq!(reference, REFERENCE_WINDOWS as usize, "reference windows");
     let scored = scored(&reports);
+    print_reports("stationary", &scored);
     assert_eq!(scored.len(), windows - REFERENCE_WINDOWS as usize);
     for report in &scored {
         assert_eq!(report.window.events, WINDOW);
@@ -297,6 +315,7 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
     publish(&kafka, &b[..6 * WINDOW as usize], a.len(), "v1").await;
     let reports = read_reports(&kafka, 12).await;
     let after = &reports[6..];
+    print_reports("shift", &scored(&reports));
     for (i, report) in after.iter().enumerate() {
         assert_eq!(
             report.status,
@@ -547,4 +566,119 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
                 && r.model == model("v3"))
     );
     assert_eq!(requests[0].reason, "new labels arrived");
+}
+
+/// Publishes human labels (`labels.feedback`) for predictions `first..` with the given true labels.
+async fn publish_labels(kafka: &KafkaArgs, truths: &[Sentiment], first: usize) {
+    let producer = ResilientProducer::new(kafka, "test").unwrap();
+    let topic = kafka.topic(topics::LABELS_FEEDBACK);
+    let mut acks = Vec::new();
+    for (offset, truth) in truths.iter().enumerate() {
+        let label = LabelFeedback {
+            schema_version: SCHEMA_VERSION,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_time: chrono::Utc::now(),
+            review_id: format!("review-{}", first + offset),
+            label: *truth,
+            reviewer: "reviewer-1".to_owned(),
+            note: None,
+        };
+        label.validate().unwrap();
+        acks.push(
+            producer
+                .enqueue(
+                    &topic,
+                    Some(label.key().as_bytes()),
+                    &label.to_json_vec().unwrap(),
+                    None,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.unwrap();
+    }
+}
+
+async fn wait_joined(running: &sentiflow_drift::Running, expected: u64) {
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || {
+            stats
+                .labels_joined
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == expected
+        })
+        .await,
+        "{expected} labels joined"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "labels", "drift-labels"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let window = WINDOW as usize;
+    let a: Vec<_> = domain_a().into_iter().take(5 * window).collect();
+    let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
+
+    // Reference windows, then correct human labels for them (the baseline: macro-F1 1.0).
+    publish(&kafka, &a[..2 * window], 0, "v1").await;
+    read_reports(&kafka, 2).await;
+    publish_labels(&kafka, &truths[..2 * window], 0).await;
+    wait_joined(&running, 2 * WINDOW).await;
+    publish(&kafka, &a[2 * window..3 * window], 2 * window, "v1").await;
+    let reports = read_reports(&kafka, 3).await;
+    let f1 = |report: &DriftReport| {
+        report
+            .signals
+            .iter()
+            .find(|s| s.name == "feedback_macro_f1_drop")
+            .cloned()
+            .expect("feedback signal")
+    };
+    assert_eq!(f1(&reports[2]).statistic, 0.0);
+    assert_eq!(reports[2].status, DriftStatus::Ok, "{:#?}", reports[2]);
+
+    // A window whose predictions are wrong about half the time, with the same class mix (each
+    // prediction takes the true label of its neighbour), then its human labels.
+    let wrong: Vec<(String, Sentiment)> = (0..window)
+        .map(|j| {
+            let (text, _) = &a[3 * window + j];
+            (text.clone(), truths[3 * window + (j + 1) % window])
+        })
+        .collect();
+    publish(&kafka, &wrong, 3 * window, "v1").await;
+    let reports = read_reports(&kafka, 4).await;
+    assert_eq!(reports[3].status, DriftStatus::Ok, "labels not in yet");
+    publish_labels(&kafka, &truths[3 * window..4 * window], 3 * window).await;
+    wait_joined(&running, 3 * WINDOW).await;
+    publish(&kafka, &a[4 * window..], 4 * window, "v1").await;
+    let reports = read_reports(&kafka, 5).await;
+    let last = &reports[4];
+    let drop = f1(last);
+    eprintln!("feedback signal after the bad window: {drop:?}");
+    assert_eq!(drop.status, DriftStatus::Drift, "{drop:?}");
+    assert!(drop.statistic > 0.3, "{drop:?}");
+    assert!(drop.detail.as_deref().unwrap().contains("recall"));
+    let psi = last
+        .signals
+        .iter()
+        .find(|s| s.name == "class_mix_psi")
+        .unwrap();
+    assert_eq!(
+        psi.status,
+        DriftStatus::Ok,
+        "the inputs did not drift: {psi:?}"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }

@@ -403,6 +403,175 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sentiflow_common::config::{KafkaArgs, RedisArgs};
+    use sentiflow_common::events::{Device, ModelFamily, Probabilities, Sentiment};
+
+    fn config(window: u64) -> DriftConfig {
+        let mut config = DriftConfig::local(
+            KafkaArgs::local("b:9092", ""),
+            RedisArgs::local("redis://127.0.0.1:1/", "t"),
+        );
+        config.window_events = window;
+        config.reference_windows = 1;
+        config.feedback_window = 10;
+        config
+    }
+
+    fn prediction(i: usize, version: &str, label: Sentiment, secs: i64) -> Prediction {
+        let time = DateTime::<Utc>::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        let mut p = [0.1, 0.1, 0.1];
+        p[label.index()] = 0.8;
+        Prediction {
+            schema_version: SCHEMA_VERSION,
+            event_id: format!("e{i}"),
+            event_time: time,
+            source_event_id: format!("s{i}"),
+            review_id: format!("r{i}"),
+            label,
+            probabilities: Probabilities::from_array(p),
+            confidence: 0.8,
+            model: ModelRef {
+                name: "m".to_owned(),
+                version: version.to_owned(),
+                family: ModelFamily::Hashed,
+            },
+            device: Device::Cpu,
+            inference_latency_ms: 1.0,
+            created_at: time,
+            text_length: 40 + (i % 7) as u64,
+            oov_rate: None,
+            lang: None,
+        }
+    }
+
+    fn closed(outcome: Outcome) -> Vec<ClosedWindow> {
+        match outcome {
+            Outcome::Windowed(closed) => closed,
+            Outcome::Retired => panic!("unexpected retirement"),
+        }
+    }
+
+    #[test]
+    fn first_window_becomes_the_reference_then_windows_are_scored() {
+        let mut monitor = Monitor::new(&config(20));
+        let mut reports = Vec::new();
+        for i in 0..60 {
+            let label = Sentiment::ALL[i % 3];
+            reports.extend(closed(monitor.add(
+                &prediction(i, "v1", label, i as i64),
+                "p",
+                0,
+                i as i64,
+            )));
+        }
+        assert_eq!(reports.len(), 3);
+        assert!(reports[0].reference && reports[0].report.signals.is_empty());
+        assert!(reports[0].reference_completed.is_some());
+        assert!(!reports[1].reference);
+        assert_eq!(reports[1].report.status, DriftStatus::Ok);
+        assert_eq!(reports[1].report.window.events, 20);
+        assert_eq!(reports[1].report.window.kind, WindowKind::Count);
+        // Offsets: everything was reported, the next window is empty.
+        assert_eq!(monitor.safe_offset("p", 0, 59), Some(59));
+        monitor.add(&prediction(60, "v1", Sentiment::Negative, 60), "p", 0, 60);
+        assert_eq!(
+            monitor.safe_offset("p", 0, 60),
+            Some(59),
+            "offset 60 is in an open window"
+        );
+        assert_eq!(
+            monitor.safe_offset("p", 1, 5),
+            Some(5),
+            "no open window on partition 1"
+        );
+    }
+
+    #[test]
+    fn time_windows_close_on_event_time_span() {
+        let mut config = config(1000);
+        config.window_secs = 10;
+        config.min_window_events = 5;
+        let mut monitor = Monitor::new(&config);
+        let mut reports = Vec::new();
+        for i in 0..11 {
+            reports.extend(closed(monitor.add(
+                &prediction(i, "v1", Sentiment::Positive, i as i64 * 2),
+                "p",
+                0,
+                i as i64,
+            )));
+        }
+        // Events at 0, 2, .., 20 s: the first window closes when its span reaches 10 s (6 events); the
+        // second (12..20 s) is still open.
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].report.window.kind, WindowKind::Time);
+        assert_eq!(reports[0].report.window.events, 6);
+    }
+
+    #[test]
+    fn a_new_version_retires_the_old_one_and_a_late_return_is_a_rollback() {
+        let mut monitor = Monitor::new(&config(20));
+        for i in 0..25 {
+            monitor.add(
+                &prediction(i, "v1", Sentiment::Negative, 0),
+                "p",
+                0,
+                i as i64,
+            );
+        }
+        // v2 arrives: v1's open window (5 events, below the minimum) is dropped and v1 retired.
+        let out = closed(monitor.add(&prediction(25, "v2", Sentiment::Negative, 1), "p", 0, 25));
+        assert!(out.is_empty());
+        assert!(matches!(
+            monitor.add(&prediction(26, "v1", Sentiment::Negative, 2), "p", 0, 26),
+            Outcome::Retired
+        ));
+        assert_eq!(
+            monitor.safe_offset("p", 0, 26),
+            Some(24),
+            "v2's window starts at 25"
+        );
+        let late = ROLLBACK_GRACE_SECS + 5;
+        assert!(matches!(
+            monitor.add(&prediction(27, "v1", Sentiment::Negative, late), "p", 0, 27),
+            Outcome::Windowed(_)
+        ));
+        assert!(!monitor.is_new(&prediction(0, "v1", Sentiment::Negative, 0).model));
+    }
+
+    #[test]
+    fn human_labels_join_predictions_and_a_drop_in_macro_f1_is_a_signal() {
+        let mut monitor = Monitor::new(&config(20));
+        let mut reports = Vec::new();
+        let add = |monitor: &mut Monitor, i: usize| {
+            let label = Sentiment::ALL[i % 3];
+            closed(monitor.add(&prediction(i, "v1", label, i as i64), "p", 0, i as i64))
+        };
+        for i in 0..40 {
+            reports.extend(add(&mut monitor, i));
+        }
+        assert!(!monitor.add_label("unknown-review", 0));
+        // 10 correct labels: the baseline (macro-F1 1.0).
+        for i in 20..30 {
+            assert!(monitor.add_label(&format!("r{i}"), i % 3));
+        }
+        // 10 labels that disagree with every prediction.
+        for i in 30..40 {
+            assert!(monitor.add_label(&format!("r{i}"), (i + 1) % 3));
+        }
+        for i in 40..60 {
+            reports.extend(add(&mut monitor, i));
+        }
+        let last = &reports.last().unwrap().report;
+        let f1 = last
+            .signals
+            .iter()
+            .find(|s| s.name == "feedback_macro_f1_drop")
+            .unwrap();
+        assert!((f1.statistic - 1.0).abs() < 1e-12, "{f1:?}");
+        assert_eq!(f1.status, DriftStatus::Drift);
+        assert_eq!(last.status, DriftStatus::Drift);
+    }
 
     #[test]
     fn confirmation_needs_k_windows_and_clears_with_hysteresis() {
