@@ -150,6 +150,12 @@ impl Control {
         Ok(Err(holder.unwrap_or_default()))
     }
 
+    /// The request id holding the retrain lock of model `name`, if any.
+    pub async fn lock_holder(&self, name: &str) -> Result<Option<String>, DriftError> {
+        let mut connection = self.store.connection();
+        Ok(connection.get(self.lock_key(name)).await?)
+    }
+
     /// Releases the lock of model `name` if `request_id` holds it (a failed publish gives it back).
     pub async fn unlock(&self, name: &str, request_id: &str) -> Result<(), DriftError> {
         let script = redis::Script::new(

@@ -151,6 +151,10 @@ pub async fn run(
                 Some(left) => println!("{model_name}: cooldown, {left} s left"),
                 None => println!("{model_name}: no cooldown"),
             }
+            match control.lock_holder(&model_name).await? {
+                Some(holder) => println!("{model_name}: retrain lock held by request {holder}"),
+                None => println!("{model_name}: retrain lock free"),
+            }
         }
     }
     Ok(())
