@@ -682,3 +682,36 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_windows_close_on_a_quiet_stream() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let mut config = config(&kafka, &redis.url(), "time", "drift-time");
+    config.window_events = 100_000;
+    config.window_secs = 2;
+    // A window needs a whole burst: it cannot close early even if consumption starts late.
+    config.min_window_events = 100;
+    config.reference_windows = 1;
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let rows: Vec<_> = domain_a().into_iter().take(200).collect();
+    // Two bursts; nothing arrives after each, so only the clock can close their windows.
+    publish(&kafka, &rows[..100], 0, "v1").await;
+    read_reports(&kafka, 1).await;
+    publish(&kafka, &rows[100..], 100, "v1").await;
+    let reports = read_reports(&kafka, 2).await;
+    for report in &reports {
+        assert_eq!(
+            report.window.kind,
+            sentiflow_common::events::WindowKind::Time
+        );
+        assert_eq!(report.window.events, 100);
+    }
+    assert!(reports[0].signals.is_empty(), "the reference window");
+    assert!(!reports[1].signals.is_empty());
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}

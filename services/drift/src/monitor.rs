@@ -223,6 +223,33 @@ impl Monitor {
         Outcome::Windowed(closed)
     }
 
+    /// Closes time windows that a quiet stream would otherwise keep open: those with at least
+    /// `--min-window-events` predictions whose start is `--window-secs` before `now`.
+    pub fn close_idle(&mut self, now: DateTime<Utc>) -> Vec<ClosedWindow> {
+        if self.window_secs == 0 {
+            return Vec::new();
+        }
+        let span = chrono::Duration::seconds(self.window_secs as i64);
+        let due: Vec<(String, String)> = self
+            .versions
+            .iter()
+            .filter(|(_, state)| {
+                state.open.as_ref().is_some_and(|open| {
+                    open.sample.events() >= self.min_window_events && now - open.start >= span
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut closed = Vec::new();
+        for key in due {
+            let mut state = self.versions.remove(&key).expect("listed above");
+            let open = state.open.take().expect("filtered on an open window");
+            closed.push(self.close(&mut state, open, WindowKind::Time));
+            self.versions.insert(key, state);
+        }
+        closed
+    }
+
     fn close(&self, state: &mut VersionState, open: OpenWindow, kind: WindowKind) -> ClosedWindow {
         let window = Window {
             kind,
@@ -506,6 +533,39 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].report.window.kind, WindowKind::Time);
         assert_eq!(reports[0].report.window.events, 6);
+    }
+
+    #[test]
+    fn a_quiet_stream_still_closes_its_time_window() {
+        let mut config = config(1000);
+        config.window_secs = 10;
+        config.min_window_events = 3;
+        let mut monitor = Monitor::new(&config);
+        for i in 0..3 {
+            let out = monitor.add(
+                &prediction(i, "v1", Sentiment::Neutral, 0),
+                "p",
+                0,
+                i as i64,
+            );
+            assert!(closed(out).is_empty());
+        }
+        let start = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        assert!(
+            monitor
+                .close_idle(start + chrono::Duration::seconds(9))
+                .is_empty()
+        );
+        let out = monitor.close_idle(start + chrono::Duration::seconds(10));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].report.window.kind, WindowKind::Time);
+        assert_eq!(out[0].report.window.events, 3);
+        assert_eq!(monitor.safe_offset("p", 0, 2), Some(2));
+        assert!(
+            monitor
+                .close_idle(start + chrono::Duration::seconds(60))
+                .is_empty()
+        );
     }
 
     #[test]

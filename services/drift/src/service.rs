@@ -175,9 +175,37 @@ struct Worker {
 impl Worker {
     async fn run(mut self, consumer: Consumer) -> Result<(), DriftError> {
         let mut backoff = Backoff::new(Duration::from_secs(5));
+        // Time windows of a quiet stream are closed by the clock (a no-op without --window-secs).
+        let mut clock = tokio::time::interval(Duration::from_secs(1));
+        // Last prediction offset seen per partition, to store offsets freed by the clock.
+        let mut last_seen: std::collections::HashMap<(String, i32), i64> =
+            std::collections::HashMap::new();
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 () = self.shutdown.cancelled() => break,
+                _ = clock.tick() => {
+                    let closed = self.monitor.close_idle(Utc::now());
+                    let mut stopped = false;
+                    for window in closed {
+                        if self.on_closed(window).await.is_err() {
+                            stopped = true;
+                            break;
+                        }
+                    }
+                    if stopped {
+                        break;
+                    }
+                    // Offsets those windows pinned may now be stored.
+                    for ((topic, partition), offset) in &last_seen {
+                        if let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset)
+                            && let Err(error) = consumer.store_offset(topic, *partition, safe)
+                        {
+                            warn!(%error, topic, partition, "storing the offset failed");
+                        }
+                    }
+                    continue;
+                }
                 received = consumer.recv() => match received {
                     Ok(message) => message.detach(),
                     Err(error) => {
@@ -197,6 +225,9 @@ impl Worker {
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
             let safe = if topic == self.topics.predictions {
+                if self.config.window_secs > 0 {
+                    last_seen.insert((topic.to_owned(), partition), offset);
+                }
                 self.monitor.safe_offset(topic, partition, offset)
             } else {
                 Some(offset)
