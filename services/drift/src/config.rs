@@ -100,8 +100,9 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_WINDOW_EVENTS", default_value_t = 1000)]
     pub window_events: u64,
 
-    /// …or, when non-zero, once its predictions span this many seconds of event time (a time window;
-    /// it needs at least `--min-window-events` predictions, else it keeps growing).
+    /// …or, when non-zero, once its predictions span this many seconds of event time, or this many
+    /// seconds passed since its first prediction on a quiet stream (a time window; it needs at least
+    /// `--min-window-events` predictions, else it keeps growing).
     #[arg(long, env = "SENTIFLOW_DRIFT_WINDOW_SECS", default_value_t = 0)]
     pub window_secs: u64,
 
