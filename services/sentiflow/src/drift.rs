@@ -198,6 +198,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn drift_and_retrain_commands_parse() {
+        use clap::{CommandFactory, Parser};
+        crate::cli::Cli::command().debug_assert();
+        let cli = crate::cli::Cli::parse_from([
+            "sentiflow",
+            "drift",
+            "mute",
+            "--for",
+            "1h",
+            "--reason",
+            "relabelling",
+        ]);
+        assert!(matches!(
+            cli.command,
+            crate::cli::Command::Drift {
+                command: DriftCommand::Mute { duration, .. }
+            } if duration == Duration::from_secs(3600)
+        ));
+        let cli = crate::cli::Cli::parse_from([
+            "sentiflow",
+            "retrain",
+            "--reason",
+            "new labels",
+            "--version",
+            "v2",
+            "--force",
+        ]);
+        let crate::cli::Command::Retrain(args) = cli.command else {
+            panic!("retrain parses");
+        };
+        assert_eq!((args.version.as_str(), args.force), ("v2", true));
+        let cli = crate::cli::Cli::parse_from([
+            "sentiflow",
+            "drift",
+            "run",
+            "--window-events",
+            "500",
+            "--threshold",
+            "class_mix_psi=0.2,0.3",
+        ]);
+        let crate::cli::Command::Drift {
+            command: DriftCommand::Run(config),
+        } = cli.command
+        else {
+            panic!("drift run parses");
+        };
+        assert_eq!(config.window_events, 500);
+        assert_eq!(config.threshold_table()["class_mix_psi"].drift, 0.3);
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
