@@ -74,6 +74,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, DriftError> {
     config.validate()?;
+    // Install the metrics recorder before anything can emit a metric, or it is lost.
+    telemetry::prometheus();
     let health = Health::new(SERVICE);
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
     let redis = RedisStore::connect_lazy(&config.redis)?;
