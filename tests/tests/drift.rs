@@ -14,7 +14,8 @@ use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs};
 use sentiflow_common::events::{
     Device, DeviceWanted, DriftReport, DriftStatus, Event as _, LabelFeedback, ModelFamily,
-    ModelRef, Prediction, Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION, Sentiment,
+    ModelRef, ModelUpdate, Prediction, Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION,
+    Sentiment, UpdateAction,
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
@@ -566,6 +567,65 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
                 && r.model == model("v3"))
     );
     assert_eq!(requests[0].reason, "new labels arrived");
+
+    // The trainer's verdict on models.updates ends the retrain: drift releases the lock.
+    assert!(
+        control
+            .lock_holder(&model("v3").name)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "op", "drift-op"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let update = ModelUpdate {
+        schema_version: SCHEMA_VERSION,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_time: chrono::Utc::now(),
+        action: UpdateAction::Rejected,
+        model: model("v4"),
+        previous_version: None,
+        alias: None,
+        artifact_uri: "file:///data/models/sentiment-hashed/v4/model.onnx".to_owned(),
+        sha256: "0".repeat(64),
+        featurizer_version: "hashed-v1".to_owned(),
+        metrics: std::collections::BTreeMap::new(),
+        gate: None,
+        detail: None,
+    };
+    update.validate().unwrap();
+    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let ack = producer
+        .enqueue(
+            &kafka.topic(topics::MODELS_UPDATES),
+            Some(update.key().as_bytes()),
+            &update.to_json_vec().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    await_delivery(ack).await.unwrap();
+    let mut released = false;
+    for _ in 0..600 {
+        if control
+            .lock_holder(&model("v3").name)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "a rejected retrain releases the lock");
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }
 
 /// Publishes human labels (`labels.feedback`) for predictions `first..` with the given true labels.

@@ -128,8 +128,8 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_COOLDOWN_SECS", default_value_t = 3600)]
     pub cooldown_secs: u64,
 
-    /// Time to live of the retrain lock (one retrain at a time per model name), seconds; a trainer
-    /// that finishes earlier deletes `<prefix>:drift:retrain_lock:<name>`.
+    /// Time to live of the retrain lock (one retrain at a time per model name), seconds; a `promoted`
+    /// or `rejected` event on `models.updates` releases it earlier.
     #[arg(long, env = "SENTIFLOW_DRIFT_LOCK_TTL_SECS", default_value_t = 7200)]
     pub lock_ttl_secs: u64,
 

@@ -4,8 +4,8 @@
 //! Keys (under `--redis-key-prefix`):
 //! - `drift:mute` — operator mute of drift-triggered retrains, value = reason, TTL = mute duration;
 //! - `drift:cooldown:<model name>` — no drift-triggered request while it exists (value = request id);
-//! - `drift:retrain_lock:<model name>` — one retrain at a time (value = request id; TTL; a trainer
-//!   that finishes deletes it);
+//! - `drift:retrain_lock:<model name>` — one retrain at a time (value = request id; TTL; released
+//!   when `models.updates` says the model was promoted or a candidate rejected);
 //! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON).
 
 use std::time::Duration;

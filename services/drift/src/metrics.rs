@@ -7,7 +7,8 @@
 //! - `sentiflow_drift_confirmed{model_version}` (0/1), `sentiflow_drift_consecutive_drift_windows`;
 //! - `sentiflow_drift_muted` (operator mute, 0/1), `sentiflow_drift_reports_total{status}`;
 //! - `sentiflow_drift_retrain_requests_total{requested_by}` (seen on `retrain.requests`),
-//!   `sentiflow_drift_retrain_decisions_total{outcome}`, `sentiflow_drift_last_retrain_timestamp_seconds`;
+//!   `sentiflow_drift_retrain_decisions_total{outcome}`, `sentiflow_drift_last_retrain_timestamp_seconds`,
+//!   `sentiflow_drift_retrain_lock_releases_total`;
 //! - consumer lag: `sentiflow_drift_consumer_lag_messages{topic,partition}` (from common).
 
 use sentiflow_common::events::{DriftReport, DriftStatus};

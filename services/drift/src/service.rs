@@ -1,4 +1,5 @@
-//! The drift loop: consume `predictions`, `labels.feedback` and `retrain.requests`; window predictions
+//! The drift loop: consume `predictions`, `labels.feedback`, `retrain.requests` and `models.updates`
+//! (a promotion or rejection releases the retrain lock); window predictions
 //! per model version; publish a report per closed window; on confirmed drift, request one retrain
 //! (mute, cooldown and lock permitting). Offsets of predictions are stored only once every window
 //! holding them has been reported, so a crash replays the open windows.
@@ -15,8 +16,8 @@ use rdkafka::message::OwnedMessage;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::dlq::DeadLetterSink;
 use sentiflow_common::events::{
-    DriftReport, DriftStatus, Event, LabelFeedback, ModelRef, Prediction, RequestedBy,
-    RetrainRequest, SCHEMA_VERSION, SourceCoordinate, new_event_id,
+    DriftReport, DriftStatus, Event, LabelFeedback, ModelRef, ModelUpdate, Prediction, RequestedBy,
+    RetrainRequest, SCHEMA_VERSION, SourceCoordinate, UpdateAction, new_event_id,
 };
 use sentiflow_common::health::Health;
 use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
@@ -86,13 +87,19 @@ pub async fn start(
         predictions: config.kafka.topic(topics::PREDICTIONS),
         labels: config.kafka.topic(topics::LABELS_FEEDBACK),
         retrain: config.kafka.topic(topics::RETRAIN_REQUESTS),
+        updates: config.kafka.topic(topics::MODELS_UPDATES),
         reports: config.kafka.topic(topics::DRIFT_REPORTS),
     };
     let consumer = kafka::at_least_once_consumer(
         &config.kafka,
         &config.group_id,
         SERVICE,
-        &[&topics.predictions, &topics.labels, &topics.retrain],
+        &[
+            &topics.predictions,
+            &topics.labels,
+            &topics.retrain,
+            &topics.updates,
+        ],
     )?;
     let probes_stop = shutdown.child_token();
     let (http_addr, http_task) = telemetry::serve_http(
@@ -155,6 +162,7 @@ struct Topics {
     predictions: String,
     labels: String,
     retrain: String,
+    updates: String,
     reports: String,
 }
 
@@ -279,6 +287,17 @@ impl Worker {
                     } else {
                         metrics::counter!("sentiflow_drift_labels_unmatched_total").increment(1);
                     }
+                    Ok(())
+                }
+                Err(error) => {
+                    self.dead_letter(message, error.kind(), &error.to_string())
+                        .await
+                }
+            }
+        } else if topic == self.topics.updates {
+            match ModelUpdate::decode_validated(payload) {
+                Ok(update) => {
+                    self.on_model_update(&update).await;
                     Ok(())
                 }
                 Err(error) => {
@@ -433,6 +452,26 @@ impl Worker {
         Ok("requested")
     }
 
+    /// A promotion or a rejection ends the retrain of that model: its lock is released (the TTL
+    /// remains the fallback when neither comes).
+    async fn on_model_update(&self, update: &ModelUpdate) {
+        if !matches!(
+            update.action,
+            UpdateAction::Promoted | UpdateAction::Rejected
+        ) {
+            return;
+        }
+        match self.control.unlock_any(&update.model.name).await {
+            Ok(()) => {
+                metrics::counter!("sentiflow_drift_retrain_lock_releases_total").increment(1);
+                info!(model = %update.model.name, version = %update.model.version, action = %update.action, "retrain finished; lock released");
+            }
+            Err(error) => {
+                warn!(%error, "cannot release the retrain lock; its TTL will");
+            }
+        }
+    }
+
     fn on_retrain_request(&mut self, request: RetrainRequest) {
         metrics::counter!("sentiflow_drift_retrain_requests_total", "requested_by" => request.requested_by.as_str()).increment(1);
         metrics::gauge!("sentiflow_drift_last_retrain_timestamp_seconds")
@@ -540,6 +579,8 @@ fn topic_label(topics: &Topics, topic: &str) -> &'static str {
         "predictions"
     } else if topic == topics.labels {
         "labels.feedback"
+    } else if topic == topics.updates {
+        "models.updates"
     } else {
         "retrain.requests"
     }
