@@ -28,6 +28,7 @@ async fn up_replays_a_corpus_and_reconciles() {
         redis_port: free_port(),
         ingest_http_addr: "127.0.0.1:0".parse().unwrap(),
         infer_http_addr: "127.0.0.1:0".parse().unwrap(),
+        drift_http_addr: "127.0.0.1:0".parse().unwrap(),
         trainer_http_addr: "127.0.0.1:0".parse().unwrap(),
         device: sentiflow_infer::config::DeviceArg::Auto,
         corpus: Some(sentiflow_tests::shared_data("airline_tweets.csv.gz")),

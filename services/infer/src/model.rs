@@ -113,7 +113,10 @@ impl ServingModel {
                         EncoderTokenizer::for_metadata(&metadata, &cache.minilm_tokenizer())
                             .map_err(|error| LoadError::Unsupported(error.to_string()))
                     })?;
-                (ModelFamily::Encoder, Preprocess::Encoder(Box::new(tokenizer)))
+                (
+                    ModelFamily::Encoder,
+                    Preprocess::Encoder(Box::new(tokenizer)),
+                )
             }
         };
         let device = first.device();

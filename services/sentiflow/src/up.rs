@@ -65,6 +65,14 @@ pub struct UpArgs {
     )]
     pub trainer_http_addr: SocketAddr,
 
+    /// HTTP address of the drift service (/dashboard, /api/reports, /healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "SENTIFLOW_UP_DRIFT_HTTP_ADDR",
+        default_value = "127.0.0.1:9104"
+    )]
+    pub drift_http_addr: SocketAddr,
+
     /// Execution provider of the inference service.
     #[arg(long, env = "SENTIFLOW_INFER_DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
@@ -252,6 +260,18 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         trainer.http_addr,
         topics::RETRAIN_REQUESTS
     );
+    let mut drift_config = sentiflow_drift::DriftConfig::local(
+        kafka_args.clone(),
+        RedisArgs::local(&redis_server.url(), "sentiflow"),
+    );
+    drift_config.telemetry.http_addr = args.drift_http_addr;
+    let drift = sentiflow_drift::start(drift_config, services.clone()).await?;
+    println!(
+        "  drift  http://{}/dashboard  /api/reports  /healthz  /readyz  /metrics  (watches {}; asks for retrains on {})",
+        drift.http_addr,
+        topics::PREDICTIONS,
+        topics::RETRAIN_REQUESTS
+    );
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
     let mut outcome = Ok(());
@@ -266,6 +286,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         ingest.http_addr,
         infer.http_addr,
         trainer.http_addr,
+    );
+    println!(
+        "  drift page:     http://{}/dashboard  (operators: sentiflow drift status|mute|unmute, sentiflow retrain --reason …)",
+        drift.http_addr
     );
     if outcome.is_ok() && !args.exit_after_replay {
         println!("\nrunning; press Ctrl-C to stop");
@@ -284,6 +308,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     match trainer.task.await {
         Ok(result) => result?,
         Err(join_error) => bail!("trainer task failed: {join_error}"),
+    }
+    match drift.task.await {
+        Ok(result) => result?,
+        Err(join_error) => bail!("drift task failed: {join_error}"),
     }
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         redis_server.stop()?;
