@@ -91,7 +91,7 @@ pub struct InferConfig {
 
     /// Batches allowed between consuming and storing offsets; when full, the partitions are paused
     /// (consumer lag becomes the overload signal) until half of them are done.
-    #[arg(long, env = "SENTIFLOW_INFER_MAX_QUEUED_BATCHES", default_value_t = 8)]
+    #[arg(long, env = "SENTIFLOW_INFER_MAX_QUEUED_BATCHES", default_value_t = 32)]
     pub max_queued_batches: usize,
 
     /// Negative predictions at or above this confidence also go to `alerts.negative`.
