@@ -244,6 +244,17 @@ impl ResilientProducer {
     }
 }
 
+/// Commits the stored offsets synchronously at shutdown. "No offset stored" (nothing new since the last
+/// commit) is not an error; a failed commit is logged with `if_lost`, what it means for this consumer.
+pub fn commit_at_shutdown(consumer: &Consumer, service: &'static str, if_lost: &str) {
+    use rdkafka::consumer::CommitMode;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => info!(service, "final offsets committed"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => warn!(service, %error, "final commit failed; {if_lost}"),
+    }
+}
+
 /// Awaits a delivery future, turning a dropped future into a Kafka error.
 pub async fn await_delivery(future: DeliveryFuture) -> KafkaResult<(i32, i64)> {
     match future.await {

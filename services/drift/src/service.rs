@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::dlq::DeadLetterSink;
@@ -248,13 +248,7 @@ impl Worker {
                 warn!(%error, topic, partition, "storing the offset failed");
             }
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => warn!(%error, "final commit failed; some input will be replayed"),
-        }
+        kafka::commit_at_shutdown(&consumer, SERVICE, "some input will be replayed");
         let drain = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
         if let Err(error) = self.producer.flush(drain) {
             warn!(%error, "producer flush failed at shutdown");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::DeliveryFuture;
 use sentiflow_common::cache::CacheDir;
@@ -797,13 +797,7 @@ impl Worker {
 
     /// Commits stored offsets synchronously and flushes the producer.
     fn finish(&self, consumer: &Consumer) {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => info!("final offsets committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => warn!(%error, "final commit failed; the last batch may be redelivered"),
-        }
+        kafka::commit_at_shutdown(consumer, SERVICE, "the last batch may be redelivered");
         let drain_timeout = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
         if let Err(error) = self.producer.flush(drain_timeout) {
             warn!(%error, "producer flush failed at shutdown");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::DeliveryFuture;
 use sentiflow_common::cache::CacheDir;
@@ -543,13 +543,7 @@ impl Worker {
 
     /// Commits stored offsets synchronously and flushes the producer.
     fn finish(&self) {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => info!("final offsets committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => warn!(%error, "final commit failed; the last batch may be redelivered"),
-        }
+        kafka::commit_at_shutdown(&self.consumer, SERVICE, "the last batch may be redelivered");
         if let Err(error) = self.producer.flush(self.drain_timeout) {
             warn!(%error, "producer flush failed at shutdown");
         }

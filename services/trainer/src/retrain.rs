@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::BorrowedMessage;
 use redis::AsyncCommands as _;
 use sentiflow_common::catalogue::topics;
@@ -266,15 +266,11 @@ impl RetrainWorker {
                 },
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => info!("retrain loop: final offsets committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => {
-                warn!(%error, "retrain loop: final commit failed; the last request may be read again");
-            }
-        }
+        kafka::commit_at_shutdown(
+            &self.consumer,
+            crate::SERVICE,
+            "retrain loop: the last request may be read again",
+        );
         info!("retrain loop stopped");
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::BorrowedMessage;
 use sentiflow_common::cache::CacheDir;
 use sentiflow_common::catalogue::topics;
@@ -676,13 +676,11 @@ impl Worker {
 
     /// Commits stored offsets synchronously and flushes the producer.
     fn finish(&self) {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => info!("final offsets committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => warn!(%error, "final commit failed; the last segment may be read again"),
-        }
+        kafka::commit_at_shutdown(
+            &self.consumer,
+            SERVICE,
+            "the last segment may be read again",
+        );
         if let Err(error) = self.producer.flush(self.drain_timeout) {
             warn!(%error, "producer flush failed at shutdown");
         }
