@@ -524,46 +524,7 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
         card.embedding.truncated,
         card.embedding.cached_rows
     );
-    let _ = writeln!(out, "## Test split (gate set)\n");
-    let _ = writeln!(
-        out,
-        "macro-F1 **{:.4}**, accuracy {:.4}, expected calibration error {:.4}, rows {}\n",
-        card.test.macro_f1,
-        card.test.accuracy,
-        card.test.expected_calibration_error,
-        card.test.rows
-    );
-    let _ = writeln!(
-        out,
-        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
-    );
-    for (name, class) in sentiflow_model::eval::CLASS_NAMES
-        .iter()
-        .zip(&card.test.per_class)
-    {
-        let _ = writeln!(
-            out,
-            "| {name} | {:.4} | {:.4} | {:.4} | {} |",
-            class.precision, class.recall, class.f1, class.support
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nConfusion matrix (rows = true, columns = predicted: negative, neutral, positive):\n"
-    );
-    for row in &card.test.confusion {
-        let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
-    }
-    let _ = writeln!(
-        out,
-        "\n## Gate\n\n{} — {}\n",
-        if card.gate.passed {
-            "passed"
-        } else {
-            "rejected"
-        },
-        card.gate.reason
-    );
+    crate::pipeline::write_test_and_gate(&mut out, &card.test, &card.gate);
     let _ = writeln!(
         out,
         "## Training curve\n\n| epoch | train loss | validation macro-F1 | validation log loss |\n|---|---|---|---|"

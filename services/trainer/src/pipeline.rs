@@ -533,46 +533,7 @@ pub fn card_markdown(card: &ModelCard) -> String {
             burn.batch_size, burn.learning_rate
         );
     }
-    let _ = writeln!(out, "## Test split (gate set)\n");
-    let _ = writeln!(
-        out,
-        "macro-F1 **{:.4}**, accuracy {:.4}, expected calibration error {:.4}, rows {}\n",
-        card.test.macro_f1,
-        card.test.accuracy,
-        card.test.expected_calibration_error,
-        card.test.rows
-    );
-    let _ = writeln!(
-        out,
-        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
-    );
-    for (name, class) in sentiflow_model::eval::CLASS_NAMES
-        .iter()
-        .zip(&card.test.per_class)
-    {
-        let _ = writeln!(
-            out,
-            "| {name} | {:.4} | {:.4} | {:.4} | {} |",
-            class.precision, class.recall, class.f1, class.support
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nConfusion matrix (rows = true, columns = predicted: negative, neutral, positive):\n"
-    );
-    for row in &card.test.confusion {
-        let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
-    }
-    let _ = writeln!(
-        out,
-        "\n## Gate\n\n{} — {}\n",
-        if card.gate.passed {
-            "passed"
-        } else {
-            "rejected"
-        },
-        card.gate.reason
-    );
+    write_test_and_gate(&mut out, &card.test, &card.gate);
     let _ = writeln!(
         out,
         "## Training curve\n\n| epoch | train loss | validation macro-F1 | tokens/s |\n|---|---|---|---|"
@@ -585,6 +546,44 @@ pub fn card_markdown(card: &ModelCard) -> String {
         );
     }
     out
+}
+
+/// The model card's test-split and gate sections (shared by both families' cards).
+pub(crate) fn write_test_and_gate(out: &mut String, test: &Evaluation, gate: &GateDecision) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "## Test split (gate set)\n");
+    let _ = writeln!(
+        out,
+        "macro-F1 **{:.4}**, accuracy {:.4}, expected calibration error {:.4}, rows {}\n",
+        test.macro_f1, test.accuracy, test.expected_calibration_error, test.rows
+    );
+    let _ = writeln!(
+        out,
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|"
+    );
+    for (name, class) in sentiflow_model::eval::CLASS_NAMES
+        .iter()
+        .zip(&test.per_class)
+    {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.4} | {:.4} | {:.4} | {} |",
+            class.precision, class.recall, class.f1, class.support
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nConfusion matrix (rows = true, columns = predicted: negative, neutral, positive):\n"
+    );
+    for row in &test.confusion {
+        let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
+    }
+    let _ = writeln!(
+        out,
+        "\n## Gate\n\n{} — {}\n",
+        if gate.passed { "passed" } else { "rejected" },
+        gate.reason
+    );
 }
 
 #[cfg(test)]
