@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Args;
@@ -318,6 +319,26 @@ pub struct RedisArgs {
         default_value_t = 2000
     )]
     pub timeout_ms: u64,
+
+    /// PEM CA certificate(s) that verify the Redis server of a rediss:// URL (default: the system roots).
+    #[arg(long = "redis-tls-ca", env = "SENTIFLOW_REDIS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for Redis mutual TLS (with --redis-tls-key).
+    #[arg(
+        long = "redis-tls-cert",
+        env = "SENTIFLOW_REDIS_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(
+        long = "redis-tls-key",
+        env = "SENTIFLOW_REDIS_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RedisArgs {
@@ -327,7 +348,15 @@ impl RedisArgs {
             url: RedisUrl(url.to_owned()),
             key_prefix: key_prefix.into(),
             timeout_ms: 2000,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+
+    /// Whether any TLS file is configured (then the URL must be `rediss://`).
+    pub fn has_tls_files(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some()
     }
 }
 
@@ -414,6 +443,35 @@ mod tests {
         let plain: RedisUrl = "redis://127.0.0.1:6379/".parse().unwrap();
         assert_eq!(plain.redacted(), "redis://127.0.0.1:6379/");
         assert!("http://x".parse::<RedisUrl>().is_err());
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct RedisOnly {
+        #[command(flatten)]
+        redis: RedisArgs,
+    }
+
+    #[test]
+    fn redis_tls_client_certificate_needs_its_key() {
+        use clap::Parser as _;
+        let parsed = RedisOnly::try_parse_from([
+            "x",
+            "--redis-url",
+            "rediss://:pw@redis:6380/0",
+            "--redis-tls-ca",
+            "/tls/ca.crt",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.redis.tls_ca.as_deref(),
+            Some(std::path::Path::new("/tls/ca.crt"))
+        );
+        assert!(parsed.redis.has_tls_files());
+        assert!(!RedisArgs::local("redis://127.0.0.1:6379/", "p").has_tls_files());
+        let error = RedisOnly::try_parse_from(["x", "--redis-tls-cert", "/tls/client.crt"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--redis-tls-key"), "{error}");
     }
 
     #[test]

@@ -28,8 +28,10 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Creates the store without connecting: Redis may be down at start-up, the probe reports it.
+    /// With `--redis-tls-ca` / `--redis-tls-cert` + `--redis-tls-key` the PEM files are read now (a missing
+    /// or unreadable file is an error here, not at the first command) and the URL must be `rediss://`.
     pub fn connect_lazy(args: &RedisArgs) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(args.url.expose())?;
+        let client = client(args)?;
         let timeout = Duration::from_millis(args.timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -64,6 +66,54 @@ impl RedisStore {
         let _: String = redis::cmd("PING").query_async(&mut connection).await?;
         Ok(())
     }
+}
+
+/// The Redis client of `args`: plain, or TLS with the configured CA and client certificate.
+fn client(args: &RedisArgs) -> redis::RedisResult<redis::Client> {
+    if !args.has_tls_files() {
+        return redis::Client::open(args.url.expose());
+    }
+    if !args.url.expose().starts_with("rediss://") {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "--redis-tls-ca/--redis-tls-cert/--redis-tls-key need a rediss:// --redis-url",
+            args.url.redacted(),
+        )));
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|error| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read a Redis TLS file",
+                format!("{what} {}: {error}", path.display()),
+            ))
+        })
+    };
+    let root_cert = args
+        .tls_ca
+        .as_deref()
+        .map(|path| read(path, "--redis-tls-ca"))
+        .transpose()?;
+    let client_tls = match (args.tls_cert.as_deref(), args.tls_key.as_deref()) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "--redis-tls-cert")?,
+            client_key: read(key, "--redis-tls-key")?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "--redis-tls-cert and --redis-tls-key go together",
+            )));
+        }
+    };
+    redis::Client::build_with_tls(
+        args.url.expose(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
 }
 
 /// Periodically PINGs Redis and reports it as the `redis` check.
