@@ -1,6 +1,8 @@
 //! The monitoring files in `infra/`: the Prometheus config and alert rules pass `promtool check`, the
 //! rules pass their unit tests (`promtool test rules`), and every sentiflow metric that the rules and
-//! the Grafana dashboard query is one the services really export.
+//! the Grafana dashboard query is one the services really export: named in their sources, and (for the
+//! dashboard) present in `/metrics` of a running pipeline (ingest, infer, trainer, drift on a real Kafka
+//! and Redis, fed raw reviews until drift has requested a retrain).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -130,4 +132,271 @@ fn grafana_dashboard_only_queries_exported_metrics() {
 fn the_metric_name_check_catches_a_made_up_metric() {
     let queried = queried_metrics("rate(sentiflow_drift_made_up_total[5m])");
     assert!(!queried.is_subset(&exported_metrics()));
+}
+
+// ------------------------------------------------------------------------- a running pipeline, scraped
+
+mod pipeline {
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use sentiflow::corpus::CorpusFormat;
+    use sentiflow_common::catalogue::topics;
+    use sentiflow_common::config::{RedisArgs, Secret, TelemetryArgs};
+    use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+    use sentiflow_common::store::RedisStore;
+    use sentiflow_infer::InferConfig;
+    use sentiflow_infer::config::DeviceArg;
+    use sentiflow_ingest::IngestConfig;
+    use sentiflow_ingest::config::LangPolicy;
+    use sentiflow_model::featurize::FeaturizerConfig;
+    use sentiflow_model::train::TrainConfig;
+    use sentiflow_tests::{http_get, kafka_with_topics, redis};
+    use sentiflow_trainer::dataset::SnapshotStore;
+    use sentiflow_trainer::gate::GatePolicy;
+    use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
+    use sentiflow_trainer::registry::Registry;
+    use tokio_util::sync::CancellationToken;
+
+    const MODEL: &str = "sentiment-hashed";
+    /// A failure guard for a debug build on a loaded machine, not a speed assertion.
+    const WAIT: Duration = Duration::from_secs(300);
+
+    /// Metric names in a Prometheus text exposition (histogram series folded onto their name).
+    fn names(exposition: &str) -> BTreeSet<String> {
+        exposition
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .map(|name| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    async fn scrape(addr: SocketAddr) -> BTreeSet<String> {
+        let (status, body) = http_get(addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200, "/metrics of {addr}");
+        names(&body)
+    }
+
+    /// A small champion trained on airline rows, promoted as v1.
+    async fn champion(registry: &Registry, data_dir: &Path) {
+        let store = SnapshotStore::new(data_dir.join("snapshots"));
+        let manifest = sentiflow::dataset::import_limited(
+            &store,
+            &[sentiflow_tests::shared_data("airline_tweets.csv.gz")],
+            CorpusFormat::Airline,
+            Some(1500),
+        )
+        .unwrap();
+        let ort = sentiflow::train::ort_environment().expect("run infra/setup.sh");
+        pipeline::train_and_register(
+            &store,
+            registry,
+            sentiflow::train::lexicon().unwrap(),
+            &ort,
+            &TrainRequest {
+                snapshot_id: manifest.snapshot_id,
+                model_name: MODEL.to_owned(),
+                featurizer: FeaturizerConfig {
+                    buckets: 1 << 14,
+                    ..FeaturizerConfig::default()
+                },
+                train: TrainConfig {
+                    seed: 3,
+                    epochs: 2,
+                    dim: 8,
+                    ..TrainConfig::default()
+                },
+                burn: Default::default(),
+                device: TrainDevice::Cpu,
+                gate: GatePolicy::default(),
+            },
+        )
+        .await
+        .unwrap();
+        registry.promote(MODEL, "v1").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn grafana_dashboard_queries_only_metrics_a_running_pipeline_exports() {
+        let kafka = kafka_with_topics().await;
+        let redis_server = redis();
+        let prefix = format!("{}-redis", kafka.topic_prefix);
+        let redis_args = || RedisArgs::local(&redis_server.url(), &prefix);
+        let data = tempfile::tempdir().unwrap();
+        let registry = Registry::new(
+            data.path().join("models"),
+            RedisStore::connect_lazy(&redis_args()).unwrap(),
+        );
+        champion(&registry, data.path()).await;
+
+        let shutdown = CancellationToken::new();
+        let ingest = sentiflow_ingest::start(
+            IngestConfig {
+                kafka: kafka.clone(),
+                redis: redis_args(),
+                telemetry: TelemetryArgs::ephemeral(),
+                group_id: format!("{}-ingest", kafka.topic_prefix),
+                max_payload_bytes: 65_536,
+                max_batch: 100,
+                batch_wait_ms: 10,
+                dedupe_ttl_secs: 3600,
+                dedupe_text: true,
+                author_hash_key: Secret::new("prometheus-test-author-key"),
+                lang_allow: vec!["en".to_owned()],
+                lang_policy: LangPolicy::Mark,
+                weak_label_threshold: 0.5,
+                lexicon_path: None,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let infer = sentiflow_infer::start(
+            InferConfig {
+                kafka: kafka.clone(),
+                redis: redis_args(),
+                telemetry: TelemetryArgs::ephemeral(),
+                group_id: format!("{}-infer", kafka.topic_prefix),
+                data_dir: data.path().to_owned(),
+                model_name: MODEL.to_owned(),
+                device: DeviceArg::Cpu,
+                ort_dylib: None,
+                workers: 1,
+                intra_threads: 1,
+                max_batch: 64,
+                batch_wait_ms: 5,
+                max_queued_batches: 4,
+                alert_threshold: 0.8,
+                registry_poll_secs: 3600,
+                shadow_fraction: 0.0,
+                http_max_texts: 8,
+                http_max_text_bytes: 500,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let mut trainer_config = sentiflow_trainer::TrainerConfig::local(
+            kafka.clone(),
+            redis_args(),
+            data.path().to_owned(),
+        );
+        trainer_config.segment_max_age_ms = 500;
+        let trainer = sentiflow_trainer::start(trainer_config, shutdown.clone())
+            .await
+            .unwrap();
+        // Small windows, and a text-length threshold every window reaches: the second window is drift,
+        // confirmed at once, so drift requests a retrain and its retrain metrics exist.
+        let mut drift_config = sentiflow_drift::DriftConfig::local(kafka.clone(), redis_args());
+        drift_config.group_id = format!("{}-drift", kafka.topic_prefix);
+        drift_config.window_events = 100;
+        drift_config.confirm_windows = 1;
+        drift_config.thresholds = vec!["text_length_ks=0,0".parse().unwrap()];
+        let drift = sentiflow_drift::start(drift_config, shutdown.clone())
+            .await
+            .unwrap();
+
+        // Raw reviews, as a producer would send them.
+        let records = sentiflow::corpus::read_records(
+            &sentiflow_tests::shared_data("airline_tweets.csv.gz"),
+            CorpusFormat::Airline,
+            Some(2400),
+        )
+        .unwrap();
+        let producer = ResilientProducer::new(&kafka, "prometheus-test").unwrap();
+        let topic = kafka.topic(topics::REVIEWS_RAW);
+        let mut acks = Vec::new();
+        for record in records.iter().skip(1500) {
+            acks.push(
+                producer
+                    .enqueue(&topic, Some(record.key.as_bytes()), &record.payload, None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            await_delivery(ack).await.unwrap();
+        }
+
+        // Until drift has seen its retrain request and every service reports its consumer lag.
+        let addrs = [
+            ("ingest", ingest.http_addr),
+            ("infer", infer.http_addr),
+            ("trainer", trainer.http_addr),
+            ("drift", drift.http_addr),
+        ];
+        let wanted = [
+            "sentiflow_drift_retrain_requests_total",
+            "sentiflow_drift_retrain_decisions_total",
+            "sentiflow_drift_signal_statistic",
+            "sentiflow_infer_predictions_total",
+            "sentiflow_ingest_consumer_lag_messages",
+            "sentiflow_infer_consumer_lag_messages",
+            "sentiflow_trainer_consumer_lag_messages",
+            "sentiflow_drift_consumer_lag_messages",
+        ];
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut scraped = BTreeSet::new();
+        loop {
+            scraped.clear();
+            for (_, addr) in addrs {
+                scraped.extend(scrape(addr).await);
+            }
+            if wanted.iter().all(|name| scraped.contains(*name)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipeline never exported {:?}",
+                wanted
+                    .iter()
+                    .filter(|name| !scraped.contains(**name))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        // Every metric the dashboard queries is in a scrape of the running services.
+        let path = super::repo_root().join("infra/grafana/dashboards/sentiflow-drift.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut expressions = String::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                expressions.push_str(target["expr"].as_str().unwrap());
+                expressions.push('\n');
+            }
+        }
+        let queried = super::queried_metrics(&expressions);
+        let missing: Vec<&String> = queried.difference(&scraped).collect();
+        assert!(
+            missing.is_empty(),
+            "the dashboard queries metrics the running pipeline does not export: {missing:?}"
+        );
+        // And the comparison can fail: a made-up name is not in the scrape.
+        assert!(!scraped.contains("sentiflow_drift_made_up_total"));
+
+        // The probes the deployment files use answer on every service (200 or 503, never 404).
+        for (service, addr) in addrs {
+            for path in ["/healthz", "/readyz"] {
+                let (status, _) = http_get(addr, path).await.unwrap();
+                assert!(status == 200 || status == 503, "{service} {path}: {status}");
+            }
+        }
+        shutdown.cancel();
+        let stop = Duration::from_secs(60);
+        assert!(tokio::time::timeout(stop, ingest.task).await.is_ok(), "ingest stops");
+        assert!(tokio::time::timeout(stop, infer.task).await.is_ok(), "infer stops");
+        assert!(tokio::time::timeout(stop, trainer.task).await.is_ok(), "trainer stops");
+        assert!(tokio::time::timeout(stop, drift.task).await.is_ok(), "drift stops");
+    }
 }
