@@ -26,7 +26,10 @@ fn repo_root() -> PathBuf {
 /// The secrets the compose files require, set to test values.
 const COMPOSE_SECRETS: [(&str, &str); 4] = [
     ("REDIS_PASSWORD", "test-password"),
-    ("SENTIFLOW_AUTHOR_HASH_KEY", "test-author-hash-key-0123456789"),
+    (
+        "SENTIFLOW_AUTHOR_HASH_KEY",
+        "test-author-hash-key-0123456789",
+    ),
     ("GRAFANA_ADMIN_PASSWORD", "test-grafana"),
     ("KAFKA_SASL_PASSWORD", "test-scram"),
 ];
@@ -34,7 +37,9 @@ const COMPOSE_SECRETS: [(&str, &str); 4] = [
 /// `docker-compose [--profile P] -f F… config` with the secrets set; Err(stderr) when it refuses.
 fn compose_config(files: &[&str], profile: Option<&str>, secrets: bool) -> Result<String, String> {
     let mut command = Command::new("docker-compose");
-    command.current_dir(repo_root()).env_remove("COMPOSE_PROFILES");
+    command
+        .current_dir(repo_root())
+        .env_remove("COMPOSE_PROFILES");
     for (name, _) in COMPOSE_SECRETS {
         command.env_remove(name);
     }
@@ -172,7 +177,9 @@ fn dockerfile() -> BTreeMap<String, Stage> {
             "FROM" => {
                 let (base, stage) = rest.split_once(" AS ").expect("every stage is named");
                 name = stage.trim().to_owned();
-                let parent = stages.contains_key(base.trim()).then(|| base.trim().to_owned());
+                let parent = stages
+                    .contains_key(base.trim())
+                    .then(|| base.trim().to_owned());
                 stages.insert(
                     name.clone(),
                     Stage {
@@ -336,7 +343,10 @@ fn compose_sentiflow_services(compose: &Value) -> BTreeMap<String, String> {
         .filter_map(|(name, service)| {
             let target = target_of_image(service["image"].as_str()?)?;
             if let Some(built) = service["build"]["target"].as_str() {
-                assert_eq!(built, target, "{name}: image name and build target disagree");
+                assert_eq!(
+                    built, target,
+                    "{name}: image name and build target disagree"
+                );
             }
             let binary = targets
                 .get(&target)
@@ -392,7 +402,10 @@ fn compose_files_parse_with_and_without_the_override_and_gpu_profile() {
     for (files, profile) in [
         (&["docker-compose.yml"][..], None),
         (&["docker-compose.yml"][..], Some("gpu")),
-        (&["docker-compose.yml", "docker-compose.secure.yml"][..], None),
+        (
+            &["docker-compose.yml", "docker-compose.secure.yml"][..],
+            None,
+        ),
         (
             &["docker-compose.yml", "docker-compose.secure.yml"][..],
             Some("gpu"),
@@ -421,9 +434,7 @@ fn every_service_binary_has_an_image_a_compose_service_and_a_k8s_workload() {
     assert!(binaries.contains("sentiflow-drift") && binaries.contains("sentiflow"));
     let imaged: BTreeSet<String> = image_targets().into_values().collect();
     let compose = compose();
-    let composed: BTreeSet<String> = compose_sentiflow_services(&compose)
-        .into_values()
-        .collect();
+    let composed: BTreeSet<String> = compose_sentiflow_services(&compose).into_values().collect();
     let objects = k8s_objects();
     let deployed: BTreeSet<String> = k8s_containers(&objects)
         .into_iter()
@@ -471,7 +482,10 @@ fn every_service_binary_has_an_image_a_compose_service_and_a_k8s_workload() {
             })
             .unwrap_or_else(|| panic!("a GPU Deployment runs {target}"));
         let pod = &deployment["spec"]["template"]["spec"];
-        assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 1);
+        assert_eq!(
+            pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            1
+        );
         assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
         assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
         // The GPU Deployment replaces the CPU one of the same name (kubectl apply -f infra/k8s/gpu/).
@@ -484,8 +498,14 @@ fn every_service_binary_has_an_image_a_compose_service_and_a_k8s_workload() {
         );
     }
     // CPU and GPU variants of one service never run together in compose.
-    assert_eq!(compose["services"]["infer"]["profiles"], serde_json::json!(["cpu"]));
-    assert_eq!(compose["services"]["trainer"]["profiles"], serde_json::json!(["cpu"]));
+    assert_eq!(
+        compose["services"]["infer"]["profiles"],
+        serde_json::json!(["cpu"])
+    );
+    assert_eq!(
+        compose["services"]["trainer"]["profiles"],
+        serde_json::json!(["cpu"])
+    );
 }
 
 #[test]
@@ -591,7 +611,13 @@ async fn ports_and_health_paths_agree_with_the_services() {
         for published in spec["ports"].as_array().unwrap() {
             // docker-compose config writes "host_ip:host_port:container_port/proto".
             let mapping = published.as_str().unwrap();
-            let container = mapping.rsplit(':').next().unwrap().split('/').next().unwrap();
+            let container = mapping
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
             assert_eq!(container, port.to_string(), "{service} ports {mapping}");
         }
     }
@@ -605,7 +631,12 @@ async fn ports_and_health_paths_agree_with_the_services() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|job| job["static_configs"][0]["targets"].as_array().unwrap().clone())
+        .flat_map(|job| {
+            job["static_configs"][0]["targets"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
         .map(|t| t.as_str().unwrap().to_owned())
         .collect();
     for service in ["ingest", "infer", "trainer", "drift"] {
@@ -632,7 +663,10 @@ async fn ports_and_health_paths_agree_with_the_services() {
                     "{file} {name}"
                 );
                 let container = &pod["spec"]["containers"][0];
-                assert_eq!(container["ports"][0]["containerPort"], port, "{file} {name}");
+                assert_eq!(
+                    container["ports"][0]["containerPort"], port,
+                    "{file} {name}"
+                );
                 for (probe, wanted) in
                     [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]
                 {
@@ -643,7 +677,10 @@ async fn ports_and_health_paths_agree_with_the_services() {
                 }
             }
             "Service" => {
-                assert_eq!(object["spec"]["ports"][0]["targetPort"], port, "{file} {name}");
+                assert_eq!(
+                    object["spec"]["ports"][0]["targetPort"], port,
+                    "{file} {name}"
+                );
             }
             _ => {}
         }
@@ -736,7 +773,11 @@ fn k8s_manifests_pass_the_strict_schema_check() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains(", 0 errors"), "{stdout}");
 }
 
@@ -781,7 +822,10 @@ fn the_schema_check_fails_on_real_mistakes() {
         std::fs::write(&broken, original.replacen(from, to, 1)).unwrap();
         let output = validator().arg(&broken).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(!output.status.success(), "{file} with {to:?} passed:\n{stdout}");
+        assert!(
+            !output.status.success(),
+            "{file} with {to:?} passed:\n{stdout}"
+        );
         assert!(stdout.contains(expected), "{file} with {to:?}:\n{stdout}");
     }
 }
@@ -857,12 +901,252 @@ async fn redis_tls_flags_connect_to_a_tls_only_redis() {
     assert!(answered, "PING over TLS with --redis-tls-ca");
     // Without it the server's certificate (private CA) is refused.
     let untrusted = RedisStore::connect_lazy(&args(&url, None)).unwrap();
-    assert!(untrusted.ping().await.is_err(), "an untrusted certificate is refused");
+    assert!(
+        untrusted.ping().await.is_err(),
+        "an untrusted certificate is refused"
+    );
     // A CA with a plain redis:// URL, or a CA file that is not there, is a configuration error up front.
     let plain = format!("redis://:s3cret@localhost:{port}/0");
     let error = RedisStore::connect_lazy(&args(&plain, Some(&ca))).unwrap_err();
     assert!(error.to_string().contains("rediss://"), "{error}");
-    let error = RedisStore::connect_lazy(&args(&url, Some(&dir.path().join("missing.crt"))))
-        .unwrap_err();
+    let error =
+        RedisStore::connect_lazy(&args(&url, Some(&dir.path().join("missing.crt")))).unwrap_err();
     assert!(error.to_string().contains("missing.crt"), "{error}");
+}
+
+// ------------------------------------------------------------- the secure override's broker, for real
+
+/// A process killed (and reaped) on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The broker property an apache/kafka image variable sets (`KAFKA_A_B` → `a.b`, `__` → `_`, `___` → `-`),
+/// or None for a variable the image's scripts consume themselves.
+fn image_property(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("KAFKA_")?;
+    if [
+        "OPTS",
+        "HEAP_OPTS",
+        "SSL_KEYSTORE_FILENAME",
+        "SSL_KEYSTORE_CREDENTIALS",
+        "SSL_KEY_CREDENTIALS",
+        "LOG_DIRS",
+    ]
+    .contains(&rest)
+    {
+        return None;
+    }
+    Some(
+        rest.to_ascii_lowercase()
+            .replace("___", "\u{1}")
+            .replace("__", "\u{2}")
+            .replace('_', ".")
+            .replace('\u{1}', "-")
+            .replace('\u{2}', "_"),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--long=value` arguments of `command` for the `SENTIFLOW_*` variables of a compose service, so the
+/// service's configuration is parsed from exactly what compose would set.
+fn args_from_env(command: &clap::Command, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut args = vec![command.get_name().to_owned()];
+    for arg in command.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        if let Some(value) = env.get(var.to_str().unwrap()) {
+            args.push(format!("--{long}={value}"));
+        }
+    }
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secure_override_broker_accepts_the_services_kafka_flags() {
+    use clap::Parser as _;
+
+    let compose_text = compose_config(
+        &["docker-compose.yml", "docker-compose.secure.yml"],
+        None,
+        true,
+    )
+    .unwrap();
+    let compose = yaml_documents(&compose_text).remove(0);
+    let broker_env = compose["services"]["kafka"]["environment"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let generated = Command::new("bash")
+        .arg(repo_root().join("infra/tls/gen-certs.sh"))
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+
+    // The compose ports, moved to free local ones; the `kafka` host is this machine (the certificate
+    // names both `kafka` and `localhost`).
+    let ports: BTreeMap<&str, String> = [("9092", 0), ("9093", 0), ("29092", 0), ("9094", 0)]
+        .into_iter()
+        .map(|(compose_port, _)| (compose_port, free_port().to_string()))
+        .collect();
+    let address = regex::Regex::new(r"(kafka|localhost|127\.0\.0\.1)?:(\d+)\b").unwrap();
+    let relocate = |value: &str| {
+        address
+            .replace_all(value, |c: &regex::Captures| {
+                let host = match c.get(1).map(|m| m.as_str()) {
+                    Some("kafka") | Some("localhost") => "localhost",
+                    Some(other) => other,
+                    None => "",
+                };
+                let port = ports.get(&c[2]).cloned().unwrap_or_else(|| c[2].to_owned());
+                format!("{host}:{port}")
+            })
+            .into_owned()
+    };
+    let secret = |file: &str| std::fs::read_to_string(tls.join("kafka").join(file)).unwrap();
+    let mut properties = String::new();
+    for (name, value) in &broker_env {
+        if let Some(property) = image_property(name) {
+            let value = value.as_str().map_or(value.to_string(), str::to_owned);
+            properties.push_str(&format!("{property}={}\n", relocate(&value)));
+        }
+    }
+    // What the image's configure script derives from KAFKA_SSL_KEYSTORE_FILENAME and the credential files.
+    let keystore = broker_env["KAFKA_SSL_KEYSTORE_FILENAME"].as_str().unwrap();
+    properties.push_str(&format!(
+        "ssl.keystore.location={}\nssl.keystore.password={}\nssl.key.password={}\nlog.dirs={}\n",
+        tls.join("kafka").join(keystore).display(),
+        secret(
+            broker_env["KAFKA_SSL_KEYSTORE_CREDENTIALS"]
+                .as_str()
+                .unwrap()
+        ),
+        secret(broker_env["KAFKA_SSL_KEY_CREDENTIALS"].as_str().unwrap()),
+        dir.path().join("logs").display(),
+    ));
+    let properties_path = dir.path().join("server.properties");
+    std::fs::write(&properties_path, &properties).unwrap();
+
+    // Format with the SCRAM user (what the kafka-scram job adds through the loopback listener), then run
+    // the broker with the override's JAAS file.
+    let cache = CacheDir::from_env().unwrap();
+    let libs = cache.kafka_libs().join("*");
+    let (username, password) = ("sentiflow", "scram-test-password");
+    let format = Command::new("java")
+        .arg("-cp")
+        .arg(&libs)
+        .arg("kafka.tools.StorageTool")
+        .args([
+            "format",
+            "-t",
+            broker_env["CLUSTER_ID"].as_str().unwrap(),
+            "-c",
+        ])
+        .arg(&properties_path)
+        .arg("--add-scram")
+        .arg(format!(
+            "SCRAM-SHA-512=[name={username},password={password}]"
+        ))
+        .output()
+        .expect("java (infra/setup.sh needs Java 17+)");
+    assert!(
+        format.status.success(),
+        "format with the compose CLUSTER_ID: {}{}",
+        String::from_utf8_lossy(&format.stdout),
+        String::from_utf8_lossy(&format.stderr)
+    );
+    let jaas = broker_env["KAFKA_OPTS"].as_str().unwrap().replace(
+        "/etc/kafka/jaas/kafka_server_jaas.conf",
+        repo_root()
+            .join("infra/kafka/kafka_server_jaas.conf")
+            .to_str()
+            .unwrap(),
+    );
+    let log = std::fs::File::create(dir.path().join("kafka.log")).unwrap();
+    let _broker = Child(
+        Command::new("java")
+            .args(["-Xmx512m", "-Xms512m", &jaas, "-cp"])
+            .arg(&libs)
+            .arg("kafka.Kafka")
+            .arg(&properties_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    // The ingest service's configuration, parsed from the env compose gives it (brokers relocated).
+    let ingest_env: BTreeMap<String, String> = compose["services"]["ingest"]["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .map(|(k, v)| match k.as_str() {
+            "SENTIFLOW_KAFKA_BROKERS" => (k, relocate(&v)),
+            "SENTIFLOW_KAFKA_SASL_PASSWORD" => (k, password.to_owned()),
+            "SENTIFLOW_KAFKA_SSL_CA_LOCATION" => (k, tls.join("ca.crt").display().to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    let args = args_from_env(&sentiflow_ingest::IngestConfig::command(), &ingest_env);
+    let config = sentiflow_ingest::IngestConfig::try_parse_from(&args).unwrap();
+    let kafka = config.kafka;
+    assert_eq!(kafka.security_protocol.as_deref(), Some("sasl_ssl"));
+    assert!(
+        !format!("{kafka:?}").contains(password),
+        "the password is redacted"
+    );
+
+    // Over SASL_SSL + SCRAM: create the catalogue's topics and publish one acknowledged message (the
+    // broker takes a while to start: retry the first call).
+    let catalogue = Catalogue::embedded();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match sentiflow_common::kafka::ensure_topics(&kafka, catalogue, Some(1)).await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "topics over SASL_SSL: {error}\n{}",
+                    std::fs::read_to_string(dir.path().join("kafka.log")).unwrap_or_default()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let producer = sentiflow_common::kafka::ResilientProducer::new(&kafka, "deploy-test").unwrap();
+    let ack = producer
+        .enqueue("reviews.raw", Some(b"k".as_slice()), b"{}".as_slice(), None)
+        .await
+        .unwrap();
+    sentiflow_common::kafka::await_delivery(ack).await.unwrap();
+
+    // A wrong password is refused by the broker.
+    let mut wrong = kafka.clone();
+    wrong.sasl_password = Some(sentiflow_common::config::Secret::new("wrong"));
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sentiflow_common::kafka::ensure_topics(&wrong, catalogue, Some(1)),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a wrong SCRAM password must not create topics"
+    );
 }

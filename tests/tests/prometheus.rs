@@ -394,9 +394,21 @@ mod pipeline {
         }
         shutdown.cancel();
         let stop = Duration::from_secs(60);
-        assert!(tokio::time::timeout(stop, ingest.task).await.is_ok(), "ingest stops");
-        assert!(tokio::time::timeout(stop, infer.task).await.is_ok(), "infer stops");
-        assert!(tokio::time::timeout(stop, trainer.task).await.is_ok(), "trainer stops");
-        assert!(tokio::time::timeout(stop, drift.task).await.is_ok(), "drift stops");
+        assert!(
+            tokio::time::timeout(stop, ingest.task).await.is_ok(),
+            "ingest stops"
+        );
+        assert!(
+            tokio::time::timeout(stop, infer.task).await.is_ok(),
+            "infer stops"
+        );
+        assert!(
+            tokio::time::timeout(stop, trainer.task).await.is_ok(),
+            "trainer stops"
+        );
+        assert!(
+            tokio::time::timeout(stop, drift.task).await.is_ok(),
+            "drift stops"
+        );
     }
 }
