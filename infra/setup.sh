@@ -20,8 +20,9 @@ NUMPY_SPEC="numpy==1.26.4"
 PEER_SPECS="confluent-kafka==2.16.1 onnxruntime==$ORT_VERSION"
 BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
-# prometheus gives promtool (alert rule checks and tests); chromium renders the drift dashboard in tests.
-DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip prometheus chromium)
+# prometheus gives promtool (alert rule checks and tests); chromium renders the drift dashboard in tests;
+# fonts-dejavu-core is the TTF font of the model cards' chart PNGs.
+DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip prometheus chromium fonts-dejavu-core)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 POM="$REPO_ROOT/infra/kafka/pom.xml"
