@@ -264,7 +264,10 @@ pub fn shared_data(name: &str) -> PathBuf {
 /// Checks a registered version directory's card files: every file the record lists exists with its
 /// sha256, both chart PNGs are named in `card.json` (with their checksum and size) and decode to real
 /// pictures, and every link of `card.md` is relative and resolves to a file next to it.
-pub fn assert_card_files(version_dir: &std::path::Path, record: &sentiflow_trainer::registry::ModelRecord) {
+pub fn assert_card_files(
+    version_dir: &std::path::Path,
+    record: &sentiflow_trainer::registry::ModelRecord,
+) {
     use sha2::Digest as _;
     let sha256 = |name: &str| {
         let bytes = std::fs::read(version_dir.join(name))
@@ -274,7 +277,12 @@ pub fn assert_card_files(version_dir: &std::path::Path, record: &sentiflow_train
     let listed: Vec<&str> = record.files.keys().map(String::as_str).collect();
     assert_eq!(
         listed,
-        ["card.json", "card.md", "confusion_matrix.png", "training_curve.png"],
+        [
+            "card.json",
+            "card.md",
+            "confusion_matrix.png",
+            "training_curve.png"
+        ],
         "files recorded with their sha256"
     );
     for (name, expected) in &record.files {
@@ -286,12 +294,17 @@ pub fn assert_card_files(version_dir: &std::path::Path, record: &sentiflow_train
     let written = &card["charts"]["written"];
     for key in ["confusion_matrix", "training_curve"] {
         let chart = &written[key];
-        let name = chart["file"].as_str().unwrap_or_else(|| panic!("card.json charts: {card:#}"));
+        let name = chart["file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("card.json charts: {card:#}"));
         assert_eq!(chart["sha256"].as_str().unwrap(), sha256(name), "{name}");
         let (width, height, colours) = decode_png(&std::fs::read(version_dir.join(name)).unwrap());
         assert_eq!(
             (u64::from(width), u64::from(height)),
-            (chart["width"].as_u64().unwrap(), chart["height"].as_u64().unwrap())
+            (
+                chart["width"].as_u64().unwrap(),
+                chart["height"].as_u64().unwrap()
+            )
         );
         assert!(colours > 50, "{name}: only {colours} distinct colours");
     }
@@ -302,22 +315,22 @@ pub fn assert_card_files(version_dir: &std::path::Path, record: &sentiflow_train
         .skip(1)
         .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
         .collect();
-    assert_eq!(links, ["confusion_matrix.png", "training_curve.png"], "{markdown}");
+    assert_eq!(
+        links,
+        ["confusion_matrix.png", "training_curve.png"],
+        "{markdown}"
+    );
     for link in links {
-        assert!(!link.contains('/') && !link.contains(':'), "relative link: {link}");
+        assert!(
+            !link.contains('/') && !link.contains(':'),
+            "relative link: {link}"
+        );
         assert!(version_dir.join(link).is_file(), "{link} resolves");
     }
 }
 
-/// Decodes a PNG: (width, height, number of distinct colours).
+/// Decodes a PNG (checking its chunk CRCs): (width, height, number of distinct colours).
 pub fn decode_png(bytes: &[u8]) -> (u32, u32, usize) {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .expect("a PNG header");
-    let mut pixels = vec![0; reader.output_buffer_size().expect("a bounded image")];
-    let info = reader.next_frame(&mut pixels).expect("a PNG frame");
-    let channels = info.color_type.samples();
-    let colours: std::collections::BTreeSet<&[u8]> =
-        pixels[..info.buffer_size()].chunks_exact(channels).collect();
-    (info.width, info.height, colours.len())
+    let image = sentiflow_trainer::charts::png::decode_rgb(bytes).expect("a PNG");
+    (image.width, image.height, image.distinct_colours())
 }

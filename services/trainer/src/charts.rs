@@ -1,5 +1,5 @@
 //! The model card's charts: the test split's confusion matrix and the per-epoch training curve as PNG
-//! files (plotters drawing into an in-memory RGB buffer, encoded with `png`; text rasterised by the
+//! files (plotters drawing into an in-memory RGB buffer, encoded by [`png`]; text rasterised by the
 //! pure-Rust `ab_glyph` from a TTF file), byte-identical for the same inputs and font.
 //!
 //! A missing or unreadable font never fails a training run: [`render_or_skip`] logs a warning and
@@ -15,6 +15,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use sentiflow_model::eval::{CLASS_NAMES, Evaluation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub mod png;
 
 /// File name of the confusion-matrix chart in a version directory.
 pub const CONFUSION_MATRIX_FILE: &str = "confusion_matrix.png";
@@ -97,7 +99,9 @@ pub enum Charts {
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
     /// The font file is missing, unreadable or not a font.
-    #[error("chart font {path}: {reason} (install fonts-dejavu-core, e.g. with infra/setup.sh, or set {FONT_ENV} to a TTF file)")]
+    #[error(
+        "chart font {path}: {reason} (install fonts-dejavu-core, e.g. with infra/setup.sh, or set {FONT_ENV} to a TTF file)"
+    )]
     Font {
         /// The font file.
         path: PathBuf,
@@ -139,10 +143,7 @@ pub fn font_path() -> PathBuf {
 static FONTS: Mutex<Option<HashMap<PathBuf, &'static [u8]>>> = Mutex::new(None);
 
 /// Renders both charts, returning `(file name, PNG bytes)` pairs, or the first error.
-pub fn render(
-    inputs: &ChartInputs<'_>,
-    font: &Path,
-) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
+pub fn render(inputs: &ChartInputs<'_>, font: &Path) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     validate(inputs)?;
     let mut fonts = FONTS.lock().unwrap_or_else(PoisonError::into_inner);
     let fonts = fonts.get_or_insert_with(HashMap::new);
@@ -178,7 +179,9 @@ pub fn render(
         ),
         (
             TRAINING_CURVE_FILE.to_owned(),
-            draw_png("training curve", CURVE_SIZE, |root| draw_curve(root, inputs))?,
+            draw_png("training curve", CURVE_SIZE, |root| {
+                draw_curve(root, inputs)
+            })?,
         ),
     ])
 }
@@ -248,18 +251,10 @@ fn draw_png(
             reason: error.to_string(),
         })?;
     }
-    let encode_error = |error: png::EncodingError| ChartError::Encode {
+    png::encode_rgb(width, height, &rgb).map_err(|error| ChartError::Encode {
         chart,
         reason: error.to_string(),
-    };
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(encode_error)?;
-    writer.write_image_data(&rgb).map_err(encode_error)?;
-    writer.finish().map_err(encode_error)?;
-    Ok(out)
+    })
 }
 
 const INK: RGBColor = RGBColor(33, 37, 41);
@@ -271,15 +266,14 @@ const BEST: RGBColor = RGBColor(27, 120, 55);
 /// White → dark blue (the ends of matplotlib's "Blues") by `share` in [0, 1].
 fn blues(share: f64) -> RGBColor {
     let share = share.clamp(0.0, 1.0);
-    let mix = |from: u8, to: u8| (f64::from(from) + (f64::from(to) - f64::from(from)) * share).round() as u8;
+    let mix = |from: u8, to: u8| {
+        (f64::from(from) + (f64::from(to) - f64::from(from)) * share).round() as u8
+    };
     RGBColor(mix(247, 8), mix(251, 48), mix(255, 107))
 }
 
 fn text_style(size: f64, color: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    (FAMILY, size)
-        .into_font()
-        .color(&color)
-        .pos(Pos::new(h, v))
+    (FAMILY, size).into_font().color(&color).pos(Pos::new(h, v))
 }
 
 fn draw_confusion(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
@@ -404,7 +398,8 @@ fn draw_curve(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
         (center, 48),
         text_style(15.0, MUTED, HPos::Center, VPos::Top),
     ))?;
-    let (_, body) = root.split_vertically(76);
+    draw_legend(root, inputs.best_epoch, 84)?;
+    let (_, body) = root.split_vertically(104);
 
     let history = &inputs.history;
     let last = history.last().map_or(1, |point| point.epoch).max(1);
@@ -437,7 +432,9 @@ fn draw_curve(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .light_line_style(RGBColor(236, 238, 240))
+        .bold_line_style(RGBColor(226, 229, 232))
+        .light_line_style(TRANSPARENT)
+        .y_labels(6)
         .x_labels(epochs.min(12) + 1)
         .x_label_formatter(&|x| {
             if (x - x.round()).abs() < 1e-9 && *x >= 1.0 {
@@ -446,14 +443,14 @@ fn draw_curve(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
                 String::new()
             }
         })
-        .y_label_formatter(&|y| format!("{y:.3}"))
-        .x_desc("epoch")
+        .y_label_formatter(&|y| format!("{y:.2}"))
         .y_desc("training loss")
         .label_style(label_style.clone())
         .axis_desc_style((FAMILY, 17.0).into_font().color(&LOSS))
         .draw()?;
     chart
         .configure_secondary_axes()
+        .y_labels(6)
         .y_label_formatter(&|y| format!("{y:.3}"))
         .y_desc("validation macro-F1")
         .label_style(label_style)
@@ -461,24 +458,28 @@ fn draw_curve(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
         .draw()?;
 
     let best = inputs.best_epoch as f64;
-    chart
-        .draw_series(DashedLineSeries::new(
-            [(best, loss_range.start), (best, loss_range.end)],
-            8,
-            6,
-            BEST.stroke_width(2),
-        ))?
-        .label(format!("best epoch ({}): weights kept", inputs.best_epoch))
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], BEST.stroke_width(2)));
+    // The x axis title in neutral ink (the mesh would colour it like the loss axis title).
+    let (plot_x, _) = chart.plotting_area().get_pixel_range();
+    root.draw(&Text::new(
+        "epoch",
+        (
+            (plot_x.start + plot_x.end) / 2,
+            root.dim_in_pixel().1 as i32 - 12,
+        ),
+        text_style(17.0, MUTED, HPos::Center, VPos::Bottom),
+    ))?;
+    chart.draw_series(DashedLineSeries::new(
+        [(best, loss_range.start), (best, loss_range.end)],
+        8,
+        6,
+        BEST.stroke_width(2),
+    ))?;
 
     let loss: Vec<(f64, f64)> = history
         .iter()
         .map(|point| (point.epoch as f64, point.train_loss))
         .collect();
-    chart
-        .draw_series(LineSeries::new(loss.iter().copied(), LOSS.stroke_width(3)))?
-        .label("training loss (left)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], LOSS.stroke_width(3)));
+    chart.draw_series(LineSeries::new(loss.iter().copied(), LOSS.stroke_width(3)))?;
     chart.draw_series(
         loss.iter()
             .map(|&point| Circle::new(point, 4, LOSS.filled())),
@@ -488,23 +489,57 @@ fn draw_curve(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
         .iter()
         .map(|point| (point.epoch as f64, point.validation_macro_f1))
         .collect();
-    chart
-        .draw_secondary_series(LineSeries::new(f1.iter().copied(), F1.stroke_width(3)))?
-        .label("validation macro-F1 (right)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], F1.stroke_width(3)));
+    chart.draw_secondary_series(LineSeries::new(f1.iter().copied(), F1.stroke_width(3)))?;
     chart.draw_secondary_series(f1.iter().map(|&(epoch, value)| {
         let size = if epoch == best { 7 } else { 4 };
         Circle::new((epoch, value), size, F1.filled())
     }))?;
+    Ok(())
+}
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .margin(12)
-        .label_font((FAMILY, 15.0).into_font().color(&INK))
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(200, 204, 208))
-        .draw()?;
+/// The curve's legend as one centred row under the titles, outside the plot so it never hides a
+/// point.
+fn draw_legend(root: &Root<'_>, best_epoch: usize, y: i32) -> DrawResult {
+    let style = text_style(15.0, INK, HPos::Left, VPos::Center);
+    let items = [
+        (LOSS, false, "training loss (left axis)".to_owned()),
+        (F1, false, "validation macro-F1 (right axis)".to_owned()),
+        (
+            BEST,
+            true,
+            format!("best epoch ({best_epoch}): weights kept"),
+        ),
+    ];
+    let (swatch, gap, spacing) = (28, 8, 28);
+    let mut widths = Vec::with_capacity(items.len());
+    for (_, _, label) in &items {
+        widths.push(root.estimate_text_size(label, &style)?.0 as i32);
+    }
+    let total: i32 = widths.iter().map(|width| swatch + gap + width).sum::<i32>()
+        + spacing * (items.len() as i32 - 1);
+    let mut x = (root.dim_in_pixel().0 as i32 - total) / 2;
+    for ((color, dashed, label), width) in items.iter().zip(widths) {
+        if *dashed {
+            for start in (0..swatch).step_by(12) {
+                root.draw(&PathElement::new(
+                    [(x + start, y), (x + (start + 7).min(swatch), y)],
+                    color.stroke_width(2),
+                ))?;
+            }
+        } else {
+            root.draw(&PathElement::new(
+                [(x, y), (x + swatch, y)],
+                color.stroke_width(3),
+            ))?;
+            root.draw(&Circle::new((x + swatch / 2, y), 4, color.filled()))?;
+        }
+        root.draw(&Text::new(
+            label.as_str(),
+            (x + swatch + gap, y),
+            style.clone(),
+        ))?;
+        x += swatch + gap + width + spacing;
+    }
     Ok(())
 }
 
@@ -543,15 +578,21 @@ mod tests {
             name: "sentiment-hashed",
             version: "v7",
             test,
-            history: [(0.98, 0.52), (0.81, 0.61), (0.74, 0.64), (0.70, 0.63), (0.68, 0.62)]
-                .iter()
-                .enumerate()
-                .map(|(index, &(train_loss, validation_macro_f1))| CurvePoint {
-                    epoch: index + 1,
-                    train_loss,
-                    validation_macro_f1,
-                })
-                .collect(),
+            history: [
+                (0.98, 0.52),
+                (0.81, 0.61),
+                (0.74, 0.64),
+                (0.70, 0.63),
+                (0.68, 0.62),
+            ]
+            .iter()
+            .enumerate()
+            .map(|(index, &(train_loss, validation_macro_f1))| CurvePoint {
+                epoch: index + 1,
+                train_loss,
+                validation_macro_f1,
+            })
+            .collect(),
             best_epoch: 3,
             planned_epochs: 8,
             patience: 2,
@@ -560,15 +601,8 @@ mod tests {
 
     /// Decodes a PNG: (width, height, number of distinct colours).
     fn decode(bytes: &[u8]) -> (u32, u32, usize) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("a PNG header");
-        let mut pixels = vec![0; reader.output_buffer_size().expect("a bounded image")];
-        let info = reader.next_frame(&mut pixels).expect("a PNG frame");
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        let colours: std::collections::BTreeSet<&[u8]> =
-            pixels[..info.buffer_size()].chunks_exact(3).collect();
-        (info.width, info.height, colours.len())
+        let image = png::decode_rgb(bytes).expect("a PNG");
+        (image.width, image.height, image.distinct_colours())
     }
 
     fn font() -> PathBuf {
@@ -617,7 +651,10 @@ mod tests {
             assert_eq!(chart.sha256, hex::encode(Sha256::digest(bytes)));
         }
         let json = serde_json::to_value(&charts).unwrap();
-        assert_eq!(json["written"]["training_curve"]["file"], TRAINING_CURVE_FILE);
+        assert_eq!(
+            json["written"]["training_curve"]["file"],
+            TRAINING_CURVE_FILE
+        );
     }
 
     #[test]
@@ -642,7 +679,10 @@ mod tests {
         let broken = dir.path().join("broken.ttf");
         std::fs::write(&broken, b"not a font").unwrap();
         let error = render(&inputs(&test), &broken).unwrap_err();
-        assert!(error.to_string().contains("not a TrueType/OpenType font"), "{error}");
+        assert!(
+            error.to_string().contains("not a TrueType/OpenType font"),
+            "{error}"
+        );
         // The good font still works afterwards.
         assert_eq!(render(&inputs(&test), &font()).unwrap().len(), 2);
     }

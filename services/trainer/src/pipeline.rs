@@ -750,11 +750,7 @@ mod tests {
         );
         let json = serde_json::to_value(&skipped).unwrap();
         assert_eq!(json["charts"], serde_json::json!({ "skipped": reason }));
-        let files = card_files(
-            serde_json::to_vec(&skipped).unwrap(),
-            markdown,
-            Vec::new(),
-        );
+        let files = card_files(serde_json::to_vec(&skipped).unwrap(), markdown, Vec::new());
         let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["card.json", "card.md"]);
 
