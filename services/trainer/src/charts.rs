@@ -263,13 +263,25 @@ const LOSS: RGBColor = RGBColor(214, 96, 77);
 const F1: RGBColor = RGBColor(33, 102, 172);
 const BEST: RGBColor = RGBColor(27, 120, 55);
 
-/// White → dark blue (the ends of matplotlib's "Blues") by `share` in [0, 1].
+/// Five stops of matplotlib's "Blues" (white → dark blue), at shares 0, ¼, ½, ¾, 1.
+const BLUES: [(u8, u8, u8); 5] = [
+    (247, 251, 255),
+    (198, 219, 239),
+    (107, 174, 214),
+    (33, 113, 181),
+    (8, 48, 107),
+];
+
+/// The "Blues" colour of `share` in [0, 1], linear between the stops.
 fn blues(share: f64) -> RGBColor {
-    let share = share.clamp(0.0, 1.0);
+    let position = share.clamp(0.0, 1.0) * (BLUES.len() - 1) as f64;
+    let index = (position.floor() as usize).min(BLUES.len() - 2);
+    let fraction = position - index as f64;
+    let (from, to) = (BLUES[index], BLUES[index + 1]);
     let mix = |from: u8, to: u8| {
-        (f64::from(from) + (f64::from(to) - f64::from(from)) * share).round() as u8
+        (f64::from(from) + (f64::from(to) - f64::from(from)) * fraction).round() as u8
     };
-    RGBColor(mix(247, 8), mix(251, 48), mix(255, 107))
+    RGBColor(mix(from.0, to.0), mix(from.1, to.1), mix(from.2, to.2))
 }
 
 fn text_style(size: f64, color: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
@@ -315,7 +327,7 @@ fn draw_confusion(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
                 [(x, y), (x + cell, y + cell)],
                 WHITE.stroke_width(2),
             ))?;
-            let ink = if share > 0.55 { WHITE } else { INK };
+            let ink = if share > 0.6 { WHITE } else { INK };
             root.draw(&Text::new(
                 count.to_string(),
                 (x + cell / 2, y + cell / 2 - 4),
@@ -697,6 +709,16 @@ mod tests {
         nan.history[1].train_loss = f64::NAN;
         let error = render(&nan, &font()).unwrap_err();
         assert!(error.to_string().contains("epoch 2"), "{error}");
+    }
+
+    #[test]
+    fn the_colour_ramp_runs_through_the_stops() {
+        let rgb = |colour: RGBColor| (colour.0, colour.1, colour.2);
+        assert_eq!(rgb(blues(0.0)), BLUES[0]);
+        assert_eq!(rgb(blues(0.5)), BLUES[2]);
+        assert_eq!(rgb(blues(1.0)), BLUES[4]);
+        assert_eq!(rgb(blues(2.0)), BLUES[4]);
+        assert_eq!(rgb(blues(0.125)), (223, 235, 247));
     }
 
     #[test]
