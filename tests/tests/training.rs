@@ -1,6 +1,7 @@
 //! The training pipeline end to end on a small slice of real data, with a real Redis registry and ONNX
 //! Runtime: a snapshot is imported, trained twice with the same seed (identical weights and ONNX bytes),
-//! registered with its card and charts, gated against the champion evaluated through ORT, promoted and rolled back.
+//! registered with its card and charts, gated against the champion evaluated through ORT, promoted and
+//! rolled back.
 
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::config::RedisArgs;
