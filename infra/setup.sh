@@ -23,8 +23,9 @@ BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
 # kubernetes-validate bundles the Kubernetes JSON schemas; every dependency pinned.
 K8S_VALIDATE_SPECS="kubernetes-validate==1.37.0 jsonschema==4.26.0 referencing==0.37.0 jsonschema-specifications==2025.9.1 attrs==26.1.0 rpds-py==2026.9.1 PyYAML==6.0.4 typing-extensions==4.16.0 importlib-resources==7.1.0 packaging==26.4"
 ORT_PLATFORM="${SENTIFLOW_ORT_PLATFORM:-manylinux_2_28_$(uname -m)}"
-# prometheus gives promtool (alert rule checks and tests); chromium renders the drift dashboard in tests.
-DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip prometheus chromium)
+# prometheus gives promtool (alert rule checks and tests); chromium renders the drift dashboard in tests;
+# fonts-dejavu-core is the TTF font of the model cards' chart PNGs.
+DEB_PACKAGES=(redis-server kcat libcurl4-openssl-dev libssl-dev pkg-config cmake g++ docker-compose unzip prometheus chromium fonts-dejavu-core)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 POM="$REPO_ROOT/infra/kafka/pom.xml"

@@ -260,3 +260,77 @@ pub fn shared_data(name: &str) -> PathBuf {
         .join("../../shared/data")
         .join(name)
 }
+
+/// Checks a registered version directory's card files: every file the record lists exists with its
+/// sha256, both chart PNGs are named in `card.json` (with their checksum and size) and decode to real
+/// pictures, and every link of `card.md` is relative and resolves to a file next to it.
+pub fn assert_card_files(
+    version_dir: &std::path::Path,
+    record: &sentiflow_trainer::registry::ModelRecord,
+) {
+    use sha2::Digest as _;
+    let sha256 = |name: &str| {
+        let bytes = std::fs::read(version_dir.join(name))
+            .unwrap_or_else(|error| panic!("{}/{name}: {error}", version_dir.display()));
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let listed: Vec<&str> = record.files.keys().map(String::as_str).collect();
+    assert_eq!(
+        listed,
+        [
+            "card.json",
+            "card.md",
+            "confusion_matrix.png",
+            "training_curve.png"
+        ],
+        "files recorded with their sha256"
+    );
+    for (name, expected) in &record.files {
+        assert_eq!(&sha256(name), expected, "{name}: recorded sha256");
+    }
+
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(version_dir.join("card.json")).unwrap()).unwrap();
+    let written = &card["charts"]["written"];
+    for key in ["confusion_matrix", "training_curve"] {
+        let chart = &written[key];
+        let name = chart["file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("card.json charts: {card:#}"));
+        assert_eq!(chart["sha256"].as_str().unwrap(), sha256(name), "{name}");
+        let (width, height, colours) = decode_png(&std::fs::read(version_dir.join(name)).unwrap());
+        assert_eq!(
+            (u64::from(width), u64::from(height)),
+            (
+                chart["width"].as_u64().unwrap(),
+                chart["height"].as_u64().unwrap()
+            )
+        );
+        assert!(colours > 50, "{name}: only {colours} distinct colours");
+    }
+
+    let markdown = std::fs::read_to_string(version_dir.join("card.md")).unwrap();
+    let links: Vec<&str> = markdown
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+        .collect();
+    assert_eq!(
+        links,
+        ["confusion_matrix.png", "training_curve.png"],
+        "{markdown}"
+    );
+    for link in links {
+        assert!(
+            !link.contains('/') && !link.contains(':'),
+            "relative link: {link}"
+        );
+        assert!(version_dir.join(link).is_file(), "{link} resolves");
+    }
+}
+
+/// Decodes a PNG (checking its chunk CRCs): (width, height, number of distinct colours).
+pub fn decode_png(bytes: &[u8]) -> (u32, u32, usize) {
+    let image = sentiflow_trainer::charts::png::decode_rgb(bytes).expect("a PNG");
+    (image.width, image.height, image.distinct_colours())
+}

@@ -283,6 +283,12 @@ async fn pipeline_trains_on_burn_cpu_and_registers_the_card() {
     )
     .unwrap();
     assert_eq!(card["device"], "burn-cpu");
+    sentiflow_tests::assert_card_files(
+        &dir.path()
+            .join("models/sentiment-hashed")
+            .join(&outcome.record.version),
+        &outcome.record,
+    );
     assert_eq!(
         card["burn_config"]["batch_size"],
         BurnConfig::default().batch_size

@@ -106,7 +106,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
     assert_eq!(card["family"], "encoder");
     assert_eq!(card["encoder_config"]["max_length"], 48);
-    assert!(card_dir.join("card.md").exists());
+    sentiflow_tests::assert_card_files(&card_dir, &outcome.record);
 
     // Second run: embeddings from the cache, the same head, gated against the first as champion.
     registry

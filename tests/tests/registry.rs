@@ -53,6 +53,20 @@ async fn register_promote_rollback_and_checksum_refusal() {
             .join("models/sentiment-hashed/v2/card.md")
             .exists()
     );
+    // Every extra file is recorded with its sha256 (the ONNX file's is `sha256`).
+    assert_eq!(
+        second.files,
+        BTreeMap::from([
+            (
+                "card.json".to_owned(),
+                "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a".to_owned()
+            ),
+            (
+                "card.md".to_owned(),
+                "7db092b7c2f68f372b3b21e875b3811de556a34c8c797f9682e637d5526166a8".to_owned()
+            ),
+        ])
+    );
     assert_eq!(
         registry.names().await.unwrap(),
         vec!["sentiment-hashed".to_owned()]
@@ -127,6 +141,16 @@ async fn register_promote_rollback_and_checksum_refusal() {
         registry.register(bad_file).await.unwrap_err().kind(),
         "invalid_name"
     );
+    // A file may not replace model.onnx, nor be given twice.
+    for clash in ["model.onnx", "card.md"] {
+        let mut twice = new_model("sentiment-hashed", b"x", 0.1);
+        twice.files.push((clash.to_owned(), b"other".to_vec()));
+        assert_eq!(
+            registry.register(twice).await.unwrap_err().kind(),
+            "invalid_name",
+            "{clash}"
+        );
+    }
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/sentiment-hashed"))
         .unwrap()
         .flatten()

@@ -1,6 +1,7 @@
 //! The training pipeline end to end on a small slice of real data, with a real Redis registry and ONNX
 //! Runtime: a snapshot is imported, trained twice with the same seed (identical weights and ONNX bytes),
-//! registered with its card, gated against the champion evaluated through ORT, promoted and rolled back.
+//! registered with its card and charts, gated against the champion evaluated through ORT, promoted and
+//! rolled back.
 
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::config::RedisArgs;
@@ -74,6 +75,13 @@ async fn train_register_gate_promote_and_reproduce() {
         first.test.macro_f1 > 0.45,
         "learned something: macro-F1 {}",
         first.test.macro_f1
+    );
+    // The card, its charts and their links, every file recorded with its sha256.
+    sentiflow_tests::assert_card_files(
+        &dir.path()
+            .join("models/sentiment-hashed")
+            .join(&first.record.version),
+        &first.record,
     );
     registry
         .promote("sentiment-hashed", &first.record.version)

@@ -51,6 +51,13 @@ pub enum Command {
     /// Ask for a retrain of the serving model now (publishes a retrain request by an operator).
     Retrain(Box<crate::drift::RetrainArgs>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
+    #[command(
+        after_help = "The version directory holds model.onnx, the model card (card.json, card.md) and its \
+                      charts (confusion_matrix.png, training_curve.png). The charts' text uses DejaVu Sans \
+                      (/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf, Debian package fonts-dejavu-core) or \
+                      the TTF file named by SENTIFLOW_CHART_FONT; without a readable font the charts are \
+                      skipped and the card says why."
+    )]
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
     Eval(Box<crate::train::EvalArgs>),

@@ -217,6 +217,17 @@ async fn finish(
         "registered {} {} ({})",
         record.name, record.version, record.artifact_uri
     );
+    let charts: Vec<&str> = record
+        .files
+        .keys()
+        .map(String::as_str)
+        .filter(|name| name.ends_with(".png"))
+        .collect();
+    if charts.is_empty() {
+        println!("  model card: card.md, card.json (charts skipped: the reason is in card.json)");
+    } else {
+        println!("  model card: card.md, card.json, {}", charts.join(", "));
+    }
     if outcome.tokens_per_second > 0.0 {
         println!(
             "  trained in {:.1} s, {:.0} tokens/s, device {}",

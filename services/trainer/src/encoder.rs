@@ -19,9 +19,13 @@ use sentiflow_model::onnx::{FAMILY_ENCODER, ModelMetadata, export_encoder};
 use sentiflow_model::runtime::OrtEnvironment;
 use serde::{Deserialize, Serialize};
 
+use crate::charts::{self, ChartInputs, Charts, CurvePoint};
 use crate::dataset::{DatasetRow, SnapshotStore, Split};
 use crate::gate::{self, GatePolicy, GateScores};
-use crate::pipeline::{PipelineError, TrainDevice, TrainOutcome, evaluate_onnx};
+use crate::pipeline::{
+    PipelineError, TrainDevice, TrainOutcome, card_files, evaluate_onnx, write_curve_link,
+    write_test_and_gate,
+};
 use crate::registry::{NewModel, Registry, RegistryError};
 
 /// The files a frozen-encoder run starts from (installed by `infra/setup.sh`).
@@ -137,6 +141,10 @@ pub struct EncoderModelCard {
     pub champion_test: Option<Evaluation>,
     /// Gate decision.
     pub gate: GateDecision,
+    /// The confusion-matrix and training-curve PNGs next to the card (names and sha256), or why they
+    /// were skipped. Absent in cards written before charts existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<Charts>,
 }
 
 /// Decides the training device honestly: the frozen encoder embeds through ORT's CPU provider and
@@ -426,6 +434,26 @@ pub async fn train_and_register_encoder(
     let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?
         .weights_sha256;
+    let (charts, chart_files) = charts::render_or_skip(
+        &ChartInputs {
+            name: &request.model_name,
+            version: &version,
+            test: &test,
+            history: trained
+                .history
+                .iter()
+                .map(|epoch| CurvePoint {
+                    epoch: epoch.epoch,
+                    train_loss: epoch.train_loss,
+                    validation_macro_f1: epoch.validation_macro_f1,
+                })
+                .collect(),
+            best_epoch: trained.best_epoch,
+            planned_epochs: request.head.epochs,
+            patience: request.head.patience,
+        },
+        &charts::font_path(),
+    );
     let card = EncoderModelCard {
         name: request.model_name.clone(),
         version: version.clone(),
@@ -446,6 +474,7 @@ pub async fn train_and_register_encoder(
         test: test.clone(),
         champion_test: champion_test.clone(),
         gate: decision.clone(),
+        charts: Some(charts),
     };
     let mut metrics = BTreeMap::from([
         ("macro_f1".to_owned(), test.macro_f1),
@@ -470,13 +499,11 @@ pub async fn train_and_register_encoder(
             trained_on: device.to_owned(),
             metrics,
             gate: Some(decision.clone()),
-            files: vec![
-                (
-                    "card.json".to_owned(),
-                    serde_json::to_vec_pretty(&card).expect("cards serialise"),
-                ),
-                ("card.md".to_owned(), card_markdown(&card).into_bytes()),
-            ],
+            files: card_files(
+                serde_json::to_vec_pretty(&card).expect("cards serialise"),
+                card_markdown(&card),
+                chart_files,
+            ),
         })
         .await?;
     Ok(EncoderTrainOutcome {
@@ -524,10 +551,12 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
         card.embedding.truncated,
         card.embedding.cached_rows
     );
-    crate::pipeline::write_test_and_gate(&mut out, &card.test, &card.gate);
+    write_test_and_gate(&mut out, &card.test, &card.gate, card.charts.as_ref());
+    let _ = writeln!(out, "## Training curve\n");
+    write_curve_link(&mut out, card.charts.as_ref());
     let _ = writeln!(
         out,
-        "## Training curve\n\n| epoch | train loss | validation macro-F1 | validation log loss |\n|---|---|---|---|"
+        "| epoch | train loss | validation macro-F1 | validation log loss |\n|---|---|---|---|"
     );
     for epoch in &card.history {
         let _ = writeln!(

@@ -24,8 +24,11 @@
 //! - [`registry`]: artifacts on disk, records and aliases in Redis, `models.updates` events.
 //! - [`pipeline`]: one training run: train, evaluate, export, card, register, gate.
 //! - [`encoder`]: the same run for the encoder family (frozen MiniLM embeddings + trained head).
+//! - [`charts`]: the model card's confusion-matrix and training-curve PNGs (skipped, with the reason
+//!   in the card, when the font is missing).
 //! - [`gate`]: the promotion rule (macro-F1 within ε of the champion, no class recall drop beyond δ).
 
+pub mod charts;
 pub mod config;
 pub mod curation;
 pub mod dataset;

@@ -17,6 +17,7 @@ use sentiflow_model::runtime::{DeviceRequest, LoadedModel, OrtEnvironment};
 use sentiflow_model::train::{Example, TrainConfig, TrainedModel, train};
 use serde::{Deserialize, Serialize};
 
+use crate::charts::{self, ChartInputs, Charts, CurvePoint};
 use crate::dataset::{DatasetRow, SnapshotStore, Split};
 use crate::gate::{self, GatePolicy, GateScores};
 use crate::registry::{ModelRecord, NewModel, Registry};
@@ -134,6 +135,10 @@ pub struct ModelCard {
     pub champion_test: Option<Evaluation>,
     /// Gate decision.
     pub gate: GateDecision,
+    /// The confusion-matrix and training-curve PNGs next to the card (names and sha256), or why they
+    /// were skipped. Absent in cards written before charts existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<Charts>,
 }
 
 /// Training-run failures.
@@ -333,6 +338,26 @@ pub async fn train_and_register(
     };
     let onnx = export_hashed(&trained.model, &metadata)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    let (charts, chart_files) = charts::render_or_skip(
+        &ChartInputs {
+            name: &request.model_name,
+            version: &version,
+            test: &test,
+            history: trained
+                .history
+                .iter()
+                .map(|epoch| CurvePoint {
+                    epoch: epoch.epoch,
+                    train_loss: epoch.train_loss,
+                    validation_macro_f1: epoch.validation_macro_f1,
+                })
+                .collect(),
+            best_epoch: trained.best_epoch,
+            planned_epochs: request.train.epochs,
+            patience: request.train.patience,
+        },
+        &charts::font_path(),
+    );
     let card = ModelCard {
         name: request.model_name.clone(),
         version: version.clone(),
@@ -352,6 +377,7 @@ pub async fn train_and_register(
         test: test.clone(),
         champion_test: champion_test.clone(),
         gate: decision.clone(),
+        charts: Some(charts),
     };
     let mut metrics = BTreeMap::from([
         ("macro_f1".to_owned(), test.macro_f1),
@@ -376,13 +402,11 @@ pub async fn train_and_register(
             trained_on: device.to_owned(),
             metrics,
             gate: Some(decision.clone()),
-            files: vec![
-                (
-                    "card.json".to_owned(),
-                    serde_json::to_vec_pretty(&card).expect("cards serialise"),
-                ),
-                ("card.md".to_owned(), card_markdown(&card).into_bytes()),
-            ],
+            files: card_files(
+                serde_json::to_vec_pretty(&card).expect("cards serialise"),
+                card_markdown(&card),
+                chart_files,
+            ),
         })
         .await?;
     let tokens_per_second = mean(trained.history.iter().map(|epoch| epoch.tokens_per_second));
@@ -533,10 +557,12 @@ pub fn card_markdown(card: &ModelCard) -> String {
             burn.batch_size, burn.learning_rate
         );
     }
-    write_test_and_gate(&mut out, &card.test, &card.gate);
+    write_test_and_gate(&mut out, &card.test, &card.gate, card.charts.as_ref());
+    let _ = writeln!(out, "## Training curve\n");
+    write_curve_link(&mut out, card.charts.as_ref());
     let _ = writeln!(
         out,
-        "## Training curve\n\n| epoch | train loss | validation macro-F1 | tokens/s |\n|---|---|---|---|"
+        "| epoch | train loss | validation macro-F1 | tokens/s |\n|---|---|---|---|"
     );
     for epoch in &card.history {
         let _ = writeln!(
@@ -548,8 +574,41 @@ pub fn card_markdown(card: &ModelCard) -> String {
     out
 }
 
-/// The model card's test-split and gate sections (shared by both families' cards).
-pub(crate) fn write_test_and_gate(out: &mut String, test: &Evaluation, gate: &GateDecision) {
+/// The files of a version directory besides `model.onnx`: `card.json`, `card.md` and the charts
+/// (shared by both families).
+pub(crate) fn card_files(
+    card_json: Vec<u8>,
+    card_md: String,
+    charts: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![
+        ("card.json".to_owned(), card_json),
+        ("card.md".to_owned(), card_md.into_bytes()),
+    ];
+    files.extend(charts);
+    files
+}
+
+/// The training-curve chart's image link (relative: the PNG lies next to `card.md`), when written.
+pub(crate) fn write_curve_link(out: &mut String, charts: Option<&Charts>) {
+    use std::fmt::Write as _;
+    if let Some(Charts::Written { training_curve, .. }) = charts {
+        let _ = writeln!(
+            out,
+            "![training loss and validation macro-F1 per epoch]({})\n",
+            training_curve.file
+        );
+    }
+}
+
+/// The model card's test-split and gate sections (shared by both families' cards), with the
+/// confusion-matrix chart's link or the reason the charts were skipped.
+pub(crate) fn write_test_and_gate(
+    out: &mut String,
+    test: &Evaluation,
+    gate: &GateDecision,
+    charts: Option<&Charts>,
+) {
     use std::fmt::Write as _;
     let _ = writeln!(out, "## Test split (gate set)\n");
     let _ = writeln!(
@@ -578,6 +637,21 @@ pub(crate) fn write_test_and_gate(out: &mut String, test: &Evaluation, gate: &Ga
     for row in &test.confusion {
         let _ = writeln!(out, "    {:>7} {:>7} {:>7}", row[0], row[1], row[2]);
     }
+    match charts {
+        Some(Charts::Written {
+            confusion_matrix, ..
+        }) => {
+            let _ = writeln!(
+                out,
+                "\n![confusion matrix of the test split]({})",
+                confusion_matrix.file
+            );
+        }
+        Some(Charts::Skipped(reason)) => {
+            let _ = writeln!(out, "\nCharts skipped: {reason}");
+        }
+        None => {}
+    }
     let _ = writeln!(
         out,
         "\n## Gate\n\n{} — {}\n",
@@ -596,6 +670,97 @@ mod tests {
             driver_version: "13.0".to_owned(),
             nvrtc: "libnvrtc.so.13".to_owned(),
         }
+    }
+
+    fn card(charts: Option<Charts>) -> ModelCard {
+        let test = sentiflow_model::eval::evaluate(
+            &[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]],
+            &[0, 1, 1],
+        );
+        ModelCard {
+            name: "sentiment-hashed".to_owned(),
+            version: "v3".to_owned(),
+            family: ModelFamily::Hashed,
+            snapshot_id: "snap".to_owned(),
+            featurizer_version: FEATURIZER_VERSION.to_owned(),
+            featurizer_config: FeaturizerConfig::default(),
+            featurizer_config_hash: FeaturizerConfig::default().config_hash(),
+            train_config: TrainConfig::default(),
+            burn_config: None,
+            device: "cpu".to_owned(),
+            device_reason: "requested".to_owned(),
+            weights_sha256: "0".repeat(64),
+            history: Vec::new(),
+            best_epoch: 1,
+            validation: test.clone(),
+            test,
+            champion_test: None,
+            gate: crate::gate::decide(
+                GateScores {
+                    macro_f1: 0.5,
+                    recall: [0.5; 3],
+                },
+                None,
+                GatePolicy::default(),
+            ),
+            charts,
+        }
+    }
+
+    fn links(markdown: &str) -> Vec<&str> {
+        markdown
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+            .collect()
+    }
+
+    #[test]
+    fn the_card_links_its_charts_or_says_why_there_are_none() {
+        let chart = |file: &str| charts::ChartFile {
+            file: file.to_owned(),
+            sha256: "ab".repeat(32),
+            width: 10,
+            height: 10,
+        };
+        let written = card(Some(Charts::Written {
+            confusion_matrix: chart(charts::CONFUSION_MATRIX_FILE),
+            training_curve: chart(charts::TRAINING_CURVE_FILE),
+        }));
+        let markdown = card_markdown(&written);
+        assert_eq!(
+            links(&markdown),
+            [charts::CONFUSION_MATRIX_FILE, charts::TRAINING_CURVE_FILE]
+        );
+        assert!(!markdown.contains("Charts skipped"));
+        let json = serde_json::to_value(&written).unwrap();
+        assert_eq!(
+            json["charts"]["written"]["confusion_matrix"]["file"],
+            charts::CONFUSION_MATRIX_FILE
+        );
+
+        // A missing font: the card says why, links nothing, and names no chart file.
+        let reason = "chart font /nope.ttf: No such file or directory (os error 2)";
+        let skipped = card(Some(Charts::Skipped(reason.to_owned())));
+        let markdown = card_markdown(&skipped);
+        assert!(links(&markdown).is_empty(), "{markdown}");
+        assert!(
+            markdown.contains(&format!("Charts skipped: {reason}")),
+            "{markdown}"
+        );
+        let json = serde_json::to_value(&skipped).unwrap();
+        assert_eq!(json["charts"], serde_json::json!({ "skipped": reason }));
+        let files = card_files(serde_json::to_vec(&skipped).unwrap(), markdown, Vec::new());
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["card.json", "card.md"]);
+
+        // Cards written before charts existed still load.
+        let mut old = serde_json::to_value(card(None)).unwrap();
+        assert!(old.get("charts").is_none());
+        old.as_object_mut().unwrap().remove("charts");
+        let parsed: ModelCard = serde_json::from_value(old).unwrap();
+        assert!(parsed.charts.is_none());
+        assert!(links(&card_markdown(&parsed)).is_empty());
     }
 
     #[test]

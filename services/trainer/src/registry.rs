@@ -29,6 +29,10 @@ pub struct ModelRecord {
     pub family: ModelFamily,
     /// sha256 of `model.onnx`.
     pub sha256: String,
+    /// sha256 of every other file of the version directory (card.json, card.md, the chart PNGs), by
+    /// file name. Empty in records written before it existed.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
     /// Absolute path of `model.onnx`.
     pub artifact_uri: String,
     /// Featurizer version the model was trained with.
@@ -206,8 +210,14 @@ impl Registry {
     /// the metadata is recorded, so a failure never leaves a half-written version behind.
     pub async fn register(&self, model: NewModel) -> Result<ModelRecord, RegistryError> {
         valid_name(&model.name)?;
+        let mut seen = std::collections::BTreeSet::from([MODEL_FILE]);
         for (file, _) in &model.files {
             valid_name(file)?;
+            if !seen.insert(file.as_str()) {
+                return Err(RegistryError::InvalidName(format!(
+                    "{file} is given twice (or is {MODEL_FILE})"
+                )));
+            }
         }
         let model_dir = self.root.join(&model.name);
         std::fs::create_dir_all(&model_dir).map_err(|source| RegistryError::Io {
@@ -249,6 +259,11 @@ impl Registry {
             version: version.clone(),
             family: model.family,
             sha256: hex::encode(Sha256::digest(&model.onnx)),
+            files: model
+                .files
+                .iter()
+                .map(|(name, bytes)| (name.clone(), hex::encode(Sha256::digest(bytes))))
+                .collect(),
             artifact_uri: artifact
                 .canonicalize()
                 .unwrap_or(artifact)

@@ -785,6 +785,7 @@ mod tests {
             version: "v7".to_owned(),
             family: ModelFamily::Hashed,
             sha256: "0".repeat(64),
+            files: BTreeMap::new(),
             artifact_uri: "/nonexistent/sentiment-hashed/v7/model.onnx".to_owned(),
             featurizer_version: "feat-v1".to_owned(),
             snapshot_id: "snap".to_owned(),
