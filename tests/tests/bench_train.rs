@@ -53,7 +53,6 @@ fn bench_train_reports_both_systems_on_the_same_rows() {
 fn bench_drift_runs_every_detector_on_the_same_streams() {
     let args = DriftBenchArgs {
         data_dir: sentiflow_tests::shared_data(""),
-        limit: None,
         stationary_events: 30_000,
         pre_shift_events: 6_250,
         ramp_events: 6_000,

