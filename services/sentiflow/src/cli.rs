@@ -73,7 +73,7 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dataset::DatasetCommand,
     },
-    /// Benchmarks against a baseline measured in the same run (train: our trainer vs fastText).
+    /// Benchmarks against a baseline measured in the same run (train, infer, pipeline, drift).
     Bench {
         /// Which benchmark.
         #[command(subcommand)]

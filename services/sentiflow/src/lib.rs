@@ -11,7 +11,7 @@
 //! - [`train`]: `sentiflow train` and `sentiflow eval`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
-//! - [`bench`]: `sentiflow bench train` (our trainer vs fastText, side by side).
+//! - [`bench`]: `sentiflow bench train|infer|pipeline|drift` (each against its baseline, side by side).
 
 pub mod bench;
 pub mod cli;

@@ -1,6 +1,6 @@
 //! The `sentiflow` binary on this GPU-less machine: `train --device cuda` exits non-zero with a clear
-//! message before touching any snapshot or registry; `bench train` without the baseline says how to
-//! install it.
+//! message before touching any snapshot or registry; `bench train` and `bench drift` without their
+//! baselines say how to install them.
 
 use std::process::Command;
 
@@ -52,6 +52,23 @@ fn bench_train_without_the_baseline_says_how_to_install_it() {
     assert!(!output.status.success());
     assert!(
         stderr.contains("infra/setup.sh --bench"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn bench_drift_without_river_says_how_to_install_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = sentiflow()
+        .args(["bench", "drift", "--stationary-events", "10"])
+        .env("SENTIFLOW_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("River (the ADWIN baseline) is not installed")
+            && stderr.contains("infra/setup.sh --bench"),
         "stderr: {stderr}"
     );
 }

@@ -4,10 +4,13 @@
 //! - [`train`]: `bench train`, our CPU trainer against fastText on the same data, split and thread.
 //! - [`infer`]: `bench infer`, batch inference of our serving path against fastText predict.
 //! - [`pipeline`]: `bench pipeline`, sentiflow-infer against raw Kafka pass-through and a Python peer.
+//! - [`drift`]: `bench drift`, our drift monitor against River's ADWIN and an always-fire baseline on
+//!   replayed stationary, abrupt and gradual shifts.
 //!
 //! Shared here: the one-thread pinning, the Python environment of the baselines, and the table.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
+pub mod drift;
 pub mod infer;
 pub mod pipeline;
 pub mod train;
@@ -28,6 +31,10 @@ pub enum BenchCommand {
     Infer(Box<infer::InferBenchArgs>),
     /// sentiflow-infer vs raw Kafka pass-through vs a Python peer; latency at half load; memory.
     Pipeline(Box<pipeline::PipelineBenchArgs>),
+    /// Our drift monitor vs River's ADWIN vs always-fire on replayed stationary, abrupt and gradual
+    /// shifts: detection delay, false alarms per 100k stationary events, retrain requests. Needs
+    /// `bash infra/setup.sh --bench` once.
+    Drift(Box<drift::DriftBenchArgs>),
 }
 
 /// Runs a bench command (blocking: call it off the async runtime).
@@ -43,6 +50,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Pipeline(args) => {
             let report = pipeline::run(&args)?;
+            (args.json, serde_json::to_value(&report)?, report.render())
+        }
+        BenchCommand::Drift(args) => {
+            let report = drift::run(&args)?;
             (args.json, serde_json::to_value(&report)?, report.render())
         }
     };
