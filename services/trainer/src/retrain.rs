@@ -180,6 +180,55 @@ pub fn train_device(wanted: DeviceWanted) -> TrainDevice {
     }
 }
 
+/// A request to the curation loop to close its open segment now; answered with the number of messages
+/// curation has made durable so far.
+pub(crate) type FlushRequest = tokio::sync::oneshot::Sender<u64>;
+
+/// Longest the retrain loop waits for curation to close its open segment (a disk outage makes curation
+/// retry the write; the snapshot is then cut from what is already durable).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The retrain loop's handle on the curation loop: before a snapshot is cut, the open segment is
+/// written, so the retrain sees every review curation has consumed, not only the segments that
+/// `--segment-max-age-ms` or `--segment-max-messages` already closed.
+pub(crate) struct CurationFlush {
+    requests: tokio::sync::mpsc::Sender<FlushRequest>,
+}
+
+impl CurationFlush {
+    /// A handle sending on `requests` (the curation loop holds the receiver).
+    pub(crate) fn new(requests: tokio::sync::mpsc::Sender<FlushRequest>) -> Self {
+        Self { requests }
+    }
+
+    /// Asks curation to close its open segment and waits for it (at most [`FLUSH_TIMEOUT`]); returns
+    /// the number of durable messages, or None when curation did not answer (the snapshot then holds
+    /// what was already durable, which the log says).
+    async fn flush(&self) -> Option<u64> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.requests.send(reply).await.is_err() {
+            warn!("curation is not running; the snapshot holds the segments already closed");
+            return None;
+        }
+        match tokio::time::timeout(FLUSH_TIMEOUT, answer).await {
+            Ok(Ok(durable)) => Some(durable),
+            Ok(Err(_)) => {
+                warn!(
+                    "curation stopped before closing its open segment; the snapshot holds the segments already closed"
+                );
+                None
+            }
+            Err(_) => {
+                warn!(
+                    timeout_s = FLUSH_TIMEOUT.as_secs(),
+                    "curation did not close its open segment in time; the snapshot holds the segments already closed"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Everything the retrain loop needs, built by the service at start-up.
 pub(crate) struct RetrainWorker {
     /// `retrain.requests` consumer (its own group).
@@ -218,6 +267,8 @@ pub(crate) struct RetrainWorker {
     pub shutdown: CancellationToken,
     /// How long work may go on after shutdown was requested.
     pub drain_timeout: Duration,
+    /// Makes curation close its open segment before a snapshot.
+    pub curation: CurationFlush,
 }
 
 /// Work given up at shutdown; the request's offset stays unstored, so it is read again after a restart.
@@ -445,6 +496,12 @@ impl RetrainWorker {
         let (featurizer, train, recipe) = recipe(champion.as_ref());
         outcome.recipe = recipe;
 
+        if let Some(durable) = self.curation.flush().await {
+            debug!(
+                durable,
+                "curation closed its open segment for this snapshot"
+            );
+        }
         let curated = self.snapshot(request, outcome).await?;
         outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
         outcome.snapshot_rows = Some(curated.manifest.rows);
@@ -590,8 +647,12 @@ impl RetrainWorker {
             }),
         );
         let log = |what: &str| {
+            let gate = outcome.gate.as_ref();
             info!(request_id = %outcome.request_id, outcome = outcome.outcome.as_str(),
                 version = ?outcome.version, previous = ?outcome.previous_champion,
+                snapshot_rows = ?outcome.snapshot_rows,
+                macro_f1 = ?gate.map(|gate| gate.challenger_macro_f1),
+                champion_macro_f1 = ?gate.and_then(|gate| gate.champion_macro_f1),
                 seconds = outcome.seconds, message = %outcome.message, "{what}");
         };
         match outcome.outcome {
