@@ -116,7 +116,8 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_REFERENCE_WINDOWS", default_value_t = 1)]
     pub reference_windows: u32,
 
-    /// Drift is confirmed after this many consecutive windows with status drift.
+    /// Drift is confirmed after this many windows with status drift with no ok window between them (a
+    /// warn window pauses the count, an ok window resets it).
     #[arg(long, env = "SENTIFLOW_DRIFT_CONFIRM_WINDOWS", default_value_t = 3)]
     pub confirm_windows: u32,
 

@@ -621,7 +621,7 @@ pub fn retrain_request(
         .map(|signal| format!("{}={:.3}", signal.name, signal.statistic))
         .collect();
     let reason = format!(
-        "drift confirmed after {} consecutive drift windows of {} predictions; drifting signals: {}",
+        "drift confirmed after {} drift windows of {} predictions (no ok window between them); drifting signals: {}",
         report.consecutive_drift_windows,
         report.window.events,
         if drifting.is_empty() {

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
-use crate::dataset::{DatasetError, SnapshotStore};
+use crate::dataset::{DatasetError, Origin, SnapshotStore};
 use crate::error::Rejection;
 use crate::gate::GatePolicy;
 use crate::pipeline::{self, ModelCard, PipelineError, TrainDevice, TrainRequest};
@@ -502,7 +502,8 @@ impl RetrainWorker {
                 "curation closed its open segment for this snapshot"
             );
         }
-        let curated = self.snapshot(request, outcome).await?;
+        let base = self.champion_snapshot(champion.as_ref());
+        let curated = self.snapshot(request, base, outcome).await?;
         outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
         outcome.snapshot_rows = Some(curated.manifest.rows);
 
@@ -548,17 +549,21 @@ impl RetrainWorker {
     }
 
     /// A fresh snapshot over the request's time range; all curated data when the range is unbounded or
-    /// holds too little to train on.
+    /// holds too little to train on. Unless the request starts at a given time, the rows of `base` (the
+    /// champion's snapshot, when this trainer's store holds it) join the curated ones, so the new model
+    /// learns the recent data without forgetting what the champion learned from.
     async fn snapshot(
         &self,
         request: &RetrainRequest,
+        base: Option<String>,
         outcome: &mut RetrainOutcome,
     ) -> Result<CuratedSnapshot, Attempt> {
         let ranged = CurateOptions {
             data_from: request.data_from,
             data_to: request.data_to,
+            base_snapshot: base.clone().filter(|_| request.data_from.is_none()),
         };
-        let bounded = ranged != CurateOptions::default();
+        let bounded = ranged.data_from.is_some() || ranged.data_to.is_some();
         let describe = |options: &CurateOptions| {
             let end = |time: Option<DateTime<Utc>>| {
                 time.map_or_else(|| "unbounded".to_owned(), |time| time.to_rfc3339())
@@ -570,20 +575,48 @@ impl RetrainWorker {
         } else {
             "all curated data".to_owned()
         };
-        match self.curate(ranged.clone()).await? {
-            Ok(curated) => return Ok(curated),
+        let curated = match self.curate(ranged.clone()).await? {
+            Ok(curated) => curated,
             Err(error @ (DatasetError::Empty | DatasetError::MissingClass(_))) if bounded => {
                 info!(%error, range = %describe(&ranged), "requested range cannot be trained on; using all curated data");
                 outcome.data_range = format!(
                     "all curated data (the requested range {} could not be trained on: {error})",
                     describe(&ranged)
                 );
+                self.curate(CurateOptions {
+                    base_snapshot: base,
+                    ..CurateOptions::default()
+                })
+                .await?
+                .map_err(snapshot_attempt)?
             }
             Err(error) => return Err(snapshot_attempt(error)),
+        };
+        if let Origin::Topics {
+            base_snapshot: Some(base),
+            ..
+        } = &curated.manifest.origin
+        {
+            outcome.data_range = format!(
+                "{} + {} rows of the champion's snapshot {base} ({} replaced by curated rows)",
+                outcome.data_range, curated.counts.base_rows, curated.counts.base_replaced
+            );
         }
-        self.curate(CurateOptions::default())
-            .await?
-            .map_err(snapshot_attempt)
+        Ok(curated)
+    }
+
+    /// The champion's snapshot, when this trainer's snapshot store holds it (a champion trained
+    /// elsewhere has its data elsewhere: the retrain then learns from the curated data alone).
+    fn champion_snapshot(&self, champion: Option<&ModelRecord>) -> Option<String> {
+        let champion = champion?;
+        match self.snapshots.manifest(&champion.snapshot_id) {
+            Ok(_) => Some(champion.snapshot_id.clone()),
+            Err(error) => {
+                info!(snapshot = %champion.snapshot_id, %error,
+                    "the champion's snapshot is not in this trainer's store; retraining on curated data only");
+                None
+            }
+        }
     }
 
     /// Cuts a snapshot on a blocking thread; a panic there becomes a failed outcome, not a dead loop.
