@@ -168,6 +168,8 @@ pub struct LoopReport {
     pub serving_before: Option<String>,
     /// Champion serving at the end.
     pub serving_after: Option<String>,
+    /// Predictions made for the airline rows replayed before the shift (domain A).
+    pub before_predictions: u64,
     /// Predictions made for the other-topic rows (domain B).
     pub shifted_predictions: u64,
     /// Drift reports published during the replay, oldest first.
@@ -176,6 +178,8 @@ pub struct LoopReport {
     pub requests: Vec<RetrainRequest>,
     /// What the trainer did with the request.
     pub retrain: Option<RetrainOutcome>,
+    /// Rows per source of the snapshot the retrain trained on.
+    pub retrain_sources: BTreeMap<String, u64>,
     /// Macro-F1 of the champion before and after on rows never replayed nor trained on.
     pub held_back: Vec<HeldBackScore>,
     /// Whether drift was detected, a retrain promoted and the new champion served.
@@ -275,6 +279,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
             "sentiflow",
         ))?,
     );
+    let mut champion = registry.alias(MODEL_NAME, ModelAlias::Champion).await?;
     if !args.no_bootstrap {
         let rows = match &replay_plan {
             Replay::Plain => BootstrapRows::File {
@@ -287,7 +292,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
                 what: "airline tweets of the corpus (domain A)",
             },
         };
-        bootstrap_champion(&data_dir, &registry, &kafka_args, rows, Recipe::default()).await?;
+        champion = Some(
+            bootstrap_champion(&data_dir, &registry, &kafka_args, rows, Recipe::default()).await?,
+        );
     }
     let mut config = StackConfig::local(
         &kafka_args,
@@ -331,6 +338,17 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
         topics::PREDICTIONS,
         topics::RETRAIN_REQUESTS
     );
+    if let Some(version) = &champion {
+        // infer loads the champion in the background; the replay's first predictions should be its.
+        let slot = stack.infer.slot.clone();
+        let deadline = Instant::now() + STALL;
+        while slot.current().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if slot.current().is_none() {
+            println!("  note: infer does not serve {MODEL_NAME} {version} yet; see its /readyz");
+        }
+    }
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
     let mut report = UpReport::default();
@@ -605,9 +623,12 @@ async fn run_shift(
     let rate = Some(args.rate.unwrap_or(SHIFT_DEFAULT_RATE));
     // The service logs tell the story; progress bars would only garble them.
     let replayed = replay_blocks(&blocks, rate, kafka_args, stack, false).await?;
-    let shifted_predictions = match replayed.marks.as_slice() {
-        [.., before_shift, after_shift] => after_shift.since(before_shift).predictions,
-        _ => 0,
+    let (before_predictions, shifted_predictions) = match replayed.marks.as_slice() {
+        [start, before_shift, after_shift] => (
+            before_shift.since(start).predictions,
+            after_shift.since(before_shift).predictions,
+        ),
+        _ => (0, 0),
     };
 
     let requests: Vec<RetrainRequest> = stack
@@ -652,6 +673,12 @@ async fn run_shift(
             }
         }
     }
+    let retrain_sources = retrain
+        .as_ref()
+        .and_then(|outcome| outcome.snapshot_id.as_deref())
+        .and_then(|id| stack.trainer.snapshots.manifest(id).ok())
+        .map(|manifest| manifest.sources)
+        .unwrap_or_default();
     let serving_after = serving_version(stack);
     let reports: Vec<DriftReport> = stack
         .drift
@@ -674,10 +701,12 @@ async fn run_shift(
     let report = LoopReport {
         serving_before,
         serving_after,
+        before_predictions,
         shifted_predictions,
         reports,
         requests,
         retrain,
+        retrain_sources,
         held_back,
         closed,
     };
@@ -787,6 +816,12 @@ async fn score_held_back(
 /// Prints the loop as the shift scenario saw it.
 fn print_loop(report: &LoopReport, window_events: u64) {
     println!("\nclosed loop");
+    let serving_before = report.serving_before.as_deref().unwrap_or("-");
+    println!(
+        "  the shift            after {} predictions of airline tweets: in {serving_before}'s window {}",
+        report.before_predictions,
+        report.before_predictions / window_events + 1
+    );
     let mut by_version: BTreeMap<String, Vec<&DriftReport>> = BTreeMap::new();
     for drift_report in &report.reports {
         by_version
@@ -838,16 +873,22 @@ fn print_loop(report: &LoopReport, window_events: u64) {
                     gate.champion_macro_f1.unwrap_or(f64::NAN)
                 )
             });
+            let sources: Vec<String> = report
+                .retrain_sources
+                .iter()
+                .map(|(source, rows)| format!("{source} {rows}"))
+                .collect();
             println!(
-                "  retrain              {} {} in {:.1} s ({} rows: {}){gate}",
+                "  retrain              {} {} in {:.1} s on {} rows ({}){gate}",
                 outcome.outcome.as_str(),
                 outcome.version.as_deref().unwrap_or("(no version)"),
                 outcome.seconds,
                 outcome
                     .snapshot_rows
                     .map_or_else(|| "no".to_owned(), |rows| rows.to_string()),
-                outcome.data_range
+                sources.join(", ")
             );
+            println!("                       data: {}", outcome.data_range);
         }
         None if !report.requests.is_empty() => {
             println!("  retrain              not finished");
