@@ -430,11 +430,12 @@ async fn a_topic_shift_is_detected_retrained_promoted_and_the_new_champion_is_be
         .unwrap_or(0);
     let shifted_before_request = (confirming as u64 + 1) * WINDOW - a_predictions;
     eprintln!(
-        "retrain: {} in {:.1} s on {} rows ({:?}); gate {:?}",
+        "retrain: {} in {:.1} s on {} rows ({:?}; {}); gate {:?}",
         outcome.outcome.as_str(),
         outcome.seconds,
         manifest.rows,
         manifest.sources,
+        outcome.data_range,
         outcome.gate
     );
     assert!(

@@ -114,12 +114,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
     match cli.command {
         Command::Up(args) => {
-            // The services' own info lines tell the loop's story: drift reports, retrain requests,
-            // the retrain's outcome, the model swap.
+            // `sentiflow` is a prefix of every service crate's target: their info lines tell the loop's
+            // story (drift reports, the retrain request, the retrain's outcome, the model swap).
             telemetry::init_tracing(&TelemetryArgs {
-                log_filter: "warn,sentiflow=info,sentiflow_ingest=info,sentiflow_infer=info,\
-                             sentiflow_trainer=info,sentiflow_drift=info"
-                    .to_owned(),
+                log_filter: "warn,sentiflow=info".to_owned(),
                 ..TelemetryArgs::ephemeral()
             });
             up::up(args, shutdown).await.map(|_report| ())

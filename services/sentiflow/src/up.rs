@@ -640,7 +640,6 @@ async fn run_shift(
         .collect();
     let mut retrain = None;
     if !requests.is_empty() {
-        println!("\nwaiting for the retrain drift asked for…");
         let stats = stack.trainer.stats.clone();
         let handled = move || {
             let now = stats.snapshot();
@@ -650,6 +649,9 @@ async fn run_shift(
                     + trainer_before.retrains_failed,
             )
         };
+        if handled() == 0 {
+            println!("\nwaiting for the retrain drift asked for…");
+        }
         let deadline = Instant::now() + RETRAIN_WAIT;
         while handled() == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
