@@ -354,7 +354,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     let mut report = UpReport::default();
     let mut outcome = Ok(());
     if !args.no_replay {
-        let run = replay(
+        let run = run_replay(
             &replay_plan,
             &args,
             &corpus_path,
@@ -398,7 +398,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
 }
 
 /// Replays the corpus as the scenario says; returns the rows published and, for a shift, the loop.
-async fn replay(
+async fn run_replay(
     plan: &Replay,
     args: &UpArgs,
     corpus_path: &Path,
