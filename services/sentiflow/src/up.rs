@@ -598,11 +598,10 @@ async fn run_shift(
     let trainer_before = stack.trainer.stats.snapshot();
     println!(
         "\nscenario shift: the champion ({}) was trained on airline tweets; the replay streams {} more \
-         airline tweets ({} drift windows of {}), then {} tweets on other topics. Watch the drift \
+         airline tweets (drift windows of {}), then {} tweets on other topics. Watch the drift \
          reports, the retrain and the swap in the log, and on http://{}/dashboard",
         serving_before.as_deref().unwrap_or("none"),
         plan.before.len(),
-        SHIFT_WINDOWS_BEFORE,
         args.drift_window_events,
         plan.after.len(),
         stack.drift.http_addr
