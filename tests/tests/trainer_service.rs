@@ -354,7 +354,7 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
         );
     }
     // Offsets: every message of both topics is accounted for, from offset 0 of each partition.
-    let Origin::Topics { offsets } = &manifest.origin else {
+    let Origin::Topics { offsets, .. } = &manifest.origin else {
         panic!("curated snapshots come from topics")
     };
     for (topic, published) in [

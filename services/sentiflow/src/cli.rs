@@ -29,7 +29,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the whole pipeline locally: Kafka + Redis from the setup cache, topics, services, corpus replay.
+    /// Run the whole pipeline locally: Kafka + Redis from the setup cache, topics, services, and a corpus
+    /// replay that stages a topic shift (drift → retrain → promotion → hot swap; --scenario plain: none).
     Up(UpArgs),
     /// Publish a corpus file (CSV/JSONL, .gz ok) to reviews.raw.
     Replay(ReplayArgs),
@@ -120,11 +121,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
     match cli.command {
         Command::Up(args) => {
+            // `sentiflow` is a prefix of every service crate's target: their info lines tell the loop's
+            // story (drift reports, the retrain request, the retrain's outcome, the model swap).
             telemetry::init_tracing(&TelemetryArgs {
-                log_filter: "warn,sentiflow=info,sentiflow_ingest=info".to_owned(),
+                log_filter: "warn,sentiflow=info".to_owned(),
                 ..TelemetryArgs::ephemeral()
             });
-            up::up(args, shutdown).await
+            up::up(args, shutdown).await.map(|_report| ())
         }
         Command::Replay(args) => {
             telemetry::init_tracing(&TelemetryArgs {

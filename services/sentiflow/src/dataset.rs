@@ -90,6 +90,7 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
                 &CurateOptions {
                     data_from: args.from,
                     data_to: args.to,
+                    base_snapshot: None,
                 },
             )
             .with_context(|| format!("curating {}", segments.dir().display()))?;
@@ -259,7 +260,14 @@ fn print_summary(manifest: &Manifest) {
     println!("  classes   {:?}", manifest.class_counts);
     println!("  time      {} .. {}", manifest.time_from, manifest.time_to);
     println!("  labels    {:?}", manifest.provenance);
-    if let Origin::Topics { offsets } = &manifest.origin {
+    if let Origin::Topics {
+        offsets,
+        base_snapshot,
+    } = &manifest.origin
+    {
+        if let Some(base) = base_snapshot {
+            println!("  base      {base} (its rows joined the curated ones)");
+        }
         for range in offsets {
             println!(
                 "  offsets   {}[{}] {}..={}",

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`cli`]: the clap command tree and dispatch.
 //! - [`up`]: `sentiflow up`, the whole pipeline on one machine.
+//! - [`stack`]: ingest, infer, trainer and drift wired together in-process (`up` and the end-to-end tests).
+//! - [`scenario`]: the replay scenarios of `up` (`shift`: airline tweets, then other topics).
 //! - [`local`]: real Kafka (KRaft) and Redis processes started from the setup cache.
 //! - [`dataset`]: `sentiflow dataset import|list|show` (snapshots for offline training).
 //! - [`models`]: `sentiflow models list|show|promote|rollback`.
@@ -21,5 +23,7 @@ pub mod drift;
 pub mod local;
 pub mod models;
 pub mod replay;
+pub mod scenario;
+pub mod stack;
 pub mod train;
 pub mod up;

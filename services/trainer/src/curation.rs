@@ -9,7 +9,7 @@ use sentiflow_common::events::{LabelProvenance, SourceCoordinate};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{
-    DatasetError, DatasetRow, Manifest, OffsetRange, Origin, SnapshotStore, merge_labels,
+    DatasetError, DatasetRow, Manifest, OffsetRange, Origin, SnapshotStore, Split, merge_labels,
 };
 use crate::segment::{CurationRecord, RecordKind, SegmentStore, merge_ranges};
 
@@ -20,6 +20,12 @@ pub struct CurateOptions {
     pub data_from: Option<DateTime<Utc>>,
     /// Only reviews written at or before this time.
     pub data_to: Option<DateTime<Utc>>,
+    /// A snapshot whose training and validation rows join the curated ones: the retrain loop passes its
+    /// champion's, so a retrain learns the new data without forgetting what the champion learned from.
+    /// Its test rows stay out, so the new snapshot's test split (what the gate scores both models on)
+    /// is the curated, recent data alone. A curated row wins over a base row with the same review id
+    /// or the same text.
+    pub base_snapshot: Option<String>,
 }
 
 /// What curation kept out of a snapshot, and why.
@@ -45,6 +51,10 @@ pub struct CurationCounts {
     pub feedback_without_review: u64,
     /// Messages dead-lettered instead of curated (from the segments' metadata).
     pub dead_lettered: u64,
+    /// Rows taken from the base snapshot.
+    pub base_rows: u64,
+    /// Base snapshot rows left out because a curated row has their review id or text.
+    pub base_replaced: u64,
 }
 
 /// A snapshot built from the curated segments.
@@ -170,13 +180,33 @@ pub fn curate_snapshot(
         ranges.extend(meta.offsets);
         records.append(&mut segment_records);
     }
-    let (rows, mut counts) = curate_rows(records, options);
+    let (mut rows, mut counts) = curate_rows(records, options);
     counts.segments = segment_count;
     counts.dead_lettered = dead_lettered;
+    if let Some(base) = &options.base_snapshot {
+        let ids: BTreeSet<String> = rows.iter().map(|row| row.review_id.clone()).collect();
+        let texts: BTreeSet<String> = rows.iter().map(|row| row.text.clone()).collect();
+        for split in [Split::Train, Split::Validation] {
+            for row in snapshots.read(base, split)? {
+                let in_range = options.data_from.is_none_or(|from| row.created_at >= from)
+                    && options.data_to.is_none_or(|to| row.created_at <= to);
+                if !in_range {
+                    counts.outside_time_range += 1;
+                } else if ids.contains(&row.review_id) || texts.contains(&row.text) {
+                    counts.base_replaced += 1;
+                } else {
+                    counts.base_rows += 1;
+                    rows.push(row);
+                }
+            }
+        }
+        rows.sort_by(|a, b| a.review_id.cmp(&b.review_id));
+    }
     let manifest = snapshots.write(
         &rows,
         Origin::Topics {
             offsets: merge_ranges(&ranges),
+            base_snapshot: options.base_snapshot.clone(),
         },
     )?;
     tracing::info!(
@@ -186,6 +216,8 @@ pub fn curate_snapshot(
         redelivered = counts.redelivered,
         unlabelled = counts.unlabelled,
         human_labels = counts.human_labels,
+        base_snapshot = ?options.base_snapshot,
+        base_rows = counts.base_rows,
         "snapshot curated"
     );
     Ok(CuratedSnapshot { manifest, counts })
@@ -301,6 +333,8 @@ mod tests {
                 human_labels: 4,
                 feedback_without_review: 1,
                 dead_lettered: 0,
+                base_rows: 0,
+                base_replaced: 0,
             }
         );
     }
@@ -323,6 +357,7 @@ mod tests {
         let options = CurateOptions {
             data_from: Some(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).single().unwrap()),
             data_to: None,
+            base_snapshot: None,
         };
         let (rows, counts) = curate_rows(vec![old, new], &options);
         assert_eq!(rows.len(), 1);
@@ -376,7 +411,8 @@ mod tests {
                     partition: 0,
                     min_offset: 0,
                     max_offset: 89,
-                }]
+                }],
+                base_snapshot: None,
             }
         );
         let mut ids = BTreeSet::new();
@@ -389,5 +425,133 @@ mod tests {
             }
         }
         assert_eq!(ids.len(), 90);
+    }
+
+    #[test]
+    fn a_base_snapshot_adds_its_training_rows_and_curated_rows_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentStore::in_data_dir(dir.path());
+        let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
+        let time = Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).single().unwrap();
+        let row = |id: String, text: String, label: Sentiment| DatasetRow {
+            review_id: id,
+            text,
+            label,
+            provenance: LabelProvenance::SourceLabel,
+            confidence: 1.0,
+            created_at: time,
+            source: "base".to_owned(),
+        };
+        // The champion's snapshot: 300 rows in all three splits.
+        let base_rows: Vec<DatasetRow> = (0..300)
+            .map(|i| {
+                row(
+                    format!("b{i}"),
+                    format!("base text {i}"),
+                    Sentiment::from_index(i % 3).unwrap(),
+                )
+            })
+            .collect();
+        let base = snapshots
+            .write(
+                &base_rows,
+                Origin::File {
+                    path: "base.jsonl".to_owned(),
+                    sha256: "0".repeat(64),
+                },
+            )
+            .unwrap();
+        // Curated: 30 new reviews, one relabelling a base review (same id), one repeating a base text.
+        let mut curated: Vec<CurationRecord> = (0..30)
+            .map(|i| {
+                review(
+                    &format!("c{i}"),
+                    Some((
+                        Sentiment::from_index(i % 3).unwrap(),
+                        LabelProvenance::SourceLabel,
+                    )),
+                    0,
+                    i as i64,
+                )
+            })
+            .collect();
+        curated.push(review(
+            "b0",
+            Some((Sentiment::Positive, LabelProvenance::SourceLabel)),
+            0,
+            30,
+        ));
+        let mut same_text = review(
+            "c-copy",
+            Some((Sentiment::Neutral, LabelProvenance::SourceLabel)),
+            0,
+            31,
+        );
+        same_text.text = "base text 1".to_owned();
+        curated.push(same_text);
+        let ranges = {
+            let mut tracker = crate::segment::OffsetTracker::default();
+            for record in &curated {
+                let c = &record.coordinate;
+                tracker.add(&c.topic, c.partition, c.offset);
+            }
+            tracker.ranges()
+        };
+        segments.write(&curated, ranges, 0).unwrap();
+
+        let options = CurateOptions {
+            base_snapshot: Some(base.snapshot_id.clone()),
+            ..CurateOptions::default()
+        };
+        let merged = curate_snapshot(&segments, &snapshots, &options).unwrap();
+        let base_test = base_rows
+            .iter()
+            .filter(|r| Split::of(&r.review_id) == Split::Test)
+            .count() as u64;
+        let replaced = [&base_rows[0], &base_rows[1]]
+            .iter()
+            .filter(|r| Split::of(&r.review_id) != Split::Test)
+            .count() as u64;
+        assert_eq!(merged.counts.base_replaced, replaced);
+        assert_eq!(merged.counts.base_rows, 300 - base_test - replaced);
+        assert_eq!(merged.manifest.rows, 32 + merged.counts.base_rows);
+        assert_eq!(
+            merged.manifest.origin,
+            Origin::Topics {
+                offsets: vec![OffsetRange {
+                    topic: "t.reviews.clean".into(),
+                    partition: 0,
+                    min_offset: 0,
+                    max_offset: 31,
+                }],
+                base_snapshot: Some(base.snapshot_id.clone()),
+            }
+        );
+        let mut by_id = BTreeMap::new();
+        for split in Split::ALL {
+            for row in snapshots.read(&merged.manifest.snapshot_id, split).unwrap() {
+                assert_eq!(Split::of(&row.review_id), split);
+                if split == Split::Test {
+                    assert_eq!(row.source, "unit", "the base's test rows stay out: {row:?}");
+                }
+                assert!(by_id.insert(row.review_id.clone(), row).is_none());
+            }
+        }
+        // The curated label wins for the same review id; the curated row wins for the same text.
+        assert_eq!(by_id["b0"].label, Sentiment::Positive);
+        assert_eq!(by_id["b0"].source, "unit");
+        assert!(!by_id.contains_key("b1"));
+        assert_eq!(by_id["c-copy"].text, "base text 1");
+
+        // A time range applies to the base rows too.
+        let later = CurateOptions {
+            data_from: None,
+            data_to: Some(time - chrono::Duration::days(1)),
+            base_snapshot: Some(base.snapshot_id),
+        };
+        assert!(matches!(
+            curate_snapshot(&segments, &snapshots, &later),
+            Err(DatasetError::Empty)
+        ));
     }
 }

@@ -109,6 +109,9 @@ pub enum Origin {
     Topics {
         /// Offset ranges per partition.
         offsets: Vec<OffsetRange>,
+        /// Snapshot whose rows joined the curated ones (a retrain builds on its champion's data).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_snapshot: Option<String>,
     },
 }
 

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
-use crate::dataset::{DatasetError, SnapshotStore};
+use crate::dataset::{DatasetError, Origin, SnapshotStore};
 use crate::error::Rejection;
 use crate::gate::GatePolicy;
 use crate::pipeline::{self, ModelCard, PipelineError, TrainDevice, TrainRequest};
@@ -180,6 +180,55 @@ pub fn train_device(wanted: DeviceWanted) -> TrainDevice {
     }
 }
 
+/// A request to the curation loop to close its open segment now; answered with the number of messages
+/// curation has made durable so far.
+pub(crate) type FlushRequest = tokio::sync::oneshot::Sender<u64>;
+
+/// Longest the retrain loop waits for curation to close its open segment (a disk outage makes curation
+/// retry the write; the snapshot is then cut from what is already durable).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The retrain loop's handle on the curation loop: before a snapshot is cut, the open segment is
+/// written, so the retrain sees every review curation has consumed, not only the segments that
+/// `--segment-max-age-ms` or `--segment-max-messages` already closed.
+pub(crate) struct CurationFlush {
+    requests: tokio::sync::mpsc::Sender<FlushRequest>,
+}
+
+impl CurationFlush {
+    /// A handle sending on `requests` (the curation loop holds the receiver).
+    pub(crate) fn new(requests: tokio::sync::mpsc::Sender<FlushRequest>) -> Self {
+        Self { requests }
+    }
+
+    /// Asks curation to close its open segment and waits for it (at most [`FLUSH_TIMEOUT`]); returns
+    /// the number of durable messages, or None when curation did not answer (the snapshot then holds
+    /// what was already durable, which the log says).
+    async fn flush(&self) -> Option<u64> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.requests.send(reply).await.is_err() {
+            warn!("curation is not running; the snapshot holds the segments already closed");
+            return None;
+        }
+        match tokio::time::timeout(FLUSH_TIMEOUT, answer).await {
+            Ok(Ok(durable)) => Some(durable),
+            Ok(Err(_)) => {
+                warn!(
+                    "curation stopped before closing its open segment; the snapshot holds the segments already closed"
+                );
+                None
+            }
+            Err(_) => {
+                warn!(
+                    timeout_s = FLUSH_TIMEOUT.as_secs(),
+                    "curation did not close its open segment in time; the snapshot holds the segments already closed"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Everything the retrain loop needs, built by the service at start-up.
 pub(crate) struct RetrainWorker {
     /// `retrain.requests` consumer (its own group).
@@ -218,6 +267,8 @@ pub(crate) struct RetrainWorker {
     pub shutdown: CancellationToken,
     /// How long work may go on after shutdown was requested.
     pub drain_timeout: Duration,
+    /// Makes curation close its open segment before a snapshot.
+    pub curation: CurationFlush,
 }
 
 /// Work given up at shutdown; the request's offset stays unstored, so it is read again after a restart.
@@ -445,7 +496,14 @@ impl RetrainWorker {
         let (featurizer, train, recipe) = recipe(champion.as_ref());
         outcome.recipe = recipe;
 
-        let curated = self.snapshot(request, outcome).await?;
+        if let Some(durable) = self.curation.flush().await {
+            debug!(
+                durable,
+                "curation closed its open segment for this snapshot"
+            );
+        }
+        let base = self.champion_snapshot(champion.as_ref());
+        let curated = self.snapshot(request, base, outcome).await?;
         outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
         outcome.snapshot_rows = Some(curated.manifest.rows);
 
@@ -491,17 +549,21 @@ impl RetrainWorker {
     }
 
     /// A fresh snapshot over the request's time range; all curated data when the range is unbounded or
-    /// holds too little to train on.
+    /// holds too little to train on. Unless the request starts at a given time, the rows of `base` (the
+    /// champion's snapshot, when this trainer's store holds it) join the curated ones, so the new model
+    /// learns the recent data without forgetting what the champion learned from.
     async fn snapshot(
         &self,
         request: &RetrainRequest,
+        base: Option<String>,
         outcome: &mut RetrainOutcome,
     ) -> Result<CuratedSnapshot, Attempt> {
         let ranged = CurateOptions {
             data_from: request.data_from,
             data_to: request.data_to,
+            base_snapshot: base.clone().filter(|_| request.data_from.is_none()),
         };
-        let bounded = ranged != CurateOptions::default();
+        let bounded = ranged.data_from.is_some() || ranged.data_to.is_some();
         let describe = |options: &CurateOptions| {
             let end = |time: Option<DateTime<Utc>>| {
                 time.map_or_else(|| "unbounded".to_owned(), |time| time.to_rfc3339())
@@ -513,20 +575,48 @@ impl RetrainWorker {
         } else {
             "all curated data".to_owned()
         };
-        match self.curate(ranged.clone()).await? {
-            Ok(curated) => return Ok(curated),
+        let curated = match self.curate(ranged.clone()).await? {
+            Ok(curated) => curated,
             Err(error @ (DatasetError::Empty | DatasetError::MissingClass(_))) if bounded => {
                 info!(%error, range = %describe(&ranged), "requested range cannot be trained on; using all curated data");
                 outcome.data_range = format!(
                     "all curated data (the requested range {} could not be trained on: {error})",
                     describe(&ranged)
                 );
+                self.curate(CurateOptions {
+                    base_snapshot: base,
+                    ..CurateOptions::default()
+                })
+                .await?
+                .map_err(snapshot_attempt)?
             }
             Err(error) => return Err(snapshot_attempt(error)),
+        };
+        if let Origin::Topics {
+            base_snapshot: Some(base),
+            ..
+        } = &curated.manifest.origin
+        {
+            outcome.data_range = format!(
+                "{} + {} rows of the champion's snapshot {base} ({} replaced by curated rows)",
+                outcome.data_range, curated.counts.base_rows, curated.counts.base_replaced
+            );
         }
-        self.curate(CurateOptions::default())
-            .await?
-            .map_err(snapshot_attempt)
+        Ok(curated)
+    }
+
+    /// The champion's snapshot, when this trainer's snapshot store holds it (a champion trained
+    /// elsewhere has its data elsewhere: the retrain then learns from the curated data alone).
+    fn champion_snapshot(&self, champion: Option<&ModelRecord>) -> Option<String> {
+        let champion = champion?;
+        match self.snapshots.manifest(&champion.snapshot_id) {
+            Ok(_) => Some(champion.snapshot_id.clone()),
+            Err(error) => {
+                info!(snapshot = %champion.snapshot_id, %error,
+                    "the champion's snapshot is not in this trainer's store; retraining on curated data only");
+                None
+            }
+        }
     }
 
     /// Cuts a snapshot on a blocking thread; a panic there becomes a failed outcome, not a dead loop.
@@ -590,8 +680,12 @@ impl RetrainWorker {
             }),
         );
         let log = |what: &str| {
+            let gate = outcome.gate.as_ref();
             info!(request_id = %outcome.request_id, outcome = outcome.outcome.as_str(),
                 version = ?outcome.version, previous = ?outcome.previous_champion,
+                snapshot_rows = ?outcome.snapshot_rows,
+                macro_f1 = ?gate.map(|gate| gate.challenger_macro_f1),
+                champion_macro_f1 = ?gate.and_then(|gate| gate.champion_macro_f1),
                 seconds = outcome.seconds, message = %outcome.message, "{what}");
         };
         match outcome.outcome {

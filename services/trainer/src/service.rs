@@ -31,7 +31,7 @@ use crate::curation::{CurateOptions, curate_snapshot};
 use crate::dataset::SnapshotStore;
 use crate::error::{Rejection, TrainerError};
 use crate::registry::Registry;
-use crate::retrain::{OutcomeLog, RetrainWorker};
+use crate::retrain::{CurationFlush, FlushRequest, OutcomeLog, RetrainWorker};
 use crate::segment::{CurationRecord, OffsetTracker, SegmentStore};
 
 /// Running totals of this process, for tests and `sentiflow up` (Prometheus has the same).
@@ -186,6 +186,9 @@ pub async fn start(
     // The registry (the retrain loop's) lives in Redis: readiness covers it from the start.
     let redis = RedisStore::connect_lazy(&config.redis)?;
     let stats = Arc::new(TrainerStats::default());
+    // The retrain loop asks curation to write its open segment before cutting a snapshot, so a retrain
+    // trains on every review consumed so far, not only on what the segment deadline already closed.
+    let (flush_tx, flush_rx) = tokio::sync::mpsc::channel::<FlushRequest>(4);
     let retrain = if config.no_retrain {
         health.set_info("retrain", "off (--no-retrain)");
         None
@@ -228,6 +231,7 @@ pub async fn start(
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
+            curation: CurationFlush::new(flush_tx),
         })
     };
     let retrain_outcomes = retrain.as_ref().map(|worker| worker.outcomes.clone());
@@ -282,7 +286,7 @@ pub async fn start(
     // The retrain loop is a task of its own: a training run must not hold up curation.
     let retrain_task = retrain.map(|worker| tokio::spawn(worker.run()));
     let task = tokio::spawn(async move {
-        let result = worker.run().await;
+        let result = worker.run(flush_rx).await;
         if let Some(retrain_task) = retrain_task
             && let Err(join_error) = retrain_task.await
         {
@@ -366,8 +370,14 @@ struct Worker {
 struct Abandoned;
 
 impl Worker {
-    async fn run(self) -> Result<(), TrainerError> {
+    /// Consumes until shutdown. `flush_requests` come from the retrain loop: each one closes the open
+    /// segment now and is answered with the number of messages made durable so far.
+    async fn run(
+        self,
+        mut flush_requests: tokio::sync::mpsc::Receiver<FlushRequest>,
+    ) -> Result<(), TrainerError> {
         let mut open: Option<OpenSegment> = None;
+        let mut flush_open = true;
         let mut schedule = SnapshotSchedule {
             rows_since: 0,
             last: Instant::now(),
@@ -382,6 +392,14 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let listening = flush_open;
+            let flush_requested = async {
+                if listening {
+                    flush_requests.recv().await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
@@ -391,6 +409,21 @@ impl Worker {
                         break;
                     }
                 }
+                request = flush_requested => match request {
+                    Some(reply) => {
+                        let had_open = open.is_some();
+                        if self.close(&mut open, &mut schedule).await.is_err() {
+                            abandoned = true;
+                            break;
+                        }
+                        let durable = self.stats.durable.load(Ordering::Relaxed);
+                        debug!(had_open, durable, "open segment closed for a retrain snapshot");
+                        // The retrain loop may have given up waiting; then nobody needs the answer.
+                        let _ = reply.send(durable);
+                    }
+                    // No retrain loop (--no-retrain) or it stopped: stop listening.
+                    None => flush_open = false,
+                },
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let segment = open.get_or_insert_with(|| OpenSegment {
