@@ -218,6 +218,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         max_batch: 256,
         batch_wait_ms: 5,
         max_queued_batches: 32,
+        pause_after_ms: 500,
         alert_threshold: 0.8,
         registry_poll_secs: 30,
         shadow_fraction: 0.0,
