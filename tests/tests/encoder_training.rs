@@ -179,6 +179,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         max_batch: 16,
         batch_wait_ms: 5,
         max_queued_batches: 2,
+        pause_after_ms: 500,
         alert_threshold: 0.8,
         registry_poll_secs: 30,
         shadow_fraction: 0.0,

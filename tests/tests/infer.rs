@@ -153,6 +153,8 @@ fn infer_config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, data_dir: &Pat
         max_batch: 64,
         batch_wait_ms: 5,
         max_queued_batches: 3,
+        // 0: every full queue pauses the partitions, so the pause/resume path runs under load.
+        pause_after_ms: 0,
         alert_threshold: ALERT_THRESHOLD,
         registry_poll_secs: 30,
         shadow_fraction: 0.0,

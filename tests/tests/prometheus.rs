@@ -275,6 +275,7 @@ mod pipeline {
                 max_batch: 64,
                 batch_wait_ms: 5,
                 max_queued_batches: 4,
+                pause_after_ms: 500,
                 alert_threshold: 0.8,
                 registry_poll_secs: 3600,
                 shadow_fraction: 0.0,

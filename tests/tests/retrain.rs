@@ -309,6 +309,7 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
             max_batch: 64,
             batch_wait_ms: 5,
             max_queued_batches: 3,
+            pause_after_ms: 500,
             alert_threshold: 0.8,
             registry_poll_secs: 3600,
             shadow_fraction: 0.0,

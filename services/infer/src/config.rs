@@ -89,10 +89,16 @@ pub struct InferConfig {
     #[arg(long, env = "SENTIFLOW_INFER_BATCH_WAIT_MS", default_value_t = 5)]
     pub batch_wait_ms: u64,
 
-    /// Batches allowed between consuming and storing offsets; when full, the partitions are paused
-    /// (consumer lag becomes the overload signal) until half of them are done.
+    /// Batches allowed between consuming and storing offsets. When full, consumption waits for a
+    /// slot (the client's bounded fetch queue holds what arrives meanwhile).
     #[arg(long, env = "SENTIFLOW_INFER_MAX_QUEUED_BATCHES", default_value_t = 32)]
     pub max_queued_batches: usize,
+
+    /// If no queue slot frees up within this many milliseconds (a stalled pipeline, not a busy one),
+    /// the assigned partitions are paused until half of the queue is free, so consumer lag rather than
+    /// memory absorbs the overload.
+    #[arg(long, env = "SENTIFLOW_INFER_PAUSE_AFTER_MS", default_value_t = 500)]
+    pub pause_after_ms: u64,
 
     /// Negative predictions at or above this confidence also go to `alerts.negative`.
     #[arg(long, env = "SENTIFLOW_INFER_ALERT_THRESHOLD", default_value_t = 0.8)]

@@ -1,8 +1,10 @@
 //! The inference loop: consume `reviews.clean` into micro-batches (closed on size or deadline), score
 //! each batch on a blocking thread with the model that was serving when the batch closed, then publish
 //! predictions, alerts and dead letters in batch order and store offsets once all are acknowledged.
-//! When too many batches are queued the assigned partitions are paused, so consumer lag (not memory)
-//! absorbs overload.
+//! When the queue of batches is full consumption waits for a slot; if none frees up within
+//! `--pause-after-ms` (a stalled pipeline) the assigned partitions are paused, so consumer lag (not
+//! memory) absorbs the overload. Pausing is kept for stalls because librdkafka drops its prefetched
+//! messages on pause and fetches them again on resume: pausing on every full queue halved throughput.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -327,7 +329,7 @@ impl Worker {
     }
 
     /// Collects micro-batches, starts scoring each on a blocking thread and queues it for publishing;
-    /// pauses the partitions while the queue is full.
+    /// waits while the queue is full and pauses the partitions if it stays full (a stall).
     async fn consume_loop(&self, consumer: &Consumer, queue: mpsc::Sender<InFlight>) {
         let mut carried: Vec<OwnedMessage> = Vec::new();
         loop {
@@ -342,10 +344,24 @@ impl Worker {
             let permit = match queue.try_reserve() {
                 Ok(permit) => permit,
                 Err(mpsc::error::TrySendError::Full(())) => {
-                    match self.wait_paused(consumer, &queue, &mut carried).await {
+                    metrics::counter!("sentiflow_infer_queue_full_total").increment(1);
+                    let pause_after = Duration::from_millis(self.config.pause_after_ms);
+                    let waited = tokio::select! {
+                        () = self.shutdown.cancelled() => None,
+                        reserved = tokio::time::timeout(pause_after, queue.reserve()) => Some(reserved),
+                    };
+                    let permit = match waited {
+                        Some(Ok(Ok(permit))) => Some(permit),
+                        Some(Ok(Err(_closed))) => break,
+                        None => None,
+                        Some(Err(_stalled)) => {
+                            self.wait_paused(consumer, &queue, &mut carried).await
+                        }
+                    };
+                    match permit {
                         Some(permit) => permit,
                         None => {
-                            // Shutdown while paused: the batch is scored but not published; its
+                            // Shutdown while waiting: the batch is scored but not published; its
                             // offsets stay unstored and it is redelivered.
                             in_flight.scoring.abort();
                             break;

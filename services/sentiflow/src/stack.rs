@@ -74,6 +74,7 @@ impl StackConfig {
             max_batch: 256,
             batch_wait_ms: 5,
             max_queued_batches: 32,
+            pause_after_ms: 500,
             alert_threshold: 0.8,
             registry_poll_secs: 30,
             shadow_fraction: 0.0,
