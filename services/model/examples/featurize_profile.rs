@@ -64,6 +64,9 @@ fn main() {
             black_box(featurizer.featurize(text));
         }
     });
-    let ids: usize = cleaned.iter().map(|text| featurizer.featurize(text).len()).sum();
+    let ids: usize = cleaned
+        .iter()
+        .map(|text| featurizer.featurize(text).len())
+        .sum();
     println!("mean ids per row {:.1}", ids as f64 / cleaned.len() as f64);
 }
