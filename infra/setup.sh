@@ -318,74 +318,52 @@ install_wheel_files() {
   CHANGED=1
 }
 
-# ---------------------------------------------------------------- bench (opt-in): fastText baseline
-# Binary wheels for this interpreter, installed with `pip install --target` into the cache (never into
-# the system site-packages); `sentiflow bench train` puts the folder on PYTHONPATH.
-install_bench_python() {
-  local spec="$FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS python$PY_VERSION"
-  if [[ -f "$BENCH_PY_DIR/.stamp" && "$(cat "$BENCH_PY_DIR/.stamp")" == "$spec" ]]; then
-    log "bench Python packages ($FASTTEXT_SPEC, $NUMPY_SPEC, $PEER_SPECS): present"
+# ---------------------------------------------------------------- Python packages into the cache
+# Binary wheels installed with `pip install --target` into a cache folder (never into the system
+# site-packages), stamped with the specs and the interpreter version their wheels were built for; the
+# folder is replaced only once the packages import. Usage:
+#   pip_into_cache LABEL DIR "SPECS" "PYTHON CHECK" [REQUIRED_PYTHON_VERSION]
+pip_into_cache() {
+  local label="$1" dest="$2" specs="$3" check="$4" required="${5:-}"
+  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  local spec="$specs python${required:-$have}"
+  if [[ -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$spec" ]]; then
+    log "$label ($specs): present"
     return
   fi
-  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-  [[ "$have" == "$PY_VERSION" ]] || die "the bench component needs python$PY_VERSION (its wheels are built for it), python3 is $have"
-  log "bench Python packages: installing $FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS"
-  mkdir -p "$CACHE/python"
-  make_tmp "$CACHE/python"; local tmp="$TMP"
-  python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
-    --target "$tmp/out" "$FASTTEXT_SPEC" "$NUMPY_SPEC" $PEER_SPECS >"$tmp/pip.log" 2>&1 \
-    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS"; }
-  PYTHONPATH="$tmp/out" python3 -c 'import fasttext, numpy, confluent_kafka, onnxruntime' \
-    || die "$FASTTEXT_SPEC installed but does not import"
-  printf '%s\n' "$spec" >"$tmp/out/.stamp"
-  rm -rf "$BENCH_PY_DIR"
-  mv "$tmp/out" "$BENCH_PY_DIR"
-}
-
-# ---------------------------------------------------------------- k8s manifest validator
-# `pip install --target` into the cache like the bench component; the version-specific wheels (PyYAML,
-# rpds-py) are built for the python3 that ran setup, which is the one the test runs.
-install_k8s_validate() {
-  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-  local spec="$K8S_VALIDATE_SPECS python$have"
-  if [[ -f "$K8S_PY_DIR/.stamp" && "$(cat "$K8S_PY_DIR/.stamp")" == "$spec" ]]; then
-    log "k8s validator (kubernetes-validate): present"
-    return
-  fi
-  log "k8s validator: installing $K8S_VALIDATE_SPECS"
+  [[ -z "$required" || "$have" == "$required" ]] \
+    || die "$label needs python$required (its wheels are built for it), python3 is $have"
+  log "$label: installing $specs"
   mkdir -p "$CACHE/python"
   make_tmp "$CACHE/python"; local tmp="$TMP"
   # shellcheck disable=SC2086 # the spec list is split on purpose
   python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
-    --target "$tmp/out" $K8S_VALIDATE_SPECS >"$tmp/pip.log" 2>&1 \
-    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install the k8s validator ($K8S_VALIDATE_SPECS)"; }
-  PYTHONPATH="$tmp/out" python3 -c 'import kubernetes_validate, jsonschema, yaml' \
-    || die "kubernetes-validate installed but does not import"
+    --target "$tmp/out" $specs >"$tmp/pip.log" 2>&1 \
+    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $label ($specs)"; }
+  PYTHONPATH="$tmp/out" python3 -c "$check" || die "$label installed but does not work ($check)"
   printf '%s\n' "$spec" >"$tmp/out/.stamp"
-  rm -rf "$K8S_PY_DIR"
-  mv "$tmp/out" "$K8S_PY_DIR"
+  rm -rf "$dest"
+  mv "$tmp/out" "$dest"
 }
 
-# River (ADWIN) for `sentiflow bench drift`, the same way into its own folder (see RIVER_SPECS).
+# Bench (opt-in): the fastText baseline and the Python peer; `sentiflow bench train|infer|pipeline` put
+# the folder on PYTHONPATH.
+install_bench_python() {
+  pip_into_cache "bench Python packages" "$BENCH_PY_DIR" "$FASTTEXT_SPEC $NUMPY_SPEC $PEER_SPECS" \
+    'import fasttext, numpy, confluent_kafka, onnxruntime' "$PY_VERSION"
+}
+
+# River (ADWIN) for `sentiflow bench drift`, in its own folder (see RIVER_SPECS).
 install_bench_river() {
-  local spec="$RIVER_SPECS python$PY_VERSION"
-  if [[ -f "$BENCH_RIVER_DIR/.stamp" && "$(cat "$BENCH_RIVER_DIR/.stamp")" == "$spec" ]]; then
-    log "bench Python packages ($RIVER_SPECS): present"
-    return
-  fi
-  local have; have="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-  [[ "$have" == "$PY_VERSION" ]] || die "the bench component needs python$PY_VERSION (its wheels are built for it), python3 is $have"
-  log "bench Python packages: installing $RIVER_SPECS"
-  mkdir -p "$CACHE/python"
-  make_tmp "$CACHE/python"; local tmp="$TMP"
-  python3 -m pip install --no-deps --only-binary=:all: --disable-pip-version-check -q \
-    --target "$tmp/out" $RIVER_SPECS >"$tmp/pip.log" 2>&1 \
-    || { tail -n 20 "$tmp/pip.log" >&2; die "pip could not install $RIVER_SPECS"; }
-  PYTHONPATH="$tmp/out" python3 -c 'from river import drift; drift.ADWIN().update(0.5)' \
-    || die "$RIVER_SPECS installed but river.drift.ADWIN does not run"
-  printf '%s\n' "$spec" >"$tmp/out/.stamp"
-  rm -rf "$BENCH_RIVER_DIR"
-  mv "$tmp/out" "$BENCH_RIVER_DIR"
+  pip_into_cache "bench River packages" "$BENCH_RIVER_DIR" "$RIVER_SPECS" \
+    'from river import drift; drift.ADWIN().update(0.5)' "$PY_VERSION"
+}
+
+# The k8s manifest validator; its version-specific wheels (PyYAML, rpds-py) are built for the python3
+# that ran setup, which is the one the test runs.
+install_k8s_validate() {
+  pip_into_cache "k8s validator" "$K8S_PY_DIR" "$K8S_VALIDATE_SPECS" \
+    'import kubernetes_validate, jsonschema, yaml'
 }
 
 # ---------------------------------------------------------------- manifest and summary
