@@ -48,6 +48,26 @@ pub struct CurvePoint {
     pub validation_macro_f1: f64,
 }
 
+impl From<&sentiflow_model::train::EpochRecord> for CurvePoint {
+    fn from(epoch: &sentiflow_model::train::EpochRecord) -> Self {
+        Self {
+            epoch: epoch.epoch,
+            train_loss: epoch.train_loss,
+            validation_macro_f1: epoch.validation_macro_f1,
+        }
+    }
+}
+
+impl From<&sentiflow_model::encoder::head::HeadEpoch> for CurvePoint {
+    fn from(epoch: &sentiflow_model::encoder::head::HeadEpoch) -> Self {
+        Self {
+            epoch: epoch.epoch,
+            train_loss: epoch.train_loss,
+            validation_macro_f1: epoch.validation_macro_f1,
+        }
+    }
+}
+
 /// What the charts show.
 #[derive(Debug, Clone)]
 pub struct ChartInputs<'a> {

@@ -439,15 +439,7 @@ pub async fn train_and_register_encoder(
             name: &request.model_name,
             version: &version,
             test: &test,
-            history: trained
-                .history
-                .iter()
-                .map(|epoch| CurvePoint {
-                    epoch: epoch.epoch,
-                    train_loss: epoch.train_loss,
-                    validation_macro_f1: epoch.validation_macro_f1,
-                })
-                .collect(),
+            history: trained.history.iter().map(CurvePoint::from).collect(),
             best_epoch: trained.best_epoch,
             planned_epochs: request.head.epochs,
             patience: request.head.patience,

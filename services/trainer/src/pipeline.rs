@@ -343,15 +343,7 @@ pub async fn train_and_register(
             name: &request.model_name,
             version: &version,
             test: &test,
-            history: trained
-                .history
-                .iter()
-                .map(|epoch| CurvePoint {
-                    epoch: epoch.epoch,
-                    train_loss: epoch.train_loss,
-                    validation_macro_f1: epoch.validation_macro_f1,
-                })
-                .collect(),
+            history: trained.history.iter().map(CurvePoint::from).collect(),
             best_epoch: trained.best_epoch,
             planned_epochs: request.train.epochs,
             patience: request.train.patience,
