@@ -180,6 +180,8 @@ wire_enum! {
         Count = "count",
         /// A fixed span of event time.
         Time = "time",
+        /// Closed early by the sequential class-mix scan's alarm.
+        Scan = "scan",
     }
 }
 

@@ -124,6 +124,32 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_CONFIRM_WINDOWS", default_value_t = 2)]
     pub confirm_windows: u32,
 
+    /// The sequential class-mix scan: after every prediction, a G test of the class mix of the last
+    /// `--scan-min-events` … `--scan-max-events` predictions (suffix lengths growing by half) against the
+    /// reference; reaching the drift threshold of signal `class_mix_scan_g` closes the window early
+    /// (kind `scan`) with status drift and restarts the scan, so confirmation still needs k windows on
+    /// separate evidence. `false` leaves windows to their count and time bounds.
+    #[arg(long, env = "SENTIFLOW_DRIFT_SCAN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scan: bool,
+
+    /// Shortest suffix the scan tests, predictions.
+    #[arg(long, env = "SENTIFLOW_DRIFT_SCAN_MIN_EVENTS", default_value_t = 30)]
+    pub scan_min_events: usize,
+
+    /// Longest suffix the scan tests, predictions (a mild shift needs a long one).
+    #[arg(long, env = "SENTIFLOW_DRIFT_SCAN_MAX_EVENTS", default_value_t = 4000)]
+    pub scan_max_events: usize,
+
+    /// The scan's reference starts as the version's reference and takes in the class counts of every
+    /// window that closes ok, up to this many predictions (then scaled to it, keeping the mix): the
+    /// longer the reference, the milder the shift the scan can tell from sampling noise.
+    #[arg(
+        long,
+        env = "SENTIFLOW_DRIFT_SCAN_REFERENCE_MAX_EVENTS",
+        default_value_t = 20_000
+    )]
+    pub scan_reference_max_events: u64,
+
     /// Confirmed drift clears after this many consecutive ok windows (hysteresis).
     #[arg(long, env = "SENTIFLOW_DRIFT_CLEAR_WINDOWS", default_value_t = 2)]
     pub clear_windows: u32,
@@ -213,6 +239,15 @@ impl DriftConfig {
         }
         if self.reference_windows == 0 {
             return invalid("--reference-windows", "must be at least 1");
+        }
+        if self.scan && self.scan_min_events < 10 {
+            return invalid(
+                "--scan-min-events",
+                "must be at least 10 (a G test of fewer predictions is noise)",
+            );
+        }
+        if self.scan && self.scan_max_events < self.scan_min_events {
+            return invalid("--scan-max-events", "must not be below --scan-min-events");
         }
         if self.confirm_windows == 0 {
             return invalid("--confirm-windows", "must be at least 1");

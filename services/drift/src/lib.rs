@@ -1,5 +1,5 @@
 //! The drift service: `predictions` (+ `labels.feedback`) → count/time windows per serving model version
-//! → signals against the version's reference → `drift.reports`; drift confirmed over k windows →
+//! → signals against the version's reference (and a per-prediction class-mix scan) → `drift.reports`; drift confirmed over k windows →
 //! one `retrain.requests` event (operator mute, cooldown and a Redis lock permitting); a live
 //! `/dashboard` page.
 //!
@@ -15,6 +15,8 @@
 //!   scipy/sklearn values in `tests/fixtures`).
 //! - [`window`]: what a window keeps and when it closes.
 //! - [`signals`]: the signals, their default thresholds and statuses.
+//! - [`sequential`]: the per-prediction class-mix scan (G test over recent suffixes) that closes a
+//!   window early on an abrupt shift.
 //! - [`monitor`]: per-version windows, references, label join and confirmation (no I/O).
 //! - [`control`]: Redis keys (mute, cooldown, lock, references) and the operator actions.
 //! - [`service`]: the consume → window → report → request loop.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod sequential;
 pub mod service;
 pub mod signals;
 pub mod stats;

@@ -10,7 +10,8 @@ use sentiflow_common::events::{
 };
 
 use crate::config::{DriftConfig, Threshold};
-use crate::signals::{self, FeedbackScores};
+use crate::sequential::ClassMixScan;
+use crate::signals::{self, CLASS_MIX_SCAN_G, FeedbackScores};
 use crate::stats;
 use crate::window::{OpenWindow, Sample};
 
@@ -75,6 +76,8 @@ pub struct VersionState {
     pub reference: Option<Sample>,
     /// Reference being built from the first windows, and how many windows it holds.
     pub building: (Sample, u32),
+    /// The sequential class-mix scan against the reference (once there is one, when enabled).
+    pub scan: Option<ClassMixScan>,
     /// Confirmation state.
     pub confirmation: Confirmation,
     /// Rolling (predicted, true) class indices from human labels.
@@ -106,6 +109,10 @@ pub struct Monitor {
     reference_max_values: usize,
     confirm_windows: u32,
     clear_windows: u32,
+    /// Suffix lengths of the class-mix scan, `None` when it is off.
+    scan_events: Option<(usize, usize)>,
+    /// Largest reference of the scan, predictions.
+    scan_reference_max_events: u64,
     feedback_window: usize,
     join_capacity: usize,
     thresholds: BTreeMap<&'static str, Threshold>,
@@ -142,6 +149,10 @@ impl Monitor {
             reference_max_values: config.reference_max_values,
             confirm_windows: config.confirm_windows,
             clear_windows: config.clear_windows,
+            scan_events: config
+                .scan
+                .then_some((config.scan_min_events, config.scan_max_events)),
+            scan_reference_max_events: config.scan_reference_max_events,
             feedback_window: config.feedback_window,
             join_capacity: config.join_capacity,
             thresholds: config.threshold_table(),
@@ -162,15 +173,22 @@ impl Monitor {
     /// Starts tracking a version, with a reference loaded from storage if there is one.
     pub fn track(&mut self, model: &ModelRef, reference: Option<Sample>) {
         let key = (model.name.clone(), model.version.clone());
+        let scan = reference.as_ref().and_then(|r| self.new_scan(r));
         self.versions.entry(key).or_insert_with(|| VersionState {
             model: model.clone(),
             open: None,
             reference,
             building: (Sample::default(), 0),
+            scan,
             confirmation: Confirmation::default(),
             feedback: VecDeque::new(),
             feedback_baseline: None,
         });
+    }
+
+    fn new_scan(&self, reference: &Sample) -> Option<ClassMixScan> {
+        let (min, max) = self.scan_events?;
+        Some(ClassMixScan::new(reference.class_counts, min, max, 1.5))
     }
 
     /// Adds a prediction read at `(topic, partition, offset)`.
@@ -219,9 +237,24 @@ impl Monitor {
             .open
             .get_or_insert_with(|| OpenWindow::new(prediction.event_time));
         open.add(prediction, topic, partition, offset);
-        if let Some(kind) = open.closes(window_events, window_secs, min_events) {
+        let alarm_at = self.thresholds[CLASS_MIX_SCAN_G].drift;
+        let alarm = state
+            .scan
+            .as_mut()
+            .and_then(|scan| scan.observe(prediction.label.index()))
+            .is_some_and(|point| point.statistic >= alarm_at);
+        let bound = if alarm {
+            Some(WindowKind::Scan)
+        } else {
+            open.closes(window_events, window_secs, min_events)
+        };
+        if let Some(kind) = bound {
             let open = state.open.take().expect("open window");
             closed.push(self.close(&mut state, open, kind));
+            if alarm && let Some(scan) = state.scan.as_mut() {
+                // The next alarm must rest on predictions of its own.
+                scan.restart();
+            }
         }
         self.versions.insert(key, state);
         Outcome::Windowed(closed)
@@ -285,6 +318,7 @@ impl Monitor {
             if state.building.1 >= self.reference_windows {
                 let reference = std::mem::take(&mut state.building.0);
                 completed = Some(reference.clone());
+                state.scan = self.new_scan(&reference);
                 state.reference = Some(reference);
             }
             return ClosedWindow {
@@ -295,8 +329,14 @@ impl Monitor {
             };
         };
         let feedback = self.feedback_scores(state);
-        report.signals =
-            signals::compute(reference, &open.sample, feedback.as_ref(), &self.thresholds);
+        let scan = state.scan.as_mut().and_then(ClassMixScan::take_window_max);
+        report.signals = signals::compute(
+            reference,
+            &open.sample,
+            scan.as_ref(),
+            feedback.as_ref(),
+            &self.thresholds,
+        );
         report.status = signals::overall(&report.signals);
         let newly_confirmed =
             state
@@ -304,6 +344,11 @@ impl Monitor {
                 .observe(report.status, self.confirm_windows, self.clear_windows);
         report.confirmed = state.confirmation.confirmed;
         report.consecutive_drift_windows = state.confirmation.consecutive_drift;
+        if report.status == DriftStatus::Ok
+            && let Some(scan) = state.scan.as_mut()
+        {
+            scan.extend_reference(open.sample.class_counts, self.scan_reference_max_events);
+        }
         ClosedWindow {
             report,
             reference: false,
@@ -635,6 +680,83 @@ mod tests {
         assert!((f1.statistic - 1.0).abs() < 1e-12, "{f1:?}");
         assert_eq!(f1.status, DriftStatus::Drift);
         assert_eq!(last.status, DriftStatus::Drift);
+    }
+
+    #[test]
+    fn the_scan_closes_a_window_early_on_an_abrupt_shift_and_restarts() {
+        let mut config = config(300);
+        config.confirm_windows = 2;
+        let mut monitor = Monitor::new(&config);
+        let mut reports = Vec::new();
+        let mut i = 0;
+        let mut feed =
+            |monitor: &mut Monitor, label: Sentiment, reports: &mut Vec<ClosedWindow>| {
+                reports.extend(closed(monitor.add(
+                    &prediction(i, "v1", label, i as i64),
+                    "p",
+                    0,
+                    i as i64,
+                )));
+                i += 1;
+            };
+        // Reference and one more window: an even mix.
+        for k in 0..600 {
+            feed(&mut monitor, Sentiment::ALL[k % 3], &mut reports);
+        }
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[1].report.status, DriftStatus::Ok);
+        let quiet = reports[1]
+            .report
+            .signals
+            .iter()
+            .find(|s| s.name == CLASS_MIX_SCAN_G)
+            .expect("the scan reports on every scored window");
+        assert!(quiet.statistic < 5.0, "{quiet:?}");
+        // Then only negatives: the scan fires within 30 predictions, and again after 30 new ones,
+        // long before a 300-prediction window fills.
+        for _ in 0..60 {
+            feed(&mut monitor, Sentiment::Negative, &mut reports);
+        }
+        let alarms: Vec<&ClosedWindow> = reports[2..].iter().collect();
+        assert_eq!(alarms.len(), 2, "two scan windows on separate evidence");
+        for alarm in &alarms {
+            assert_eq!(alarm.report.window.kind, WindowKind::Scan);
+            assert_eq!(alarm.report.status, DriftStatus::Drift);
+        }
+        // The first alarm's longer suffixes reach back over the previous window's even mix; after
+        // the restart the second alarm needs a full shortest suffix of new predictions.
+        assert!(
+            alarms[0].report.window.events < 30,
+            "{:?}",
+            alarms[0].report.window
+        );
+        assert_eq!(alarms[1].report.window.events, 30);
+        assert!(!alarms[0].newly_confirmed && alarms[1].newly_confirmed);
+        // Off: the same stream waits for the count bound.
+        config.scan = false;
+        let mut monitor = Monitor::new(&config);
+        let mut reports = Vec::new();
+        for k in 0..800 {
+            let label = if k < 600 {
+                Sentiment::ALL[k % 3]
+            } else {
+                Sentiment::Negative
+            };
+            reports.extend(closed(monitor.add(
+                &prediction(k, "v1", label, k as i64),
+                "p",
+                0,
+                k as i64,
+            )));
+        }
+        assert_eq!(reports.len(), 2, "no early close without the scan");
+        assert!(
+            reports[1]
+                .report
+                .signals
+                .iter()
+                .all(|s| s.name != CLASS_MIX_SCAN_G)
+        );
     }
 
     #[test]

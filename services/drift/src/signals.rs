@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use sentiflow_common::events::{DriftStatus, Sentiment, Signal};
 
 use crate::config::Threshold;
+use crate::sequential::ScanPoint;
 use crate::stats;
 use crate::window::Sample;
 
@@ -26,9 +27,14 @@ pub const TEXT_LENGTH_KS: &str = "text_length_ks";
 pub const OOV_RATE_SHIFT: &str = "oov_rate_shift";
 /// Drop of the rolling macro-F1 on human labels below the version's baseline.
 pub const FEEDBACK_MACRO_F1_DROP: &str = "feedback_macro_f1_drop";
+/// Largest score of the sequential class-mix scan during the window: the G statistic of a recent
+/// suffix less a scale penalty (its drift threshold is the alarm that closes a window early; the
+/// p-value is the suffix's G, nominal).
+pub const CLASS_MIX_SCAN_G: &str = "class_mix_scan_g";
 
 /// Every signal name, in report order.
-pub const SIGNAL_NAMES: [&str; 8] = [
+pub const SIGNAL_NAMES: [&str; 9] = [
+    CLASS_MIX_SCAN_G,
     CLASS_MIX_CRAMERS_V,
     CLASS_MIX_PSI,
     CLASS_MIX_JS,
@@ -44,6 +50,7 @@ pub const SIGNAL_NAMES: [&str; 8] = [
 pub fn default_thresholds() -> BTreeMap<&'static str, Threshold> {
     let t = |warn, drift| Threshold { warn, drift };
     BTreeMap::from([
+        (CLASS_MIX_SCAN_G, t(SCAN_WARN_G, SCAN_DRIFT_G)),
         (CLASS_MIX_CRAMERS_V, t(0.1, 0.2)),
         (CLASS_MIX_PSI, t(0.1, 0.25)),
         (CLASS_MIX_JS, t(0.1, 0.2)),
@@ -54,6 +61,14 @@ pub fn default_thresholds() -> BTreeMap<&'static str, Threshold> {
         (FEEDBACK_MACRO_F1_DROP, t(0.05, 0.1)),
     ])
 }
+
+/// Default warn threshold of the class-mix scan's score (see [`SCAN_DRIFT_G`]).
+pub const SCAN_WARN_G: f64 = 16.0;
+
+/// Default alarm threshold of the class-mix scan's score (penalised G): far beyond the chi-square
+/// (2 dof) tail of one test, because the scan tests many overlapping suffixes after every prediction;
+/// `sentiflow bench drift` measures the resulting false alarms on 200,000 stationary predictions.
+pub const SCAN_DRIFT_G: f64 = 22.0;
 
 /// Epsilon floor of proportions in the PSI.
 pub const PSI_EPSILON: f64 = 1e-4;
@@ -113,14 +128,32 @@ fn shares(counts: &[u64; 3]) -> String {
         .join(" ")
 }
 
-/// Every signal computable for `window` against `reference` (signals without data are left out).
+/// Every signal computable for `window` against `reference` (signals without data are left out);
+/// `scan` is the largest point of the sequential class-mix scan during the window.
 pub fn compute(
     reference: &Sample,
     window: &Sample,
+    scan: Option<&ScanPoint>,
     feedback: Option<&FeedbackScores>,
     thresholds: &BTreeMap<&'static str, Threshold>,
 ) -> Vec<Signal> {
     let mut signals = Vec::new();
+    if let Some(point) = scan {
+        signals.extend(signal(
+            CLASS_MIX_SCAN_G,
+            point.statistic,
+            Some(point.nominal_p_value()),
+            thresholds,
+            format!(
+                "G {:.2} over the last {} predictions: {} | scan reference of {}: {}",
+                point.g,
+                point.suffix_events,
+                shares(&point.suffix_counts),
+                point.reference_counts.iter().sum::<u64>(),
+                shares(&point.reference_counts)
+            ),
+        ));
+    }
     let mix = format!(
         "reference {} | window {}",
         shares(&reference.class_counts),
@@ -244,11 +277,11 @@ mod tests {
     fn same_distribution_is_ok_and_a_shift_is_drift() {
         let thresholds = default_thresholds();
         let reference = sample([600, 200, 200], 0.8, 80.0, 1000);
-        let same = compute(&reference, &reference, None, &thresholds);
+        let same = compute(&reference, &reference, None, None, &thresholds);
         assert_eq!(overall(&same), DriftStatus::Ok);
         assert_eq!(same.len(), 6, "no oov, no feedback: {same:?}");
         let shifted = sample([150, 250, 600], 0.6, 160.0, 1000);
-        let signals = compute(&reference, &shifted, None, &thresholds);
+        let signals = compute(&reference, &shifted, None, None, &thresholds);
         assert_eq!(overall(&signals), DriftStatus::Drift);
         let by_name = |name: &str| signals.iter().find(|s| s.name == name).unwrap();
         assert_eq!(by_name(CLASS_MIX_PSI).status, DriftStatus::Drift);
@@ -269,6 +302,7 @@ mod tests {
         let signals = compute(
             &reference,
             &reference,
+            None,
             Some(&feedback),
             &default_thresholds(),
         );

@@ -68,6 +68,32 @@ fn chi_square_homogeneity_and_cramers_v_match_scipy() {
 }
 
 #[test]
+fn g_test_of_the_sequential_scan_matches_scipy() {
+    let data = fixture();
+    let cases = data["g_test"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for case in cases {
+        let reference = counts(&case["reference"]);
+        let window = counts(&case["window"]);
+        let test = sentiflow_drift::sequential::g_test(&reference, &window).unwrap();
+        let what = format!("G {reference:?} vs {window:?}");
+        close(
+            test.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-9,
+            &what,
+        );
+        assert_eq!(u64::from(test.dof), case["dof"].as_u64().unwrap(), "{what}");
+        close(
+            test.p_value(),
+            case["p_value"].as_f64().unwrap(),
+            1e-6,
+            &what,
+        );
+    }
+}
+
+#[test]
 fn chi_square_survival_matches_scipy() {
     for case in fixture()["chi2_sf"].as_array().unwrap() {
         let x = case["x"].as_f64().unwrap();

@@ -50,6 +50,13 @@ pub const HEADLINE_SIGNAL: &str = "negative";
 /// Text length that maps to 1.0 in ADWIN's text-length signal (a tweet's limit; longer is clamped).
 pub const TEXT_LENGTH_SCALE: f64 = 280.0;
 
+/// Our monitor's detections: every window it reported with status drift (on `drift.reports`, the
+/// Prometheus status gauge and the dashboard), before confirmation. The goals are judged on this row.
+pub const MONITOR_DETECTION: &str = "sentiflow drift monitor: drift report";
+
+/// Our monitor's retrain requests: drift confirmed over k windows, one request per episode.
+pub const MONITOR_CONFIRMED: &str = "sentiflow drift monitor: retrain request";
+
 /// The goal on the abrupt shift (issue 6): detection within this many events.
 pub const GOAL_ABRUPT_DELAY: usize = 2_000;
 
@@ -93,6 +100,12 @@ pub struct DriftBenchArgs {
     /// Consecutive ok windows that clear it (default: the service's `--clear-windows`).
     #[arg(long)]
     pub clear_windows: Option<u32>,
+    /// Turn our monitor's sequential class-mix scan off (windows only, as before the scan existed).
+    #[arg(long)]
+    pub no_scan: bool,
+    /// Longest suffix of the scan, predictions (default: the drift service's `--scan-max-events`).
+    #[arg(long)]
+    pub scan_max_events: Option<usize>,
     /// Threshold override `NAME=WARN,DRIFT` of our monitor (repeatable), as the service's `--threshold`.
     #[arg(long = "threshold")]
     pub thresholds: Vec<ThresholdOverride>,
@@ -164,6 +177,10 @@ pub struct MonitorSettings {
     pub confirm_windows: u32,
     /// Consecutive ok windows that clear.
     pub clear_windows: u32,
+    /// The class-mix scan's suffix lengths (shortest, longest), none when it is off.
+    pub scan_events: Option<[usize; 2]>,
+    /// Largest reference of the scan, predictions.
+    pub scan_reference_max_events: u64,
     /// Signal → [warn, drift] thresholds in force.
     pub thresholds: BTreeMap<String, [f64; 2]>,
 }
@@ -209,6 +226,8 @@ pub struct WindowTrace {
     pub end: usize,
     /// `reference`, `ok`, `warn` or `drift`.
     pub status: String,
+    /// What closed it: `count`, `time` or `scan` (the sequential class-mix scan's alarm).
+    pub kind: String,
     /// Whether drift was confirmed after it.
     pub confirmed: bool,
     /// Share of its predictions that are negative.
@@ -399,6 +418,8 @@ struct Stream {
 struct MonitorRun {
     /// Events at which a retrain request would have been sent.
     requests: Vec<usize>,
+    /// Events at which a window closed with status drift (confirmed or not).
+    drift_windows: Vec<usize>,
     windows: WindowSummary,
     trace: Vec<WindowTrace>,
 }
@@ -414,6 +435,7 @@ fn run_monitor(
     let start = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).context("start time")?;
     let shift = stream.shift_at.unwrap_or(usize::MAX);
     let mut requests = Vec::new();
+    let mut drift_windows = Vec::new();
     let mut windows = WindowSummary::default();
     let mut trace = Vec::new();
     let (mut negatives, mut since_close) = (0usize, 0usize);
@@ -436,6 +458,7 @@ fn run_monitor(
                 } else {
                     report.status.to_string()
                 },
+                kind: report.window.kind.to_string(),
                 confirmed: report.confirmed,
                 negative_share: negatives as f64 / since_close.max(1) as f64,
                 statistics: report
@@ -459,6 +482,9 @@ fn run_monitor(
                 (false, DriftStatus::Drift) => &mut windows.shifted_drift,
             };
             *counter += 1;
+            if report.status == DriftStatus::Drift {
+                drift_windows.push(index);
+            }
             if unshifted {
                 for signal in &report.signals {
                     let largest = windows
@@ -482,6 +508,7 @@ fn run_monitor(
     }
     Ok(MonitorRun {
         requests,
+        drift_windows,
         windows,
         trace,
     })
@@ -577,6 +604,12 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
     }
     if let Some(windows) = args.clear_windows {
         config.clear_windows = windows;
+    }
+    if args.no_scan {
+        config.scan = false;
+    }
+    if let Some(events) = args.scan_max_events {
+        config.scan_max_events = events;
     }
     config.thresholds.extend(args.thresholds.iter().cloned());
     config.validate()?;
@@ -794,13 +827,23 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
                 stream.rows.len()
             );
         }
-        let mut detectors = vec![summarize(
-            "sentiflow drift monitor",
-            "class mix, confidence, entropy, text length (windows)",
-            &ours.requests,
-            ours.requests.len(),
-            stream,
-        )];
+        let mut detectors = vec![
+            summarize(
+                MONITOR_DETECTION,
+                "class-mix scan after every prediction; class mix, confidence, entropy, text \
+                 length per window",
+                &ours.drift_windows,
+                ours.requests.len(),
+                stream,
+            ),
+            summarize(
+                MONITOR_CONFIRMED,
+                "the same reports, drift confirmed over k windows",
+                &ours.requests,
+                ours.requests.len(),
+                stream,
+            ),
+        ];
         let mut any: Vec<usize> = Vec::new();
         for signal in ADWIN_SIGNALS {
             let alarms = theirs
@@ -850,6 +893,10 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
         reference_windows: config.reference_windows,
         confirm_windows: config.confirm_windows,
         clear_windows: config.clear_windows,
+        scan_events: config
+            .scan
+            .then_some([config.scan_min_events, config.scan_max_events]),
+        scan_reference_max_events: config.scan_reference_max_events,
         thresholds: config
             .threshold_table()
             .into_iter()
@@ -903,7 +950,11 @@ fn delay_text(delay: Option<usize>) -> String {
 
 /// The issue's three goals, checked on this run's figures.
 fn goals(scenarios: &[ScenarioResult]) -> Vec<Goal> {
-    let ours = "sentiflow drift monitor";
+    let ours = MONITOR_DETECTION;
+    let confirmed = |scenario: &str| {
+        detector(scenarios, scenario, MONITOR_CONFIRMED)
+            .map_or_else(|| "never".to_owned(), |d| delay_text(d.delay_events))
+    };
     let mut goals = Vec::new();
     if let Some(abrupt) = detector(scenarios, "abrupt", ours) {
         goals.push(Goal {
@@ -912,7 +963,11 @@ fn goals(scenarios: &[ScenarioResult]) -> Vec<Goal> {
                 Some(delay) if delay <= GOAL_ABRUPT_DELAY => GoalOutcome::Met,
                 _ => GoalOutcome::Missed,
             },
-            detail: format!("delay {} events", delay_text(abrupt.delay_events)),
+            detail: format!(
+                "first drift report after {} events, confirmed (retrain request) after {}",
+                delay_text(abrupt.delay_events),
+                confirmed("abrupt")
+            ),
         });
     }
     if let Some(stationary) = detector(scenarios, "stationary", ours) {
@@ -927,7 +982,7 @@ fn goals(scenarios: &[ScenarioResult]) -> Vec<Goal> {
             goal: format!("0 false alarms in {GOAL_STATIONARY_EVENTS} stationary events"),
             outcome,
             detail: format!(
-                "{} false alarms in {} stationary events",
+                "{} drift reports (false alarms) in {} stationary events",
                 stationary.false_alarms, stationary.unshifted_events
             ),
         });
@@ -1006,10 +1061,22 @@ impl DriftBenchReport {
             let _ = writeln!(out, "{}: {}", scenario.name, scenario.description);
         }
         let m = &self.monitor;
+        let scan = match m.scan_events {
+            Some([shortest, longest]) => format!(
+                "class-mix scan over the last {shortest}..{longest} predictions against a reference \
+                 of up to {} (alarm at {})",
+                m.scan_reference_max_events,
+                m.thresholds
+                    .get(sentiflow_drift::signals::CLASS_MIX_SCAN_G)
+                    .map_or(f64::NAN, |t| t[1])
+            ),
+            None => "no class-mix scan".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "sentiflow drift monitor: windows of {} predictions, reference {} window(s), confirmed \
-             after {} drift windows, cleared after {} ok; ADWIN: river {}, delta {}, clock {}",
+            "sentiflow drift monitor: windows of {} predictions, reference {} window(s), {scan}, \
+             confirmed after {} drift windows, cleared after {} ok; ADWIN: river {}, delta {}, \
+             clock {}",
             m.window_events,
             m.reference_windows,
             m.confirm_windows,
