@@ -196,9 +196,11 @@ fn print_reports(label: &str, reports: &[DriftReport]) {
             .map(|s| format!("{}={:.3}", s.name, s.statistic))
             .collect();
         eprintln!(
-            "{label} {} window {}: {} confirmed={} {}",
+            "{label} {} window {} ({} {}): {} confirmed={} {}",
             report.model.version,
             i + 1,
+            report.window.kind,
+            report.window.events,
             if report.signals.is_empty() {
                 "reference".to_owned()
             } else {
@@ -395,7 +397,9 @@ async fn a_topic_shift_is_detected_retrained_promoted_and_the_new_champion_is_be
         CONFIRM as usize
     );
     assert_eq!(v1[confirming].consecutive_drift_windows, CONFIRM);
-    let delay = (confirming as u64 + 1) * WINDOW - a_predictions;
+    // Scan windows close early, so count the predictions the windows really held.
+    let through: u64 = v1[..=confirming].iter().map(|r| r.window.events).sum();
+    let delay = through - a_predictions;
     eprintln!(
         "shift after {a_predictions} predictions (in window {}); first warn/drift window {}, first drift \
          window {}, confirmed in window {} = {delay} predictions after the shift",
@@ -428,7 +432,7 @@ async fn a_topic_shift_is_detected_retrained_promoted_and_the_new_champion_is_be
         .get(scenario::SOURCE_B)
         .copied()
         .unwrap_or(0);
-    let shifted_before_request = (confirming as u64 + 1) * WINDOW - a_predictions;
+    let shifted_before_request = delay;
     eprintln!(
         "retrain: {} in {:.1} s on {} rows ({:?}; {}); gate {:?}",
         outcome.outcome.as_str(),

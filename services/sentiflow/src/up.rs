@@ -14,7 +14,7 @@ use sentiflow_common::cache::CacheDir;
 use sentiflow_common::catalogue::{Catalogue, topics};
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret};
 use sentiflow_common::events::{
-    DriftReport, DriftStatus, ModelAlias, RetrainRequest, UpdateAction,
+    DriftReport, DriftStatus, ModelAlias, RetrainRequest, UpdateAction, WindowKind,
 };
 use sentiflow_common::kafka::{self, ResilientProducer};
 use sentiflow_infer::config::DeviceArg;
@@ -843,15 +843,42 @@ fn print_loop(report: &LoopReport, window_events: u64) {
             .iter()
             .position(|r| !r.signals.is_empty() && r.status == DriftStatus::Drift);
         let confirmed = reports.iter().position(|r| r.confirmed);
+        let scan_windows = reports
+            .iter()
+            .filter(|r| r.window.kind == WindowKind::Scan)
+            .count();
+        // Predictions of this version up to and including window `i` (scan windows are short).
+        let through = |i: usize| -> u64 { reports[..=i].iter().map(|r| r.window.events).sum() };
+        let after_shift = |i: usize| {
+            let through = through(i);
+            if Some(version.as_str()) == report.serving_before.as_deref()
+                && through > report.before_predictions
+            {
+                format!(
+                    " ({} predictions after the shift)",
+                    through - report.before_predictions
+                )
+            } else {
+                String::new()
+            }
+        };
         println!(
-            "  {:<20} {version}: {} windows of {window_events}: {reference} reference, {} ok, {} warn, {} drift{}{}",
+            "  {:<20} {version}: {} windows (of {window_events}, or closed early by the class-mix scan: {scan_windows}): {reference} reference, {} ok, {} warn, {} drift{}{}",
             if first { "drift reports" } else { "" },
             reports.len(),
             count(DriftStatus::Ok),
             count(DriftStatus::Warn),
             count(DriftStatus::Drift),
-            first_drift.map_or_else(String::new, |i| format!("; first drift: window {}", i + 1)),
-            confirmed.map_or_else(String::new, |i| format!(", confirmed: window {}", i + 1)),
+            first_drift.map_or_else(String::new, |i| format!(
+                "; first drift: window {}{}",
+                i + 1,
+                after_shift(i)
+            )),
+            confirmed.map_or_else(String::new, |i| format!(
+                ", confirmed: window {}{}",
+                i + 1,
+                after_shift(i)
+            )),
         );
         first = false;
     }
