@@ -46,6 +46,8 @@
 //! bump [`FEATURIZER_VERSION`]; a change of defaults alone changes [`FeaturizerConfig::config_hash`]
 //! instead. Serving refuses a model whose featurizer version it does not implement.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -217,6 +219,8 @@ impl FeaturizerConfig {
 pub struct Featurizer {
     config: FeaturizerConfig,
     lexicon: Option<Lexicon>,
+    /// Reduction modulo `buckets - 1`, the id space after the padding id.
+    slots: FastModulo,
 }
 
 /// What kind of token a [`Token`] is; decides which features it yields.
@@ -258,7 +262,12 @@ impl Featurizer {
         } else {
             None
         };
-        Ok(Self { config, lexicon })
+        let slots = FastModulo::new((config.buckets - 1) as u64);
+        Ok(Self {
+            config,
+            lexicon,
+            slots,
+        })
     }
 
     /// The configuration.
@@ -293,7 +302,9 @@ impl Featurizer {
 
         let mut ids = sink.ids;
         if let Some(bin) = compound_bin {
-            let compound_id = self.id(namespace::LEXICON_COMPOUND, &[bin.to_string().as_bytes()]);
+            let mut text = SmallText::new();
+            let _ = write!(text, "{bin}");
+            let compound_id = self.id(namespace::LEXICON_COMPOUND, &[text.as_bytes()]);
             let share = f64::from(self.config.lexicon_share);
             let budget = self.config.max_features;
             // The other features keep (1 − share) of the budget; the copies then make up `share` of
@@ -337,10 +348,12 @@ impl Featurizer {
         for token in tokens {
             let surface = token.surface();
             // Emoticons keep their case (`:D`), the lexicon lists some only in lower case (`xd`).
-            let Some(valence) = lexicon
-                .valence(surface)
-                .or_else(|| lexicon.valence(&surface.to_lowercase()))
-            else {
+            // Words are lowercased already: only a token lowercasing changes needs the second look-up.
+            let Some(valence) = lexicon.valence(surface).or_else(|| {
+                changes_when_lowercased(surface)
+                    .then(|| lexicon.valence(&surface.to_lowercase()))
+                    .flatten()
+            }) else {
                 continue;
             };
             let signed = if token.negated { -valence } else { valence };
@@ -350,17 +363,15 @@ impl Featurizer {
                 negative += 1;
             }
             let rounded = signed.round() as i64;
-            sink.push(self.id(
-                namespace::LEXICON_WORD,
-                &[format!("{rounded:+}").as_bytes()],
-            ));
+            let mut text = SmallText::new();
+            let _ = write!(text, "{rounded:+}");
+            sink.push(self.id(namespace::LEXICON_WORD, &[text.as_bytes()]));
         }
         for (name, count) in [("pos", positive), ("neg", negative)] {
             let capped = count.min(3);
-            sink.push(self.id(
-                namespace::LEXICON_COUNT,
-                &[format!("{name}{capped}").as_bytes()],
-            ));
+            let mut text = SmallText::new();
+            let _ = write!(text, "{name}{capped}");
+            sink.push(self.id(namespace::LEXICON_COUNT, &[text.as_bytes()]));
         }
         let compound = lexicon.score(cleaned).compound;
         compound_bin(compound, self.config.lexicon_compound_bins)
@@ -377,7 +388,7 @@ impl Featurizer {
                     }
                     hash.write(token.text.as_bytes());
                 }
-                sink.push(hash.id(self.config.buckets));
+                sink.push(hash.id(&self.slots));
             }
         }
     }
@@ -416,8 +427,79 @@ impl Featurizer {
         for part in parts {
             hash.write(part);
         }
-        hash.id(self.config.buckets)
+        hash.id(&self.slots)
     }
+}
+
+/// Lemire's "faster remainder by direct computation" for a divisor fixed at construction: exact for
+/// every 64-bit numerator (a 128-bit magic number), and a few multiplications instead of a 64-bit
+/// division per feature id.
+#[derive(Debug, Clone, Copy)]
+struct FastModulo {
+    divisor: u64,
+    magic: u128,
+}
+
+impl FastModulo {
+    fn new(divisor: u64) -> Self {
+        assert!(divisor > 0, "modulo by zero");
+        Self {
+            divisor,
+            // ceil(2^128 / d), computed without overflow as floor((2^128 - 1) / d) + 1.
+            magic: (u128::MAX / u128::from(divisor)).wrapping_add(1),
+        }
+    }
+
+    fn reduce(&self, value: u64) -> u64 {
+        if self.divisor == 1 {
+            return 0;
+        }
+        let low_bits = self.magic.wrapping_mul(u128::from(value));
+        // The high 128 bits of the 256-bit product low_bits × d, of which the top 64 are the result.
+        let divisor = u128::from(self.divisor);
+        let bottom = ((low_bits & u128::from(u64::MAX)) * divisor) >> 64;
+        let top = (low_bits >> 64) * divisor;
+        ((top + bottom) >> 64) as u64
+    }
+}
+
+/// A stack buffer for the few short labels hashed into lexicon ids (`+2`, `pos3`, `7`).
+struct SmallText {
+    bytes: [u8; 24],
+    len: usize,
+}
+
+impl SmallText {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 24],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Write for SmallText {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let end = self.len + text.len();
+        if end > self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Whether `text.to_lowercase()` differs from `text` (without allocating).
+fn changes_when_lowercased(text: &str) -> bool {
+    text.chars().any(|ch| {
+        let mut lower = ch.to_lowercase();
+        !(lower.next() == Some(ch) && lower.next().is_none())
+    })
 }
 
 /// Collects ids up to the cap, so long texts cost no more than `max_features` hashes.
@@ -495,10 +577,9 @@ impl FeatureHash {
         mixed
     }
 
-    /// `1 + hash mod (buckets - 1)`: never the padding id.
-    fn id(&self, buckets: usize) -> i64 {
-        let slots = (buckets - 1) as u64;
-        (1 + self.finish() % slots) as i64
+    /// `1 + hash mod (buckets - 1)`: never the padding id (`slots` reduces modulo `buckets - 1`).
+    fn id(&self, slots: &FastModulo) -> i64 {
+        (1 + slots.reduce(self.finish())) as i64
     }
 }
 
@@ -987,6 +1068,63 @@ mod tests {
 
     /// Pins the hash and a few ids. If this fails, the emitted ids changed: bump
     /// [`FEATURIZER_VERSION`] and update the expected values.
+    #[test]
+    fn fast_modulo_equals_the_remainder() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let divisors = [
+            1,
+            2,
+            3,
+            7,
+            (1 << 19) - 1,
+            (1 << 20) - 1,
+            (1 << 21) - 1,
+            1_000_003,
+            u64::from(u32::MAX),
+            u64::MAX / 3,
+            u64::MAX,
+        ];
+        for divisor in divisors {
+            let modulo = FastModulo::new(divisor);
+            for value in [
+                0,
+                1,
+                divisor - 1,
+                divisor,
+                divisor.wrapping_add(1),
+                u64::MAX,
+            ] {
+                assert_eq!(modulo.reduce(value), value % divisor, "{value} % {divisor}");
+            }
+            for _ in 0..20_000 {
+                let value = next();
+                assert_eq!(modulo.reduce(value), value % divisor, "{value} % {divisor}");
+            }
+        }
+    }
+
+    #[test]
+    fn lowercase_change_detection_matches_to_lowercase() {
+        for text in [
+            ":D", "xd", "XD", "<3", "ǅ", "Σ", "ß", "İ", "ok", "", "😀", ":P",
+        ] {
+            assert_eq!(
+                changes_when_lowercased(text),
+                text.to_lowercase() != text,
+                "{text:?}"
+            );
+        }
+        let mut text = SmallText::new();
+        write!(text, "{:+}", -3i64).unwrap();
+        assert_eq!(text.as_bytes(), b"-3");
+    }
+
     #[test]
     fn ids_are_pinned_for_this_version() {
         assert_eq!(FEATURIZER_VERSION, "feat-v1");

@@ -9,10 +9,10 @@
 mod rules;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use rules::{
@@ -55,8 +55,10 @@ pub enum LexiconError {
 /// A sentiment lexicon (token → mean valence) with VADER's scoring rules.
 #[derive(Clone, Default)]
 pub struct Lexicon {
-    valences: HashMap<String, f64>,
-    emoji_descriptions: HashMap<char, String>,
+    // FxHash: every scored word costs several look-ups, and SipHash's DoS resistance buys nothing
+    // for a lexicon loaded from a checksummed file.
+    valences: FxHashMap<String, f64>,
+    emoji_descriptions: FxHashMap<char, String>,
 }
 
 impl fmt::Debug for Lexicon {
@@ -145,7 +147,7 @@ impl Lexicon {
         if body.trim().is_empty() {
             return Err(LexiconError::Empty);
         }
-        let mut valences = HashMap::new();
+        let mut valences = FxHashMap::default();
         for (index, line) in body.split('\n').enumerate() {
             let line = line.strip_suffix('\r').unwrap_or(line);
             let (token, mean) = parse_entry(line).map_err(|reason| LexiconError::Malformed {
@@ -156,7 +158,7 @@ impl Lexicon {
         }
         Ok(Self {
             valences,
-            emoji_descriptions: HashMap::new(),
+            emoji_descriptions: FxHashMap::default(),
         })
     }
 

@@ -6,6 +6,13 @@ mod quality_data;
 
 use sentiflow_model::clean;
 use sentiflow_model::featurize::{Featurizer, FeaturizerConfig, PAD_LENGTHS, pad_length};
+use sha2::{Digest, Sha256};
+
+/// sha256 of every id of the sample below under the default configuration, as feat-v1 produced them
+/// before the featurizer's speed work (fast modulo, FxHash lexicon, allocation-free lexicon ids): a
+/// trained model's embedding rows are addressed by these ids, so any change is train/serve skew.
+const PINNED_SAMPLE_DIGEST: &str =
+    "0eccf59a9403648cacdd47133c867ad0039b85e131a0fc2c62d7eb27956848cb";
 
 #[test]
 fn default_featurizer_on_real_text() {
@@ -33,8 +40,13 @@ fn default_featurizer_on_real_text() {
     let buckets = i64::try_from(config.buckets).expect("fits");
     let mut empty = 0;
     let mut longest = 0;
+    let mut digest = Sha256::new();
     for text in &texts {
         let ids = featurizer.featurize(text);
+        for id in &ids {
+            digest.update(id.to_le_bytes());
+        }
+        digest.update(b"|");
         assert!(
             ids.len() <= config.max_features,
             "{} ids for {text:?}",
@@ -58,6 +70,12 @@ fn default_featurizer_on_real_text() {
         texts.len()
     );
     assert!(longest <= PAD_LENGTHS[PAD_LENGTHS.len() - 1] && pad_length(longest) >= longest);
+    assert_eq!(
+        hex::encode(digest.finalize()),
+        PINNED_SAMPLE_DIGEST,
+        "feature ids of {} real texts changed",
+        texts.len()
+    );
 
     let sample: Vec<&str> = texts.iter().take(50).map(String::as_str).collect();
     let (first, rows, cols) = featurizer.batch(&sample, 256);
