@@ -232,20 +232,69 @@ enum TokenKind {
     Other,
 }
 
-/// One token of the cleaned text.
-#[derive(Debug, Clone)]
+/// One token of the cleaned text: a span of its [`Tokens`] buffer.
+#[derive(Debug, Clone, Copy)]
 struct Token {
-    /// The token as hashed for word n-grams (with the negation prefix when negated).
-    text: String,
-    /// The token without the negation prefix (for lexicon look-ups and character n-grams).
+    /// Start of the token as hashed for word n-grams (with the negation prefix when negated).
+    start: usize,
+    /// Start of the token without the negation prefix (for lexicon look-ups and character n-grams).
     surface_start: usize,
+    /// End of both.
+    end: usize,
     kind: TokenKind,
     negated: bool,
 }
 
-impl Token {
-    fn surface(&self) -> &str {
-        &self.text[self.surface_start..]
+/// The tokens of one text, their characters in one buffer (one allocation per text, not per token).
+#[derive(Debug, Default)]
+struct Tokens {
+    buffer: String,
+    spans: Vec<Token>,
+}
+
+impl Tokens {
+    fn text(&self, token: &Token) -> &str {
+        &self.buffer[token.start..token.end]
+    }
+
+    fn surface(&self, token: &Token) -> &str {
+        &self.buffer[token.surface_start..token.end]
+    }
+
+    fn push_other(&mut self, text: &str) {
+        let start = self.buffer.len();
+        self.buffer.push_str(text);
+        self.spans.push(Token {
+            start,
+            surface_start: start,
+            end: self.buffer.len(),
+            kind: TokenKind::Other,
+            negated: false,
+        });
+    }
+
+    fn push_word(&mut self, word: &str, negated: bool) {
+        let start = self.buffer.len();
+        if negated {
+            self.buffer.push_str(NEGATION_PREFIX);
+        }
+        let surface_start = self.buffer.len();
+        self.buffer.push_str(word);
+        self.spans.push(Token {
+            start,
+            surface_start,
+            end: self.buffer.len(),
+            kind: TokenKind::Word,
+            negated,
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
     }
 }
 
@@ -313,10 +362,8 @@ impl Featurizer {
             ids.truncate(others_budget);
             let wanted = (share / (1.0 - share) * ids.len() as f64).round() as usize;
             let copies = wanted.clamp(1, budget - ids.len());
-            let mut with_prior = Vec::with_capacity(copies + ids.len());
-            with_prior.resize(copies, compound_id);
-            with_prior.extend_from_slice(&ids);
-            ids = with_prior;
+            // In place: the sink reserved the whole budget, so this moves ids without reallocating.
+            ids.splice(0..0, std::iter::repeat_n(compound_id, copies));
         }
         ids.truncate(self.config.max_features);
         (ids, tokens.len())
@@ -340,13 +387,13 @@ impl Featurizer {
         &self,
         lexicon: &Lexicon,
         cleaned: &str,
-        tokens: &[Token],
+        tokens: &Tokens,
         sink: &mut IdSink,
     ) -> usize {
         let mut positive = 0usize;
         let mut negative = 0usize;
-        for token in tokens {
-            let surface = token.surface();
+        for token in &tokens.spans {
+            let surface = tokens.surface(token);
             // Emoticons keep their case (`:D`), the lexicon lists some only in lower case (`xd`).
             // Words are lowercased already: only a token lowercasing changes needs the second look-up.
             let Some(valence) = lexicon.valence(surface).or_else(|| {
@@ -378,15 +425,15 @@ impl Featurizer {
     }
 
     /// Rule 4: word n-grams of order 1..=word_ngrams, all unigrams first, then bigrams, …
-    fn word_ngrams(&self, tokens: &[Token], sink: &mut IdSink) {
+    fn word_ngrams(&self, tokens: &Tokens, sink: &mut IdSink) {
         for order in 1..=self.config.word_ngrams {
-            for window in tokens.windows(order) {
+            for window in tokens.spans.windows(order) {
                 let mut hash = FeatureHash::new(namespace::WORD_NGRAM);
                 for (position, token) in window.iter().enumerate() {
                     if position > 0 {
                         hash.write(b" ");
                     }
-                    hash.write(token.text.as_bytes());
+                    hash.write(tokens.text(token).as_bytes());
                 }
                 sink.push(hash.id(&self.slots));
             }
@@ -394,17 +441,21 @@ impl Featurizer {
     }
 
     /// Rule 4: character n-grams of `<word>` for each word token.
-    fn char_ngrams(&self, tokens: &[Token], sink: &mut IdSink) {
+    fn char_ngrams(&self, tokens: &Tokens, sink: &mut IdSink) {
         let (min, max) = (self.config.char_ngram_min, self.config.char_ngram_max);
         if min == 0 {
             return;
         }
         let mut bounded = String::new();
         let mut boundaries = Vec::new();
-        for token in tokens.iter().filter(|token| token.kind == TokenKind::Word) {
+        for token in tokens
+            .spans
+            .iter()
+            .filter(|token| token.kind == TokenKind::Word)
+        {
             bounded.clear();
             bounded.push('<');
-            bounded.push_str(token.surface());
+            bounded.push_str(tokens.surface(token));
             bounded.push('>');
             boundaries.clear();
             boundaries.extend(bounded.char_indices().map(|(index, _)| index));
@@ -584,28 +635,27 @@ impl FeatureHash {
 }
 
 /// Rule 2 and 3: the tokens of a cleaned text, with negation marks when `negation` is on.
-fn tokenize(cleaned: &str, negation: bool) -> Vec<Token> {
-    let mut tokens = Vec::new();
+fn tokenize(cleaned: &str, negation: bool) -> Tokens {
+    let mut tokens = Tokens {
+        buffer: String::with_capacity(cleaned.len() + 16),
+        spans: Vec::with_capacity(cleaned.len() / 4 + 1),
+    };
+    let mut word = String::new();
     let mut in_scope = false;
     for chunk in cleaned.split(' ').filter(|chunk| !chunk.is_empty()) {
         if let Some((emoticon, ends_scope)) = emoticon(chunk) {
-            tokens.push(Token {
-                text: emoticon,
-                surface_start: 0,
-                kind: TokenKind::Other,
-                negated: false,
-            });
+            tokens.push_other(&emoticon);
             in_scope &= !ends_scope;
             continue;
         }
         let mut rest = chunk;
         while let Some(ch) = rest.chars().next() {
             if let Some(placeholder) = PLACEHOLDERS.iter().find(|p| rest.starts_with(**p)) {
-                tokens.push(other_token(placeholder));
+                tokens.push_other(placeholder);
                 rest = &rest[placeholder.len()..];
             } else if ch.is_alphanumeric() || ch == '_' {
                 let length = word_length(rest);
-                let word = normalize_word(&rest[..length]);
+                normalize_word(&rest[..length], &mut word);
                 rest = &rest[length..];
                 // "but" closes a scope before it could be marked itself.
                 if word == "but" {
@@ -616,52 +666,25 @@ fn tokenize(cleaned: &str, negation: bool) -> Vec<Token> {
                     in_scope = true;
                 }
                 if word == NUMBER_TOKEN {
-                    tokens.push(other_token(NUMBER_TOKEN));
+                    tokens.push_other(NUMBER_TOKEN);
                 } else {
-                    tokens.push(word_token(word, negated));
+                    tokens.push_word(&word, negated);
                 }
             } else if ch == '!' || ch == '?' {
-                tokens.push(other_token(if ch == '!' { "!" } else { "?" }));
+                tokens.push_other(if ch == '!' { "!" } else { "?" });
                 rest = rest.trim_start_matches(ch);
                 in_scope = false;
             } else {
                 if matches!(ch, '.' | ',' | ':' | ';' | '…') {
                     in_scope = false;
                 } else if is_symbol(ch) {
-                    tokens.push(other_token(&rest[..ch.len_utf8()]));
+                    tokens.push_other(&rest[..ch.len_utf8()]);
                 }
                 rest = &rest[ch.len_utf8()..];
             }
         }
     }
     tokens
-}
-
-fn other_token(text: &str) -> Token {
-    Token {
-        text: text.to_owned(),
-        surface_start: 0,
-        kind: TokenKind::Other,
-        negated: false,
-    }
-}
-
-fn word_token(word: String, negated: bool) -> Token {
-    if negated {
-        Token {
-            text: format!("{NEGATION_PREFIX}{word}"),
-            surface_start: NEGATION_PREFIX.len(),
-            kind: TokenKind::Word,
-            negated: true,
-        }
-    } else {
-        Token {
-            text: word,
-            surface_start: 0,
-            kind: TokenKind::Word,
-            negated: false,
-        }
-    }
 }
 
 /// Byte length of the word at the start of `text`: letters, digits and `_`, continued over an
@@ -683,15 +706,18 @@ fn word_length(text: &str) -> usize {
     end
 }
 
-/// Lowercase, `’` → `'`, all-digit words → `<num>`.
-fn normalize_word(word: &str) -> String {
+/// Lowercase, `’` → `'`, all-digit words → `<num>`; written into `out` (a reused buffer).
+fn normalize_word(word: &str, out: &mut String) {
+    out.clear();
     if word.chars().all(|ch| ch.is_ascii_digit()) {
-        return NUMBER_TOKEN.to_owned();
+        out.push_str(NUMBER_TOKEN);
+        return;
     }
-    word.chars()
-        .flat_map(char::to_lowercase)
-        .map(|ch| if ch == '’' { '\'' } else { ch })
-        .collect()
+    out.extend(
+        word.chars()
+            .flat_map(char::to_lowercase)
+            .map(|ch| if ch == '’' { '\'' } else { ch }),
+    );
 }
 
 fn is_negator(word: &str) -> bool {
@@ -802,9 +828,11 @@ mod tests {
     }
 
     fn tokens_of(raw: &str) -> Vec<String> {
-        tokenize(&clean(raw).text, true)
-            .into_iter()
-            .map(|token| token.text)
+        let tokens = tokenize(&clean(raw).text, true);
+        tokens
+            .spans
+            .iter()
+            .map(|token| tokens.text(token).to_owned())
             .collect()
     }
 
@@ -897,9 +925,11 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(tokens_of(raw), *expected, "tokens of {raw:?}");
         }
-        let unmarked: Vec<String> = tokenize("not good", false)
-            .into_iter()
-            .map(|token| token.text)
+        let tokens = tokenize("not good", false);
+        let unmarked: Vec<&str> = tokens
+            .spans
+            .iter()
+            .map(|token| tokens.text(token))
             .collect();
         assert_eq!(unmarked, ["not", "good"], "negation off leaves words alone");
     }
