@@ -180,8 +180,19 @@ fn texts(count: usize) -> Vec<String> {
     .collect()
 }
 
+/// A `reviews.clean` event as ingest writes it: the text cleaned by this build's normaliser, except
+/// every tenth review, which claims an older normaliser and keeps its raw text (infer cleans those
+/// again instead of taking its fast path).
 fn clean_review(index: usize, text: &str) -> CleanReview {
     let now = chrono::Utc::now();
+    let (text, normalizer_version) = if index % 10 == 0 {
+        (text.to_owned(), "norm-v0".to_owned())
+    } else {
+        (
+            sentiflow_model::clean(text).text,
+            sentiflow_model::text::NORMALIZER_VERSION.to_owned(),
+        )
+    };
     CleanReview {
         schema_version: SCHEMA_VERSION,
         event_id: format!("clean-{index}-{}", uuid::Uuid::new_v4().simple()),
@@ -190,7 +201,7 @@ fn clean_review(index: usize, text: &str) -> CleanReview {
         review_id: format!("review-{index}"),
         source: "airline".to_owned(),
         author_hash: "a".repeat(64),
-        text: text.to_owned(),
+        text,
         text_hash: "0".repeat(64),
         created_at: now - chrono::Duration::minutes(5),
         lang: "en".to_owned(),
@@ -202,7 +213,7 @@ fn clean_review(index: usize, text: &str) -> CleanReview {
             phones: 0,
             cards: 0,
         },
-        normalizer_version: sentiflow_model::text::NORMALIZER_VERSION.to_owned(),
+        normalizer_version,
         source_offset: SourceCoordinate {
             topic: "reviews.raw".to_owned(),
             partition: 0,

@@ -205,6 +205,29 @@ impl ServingModel {
         &self,
         texts: &[S],
     ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
+        self.score_texts(texts, &vec![false; texts.len()])
+    }
+
+    /// [`ServingModel::score`] where `already_clean[i]` says that `texts[i]` is the output of this
+    /// build's normaliser (a `reviews.clean` event of the current `normalizer_version`): the hashed
+    /// featurizer skips its own cleaning pass for those rows, which gives the same ids.
+    ///
+    /// # Panics
+    /// When the two slices differ in length.
+    pub fn score_cleaned<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        already_clean: &[bool],
+    ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
+        assert_eq!(texts.len(), already_clean.len(), "one flag per text");
+        self.score_texts(texts, already_clean)
+    }
+
+    fn score_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        already_clean: &[bool],
+    ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -230,7 +253,14 @@ impl ServingModel {
         };
         let features: Vec<Vec<i64>> = texts
             .iter()
-            .map(|text| featurizer.featurize(text.as_ref()))
+            .zip(already_clean)
+            .map(|(text, &clean)| {
+                if clean {
+                    featurizer.featurize_cleaned(text.as_ref())
+                } else {
+                    featurizer.featurize(text.as_ref())
+                }
+            })
             .collect();
         let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let cols = pad_length(longest);

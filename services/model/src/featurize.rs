@@ -331,11 +331,21 @@ impl Featurizer {
         self.featurize_counted(raw_text).0
     }
 
+    /// [`Featurizer::featurize`] of a text that is already the output of [`clean`] of this
+    /// [`crate::NORMALIZER_VERSION`] (a `reviews.clean` event's text when its `normalizer_version`
+    /// matches): the same ids, since cleaning is idempotent, without cleaning it a second time.
+    pub fn featurize_cleaned(&self, cleaned: &str) -> Vec<i64> {
+        self.features_of_cleaned(cleaned).0
+    }
+
     /// [`Featurizer::featurize`] plus the number of tokens of the cleaned text (the trainer's
     /// tokens/s counts these, as fastText counts words).
     pub fn featurize_counted(&self, raw_text: &str) -> (Vec<i64>, usize) {
-        let cleaned = clean(raw_text).text;
-        let tokens = tokenize(&cleaned, self.config.negation);
+        self.features_of_cleaned(&clean(raw_text).text)
+    }
+
+    fn features_of_cleaned(&self, cleaned: &str) -> (Vec<i64>, usize) {
+        let tokens = tokenize(cleaned, self.config.negation);
         if tokens.is_empty() {
             // Nothing to say: an all-padding row, which the model answers with its bias.
             return (Vec::new(), 0);
@@ -344,7 +354,7 @@ impl Featurizer {
 
         let mut compound_bin = None;
         if let Some(lexicon) = &self.lexicon {
-            compound_bin = Some(self.lexicon_tokens(lexicon, &cleaned, &tokens, &mut sink));
+            compound_bin = Some(self.lexicon_tokens(lexicon, cleaned, &tokens, &mut sink));
         }
         self.word_ngrams(&tokens, &mut sink);
         self.char_ngrams(&tokens, &mut sink);

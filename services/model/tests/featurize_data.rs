@@ -56,10 +56,16 @@ fn default_featurizer_on_real_text() {
             ids.iter().all(|&id| (1..buckets).contains(&id)),
             "id out of range for {text:?}"
         );
+        let cleaned = clean(text).text;
         assert_eq!(
             ids,
-            featurizer.featurize(&clean(text).text),
+            featurizer.featurize(&cleaned),
             "raw and cleaned differ for {text:?}"
+        );
+        assert_eq!(
+            ids,
+            featurizer.featurize_cleaned(&cleaned),
+            "the clean fast path differs for {text:?}"
         );
         empty += usize::from(ids.is_empty());
         longest = longest.max(ids.len());
