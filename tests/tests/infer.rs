@@ -22,6 +22,7 @@ use sentiflow_infer::InferConfig;
 use sentiflow_infer::config::DeviceArg;
 use sentiflow_model::featurize::{FeaturizerConfig, pad_length};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
+use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use sentiflow_model::train::TrainConfig;
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::gate::GatePolicy;
@@ -36,6 +37,8 @@ const ALERT_THRESHOLD: f64 = 0.5;
 struct TrainedModels {
     v1: Vec<u8>,
     v2: Vec<u8>,
+    /// v1's `seen_features.bin` as the trainer wrote it (v2 is registered without one).
+    v1_seen: Vec<u8>,
 }
 
 /// Trains both models once per test binary on a slice of the airline corpus (own runtime and Redis on
@@ -73,6 +76,7 @@ fn trained_models() -> &'static TrainedModels {
                 let ort = sentiflow::train::ort_environment().expect("run infra/setup.sh");
                 let lexicon = sentiflow::train::lexicon().unwrap();
                 let mut artifacts = Vec::new();
+                let mut seen = Vec::new();
                 for (seed, dim) in [(7, 16), (8, 8)] {
                     let outcome = pipeline::train_and_register(
                         &store,
@@ -101,10 +105,18 @@ fn trained_models() -> &'static TrainedModels {
                     .await
                     .unwrap();
                     artifacts.push(std::fs::read(&outcome.record.artifact_uri).unwrap());
+                    seen.push(
+                        registry
+                            .load_file_verified(&outcome.record, SEEN_FEATURES_FILE)
+                            .await
+                            .unwrap()
+                            .expect("the trainer registers the seen features"),
+                    );
                 }
                 TrainedModels {
                     v2: artifacts.pop().unwrap(),
                     v1: artifacts.pop().unwrap(),
+                    v1_seen: seen.swap_remove(0),
                 }
             })
         })
@@ -119,6 +131,12 @@ async fn registry_with_models(redis_url: &str, prefix: &str, data_dir: &Path) ->
     let store = RedisStore::connect_lazy(&RedisArgs::local(redis_url, prefix)).unwrap();
     let registry = Registry::new(data_dir.join("models"), store);
     for (version, onnx) in [("v1", &models.v1), ("v2", &models.v2)] {
+        // v1 with its seen features (predictions carry an OOV rate), v2 without (they carry none).
+        let files = if version == "v1" {
+            vec![(SEEN_FEATURES_FILE.to_owned(), models.v1_seen.clone())]
+        } else {
+            Vec::new()
+        };
         registry
             .register(NewModel {
                 name: MODEL.to_owned(),
@@ -130,7 +148,7 @@ async fn registry_with_models(redis_url: &str, prefix: &str, data_dir: &Path) ->
                 trained_on: "cpu".to_owned(),
                 metrics: BTreeMap::new(),
                 gate: None,
-                files: Vec::new(),
+                files,
             })
             .await
             .unwrap();
@@ -293,6 +311,22 @@ fn offline_probabilities(onnx: &[u8], texts: &[String]) -> Vec<[f32; 3]> {
         .collect()
 }
 
+/// Each text's share of feature ids outside the model's training features (what infer reports).
+fn offline_oov_rates(onnx: &[u8], seen: &[u8], texts: &[String]) -> Vec<Option<f64>> {
+    let env = sentiflow::train::ort_environment().unwrap();
+    let model = LoadedModel::load(&env, onnx, DeviceRequest::Cpu, 1).unwrap();
+    let featurizer = pipeline::featurizer_for(model.metadata()).unwrap();
+    let seen = SeenFeatures::from_bytes(seen, featurizer.config().buckets).unwrap();
+    assert!(
+        seen.count() > 1000,
+        "the training split's features are marked"
+    );
+    texts
+        .iter()
+        .map(|text| seen.unseen_share(&featurizer.featurize(text)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
@@ -339,6 +373,12 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
     );
     let values = sentiflow_tests::json_payloads(&predictions);
     let offline = offline_probabilities(&trained_models().v1, &texts);
+    let offline_oov = offline_oov_rates(&trained_models().v1, &trained_models().v1_seen, &texts);
+    assert!(
+        offline_oov.iter().flatten().any(|&rate| rate > 0.0)
+            && offline_oov.iter().flatten().all(|&rate| rate < 1.0),
+        "texts use some features the slice never had, and many it had"
+    );
     let mut seen = BTreeSet::new();
     let mut expected_alerts = 0;
     for value in &values {
@@ -354,6 +394,11 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
         let index: usize = review_id.trim_start_matches("review-").parse().unwrap();
         assert!(seen.insert(index), "duplicate prediction for {review_id}");
         let expected = offline[index];
+        let oov = value["oov_rate"].as_f64();
+        assert_eq!(
+            oov, offline_oov[index],
+            "{review_id}: OOV rate against v1's seen features"
+        );
         for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
             let got = value["probabilities"][class].as_f64().unwrap();
             assert!(

@@ -13,6 +13,7 @@ use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pa
 use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
 use sentiflow_model::onnx::{self, FAMILY_HASHED, Family, ModelMetadata};
 use sentiflow_model::runtime::{Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError};
+use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use tokio::sync::watch;
 
 use crate::error::LoadError;
@@ -52,6 +53,8 @@ pub struct ServingModel {
     device: Device,
     fallback_reason: Option<String>,
     preprocess: Preprocess,
+    /// Feature ids the hashed model saw in training (its `seen_features.bin`), for the OOV rate.
+    seen: Option<SeenFeatures>,
     sessions: Mutex<Vec<LoadedModel>>,
     session_returned: Condvar,
     loaded_at: DateTime<Utc>,
@@ -152,11 +155,31 @@ impl ServingModel {
             device,
             fallback_reason,
             preprocess,
+            seen: None,
             sessions: Mutex::new(sessions),
             session_returned: Condvar::new(),
             loaded_at: Utc::now(),
             load_time: started.elapsed(),
         })
+    }
+
+    /// Attaches the bitmap of feature ids the model saw in training (its registry file
+    /// `seen_features.bin`, checksum already verified), so every prediction carries its OOV rate.
+    /// Ignored for the encoder family, whose WordPiece vocabulary covers every text.
+    pub fn with_seen_features(mut self, bytes: Option<&[u8]>) -> Result<Self, LoadError> {
+        if let (Some(bytes), Preprocess::Hashed(featurizer)) = (bytes, &self.preprocess) {
+            let seen =
+                SeenFeatures::from_bytes(bytes, featurizer.config().buckets).map_err(|error| {
+                    LoadError::Unsupported(format!("{SEEN_FEATURES_FILE}: {error}"))
+                })?;
+            self.seen = Some(seen);
+        }
+        Ok(self)
+    }
+
+    /// Whether predictions carry an OOV rate (a hashed model registered with its seen features).
+    pub fn reports_oov(&self) -> bool {
+        self.seen.is_some()
     }
 
     /// The registry reference (name, version, family).
@@ -205,7 +228,7 @@ impl ServingModel {
         &self,
         texts: &[S],
     ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
-        self.score_texts(texts, &vec![false; texts.len()])
+        Ok(self.score_texts(texts, &vec![false; texts.len()])?.0)
     }
 
     /// [`ServingModel::score`] where `already_clean[i]` says that `texts[i]` is the output of this
@@ -219,6 +242,20 @@ impl ServingModel {
         texts: &[S],
         already_clean: &[bool],
     ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
+        Ok(self.score_with_oov(texts, already_clean)?.0)
+    }
+
+    /// [`ServingModel::score_cleaned`] plus each text's OOV rate: the share of its distinct feature
+    /// ids the model never saw in training (`None` without a seen-features file, for the encoder
+    /// family, and for a text without features).
+    ///
+    /// # Panics
+    /// When the two slices differ in length.
+    pub fn score_with_oov<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        already_clean: &[bool],
+    ) -> Result<(Vec<ClassProbabilities>, Vec<Option<f64>>), RuntimeError> {
         assert_eq!(texts.len(), already_clean.len(), "one flag per text");
         self.score_texts(texts, already_clean)
     }
@@ -227,9 +264,9 @@ impl ServingModel {
         &self,
         texts: &[S],
         already_clean: &[bool],
-    ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
+    ) -> Result<(Vec<ClassProbabilities>, Vec<Option<f64>>), RuntimeError> {
         if texts.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let featurizer = match &self.preprocess {
             Preprocess::Hashed(featurizer) => featurizer,
@@ -243,12 +280,14 @@ impl ServingModel {
                         .increment(batch.truncated as u64);
                 }
                 let mut session = self.checkout();
-                return session.predict_masked(
+                let rows = session.predict_masked(
                     &batch.input_ids,
                     &batch.attention_mask,
                     batch.rows,
                     batch.cols,
-                );
+                )?;
+                let oov = vec![None; rows.len()];
+                return Ok((rows, oov));
             }
         };
         let features: Vec<Vec<i64>> = texts
@@ -269,8 +308,12 @@ impl ServingModel {
             let kept = row_features.len().min(cols);
             row[..kept].copy_from_slice(&row_features[..kept]);
         }
+        let oov = features
+            .iter()
+            .map(|row| self.seen.as_ref().and_then(|seen| seen.unseen_share(row)))
+            .collect();
         let mut session = self.checkout();
-        session.predict(&ids, features.len(), cols)
+        Ok((session.predict(&ids, features.len(), cols)?, oov))
     }
 
     /// Takes a free session, waiting while all are busy; it goes back when the guard drops.

@@ -99,7 +99,7 @@ pub fn score_messages(
         .map(|review| review.normalizer_version == NORMALIZER_VERSION)
         .collect();
     let started = Instant::now();
-    let probabilities = model.score_cleaned(&texts, &already_clean)?;
+    let (probabilities, oov_rates) = model.score_with_oov(&texts, &already_clean)?;
     let inference_seconds = if texts.is_empty() {
         0.0
     } else {
@@ -110,14 +110,15 @@ pub fn score_messages(
         Some(shadow) => score_shadow(shadow, &decoded, &probabilities),
         None => Vec::new(),
     };
-    let mut rows = probabilities.into_iter();
+    let mut rows = probabilities.into_iter().zip(oov_rates);
     let outcomes = decoded
         .into_iter()
         .map(|review| match review {
             Ok(review) => {
-                let row = rows.next().expect("one row per decoded review");
-                let (prediction, alert) =
+                let (row, oov_rate) = rows.next().expect("one row per decoded review");
+                let (mut prediction, alert) =
                     build_events(model, &review, row, inference_seconds, alert_threshold);
+                prediction.oov_rate = oov_rate;
                 Outcome::Predicted {
                     prediction: Box::new(prediction),
                     alert: alert.map(Box::new),

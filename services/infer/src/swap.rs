@@ -14,6 +14,7 @@ use sentiflow_common::events::{
 use sentiflow_common::health::Health;
 use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
 use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_model::seen::SEEN_FEATURES_FILE;
 use sentiflow_trainer::registry::{ModelRecord, Registry, RegistryError};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -288,12 +289,21 @@ impl Swapper {
                 RegistryError::Checksum { .. } => LoadError::Checksum(error.to_string()),
                 other => LoadError::Registry(other.to_string()),
             })?;
+        let seen = self
+            .registry
+            .load_file_verified(record, SEEN_FEATURES_FILE)
+            .await
+            .map_err(|error| match error {
+                RegistryError::Checksum { .. } => LoadError::Checksum(error.to_string()),
+                other => LoadError::Registry(other.to_string()),
+            })?;
         let env = self.env.clone();
         let spec = self.spec;
         let sha256 = record.sha256.clone();
         let expected = record.model_ref();
         tokio::task::spawn_blocking(move || {
-            ServingModel::load(&env, &bytes, &sha256, &expected, &spec)
+            ServingModel::load(&env, &bytes, &sha256, &expected, &spec)?
+                .with_seen_features(seen.as_deref())
         })
         .await
         .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))

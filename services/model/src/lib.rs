@@ -10,6 +10,8 @@
 //! - [`hashed`]: weights and reference forward pass of the hashed embedding-bag family.
 //! - [`featurize`]: raw text → hashed feature ids, the one code path of training and serving
 //!   ([`featurize::Featurizer`], [`featurize::FEATURIZER_VERSION`]).
+//! - [`seen`]: the bitmap of feature ids a hashed model saw in training, behind serving's OOV rate
+//!   ([`seen::SeenFeatures`]).
 //! - [`train`]: the sparse-SGD CPU trainer of the hashed family ([`train::train`]).
 //! - [`encoder`]: the encoder family: WordPiece tokenisation ([`encoder::EncoderTokenizer`]), frozen
 //!   MiniLM embeddings through ORT ([`encoder::FrozenEncoder`]) and the linear head's trainer
@@ -37,6 +39,7 @@ pub mod lexicon;
 pub mod onnx;
 pub mod pii;
 pub mod runtime;
+pub mod seen;
 mod spans;
 pub mod text;
 pub mod train;

@@ -14,6 +14,7 @@ use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfi
 use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::onnx::{Family, ModelMetadata, export_hashed, weights_sha256};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel, OrtEnvironment};
+use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use sentiflow_model::train::{Example, TrainConfig, TrainedModel, train};
 use serde::{Deserialize, Serialize};
 
@@ -280,6 +281,8 @@ pub async fn train_and_register(
     .await
     .map_err(|error| PipelineError::Onnx(error.to_string()))??;
     let train_seconds = started.elapsed().as_secs_f64();
+    // The feature ids of the training split: serving reports each text's share of ids outside it.
+    let seen = SeenFeatures::of_texts(&featurizer, train_rows.iter().map(|row| row.text.as_str()));
 
     let test_texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
     let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
@@ -394,11 +397,15 @@ pub async fn train_and_register(
             trained_on: device.to_owned(),
             metrics,
             gate: Some(decision.clone()),
-            files: card_files(
-                serde_json::to_vec_pretty(&card).expect("cards serialise"),
-                card_markdown(&card),
-                chart_files,
-            ),
+            files: {
+                let mut files = card_files(
+                    serde_json::to_vec_pretty(&card).expect("cards serialise"),
+                    card_markdown(&card),
+                    chart_files,
+                );
+                files.push((SEEN_FEATURES_FILE.to_owned(), seen.to_bytes()));
+                files
+            },
         })
         .await?;
     let tokens_per_second = mean(trained.history.iter().map(|epoch| epoch.tokens_per_second));

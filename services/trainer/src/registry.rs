@@ -437,6 +437,28 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The bytes of `name`, one of the version's other files (`seen_features.bin`, …), checked against
+    /// the sha256 the record holds for it; `None` when the record lists no such file (a model
+    /// registered without it).
+    pub async fn load_file_verified(
+        &self,
+        record: &ModelRecord,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let Some(expected) = record.files.get(name) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(&record.artifact_uri).with_file_name(name);
+        let bytes = std::fs::read(&path).map_err(|source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        verify_checksum(&path, &bytes, expected)?;
+        Ok(Some(bytes))
+    }
+}
+
 /// Compares the sha256 of `bytes` with `expected`.
 pub fn verify_checksum(path: &Path, bytes: &[u8], expected: &str) -> Result<(), RegistryError> {
     let actual = hex::encode(Sha256::digest(bytes));

@@ -32,6 +32,7 @@ use sentiflow_ingest::config::LangPolicy;
 use sentiflow_ingest::label::Labeller;
 use sentiflow_ingest::pipeline::Processor;
 use sentiflow_model::eval::evaluate;
+use sentiflow_model::seen::SeenFeatures;
 use sentiflow_model::train::{Rng, is_validation_row};
 use serde::{Deserialize, Serialize};
 
@@ -658,7 +659,12 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
 
     tracing::info!(rows = training.len(), "training the champion");
     let (bytes, metadata) = super::infer::bench_model(None, &training)?;
-    let model = super::infer::serving_model(&bytes, &metadata, 256)?;
+    // As the trainer registers it: the training rows' feature ids, so predictions carry their OOV
+    // rate as infer publishes it.
+    let featurizer = sentiflow_trainer::pipeline::featurizer_for(&metadata)?;
+    let seen = SeenFeatures::of_texts(&featurizer, training.iter().map(|(text, _)| text.as_str()));
+    let model = super::infer::serving_model(&bytes, &metadata, 256)?
+        .with_seen_features(Some(&seen.to_bytes()))?;
 
     // Score every distinct row once, in serving batches, into the prediction infer would publish.
     let rows: Vec<(&CleanRow, Domain)> = streamed
@@ -673,9 +679,12 @@ pub fn run(args: &DriftBenchArgs) -> anyhow::Result<DriftBenchReport> {
             .iter()
             .map(|(row, _)| row.review.text.as_str())
             .collect();
-        let probabilities = model.score(&texts)?;
-        for ((row, _), probabilities) in chunk.iter().zip(probabilities) {
-            table.push(build_events(&model, &row.review, probabilities, 0.0, 0.8).0);
+        let (probabilities, oov_rates) = model.score_with_oov(&texts, &vec![false; texts.len()])?;
+        for (((row, _), probabilities), oov_rate) in chunk.iter().zip(probabilities).zip(oov_rates)
+        {
+            let mut prediction = build_events(&model, &row.review, probabilities, 0.0, 0.8).0;
+            prediction.oov_rate = oov_rate;
+            table.push(prediction);
         }
     }
     let pool = |domain: Domain| -> Vec<usize> {
