@@ -203,7 +203,7 @@ fn texts(count: usize) -> Vec<String> {
 /// again instead of taking its fast path).
 fn clean_review(index: usize, text: &str) -> CleanReview {
     let now = chrono::Utc::now();
-    let (text, normalizer_version) = if index % 10 == 0 {
+    let (text, normalizer_version) = if index.is_multiple_of(10) {
         (text.to_owned(), "norm-v0".to_owned())
     } else {
         (

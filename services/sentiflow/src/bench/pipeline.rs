@@ -156,7 +156,7 @@ impl PipelineBenchReport {
         }
         let latency = &self.latency;
         format!(
-            "sentiflow bench pipeline: {} reviews per path, model {}\n\n{}\nevent → prediction latency at {:.0} events/s ({}), {} predictions:\n  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   (goal p99 ≤ 20 ms)\nsentiflow-infer memory: {:.0} MiB resident at the end, {:.0} MiB peak\n",
+            "sentiflow bench pipeline: {} reviews per path, model {}\n\n{}\nevent → prediction latency at {:.0} events/s ({:.0}% of the measured maximum), {} predictions:\n  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   (goal p99 ≤ 20 ms)\nsentiflow-infer memory: {:.0} MiB resident at the end, {:.0} MiB peak\n",
             self.rows,
             self.model,
             super::markdown_table(&rows),
