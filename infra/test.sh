@@ -14,4 +14,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 # Integration tests start their own Kafka (one per test binary) and Redis (one per test).
-cargo test --workspace --locked -- --test-threads="${SENTIFLOW_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${SENTIFLOW_TEST_THREADS:-4}"

@@ -261,9 +261,10 @@ pub fn shared_data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Checks a registered version directory's card files: every file the record lists exists with its
-/// sha256, both chart PNGs are named in `card.json` (with their checksum and size) and decode to real
-/// pictures, and every link of `card.md` is relative and resolves to a file next to it.
+/// Checks a registered version directory's card files: every file the record lists (for a hashed
+/// model also `seen_features.bin`) exists with its sha256, both chart PNGs are named in `card.json`
+/// (with their checksum and size) and decode to real pictures, and every link of `card.md` is relative
+/// and resolves to a file next to it.
 pub fn assert_card_files(
     version_dir: &std::path::Path,
     record: &sentiflow_trainer::registry::ModelRecord,
@@ -275,16 +276,18 @@ pub fn assert_card_files(
         hex::encode(sha2::Sha256::digest(bytes))
     };
     let listed: Vec<&str> = record.files.keys().map(String::as_str).collect();
-    assert_eq!(
-        listed,
-        [
-            "card.json",
-            "card.md",
-            "confusion_matrix.png",
-            "training_curve.png"
-        ],
-        "files recorded with their sha256"
-    );
+    let mut expected = vec![
+        "card.json",
+        "card.md",
+        "confusion_matrix.png",
+        "training_curve.png",
+    ];
+    if record.family == sentiflow_common::events::ModelFamily::Hashed {
+        // The training split's feature ids, behind serving's OOV rate.
+        expected.push(sentiflow_model::seen::SEEN_FEATURES_FILE);
+        expected.sort_unstable();
+    }
+    assert_eq!(listed, expected, "files recorded with their sha256");
     for (name, expected) in &record.files {
         assert_eq!(&sha256(name), expected, "{name}: recorded sha256");
     }

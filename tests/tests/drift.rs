@@ -112,6 +112,18 @@ fn prediction(index: usize, text: &str, label: Sentiment, version: &str) -> Pred
 
 /// Publishes predictions of `rows` (indices from `first`) and waits for every acknowledgement.
 async fn publish(kafka: &KafkaArgs, rows: &[(String, Sentiment)], first: usize, version: &str) {
+    publish_keyed(kafka, rows, first, version, None).await;
+}
+
+/// [`publish`] with every message under `key` when given (one partition keeps the stream's order),
+/// else under each prediction's own key.
+async fn publish_keyed(
+    kafka: &KafkaArgs,
+    rows: &[(String, Sentiment)],
+    first: usize,
+    version: &str,
+    key: Option<&str>,
+) {
     let producer = ResilientProducer::new(kafka, "test").unwrap();
     let topic = kafka.topic(topics::PREDICTIONS);
     let mut acks = Vec::new();
@@ -122,7 +134,7 @@ async fn publish(kafka: &KafkaArgs, rows: &[(String, Sentiment)], first: usize, 
             producer
                 .enqueue(
                     &topic,
-                    Some(prediction.key().as_bytes()),
+                    Some(key.unwrap_or(prediction.key()).as_bytes()),
                     &prediction.to_json_vec().unwrap(),
                     None,
                 )
@@ -504,26 +516,7 @@ async fn the_class_mix_scan_reports_a_shift_within_a_hundred_predictions_and_ask
         .await
         .unwrap();
     // One key, so one partition keeps the stream's order (the oracle saw it in this order).
-    let producer = ResilientProducer::new(&kafka, "test").unwrap();
-    let topic = kafka.topic(topics::PREDICTIONS);
-    let mut acks = Vec::new();
-    for (index, (text, label)) in stream.iter().enumerate() {
-        let prediction = prediction(index, text, *label, "v1");
-        acks.push(
-            producer
-                .enqueue(
-                    &topic,
-                    Some(b"one-partition"),
-                    &prediction.to_json_vec().unwrap(),
-                    None,
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        await_delivery(ack).await.unwrap();
-    }
+    publish_keyed(&kafka, &stream, 0, "v1", Some("one-partition")).await;
     let reports = read_reports(&kafka, expected.len()).await;
     print_reports("scan", &scored(&reports));
     for ((_, want), got) in expected.iter().zip(&reports) {

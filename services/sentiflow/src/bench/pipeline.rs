@@ -653,15 +653,20 @@ fn run_with_servers(
     let producer = producer(brokers)?;
     // A new idempotent producer first fetches metadata and a producer id; reviews created meanwhile
     // would time the harness's connection set-up, not the pipeline. Warm it up, unmeasured.
-    for index in 0..LATENCY_WARM_UP {
+    // Sends review `id` with the `index`-th text, created now; returns its id.
+    let send_now = |id: String, index: usize| -> anyhow::Result<String> {
         let (text, _) = &texts[index % texts.len()];
-        let review = clean_review(format!("warm{index}"), text, Utc::now());
+        let review = clean_review(id, text, Utc::now());
         send(
             &producer,
             &clean_topic,
             &review.review_id,
             &review.to_json_vec()?,
         )?;
+        Ok(review.review_id)
+    };
+    for index in 0..LATENCY_WARM_UP {
+        send_now(format!("warm{index}"), index)?;
     }
     producer.flush(Duration::from_secs(30))?;
     let started = Instant::now();
@@ -671,15 +676,7 @@ fn run_with_servers(
     while sent < total {
         let due = (started.elapsed().as_secs_f64() * rate) as usize;
         while sent < due.min(total) {
-            let (text, _) = &texts[sent % texts.len()];
-            let review = clean_review(format!("lat{sent}"), text, Utc::now());
-            send(
-                &producer,
-                &clean_topic,
-                &review.review_id,
-                &review.to_json_vec()?,
-            )?;
-            latency_ids.insert(review.review_id);
+            latency_ids.insert(send_now(format!("lat{sent}"), sent)?);
             sent += 1;
         }
         std::thread::sleep(Duration::from_millis(1));
