@@ -427,17 +427,9 @@ impl Registry {
 
     /// Reads a version's ONNX bytes, refusing them when the checksum differs from the registered one.
     pub async fn load_verified(&self, record: &ModelRecord) -> Result<Vec<u8>, RegistryError> {
-        let path = PathBuf::from(&record.artifact_uri);
-        let bytes = std::fs::read(&path).map_err(|source| RegistryError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        verify_checksum(&path, &bytes, &record.sha256)?;
-        Ok(bytes)
+        read_verified(&PathBuf::from(&record.artifact_uri), &record.sha256)
     }
-}
 
-impl Registry {
     /// The bytes of `name`, one of the version's other files (`seen_features.bin`, …), checked against
     /// the sha256 the record holds for it; `None` when the record lists no such file (a model
     /// registered without it).
@@ -450,13 +442,18 @@ impl Registry {
             return Ok(None);
         };
         let path = PathBuf::from(&record.artifact_uri).with_file_name(name);
-        let bytes = std::fs::read(&path).map_err(|source| RegistryError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        verify_checksum(&path, &bytes, expected)?;
-        Ok(Some(bytes))
+        read_verified(&path, expected).map(Some)
     }
+}
+
+/// The bytes of `path`, refused when their sha256 is not `expected`.
+fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>, RegistryError> {
+    let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    verify_checksum(path, &bytes, expected)?;
+    Ok(bytes)
 }
 
 /// Compares the sha256 of `bytes` with `expected`.
