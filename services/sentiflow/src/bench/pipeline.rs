@@ -161,10 +161,7 @@ impl PipelineBenchReport {
             self.model,
             super::markdown_table(&rows),
             latency.rate,
-            format!(
-                "{:.0}% of the measured maximum",
-                latency.share_of_maximum * 100.0
-            ),
+            latency.share_of_maximum * 100.0,
             latency.samples,
             latency.p50_ms,
             latency.p99_ms,
