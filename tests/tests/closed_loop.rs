@@ -44,6 +44,15 @@ const B_TRIGGER_ROWS: usize = 12 * WINDOW as usize;
 /// and the confirmation at the latest `3 * CONFIRM` after it: the statistics of this shift sit near
 /// the drift thresholds (Cramér's V 0.17–0.30 against 0.2), so drift and warn windows alternate.
 const FIRST_DRIFT_WITHIN: usize = 3;
+
+/// The drift service's default `--confirm-min-events` (the stack runs with it).
+fn config_min_events() -> u64 {
+    sentiflow_drift::DriftConfig::local(
+        sentiflow_common::config::KafkaArgs::local("b:9092", ""),
+        sentiflow_common::config::RedisArgs::local("redis://127.0.0.1:1/", ""),
+    )
+    .confirm_min_events
+}
 /// Domain B rows streamed once the new champion serves: its reference windows, then scored windows.
 const B_SETTLE_ROWS: usize = 5 * WINDOW as usize;
 /// Domain B rows held back (never streamed) to score the champions on.
@@ -380,26 +389,40 @@ async fn a_topic_shift_is_detected_retrained_promoted_and_the_new_champion_is_be
         .iter()
         .position(|r| r.confirmed)
         .expect("drift confirmed");
-    assert!(
-        confirming <= a_windows + 3 * CONFIRM as usize,
-        "confirmed in window {confirming}; the shift is in window {a_windows}"
-    );
+    // Scan windows close early, so count the predictions the windows really held.
+    let through: u64 = v1[..=confirming].iter().map(|r| r.window.events).sum();
+    let delay = through - a_predictions;
     let episode = &v1[first_drift..=confirming];
     assert!(
         episode.iter().all(|r| r.status != DriftStatus::Ok),
         "no ok window between the first drift and the confirmation"
     );
-    assert_eq!(
-        episode
-            .iter()
-            .filter(|r| r.status == DriftStatus::Drift)
-            .count(),
-        CONFIRM as usize
+    // At least CONFIRM drift windows, spanning at least --confirm-min-events predictions, and no
+    // longer than needed: the window that reached both confirms.
+    let drift_windows = episode
+        .iter()
+        .filter(|r| r.status == DriftStatus::Drift)
+        .count();
+    assert!(
+        drift_windows >= CONFIRM as usize,
+        "{drift_windows} drift windows"
     );
-    assert_eq!(v1[confirming].consecutive_drift_windows, CONFIRM);
-    // Scan windows close early, so count the predictions the windows really held.
-    let through: u64 = v1[..=confirming].iter().map(|r| r.window.events).sum();
-    let delay = through - a_predictions;
+    assert_eq!(
+        v1[confirming].consecutive_drift_windows as usize,
+        drift_windows
+    );
+    let span: u64 = episode.iter().map(|r| r.window.events).sum();
+    let min_events = config_min_events();
+    assert!(span >= min_events, "the episode spans {span} predictions");
+    let before_last = span - v1[confirming].window.events;
+    assert!(
+        before_last < min_events || drift_windows - 1 < CONFIRM as usize,
+        "confirmed no later than needed"
+    );
+    assert!(
+        delay <= min_events + 2 * WINDOW,
+        "confirmed {delay} predictions after the shift"
+    );
     eprintln!(
         "shift after {a_predictions} predictions (in window {}); first warn/drift window {}, first drift \
          window {}, confirmed in window {} = {delay} predictions after the shift",

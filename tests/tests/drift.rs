@@ -475,10 +475,11 @@ async fn the_class_mix_scan_reports_a_shift_within_a_hundred_predictions_and_ask
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
     let config = config(&kafka, &redis.url(), "scan", "drift-scan");
-    // Six windows of domain A (two reference, four scored), then 800 predictions of domain B.
+    // Six windows of domain A (two reference, four scored), then 1,500 predictions of domain B
+    // (confirmation needs the run of drift windows to span --confirm-min-events, 1,000).
     let mut stream: Vec<_> = domain_a().into_iter().take(6 * WINDOW as usize).collect();
     let shift = stream.len();
-    stream.extend(domain_b().into_iter().take(800));
+    stream.extend(domain_b().into_iter().take(1500));
     // The oracle: the service's own I/O-free monitor on the same predictions.
     let mut offline = sentiflow_drift::monitor::Monitor::new(&config);
     let mut expected = Vec::new();

@@ -150,6 +150,17 @@ pub struct DriftConfig {
     )]
     pub scan_reference_max_events: u64,
 
+    /// …and only once the run of drift (and warn) windows spans this many predictions from its first
+    /// drift window. Scan windows can be a few dozen predictions long: this keeps a retrain request
+    /// for a shift that has lasted (and whose data has arrived), while drift reports still come as
+    /// soon as it is noticed. 1,000 is the span two 500-prediction windows had.
+    #[arg(
+        long,
+        env = "SENTIFLOW_DRIFT_CONFIRM_MIN_EVENTS",
+        default_value_t = 1000
+    )]
+    pub confirm_min_events: u64,
+
     /// Confirmed drift clears after this many consecutive ok windows (hysteresis).
     #[arg(long, env = "SENTIFLOW_DRIFT_CLEAR_WINDOWS", default_value_t = 2)]
     pub clear_windows: u32,

@@ -18,6 +18,19 @@ use crate::window::{OpenWindow, Sample};
 /// Seconds after a version was replaced during which its predictions are stragglers, not a rollback.
 pub const ROLLBACK_GRACE_SECS: i64 = 60;
 
+/// When drift is confirmed and when it clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmRule {
+    /// Drift windows (no ok window between them) that confirm.
+    pub confirm_windows: u32,
+    /// Predictions the episode must span (from its first drift window, warn windows included) before
+    /// it is confirmed: a scan window can be a few dozen predictions long, and a retrain needs the
+    /// shift to have lasted, and its data to have arrived, not just to have been noticed.
+    pub min_events: u64,
+    /// Consecutive ok windows that clear a confirmed drift.
+    pub clear_windows: u32,
+}
+
 /// Confirmation state of one model version (persistence on the way in, hysteresis on the way out).
 ///
 /// On the way in, drift windows count until an ok window ends the run; a warn window pauses it
@@ -28,6 +41,8 @@ pub const ROLLBACK_GRACE_SECS: i64 = 60;
 pub struct Confirmation {
     /// Drift windows since the last ok window (warn windows pause the run), including the last one.
     pub consecutive_drift: u32,
+    /// Predictions in the windows of the current run, from its first drift window.
+    pub run_events: u64,
     /// Consecutive windows with status ok (clears a confirmed drift).
     pub consecutive_ok: u32,
     /// Whether drift is confirmed.
@@ -37,26 +52,34 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
-    /// Folds one window's status in; returns whether drift became confirmed with this window.
-    pub fn observe(&mut self, status: DriftStatus, confirm: u32, clear: u32) -> bool {
+    /// Folds in one window of `events` predictions; returns whether drift became confirmed with it.
+    pub fn observe(&mut self, status: DriftStatus, events: u64, rule: &ConfirmRule) -> bool {
         match status {
             DriftStatus::Drift => {
                 self.consecutive_drift += 1;
+                self.run_events += events;
                 self.consecutive_ok = 0;
             }
             DriftStatus::Warn => {
+                if self.consecutive_drift > 0 {
+                    self.run_events += events;
+                }
                 self.consecutive_ok = 0;
             }
             DriftStatus::Ok => {
                 self.consecutive_drift = 0;
+                self.run_events = 0;
                 self.consecutive_ok += 1;
             }
         }
-        if self.confirmed && self.consecutive_ok >= clear {
+        if self.confirmed && self.consecutive_ok >= rule.clear_windows {
             self.confirmed = false;
             self.requested = false;
         }
-        if !self.confirmed && self.consecutive_drift >= confirm {
+        if !self.confirmed
+            && self.consecutive_drift >= rule.confirm_windows
+            && self.run_events >= rule.min_events
+        {
             self.confirmed = true;
             self.requested = false;
             return true;
@@ -107,8 +130,7 @@ pub struct Monitor {
     min_window_events: u64,
     reference_windows: u32,
     reference_max_values: usize,
-    confirm_windows: u32,
-    clear_windows: u32,
+    confirm: ConfirmRule,
     /// Suffix lengths of the class-mix scan, `None` when it is off.
     scan_events: Option<(usize, usize)>,
     /// Largest reference of the scan, predictions.
@@ -147,8 +169,11 @@ impl Monitor {
             min_window_events: config.min_window_events,
             reference_windows: config.reference_windows,
             reference_max_values: config.reference_max_values,
-            confirm_windows: config.confirm_windows,
-            clear_windows: config.clear_windows,
+            confirm: ConfirmRule {
+                confirm_windows: config.confirm_windows,
+                min_events: config.confirm_min_events,
+                clear_windows: config.clear_windows,
+            },
             scan_events: config
                 .scan
                 .then_some((config.scan_min_events, config.scan_max_events)),
@@ -341,7 +366,7 @@ impl Monitor {
         let newly_confirmed =
             state
                 .confirmation
-                .observe(report.status, self.confirm_windows, self.clear_windows);
+                .observe(report.status, report.window.events, &self.confirm);
         report.confirmed = state.confirmation.confirmed;
         report.consecutive_drift_windows = state.confirmation.consecutive_drift;
         if report.status == DriftStatus::Ok
@@ -686,6 +711,7 @@ mod tests {
     fn the_scan_closes_a_window_early_on_an_abrupt_shift_and_restarts() {
         let mut config = config(300);
         config.confirm_windows = 2;
+        config.confirm_min_events = 50;
         let mut monitor = Monitor::new(&config);
         let mut reports = Vec::new();
         let mut i = 0;
@@ -760,36 +786,71 @@ mod tests {
     }
 
     #[test]
-    fn confirmation_needs_k_windows_and_clears_with_hysteresis() {
+    fn confirmation_also_needs_the_episode_to_span_enough_predictions() {
+        let rule = ConfirmRule {
+            confirm_windows: 2,
+            min_events: 100,
+            clear_windows: 2,
+        };
         let mut c = Confirmation::default();
-        assert!(!c.observe(DriftStatus::Drift, 3, 2));
-        assert!(!c.observe(DriftStatus::Drift, 3, 2));
+        assert!(!c.observe(DriftStatus::Drift, 30, &rule));
         assert!(
-            !c.observe(DriftStatus::Ok, 3, 2),
+            !c.observe(DriftStatus::Drift, 30, &rule),
+            "2 windows, 60 predictions"
+        );
+        assert!(
+            !c.observe(DriftStatus::Warn, 20, &rule),
+            "a warn window adds its span"
+        );
+        assert_eq!(c.run_events, 80);
+        assert!(c.observe(DriftStatus::Drift, 25, &rule), "105 predictions");
+        let mut c = Confirmation::default();
+        c.observe(DriftStatus::Warn, 500, &rule);
+        assert_eq!(c.run_events, 0, "a run starts at its first drift window");
+        c.observe(DriftStatus::Drift, 60, &rule);
+        c.observe(DriftStatus::Ok, 500, &rule);
+        assert_eq!(c.run_events, 0, "an ok window ends the run");
+    }
+
+    #[test]
+    fn confirmation_needs_k_windows_and_clears_with_hysteresis() {
+        let rule = ConfirmRule {
+            confirm_windows: 3,
+            min_events: 0,
+            clear_windows: 2,
+        };
+        let mut c = Confirmation::default();
+        assert!(!c.observe(DriftStatus::Drift, 500, &rule));
+        assert!(!c.observe(DriftStatus::Drift, 500, &rule));
+        assert!(
+            !c.observe(DriftStatus::Ok, 500, &rule),
             "an ok window ends the run"
         );
         assert_eq!(c.consecutive_drift, 0);
-        assert!(!c.observe(DriftStatus::Drift, 3, 2));
+        assert!(!c.observe(DriftStatus::Drift, 500, &rule));
         assert!(
-            !c.observe(DriftStatus::Warn, 3, 2),
+            !c.observe(DriftStatus::Warn, 500, &rule),
             "a warn window pauses the run"
         );
         assert_eq!(c.consecutive_drift, 1);
-        assert!(!c.observe(DriftStatus::Drift, 3, 2));
-        assert!(!c.observe(DriftStatus::Warn, 3, 2));
+        assert!(!c.observe(DriftStatus::Drift, 500, &rule));
+        assert!(!c.observe(DriftStatus::Warn, 500, &rule));
         assert!(
-            c.observe(DriftStatus::Drift, 3, 2),
+            c.observe(DriftStatus::Drift, 500, &rule),
             "three drift windows, no ok between"
         );
         assert!(c.confirmed);
         assert_eq!(c.consecutive_drift, 3);
         c.requested = true;
-        assert!(!c.observe(DriftStatus::Drift, 3, 2), "already confirmed");
-        c.observe(DriftStatus::Ok, 3, 2);
-        c.observe(DriftStatus::Warn, 3, 2);
-        c.observe(DriftStatus::Ok, 3, 2);
+        assert!(
+            !c.observe(DriftStatus::Drift, 500, &rule),
+            "already confirmed"
+        );
+        c.observe(DriftStatus::Ok, 500, &rule);
+        c.observe(DriftStatus::Warn, 500, &rule);
+        c.observe(DriftStatus::Ok, 500, &rule);
         assert!(c.confirmed, "one ok window (then a warn) does not clear it");
-        c.observe(DriftStatus::Ok, 3, 2);
+        c.observe(DriftStatus::Ok, 500, &rule);
         assert!(!c.confirmed);
         assert!(!c.requested);
     }
