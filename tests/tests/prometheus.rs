@@ -301,6 +301,7 @@ mod pipeline {
         drift_config.group_id = format!("{}-drift", kafka.topic_prefix);
         drift_config.window_events = 100;
         drift_config.confirm_windows = 1;
+        drift_config.confirm_min_events = 0;
         drift_config.thresholds = vec!["text_length_ks=0,0".parse().unwrap()];
         let drift = sentiflow_drift::start(drift_config, shutdown.clone())
             .await

@@ -310,7 +310,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     config.trainer.telemetry.http_addr = args.trainer_http_addr;
     config.drift.telemetry.http_addr = args.drift_http_addr;
     config.drift.window_events = args.drift_window_events;
-    let confirm_windows = config.drift.confirm_windows;
+    // Predictions after a shift that drift needs to confirm it: k windows plus the one straddling the
+    // shift, and the confirmation span plus that window.
+    let confirm_after = (u64::from(config.drift.confirm_windows + 1) * args.drift_window_events)
+        .max(config.drift.confirm_min_events + args.drift_window_events);
     let stack = Stack::start(config, &shutdown).await?;
     println!(
         "  ingest http://{}/healthz  /readyz  /metrics",
@@ -361,7 +364,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
             &kafka_args,
             &stack,
             &registry,
-            confirm_windows,
+            confirm_after,
         );
         outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
@@ -405,7 +408,7 @@ async fn run_replay(
     kafka_args: &KafkaArgs,
     stack: &Stack,
     registry: &Registry,
-    confirm_windows: u32,
+    confirm_after: u64,
 ) -> anyhow::Result<(u64, Option<LoopReport>)> {
     match plan {
         Replay::Plain => {
@@ -420,7 +423,7 @@ async fn run_replay(
         }
         Replay::Shift(plan) => {
             let (published, closed_loop) =
-                run_shift(plan, args, kafka_args, stack, registry, confirm_windows).await?;
+                run_shift(plan, args, kafka_args, stack, registry, confirm_after).await?;
             Ok((published, Some(closed_loop)))
         }
     }
@@ -591,7 +594,7 @@ async fn run_shift(
     kafka_args: &KafkaArgs,
     stack: &Stack,
     registry: &Registry,
-    confirm_windows: u32,
+    confirm_after: u64,
 ) -> anyhow::Result<(u64, LoopReport)> {
     let serving_before = serving_version(stack);
     let replay_started = chrono::Utc::now();
@@ -712,9 +715,8 @@ async fn run_shift(
         closed,
     };
     print_loop(&report, args.drift_window_events);
-    // Enough shifted predictions for the windows drift needs to confirm (+1: the window that straddles
-    // the shift) should close the loop.
-    let expected = shifted_predictions >= u64::from(confirm_windows + 1) * args.drift_window_events;
+    // Enough shifted predictions for drift to confirm should close the loop.
+    let expected = shifted_predictions >= confirm_after;
     if expected && !report.closed {
         let why = loop_gap(&report);
         if args.exit_after_replay {
@@ -723,12 +725,9 @@ async fn run_shift(
         println!("  note: the loop did not close: {why}");
     } else if !expected {
         println!(
-            "  note: {shifted_predictions} predictions after the shift are fewer than the {} drift needs \
-             to confirm it ({} windows of {}); replay more rows (--limit) or use smaller windows \
-             (--drift-window-events)",
-            u64::from(confirm_windows + 1) * args.drift_window_events,
-            confirm_windows + 1,
-            args.drift_window_events
+            "  note: {shifted_predictions} predictions after the shift are fewer than the \
+             {confirm_after} drift needs to confirm it (its confirmation windows and span, see \
+             `sentiflow drift run --help`); replay more rows (--limit)"
         );
     }
     Ok((replayed.published, report))
