@@ -891,3 +891,24 @@ async fn shadow_scoring_scores_the_sample_with_the_challenger_and_serves_the_cha
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
+
+#[test]
+fn a_seen_features_file_that_does_not_fit_the_model_is_refused() {
+    let models = trained_models();
+    let env = sentiflow::train::ort_environment().unwrap();
+    let metadata = LoadedModel::load(&env, &models.v1, DeviceRequest::Cpu, 1)
+        .unwrap()
+        .metadata()
+        .clone();
+    let load = || sentiflow::bench::infer::serving_model(&models.v1, &metadata, 8).unwrap();
+    let served = load().with_seen_features(Some(&models.v1_seen)).unwrap();
+    assert!(served.reports_oov());
+    assert!(!load().with_seen_features(None).unwrap().reports_oov());
+    for bad in [&b"garbage"[..], &models.v1_seen[..models.v1_seen.len() - 8]] {
+        let error = load().with_seen_features(Some(bad)).unwrap_err();
+        assert!(
+            error.to_string().contains(SEEN_FEATURES_FILE),
+            "a clear refusal naming the file: {error}"
+        );
+    }
+}
