@@ -91,9 +91,43 @@ pub fn decide(
     )
 }
 
+/// `decision`, refused when the evaluation set had no rows and there is a champion to beat: scores
+/// of 0 against 0 on nothing say nothing, and must not replace a serving model.
+pub fn require_evaluation_rows(decision: GateDecision, rows: usize) -> GateDecision {
+    if rows > 0 || decision.champion_macro_f1.is_none() {
+        return decision;
+    }
+    GateDecision {
+        passed: false,
+        reason:
+            "the evaluation split is empty: nothing to compare the challenger and the champion on"
+                .to_owned(),
+        ..decision
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_evaluation_set_cannot_promote_over_a_champion() {
+        let policy = GatePolicy {
+            epsilon: 0.01,
+            max_recall_drop: 0.05,
+        };
+        let nothing = scores(0.0, [0.0; 3]);
+        let decision = decide(nothing, Some(nothing), policy);
+        assert!(decision.passed, "0 vs 0 passes the score rules");
+        let refused = require_evaluation_rows(decision.clone(), 0);
+        assert!(!refused.passed && refused.reason.contains("empty"));
+        assert!(require_evaluation_rows(decision, 10).passed);
+        let first = decide(nothing, None, policy);
+        assert!(
+            require_evaluation_rows(first, 0).passed,
+            "no champion to protect"
+        );
+    }
 
     fn scores(macro_f1: f64, recall: [f64; 3]) -> GateScores {
         GateScores { macro_f1, recall }

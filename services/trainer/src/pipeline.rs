@@ -313,16 +313,19 @@ pub async fn train_and_register(
         }
         None => None,
     };
-    let decision = gate::decide(
-        GateScores {
-            macro_f1: test.macro_f1,
-            recall: test.recalls(),
-        },
-        champion_test.as_ref().map(|evaluation| GateScores {
-            macro_f1: evaluation.macro_f1,
-            recall: evaluation.recalls(),
-        }),
-        request.gate,
+    let decision = gate::require_evaluation_rows(
+        gate::decide(
+            GateScores {
+                macro_f1: test.macro_f1,
+                recall: test.recalls(),
+            },
+            champion_test.as_ref().map(|evaluation| GateScores {
+                macro_f1: evaluation.macro_f1,
+                recall: evaluation.recalls(),
+            }),
+            request.gate,
+        ),
+        test_rows.len(),
     );
 
     let version = registry.reserve_version(&request.model_name).await?;

@@ -188,6 +188,9 @@ pub(crate) type FlushRequest = tokio::sync::oneshot::Sender<u64>;
 /// retry the write; the snapshot is then cut from what is already durable).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a retrain waits for curation to make its first messages durable (see the retrain attempt).
+const CURATION_WAIT: Duration = Duration::from_secs(30);
+
 /// The retrain loop's handle on the curation loop: before a snapshot is cut, the open segment is
 /// written, so the retrain sees every review curation has consumed, not only the segments that
 /// `--segment-max-age-ms` or `--segment-max-messages` already closed.
@@ -496,11 +499,26 @@ impl RetrainWorker {
         let (featurizer, train, recipe) = recipe(champion.as_ref());
         outcome.recipe = recipe;
 
-        if let Some(durable) = self.curation.flush().await {
-            debug!(
+        // A trainer that has just started, or whose consumer is still joining its group, has made
+        // nothing durable yet: a snapshot now would hold only the champion's own rows. Give curation
+        // a bounded moment to catch up, so the retrain sees the data that drifted.
+        let mut durable = self.curation.flush().await;
+        let waiting = Instant::now();
+        while durable == Some(0) && waiting.elapsed() < CURATION_WAIT {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            durable = self.curation.flush().await;
+        }
+        match durable {
+            Some(0) => warn!(
+                wait_s = CURATION_WAIT.as_secs(),
+                "curation has made nothing durable yet; the snapshot holds the champion's rows only"
+            ),
+            Some(durable) => debug!(
                 durable,
+                waited_ms = waiting.elapsed().as_millis() as u64,
                 "curation closed its open segment for this snapshot"
-            );
+            ),
+            None => {}
         }
         let base = self.champion_snapshot(champion.as_ref());
         let curated = self.snapshot(request, base, outcome).await?;
