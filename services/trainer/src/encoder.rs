@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
 use crate::dataset::{DatasetRow, SnapshotStore, Split};
-use crate::gate::{self, GatePolicy, GateScores};
+use crate::gate::{self, GatePolicy};
 use crate::pipeline::{
     PipelineError, TrainDevice, TrainOutcome, card_files, evaluate_onnx, write_curve_link,
     write_test_and_gate,
@@ -403,20 +403,7 @@ pub async fn train_and_register_encoder(
         }
         None => None,
     };
-    let decision = gate::require_evaluation_rows(
-        gate::decide(
-            GateScores {
-                macro_f1: test.macro_f1,
-                recall: test.recalls(),
-            },
-            champion_test.as_ref().map(|evaluation| GateScores {
-                macro_f1: evaluation.macro_f1,
-                recall: evaluation.recalls(),
-            }),
-            request.gate,
-        ),
-        test_rows.len(),
-    );
+    let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
 
     let version = registry.reserve_version(&request.model_name).await?;
     let metadata = ModelMetadata {

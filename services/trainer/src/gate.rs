@@ -2,6 +2,7 @@
 //! set is at least the champion's minus ε and no class's recall drops by more than δ.
 
 use sentiflow_common::events::{GateDecision, Sentiment};
+use sentiflow_model::eval::Evaluation;
 
 /// The figures the gate compares, measured on the same gate set for both models.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +89,24 @@ pub fn decide(
             "macro-F1 {:.4} vs champion {:.4}; no class recall drop beyond {}",
             challenger.macro_f1, champion.macro_f1, policy.max_recall_drop
         ),
+    )
+}
+
+/// The gate on two evaluations of the same `rows` test rows (the champion's, when there is one),
+/// refused on an empty set ([`require_evaluation_rows`]).
+pub fn decide_on(
+    challenger: &Evaluation,
+    champion: Option<&Evaluation>,
+    rows: usize,
+    policy: GatePolicy,
+) -> GateDecision {
+    let scores = |evaluation: &Evaluation| GateScores {
+        macro_f1: evaluation.macro_f1,
+        recall: evaluation.recalls(),
+    };
+    require_evaluation_rows(
+        decide(scores(challenger), champion.map(scores), policy),
+        rows,
     )
 }
 

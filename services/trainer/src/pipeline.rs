@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
 use crate::dataset::{DatasetRow, SnapshotStore, Split};
-use crate::gate::{self, GatePolicy, GateScores};
+use crate::gate::{self, GatePolicy};
 use crate::registry::{ModelRecord, NewModel, Registry};
 
 /// Which device trains. `auto` takes a CUDA GPU only when a probe of the driver finds a usable one
@@ -313,20 +313,7 @@ pub async fn train_and_register(
         }
         None => None,
     };
-    let decision = gate::require_evaluation_rows(
-        gate::decide(
-            GateScores {
-                macro_f1: test.macro_f1,
-                recall: test.recalls(),
-            },
-            champion_test.as_ref().map(|evaluation| GateScores {
-                macro_f1: evaluation.macro_f1,
-                recall: evaluation.recalls(),
-            }),
-            request.gate,
-        ),
-        test_rows.len(),
-    );
+    let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
 
     let version = registry.reserve_version(&request.model_name).await?;
     let metadata = ModelMetadata {
@@ -698,7 +685,7 @@ mod tests {
             test,
             champion_test: None,
             gate: crate::gate::decide(
-                GateScores {
+                crate::gate::GateScores {
                     macro_f1: 0.5,
                     recall: [0.5; 3],
                 },
