@@ -99,8 +99,6 @@ pub struct ClassMixScan {
     recent: VecDeque<u8>,
     /// Class counts of each suffix, `lengths` order.
     suffix_counts: Vec<[u64; 3]>,
-    /// Predictions since the last restart.
-    since_restart: usize,
     /// Predictions ever observed.
     seen: u64,
     /// Ok windows waiting to join the reference: (predictions seen when it closed, its class
@@ -132,7 +130,6 @@ impl ClassMixScan {
             lengths,
             recent: VecDeque::with_capacity(max_events + 1),
             suffix_counts,
-            since_restart: 0,
             seen: 0,
             pending: VecDeque::new(),
             window_max: None,
@@ -185,7 +182,6 @@ impl ClassMixScan {
     pub fn observe(&mut self, class: usize) -> Option<ScanPoint> {
         let class = class.min(2);
         self.recent.push_back(class as u8);
-        self.since_restart += 1;
         self.seen += 1;
         self.absorb_due();
         let held = self.recent.len();
@@ -237,12 +233,6 @@ impl ClassMixScan {
     pub fn restart(&mut self) {
         self.recent.clear();
         self.suffix_counts.iter_mut().for_each(|c| *c = [0; 3]);
-        self.since_restart = 0;
-    }
-
-    /// Predictions since the last restart.
-    pub fn since_restart(&self) -> usize {
-        self.since_restart
     }
 }
 
@@ -356,7 +346,6 @@ mod tests {
         let max = scan.take_window_max().unwrap();
         assert!(max.statistic >= 20.0 && max.nominal_p_value() < 1e-4);
         scan.restart();
-        assert_eq!(scan.since_restart(), 0);
         assert!(scan.observe(0).is_none(), "the suffixes start empty again");
     }
 }

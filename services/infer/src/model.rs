@@ -232,21 +232,9 @@ impl ServingModel {
     }
 
     /// [`ServingModel::score`] where `already_clean[i]` says that `texts[i]` is the output of this
-    /// build's normaliser (a `reviews.clean` event of the current `normalizer_version`): the hashed
-    /// featurizer skips its own cleaning pass for those rows, which gives the same ids.
-    ///
-    /// # Panics
-    /// When the two slices differ in length.
-    pub fn score_cleaned<S: AsRef<str>>(
-        &self,
-        texts: &[S],
-        already_clean: &[bool],
-    ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
-        Ok(self.score_with_oov(texts, already_clean)?.0)
-    }
-
-    /// [`ServingModel::score_cleaned`] plus each text's OOV rate: the share of its distinct feature
-    /// ids the model never saw in training (`None` without a seen-features file, for the encoder
+    /// build's normaliser (a `reviews.clean` event of the current `normalizer_version`: the hashed
+    /// featurizer skips its own cleaning pass for those rows, which gives the same ids), plus each
+    /// text's OOV rate: the share of its distinct feature ids the model never saw in training (`None` without a seen-features file, for the encoder
     /// family, and for a text without features).
     ///
     /// # Panics
