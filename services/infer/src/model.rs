@@ -234,8 +234,8 @@ impl ServingModel {
     /// [`ServingModel::score`] where `already_clean[i]` says that `texts[i]` is the output of this
     /// build's normaliser (a `reviews.clean` event of the current `normalizer_version`: the hashed
     /// featurizer skips its own cleaning pass for those rows, which gives the same ids), plus each
-    /// text's OOV rate: the share of its distinct feature ids the model never saw in training (`None` without a seen-features file, for the encoder
-    /// family, and for a text without features).
+    /// text's OOV rate: the share of its distinct feature ids the model never saw in training (`None`
+    /// without a seen-features file, for the encoder family, and for a text without features).
     ///
     /// # Panics
     /// When the two slices differ in length.
