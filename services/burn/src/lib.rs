@@ -5,12 +5,19 @@
 //! - [`probe`]: is CUDA really there (driver, devices, NVRTC)? Asked before burn's CUDA backend is used.
 //! - [`model`]: [`HashedBag`], the embedding bag as a burn module, convertible to and from
 //!   [`sentiflow_model::hashed::HashedModel`] (which the ONNX exporter writes).
+//! - [`encoder`]: [`BertClassifier`], all-MiniLM-L6-v2 + mean pooling + head as a burn module, built
+//!   from and read back into [`sentiflow_model::encoder::bert::BertClassifierWeights`].
+//! - [`finetune`]: [`fine_tune`]: AdamW, warm-up + linear decay, class weights, clipping, early stopping.
 //! - [`train`]: mini-batch training with the sparse trainer's configuration and result types.
 
+pub mod encoder;
+pub mod finetune;
 pub mod model;
 pub mod probe;
 pub mod train;
 
+pub use encoder::BertClassifier;
+pub use finetune::{FineTuneConfig, FineTuned, TokenizedExample, fine_tune};
 pub use model::HashedBag;
 pub use probe::CudaProbe;
 pub use train::{BurnConfig, train};

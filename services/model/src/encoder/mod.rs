@@ -9,12 +9,16 @@
 //! # Layout
 //! - [`tokenize`]: [`EncoderTokenizer`]: cleaned text → `(input_ids, attention_mask)` padded batches,
 //!   truncation to `max_length` counted. The one code path of training and serving.
+//! - [`bert`]: [`bert::BertClassifierWeights`]: all-MiniLM-L6-v2's fp32 weights read from safetensors
+//!   (explicit name mapping, checksum checked) plus a classifier head: what the fine-tuner (crate
+//!   `sentiflow-burn`) trains and [`crate::onnx::export_bert_classifier`] writes.
 //! - [`embed`]: [`FrozenEncoder`]: the base encoder + pooling through ONNX Runtime → embeddings.
 //! - [`head`]: [`LinearHead`] and its deterministic trainer ([`train_head`]): multinomial logistic
 //!   regression with class weights, L2, Adam and early stopping on validation macro-F1.
 //! - The ONNX graphs (pooled encoder, encoder + head) are composed in [`crate::onnx`]
 //!   ([`crate::onnx::export_encoder`]).
 
+pub mod bert;
 pub mod embed;
 pub mod head;
 pub mod tokenize;
@@ -114,6 +118,16 @@ pub enum EncoderError {
         /// The file offered.
         path: String,
     },
+    /// The encoder weights are not the file the build expects.
+    #[error("weights checksum mismatch: {path} hashes to {actual}, expected {expected}")]
+    WeightsMismatch {
+        /// The file offered.
+        path: String,
+        /// sha256 expected.
+        expected: String,
+        /// sha256 of the file offered.
+        actual: String,
+    },
     /// The tokenizer could not be built or failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -134,6 +148,7 @@ impl EncoderError {
         match self {
             Self::Io { .. } => "encoder_io",
             Self::TokenizerMismatch { .. } => "tokenizer_mismatch",
+            Self::WeightsMismatch { .. } => "weights_mismatch",
             Self::Tokenizer(_) => "tokenizer",
             Self::Config(_) => "encoder_config",
             Self::Train(_) => "head_training",

