@@ -530,7 +530,7 @@ mod tests {
         assert!(weights.head.weight.iter().all(|value| *value == 0.0));
         assert_eq!(
             weights.parameter_count(),
-            10 + 8 + 2 + 4 + 4 * 6 + 9 + 8 + 4 + 6 + 3
+            10 + 8 + 2 + 4 + 4 * 6 + 4 + 9 + 8 + 4 + 9
         );
     }
 
