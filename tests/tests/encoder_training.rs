@@ -245,3 +245,123 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_its_champion() {
+    use sentiflow_burn::BurnDevice;
+    use sentiflow_trainer::finetune::{
+        EncoderMode, FineTuneConfig, FineTuneRequest, FineTunedModelCard, fine_tune_and_register,
+        plan_encoder_probed,
+    };
+
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::new(dir.path().join("snapshots"));
+    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
+    let slice = dir.path().join("airline_slice.jsonl");
+    let records =
+        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(300)).unwrap();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+        .collect();
+    std::fs::write(&slice, lines.join("\n")).unwrap();
+    let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "finetune-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment().expect("ONNX Runtime (run infra/setup.sh)");
+    let files = EncoderFiles::from_cache(&CacheDir::from_env().unwrap())
+        .expect("MiniLM files (run infra/setup.sh)");
+
+    // No GPU here: auto plans a frozen head and says why; --device cuda is refused.
+    if !sentiflow_burn::probe::cuda().is_available() {
+        let plan = plan_encoder_probed(EncoderMode::Auto, TrainDevice::Auto).unwrap();
+        assert!(format!("{plan:?}").contains("no usable CUDA"), "{plan:?}");
+        let error = plan_encoder_probed(EncoderMode::FineTune, TrainDevice::Cuda).unwrap_err();
+        assert!(error.to_string().contains("--device cuda"), "{error}");
+    }
+
+    let request = |steps: usize| FineTuneRequest {
+        snapshot_id: manifest.snapshot_id.clone(),
+        model_name: "sentiment-encoder".to_owned(),
+        max_length: 32,
+        fine_tune: FineTuneConfig {
+            epochs: 1,
+            batch_size: 16,
+            learning_rate: 3e-4,
+            max_steps: Some(steps),
+            seed: 3,
+            ..FineTuneConfig::default()
+        },
+        max_train_rows: Some(96),
+        device: BurnDevice::NdArray,
+        device_reason: "test: burn's CPU backend".to_owned(),
+        gate: GatePolicy::default(),
+    };
+    let first = fine_tune_and_register(&store, &registry, &ort, &files, &request(6))
+        .await
+        .unwrap();
+    assert!(
+        first.gate.passed,
+        "no champion: passes ({})",
+        first.gate.reason
+    );
+    assert!(first.champion_test.is_none());
+    assert_eq!(first.record.trained_on, "burn-cpu");
+    let onnx = registry.load_verified(&first.record).await.unwrap();
+    assert_eq!(verify_structure(&onnx).unwrap().family, Family::Encoder);
+    let metadata = read_metadata(&onnx).unwrap();
+    assert!(
+        metadata.featurizer_config.contains("\"fine_tuned\":true"),
+        "{}",
+        metadata.featurizer_config
+    );
+    assert!(metadata.featurizer_config.contains("all-MiniLM-L6-v2"));
+    let card_dir = dir
+        .path()
+        .join(format!("models/sentiment-encoder/{}", first.record.version));
+    let card: FineTunedModelCard =
+        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    assert_eq!(card.device, "burn-cpu");
+    assert_eq!(card.training_rows, 96, "the seeded sample");
+    assert_eq!(card.history.len(), 1);
+    assert_eq!(card.history[0].steps, 6);
+    assert!(card.encoder_config.fine_tuned);
+    sentiflow_tests::assert_card_files(&card_dir, &first.record);
+    let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
+    assert!(
+        markdown.contains("fine-tuned all-MiniLM-L6-v2"),
+        "{markdown}"
+    );
+
+    // The registered file through ORT gives the card's test figures.
+    let test_rows = store.read(&manifest.snapshot_id, Split::Test).unwrap();
+    let texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let through_ort = pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels).unwrap();
+    assert_eq!(through_ort.confusion, first.test.confusion);
+
+    // Promoted, it is the champion the next fine-tune is gated against, on the same rows.
+    registry
+        .promote("sentiment-encoder", &first.record.version)
+        .await
+        .unwrap();
+    let second = fine_tune_and_register(&store, &registry, &ort, &files, &request(3))
+        .await
+        .unwrap();
+    let champion = second
+        .champion_test
+        .as_ref()
+        .expect("the champion was evaluated");
+    assert_eq!(
+        champion.confusion, first.test.confusion,
+        "same rows, same model"
+    );
+    assert!(
+        second.gate.reason.contains("champion"),
+        "{}",
+        second.gate.reason
+    );
+    assert_ne!(second.record.version, first.record.version);
+}

@@ -81,6 +81,40 @@ pub fn train_on(
     }
 }
 
+/// Fine-tunes the encoder classifier on `device` (non-generic, so burn's code is compiled, and
+/// optimised, in this crate). For CUDA the probe must have found a usable driver, otherwise this
+/// returns [`BurnError::CudaUnavailable`] instead of letting the backend panic.
+pub fn fine_tune_on(
+    device: BurnDevice,
+    initial: &sentiflow_model::encoder::bert::BertClassifierWeights,
+    training: &[TokenizedExample],
+    validation: &[TokenizedExample],
+    config: &FineTuneConfig,
+    progress: impl FnMut(&finetune::FineTuneEpoch),
+) -> Result<FineTuned, BurnError> {
+    match device {
+        BurnDevice::NdArray => fine_tune::<NdArrayBackend>(
+            initial,
+            training,
+            validation,
+            config,
+            &Default::default(),
+            progress,
+        ),
+        BurnDevice::Cuda => match probe::cuda() {
+            CudaProbe::Available { .. } => fine_tune::<CudaBackend>(
+                initial,
+                training,
+                validation,
+                config,
+                &burn::backend::cuda::CudaDevice::new(0),
+                progress,
+            ),
+            CudaProbe::Unavailable(reason) => Err(BurnError::CudaUnavailable(reason.clone())),
+        },
+    }
+}
+
 /// Why burn training could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BurnError {

