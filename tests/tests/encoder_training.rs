@@ -185,6 +185,8 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         shadow_fraction: 0.0,
         http_max_texts: 8,
         http_max_text_bytes: 1_000,
+        encoder_model_name: "sentiment-encoder".to_owned(),
+        family: sentiflow_infer::config::FamilyArg::Auto,
     };
     let running = sentiflow_infer::start(config, shutdown.clone())
         .await
@@ -197,6 +199,12 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         .await,
         "infer loaded the encoder champion: {}",
         running.health.snapshot()
+    );
+    // No GPU here: `--family auto` serves the CPU-tier name (here the encoder model) and says why.
+    let health = running.health.snapshot().to_string();
+    assert!(
+        health.contains("cpu execution provider serves the hashed family"),
+        "{health}"
     );
     let served = slot.current().unwrap();
     assert_eq!(

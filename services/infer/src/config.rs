@@ -7,6 +7,8 @@ use clap::Parser;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 use sentiflow_model::runtime::DeviceRequest;
 
+pub use crate::family::FamilyArg;
+
 /// Which execution provider to ask ONNX Runtime for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceArg {
@@ -57,13 +59,28 @@ pub struct InferConfig {
     #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
     pub data_dir: PathBuf,
 
-    /// Registry name of the model to serve (its `champion` alias is served).
+    /// Registry name of the hashed-family model, the CPU tier (its `champion` alias is served unless
+    /// `--family` picks the encoder).
     #[arg(
         long,
         env = "SENTIFLOW_INFER_MODEL_NAME",
         default_value = "sentiment-hashed"
     )]
     pub model_name: String,
+
+    /// Registry name of the encoder-family model, the GPU tier.
+    #[arg(
+        long,
+        env = "SENTIFLOW_INFER_ENCODER_MODEL_NAME",
+        default_value = "sentiment-encoder"
+    )]
+    pub encoder_model_name: String,
+
+    /// Family to serve: auto serves the encoder champion when the CUDA execution provider really came
+    /// up and an encoder champion exists, else the hashed champion; encoder without an encoder
+    /// champion serves the hashed one and says why (`/healthz` `family_reason`).
+    #[arg(long, env = "SENTIFLOW_INFER_FAMILY", value_enum, default_value_t = FamilyArg::Auto)]
+    pub family: FamilyArg,
 
     /// Execution provider.
     #[arg(long, env = "SENTIFLOW_INFER_DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
@@ -177,6 +194,9 @@ impl InferConfig {
         }
         if self.model_name.trim().is_empty() {
             return invalid("--model-name", "must not be empty");
+        }
+        if self.encoder_model_name.trim().is_empty() {
+            return invalid("--encoder-model-name", "must not be empty");
         }
         // The drain must end before the group's session timeout (45 s) or we drop out mid-rebalance.
         if self.telemetry.drain_timeout_ms >= 45_000 {

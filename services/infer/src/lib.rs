@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod http;
 pub mod model;
 pub mod score;

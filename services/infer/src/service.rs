@@ -135,6 +135,18 @@ pub async fn start(
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
     let redis = RedisStore::connect_lazy(&config.redis)?;
     let registry = Registry::new(config.models_dir(), redis.clone());
+    let family = crate::family::choose(
+        config.family,
+        probe.device,
+        &registry,
+        &config.model_name,
+        &config.encoder_model_name,
+    )
+    .await;
+    info!(model = %family.model_name, family = family.family, reason = %family.reason, "serving family decided");
+    health.set_info("family", family.family);
+    health.set_info("family_reason", family.reason.as_str());
+    health.set_info("model_name", family.model_name.as_str());
     let slot = ModelSlot::default();
     let spec = LoadSpec {
         device: probe.request_for_models(request),
@@ -148,7 +160,7 @@ pub async fn start(
         registry,
         slot.clone(),
         spec,
-        config.model_name.clone(),
+        family.model_name.clone(),
         health.clone(),
         producer.clone(),
         config.kafka.topic(topics::MODELS_UPDATES),
