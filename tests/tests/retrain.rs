@@ -617,3 +617,104 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encoder_family_request_trains_gates_and_promotes_the_encoder_name() {
+    const ENCODER: &str = "sentiment-encoder";
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("{}-redis", kafka.topic_prefix);
+    let registry = registry(&redis_server.url(), &prefix, data.path());
+    register_champion(&registry, data.path()).await;
+    let shutdown = CancellationToken::new();
+    let trainer = curated_trainer(
+        trainer_config(
+            &kafka,
+            &redis_server.url(),
+            &prefix,
+            data.path(),
+            GatePolicy::default(),
+        ),
+        &kafka,
+        shutdown.clone(),
+    )
+    .await;
+
+    // What drift sends when infer serves the encoder family.
+    let encoder_request = |request_id: &str, device| {
+        let mut request = retrain_request(request_id, device);
+        request.model = ModelRef {
+            name: ENCODER.to_owned(),
+            version: "v1".to_owned(),
+            family: ModelFamily::Encoder,
+        };
+        request.family = ModelFamily::Encoder;
+        request
+    };
+    let no_gpu = !sentiflow_burn::probe::cuda().is_available();
+    let mut requests = vec![encoder_request("req-encoder", DeviceWanted::Auto)];
+    if no_gpu {
+        requests.push(encoder_request("req-encoder-cuda", DeviceWanted::Cuda));
+    }
+    publish(&kafka, topics::RETRAIN_REQUESTS, &encoded(&requests)).await;
+    let outcomes = trainer.retrain_outcomes.clone().expect("retrain loop on");
+    let mut outcome = None;
+    let deadline = std::time::Instant::now() + WAIT;
+    while outcome.is_none() && std::time::Instant::now() < deadline {
+        outcome = outcomes.get("req-encoder").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let outcome = outcome.expect("the encoder request was handled");
+    assert_eq!(
+        outcome.outcome,
+        OutcomeKind::Promoted,
+        "{}",
+        outcome.message
+    );
+    assert_eq!(outcome.model_name, ENCODER);
+    if no_gpu {
+        assert!(
+            outcome.recipe.contains("frozen int8 encoder")
+                && outcome.recipe.contains("no usable CUDA"),
+            "{}",
+            outcome.recipe
+        );
+    }
+    let version = outcome.version.clone().expect("registered");
+    let record = registry.get(ENCODER, &version).await.unwrap();
+    assert_eq!(record.family, ModelFamily::Encoder);
+    assert_eq!(
+        registry
+            .alias(ENCODER, ModelAlias::Champion)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(version.as_str())
+    );
+    assert_eq!(
+        registry
+            .alias(MODEL, ModelAlias::Champion)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1"),
+        "the hashed family's champion is untouched"
+    );
+    if no_gpu {
+        let mut failed = None;
+        while failed.is_none() && std::time::Instant::now() < deadline {
+            failed = outcomes.get("req-encoder-cuda").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let failed = failed.expect("the cuda request was handled");
+        assert_eq!(failed.outcome, OutcomeKind::Failed);
+        assert!(
+            failed.message.contains("no usable CUDA GPU"),
+            "{}",
+            failed.message
+        );
+    }
+    shutdown.cancel();
+    trainer.task.await.unwrap().unwrap();
+}

@@ -90,6 +90,16 @@ pub struct TrainerConfig {
     )]
     pub model_name: String,
 
+    /// Registry name of the encoder family: retrain requests of that family train it (fine-tuned on a
+    /// usable CUDA GPU, else a head on the frozen int8 encoder, saying why), gate it against its own
+    /// champion and promote it.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_ENCODER_MODEL_NAME",
+        default_value = "sentiment-encoder"
+    )]
+    pub encoder_model_name: String,
+
     /// ONNX Runtime shared library, used to score the champion on the gate set (default:
     /// `ORT_DYLIB_PATH`, else the one infra/setup.sh installed).
     #[arg(long, env = "SENTIFLOW_ORT_DYLIB")]
@@ -131,6 +141,7 @@ impl TrainerConfig {
             no_retrain: false,
             retrain_group_id: format!("{}-trainer-retrain", kafka_prefix),
             model_name: "sentiment-hashed".to_owned(),
+            encoder_model_name: "sentiment-encoder".to_owned(),
             ort_dylib: None,
             gate: GatePolicy::default(),
         }

@@ -42,7 +42,9 @@ use tracing::{debug, info, warn};
 
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
 use crate::dataset::{DatasetError, Origin, SnapshotStore};
+use crate::encoder::{self, EncoderFiles, EncoderTrainRequest};
 use crate::error::Rejection;
+use crate::finetune::{self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest};
 use crate::gate::GatePolicy;
 use crate::pipeline::{self, ModelCard, PipelineError, TrainDevice, TrainRequest};
 use crate::registry::{ModelRecord, Registry, RegistryError};
@@ -256,8 +258,12 @@ pub(crate) struct RetrainWorker {
     pub ort: OrtEnvironment,
     /// VADER lexicon for the featurizer.
     pub lexicon: Lexicon,
-    /// Registry name this loop retrains.
+    /// Registry name this loop retrains for the hashed family.
     pub model_name: String,
+    /// Registry name this loop retrains for the encoder family.
+    pub encoder_model_name: String,
+    /// Data directory (the encoder family's embedding cache lives in `embeddings/`).
+    pub data_dir: std::path::PathBuf,
     /// Gate thresholds.
     pub gate: GatePolicy,
     /// Largest accepted request in bytes.
@@ -421,7 +427,7 @@ impl RetrainWorker {
                 reason: request.reason.clone(),
                 outcome: OutcomeKind::Failed,
                 message: String::new(),
-                model_name: self.model_name.clone(),
+                model_name: self.family_model_name(request.family).to_owned(),
                 version: None,
                 previous_champion: None,
                 snapshot_id: None,
@@ -466,22 +472,28 @@ impl RetrainWorker {
         request: &RetrainRequest,
         outcome: &mut RetrainOutcome,
     ) -> Result<(), Attempt> {
-        if request.model.name != self.model_name {
+        let model_name = self.family_model_name(request.family);
+        if request.model.name != model_name {
             return Err(Attempt::Failed(format!(
-                "this trainer retrains {}; the request names {}",
-                self.model_name, request.model.name
-            )));
-        }
-        if request.family != ModelFamily::Hashed {
-            return Err(Attempt::Failed(format!(
-                "the {} family is not available in this build; only hashed can be retrained",
-                request.family
+                "this trainer retrains {model_name} for the {} family; the request names {}",
+                request.family, request.model.name
             )));
         }
         let device = train_device(request.device_wanted);
-        pipeline::choose_device(device).map_err(|error| Attempt::Failed(error.to_string()))?;
+        // Decided before any data is touched, so an impossible device fails the request at once.
+        let encoder_plan = match request.family {
+            ModelFamily::Hashed => {
+                pipeline::choose_device(device)
+                    .map_err(|error| Attempt::Failed(error.to_string()))?;
+                None
+            }
+            ModelFamily::Encoder => Some(
+                finetune::plan_encoder_probed(EncoderMode::Auto, device)
+                    .map_err(|error| Attempt::Failed(error.to_string()))?,
+            ),
+        };
 
-        let champion = match self.registry.resolve(&self.model_name, "champion").await {
+        let champion = match self.registry.resolve(model_name, "champion").await {
             Ok(record) => Some(record),
             Err(RegistryError::NotFound(_)) => None,
             Err(error @ RegistryError::Redis(_)) => {
@@ -525,23 +537,32 @@ impl RetrainWorker {
         outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
         outcome.snapshot_rows = Some(curated.manifest.rows);
 
-        let train_request = TrainRequest {
-            snapshot_id: curated.manifest.snapshot_id.clone(),
-            model_name: self.model_name.clone(),
-            featurizer,
-            train,
-            burn: Default::default(),
-            device,
-            gate: self.gate,
+        let snapshot_id = curated.manifest.snapshot_id.clone();
+        let trained = match encoder_plan {
+            None => {
+                let train_request = TrainRequest {
+                    snapshot_id,
+                    model_name: self.model_name.clone(),
+                    featurizer,
+                    train,
+                    burn: Default::default(),
+                    device,
+                    gate: self.gate,
+                };
+                pipeline::train_and_register(
+                    &self.snapshots,
+                    &self.registry,
+                    self.lexicon.clone(),
+                    &self.ort,
+                    &train_request,
+                )
+                .await?
+            }
+            Some(plan) => {
+                self.train_encoder(plan, snapshot_id, device, outcome)
+                    .await?
+            }
         };
-        let trained = pipeline::train_and_register(
-            &self.snapshots,
-            &self.registry,
-            self.lexicon.clone(),
-            &self.ort,
-            &train_request,
-        )
-        .await?;
         let record = trained.record;
         outcome.version = Some(record.version.clone());
         outcome.gate = Some(trained.gate.clone());
@@ -564,6 +585,76 @@ impl RetrainWorker {
             ));
         }
         Ok(())
+    }
+
+    /// The registry name this loop trains for `family`.
+    fn family_model_name(&self, family: ModelFamily) -> &str {
+        match family {
+            ModelFamily::Hashed => &self.model_name,
+            ModelFamily::Encoder => &self.encoder_model_name,
+        }
+    }
+
+    /// One encoder-family training run on `snapshot_id`: fine-tuned (CUDA) or a head on the frozen
+    /// encoder, as `plan` says; the plan's reason goes into the outcome's recipe.
+    async fn train_encoder(
+        &self,
+        plan: EncoderPlan,
+        snapshot_id: String,
+        device: TrainDevice,
+        outcome: &mut RetrainOutcome,
+    ) -> Result<pipeline::TrainOutcome, Attempt> {
+        let cache = sentiflow_common::cache::CacheDir::from_env()
+            .map_err(|error| Attempt::Failed(error.to_string()))?;
+        let files = EncoderFiles::from_cache(&cache)?;
+        match plan {
+            EncoderPlan::FineTune {
+                device: burn_device,
+                reason,
+            } => {
+                outcome.recipe = format!("fine-tune all-MiniLM-L6-v2: {reason}");
+                let request = FineTuneRequest {
+                    snapshot_id,
+                    model_name: self.encoder_model_name.clone(),
+                    max_length: sentiflow_model::encoder::DEFAULT_MAX_LENGTH,
+                    fine_tune: FineTuneConfig::default(),
+                    max_train_rows: None,
+                    device: burn_device,
+                    device_reason: reason,
+                    gate: self.gate,
+                };
+                Ok(finetune::fine_tune_and_register(
+                    &self.snapshots,
+                    &self.registry,
+                    &self.ort,
+                    &files,
+                    &request,
+                )
+                .await?)
+            }
+            EncoderPlan::FrozenHead { reason } => {
+                outcome.recipe = format!("frozen int8 encoder + linear head: {reason}");
+                let request = EncoderTrainRequest {
+                    snapshot_id,
+                    model_name: self.encoder_model_name.clone(),
+                    max_length: sentiflow_model::encoder::DEFAULT_MAX_LENGTH,
+                    head: sentiflow_model::encoder::HeadConfig::default(),
+                    device,
+                    gate: self.gate,
+                    threads: std::thread::available_parallelism().map_or(1, usize::from),
+                    embedding_cache: Some(self.data_dir.join("embeddings")),
+                };
+                Ok(encoder::train_and_register_encoder(
+                    &self.snapshots,
+                    &self.registry,
+                    &self.ort,
+                    &files,
+                    &request,
+                )
+                .await?
+                .outcome)
+            }
+        }
     }
 
     /// A fresh snapshot over the request's time range; all curated data when the range is unbounded or

@@ -225,6 +225,8 @@ pub async fn start(
             ort,
             lexicon,
             model_name: config.model_name.clone(),
+            encoder_model_name: config.encoder_model_name.clone(),
+            data_dir: config.data_dir.clone(),
             gate: config.gate,
             max_payload_bytes: config.max_payload_bytes,
             health: health.clone(),
