@@ -1,9 +1,11 @@
 //! The bench harnesses on reduced sizes of the real corpora, checking that the reports are
 //! well-formed and their figures consistent (no speed is asserted): `bench train` (both systems train
-//! on the same split and are scored on the same rows) and `bench drift` (every detector on the same
-//! replayed streams). Needs the bench component of the setup cache (`infra/test.sh` installs it).
+//! on the same split and are scored on the same rows), `bench drift` (every detector on the same
+//! replayed streams) and the encoder family's `bench infer` / `bench train` (against the hashed
+//! family, on the device really used). Needs the bench component of the setup cache (`infra/test.sh` installs it).
 
 use sentiflow::bench::drift::{DriftBenchArgs, GoalOutcome};
+use sentiflow::bench::encoder::{BenchDevice, BenchFamily, run_infer, run_train};
 use sentiflow::bench::train::{TrainBenchArgs, run};
 
 #[test]
@@ -20,6 +22,12 @@ fn bench_train_reports_both_systems_on_the_same_rows() {
         fasttext_word_ngrams: 2,
         python: "python3".to_owned(),
         json: true,
+        family: BenchFamily::Hashed,
+        device: BenchDevice::Auto,
+        encoder_train_rows: 512,
+        encoder_eval_rows: 2_000,
+        encoder_epochs: 1,
+        max_length: 64,
     };
     let report = run(&args).expect("bench train runs (infra/setup.sh --bench installs fastText)");
     let data = &report.data;
@@ -198,4 +206,44 @@ fn bench_drift_runs_every_detector_on_the_same_streams() {
     }
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["scenarios"][1]["shift_at"], 6_250);
+}
+
+#[test]
+fn encoder_benches_report_both_families_on_the_device_really_used() {
+    let data = sentiflow_tests::shared_data("");
+    let infer = run_infer(&[], &data, 64, 16, 64, None, BenchDevice::Auto)
+        .expect("bench infer --family encoder runs");
+    assert_eq!(infer.rows, 64);
+    assert!(infer.encoder_rows_per_second > 0.0 && infer.hashed_rows_per_second > 0.0);
+    assert!(infer.encoder_batch_p50_ms <= infer.encoder_batch_p99_ms);
+    if infer.device == "cpu" {
+        assert!(
+            infer.device_fallback_reason.is_some(),
+            "auto says why not CUDA"
+        );
+    }
+    let table = infer.render();
+    assert!(table.contains("encoder family: tokenize + ORT"), "{table}");
+    assert!(table.contains("(baseline)"), "{table}");
+
+    let ood = data.join("tweeteval_val.jsonl.gz");
+    let train = run_train(&[], &data, &ood, 48, 1, 32, 5, BenchDevice::Auto, 40)
+        .expect("bench train --family encoder runs");
+    assert_eq!(train.test_rows, 40);
+    for family in [&train.hashed, &train.encoder] {
+        assert!(
+            family.train_rows > 40 && family.sentences_per_second > 0.0,
+            "{family:?}"
+        );
+        assert!(
+            family.test_macro_f1 > 0.0 && family.ood_macro_f1 <= 1.0,
+            "{family:?}"
+        );
+    }
+    assert_eq!(
+        train.hashed.train_rows, train.encoder.train_rows,
+        "same rows"
+    );
+    let table = train.render();
+    assert!(table.contains("all-MiniLM-L6-v2 fine-tune"), "{table}");
 }

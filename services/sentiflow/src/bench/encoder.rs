@@ -1,0 +1,505 @@
+//! `bench infer --family encoder` and `bench train --family encoder`: the encoder family (all-MiniLM-L6-v2,
+//! fp32, written from Rust) against the hashed family on the same texts, the same split and the same
+//! run: serving rows/s with batch latency percentiles on the execution provider ORT really gave, and
+//! fine-tuning sentences/s plus macro-F1 on the device burn really got.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sentiflow_burn::finetune::{FineTuneConfig, TokenizedExample};
+use sentiflow_burn::{BurnDevice, probe};
+use sentiflow_common::cache::CacheDir;
+use sentiflow_model::encoder::bert::{
+    BASE_MINILM_FP32, BertClassifierWeights, MINILM_SAFETENSORS_SHA256,
+};
+use sentiflow_model::encoder::{ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderTokenizer};
+use sentiflow_model::eval::{Evaluation, evaluate};
+use sentiflow_model::onnx::{self, ModelMetadata};
+use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
+use sentiflow_model::train::is_validation_row;
+use serde::Serialize;
+
+/// Model family of a bench run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum BenchFamily {
+    /// The hashed n-gram family (against fastText).
+    #[default]
+    Hashed,
+    /// The encoder family (against the hashed family, same run).
+    Encoder,
+}
+
+/// Execution provider / training device wanted.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum BenchDevice {
+    /// CUDA when it really works, else the CPU (said in the report).
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA or fail.
+    Cuda,
+}
+
+fn minilm(max_length: usize) -> anyhow::Result<(BertClassifierWeights, EncoderTokenizer)> {
+    let cache = CacheDir::from_env()?;
+    let weights = BertClassifierWeights::from_safetensors(
+        &cache.require(cache.minilm_safetensors(), "MiniLM fp32 weights")?,
+        &cache.require(cache.minilm_dir().join("config.json"), "MiniLM config.json")?,
+        Some(MINILM_SAFETENSORS_SHA256),
+    )?;
+    let tokenizer = EncoderTokenizer::from_file(
+        &cache.require(cache.minilm_tokenizer(), "MiniLM tokenizer")?,
+        max_length,
+    )?;
+    Ok((weights, tokenizer))
+}
+
+fn encoder_metadata(config: &EncoderConfig, what: &str) -> ModelMetadata {
+    ModelMetadata {
+        name: format!("bench-encoder-{what}"),
+        version: "v1".to_owned(),
+        family: onnx::FAMILY_ENCODER.to_owned(),
+        featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
+        featurizer_config_hash: config.config_hash(),
+        featurizer_config: config.canonical_json(),
+        labels: ModelMetadata::default_labels(),
+        training_snapshot: "bench".to_owned(),
+        weights_sha256: String::new(),
+        created_at: "1970-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+fn encoder_config(tokenizer: &EncoderTokenizer) -> EncoderConfig {
+    EncoderConfig {
+        tokenizer_sha256: tokenizer.sha256().to_owned(),
+        max_length: tokenizer.max_length(),
+        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
+        base_model: BASE_MINILM_FP32.to_owned(),
+        base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
+        fine_tuned: true,
+    }
+}
+
+/// What `bench infer --family encoder` measured.
+#[derive(Debug, Serialize)]
+pub struct EncoderInferReport {
+    /// Texts scored by each side.
+    pub rows: usize,
+    /// Rows per ORT run.
+    pub batch: usize,
+    /// Longest token sequence.
+    pub max_length: usize,
+    /// The encoder model scored (a file, or the pretrained encoder with an untrained head).
+    pub model: String,
+    /// Execution provider the encoder really ran on.
+    pub device: String,
+    /// Why not CUDA, when CUDA was wanted and not used.
+    pub device_fallback_reason: Option<String>,
+    /// ORT intra-op threads of the encoder session.
+    pub threads: usize,
+    /// Encoder: tokenize + ORT, rows/s (rows grouped by token length into batches).
+    pub encoder_rows_per_second: f64,
+    /// Encoder: ORT time per batch, milliseconds, p50.
+    pub encoder_batch_p50_ms: f64,
+    /// Encoder: ORT time per batch, milliseconds, p99.
+    pub encoder_batch_p99_ms: f64,
+    /// Rows cut to `max_length`.
+    pub truncated: usize,
+    /// Baseline: the hashed family on the same texts (featurize + ORT CPU, one thread), rows/s.
+    pub hashed_rows_per_second: f64,
+}
+
+impl EncoderInferReport {
+    /// The side-by-side table.
+    pub fn render(&self) -> String {
+        let rows = vec![
+            vec![
+                "batch inference".to_owned(),
+                "rows/s".to_owned(),
+                "vs hashed".to_owned(),
+                "batch p50 / p99".to_owned(),
+            ],
+            vec![
+                "hashed family: featurize + ORT CPU, 1 thread (baseline)".to_owned(),
+                format!("{:.0}", self.hashed_rows_per_second),
+                "1.00×".to_owned(),
+                String::new(),
+            ],
+            vec![
+                format!(
+                    "encoder family: tokenize + ORT {} ({} threads), batch {}",
+                    self.device, self.threads, self.batch
+                ),
+                format!("{:.0}", self.encoder_rows_per_second),
+                super::ratio(self.encoder_rows_per_second, self.hashed_rows_per_second),
+                format!(
+                    "{:.1} / {:.1} ms",
+                    self.encoder_batch_p50_ms, self.encoder_batch_p99_ms
+                ),
+            ],
+        ];
+        let fallback = self
+            .device_fallback_reason
+            .as_ref()
+            .map(|reason| format!("\nCUDA not used: {reason}\n"))
+            .unwrap_or_default();
+        format!(
+            "sentiflow bench infer --family encoder: {} texts (max {} tokens, {} truncated), model {}\n\
+             (goal on one H100: ≥ 90k sentences/s, p99 ≤ 10 ms for a batch of 256)\n{fallback}\n{}",
+            self.rows,
+            self.max_length,
+            self.truncated,
+            self.model,
+            super::markdown_table(&rows)
+        )
+    }
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Runs `bench infer --family encoder`.
+pub fn run_infer(
+    files: &[PathBuf],
+    data_dir: &Path,
+    rows: usize,
+    batch: usize,
+    max_length: usize,
+    model: Option<&Path>,
+    device: BenchDevice,
+) -> anyhow::Result<EncoderInferReport> {
+    let texts = super::infer::labelled_texts(files, data_dir, rows)?;
+    let strings: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
+    let (bytes, name, tokenizer) = match model {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let metadata = onnx::read_metadata(&bytes)?;
+            let cache = CacheDir::from_env()?;
+            let tokenizer = EncoderTokenizer::for_metadata(
+                &metadata,
+                &cache.require(cache.minilm_tokenizer(), "MiniLM tokenizer")?,
+            )?;
+            let name = format!("{} {}", metadata.name, metadata.version);
+            (bytes, name, tokenizer)
+        }
+        None => {
+            let (weights, tokenizer) = minilm(max_length)?;
+            let config = encoder_config(&tokenizer);
+            let bytes = onnx::export_bert_classifier(
+                &weights,
+                &config,
+                &encoder_metadata(&config, "infer"),
+            )?;
+            (
+                bytes,
+                "all-MiniLM-L6-v2 fp32 with an untrained head (throughput only)".to_owned(),
+                tokenizer,
+            )
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let env = crate::train::ort_environment()?;
+    let request = match device {
+        BenchDevice::Auto => DeviceRequest::Auto,
+        BenchDevice::Cpu => DeviceRequest::Cpu,
+        BenchDevice::Cuda => DeviceRequest::Cuda,
+    };
+    let mut session = LoadedModel::load(&env, &bytes, request, threads)?;
+
+    // Rows grouped by token length, as a serving batcher would: less padding per batch.
+    let mut encoded: Vec<Vec<i64>> = Vec::with_capacity(strings.len());
+    let mut truncated = 0;
+    let started = Instant::now();
+    for text in &strings {
+        let (ids, cut) = tokenizer.encode(text)?;
+        truncated += usize::from(cut);
+        encoded.push(ids);
+    }
+    let tokenize_seconds = started.elapsed().as_secs_f64();
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    order.sort_by_key(|index| encoded[*index].len());
+    let batches: Vec<(Vec<i64>, Vec<i64>, usize, usize)> = order
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let cols = chunk.iter().map(|i| encoded[*i].len()).max().unwrap_or(1);
+            let mut ids = vec![0i64; chunk.len() * cols];
+            let mut mask = vec![0i64; chunk.len() * cols];
+            for (row, index) in chunk.iter().enumerate() {
+                let values = &encoded[*index];
+                ids[row * cols..row * cols + values.len()].copy_from_slice(values);
+                mask[row * cols..row * cols + values.len()].fill(1);
+            }
+            (ids, mask, chunk.len(), cols)
+        })
+        .collect();
+    // One warm-up pass over the first batch (kernel selection, allocations), then timed.
+    if let Some((ids, mask, rows, cols)) = batches.first() {
+        session.predict_masked(ids, mask, *rows, *cols)?;
+    }
+    let mut latencies = Vec::with_capacity(batches.len());
+    let started = Instant::now();
+    for (ids, mask, rows, cols) in &batches {
+        let batch_started = Instant::now();
+        session.predict_masked(ids, mask, *rows, *cols)?;
+        latencies.push(batch_started.elapsed().as_secs_f64() * 1e3);
+    }
+    let ort_seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+
+    // Baseline: the hashed family on the same texts.
+    let (hashed_bytes, hashed_metadata) = super::infer::bench_model(None, &texts)?;
+    let hashed = super::infer::serving_model(&hashed_bytes, &hashed_metadata, 256)?;
+    let started = Instant::now();
+    for chunk in strings.chunks(256) {
+        hashed.score(chunk)?;
+    }
+    let hashed_seconds = started.elapsed().as_secs_f64();
+
+    Ok(EncoderInferReport {
+        rows: strings.len(),
+        batch,
+        max_length: tokenizer.max_length(),
+        model: name,
+        device: session.device().as_str().to_owned(),
+        device_fallback_reason: session.fallback_reason().map(str::to_owned),
+        threads,
+        encoder_rows_per_second: strings.len() as f64 / (tokenize_seconds + ort_seconds),
+        encoder_batch_p50_ms: percentile(&latencies, 0.5),
+        encoder_batch_p99_ms: percentile(&latencies, 0.99),
+        truncated,
+        hashed_rows_per_second: strings.len() as f64 / hashed_seconds,
+    })
+}
+
+/// One family's training figures.
+#[derive(Debug, Serialize)]
+pub struct FamilyTrainResult {
+    /// What trained, where.
+    pub system: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Training seconds (validation passes included).
+    pub train_seconds: f64,
+    /// Training sentences per second (rows × epochs run / training seconds).
+    pub sentences_per_second: f64,
+    /// Macro-F1 on the held-out rows of the same files.
+    pub test_macro_f1: f64,
+    /// Macro-F1 on the out-of-domain file.
+    pub ood_macro_f1: f64,
+}
+
+/// What `bench train --family encoder` measured.
+#[derive(Debug, Serialize)]
+pub struct EncoderTrainReport {
+    /// Device burn trained on, and why.
+    pub device: String,
+    /// Held-out rows of the training files.
+    pub test_rows: usize,
+    /// Out-of-domain file and rows.
+    pub ood: String,
+    /// Baseline: the hashed family (sparse SGD, one thread) on the same rows.
+    pub hashed: FamilyTrainResult,
+    /// The encoder family, fine-tuned.
+    pub encoder: FamilyTrainResult,
+}
+
+impl EncoderTrainReport {
+    /// The side-by-side table.
+    pub fn render(&self) -> String {
+        let row = |result: &FamilyTrainResult, ratio: String| {
+            vec![
+                result.system.clone(),
+                result.train_rows.to_string(),
+                format!("{:.1}", result.train_seconds),
+                format!("{:.1}", result.sentences_per_second),
+                ratio,
+                format!("{:.4}", result.test_macro_f1),
+                format!("{:.4}", result.ood_macro_f1),
+            ]
+        };
+        let rows = vec![
+            [
+                "training",
+                "rows",
+                "seconds",
+                "sentences/s",
+                "vs hashed",
+                "held-out macro-F1",
+                "OOD macro-F1",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            row(&self.hashed, "1.00×".to_owned()),
+            row(
+                &self.encoder,
+                super::ratio(
+                    self.encoder.sentences_per_second,
+                    self.hashed.sentences_per_second,
+                ),
+            ),
+        ];
+        format!(
+            "sentiflow bench train --family encoder: device {}; {} held-out rows; OOD {}\n\
+             (goal on one H100: ~55k rows × 3 epochs in ≤ 2 minutes; ≥ 0.65 OOD macro-F1 on the full data)\n\n{}",
+            self.device,
+            self.test_rows,
+            self.ood,
+            super::markdown_table(&rows)
+        )
+    }
+}
+
+/// Runs `bench train --family encoder`: `train_rows` rows of the files (seeded, the rest of a 10 %
+/// hash split held out, at most `eval_rows` of them and of the OOD file scored), `epochs` of
+/// fine-tuning on `device`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the bench's flags, passed through"
+)]
+pub fn run_train(
+    files: &[PathBuf],
+    data_dir: &Path,
+    ood_file: &Path,
+    train_rows: usize,
+    epochs: usize,
+    max_length: usize,
+    seed: u64,
+    device: BenchDevice,
+    eval_rows: usize,
+) -> anyhow::Result<EncoderTrainReport> {
+    let burn_device = match (device, probe::cuda()) {
+        (BenchDevice::Cpu, _) => BurnDevice::NdArray,
+        (_, probe::CudaProbe::Available { .. }) => BurnDevice::Cuda,
+        (BenchDevice::Cuda, probe::CudaProbe::Unavailable(why)) => {
+            bail!("--device cuda: no usable CUDA GPU: {why}")
+        }
+        (BenchDevice::Auto, probe::CudaProbe::Unavailable(_)) => BurnDevice::NdArray,
+    };
+    let texts = super::infer::labelled_texts(files, data_dir, usize::MAX)?;
+    let (mut training, mut held_out) = (Vec::new(), Vec::new());
+    for (index, pair) in texts.into_iter().enumerate() {
+        if is_validation_row(&format!("{seed}-{index}"), 0.1) {
+            held_out.push(pair);
+        } else {
+            training.push(pair);
+        }
+    }
+    let mut rng = sentiflow_model::train::Rng::new(seed);
+    for index in (1..training.len()).rev() {
+        let other = (rng.next_u64() % (index as u64 + 1)) as usize;
+        training.swap(index, other);
+    }
+    training.truncate(train_rows);
+    held_out.truncate(eval_rows.min(held_out.len()));
+    let ood = super::infer::labelled_texts(&[ood_file.to_path_buf()], data_dir, eval_rows)?;
+    let labels =
+        |rows: &[(String, usize)]| rows.iter().map(|(_, label)| *label).collect::<Vec<_>>();
+
+    // Baseline: the hashed family's sparse trainer on the same rows (its 10 % validation from them).
+    let lexicon = crate::train::lexicon()?;
+    let featurizer = sentiflow_model::featurize::Featurizer::new(
+        sentiflow_model::featurize::FeaturizerConfig::default(),
+        Some(lexicon),
+    )?;
+    let example = |(text, label): &(String, usize)| sentiflow_model::train::Example {
+        text: text.clone(),
+        label: *label,
+        weight: 1.0,
+    };
+    let split = training.len() / 10;
+    let hashed_validation: Vec<_> = training[..split].iter().map(example).collect();
+    let hashed_training: Vec<_> = training[split..].iter().map(example).collect();
+    let started = Instant::now();
+    let trained = sentiflow_model::train::train(
+        &featurizer,
+        &hashed_training,
+        &hashed_validation,
+        &sentiflow_model::train::TrainConfig {
+            seed,
+            ..Default::default()
+        },
+    )?;
+    let hashed_seconds = started.elapsed().as_secs_f64();
+    let hashed_scores = |rows: &[(String, usize)]| -> Evaluation {
+        let predictions: Vec<_> = rows
+            .iter()
+            .map(|(text, _)| trained.model.predict_ids(&featurizer.featurize(text)))
+            .collect();
+        evaluate(&predictions, &labels(rows))
+    };
+    let hashed = FamilyTrainResult {
+        system: "hashed: sparse SGD, 1 thread (baseline)".to_owned(),
+        train_rows: hashed_training.len(),
+        train_seconds: hashed_seconds,
+        sentences_per_second: (hashed_training.len() * trained.history.len()) as f64
+            / hashed_seconds.max(1e-9),
+        test_macro_f1: hashed_scores(&held_out).macro_f1,
+        ood_macro_f1: hashed_scores(&ood).macro_f1,
+    };
+
+    // The encoder family, fine-tuned on the same rows.
+    let (weights, tokenizer) = minilm(max_length)?;
+    let tokenize = |rows: &[(String, usize)]| -> anyhow::Result<Vec<TokenizedExample>> {
+        rows.iter()
+            .map(|(text, label)| {
+                Ok(TokenizedExample {
+                    ids: tokenizer.encode(text)?.0,
+                    label: *label,
+                })
+            })
+            .collect()
+    };
+    let encoder_training = tokenize(&training[split..])?;
+    let encoder_validation = tokenize(&training[..split])?;
+    let config = FineTuneConfig {
+        epochs,
+        seed,
+        ..FineTuneConfig::default()
+    };
+    let tuned = sentiflow_burn::fine_tune_on(
+        burn_device,
+        &weights,
+        &encoder_training,
+        &encoder_validation,
+        &config,
+        |epoch| tracing::info!(?epoch, "bench fine-tune epoch"),
+    )?;
+    let trained_sentences: f64 = tuned
+        .history
+        .iter()
+        .map(|epoch| epoch.sentences_per_second * epoch.seconds)
+        .sum();
+    let training_seconds: f64 = tuned.history.iter().map(|epoch| epoch.seconds).sum();
+    let encoder_scores = |rows: &[(String, usize)]| -> anyhow::Result<Evaluation> {
+        let predictions =
+            sentiflow_burn::predict_on(burn_device, &tuned.weights, &tokenize(rows)?, 64)?;
+        Ok(evaluate(&predictions, &labels(rows)))
+    };
+    let encoder = FamilyTrainResult {
+        system: format!(
+            "encoder: all-MiniLM-L6-v2 fine-tune, burn {} ({} epochs, batch {})",
+            burn_device.as_str(),
+            tuned.history.len(),
+            config.batch_size
+        ),
+        train_rows: encoder_training.len(),
+        train_seconds: tuned.seconds,
+        sentences_per_second: trained_sentences / training_seconds.max(1e-9),
+        test_macro_f1: encoder_scores(&held_out)?.macro_f1,
+        ood_macro_f1: encoder_scores(&ood)?.macro_f1,
+    };
+    Ok(EncoderTrainReport {
+        device: burn_device.as_str().to_owned(),
+        test_rows: held_out.len(),
+        ood: format!("{} ({} rows)", ood_file.display(), ood.len()),
+        hashed,
+        encoder,
+    })
+}
