@@ -337,3 +337,65 @@ pub fn decode_png(bytes: &[u8]) -> (u32, u32, usize) {
     let image = sentiflow_trainer::charts::png::decode_rgb(bytes).expect("a PNG");
     (image.width, image.height, image.distinct_colours())
 }
+
+/// A `reviews.clean` event as ingest writes it: the text cleaned by this build's normaliser, except
+/// every tenth review, which claims an older normaliser and keeps its raw text (infer cleans those
+/// again instead of taking its fast path).
+pub fn clean_review(index: usize, text: &str) -> sentiflow_common::events::CleanReview {
+    let now = chrono::Utc::now();
+    let (text, normalizer_version) = if index.is_multiple_of(10) {
+        (text.to_owned(), "norm-v0".to_owned())
+    } else {
+        (
+            sentiflow_model::clean(text).text,
+            sentiflow_model::text::NORMALIZER_VERSION.to_owned(),
+        )
+    };
+    sentiflow_common::events::CleanReview {
+        schema_version: sentiflow_common::events::SCHEMA_VERSION,
+        event_id: format!("clean-{index}-{}", uuid::Uuid::new_v4().simple()),
+        event_time: now,
+        source_event_id: format!("raw-{index}"),
+        review_id: format!("review-{index}"),
+        source: "airline".to_owned(),
+        author_hash: "a".repeat(64),
+        text,
+        text_hash: "0".repeat(64),
+        created_at: now - chrono::Duration::minutes(5),
+        lang: "en".to_owned(),
+        lang_confidence: 0.9,
+        lang_allowed: true,
+        label: None::<sentiflow_common::events::LabelInfo>,
+        redactions: sentiflow_common::events::Redactions {
+            emails: 0,
+            phones: 0,
+            cards: 0,
+        },
+        normalizer_version,
+        source_offset: sentiflow_common::events::SourceCoordinate {
+            topic: "reviews.raw".to_owned(),
+            partition: 0,
+            offset: index as i64,
+        },
+        metadata: None,
+        rating: None,
+    }
+}
+
+/// Publishes payloads to `reviews.clean` (keyed) and waits for every acknowledgement.
+pub async fn publish_clean(kafka: &KafkaArgs, messages: &[(String, Vec<u8>)]) {
+    let producer = sentiflow_common::kafka::ResilientProducer::new(kafka, "test").unwrap();
+    let topic = kafka.topic(sentiflow_common::catalogue::topics::REVIEWS_CLEAN);
+    let mut acks = Vec::new();
+    for (key, payload) in messages {
+        acks.push(
+            producer
+                .enqueue(&topic, Some(key.as_bytes()), payload, None)
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        sentiflow_common::kafka::await_delivery(ack).await.unwrap();
+    }
+}

@@ -250,6 +250,51 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
             );
         }
     }
+
+    // Through Kafka: a review predicts; one whose text has no WordPiece token (zero-width joiners
+    // survive cleaning, as emoji sequences need them; the BERT normaliser drops them) is
+    // dead-lettered with the reason.
+    let reviews = [
+        sentiflow_tests::clean_review(1, "the crew was lovely"),
+        sentiflow_tests::clean_review(2, "\u{200d}\u{200c}"),
+    ];
+    let messages: Vec<(String, Vec<u8>)> = reviews
+        .iter()
+        .map(|review| {
+            (
+                review.review_id.clone(),
+                serde_json::to_vec(review).unwrap(),
+            )
+        })
+        .collect();
+    sentiflow_tests::publish_clean(&kafka, &messages).await;
+    let brokers = &sentiflow_tests::kafka().brokers;
+    let topic = |name| kafka.topic(name);
+    let predictions = sentiflow_tests::read_exactly(
+        brokers,
+        &topic(sentiflow_common::catalogue::topics::PREDICTIONS),
+        1,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    let predictions = sentiflow_tests::json_payloads(&predictions);
+    assert_eq!(predictions[0]["review_id"], "review-1");
+    let dead = sentiflow_tests::read_exactly(
+        brokers,
+        &topic(sentiflow_common::catalogue::topics::REVIEWS_DLQ),
+        1,
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    let dead = sentiflow_tests::json_payloads(&dead);
+    assert_eq!(dead[0]["error_kind"], "no_tokens", "{}", dead[0]);
+    assert!(
+        dead[0].to_string().contains("no token"),
+        "the reason is given: {}",
+        dead[0]
+    );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

@@ -11,11 +11,7 @@ use rdkafka::Message as _;
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
-use sentiflow_common::events::{
-    CleanReview, Event as _, LabelInfo, ModelAlias, ModelFamily, Redactions, SCHEMA_VERSION,
-    SourceCoordinate, UpdateAction,
-};
-use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::events::{Event as _, ModelAlias, ModelFamily, UpdateAction};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_common::store::RedisStore;
 use sentiflow_infer::InferConfig;
@@ -200,74 +196,12 @@ fn texts(count: usize) -> Vec<String> {
     .collect()
 }
 
-/// A `reviews.clean` event as ingest writes it: the text cleaned by this build's normaliser, except
-/// every tenth review, which claims an older normaliser and keeps its raw text (infer cleans those
-/// again instead of taking its fast path).
-fn clean_review(index: usize, text: &str) -> CleanReview {
-    let now = chrono::Utc::now();
-    let (text, normalizer_version) = if index.is_multiple_of(10) {
-        (text.to_owned(), "norm-v0".to_owned())
-    } else {
-        (
-            sentiflow_model::clean(text).text,
-            sentiflow_model::text::NORMALIZER_VERSION.to_owned(),
-        )
-    };
-    CleanReview {
-        schema_version: SCHEMA_VERSION,
-        event_id: format!("clean-{index}-{}", uuid::Uuid::new_v4().simple()),
-        event_time: now,
-        source_event_id: format!("raw-{index}"),
-        review_id: format!("review-{index}"),
-        source: "airline".to_owned(),
-        author_hash: "a".repeat(64),
-        text,
-        text_hash: "0".repeat(64),
-        created_at: now - chrono::Duration::minutes(5),
-        lang: "en".to_owned(),
-        lang_confidence: 0.9,
-        lang_allowed: true,
-        label: None::<LabelInfo>,
-        redactions: Redactions {
-            emails: 0,
-            phones: 0,
-            cards: 0,
-        },
-        normalizer_version,
-        source_offset: SourceCoordinate {
-            topic: "reviews.raw".to_owned(),
-            partition: 0,
-            offset: index as i64,
-        },
-        metadata: None,
-        rating: None,
-    }
-}
-
-/// Publishes payloads to `reviews.clean` (keyed) and waits for every acknowledgement.
-async fn publish(kafka: &KafkaArgs, messages: &[(String, Vec<u8>)]) {
-    let producer = ResilientProducer::new(kafka, "test").unwrap();
-    let topic = kafka.topic(topics::REVIEWS_CLEAN);
-    let mut acks = Vec::new();
-    for (key, payload) in messages {
-        acks.push(
-            producer
-                .enqueue(&topic, Some(key.as_bytes()), payload, None)
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        await_delivery(ack).await.unwrap();
-    }
-}
-
 fn review_messages(texts: &[String], offset: usize) -> Vec<(String, Vec<u8>)> {
     texts
         .iter()
         .enumerate()
         .map(|(index, text)| {
-            let review = clean_review(offset + index, text);
+            let review = sentiflow_tests::clean_review(offset + index, text);
             (review.review_id.clone(), review.to_json_vec().unwrap())
         })
         .collect()
@@ -348,7 +282,7 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
         ("bad-3".to_owned(), Vec::new()),
     ];
     messages.splice(100..100, malformed);
-    publish(&kafka, &messages).await;
+    sentiflow_tests::publish_clean(&kafka, &messages).await;
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = sentiflow_infer::start(
@@ -502,7 +436,7 @@ async fn hot_swap_under_load_promote_then_rollback_loses_nothing() {
         .map(|(wave, chunk)| review_messages(chunk, wave * 300))
         .collect();
     for (wave, messages) in waves.iter().enumerate() {
-        publish(&kafka, messages).await;
+        sentiflow_tests::publish_clean(&kafka, messages).await;
         if wave == 0 {
             // The first wave is scored by v1 on every partition before anything changes.
             let stats = running.stats.clone();
@@ -661,7 +595,7 @@ async fn corrupted_artifact_is_refused_and_the_champion_keeps_serving() {
 
     // Serving continues on v1.
     let texts = texts(50);
-    publish(&kafka, &review_messages(&texts, 0)).await;
+    sentiflow_tests::publish_clean(&kafka, &review_messages(&texts, 0)).await;
     let predictions = sentiflow_tests::read_exactly(
         brokers,
         &kafka.topic(topics::PREDICTIONS),
@@ -844,7 +778,7 @@ async fn shadow_scoring_scores_the_sample_with_the_challenger_and_serves_the_cha
         "about half: {}",
         sampled.len()
     );
-    publish(&kafka, &messages).await;
+    sentiflow_tests::publish_clean(&kafka, &messages).await;
     let brokers = &sentiflow_tests::kafka().brokers;
     let served = sentiflow_tests::json_payloads(
         &sentiflow_tests::read_exactly(

@@ -38,6 +38,15 @@ pub enum Rejection {
         /// Details.
         reason: String,
     },
+    /// The served encoder's tokenizer finds no token in the text (nothing but `[CLS]` and `[SEP]`):
+    /// there is nothing to score, and a prediction from the bias alone would be made up.
+    #[error(
+        "the text has no token for the {model} model (it cleans to nothing the WordPiece vocabulary covers)"
+    )]
+    NoTokens {
+        /// The served model (`name version`).
+        model: String,
+    },
 }
 
 impl Rejection {
@@ -46,6 +55,7 @@ impl Rejection {
         match self {
             Self::EmptyPayload => "empty_payload",
             Self::InvalidEvent { kind, .. } => kind,
+            Self::NoTokens { .. } => "no_tokens",
         }
     }
 }

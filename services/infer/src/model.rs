@@ -248,6 +248,18 @@ impl ServingModel {
         self.score_texts(texts, already_clean)
     }
 
+    /// Whether the served model's preprocessing finds nothing to score in `text`: an encoder-family
+    /// text that tokenizes to `[CLS] [SEP]` only. Hashed models score any text (an empty bag gives the
+    /// bias, as trained).
+    pub fn has_no_tokens(&self, text: &str) -> bool {
+        match &self.preprocess {
+            Preprocess::Hashed(_) => false,
+            Preprocess::Encoder(tokenizer) => tokenizer
+                .encode(text)
+                .map_or(true, |(ids, _)| ids.len() <= 2),
+        }
+    }
+
     fn score_texts<S: AsRef<str>>(
         &self,
         texts: &[S],

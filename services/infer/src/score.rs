@@ -86,7 +86,21 @@ pub fn score_messages(
     messages: &[OwnedMessage],
     alert_threshold: f64,
 ) -> Result<ScoredBatch, sentiflow_model::runtime::RuntimeError> {
-    let decoded: Vec<Result<CleanReview, Rejection>> = messages.iter().map(decode).collect();
+    let decoded: Vec<Result<CleanReview, Rejection>> = messages
+        .iter()
+        .map(|message| {
+            decode(message).and_then(|review| {
+                if model.has_no_tokens(&review.text) {
+                    let served = model.model_ref();
+                    Err(Rejection::NoTokens {
+                        model: format!("{} {}", served.name, served.version),
+                    })
+                } else {
+                    Ok(review)
+                }
+            })
+        })
+        .collect();
     let texts: Vec<&str> = decoded
         .iter()
         .filter_map(|review| review.as_ref().ok().map(|review| review.text.as_str()))
