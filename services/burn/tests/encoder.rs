@@ -348,3 +348,54 @@ fn cpu_fine_tuning_on_airline_tweets_lowers_the_loss() {
     eprintln!("fine-tuned: ORT CPU vs burn max abs diff {diff:.2e}");
     assert!(diff <= 1e-4, "max abs diff {diff:e} > 1e-4");
 }
+
+#[test]
+fn cuda_forward_matches_the_cpu_forward_or_is_refused_without_a_gpu() {
+    let mut weights = pretrained();
+    weights.head.bias = vec![0.3, -0.2, 0.1];
+    for (index, value) in weights.head.weight.iter_mut().enumerate() {
+        *value = ((index % 7) as f32 - 3.0) * 0.05;
+    }
+    let tokenizer = tokenizer(64);
+    let examples: Vec<TokenizedExample> = tweets(32)
+        .iter()
+        .map(|row| TokenizedExample {
+            ids: tokenizer.encode(&row.text).expect("tokenizes").0,
+            label: 0,
+        })
+        .collect();
+    let cpu =
+        sentiflow_burn::predict_on(sentiflow_burn::BurnDevice::NdArray, &weights, &examples, 16)
+            .expect("CPU forward");
+    match sentiflow_burn::probe::cuda() {
+        sentiflow_burn::CudaProbe::Available { .. } => {
+            let cuda = sentiflow_burn::predict_on(
+                sentiflow_burn::BurnDevice::Cuda,
+                &weights,
+                &examples,
+                16,
+            )
+            .expect("CUDA forward");
+            let diff = cpu
+                .iter()
+                .flatten()
+                .zip(cuda.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            eprintln!("burn CUDA vs CPU, 32 tweets: max abs diff {diff:.2e}");
+            assert!(diff <= 1e-3, "CUDA vs CPU max abs diff {diff:e} > 1e-3");
+        }
+        sentiflow_burn::CudaProbe::Unavailable(reason) => {
+            // Without a driver the CUDA path must refuse with the probe's reason, never panic.
+            let error = sentiflow_burn::predict_on(
+                sentiflow_burn::BurnDevice::Cuda,
+                &weights,
+                &examples,
+                16,
+            )
+            .unwrap_err();
+            assert_eq!(error.kind(), "cuda_unavailable", "{error}");
+            assert!(error.to_string().contains(reason.as_str()), "{error}");
+        }
+    }
+}

@@ -144,6 +144,7 @@ pub async fn start(
     )
     .await;
     info!(model = %family.model_name, family = family.family, reason = %family.reason, "serving family decided");
+    metrics::gauge!("sentiflow_infer_family_info", "family" => family.family).set(1.0);
     health.set_info("family", family.family);
     health.set_info("family_reason", family.reason.as_str());
     health.set_info("model_name", family.model_name.as_str());
