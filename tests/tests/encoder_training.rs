@@ -36,22 +36,31 @@ fn request(snapshot_id: &str, cache: &std::path::Path) -> EncoderTrainRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encoder_family_trains_registers_and_serves_through_ort() {
-    let redis_server = sentiflow_tests::redis();
-    let dir = tempfile::tempdir().unwrap();
-    let store = SnapshotStore::new(dir.path().join("snapshots"));
+/// A snapshot of the first `rows` airline tweets in `dir/snapshots`.
+fn airline_snapshot(
+    dir: &std::path::Path,
+    rows: usize,
+) -> (SnapshotStore, sentiflow_trainer::dataset::Manifest) {
+    let store = SnapshotStore::new(dir.join("snapshots"));
     let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
-    // 400 rows: enough for every class in every split, quick to embed in a debug build.
-    let slice = dir.path().join("airline_slice.jsonl");
+    let slice = dir.join("airline_slice.jsonl");
     let records =
-        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(400)).unwrap();
+        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(rows)).unwrap();
     let lines: Vec<String> = records
         .iter()
         .map(|record| String::from_utf8(record.payload.clone()).unwrap())
         .collect();
     std::fs::write(&slice, lines.join("\n")).unwrap();
     let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+    (store, manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoder_family_trains_registers_and_serves_through_ort() {
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    // 400 rows: enough for every class in every split, quick to embed in a debug build.
+    let (store, manifest) = airline_snapshot(dir.path(), 400);
 
     let redis =
         RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "encoder-test")).unwrap();
@@ -309,17 +318,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
 
     let redis_server = sentiflow_tests::redis();
     let dir = tempfile::tempdir().unwrap();
-    let store = SnapshotStore::new(dir.path().join("snapshots"));
-    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
-    let slice = dir.path().join("airline_slice.jsonl");
-    let records =
-        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(300)).unwrap();
-    let lines: Vec<String> = records
-        .iter()
-        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
-        .collect();
-    std::fs::write(&slice, lines.join("\n")).unwrap();
-    let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+    let (store, manifest) = airline_snapshot(dir.path(), 300);
     let redis =
         RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "finetune-test")).unwrap();
     let registry = Registry::new(dir.path().join("models"), redis);

@@ -4,7 +4,6 @@
 //! the base graph + head → model card → registry → the same gate as the hashed family, against the
 //! champion of the same name evaluated through ORT on the same rows.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -449,18 +448,7 @@ pub async fn train_and_register_encoder(
         gate: decision.clone(),
         charts: Some(charts),
     };
-    let mut metrics = BTreeMap::from([
-        ("macro_f1".to_owned(), test.macro_f1),
-        ("accuracy".to_owned(), test.accuracy),
-        ("ece".to_owned(), test.expected_calibration_error),
-        (
-            "validation_macro_f1".to_owned(),
-            trained.validation.macro_f1,
-        ),
-    ]);
-    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
-        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
-    }
+    let metrics = crate::pipeline::record_metrics(&test, trained.validation.macro_f1);
     let record = registry
         .register(NewModel {
             name: request.model_name.clone(),

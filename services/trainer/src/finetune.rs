@@ -3,7 +3,6 @@
 //! written from Rust → test split through ORT → the same gate as every family, against the champion of
 //! the same name on the same rows → model card → registry.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub use sentiflow_burn::FineTuneConfig;
@@ -402,15 +401,7 @@ pub async fn fine_tune_and_register(
         gate: decision.clone(),
         charts,
     };
-    let mut metrics = BTreeMap::from([
-        ("macro_f1".to_owned(), test.macro_f1),
-        ("accuracy".to_owned(), test.accuracy),
-        ("ece".to_owned(), test.expected_calibration_error),
-        ("validation_macro_f1".to_owned(), tuned.validation.macro_f1),
-    ]);
-    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
-        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
-    }
+    let metrics = crate::pipeline::record_metrics(&test, tuned.validation.macro_f1);
     let record = registry
         .register(NewModel {
             name: request.model_name.clone(),

@@ -364,18 +364,7 @@ pub async fn train_and_register(
         gate: decision.clone(),
         charts: Some(charts),
     };
-    let mut metrics = BTreeMap::from([
-        ("macro_f1".to_owned(), test.macro_f1),
-        ("accuracy".to_owned(), test.accuracy),
-        ("ece".to_owned(), test.expected_calibration_error),
-        (
-            "validation_macro_f1".to_owned(),
-            trained.validation.macro_f1,
-        ),
-    ]);
-    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
-        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
-    }
+    let metrics = record_metrics(&test, trained.validation.macro_f1);
     let record = registry
         .register(NewModel {
             name: request.model_name.clone(),
@@ -647,6 +636,21 @@ pub(crate) fn write_test_and_gate(
         if gate.passed { "passed" } else { "rejected" },
         gate.reason
     );
+}
+
+/// The registry record's metrics of a trained model: test macro-F1, accuracy, ECE, per-class recall
+/// and the validation macro-F1 (the same keys for every family, so `models list` compares them).
+pub(crate) fn record_metrics(test: &Evaluation, validation_macro_f1: f64) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::from([
+        ("macro_f1".to_owned(), test.macro_f1),
+        ("accuracy".to_owned(), test.accuracy),
+        ("ece".to_owned(), test.expected_calibration_error),
+        ("validation_macro_f1".to_owned(), validation_macro_f1),
+    ]);
+    for (index, name) in sentiflow_model::eval::CLASS_NAMES.iter().enumerate() {
+        metrics.insert(format!("recall_{name}"), test.per_class[index].recall);
+    }
+    metrics
 }
 
 #[cfg(test)]
