@@ -150,6 +150,11 @@ pub struct UpArgs {
     /// scenario replayed enough to close the loop and the loop did not close.
     #[arg(long)]
     pub exit_after_replay: bool,
+
+    /// The trainer's promotion gate for the retrains the loop triggers (the same flags as `sentiflow
+    /// trainer`).
+    #[command(flatten)]
+    pub gate: sentiflow_trainer::gate::GatePolicy,
 }
 
 /// What one `up` run did (the CLI prints it as it goes; tests assert on it).
@@ -308,6 +313,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     config.infer.telemetry.http_addr = args.infer_http_addr;
     config.infer.device = args.device;
     config.trainer.telemetry.http_addr = args.trainer_http_addr;
+    config.trainer.gate = args.gate;
     config.drift.telemetry.http_addr = args.drift_http_addr;
     config.drift.window_events = args.drift_window_events;
     // Predictions after a shift that drift needs to confirm it: k windows plus the one straddling the
