@@ -272,20 +272,29 @@ impl ServingModel {
             Preprocess::Hashed(featurizer) => featurizer,
             Preprocess::Encoder(tokenizer) => {
                 let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-                let batch = tokenizer
-                    .encode_batch(&texts, ENCODER_PAD_MULTIPLE)
+                // Grouped by token length: attention costs grow with the padded length, so one
+                // long text must not make the whole micro-batch long.
+                let groups = tokenizer
+                    .encode_grouped(&texts, ENCODER_PAD_MULTIPLE)
                     .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
-                if batch.truncated > 0 {
+                let truncated: usize = groups.iter().map(|(_, batch)| batch.truncated).sum();
+                if truncated > 0 {
                     metrics::counter!("sentiflow_infer_truncated_texts_total")
-                        .increment(batch.truncated as u64);
+                        .increment(truncated as u64);
                 }
+                let mut rows: Vec<ClassProbabilities> = vec![[0.0; CLASSES]; texts.len()];
                 let mut session = self.checkout();
-                let rows = session.predict_masked(
-                    &batch.input_ids,
-                    &batch.attention_mask,
-                    batch.rows,
-                    batch.cols,
-                )?;
+                for (positions, batch) in &groups {
+                    let scored = session.predict_masked(
+                        &batch.input_ids,
+                        &batch.attention_mask,
+                        batch.rows,
+                        batch.cols,
+                    )?;
+                    for (position, row) in positions.iter().zip(scored) {
+                        rows[*position] = row;
+                    }
+                }
                 let oov = vec![None; rows.len()];
                 return Ok((rows, oov));
             }

@@ -77,6 +77,24 @@ fn tokenizer_gives_bert_ids_cleans_first_and_counts_truncation() {
     assert_eq!(batch.truncated, 1);
     assert_eq!(batch.cols, 8);
     assert_eq!(batch.lengths, [8, 3, 2]);
+
+    // Grouped by padded length: every row once, in its group of equal padded width, same ids.
+    let texts = [
+        "a rather long text with quite a few words in it to pass sixteen tokens for sure",
+        "short",
+        "also short",
+    ];
+    let groups = tokenizer.encode_grouped(&texts, 16).expect("groups");
+    assert_eq!(groups.len(), 2, "one 16-wide and one 32-wide group");
+    assert_eq!(groups[0].0, [1, 2]);
+    assert_eq!(groups[0].1.cols, 16);
+    assert_eq!(groups[1].0, [0]);
+    assert_eq!(groups[1].1.cols, 32);
+    let (long_ids, _) = tokenizer.encode(texts[0]).expect("encodes");
+    assert_eq!(
+        &groups[1].1.input_ids[..long_ids.len()],
+        long_ids.as_slice()
+    );
     assert_eq!(
         batch.empty_rows().collect::<Vec<_>>(),
         [2],

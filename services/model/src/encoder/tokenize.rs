@@ -158,6 +158,40 @@ impl EncoderTokenizer {
         }
         Ok(pad(rows, pad_multiple, truncated))
     }
+
+    /// Tokenizes raw texts into batches grouped by padded length (the longest row rounded up to a
+    /// multiple of `pad_multiple`), so short texts are not padded to the longest text of the whole
+    /// micro-batch. Each group holds the input positions of its rows, in input order; groups come
+    /// shortest first.
+    pub fn encode_grouped(
+        &self,
+        raw_texts: &[&str],
+        pad_multiple: usize,
+    ) -> Result<Vec<(Vec<usize>, TokenBatch)>, EncoderError> {
+        let multiple = pad_multiple.max(1);
+        /// Rows of one padded width, before packing.
+        #[derive(Default)]
+        struct Group {
+            positions: Vec<usize>,
+            rows: Vec<Vec<i64>>,
+            truncated: usize,
+        }
+        let mut groups: std::collections::BTreeMap<usize, Group> =
+            std::collections::BTreeMap::new();
+        for (position, text) in raw_texts.iter().enumerate() {
+            let (ids, cut) = self.encode(text)?;
+            let group = groups
+                .entry(ids.len().div_ceil(multiple) * multiple)
+                .or_default();
+            group.positions.push(position);
+            group.rows.push(ids);
+            group.truncated += usize::from(cut);
+        }
+        Ok(groups
+            .into_values()
+            .map(|group| (group.positions, pad(group.rows, multiple, group.truncated)))
+            .collect())
+    }
 }
 
 /// Packs token rows into a right-padded batch.
