@@ -15,7 +15,7 @@ use sentiflow_burn::encoder::{BertClassifier, DeviceBatch};
 use sentiflow_burn::finetune::{FineTuneConfig, TokenizedExample, fine_tune, predict};
 use sentiflow_burn::{NdArrayBackend, NdArrayInference};
 use sentiflow_model::encoder::bert::{
-    BASE_MINILM_FP32, BertClassifierWeights, MINILM_SAFETENSORS_SHA256,
+    BertClassifierWeights, MINILM_SAFETENSORS_SHA256, fine_tuned_minilm_config,
 };
 use sentiflow_model::encoder::{
     ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderError, EncoderTokenizer, FrozenEncoder,
@@ -67,17 +67,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
-fn encoder_config(tokenizer: &EncoderTokenizer) -> EncoderConfig {
-    EncoderConfig {
-        tokenizer_sha256: tokenizer.sha256().to_owned(),
-        max_length: tokenizer.max_length(),
-        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
-        base_model: BASE_MINILM_FP32.to_owned(),
-        base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
-        fine_tuned: true,
-    }
-}
-
 fn metadata(config: &EncoderConfig) -> ModelMetadata {
     ModelMetadata {
         name: "sentiment-encoder".to_owned(),
@@ -100,7 +89,7 @@ fn ort_vs_burn(
     tokenizer: &EncoderTokenizer,
     texts: &[&str],
 ) -> f64 {
-    let config = encoder_config(tokenizer);
+    let config = fine_tuned_minilm_config(tokenizer);
     let bytes = export_bert_classifier(weights, &config, &metadata(&config)).expect("exports");
     let again = export_bert_classifier(weights, &config, &metadata(&config)).expect("exports");
     assert_eq!(

@@ -11,7 +11,7 @@ use sentiflow_burn::probe::CudaProbe;
 use sentiflow_burn::{BurnDevice, TokenizedExample};
 use sentiflow_common::events::{GateDecision, ModelFamily};
 use sentiflow_model::encoder::bert::{
-    BASE_MINILM_FP32, BertClassifierWeights, MINILM_SAFETENSORS_SHA256,
+    BertClassifierWeights, MINILM_SAFETENSORS_SHA256, fine_tuned_minilm_config,
 };
 use sentiflow_model::encoder::{ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderTokenizer};
 use sentiflow_model::eval::Evaluation;
@@ -278,14 +278,7 @@ pub async fn fine_tune_and_register(
         Some(MINILM_SAFETENSORS_SHA256),
     )
     .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
-    let config = EncoderConfig {
-        tokenizer_sha256: tokenizer.sha256().to_owned(),
-        max_length: request.max_length,
-        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
-        base_model: BASE_MINILM_FP32.to_owned(),
-        base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
-        fine_tuned: true,
-    };
+    let config = fine_tuned_minilm_config(&tokenizer);
     config
         .validate()
         .map_err(|error| PipelineError::Featurizer(error.to_string()))?;

@@ -17,6 +17,19 @@ pub const MINILM_SAFETENSORS_SHA256: &str =
 /// Name recorded as the `base_model` of fine-tuned encoder models.
 pub const BASE_MINILM_FP32: &str = "all-MiniLM-L6-v2";
 
+/// The [`super::EncoderConfig`] of an all-MiniLM-L6-v2 fine-tuned from [`MINILM_SAFETENSORS_SHA256`]
+/// and fed by `tokenizer`: what the trainer, the bench and the tests record in the ONNX metadata.
+pub fn fine_tuned_minilm_config(tokenizer: &super::EncoderTokenizer) -> super::EncoderConfig {
+    super::EncoderConfig {
+        tokenizer_sha256: tokenizer.sha256().to_owned(),
+        max_length: tokenizer.max_length(),
+        normalizer_version: crate::NORMALIZER_VERSION.to_owned(),
+        base_model: BASE_MINILM_FP32.to_owned(),
+        base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
+        fine_tuned: true,
+    }
+}
+
 /// The shape of a BERT encoder (the fields of Hugging Face's `config.json` that matter here).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {

@@ -11,7 +11,7 @@ use sentiflow_burn::finetune::{FineTuneConfig, TokenizedExample};
 use sentiflow_burn::{BurnDevice, probe};
 use sentiflow_common::cache::CacheDir;
 use sentiflow_model::encoder::bert::{
-    BASE_MINILM_FP32, BertClassifierWeights, MINILM_SAFETENSORS_SHA256,
+    BertClassifierWeights, MINILM_SAFETENSORS_SHA256, fine_tuned_minilm_config,
 };
 use sentiflow_model::encoder::{ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderTokenizer};
 use sentiflow_model::eval::{Evaluation, evaluate};
@@ -67,17 +67,6 @@ fn encoder_metadata(config: &EncoderConfig, what: &str) -> ModelMetadata {
         training_snapshot: "bench".to_owned(),
         weights_sha256: String::new(),
         created_at: "1970-01-01T00:00:00Z".to_owned(),
-    }
-}
-
-fn encoder_config(tokenizer: &EncoderTokenizer) -> EncoderConfig {
-    EncoderConfig {
-        tokenizer_sha256: tokenizer.sha256().to_owned(),
-        max_length: tokenizer.max_length(),
-        normalizer_version: sentiflow_model::NORMALIZER_VERSION.to_owned(),
-        base_model: BASE_MINILM_FP32.to_owned(),
-        base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
-        fine_tuned: true,
     }
 }
 
@@ -191,7 +180,7 @@ pub fn run_infer(
         }
         None => {
             let (weights, tokenizer) = minilm(max_length)?;
-            let config = encoder_config(&tokenizer);
+            let config = fine_tuned_minilm_config(&tokenizer);
             let bytes = onnx::export_bert_classifier(
                 &weights,
                 &config,
