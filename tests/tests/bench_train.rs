@@ -227,7 +227,7 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
     assert!(table.contains("(baseline)"), "{table}");
 
     let ood = data.join("tweeteval_val.jsonl.gz");
-    let train = run_train(&[], &data, &ood, 48, 1, 32, 5, BenchDevice::Auto, 40)
+    let train = run_train(&[], &data, &ood, 48, 1, 32, 32, 5, BenchDevice::Auto, 40)
         .expect("bench train --family encoder runs");
     assert_eq!(train.test_rows, 40);
     for family in [&train.hashed, &train.encoder] {

@@ -44,7 +44,8 @@ pub struct FineTuneConfig {
     pub warmup_fraction: f64,
     /// AdamW's decoupled weight decay.
     pub weight_decay: f32,
-    /// Gradients are rescaled so their global L2 norm is at most this.
+    /// Each parameter's gradient is rescaled so its L2 norm is at most this (burn's norm clipping is
+    /// per tensor).
     pub max_grad_norm: f32,
     /// Dropout of embeddings, attention and feed-forward outputs.
     pub dropout: f64,
@@ -196,6 +197,9 @@ pub fn fine_tune<B: AutodiffBackend>(
     let mut step_losses = Vec::with_capacity(total_steps);
     let mut best: Option<(f64, usize, BertClassifierWeights, Evaluation)> = None;
     let mut step = 0usize;
+    // Losses stay on the device and are read in groups: one host sync per group, not per step, so a
+    // GPU is not stalled after every optimiser step.
+    let mut pending_losses: Vec<Tensor<B::InnerBackend, 1>> = Vec::with_capacity(LOSS_READ_EVERY);
     'epochs: for epoch in 1..=config.epochs {
         let epoch_start = Instant::now();
         let mut epoch_losses = Vec::new();
@@ -223,19 +227,21 @@ pub fn fine_tune<B: AutodiffBackend>(
             let targets =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [rows.len()]), device);
             let loss = loss_fn.forward(model.logits(&device_batch), targets);
-            let loss_value = scalar(loss.clone().inner())?;
-            if !loss_value.is_finite() {
-                return Err(BurnError::Tensor(format!(
-                    "the loss became {loss_value} at step {step}: lower the learning rate"
-                )));
-            }
+            pending_losses.push(loss.clone().inner());
             let gradients = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(learning_rate, model, gradients);
-            step_losses.push(loss_value);
-            epoch_losses.push(f64::from(loss_value));
             sentences += rows.len();
             step += 1;
+            if pending_losses.len() == LOSS_READ_EVERY {
+                let read = read_losses(&mut pending_losses, step)?;
+                log_progress(epoch, step, total_steps, &read, sentences, &epoch_start);
+                step_losses.extend_from_slice(&read);
+                epoch_losses.extend(read.iter().map(|loss| f64::from(*loss)));
+            }
         }
+        let read = read_losses(&mut pending_losses, step)?;
+        step_losses.extend_from_slice(&read);
+        epoch_losses.extend(read.iter().map(|loss| f64::from(*loss)));
         let seconds = epoch_start.elapsed().as_secs_f64();
         let inner = model.valid();
         let predictions = predict(&inner, validation, config.eval_batch_size, device)?;
@@ -360,15 +366,66 @@ fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
     }
 }
 
-fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> Result<f32, BurnError> {
-    tensor
+/// Optimiser steps whose losses are read from the device together.
+const LOSS_READ_EVERY: usize = 32;
+
+/// Reads the pending step losses (`step` is the count of steps taken so far); a non-finite loss is
+/// an error naming its step.
+fn read_losses<B: Backend>(
+    pending: &mut Vec<Tensor<B, 1>>,
+    step: usize,
+) -> Result<Vec<f32>, BurnError> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = pending.len();
+    let values = Tensor::cat(std::mem::take(pending), 0)
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .map_err(|error| BurnError::Tensor(format!("{error:?}")))?
-        .first()
-        .copied()
-        .ok_or_else(|| BurnError::Tensor("empty loss tensor".to_owned()))
+        .map_err(|error| BurnError::Tensor(format!("{error:?}")))?;
+    if let Some(offset) = values.iter().position(|loss| !loss.is_finite()) {
+        return Err(BurnError::Tensor(format!(
+            "the loss became {} at step {}: lower the learning rate",
+            values[offset],
+            step - count + offset
+        )));
+    }
+    Ok(values)
+}
+
+/// A loss read that crosses a multiple of 320 steps is logged at info (a long GPU epoch shows
+/// progress), the others at debug.
+fn log_progress(
+    epoch: usize,
+    step: usize,
+    total_steps: usize,
+    losses: &[f32],
+    sentences: usize,
+    epoch_start: &Instant,
+) {
+    let loss = losses.iter().map(|loss| f64::from(*loss)).sum::<f64>() / losses.len().max(1) as f64;
+    let sentences_per_second = sentences as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+    let every = LOSS_READ_EVERY * 10;
+    if (step - losses.len()) / every != step / every {
+        tracing::info!(
+            epoch,
+            step,
+            total_steps,
+            loss,
+            sentences_per_second,
+            "encoder fine-tune progress"
+        );
+    } else {
+        tracing::debug!(
+            epoch,
+            step,
+            total_steps,
+            loss,
+            sentences_per_second,
+            "encoder fine-tune progress"
+        );
+    }
 }
 
 fn check_examples(what: &str, examples: &[TokenizedExample]) -> Result<(), BurnError> {

@@ -347,7 +347,7 @@ impl EncoderTrainReport {
 
 /// Runs `bench train --family encoder`: `train_rows` rows of the files (seeded, the rest of a 10 %
 /// hash split held out, at most `eval_rows` of them and of the OOD file scored), `epochs` of
-/// fine-tuning on `device`.
+/// fine-tuning in batches of `batch_size` on `device`.
 #[allow(
     clippy::too_many_arguments,
     reason = "the bench's flags, passed through"
@@ -358,6 +358,7 @@ pub fn run_train(
     ood_file: &Path,
     train_rows: usize,
     epochs: usize,
+    batch_size: usize,
     max_length: usize,
     seed: u64,
     device: BenchDevice,
@@ -449,6 +450,7 @@ pub fn run_train(
     let encoder_validation = tokenize(&training[..split])?;
     let config = FineTuneConfig {
         epochs,
+        batch_size,
         seed,
         ..FineTuneConfig::default()
     };

@@ -54,6 +54,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 &ood,
                 args.encoder_train_rows,
                 args.encoder_epochs,
+                args.encoder_batch_size,
                 args.max_length,
                 args.seed,
                 args.device,

@@ -77,6 +77,9 @@ pub struct TrainBenchArgs {
     /// Encoder family: epochs.
     #[arg(long, default_value_t = 1)]
     pub encoder_epochs: usize,
+    /// Encoder family: examples per optimiser step (larger batches keep a GPU busier).
+    #[arg(long, default_value_t = 32)]
+    pub encoder_batch_size: usize,
     /// Encoder family: longest token sequence.
     #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
