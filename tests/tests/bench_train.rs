@@ -27,6 +27,7 @@ fn bench_train_reports_both_systems_on_the_same_rows() {
         encoder_train_rows: 512,
         encoder_eval_rows: 2_000,
         encoder_epochs: 1,
+        encoder_batch_size: 32,
         max_length: 64,
     };
     let report = run(&args).expect("bench train runs (infra/setup.sh --bench installs fastText)");

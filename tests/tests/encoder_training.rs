@@ -117,11 +117,81 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     assert_eq!(card["encoder_config"]["max_length"], 48);
     sentiflow_tests::assert_card_files(&card_dir, &outcome.record);
 
+    // `infer --family encoder` started before any encoder champion exists serves the hashed name
+    // (here without a champion either) and says why; it switches family, without a restart, when
+    // the first encoder champion is promoted.
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = sentiflow_infer::InferConfig {
+        kafka: kafka.clone(),
+        redis: RedisArgs::local(&redis_server.url(), "encoder-test"),
+        telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
+        group_id: "infer-encoder".to_owned(),
+        data_dir: dir.path().to_path_buf(),
+        model_name: "sentiment-hashed".to_owned(),
+        device: sentiflow_infer::config::DeviceArg::Auto,
+        ort_dylib: None,
+        workers: 1,
+        intra_threads: 2,
+        max_batch: 16,
+        batch_wait_ms: 5,
+        max_queued_batches: 2,
+        pause_after_ms: 500,
+        alert_threshold: 0.8,
+        registry_poll_secs: 1,
+        shadow_fraction: 0.0,
+        http_max_texts: 8,
+        http_max_text_bytes: 1_000,
+        encoder_model_name: "sentiment-encoder".to_owned(),
+        family: sentiflow_infer::config::FamilyArg::Encoder,
+    };
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let slot = running.slot.clone();
+    let health = running.health.clone();
+    assert!(
+        sentiflow_tests::eventually(std::time::Duration::from_secs(30), || health
+            .snapshot()
+            .to_string()
+            .contains("no champion of sentiment-hashed"))
+        .await,
+        "{}",
+        running.health.snapshot()
+    );
+    let before = running.health.snapshot();
+    assert_eq!(before["info"]["family"], "hashed", "{before}");
+    let reason = before["info"]["family_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("sentiment-encoder has no champion")
+            && reason.contains("until one is promoted"),
+        "{reason}"
+    );
+    assert!(slot.current().is_none());
+
     // Second run: embeddings from the cache, the same head, gated against the first as champion.
     registry
         .promote("sentiment-encoder", &outcome.record.version)
         .await
         .unwrap();
+    assert!(
+        sentiflow_tests::eventually(std::time::Duration::from_secs(120), || slot
+            .current()
+            .is_some())
+        .await,
+        "infer switched to the encoder champion: {}",
+        running.health.snapshot()
+    );
+    let after = running.health.snapshot();
+    assert_eq!(after["info"]["family"], "encoder", "{after}");
+    assert_eq!(after["info"]["model_name"], "sentiment-encoder", "{after}");
+    assert!(
+        after["info"]["family_reason"]
+            .as_str()
+            .unwrap()
+            .contains("switched when it was promoted"),
+        "{after}"
+    );
     let second = train_and_register_encoder(
         &store,
         &registry,
@@ -170,51 +240,6 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         before
     );
 
-    // The infer service serves the encoder champion: Kafka predictions and HTTP, family encoder,
-    // the same probabilities as offline ORT scoring.
-    let kafka = sentiflow_tests::kafka_with_topics().await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = sentiflow_infer::InferConfig {
-        kafka: kafka.clone(),
-        redis: RedisArgs::local(&redis_server.url(), "encoder-test"),
-        telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
-        group_id: "infer-encoder".to_owned(),
-        data_dir: dir.path().to_path_buf(),
-        model_name: "sentiment-encoder".to_owned(),
-        device: sentiflow_infer::config::DeviceArg::Auto,
-        ort_dylib: None,
-        workers: 1,
-        intra_threads: 2,
-        max_batch: 16,
-        batch_wait_ms: 5,
-        max_queued_batches: 2,
-        pause_after_ms: 500,
-        alert_threshold: 0.8,
-        registry_poll_secs: 30,
-        shadow_fraction: 0.0,
-        http_max_texts: 8,
-        http_max_text_bytes: 1_000,
-        encoder_model_name: "sentiment-encoder".to_owned(),
-        family: sentiflow_infer::config::FamilyArg::Auto,
-    };
-    let running = sentiflow_infer::start(config, shutdown.clone())
-        .await
-        .unwrap();
-    let slot = running.slot.clone();
-    assert!(
-        sentiflow_tests::eventually(std::time::Duration::from_secs(120), || slot
-            .current()
-            .is_some())
-        .await,
-        "infer loaded the encoder champion: {}",
-        running.health.snapshot()
-    );
-    // No GPU here: `--family auto` serves the CPU-tier name (here the encoder model) and says why.
-    let health = running.health.snapshot().to_string();
-    assert!(
-        health.contains("cpu execution provider serves the hashed family"),
-        "{health}"
-    );
     let served = slot.current().unwrap();
     assert_eq!(
         served.model_ref().family,

@@ -1,6 +1,7 @@
 //! Which model family `infer` serves: the encoder champion when ONNX Runtime's CUDA execution provider
 //! really came up (the GPU tier), the hashed champion otherwise (the CPU tier), or what `--family`
-//! forces; an encoder request without an encoder champion keeps serving the hashed one and says so.
+//! forces; an encoder request without an encoder champion keeps serving the hashed one, says so, and
+//! switches when the first encoder champion appears.
 
 use sentiflow_model::runtime::Device;
 use sentiflow_trainer::registry::{Registry, RegistryError};
@@ -38,6 +39,8 @@ pub struct FamilyChoice {
     pub family: &'static str,
     /// Why.
     pub reason: String,
+    /// The family to switch to once it has a champion (an encoder request that found none).
+    pub switch_to: Option<crate::swap::FamilySwitch>,
 }
 
 /// Decides the served name from `--family`, the device ORT really gave and the encoder champion's
@@ -53,6 +56,7 @@ pub fn decide(
         model_name: hashed_name.to_owned(),
         family: "hashed",
         reason,
+        switch_to: None,
     };
     let why = match family {
         FamilyArg::Hashed => return hashed("requested: --family hashed".to_owned()),
@@ -65,19 +69,29 @@ pub fn decide(
         FamilyArg::Auto => "auto: the CUDA execution provider is up",
         FamilyArg::Encoder => "requested: --family encoder",
     };
+    let serving_encoder = format!("{why}; serving the champion of {encoder_name}");
+    let waiting = |reason: String| FamilyChoice {
+        switch_to: Some(crate::swap::FamilySwitch {
+            model_name: encoder_name.to_owned(),
+            family: "encoder",
+            reason: format!("{serving_encoder} (switched when it was promoted)"),
+        }),
+        ..hashed(reason)
+    };
     match encoder_champion {
         Some(EncoderChampion::Present) => FamilyChoice {
             model_name: encoder_name.to_owned(),
             family: "encoder",
-            reason: format!("{why}; serving the champion of {encoder_name}"),
+            reason: serving_encoder,
+            switch_to: None,
         },
-        Some(EncoderChampion::Missing) | None => hashed(format!(
+        Some(EncoderChampion::Missing) | None => waiting(format!(
             "{why}, but {encoder_name} has no champion in the registry; serving {hashed_name} \
-             (train one with `sentiflow train --family encoder --promote`, then restart)"
+             until one is promoted (`sentiflow train --family encoder --promote`)"
         )),
-        Some(EncoderChampion::Unknown(error)) => hashed(format!(
+        Some(EncoderChampion::Unknown(error)) => waiting(format!(
             "{why}, but the registry could not say whether {encoder_name} has a champion ({error}); \
-             serving {hashed_name}"
+             serving {hashed_name} until it does"
         )),
     }
 }
@@ -142,11 +156,21 @@ mod tests {
                 "{}",
                 choice.reason
             );
+            let switch = choice.switch_to.expect("waits for the encoder champion");
+            assert_eq!(
+                (switch.model_name.as_str(), switch.family),
+                ("e", "encoder")
+            );
         }
         let unknown = EncoderChampion::Unknown("connection refused".to_owned());
         let choice = decide(FamilyArg::Encoder, Device::Cpu, Some(&unknown), "h", "e");
         assert_eq!(name(&choice), "h");
         assert!(choice.reason.contains("connection refused"));
+        assert!(choice.switch_to.is_some());
+        let cpu = decide(FamilyArg::Auto, Device::Cpu, None, "h", "e");
+        assert!(cpu.switch_to.is_none(), "the CPU tier never switches");
+        let hashed = decide(FamilyArg::Hashed, Device::Cuda, None, "h", "e");
+        assert!(hashed.switch_to.is_none());
     }
 
     #[test]

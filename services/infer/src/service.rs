@@ -162,10 +162,12 @@ pub async fn start(
         slot.clone(),
         spec,
         family.model_name.clone(),
+        family.family,
         health.clone(),
         producer.clone(),
         config.kafka.topic(topics::MODELS_UPDATES),
-    );
+    )
+    .with_family_switch(family.switch_to.clone());
     let swapper = Arc::new(if config.shadow_fraction > 0.0 {
         swapper.with_shadow(shadow_slot.clone())
     } else {

@@ -1,9 +1,10 @@
 //! Zero-downtime model swaps: follows `models.updates` (fast path) and re-reads the registry's champion
 //! alias periodically (catches a missed event); fetches by content hash, verifies, warms, then swaps.
 //! A model that cannot be loaded is reported (log, metric, `load_failed` event) and the old one keeps
-//! serving.
+//! serving. An encoder request that found no encoder champion at start switches family, without a
+//! restart, when the first one appears.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -34,8 +35,10 @@ pub struct Swapper {
     pub slot: ModelSlot,
     /// Sessions to build.
     pub spec: LoadSpec,
-    /// Registry name served.
-    pub model_name: String,
+    /// Registry name and family served now.
+    served: RwLock<Served>,
+    /// The family to switch to once its registry name has a champion.
+    pending_switch: Mutex<Option<FamilySwitch>>,
     /// Health (`model` check, model info).
     pub health: Health,
     /// For `serving` / `load_failed` events.
@@ -55,8 +58,27 @@ pub struct Swapper {
     shadow_failed: Mutex<Option<(String, String)>>,
 }
 
+/// The registry name whose champion is served, and its family.
+#[derive(Debug, Clone)]
+struct Served {
+    model_name: String,
+    family: &'static str,
+}
+
+/// A family `infer` switches to, without a restart, when `model_name` gets its first champion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilySwitch {
+    /// Registry name to watch.
+    pub model_name: String,
+    /// Its family.
+    pub family: &'static str,
+    /// Why it is wanted (on `/healthz` as `family_reason` once switched).
+    pub reason: String,
+}
+
 impl Swapper {
-    /// A swapper; nothing is loaded until [`Swapper::reconcile`] or an update arrives.
+    /// A swapper serving `model_name`'s champion (of `family`); nothing is loaded until
+    /// [`Swapper::reconcile`] or an update arrives.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         env: OrtEnvironment,
@@ -64,6 +86,7 @@ impl Swapper {
         slot: ModelSlot,
         spec: LoadSpec,
         model_name: String,
+        family: &'static str,
         health: Health,
         producer: ResilientProducer,
         updates_topic: String,
@@ -74,7 +97,8 @@ impl Swapper {
             registry,
             slot,
             spec,
-            model_name,
+            served: RwLock::new(Served { model_name, family }),
+            pending_switch: Mutex::new(None),
             health,
             producer,
             updates_topic,
@@ -84,6 +108,89 @@ impl Swapper {
             shadow: None,
             shadow_failed: Mutex::new(None),
         }
+    }
+
+    /// Also watches `switch.model_name`: when it gets a champion, that champion is loaded and, once
+    /// it serves, the swapper follows that name instead (family, `/healthz` and metric updated).
+    pub fn with_family_switch(self, switch: Option<FamilySwitch>) -> Self {
+        *lock(&self.pending_switch) = switch;
+        self
+    }
+
+    /// The registry name whose champion is served now.
+    pub fn model_name(&self) -> String {
+        self.served
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .model_name
+            .clone()
+    }
+
+    /// The family served now (`hashed` or `encoder`).
+    pub fn family(&self) -> &'static str {
+        self.served
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .family
+    }
+
+    /// The family switch still waited for, if any.
+    pub fn pending_switch(&self) -> Option<FamilySwitch> {
+        lock(&self.pending_switch).clone()
+    }
+
+    /// Switches family when the awaited name has a champion (`record`, or the registry's): loads it,
+    /// then follows its name. Returns whether the switch happened.
+    async fn try_family_switch(
+        &self,
+        record: Option<ModelRecord>,
+        trigger: &str,
+    ) -> Result<bool, LoadError> {
+        let Some(switch) = self.pending_switch() else {
+            return Ok(false);
+        };
+        let record = match record {
+            Some(record) => record,
+            None => match self.registry.resolve(&switch.model_name, "champion").await {
+                Ok(record) => record,
+                Err(RegistryError::NotFound(_)) => return Ok(false),
+                Err(error) => return Err(LoadError::Registry(error.to_string())),
+            },
+        };
+        if self.already_failed(&record) {
+            return Ok(false);
+        }
+        self.install(record, trigger, Some(&switch)).await?;
+        if let Err(error) = self.reconcile_shadow().await {
+            warn!(%error, "shadow model not updated after the family switch");
+        }
+        Ok(true)
+    }
+
+    /// Follows `switch`'s name from now on (called as its champion is swapped in, so `/healthz` and
+    /// the metric change with the served model).
+    fn apply_family_switch(&self, switch: &FamilySwitch) {
+        let previous = {
+            let mut served = self
+                .served
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let previous = served.family;
+            *served = Served {
+                model_name: switch.model_name.clone(),
+                family: switch.family,
+            };
+            previous
+        };
+        *lock(&self.pending_switch) = None;
+        info!(model = %switch.model_name, family = switch.family, previous, reason = %switch.reason, "serving family switched");
+        metrics::gauge!("sentiflow_infer_family_info", "family" => previous).set(0.0);
+        metrics::gauge!("sentiflow_infer_family_info", "family" => switch.family).set(1.0);
+        self.health.set_info("family", switch.family);
+        self.health
+            .set_info("family_reason", switch.reason.as_str());
+        self.health
+            .set_info("model_name", switch.model_name.as_str());
     }
 
     /// Also follows the `challenger` alias into `slot`, for shadow scoring.
@@ -98,7 +205,11 @@ impl Swapper {
         let Some(shadow) = &self.shadow else {
             return Ok(());
         };
-        let record = match self.registry.resolve(&self.model_name, "challenger").await {
+        let record = match self
+            .registry
+            .resolve(&self.model_name(), "challenger")
+            .await
+        {
             Ok(record) => record,
             Err(RegistryError::NotFound(_)) => {
                 if shadow.clear().is_some() {
@@ -161,17 +272,18 @@ impl Swapper {
 
     /// Serves the registry's current champion if it is not already served.
     pub async fn reconcile(&self) -> Result<(), LoadError> {
-        let record = match self.registry.resolve(&self.model_name, "champion").await {
+        if self.try_family_switch(None, "registry").await? {
+            return Ok(());
+        }
+        let model_name = self.model_name();
+        let record = match self.registry.resolve(&model_name, "champion").await {
             Ok(record) => record,
             Err(RegistryError::NotFound(_)) => {
                 if self.slot.current().is_none() {
                     self.health.set_check(
                         "model",
                         false,
-                        format!(
-                            "no champion of {} in the registry yet; waiting for one",
-                            self.model_name
-                        ),
+                        format!("no champion of {model_name} in the registry yet; waiting for one"),
                     );
                 }
                 return Ok(());
@@ -181,7 +293,7 @@ impl Swapper {
         if self.is_serving(&record) || self.already_failed(&record) {
             return Ok(());
         }
-        self.install(record, "registry").await
+        self.install(record, "registry", None).await
     }
 
     /// Acts on one `models.updates` event: a new champion (promotion or rollback) is loaded and swapped
@@ -189,7 +301,7 @@ impl Swapper {
     pub async fn handle_update(&self, update: &ModelUpdate) -> Result<(), LoadError> {
         let champion = self.handle_champion_update(update).await;
         if self.shadow.is_some()
-            && update.model.name == self.model_name
+            && update.model.name == self.model_name()
             && matches!(
                 update.action,
                 UpdateAction::Registered
@@ -205,7 +317,10 @@ impl Swapper {
     }
 
     async fn handle_champion_update(&self, update: &ModelUpdate) -> Result<(), LoadError> {
-        if update.model.name != self.model_name {
+        let awaited = self
+            .pending_switch()
+            .is_some_and(|switch| switch.model_name == update.model.name);
+        if update.model.name != self.model_name() && !awaited {
             return Ok(());
         }
 
@@ -233,10 +348,16 @@ impl Swapper {
             self.report_failure(&record, &error).await;
             return Err(error);
         }
+        if awaited {
+            return self
+                .try_family_switch(Some(record), update.action.as_str())
+                .await
+                .map(drop);
+        }
         if self.is_serving(&record) {
             return Ok(());
         }
-        self.install(record, update.action.as_str()).await
+        self.install(record, update.action.as_str(), None).await
     }
 
     fn is_serving(&self, record: &ModelRecord) -> bool {
@@ -254,9 +375,18 @@ impl Swapper {
     }
 
     /// Fetches, verifies, loads and warms `record`, then swaps it in; on failure the old model stays.
-    async fn install(&self, record: ModelRecord, trigger: &str) -> Result<(), LoadError> {
+    /// With `switch`, the swapper follows that family's name as the model is swapped in.
+    async fn install(
+        &self,
+        record: ModelRecord,
+        trigger: &str,
+        switch: Option<&FamilySwitch>,
+    ) -> Result<(), LoadError> {
         let _one_at_a_time = self.installing.lock().await;
         if self.is_serving(&record) {
+            if let Some(switch) = switch {
+                self.apply_family_switch(switch);
+            }
             return Ok(());
         }
         info!(name = %record.name, version = %record.version, trigger, "loading model");
@@ -265,6 +395,9 @@ impl Swapper {
             Ok(model) => {
                 let model = Arc::new(model);
                 let previous = self.slot.swap(model.clone());
+                if let Some(switch) = switch {
+                    self.apply_family_switch(switch);
+                }
                 *self
                     .failed
                     .lock()
@@ -449,6 +582,12 @@ impl Swapper {
             ),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Follows `models.updates` and polls the registry until `shutdown`.
