@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sentiflow_common::cache::CacheDir;
 use sentiflow_common::events::{self, ModelFamily, ModelRef};
 use sentiflow_model::encoder::EncoderTokenizer;
+use sentiflow_model::encoder::tokenize::group_by_padded_length;
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_length};
 use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
 use sentiflow_model::onnx::{self, FAMILY_HASHED, Family, ModelMetadata};
@@ -29,6 +30,64 @@ pub struct LoadSpec {
     pub intra_threads: usize,
     /// Largest batch the service sends; warmed up before the model takes traffic.
     pub max_batch: usize,
+}
+
+/// Model inputs of a batch of texts ([`ServingModel::prepare`]).
+#[derive(Debug)]
+pub struct PreparedTexts {
+    rows: PreparedRows,
+}
+
+#[derive(Debug)]
+enum PreparedRows {
+    /// Hashed n-gram ids per text.
+    Hashed(Vec<Vec<i64>>),
+    /// WordPiece ids (with `[CLS]`/`[SEP]`) and whether the text was truncated, or the tokenizer's
+    /// error.
+    Encoder(Vec<Result<(Vec<i64>, bool), String>>),
+}
+
+impl PreparedTexts {
+    /// Rows prepared.
+    pub fn len(&self) -> usize {
+        match &self.rows {
+            PreparedRows::Hashed(rows) => rows.len(),
+            PreparedRows::Encoder(rows) => rows.len(),
+        }
+    }
+
+    /// Whether no row is prepared.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether row `index` has nothing to score: an encoder-family text that tokenizes to `[CLS]
+    /// [SEP]` only (or that the tokenizer failed on). Hashed rows always score (an empty bag gives
+    /// the bias, as trained).
+    pub fn has_nothing_to_score(&self, index: usize) -> bool {
+        match &self.rows {
+            PreparedRows::Hashed(_) => false,
+            PreparedRows::Encoder(rows) => {
+                rows[index].as_ref().map_or(true, |(ids, _)| ids.len() <= 2)
+            }
+        }
+    }
+
+    /// Keeps the rows whose `keep` flag is set, in order.
+    ///
+    /// # Panics
+    /// When `keep` has another length than the rows.
+    pub fn retain(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.len(), "one flag per row");
+        fn retain_rows<T>(rows: &mut Vec<T>, keep: &[bool]) {
+            let mut flags = keep.iter();
+            rows.retain(|_| *flags.next().expect("one flag per row"));
+        }
+        match &mut self.rows {
+            PreparedRows::Hashed(rows) => retain_rows(rows, keep),
+            PreparedRows::Encoder(rows) => retain_rows(rows, keep),
+        }
+    }
 }
 
 /// Class probabilities of one text, in `Sentiment::index` order.
@@ -248,41 +307,70 @@ impl ServingModel {
         self.score_texts(texts, already_clean)
     }
 
-    /// Whether the served model's preprocessing finds nothing to score in `text`: an encoder-family
-    /// text that tokenizes to `[CLS] [SEP]` only. Hashed models score any text (an empty bag gives the
-    /// bias, as trained).
-    pub fn has_no_tokens(&self, text: &str) -> bool {
-        match &self.preprocess {
-            Preprocess::Hashed(_) => false,
-            Preprocess::Encoder(tokenizer) => tokenizer
-                .encode(text)
-                .map_or(true, |(ids, _)| ids.len() <= 2),
-        }
+    /// The model inputs of `texts` (see [`ServingModel::score_with_oov`] for `already_clean`), built
+    /// once: the caller can set aside rows with nothing to score, then score the rest from the same
+    /// inputs ([`ServingModel::score_prepared`]) without preprocessing them again.
+    ///
+    /// # Panics
+    /// When the two slices differ in length.
+    pub fn prepare<S: AsRef<str>>(&self, texts: &[S], already_clean: &[bool]) -> PreparedTexts {
+        assert_eq!(texts.len(), already_clean.len(), "one flag per text");
+        let rows = match &self.preprocess {
+            Preprocess::Hashed(featurizer) => PreparedRows::Hashed(
+                texts
+                    .iter()
+                    .zip(already_clean)
+                    .map(|(text, &clean)| {
+                        if clean {
+                            featurizer.featurize_cleaned(text.as_ref())
+                        } else {
+                            featurizer.featurize(text.as_ref())
+                        }
+                    })
+                    .collect(),
+            ),
+            Preprocess::Encoder(tokenizer) => PreparedRows::Encoder(
+                texts
+                    .iter()
+                    .map(|text| {
+                        tokenizer
+                            .encode(text.as_ref())
+                            .map_err(|error| error.to_string())
+                    })
+                    .collect(),
+            ),
+        };
+        PreparedTexts { rows }
     }
 
-    fn score_texts<S: AsRef<str>>(
+    /// Class probabilities and OOV rates of prepared texts (one session run per padded length for
+    /// the encoder family, one run for the hashed family). Blocking.
+    ///
+    /// # Errors
+    /// A text the tokenizer failed on ([`RuntimeError::BadInput`]), or ONNX Runtime failing.
+    pub fn score_prepared(
         &self,
-        texts: &[S],
-        already_clean: &[bool],
+        prepared: PreparedTexts,
     ) -> Result<(Vec<ClassProbabilities>, Vec<Option<f64>>), RuntimeError> {
-        if texts.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let featurizer = match &self.preprocess {
-            Preprocess::Hashed(featurizer) => featurizer,
-            Preprocess::Encoder(tokenizer) => {
-                let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        match prepared.rows {
+            PreparedRows::Encoder(encoded) => {
+                if encoded.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let encoded = encoded
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(RuntimeError::BadInput)?;
+                let count = encoded.len();
                 // Grouped by token length: attention costs grow with the padded length, so one
                 // long text must not make the whole micro-batch long.
-                let groups = tokenizer
-                    .encode_grouped(&texts, ENCODER_PAD_MULTIPLE)
-                    .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
+                let groups = group_by_padded_length(encoded, ENCODER_PAD_MULTIPLE);
                 let truncated: usize = groups.iter().map(|(_, batch)| batch.truncated).sum();
                 if truncated > 0 {
                     metrics::counter!("sentiflow_infer_truncated_texts_total")
                         .increment(truncated as u64);
                 }
-                let mut rows: Vec<ClassProbabilities> = vec![[0.0; CLASSES]; texts.len()];
+                let mut rows: Vec<ClassProbabilities> = vec![[0.0; CLASSES]; count];
                 let mut session = self.checkout();
                 for (positions, batch) in &groups {
                     let scored = session.predict_masked(
@@ -295,34 +383,35 @@ impl ServingModel {
                         rows[*position] = row;
                     }
                 }
-                let oov = vec![None; rows.len()];
-                return Ok((rows, oov));
+                Ok((rows, vec![None; count]))
             }
-        };
-        let features: Vec<Vec<i64>> = texts
-            .iter()
-            .zip(already_clean)
-            .map(|(text, &clean)| {
-                if clean {
-                    featurizer.featurize_cleaned(text.as_ref())
-                } else {
-                    featurizer.featurize(text.as_ref())
+            PreparedRows::Hashed(features) => {
+                if features.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
                 }
-            })
-            .collect();
-        let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let cols = pad_length(longest);
-        let mut ids = vec![PADDING_ID; features.len() * cols];
-        for (row, row_features) in ids.chunks_mut(cols).zip(&features) {
-            let kept = row_features.len().min(cols);
-            row[..kept].copy_from_slice(&row_features[..kept]);
+                let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
+                let cols = pad_length(longest);
+                let mut ids = vec![PADDING_ID; features.len() * cols];
+                for (row, row_features) in ids.chunks_mut(cols).zip(&features) {
+                    let kept = row_features.len().min(cols);
+                    row[..kept].copy_from_slice(&row_features[..kept]);
+                }
+                let oov = features
+                    .iter()
+                    .map(|row| self.seen.as_ref().and_then(|seen| seen.unseen_share(row)))
+                    .collect();
+                let mut session = self.checkout();
+                Ok((session.predict(&ids, features.len(), cols)?, oov))
+            }
         }
-        let oov = features
-            .iter()
-            .map(|row| self.seen.as_ref().and_then(|seen| seen.unseen_share(row)))
-            .collect();
-        let mut session = self.checkout();
-        Ok((session.predict(&ids, features.len(), cols)?, oov))
+    }
+
+    fn score_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        already_clean: &[bool],
+    ) -> Result<(Vec<ClassProbabilities>, Vec<Option<f64>>), RuntimeError> {
+        self.score_prepared(self.prepare(texts, already_clean))
     }
 
     /// Takes a free session, waiting while all are busy; it goes back when the guard drops.

@@ -86,38 +86,46 @@ pub fn score_messages(
     messages: &[OwnedMessage],
     alert_threshold: f64,
 ) -> Result<ScoredBatch, sentiflow_model::runtime::RuntimeError> {
-    let decoded: Vec<Result<CleanReview, Rejection>> = messages
-        .iter()
-        .map(|message| {
-            decode(message).and_then(|review| {
-                if model.has_no_tokens(&review.text) {
-                    let served = model.model_ref();
-                    Err(Rejection::NoTokens {
-                        model: format!("{} {}", served.name, served.version),
-                    })
-                } else {
-                    Ok(review)
-                }
-            })
-        })
-        .collect();
-    let texts: Vec<&str> = decoded
-        .iter()
-        .filter_map(|review| review.as_ref().ok().map(|review| review.text.as_str()))
-        .collect();
+    let mut decoded: Vec<Result<CleanReview, Rejection>> = messages.iter().map(decode).collect();
+    let started = Instant::now();
     // Text cleaned by this build's normaliser needs no second cleaning pass (same ids; about a
     // tenth of the scoring time); a review from an older or newer ingest is cleaned again.
-    let already_clean: Vec<bool> = decoded
-        .iter()
-        .flatten()
-        .map(|review| review.normalizer_version == NORMALIZER_VERSION)
+    let (mut prepared, texts) = {
+        let texts: Vec<&str> = decoded
+            .iter()
+            .flatten()
+            .map(|review| review.text.as_str())
+            .collect();
+        let already_clean: Vec<bool> = decoded
+            .iter()
+            .flatten()
+            .map(|review| review.normalizer_version == NORMALIZER_VERSION)
+            .collect();
+        (model.prepare(&texts, &already_clean), texts.len())
+    };
+    // A text with nothing to score (an encoder-family text without a WordPiece token) is rejected
+    // from the inputs already built: each text is preprocessed once.
+    let keep: Vec<bool> = (0..texts)
+        .map(|row| !prepared.has_nothing_to_score(row))
         .collect();
-    let started = Instant::now();
-    let (probabilities, oov_rates) = model.score_with_oov(&texts, &already_clean)?;
-    let inference_seconds = if texts.is_empty() {
-        0.0
-    } else {
+    if keep.contains(&false) {
+        let served = model.model_ref();
+        let mut flags = keep.iter();
+        for review in &mut decoded {
+            if review.is_ok() && !flags.next().expect("one flag per decoded review") {
+                *review = Err(Rejection::NoTokens {
+                    model: format!("{} {}", served.name, served.version),
+                });
+            }
+        }
+        prepared.retain(&keep);
+    }
+    let scoring = !prepared.is_empty();
+    let (probabilities, oov_rates) = model.score_prepared(prepared)?;
+    let inference_seconds = if scoring {
         started.elapsed().as_secs_f64()
+    } else {
+        0.0
     };
     let scored = probabilities.len();
     let shadow = match shadow {

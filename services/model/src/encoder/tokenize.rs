@@ -168,30 +168,42 @@ impl EncoderTokenizer {
         raw_texts: &[&str],
         pad_multiple: usize,
     ) -> Result<Vec<(Vec<usize>, TokenBatch)>, EncoderError> {
-        let multiple = pad_multiple.max(1);
-        /// Rows of one padded width, before packing.
-        #[derive(Default)]
-        struct Group {
-            positions: Vec<usize>,
-            rows: Vec<Vec<i64>>,
-            truncated: usize,
-        }
-        let mut groups: std::collections::BTreeMap<usize, Group> =
-            std::collections::BTreeMap::new();
-        for (position, text) in raw_texts.iter().enumerate() {
-            let (ids, cut) = self.encode(text)?;
-            let group = groups
-                .entry(ids.len().div_ceil(multiple) * multiple)
-                .or_default();
-            group.positions.push(position);
-            group.rows.push(ids);
-            group.truncated += usize::from(cut);
-        }
-        Ok(groups
-            .into_values()
-            .map(|group| (group.positions, pad(group.rows, multiple, group.truncated)))
-            .collect())
+        let encoded = raw_texts
+            .iter()
+            .map(|text| self.encode(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(group_by_padded_length(encoded, pad_multiple))
     }
+}
+
+/// Already-encoded rows (ids, truncated) packed into batches grouped by padded length, as
+/// [`EncoderTokenizer::encode_grouped`] does: each group holds the input positions of its rows, in
+/// input order; groups come shortest first.
+pub fn group_by_padded_length(
+    encoded: Vec<(Vec<i64>, bool)>,
+    pad_multiple: usize,
+) -> Vec<(Vec<usize>, TokenBatch)> {
+    let multiple = pad_multiple.max(1);
+    /// Rows of one padded width, before packing.
+    #[derive(Default)]
+    struct Group {
+        positions: Vec<usize>,
+        rows: Vec<Vec<i64>>,
+        truncated: usize,
+    }
+    let mut groups: std::collections::BTreeMap<usize, Group> = std::collections::BTreeMap::new();
+    for (position, (ids, cut)) in encoded.into_iter().enumerate() {
+        let group = groups
+            .entry(ids.len().div_ceil(multiple) * multiple)
+            .or_default();
+        group.positions.push(position);
+        group.rows.push(ids);
+        group.truncated += usize::from(cut);
+    }
+    groups
+        .into_values()
+        .map(|group| (group.positions, pad(group.rows, multiple, group.truncated)))
+        .collect()
 }
 
 /// Packs token rows into a right-padded batch.
