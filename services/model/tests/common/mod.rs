@@ -20,9 +20,15 @@ pub struct Row {
     pub text: String,
 }
 
-/// The shared data directory: `<project>/../shared/data`.
+/// The shared data directory: `$SENTIFLOW_SHARED_DATA` when set (a test binary run on another
+/// machine, e.g. by `infra/gpu/device_run.sh`), otherwise `<project>/../shared/data`.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+    std::env::var_os("SENTIFLOW_SHARED_DATA")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+            PathBuf::from,
+        )
 }
 
 fn read_gzip(name: &str) -> Vec<u8> {
