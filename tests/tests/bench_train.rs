@@ -245,6 +245,9 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
         train.hashed.train_rows, train.encoder.train_rows,
         "same rows"
     );
+    assert_eq!(train.encoder_epochs.len(), 1, "one epoch asked");
+    assert!(train.encoder_epochs[0].steps > 0 && train.encoder_epochs[0].train_loss.is_finite());
     let table = train.render();
     assert!(table.contains("all-MiniLM-L6-v2 fine-tune"), "{table}");
+    assert!(table.contains("encoder fine-tune by epoch"), "{table}");
 }
