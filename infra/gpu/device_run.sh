@@ -40,7 +40,7 @@ stamp "burn CUDA tests rc=$?"
 
 for batch in 256 1024; do
   stamp "bench infer --family encoder --device cuda --batch $batch"
-  timeout 90 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" \
+  timeout 90 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" --precision both \
     --data-dir "$data" --json > "$OUT/infer$batch.json"
   stamp "rc=$?"
   cat "$OUT/infer$batch.json"

@@ -5,7 +5,7 @@
 //! family, on the device really used). Needs the bench component of the setup cache (`infra/test.sh` installs it).
 
 use sentiflow::bench::drift::{DriftBenchArgs, GoalOutcome};
-use sentiflow::bench::encoder::{BenchDevice, BenchFamily, run_infer, run_train};
+use sentiflow::bench::encoder::{BenchDevice, BenchFamily, BenchPrecision, run_infer, run_train};
 use sentiflow::bench::train::{TrainBenchArgs, run};
 
 #[test]
@@ -212,8 +212,17 @@ fn bench_drift_runs_every_detector_on_the_same_streams() {
 #[test]
 fn encoder_benches_report_both_families_on_the_device_really_used() {
     let data = sentiflow_tests::shared_data("");
-    let infer = run_infer(&[], &data, 64, 16, 64, None, BenchDevice::Auto)
-        .expect("bench infer --family encoder runs");
+    let infer = run_infer(
+        &[],
+        &data,
+        64,
+        16,
+        64,
+        None,
+        BenchDevice::Auto,
+        BenchPrecision::Both,
+    )
+    .expect("bench infer --family encoder runs");
     assert_eq!(infer.rows, 64);
     assert!(infer.encoder_rows_per_second > 0.0 && infer.hashed_rows_per_second > 0.0);
     assert!(infer.encoder_batch_p50_ms <= infer.encoder_batch_p99_ms);
@@ -223,9 +232,43 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
             "auto says why not CUDA"
         );
     }
+    let fp16 = infer
+        .fp16
+        .as_ref()
+        .expect("--precision both runs the fp16 graph too");
+    assert!(fp16.rows_per_second > 0.0 && fp16.batch_p50_ms <= fp16.batch_p99_ms);
+    assert!(
+        fp16.max_abs_diff_vs_fp32 <= 2e-3,
+        "fp16 parity on the same rows: {}",
+        fp16.max_abs_diff_vs_fp32
+    );
     let table = infer.render();
-    assert!(table.contains("encoder family: tokenize + ORT"), "{table}");
+    assert!(
+        table.contains("encoder family fp32: tokenize + ORT"),
+        "{table}"
+    );
+    assert!(
+        table.contains("encoder family fp16: tokenize + ORT"),
+        "{table}"
+    );
+    assert!(table.contains("fp16 vs fp32 probabilities"), "{table}");
     assert!(table.contains("(baseline)"), "{table}");
+    assert!(
+        run_infer(
+            &[],
+            &data,
+            8,
+            8,
+            64,
+            Some(&data.join("x.onnx")),
+            BenchDevice::Cpu,
+            BenchPrecision::Fp16
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("--precision"),
+        "a --model file is not converted"
+    );
 
     let ood = data.join("tweeteval_val.jsonl.gz");
     let train = run_train(&[], &data, &ood, 48, 1, 32, 32, 5, BenchDevice::Auto, 40)

@@ -21,7 +21,10 @@ use sentiflow_model::encoder::{
     ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderError, EncoderTokenizer, FrozenEncoder,
     TokenBatch, sha256_hex,
 };
-use sentiflow_model::onnx::{FAMILY_ENCODER, ModelMetadata, export_bert_classifier, read_metadata};
+use sentiflow_model::onnx::{
+    BertPrecision, FAMILY_ENCODER, ModelMetadata, export_bert_classifier,
+    export_bert_classifier_as, read_metadata,
+};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
 
 type Inference = NdArrayInference;
@@ -254,6 +257,57 @@ fn exported_classifier_matches_the_burn_forward_pass_through_ort() {
     let diff = ort_vs_burn(&weights, &tokenizer, &texts);
     eprintln!("ORT CPU vs burn, 25 texts: max abs diff {diff:.2e}");
     assert!(diff <= 1e-4, "max abs diff {diff:e} > 1e-4");
+}
+
+/// Probabilities of `texts` through ORT's CPU provider from an exported graph.
+fn ort_probabilities(bytes: &[u8], tokenizer: &EncoderTokenizer, texts: &[&str]) -> Vec<f32> {
+    let env = ort_env();
+    let mut session = LoadedModel::load(&env, bytes, DeviceRequest::Cpu, 1).expect("ORT loads it");
+    let batch = tokenizer.encode_batch(texts, 16).expect("tokenizes");
+    session
+        .predict_masked(
+            &batch.input_ids,
+            &batch.attention_mask,
+            batch.rows,
+            batch.cols,
+        )
+        .expect("ORT runs it")
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn fp16_variant_runs_through_ort_close_to_the_fp32_graph() {
+    let mut weights = pretrained();
+    weights.head.bias = vec![0.3, -0.2, 0.1];
+    for (index, value) in weights.head.weight.iter_mut().enumerate() {
+        *value = ((index % 7) as f32 - 3.0) * 0.05;
+    }
+    let tokenizer = tokenizer(64);
+    let config = fine_tuned_minilm_config(&tokenizer);
+    let fp32 = export_bert_classifier(&weights, &config, &metadata(&config)).expect("exports");
+    let fp16 = export_bert_classifier_as(&weights, &config, &metadata(&config), BertPrecision::F16)
+        .expect("exports fp16");
+    assert!(
+        fp16.len() * 10 < fp32.len() * 6,
+        "fp16 halves the weights: {} vs {} bytes",
+        fp16.len(),
+        fp32.len()
+    );
+    let summary = sentiflow_model::onnx::verify_structure(&fp16).expect("a valid served graph");
+    assert_eq!(summary.family, sentiflow_model::onnx::Family::Encoder);
+    let rows = tweets(32);
+    let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
+    let reference = ort_probabilities(&fp32, &tokenizer, &texts);
+    let half = ort_probabilities(&fp16, &tokenizer, &texts);
+    let diff = reference
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    eprintln!("fp16 vs fp32 graph through ORT CPU, 32 tweets: max abs diff {diff:.2e}");
+    assert!(diff <= 2e-3, "fp16 vs fp32 max abs diff {diff:e} > 2e-3");
 }
 
 /// 32 training and 16 validation airline tweets per class, tokenized to at most 32 tokens.

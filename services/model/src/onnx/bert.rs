@@ -1,10 +1,12 @@
 //! ONNX graph of a fine-tuned encoder-family model, written operator by operator from
 //! [`BertClassifierWeights`]: BERT embeddings, post-norm transformer layers (exact GELU), masked mean
-//! pooling, `Gemm` head and `Softmax`. fp32, opset 17, the same contract as every encoder model.
+//! pooling, `Gemm` head and `Softmax`. fp32 (or fp16 weights and activations, the variant for the CUDA
+//! execution provider, with the logits cast back to fp32 before the softmax), opset 17, the same
+//! contract as every encoder model.
 
 use prost::Message;
 
-use super::build::{Dim, f32_tensor, i64_tensor, int_attribute, node, value_info};
+use super::build::{Dim, f16_tensor, f32_tensor, i64_tensor, int_attribute, node, value_info};
 use super::encoder::{check_encoder_metadata, seal_encoder_model};
 use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
@@ -18,6 +20,28 @@ use crate::encoder::bert::{BertClassifierWeights, DenseWeights, NormWeights};
 /// which the fine-tuner uses: the exported graph computes what was trained).
 pub const ATTENTION_MASK_FILL: f32 = -1.0e4;
 
+/// Numeric precision of an exported encoder graph. Inputs (int64 ids and mask) and the output (fp32
+/// probabilities) are the same in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BertPrecision {
+    /// fp32 weights and activations: the served default, parity ≤ 1e-4 with the burn forward pass.
+    #[default]
+    F32,
+    /// fp16 weights and activations (LayerNorm, softmax and the final softmax's logits included in
+    /// fp16 except the last cast): for the CUDA execution provider's tensor cores; half the bytes.
+    F16,
+}
+
+impl BertPrecision {
+    /// `fp32` or `fp16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "fp32",
+            Self::F16 => "fp16",
+        }
+    }
+}
+
 /// Writes `weights` as a served encoder-family model (`input_ids`, `attention_mask` →
 /// `probabilities`) with `metadata` (family `encoder`, `featurizer_config` = `config`'s canonical
 /// JSON; `weights_sha256` filled in when empty, checked otherwise). Same weights, same bytes.
@@ -25,6 +49,16 @@ pub fn export_bert_classifier(
     weights: &BertClassifierWeights,
     config: &EncoderConfig,
     metadata: &ModelMetadata,
+) -> Result<Vec<u8>, OnnxError> {
+    export_bert_classifier_as(weights, config, metadata, BertPrecision::F32)
+}
+
+/// [`export_bert_classifier`] in the given precision.
+pub fn export_bert_classifier_as(
+    weights: &BertClassifierWeights,
+    config: &EncoderConfig,
+    metadata: &ModelMetadata,
+    precision: BertPrecision,
 ) -> Result<Vec<u8>, OnnxError> {
     weights.validate().map_err(OnnxError::InvalidModel)?;
     check_encoder_metadata(config, metadata)?;
@@ -41,7 +75,10 @@ pub fn export_bert_classifier(
             limit: super::MAX_INITIALIZER_BYTES,
         });
     }
-    let mut builder = GraphBuilder::default();
+    let mut builder = GraphBuilder {
+        precision,
+        ..GraphBuilder::default()
+    };
     builder.graph(weights);
     let token_dims = [Dim::Named("batch"), Dim::Named("tokens")];
     let mut model = ModelProto {
@@ -62,9 +99,12 @@ pub fn export_bert_classifier(
         ..Default::default()
     };
     let doc = format!(
-        "sentiflow encoder family: fine-tuned {} ({} layers, hidden {}) + masked mean pooling + \
+        "sentiflow encoder family: fine-tuned {} ({} layers, hidden {}, {}) + masked mean pooling + \
          linear head + softmax",
-        config.base_model, weights.config.num_hidden_layers, weights.config.hidden_size
+        config.base_model,
+        weights.config.num_hidden_layers,
+        weights.config.hidden_size,
+        precision.as_str()
     );
     seal_encoder_model(&mut model, config, metadata, doc)?;
     Ok(model.encode_to_vec())
@@ -75,6 +115,7 @@ pub fn export_bert_classifier(
 struct GraphBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    precision: BertPrecision,
 }
 
 impl GraphBuilder {
@@ -235,7 +276,7 @@ impl GraphBuilder {
             "Cast",
             &[ATTENTION_MASK_NAME],
             "pool.mask",
-            vec![int_attribute("to", DataType::Float as i64)],
+            vec![int_attribute("to", self.float_type() as i64)],
         );
         self.op("Unsqueeze", &["pool.mask", "const.axis_1"], "pool.mask_row");
         self.op("MatMul", &["pool.mask_row", &x], "pool.sum_3d");
@@ -256,9 +297,21 @@ impl GraphBuilder {
             &["pool.mean", "head.weight", "head.bias"],
             "head.logits",
         );
+        let logits = match self.precision {
+            BertPrecision::F32 => "head.logits",
+            BertPrecision::F16 => {
+                self.op_with(
+                    "Cast",
+                    &["head.logits"],
+                    "head.logits_f32",
+                    vec![int_attribute("to", DataType::Float as i64)],
+                );
+                "head.logits_f32"
+            }
+        };
         self.op_with(
             "Softmax",
-            &["head.logits"],
+            &[logits],
             super::OUTPUT_NAME,
             vec![int_attribute("axis", -1)],
         );
@@ -282,12 +335,18 @@ impl GraphBuilder {
                 &[3],
                 &[0, 0, to_i64(config.hidden_size)],
             ),
-            f32_tensor("const.one_f32", &[], &[1.0]),
-            f32_tensor("const.half", &[], &[0.5]),
-            f32_tensor("const.sqrt_2", &[], &[std::f32::consts::SQRT_2]),
-            f32_tensor("const.sqrt_head_dim", &[], &[(head_dim as f32).sqrt()]),
-            f32_tensor("const.mask_fill", &[], &[ATTENTION_MASK_FILL]),
         ]);
+        // After the int64 constants, as the fp32 files always had them (same bytes as before).
+        let float_constants = [
+            ("const.one_f32", 1.0),
+            ("const.half", 0.5),
+            ("const.sqrt_2", std::f32::consts::SQRT_2),
+            ("const.sqrt_head_dim", (head_dim as f32).sqrt()),
+            ("const.mask_fill", ATTENTION_MASK_FILL),
+        ];
+        for (name, value) in float_constants {
+            self.weight(name, &[], &[value]);
+        }
     }
 
     fn op(&mut self, op_type: &str, inputs: &[&str], output: &str) {
@@ -305,8 +364,20 @@ impl GraphBuilder {
             .push(node(op_type, inputs, &[output], attributes));
     }
 
+    /// A float initializer in the graph's precision.
     fn weight(&mut self, name: &str, dims: &[usize], values: &[f32]) {
-        self.initializers.push(f32_tensor(name, dims, values));
+        self.initializers.push(match self.precision {
+            BertPrecision::F32 => f32_tensor(name, dims, values),
+            BertPrecision::F16 => f16_tensor(name, dims, values),
+        });
+    }
+
+    /// The element type of the graph's float tensors.
+    fn float_type(&self) -> DataType {
+        match self.precision {
+            BertPrecision::F32 => DataType::Float,
+            BertPrecision::F16 => DataType::Float16,
+        }
     }
 
     /// `input · weight + bias`; returns the output name.

@@ -30,6 +30,22 @@ pub(crate) fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorPr
     }
 }
 
+/// A half-precision initializer (`values` rounded to the nearest fp16) stored as `raw_data`.
+pub(crate) fn f16_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_owned()),
+        data_type: Some(DataType::Float16 as i32),
+        dims: dims.iter().map(|dim| dim_i64(*dim)).collect(),
+        raw_data: Some(
+            values
+                .iter()
+                .flat_map(|value| half::f16::from_f32(*value).to_le_bytes())
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// An int64 initializer (axes, constants) stored as `raw_data`.
 pub(crate) fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
     TensorProto {

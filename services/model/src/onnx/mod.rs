@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use bert::{ATTENTION_MASK_FILL, export_bert_classifier};
+pub use bert::{
+    ATTENTION_MASK_FILL, BertPrecision, export_bert_classifier, export_bert_classifier_as,
+};
 pub use encoder::{
     EMBEDDING_OUTPUT, MAX_LENGTH_KEY, TOKENIZER_SHA256_KEY, export_encoder, graph_weights_sha256,
     pooled_encoder,

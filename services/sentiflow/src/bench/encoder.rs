@@ -41,6 +41,56 @@ pub enum BenchDevice {
     Cuda,
 }
 
+/// Precision of the encoder graph `bench infer` scores.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum BenchPrecision {
+    /// fp32 (what the trainer registers).
+    Fp32,
+    /// fp16 weights and activations (the CUDA variant).
+    Fp16,
+    /// fp32, then fp16 on the same batches.
+    Both,
+}
+
+/// The fp16 graph's figures when `--precision both` ran it after the fp32 one.
+#[derive(Debug, Serialize)]
+pub struct Fp16Result {
+    /// Tokenize + ORT rows/s (tokenizing timed once, shared with the fp32 figure).
+    pub rows_per_second: f64,
+    /// ORT time per batch, milliseconds, p50.
+    pub batch_p50_ms: f64,
+    /// ORT time per batch, milliseconds, p99.
+    pub batch_p99_ms: f64,
+    /// Largest absolute difference of any probability from the fp32 graph's, same rows.
+    pub max_abs_diff_vs_fp32: f64,
+}
+
+/// Padded `(ids, mask, rows, cols)` batches.
+type PaddedBatch = (Vec<i64>, Vec<i64>, usize, usize);
+
+/// Runs `batches` once untimed (kernel selection, allocations), then timed: ORT seconds, sorted
+/// per-batch milliseconds and the probabilities in batch order.
+fn time_batches(
+    session: &mut LoadedModel,
+    batches: &[PaddedBatch],
+) -> anyhow::Result<(f64, Vec<f64>, Vec<f32>)> {
+    if let Some((ids, mask, rows, cols)) = batches.first() {
+        session.predict_masked(ids, mask, *rows, *cols)?;
+    }
+    let mut latencies = Vec::with_capacity(batches.len());
+    let mut outputs = Vec::new();
+    let started = Instant::now();
+    for (ids, mask, rows, cols) in batches {
+        let batch_started = Instant::now();
+        let scored = session.predict_masked(ids, mask, *rows, *cols)?;
+        latencies.push(batch_started.elapsed().as_secs_f64() * 1e3);
+        outputs.extend(scored.into_iter().flatten());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok((seconds, latencies, outputs))
+}
+
 fn minilm(max_length: usize) -> anyhow::Result<(BertClassifierWeights, EncoderTokenizer)> {
     let cache = CacheDir::from_env()?;
     let weights = BertClassifierWeights::from_safetensors(
@@ -87,6 +137,8 @@ pub struct EncoderInferReport {
     pub device_fallback_reason: Option<String>,
     /// ORT intra-op threads of the encoder session.
     pub threads: usize,
+    /// Precision of the encoder graph the main figures are for (`fp32` or `fp16`).
+    pub precision: String,
     /// Encoder: tokenize + ORT, rows/s (rows grouped by token length into batches).
     pub encoder_rows_per_second: f64,
     /// Encoder: ORT time per batch, milliseconds, p50.
@@ -97,12 +149,14 @@ pub struct EncoderInferReport {
     pub truncated: usize,
     /// Baseline: the hashed family on the same texts (featurize + ORT CPU, one thread), rows/s.
     pub hashed_rows_per_second: f64,
+    /// The fp16 graph on the same batches (`--precision both`).
+    pub fp16: Option<Fp16Result>,
 }
 
 impl EncoderInferReport {
     /// The side-by-side table.
     pub fn render(&self) -> String {
-        let rows = vec![
+        let mut rows = vec![
             vec![
                 "batch inference".to_owned(),
                 "rows/s".to_owned(),
@@ -117,8 +171,8 @@ impl EncoderInferReport {
             ],
             vec![
                 format!(
-                    "encoder family: tokenize + ORT {} ({} threads), batch {}",
-                    self.device, self.threads, self.batch
+                    "encoder family {}: tokenize + ORT {} ({} threads), batch {}",
+                    self.precision, self.device, self.threads, self.batch
                 ),
                 format!("{:.0}", self.encoder_rows_per_second),
                 super::ratio(self.encoder_rows_per_second, self.hashed_rows_per_second),
@@ -128,6 +182,22 @@ impl EncoderInferReport {
                 ),
             ],
         ];
+        let mut fp16_note = String::new();
+        if let Some(fp16) = &self.fp16 {
+            rows.push(vec![
+                format!(
+                    "encoder family fp16: tokenize + ORT {} ({} threads), batch {}",
+                    self.device, self.threads, self.batch
+                ),
+                format!("{:.0}", fp16.rows_per_second),
+                super::ratio(fp16.rows_per_second, self.hashed_rows_per_second),
+                format!("{:.1} / {:.1} ms", fp16.batch_p50_ms, fp16.batch_p99_ms),
+            ]);
+            fp16_note = format!(
+                "\nfp16 vs fp32 probabilities, same rows: max abs diff {:.2e}\n",
+                fp16.max_abs_diff_vs_fp32
+            );
+        }
         let fallback = self
             .device_fallback_reason
             .as_ref()
@@ -135,7 +205,7 @@ impl EncoderInferReport {
             .unwrap_or_default();
         format!(
             "sentiflow bench infer --family encoder: {} texts (max {} tokens, {} truncated), model {}\n\
-             (goal on one H100: ≥ 90k sentences/s, p99 ≤ 10 ms for a batch of 256)\n{fallback}\n{}",
+             (goal on one H100: ≥ 90k sentences/s, p99 ≤ 10 ms for a batch of 256)\n{fallback}\n{}{fp16_note}",
             self.rows,
             self.max_length,
             self.truncated,
@@ -154,6 +224,10 @@ fn percentile(sorted: &[f64], quantile: f64) -> f64 {
 }
 
 /// Runs `bench infer --family encoder`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the bench's flags, passed through"
+)]
 pub fn run_infer(
     files: &[PathBuf],
     data_dir: &Path,
@@ -162,9 +236,16 @@ pub fn run_infer(
     max_length: usize,
     model: Option<&Path>,
     device: BenchDevice,
+    precision: BenchPrecision,
 ) -> anyhow::Result<EncoderInferReport> {
+    if model.is_some() && precision != BenchPrecision::Fp32 {
+        bail!(
+            "--precision fp16|both converts the built-in encoder; a --model file is scored as it is"
+        );
+    }
     let texts = super::infer::labelled_texts(files, data_dir, rows)?;
     let strings: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
+    let mut fp16_bytes = None;
     let (bytes, name, tokenizer) = match model {
         Some(path) => {
             let bytes =
@@ -181,14 +262,25 @@ pub fn run_infer(
         None => {
             let (weights, tokenizer) = minilm(max_length)?;
             let config = fine_tuned_minilm_config(&tokenizer);
-            let bytes = onnx::export_bert_classifier(
-                &weights,
-                &config,
-                &encoder_metadata(&config, "infer"),
-            )?;
+            let export = |precision| {
+                onnx::export_bert_classifier_as(
+                    &weights,
+                    &config,
+                    &encoder_metadata(&config, "infer"),
+                    precision,
+                )
+            };
+            let (bytes, what) = if precision == BenchPrecision::Fp16 {
+                (export(onnx::BertPrecision::F16)?, "fp16")
+            } else {
+                (export(onnx::BertPrecision::F32)?, "fp32")
+            };
+            if precision == BenchPrecision::Both {
+                fp16_bytes = Some(export(onnx::BertPrecision::F16)?);
+            }
             (
                 bytes,
-                "all-MiniLM-L6-v2 fp32 with an untrained head (throughput only)".to_owned(),
+                format!("all-MiniLM-L6-v2 {what} with an untrained head (throughput only)"),
                 tokenizer,
             )
         }
@@ -214,7 +306,7 @@ pub fn run_infer(
     let tokenize_seconds = started.elapsed().as_secs_f64();
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|index| encoded[*index].len());
-    let batches: Vec<(Vec<i64>, Vec<i64>, usize, usize)> = order
+    let batches: Vec<PaddedBatch> = order
         .chunks(batch.max(1))
         .map(|chunk| {
             let cols = chunk.iter().map(|i| encoded[*i].len()).max().unwrap_or(1);
@@ -228,19 +320,24 @@ pub fn run_infer(
             (ids, mask, chunk.len(), cols)
         })
         .collect();
-    // One warm-up pass over the first batch (kernel selection, allocations), then timed.
-    if let Some((ids, mask, rows, cols)) = batches.first() {
-        session.predict_masked(ids, mask, *rows, *cols)?;
-    }
-    let mut latencies = Vec::with_capacity(batches.len());
-    let started = Instant::now();
-    for (ids, mask, rows, cols) in &batches {
-        let batch_started = Instant::now();
-        session.predict_masked(ids, mask, *rows, *cols)?;
-        latencies.push(batch_started.elapsed().as_secs_f64() * 1e3);
-    }
-    let ort_seconds = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
+    let (ort_seconds, latencies, reference) = time_batches(&mut session, &batches)?;
+    let fp16 = match fp16_bytes {
+        Some(bytes) => {
+            let mut half = LoadedModel::load(&env, &bytes, request, threads)?;
+            let (seconds, latencies, outputs) = time_batches(&mut half, &batches)?;
+            Some(Fp16Result {
+                rows_per_second: strings.len() as f64 / (tokenize_seconds + seconds),
+                batch_p50_ms: percentile(&latencies, 0.5),
+                batch_p99_ms: percentile(&latencies, 0.99),
+                max_abs_diff_vs_fp32: reference
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(a, b)| f64::from((a - b).abs()))
+                    .fold(0.0, f64::max),
+            })
+        }
+        None => None,
+    };
 
     // Baseline: the hashed family on the same texts.
     let (hashed_bytes, hashed_metadata) = super::infer::bench_model(None, &texts)?;
@@ -259,11 +356,18 @@ pub fn run_infer(
         device: session.device().as_str().to_owned(),
         device_fallback_reason: session.fallback_reason().map(str::to_owned),
         threads,
+        precision: if precision == BenchPrecision::Fp16 {
+            "fp16"
+        } else {
+            "fp32"
+        }
+        .to_owned(),
         encoder_rows_per_second: strings.len() as f64 / (tokenize_seconds + ort_seconds),
         encoder_batch_p50_ms: percentile(&latencies, 0.5),
         encoder_batch_p99_ms: percentile(&latencies, 0.99),
         truncated,
         hashed_rows_per_second: strings.len() as f64 / hashed_seconds,
+        fp16,
     })
 }
 

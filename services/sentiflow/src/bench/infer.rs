@@ -49,6 +49,10 @@ pub struct InferBenchArgs {
     /// Encoder family: longest token sequence.
     #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
+    /// Encoder family: precision of the graph written from Rust (`both`: fp32, then fp16 on the same
+    /// batches, with the largest probability difference between them).
+    #[arg(long, value_enum, default_value_t = super::encoder::BenchPrecision::Fp32)]
+    pub precision: super::encoder::BenchPrecision,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

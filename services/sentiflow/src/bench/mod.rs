@@ -71,6 +71,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 args.max_length,
                 args.model.as_deref(),
                 args.device,
+                args.precision,
             )?;
             (args.json, serde_json::to_value(&report)?, report.render())
         }
