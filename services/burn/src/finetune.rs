@@ -394,8 +394,7 @@ fn read_losses<B: Backend>(
     Ok(values)
 }
 
-/// A loss read that crosses a multiple of 320 steps is logged at info (a long GPU epoch shows
-/// progress), the others at debug.
+/// A loss read that crosses a multiple of 320 steps is logged (a long GPU epoch shows progress).
 fn log_progress(
     epoch: usize,
     step: usize,
@@ -409,15 +408,6 @@ fn log_progress(
     let every = LOSS_READ_EVERY * 10;
     if (step - losses.len()) / every != step / every {
         tracing::info!(
-            epoch,
-            step,
-            total_steps,
-            loss,
-            sentences_per_second,
-            "encoder fine-tune progress"
-        );
-    } else {
-        tracing::debug!(
             epoch,
             step,
             total_steps,
