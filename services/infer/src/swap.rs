@@ -126,14 +126,6 @@ impl Swapper {
             .clone()
     }
 
-    /// The family served now (`hashed` or `encoder`).
-    pub fn family(&self) -> &'static str {
-        self.served
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .family
-    }
-
     /// The family switch still waited for, if any.
     pub fn pending_switch(&self) -> Option<FamilySwitch> {
         lock(&self.pending_switch).clone()
@@ -272,8 +264,12 @@ impl Swapper {
 
     /// Serves the registry's current champion if it is not already served.
     pub async fn reconcile(&self) -> Result<(), LoadError> {
-        if self.try_family_switch(None, "registry").await? {
-            return Ok(());
+        // A switch that cannot happen yet (registry error, refused model: reported) must not keep
+        // the current family's champion from being followed.
+        match self.try_family_switch(None, "registry").await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "family switch not done; the current family keeps serving"),
         }
         let model_name = self.model_name();
         let record = match self.registry.resolve(&model_name, "champion").await {
