@@ -90,7 +90,7 @@ pub fn score_messages(
     let started = Instant::now();
     // Text cleaned by this build's normaliser needs no second cleaning pass (same ids; about a
     // tenth of the scoring time); a review from an older or newer ingest is cleaned again.
-    let (mut prepared, texts) = {
+    let mut prepared = {
         let texts: Vec<&str> = decoded
             .iter()
             .flatten()
@@ -101,11 +101,11 @@ pub fn score_messages(
             .flatten()
             .map(|review| review.normalizer_version == NORMALIZER_VERSION)
             .collect();
-        (model.prepare(&texts, &already_clean), texts.len())
+        model.prepare(&texts, &already_clean)
     };
     // A text with nothing to score (an encoder-family text without a WordPiece token) is rejected
     // from the inputs already built: each text is preprocessed once.
-    let keep: Vec<bool> = (0..texts)
+    let keep: Vec<bool> = (0..prepared.len())
         .map(|row| !prepared.has_nothing_to_score(row))
         .collect();
     if keep.contains(&false) {

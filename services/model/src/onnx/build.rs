@@ -19,47 +19,39 @@ pub(crate) fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
     bytes
 }
 
-/// A float initializer stored as `raw_data` (compact, and what ORT maps without conversion).
+/// An initializer of `data_type` whose little-endian bytes are `raw` (`raw_data`: compact, and what
+/// ORT maps without conversion).
+fn raw_tensor(name: &str, dims: &[usize], data_type: DataType, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_owned()),
+        data_type: Some(data_type as i32),
+        dims: dims.iter().map(|dim| dim_i64(*dim)).collect(),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+/// A float initializer.
 pub(crate) fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_owned()),
-        data_type: Some(DataType::Float as i32),
-        dims: dims.iter().map(|dim| dim_i64(*dim)).collect(),
-        raw_data: Some(f32_le_bytes(values)),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, DataType::Float, f32_le_bytes(values))
 }
 
-/// A half-precision initializer (`values` rounded to the nearest fp16) stored as `raw_data`.
+/// A half-precision initializer (`values` rounded to the nearest fp16).
 pub(crate) fn f16_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_owned()),
-        data_type: Some(DataType::Float16 as i32),
-        dims: dims.iter().map(|dim| dim_i64(*dim)).collect(),
-        raw_data: Some(
-            values
-                .iter()
-                .flat_map(|value| half::f16::from_f32(*value).to_le_bytes())
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    let raw = values
+        .iter()
+        .flat_map(|value| half::f16::from_f32(*value).to_le_bytes())
+        .collect();
+    raw_tensor(name, dims, DataType::Float16, raw)
 }
 
-/// An int64 initializer (axes, constants) stored as `raw_data`.
+/// An int64 initializer (axes, constants).
 pub(crate) fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_owned()),
-        data_type: Some(DataType::Int64 as i32),
-        dims: dims.iter().map(|dim| dim_i64(*dim)).collect(),
-        raw_data: Some(
-            values
-                .iter()
-                .flat_map(|value| value.to_le_bytes())
-                .collect(),
-        ),
-        ..Default::default()
-    }
+    let raw = values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect();
+    raw_tensor(name, dims, DataType::Int64, raw)
 }
 
 /// A node of the default domain; its name is its first output (unique in our graphs).
