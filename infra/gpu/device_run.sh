@@ -49,7 +49,7 @@ done
 stamp "bench train --family encoder --device cuda: all rows, ${TRAIN_EPOCHS:-3} epochs, batch ${TRAIN_BATCH:-32}"
 timeout "${TRAIN_TIMEOUT:-300}" /tmp/sentiflow bench train --family encoder --device cuda \
   --encoder-train-rows 60000 --encoder-epochs "${TRAIN_EPOCHS:-3}" --encoder-batch-size "${TRAIN_BATCH:-32}" \
-  --encoder-eval-rows 2000 --data-dir "$data" --json > "$OUT/train.json"
+  --encoder-eval-rows 3000 --data-dir "$data" --json > "$OUT/train.json"
 stamp "rc=$?"
 cat "$OUT/train.json"
 nvidia-smi --query-gpu=name,memory.used --format=csv
