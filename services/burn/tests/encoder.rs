@@ -280,10 +280,7 @@ fn ort_probabilities(bytes: &[u8], tokenizer: &EncoderTokenizer, texts: &[&str])
 #[test]
 fn fp16_variant_runs_through_ort_close_to_the_fp32_graph() {
     let mut weights = pretrained();
-    weights.head.bias = vec![0.3, -0.2, 0.1];
-    for (index, value) in weights.head.weight.iter_mut().enumerate() {
-        *value = ((index % 7) as f32 - 3.0) * 0.05;
-    }
+    weights.set_fixed_head();
     let tokenizer = tokenizer(64);
     let config = fine_tuned_minilm_config(&tokenizer);
     let fp32 = export_bert_classifier(&weights, &config, &metadata(&config)).expect("exports");
@@ -451,10 +448,7 @@ fn cuda_fine_tuning_lowers_the_loss_or_is_refused_without_a_gpu() {
 #[test]
 fn cuda_forward_matches_the_cpu_forward_or_is_refused_without_a_gpu() {
     let mut weights = pretrained();
-    weights.head.bias = vec![0.3, -0.2, 0.1];
-    for (index, value) in weights.head.weight.iter_mut().enumerate() {
-        *value = ((index % 7) as f32 - 3.0) * 0.05;
-    }
+    weights.set_fixed_head();
     let tokenizer = tokenizer(64);
     let examples: Vec<TokenizedExample> = tweets(32)
         .iter()

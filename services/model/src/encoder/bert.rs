@@ -390,6 +390,16 @@ impl BertClassifierWeights {
                 .sum::<usize>()
             + dense(&self.head)
     }
+
+    /// Replaces the head with a fixed, non-zero one (a repeating pattern, no training): for parity
+    /// checks and speed benches of an untrained encoder, where the zero head would give 1/3 for every
+    /// class and hide any numerical difference.
+    pub fn set_fixed_head(&mut self) {
+        self.head.bias = vec![0.3, -0.2, 0.1];
+        for (index, value) in self.head.weight.iter_mut().enumerate() {
+            *value = ((index % 7) as f32 - 3.0) * 0.05;
+        }
+    }
 }
 
 /// Reads named f32 tensors, checking shapes and remembering which names were taken.
