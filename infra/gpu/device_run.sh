@@ -2,7 +2,7 @@
 # Device side of infra/gpu/pack.sh: unpacks the carried chunks, then runs the burn CUDA tests and the
 # encoder benches on the GPU (CUDA EP serving, burn fine-tune of all-MiniLM-L6-v2 on all the data).
 #
-# Runs under the device tool (writes $OUT/log.txt and the benches' JSON there). Knobs: TRAIN_BATCH (32),
+# Runs under the device tool (writes $OUT/log.txt and the benches' JSON there). Knobs: TRAIN_BATCH (128),
 # TRAIN_EPOCHS (3), TRAIN_TIMEOUT seconds (300).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,9 +46,9 @@ for batch in 256 1024; do
   cat "$OUT/infer$batch.json"
 done
 
-stamp "bench train --family encoder --device cuda: all rows, ${TRAIN_EPOCHS:-3} epochs, batch ${TRAIN_BATCH:-32}"
+stamp "bench train --family encoder --device cuda: all rows, ${TRAIN_EPOCHS:-3} epochs, batch ${TRAIN_BATCH:-128}"
 timeout "${TRAIN_TIMEOUT:-300}" /tmp/sentiflow bench train --family encoder --device cuda \
-  --encoder-train-rows 60000 --encoder-epochs "${TRAIN_EPOCHS:-3}" --encoder-batch-size "${TRAIN_BATCH:-32}" \
+  --encoder-train-rows 60000 --encoder-epochs "${TRAIN_EPOCHS:-3}" --encoder-batch-size "${TRAIN_BATCH:-128}" \
   --encoder-eval-rows 3000 --data-dir "$data" --json > "$OUT/train.json"
 stamp "rc=$?"
 cat "$OUT/train.json"

@@ -30,7 +30,8 @@ pub struct TokenizedExample {
     pub label: usize,
 }
 
-/// Fine-tuning settings. Defaults follow BERT practice (lr 5e-5, 10 % warm-up, decay 0.01, clip 1.0).
+/// Fine-tuning settings. Defaults follow BERT practice (lr 5e-5, 10 % warm-up, decay 0.01, clip 1.0),
+/// with the batch size measured best on a GPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FineTuneConfig {
@@ -65,7 +66,10 @@ impl Default for FineTuneConfig {
     fn default() -> Self {
         Self {
             epochs: 3,
-            batch_size: 32,
+            // Measured on an H200 (bench train --family encoder, all 29,702 rows, 3 epochs): batch
+            // 32 ran 494 sentences/s for OOD macro-F1 0.577, 128 ran 1,346/s for 0.603, 256
+            // 1,838/s for 0.583.
+            batch_size: 128,
             learning_rate: 5e-5,
             warmup_fraction: 0.1,
             weight_decay: 0.01,

@@ -116,6 +116,9 @@ pub struct ServingModel {
     seen: Option<SeenFeatures>,
     sessions: Mutex<Vec<LoadedModel>>,
     session_returned: Condvar,
+    /// Threads one batch's texts are tokenized on (encoder family): the host's cores shared by the
+    /// workers, since on a GPU host tokenizing, not the session run, bounds throughput.
+    tokenize_threads: usize,
     loaded_at: DateTime<Utc>,
     load_time: Duration,
 }
@@ -217,6 +220,9 @@ impl ServingModel {
             seen: None,
             sessions: Mutex::new(sessions),
             session_returned: Condvar::new(),
+            tokenize_threads: std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .div_ceil(spec.workers.max(1)),
             loaded_at: Utc::now(),
             load_time: started.elapsed(),
         })
@@ -283,7 +289,7 @@ impl ServingModel {
 
     /// Class probabilities of `texts` (raw or clean: the featurizer normalises either way), padded to
     /// one of the warmed lengths. Blocking: waits for a free session, then runs ONNX Runtime.
-    pub fn score<S: AsRef<str>>(
+    pub fn score<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
     ) -> Result<Vec<ClassProbabilities>, RuntimeError> {
@@ -298,7 +304,7 @@ impl ServingModel {
     ///
     /// # Panics
     /// When the two slices differ in length.
-    pub fn score_with_oov<S: AsRef<str>>(
+    pub fn score_with_oov<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         already_clean: &[bool],
@@ -313,7 +319,11 @@ impl ServingModel {
     ///
     /// # Panics
     /// When the two slices differ in length.
-    pub fn prepare<S: AsRef<str>>(&self, texts: &[S], already_clean: &[bool]) -> PreparedTexts {
+    pub fn prepare<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        already_clean: &[bool],
+    ) -> PreparedTexts {
         assert_eq!(texts.len(), already_clean.len(), "one flag per text");
         let rows = match &self.preprocess {
             Preprocess::Hashed(featurizer) => PreparedRows::Hashed(
@@ -330,13 +340,10 @@ impl ServingModel {
                     .collect(),
             ),
             Preprocess::Encoder(tokenizer) => PreparedRows::Encoder(
-                texts
-                    .iter()
-                    .map(|text| {
-                        tokenizer
-                            .encode(text.as_ref())
-                            .map_err(|error| error.to_string())
-                    })
+                tokenizer
+                    .encode_all(texts, self.tokenize_threads)
+                    .into_iter()
+                    .map(|encoded| encoded.map_err(|error| error.to_string()))
                     .collect(),
             ),
         };
@@ -406,7 +413,7 @@ impl ServingModel {
         }
     }
 
-    fn score_texts<S: AsRef<str>>(
+    fn score_texts<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         already_clean: &[bool],

@@ -53,6 +53,35 @@ fn metadata(config: &EncoderConfig) -> ModelMetadata {
 }
 
 #[test]
+fn tokenizing_on_several_threads_gives_the_one_thread_ids_in_input_order() {
+    let tokenizer = EncoderTokenizer::from_file(&minilm_tokenizer_path(), 24).expect("tokenizer");
+    let texts: Vec<String> = common::airline_rows()
+        .into_iter()
+        .take(500)
+        .map(|row| row.text)
+        .collect();
+    let one_by_one: Vec<(Vec<i64>, bool)> = texts
+        .iter()
+        .map(|text| tokenizer.encode(text).expect("encodes"))
+        .collect();
+    assert!(
+        one_by_one.iter().any(|(_, cut)| *cut),
+        "some tweets exceed 24 tokens"
+    );
+    for threads in [1, 2, 7] {
+        let parallel: Vec<(Vec<i64>, bool)> = tokenizer
+            .encode_all(&texts, threads)
+            .into_iter()
+            .map(|encoded| encoded.expect("encodes"))
+            .collect();
+        assert_eq!(parallel, one_by_one, "{threads} threads");
+    }
+    // Fewer texts than one thread's share stay on the caller's thread.
+    assert_eq!(tokenizer.encode_all(&texts[..3], 8).len(), 3);
+    assert!(tokenizer.encode_all::<&str>(&[], 4).is_empty());
+}
+
+#[test]
 fn tokenizer_gives_bert_ids_cleans_first_and_counts_truncation() {
     let path = minilm_tokenizer_path();
     let tokenizer = EncoderTokenizer::from_file(&path, DEFAULT_MAX_LENGTH).expect("tokenizer");

@@ -9,6 +9,10 @@ use tokenizers::{Tokenizer, TruncationParams};
 use super::{ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderError, read_file, sha256_hex};
 use crate::onnx::{Family, ModelMetadata};
 
+/// Fewest texts [`EncoderTokenizer::encode_all`] hands one thread: below this, spawning costs more
+/// than it saves.
+pub const MIN_TEXTS_PER_THREAD: usize = 32;
+
 /// Padding id of BERT vocabularies (`[PAD]`); its attention-mask entry is 0.
 pub const PAD_ID: i64 = 0;
 
@@ -139,6 +143,46 @@ impl EncoderTokenizer {
             .map_err(|error| EncoderError::Tokenizer(error.to_string()))?;
         let ids = encoding.get_ids().iter().map(|id| i64::from(*id)).collect();
         Ok((ids, !encoding.get_overflowing().is_empty()))
+    }
+
+    /// [`EncoderTokenizer::encode`] of every text, in input order, on up to `threads` scoped threads
+    /// (at least [`MIN_TEXTS_PER_THREAD`] texts each, so a small batch stays on the caller's
+    /// thread). On a GPU host tokenizing is the serving path's bottleneck: one thread tokenizes
+    /// ~18k tweets/s while the CUDA EP scores a batch of 256 in ~2.5 ms (~100k rows/s).
+    pub fn encode_all<S: AsRef<str> + Sync>(
+        &self,
+        raw_texts: &[S],
+        threads: usize,
+    ) -> Vec<Result<(Vec<i64>, bool), EncoderError>> {
+        let threads = threads
+            .max(1)
+            .min(raw_texts.len().div_ceil(MIN_TEXTS_PER_THREAD));
+        if threads <= 1 {
+            return raw_texts
+                .iter()
+                .map(|text| self.encode(text.as_ref()))
+                .collect();
+        }
+        let chunk = raw_texts.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = raw_texts
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|text| self.encode(text.as_ref()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| {
+                    part.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
     }
 
     /// Tokenizes raw texts (each cleaned first) into one batch padded to the longest row, rounded
