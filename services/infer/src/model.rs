@@ -2,6 +2,7 @@
 //! session per worker, scoring batches on blocking threads; the slot that swaps models atomically; and
 //! the start-up probe that finds out which device ONNX Runtime really gives this process.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,18 @@ enum Preprocess {
     Encoder(Box<EncoderTokenizer>),
 }
 
+/// A batch's tokenizing threads; counts the batch as being prepared until dropped.
+struct TokenizeShare<'a> {
+    threads: usize,
+    preparing: &'a AtomicUsize,
+}
+
+impl Drop for TokenizeShare<'_> {
+    fn drop(&mut self) {
+        self.preparing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Encoder batches are padded to a multiple of this many tokens, so ORT sees few shapes.
 const ENCODER_PAD_MULTIPLE: usize = 16;
 
@@ -116,9 +129,11 @@ pub struct ServingModel {
     seen: Option<SeenFeatures>,
     sessions: Mutex<Vec<LoadedModel>>,
     session_returned: Condvar,
-    /// Threads one batch's texts are tokenized on (encoder family): the host's cores shared by the
-    /// workers, since on a GPU host tokenizing, not the session run, bounds throughput.
-    tokenize_threads: usize,
+    /// The host's cores: one batch's texts are tokenized on its share of them (encoder family), since
+    /// on a GPU host tokenizing, not the session run, bounds throughput.
+    cores: usize,
+    /// Batches being prepared right now; they share the cores (the service keeps many in flight).
+    preparing: AtomicUsize,
     loaded_at: DateTime<Utc>,
     load_time: Duration,
 }
@@ -220,9 +235,8 @@ impl ServingModel {
             seen: None,
             sessions: Mutex::new(sessions),
             session_returned: Condvar::new(),
-            tokenize_threads: std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .div_ceil(spec.workers.max(1)),
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            preparing: AtomicUsize::new(0),
             loaded_at: Utc::now(),
             load_time: started.elapsed(),
         })
@@ -339,15 +353,28 @@ impl ServingModel {
                     })
                     .collect(),
             ),
-            Preprocess::Encoder(tokenizer) => PreparedRows::Encoder(
-                tokenizer
-                    .encode_all(texts, self.tokenize_threads)
-                    .into_iter()
-                    .map(|encoded| encoded.map_err(|error| error.to_string()))
-                    .collect(),
-            ),
+            Preprocess::Encoder(tokenizer) => {
+                let share = self.tokenize_share();
+                PreparedRows::Encoder(
+                    tokenizer
+                        .encode_all(texts, share.threads)
+                        .into_iter()
+                        .map(|encoded| encoded.map_err(|error| error.to_string()))
+                        .collect(),
+                )
+            }
         };
         PreparedTexts { rows }
+    }
+
+    /// This batch's share of the cores: all of them for a lone batch (its latency), fewer while other
+    /// batches are being prepared too (they already spread over the cores).
+    fn tokenize_share(&self) -> TokenizeShare<'_> {
+        let concurrent = self.preparing.fetch_add(1, Ordering::Relaxed) + 1;
+        TokenizeShare {
+            threads: (self.cores / concurrent).max(1),
+            preparing: &self.preparing,
+        }
     }
 
     /// Class probabilities and OOV rates of prepared texts (one session run per padded length for

@@ -200,18 +200,32 @@ pub fn serving_model(
     metadata: &ModelMetadata,
     max_batch: usize,
 ) -> anyhow::Result<sentiflow_infer::model::ServingModel> {
+    serving_model_on(
+        bytes,
+        metadata,
+        ModelFamily::Hashed,
+        sentiflow_infer::model::LoadSpec {
+            device: DeviceRequest::Cpu,
+            workers: 1,
+            intra_threads: 1,
+            max_batch,
+        },
+    )
+}
+
+/// `bytes` loaded as `infer` loads a champion of `family` (checksum, metadata, sessions, warm-up).
+pub fn serving_model_on(
+    bytes: &[u8],
+    metadata: &ModelMetadata,
+    family: ModelFamily,
+    spec: sentiflow_infer::model::LoadSpec,
+) -> anyhow::Result<sentiflow_infer::model::ServingModel> {
     let env = crate::train::ort_environment()?;
     let sha256 = hex::encode(Sha256::digest(bytes));
     let expected = ModelRef {
         name: metadata.name.clone(),
         version: metadata.version.clone(),
-        family: ModelFamily::Hashed,
-    };
-    let spec = sentiflow_infer::model::LoadSpec {
-        device: DeviceRequest::Cpu,
-        workers: 1,
-        intra_threads: 1,
-        max_batch,
+        family,
     };
     Ok(sentiflow_infer::model::ServingModel::load(
         &env, bytes, &sha256, &expected, &spec,
