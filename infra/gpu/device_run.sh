@@ -3,7 +3,8 @@
 # encoder benches on the GPU (CUDA EP serving, burn fine-tune of all-MiniLM-L6-v2 on all the data).
 #
 # Runs under the device tool (writes $OUT/log.txt and the benches' JSON there). Knobs: TRAIN_BATCH (128),
-# TRAIN_EPOCHS (3), TRAIN_TIMEOUT seconds (300).
+# TRAIN_EPOCHS (3), TRAIN_TIMEOUT seconds (300), TRAIN_ARGS (more `bench train` flags, e.g.
+# "--max-length 128"), ONLY_TRAIN=1 (skip the CUDA tests and the infer benches on a repeat run).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/out}
@@ -34,22 +35,26 @@ data=/tmp/p/data
 stamp ready
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
-stamp "burn CUDA tests (forward parity, fine-tune smoke)"
-timeout 180 /tmp/burn-encoder-test cuda --nocapture --test-threads 1
-stamp "burn CUDA tests rc=$?"
+if [ -z "${ONLY_TRAIN:-}" ]; then
+  stamp "burn CUDA tests (forward parity, fine-tune smoke)"
+  timeout 180 /tmp/burn-encoder-test cuda --nocapture --test-threads 1
+  stamp "burn CUDA tests rc=$?"
 
-for batch in 256 1024; do
-  stamp "bench infer --family encoder --device cuda --batch $batch"
-  timeout 90 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" --precision both \
-    --data-dir "$data" --json > "$OUT/infer$batch.json"
-  stamp "rc=$?"
-  cat "$OUT/infer$batch.json"
-done
+  for batch in 256 1024; do
+    stamp "bench infer --family encoder --device cuda --batch $batch"
+    timeout 90 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" --precision both \
+      --data-dir "$data" --json > "$OUT/infer$batch.json"
+    stamp "rc=$?"
+    cat "$OUT/infer$batch.json"
+  done
+fi
 
 stamp "bench train --family encoder --device cuda: all rows, ${TRAIN_EPOCHS:-3} epochs, batch ${TRAIN_BATCH:-128}"
+# TRAIN_ARGS is split into flags on purpose.
+# shellcheck disable=SC2086
 timeout "${TRAIN_TIMEOUT:-300}" /tmp/sentiflow bench train --family encoder --device cuda \
   --encoder-train-rows 60000 --encoder-epochs "${TRAIN_EPOCHS:-3}" --encoder-batch-size "${TRAIN_BATCH:-128}" \
-  --encoder-eval-rows 3000 --data-dir "$data" --json > "$OUT/train.json"
+  --encoder-eval-rows 3000 --data-dir "$data" ${TRAIN_ARGS:-} --json > "$OUT/train.json"
 stamp "rc=$?"
 cat "$OUT/train.json"
 nvidia-smi --query-gpu=name,memory.used --format=csv
