@@ -186,35 +186,8 @@ fn transform_parallel(
     batch: &[(OwnedMessage, Instant)],
     workers: usize,
 ) -> Vec<Outcome> {
-    const MIN_CHUNK: usize = 32;
-    let workers = workers.clamp(1, batch.len().div_ceil(MIN_CHUNK).max(1));
-    if workers == 1 {
-        return batch
-            .iter()
-            .map(|(message, _)| transform(processor, message))
-            .collect();
-    }
-    let chunk_size = batch.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = batch
-            .chunks(chunk_size)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(message, _)| transform(processor, message))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+    sentiflow_model::parallel::map_ordered(batch, workers, 32, |(message, _)| {
+        transform(processor, message)
     })
 }
 

@@ -37,6 +37,7 @@ pub mod hashed;
 pub mod lang;
 pub mod lexicon;
 pub mod onnx;
+pub mod parallel;
 pub mod pii;
 pub mod runtime;
 pub mod seen;

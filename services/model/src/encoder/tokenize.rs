@@ -154,34 +154,8 @@ impl EncoderTokenizer {
         raw_texts: &[S],
         threads: usize,
     ) -> Vec<Result<(Vec<i64>, bool), EncoderError>> {
-        let threads = threads
-            .max(1)
-            .min(raw_texts.len().div_ceil(MIN_TEXTS_PER_THREAD));
-        if threads <= 1 {
-            return raw_texts
-                .iter()
-                .map(|text| self.encode(text.as_ref()))
-                .collect();
-        }
-        let chunk = raw_texts.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = raw_texts
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|text| self.encode(text.as_ref()))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|part| {
-                    part.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+        crate::parallel::map_ordered(raw_texts, threads, MIN_TEXTS_PER_THREAD, |text| {
+            self.encode(text.as_ref())
         })
     }
 
@@ -212,9 +186,9 @@ impl EncoderTokenizer {
         raw_texts: &[&str],
         pad_multiple: usize,
     ) -> Result<Vec<(Vec<usize>, TokenBatch)>, EncoderError> {
-        let encoded = raw_texts
-            .iter()
-            .map(|text| self.encode(text))
+        let encoded = self
+            .encode_all(raw_texts, 1)
+            .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         Ok(group_by_padded_length(encoded, pad_multiple))
     }

@@ -40,7 +40,8 @@ pub struct InferBenchArgs {
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Family to measure: hashed (against fastText, one thread) or encoder (all cores, against the
-    /// hashed family on the same texts; use `--rows 1000` or so on a CPU host).
+    /// hashed family on the same texts, then through infer's own scoring path with 4 batches in
+    /// flight; use `--rows 1000` or so on a CPU host).
     #[arg(long, value_enum, default_value_t = super::encoder::BenchFamily::Hashed)]
     pub family: super::encoder::BenchFamily,
     /// Encoder family: execution provider (auto takes CUDA only when it really works, and says so).
