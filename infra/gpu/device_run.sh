@@ -4,7 +4,8 @@
 #
 # Runs under the device tool (writes $OUT/log.txt and the benches' JSON there). Knobs: TRAIN_BATCH (128),
 # TRAIN_EPOCHS (3), TRAIN_TIMEOUT seconds (300), TRAIN_ARGS (more `bench train` flags, e.g.
-# "--max-length 128"), ONLY_TRAIN=1 (skip the CUDA tests and the infer benches on a repeat run).
+# "--max-length 128 --encoder-learning-rate 1e-4"), ONLY_TRAIN=1 (skip the CUDA tests and the infer
+# benches on a repeat run).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/out}

@@ -7,6 +7,7 @@
 use sentiflow::bench::drift::{DriftBenchArgs, GoalOutcome};
 use sentiflow::bench::encoder::{BenchDevice, BenchFamily, BenchPrecision, run_infer, run_train};
 use sentiflow::bench::train::{TrainBenchArgs, run};
+use sentiflow_burn::finetune::FineTuneConfig;
 
 #[test]
 fn bench_train_reports_both_systems_on_the_same_rows() {
@@ -28,6 +29,7 @@ fn bench_train_reports_both_systems_on_the_same_rows() {
         encoder_eval_rows: 2_000,
         encoder_epochs: 1,
         encoder_batch_size: 32,
+        encoder_learning_rate: 5e-5,
         max_length: 64,
     };
     let report = run(&args).expect("bench train runs (infra/setup.sh --bench installs fastText)");
@@ -271,7 +273,13 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
     );
 
     let ood = data.join("tweeteval_val.jsonl.gz");
-    let train = run_train(&[], &data, &ood, 48, 1, 32, 32, 5, BenchDevice::Auto, 40)
+    let fine_tune = FineTuneConfig {
+        epochs: 1,
+        batch_size: 32,
+        seed: 5,
+        ..FineTuneConfig::default()
+    };
+    let train = run_train(&[], &data, &ood, 48, &fine_tune, 32, BenchDevice::Auto, 40)
         .expect("bench train --family encoder runs");
     assert_eq!(train.test_rows, 40);
     for family in [&train.hashed, &train.encoder] {

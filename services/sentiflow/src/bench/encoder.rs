@@ -661,9 +661,10 @@ fn time_ordered_split(
     Ok((training, held_out))
 }
 
-/// Runs `bench train --family encoder`: `train_rows` seeded rows of the training pool of
-/// [`time_ordered_split`] (10 % of them for early stopping), at most `eval_rows` of its in-domain test
-/// rows and of the OOD file scored, `epochs` of fine-tuning in batches of `batch_size` on `device`.
+/// Runs `bench train --family encoder`: `train_rows` rows of the training pool of
+/// [`time_ordered_split`] sampled with `fine_tune.seed` (10 % of them for early stopping), at most
+/// `eval_rows` of its in-domain test rows and of the OOD file scored, the fine-tune of `fine_tune`
+/// (epochs, batch, learning rate, seed; the hashed baseline takes the same seed) on `device`.
 #[allow(
     clippy::too_many_arguments,
     reason = "the bench's flags, passed through"
@@ -673,13 +674,12 @@ pub fn run_train(
     data_dir: &Path,
     ood_file: &Path,
     train_rows: usize,
-    epochs: usize,
-    batch_size: usize,
+    fine_tune: &FineTuneConfig,
     max_length: usize,
-    seed: u64,
     device: BenchDevice,
     eval_rows: usize,
 ) -> anyhow::Result<EncoderTrainReport> {
+    let seed = fine_tune.seed;
     let burn_device = match (device, probe::cuda()) {
         (BenchDevice::Cpu, _) => BurnDevice::NdArray,
         (_, probe::CudaProbe::Available { .. }) => BurnDevice::Cuda,
@@ -755,12 +755,7 @@ pub fn run_train(
     };
     let encoder_training = tokenize(&training[split..])?;
     let encoder_validation = tokenize(&training[..split])?;
-    let config = FineTuneConfig {
-        epochs,
-        batch_size,
-        seed,
-        ..FineTuneConfig::default()
-    };
+    let config = fine_tune.clone();
     let tuned = sentiflow_burn::fine_tune_on(
         burn_device,
         &weights,

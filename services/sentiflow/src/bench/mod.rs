@@ -53,10 +53,14 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 &args.data_dir,
                 &ood,
                 args.encoder_train_rows,
-                args.encoder_epochs,
-                args.encoder_batch_size,
+                &sentiflow_trainer::finetune::FineTuneConfig {
+                    epochs: args.encoder_epochs,
+                    batch_size: args.encoder_batch_size,
+                    learning_rate: args.encoder_learning_rate,
+                    seed: args.seed,
+                    ..Default::default()
+                },
                 args.max_length,
-                args.seed,
                 args.device,
                 args.encoder_eval_rows,
             )?;

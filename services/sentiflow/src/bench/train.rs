@@ -61,7 +61,7 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Family to measure: hashed (against fastText) or encoder (a fine-tune of all-MiniLM-L6-v2
-    /// against the hashed family on the same rows).
+    /// against the hashed family on the same rows, and the two averaged).
     #[arg(long, value_enum, default_value_t = super::encoder::BenchFamily::Hashed)]
     pub family: super::encoder::BenchFamily,
     /// Encoder family: training device (auto takes CUDA only when a usable GPU is there).
@@ -82,6 +82,9 @@ pub struct TrainBenchArgs {
     /// Encoder family: examples per optimiser step (larger batches keep a GPU busier).
     #[arg(long, default_value_t = sentiflow_trainer::finetune::FineTuneConfig::default().batch_size)]
     pub encoder_batch_size: usize,
+    /// Encoder family: AdamW's peak learning rate (after the 10 % warm-up; then a linear decay).
+    #[arg(long, default_value_t = sentiflow_trainer::finetune::FineTuneConfig::default().learning_rate)]
+    pub encoder_learning_rate: f64,
     /// Encoder family: longest token sequence.
     #[arg(long, default_value_t = sentiflow_model::encoder::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
