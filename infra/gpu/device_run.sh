@@ -37,7 +37,7 @@ stamp ready
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
 if [ -z "${ONLY_TRAIN:-}" ]; then
-  stamp "burn CUDA tests (forward parity, fine-tune smoke)"
+  stamp "burn CUDA tests (encoder forward parity, fine-tune smoke; hashed training + ORT parity)"
   timeout 180 /tmp/burn-encoder-test cuda --nocapture --test-threads 1
   stamp "burn CUDA tests rc=$?"
 
