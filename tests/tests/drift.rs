@@ -739,6 +739,26 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(released, "a rejected retrain releases the lock");
+    let mut counted = String::new();
+    for _ in 0..100 {
+        let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+            .await
+            .unwrap();
+        counted = metrics
+            .lines()
+            .find(|line| line.starts_with("sentiflow_drift_retrain_lock_releases_total"))
+            .unwrap_or_default()
+            .to_owned();
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, "sentiflow_drift_retrain_lock_releases_total 1");
+    assert!(
+        !control.unlock_any(&model("v3").name).await.unwrap(),
+        "no lock is left to release"
+    );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

@@ -269,10 +269,11 @@ pub async fn operator_retrain(
 }
 
 impl Control {
-    /// Deletes the lock of model `name` whoever holds it (operator `--force`).
-    pub async fn unlock_any(&self, name: &str) -> Result<(), DriftError> {
+    /// Deletes the lock of model `name` whoever holds it (operator `--force`, or the retrain's end);
+    /// says whether there was one.
+    pub async fn unlock_any(&self, name: &str) -> Result<bool, DriftError> {
         let mut connection = self.store.connection();
-        let _: u64 = connection.del(self.lock_key(name)).await?;
-        Ok(())
+        let deleted: u64 = connection.del(self.lock_key(name)).await?;
+        Ok(deleted > 0)
     }
 }

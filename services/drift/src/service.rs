@@ -26,7 +26,7 @@ use sentiflow_common::store::{self, RedisStore};
 use sentiflow_common::telemetry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::SERVICE;
 use crate::config::DriftConfig;
@@ -460,9 +460,13 @@ impl Worker {
             return;
         }
         match self.control.unlock_any(&update.model.name).await {
-            Ok(()) => {
+            Ok(true) => {
                 metrics::counter!("sentiflow_drift_retrain_lock_releases_total").increment(1);
                 info!(model = %update.model.name, version = %update.model.version, action = %update.action, "retrain finished; lock released");
+            }
+            // A bootstrap promotion or an operator's `models promote` ends no retrain.
+            Ok(false) => {
+                debug!(model = %update.model.name, version = %update.model.version, action = %update.action, "model update; no retrain lock was held");
             }
             Err(error) => {
                 warn!(%error, "cannot release the retrain lock; its TTL will");
