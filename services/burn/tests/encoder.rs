@@ -564,8 +564,10 @@ fn cuda_hashed_training_learns_and_exports_to_ort_or_is_refused_without_a_gpu() 
                 trained.best_epoch,
                 trained.history.len()
             );
-            // Majority class ≈ 0.26, uniform guessing ≈ 0.31; the two trainers differ in optimiser
-            // (mini-batch AdaGrad vs sparse SGD), not in model, so they land close.
+            // Majority class ≈ 0.26, uniform guessing ≈ 0.31. Both trainers run AdaGrad on the same
+            // model; they differ in the steps (dense mini-batches vs lazy per-example sparse
+            // updates), the learning rate and how L2 applies, so the CUDA model may not fall far
+            // below the sparse one.
             assert!(cuda.macro_f1 > 0.5, "learned: {}", cuda.macro_f1);
             assert!(
                 cuda.macro_f1 > cpu.macro_f1 - 0.08,
@@ -592,6 +594,7 @@ fn cuda_hashed_training_learns_and_exports_to_ort_or_is_refused_without_a_gpu() 
                 .expect("test rows");
             let (ids, rows, cols) = featurizer.batch(&texts, longest.max(1));
             let from_ort = loaded.predict(&ids, rows, cols).expect("ORT runs");
+            assert_eq!(from_ort.len(), reference.len(), "one row per test text");
             let diff = from_ort
                 .iter()
                 .zip(&reference)

@@ -26,7 +26,7 @@ use sentiflow_common::store::{self, RedisStore};
 use sentiflow_common::telemetry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::SERVICE;
 use crate::config::DriftConfig;
@@ -464,9 +464,10 @@ impl Worker {
                 metrics::counter!("sentiflow_drift_retrain_lock_releases_total").increment(1);
                 info!(model = %update.model.name, version = %update.model.version, action = %update.action, "retrain finished; lock released");
             }
-            // A bootstrap promotion or an operator's `models promote` ends no retrain.
+            // No retrain was running (a bootstrap promotion, a `models promote` or `train --promote`
+            // between retrains), or it outlived the lock's TTL: nothing to release or count.
             Ok(false) => {
-                debug!(model = %update.model.name, version = %update.model.version, action = %update.action, "model update; no retrain lock was held");
+                info!(model = %update.model.name, version = %update.model.version, action = %update.action, "model update; no retrain lock was held");
             }
             Err(error) => {
                 warn!(%error, "cannot release the retrain lock; its TTL will");

@@ -268,8 +268,9 @@ fn ensemble(
     .expect("default featurizer");
     let trained = train(&featurizer, training, validation, &TrainConfig::default())
         .unwrap_or_else(|error| panic!("{error}"));
-    let texts =
-        |rows: &[Example]| -> Vec<String> { rows.iter().map(|row| row.text.clone()).collect() };
+    fn texts(rows: &[Example]) -> Vec<&str> {
+        rows.iter().map(|row| row.text.as_str()).collect()
+    }
     let labels = |rows: &[Example]| -> Vec<usize> { rows.iter().map(|row| row.label).collect() };
     let hashed = Predictions {
         validation: predict_texts(&featurizer, &trained.model, &texts(validation)),

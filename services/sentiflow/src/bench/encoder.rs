@@ -497,8 +497,9 @@ pub struct FamilyTrainResult {
     pub train_rows: usize,
     /// Training seconds (validation passes included).
     pub train_seconds: f64,
-    /// Training sentences per second (rows × epochs run / training seconds).
-    pub sentences_per_second: f64,
+    /// Training sentences per second (rows × epochs run / training seconds); `None` for the
+    /// averaged row, which trains nothing of its own.
+    pub sentences_per_second: Option<f64>,
     /// Macro-F1 on the in-domain test rows (the latest 20 % of the first training file).
     pub test_macro_f1: f64,
     /// Macro-F1 on the out-of-domain file.
@@ -519,7 +520,7 @@ pub struct EncoderTrainReport {
     /// The encoder family, fine-tuned.
     pub encoder: FamilyTrainResult,
     /// Both families' probabilities averaged (what a two-model ensemble would score; training time is
-    /// the sum, sentences/s not applicable).
+    /// the sum, no sentences/s of its own).
     pub average: FamilyTrainResult,
     /// The fine-tune's epochs (loss, validation macro-F1, speed: the first epoch includes a GPU's
     /// kernel compilation and autotuning, later ones are steady state).
@@ -534,11 +535,20 @@ impl EncoderTrainReport {
                 result.system.clone(),
                 result.train_rows.to_string(),
                 format!("{:.1}", result.train_seconds),
-                format!("{:.1}", result.sentences_per_second),
+                result
+                    .sentences_per_second
+                    .map_or_else(|| "–".to_owned(), |speed| format!("{speed:.1}")),
                 ratio,
                 format!("{:.4}", result.test_macro_f1),
                 format!("{:.4}", result.ood_macro_f1),
             ]
+        };
+        let speed_ratio = |result: &FamilyTrainResult| match (
+            result.sentences_per_second,
+            self.hashed.sentences_per_second,
+        ) {
+            (Some(speed), Some(baseline)) => super::ratio(speed, baseline),
+            _ => "–".to_owned(),
         };
         let rows = vec![
             [
@@ -553,18 +563,8 @@ impl EncoderTrainReport {
             .map(str::to_owned)
             .to_vec(),
             row(&self.hashed, "1.00×".to_owned()),
-            row(
-                &self.encoder,
-                super::ratio(
-                    self.encoder.sentences_per_second,
-                    self.hashed.sentences_per_second,
-                ),
-            ),
-            {
-                let mut average = row(&self.average, "–".to_owned());
-                average[3] = "–".to_owned();
-                average
-            },
+            row(&self.encoder, speed_ratio(&self.encoder)),
+            row(&self.average, speed_ratio(&self.average)),
         ];
         let mut epochs = vec![
             [
@@ -680,6 +680,8 @@ pub fn run_train(
     eval_rows: usize,
 ) -> anyhow::Result<EncoderTrainReport> {
     let seed = fine_tune.seed;
+    // A bad flag fails here, before the data, the hashed baseline and the weights are loaded.
+    fine_tune.validate()?;
     let burn_device = match (device, probe::cuda()) {
         (BenchDevice::Cpu, _) => BurnDevice::NdArray,
         (_, probe::CudaProbe::Available { .. }) => BurnDevice::Cuda,
@@ -735,8 +737,9 @@ pub fn run_train(
         system: "hashed: sparse SGD, 1 thread (baseline)".to_owned(),
         train_rows: hashed_training.len(),
         train_seconds: hashed_seconds,
-        sentences_per_second: (hashed_training.len() * trained.history.len()) as f64
-            / hashed_seconds.max(1e-9),
+        sentences_per_second: Some(
+            (hashed_training.len() * trained.history.len()) as f64 / hashed_seconds.max(1e-9),
+        ),
         test_macro_f1: evaluate(&hashed_held_out, &labels(&held_out)).macro_f1,
         ood_macro_f1: evaluate(&hashed_ood, &labels(&ood)).macro_f1,
     };
@@ -755,13 +758,12 @@ pub fn run_train(
     };
     let encoder_training = tokenize(&training[split..])?;
     let encoder_validation = tokenize(&training[..split])?;
-    let config = fine_tune.clone();
     let tuned = sentiflow_burn::fine_tune_on(
         burn_device,
         &weights,
         &encoder_training,
         &encoder_validation,
-        &config,
+        fine_tune,
         |epoch| tracing::info!(?epoch, "bench fine-tune epoch"),
     )?;
     let trained_sentences: f64 = tuned
@@ -782,14 +784,15 @@ pub fn run_train(
         (encoder_predictions(&held_out)?, encoder_predictions(&ood)?);
     let encoder = FamilyTrainResult {
         system: format!(
-            "encoder: all-MiniLM-L6-v2 fine-tune, burn {} ({} epochs, batch {})",
+            "encoder: all-MiniLM-L6-v2 fine-tune, burn {} ({} epochs, batch {}, lr {:e})",
             burn_device.as_str(),
             tuned.history.len(),
-            config.batch_size
+            fine_tune.batch_size,
+            fine_tune.learning_rate
         ),
         train_rows: encoder_training.len(),
         train_seconds: tuned.seconds,
-        sentences_per_second: trained_sentences / training_seconds.max(1e-9),
+        sentences_per_second: Some(trained_sentences / training_seconds.max(1e-9)),
         test_macro_f1: evaluate(&encoder_held_out, &labels(&held_out)).macro_f1,
         ood_macro_f1: evaluate(&encoder_ood, &labels(&ood)).macro_f1,
     };
@@ -797,7 +800,7 @@ pub fn run_train(
         system: "average of both families' probabilities (weights 0.5, fixed)".to_owned(),
         train_rows: encoder.train_rows,
         train_seconds: hashed.train_seconds + encoder.train_seconds,
-        sentences_per_second: f64::NAN,
+        sentences_per_second: None,
         test_macro_f1: evaluate(
             &average_probabilities(&hashed_held_out, &encoder_held_out),
             &labels(&held_out),
