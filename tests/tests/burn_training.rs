@@ -9,7 +9,7 @@ use sentiflow_common::config::RedisArgs;
 use sentiflow_common::events::RawReview;
 use sentiflow_common::store::RedisStore;
 use sentiflow_model::eval::evaluate;
-use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig, pad_length};
+use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
 use sentiflow_model::onnx::{ModelMetadata, export_hashed, verify_structure};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
 use sentiflow_model::train::{Example, TrainConfig};
@@ -150,12 +150,7 @@ fn burn_cpu_backend_learns_exports_and_matches_onnx_runtime() {
     eprintln!("exported graph: {summary:?}");
     let ort = sentiflow::train::ort_environment().expect("ONNX Runtime from the setup cache");
     let mut loaded = LoadedModel::load(&ort, &onnx, DeviceRequest::Cpu, 1).unwrap();
-    let longest = texts
-        .iter()
-        .map(|text| featurizer.featurize(text).len())
-        .max()
-        .unwrap();
-    let (ids, rows, cols) = featurizer.batch(&texts, pad_length(longest));
+    let (ids, rows, cols) = featurizer.batch_padded(&texts);
     let from_ort = loaded.predict(&ids, rows, cols).unwrap();
     let from_burn = predict_ids(&bag, ids, rows, cols, &device).unwrap();
     assert_eq!(from_ort.len(), from_burn.len());

@@ -16,7 +16,7 @@ use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_common::store::RedisStore;
 use sentiflow_infer::InferConfig;
 use sentiflow_infer::config::DeviceArg;
-use sentiflow_model::featurize::{FeaturizerConfig, pad_length};
+use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
 use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use sentiflow_model::train::TrainConfig;
@@ -240,8 +240,7 @@ fn offline_probabilities(onnx: &[u8], texts: &[String]) -> Vec<[f32; 3]> {
     texts
         .iter()
         .map(|text| {
-            let longest = featurizer.featurize(text).len().max(1);
-            let (ids, rows, cols) = featurizer.batch(&[text], pad_length(longest));
+            let (ids, rows, cols) = featurizer.batch_padded(&[text]);
             model.predict(&ids, rows, cols).unwrap()[0]
         })
         .collect()

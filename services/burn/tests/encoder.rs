@@ -587,12 +587,7 @@ fn cuda_hashed_training_learns_and_exports_to_ort_or_is_refused_without_a_gpu() 
                 sentiflow_model::onnx::export_hashed(&trained.model, &metadata).expect("exports");
             let mut loaded = LoadedModel::load(&ort_env(), &onnx, DeviceRequest::Cpu, 1)
                 .expect("ORT loads the export");
-            let longest = texts
-                .iter()
-                .map(|text| featurizer.featurize(text).len())
-                .max()
-                .expect("test rows");
-            let (ids, rows, cols) = featurizer.batch(&texts, longest.max(1));
+            let (ids, rows, cols) = featurizer.batch_padded(&texts);
             let from_ort = loaded.predict(&ids, rows, cols).expect("ORT runs");
             assert_eq!(from_ort.len(), reference.len(), "one row per test text");
             let diff = from_ort

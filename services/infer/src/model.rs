@@ -11,8 +11,8 @@ use sentiflow_common::cache::CacheDir;
 use sentiflow_common::events::{self, ModelFamily, ModelRef};
 use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::encoder::tokenize::group_by_padded_length;
-use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_length};
-use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
+use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_rows};
+use sentiflow_model::hashed::{CLASSES, HashedModel};
 use sentiflow_model::onnx::{self, FAMILY_HASHED, Family, ModelMetadata};
 use sentiflow_model::runtime::{Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError};
 use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
@@ -423,19 +423,13 @@ impl ServingModel {
                 if features.is_empty() {
                     return Ok((Vec::new(), Vec::new()));
                 }
-                let longest = features.iter().map(Vec::len).max().unwrap_or(0).max(1);
-                let cols = pad_length(longest);
-                let mut ids = vec![PADDING_ID; features.len() * cols];
-                for (row, row_features) in ids.chunks_mut(cols).zip(&features) {
-                    let kept = row_features.len().min(cols);
-                    row[..kept].copy_from_slice(&row_features[..kept]);
-                }
+                let (ids, rows, cols) = pad_rows(&features);
                 let oov = features
                     .iter()
                     .map(|row| self.seen.as_ref().and_then(|seen| seen.unseen_share(row)))
                     .collect();
                 let mut session = self.checkout();
-                Ok((session.predict(&ids, features.len(), cols)?, oov))
+                Ok((session.predict(&ids, rows, cols)?, oov))
             }
         }
     }

@@ -29,7 +29,7 @@ use sentiflow_model::encoder::{
     DEFAULT_MAX_LENGTH, EMBEDDING_DIM, EncoderTokenizer, FrozenEncoder, HeadConfig, sha256_hex,
     train_head,
 };
-use sentiflow_model::eval::evaluate;
+use sentiflow_model::eval::{blend, evaluate};
 use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
 use sentiflow_model::hashed::CLASSES;
 use sentiflow_model::train::{Example, TrainConfig, predict_texts, train};
@@ -240,19 +240,6 @@ struct Predictions {
     test: Vec<[f64; CLASSES]>,
 }
 
-/// `weight · encoder + (1 − weight) · hashed`, row by row.
-fn blend(
-    encoder: &[[f64; CLASSES]],
-    hashed: &[[f64; CLASSES]],
-    weight: f64,
-) -> Vec<[f64; CLASSES]> {
-    encoder
-        .iter()
-        .zip(hashed)
-        .map(|(e, h)| std::array::from_fn(|class| weight * e[class] + (1.0 - weight) * h[class]))
-        .collect()
-}
-
 /// Trains the hashed model on the same rows and scores it alone and averaged with the encoder head.
 fn ensemble(
     title: &str,
@@ -287,23 +274,24 @@ fn ensemble(
             evaluate(&blend(&encoder.test, &hashed.test, weight), &test_labels).macro_f1,
         )
     };
-    let mut best = (f64::MIN, 0.0);
-    for step in 0..=10 {
-        let weight = f64::from(step) / 10.0;
-        let (on_validation, on_test) = score(weight);
+    // Weights 0.0, 0.1, …, 1.0 of the encoder: index 0 is the hashed model alone, 5 the average.
+    let scores: Vec<(f64, f64)> = (0..=10).map(|step| score(f64::from(step) / 10.0)).collect();
+    let mut best = 0;
+    for (step, (on_validation, on_test)) in scores.iter().enumerate() {
         println!(
-            "  {title}: encoder weight {weight:.1}: validation {on_validation:.4} test {on_test:.4}"
+            "  {title}: encoder weight {:.1}: validation {on_validation:.4} test {on_test:.4}",
+            step as f64 / 10.0
         );
-        if on_validation > best.0 {
-            best = (on_validation, weight);
+        if *on_validation > scores[best].0 {
+            best = step;
         }
     }
-    let (_, fixed) = score(0.5);
-    let (_, picked) = score(best.1);
     println!(
-        "{title}: hashed alone {:.4} | average at 0.5 {fixed:.4} | at the validation's best weight {:.1}: {picked:.4}",
-        score(0.0).1,
-        best.1
+        "{title}: hashed alone {:.4} | average at 0.5 {:.4} | at the validation's best weight {:.1}: {:.4}",
+        scores[0].1,
+        scores[5].1,
+        best as f64 / 10.0,
+        scores[best].1
     );
 }
 

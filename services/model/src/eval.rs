@@ -74,6 +74,21 @@ impl Evaluation {
     }
 }
 
+/// `weight · first + (1 − weight) · second`, row by row: a blend of two models' class
+/// probabilities on the same rows (each row still sums to 1).
+pub fn blend(
+    first: &[[f64; CLASSES]],
+    second: &[[f64; CLASSES]],
+    weight: f64,
+) -> Vec<[f64; CLASSES]> {
+    assert_eq!(first.len(), second.len(), "both models score the same rows");
+    first
+        .iter()
+        .zip(second)
+        .map(|(a, b)| std::array::from_fn(|class| weight * a[class] + (1.0 - weight) * b[class]))
+        .collect()
+}
+
 /// Index of the highest probability; ties go to the lowest index, as `numpy.argmax`.
 pub fn predicted_class(probabilities: &[f64; CLASSES]) -> usize {
     let mut best = 0;

@@ -379,6 +379,16 @@ impl Featurizer {
         (ids, tokens.len())
     }
 
+    /// Featurizes `texts` once each and pads them as serving does ([`pad_rows`]). Returns
+    /// `(ids, rows, cols)`, the shape of the ONNX input.
+    pub fn batch_padded<S: AsRef<str>>(&self, texts: &[S]) -> (Vec<i64>, usize, usize) {
+        let features: Vec<Vec<i64>> = texts
+            .iter()
+            .map(|text| self.featurize(text.as_ref()))
+            .collect();
+        pad_rows(&features)
+    }
+
     /// Featurizes `texts` into one row-major `[rows][cols]` matrix padded with [`PADDING_ID`], where
     /// `cols = pad_to`; rows longer than `pad_to` are cut (choose `pad_to` with [`pad_length`] to
     /// avoid that). Returns `(ids, rows, cols)`, the shape of the ONNX input.
@@ -582,6 +592,20 @@ impl IdSink {
             self.ids.push(id);
         }
     }
+}
+
+/// Featurized rows as one row-major `[rows][cols]` matrix padded with [`PADDING_ID`], `cols` the
+/// [`pad_length`] of the longest row (the few serving shapes the ONNX session sees; a longer row is
+/// cut). Returns `(ids, rows, cols)`, the shape of the ONNX input.
+pub fn pad_rows<R: AsRef<[i64]>>(rows: &[R]) -> (Vec<i64>, usize, usize) {
+    let longest = rows.iter().map(|row| row.as_ref().len()).max().unwrap_or(0);
+    let cols = pad_length(longest);
+    let mut ids = vec![PADDING_ID; rows.len() * cols];
+    for (out, row) in ids.chunks_mut(cols).zip(rows) {
+        let kept = row.as_ref().len().min(cols);
+        out[..kept].copy_from_slice(&row.as_ref()[..kept]);
+    }
+    (ids, rows.len(), cols)
 }
 
 /// The smallest of [`PAD_LENGTHS`] that holds `longest_row` ids, or the largest one when none does.
@@ -1321,5 +1345,27 @@ mod tests {
             assert_eq!(pad_length(longest), expected, "pad length for {longest}");
         }
         assert!(FeaturizerConfig::default().max_features <= PAD_LENGTHS[PAD_LENGTHS.len() - 1]);
+    }
+
+    #[test]
+    fn padded_batches_take_the_serving_length_of_their_longest_row() {
+        let featurizer = featurizer(words_only());
+        let texts = ["good", "a b c", ""];
+        let (ids, rows, cols) = featurizer.batch_padded(&texts);
+        assert_eq!((ids.clone(), rows, cols), featurizer.batch(&texts, 32));
+        let long: Vec<i64> = (1..=40).collect();
+        let (ids, rows, cols) = pad_rows(&[long.clone(), vec![7]]);
+        assert_eq!((rows, cols), (2, 64));
+        assert_eq!(ids[..40], long[..]);
+        assert!(ids[40..64].iter().all(|&id| id == PADDING_ID));
+        assert_eq!(ids[64], 7);
+        let too_long: Vec<i64> = (1..=300).collect();
+        let (ids, _, cols) = pad_rows(std::slice::from_ref(&too_long));
+        assert_eq!(
+            (cols, &ids[..]),
+            (256, &too_long[..256]),
+            "cut at the largest length"
+        );
+        assert_eq!(pad_rows::<Vec<i64>>(&[]), (Vec::new(), 0, 32));
     }
 }

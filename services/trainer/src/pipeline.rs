@@ -430,13 +430,7 @@ pub fn evaluate_onnx(
         Family::Hashed => {
             let featurizer = featurizer_for(model.metadata())?;
             for chunk in texts.chunks(256) {
-                let longest = chunk
-                    .iter()
-                    .map(|text| featurizer.featurize(text).len())
-                    .max()
-                    .unwrap_or(1);
-                let (ids, rows, cols) =
-                    featurizer.batch(chunk, sentiflow_model::featurize::pad_length(longest));
+                let (ids, rows, cols) = featurizer.batch_padded(chunk);
                 for row in model
                     .predict(&ids, rows, cols)
                     .map_err(|error| onnx_error(&error))?

@@ -829,11 +829,7 @@ fn average_probabilities(
     first: &[[f64; CLASSES]],
     second: &[[f64; CLASSES]],
 ) -> Vec<[f64; CLASSES]> {
-    first
-        .iter()
-        .zip(second)
-        .map(|(a, b)| std::array::from_fn(|class| (a[class] + b[class]) / 2.0))
-        .collect()
+    sentiflow_model::eval::blend(first, second, 0.5)
 }
 
 #[cfg(test)]

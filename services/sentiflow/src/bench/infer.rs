@@ -277,16 +277,7 @@ pub fn run(args: &InferBenchArgs) -> anyhow::Result<InferBenchReport> {
         sentiflow_model::runtime::LoadedModel::load(&env, &bytes, DeviceRequest::Cpu, 1)?;
     let batches: Vec<(Vec<i64>, usize, usize)> = features
         .chunks(args.batch.max(1))
-        .map(|chunk| {
-            let longest = chunk.iter().map(Vec::len).max().unwrap_or(1).max(1);
-            let cols = sentiflow_model::featurize::pad_length(longest);
-            let mut ids = vec![0i64; chunk.len() * cols];
-            for (row, values) in ids.chunks_mut(cols).zip(chunk) {
-                let kept = values.len().min(cols);
-                row[..kept].copy_from_slice(&values[..kept]);
-            }
-            (ids, chunk.len(), cols)
-        })
+        .map(sentiflow_model::featurize::pad_rows)
         .collect();
     let started = Instant::now();
     for (ids, rows, cols) in &batches {
