@@ -13,6 +13,7 @@ use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfi
 use sentiflow_model::onnx::{ModelMetadata, export_hashed, verify_structure};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
 use sentiflow_model::train::{Example, TrainConfig};
+use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
@@ -253,6 +254,7 @@ async fn pipeline_trains_on_burn_cpu_and_registers_the_card() {
         burn: BurnConfig::default(),
         device: TrainDevice::BurnCpu,
         gate: GatePolicy::default(),
+        label_weights: LabelWeights::default(),
     };
     let outcome = pipeline::train_and_register(
         &store,

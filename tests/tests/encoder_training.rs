@@ -10,6 +10,7 @@ use sentiflow_common::config::RedisArgs;
 use sentiflow_common::store::RedisStore;
 use sentiflow_model::encoder::HeadConfig;
 use sentiflow_model::onnx::{Family, read_metadata, verify_structure};
+use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::dataset::{SnapshotStore, Split};
 use sentiflow_trainer::encoder::{
     EncoderFiles, EncoderTrainRequest, card_markdown, train_and_register_encoder,
@@ -31,6 +32,7 @@ fn request(snapshot_id: &str, cache: &std::path::Path) -> EncoderTrainRequest {
         },
         device: TrainDevice::Auto,
         gate: GatePolicy::default(),
+        label_weights: LabelWeights::default(),
         threads: 2,
         embedding_cache: Some(cache.to_path_buf()),
     }
@@ -115,6 +117,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
     assert_eq!(card["family"], "encoder");
     assert_eq!(card["encoder_config"]["max_length"], 48);
+    assert_eq!(card["label_weights"]["human"], LabelWeights::DEFAULT_HUMAN);
     sentiflow_tests::assert_card_files(&card_dir, &outcome.record);
 
     // `infer --family encoder` started before any encoder champion exists serves the hashed name
@@ -375,6 +378,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
         device: BurnDevice::NdArray,
         device_reason: "test: burn's CPU backend".to_owned(),
         gate: GatePolicy::default(),
+        label_weights: LabelWeights::default(),
     };
     let first = fine_tune_and_register(&store, &registry, &ort, &files, &request(6))
         .await
@@ -405,6 +409,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
     assert_eq!(card.history.len(), 1);
     assert_eq!(card.history[0].steps, 6);
     assert!(card.encoder_config.fine_tuned);
+    assert_eq!(card.label_weights, LabelWeights::default());
     sentiflow_tests::assert_card_files(&card_dir, &first.record);
     let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
     assert!(

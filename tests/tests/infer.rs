@@ -20,6 +20,7 @@ use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel};
 use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
@@ -96,6 +97,7 @@ fn trained_models() -> &'static TrainedModels {
                             burn: Default::default(),
                             device: TrainDevice::Cpu,
                             gate: GatePolicy::default(),
+                            label_weights: LabelWeights::default(),
                         },
                     )
                     .await

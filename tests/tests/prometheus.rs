@@ -154,6 +154,7 @@ mod pipeline {
     use sentiflow_model::featurize::FeaturizerConfig;
     use sentiflow_model::train::TrainConfig;
     use sentiflow_tests::{http_get, kafka_with_topics, redis};
+    use sentiflow_trainer::dataset::LabelWeights;
     use sentiflow_trainer::dataset::SnapshotStore;
     use sentiflow_trainer::gate::GatePolicy;
     use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
@@ -218,6 +219,7 @@ mod pipeline {
                 burn: Default::default(),
                 device: TrainDevice::Cpu,
                 gate: GatePolicy::default(),
+                label_weights: LabelWeights::default(),
             },
         )
         .await

@@ -27,6 +27,7 @@ use sentiflow_model::train::TrainConfig;
 use sentiflow_tests::{
     count_by, eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis,
 };
+use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
@@ -95,6 +96,7 @@ async fn register_champion(registry: &Registry, data_dir: &Path) {
             burn: Default::default(),
             device: TrainDevice::Cpu,
             gate: GatePolicy::default(),
+            label_weights: LabelWeights::default(),
         },
     )
     .await

@@ -5,11 +5,13 @@
 
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::config::RedisArgs;
+use sentiflow_common::events::LabelProvenance;
 use sentiflow_common::store::RedisStore;
 use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::train::TrainConfig;
-use sentiflow_trainer::dataset::SnapshotStore;
+use sentiflow_trainer::dataset::{LabelWeights, Manifest, SnapshotStore, Split};
 use sentiflow_trainer::gate::GatePolicy;
+use sentiflow_trainer::pipeline::PipelineError;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
 use sentiflow_trainer::registry::Registry;
 
@@ -30,7 +32,42 @@ fn small_request(snapshot_id: &str, seed: u64) -> TrainRequest {
         device: TrainDevice::Auto,
         burn: Default::default(),
         gate: GatePolicy::default(),
+        label_weights: LabelWeights::default(),
     }
+}
+
+/// Imports the first `rows` airline tweets as review events into a snapshot; with `human_every`,
+/// the rows are written again as a second snapshot in which every n-th row's label is a human label
+/// (what curation makes of a `labels.feedback` correction), and that snapshot is returned.
+fn import_airline_slice(
+    dir: &std::path::Path,
+    store: &SnapshotStore,
+    rows: usize,
+    human_every: Option<usize>,
+) -> Manifest {
+    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
+    let slice = dir.join("airline_slice.jsonl");
+    let records =
+        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(rows)).unwrap();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+        .collect();
+    std::fs::write(&slice, lines.join("\n")).unwrap();
+    let manifest = sentiflow::dataset::import(store, &[slice], CorpusFormat::Events).unwrap();
+    let Some(every) = human_every else {
+        return manifest;
+    };
+    let mut relabelled = Vec::new();
+    for split in Split::ALL {
+        relabelled.extend(store.read(&manifest.snapshot_id, split).unwrap());
+    }
+    for (index, row) in relabelled.iter_mut().enumerate() {
+        if index % every == 0 {
+            row.provenance = LabelProvenance::Human;
+        }
+    }
+    store.write(&relabelled, manifest.origin).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,17 +75,8 @@ async fn train_register_gate_promote_and_reproduce() {
     let redis_server = sentiflow_tests::redis();
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::new(dir.path().join("snapshots"));
-    let airline = sentiflow_tests::shared_data("airline_tweets.csv.gz");
     // A 4,000-row slice keeps the debug-build test quick.
-    let slice = dir.path().join("airline_slice.jsonl");
-    let records =
-        sentiflow::corpus::read_records(&airline, CorpusFormat::Airline, Some(4000)).unwrap();
-    let lines: Vec<String> = records
-        .iter()
-        .map(|record| String::from_utf8(record.payload.clone()).unwrap())
-        .collect();
-    std::fs::write(&slice, lines.join("\n")).unwrap();
-    let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
+    let manifest = import_airline_slice(dir.path(), &store, 4000, None);
     assert!(manifest.rows > 3900, "{}", manifest.rows);
     assert_eq!(manifest.files.len(), 3);
 
@@ -177,6 +205,79 @@ async fn train_register_gate_promote_and_reproduce() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("--device cuda"), "{error}");
+    assert_eq!(
+        registry.versions("sentiment-hashed").await.unwrap().len(),
+        versions_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn human_labels_weigh_as_configured_and_the_card_says_so() {
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::new(dir.path().join("snapshots"));
+    let manifest = import_airline_slice(dir.path(), &store, 1500, Some(3));
+    let human = manifest
+        .provenance
+        .get(&LabelProvenance::Human)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        human > 450,
+        "a third of the rows carry human labels: {human}"
+    );
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "weights-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment().unwrap();
+    let lexicon = sentiflow::train::lexicon().unwrap();
+    let train_with = |human: f32| {
+        let mut request = small_request(&manifest.snapshot_id, 5);
+        request.label_weights = LabelWeights { human };
+        let (store, registry, lexicon, ort) = (&store, &registry, lexicon.clone(), &ort);
+        async move { pipeline::train_and_register(store, registry, lexicon, ort, &request).await }
+    };
+    let card = |version: &str, file: &str| {
+        std::fs::read_to_string(
+            dir.path()
+                .join(format!("models/sentiment-hashed/{version}/{file}")),
+        )
+        .unwrap()
+    };
+
+    let plain = train_with(1.0).await.unwrap();
+    let weighted = train_with(5.0).await.unwrap();
+    let card_json = |version: &str| -> serde_json::Value {
+        serde_json::from_str(&card(version, "card.json")).unwrap()
+    };
+    assert_eq!(
+        card_json(&plain.record.version)["label_weights"]["human"],
+        1.0
+    );
+    assert_eq!(
+        card_json(&weighted.record.version)["label_weights"]["human"],
+        5.0
+    );
+    assert_ne!(
+        card_json(&plain.record.version)["weights_sha256"],
+        card_json(&weighted.record.version)["weights_sha256"],
+        "the weight reaches the trainer"
+    );
+    assert!(
+        card(&weighted.record.version, "card.md").contains("confidence × 5 for human labels"),
+        "{}",
+        card(&weighted.record.version, "card.md")
+    );
+
+    // A weight that would zero or flip the human rows' loss is refused before anything is written.
+    let versions_before = registry.versions("sentiment-hashed").await.unwrap().len();
+    for refused in [0.0, -1.0, f32::NAN] {
+        let error = train_with(refused).await.unwrap_err();
+        assert!(
+            matches!(error, PipelineError::Config(_)) && error.to_string().contains("label weight"),
+            "{error}"
+        );
+    }
     assert_eq!(
         registry.versions("sentiment-hashed").await.unwrap().len(),
         versions_before

@@ -56,6 +56,7 @@ async fn up_replays_a_shift_and_closes_the_loop() {
             epsilon: 0.005,
             max_recall_drop: 0.15,
         },
+        label_weights: sentiflow_trainer::dataset::LabelWeights::default(),
     };
     let result =
         tokio::time::timeout(Duration::from_secs(480), up(args, CancellationToken::new())).await;

@@ -6,10 +6,9 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use sentiflow_model::encoder::bert::BertClassifierWeights;
@@ -22,12 +21,14 @@ use crate::BurnError;
 use crate::encoder::{BertClassifier, DeviceBatch};
 
 /// One tokenized, labelled text: ids with `[CLS]`/`[SEP]`, unpadded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedExample {
     /// Token ids.
     pub ids: Vec<i64>,
     /// Class index (0 negative, 1 neutral, 2 positive).
     pub label: usize,
+    /// How much the row counts in the loss (label confidence × provenance weight; 1 = plain).
+    pub weight: f32,
 }
 
 /// Fine-tuning settings. Defaults follow BERT practice (lr 5e-5, 10 % warm-up, decay 0.01, clip 1.0),
@@ -180,9 +181,6 @@ pub fn fine_tune<B: AutodiffBackend>(
     let started = Instant::now();
     B::seed(device, config.seed);
     let class_weights = class_weights(training, config.class_weighting)?;
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights(Some(class_weights.iter().map(|w| *w as f32).collect()))
-        .init::<B>(device);
     let mut model = BertClassifier::<B>::from_weights(initial, config.dropout, device)?;
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
@@ -223,14 +221,13 @@ pub fn fine_tune<B: AutodiffBackend>(
                 .iter()
                 .map(|index| training[*index].ids.as_slice())
                 .collect();
-            let labels: Vec<i64> = batch
-                .iter()
-                .map(|index| training[*index].label as i64)
-                .collect();
             let device_batch = DeviceBatch::<B>::from_rows(&rows, device);
-            let targets =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [rows.len()]), device);
-            let loss = loss_fn.forward(model.logits(&device_batch), targets);
+            let loss = weighted_cross_entropy(
+                model.logits(&device_batch),
+                batch.iter().map(|index| &training[*index]),
+                &class_weights,
+                device,
+            );
             pending_losses.push(loss.clone().inner());
             let gradients = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(learning_rate, model, gradients);
@@ -422,18 +419,43 @@ fn log_progress(
     }
 }
 
+/// Σ wᵢ·(−log pᵢ[yᵢ]) / Σ wᵢ with wᵢ = class weight of yᵢ × the row's weight: PyTorch's
+/// class-weighted cross-entropy (the same as burn's when every row weighs 1), plus per-row weights.
+fn weighted_cross_entropy<'a, B: Backend>(
+    logits: Tensor<B, 2>,
+    rows: impl Iterator<Item = &'a TokenizedExample>,
+    class_weights: &[f64; CLASSES],
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let (labels, weights): (Vec<i64>, Vec<f32>) = rows
+        .map(|row| {
+            (
+                row.label as i64,
+                (class_weights[row.label] * f64::from(row.weight)) as f32,
+            )
+        })
+        .unzip();
+    let batch = labels.len();
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [batch, 1]), device);
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [batch]), device);
+    let picked = log_softmax(logits, 1).gather(1, targets).reshape([batch]);
+    (picked * weights.clone()).sum().neg() / weights.sum()
+}
+
 fn check_examples(what: &str, examples: &[TokenizedExample]) -> Result<(), BurnError> {
     if examples.is_empty() {
         return Err(BurnError::InvalidConfig(format!("the {what} set is empty")));
     }
-    if let Some(example) = examples
-        .iter()
-        .find(|example| example.label >= CLASSES || example.ids.is_empty())
-    {
+    if let Some(example) = examples.iter().find(|example| {
+        example.label >= CLASSES
+            || example.ids.is_empty()
+            || !(example.weight.is_finite() && example.weight > 0.0)
+    }) {
         return Err(BurnError::InvalidConfig(format!(
-            "a {what} example has label {} and {} ids",
+            "a {what} example has label {}, {} ids and weight {}",
             example.label,
-            example.ids.len()
+            example.ids.len(),
+            example.weight
         )));
     }
     Ok(())
@@ -445,11 +467,11 @@ fn class_weights(
     training: &[TokenizedExample],
     weighting: bool,
 ) -> Result<[f64; CLASSES], BurnError> {
-    let mut counts = [0usize; CLASSES];
+    let mut totals = [0.0f64; CLASSES];
     for example in training {
-        counts[example.label] += 1;
+        totals[example.label] += f64::from(example.weight);
     }
-    if let Some(missing) = counts.iter().position(|count| *count == 0) {
+    if let Some(missing) = totals.iter().position(|total| *total <= 0.0) {
         return Err(BurnError::InvalidConfig(format!(
             "class {missing} has no training example"
         )));
@@ -457,8 +479,8 @@ fn class_weights(
     if !weighting {
         return Ok([1.0; CLASSES]);
     }
-    let total = training.len() as f64;
-    Ok(counts.map(|count| total / (CLASSES as f64 * count as f64)))
+    let total: f64 = totals.iter().sum();
+    Ok(totals.map(|class_total| total / (CLASSES as f64 * class_total)))
 }
 
 #[cfg(test)]
@@ -487,6 +509,7 @@ mod tests {
             .map(|index| TokenizedExample {
                 ids: vec![1; 2 + index % 37],
                 label: index % 3,
+                weight: 1.0,
             })
             .collect();
         let mut rng = Rng::new(7);
@@ -511,10 +534,82 @@ mod tests {
     }
 
     #[test]
+    fn weighted_loss_is_burns_class_weighted_loss_plus_row_weights() {
+        use burn::nn::loss::CrossEntropyLossConfig;
+        type B = crate::NdArrayInference;
+        let device = Default::default();
+        let logits = [[2.0f32, -1.0, 0.5], [0.1, 0.3, -0.2], [-1.5, 0.7, 1.9]];
+        let labels = [0usize, 1, 2];
+        let class_weights = [0.5, 2.0, 1.5];
+        let tensor = |rows: &[[f32; 3]]| {
+            Tensor::<B, 2>::from_data(
+                TensorData::new(rows.concat(), [rows.len(), CLASSES]),
+                &device,
+            )
+        };
+        let example = |label: usize, weight: f32| TokenizedExample {
+            ids: vec![101, 102],
+            label,
+            weight,
+        };
+        let value = |loss: Tensor<B, 1>| loss.into_scalar();
+        let plain: Vec<TokenizedExample> =
+            labels.iter().map(|label| example(*label, 1.0)).collect();
+        let ours = value(weighted_cross_entropy(
+            tensor(&logits),
+            plain.iter(),
+            &class_weights,
+            &device,
+        ));
+        let burns = value(
+            CrossEntropyLossConfig::new()
+                .with_weights(Some(class_weights.iter().map(|w| *w as f32).collect()))
+                .init::<B>(&device)
+                .forward(
+                    tensor(&logits),
+                    Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(labels.map(|label| label as i64).to_vec(), [3]),
+                        &device,
+                    ),
+                ),
+        );
+        assert!((ours - burns).abs() < 1e-6, "{ours} vs burn's {burns}");
+        // A row of weight 2 counts as that row twice.
+        let doubled = [example(0, 1.0), example(1, 2.0), example(2, 1.0)];
+        let repeated = [
+            example(0, 1.0),
+            example(1, 1.0),
+            example(1, 1.0),
+            example(2, 1.0),
+        ];
+        let with_weight = value(weighted_cross_entropy(
+            tensor(&logits),
+            doubled.iter(),
+            &class_weights,
+            &device,
+        ));
+        let with_copy = value(weighted_cross_entropy(
+            tensor(&[logits[0], logits[1], logits[1], logits[2]]),
+            repeated.iter(),
+            &class_weights,
+            &device,
+        ));
+        assert!(
+            (with_weight - with_copy).abs() < 1e-6,
+            "{with_weight} vs {with_copy}"
+        );
+        assert!(
+            (with_weight - ours).abs() > 1e-3,
+            "the weight changes the loss"
+        );
+    }
+
+    #[test]
     fn class_weights_balance_and_refuse_a_missing_class() {
         let example = |label| TokenizedExample {
             ids: vec![101, 102],
             label,
+            weight: 1.0,
         };
         let weights =
             class_weights(&[example(0), example(0), example(1), example(2)], true).unwrap();

@@ -324,7 +324,11 @@ fn balanced_airline_examples(
         let class = label(&row.label);
         if per_class[class].len() < 48 {
             let (ids, _) = tokenizer.encode(&row.text).expect("tokenizes");
-            per_class[class].push(TokenizedExample { ids, label: class });
+            per_class[class].push(TokenizedExample {
+                ids,
+                label: class,
+                weight: 1.0,
+            });
         }
     }
     let (mut training, mut validation) = (Vec::new(), Vec::new());
@@ -458,6 +462,7 @@ fn cuda_forward_matches_the_cpu_forward_or_is_refused_without_a_gpu() {
         .map(|row| TokenizedExample {
             ids: tokenizer.encode(&row.text).expect("tokenizes").0,
             label: 0,
+            weight: 1.0,
         })
         .collect();
     let cpu =

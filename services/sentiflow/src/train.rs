@@ -14,6 +14,7 @@ use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::runtime::OrtEnvironment;
 use sentiflow_model::train::TrainConfig;
+use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::encoder::{self, EncoderFiles, EncoderTrainRequest};
 use sentiflow_trainer::finetune::{
     self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest,
@@ -92,6 +93,9 @@ pub struct TrainArgs {
     /// Gate thresholds.
     #[command(flatten)]
     pub gate: GatePolicy,
+    /// Training weight of human labels (labels.feedback) in the snapshot.
+    #[command(flatten)]
+    pub label_weights: LabelWeights,
 }
 
 /// Model families on the command line.
@@ -186,6 +190,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             device,
             device_reason: reason,
             gate: args.gate,
+            label_weights: args.label_weights,
         };
         let files = EncoderFiles::from_cache(&CacheDir::from_env()?)?;
         let ort = ort_environment()?;
@@ -211,6 +216,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             head,
             device: args.device,
             gate: args.gate,
+            label_weights: args.label_weights,
             threads: if args.embed_threads == 0 {
                 std::thread::available_parallelism().map_or(1, usize::from)
             } else {
@@ -255,6 +261,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         },
         device: args.device,
         gate: args.gate,
+        label_weights: args.label_weights,
     };
     let ort = ort_environment()?;
     let outcome =

@@ -155,6 +155,10 @@ pub struct UpArgs {
     /// trainer`).
     #[command(flatten)]
     pub gate: sentiflow_trainer::gate::GatePolicy,
+
+    /// Training weight of human labels in those retrains (the same flag as `sentiflow trainer`).
+    #[command(flatten)]
+    pub label_weights: sentiflow_trainer::dataset::LabelWeights,
 }
 
 /// What one `up` run did (the CLI prints it as it goes; tests assert on it).
@@ -314,6 +318,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     config.infer.device = args.device;
     config.trainer.telemetry.http_addr = args.trainer_http_addr;
     config.trainer.gate = args.gate;
+    config.trainer.label_weights = args.label_weights;
     config.drift.telemetry.http_addr = args.drift_http_addr;
     config.drift.window_events = args.drift_window_events;
     // Predictions after a shift that drift needs to confirm it: k windows plus the one straddling the
@@ -1104,6 +1109,8 @@ pub async fn bootstrap_champion(
         device: TrainDevice::Auto,
         burn: Default::default(),
         gate: sentiflow_trainer::gate::GatePolicy::default(),
+        // The bootstrap corpus carries source labels only.
+        label_weights: sentiflow_trainer::dataset::LabelWeights::default(),
     };
     let ort = crate::train::ort_environment()?;
     let outcome = sentiflow_trainer::pipeline::train_and_register(

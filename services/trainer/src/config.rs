@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 
+use crate::dataset::LabelWeights;
 use crate::gate::GatePolicy;
 
 /// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; `retrain.requests` →
@@ -108,6 +109,10 @@ pub struct TrainerConfig {
     /// Promotion gate of the retrain loop.
     #[command(flatten)]
     pub gate: GatePolicy,
+
+    /// Training weight of human labels in the retrain loop.
+    #[command(flatten)]
+    pub label_weights: LabelWeights,
 }
 
 /// A configuration that cannot work, caught at start-up instead of at the first message.
@@ -144,6 +149,7 @@ impl TrainerConfig {
             encoder_model_name: "sentiment-encoder".to_owned(),
             ort_dylib: None,
             gate: GatePolicy::default(),
+            label_weights: LabelWeights::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use sentiflow_model::runtime::OrtEnvironment;
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
-use crate::dataset::{DatasetRow, SnapshotStore, Split};
+use crate::dataset::{DatasetRow, LabelWeights, SnapshotStore, Split};
 use crate::gate::{self, GatePolicy};
 use crate::pipeline::{
     PipelineError, TrainDevice, TrainOutcome, card_files, evaluate_onnx, write_curve_link,
@@ -78,6 +78,8 @@ pub struct EncoderTrainRequest {
     /// every time. Snapshots are immutable and the config hash covers tokenizer, base model and max
     /// length, so a cached file is valid for exactly the inputs it was computed from.
     pub embedding_cache: Option<PathBuf>,
+    /// How much each labelled row counts in training, by label provenance.
+    pub label_weights: LabelWeights,
 }
 
 /// Throughput of the embedding step.
@@ -124,6 +126,9 @@ pub struct EncoderModelCard {
     pub featurizer_config_hash: String,
     /// Head trainer configuration (seed included).
     pub head_config: HeadConfig,
+    /// How much each label counted in training (human labels × `human`).
+    #[serde(default = "LabelWeights::unweighted")]
+    pub label_weights: LabelWeights,
     /// Device that trained it.
     pub device: String,
     /// Why that device.
@@ -277,6 +282,10 @@ pub async fn train_and_register_encoder(
 ) -> Result<EncoderTrainOutcome, PipelineError> {
     let (device, device_reason) = choose_device(request.device)?;
     tracing::info!(device, reason = %device_reason, snapshot = %request.snapshot_id, "training an encoder-family model");
+    request
+        .label_weights
+        .validate()
+        .map_err(PipelineError::Config)?;
     let manifest = store.manifest(&request.snapshot_id)?;
     let splits = [
         store.read(&request.snapshot_id, Split::Train)?,
@@ -332,7 +341,9 @@ pub async fn train_and_register_encoder(
                 let rows = &splits[index];
                 (
                     rows.iter().map(|row| row.label.index()).collect::<Vec<_>>(),
-                    rows.iter().map(|row| row.confidence).collect::<Vec<_>>(),
+                    rows.iter()
+                        .map(|row| request.label_weights.weight(row))
+                        .collect::<Vec<_>>(),
                 )
             };
             let (train_labels, train_weights) = labelled(0);
@@ -435,6 +446,7 @@ pub async fn train_and_register_encoder(
         encoder_config: config.clone(),
         featurizer_config_hash: config_hash,
         head_config: request.head.clone(),
+        label_weights: request.label_weights,
         device: device.to_owned(),
         device_reason,
         weights_sha256,
@@ -523,13 +535,14 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
     );
     let _ = writeln!(
         out,
-        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n- head training: {:.1} s\n\
+        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n- {}\n- head training: {:.1} s\n\
          - embedding: {} rows in {:.1} s ({:.1} rows/s, {} truncated), {} rows from the cache\n",
         card.device,
         card.device_reason,
         card.weights_sha256,
         card.head_config.seed,
         card.best_epoch,
+        card.label_weights.describe(),
         card.head_seconds,
         card.embedding.rows,
         card.embedding.seconds,

@@ -21,7 +21,7 @@ use sentiflow_model::train::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
-use crate::dataset::{DatasetRow, SnapshotStore, Split};
+use crate::dataset::{DatasetRow, LabelWeights, SnapshotStore, Split};
 use crate::encoder::{EncoderFiles, champion_evaluation};
 use crate::gate::{self, GatePolicy};
 use crate::pipeline::{
@@ -159,6 +159,8 @@ pub struct FineTuneRequest {
     pub device_reason: String,
     /// Gate thresholds.
     pub gate: GatePolicy,
+    /// How much each labelled row counts in training, by label provenance.
+    pub label_weights: LabelWeights,
 }
 
 /// Rows of one split as the fine-tuner takes them, and what tokenizing found.
@@ -171,6 +173,7 @@ struct TokenizedSplit {
 fn tokenize_split(
     tokenizer: &EncoderTokenizer,
     rows: &[DatasetRow],
+    label_weights: LabelWeights,
 ) -> Result<TokenizedSplit, PipelineError> {
     let mut split = TokenizedSplit {
         examples: Vec::with_capacity(rows.len()),
@@ -190,6 +193,7 @@ fn tokenize_split(
         split.examples.push(TokenizedExample {
             ids,
             label: row.label.index(),
+            weight: label_weights.weight(row),
         });
     }
     Ok(split)
@@ -214,6 +218,9 @@ pub struct FineTunedModelCard {
     pub featurizer_config_hash: String,
     /// Optimiser, schedule, epochs and seed.
     pub fine_tune_config: FineTuneConfig,
+    /// How much each label counted in training (human labels × `human`).
+    #[serde(default = "LabelWeights::unweighted")]
+    pub label_weights: LabelWeights,
     /// Device that trained it (`cuda`, `burn-cpu`).
     pub device: String,
     /// Why that device.
@@ -254,6 +261,10 @@ pub async fn fine_tune_and_register(
     request: &FineTuneRequest,
 ) -> Result<TrainOutcome, PipelineError> {
     tracing::info!(device = request.device.as_str(), reason = %request.device_reason, snapshot = %request.snapshot_id, "fine-tuning an encoder-family model");
+    request
+        .label_weights
+        .validate()
+        .map_err(PipelineError::Config)?;
     let manifest = store.manifest(&request.snapshot_id)?;
     let tokenizer = EncoderTokenizer::from_file(&files.tokenizer, request.max_length)
         .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
@@ -270,8 +281,8 @@ pub async fn fine_tune_and_register(
     }
     let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
     let test_rows = store.read(&request.snapshot_id, Split::Test)?;
-    let training = tokenize_split(&tokenizer, &train_rows)?;
-    let validation = tokenize_split(&tokenizer, &validation_rows)?;
+    let training = tokenize_split(&tokenizer, &train_rows, request.label_weights)?;
+    let validation = tokenize_split(&tokenizer, &validation_rows, request.label_weights)?;
     let initial = BertClassifierWeights::from_safetensors(
         &files.weights,
         &files.weights_config,
@@ -379,6 +390,7 @@ pub async fn fine_tune_and_register(
         featurizer_config_hash: config.config_hash(),
         encoder_config: config,
         fine_tune_config: request.fine_tune.clone(),
+        label_weights: request.label_weights,
         device: request.device.as_str().to_owned(),
         device_reason: request.device_reason.clone(),
         weights_sha256,
@@ -456,7 +468,7 @@ pub fn card_markdown(card: &FineTunedModelCard) -> String {
         out,
         "- trained on: {} ({})\n- weights sha256: `{}`\n- AdamW: lr {:e}, warm-up {:.0} %, weight decay {}, \
          clip {}, batch {}, dropout {}, class weighting {}, seed {}\n- training rows: {} ({} rows without \
-         tokens left out, {} truncated)\n- best epoch: {} of {} planned; {:.1} s\n",
+         tokens left out, {} truncated)\n- {}\n- best epoch: {} of {} planned; {:.1} s\n",
         card.device,
         card.device_reason,
         card.weights_sha256,
@@ -471,6 +483,7 @@ pub fn card_markdown(card: &FineTunedModelCard) -> String {
         card.training_rows,
         card.empty_rows,
         card.truncated_rows,
+        card.label_weights.describe(),
         card.best_epoch,
         config.epochs,
         card.train_seconds

@@ -19,7 +19,7 @@ use sentiflow_model::train::{Example, TrainConfig, TrainedModel, train};
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
-use crate::dataset::{DatasetRow, SnapshotStore, Split};
+use crate::dataset::{DatasetRow, LabelWeights, SnapshotStore, Split};
 use crate::gate::{self, GatePolicy};
 use crate::registry::{ModelRecord, NewModel, Registry};
 
@@ -77,6 +77,8 @@ pub struct TrainRequest {
     pub device: TrainDevice,
     /// Gate thresholds.
     pub gate: GatePolicy,
+    /// How much each labelled row counts in training, by label provenance.
+    pub label_weights: LabelWeights,
 }
 
 /// What a run produced.
@@ -118,6 +120,9 @@ pub struct ModelCard {
     /// The burn trainer's own settings, when it trained the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn_config: Option<BurnConfig>,
+    /// How much each label counted in training (human labels × `human`).
+    #[serde(default = "LabelWeights::unweighted")]
+    pub label_weights: LabelWeights,
     /// Device that trained it, and why.
     pub device: String,
     /// Why that device.
@@ -166,6 +171,9 @@ pub enum PipelineError {
     /// The burn trainer failed.
     #[error("burn trainer: {0}")]
     Burn(String),
+    /// A request setting out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
 }
 
 /// Decides the training device honestly, probing the CUDA driver (once per process) when the
@@ -220,12 +228,12 @@ pub fn choose_device_with(
     }
 }
 
-fn examples(rows: &[DatasetRow]) -> Vec<Example> {
+fn examples(rows: &[DatasetRow], weights: LabelWeights) -> Vec<Example> {
     rows.iter()
         .map(|row| Example {
             text: row.text.clone(),
             label: row.label.index(),
-            weight: row.confidence,
+            weight: weights.weight(row),
         })
         .collect()
 }
@@ -244,6 +252,10 @@ pub async fn train_and_register(
         reason: device_reason,
     } = choose_device(request.device)?;
     tracing::info!(device, reason = %device_reason, snapshot = %request.snapshot_id, "training");
+    request
+        .label_weights
+        .validate()
+        .map_err(PipelineError::Config)?;
     let manifest = store.manifest(&request.snapshot_id)?;
     let train_rows = store.read(&request.snapshot_id, Split::Train)?;
     let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
@@ -255,7 +267,10 @@ pub async fn train_and_register(
     let featurizer_for_training = featurizer.clone();
     let train_config = request.train.clone();
     let burn_config = request.burn.clone();
-    let (train_examples, validation_examples) = (examples(&train_rows), examples(&validation_rows));
+    let (train_examples, validation_examples) = (
+        examples(&train_rows, request.label_weights),
+        examples(&validation_rows, request.label_weights),
+    );
     let trained: TrainedModel = tokio::task::spawn_blocking(move || match trainer {
         Trainer::Sparse => train(
             &featurizer_for_training,
@@ -353,6 +368,7 @@ pub async fn train_and_register(
         featurizer_config_hash: metadata.featurizer_config_hash.clone(),
         train_config: request.train.clone(),
         burn_config: matches!(trainer, Trainer::Burn(_)).then(|| request.burn.clone()),
+        label_weights: request.label_weights,
         device: device.to_owned(),
         device_reason,
         weights_sha256: metadata.weights_sha256.clone(),
@@ -515,12 +531,13 @@ pub fn card_markdown(card: &ModelCard) -> String {
     );
     let _ = writeln!(
         out,
-        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n",
+        "- trained on: {} ({})\n- weights sha256: `{}`\n- seed: {}\n- best epoch: {}\n- {}\n",
         card.device,
         card.device_reason,
         card.weights_sha256,
         card.train_config.seed,
-        card.best_epoch
+        card.best_epoch,
+        card.label_weights.describe()
     );
     if let Some(burn) = &card.burn_config {
         let _ = writeln!(
@@ -674,6 +691,7 @@ mod tests {
             featurizer_config_hash: FeaturizerConfig::default().config_hash(),
             train_config: TrainConfig::default(),
             burn_config: None,
+            label_weights: LabelWeights::default(),
             device: "cpu".to_owned(),
             device_reason: "requested".to_owned(),
             weights_sha256: "0".repeat(64),

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
-use crate::dataset::{DatasetError, Origin, SnapshotStore};
+use crate::dataset::{DatasetError, LabelWeights, Origin, SnapshotStore};
 use crate::encoder::{self, EncoderFiles, EncoderTrainRequest};
 use crate::error::Rejection;
 use crate::finetune::{self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest};
@@ -266,6 +266,8 @@ pub(crate) struct RetrainWorker {
     pub data_dir: std::path::PathBuf,
     /// Gate thresholds.
     pub gate: GatePolicy,
+    /// How much each labelled row counts in a retrain, by label provenance.
+    pub label_weights: LabelWeights,
     /// Largest accepted request in bytes.
     pub max_payload_bytes: usize,
     /// `/healthz` facts (the last retrain) and checks.
@@ -548,6 +550,7 @@ impl RetrainWorker {
                     burn: Default::default(),
                     device,
                     gate: self.gate,
+                    label_weights: self.label_weights,
                 };
                 pipeline::train_and_register(
                     &self.snapshots,
@@ -622,6 +625,7 @@ impl RetrainWorker {
                     device: burn_device,
                     device_reason: reason,
                     gate: self.gate,
+                    label_weights: self.label_weights,
                 };
                 Ok(finetune::fine_tune_and_register(
                     &self.snapshots,
@@ -641,6 +645,7 @@ impl RetrainWorker {
                     head: sentiflow_model::encoder::HeadConfig::default(),
                     device,
                     gate: self.gate,
+                    label_weights: self.label_weights,
                     threads: std::thread::available_parallelism().map_or(1, usize::from),
                     embedding_cache: Some(self.data_dir.join("embeddings")),
                 };

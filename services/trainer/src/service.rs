@@ -228,6 +228,7 @@ pub async fn start(
             encoder_model_name: config.encoder_model_name.clone(),
             data_dir: config.data_dir.clone(),
             gate: config.gate,
+            label_weights: config.label_weights,
             max_payload_bytes: config.max_payload_bytes,
             health: health.clone(),
             stats: stats.clone(),

@@ -216,7 +216,8 @@ pub struct Recipe {
     /// lexicon as a teacher); 0 keeps the gold labels only.
     pub lexicon_teacher: f32,
     /// Total weight of labelled target-domain rows (see [`ood_training_with_target`]) relative to
-    /// their row count (only applied when `balance_sources` is on).
+    /// their row count; without `balance_sources`, a plain multiplier of each such row's weight (as
+    /// the trainers apply `--human-label-weight`).
     pub target_share: f32,
 }
 
@@ -305,6 +306,13 @@ fn assemble(
             };
             let factor = scale * source_totals[*source] / (3.0 * totals[*source][example.label]);
             example.weight = (f64::from(example.weight) * factor) as f32;
+        }
+    } else {
+        // What the trainers do with `--human-label-weight`: a plain multiplier.
+        for (example, source, _) in &mut kept {
+            if *source == 2 {
+                example.weight *= recipe.target_share;
+            }
         }
     }
     let (validation, training): (Vec<_>, Vec<_>) =

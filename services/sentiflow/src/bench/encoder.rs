@@ -752,6 +752,7 @@ pub fn run_train(
                 Ok(TokenizedExample {
                     ids: tokenizer.encode(text)?.0,
                     label: *label,
+                    weight: 1.0,
                 })
             })
             .collect()
