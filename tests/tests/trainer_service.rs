@@ -570,8 +570,25 @@ async fn invalid_configuration_is_refused_at_start() {
     assert!(error.to_string().contains("--retrain-group-id"), "{error}");
     config.retrain_group_id = format!("{}-retrain", config.group_id);
     config.gate.epsilon = f64::NAN;
-    let error = sentiflow_trainer::start(config, CancellationToken::new())
+    let error = sentiflow_trainer::start(config.clone(), CancellationToken::new())
         .await
         .unwrap_err();
     assert!(error.to_string().contains("--gate-epsilon"), "{error}");
+    config.gate.epsilon = 0.005;
+    config.label_weights.human = 0.0;
+    let error = sentiflow_trainer::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("--human-label-weight"),
+        "{error}"
+    );
+    // On the command line the same value never gets that far.
+    let error = sentiflow_trainer::TrainerConfig::try_parse_from([
+        "sentiflow-trainer",
+        "--human-label-weight=-1",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("between 0.01 and 1000"), "{error}");
 }

@@ -185,6 +185,12 @@ impl TrainerConfig {
                 "the gate thresholds must be finite numbers",
             );
         }
+        if let Err(reason) = self.label_weights.validate() {
+            return Err(ConfigError::Invalid {
+                name: "--human-label-weight",
+                reason,
+            });
+        }
         if self.snapshot_every_ms == Some(0) {
             return invalid("--snapshot-every-ms", "must be at least 1 when set");
         }
