@@ -409,7 +409,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
     assert_eq!(card.history.len(), 1);
     assert_eq!(card.history[0].steps, 6);
     assert!(card.encoder_config.fine_tuned);
-    assert_eq!(card.label_weights, LabelWeights::default());
+    assert_eq!(card.label_weights, Some(LabelWeights::default()));
     sentiflow_tests::assert_card_files(&card_dir, &first.record);
     let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
     assert!(

@@ -51,7 +51,7 @@ pub struct FineTuneConfig {
     pub max_grad_norm: f32,
     /// Dropout of embeddings, attention and feed-forward outputs.
     pub dropout: f64,
-    /// Weight classes by inverse frequency in the loss.
+    /// Weight classes by the inverse of their summed row weight in the loss.
     pub class_weighting: bool,
     /// Epochs without a better validation macro-F1 before stopping.
     pub patience: usize,
@@ -461,8 +461,9 @@ fn check_examples(what: &str, examples: &[TokenizedExample]) -> Result<(), BurnE
     Ok(())
 }
 
-/// Inverse-frequency weights normalised to mean 1 over present classes (all 1 when off); a class
-/// missing from training is an error, since the model could never learn it.
+/// Balanced class weights, `total / (classes × class total)` over the rows' summed weights (so every
+/// class carries the same share of the loss; all 1 when off); a class missing from training is an
+/// error, since the model could never learn it.
 fn class_weights(
     training: &[TokenizedExample],
     weighting: bool,

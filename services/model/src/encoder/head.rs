@@ -152,7 +152,8 @@ pub struct Labelled<'a> {
     pub embeddings: &'a [f32],
     /// Class index per row.
     pub labels: &'a [usize],
-    /// Example weight per row (label confidence; 1 for source labels).
+    /// Example weight per row (the trainer's label weight: confidence, times the human-label
+    /// weight for human labels).
     pub weights: &'a [f32],
 }
 

@@ -371,7 +371,9 @@ pub fn ood_training(recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
 }
 
 /// [`ood_training`] plus labelled rows of the target domain (a stand-in for human labels arriving
-/// on `labels.feedback`), balanced as a third source.
+/// on `labels.feedback`) as a third source: balanced with `target_share` when the recipe balances
+/// sources, else weighted `target_share` times each (as the trainers' `--human-label-weight`). Like
+/// every row, about 10 % of them land in the validation split.
 pub fn ood_training_with_target(
     recipe: Recipe,
     target: &[(usize, String)],
@@ -408,9 +410,17 @@ pub struct TargetFold {
     pub labelled: Vec<(usize, String)>,
 }
 
-/// Cuts `target` into `folds` folds by a hash of each row's [`split_identity`]; fold `i` trains on
-/// `count` rows of the others, so no row is ever scored by a model that saw it.
+/// Cuts `target` into `folds` (≥ 2) folds by a hash of each row's [`split_identity`]; fold `i`
+/// trains on `count` rows of the others (fewer when the others hold fewer), so no row is ever scored
+/// by a model that saw it.
+///
+/// # Panics
+/// With fewer than 2 folds (nothing would be held out, or nothing left to train on).
 pub fn target_folds(target: &[(usize, String)], folds: usize, count: usize) -> Vec<TargetFold> {
+    assert!(
+        folds >= 2,
+        "cross-fitting needs at least 2 folds, got {folds}"
+    );
     let fold_of: Vec<usize> = target
         .iter()
         .map(|(_, text)| (stable_hash(&split_identity(text), 0) % folds as u64) as usize)
