@@ -269,6 +269,38 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
         card(&weighted.record.version, "card.md")
     );
 
+    // `sentiflow eval --blend-with`: both models and their average scored on the same rows; weight 0
+    // is the first model, weight 1 the second, 0.5 the mean of their probabilities.
+    let test_rows = store.read(&manifest.snapshot_id, Split::Test).unwrap();
+    let texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let (first, second) = (
+        registry.load_verified(&plain.record).await.unwrap(),
+        registry.load_verified(&weighted.record).await.unwrap(),
+    );
+    let report = |weight| {
+        sentiflow::train::evaluate_models(&ort, &first, Some(&second), weight, &texts, &labels)
+            .unwrap()
+    };
+    let half = report(0.5);
+    let (second_evaluation, blended) = (half.blend_with.unwrap(), half.blend.unwrap());
+    assert!(
+        (half.model.macro_f1 - plain.test.macro_f1).abs() < 1e-9
+            && (second_evaluation.macro_f1 - weighted.test.macro_f1).abs() < 1e-9,
+        "through ORT, each model scores what its card says"
+    );
+    let first_probabilities = pipeline::predict_onnx(&ort, &first, &texts).unwrap();
+    let second_probabilities = pipeline::predict_onnx(&ort, &second, &texts).unwrap();
+    assert_eq!(
+        blended.evaluation,
+        sentiflow_model::eval::evaluate(
+            &sentiflow_model::eval::blend(&second_probabilities, &first_probabilities, 0.5),
+            &labels
+        )
+    );
+    assert_eq!(report(0.0).blend.unwrap().evaluation, half.model);
+    assert_eq!(report(1.0).blend.unwrap().evaluation, second_evaluation);
+
     // A weight that would zero or flip the human rows' loss is refused before anything is written.
     let versions_before = registry.versions("sentiment-hashed").await.unwrap().len();
     for refused in [0.0, -1.0, f32::NAN] {

@@ -9,7 +9,7 @@ use sentiflow_common::cache::CacheDir;
 use sentiflow_common::config::KafkaArgs;
 use sentiflow_common::events::{ModelAlias, RawReview, UpdateAction};
 use sentiflow_model::encoder::HeadConfig;
-use sentiflow_model::eval::Evaluation;
+use sentiflow_model::eval::{Evaluation, blend, evaluate};
 use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::runtime::OrtEnvironment;
@@ -126,9 +126,99 @@ pub struct EvalArgs {
     /// Layout of the file.
     #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
     pub format: CorpusFormat,
+    /// A second model to score the same rows with: an ONNX file, or NAME@VERSION / NAME@ALIAS in the
+    /// registry. Prints both models and the average of their probabilities (e.g. the hashed and the
+    /// encoder champion: what a blend of the two would score on your data).
+    #[arg(long, value_name = "FILE|NAME@VERSION")]
+    pub blend_with: Option<String>,
+    /// Weight of the --blend-with model in the average (the first model gets 1 − weight).
+    #[arg(
+        long,
+        value_name = "WEIGHT",
+        default_value_t = 0.5,
+        requires = "blend_with",
+        value_parser = parse_blend_weight
+    )]
+    pub blend_weight: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_blend_weight(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(weight) if (0.0..=1.0).contains(&weight) => Ok(weight),
+        Ok(weight) => Err(format!("a blend weight is between 0 and 1, got {weight}")),
+        Err(error) => Err(format!("not a number: {error}")),
+    }
+}
+
+/// What `sentiflow eval` measured: the model, and with `--blend-with` the second model and the
+/// weighted average of both models' probabilities on the same rows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    /// The model of --model / --registry-model.
+    pub model: Evaluation,
+    /// The --blend-with model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend_with: Option<Evaluation>,
+    /// The blend: `weight` × the --blend-with model + (1 − `weight`) × the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend: Option<BlendEvaluation>,
+}
+
+/// The evaluation of a two-model probability average.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlendEvaluation {
+    /// Weight of the --blend-with model.
+    pub weight: f64,
+    /// Metrics of the average.
+    pub evaluation: Evaluation,
+}
+
+/// Scores `texts` with `model` (and `blend_with`, and their `weight`ed average) through ONNX Runtime
+/// and evaluates against `labels`. Blocking.
+pub fn evaluate_models(
+    ort: &OrtEnvironment,
+    model: &[u8],
+    blend_with: Option<&[u8]>,
+    weight: f64,
+    texts: &[&str],
+    labels: &[usize],
+) -> anyhow::Result<EvalReport> {
+    let first = pipeline::predict_onnx(ort, model, texts)?;
+    let Some(second_model) = blend_with else {
+        return Ok(EvalReport {
+            model: evaluate(&first, labels),
+            blend_with: None,
+            blend: None,
+        });
+    };
+    let second = pipeline::predict_onnx(ort, second_model, texts)?;
+    Ok(EvalReport {
+        model: evaluate(&first, labels),
+        blend_with: Some(evaluate(&second, labels)),
+        blend: Some(BlendEvaluation {
+            weight,
+            evaluation: evaluate(&blend(&second, &first, weight), labels),
+        }),
+    })
+}
+
+/// Reads a model named by a file path or by NAME@VERSION / NAME@ALIAS (alias `champion` when only a
+/// name is given) from the registry, checksum verified.
+async fn read_model(spec: &str, registry: &RegistryArgs) -> anyhow::Result<Vec<u8>> {
+    let path = std::path::Path::new(spec);
+    if path.is_file() {
+        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    let (name, version) = spec.split_once('@').unwrap_or((spec, "champion"));
+    let registry = registry.open()?;
+    let record = registry
+        .resolve(name, version)
+        .await
+        .with_context(|| format!("{spec} is neither a file nor a model in the registry"))?;
+    Ok(registry.load_verified(&record).await?)
 }
 
 /// Loads ONNX Runtime from `ORT_DYLIB_PATH` or the setup cache.
@@ -368,13 +458,12 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         (Some(path), None) => {
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
         }
-        (None, Some(spec)) => {
-            let (name, version) = spec.split_once('@').unwrap_or((spec.as_str(), "champion"));
-            let registry = args.registry.open()?;
-            let record = registry.resolve(name, version).await?;
-            registry.load_verified(&record).await?
-        }
+        (None, Some(spec)) => read_model(spec, &args.registry).await?,
         _ => bail!("give --model FILE or --registry-model NAME@VERSION"),
+    };
+    let blend_with = match &args.blend_with {
+        Some(spec) => Some(read_model(spec, &args.registry).await?),
+        None => None,
     };
     let records = corpus::read_records(&args.data, args.format, None)?;
     let mut texts = Vec::with_capacity(records.len());
@@ -393,15 +482,26 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         labels.push(label.index());
     }
     let ort = ort_environment()?;
-    let evaluation = tokio::task::spawn_blocking(move || {
+    let weight = args.blend_weight;
+    let report = tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels)
+        evaluate_models(&ort, &onnx, blend_with.as_deref(), weight, &texts, &labels)
     })
     .await??;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&evaluation)?);
-    } else {
-        print_evaluation(&args.data.display().to_string(), &evaluation);
+    let data = args.data.display().to_string();
+    match (&report.blend_with, &report.blend, args.json) {
+        // One model: the evaluation itself, as before --blend-with existed.
+        (None, _, true) => println!("{}", serde_json::to_string_pretty(&report.model)?),
+        (_, _, true) => println!("{}", serde_json::to_string_pretty(&report)?),
+        (Some(second), Some(blend), false) => {
+            print_evaluation(&format!("{data} (model)"), &report.model);
+            print_evaluation(&format!("{data} (--blend-with)"), second);
+            print_evaluation(
+                &format!("{data} (blend, weight {} on --blend-with)", blend.weight),
+                &blend.evaluation,
+            );
+        }
+        _ => print_evaluation(&data, &report.model),
     }
     Ok(())
 }

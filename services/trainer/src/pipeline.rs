@@ -11,6 +11,7 @@ use sentiflow_common::events::{GateDecision, ModelFamily};
 use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::eval::{Evaluation, evaluate};
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
+use sentiflow_model::hashed::CLASSES;
 use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::onnx::{Family, ModelMetadata, export_hashed, weights_sha256};
 use sentiflow_model::runtime::{DeviceRequest, LoadedModel, OrtEnvironment};
@@ -430,6 +431,16 @@ pub fn evaluate_onnx(
     texts: &[&str],
     labels: &[usize],
 ) -> Result<Evaluation, PipelineError> {
+    Ok(evaluate(&predict_onnx(ort, onnx, texts)?, labels))
+}
+
+/// Class probabilities of `texts` from an ONNX model of either family, through ONNX Runtime's CPU
+/// provider, preprocessed as the model's metadata says (the serving code path).
+pub fn predict_onnx(
+    ort: &OrtEnvironment,
+    onnx: &[u8],
+    texts: &[&str],
+) -> Result<Vec<[f64; CLASSES]>, PipelineError> {
     let onnx_error = |error: &dyn std::fmt::Display| PipelineError::Onnx(error.to_string());
     let family = sentiflow_model::onnx::read_metadata(onnx)
         .and_then(|metadata| metadata.family_kind())
@@ -481,7 +492,7 @@ pub fn evaluate_onnx(
             }
         }
     }
-    Ok(evaluate(&probabilities, labels))
+    Ok(probabilities)
 }
 
 /// Rebuilds the featurizer recorded in a model's metadata, refusing versions this build does not implement.
