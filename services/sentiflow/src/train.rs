@@ -145,6 +145,7 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// Clap's parser of `--blend-weight`: a number in [0, 1].
 fn parse_blend_weight(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(weight) if (0.0..=1.0).contains(&weight) => Ok(weight),
@@ -205,20 +206,30 @@ pub fn evaluate_models(
     })
 }
 
-/// Reads a model named by a file path or by NAME@VERSION / NAME@ALIAS (alias `champion` when only a
-/// name is given) from the registry, checksum verified.
-async fn read_model(spec: &str, registry: &RegistryArgs) -> anyhow::Result<Vec<u8>> {
-    let path = std::path::Path::new(spec);
-    if path.is_file() {
-        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    }
+/// Reads NAME@VERSION or NAME@ALIAS (alias `champion` when only a name is given) from the
+/// registry, checksum verified.
+async fn read_registry_model(spec: &str, registry: &RegistryArgs) -> anyhow::Result<Vec<u8>> {
     let (name, version) = spec.split_once('@').unwrap_or((spec, "champion"));
     let registry = registry.open()?;
     let record = registry
         .resolve(name, version)
         .await
-        .with_context(|| format!("{spec} is neither a file nor a model in the registry"))?;
+        .with_context(|| format!("{spec} is not a model in the registry"))?;
     Ok(registry.load_verified(&record).await?)
+}
+
+/// Reads a model named by an ONNX file path or, when no such file exists, a registry spec.
+async fn read_file_or_registry_model(
+    spec: &str,
+    registry: &RegistryArgs,
+) -> anyhow::Result<Vec<u8>> {
+    let path = std::path::Path::new(spec);
+    if path.is_file() {
+        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    read_registry_model(spec, registry)
+        .await
+        .with_context(|| format!("{spec} is not a file either"))
 }
 
 /// Loads ONNX Runtime from `ORT_DYLIB_PATH` or the setup cache.
@@ -458,11 +469,11 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         (Some(path), None) => {
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
         }
-        (None, Some(spec)) => read_model(spec, &args.registry).await?,
+        (None, Some(spec)) => read_registry_model(spec, &args.registry).await?,
         _ => bail!("give --model FILE or --registry-model NAME@VERSION"),
     };
     let blend_with = match &args.blend_with {
-        Some(spec) => Some(read_model(spec, &args.registry).await?),
+        Some(spec) => Some(read_file_or_registry_model(spec, &args.registry).await?),
         None => None,
     };
     let records = corpus::read_records(&args.data, args.format, None)?;
