@@ -188,16 +188,17 @@ pub fn evaluate_models(
     labels: &[usize],
 ) -> anyhow::Result<EvalReport> {
     let first = pipeline::predict_onnx(ort, model, texts)?;
+    let model = evaluate(&first, labels);
     let Some(second_model) = blend_with else {
         return Ok(EvalReport {
-            model: evaluate(&first, labels),
+            model,
             blend_with: None,
             blend: None,
         });
     };
     let second = pipeline::predict_onnx(ort, second_model, texts)?;
     Ok(EvalReport {
-        model: evaluate(&first, labels),
+        model,
         blend_with: Some(evaluate(&second, labels)),
         blend: Some(BlendEvaluation {
             weight,
@@ -500,11 +501,11 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     })
     .await??;
     let data = args.data.display().to_string();
-    match (&report.blend_with, &report.blend, args.json) {
+    match (&report.blend_with, &report.blend) {
         // One model: the evaluation itself, as before --blend-with existed.
-        (None, _, true) => println!("{}", serde_json::to_string_pretty(&report.model)?),
-        (_, _, true) => println!("{}", serde_json::to_string_pretty(&report)?),
-        (Some(second), Some(blend), false) => {
+        (None, _) if args.json => println!("{}", serde_json::to_string_pretty(&report.model)?),
+        _ if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
+        (Some(second), Some(blend)) => {
             print_evaluation(&format!("{data} (model)"), &report.model);
             print_evaluation(&format!("{data} (--blend-with)"), second);
             print_evaluation(
