@@ -35,6 +35,7 @@ fn request(snapshot_id: &str, cache: &std::path::Path) -> EncoderTrainRequest {
         label_weights: LabelWeights::default(),
         threads: 2,
         embedding_cache: Some(cache.to_path_buf()),
+        blend: None,
     }
 }
 
@@ -55,6 +56,38 @@ fn airline_snapshot(
     std::fs::write(&slice, lines.join("\n")).unwrap();
     let manifest = sentiflow::dataset::import(&store, &[slice], CorpusFormat::Events).unwrap();
     (store, manifest)
+}
+
+/// `infer --family encoder` on the registry in `data_dir` (Redis prefix `prefix`), small batches.
+fn infer_config(
+    kafka: &sentiflow_common::config::KafkaArgs,
+    redis_url: &str,
+    prefix: &str,
+    data_dir: &std::path::Path,
+) -> sentiflow_infer::InferConfig {
+    sentiflow_infer::InferConfig {
+        kafka: kafka.clone(),
+        redis: RedisArgs::local(redis_url, prefix),
+        telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
+        group_id: "infer-encoder".to_owned(),
+        data_dir: data_dir.to_path_buf(),
+        model_name: "sentiment-hashed".to_owned(),
+        device: sentiflow_infer::config::DeviceArg::Auto,
+        ort_dylib: None,
+        workers: 1,
+        intra_threads: 2,
+        max_batch: 16,
+        batch_wait_ms: 5,
+        max_queued_batches: 2,
+        pause_after_ms: 500,
+        alert_threshold: 0.8,
+        registry_poll_secs: 1,
+        shadow_fraction: 0.0,
+        http_max_texts: 8,
+        http_max_text_bytes: 1_000,
+        encoder_model_name: "sentiment-encoder".to_owned(),
+        family: sentiflow_infer::config::FamilyArg::Encoder,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,29 +158,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     // the first encoder champion is promoted.
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = sentiflow_infer::InferConfig {
-        kafka: kafka.clone(),
-        redis: RedisArgs::local(&redis_server.url(), "encoder-test"),
-        telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
-        group_id: "infer-encoder".to_owned(),
-        data_dir: dir.path().to_path_buf(),
-        model_name: "sentiment-hashed".to_owned(),
-        device: sentiflow_infer::config::DeviceArg::Auto,
-        ort_dylib: None,
-        workers: 1,
-        intra_threads: 2,
-        max_batch: 16,
-        batch_wait_ms: 5,
-        max_queued_batches: 2,
-        pause_after_ms: 500,
-        alert_threshold: 0.8,
-        registry_poll_secs: 1,
-        shadow_fraction: 0.0,
-        http_max_texts: 8,
-        http_max_text_bytes: 1_000,
-        encoder_model_name: "sentiment-encoder".to_owned(),
-        family: sentiflow_infer::config::FamilyArg::Encoder,
-    };
+    let config = infer_config(&kafka, &redis_server.url(), "encoder-test", dir.path());
     let running = sentiflow_infer::start(config, shutdown.clone())
         .await
         .unwrap();
@@ -332,6 +343,201 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         "the reason is given: {}",
         dead[0]
     );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blended_encoder_trains_registers_and_serves_the_average_of_both_families() {
+    use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
+    use sentiflow_model::train::TrainConfig;
+    use sentiflow_trainer::encoder::{BlendRequest, EncoderModelCard};
+
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, manifest) = airline_snapshot(dir.path(), 400);
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "blend-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment().expect("ONNX Runtime (run infra/setup.sh)");
+    let files = EncoderFiles::from_cache(&CacheDir::from_env().unwrap())
+        .expect("MiniLM files (run infra/setup.sh)");
+    let cache = dir.path().join("embeddings");
+    let blend = BlendRequest {
+        weight: 0.5,
+        featurizer: FeaturizerConfig {
+            buckets: 1 << 16,
+            ..FeaturizerConfig::default()
+        },
+        train: TrainConfig {
+            dim: 16,
+            seed: 9,
+            ..TrainConfig::default()
+        },
+    };
+
+    // A weight outside (0, 1) is refused before anything is read or registered.
+    for weight in [0.0, 1.0, f32::NAN] {
+        let mut bad = request(&manifest.snapshot_id, &cache);
+        bad.blend = Some(BlendRequest {
+            weight,
+            ..blend.clone()
+        });
+        let error = train_and_register_encoder(&store, &registry, &ort, &files, &bad)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, pipeline::PipelineError::Config(_)),
+            "{weight}: {error}"
+        );
+    }
+    assert!(
+        registry
+            .versions("sentiment-encoder")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut blended_request = request(&manifest.snapshot_id, &cache);
+    blended_request.blend = Some(blend.clone());
+    let trained = train_and_register_encoder(&store, &registry, &ort, &files, &blended_request)
+        .await
+        .unwrap();
+    let outcome = &trained.outcome;
+    assert!(outcome.gate.passed, "no champion: passes");
+    let onnx = registry.load_verified(&outcome.record).await.unwrap();
+    let summary = verify_structure(&onnx).unwrap();
+    assert_eq!(summary.family, Family::Encoder);
+    let (member, rows) = summary.hashed_member.clone().expect("a blend");
+    assert_eq!((member.weight, rows), (0.5, 1 << 16));
+
+    // The card records both members; its test figures (the blend's, computed in Rust) are what ORT
+    // gives for the served file on the same rows.
+    let card_dir = dir.path().join(format!(
+        "models/sentiment-encoder/{}",
+        outcome.record.version
+    ));
+    let card: EncoderModelCard =
+        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let member_card = card
+        .hashed_member
+        .as_ref()
+        .expect("the member is in the card");
+    assert_eq!(member_card.weight, 0.5);
+    assert_eq!(member_card.train_config.dim, 16);
+    assert_eq!(
+        card.encoder_config
+            .hashed_member
+            .as_ref()
+            .unwrap()
+            .weights_sha256,
+        member_card.weights_sha256
+    );
+    let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
+    assert!(
+        markdown.contains("## Blend") && markdown.contains("| blend (served) |"),
+        "{markdown}"
+    );
+    let test_rows = store.read(&manifest.snapshot_id, Split::Test).unwrap();
+    let texts: Vec<&str> = test_rows.iter().map(|row| row.text.as_str()).collect();
+    let labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let through_ort = pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels).unwrap();
+    assert_eq!(through_ort.confusion, outcome.test.confusion);
+    assert!((through_ort.macro_f1 - card.test.macro_f1).abs() < 1e-9);
+    assert!(
+        outcome.test.macro_f1 > 0.35,
+        "learned something: {}",
+        outcome.test.macro_f1
+    );
+    // The embeddings were cached under the encoder part's config: the encoder alone reuses them.
+    let alone = train_and_register_encoder(
+        &store,
+        &registry,
+        &ort,
+        &files,
+        &request(&manifest.snapshot_id, &cache),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alone.embedding.rows, 0, "every split from the cache");
+    assert!(
+        (card.hashed_member.unwrap().encoder_test.macro_f1 - alone.outcome.test.macro_f1).abs()
+            < 1e-12,
+        "the card's encoder-alone figure is the encoder's"
+    );
+
+    // infer serves the promoted blend: each text's probabilities are the file's through ORT.
+    registry
+        .promote("sentiment-encoder", &outcome.record.version)
+        .await
+        .unwrap();
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "blend-test", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let slot = running.slot.clone();
+    assert!(
+        sentiflow_tests::eventually(std::time::Duration::from_secs(120), || slot
+            .current()
+            .is_some())
+        .await,
+        "{}",
+        running.health.snapshot()
+    );
+    let health = running.health.snapshot();
+    assert_eq!(
+        health["info"]["model"]["blend_hashed_weight"], 0.5,
+        "{health}"
+    );
+    let body = serde_json::to_vec(&serde_json::json!({"texts": texts[..4]})).unwrap();
+    let (status, response) = sentiflow_tests::http_post(running.http_addr, "/v1/predict", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{response}");
+    let response: serde_json::Value = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["model"]["family"], "encoder");
+    let mut offline = sentiflow_model::runtime::LoadedModel::load(
+        &ort,
+        &onnx,
+        sentiflow_model::runtime::DeviceRequest::Cpu,
+        1,
+    )
+    .unwrap();
+    let tokenizer = sentiflow_model::encoder::EncoderTokenizer::for_metadata(
+        &read_metadata(&onnx).unwrap(),
+        &CacheDir::from_env().unwrap().minilm_tokenizer(),
+    )
+    .unwrap();
+    let lexicon = pipeline::cached_lexicon().unwrap();
+    let featurizer = Featurizer::new(blend.featurizer.clone(), Some(lexicon)).unwrap();
+    for (index, text) in texts[..4].iter().enumerate() {
+        let batch = tokenizer.encode_batch(&[text], 1).unwrap();
+        let (hashed_ids, _, hashed_cols) = featurizer.batch_padded(&[text]);
+        let expected = offline
+            .predict_blend(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+                &hashed_ids,
+                hashed_cols,
+            )
+            .unwrap()[0];
+        let got = &response["predictions"][index]["probabilities"];
+        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let served = got[class].as_f64().unwrap();
+            assert!(
+                (served - f64::from(expected[position])).abs() < 1e-4,
+                "text {index} {class}: served {served}, offline {}",
+                expected[position]
+            );
+        }
+    }
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

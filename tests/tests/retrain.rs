@@ -717,6 +717,74 @@ async fn encoder_family_request_trains_gates_and_promotes_the_encoder_name() {
             failed.message
         );
     }
+
+    // A blended champion (encoder + hashed model in one graph) is retrained as a blend with its
+    // member's weight and featurizer.
+    if no_gpu {
+        let blended = sentiflow_trainer::encoder::train_and_register_encoder(
+            &SnapshotStore::new(data.path().join("snapshots")),
+            &registry,
+            &sentiflow::train::ort_environment().unwrap(),
+            &sentiflow_trainer::encoder::EncoderFiles::from_cache(
+                &sentiflow_common::cache::CacheDir::from_env().unwrap(),
+            )
+            .unwrap(),
+            &sentiflow_trainer::encoder::EncoderTrainRequest {
+                snapshot_id: record.snapshot_id.clone(),
+                model_name: ENCODER.to_owned(),
+                max_length: sentiflow_model::encoder::DEFAULT_MAX_LENGTH,
+                head: sentiflow_model::encoder::HeadConfig::default(),
+                device: TrainDevice::Auto,
+                gate: GatePolicy::default(),
+                label_weights: LabelWeights::default(),
+                threads: 2,
+                embedding_cache: Some(data.path().join("embeddings")),
+                blend: Some(sentiflow_trainer::encoder::BlendRequest {
+                    weight: 0.4,
+                    featurizer: FeaturizerConfig {
+                        buckets: 1 << 15,
+                        ..FeaturizerConfig::default()
+                    },
+                    train: TrainConfig::default(),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            blended.embedding.rows, 0,
+            "the retrain cached the embeddings under the encoder part's config"
+        );
+        registry
+            .promote(ENCODER, &blended.outcome.record.version)
+            .await
+            .unwrap();
+        publish(
+            &kafka,
+            topics::RETRAIN_REQUESTS,
+            &encoded(&[encoder_request("req-blend", DeviceWanted::Auto)]),
+        )
+        .await;
+        let mut again = None;
+        while again.is_none() && std::time::Instant::now() < deadline + WAIT {
+            again = outcomes.get("req-blend").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let again = again.expect("the request after the blend was handled");
+        assert!(
+            again.recipe.contains("blended with a hashed model × 0.4"),
+            "{}",
+            again.recipe
+        );
+        let version = again.version.clone().expect("registered");
+        let onnx = registry
+            .load_verified(&registry.get(ENCODER, &version).await.unwrap())
+            .await
+            .unwrap();
+        let summary = sentiflow_model::onnx::verify_structure(&onnx).unwrap();
+        let (member, buckets) = summary.hashed_member.expect("retrained as a blend");
+        assert_eq!((member.weight, buckets), (0.4, 1 << 15));
+    }
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();
 }

@@ -44,8 +44,8 @@ enum PreparedRows {
     /// Hashed n-gram ids per text.
     Hashed(Vec<Vec<i64>>),
     /// WordPiece ids (with `[CLS]`/`[SEP]`) and whether the text was truncated, or the tokenizer's
-    /// error.
-    Encoder(Vec<Result<(Vec<i64>, bool), String>>),
+    /// error; for a blended model also the hashed member's ids per text.
+    Encoder(Vec<Result<(Vec<i64>, bool), String>>, Option<Vec<Vec<i64>>>),
 }
 
 impl PreparedTexts {
@@ -53,7 +53,7 @@ impl PreparedTexts {
     pub fn len(&self) -> usize {
         match &self.rows {
             PreparedRows::Hashed(rows) => rows.len(),
-            PreparedRows::Encoder(rows) => rows.len(),
+            PreparedRows::Encoder(rows, _) => rows.len(),
         }
     }
 
@@ -68,7 +68,7 @@ impl PreparedTexts {
     pub fn has_nothing_to_score(&self, index: usize) -> bool {
         match &self.rows {
             PreparedRows::Hashed(_) => false,
-            PreparedRows::Encoder(rows) => {
+            PreparedRows::Encoder(rows, _) => {
                 rows[index].as_ref().map_or(true, |(ids, _)| ids.len() <= 2)
             }
         }
@@ -86,7 +86,12 @@ impl PreparedTexts {
         }
         match &mut self.rows {
             PreparedRows::Hashed(rows) => retain_rows(rows, keep),
-            PreparedRows::Encoder(rows) => retain_rows(rows, keep),
+            PreparedRows::Encoder(rows, hashed) => {
+                retain_rows(rows, keep);
+                if let Some(hashed) = hashed {
+                    retain_rows(hashed, keep);
+                }
+            }
         }
     }
 }
@@ -98,8 +103,9 @@ pub type ClassProbabilities = [f32; CLASSES];
 enum Preprocess {
     /// Hashed n-gram ids.
     Hashed(Featurizer),
-    /// WordPiece ids + attention mask (boxed: the tokenizer is large and built once per model).
-    Encoder(Box<EncoderTokenizer>),
+    /// WordPiece ids + attention mask (boxed: the tokenizer is large and built once per model), and
+    /// for a blended model the featurizer of its hashed member.
+    Encoder(Box<EncoderTokenizer>, Option<Featurizer>),
 }
 
 /// A batch's tokenizing threads; counts the batch as being prepared until dropped.
@@ -125,6 +131,8 @@ pub struct ServingModel {
     device: Device,
     fallback_reason: Option<String>,
     preprocess: Preprocess,
+    /// A blended encoder model's share of its hashed member.
+    blend_hashed_weight: Option<f32>,
     /// Feature ids the hashed model saw in training (its `seen_features.bin`), for the OOV rate.
     seen: Option<SeenFeatures>,
     sessions: Mutex<Vec<LoadedModel>>,
@@ -193,14 +201,26 @@ impl ServingModel {
                         EncoderTokenizer::for_metadata(&metadata, &cache.minilm_tokenizer())
                             .map_err(|error| LoadError::Unsupported(error.to_string()))
                     })?;
+                let member = match &first.summary().hashed_member {
+                    Some((member, _)) => Some(
+                        sentiflow_trainer::pipeline::member_featurizer(member)
+                            .map_err(|error| LoadError::Unsupported(error.to_string()))?,
+                    ),
+                    None => None,
+                };
                 (
                     ModelFamily::Encoder,
-                    Preprocess::Encoder(Box::new(tokenizer)),
+                    Preprocess::Encoder(Box::new(tokenizer), member),
                 )
             }
         };
         let device = first.device();
         let fallback_reason = first.fallback_reason().map(str::to_owned);
+        let blend_hashed_weight = first
+            .summary()
+            .hashed_member
+            .as_ref()
+            .map(|(member, _)| member.weight);
         let mut sessions = Vec::with_capacity(spec.workers);
         sessions.push(first);
         while sessions.len() < spec.workers.max(1) {
@@ -211,7 +231,7 @@ impl ServingModel {
         }
         let lengths: Vec<usize> = match &preprocess {
             Preprocess::Hashed(_) => PAD_LENGTHS.to_vec(),
-            Preprocess::Encoder(tokenizer) => {
+            Preprocess::Encoder(tokenizer, _) => {
                 (1..=tokenizer.max_length().div_ceil(ENCODER_PAD_MULTIPLE))
                     .map(|multiple| multiple * ENCODER_PAD_MULTIPLE)
                     .collect()
@@ -232,6 +252,7 @@ impl ServingModel {
             device,
             fallback_reason,
             preprocess,
+            blend_hashed_weight,
             seen: None,
             sessions: Mutex::new(sessions),
             session_returned: Condvar::new(),
@@ -259,6 +280,11 @@ impl ServingModel {
     /// Whether predictions carry an OOV rate (a hashed model registered with its seen features).
     pub fn reports_oov(&self) -> bool {
         self.seen.is_some()
+    }
+
+    /// For a blended encoder model, the share of its hashed member in the served average.
+    pub fn blend_hashed_weight(&self) -> Option<f32> {
+        self.blend_hashed_weight
     }
 
     /// The registry reference (name, version, family).
@@ -339,21 +365,22 @@ impl ServingModel {
         already_clean: &[bool],
     ) -> PreparedTexts {
         assert_eq!(texts.len(), already_clean.len(), "one flag per text");
+        let featurize = |featurizer: &Featurizer| {
+            texts
+                .iter()
+                .zip(already_clean)
+                .map(|(text, &clean)| {
+                    if clean {
+                        featurizer.featurize_cleaned(text.as_ref())
+                    } else {
+                        featurizer.featurize(text.as_ref())
+                    }
+                })
+                .collect()
+        };
         let rows = match &self.preprocess {
-            Preprocess::Hashed(featurizer) => PreparedRows::Hashed(
-                texts
-                    .iter()
-                    .zip(already_clean)
-                    .map(|(text, &clean)| {
-                        if clean {
-                            featurizer.featurize_cleaned(text.as_ref())
-                        } else {
-                            featurizer.featurize(text.as_ref())
-                        }
-                    })
-                    .collect(),
-            ),
-            Preprocess::Encoder(tokenizer) => {
+            Preprocess::Hashed(featurizer) => PreparedRows::Hashed(featurize(featurizer)),
+            Preprocess::Encoder(tokenizer, member) => {
                 let share = self.tokenize_share();
                 PreparedRows::Encoder(
                     tokenizer
@@ -361,6 +388,7 @@ impl ServingModel {
                         .into_iter()
                         .map(|encoded| encoded.map_err(|error| error.to_string()))
                         .collect(),
+                    member.as_ref().map(featurize),
                 )
             }
         };
@@ -387,7 +415,7 @@ impl ServingModel {
         prepared: PreparedTexts,
     ) -> Result<(Vec<ClassProbabilities>, Vec<Option<f64>>), RuntimeError> {
         match prepared.rows {
-            PreparedRows::Encoder(encoded) => {
+            PreparedRows::Encoder(encoded, hashed) => {
                 if encoded.is_empty() {
                     return Ok((Vec::new(), Vec::new()));
                 }
@@ -407,12 +435,29 @@ impl ServingModel {
                 let mut rows: Vec<ClassProbabilities> = vec![[0.0; CLASSES]; count];
                 let mut session = self.checkout();
                 for (positions, batch) in &groups {
-                    let scored = session.predict_masked(
-                        &batch.input_ids,
-                        &batch.attention_mask,
-                        batch.rows,
-                        batch.cols,
-                    )?;
+                    let scored = match &hashed {
+                        None => session.predict_masked(
+                            &batch.input_ids,
+                            &batch.attention_mask,
+                            batch.rows,
+                            batch.cols,
+                        )?,
+                        Some(hashed) => {
+                            let group: Vec<&[i64]> = positions
+                                .iter()
+                                .map(|position| hashed[*position].as_slice())
+                                .collect();
+                            let (hashed_ids, _, hashed_cols) = pad_rows(&group);
+                            session.predict_blend(
+                                &batch.input_ids,
+                                &batch.attention_mask,
+                                batch.rows,
+                                batch.cols,
+                                &hashed_ids,
+                                hashed_cols,
+                            )?
+                        }
+                    };
                     for (position, row) in positions.iter().zip(scored) {
                         rows[*position] = row;
                     }

@@ -467,6 +467,7 @@ impl Swapper {
                 "name": record.name,
                 "version": version,
                 "family": model.model_ref().family.as_str(),
+                "blend_hashed_weight": model.blend_hashed_weight(),
                 "sha256": model.sha256(),
                 "featurizer_version": model.metadata().featurizer_version,
                 "training_snapshot": model.metadata().training_snapshot,

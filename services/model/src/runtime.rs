@@ -550,12 +550,71 @@ impl LoadedModel {
         rows: usize,
         cols: usize,
     ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
+        self.refuse_blend()?;
         if self.summary.family.needs_attention_mask() {
             let mask: Vec<i64> = ids.iter().map(|id| i64::from(*id != PADDING_ID)).collect();
-            self.run(ids, Some(&mask), rows, cols)
+            self.run(ids, Some(&mask), None, rows, cols)
         } else {
-            self.run(ids, None, rows, cols)
+            self.run(ids, None, None, rows, cols)
         }
+    }
+
+    /// Whether the file is a blended encoder model ([`crate::onnx::export_blend`]), which also takes
+    /// the hashed member's ids: see [`LoadedModel::predict_blend`].
+    pub fn is_blend(&self) -> bool {
+        self.summary.hashed_member.is_some()
+    }
+
+    fn refuse_blend(&self) -> Result<(), RuntimeError> {
+        if self.is_blend() {
+            return Err(RuntimeError::BadInput(format!(
+                "a blended model also takes `{}`: score it with predict_blend",
+                onnx::HASHED_IDS_NAME
+            )));
+        }
+        Ok(())
+    }
+
+    /// Class probabilities of a blended encoder model: [`LoadedModel::predict_masked`]'s token ids
+    /// and mask (`rows × cols`) plus the hashed member's feature ids (`rows × hashed_cols`, padded
+    /// with [`PADDING_ID`], each below the member's bucket count).
+    pub fn predict_blend(
+        &mut self,
+        ids: &[i64],
+        attention_mask: &[i64],
+        rows: usize,
+        cols: usize,
+        hashed_ids: &[i64],
+        hashed_cols: usize,
+    ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
+        let Some((_, buckets)) = &self.summary.hashed_member else {
+            return Err(RuntimeError::BadInput(
+                "this model is not a blend: it takes no hashed ids".to_owned(),
+            ));
+        };
+        check_mask(ids, attention_mask)?;
+        if hashed_ids.len() != rows * hashed_cols || (rows > 0 && hashed_cols == 0) {
+            return Err(RuntimeError::BadInput(format!(
+                "{} hashed ids do not form {rows} rows of {hashed_cols} (pad with 0)",
+                hashed_ids.len()
+            )));
+        }
+        let limit = i64::try_from(*buckets).unwrap_or(i64::MAX);
+        if let Some(position) = hashed_ids.iter().position(|id| !(0..limit).contains(id)) {
+            return Err(RuntimeError::BadInput(format!(
+                "hashed id {} at row {}, column {} is outside 0..{limit}",
+                hashed_ids[position],
+                position / hashed_cols,
+                position % hashed_cols
+            )));
+        }
+        self.run(
+            ids,
+            Some(attention_mask),
+            Some((hashed_ids, hashed_cols)),
+            rows,
+            cols,
+        )
     }
 
     /// [`LoadedModel::predict`] with an explicit attention mask (`rows × cols`, 1 = token,
@@ -574,20 +633,16 @@ impl LoadedModel {
                 self.summary.family
             )));
         }
-        if attention_mask.len() != ids.len() || attention_mask.iter().any(|m| !(0..=1).contains(m))
-        {
-            return Err(RuntimeError::BadInput(format!(
-                "the attention mask must hold {} zeros and ones, one per id",
-                ids.len()
-            )));
-        }
-        self.run(ids, Some(attention_mask), rows, cols)
+        self.refuse_blend()?;
+        check_mask(ids, attention_mask)?;
+        self.run(ids, Some(attention_mask), None, rows, cols)
     }
 
     fn run(
         &mut self,
         ids: &[i64],
         attention_mask: Option<&[i64]>,
+        hashed: Option<(&[i64], usize)>,
         rows: usize,
         cols: usize,
     ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
@@ -619,16 +674,25 @@ impl LoadedModel {
         }
         let input = TensorRef::from_array_view(([rows, cols], ids))
             .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
-        let outputs = match attention_mask {
-            None => self.session.run(ort::inputs![onnx::INPUT_NAME => input]),
-            Some(mask) => {
-                let mask = TensorRef::from_array_view(([rows, cols], mask))
-                    .map_err(|error| RuntimeError::BadInput(error.to_string()))?;
-                self.session.run(ort::inputs![
-                    onnx::INPUT_NAME => input,
-                    onnx::ATTENTION_MASK_NAME => mask,
-                ])
-            }
+        fn tensor(
+            values: &[i64],
+            rows: usize,
+            cols: usize,
+        ) -> Result<TensorRef<'_, i64>, RuntimeError> {
+            TensorRef::from_array_view(([rows, cols], values))
+                .map_err(|error| RuntimeError::BadInput(error.to_string()))
+        }
+        let outputs = match (attention_mask, hashed) {
+            (None, _) => self.session.run(ort::inputs![onnx::INPUT_NAME => input]),
+            (Some(mask), None) => self.session.run(ort::inputs![
+                onnx::INPUT_NAME => input,
+                onnx::ATTENTION_MASK_NAME => tensor(mask, rows, cols)?,
+            ]),
+            (Some(mask), Some((hashed_ids, hashed_cols))) => self.session.run(ort::inputs![
+                onnx::INPUT_NAME => input,
+                onnx::ATTENTION_MASK_NAME => tensor(mask, rows, cols)?,
+                onnx::HASHED_IDS_NAME => tensor(hashed_ids, rows, hashed_cols)?,
+            ]),
         }
         .map_err(|error| RuntimeError::Inference(error.to_string()))?;
         let output = outputs
@@ -661,7 +725,13 @@ impl LoadedModel {
         let batch = batch.max(1);
         for &length in lengths {
             let ids = vec![PADDING_ID; batch * length];
-            let probabilities = self.predict(&ids, batch, length)?;
+            let probabilities = if self.is_blend() {
+                let mask = vec![0; ids.len()];
+                let hashed_ids = vec![PADDING_ID; batch];
+                self.run(&ids, Some(&mask), Some((&hashed_ids, 1)), batch, length)?
+            } else {
+                self.predict(&ids, batch, length)?
+            };
             if let Some(row) = probabilities.iter().find(|row| {
                 row.iter().any(|value| !value.is_finite())
                     || (row.iter().sum::<f32>() - 1.0).abs() > 1e-3
@@ -673,6 +743,17 @@ impl LoadedModel {
         }
         Ok(())
     }
+}
+
+/// An attention mask must hold one 0 or 1 per id.
+fn check_mask(ids: &[i64], attention_mask: &[i64]) -> Result<(), RuntimeError> {
+    if attention_mask.len() != ids.len() || attention_mask.iter().any(|m| !(0..=1).contains(m)) {
+        return Err(RuntimeError::BadInput(format!(
+            "the attention mask must hold {} zeros and ones, one per id",
+            ids.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

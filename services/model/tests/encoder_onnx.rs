@@ -34,6 +34,7 @@ fn config(tokenizer: &EncoderTokenizer, base: &[u8]) -> EncoderConfig {
         base_model: BASE_MINILM_INT8.to_owned(),
         base_sha256: sha256_hex(base),
         fine_tuned: false,
+        hashed_member: None,
     }
 }
 
@@ -280,4 +281,190 @@ fn exported_encoder_matches_the_reference_and_its_checks_hold() {
         verify_structure(&bad),
         Err(OnnxError::ChecksumMismatch { .. })
     ));
+}
+
+#[test]
+fn blended_model_serves_the_weighted_average_of_its_two_files_and_its_checks_hold() {
+    use sentiflow_model::encoder::{HashedMember, LinearHead};
+    use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
+    use sentiflow_model::onnx::{HASHED_PREFIX, export_blend, export_hashed, weights_sha256};
+
+    let env = ort_env();
+    let base = std::fs::read(minilm_int8_path()).expect("base encoder");
+    let tokenizer = EncoderTokenizer::from_file(&minilm_tokenizer_path(), 32).expect("tokenizer");
+    // Seeded weights on both sides: the test is about the graph, not about training.
+    let mut rng = onnx_support::Rng::new(11);
+    let head = LinearHead {
+        dim: EMBEDDING_DIM,
+        weights: (0..EMBEDDING_DIM * 3).map(|_| rng.uniform(1.0)).collect(),
+        bias: vec![0.1, -0.2, 0.05],
+    };
+    let featurizer_config = FeaturizerConfig {
+        buckets: 1 << 12,
+        lexicon_features: false,
+        ..FeaturizerConfig::default()
+    };
+    let featurizer = Featurizer::new(featurizer_config.clone(), None).expect("featurizer");
+    let hashed = onnx_support::random_model(1 << 12, 8, 5);
+    let encoder_config = config(&tokenizer, &base);
+    let encoder_file =
+        export_encoder(&base, &head, &encoder_config, &metadata(&encoder_config)).expect("encoder");
+    let weight = 0.3f32;
+    let blend_config = EncoderConfig {
+        hashed_member: Some(HashedMember {
+            weight,
+            featurizer_version: FEATURIZER_VERSION.to_owned(),
+            featurizer_config: featurizer_config.clone(),
+            weights_sha256: weights_sha256(&hashed),
+        }),
+        ..encoder_config.clone()
+    };
+    let blend_metadata = metadata(&blend_config);
+    let blend =
+        export_blend(&encoder_file, &hashed, &blend_config, &blend_metadata).expect("blend");
+    assert_eq!(
+        blend,
+        export_blend(&encoder_file, &hashed, &blend_config, &blend_metadata).expect("blend"),
+        "same inputs, same bytes"
+    );
+    let summary = verify_structure(&blend).expect("a valid blend");
+    assert_eq!(summary.family, Family::Encoder);
+    let (member, rows) = summary.hashed_member.clone().expect("the member is found");
+    assert_eq!(rows, 1 << 12);
+    assert_eq!(member, blend_config.hashed_member.clone().unwrap());
+    assert!(
+        verify_structure(&encoder_file)
+            .unwrap()
+            .hashed_member
+            .is_none()
+    );
+
+    // Served through ORT: (1 − w) × the encoder file + w × the hashed file, row by row.
+    let mut hashed_metadata = onnx_support::test_metadata("sentiment-hashed");
+    hashed_metadata.featurizer_version = FEATURIZER_VERSION.to_owned();
+    let hashed_file = export_hashed(&hashed, &hashed_metadata).expect("hashed");
+    let mut blended = LoadedModel::load(&env, &blend, DeviceRequest::Cpu, 2).expect("blend loads");
+    let mut encoder_alone = LoadedModel::load(&env, &encoder_file, DeviceRequest::Cpu, 2).unwrap();
+    let mut hashed_alone = LoadedModel::load(&env, &hashed_file, DeviceRequest::Cpu, 1).unwrap();
+    assert!(blended.is_blend() && !encoder_alone.is_blend());
+    blended
+        .warm_up(&[16, 32], 4)
+        .expect("warms with padding hashed ids");
+    let rows: Vec<String> = common::airline_rows()
+        .into_iter()
+        .take(40)
+        .map(|row| row.text)
+        .collect();
+    let texts: Vec<&str> = rows.iter().map(String::as_str).chain(["", "🙂"]).collect();
+    let mut max_diff = 0.0f64;
+    for chunk in texts.chunks(9) {
+        let batch = tokenizer.encode_batch(chunk, 2).expect("batch");
+        let (hashed_ids, hashed_rows, hashed_cols) = featurizer.batch_padded(chunk);
+        assert_eq!(hashed_rows, batch.rows);
+        let served = blended
+            .predict_blend(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+                &hashed_ids,
+                hashed_cols,
+            )
+            .expect("ORT runs the blend");
+        let encoder_part = encoder_alone
+            .predict_masked(
+                &batch.input_ids,
+                &batch.attention_mask,
+                batch.rows,
+                batch.cols,
+            )
+            .unwrap();
+        let hashed_part = hashed_alone
+            .predict(&hashed_ids, hashed_rows, hashed_cols)
+            .unwrap();
+        for ((got, encoder_row), hashed_row) in served.iter().zip(&encoder_part).zip(&hashed_part) {
+            for class in 0..3 {
+                let want = f64::from(1.0 - weight) * f64::from(encoder_row[class])
+                    + f64::from(weight) * f64::from(hashed_row[class]);
+                max_diff = max_diff.max((f64::from(got[class]) - want).abs());
+            }
+        }
+    }
+    eprintln!("blend parity: max abs diff {max_diff:e}");
+    assert!(max_diff <= 1e-6, "blend vs its parts: {max_diff:e}");
+
+    // Each model is fed what it takes, and nothing else.
+    let batch = tokenizer.encode_batch(&["fine"], 1).unwrap();
+    let refused = blended.predict_masked(&batch.input_ids, &batch.attention_mask, 1, batch.cols);
+    assert!(refused.unwrap_err().to_string().contains("hashed_ids"));
+    assert!(blended.predict(&batch.input_ids, 1, batch.cols).is_err());
+    assert!(
+        encoder_alone
+            .predict_blend(
+                &batch.input_ids,
+                &batch.attention_mask,
+                1,
+                batch.cols,
+                &[1],
+                1
+            )
+            .is_err()
+    );
+    let out_of_range = blended.predict_blend(
+        &batch.input_ids,
+        &batch.attention_mask,
+        1,
+        batch.cols,
+        &[1 << 12],
+        1,
+    );
+    assert!(out_of_range.unwrap_err().to_string().contains("outside"));
+
+    // Refusals: a member checksum that is not the hashed model's, a blend of a blend, a config that
+    // is not the encoder file's, metadata without the member.
+    let mut forged_member = blend_config.clone();
+    forged_member.hashed_member.as_mut().unwrap().weights_sha256 = "0".repeat(64);
+    assert!(matches!(
+        export_blend(
+            &encoder_file,
+            &hashed,
+            &forged_member,
+            &metadata(&forged_member)
+        ),
+        Err(OnnxError::ChecksumMismatch { .. })
+    ));
+    assert!(export_blend(&blend, &hashed, &blend_config, &blend_metadata).is_err());
+    let other_length = EncoderConfig {
+        max_length: 48,
+        ..blend_config.clone()
+    };
+    assert!(
+        export_blend(
+            &encoder_file,
+            &hashed,
+            &other_length,
+            &metadata(&other_length)
+        )
+        .is_err()
+    );
+    assert!(
+        export_blend(
+            &encoder_file,
+            &hashed,
+            &encoder_config,
+            &metadata(&encoder_config)
+        )
+        .is_err()
+    );
+    // A member tensor changed after the fact: both the file checksum and the member's refuse it.
+    let mut tampered = blend.clone();
+    let name = format!("{HASHED_PREFIX}bias");
+    // Its last occurrence is the initializer's name (nodes come first in a graph); the tensor's
+    // raw data follows it (tag, length, 12 bytes): flip one of those bytes.
+    let at = tampered
+        .windows(name.len())
+        .rposition(|window| window == name.as_bytes())
+        .expect("the member's bias is in the file");
+    tampered[at + name.len() + 8] ^= 0x40;
+    assert!(verify_structure(&tampered).is_err());
 }

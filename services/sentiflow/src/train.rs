@@ -15,7 +15,7 @@ use sentiflow_model::lexicon::Lexicon;
 use sentiflow_model::runtime::OrtEnvironment;
 use sentiflow_model::train::TrainConfig;
 use sentiflow_trainer::dataset::LabelWeights;
-use sentiflow_trainer::encoder::{self, EncoderFiles, EncoderTrainRequest};
+use sentiflow_trainer::encoder::{self, BlendRequest, EncoderFiles, EncoderTrainRequest};
 use sentiflow_trainer::finetune::{
     self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest,
 };
@@ -84,6 +84,11 @@ pub struct TrainArgs {
     /// Encoder family: ONNX Runtime threads for embedding (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub embed_threads: usize,
+    /// Encoder family, frozen head: also train a hashed model on the same rows and serve both in one
+    /// ONNX graph, averaging their probabilities with this weight on the hashed model (strictly
+    /// between 0 and 1; the encoder gets the rest). Gated, registered and served as an encoder model.
+    #[arg(long, value_name = "WEIGHT", value_parser = parse_member_weight)]
+    pub blend_hashed_weight: Option<f32>,
     /// Promote the new model when the gate passes.
     #[arg(long)]
     pub promote: bool,
@@ -150,6 +155,18 @@ fn parse_blend_weight(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(weight) if (0.0..=1.0).contains(&weight) => Ok(weight),
         Ok(weight) => Err(format!("a blend weight is between 0 and 1, got {weight}")),
+        Err(error) => Err(format!("not a number: {error}")),
+    }
+}
+
+/// Clap's parser of `--blend-hashed-weight`: a number strictly between 0 and 1 (0 or 1 would serve
+/// one model at the cost of two).
+fn parse_member_weight(value: &str) -> Result<f32, String> {
+    match value.parse::<f32>() {
+        Ok(weight) if weight > 0.0 && weight < 1.0 => Ok(weight),
+        Ok(weight) => Err(format!(
+            "the hashed model's share of a blend is strictly between 0 and 1, got {weight}"
+        )),
         Err(error) => Err(format!("not a number: {error}")),
     }
 }
@@ -270,6 +287,19 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if args.blend_hashed_weight.is_some() {
+        match encoder_plan {
+            None => anyhow::bail!(
+                "--blend-hashed-weight blends a hashed model into an encoder-family model: use it with --family encoder"
+            ),
+            Some(EncoderPlan::FineTune { .. }) => anyhow::bail!(
+                "--blend-hashed-weight is built on the frozen-encoder head, and this run would \
+                 fine-tune the encoder (--encoder-mode fine-tune, or auto on a CUDA host): add \
+                 --encoder-mode frozen-head"
+            ),
+            Some(_) => {}
+        }
+    }
     if let Some(EncoderPlan::FineTune { device, reason }) = encoder_plan {
         let mut fine_tune = FineTuneConfig {
             seed: args.seed,
@@ -325,6 +355,14 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
                 args.embed_threads
             },
             embedding_cache: Some(args.registry.data_dir.join("embeddings")),
+            blend: args.blend_hashed_weight.map(|weight| BlendRequest {
+                weight,
+                featurizer: FeaturizerConfig::default(),
+                train: TrainConfig {
+                    seed: args.seed,
+                    ..TrainConfig::default()
+                },
+            }),
         };
         let files = EncoderFiles::from_cache(&CacheDir::from_env()?)?;
         let ort = ort_environment()?;

@@ -11,11 +11,14 @@ use sentiflow_common::events::{GateDecision, ModelFamily};
 use sentiflow_model::encoder::head::Labelled;
 use sentiflow_model::encoder::{
     BASE_MINILM_INT8, EMBEDDING_DIM, ENCODER_FEATURIZER_VERSION, EncoderConfig, EncoderTokenizer,
-    FrozenEncoder, HeadConfig, HeadEpoch, TrainedHead, sha256_hex, train_head,
+    FrozenEncoder, HashedMember, HeadConfig, HeadEpoch, TrainedHead, sha256_hex, train_head,
 };
-use sentiflow_model::eval::{Evaluation, evaluate};
-use sentiflow_model::onnx::{FAMILY_ENCODER, ModelMetadata, export_encoder};
+use sentiflow_model::eval::{Evaluation, blend, evaluate};
+use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
+use sentiflow_model::hashed::CLASSES;
+use sentiflow_model::onnx::{FAMILY_ENCODER, ModelMetadata, export_blend, export_encoder};
 use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_model::train::{TrainConfig, TrainedModel, predict_texts};
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
@@ -80,6 +83,61 @@ pub struct EncoderTrainRequest {
     pub embedding_cache: Option<PathBuf>,
     /// How much each labelled row counts in training, by label provenance.
     pub label_weights: LabelWeights,
+    /// A hashed model to train on the same rows and serve blended with the encoder in one graph
+    /// (`None`: the encoder alone).
+    pub blend: Option<BlendRequest>,
+}
+
+/// The hashed member of a blended encoder model: trained by the sparse CPU trainer on the same
+/// splits and label weights as the head, then averaged with it in the served graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlendRequest {
+    /// Share of the hashed model's probabilities in the average, strictly between 0 and 1.
+    pub weight: f32,
+    /// Its featurizer.
+    pub featurizer: FeaturizerConfig,
+    /// Its trainer settings (seed included).
+    pub train: TrainConfig,
+}
+
+impl BlendRequest {
+    /// The weight a blend is refused without (the featurizer and trainer settings are checked
+    /// when they are used).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.weight > 0.0 && self.weight < 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the blend weight of the hashed model must lie strictly between 0 and 1, got {}",
+                self.weight
+            ))
+        }
+    }
+}
+
+/// What the model card records about a blend's hashed member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HashedMemberCard {
+    /// Share of the hashed model in the served average.
+    pub weight: f32,
+    /// Its featurizer configuration and version.
+    pub featurizer_config: FeaturizerConfig,
+    /// [`FEATURIZER_VERSION`] it was trained with.
+    pub featurizer_version: String,
+    /// Its trainer settings (seed included).
+    pub train_config: TrainConfig,
+    /// sha256 of its weights (also in the ONNX metadata's encoder config).
+    pub weights_sha256: String,
+    /// Its best epoch.
+    pub best_epoch: usize,
+    /// Seconds its training took.
+    pub train_seconds: f64,
+    /// The hashed model alone on the validation split.
+    pub validation: Evaluation,
+    /// The hashed model alone on the test split.
+    pub test: Evaluation,
+    /// The encoder (frozen base + head) alone on the test split; the card's `test` is the blend.
+    pub encoder_test: Evaluation,
 }
 
 /// Throughput of the embedding step.
@@ -155,6 +213,10 @@ pub struct EncoderModelCard {
     /// were skipped. Absent in cards written before charts existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charts: Option<Charts>,
+    /// The hashed model blended into the served graph, if any (`test` and `validation` above are
+    /// then the blend's). Absent for an encoder alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_member: Option<HashedMemberCard>,
 }
 
 /// Decides the training device honestly: the frozen encoder embeds through ORT's CPU provider and
@@ -286,6 +348,13 @@ pub async fn train_and_register_encoder(
         .label_weights
         .validate()
         .map_err(PipelineError::Config)?;
+    if let Some(blend) = &request.blend {
+        blend.validate().map_err(PipelineError::Config)?;
+        blend
+            .featurizer
+            .validate()
+            .map_err(|error| PipelineError::Config(error.to_string()))?;
+    }
     let manifest = store.manifest(&request.snapshot_id)?;
     let splits = [
         store.read(&request.snapshot_id, Split::Train)?,
@@ -306,14 +375,20 @@ pub async fn train_and_register_encoder(
         base_model: BASE_MINILM_INT8.to_owned(),
         base_sha256: sha256_hex(&base),
         fine_tuned: false,
+        hashed_member: None,
     };
     config
         .validate()
         .map_err(|error| featurizer_error(&error))?;
+    // The encoder part's hash: the key of cached embeddings, whether or not a member is blended in.
     let config_hash = config.config_hash();
+    let member_lexicon = match &request.blend {
+        Some(_) => Some(crate::pipeline::cached_lexicon()?),
+        None => None,
+    };
 
     // Embedding and head training are CPU-bound: off the async runtime.
-    let (embedded, trained, head_seconds) = {
+    let (embedded, trained, head_seconds, member) = {
         let ort = ort.clone();
         let request = request.clone();
         let base = base.clone();
@@ -364,7 +439,18 @@ pub async fn train_and_register_encoder(
                 &request.head,
             )
             .map_err(|error| PipelineError::Onnx(error.to_string()))?;
-            Ok((embedded, trained, started.elapsed().as_secs_f64()))
+            let head_seconds = started.elapsed().as_secs_f64();
+            let member = match (&request.blend, member_lexicon) {
+                (Some(blend), Some(lexicon)) => Some(train_member(
+                    blend,
+                    lexicon,
+                    &splits[0],
+                    &splits[1],
+                    request.label_weights,
+                )?),
+                _ => None,
+            };
+            Ok((embedded, trained, head_seconds, member))
         })
         .await
         .map_err(|error| PipelineError::Onnx(error.to_string()))??
@@ -392,10 +478,57 @@ pub async fn train_and_register_encoder(
 
     let test_rows = &splits[2];
     let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
-    let test = evaluate(
-        &trained.head.predict_rows(&embedded[2].values),
-        &test_labels,
-    );
+    let encoder_test_probabilities = trained.head.predict_rows(&embedded[2].values);
+    let (test, validation, member_card, blend_config) = match &member {
+        None => (
+            evaluate(&encoder_test_probabilities, &test_labels),
+            trained.validation.clone(),
+            None,
+            config.clone(),
+        ),
+        Some(member) => {
+            let weight = member.weight;
+            let blended_on = |index: usize, encoder: &[[f64; CLASSES]]| {
+                let rows = &splits[index];
+                let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
+                let labels: Vec<usize> = rows.iter().map(|row| row.label.index()).collect();
+                let hashed = predict_texts(&member.featurizer, &member.trained.model, &texts);
+                (
+                    evaluate(&hashed, &labels),
+                    evaluate(&blend(&hashed, encoder, f64::from(weight)), &labels),
+                )
+            };
+            let (hashed_validation, validation) =
+                blended_on(1, &trained.head.predict_rows(&embedded[1].values));
+            let (hashed_test, test) = blended_on(2, &encoder_test_probabilities);
+            let weights_sha256 = sentiflow_model::onnx::weights_sha256(&member.trained.model);
+            let card = HashedMemberCard {
+                weight,
+                featurizer_config: member.featurizer.config().clone(),
+                featurizer_version: FEATURIZER_VERSION.to_owned(),
+                train_config: member.train.clone(),
+                weights_sha256: weights_sha256.clone(),
+                best_epoch: member.trained.best_epoch,
+                train_seconds: member.seconds,
+                validation: hashed_validation,
+                test: hashed_test,
+                encoder_test: evaluate(&encoder_test_probabilities, &test_labels),
+            };
+            let blend_config = EncoderConfig {
+                hashed_member: Some(HashedMember {
+                    weight,
+                    featurizer_version: FEATURIZER_VERSION.to_owned(),
+                    featurizer_config: member.featurizer.config().clone(),
+                    weights_sha256,
+                }),
+                ..config.clone()
+            };
+            blend_config
+                .validate()
+                .map_err(|error| featurizer_error(&error))?;
+            (test, validation, Some(card), blend_config)
+        }
+    };
     let champion_test = champion_evaluation(
         registry,
         ort,
@@ -420,8 +553,23 @@ pub async fn train_and_register_encoder(
         // Derived from the inputs so the same snapshot + seed give the same bytes.
         created_at: manifest.created_at.to_rfc3339(),
     };
-    let onnx = export_encoder(&base, &trained.head, &config, &metadata)
-        .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    let onnx_error =
+        |error: sentiflow_model::onnx::OnnxError| PipelineError::Onnx(error.to_string());
+    let onnx = export_encoder(&base, &trained.head, &config, &metadata).map_err(onnx_error)?;
+    let onnx = match &member {
+        None => onnx,
+        Some(member) => export_blend(
+            &onnx,
+            &member.trained.model,
+            &blend_config,
+            &ModelMetadata {
+                featurizer_config_hash: blend_config.config_hash(),
+                featurizer_config: blend_config.canonical_json(),
+                ..metadata.clone()
+            },
+        )
+        .map_err(onnx_error)?,
+    };
     let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?
         .weights_sha256;
@@ -443,8 +591,8 @@ pub async fn train_and_register_encoder(
         family: ModelFamily::Encoder,
         snapshot_id: request.snapshot_id.clone(),
         featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
-        encoder_config: config.clone(),
-        featurizer_config_hash: config_hash,
+        featurizer_config_hash: blend_config.config_hash(),
+        encoder_config: blend_config,
         head_config: request.head.clone(),
         label_weights: request.label_weights,
         device: device.to_owned(),
@@ -454,13 +602,14 @@ pub async fn train_and_register_encoder(
         history: trained.history.clone(),
         best_epoch: trained.best_epoch,
         head_seconds,
-        validation: trained.validation.clone(),
+        validation: validation.clone(),
         test: test.clone(),
         champion_test: champion_test.clone(),
         gate: decision.clone(),
         charts: Some(charts),
+        hashed_member: member_card,
     };
-    let metrics = crate::pipeline::record_metrics(&test, trained.validation.macro_f1);
+    let metrics = crate::pipeline::record_metrics(&test, validation.macro_f1);
     let record = registry
         .register(NewModel {
             name: request.model_name.clone(),
@@ -489,6 +638,47 @@ pub async fn train_and_register_encoder(
             tokens_per_second: 0.0,
         },
         embedding,
+    })
+}
+
+/// A blend's hashed member after training.
+struct TrainedMember {
+    weight: f32,
+    featurizer: Featurizer,
+    train: TrainConfig,
+    trained: TrainedModel,
+    seconds: f64,
+}
+
+/// Trains a blend's hashed member with the sparse CPU trainer on the head's splits and weights.
+fn train_member(
+    blend: &BlendRequest,
+    lexicon: sentiflow_model::lexicon::Lexicon,
+    train_rows: &[DatasetRow],
+    validation_rows: &[DatasetRow],
+    label_weights: LabelWeights,
+) -> Result<TrainedMember, PipelineError> {
+    let featurizer = Featurizer::new(blend.featurizer.clone(), Some(lexicon))
+        .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+    let started = Instant::now();
+    let trained = sentiflow_model::train::train(
+        &featurizer,
+        &crate::pipeline::examples(train_rows, label_weights),
+        &crate::pipeline::examples(validation_rows, label_weights),
+        &blend.train,
+    )?;
+    tracing::info!(
+        weight = blend.weight,
+        best_epoch = trained.best_epoch,
+        validation_macro_f1 = trained.validation.macro_f1,
+        "trained the blend's hashed member"
+    );
+    Ok(TrainedMember {
+        weight: blend.weight,
+        featurizer,
+        train: blend.train.clone(),
+        trained,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 
@@ -522,9 +712,16 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "# {} {}\n", card.name, card.version);
+    let blend = card.hashed_member.as_ref().map_or(String::new(), |member| {
+        format!(
+            ", blended with a hashed n-gram model: probabilities × {} encoder + × {} hashed",
+            1.0 - member.weight,
+            member.weight
+        )
+    });
     let _ = writeln!(
         out,
-        "- family: encoder (frozen {} + mean pooling + linear head)\n- snapshot: `{}`\n- featurizer: {} \
+        "- family: encoder (frozen {} + mean pooling + linear head{blend})\n- snapshot: `{}`\n- featurizer: {} \
          (max length {}, tokenizer sha256 `{}`, config hash `{}`)",
         card.encoder_config.base_model,
         card.snapshot_id,
@@ -551,6 +748,29 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
         card.embedding.cached_rows
     );
     write_test_and_gate(&mut out, &card.test, &card.gate, card.charts.as_ref());
+    if let Some(member) = &card.hashed_member {
+        let _ = writeln!(
+            out,
+            "## Blend\n\nThe served graph averages the encoder's probabilities (× {}) with a hashed \
+             n-gram model's (× {}; featurizer {}, config hash `{}`, weights sha256 `{}`, best epoch {}, \
+             trained in {:.1} s by the sparse CPU trainer on the same rows and label weights).\n\n\
+             | test split | macro-F1 | accuracy |\n|---|---|---|\n\
+             | encoder alone | {:.4} | {:.4} |\n| hashed alone | {:.4} | {:.4} |\n| blend (served) | {:.4} | {:.4} |\n",
+            1.0 - member.weight,
+            member.weight,
+            member.featurizer_version,
+            member.featurizer_config.config_hash(),
+            member.weights_sha256,
+            member.best_epoch,
+            member.train_seconds,
+            member.encoder_test.macro_f1,
+            member.encoder_test.accuracy,
+            member.test.macro_f1,
+            member.test.accuracy,
+            card.test.macro_f1,
+            card.test.accuracy,
+        );
+    }
     let _ = writeln!(out, "## Training curve\n");
     write_curve_link(&mut out, card.charts.as_ref());
     let _ = writeln!(

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 pub use sentiflow_burn::{BurnConfig, BurnDevice, CudaProbe};
 use sentiflow_common::events::{GateDecision, ModelFamily};
-use sentiflow_model::encoder::EncoderTokenizer;
+use sentiflow_model::encoder::{EncoderTokenizer, HashedMember};
 use sentiflow_model::eval::{Evaluation, evaluate};
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, FeaturizerConfig};
 use sentiflow_model::hashed::CLASSES;
@@ -229,7 +229,7 @@ pub fn choose_device_with(
     }
 }
 
-fn examples(rows: &[DatasetRow], weights: LabelWeights) -> Vec<Example> {
+pub(crate) fn examples(rows: &[DatasetRow], weights: LabelWeights) -> Vec<Example> {
     rows.iter()
         .map(|row| Example {
             text: row.text.clone(),
@@ -474,21 +474,35 @@ pub fn predict_onnx(
                 .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
             let tokenizer = EncoderTokenizer::for_metadata(model.metadata(), &path)
                 .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+            let member = match &model.summary().hashed_member {
+                Some((member, _)) => Some(member_featurizer(member)?),
+                None => None,
+            };
             for chunk in texts.chunks(64) {
                 let batch = tokenizer
                     .encode_batch(chunk, 8)
                     .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
-                for row in model
-                    .predict_masked(
+                let rows = match &member {
+                    None => model.predict_masked(
                         &batch.input_ids,
                         &batch.attention_mask,
                         batch.rows,
                         batch.cols,
-                    )
-                    .map_err(|error| onnx_error(&error))?
-                {
-                    probabilities.push(row.map(f64::from));
+                    ),
+                    Some(featurizer) => {
+                        let (hashed_ids, _, hashed_cols) = featurizer.batch_padded(chunk);
+                        model.predict_blend(
+                            &batch.input_ids,
+                            &batch.attention_mask,
+                            batch.rows,
+                            batch.cols,
+                            &hashed_ids,
+                            hashed_cols,
+                        )
+                    }
                 }
+                .map_err(|error| onnx_error(&error))?;
+                probabilities.extend(rows.into_iter().map(|row| row.map(f64::from)));
             }
         }
     }
@@ -497,12 +511,8 @@ pub fn predict_onnx(
 
 /// Rebuilds the featurizer recorded in a model's metadata, refusing versions this build does not implement.
 pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineError> {
-    if metadata.featurizer_version != FEATURIZER_VERSION {
-        return Err(PipelineError::Featurizer(format!(
-            "model needs featurizer {}, this build implements {FEATURIZER_VERSION}",
-            metadata.featurizer_version
-        )));
-    }
+    // The version first: another version's configuration may not even parse here.
+    check_featurizer_version(&metadata.featurizer_version)?;
     let config: FeaturizerConfig = serde_json::from_str(&metadata.featurizer_config)
         .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
     if config.config_hash() != metadata.featurizer_config_hash {
@@ -510,6 +520,25 @@ pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineEr
             "featurizer config does not match its recorded hash".to_owned(),
         ));
     }
+    featurizer_of(&metadata.featurizer_version, config)
+}
+
+/// The featurizer of a blended encoder model's hashed member (the `hashed_ids` input).
+pub fn member_featurizer(member: &HashedMember) -> Result<Featurizer, PipelineError> {
+    featurizer_of(&member.featurizer_version, member.featurizer_config.clone())
+}
+
+fn check_featurizer_version(version: &str) -> Result<(), PipelineError> {
+    if version != FEATURIZER_VERSION {
+        return Err(PipelineError::Featurizer(format!(
+            "model needs featurizer {version}, this build implements {FEATURIZER_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+fn featurizer_of(version: &str, config: FeaturizerConfig) -> Result<Featurizer, PipelineError> {
+    check_featurizer_version(version)?;
     let lexicon = if config.lexicon_features {
         Some(cached_lexicon()?)
     } else {

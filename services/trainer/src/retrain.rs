@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
 use crate::dataset::{DatasetError, LabelWeights, Origin, SnapshotStore};
-use crate::encoder::{self, EncoderFiles, EncoderTrainRequest};
+use crate::encoder::{self, BlendRequest, EncoderFiles, EncoderTrainRequest};
 use crate::error::Rejection;
 use crate::finetune::{self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest};
 use crate::gate::GatePolicy;
@@ -637,7 +637,15 @@ impl RetrainWorker {
                 .await?)
             }
             EncoderPlan::FrozenHead { reason } => {
-                outcome.recipe = format!("frozen int8 encoder + linear head: {reason}");
+                // A blended champion is retrained as a blend: same member weight and featurizer.
+                let blend = self.champion_blend().await;
+                outcome.recipe = match &blend {
+                    None => format!("frozen int8 encoder + linear head: {reason}"),
+                    Some(blend) => format!(
+                        "frozen int8 encoder + linear head, blended with a hashed model × {} as the champion is: {reason}",
+                        blend.weight
+                    ),
+                };
                 let request = EncoderTrainRequest {
                     snapshot_id,
                     model_name: self.encoder_model_name.clone(),
@@ -648,6 +656,7 @@ impl RetrainWorker {
                     label_weights: self.label_weights,
                     threads: std::thread::available_parallelism().map_or(1, usize::from),
                     embedding_cache: Some(self.data_dir.join("embeddings")),
+                    blend,
                 };
                 Ok(encoder::train_and_register_encoder(
                     &self.snapshots,
@@ -660,6 +669,40 @@ impl RetrainWorker {
                 .outcome)
             }
         }
+    }
+
+    /// The blend recipe of the encoder champion when it is a blend (its member's weight and
+    /// featurizer, this build's default trainer settings); `None` for an encoder alone, no champion,
+    /// or a champion that cannot be read (logged: the retrain then trains the encoder alone).
+    async fn champion_blend(&self) -> Option<BlendRequest> {
+        let record = self
+            .registry
+            .resolve(&self.encoder_model_name, "champion")
+            .await
+            .ok()?;
+        let member = match self.registry.load_verified(&record).await.map(|bytes| {
+            sentiflow_model::onnx::read_metadata(&bytes)
+                .map_err(|error| error.to_string())
+                .and_then(|metadata| {
+                    sentiflow_model::encoder::tokenize::encoder_config(&metadata)
+                        .map_err(|error| error.to_string())
+                })
+        }) {
+            Ok(Ok(config)) => config.hashed_member?,
+            Ok(Err(error)) => {
+                warn!(%error, version = %record.version, "cannot read the encoder champion's config; retraining the encoder alone");
+                return None;
+            }
+            Err(error) => {
+                warn!(%error, version = %record.version, "cannot load the encoder champion; retraining the encoder alone");
+                return None;
+            }
+        };
+        Some(BlendRequest {
+            weight: member.weight,
+            featurizer: member.featurizer_config,
+            train: TrainConfig::default(),
+        })
     }
 
     /// A fresh snapshot over the request's time range; all curated data when the range is unbounded or

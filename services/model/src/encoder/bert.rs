@@ -27,6 +27,7 @@ pub fn fine_tuned_minilm_config(tokenizer: &super::EncoderTokenizer) -> super::E
         base_model: BASE_MINILM_FP32.to_owned(),
         base_sha256: MINILM_SAFETENSORS_SHA256.to_owned(),
         fine_tuned: true,
+        hashed_member: None,
     }
 }
 

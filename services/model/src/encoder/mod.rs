@@ -48,7 +48,7 @@ pub const BASE_MINILM_INT8: &str = "all-MiniLM-L6-v2-int8";
 
 /// The preprocessing and base model an encoder-family model was built with: stored as canonical
 /// JSON in the ONNX metadata's `featurizer_config`, so serving rebuilds exactly this tokenizer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     /// sha256 (lower-case hex) of the `tokenizer.json` used; serving refuses another file.
     pub tokenizer_sha256: String,
@@ -63,6 +63,49 @@ pub struct EncoderConfig {
     pub base_sha256: String,
     /// Whether the encoder's weights were trained (`false`: frozen encoder, trained head only).
     pub fine_tuned: bool,
+    /// A hashed-family model served in the same graph, its probabilities averaged with the
+    /// encoder's ([`crate::onnx::export_blend`]). Absent from the JSON when `None`, so configs written
+    /// before blends existed keep their canonical JSON and hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_member: Option<HashedMember>,
+}
+
+/// The hashed-family model inside a blended encoder-family graph: what serving needs to build its
+/// input (`hashed_ids`, from the featurizer recorded here) and how much it counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashedMember {
+    /// Share of the hashed model's probabilities in the served average, in `(0, 1)`; the encoder's
+    /// share is `1 − weight`.
+    pub weight: f32,
+    /// [`crate::featurize::FEATURIZER_VERSION`] of the hashed model; serving refuses another.
+    pub featurizer_version: String,
+    /// The hashed model's featurizer configuration.
+    pub featurizer_config: crate::featurize::FeaturizerConfig,
+    /// [`crate::onnx::weights_sha256`] of the hashed model (its embeddings, weights and bias).
+    pub weights_sha256: String,
+}
+
+impl HashedMember {
+    /// Checks the values a blend could not be served with.
+    pub fn validate(&self) -> Result<(), EncoderError> {
+        if !(self.weight > 0.0 && self.weight < 1.0) {
+            return Err(EncoderError::Config(format!(
+                "the hashed member's weight must lie strictly between 0 and 1, got {}",
+                self.weight
+            )));
+        }
+        if self.featurizer_version != crate::featurize::FEATURIZER_VERSION {
+            return Err(EncoderError::Config(format!(
+                "the hashed member needs featurizer {}, this build implements {}",
+                self.featurizer_version,
+                crate::featurize::FEATURIZER_VERSION
+            )));
+        }
+        self.featurizer_config
+            .validate()
+            .map_err(|error| EncoderError::Config(format!("hashed member: {error}")))
+    }
 }
 
 impl EncoderConfig {
@@ -77,8 +120,20 @@ impl EncoderConfig {
         hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
     }
 
+    /// The same configuration without the hashed member: what the encoder part alone was built with
+    /// (the key of cached embeddings, the config of the encoder file a blend is made from).
+    pub fn encoder_only(&self) -> Self {
+        Self {
+            hashed_member: None,
+            ..self.clone()
+        }
+    }
+
     /// Checks the values a model could not be served with.
     pub fn validate(&self) -> Result<(), EncoderError> {
+        if let Some(member) = &self.hashed_member {
+            member.validate()?;
+        }
         if self.max_length < 3 {
             return Err(EncoderError::Config(format!(
                 "max_length {} leaves no room for a token between [CLS] and [SEP]",
@@ -182,7 +237,55 @@ mod tests {
             base_model: BASE_MINILM_INT8.to_owned(),
             base_sha256: "b".repeat(64),
             fine_tuned: false,
+            hashed_member: None,
         }
+    }
+
+    fn member() -> HashedMember {
+        HashedMember {
+            weight: 0.5,
+            featurizer_version: crate::featurize::FEATURIZER_VERSION.to_owned(),
+            featurizer_config: crate::featurize::FeaturizerConfig::default(),
+            weights_sha256: "c".repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_config_without_member_keeps_its_pre_blend_json() {
+        // The JSON an encoder model written before blends existed carries: its hash must not move.
+        let json = config().canonical_json();
+        assert!(!json.contains("hashed_member"), "{json}");
+        assert!(json.ends_with(r#""fine_tuned":false}"#), "{json}");
+        let parsed: EncoderConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed.hashed_member, None);
+    }
+
+    #[test]
+    fn the_member_is_part_of_the_hash_and_is_validated() {
+        let blended = EncoderConfig {
+            hashed_member: Some(member()),
+            ..config()
+        };
+        assert!(blended.validate().is_ok());
+        assert_ne!(blended.config_hash(), config().config_hash());
+        assert_eq!(blended.encoder_only(), config());
+        let parsed: EncoderConfig = serde_json::from_str(&blended.canonical_json()).unwrap();
+        assert_eq!(parsed, blended);
+        for weight in [0.0, 1.0, -0.5, f32::NAN] {
+            let bad = EncoderConfig {
+                hashed_member: Some(HashedMember { weight, ..member() }),
+                ..config()
+            };
+            assert!(bad.validate().is_err(), "weight {weight}");
+        }
+        let other_version = EncoderConfig {
+            hashed_member: Some(HashedMember {
+                featurizer_version: "feat-v0".to_owned(),
+                ..member()
+            }),
+            ..config()
+        };
+        assert!(other_version.validate().is_err());
     }
 
     #[test]

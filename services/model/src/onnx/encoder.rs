@@ -396,6 +396,7 @@ mod tests {
             base_model: BASE_MINILM_INT8.to_owned(),
             base_sha256: "b".repeat(64),
             fine_tuned: false,
+            hashed_member: None,
         }
     }
 

@@ -101,7 +101,7 @@ pub fn export_hashed(model: &HashedModel, metadata: &ModelMetadata) -> Result<Ve
 }
 
 /// The graph; node and tensor names are fixed, so the bytes depend only on the weights.
-fn graph(model: &HashedModel) -> GraphProto {
+pub(super) fn graph(model: &HashedModel) -> GraphProto {
     // Intermediate tensor names.
     const VECTORS: &str = "token_vectors";
     const IS_PADDING: &str = "is_padding";

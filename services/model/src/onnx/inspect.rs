@@ -13,9 +13,10 @@ use super::proto::{
     tensor_shape_proto::dimension, type_proto,
 };
 use super::{
-    ATTENTION_MASK_NAME, Family, INPUT_NAME, MAX_LENGTH_KEY, ModelMetadata, OUTPUT_NAME, OnnxError,
-    TOKENIZER_SHA256_KEY,
+    ATTENTION_MASK_NAME, Family, HASHED_IDS_NAME, HASHED_PREFIX, INPUT_NAME, MAX_LENGTH_KEY,
+    ModelMetadata, OUTPUT_NAME, OnnxError, TOKENIZER_SHA256_KEY,
 };
+use crate::encoder::HashedMember;
 use crate::hashed::CLASSES;
 
 /// Only the `metadata_props` field (14) of `ModelProto`: prost skips the other fields without
@@ -43,7 +44,7 @@ fn metadata_from(props: &[StringStringEntryProto]) -> Result<ModelMetadata, Onnx
 }
 
 /// What [`verify_structure`] learnt about an accepted file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GraphSummary {
     /// The file's metadata.
     pub metadata: ModelMetadata,
@@ -56,6 +57,9 @@ pub struct GraphSummary {
     /// Rows of the table that `input_ids` index (the data of the `Gather` reading `input_ids`), when
     /// the graph has one: ids at or above it are invalid.
     pub vocab_size: Option<usize>,
+    /// A blended encoder file's hashed member (from its encoder config) and the rows of the member's
+    /// embedding table, which [`HASHED_IDS_NAME`] indexes; `None` for every other file.
+    pub hashed_member: Option<(HashedMember, usize)>,
     /// Number of nodes in the graph.
     pub node_count: usize,
     /// Total bytes of initializer data.
@@ -102,10 +106,18 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
         .iter()
         .filter(|input| !initializer_names.contains(input.name.as_deref().unwrap_or("")))
         .collect();
-    let expected_inputs: &[&str] = if family.needs_attention_mask() {
-        &[INPUT_NAME, ATTENTION_MASK_NAME]
-    } else {
-        &[INPUT_NAME]
+    let member = match family {
+        Family::Hashed => None,
+        Family::Encoder => {
+            crate::encoder::tokenize::encoder_config(&metadata)
+                .map_err(|error| OnnxError::Metadata(error.to_string()))?
+                .hashed_member
+        }
+    };
+    let expected_inputs: &[&str] = match (family.needs_attention_mask(), &member) {
+        (false, _) => &[INPUT_NAME],
+        (true, None) => &[INPUT_NAME, ATTENTION_MASK_NAME],
+        (true, Some(_)) => &[INPUT_NAME, ATTENTION_MASK_NAME, HASHED_IDS_NAME],
     };
     let fed_names: Vec<&str> = fed_inputs
         .iter()
@@ -171,21 +183,47 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
             .iter()
             .find(|tensor| tensor.name.as_deref() == Some(name))
     };
-    let vocab_size = graph
-        .node
-        .iter()
-        .find(|node| {
-            node.op_type.as_deref() == Some("Gather")
-                && node.input.get(1).map(String::as_str) == Some(INPUT_NAME)
-        })
-        .and_then(|node| initializer(node.input.first()?))
-        .and_then(|table| table.dims.first().copied())
-        .and_then(|rows| usize::try_from(rows).ok());
+    let table_rows = |input: &str| {
+        graph
+            .node
+            .iter()
+            .find(|node| {
+                node.op_type.as_deref() == Some("Gather")
+                    && node.input.get(1).map(String::as_str) == Some(input)
+            })
+            .and_then(|node| initializer(node.input.first()?))
+            .and_then(|table| table.dims.first().copied())
+            .and_then(|rows| usize::try_from(rows).ok())
+    };
+    let vocab_size = table_rows(INPUT_NAME);
 
-    match family {
-        Family::Hashed => check_hashed_weights(&metadata, &initializer)?,
-        Family::Encoder => check_encoder_file(&metadata, &model.metadata_props, graph)?,
-    }
+    let hashed_member = match family {
+        Family::Hashed => {
+            check_hashed_weights("", &metadata.weights_sha256, &initializer)?;
+            None
+        }
+        Family::Encoder => {
+            check_encoder_file(&metadata, &model.metadata_props, graph)?;
+            match member {
+                None => None,
+                Some(member) => {
+                    // The whole graph's checksum covers the member already; this ties the member's
+                    // tensors to the hashed model the config names.
+                    check_hashed_weights(HASHED_PREFIX, &member.weights_sha256, &initializer)?;
+                    let rows = table_rows(HASHED_IDS_NAME).ok_or_else(|| {
+                        structure(format!("no `Gather` reads `{HASHED_IDS_NAME}`"))
+                    })?;
+                    if rows != member.featurizer_config.buckets {
+                        return Err(structure(format!(
+                            "the hashed member's table has {rows} rows, its featurizer {} buckets",
+                            member.featurizer_config.buckets
+                        )));
+                    }
+                    Some((member, rows))
+                }
+            }
+        }
+    };
 
     Ok(GraphSummary {
         metadata,
@@ -193,6 +231,7 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
         ir_version,
         opset_version,
         vocab_size,
+        hashed_member,
         node_count: graph.node.len(),
         initializer_bytes: graph.initializer.iter().map(stored_bytes).sum(),
     })
@@ -246,12 +285,15 @@ fn check_tensor_type(
 /// For the hashed family: the three weight initializers exist with consistent shapes and hash to the
 /// metadata's `weights_sha256` (same definition as [`super::weights_sha256`]).
 fn check_hashed_weights<'a>(
-    metadata: &ModelMetadata,
+    prefix: &str,
+    declared: &str,
     initializer: &dyn Fn(&str) -> Option<&'a TensorProto>,
 ) -> Result<(), OnnxError> {
     let mut hasher = Sha256::new();
     let mut shapes = Vec::with_capacity(3);
     for name in [EMBEDDINGS, WEIGHTS, BIAS] {
+        let name = format!("{prefix}{name}");
+        let name = name.as_str();
         let tensor = initializer(name).ok_or_else(|| {
             OnnxError::Structure(format!("hashed model without a `{name}` initializer"))
         })?;
@@ -282,9 +324,9 @@ fn check_hashed_weights<'a>(
         )));
     }
     let actual = hex::encode(hasher.finalize());
-    if actual != metadata.weights_sha256 {
+    if actual != declared {
         return Err(OnnxError::ChecksumMismatch {
-            declared: metadata.weights_sha256.clone(),
+            declared: declared.to_owned(),
             actual,
         });
     }

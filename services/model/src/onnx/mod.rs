@@ -4,7 +4,8 @@
 //! # Contract (every family)
 //! - input `input_ids`: int64 `[batch, tokens]` (dynamic dims named `batch` and `tokens`), padding id 0;
 //! - encoder family only: input `attention_mask`, int64 `[batch, tokens]`, 1 for real tokens and 0
-//!   for padding ([`Family::needs_attention_mask`]);
+//!   for padding ([`Family::needs_attention_mask`]); a blended encoder file (its encoder config names
+//!   a hashed member) also takes [`HASHED_IDS_NAME`], int64 `[batch, features]`;
 //! - output `probabilities`: float `[batch, 3]`, classes in [`DEFAULT_LABELS`] order;
 //! - `metadata_props` holding a [`ModelMetadata`], so serving can check the featurizer version and the
 //!   weights checksum from the file itself instead of trusting its name.
@@ -15,9 +16,12 @@
 //! - `hashed` (private): [`export_hashed`] and [`weights_sha256`].
 //! - `bert` (private): [`export_bert_classifier`]: a fine-tuned encoder written operator by operator.
 //! - `encoder` (private): [`export_encoder`], [`pooled_encoder`] and [`graph_weights_sha256`].
+//! - `blend` (private): [`export_blend`]: an encoder file and a hashed model averaged in one graph
+//!   (third input [`HASHED_IDS_NAME`]).
 //! - `inspect` (private): [`read_metadata`] (cheap: skips the weights) and [`verify_structure`].
 
 mod bert;
+mod blend;
 mod build;
 mod encoder;
 mod hashed;
@@ -30,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use bert::{
     ATTENTION_MASK_FILL, BertPrecision, export_bert_classifier, export_bert_classifier_as,
 };
+pub use blend::{HASHED_IDS_NAME, HASHED_PREFIX, export_blend};
 pub use encoder::{
     EMBEDDING_OUTPUT, MAX_LENGTH_KEY, TOKENIZER_SHA256_KEY, export_encoder, graph_weights_sha256,
     pooled_encoder,
