@@ -12,9 +12,11 @@ use sentiflow_common::events::{self, ModelFamily, ModelRef};
 use sentiflow_model::encoder::EncoderTokenizer;
 use sentiflow_model::encoder::tokenize::group_by_padded_length;
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, PAD_LENGTHS, pad_rows};
-use sentiflow_model::hashed::{CLASSES, HashedModel};
+use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
 use sentiflow_model::onnx::{self, FAMILY_HASHED, Family, ModelMetadata};
-use sentiflow_model::runtime::{Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError};
+use sentiflow_model::runtime::{
+    BLEND_HASHED_COLS, Device, DeviceRequest, LoadedModel, OrtEnvironment, RuntimeError,
+};
 use sentiflow_model::seen::{SEEN_FEATURES_FILE, SeenFeatures};
 use tokio::sync::watch;
 
@@ -443,18 +445,22 @@ impl ServingModel {
                             batch.cols,
                         )?,
                         Some(hashed) => {
-                            let group: Vec<&[i64]> = positions
-                                .iter()
-                                .map(|position| hashed[*position].as_slice())
-                                .collect();
-                            let (hashed_ids, _, hashed_cols) = pad_rows(&group);
+                            // One width for every batch: the shapes warm-up prepared.
+                            let mut hashed_ids = vec![PADDING_ID; batch.rows * BLEND_HASHED_COLS];
+                            for (row, position) in
+                                hashed_ids.chunks_exact_mut(BLEND_HASHED_COLS).zip(positions)
+                            {
+                                let ids = &hashed[*position];
+                                let kept = ids.len().min(BLEND_HASHED_COLS);
+                                row[..kept].copy_from_slice(&ids[..kept]);
+                            }
                             session.predict_blend(
                                 &batch.input_ids,
                                 &batch.attention_mask,
                                 batch.rows,
                                 batch.cols,
                                 &hashed_ids,
-                                hashed_cols,
+                                BLEND_HASHED_COLS,
                             )?
                         }
                     };

@@ -28,6 +28,13 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::hashed::{CLASSES, PADDING_ID};
+
+/// Width serving pads a blend's `hashed_ids` to: the widest of [`crate::featurize::PAD_LENGTHS`],
+/// which every featurizer's `max_features` fits. One width means one input shape per token length,
+/// all of them warmed up ([`LoadedModel::warm_up`]); the hashed part's cost is small beside the
+/// encoder's.
+pub const BLEND_HASHED_COLS: usize =
+    crate::featurize::PAD_LENGTHS[crate::featurize::PAD_LENGTHS.len() - 1];
 use crate::onnx::{self, GraphSummary, ModelMetadata, OUTPUT_NAME, OnnxError};
 
 /// The ONNX Runtime version `infra/setup.sh` installs (and this crate is tested against).
@@ -727,8 +734,14 @@ impl LoadedModel {
             let ids = vec![PADDING_ID; batch * length];
             let probabilities = if self.is_blend() {
                 let mask = vec![0; ids.len()];
-                let hashed_ids = vec![PADDING_ID; batch];
-                self.run(&ids, Some(&mask), Some((&hashed_ids, 1)), batch, length)?
+                let hashed_ids = vec![PADDING_ID; batch * BLEND_HASHED_COLS];
+                self.run(
+                    &ids,
+                    Some(&mask),
+                    Some((&hashed_ids, BLEND_HASHED_COLS)),
+                    batch,
+                    length,
+                )?
             } else {
                 self.predict(&ids, batch, length)?
             };
