@@ -447,8 +447,9 @@ impl ServingModel {
                         Some(hashed) => {
                             // One width for every batch: the shapes warm-up prepared.
                             let mut hashed_ids = vec![PADDING_ID; batch.rows * BLEND_HASHED_COLS];
-                            for (row, position) in
-                                hashed_ids.chunks_exact_mut(BLEND_HASHED_COLS).zip(positions)
+                            for (row, position) in hashed_ids
+                                .chunks_exact_mut(BLEND_HASHED_COLS)
+                                .zip(positions)
                             {
                                 let ids = &hashed[*position];
                                 let kept = ids.len().min(BLEND_HASHED_COLS);
