@@ -745,7 +745,10 @@ async fn encoder_family_request_trains_gates_and_promotes_the_encoder_name() {
                         buckets: 1 << 15,
                         ..FeaturizerConfig::default()
                     },
-                    train: TrainConfig::default(),
+                    train: TrainConfig {
+                        dim: 16,
+                        ..TrainConfig::default()
+                    },
                 }),
             },
         )
@@ -784,6 +787,19 @@ async fn encoder_family_request_trains_gates_and_promotes_the_encoder_name() {
         let summary = sentiflow_model::onnx::verify_structure(&onnx).unwrap();
         let (member, buckets) = summary.hashed_member.expect("retrained as a blend");
         assert_eq!((member.weight, buckets), (0.4, 1 << 15));
+        // The member's trainer settings come from the champion's card, not the defaults.
+        let card: sentiflow_trainer::encoder::EncoderModelCard = serde_json::from_slice(
+            &std::fs::read(
+                data.path()
+                    .join(format!("models/{ENCODER}/{version}/card.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            card.hashed_member.expect("a blend's card").train_config.dim,
+            16
+        );
     }
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();

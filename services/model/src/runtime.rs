@@ -28,6 +28,10 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::hashed::{CLASSES, PADDING_ID};
+use crate::onnx::{self, GraphSummary, ModelMetadata, OUTPUT_NAME, OnnxError};
+
+/// The ONNX Runtime version `infra/setup.sh` installs (and this crate is tested against).
+pub const ORT_VERSION: &str = "1.31.1";
 
 /// Width serving pads a blend's `hashed_ids` to: the widest of [`crate::featurize::PAD_LENGTHS`],
 /// which every featurizer's `max_features` fits. One width means one input shape per token length,
@@ -35,10 +39,6 @@ use crate::hashed::{CLASSES, PADDING_ID};
 /// encoder's.
 pub const BLEND_HASHED_COLS: usize =
     crate::featurize::PAD_LENGTHS[crate::featurize::PAD_LENGTHS.len() - 1];
-use crate::onnx::{self, GraphSummary, ModelMetadata, OUTPUT_NAME, OnnxError};
-
-/// The ONNX Runtime version `infra/setup.sh` installs (and this crate is tested against).
-pub const ORT_VERSION: &str = "1.31.1";
 
 /// Operators whose placement decides the device: if any of them runs on the CPU in a CUDA session,
 /// the model is not really served by the GPU. Shape arithmetic (`Shape`, small `Gather`s, `Concat`)
@@ -550,7 +550,8 @@ impl LoadedModel {
     /// [`PADDING_ID`]). Ids must lie in `0..vocab_size`: ONNX `Gather` would wrap negative ids
     /// around silently. An encoder-family model gets the attention mask derived from the ids
     /// (1 where the id is not [`PADDING_ID`], which is also BERT's `[PAD]`); use
-    /// [`LoadedModel::predict_masked`] to pass one explicitly.
+    /// [`LoadedModel::predict_masked`] to pass one explicitly. A blend is refused: it needs
+    /// [`LoadedModel::predict_blend`].
     pub fn predict(
         &mut self,
         ids: &[i64],
@@ -600,7 +601,8 @@ impl LoadedModel {
             ));
         };
         check_mask(ids, attention_mask)?;
-        if hashed_ids.len() != rows * hashed_cols || (rows > 0 && hashed_cols == 0) {
+        if rows.checked_mul(hashed_cols) != Some(hashed_ids.len()) || (rows > 0 && hashed_cols == 0)
+        {
             return Err(RuntimeError::BadInput(format!(
                 "{} hashed ids do not form {rows} rows of {hashed_cols} (pad with 0)",
                 hashed_ids.len()
@@ -653,7 +655,7 @@ impl LoadedModel {
         rows: usize,
         cols: usize,
     ) -> Result<Vec<[f32; CLASSES]>, RuntimeError> {
-        if ids.len() != rows * cols {
+        if rows.checked_mul(cols) != Some(ids.len()) {
             return Err(RuntimeError::BadInput(format!(
                 "{} ids do not form {rows} rows of {cols}",
                 ids.len()

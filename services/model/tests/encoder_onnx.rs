@@ -456,15 +456,56 @@ fn blended_model_serves_the_weighted_average_of_its_two_files_and_its_checks_hol
         )
         .is_err()
     );
-    // A member tensor changed after the fact: both the file checksum and the member's refuse it.
-    let mut tampered = blend.clone();
-    let name = format!("{HASHED_PREFIX}bias");
-    // Its last occurrence is the initializer's name (nodes come first in a graph); the tensor's
-    // raw data follows it (tag, length, 12 bytes): flip one of those bytes.
-    let at = tampered
-        .windows(name.len())
-        .rposition(|window| window == name.as_bytes())
-        .expect("the member's bias is in the file");
-    tampered[at + name.len() + 8] ^= 0x40;
-    assert!(verify_structure(&tampered).is_err());
+    // A file rewritten after the fact with its whole-graph checksum recomputed: the member's own
+    // checksum refuses changed member weights, and the wiring check refuses shares that are not the
+    // config's weight.
+    let rewritten = |change: &dyn Fn(&mut sentiflow_model::onnx::proto::GraphProto)| {
+        use prost::Message as _;
+        let mut model = sentiflow_model::onnx::proto::ModelProto::decode(blend.as_slice()).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        change(graph);
+        let checksum = sentiflow_model::onnx::graph_weights_sha256(graph);
+        for entry in &mut model.metadata_props {
+            if entry.key.as_deref() == Some("weights_sha256") {
+                entry.value = Some(checksum.clone());
+            }
+        }
+        model.encode_to_vec()
+    };
+    let set_tensor =
+        |graph: &mut sentiflow_model::onnx::proto::GraphProto, name: &str, values: &[f32]| {
+            let tensor = graph
+                .initializer
+                .iter_mut()
+                .find(|tensor| tensor.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{name} is in the blend"));
+            tensor.raw_data = Some(
+                values
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect(),
+            );
+        };
+    let bias = format!("{HASHED_PREFIX}bias");
+    let other_bias = rewritten(&|graph| set_tensor(graph, &bias, &[9.0, 0.0, -9.0]));
+    match verify_structure(&other_bias) {
+        Err(OnnxError::ChecksumMismatch { declared, .. }) => {
+            assert_eq!(
+                declared,
+                weights_sha256(&hashed),
+                "the member's checksum refused it"
+            );
+        }
+        other => panic!("expected the member's checksum to refuse it, got {other:?}"),
+    }
+    let other_share = rewritten(&|graph| set_tensor(graph, "sentiflow_blend/hashed_share", &[0.9]));
+    let error = verify_structure(&other_share).unwrap_err();
+    assert!(
+        matches!(&error, OnnxError::Structure(message) if message.contains("hashed_share")),
+        "{error}"
+    );
+    assert!(
+        verify_structure(&rewritten(&|_| {})).is_ok(),
+        "unchanged: accepted"
+    );
 }

@@ -101,8 +101,8 @@ pub struct BlendRequest {
 }
 
 impl BlendRequest {
-    /// The weight a blend is refused without (the featurizer and trainer settings are checked
-    /// when they are used).
+    /// The weight a blend is refused without (the caller checks the featurizer and trainer
+    /// settings too, before anything is read).
     pub fn validate(&self) -> Result<(), String> {
         if self.weight > 0.0 && self.weight < 1.0 {
             Ok(())
@@ -354,6 +354,10 @@ pub async fn train_and_register_encoder(
             .featurizer
             .validate()
             .map_err(|error| PipelineError::Config(error.to_string()))?;
+        blend
+            .train
+            .validate()
+            .map_err(|error| PipelineError::Config(error.to_string()))?;
     }
     let manifest = store.manifest(&request.snapshot_id)?;
     let splits = [
@@ -383,8 +387,10 @@ pub async fn train_and_register_encoder(
     // The encoder part's hash: the key of cached embeddings, whether or not a member is blended in.
     let config_hash = config.config_hash();
     let member_lexicon = match &request.blend {
-        Some(_) => Some(crate::pipeline::cached_lexicon()?),
-        None => None,
+        Some(blend) if blend.featurizer.lexicon_features => {
+            Some(crate::pipeline::cached_lexicon()?)
+        }
+        _ => None,
     };
 
     // Embedding and head training are CPU-bound: off the async runtime.
@@ -440,15 +446,15 @@ pub async fn train_and_register_encoder(
             )
             .map_err(|error| PipelineError::Onnx(error.to_string()))?;
             let head_seconds = started.elapsed().as_secs_f64();
-            let member = match (&request.blend, member_lexicon) {
-                (Some(blend), Some(lexicon)) => Some(train_member(
+            let member = match &request.blend {
+                Some(blend) => Some(train_member(
                     blend,
-                    lexicon,
+                    member_lexicon,
                     &splits[0],
                     &splits[1],
                     request.label_weights,
                 )?),
-                _ => None,
+                None => None,
             };
             Ok((embedded, trained, head_seconds, member))
         })
@@ -653,12 +659,12 @@ struct TrainedMember {
 /// Trains a blend's hashed member with the sparse CPU trainer on the head's splits and weights.
 fn train_member(
     blend: &BlendRequest,
-    lexicon: sentiflow_model::lexicon::Lexicon,
+    lexicon: Option<sentiflow_model::lexicon::Lexicon>,
     train_rows: &[DatasetRow],
     validation_rows: &[DatasetRow],
     label_weights: LabelWeights,
 ) -> Result<TrainedMember, PipelineError> {
-    let featurizer = Featurizer::new(blend.featurizer.clone(), Some(lexicon))
+    let featurizer = Featurizer::new(blend.featurizer.clone(), lexicon)
         .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
     let started = Instant::now();
     let trained = sentiflow_model::train::train(
@@ -714,7 +720,7 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
     let _ = writeln!(out, "# {} {}\n", card.name, card.version);
     let blend = card.hashed_member.as_ref().map_or(String::new(), |member| {
         format!(
-            ", blended with a hashed n-gram model: probabilities × {} encoder + × {} hashed",
+            ", blended with a hashed n-gram model: probabilities {} × encoder + {} × hashed",
             1.0 - member.weight,
             member.weight
         )

@@ -616,6 +616,17 @@ impl RetrainWorker {
                 reason,
             } => {
                 outcome.recipe = format!("fine-tune all-MiniLM-L6-v2: {reason}");
+                if let Some(blend) = self.champion_blend().await {
+                    // A fine-tuned encoder is not blended: say so instead of dropping it quietly.
+                    warn!(
+                        weight = blend.weight,
+                        "the encoder champion is a blend; the fine-tuned challenger is trained alone"
+                    );
+                    outcome.recipe.push_str(&format!(
+                        " (the champion blends a hashed model × {}; a fine-tuned encoder is trained alone)",
+                        blend.weight
+                    ));
+                }
                 let request = FineTuneRequest {
                     snapshot_id,
                     model_name: self.encoder_model_name.clone(),
@@ -671,15 +682,43 @@ impl RetrainWorker {
         }
     }
 
-    /// The blend recipe of the encoder champion when it is a blend (its member's weight and
-    /// featurizer, this build's default trainer settings); `None` for an encoder alone, no champion,
-    /// or a champion that cannot be read (logged: the retrain then trains the encoder alone).
+    /// The blend recipe of the encoder champion when it is a blend (its member's weight, featurizer
+    /// and trainer settings from its card; from the model file, with this build's default trainer
+    /// settings, when the card is unreadable); `None` for an encoder alone, no champion, or a
+    /// champion that cannot be read (logged: the retrain then trains the encoder alone).
     async fn champion_blend(&self) -> Option<BlendRequest> {
-        let record = self
+        let record = match self
             .registry
             .resolve(&self.encoder_model_name, "champion")
             .await
-            .ok()?;
+        {
+            Ok(record) => record,
+            Err(RegistryError::NotFound(_)) => return None,
+            Err(error) => {
+                warn!(%error, "cannot resolve the encoder champion; retraining the encoder alone");
+                return None;
+            }
+        };
+        // The card holds the member's whole recipe (trainer settings included); the verified file
+        // holds at least its weight and featurizer.
+        let card_path = Path::new(&record.artifact_uri).with_file_name("card.json");
+        match std::fs::read(&card_path)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                serde_json::from_slice::<encoder::EncoderModelCard>(&bytes)
+                    .map_err(|error| error.to_string())
+            }) {
+            Ok(card) => {
+                return card.hashed_member.map(|member| BlendRequest {
+                    weight: member.weight,
+                    featurizer: member.featurizer_config,
+                    train: member.train_config,
+                });
+            }
+            Err(error) => {
+                warn!(path = %card_path.display(), %error, "encoder champion card unreadable; reading the blend from its model file");
+            }
+        }
         let member = match self.registry.load_verified(&record).await.map(|bytes| {
             sentiflow_model::onnx::read_metadata(&bytes)
                 .map_err(|error| error.to_string())

@@ -63,8 +63,8 @@ pub struct EncoderConfig {
     pub base_sha256: String,
     /// Whether the encoder's weights were trained (`false`: frozen encoder, trained head only).
     pub fine_tuned: bool,
-    /// A hashed-family model served in the same graph, its probabilities averaged with the
-    /// encoder's ([`crate::onnx::export_blend`]). Absent from the JSON when `None`, so configs written
+    /// A hashed-family model served in the same graph: the probabilities are the weighted sum
+    /// `(1 − weight) × encoder + weight × hashed` ([`crate::onnx::export_blend`]). Absent from the JSON when `None`, so configs written
     /// before blends existed keep their canonical JSON and hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashed_member: Option<HashedMember>,

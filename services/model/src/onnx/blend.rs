@@ -11,12 +11,14 @@ use std::collections::HashSet;
 
 use prost::Message;
 
-use super::build::{Dim, f32_tensor, node, value_info};
+use super::build::{Dim, f32_le_bytes, f32_tensor, node, value_info};
 use super::encoder::{check_encoder_metadata, seal_encoder_model};
-use super::proto::{ModelProto, tensor_proto::DataType};
-use super::{INPUT_NAME, ModelMetadata, OUTPUT_NAME, OnnxError, weights_sha256};
-use crate::encoder::EncoderConfig;
-use crate::hashed::HashedModel;
+use super::proto::{GraphProto, ModelProto, tensor_proto::DataType};
+use super::{
+    INPUT_NAME, MAX_INITIALIZER_BYTES, ModelMetadata, OUTPUT_NAME, OnnxError, weights_sha256,
+};
+use crate::encoder::{EncoderConfig, HashedMember};
+use crate::hashed::{CLASSES, HashedModel};
 
 /// Name of a blended graph's third input: the hashed member's feature ids, int64 `[batch, features]`.
 pub const HASHED_IDS_NAME: &str = "hashed_ids";
@@ -57,6 +59,15 @@ pub fn export_blend(
     })?;
     check_encoder_metadata(config, metadata)?;
     hashed.check_shape().map_err(OnnxError::InvalidModel)?;
+    // Both models' weights go into one protobuf message, which readers cap at 2 GiB.
+    let member_bytes = ((hashed.buckets + CLASSES) * hashed.dim + CLASSES) as u64 * 4;
+    let total = member_bytes.saturating_add(encoder_onnx.len() as u64);
+    if total > MAX_INITIALIZER_BYTES {
+        return Err(OnnxError::TooLarge {
+            bytes: total,
+            limit: MAX_INITIALIZER_BYTES,
+        });
+    }
     if member.featurizer_config.buckets != hashed.buckets {
         return Err(OnnxError::InvalidModel(format!(
             "the member's featurizer has {} buckets, the hashed model {}",
@@ -175,4 +186,60 @@ pub fn export_blend(
     );
     seal_encoder_model(&mut model, config, metadata, doc)?;
     Ok(model.encode_to_vec())
+}
+
+/// Checks that a blended graph computes what its config says: `probabilities` is the `Add` of the
+/// encoder part and the hashed part, each a `Mul` of that model's probabilities by a share
+/// initializer holding exactly `1 − weight` and `weight`. [`super::verify_structure`] runs it, so a
+/// file cannot advertise one weight (in `/healthz`, the card) and compute with another.
+pub(super) fn check_blend_wiring(
+    graph: &GraphProto,
+    member: &HashedMember,
+) -> Result<(), OnnxError> {
+    let structure = |message: String| Err(OnnxError::Structure(message));
+    let producer = |output: &str| {
+        graph
+            .node
+            .iter()
+            .find(|node| node.output.iter().any(|name| name == output))
+    };
+    let hashed_probabilities = hashed_name(OUTPUT_NAME);
+    for (output, op, inputs) in [
+        (OUTPUT_NAME, "Add", [ENCODER_PART, HASHED_PART]),
+        (ENCODER_PART, "Mul", [ENCODER_PROBABILITIES, ENCODER_SHARE]),
+        (
+            HASHED_PART,
+            "Mul",
+            [hashed_probabilities.as_str(), HASHED_SHARE],
+        ),
+    ] {
+        let Some(node) = producer(output) else {
+            return structure(format!("a blend without a node producing `{output}`"));
+        };
+        if node.op_type.as_deref() != Some(op) || node.input != inputs {
+            return structure(format!(
+                "a blend's `{output}` must be {op}({inputs:?}), found {}({:?})",
+                node.op_type.as_deref().unwrap_or(""),
+                node.input
+            ));
+        }
+    }
+    for (name, value) in [
+        (ENCODER_SHARE, 1.0 - member.weight),
+        (HASHED_SHARE, member.weight),
+    ] {
+        let holds = graph
+            .initializer
+            .iter()
+            .find(|tensor| tensor.name.as_deref() == Some(name))
+            .and_then(|tensor| tensor.raw_data.as_deref())
+            == Some(f32_le_bytes(&[value]).as_slice());
+        if !holds {
+            return structure(format!(
+                "a blend's `{name}` must hold {value} (the config's weight is {})",
+                member.weight
+            ));
+        }
+    }
+    Ok(())
 }

@@ -68,10 +68,13 @@ pub struct GraphSummary {
 
 /// Decodes a whole ONNX file and checks it against the sentiflow contract: metadata present and
 /// valid with a known family; input `input_ids` int64 of rank 2 (the encoder family also
-/// `attention_mask`, same type); one output `probabilities` float `[batch, 3]`; every node input
-/// defined; the weights hash to the declared `weights_sha256` (hashed: its three tensors; encoder:
-/// every initializer), and an encoder file's tokenizer and max-length entries match its config. Serving runs this before building a session, so a file is judged by its
-/// contents, never by its name.
+/// `attention_mask`, same type; a blend, whose encoder config names a hashed member, also
+/// `hashed_ids`); one output `probabilities` float `[batch, 3]`; every node input defined; the
+/// weights hash to the declared `weights_sha256` (hashed: its three tensors; encoder: every
+/// initializer), an encoder file's tokenizer and max-length entries match its config, and a blend's
+/// member tensors hash to the member's `weights_sha256`, its table has the member's bucket count and
+/// its shares are the member's weight. Serving runs this before building a session, so a file is
+/// judged by its contents, never by its name.
 pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
     let model = ModelProto::decode(bytes).map_err(|error| OnnxError::Decode(error.to_string()))?;
     let metadata = metadata_from(&model.metadata_props)?;
@@ -208,8 +211,9 @@ pub fn verify_structure(bytes: &[u8]) -> Result<GraphSummary, OnnxError> {
                 None => None,
                 Some(member) => {
                     // The whole graph's checksum covers the member already; this ties the member's
-                    // tensors to the hashed model the config names.
+                    // tensors to the hashed model the config names, and the wiring to its weight.
                     check_hashed_weights(HASHED_PREFIX, &member.weights_sha256, &initializer)?;
+                    super::blend::check_blend_wiring(graph, &member)?;
                     let rows = table_rows(HASHED_IDS_NAME).ok_or_else(|| {
                         structure(format!("no `Gather` reads `{HASHED_IDS_NAME}`"))
                     })?;
@@ -282,8 +286,9 @@ fn check_tensor_type(
     Ok(())
 }
 
-/// For the hashed family: the three weight initializers exist with consistent shapes and hash to the
-/// metadata's `weights_sha256` (same definition as [`super::weights_sha256`]).
+/// The three weight initializers of a hashed model (names prefixed by `prefix`: empty for a hashed
+/// file, [`HASHED_PREFIX`] for a blend's member) exist with consistent shapes and hash to `declared`
+/// (the metadata's or the member's `weights_sha256`; same definition as [`super::weights_sha256`]).
 fn check_hashed_weights<'a>(
     prefix: &str,
     declared: &str,
@@ -303,8 +308,16 @@ fn check_hashed_weights<'a>(
             )));
         }
         let data = data_bytes(tensor);
-        let elements: i64 = tensor.dims.iter().product();
-        if usize::try_from(elements).ok().map(|count| count * 4) != Some(data.len()) {
+        // Checked: dims come from the file, and a crafted product must not overflow.
+        let elements = tensor
+            .dims
+            .iter()
+            .try_fold(1i64, |product, dim| product.checked_mul(*dim));
+        if elements
+            .and_then(|count| usize::try_from(count).ok())
+            .and_then(|count| count.checked_mul(4))
+            != Some(data.len())
+        {
             return Err(OnnxError::Structure(format!(
                 "initializer `{name}` declares dims {:?} but holds {} bytes",
                 tensor.dims,
