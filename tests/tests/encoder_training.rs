@@ -90,6 +90,36 @@ fn infer_config(
     }
 }
 
+/// POSTs `texts` to infer's `/v1/predict` and checks that the served probabilities are those of the
+/// encoder-family file `onnx` through ONNX Runtime (`pipeline::predict_onnx`: the gate's and `eval`'s
+/// code path, which builds a blend's `hashed_ids` too), within 1e-4.
+async fn assert_http_predictions_match_the_file(
+    http_addr: std::net::SocketAddr,
+    ort: &sentiflow_model::runtime::OrtEnvironment,
+    onnx: &[u8],
+    texts: &[&str],
+) {
+    let body = serde_json::to_vec(&serde_json::json!({ "texts": texts })).unwrap();
+    let (status, response) = sentiflow_tests::http_post(http_addr, "/v1/predict", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{response}");
+    let response: serde_json::Value = serde_json::from_str(&response).unwrap();
+    assert_eq!(response["model"]["family"], "encoder");
+    let offline = pipeline::predict_onnx(ort, onnx, texts).unwrap();
+    for (index, expected) in offline.iter().enumerate() {
+        let got = &response["predictions"][index]["probabilities"];
+        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let served = got[class].as_f64().unwrap();
+            assert!(
+                (served - expected[position]).abs() < 1e-4,
+                "text {index} {class}: served {served}, offline {}",
+                expected[position]
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoder_family_trains_registers_and_serves_through_ort() {
     let redis_server = sentiflow_tests::redis();
@@ -259,45 +289,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
         served.model_ref().family,
         sentiflow_common::events::ModelFamily::Encoder
     );
-    let body = serde_json::to_vec(&serde_json::json!({"texts": texts[..3]})).unwrap();
-    let (status, response) = sentiflow_tests::http_post(running.http_addr, "/v1/predict", &body)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{response}");
-    let response: serde_json::Value = serde_json::from_str(&response).unwrap();
-    assert_eq!(response["model"]["family"], "encoder");
-    let mut offline = sentiflow_model::runtime::LoadedModel::load(
-        &ort,
-        &onnx,
-        sentiflow_model::runtime::DeviceRequest::Cpu,
-        1,
-    )
-    .unwrap();
-    let tokenizer = sentiflow_model::encoder::EncoderTokenizer::for_metadata(
-        &metadata,
-        &CacheDir::from_env().unwrap().minilm_tokenizer(),
-    )
-    .unwrap();
-    for (index, text) in texts[..3].iter().enumerate() {
-        let batch = tokenizer.encode_batch(&[text], 1).unwrap();
-        let expected = offline
-            .predict_masked(
-                &batch.input_ids,
-                &batch.attention_mask,
-                batch.rows,
-                batch.cols,
-            )
-            .unwrap()[0];
-        let got = &response["predictions"][index]["probabilities"];
-        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
-            let served = got[class].as_f64().unwrap();
-            assert!(
-                (served - f64::from(expected[position])).abs() < 1e-4,
-                "text {index} {class}: served {served}, offline {}",
-                expected[position]
-            );
-        }
-    }
+    assert_http_predictions_match_the_file(running.http_addr, &ort, &onnx, &texts[..3]).await;
 
     // Through Kafka: a review predicts; one whose text has no WordPiece token (zero-width joiners
     // survive cleaning, as emoji sequences need them; the BERT normaliser drops them) is
@@ -349,7 +341,7 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blended_encoder_trains_registers_and_serves_the_average_of_both_families() {
-    use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
+    use sentiflow_model::featurize::FeaturizerConfig;
     use sentiflow_model::train::TrainConfig;
     use sentiflow_trainer::encoder::{BlendRequest, EncoderModelCard};
 
@@ -494,50 +486,7 @@ async fn blended_encoder_trains_registers_and_serves_the_average_of_both_familie
         health["info"]["model"]["blend_hashed_weight"], 0.5,
         "{health}"
     );
-    let body = serde_json::to_vec(&serde_json::json!({"texts": texts[..4]})).unwrap();
-    let (status, response) = sentiflow_tests::http_post(running.http_addr, "/v1/predict", &body)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{response}");
-    let response: serde_json::Value = serde_json::from_str(&response).unwrap();
-    assert_eq!(response["model"]["family"], "encoder");
-    let mut offline = sentiflow_model::runtime::LoadedModel::load(
-        &ort,
-        &onnx,
-        sentiflow_model::runtime::DeviceRequest::Cpu,
-        1,
-    )
-    .unwrap();
-    let tokenizer = sentiflow_model::encoder::EncoderTokenizer::for_metadata(
-        &read_metadata(&onnx).unwrap(),
-        &CacheDir::from_env().unwrap().minilm_tokenizer(),
-    )
-    .unwrap();
-    let lexicon = pipeline::cached_lexicon().unwrap();
-    let featurizer = Featurizer::new(blend.featurizer.clone(), Some(lexicon)).unwrap();
-    for (index, text) in texts[..4].iter().enumerate() {
-        let batch = tokenizer.encode_batch(&[text], 1).unwrap();
-        let (hashed_ids, _, hashed_cols) = featurizer.batch_padded(&[text]);
-        let expected = offline
-            .predict_blend(
-                &batch.input_ids,
-                &batch.attention_mask,
-                batch.rows,
-                batch.cols,
-                &hashed_ids,
-                hashed_cols,
-            )
-            .unwrap()[0];
-        let got = &response["predictions"][index]["probabilities"];
-        for (position, class) in ["negative", "neutral", "positive"].iter().enumerate() {
-            let served = got[class].as_f64().unwrap();
-            assert!(
-                (served - f64::from(expected[position])).abs() < 1e-4,
-                "text {index} {class}: served {served}, offline {}",
-                expected[position]
-            );
-        }
-    }
+    assert_http_predictions_match_the_file(running.http_addr, &ort, &onnx, &texts[..4]).await;
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
