@@ -494,6 +494,9 @@ async fn blended_encoder_trains_registers_and_serves_the_average_of_both_familie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_its_champion() {
     use sentiflow_burn::BurnDevice;
+    use sentiflow_model::featurize::FeaturizerConfig;
+    use sentiflow_model::train::TrainConfig;
+    use sentiflow_trainer::encoder::BlendRequest;
     use sentiflow_trainer::finetune::{
         EncoderMode, FineTuneConfig, FineTuneRequest, FineTunedModelCard, fine_tune_and_register,
         plan_encoder_probed,
@@ -534,6 +537,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
         device_reason: "test: burn's CPU backend".to_owned(),
         gate: GatePolicy::default(),
         label_weights: LabelWeights::default(),
+        blend: None,
     };
     let first = fine_tune_and_register(&store, &registry, &ort, &files, &request(6))
         .await
@@ -601,4 +605,82 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
         second.gate.reason
     );
     assert_ne!(second.record.version, first.record.version);
+
+    // Blended: a hashed member trained on the whole training split (not the fine-tune's 96-row
+    // sample) is appended to the fine-tuned graph, which serves the average; gated like any encoder.
+    let blended = fine_tune_and_register(
+        &store,
+        &registry,
+        &ort,
+        &files,
+        &FineTuneRequest {
+            blend: Some(BlendRequest {
+                weight: 0.4,
+                featurizer: FeaturizerConfig {
+                    buckets: 1 << 16,
+                    ..FeaturizerConfig::default()
+                },
+                train: TrainConfig {
+                    dim: 16,
+                    seed: 3,
+                    ..TrainConfig::default()
+                },
+            }),
+            ..request(3)
+        },
+    )
+    .await
+    .unwrap();
+    let onnx = registry.load_verified(&blended.record).await.unwrap();
+    let summary = verify_structure(&onnx).unwrap();
+    let (member, rows) = summary.hashed_member.clone().expect("a blend");
+    assert_eq!((member.weight, rows), (0.4, 1 << 16));
+    assert!(
+        read_metadata(&onnx)
+            .unwrap()
+            .featurizer_config
+            .contains("\"fine_tuned\":true")
+    );
+    let card_dir = dir.path().join(format!(
+        "models/sentiment-encoder/{}",
+        blended.record.version
+    ));
+    let card: FineTunedModelCard =
+        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let member_card = card
+        .hashed_member
+        .as_ref()
+        .expect("the member is in the card");
+    assert_eq!(member_card.weight, 0.4);
+    assert_eq!(member_card.weights_sha256, member.weights_sha256);
+    assert_eq!(
+        card.training_rows, 96,
+        "the fine-tune's sample is unchanged"
+    );
+    let train_split = store
+        .read(&manifest.snapshot_id, Split::Train)
+        .unwrap()
+        .len();
+    assert!(train_split > 96);
+    assert_eq!(
+        member_card.train_rows, train_split,
+        "the member learns from the whole training split"
+    );
+    assert!(
+        blended
+            .champion_test
+            .as_ref()
+            .is_some_and(|champion| champion.confusion == first.test.confusion),
+        "gated against the champion on the same rows"
+    );
+    // The card's test figures (blended in Rust from the encoder through ORT) are what ORT computes
+    // on the registered blend, and its encoder-alone figures are those of the unblended graph.
+    let through_ort = pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels).unwrap();
+    assert_eq!(through_ort.confusion, blended.test.confusion);
+    assert_eq!(card.test.confusion, blended.test.confusion);
+    let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
+    assert!(
+        markdown.contains("## Blend") && markdown.contains(" + 0.4 × hashed"),
+        "{markdown}"
+    );
 }

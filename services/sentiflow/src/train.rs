@@ -78,15 +78,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = FineTuneConfig::default().batch_size)]
     pub encoder_batch_size: usize,
     /// Encoder fine-tune: train on a seeded sample of at most this many training rows (bounds a CPU
-    /// run; validation and test splits stay whole).
+    /// run; validation and test splits stay whole, and a --blend-hashed-weight member still trains
+    /// on the whole training split).
     #[arg(long)]
     pub max_train_rows: Option<usize>,
     /// Encoder family: ONNX Runtime threads for embedding (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub embed_threads: usize,
-    /// Encoder family, frozen head: also train a hashed model on the same rows and serve both in one
-    /// ONNX graph, averaging their probabilities with this weight on the hashed model (strictly
-    /// between 0 and 1; the encoder gets the rest). Gated, registered and served as an encoder model.
+    /// Encoder family (frozen head or fine-tune): also train a hashed model on the same splits and
+    /// serve both in one ONNX graph, averaging their probabilities with this weight on the hashed
+    /// model (strictly between 0 and 1; the encoder gets the rest). Gated, registered and served as
+    /// an encoder model.
     #[arg(long, value_name = "WEIGHT", value_parser = parse_member_weight)]
     pub blend_hashed_weight: Option<f32>,
     /// Promote the new model when the gate passes.
@@ -287,19 +289,20 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    if args.blend_hashed_weight.is_some() {
-        match encoder_plan {
-            None => anyhow::bail!(
-                "--blend-hashed-weight blends a hashed model into an encoder-family model: use it with --family encoder"
-            ),
-            Some(EncoderPlan::FineTune { .. }) => anyhow::bail!(
-                "--blend-hashed-weight is built on the frozen-encoder head, and this run would \
-                 fine-tune the encoder (--encoder-mode fine-tune, or auto on a CUDA host): add \
-                 --encoder-mode frozen-head"
-            ),
-            Some(_) => {}
-        }
+    if args.blend_hashed_weight.is_some() && encoder_plan.is_none() {
+        anyhow::bail!(
+            "--blend-hashed-weight blends a hashed model into an encoder-family model: use it with --family encoder"
+        );
     }
+    // The hashed member: the default featurizer, trained with the run's seed.
+    let blend = args.blend_hashed_weight.map(|weight| BlendRequest {
+        weight,
+        featurizer: FeaturizerConfig::default(),
+        train: TrainConfig {
+            seed: args.seed,
+            ..TrainConfig::default()
+        },
+    });
     if let Some(EncoderPlan::FineTune { device, reason }) = encoder_plan {
         let mut fine_tune = FineTuneConfig {
             seed: args.seed,
@@ -323,6 +326,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             device_reason: reason,
             gate: args.gate,
             label_weights: args.label_weights,
+            blend,
         };
         let files = EncoderFiles::from_cache(&CacheDir::from_env()?)?;
         let ort = ort_environment()?;
@@ -355,14 +359,7 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
                 args.embed_threads
             },
             embedding_cache: Some(args.registry.data_dir.join("embeddings")),
-            blend: args.blend_hashed_weight.map(|weight| BlendRequest {
-                weight,
-                featurizer: FeaturizerConfig::default(),
-                train: TrainConfig {
-                    seed: args.seed,
-                    ..TrainConfig::default()
-                },
-            }),
+            blend,
         };
         let files = EncoderFiles::from_cache(&CacheDir::from_env()?)?;
         let ort = ort_environment()?;

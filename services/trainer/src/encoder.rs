@@ -88,8 +88,9 @@ pub struct EncoderTrainRequest {
     pub blend: Option<BlendRequest>,
 }
 
-/// The hashed member of a blended encoder model: trained by the sparse CPU trainer on the same
-/// splits and label weights as the head, then averaged with it in the served graph.
+/// The hashed member of a blended encoder model: trained by the sparse CPU trainer on the
+/// snapshot's training split (all of it, even when a fine-tune samples fewer rows) with the
+/// encoder's label weights, then averaged with the encoder in the served graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlendRequest {
     /// Share of the hashed model's probabilities in the average, strictly between 0 and 1.
@@ -113,6 +114,27 @@ impl BlendRequest {
             ))
         }
     }
+
+    /// Everything a blend is refused for (weight, featurizer, trainer settings), checked before
+    /// any data is read.
+    pub(crate) fn check(&self) -> Result<(), PipelineError> {
+        self.validate().map_err(PipelineError::Config)?;
+        self.featurizer
+            .validate()
+            .map_err(|error| PipelineError::Config(error.to_string()))?;
+        self.train
+            .validate()
+            .map_err(|error| PipelineError::Config(error.to_string()))
+    }
+
+    /// The lexicon the member's featurizer reads, when it emits lexicon features.
+    fn lexicon(&self) -> Result<Option<sentiflow_model::lexicon::Lexicon>, PipelineError> {
+        if self.featurizer.lexicon_features {
+            crate::pipeline::cached_lexicon().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// What the model card records about a blend's hashed member.
@@ -132,11 +154,15 @@ pub struct HashedMemberCard {
     pub best_epoch: usize,
     /// Seconds its training took.
     pub train_seconds: f64,
+    /// Training rows it learned from (0 in cards written before the field existed).
+    #[serde(default)]
+    pub train_rows: usize,
     /// The hashed model alone on the validation split.
     pub validation: Evaluation,
     /// The hashed model alone on the test split.
     pub test: Evaluation,
-    /// The encoder (frozen base + head) alone on the test split; the card's `test` is the blend.
+    /// The encoder part alone (frozen base + head, or the fine-tuned encoder) on the test split; the
+    /// card's `test` is the blend.
     pub encoder_test: Evaluation,
 }
 
@@ -349,15 +375,7 @@ pub async fn train_and_register_encoder(
         .validate()
         .map_err(PipelineError::Config)?;
     if let Some(blend) = &request.blend {
-        blend.validate().map_err(PipelineError::Config)?;
-        blend
-            .featurizer
-            .validate()
-            .map_err(|error| PipelineError::Config(error.to_string()))?;
-        blend
-            .train
-            .validate()
-            .map_err(|error| PipelineError::Config(error.to_string()))?;
+        blend.check()?;
     }
     let manifest = store.manifest(&request.snapshot_id)?;
     let splits = [
@@ -387,10 +405,8 @@ pub async fn train_and_register_encoder(
     // The encoder part's hash: the key of cached embeddings, whether or not a member is blended in.
     let config_hash = config.config_hash();
     let member_lexicon = match &request.blend {
-        Some(blend) if blend.featurizer.lexicon_features => {
-            Some(crate::pipeline::cached_lexicon()?)
-        }
-        _ => None,
+        Some(blend) => blend.lexicon()?,
+        None => None,
     };
 
     // Embedding and head training are CPU-bound: off the async runtime.
@@ -493,46 +509,19 @@ pub async fn train_and_register_encoder(
             config.clone(),
         ),
         Some(member) => {
-            let weight = member.weight;
-            let blended_on = |index: usize, encoder: &[[f64; CLASSES]]| {
-                let rows = &splits[index];
-                let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
-                let labels: Vec<usize> = rows.iter().map(|row| row.label.index()).collect();
-                let hashed = predict_texts(&member.featurizer, &member.trained.model, &texts);
-                (
-                    evaluate(&hashed, &labels),
-                    evaluate(&blend(&hashed, encoder, f64::from(weight)), &labels),
-                )
-            };
-            let (hashed_validation, validation) =
-                blended_on(1, &trained.head.predict_rows(&embedded[1].values));
-            let (hashed_test, test) = blended_on(2, &encoder_test_probabilities);
-            let weights_sha256 = sentiflow_model::onnx::weights_sha256(&member.trained.model);
-            let card = HashedMemberCard {
-                weight,
-                featurizer_config: member.featurizer.config().clone(),
-                featurizer_version: FEATURIZER_VERSION.to_owned(),
-                train_config: member.train.clone(),
-                weights_sha256: weights_sha256.clone(),
-                best_epoch: member.trained.best_epoch,
-                train_seconds: member.seconds,
-                validation: hashed_validation,
-                test: hashed_test,
-                encoder_test: evaluate(&encoder_test_probabilities, &test_labels),
-            };
-            let blend_config = EncoderConfig {
-                hashed_member: Some(HashedMember {
-                    weight,
-                    featurizer_version: FEATURIZER_VERSION.to_owned(),
-                    featurizer_config: member.featurizer.config().clone(),
-                    weights_sha256,
-                }),
-                ..config.clone()
-            };
-            blend_config
-                .validate()
-                .map_err(|error| featurizer_error(&error))?;
-            (test, validation, Some(card), blend_config)
+            let blended = member.blend_with(
+                &config,
+                &splits[1],
+                &trained.head.predict_rows(&embedded[1].values),
+                test_rows,
+                &encoder_test_probabilities,
+            )?;
+            (
+                blended.test,
+                blended.validation,
+                Some(blended.card),
+                blended.config,
+            )
         }
     };
     let champion_test = champion_evaluation(
@@ -564,17 +553,7 @@ pub async fn train_and_register_encoder(
     let onnx = export_encoder(&base, &trained.head, &config, &metadata).map_err(onnx_error)?;
     let onnx = match &member {
         None => onnx,
-        Some(member) => export_blend(
-            &onnx,
-            &member.trained.model,
-            &blend_config,
-            &ModelMetadata {
-                featurizer_config_hash: blend_config.config_hash(),
-                featurizer_config: blend_config.canonical_json(),
-                ..metadata.clone()
-            },
-        )
-        .map_err(onnx_error)?,
+        Some(member) => member.append_to(&onnx, &blend_config, &metadata)?,
     };
     let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?
@@ -648,12 +627,144 @@ pub async fn train_and_register_encoder(
 }
 
 /// A blend's hashed member after training.
-struct TrainedMember {
+pub(crate) struct TrainedMember {
     weight: f32,
     featurizer: Featurizer,
     train: TrainConfig,
+    /// The trained hashed model (what [`export_blend`] appends to the encoder's graph).
     trained: TrainedModel,
     seconds: f64,
+    train_rows: usize,
+}
+
+/// A member blended with an encoder: the blend's evaluations, the member's card and the encoder
+/// config that records the member.
+pub(crate) struct Blended {
+    /// The blend on the validation split.
+    pub(crate) validation: Evaluation,
+    /// The blend on the test split (the gate set).
+    pub(crate) test: Evaluation,
+    /// What the model card records about the member.
+    pub(crate) card: HashedMemberCard,
+    /// The encoder's config with the member in it (what the blended file's metadata holds).
+    pub(crate) config: EncoderConfig,
+}
+
+impl TrainedMember {
+    /// Trains a blend's hashed member with the sparse CPU trainer on the given training and
+    /// validation rows and label weights (off the async runtime: it is CPU-bound).
+    pub(crate) async fn train(
+        blend: &BlendRequest,
+        train_rows: Vec<DatasetRow>,
+        validation_rows: Vec<DatasetRow>,
+        label_weights: LabelWeights,
+    ) -> Result<Self, PipelineError> {
+        let lexicon = blend.lexicon()?;
+        let blend = blend.clone();
+        tokio::task::spawn_blocking(move || {
+            train_member(
+                &blend,
+                lexicon,
+                &train_rows,
+                &validation_rows,
+                label_weights,
+            )
+        })
+        .await
+        .map_err(|error| PipelineError::Onnx(error.to_string()))?
+    }
+
+    /// Appends the member to a finished encoder file (`blend_config` from [`Self::blend_with`]); the
+    /// metadata's featurizer config becomes the blend's.
+    pub(crate) fn append_to(
+        &self,
+        encoder_onnx: &[u8],
+        blend_config: &EncoderConfig,
+        metadata: &ModelMetadata,
+    ) -> Result<Vec<u8>, PipelineError> {
+        export_blend(
+            encoder_onnx,
+            &self.trained.model,
+            blend_config,
+            &ModelMetadata {
+                featurizer_config_hash: blend_config.config_hash(),
+                featurizer_config: blend_config.canonical_json(),
+                ..metadata.clone()
+            },
+        )
+        .map_err(|error| PipelineError::Onnx(error.to_string()))
+    }
+
+    /// Averages the member's probabilities with the encoder's (`encoder_*`, row for row over
+    /// `validation_rows` and `test_rows`) as the served graph will, and evaluates the blend and
+    /// both parts.
+    pub(crate) fn blend_with(
+        &self,
+        encoder_config: &EncoderConfig,
+        validation_rows: &[DatasetRow],
+        encoder_validation: &[[f64; CLASSES]],
+        test_rows: &[DatasetRow],
+        encoder_test: &[[f64; CLASSES]],
+    ) -> Result<Blended, PipelineError> {
+        for (split, rows, encoder) in [
+            (
+                "validation",
+                validation_rows.len(),
+                encoder_validation.len(),
+            ),
+            ("test", test_rows.len(), encoder_test.len()),
+        ] {
+            if rows != encoder {
+                return Err(PipelineError::Onnx(format!(
+                    "the encoder scored {encoder} of the {rows} {split} rows: cannot blend"
+                )));
+            }
+        }
+        let blended_on = |rows: &[DatasetRow], encoder: &[[f64; CLASSES]]| {
+            let texts: Vec<&str> = rows.iter().map(|row| row.text.as_str()).collect();
+            let labels: Vec<usize> = rows.iter().map(|row| row.label.index()).collect();
+            let hashed = predict_texts(&self.featurizer, &self.trained.model, &texts);
+            (
+                evaluate(&hashed, &labels),
+                evaluate(&blend(&hashed, encoder, f64::from(self.weight)), &labels),
+                evaluate(encoder, &labels),
+            )
+        };
+        let (hashed_validation, validation, _) = blended_on(validation_rows, encoder_validation);
+        let (hashed_test, test, encoder_alone_test) = blended_on(test_rows, encoder_test);
+        let weights_sha256 = sentiflow_model::onnx::weights_sha256(&self.trained.model);
+        let card = HashedMemberCard {
+            weight: self.weight,
+            featurizer_config: self.featurizer.config().clone(),
+            featurizer_version: FEATURIZER_VERSION.to_owned(),
+            train_config: self.train.clone(),
+            weights_sha256: weights_sha256.clone(),
+            best_epoch: self.trained.best_epoch,
+            train_seconds: self.seconds,
+            train_rows: self.train_rows,
+            validation: hashed_validation,
+            test: hashed_test,
+            encoder_test: encoder_alone_test,
+        };
+        let config = EncoderConfig {
+            hashed_member: Some(HashedMember {
+                weight: self.weight,
+                featurizer_version: FEATURIZER_VERSION.to_owned(),
+                featurizer_config: self.featurizer.config().clone(),
+                weights_sha256,
+            }),
+            ..encoder_config.clone()
+        };
+        config
+            .validate()
+            .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
+        Ok(Blended {
+            validation,
+            test,
+            card,
+            config,
+        })
+    }
 }
 
 /// Trains a blend's hashed member with the sparse CPU trainer on the head's splits and weights.
@@ -685,6 +796,7 @@ fn train_member(
         train: blend.train.clone(),
         trained,
         seconds: started.elapsed().as_secs_f64(),
+        train_rows: train_rows.len(),
     })
 }
 
@@ -713,18 +825,55 @@ pub(crate) async fn champion_evaluation(
     Ok(Some(evaluation))
 }
 
-/// The human-readable model card.
-pub fn card_markdown(card: &EncoderModelCard) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "# {} {}\n", card.name, card.version);
-    let blend = card.hashed_member.as_ref().map_or(String::new(), |member| {
+/// The family line's mention of a blend (empty for an encoder alone).
+pub(crate) fn blend_summary(member: Option<&HashedMemberCard>) -> String {
+    member.map_or(String::new(), |member| {
         format!(
             ", blended with a hashed n-gram model: probabilities {} × encoder + {} × hashed",
             1.0 - member.weight,
             member.weight
         )
-    });
+    })
+}
+
+/// The "Blend" section of a blended model's card: the member's recipe and the test split scored by
+/// the encoder alone, the hashed model alone and the served blend.
+pub(crate) fn write_blend_section(
+    out: &mut String,
+    member: &HashedMemberCard,
+    served_test: &Evaluation,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "## Blend\n\nThe served graph averages the encoder's probabilities (× {}) with a hashed \
+         n-gram model's (× {}; featurizer {}, config hash `{}`, weights sha256 `{}`, best epoch {}, \
+         trained on {} rows in {:.1} s by the sparse CPU trainer: the training split, with the same label weights).\n\n\
+         | test split | macro-F1 | accuracy |\n|---|---|---|\n\
+         | encoder alone | {:.4} | {:.4} |\n| hashed alone | {:.4} | {:.4} |\n| blend (served) | {:.4} | {:.4} |\n",
+        1.0 - member.weight,
+        member.weight,
+        member.featurizer_version,
+        member.featurizer_config.config_hash(),
+        member.weights_sha256,
+        member.best_epoch,
+        member.train_rows,
+        member.train_seconds,
+        member.encoder_test.macro_f1,
+        member.encoder_test.accuracy,
+        member.test.macro_f1,
+        member.test.accuracy,
+        served_test.macro_f1,
+        served_test.accuracy,
+    );
+}
+
+/// The human-readable model card.
+pub fn card_markdown(card: &EncoderModelCard) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# {} {}\n", card.name, card.version);
+    let blend = blend_summary(card.hashed_member.as_ref());
     let _ = writeln!(
         out,
         "- family: encoder (frozen {} + mean pooling + linear head{blend})\n- snapshot: `{}`\n- featurizer: {} \
@@ -755,27 +904,7 @@ pub fn card_markdown(card: &EncoderModelCard) -> String {
     );
     write_test_and_gate(&mut out, &card.test, &card.gate, card.charts.as_ref());
     if let Some(member) = &card.hashed_member {
-        let _ = writeln!(
-            out,
-            "## Blend\n\nThe served graph averages the encoder's probabilities (× {}) with a hashed \
-             n-gram model's (× {}; featurizer {}, config hash `{}`, weights sha256 `{}`, best epoch {}, \
-             trained in {:.1} s by the sparse CPU trainer on the same rows and label weights).\n\n\
-             | test split | macro-F1 | accuracy |\n|---|---|---|\n\
-             | encoder alone | {:.4} | {:.4} |\n| hashed alone | {:.4} | {:.4} |\n| blend (served) | {:.4} | {:.4} |\n",
-            1.0 - member.weight,
-            member.weight,
-            member.featurizer_version,
-            member.featurizer_config.config_hash(),
-            member.weights_sha256,
-            member.best_epoch,
-            member.train_seconds,
-            member.encoder_test.macro_f1,
-            member.encoder_test.accuracy,
-            member.test.macro_f1,
-            member.test.accuracy,
-            card.test.macro_f1,
-            card.test.accuracy,
-        );
+        write_blend_section(&mut out, member, &card.test);
     }
     let _ = writeln!(out, "## Training curve\n");
     write_curve_link(&mut out, card.charts.as_ref());

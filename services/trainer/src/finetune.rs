@@ -1,7 +1,8 @@
 //! One fine-tuning run of the `encoder` family: snapshot → WordPiece ids → all-MiniLM-L6-v2 (fp32
 //! safetensors, checksum checked) fine-tuned with burn on CUDA or burn's CPU backend → fp32 ONNX
 //! written from Rust → test split through ORT → the same gate as every family, against the champion of
-//! the same name on the same rows → model card → registry.
+//! the same name on the same rows → model card → registry. With a [`BlendRequest`] a hashed model is
+//! trained on the same splits and appended to the exported graph, which then serves the average.
 
 use std::time::Instant;
 
@@ -22,11 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, ChartInputs, Charts, CurvePoint};
 use crate::dataset::{DatasetRow, LabelWeights, SnapshotStore, Split};
-use crate::encoder::{EncoderFiles, champion_evaluation};
+use crate::encoder::{
+    BlendRequest, EncoderFiles, HashedMemberCard, TrainedMember, blend_summary,
+    champion_evaluation, write_blend_section,
+};
 use crate::gate::{self, GatePolicy};
 use crate::pipeline::{
-    PipelineError, TrainDevice, TrainOutcome, card_files, evaluate_onnx, write_curve_link,
-    write_test_and_gate,
+    PipelineError, TrainDevice, TrainOutcome, card_files, evaluate_onnx, predict_onnx,
+    write_curve_link, write_test_and_gate,
 };
 use crate::registry::{NewModel, Registry};
 
@@ -161,6 +165,10 @@ pub struct FineTuneRequest {
     pub gate: GatePolicy,
     /// How much each labelled row counts in training, by label provenance.
     pub label_weights: LabelWeights,
+    /// A hashed model to train and serve blended with the fine-tuned encoder in one graph (`None`:
+    /// the encoder alone). It trains on the whole training split, even when `max_train_rows` caps
+    /// the fine-tune's (it takes seconds on the CPU).
+    pub blend: Option<BlendRequest>,
 }
 
 /// Rows of one split as the fine-tuner takes them, and what tokenizing found.
@@ -240,9 +248,10 @@ pub struct FineTunedModelCard {
     pub best_epoch: usize,
     /// Seconds of the whole fine-tune (validation passes included).
     pub train_seconds: f64,
-    /// Validation evaluation of the best epoch (burn forward pass).
+    /// Validation evaluation of the best epoch (burn forward pass); for a blend, the blend's (the
+    /// exported encoder through ORT averaged with the hashed member).
     pub validation: Evaluation,
-    /// Test evaluation of the exported ONNX through ORT (the gate set).
+    /// Test evaluation of the exported ONNX through ORT (the gate set); for a blend, the blend's.
     pub test: Evaluation,
     /// The champion's evaluation on the same test rows.
     pub champion_test: Option<Evaluation>,
@@ -250,6 +259,9 @@ pub struct FineTunedModelCard {
     pub gate: GateDecision,
     /// The confusion-matrix and training-curve PNGs next to the card, or why they were skipped.
     pub charts: Charts,
+    /// The hashed model blended into the served graph, if any. Absent for an encoder alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_member: Option<HashedMemberCard>,
 }
 
 /// Fine-tunes, exports, evaluates, gates and registers (the caller promotes when the gate passed and
@@ -266,10 +278,29 @@ pub async fn fine_tune_and_register(
         .label_weights
         .validate()
         .map_err(PipelineError::Config)?;
+    if let Some(blend) = &request.blend {
+        blend.check()?;
+    }
     let manifest = store.manifest(&request.snapshot_id)?;
     let tokenizer = EncoderTokenizer::from_file(&files.tokenizer, request.max_length)
         .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
     let mut train_rows = store.read(&request.snapshot_id, Split::Train)?;
+    let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
+    let test_rows = store.read(&request.snapshot_id, Split::Test)?;
+    // The member first: it takes seconds, and its errors (a missing lexicon) must not cost a
+    // fine-tune.
+    let member = match &request.blend {
+        Some(blend) => Some(
+            TrainedMember::train(
+                blend,
+                train_rows.clone(),
+                validation_rows.clone(),
+                request.label_weights,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if let Some(cap) = request.max_train_rows
         && train_rows.len() > cap
     {
@@ -280,10 +311,8 @@ pub async fn fine_tune_and_register(
         }
         train_rows.truncate(cap);
     }
-    let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
-    let test_rows = store.read(&request.snapshot_id, Split::Test)?;
     let training = tokenize_split(&tokenizer, &train_rows, request.label_weights)?;
-    let validation = tokenize_split(&tokenizer, &validation_rows, request.label_weights)?;
+    let tokenized_validation = tokenize_split(&tokenizer, &validation_rows, request.label_weights)?;
     let initial = BertClassifierWeights::from_safetensors(
         &files.weights,
         &files.weights_config,
@@ -300,7 +329,7 @@ pub async fn fine_tune_and_register(
         let device = request.device;
         let fine_tune = request.fine_tune.clone();
         let train_examples = training.examples;
-        let validation_examples = validation.examples;
+        let validation_examples = tokenized_validation.examples;
         tokio::task::spawn_blocking(move || {
             sentiflow_burn::fine_tune_on(
                 device,
@@ -337,27 +366,71 @@ pub async fn fine_tune_and_register(
         weights_sha256: String::new(),
         created_at: manifest.created_at.to_rfc3339(),
     };
-    let onnx = export_bert_classifier(&tuned.weights, &config, &metadata)
-        .map_err(|error| PipelineError::Onnx(error.to_string()))?;
+    let onnx_error =
+        |error: sentiflow_model::onnx::OnnxError| PipelineError::Onnx(error.to_string());
+    let encoder_onnx =
+        export_bert_classifier(&tuned.weights, &config, &metadata).map_err(onnx_error)?;
+
+    // The encoder is scored through ORT on its exported file, what serving computes; a blend's
+    // average is taken in Rust as the graph takes it (the registered blend through ORT gives the
+    // same confusion matrix: tests/tests/encoder_training.rs).
+    let test_texts: Vec<String> = test_rows.iter().map(|row| row.text.clone()).collect();
+    let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
+    let (onnx, test, validation, member_card, served_config) = match &member {
+        Some(member) => {
+            let (encoder_validation, encoder_test) = {
+                let ort = ort.clone();
+                let onnx = encoder_onnx.clone();
+                let validation_texts: Vec<String> =
+                    validation_rows.iter().map(|row| row.text.clone()).collect();
+                let test_texts = test_texts.clone();
+                tokio::task::spawn_blocking(move || {
+                    fn as_str(texts: &[String]) -> Vec<&str> {
+                        texts.iter().map(String::as_str).collect()
+                    }
+                    Ok::<_, PipelineError>((
+                        predict_onnx(&ort, &onnx, &as_str(&validation_texts))?,
+                        predict_onnx(&ort, &onnx, &as_str(&test_texts))?,
+                    ))
+                })
+                .await
+                .map_err(|error| PipelineError::Onnx(error.to_string()))??
+            };
+            let blended = member.blend_with(
+                &config,
+                &validation_rows,
+                &encoder_validation,
+                &test_rows,
+                &encoder_test,
+            )?;
+            let onnx = member.append_to(&encoder_onnx, &blended.config, &metadata)?;
+            (
+                onnx,
+                blended.test,
+                blended.validation,
+                Some(blended.card),
+                blended.config,
+            )
+        }
+        None => {
+            let test = {
+                let ort = ort.clone();
+                let onnx = encoder_onnx.clone();
+                let texts = test_texts.clone();
+                let labels = test_labels.clone();
+                tokio::task::spawn_blocking(move || {
+                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    evaluate_onnx(&ort, &onnx, &texts, &labels)
+                })
+                .await
+                .map_err(|error| PipelineError::Onnx(error.to_string()))??
+            };
+            (encoder_onnx, test, tuned.validation.clone(), None, config)
+        }
+    };
     let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?
         .weights_sha256;
-
-    // The test split through ORT, on the exported file: what serving will compute.
-    let test_texts: Vec<String> = test_rows.iter().map(|row| row.text.clone()).collect();
-    let test_labels: Vec<usize> = test_rows.iter().map(|row| row.label.index()).collect();
-    let test = {
-        let ort = ort.clone();
-        let onnx = onnx.clone();
-        let texts = test_texts.clone();
-        let labels = test_labels.clone();
-        tokio::task::spawn_blocking(move || {
-            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            evaluate_onnx(&ort, &onnx, &texts, &labels)
-        })
-        .await
-        .map_err(|error| PipelineError::Onnx(error.to_string()))??
-    };
     let champion_test =
         champion_evaluation(registry, ort, &request.model_name, test_texts, test_labels).await?;
     let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
@@ -388,26 +461,27 @@ pub async fn fine_tune_and_register(
         family: ModelFamily::Encoder,
         snapshot_id: request.snapshot_id.clone(),
         featurizer_version: ENCODER_FEATURIZER_VERSION.to_owned(),
-        featurizer_config_hash: config.config_hash(),
-        encoder_config: config,
+        featurizer_config_hash: served_config.config_hash(),
+        encoder_config: served_config,
         fine_tune_config: request.fine_tune.clone(),
         label_weights: Some(request.label_weights),
         device: request.device.as_str().to_owned(),
         device_reason: request.device_reason.clone(),
         weights_sha256,
         training_rows,
-        empty_rows: training.empty + validation.empty,
-        truncated_rows: training.truncated + validation.truncated,
+        empty_rows: training.empty + tokenized_validation.empty,
+        truncated_rows: training.truncated + tokenized_validation.truncated,
         history: tuned.history.clone(),
         best_epoch: tuned.best_epoch,
         train_seconds,
-        validation: tuned.validation.clone(),
+        validation: validation.clone(),
         test: test.clone(),
         champion_test: champion_test.clone(),
         gate: decision.clone(),
         charts,
+        hashed_member: member_card,
     };
-    let metrics = crate::pipeline::record_metrics(&test, tuned.validation.macro_f1);
+    let metrics = crate::pipeline::record_metrics(&test, validation.macro_f1);
     let record = registry
         .register(NewModel {
             name: request.model_name.clone(),
@@ -453,9 +527,10 @@ pub fn card_markdown(card: &FineTunedModelCard) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {} {}\n", card.name, card.version);
     let config = &card.fine_tune_config;
+    let blend = blend_summary(card.hashed_member.as_ref());
     let _ = writeln!(
         out,
-        "- family: encoder (fine-tuned {} + mean pooling + linear head)\n- snapshot: `{}`\n- featurizer: {} \
+        "- family: encoder (fine-tuned {} + mean pooling + linear head{blend})\n- snapshot: `{}`\n- featurizer: {} \
          (max length {}, tokenizer sha256 `{}`, config hash `{}`)\n- base weights sha256: `{}`",
         card.encoder_config.base_model,
         card.snapshot_id,
@@ -493,6 +568,9 @@ pub fn card_markdown(card: &FineTunedModelCard) -> String {
         card.train_seconds
     );
     write_test_and_gate(&mut out, &card.test, &card.gate, Some(&card.charts));
+    if let Some(member) = &card.hashed_member {
+        write_blend_section(&mut out, member, &card.test);
+    }
     let _ = writeln!(out, "## Training curve\n");
     write_curve_link(&mut out, Some(&card.charts));
     let _ = writeln!(

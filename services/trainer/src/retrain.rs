@@ -51,6 +51,13 @@ use crate::registry::{ModelRecord, Registry, RegistryError};
 use crate::segment::SegmentStore;
 use crate::service::TrainerStats;
 
+/// The part of an encoder-family model card (frozen head or fine-tuned) that holds a blend's recipe.
+#[derive(Deserialize)]
+struct BlendOfCard {
+    #[serde(default)]
+    hashed_member: Option<encoder::HashedMemberCard>,
+}
+
 /// How a retrain request ended (the `outcome` label of `sentiflow_trainer_retrains_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -615,18 +622,15 @@ impl RetrainWorker {
                 device: burn_device,
                 reason,
             } => {
-                outcome.recipe = format!("fine-tune all-MiniLM-L6-v2: {reason}");
-                if let Some(blend) = self.champion_blend().await {
-                    // A fine-tuned encoder is not blended: say so instead of dropping it quietly.
-                    warn!(
-                        weight = blend.weight,
-                        "the encoder champion is a blend; the fine-tuned challenger is trained alone"
-                    );
-                    outcome.recipe.push_str(&format!(
-                        " (the champion blends a hashed model × {}; a fine-tuned encoder is trained alone)",
+                // A blended champion is retrained as a blend: same member weight and featurizer.
+                let blend = self.champion_blend().await;
+                outcome.recipe = match &blend {
+                    None => format!("fine-tune all-MiniLM-L6-v2: {reason}"),
+                    Some(blend) => format!(
+                        "fine-tune all-MiniLM-L6-v2, blended with a hashed model × {} as the champion is: {reason}",
                         blend.weight
-                    ));
-                }
+                    ),
+                };
                 let request = FineTuneRequest {
                     snapshot_id,
                     model_name: self.encoder_model_name.clone(),
@@ -637,6 +641,7 @@ impl RetrainWorker {
                     device_reason: reason,
                     gate: self.gate,
                     label_weights: self.label_weights,
+                    blend,
                 };
                 Ok(finetune::fine_tune_and_register(
                     &self.snapshots,
@@ -705,8 +710,8 @@ impl RetrainWorker {
         match std::fs::read(&card_path)
             .map_err(|error| error.to_string())
             .and_then(|bytes| {
-                serde_json::from_slice::<encoder::EncoderModelCard>(&bytes)
-                    .map_err(|error| error.to_string())
+                // Either kind of encoder card (frozen head or fine-tuned) records the member here.
+                serde_json::from_slice::<BlendOfCard>(&bytes).map_err(|error| error.to_string())
             }) {
             Ok(card) => {
                 return card.hashed_member.map(|member| BlendRequest {
