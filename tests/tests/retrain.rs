@@ -1,7 +1,8 @@
 //! The closed loop against a real Kafka broker, Redis and ONNX Runtime: curated rows of the airline corpus,
 //! a registered champion, and `retrain.requests` → snapshot → train → gate → `promoted` (infer hot-swaps)
 //! or `rejected` (the champion keeps serving), exactly one announcement per request id even when the
-//! request is published twice or the trainer restarts; malformed requests → DLQ; cuda → a failed outcome.
+//! request is published twice or the trainer restarts; malformed requests → DLQ; cuda → a failed outcome;
+//! a retrain's snapshot holds every review published before the request (curation catches up first).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -615,6 +616,75 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
     assert!(
         registry.get(MODEL, "v3").await.is_err(),
         "nothing retrained"
+    );
+    shutdown.cancel();
+    trainer.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("{}-redis", kafka.topic_prefix);
+    let registry = registry(&redis_server.url(), &prefix, data.path());
+    register_champion(&registry, data.path()).await;
+
+    // No segment closes on its own: only the retrain's flush makes the reviews durable, so whatever
+    // the snapshot holds, curation read before answering it.
+    let mut config = trainer_config(
+        &kafka,
+        &redis_server.url(),
+        &prefix,
+        data.path(),
+        GatePolicy {
+            epsilon: 1.0,
+            max_recall_drop: 1.0,
+        },
+    );
+    config.segment_max_age_ms = 3_600_000;
+    config.segment_max_messages = 1_000_000;
+    let shutdown = CancellationToken::new();
+    let trainer = sentiflow_trainer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+
+    // The request goes out the moment the broker has the reviews, when curation has read few or none.
+    let rows = airline(CHAMPION_ROWS, 4 * CURATED_ROWS);
+    publish(
+        &kafka,
+        topics::REVIEWS_CLEAN,
+        &encoded(&clean_reviews(&rows)),
+    )
+    .await;
+    publish(
+        &kafka,
+        topics::RETRAIN_REQUESTS,
+        &encoded(&[retrain_request("req-catch-up", DeviceWanted::Cpu)]),
+    )
+    .await;
+    let stats = trainer.stats.clone();
+    assert!(
+        eventually(WAIT, || stats.snapshot().retrains_promoted >= 1).await,
+        "promoted: {:?}",
+        stats.snapshot()
+    );
+    let totals = stats.snapshot();
+    assert!(totals.catch_ups >= 1, "{totals:?}");
+    assert_eq!(totals.catch_up_timeouts, 0, "{totals:?}");
+    let outcome = trainer
+        .retrain_outcomes
+        .clone()
+        .expect("retrain loop on")
+        .get("req-catch-up")
+        .await
+        .unwrap()
+        .expect("recorded");
+    let labelled = rows.iter().filter(|raw| raw.label.is_some()).count() as u64;
+    assert_eq!(
+        outcome.snapshot_rows,
+        Some(labelled),
+        "the snapshot holds every labelled review published before the request"
     );
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();

@@ -43,9 +43,9 @@ async fn up_replays_a_shift_and_closes_the_loop() {
         // 4 windows of airline tweets, then 3,200 tweets on other topics (enough that the retrain's
         // test split, and so the gate, is not at the mercy of which rows curation had read).
         limit: Some(4000),
-        // Paced as a live stream is (`up`'s default): unpaced, the replay runs ahead of curation,
-        // and on two loaded cores the retrain once saw only 109 of the other-topic rows drift had
-        // already been confirmed on, too few to improve on them.
+        // Paced as a live stream is (`up`'s default). The retrain reads `reviews.clean` up to where
+        // it ended when the retrain started (curation's catch-up), so it trains on the other-topic
+        // rows drift was confirmed on however far curation had got.
         rate: Some(500),
         no_replay: false,
         no_bootstrap: false,

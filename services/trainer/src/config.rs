@@ -71,6 +71,16 @@ pub struct TrainerConfig {
     #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
 
+    /// Before a retrain snapshot, how long curation may keep reading to reach where `reviews.clean`
+    /// and `labels.feedback` ended when the retrain started, milliseconds (the snapshot then holds what
+    /// it has read, and the log and `sentiflow_trainer_retrain_catch_ups_total` say so).
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_RETRAIN_CATCH_UP_MS",
+        default_value_t = 30_000
+    )]
+    pub retrain_catch_up_ms: u64,
+
     /// Do not consume `retrain.requests` (curation only; ONNX Runtime and the lexicon are then not needed).
     #[arg(long, env = "SENTIFLOW_TRAINER_NO_RETRAIN")]
     pub no_retrain: bool,
@@ -143,6 +153,7 @@ impl TrainerConfig {
             segment_max_age_ms: 30_000,
             snapshot_every_rows: None,
             snapshot_every_ms: None,
+            retrain_catch_up_ms: 30_000,
             no_retrain: false,
             retrain_group_id: format!("{}-trainer-retrain", kafka_prefix),
             model_name: "sentiment-hashed".to_owned(),
@@ -190,6 +201,9 @@ impl TrainerConfig {
                 name: "--human-label-weight",
                 reason,
             });
+        }
+        if self.retrain_catch_up_ms == 0 {
+            return invalid("--retrain-catch-up-ms", "must be at least 1");
         }
         if self.snapshot_every_ms == Some(0) {
             return invalid("--snapshot-every-ms", "must be at least 1 when set");

@@ -18,6 +18,8 @@
 //!   retrain loop beside it.
 //! - [`retrain`]: `retrain.requests` → dedupe → [`curation::curate_snapshot`] →
 //!   [`pipeline::train_and_register`] → gate → promote or reject → `models.updates`.
+//! - [`catch_up`]: before a retrain snapshot, curation reads its partitions up to where they ended
+//!   when the retrain started.
 //! - [`segment`]: durable append-only curation segments recording their offset ranges.
 //! - [`curation`]: segments → deduplicated, label-merged rows → an immutable snapshot.
 //! - [`dataset`]: splits by review-id hash, immutable snapshots with checksummed manifests, label merging.
@@ -28,6 +30,7 @@
 //!   in the card, when the font is missing).
 //! - [`gate`]: the promotion rule (macro-F1 within ε of the champion, no class recall drop beyond δ).
 
+pub mod catch_up;
 pub mod charts;
 pub mod config;
 pub mod curation;

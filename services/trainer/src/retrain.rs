@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::catch_up::{self, FlushRequest};
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
 use crate::dataset::{DatasetError, LabelWeights, Origin, SnapshotStore};
 use crate::encoder::{self, BlendRequest, EncoderFiles, EncoderTrainRequest};
@@ -189,40 +190,72 @@ pub fn train_device(wanted: DeviceWanted) -> TrainDevice {
     }
 }
 
-/// A request to the curation loop to close its open segment now; answered with the number of messages
-/// curation has made durable so far.
-pub(crate) type FlushRequest = tokio::sync::oneshot::Sender<u64>;
-
-/// Longest the retrain loop waits for curation to close its open segment (a disk outage makes curation
-/// retry the write; the snapshot is then cut from what is already durable).
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the retrain loop waits for curation's answer beyond its catch-up deadline (closing the
+/// segment; a disk outage makes curation retry the write, and the snapshot is then cut from what is
+/// already durable).
+const FLUSH_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a retrain waits for curation to make its first messages durable (see the retrain attempt).
 const CURATION_WAIT: Duration = Duration::from_secs(30);
 
-/// The retrain loop's handle on the curation loop: before a snapshot is cut, the open segment is
-/// written, so the retrain sees every review curation has consumed, not only the segments that
-/// `--segment-max-age-ms` or `--segment-max-messages` already closed.
+/// The retrain loop's handle on the curation loop: before a snapshot is cut, curation reads its source
+/// partitions up to where they ended when the retrain started and writes its open segment, so the
+/// retrain sees every review produced before it, not only the segments that `--segment-max-age-ms` or
+/// `--segment-max-messages` already closed, nor only what curation happened to have read.
 pub(crate) struct CurationFlush {
     requests: tokio::sync::mpsc::Sender<FlushRequest>,
+    /// Its client answers the watermark queries.
+    producer: ResilientProducer,
+    /// `reviews.clean` and `labels.feedback` (prefixed).
+    source_topics: Vec<String>,
+    /// Curation's catch-up deadline (`--retrain-catch-up-ms`).
+    catch_up_timeout: Duration,
 }
 
 impl CurationFlush {
     /// A handle sending on `requests` (the curation loop holds the receiver).
-    pub(crate) fn new(requests: tokio::sync::mpsc::Sender<FlushRequest>) -> Self {
-        Self { requests }
+    pub(crate) fn new(
+        requests: tokio::sync::mpsc::Sender<FlushRequest>,
+        producer: ResilientProducer,
+        source_topics: Vec<String>,
+        catch_up_timeout: Duration,
+    ) -> Self {
+        Self {
+            requests,
+            producer,
+            source_topics,
+            catch_up_timeout,
+        }
     }
 
-    /// Asks curation to close its open segment and waits for it (at most [`FLUSH_TIMEOUT`]); returns
-    /// the number of durable messages, or None when curation did not answer (the snapshot then holds
-    /// what was already durable, which the log says).
+    /// Asks curation to read up to the source partitions' ends now and close its open segment, and
+    /// waits for it; returns the number of durable messages, or None when curation did not answer (the
+    /// snapshot then holds what was already durable, which the log says).
     async fn flush(&self) -> Option<u64> {
+        let (producer, topics) = (self.producer.clone(), self.source_topics.clone());
+        let read_to = tokio::task::spawn_blocking(move || {
+            catch_up::partition_ends(&producer, &topics)
+        })
+        .await
+        .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+        .unwrap_or_else(|error| {
+            metrics::counter!("sentiflow_trainer_errors_total", "error_kind" => "watermarks")
+                .increment(1);
+            warn!(%error, "could not read where the source partitions end; the snapshot holds what curation has read so far");
+            Vec::new()
+        });
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.requests.send(reply).await.is_err() {
+        if self
+            .requests
+            .send(FlushRequest { read_to, reply })
+            .await
+            .is_err()
+        {
             warn!("curation is not running; the snapshot holds the segments already closed");
             return None;
         }
-        match tokio::time::timeout(FLUSH_TIMEOUT, answer).await {
+        let timeout = self.catch_up_timeout + FLUSH_GRACE;
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(durable)) => Some(durable),
             Ok(Err(_)) => {
                 warn!(
@@ -232,7 +265,7 @@ impl CurationFlush {
             }
             Err(_) => {
                 warn!(
-                    timeout_s = FLUSH_TIMEOUT.as_secs(),
+                    timeout_s = timeout.as_secs(),
                     "curation did not close its open segment in time; the snapshot holds the segments already closed"
                 );
                 None

@@ -4,6 +4,7 @@
 //! snapshot every N records or every T. Beside it, as a task of its own, the retrain loop
 //! ([`crate::retrain`]) consumes `retrain.requests`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,12 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::SERVICE;
+use crate::catch_up::{self, FlushRequest, PartitionEnd, ReadPositions};
 use crate::config::TrainerConfig;
 use crate::curation::{CurateOptions, curate_snapshot};
 use crate::dataset::SnapshotStore;
 use crate::error::{Rejection, TrainerError};
 use crate::registry::Registry;
-use crate::retrain::{CurationFlush, FlushRequest, OutcomeLog, RetrainWorker};
+use crate::retrain::{CurationFlush, OutcomeLog, RetrainWorker};
 use crate::segment::{CurationRecord, OffsetTracker, SegmentStore};
 
 /// Running totals of this process, for tests and `sentiflow up` (Prometheus has the same).
@@ -53,6 +55,10 @@ pub struct TrainerStats {
     segments: AtomicU64,
     /// Snapshots written by the schedule.
     snapshots: AtomicU64,
+    /// Retrain flushes answered after curation read up to the retrain's partition ends.
+    catch_ups: AtomicU64,
+    /// Retrain flushes answered when the catch-up deadline passed first.
+    catch_up_timeouts: AtomicU64,
     /// `retrain.requests` messages consumed (malformed and duplicates included).
     pub(crate) retrain_requests: AtomicU64,
     /// Malformed retrain requests sent to the dead-letter topic.
@@ -86,6 +92,10 @@ pub struct StatsSnapshot {
     pub segments: u64,
     /// Snapshots written by the schedule.
     pub snapshots: u64,
+    /// Retrain flushes answered after curation read up to the retrain's partition ends.
+    pub catch_ups: u64,
+    /// Retrain flushes answered when the catch-up deadline passed first.
+    pub catch_up_timeouts: u64,
     /// `retrain.requests` messages consumed (malformed and duplicates included).
     pub retrain_requests: u64,
     /// Malformed retrain requests sent to the dead-letter topic.
@@ -113,6 +123,8 @@ impl TrainerStats {
             durable: get(&self.durable),
             segments: get(&self.segments),
             snapshots: get(&self.snapshots),
+            catch_ups: get(&self.catch_ups),
+            catch_up_timeouts: get(&self.catch_up_timeouts),
             retrain_requests: get(&self.retrain_requests),
             retrain_dead_lettered: get(&self.retrain_dead_lettered),
             retrains_promoted: get(&self.retrains_promoted),
@@ -234,7 +246,12 @@ pub async fn start(
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
-            curation: CurationFlush::new(flush_tx),
+            curation: CurationFlush::new(
+                flush_tx,
+                producer.clone(),
+                vec![clean_topic.clone(), feedback_topic.clone()],
+                Duration::from_millis(config.retrain_catch_up_ms),
+            ),
         })
     };
     let retrain_outcomes = retrain.as_ref().map(|worker| worker.outcomes.clone());
@@ -269,7 +286,7 @@ pub async fn start(
             SERVICE,
         ),
         producer,
-        consumer,
+        consumer: Arc::new(consumer),
         segments: segments.clone(),
         snapshots: snapshots.clone(),
         clean_topic: clean_topic.clone(),
@@ -281,6 +298,7 @@ pub async fn start(
         snapshot_every: config.snapshot_every_ms.map(Duration::from_millis),
         health: health.clone(),
         drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
+        catch_up_timeout: Duration::from_millis(config.retrain_catch_up_ms),
         shutdown,
         stats: stats.clone(),
     };
@@ -350,7 +368,8 @@ struct SnapshotSchedule {
 }
 
 struct Worker {
-    consumer: Consumer,
+    /// Shared with blocking committed-offset queries.
+    consumer: Arc<Consumer>,
     producer: ResilientProducer,
     dlq: DeadLetterSink,
     segments: SegmentStore,
@@ -364,8 +383,19 @@ struct Worker {
     snapshot_every: Option<Duration>,
     health: Health,
     drain_timeout: Duration,
+    /// How long a retrain's flush may wait for curation to read up to the partition ends.
+    catch_up_timeout: Duration,
     shutdown: CancellationToken,
     stats: Arc<TrainerStats>,
+}
+
+/// A flush request being served: curation reads on until `unread` is empty or `deadline` passes.
+struct CatchUp {
+    /// Partition ends not yet read to.
+    unread: Vec<PartitionEnd>,
+    reply: tokio::sync::oneshot::Sender<u64>,
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
 }
 
 /// Work given up at shutdown; its offsets stay unstored, so it is read again after a restart.
@@ -373,8 +403,9 @@ struct Worker {
 struct Abandoned;
 
 impl Worker {
-    /// Consumes until shutdown. `flush_requests` come from the retrain loop: each one closes the open
-    /// segment now and is answered with the number of messages made durable so far.
+    /// Consumes until shutdown. `flush_requests` come from the retrain loop: each one has curation read
+    /// its partitions up to the ends the request names (at most `catch_up_timeout`), then close the open
+    /// segment; it is answered with the number of messages made durable so far.
     async fn run(
         self,
         mut flush_requests: tokio::sync::mpsc::Receiver<FlushRequest>,
@@ -386,6 +417,8 @@ impl Worker {
             last: Instant::now(),
             running: None,
         };
+        let mut read = ReadPositions::default();
+        let mut catching_up: Option<CatchUp> = None;
         let mut abandoned = false;
         loop {
             let deadline = open.as_ref().map(|segment| segment.deadline);
@@ -395,7 +428,15 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
-            let listening = flush_open;
+            let catch_up_deadline = catching_up.as_ref().map(|catch_up| catch_up.deadline);
+            let catch_up_due = async move {
+                match catch_up_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // One flush at a time: the next request waits until this one is answered.
+            let listening = flush_open && catching_up.is_none();
             let flush_requested = async {
                 if listening {
                     flush_requests.recv().await
@@ -412,17 +453,24 @@ impl Worker {
                         break;
                     }
                 }
+                () = catch_up_due => {
+                    let Some(catch_up) = catching_up.take() else { continue };
+                    if self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err() {
+                        abandoned = true;
+                        break;
+                    }
+                }
                 request = flush_requested => match request {
-                    Some(reply) => {
-                        let had_open = open.is_some();
-                        if self.close(&mut open, &mut schedule).await.is_err() {
-                            abandoned = true;
-                            break;
+                    Some(request) => {
+                        let catch_up = self.start_catch_up(request, &read).await;
+                        if catch_up.unread.is_empty() {
+                            if self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err() {
+                                abandoned = true;
+                                break;
+                            }
+                        } else {
+                            catching_up = Some(catch_up);
                         }
-                        let durable = self.stats.durable.load(Ordering::Relaxed);
-                        debug!(had_open, durable, "open segment closed for a retrain snapshot");
-                        // The retrain loop may have given up waiting; then nobody needs the answer.
-                        let _ = reply.send(durable);
                     }
                     // No retrain loop (--no-retrain) or it stopped: stop listening.
                     None => flush_open = false,
@@ -440,11 +488,22 @@ impl Worker {
                             abandoned = true;
                             break;
                         }
+                        read.advance(message.topic(), message.partition(), message.offset());
                         if segment.messages >= self.segment_max_messages
                             && self.close(&mut open, &mut schedule).await.is_err()
                         {
                             abandoned = true;
                             break;
+                        }
+                        if let Some(catch_up) = catching_up.as_mut() {
+                            catch_up.unread.retain(|end| !read.has_read(end, None));
+                            if catch_up.unread.is_empty()
+                                && let Some(catch_up) = catching_up.take()
+                                && self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err()
+                            {
+                                abandoned = true;
+                                break;
+                            }
                         }
                     }
                     Err(error) => self.receive_error(&error).await,
@@ -464,6 +523,83 @@ impl Worker {
             );
         }
         self.finish();
+        Ok(())
+    }
+
+    /// Works out which of the partitions a flush request names curation still has to read (those it is
+    /// assigned and has not read to the end); the flush is answered once they are read.
+    async fn start_catch_up(&self, request: FlushRequest, read: &ReadPositions) -> CatchUp {
+        let started = tokio::time::Instant::now();
+        let assigned = catch_up::assigned(&self.consumer);
+        let candidates = catch_up::unread(request.read_to, &assigned, read, |_| None);
+        // Partitions nothing was read from since start resume at the group's committed offset.
+        let unstarted: Vec<PartitionEnd> = candidates
+            .iter()
+            .filter(|end| read.next(&end.topic, end.partition).is_none())
+            .cloned()
+            .collect();
+        let resume = if unstarted.is_empty() {
+            HashMap::new()
+        } else {
+            let consumer = self.consumer.clone();
+            tokio::task::spawn_blocking(move || catch_up::resume_offsets(&consumer, &unstarted))
+                .await
+                .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+                .unwrap_or_else(|error| {
+                    // Unknown resume points count as unread: the catch-up deadline bounds the wait.
+                    warn!(%error, "could not read the committed offsets; waiting for those partitions to be read");
+                    HashMap::new()
+                })
+        };
+        let unread = catch_up::unread(candidates, &assigned, read, |end| {
+            resume.get(&(end.topic.clone(), end.partition)).copied()
+        });
+        if !unread.is_empty() {
+            debug!(
+                partitions = unread.len(),
+                "reading up to the retrain's partition ends before closing the segment"
+            );
+        }
+        CatchUp {
+            unread,
+            reply: request.reply,
+            started,
+            deadline: started + self.catch_up_timeout,
+        }
+    }
+
+    /// Closes the open segment and answers the flush with the number of durable messages.
+    async fn answer_flush(
+        &self,
+        catch_up: CatchUp,
+        open: &mut Option<OpenSegment>,
+        schedule: &mut SnapshotSchedule,
+    ) -> Result<(), Abandoned> {
+        let outcome = if catch_up.unread.is_empty() {
+            self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+            "read_to_end"
+        } else {
+            self.stats.catch_up_timeouts.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                timeout_ms = self.catch_up_timeout.as_millis() as u64,
+                unread = ?catch_up.unread,
+                "curation did not read to the retrain's partition ends in time; the snapshot holds what it has read"
+            );
+            "timed_out"
+        };
+        metrics::counter!("sentiflow_trainer_retrain_catch_ups_total", "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("sentiflow_trainer_retrain_catch_up_seconds")
+            .record(catch_up.started.elapsed().as_secs_f64());
+        let had_open = open.is_some();
+        self.close(open, schedule).await?;
+        let durable = self.stats.durable.load(Ordering::Relaxed);
+        debug!(
+            had_open,
+            durable, outcome, "open segment closed for a retrain snapshot"
+        );
+        // The retrain loop may have given up waiting; then nobody needs the answer.
+        let _ = catch_up.reply.send(durable);
         Ok(())
     }
 
