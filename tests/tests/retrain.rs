@@ -15,9 +15,9 @@ use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 use sentiflow_common::events::{
-    CleanReview, DeviceWanted, Event, LabelInfo, LabelProvenance, ModelAlias, ModelFamily,
-    ModelRef, RawReview, Redactions, RequestedBy, RetrainRequest, SCHEMA_VERSION, SourceCoordinate,
-    new_event_id,
+    CleanReview, DeviceWanted, Event, LabelFeedback, LabelInfo, LabelProvenance, ModelAlias,
+    ModelFamily, ModelRef, RawReview, Redactions, RequestedBy, RetrainRequest, SCHEMA_VERSION,
+    SourceCoordinate, new_event_id,
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
@@ -192,6 +192,31 @@ async fn publish(
         positions.push(await_delivery(ack).await.unwrap());
     }
     positions
+}
+
+/// Publishes keyed payloads in one committed transaction: each partition written then ends in a
+/// commit marker, which consumers step over but never receive as a message.
+async fn publish_in_transaction(kafka: &KafkaArgs, topic: &str, messages: &[(String, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set(
+            "transactional.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    let topic = kafka.topic(topic);
+    for (key, payload) in messages {
+        producer
+            .send(FutureRecord::to(&topic).key(key).payload(payload), timeout)
+            .await
+            .unwrap();
+    }
+    producer.commit_transaction(timeout).unwrap();
 }
 
 fn encoded<E: Event>(events: &[E]) -> Vec<(String, Vec<u8>)> {
@@ -651,12 +676,30 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
 
     // The request goes out the moment the broker has the reviews, when curation has read few or none.
     let rows = airline(CHAMPION_ROWS, 4 * CURATED_ROWS);
-    publish(
-        &kafka,
-        topics::REVIEWS_CLEAN,
-        &encoded(&clean_reviews(&rows)),
-    )
-    .await;
+    let reviews = clean_reviews(&rows);
+    publish(&kafka, topics::REVIEWS_CLEAN, &encoded(&reviews)).await;
+    // Human labels of labelled reviews (the row count stays that of the labelled reviews), from a
+    // transactional producer: a catch-up that counted delivered messages only would wait out its
+    // deadline on the commit markers.
+    let labels: Vec<LabelFeedback> = reviews
+        .iter()
+        .filter_map(|review| review.label.as_ref().map(|label| (review, label.label)))
+        .take(20)
+        .map(|(review, label)| {
+            let feedback = LabelFeedback {
+                schema_version: SCHEMA_VERSION,
+                event_id: new_event_id(),
+                event_time: Utc::now(),
+                review_id: review.review_id.clone(),
+                label,
+                reviewer: "tester".to_owned(),
+                note: None,
+            };
+            feedback.validate().expect("valid feedback");
+            feedback
+        })
+        .collect();
+    publish_in_transaction(&kafka, topics::LABELS_FEEDBACK, &encoded(&labels)).await;
     publish(
         &kafka,
         topics::RETRAIN_REQUESTS,
@@ -672,6 +715,7 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
     let totals = stats.snapshot();
     assert!(totals.catch_ups >= 1, "{totals:?}");
     assert_eq!(totals.catch_up_timeouts, 0, "{totals:?}");
+    assert_eq!(totals.feedback, labels.len() as u64, "{totals:?}");
     let outcome = trainer
         .retrain_outcomes
         .clone()

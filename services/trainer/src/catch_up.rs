@@ -87,10 +87,10 @@ impl ReadPositions {
         self.next.get(topic)?.get(&partition).copied()
     }
 
-    /// Whether `end` is read to the end. A partition nothing was read from since start counts as read
-    /// only when `resume_at` (where reading starts in it) is already at its end.
-    pub(crate) fn has_read(&self, end: &PartitionEnd, resume_at: Option<i64>) -> bool {
-        match self.next(&end.topic, end.partition).or(resume_at) {
+    /// Whether `end` is read to the end: by the messages read, or by `position` (where reading
+    /// resumes, or the consumer's own position, which steps over transaction markers).
+    pub(crate) fn has_read(&self, end: &PartitionEnd, position: Option<i64>) -> bool {
+        match self.next(&end.topic, end.partition).max(position) {
             Some(next) => next >= end.high,
             None => false,
         }
@@ -131,6 +131,23 @@ pub(crate) fn assigned(consumer: &Consumer) -> HashSet<(String, i32)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The consumer's position (the offset after the last message it delivered or stepped over) in each
+/// partition it is assigned and has one in. Local: no broker round trip.
+pub(crate) fn positions(consumer: &Consumer) -> HashMap<(String, i32), i64> {
+    let Ok(list) = consumer.position() else {
+        return HashMap::new();
+    };
+    list.elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => {
+                Some(((element.topic().to_owned(), element.partition()), offset))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where reading resumes in each of `ends` for `consumer`'s group: its committed offset, else the log
@@ -237,6 +254,21 @@ mod tests {
             },
         );
         assert_eq!(left, vec![end("clean", 1, 0, 10), end("clean", 2, 0, 10)]);
+    }
+
+    #[test]
+    fn a_position_past_the_last_message_counts_as_read() {
+        let mut read = ReadPositions::default();
+        // The last message is at 8; offset 9 is a transaction marker the consumer stepped over.
+        read.advance("feedback", 0, 8);
+        let end = end("feedback", 0, 0, 10);
+        assert!(!read.has_read(&end, None));
+        assert!(read.has_read(&end, Some(10)));
+        read.advance("feedback", 0, 9);
+        assert!(
+            read.has_read(&end, Some(3)),
+            "a lagging position does not undo reading"
+        );
     }
 
     #[test]

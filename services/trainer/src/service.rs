@@ -393,10 +393,18 @@ struct Worker {
 struct CatchUp {
     /// Partition ends not yet read to.
     unread: Vec<PartitionEnd>,
+    /// The consumer had no partitions when the request came (still joining its group).
+    unassigned: bool,
     reply: tokio::sync::oneshot::Sender<u64>,
     started: tokio::time::Instant,
+    /// When the consumer's positions are looked at next.
+    next_check: tokio::time::Instant,
     deadline: tokio::time::Instant,
 }
+
+/// How often a catch-up compares the consumer's positions with the partition ends (between messages,
+/// what was read is compared after each one).
+const CATCH_UP_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Work given up at shutdown; its offsets stay unstored, so it is read again after a restart.
 #[derive(Debug)]
@@ -428,10 +436,12 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
-            let catch_up_deadline = catching_up.as_ref().map(|catch_up| catch_up.deadline);
+            let catch_up_check = catching_up
+                .as_ref()
+                .map(|catch_up| catch_up.next_check.min(catch_up.deadline));
             let catch_up_due = async move {
-                match catch_up_deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                match catch_up_check {
+                    Some(check) => tokio::time::sleep_until(check).await,
                     None => std::future::pending().await,
                 }
             };
@@ -454,8 +464,21 @@ impl Worker {
                     }
                 }
                 () = catch_up_due => {
-                    let Some(catch_up) = catching_up.take() else { continue };
-                    if self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err() {
+                    let Some(catch_up) = catching_up.as_mut() else { continue };
+                    // The consumer's own position also counts: it steps over transaction markers,
+                    // which are never delivered as messages.
+                    let positions = catch_up::positions(&self.consumer);
+                    catch_up.unread.retain(|end| {
+                        !read.has_read(end, positions.get(&(end.topic.clone(), end.partition)).copied())
+                    });
+                    let now = tokio::time::Instant::now();
+                    if !catch_up.unread.is_empty() && now < catch_up.deadline {
+                        catch_up.next_check = now + CATCH_UP_CHECK_EVERY;
+                        continue;
+                    }
+                    if let Some(catch_up) = catching_up.take()
+                        && self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err()
+                    {
                         abandoned = true;
                         break;
                     }
@@ -531,6 +554,7 @@ impl Worker {
     async fn start_catch_up(&self, request: FlushRequest, read: &ReadPositions) -> CatchUp {
         let started = tokio::time::Instant::now();
         let assigned = catch_up::assigned(&self.consumer);
+        let unassigned = assigned.is_empty();
         let candidates = catch_up::unread(request.read_to, &assigned, read, |_| None);
         // Partitions nothing was read from since start resume at the group's committed offset.
         let unstarted: Vec<PartitionEnd> = candidates
@@ -562,8 +586,10 @@ impl Worker {
         }
         CatchUp {
             unread,
+            unassigned,
             reply: request.reply,
             started,
+            next_check: started + CATCH_UP_CHECK_EVERY,
             deadline: started + self.catch_up_timeout,
         }
     }
@@ -575,7 +601,9 @@ impl Worker {
         open: &mut Option<OpenSegment>,
         schedule: &mut SnapshotSchedule,
     ) -> Result<(), Abandoned> {
-        let outcome = if catch_up.unread.is_empty() {
+        let outcome = if catch_up.unassigned {
+            "unassigned"
+        } else if catch_up.unread.is_empty() {
             self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
             "read_to_end"
         } else {
