@@ -12,8 +12,9 @@ use chrono::{TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sentiflow::corpus::CorpusFormat;
+use sentiflow::local::RedisServer;
 use sentiflow_common::catalogue::topics;
-use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
+use sentiflow_common::config::{KafkaArgs, KafkaOption, RedisArgs, TelemetryArgs};
 use sentiflow_common::events::{
     CleanReview, DeviceWanted, Event, LabelFeedback, LabelInfo, LabelProvenance, ModelAlias,
     ModelFamily, ModelRef, RawReview, Redactions, RequestedBy, RetrainRequest, SCHEMA_VERSION,
@@ -104,6 +105,32 @@ async fn register_champion(registry: &Registry, data_dir: &Path) {
     .unwrap();
     assert_eq!(outcome.record.version, "v1");
     registry.promote(MODEL, "v1").await.unwrap();
+}
+
+/// One test's topics, Redis, data directory and registry (its Redis keys under `prefix`).
+struct Bed {
+    kafka: KafkaArgs,
+    redis_server: RedisServer,
+    data: tempfile::TempDir,
+    prefix: String,
+    registry: Registry,
+}
+
+/// A fresh [`Bed`] whose registry has the champion `v1` ([`register_champion`]).
+async fn bed_with_champion() -> Bed {
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let data = tempfile::tempdir().unwrap();
+    let prefix = format!("{}-redis", kafka.topic_prefix);
+    let registry = registry(&redis_server.url(), &prefix, data.path());
+    register_champion(&registry, data.path()).await;
+    Bed {
+        kafka,
+        redis_server,
+        data,
+        prefix,
+        registry,
+    }
 }
 
 /// Labelled clean reviews from corpus rows, review times one minute apart from 2026-01-01.
@@ -219,6 +246,18 @@ async fn publish_in_transaction(kafka: &KafkaArgs, topic: &str, messages: &[(Str
     producer.commit_transaction(timeout).unwrap();
 }
 
+/// `kafka` with extra librdkafka properties for every client built from it.
+fn with_options(kafka: &KafkaArgs, options: &[(&str, &str)]) -> KafkaArgs {
+    let mut kafka = kafka.clone();
+    kafka
+        .options
+        .extend(options.iter().map(|(key, value)| KafkaOption {
+            key: (*key).to_owned(),
+            value: (*value).to_owned(),
+        }));
+    kafka
+}
+
 fn encoded<E: Event>(events: &[E]) -> Vec<(String, Vec<u8>)> {
     events
         .iter()
@@ -303,12 +342,13 @@ fn committed_offset(brokers: &str, group: &str, topic: &str, partition: i32) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled() {
-    let kafka = kafka_with_topics().await;
-    let redis_server = redis();
-    let data = tempfile::tempdir().unwrap();
-    let prefix = format!("{}-redis", kafka.topic_prefix);
-    let registry = registry(&redis_server.url(), &prefix, data.path());
-    register_champion(&registry, data.path()).await;
+    let Bed {
+        kafka,
+        redis_server,
+        data,
+        prefix,
+        registry,
+    } = bed_with_champion().await;
 
     // A gate every challenger passes: this test is about the promotion path.
     let gate = GatePolicy {
@@ -506,12 +546,13 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again() {
-    let kafka = kafka_with_topics().await;
-    let redis_server = redis();
-    let data = tempfile::tempdir().unwrap();
-    let prefix = format!("{}-redis", kafka.topic_prefix);
-    let registry = registry(&redis_server.url(), &prefix, data.path());
-    register_champion(&registry, data.path()).await;
+    let Bed {
+        kafka,
+        redis_server,
+        data,
+        prefix,
+        registry,
+    } = bed_with_champion().await;
 
     // A gate no challenger can pass: macro-F1 would have to beat the champion's by 1.0.
     let gate = GatePolicy {
@@ -648,12 +689,13 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
-    let kafka = kafka_with_topics().await;
-    let redis_server = redis();
-    let data = tempfile::tempdir().unwrap();
-    let prefix = format!("{}-redis", kafka.topic_prefix);
-    let registry = registry(&redis_server.url(), &prefix, data.path());
-    register_champion(&registry, data.path()).await;
+    let Bed {
+        kafka,
+        redis_server,
+        data,
+        prefix,
+        registry: _,
+    } = bed_with_champion().await;
 
     // No segment closes on its own: only the retrain's flush makes the reviews durable, so whatever
     // the snapshot holds, curation read before answering it.
@@ -669,18 +711,16 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
     );
     config.segment_max_age_ms = 3_600_000;
     config.segment_max_messages = 1_000_000;
-    let shutdown = CancellationToken::new();
-    let trainer = sentiflow_trainer::start(config, shutdown.clone())
-        .await
-        .unwrap();
+    // One message per fetched batch (the reviews go out one per batch, below): curation takes
+    // seconds to read the 6,000 reviews.
+    config.kafka = with_options(&kafka, &[("max.partition.fetch.bytes", "1")]);
+    config.retrain_catch_up_ms = 120_000;
 
-    // The request goes out the moment the broker has the reviews, when curation has read few or none.
+    // Human labels of labelled reviews (the row count stays that of the labelled reviews), from a
+    // transactional producer: each partition it wrote ends in a commit marker, never delivered as a
+    // message, which a catch-up counting delivered messages only would wait on until its deadline.
     let rows = airline(CHAMPION_ROWS, 4 * CURATED_ROWS);
     let reviews = clean_reviews(&rows);
-    publish(&kafka, topics::REVIEWS_CLEAN, &encoded(&reviews)).await;
-    // Human labels of labelled reviews (the row count stays that of the labelled reviews), from a
-    // transactional producer: a catch-up that counted delivered messages only would wait out its
-    // deadline on the commit markers.
     let labels: Vec<LabelFeedback> = reviews
         .iter()
         .filter_map(|review| review.label.as_ref().map(|label| (review, label.label)))
@@ -700,20 +740,41 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
         })
         .collect();
     publish_in_transaction(&kafka, topics::LABELS_FEEDBACK, &encoded(&labels)).await;
+    // Reviews, labels and the request are all on the broker before the trainer starts; curation,
+    // fetching one message per partition at a time, is still reading when the request is handled
+    // (without the catch-up, snapshots held a few hundred of the 6,000).
+    publish(
+        &with_options(&kafka, &[("linger.ms", "0"), ("batch.num.messages", "1")]),
+        topics::REVIEWS_CLEAN,
+        &encoded(&reviews),
+    )
+    .await;
     publish(
         &kafka,
         topics::RETRAIN_REQUESTS,
         &encoded(&[retrain_request("req-catch-up", DeviceWanted::Cpu)]),
     )
     .await;
+    let shutdown = CancellationToken::new();
+    let trainer = sentiflow_trainer::start(config, shutdown.clone())
+        .await
+        .unwrap();
     let stats = trainer.stats.clone();
     assert!(
-        eventually(WAIT, || stats.snapshot().retrains_promoted >= 1).await,
-        "promoted: {:?}",
+        eventually(WAIT, || {
+            let totals = stats.snapshot();
+            totals.retrains_promoted + totals.retrains_rejected + totals.retrains_failed >= 1
+        })
+        .await,
+        "handled: {:?}",
         stats.snapshot()
     );
     let totals = stats.snapshot();
-    assert!(totals.catch_ups >= 1, "{totals:?}");
+    assert_eq!(
+        totals.retrains_promoted, 1,
+        "a snapshot missing rows may lack a class and fail: {totals:?}"
+    );
+    assert!(totals.catch_ups >= 1, "curation read on: {totals:?}");
     assert_eq!(totals.catch_up_timeouts, 0, "{totals:?}");
     assert_eq!(totals.feedback, labels.len() as u64, "{totals:?}");
     let outcome = trainer
@@ -737,12 +798,13 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn encoder_family_request_trains_gates_and_promotes_the_encoder_name() {
     const ENCODER: &str = "sentiment-encoder";
-    let kafka = kafka_with_topics().await;
-    let redis_server = redis();
-    let data = tempfile::tempdir().unwrap();
-    let prefix = format!("{}-redis", kafka.topic_prefix);
-    let registry = registry(&redis_server.url(), &prefix, data.path());
-    register_champion(&registry, data.path()).await;
+    let Bed {
+        kafka,
+        redis_server,
+        data,
+        prefix,
+        registry,
+    } = bed_with_champion().await;
     let shutdown = CancellationToken::new();
     let trainer = curated_trainer(
         trainer_config(

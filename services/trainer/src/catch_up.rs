@@ -21,17 +21,68 @@ pub(crate) struct PartitionEnd {
     /// The oldest offset still in the log: where a group with no committed offset starts reading
     /// (`auto.offset.reset=earliest`).
     pub(crate) low: i64,
-    /// One past the last message produced (the high watermark).
+    /// One past the last message a consumer can read: the high watermark, or under the default
+    /// `isolation.level=read_committed` the last stable offset (an open transaction's messages are
+    /// not waited for).
     pub(crate) high: i64,
 }
 
 /// A request to the curation loop: read the partitions it is assigned up to `read_to`, then close the
-/// open segment; answered with the number of messages curation has made durable so far.
+/// open segment.
 #[derive(Debug)]
 pub(crate) struct FlushRequest {
-    /// The source partitions' ends to read up to first (empty: close what is open now).
-    pub(crate) read_to: Vec<PartitionEnd>,
-    pub(crate) reply: tokio::sync::oneshot::Sender<u64>,
+    /// The source partitions' ends to read up to first (None: they could not be read; close what is
+    /// open now).
+    pub(crate) read_to: Option<Vec<PartitionEnd>>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<FlushAnswer>,
+}
+
+/// The curation loop's answer to a [`FlushRequest`], sent once the open segment is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlushAnswer {
+    /// Messages curation has made durable since it started.
+    pub(crate) durable: u64,
+    pub(crate) outcome: CatchUpOutcome,
+}
+
+impl FlushAnswer {
+    /// Whether curation could not catch up and may be able to shortly: its consumer holds no
+    /// partitions yet, or the ends were unknown and nothing is durable yet.
+    pub(crate) fn worth_asking_again(self) -> bool {
+        match self.outcome {
+            CatchUpOutcome::Unassigned => true,
+            CatchUpOutcome::NoWatermarks => self.durable == 0,
+            _ => false,
+        }
+    }
+}
+
+/// How a catch-up ended (the `outcome` label of `sentiflow_trainer_retrain_catch_ups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUpOutcome {
+    /// Curation had to read on, and read every partition it is assigned up to the ends.
+    ReadToEnd,
+    /// Every partition curation is assigned was already read up to the ends.
+    NothingToRead,
+    /// Curation's consumer had no partitions (joining its group, or mid-rebalance).
+    Unassigned,
+    /// The ends could not be read from the broker; curation closed what it had.
+    NoWatermarks,
+    /// The deadline passed with partitions still unread.
+    TimedOut,
+}
+
+impl CatchUpOutcome {
+    /// The metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadToEnd => "read_to_end",
+            Self::NothingToRead => "nothing_to_read",
+            Self::Unassigned => "unassigned",
+            Self::NoWatermarks => "no_watermarks",
+            Self::TimedOut => "timed_out",
+        }
+    }
 }
 
 /// The ends of every partition of `topics` now. Blocking: broker round trips.
@@ -88,7 +139,8 @@ impl ReadPositions {
     }
 
     /// Whether `end` is read to the end: by the messages read, or by `position` (where reading
-    /// resumes, or the consumer's own position, which steps over transaction markers).
+    /// resumes: the committed offset, or the consumer's own position, which steps over transaction
+    /// markers).
     pub(crate) fn has_read(&self, end: &PartitionEnd, position: Option<i64>) -> bool {
         match self.next(&end.topic, end.partition).max(position) {
             Some(next) => next >= end.high,
@@ -97,62 +149,63 @@ impl ReadPositions {
     }
 }
 
-/// The ends among `ends` that curation still has to read: those of partitions it is assigned (another
-/// trainer reads the rest) and has not read to the end. `resume_at` answers, for a partition nothing
-/// was read from since start, where reading starts in it (None when unknown: then it still counts as
-/// unread and the catch-up deadline bounds the wait).
+/// The ends among `ends` that curation still has to read: of partitions with messages, those not read
+/// to the end by the messages read nor by `position_of` (the furthest known position in a partition:
+/// a committed offset, the consumer's position). None means unknown: the partition counts as unread
+/// and the catch-up deadline bounds the wait.
 pub(crate) fn unread(
     ends: Vec<PartitionEnd>,
-    assigned: &HashSet<(String, i32)>,
     read: &ReadPositions,
-    resume_at: impl Fn(&PartitionEnd) -> Option<i64>,
+    position_of: impl Fn(&PartitionEnd) -> Option<i64>,
 ) -> Vec<PartitionEnd> {
     ends.into_iter()
-        .filter(|end| end.high > end.low)
-        .filter(|end| assigned.contains(&(end.topic.clone(), end.partition)))
-        .filter(|end| {
-            let resume = match read.next(&end.topic, end.partition) {
-                Some(_) => None,
-                None => resume_at(end),
-            };
-            !read.has_read(end, resume)
-        })
+        .filter(|end| end.high > end.low && !read.has_read(end, position_of(end)))
         .collect()
 }
 
-/// The partitions `consumer` is assigned now (empty while it is still joining its group).
-pub(crate) fn assigned(consumer: &Consumer) -> HashSet<(String, i32)> {
-    consumer
-        .assignment()
-        .map(|list| {
-            list.elements()
-                .iter()
-                .map(|element| (element.topic().to_owned(), element.partition()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What the consumer holds now: its partitions and its position in each. Blocking: the assignment is
+/// asked of librdkafka's group thread.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerView {
+    pub(crate) assigned: HashSet<(String, i32)>,
+    /// The offset after the last message delivered or stepped over, where the consumer has one.
+    pub(crate) positions: HashMap<(String, i32), i64>,
 }
 
-/// The consumer's position (the offset after the last message it delivered or stepped over) in each
-/// partition it is assigned and has one in. Local: no broker round trip.
-pub(crate) fn positions(consumer: &Consumer) -> HashMap<(String, i32), i64> {
-    let Ok(list) = consumer.position() else {
-        return HashMap::new();
-    };
-    list.elements()
-        .iter()
-        .filter_map(|element| match element.offset() {
-            Offset::Offset(offset) => {
-                Some(((element.topic().to_owned(), element.partition()), offset))
+impl ConsumerView {
+    /// The consumer's partitions and positions now.
+    pub(crate) fn of(consumer: &Consumer) -> Self {
+        let Ok(list) = consumer.position() else {
+            return Self::default();
+        };
+        let mut view = Self::default();
+        for element in list.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            if let Offset::Offset(offset) = element.offset() {
+                view.positions.insert(key.clone(), offset);
             }
-            _ => None,
-        })
-        .collect()
+            view.assigned.insert(key);
+        }
+        view
+    }
+
+    /// The consumer's position in `end`'s partition, if it has one.
+    pub(crate) fn position(&self, end: &PartitionEnd) -> Option<i64> {
+        self.positions
+            .get(&(end.topic.clone(), end.partition))
+            .copied()
+    }
+
+    /// Whether `end`'s partition is this consumer's (another trainer reads the rest).
+    pub(crate) fn owns(&self, end: &PartitionEnd) -> bool {
+        self.assigned.contains(&(end.topic.clone(), end.partition))
+    }
 }
 
 /// Where reading resumes in each of `ends` for `consumer`'s group: its committed offset, else the log
 /// start (`auto.offset.reset=earliest`). Blocking: one broker round trip. Partitions the broker did not
-/// answer for are left out.
+/// answer for are left out. This also covers a partition read here, revoked, read on by another
+/// trainer and assigned back: what was read here before is then behind the committed offset.
 pub(crate) fn resume_offsets(
     consumer: &Consumer,
     ends: &[PartitionEnd],
@@ -194,66 +247,33 @@ mod tests {
         }
     }
 
-    fn assigned_to(partitions: &[(&str, i32)]) -> HashSet<(String, i32)> {
-        partitions
-            .iter()
-            .map(|(topic, partition)| ((*topic).to_owned(), *partition))
-            .collect()
-    }
-
     #[test]
     fn a_partition_read_to_its_high_watermark_is_done_and_one_short_of_it_is_not() {
         let mut read = ReadPositions::default();
         read.advance("clean", 0, 9);
         read.advance("clean", 1, 3);
         let ends = vec![end("clean", 0, 0, 10), end("clean", 1, 0, 10)];
-        let left = unread(
-            ends,
-            &assigned_to(&[("clean", 0), ("clean", 1)]),
-            &read,
-            |_| None,
-        );
+        let left = unread(ends, &read, |_| None);
         assert_eq!(left, vec![end("clean", 1, 0, 10)]);
         read.advance("clean", 1, 9);
         assert!(read.has_read(&left[0], None));
     }
 
     #[test]
-    fn partitions_of_other_consumers_and_empty_partitions_are_not_waited_for() {
+    fn empty_partitions_are_not_waited_for_and_unknown_ones_are() {
         let read = ReadPositions::default();
-        let ends = vec![
-            end("clean", 0, 0, 10),
-            end("clean", 1, 0, 10),
-            end("feedback", 0, 5, 5),
-        ];
-        let left = unread(
-            ends,
-            &assigned_to(&[("clean", 0), ("feedback", 0)]),
-            &read,
-            |_| Some(0),
-        );
-        assert_eq!(left, vec![end("clean", 0, 0, 10)]);
+        let ends = vec![end("clean", 0, 0, 10), end("feedback", 0, 5, 5)];
+        assert_eq!(unread(ends, &read, |_| None), vec![end("clean", 0, 0, 10)]);
     }
 
     #[test]
-    fn an_unread_partition_is_done_when_reading_would_resume_at_its_end() {
+    fn a_partition_is_done_when_reading_would_resume_at_its_end() {
         let read = ReadPositions::default();
-        let ends = vec![
-            end("clean", 0, 0, 10),
-            end("clean", 1, 0, 10),
-            end("clean", 2, 0, 10),
-        ];
-        let left = unread(
-            ends,
-            &assigned_to(&[("clean", 0), ("clean", 1), ("clean", 2)]),
-            &read,
-            |end| match end.partition {
-                0 => Some(10),
-                1 => Some(4),
-                _ => None,
-            },
-        );
-        assert_eq!(left, vec![end("clean", 1, 0, 10), end("clean", 2, 0, 10)]);
+        let ends = vec![end("clean", 0, 0, 10), end("clean", 1, 0, 10)];
+        let left = unread(ends, &read, |end| {
+            Some(if end.partition == 0 { 10 } else { 4 })
+        });
+        assert_eq!(left, vec![end("clean", 1, 0, 10)]);
     }
 
     #[test]
@@ -272,15 +292,37 @@ mod tests {
     }
 
     #[test]
-    fn what_was_read_wins_over_the_resume_offset() {
+    fn a_committed_offset_beyond_what_was_read_here_counts() {
+        // Read to 4 here, revoked, read to the end by another trainer, assigned back.
         let mut read = ReadPositions::default();
         read.advance("clean", 0, 4);
-        let left = unread(
-            vec![end("clean", 0, 0, 10)],
-            &assigned_to(&[("clean", 0)]),
-            &read,
-            |_| Some(10),
-        );
-        assert_eq!(left.len(), 1, "a read position short of the end is unread");
+        let ends = vec![end("clean", 0, 0, 10)];
+        assert_eq!(unread(ends.clone(), &read, |_| Some(10)), vec![]);
+        assert_eq!(unread(ends.clone(), &read, |_| None), ends);
+    }
+
+    #[test]
+    fn the_retrain_asks_again_only_while_curation_may_still_catch_up() {
+        let answer = |outcome, durable| FlushAnswer { durable, outcome };
+        assert!(answer(CatchUpOutcome::Unassigned, 0).worth_asking_again());
+        assert!(answer(CatchUpOutcome::Unassigned, 500).worth_asking_again());
+        assert!(answer(CatchUpOutcome::NoWatermarks, 0).worth_asking_again());
+        assert!(!answer(CatchUpOutcome::NoWatermarks, 500).worth_asking_again());
+        // Nothing durable since a restart, but everything was read before it: no reason to wait.
+        assert!(!answer(CatchUpOutcome::NothingToRead, 0).worth_asking_again());
+        assert!(!answer(CatchUpOutcome::ReadToEnd, 10).worth_asking_again());
+        assert!(!answer(CatchUpOutcome::TimedOut, 0).worth_asking_again());
+    }
+
+    #[test]
+    fn the_view_tells_owned_partitions_and_positions() {
+        let view = ConsumerView {
+            assigned: HashSet::from([("clean".to_owned(), 0), ("clean".to_owned(), 1)]),
+            positions: HashMap::from([(("clean".to_owned(), 1), 7)]),
+        };
+        assert!(view.owns(&end("clean", 0, 0, 10)));
+        assert!(!view.owns(&end("clean", 2, 0, 10)));
+        assert_eq!(view.position(&end("clean", 0, 0, 10)), None);
+        assert_eq!(view.position(&end("clean", 1, 0, 10)), Some(7));
     }
 }

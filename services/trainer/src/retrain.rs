@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::catch_up::{self, FlushRequest};
+use crate::catch_up::{self, FlushAnswer, FlushRequest};
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
 use crate::dataset::{DatasetError, LabelWeights, Origin, SnapshotStore};
 use crate::encoder::{self, BlendRequest, EncoderFiles, EncoderTrainRequest};
@@ -229,21 +229,21 @@ impl CurationFlush {
     }
 
     /// Asks curation to read up to the source partitions' ends now and close its open segment, and
-    /// waits for it; returns the number of durable messages, or None when curation did not answer (the
-    /// snapshot then holds what was already durable, which the log says).
-    async fn flush(&self) -> Option<u64> {
+    /// waits for it; returns curation's answer, or None when curation did not answer (the snapshot then
+    /// holds what was already durable, which the log says).
+    async fn flush(&self) -> Option<FlushAnswer> {
         let (producer, topics) = (self.producer.clone(), self.source_topics.clone());
         let read_to = tokio::task::spawn_blocking(move || {
             catch_up::partition_ends(&producer, &topics)
         })
         .await
         .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
-        .unwrap_or_else(|error| {
+        .map_err(|error| {
             metrics::counter!("sentiflow_trainer_errors_total", "error_kind" => "watermarks")
                 .increment(1);
             warn!(%error, "could not read where the source partitions end; the snapshot holds what curation has read so far");
-            Vec::new()
-        });
+        })
+        .ok();
         let (reply, answer) = tokio::sync::oneshot::channel();
         if self
             .requests
@@ -256,7 +256,7 @@ impl CurationFlush {
         }
         let timeout = self.catch_up_timeout + FLUSH_GRACE;
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(durable)) => Some(durable),
+            Ok(Ok(answer)) => Some(answer),
             Ok(Err(_)) => {
                 warn!(
                     "curation stopped before closing its open segment; the snapshot holds the segments already closed"
@@ -553,24 +553,30 @@ impl RetrainWorker {
         let (featurizer, train, recipe) = recipe(champion.as_ref());
         outcome.recipe = recipe;
 
-        // A trainer that has just started, or whose consumer is still joining its group, has made
-        // nothing durable yet: a snapshot now would hold only the champion's own rows. Give curation
-        // a bounded moment to catch up, so the retrain sees the data that drifted.
-        let mut durable = self.curation.flush().await;
+        // A trainer that has just started, or whose consumer is still joining its group, holds no
+        // partitions and cannot catch up: a snapshot now would miss the data that drifted. Give
+        // curation a bounded moment to get its partitions (or, when the ends could not be read, to
+        // make its first messages durable).
         let waiting = Instant::now();
-        while durable == Some(0) && waiting.elapsed() < CURATION_WAIT {
+        let mut answer = self.curation.flush().await;
+        while answer.is_some_and(FlushAnswer::worth_asking_again)
+            && waiting.elapsed() < CURATION_WAIT
+        {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            durable = self.curation.flush().await;
+            answer = self.curation.flush().await;
         }
-        match durable {
-            Some(0) => warn!(
+        match answer {
+            Some(answer) if answer.worth_asking_again() => warn!(
                 wait_s = CURATION_WAIT.as_secs(),
-                "curation has made nothing durable yet; the snapshot holds the champion's rows only"
+                outcome = answer.outcome.as_str(),
+                durable = answer.durable,
+                "curation could not catch up; the snapshot holds what it has made durable"
             ),
-            Some(durable) => debug!(
-                durable,
+            Some(answer) => debug!(
+                durable = answer.durable,
+                outcome = answer.outcome.as_str(),
                 waited_ms = waiting.elapsed().as_millis() as u64,
-                "curation closed its open segment for this snapshot"
+                "curation caught up and closed its open segment for this snapshot"
             ),
             None => {}
         }

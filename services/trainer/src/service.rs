@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::SERVICE;
-use crate::catch_up::{self, FlushRequest, PartitionEnd, ReadPositions};
+use crate::catch_up::{
+    self, CatchUpOutcome, ConsumerView, FlushAnswer, FlushRequest, PartitionEnd, ReadPositions,
+};
 use crate::config::TrainerConfig;
 use crate::curation::{CurateOptions, curate_snapshot};
 use crate::dataset::SnapshotStore;
@@ -55,7 +57,7 @@ pub struct TrainerStats {
     segments: AtomicU64,
     /// Snapshots written by the schedule.
     snapshots: AtomicU64,
-    /// Retrain flushes answered after curation read up to the retrain's partition ends.
+    /// Retrain flushes for which curation read on, up to the retrain's partition ends.
     catch_ups: AtomicU64,
     /// Retrain flushes answered when the catch-up deadline passed first.
     catch_up_timeouts: AtomicU64,
@@ -92,7 +94,7 @@ pub struct StatsSnapshot {
     pub segments: u64,
     /// Snapshots written by the schedule.
     pub snapshots: u64,
-    /// Retrain flushes answered after curation read up to the retrain's partition ends.
+    /// Retrain flushes for which curation read on, up to the retrain's partition ends.
     pub catch_ups: u64,
     /// Retrain flushes answered when the catch-up deadline passed first.
     pub catch_up_timeouts: u64,
@@ -393,9 +395,9 @@ struct Worker {
 struct CatchUp {
     /// Partition ends not yet read to.
     unread: Vec<PartitionEnd>,
-    /// The consumer had no partitions when the request came (still joining its group).
-    unassigned: bool,
-    reply: tokio::sync::oneshot::Sender<u64>,
+    /// How it ended when that was clear at the start (nothing to read, no partitions, no ends).
+    settled: Option<CatchUpOutcome>,
+    reply: tokio::sync::oneshot::Sender<FlushAnswer>,
     started: tokio::time::Instant,
     /// When the consumer's positions are looked at next.
     next_check: tokio::time::Instant,
@@ -465,12 +467,12 @@ impl Worker {
                 }
                 () = catch_up_due => {
                     let Some(catch_up) = catching_up.as_mut() else { continue };
-                    // The consumer's own position also counts: it steps over transaction markers,
-                    // which are never delivered as messages.
-                    let positions = catch_up::positions(&self.consumer);
-                    catch_up.unread.retain(|end| {
-                        !read.has_read(end, positions.get(&(end.topic.clone(), end.partition)).copied())
-                    });
+                    // The consumer's own position also counts (it steps over transaction markers,
+                    // never delivered as messages); partitions revoked meanwhile are another's now.
+                    let view = self.consumer_view().await;
+                    catch_up
+                        .unread
+                        .retain(|end| view.owns(end) && !read.has_read(end, view.position(end)));
                     let now = tokio::time::Instant::now();
                     if !catch_up.unread.is_empty() && now < catch_up.deadline {
                         catch_up.next_check = now + CATCH_UP_CHECK_EVERY;
@@ -486,7 +488,7 @@ impl Worker {
                 request = flush_requested => match request {
                     Some(request) => {
                         let catch_up = self.start_catch_up(request, &read).await;
-                        if catch_up.unread.is_empty() {
+                        if catch_up.settled.is_some() {
                             if self.answer_flush(catch_up, &mut open, &mut schedule).await.is_err() {
                                 abandoned = true;
                                 break;
@@ -549,74 +551,100 @@ impl Worker {
         Ok(())
     }
 
-    /// Works out which of the partitions a flush request names curation still has to read (those it is
-    /// assigned and has not read to the end); the flush is answered once they are read.
+    /// Works out which of the partitions a flush request names curation still has to read: those it
+    /// is assigned and has not read to the end (by the messages read, the committed offset or the
+    /// consumer's position). The flush is answered once they are read, or at once when none is left.
     async fn start_catch_up(&self, request: FlushRequest, read: &ReadPositions) -> CatchUp {
         let started = tokio::time::Instant::now();
-        let assigned = catch_up::assigned(&self.consumer);
-        let unassigned = assigned.is_empty();
-        let candidates = catch_up::unread(request.read_to, &assigned, read, |_| None);
-        // Partitions nothing was read from since start resume at the group's committed offset.
-        let unstarted: Vec<PartitionEnd> = candidates
-            .iter()
-            .filter(|end| read.next(&end.topic, end.partition).is_none())
-            .cloned()
-            .collect();
-        let resume = if unstarted.is_empty() {
-            HashMap::new()
-        } else {
-            let consumer = self.consumer.clone();
-            tokio::task::spawn_blocking(move || catch_up::resume_offsets(&consumer, &unstarted))
-                .await
-                .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
-                .unwrap_or_else(|error| {
-                    // Unknown resume points count as unread: the catch-up deadline bounds the wait.
-                    warn!(%error, "could not read the committed offsets; waiting for those partitions to be read");
-                    HashMap::new()
-                })
-        };
-        let unread = catch_up::unread(candidates, &assigned, read, |end| {
-            resume.get(&(end.topic.clone(), end.partition)).copied()
-        });
-        if !unread.is_empty() {
-            debug!(
-                partitions = unread.len(),
-                "reading up to the retrain's partition ends before closing the segment"
-            );
-        }
-        CatchUp {
-            unread,
-            unassigned,
+        let mut catch_up = CatchUp {
+            unread: Vec::new(),
+            settled: None,
             reply: request.reply,
             started,
             next_check: started + CATCH_UP_CHECK_EVERY,
             deadline: started + self.catch_up_timeout,
+        };
+        let Some(ends) = request.read_to else {
+            catch_up.settled = Some(CatchUpOutcome::NoWatermarks);
+            return catch_up;
+        };
+        let consumer = self.consumer.clone();
+        let (view, owned, committed) = tokio::task::spawn_blocking(move || {
+            let view = ConsumerView::of(&consumer);
+            let owned: Vec<PartitionEnd> = ends.into_iter().filter(|end| view.owns(end)).collect();
+            let committed = if owned.is_empty() {
+                Ok(HashMap::new())
+            } else {
+                catch_up::resume_offsets(&consumer, &owned)
+            };
+            (view, owned, committed)
+        })
+        .await
+        .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()));
+        if view.assigned.is_empty() {
+            catch_up.settled = Some(CatchUpOutcome::Unassigned);
+            return catch_up;
         }
+        let committed = committed.unwrap_or_else(|error| {
+            // Unknown resume points count as unread: the catch-up deadline bounds the wait.
+            warn!(%error, "could not read the committed offsets; reading on until the partitions are read");
+            HashMap::new()
+        });
+        catch_up.unread = catch_up::unread(owned, read, |end| {
+            committed
+                .get(&(end.topic.clone(), end.partition))
+                .copied()
+                .max(view.position(end))
+        });
+        if catch_up.unread.is_empty() {
+            catch_up.settled = Some(CatchUpOutcome::NothingToRead);
+        } else {
+            debug!(
+                partitions = catch_up.unread.len(),
+                "reading up to the retrain's partition ends before closing the segment"
+            );
+        }
+        catch_up
     }
 
-    /// Closes the open segment and answers the flush with the number of durable messages.
+    /// The consumer's partitions and positions (librdkafka's group thread answers: off the runtime).
+    async fn consumer_view(&self) -> ConsumerView {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || ConsumerView::of(&consumer))
+            .await
+            .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+    }
+
+    /// Closes the open segment and answers the flush with the number of durable messages and how the
+    /// catch-up ended.
     async fn answer_flush(
         &self,
         catch_up: CatchUp,
         open: &mut Option<OpenSegment>,
         schedule: &mut SnapshotSchedule,
     ) -> Result<(), Abandoned> {
-        let outcome = if catch_up.unassigned {
-            "unassigned"
-        } else if catch_up.unread.is_empty() {
-            self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
-            "read_to_end"
-        } else {
-            self.stats.catch_up_timeouts.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                timeout_ms = self.catch_up_timeout.as_millis() as u64,
-                unread = ?catch_up.unread,
-                "curation did not read to the retrain's partition ends in time; the snapshot holds what it has read"
-            );
-            "timed_out"
+        let outcome = match catch_up.settled {
+            Some(outcome) => outcome,
+            None if catch_up.unread.is_empty() => CatchUpOutcome::ReadToEnd,
+            None => CatchUpOutcome::TimedOut,
         };
-        metrics::counter!("sentiflow_trainer_retrain_catch_ups_total", "outcome" => outcome)
+        match outcome {
+            CatchUpOutcome::ReadToEnd => {
+                self.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+            }
+            CatchUpOutcome::TimedOut => {
+                self.stats.catch_up_timeouts.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    timeout_ms = self.catch_up_timeout.as_millis() as u64,
+                    unread = ?catch_up.unread,
+                    "curation did not read to the retrain's partition ends in time; the snapshot holds what it has read"
+                );
+            }
+            _ => {}
+        }
+        metrics::counter!("sentiflow_trainer_retrain_catch_ups_total", "outcome" => outcome.as_str())
             .increment(1);
+        // How long curation read on before closing (the segment write not included).
         metrics::histogram!("sentiflow_trainer_retrain_catch_up_seconds")
             .record(catch_up.started.elapsed().as_secs_f64());
         let had_open = open.is_some();
@@ -624,10 +652,12 @@ impl Worker {
         let durable = self.stats.durable.load(Ordering::Relaxed);
         debug!(
             had_open,
-            durable, outcome, "open segment closed for a retrain snapshot"
+            durable,
+            outcome = outcome.as_str(),
+            "open segment closed for a retrain snapshot"
         );
         // The retrain loop may have given up waiting; then nobody needs the answer.
-        let _ = catch_up.reply.send(durable);
+        let _ = catch_up.reply.send(FlushAnswer { durable, outcome });
         Ok(())
     }
 
