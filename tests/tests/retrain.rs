@@ -791,6 +791,13 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
         Some(labelled),
         "the snapshot holds every labelled review published before the request"
     );
+    assert!(
+        outcome.curation.starts_with(
+            "read on to where the topics ended when the retrain started (6020 messages durable"
+        ),
+        "{}",
+        outcome.curation
+    );
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();
 }

@@ -937,6 +937,9 @@ fn print_loop(report: &LoopReport, window_events: u64) {
                 sources.join(", ")
             );
             println!("                       data: {}", outcome.data_range);
+            if !outcome.curation.is_empty() {
+                println!("                       curation: {}", outcome.curation);
+            }
         }
         None if !report.requests.is_empty() => {
             println!("  retrain              not finished");

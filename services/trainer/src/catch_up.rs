@@ -73,6 +73,17 @@ pub(crate) enum CatchUpOutcome {
 }
 
 impl CatchUpOutcome {
+    /// What it means for the snapshot, for people (the retrain outcome's `curation`).
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::ReadToEnd => "read on to where the topics ended when the retrain started",
+            Self::NothingToRead => "had already read to where the topics ended",
+            Self::Unassigned => "held no partitions (joining its group); what was durable",
+            Self::NoWatermarks => "the topics' ends could not be read; what curation had read",
+            Self::TimedOut => "timed out before reading to the topics' ends; what it had read",
+        }
+    }
+
     /// The metric label.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

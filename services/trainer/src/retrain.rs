@@ -110,6 +110,9 @@ pub struct RetrainOutcome {
     pub snapshot_rows: Option<u64>,
     /// Which data the snapshot covers: the requested range, or all curated data (and why).
     pub data_range: String,
+    /// How far curation had read when the snapshot was cut (its catch-up to the topics' ends).
+    #[serde(default)]
+    pub curation: String,
     /// Where the featurizer and trainer settings came from (the champion's card, or the defaults).
     pub recipe: String,
     /// The gate's decision, when it ran.
@@ -475,6 +478,7 @@ impl RetrainWorker {
                 snapshot_id: None,
                 snapshot_rows: None,
                 data_range: String::new(),
+                curation: String::new(),
                 recipe: String::new(),
                 gate: None,
                 metrics: BTreeMap::new(),
@@ -565,21 +569,34 @@ impl RetrainWorker {
             tokio::time::sleep(Duration::from_millis(500)).await;
             answer = self.curation.flush().await;
         }
-        match answer {
-            Some(answer) if answer.worth_asking_again() => warn!(
-                wait_s = CURATION_WAIT.as_secs(),
-                outcome = answer.outcome.as_str(),
-                durable = answer.durable,
-                "curation could not catch up; the snapshot holds what it has made durable"
-            ),
-            Some(answer) => debug!(
-                durable = answer.durable,
-                outcome = answer.outcome.as_str(),
-                waited_ms = waiting.elapsed().as_millis() as u64,
-                "curation caught up and closed its open segment for this snapshot"
-            ),
-            None => {}
-        }
+        let waited_s = waiting.elapsed().as_secs_f64();
+        outcome.curation = match answer {
+            Some(answer) => {
+                if answer.worth_asking_again() {
+                    warn!(
+                        wait_s = CURATION_WAIT.as_secs(),
+                        outcome = answer.outcome.as_str(),
+                        durable = answer.durable,
+                        "curation could not catch up; the snapshot holds what it has made durable"
+                    );
+                } else {
+                    debug!(
+                        durable = answer.durable,
+                        outcome = answer.outcome.as_str(),
+                        waited_s,
+                        "curation caught up and closed its open segment for this snapshot"
+                    );
+                }
+                format!(
+                    "{} ({} messages durable, {waited_s:.1} s)",
+                    answer.outcome.describe(),
+                    answer.durable
+                )
+            }
+            None => {
+                format!("curation did not answer ({waited_s:.1} s); the segments already closed")
+            }
+        };
         let base = self.champion_snapshot(champion.as_ref());
         let curated = self.snapshot(request, base, outcome).await?;
         outcome.snapshot_id = Some(curated.manifest.snapshot_id.clone());
@@ -913,6 +930,7 @@ impl RetrainWorker {
                 "previous_champion": outcome.previous_champion,
                 "snapshot_id": outcome.snapshot_id,
                 "data_range": outcome.data_range,
+                "curation": outcome.curation,
                 "macro_f1": outcome.gate.as_ref().map(|gate| gate.challenger_macro_f1),
                 "champion_macro_f1": outcome.gate.as_ref().and_then(|gate| gate.champion_macro_f1),
                 "seconds": outcome.seconds,
