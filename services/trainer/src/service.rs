@@ -469,10 +469,12 @@ impl Worker {
                     let Some(catch_up) = catching_up.as_mut() else { continue };
                     // The consumer's own position also counts (it steps over transaction markers,
                     // never delivered as messages); partitions revoked meanwhile are another's now.
+                    // No partitions at all (mid-rebalance, or the query failed) tells nothing.
                     let view = self.consumer_view().await;
+                    let revoked = |end: &PartitionEnd| !view.assigned.is_empty() && !view.owns(end);
                     catch_up
                         .unread
-                        .retain(|end| view.owns(end) && !read.has_read(end, view.position(end)));
+                        .retain(|end| !revoked(end) && !read.has_read(end, view.position(end)));
                     let now = tokio::time::Instant::now();
                     if !catch_up.unread.is_empty() && now < catch_up.deadline {
                         catch_up.next_check = now + CATCH_UP_CHECK_EVERY;
