@@ -120,6 +120,16 @@ async fn assert_http_predictions_match_the_file(
     }
 }
 
+/// The registry directory of `sentiment-encoder` `version` under `data_dir`, and its `card.json`.
+fn encoder_card<Card: serde::de::DeserializeOwned>(
+    data_dir: &std::path::Path,
+    version: &str,
+) -> (std::path::PathBuf, Card) {
+    let card_dir = data_dir.join(format!("models/sentiment-encoder/{version}"));
+    let card = serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    (card_dir, card)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoder_family_trains_registers_and_serves_through_ort() {
     let redis_server = sentiflow_tests::redis();
@@ -172,12 +182,8 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     let through_ort = pipeline::evaluate_onnx(&ort, &onnx, &texts, &labels).unwrap();
     assert_eq!(through_ort.confusion, outcome.test.confusion);
     assert!((through_ort.macro_f1 - outcome.test.macro_f1).abs() < 1e-9);
-    let card_dir = dir.path().join(format!(
-        "models/sentiment-encoder/{}",
-        outcome.record.version
-    ));
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let (card_dir, card): (_, serde_json::Value) =
+        encoder_card(dir.path(), &outcome.record.version);
     assert_eq!(card["family"], "encoder");
     assert_eq!(card["encoder_config"]["max_length"], 48);
     assert_eq!(card["label_weights"]["human"], LabelWeights::DEFAULT_HUMAN);
@@ -261,14 +267,8 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     let champion = second.outcome.champion_test.as_ref().expect("champion ran");
     assert!((champion.macro_f1 - outcome.test.macro_f1).abs() < 1e-9);
     assert!(second.outcome.gate.passed, "{}", second.outcome.gate.reason);
-    let card2: sentiflow_trainer::encoder::EncoderModelCard = serde_json::from_slice(
-        &std::fs::read(dir.path().join(format!(
-            "models/sentiment-encoder/{}/card.json",
-            second.outcome.record.version
-        )))
-        .unwrap(),
-    )
-    .unwrap();
+    let (_, card2): (_, sentiflow_trainer::encoder::EncoderModelCard) =
+        encoder_card(dir.path(), &second.outcome.record.version);
     assert!(card_markdown(&card2).contains("## Gate"));
 
     // --device cuda: refused, nothing registered.
@@ -406,12 +406,7 @@ async fn blended_encoder_trains_registers_and_serves_the_average_of_both_familie
 
     // The card records both members; its test figures (the blend's, computed in Rust) are what ORT
     // gives for the served file on the same rows.
-    let card_dir = dir.path().join(format!(
-        "models/sentiment-encoder/{}",
-        outcome.record.version
-    ));
-    let card: EncoderModelCard =
-        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let (card_dir, card): (_, EncoderModelCard) = encoder_card(dir.path(), &outcome.record.version);
     let member_card = card
         .hashed_member
         .as_ref()
@@ -558,11 +553,7 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
         metadata.featurizer_config
     );
     assert!(metadata.featurizer_config.contains("all-MiniLM-L6-v2"));
-    let card_dir = dir
-        .path()
-        .join(format!("models/sentiment-encoder/{}", first.record.version));
-    let card: FineTunedModelCard =
-        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let (card_dir, card): (_, FineTunedModelCard) = encoder_card(dir.path(), &first.record.version);
     assert_eq!(card.device, "burn-cpu");
     assert_eq!(card.training_rows, 96, "the seeded sample");
     assert_eq!(card.history.len(), 1);
@@ -641,12 +632,8 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
             .featurizer_config
             .contains("\"fine_tuned\":true")
     );
-    let card_dir = dir.path().join(format!(
-        "models/sentiment-encoder/{}",
-        blended.record.version
-    ));
-    let card: FineTunedModelCard =
-        serde_json::from_slice(&std::fs::read(card_dir.join("card.json")).unwrap()).unwrap();
+    let (card_dir, card): (_, FineTunedModelCard) =
+        encoder_card(dir.path(), &blended.record.version);
     let member_card = card
         .hashed_member
         .as_ref()
