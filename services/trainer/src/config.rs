@@ -218,3 +218,25 @@ impl TrainerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TrainerConfig {
+        TrainerConfig::local(
+            KafkaArgs::local("127.0.0.1:9092", "t"),
+            RedisArgs::local("redis://127.0.0.1:6379/", "t"),
+            PathBuf::from("data/test"),
+        )
+    }
+
+    #[test]
+    fn a_zero_catch_up_deadline_is_refused_naming_the_flag() {
+        assert!(config().validate().is_ok());
+        let mut zero = config();
+        zero.retrain_catch_up_ms = 0;
+        let error = zero.validate().unwrap_err().to_string();
+        assert!(error.contains("--retrain-catch-up-ms"), "{error}");
+    }
+}
