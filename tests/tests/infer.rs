@@ -176,6 +176,7 @@ fn infer_config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, data_dir: &Pat
         shadow_fraction: 0.0,
         http_max_texts: 8,
         http_max_text_bytes: 500,
+        http_max_concurrent: 16,
         encoder_model_name: "sentiment-encoder".to_owned(),
         family: sentiflow_infer::config::FamilyArg::Auto,
     }
@@ -631,12 +632,14 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     let dir = tempfile::tempdir().unwrap();
     let registry = registry_with_models(&redis_server.url(), "inf4", dir.path()).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = sentiflow_infer::start(
-        infer_config(&kafka, &redis_server.url(), "inf4", dir.path()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let mut config = infer_config(&kafka, &redis_server.url(), "inf4", dir.path());
+    config.http_max_concurrent = 2;
+    // The promotion below may be published before infer's update consumer is assigned; the
+    // registry check then finds it (every second here instead of 30).
+    config.registry_poll_secs = 1;
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
     let addr = running.http_addr;
     let post = |body: Vec<u8>| async move {
         let (status, body) = sentiflow_tests::http_post(addr, "/v1/predict", &body)
@@ -717,6 +720,58 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     );
     let (status, _) = sentiflow_tests::http_get(addr, "/readyz").await.unwrap();
     assert_eq!(status, 200);
+
+    // Two requests whose bodies have not arrived hold both in-flight slots: a third is shed with
+    // 503 `overloaded` before its body is read; once one completes, requests are served again.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = br#"{"texts": ["late body"]}"#;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /v1/predict HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let mut both_held = false;
+    for _ in 0..600 {
+        let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
+        if metrics
+            .lines()
+            .any(|line| line == "sentiflow_infer_http_in_flight_requests 2")
+        {
+            both_held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(both_held, "the two stalled requests hold both slots");
+    let (status, shed) = post(br#"{"texts": ["hello"]}"#.to_vec()).await;
+    assert_eq!(
+        (status, shed["error"].as_str()),
+        (503, Some("overloaded")),
+        "{shed}"
+    );
+    let mut first = stalled.remove(0);
+    first.write_all(body).await.unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let (status, json) = post(br#"{"texts": ["hello again"]}"#.to_vec()).await;
+    assert_eq!(status, 200, "a freed slot serves again: {json}");
+    drop(stalled);
+    let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("sentiflow_infer_http_errors_total{error_kind=\"overloaded\"}"),
+        "{metrics}"
+    );
 
     shutdown.cancel();
     running.task.await.unwrap().unwrap();

@@ -9,7 +9,7 @@ use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
-use sentiflow_common::events::{DeadLetter, RawReview};
+use sentiflow_common::events::{DeadLetter, MAX_DEAD_LETTER_VALUE_BYTES, RawReview};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_ingest::IngestConfig;
@@ -18,6 +18,11 @@ use sentiflow_tests::{
     eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis,
 };
 use tokio_util::sync::CancellationToken;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
 
 fn ingest_config(kafka: &KafkaArgs, redis_url: &str, max_batch: usize) -> IngestConfig {
     IngestConfig {
@@ -150,6 +155,12 @@ fn malformed_inputs(template: &RawReview) -> Vec<(&'static str, Option<Vec<u8>>)
             "oversize",
             with(&|v| v["metadata"] = serde_json::json!({"blob": "y".repeat(70_000)})),
         ),
+        // Its base64 would pass the producer's 1 MB limit: the dead letter keeps a prefix instead
+        // of being refused and retried forever (which stopped the whole instance).
+        (
+            "oversize",
+            with(&|v| v["metadata"] = serde_json::json!({"blob": "z".repeat(800_000)})),
+        ),
         (
             "empty_after_cleaning",
             with(&|v| v["text"] = serde_json::json!("@someone https://t.co/xyz !!!")),
@@ -280,11 +291,27 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
             "kind of bad-{index}: {}",
             letter.reason
         );
-        assert_eq!(
-            letter.original_value().unwrap(),
-            malformed[index].1.clone().unwrap_or_default(),
-            "original bytes kept"
-        );
+        let original = malformed[index].1.clone().unwrap_or_default();
+        assert_eq!(letter.original_size_bytes, original.len() as u64);
+        if original.len() > MAX_DEAD_LETTER_VALUE_BYTES {
+            assert!(letter.original_truncated, "bad-{index} flagged as cut");
+            assert_eq!(
+                letter.original_value().unwrap(),
+                original[..MAX_DEAD_LETTER_VALUE_BYTES],
+                "prefix kept"
+            );
+            assert_eq!(
+                letter.original_sha256.as_deref(),
+                Some(sha256_hex(&original).as_str())
+            );
+        } else {
+            assert!(!letter.original_truncated);
+            assert_eq!(
+                letter.original_value().unwrap(),
+                original,
+                "original bytes kept"
+            );
+        }
         *got_kinds.entry(letter.error_kind.clone()).or_insert(0usize) += 1;
     }
     assert_eq!(got_kinds, expected_kinds);

@@ -383,6 +383,7 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
             shadow_fraction: 0.0,
             http_max_texts: 8,
             http_max_text_bytes: 500,
+            http_max_concurrent: 16,
             encoder_model_name: "sentiment-encoder".to_owned(),
             family: sentiflow_infer::config::FamilyArg::Auto,
         },

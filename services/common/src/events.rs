@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 
 use crate::schema::{EventSchema, SchemaRegistry, SchemaViolation};
 
@@ -19,6 +20,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Longest `reason` a dead letter may carry, in characters (the schema's `maxLength`).
 pub const MAX_DEAD_LETTER_REASON_CHARS: usize = 4096;
+
+/// Most bytes of the original value a dead letter carries. Base64 adds a third, so without a cap a
+/// rejected message near the broker's 1 MB limit would make a dead letter the broker refuses, and the
+/// service would retry it forever; larger values keep this prefix and the whole value's sha256.
+pub const MAX_DEAD_LETTER_VALUE_BYTES: usize = 256 * 1024;
+
+/// Most bytes of the original key a dead letter carries (in the payload and as its own key).
+pub const MAX_DEAD_LETTER_KEY_BYTES: usize = 16 * 1024;
 
 /// Free-form producer metadata of a review (at most 32 keys of scalar values, per the schema).
 pub type Metadata = Map<String, Value>;
@@ -433,16 +442,25 @@ pub struct DeadLetter {
     pub source: SourceCoordinate,
     /// Original key, standard base64; `None` (JSON null) when it had none.
     pub original_key_b64: Option<String>,
-    /// Exact original value bytes, standard base64.
+    /// Exact original value bytes, standard base64 (only the first [`MAX_DEAD_LETTER_VALUE_BYTES`]
+    /// when `original_truncated`).
     pub original_value_b64: String,
-    /// Size of the original value in bytes.
+    /// Size of the whole original value in bytes.
     pub original_size_bytes: u64,
+    /// True when the value (or key) was longer than a dead letter carries and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original_truncated: bool,
+    /// Hex sha256 of the whole original value, present when it was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_sha256: Option<String>,
 }
 
 impl DeadLetter {
     /// A dead letter for the message at `source`, with a fresh id and the current time. `key` and
     /// `value` are the message's raw bytes (pass `&[]` for a null value); `reason` is cut to
-    /// [`MAX_DEAD_LETTER_REASON_CHARS`]. `error_kind` should be snake_case (`^[a-z][a-z0-9_]*$`).
+    /// [`MAX_DEAD_LETTER_REASON_CHARS`], the value to [`MAX_DEAD_LETTER_VALUE_BYTES`] and the key to
+    /// [`MAX_DEAD_LETTER_KEY_BYTES`] (`original_truncated`, with the whole value's sha256). `error_kind`
+    /// should be snake_case (`^[a-z][a-z0-9_]*$`).
     #[must_use]
     pub fn new(
         service: impl Into<String>,
@@ -456,6 +474,10 @@ impl DeadLetter {
         if let Some((end, _)) = reason.char_indices().nth(MAX_DEAD_LETTER_REASON_CHARS) {
             reason.truncate(end);
         }
+        let kept_key = key.map(|key| &key[..key.len().min(MAX_DEAD_LETTER_KEY_BYTES)]);
+        let kept_value = &value[..value.len().min(MAX_DEAD_LETTER_VALUE_BYTES)];
+        let truncated = kept_value.len() < value.len()
+            || key.is_some_and(|key| key.len() > MAX_DEAD_LETTER_KEY_BYTES);
         DeadLetter {
             schema_version: SCHEMA_VERSION,
             event_id: new_event_id(),
@@ -464,9 +486,11 @@ impl DeadLetter {
             error_kind: error_kind.into(),
             reason,
             source,
-            original_key_b64: key.map(|key| BASE64.encode(key)),
-            original_value_b64: BASE64.encode(value),
+            original_key_b64: kept_key.map(|key| BASE64.encode(key)),
+            original_value_b64: BASE64.encode(kept_value),
             original_size_bytes: value.len() as u64,
+            original_truncated: truncated,
+            original_sha256: truncated.then(|| hex::encode(Sha256::digest(value))),
         }
     }
 
@@ -481,7 +505,8 @@ impl DeadLetter {
             .transpose()
     }
 
-    /// The original value bytes (for inspection or replay).
+    /// The original value bytes (for inspection or replay), or their first
+    /// [`MAX_DEAD_LETTER_VALUE_BYTES`] when `original_truncated`: check it before replaying.
     ///
     /// # Errors
     /// When `original_value_b64` is not valid standard base64.
@@ -926,6 +951,52 @@ mod tests {
         assert_eq!(keyless.original_value_b64, "");
         assert!(keyless.reason.ends_with('é'));
         keyless.validate().expect("valid keyless dead letter");
+    }
+
+    #[test]
+    fn dead_letter_of_a_huge_message_keeps_a_prefix_and_the_whole_values_sha256() {
+        let source = SourceCoordinate {
+            topic: "t.reviews.raw".to_owned(),
+            partition: 0,
+            offset: 7,
+        };
+        let value: Vec<u8> = (0..900_000_u32).map(|i| (i % 251) as u8).collect();
+        let key = vec![b'k'; MAX_DEAD_LETTER_KEY_BYTES + 1];
+        let letter = DeadLetter::new("ingest", "oversize", "too big", source, Some(&key), &value);
+        assert!(letter.original_truncated);
+        assert_eq!(letter.original_size_bytes, 900_000);
+        assert_eq!(
+            letter.original_value().expect("b64"),
+            value[..MAX_DEAD_LETTER_VALUE_BYTES]
+        );
+        assert_eq!(
+            letter.original_key().expect("b64").expect("key").len(),
+            MAX_DEAD_LETTER_KEY_BYTES
+        );
+        assert_eq!(
+            letter.original_sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(&value)).as_str())
+        );
+        letter.validate().expect("valid truncated dead letter");
+        let encoded = serde_json::to_vec(&letter).expect("serialises");
+        assert!(
+            encoded.len() < 400 * 1024,
+            "well under the broker's 1 MB default: {} bytes",
+            encoded.len()
+        );
+
+        let small = DeadLetter::new(
+            "ingest",
+            "oversize",
+            "r",
+            letter.source.clone(),
+            None,
+            b"{}",
+        );
+        let small_json = serde_json::to_value(&small).expect("serialises");
+        assert!(!small.original_truncated);
+        assert!(small_json.get("original_truncated").is_none());
+        assert!(small_json.get("original_sha256").is_none());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - `drift:cooldown:<model name>` — no drift-triggered request while it exists (value = request id);
 //! - `drift:retrain_lock:<model name>` — one retrain at a time (value = request id; TTL; released
 //!   when `models.updates` says the model was promoted or a candidate rejected);
+//! - `drift:retrain_pending` — hash, model name → a drift request (JSON) whose lock is taken but whose
+//!   publication the broker has not acknowledged yet; a restart publishes it again;
 //! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON).
 
 use std::time::Duration;
@@ -56,6 +58,10 @@ impl Control {
     /// Key of the retrain lock of model `name` (a trainer deletes it when its retrain ends).
     pub fn lock_key(&self, name: &str) -> String {
         self.store.key(&["drift", "retrain_lock", name])
+    }
+
+    fn pending_key(&self) -> String {
+        self.store.key(&["drift", "retrain_pending"])
     }
 
     fn reference_key(&self, model: &ModelRef) -> String {
@@ -148,6 +154,71 @@ impl Control {
         }
         let holder: Option<String> = connection.get(&key).await?;
         Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// Takes the retrain lock of `request`'s model for it and records the request as pending, both or
+    /// neither (one script): a crash or shutdown before the broker acknowledges the request leaves it
+    /// to [`Control::pending_requests`] at the next start instead of a lock held for a request nobody
+    /// sent. Err(holder) when another request holds the lock.
+    pub async fn try_lock_pending(
+        &self,
+        request: &RetrainRequest,
+        ttl: Duration,
+    ) -> Result<Result<(), String>, DriftError> {
+        let script = redis::Script::new(
+            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+               redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) return 1 \
+             else return 0 end",
+        );
+        let payload = serde_json::to_string(request).expect("requests serialise");
+        let mut connection = self.store.connection();
+        let taken: i64 = script
+            .key(self.lock_key(&request.model.name))
+            .key(self.pending_key())
+            .arg(&request.request_id)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(&request.model.name)
+            .arg(payload)
+            .invoke_async(&mut connection)
+            .await?;
+        if taken == 1 {
+            return Ok(Ok(()));
+        }
+        let holder: Option<String> = connection.get(self.lock_key(&request.model.name)).await?;
+        Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// The broker acknowledged the pending request of model `name`: it is no longer pending.
+    pub async fn request_delivered(&self, name: &str) -> Result<(), DriftError> {
+        let mut connection = self.store.connection();
+        let _: u64 = connection.hdel(self.pending_key(), name).await?;
+        Ok(())
+    }
+
+    /// Requests recorded by [`Control::try_lock_pending`] and not acknowledged, whose lock they still
+    /// hold. Entries whose lock has gone (released, expired, taken over by `--force`) or that cannot be
+    /// read are removed: publishing them now would start a retrain nobody holds the lock for.
+    pub async fn pending_requests(&self) -> Result<Vec<RetrainRequest>, DriftError> {
+        let mut connection = self.store.connection();
+        let entries: Vec<(String, String)> = connection.hgetall(self.pending_key()).await?;
+        let mut pending = Vec::new();
+        for (name, json) in entries {
+            let request = match RetrainRequest::decode_validated(json.as_bytes()) {
+                Ok(request) if request.model.name == name => request,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(model = %name, "unreadable pending retrain request; dropped");
+                    let _: u64 = connection.hdel(self.pending_key(), &name).await?;
+                    continue;
+                }
+            };
+            let holder: Option<String> = connection.get(self.lock_key(&name)).await?;
+            if holder.as_deref() == Some(request.request_id.as_str()) {
+                pending.push(request);
+            } else {
+                let _: u64 = connection.hdel(self.pending_key(), &name).await?;
+            }
+        }
+        Ok(pending)
     }
 
     /// The request id holding the retrain lock of model `name`, if any.

@@ -194,6 +194,9 @@ impl Worker {
         let mut last_seen: std::collections::HashMap<(String, i32), i64> =
             std::collections::HashMap::new();
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.republish_pending().await.is_err() {
+            return Ok(());
+        }
         loop {
             let message = tokio::select! {
                 () = self.shutdown.cancelled() => break,
@@ -419,11 +422,7 @@ impl Worker {
         let model = &report.model;
         let request = retrain_request(report, self.config.device_wanted);
         let lock_ttl = Duration::from_secs(self.config.lock_ttl_secs);
-        match self
-            .control
-            .try_lock(&model.name, &request.request_id, lock_ttl)
-            .await
-        {
+        match self.control.try_lock_pending(&request, lock_ttl).await {
             Ok(Ok(())) => {}
             Ok(Err(holder)) => {
                 info!(version = %model.version, %holder, "a retrain is already running; not requesting another");
@@ -435,19 +434,50 @@ impl Worker {
                 return Ok("lock_error");
             }
         }
+        // Shutdown here leaves the lock and the pending request in Redis: the next start publishes it.
         self.publish(&self.topics.retrain, &request).await?;
-        self.stats.retrain_requests.fetch_add(1, Ordering::Relaxed);
         self.monitor.mark_requested(model);
+        self.after_request_delivered(&request).await;
+        info!(version = %model.version, request_id = %request.request_id, report_id = %report.report_id, "retrain requested");
+        Ok("requested")
+    }
+
+    /// Counts a delivered request, clears it from the pending ones and starts its cooldown.
+    async fn after_request_delivered(&self, request: &RetrainRequest) {
+        self.stats.retrain_requests.fetch_add(1, Ordering::Relaxed);
+        let name = &request.model.name;
+        if let Err(error) = self.control.request_delivered(name).await {
+            // Harmless: the next start publishes it again and the trainer drops a known request id.
+            warn!(%error, "cannot clear the delivered request from the pending ones");
+        }
         let cooldown = Duration::from_secs(self.config.cooldown_secs);
         if let Err(error) = self
             .control
-            .start_cooldown(&model.name, &request.request_id, cooldown)
+            .start_cooldown(name, &request.request_id, cooldown)
             .await
         {
             warn!(%error, "cannot start the cooldown; the lock still prevents a second retrain");
         }
-        info!(version = %model.version, request_id = %request.request_id, report_id = %report.report_id, "retrain requested");
-        Ok("requested")
+    }
+
+    /// Publishes the requests a previous run took the lock for but saw no acknowledgement of (it
+    /// stopped or crashed while publishing): otherwise the lock would block every retrain of that
+    /// model until its TTL while no request was ever sent.
+    async fn republish_pending(&self) -> Result<(), Abandoned> {
+        let pending = self
+            .retry_redis("read pending retrain requests", || {
+                self.control.pending_requests()
+            })
+            .await?;
+        for request in pending {
+            self.publish(&self.topics.retrain, &request).await?;
+            self.after_request_delivered(&request).await;
+            metrics::counter!("sentiflow_drift_retrain_decisions_total", "outcome" => "republished")
+                .increment(1);
+            info!(model = %request.model.name, version = %request.model.version, request_id = %request.request_id,
+                "retrain request of a previous run published (its lock was taken, its delivery never confirmed)");
+        }
+        Ok(())
     }
 
     /// A promotion or a rejection ends the retrain of that model: its lock is released (the TTL

@@ -141,6 +141,16 @@ pub struct InferConfig {
         default_value_t = 5_000
     )]
     pub http_max_text_bytes: usize,
+
+    /// Most `POST /v1/predict` requests scored or waiting for a session at once; one more is answered
+    /// 503 `overloaded` (with `Retry-After`) before its body is read, so a burst cannot queue without
+    /// bound or starve the Kafka path of sessions.
+    #[arg(
+        long,
+        env = "SENTIFLOW_INFER_HTTP_MAX_CONCURRENT",
+        default_value_t = 16
+    )]
+    pub http_max_concurrent: usize,
 }
 
 /// A configuration that cannot work, caught at start-up instead of at the first message.
@@ -189,6 +199,9 @@ impl InferConfig {
         if self.http_max_text_bytes == 0 {
             return invalid("--http-max-text-bytes", "must be at least 1");
         }
+        if self.http_max_concurrent == 0 {
+            return invalid("--http-max-concurrent", "must be at least 1");
+        }
         if self.registry_poll_secs == 0 {
             return invalid("--registry-poll-secs", "must be at least 1");
         }
@@ -234,6 +247,7 @@ mod tests {
             (vec!["--alert-threshold", "1.5"], "--alert-threshold"),
             (vec!["--shadow-fraction=-0.1"], "--shadow-fraction"),
             (vec!["--http-max-texts", "0"], "--http-max-texts"),
+            (vec!["--http-max-concurrent", "0"], "--http-max-concurrent"),
             (vec!["--drain-timeout-ms", "60000"], "--drain-timeout-ms"),
         ] {
             let error = config(&args).validate().expect_err("refused");

@@ -1,14 +1,17 @@
 //! The synchronous API: `POST /v1/predict` scores texts with the served model; `/openapi.json` describes
-//! it. Every bad request gets a 4xx with a JSON body `{"error": <kind>, "message": …}`, never a panic.
+//! it. Every bad request gets a 4xx with a JSON body `{"error": <kind>, "message": …}`, never a panic;
+//! requests beyond `--http-max-concurrent` are shed with 503 `overloaded` before their body is read.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,8 @@ pub struct HttpLimits {
     pub max_texts: usize,
     /// Longest text in bytes.
     pub max_text_bytes: usize,
+    /// Most requests in flight (being read, waiting for a session or scored).
+    pub max_concurrent: usize,
 }
 
 impl HttpLimits {
@@ -39,6 +44,34 @@ impl HttpLimits {
 struct HttpState {
     slot: ModelSlot,
     limits: HttpLimits,
+}
+
+/// A slot among `--http-max-concurrent`, taken before the body is read and held until the scoring
+/// job ends, even when the client has gone (the job runs on regardless and still holds a session).
+#[derive(Clone)]
+struct InFlight {
+    _slot: Arc<Slot>,
+}
+
+/// One taken slot; gives it back (and updates the in-flight gauge) when dropped.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Slot {
+    fn record(slots: &tokio::sync::Semaphore, max: usize) {
+        let in_flight = max.saturating_sub(slots.available_permits());
+        metrics::gauge!("sentiflow_infer_http_in_flight_requests").set(in_flight as f64);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        Self::record(&self.slots, self.max);
+    }
 }
 
 /// The body of `POST /v1/predict`.
@@ -75,11 +108,54 @@ pub struct PredictResponse {
 
 /// The routes merged into the service's HTTP server.
 pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
+    let max = limits.max_concurrent;
     Router::new()
-        .route("/v1/predict", post(predict))
+        .route(
+            "/v1/predict",
+            post(predict).route_layer(middleware::from_fn(move |request, next| {
+                shed_when_full(slots.clone(), max, request, next)
+            })),
+        )
         .route("/openapi.json", get(openapi))
         .with_state(HttpState { slot, limits })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
+}
+
+/// Takes an in-flight slot for the request or answers 503 `overloaded` at once: waiting would let a
+/// burst pile up bodies and blocked threads without bound.
+async fn shed_when_full(
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            Slot::record(&slots, max);
+            request.extensions_mut().insert(InFlight {
+                _slot: Arc::new(Slot {
+                    permit: Some(permit),
+                    slots,
+                    max,
+                }),
+            });
+            next.run(request).await
+        }
+        Err(_) => {
+            metrics::counter!("sentiflow_infer_http_requests_total", "status" => "503")
+                .increment(1);
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight (--http-max-concurrent); retry shortly",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
+    }
 }
 
 /// A JSON error response, counted by kind.
@@ -92,16 +168,25 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
         .into_response()
 }
 
-async fn predict(State(state): State<HttpState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn predict(
+    State(state): State<HttpState>,
+    in_flight: Option<axum::Extension<InFlight>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let response = predict_inner(&state, body).await;
+    let in_flight = in_flight.map(|axum::Extension(slot)| slot);
+    let response = predict_inner(&state, in_flight, body).await;
     metrics::counter!("sentiflow_infer_http_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     metrics::histogram!("sentiflow_infer_http_request_seconds")
         .record(started.elapsed().as_secs_f64());
     response
 }
 
-async fn predict_inner(state: &HttpState, body: Result<Bytes, BytesRejection>) -> Response {
+async fn predict_inner(
+    state: &HttpState,
+    in_flight: Option<InFlight>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let limits = state.limits;
     let body = match body {
         Ok(body) => body,
@@ -187,6 +272,7 @@ async fn predict_inner(state: &HttpState, body: Result<Bytes, BytesRejection>) -
     let scoring_model = model.clone();
     let texts = request.texts;
     let scored = tokio::task::spawn_blocking(move || {
+        let _in_flight = in_flight;
         let started = Instant::now();
         scoring_model
             .score(&texts)
@@ -263,10 +349,11 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
                     "responses": {
                         "200": {"description": "One prediction per text, in order", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
-                        "400": error_response("invalid_json: the body is not JSON"),
+                        "400": error_response("invalid_json: the body is not JSON; unreadable_body: the body could not be read"),
                         "413": error_response("body_too_large"),
                         "422": error_response("invalid_request, empty_texts, too_many_texts or text_too_long"),
-                        "503": error_response("no_model: no model is serving yet")
+                        "500": error_response("inference_failed: the model failed on this request (logged)"),
+                        "503": error_response("no_model: no model is serving yet; overloaded: more than --http-max-concurrent requests in flight (Retry-After: 1)")
                     }
                 }
             },
@@ -322,6 +409,7 @@ mod tests {
         let limits = HttpLimits {
             max_texts: 256,
             max_text_bytes: 5_000,
+            max_concurrent: 1,
         };
         let escaped_text = "\\u00e9".repeat(5_000 / 2);
         let largest = serde_json::to_vec(&serde_json::json!({"texts": vec![escaped_text; 256]}))
@@ -334,10 +422,14 @@ mod tests {
         let document = openapi_document(HttpLimits {
             max_texts: 7,
             max_text_bytes: 99,
+            max_concurrent: 1,
         });
         let texts = &document["components"]["schemas"]["PredictRequest"]["properties"]["texts"];
         assert_eq!(texts["maxItems"], 7);
         assert_eq!(texts["items"]["maxLength"], 99);
-        assert!(document["paths"]["/v1/predict"]["post"]["responses"]["422"].is_object());
+        let responses = &document["paths"]["/v1/predict"]["post"]["responses"];
+        for status in ["200", "400", "413", "422", "500", "503"] {
+            assert!(responses[status].is_object(), "{status} is documented");
+        }
     }
 }

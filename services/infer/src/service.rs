@@ -184,6 +184,7 @@ pub async fn start(
     let limits = HttpLimits {
         max_texts: config.http_max_texts,
         max_text_bytes: config.http_max_text_bytes,
+        max_concurrent: config.http_max_concurrent,
     };
     let (http_addr, http_task) = telemetry::serve_http(
         config.telemetry.http_addr,

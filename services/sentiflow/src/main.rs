@@ -2,10 +2,11 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = sentiflow::cli::Cli::parse();
-    match sentiflow::cli::dispatch(cli).await {
+    // Not `#[tokio::main]`: after `up` drains, dropping its runtime would wait for a training job
+    // of the embedded trainer still running.
+    match sentiflow_common::shutdown::block_on_then_exit(sentiflow::cli::dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -80,6 +80,7 @@ impl StackConfig {
             shadow_fraction: 0.0,
             http_max_texts: 256,
             http_max_text_bytes: 5_000,
+            http_max_concurrent: 16,
             encoder_model_name: "sentiment-encoder".to_owned(),
             family: sentiflow_infer::config::FamilyArg::Auto,
         };

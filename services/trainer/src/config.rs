@@ -37,11 +37,13 @@ pub struct TrainerConfig {
     #[arg(long, env = "SENTIFLOW_DATA_DIR", default_value = "data/local")]
     pub data_dir: PathBuf,
 
-    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`).
+    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`). Twice
+    /// ingest's default raw limit: a clean event is its raw event plus a few hundred bytes of
+    /// provenance, so a review ingest accepted is never refused here.
     #[arg(
         long,
         env = "SENTIFLOW_TRAINER_MAX_PAYLOAD_BYTES",
-        default_value_t = 65_536
+        default_value_t = 131_072
     )]
     pub max_payload_bytes: usize,
 
@@ -148,7 +150,7 @@ impl TrainerConfig {
             redis,
             telemetry: TelemetryArgs::ephemeral(),
             data_dir,
-            max_payload_bytes: 65_536,
+            max_payload_bytes: 131_072,
             segment_max_messages: 10_000,
             segment_max_age_ms: 30_000,
             snapshot_every_rows: None,

@@ -3,12 +3,14 @@
 use clap::Parser;
 use sentiflow_trainer::TrainerConfig;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = TrainerConfig::parse();
     sentiflow_common::telemetry::init_tracing(&config.telemetry);
     tracing::info!(?config, "starting sentiflow-trainer");
-    let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
-    sentiflow_trainer::run(config, shutdown).await?;
+    // Not `#[tokio::main]`: dropping its runtime would wait for a training job still running.
+    sentiflow_common::shutdown::block_on_then_exit(async {
+        let shutdown = sentiflow_common::shutdown::shutdown_on_signals();
+        sentiflow_trainer::run(config, shutdown).await
+    })?;
     Ok(())
 }
