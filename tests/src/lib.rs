@@ -129,10 +129,23 @@ pub async fn read_exactly(
             .set("auto.offset.reset", "earliest")
             .create()
             .expect("reader consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("topic metadata");
-        let partitions = metadata.topics()[0].partitions().len();
+        let deadline = Instant::now() + timeout;
+        // Just after a topic is created its metadata can list no partitions yet (leader not
+        // elected): assigning from that would read nothing however long we wait.
+        let partitions = loop {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("topic metadata");
+            let listed = &metadata.topics()[0];
+            if listed.error().is_none() && !listed.partitions().is_empty() {
+                break listed.partitions().len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: no partitions listed within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
             assignment
@@ -141,7 +154,6 @@ pub async fn read_exactly(
         }
         consumer.assign(&assignment).expect("assign");
         let mut messages = Vec::new();
-        let deadline = Instant::now() + timeout;
         let mut settle_until: Option<Instant> = None;
         loop {
             if messages.len() >= expected && settle_until.is_none() {

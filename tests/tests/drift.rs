@@ -3,7 +3,8 @@
 //! windows and asks for exactly one retrain, also across a restart (cooldown); the class-mix scan
 //! reports the shift within a hundred predictions, as its offline monitor does; a mute suppresses and
 //! an unmute resumes; operator requests take the lock; a request whose delivery was never confirmed is
-//! published at the next start; the dashboard renders real data in Chromium.
+//! published at the next start; human labels reveal a macro-F1 drop across a restart; the dashboard
+//! renders real data in Chromium.
 //!
 //! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
 //! text's, the confidence a deterministic function of the text.
@@ -985,6 +986,28 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
     assert_eq!(f1(&reports[2]).statistic, 0.0);
     assert_eq!(reports[2].status, DriftStatus::Ok, "{:#?}", reports[2]);
 
+    // A restart: the labels' offsets are stored, so the label window and its baseline must come back
+    // from Redis; otherwise the bad window's labels below would become the new baseline and the
+    // drop would never show.
+    let control =
+        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "labels")).unwrap());
+    let stored = control
+        .load_feedback(&model("v1"))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.baseline, Some(1.0));
+    assert!(!stored.pairs.is_empty());
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(
+        config(&kafka, &redis.url(), "labels", "drift-labels"),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
     // A window whose predictions are wrong about half the time, with the same class mix (each
     // prediction takes the true label of its neighbour), then its human labels.
     let wrong: Vec<(String, Sentiment)> = (0..window)
@@ -997,7 +1020,7 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
     let reports = read_reports(&kafka, 4).await;
     assert_eq!(reports[3].status, DriftStatus::Ok, "labels not in yet");
     publish_labels(&kafka, &truths[3 * window..4 * window], 3 * window).await;
-    wait_joined(&running, 3 * WINDOW).await;
+    wait_joined(&running, WINDOW).await;
     publish(&kafka, &a[4 * window..], 4 * window, "v1").await;
     let reports = read_reports(&kafka, 5).await;
     let last = &reports[4];

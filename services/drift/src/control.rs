@@ -8,7 +8,8 @@
 //!   when `models.updates` says the model was promoted or a candidate rejected);
 //! - `drift:retrain_pending` — hash, model name → a drift request (JSON) whose lock is taken but whose
 //!   publication the broker has not acknowledged yet; a restart publishes it again;
-//! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON).
+//! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON);
+//! - `drift:feedback:<model name>:<version>` — the version's human-label window and baseline (JSON).
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
 
 use crate::error::DriftError;
+use crate::monitor::FeedbackState;
 use crate::window::Sample;
 
 /// Redis keys and operations of the drift service.
@@ -62,6 +64,41 @@ impl Control {
 
     fn pending_key(&self) -> String {
         self.store.key(&["drift", "retrain_pending"])
+    }
+
+    fn feedback_key(&self, model: &ModelRef) -> String {
+        self.store
+            .key(&["drift", "feedback", &model.name, &model.version])
+    }
+
+    /// The stored human-label state of `model`, if any (an unreadable one is ignored).
+    pub async fn load_feedback(
+        &self,
+        model: &ModelRef,
+    ) -> Result<Option<FeedbackState>, DriftError> {
+        let mut connection = self.store.connection();
+        let json: Option<String> = connection.get(self.feedback_key(model)).await?;
+        Ok(json.and_then(|json| match serde_json::from_str(&json) {
+            Ok(state) => Some(state),
+            Err(error) => {
+                tracing::warn!(%error, version = %model.version, "stored human-label state is unreadable; starting afresh");
+                None
+            }
+        }))
+    }
+
+    /// Stores the human-label state of `model` (kept 30 days, like references).
+    pub async fn store_feedback(
+        &self,
+        model: &ModelRef,
+        state: &FeedbackState,
+    ) -> Result<(), DriftError> {
+        let json = serde_json::to_string(state).expect("feedback states serialise");
+        let mut connection = self.store.connection();
+        let _: () = connection
+            .set_ex(self.feedback_key(model), json, 30 * 24 * 3600)
+            .await?;
+        Ok(())
     }
 
     fn reference_key(&self, model: &ModelRef) -> String {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use sentiflow_common::events::{
-    DriftReport, DriftStatus, ModelRef, Prediction, SCHEMA_VERSION, Window, WindowKind,
+    DriftReport, DriftStatus, ModelRef, Prediction, SCHEMA_VERSION, Sentiment, Window, WindowKind,
     new_event_id,
 };
 
@@ -109,6 +109,17 @@ pub struct VersionState {
     pub feedback_baseline: Option<f64>,
 }
 
+/// The human-label state of one version: kept in Redis so a restart neither loses the labels read
+/// before it (their offsets are stored once applied) nor takes a degraded model's score as the new
+/// baseline.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeedbackState {
+    /// Rolling (predicted, true) class indices, oldest first.
+    pub pairs: Vec<(usize, usize)>,
+    /// Macro-F1 of the first full feedback window.
+    pub baseline: Option<f64>,
+}
+
 /// A window that closed, ready to be reported.
 #[derive(Debug, Clone)]
 pub struct ClosedWindow {
@@ -196,9 +207,27 @@ impl Monitor {
     }
 
     /// Starts tracking a version, with a reference loaded from storage if there is one.
-    pub fn track(&mut self, model: &ModelRef, reference: Option<Sample>) {
+    pub fn track(
+        &mut self,
+        model: &ModelRef,
+        reference: Option<Sample>,
+        feedback: Option<FeedbackState>,
+    ) {
         let key = (model.name.clone(), model.version.clone());
         let scan = reference.as_ref().and_then(|r| self.new_scan(r));
+        let feedback = feedback.unwrap_or_default();
+        let classes = Sentiment::ALL.len();
+        let mut pairs: VecDeque<(usize, usize)> = feedback
+            .pairs
+            .into_iter()
+            .filter(|&(predicted, truth)| predicted < classes && truth < classes)
+            .collect();
+        while pairs.len() > self.feedback_window {
+            pairs.pop_front();
+        }
+        let baseline = feedback
+            .baseline
+            .filter(|baseline| (0.0..=1.0).contains(baseline));
         self.versions.entry(key).or_insert_with(|| VersionState {
             model: model.clone(),
             open: None,
@@ -206,9 +235,20 @@ impl Monitor {
             building: (Sample::default(), 0),
             scan,
             confirmation: Confirmation::default(),
-            feedback: VecDeque::new(),
-            feedback_baseline: None,
+            feedback: pairs,
+            feedback_baseline: baseline,
         });
+    }
+
+    /// The human-label state of `model`, if tracked.
+    pub fn feedback_state(&self, model: &ModelRef) -> Option<FeedbackState> {
+        let state = self
+            .versions
+            .get(&(model.name.clone(), model.version.clone()))?;
+        Some(FeedbackState {
+            pairs: state.feedback.iter().copied().collect(),
+            baseline: state.feedback_baseline,
+        })
     }
 
     fn new_scan(&self, reference: &Sample) -> Option<ClassMixScan> {
@@ -235,7 +275,7 @@ impl Monitor {
             }
             self.retired.remove(&key);
         }
-        self.track(model, None);
+        self.track(model, None, None);
         let mut closed = Vec::new();
         // A new version of the same name replaces the previous one: close what it had open.
         if let Some(previous) = self
@@ -421,14 +461,10 @@ impl Monitor {
         self.join_order.retain(|id| joins.contains_key(id));
     }
 
-    /// Joins a human label to the prediction of `review_id`; returns whether it matched one.
-    pub fn add_label(&mut self, review_id: &str, truth: usize) -> bool {
-        let Some((key, predicted)) = self.joins.get(review_id).cloned() else {
-            return false;
-        };
-        let Some(state) = self.versions.get_mut(&key) else {
-            return false;
-        };
+    /// Joins a human label to the prediction of `review_id`; returns the version it joined, if any.
+    pub fn add_label(&mut self, review_id: &str, truth: usize) -> Option<ModelRef> {
+        let (key, predicted) = self.joins.get(review_id).cloned()?;
+        let state = self.versions.get_mut(&key)?;
         state.feedback.push_back((predicted, truth));
         while state.feedback.len() > self.feedback_window {
             state.feedback.pop_front();
@@ -437,7 +473,7 @@ impl Monitor {
             let pairs: Vec<(usize, usize)> = state.feedback.iter().copied().collect();
             state.feedback_baseline = Some(stats::classification_scores(&pairs, 3).0);
         }
-        true
+        Some(state.model.clone())
     }
 
     /// Marks that a retrain was requested (or found already requested) for `model`'s episode.
@@ -505,7 +541,7 @@ impl Monitor {
 mod tests {
     use super::*;
     use sentiflow_common::config::{KafkaArgs, RedisArgs};
-    use sentiflow_common::events::{Device, ModelFamily, Probabilities, Sentiment};
+    use sentiflow_common::events::{Device, ModelFamily, Probabilities};
 
     fn config(window: u64) -> DriftConfig {
         let mut config = DriftConfig::local(
@@ -684,14 +720,14 @@ mod tests {
         for i in 0..40 {
             reports.extend(add(&mut monitor, i));
         }
-        assert!(!monitor.add_label("unknown-review", 0));
+        assert!(monitor.add_label("unknown-review", 0).is_none());
         // 10 correct labels: the baseline (macro-F1 1.0).
         for i in 20..30 {
-            assert!(monitor.add_label(&format!("r{i}"), i % 3));
+            assert!(monitor.add_label(&format!("r{i}"), i % 3).is_some());
         }
         // 10 labels that disagree with every prediction.
         for i in 30..40 {
-            assert!(monitor.add_label(&format!("r{i}"), (i + 1) % 3));
+            assert!(monitor.add_label(&format!("r{i}"), (i + 1) % 3).is_some());
         }
         for i in 40..60 {
             reports.extend(add(&mut monitor, i));
@@ -705,6 +741,53 @@ mod tests {
         assert!((f1.statistic - 1.0).abs() < 1e-12, "{f1:?}");
         assert_eq!(f1.status, DriftStatus::Drift);
         assert_eq!(last.status, DriftStatus::Drift);
+    }
+
+    #[test]
+    fn a_restored_feedback_state_keeps_the_baseline_and_drops_impossible_pairs() {
+        let mut before = Monitor::new(&config(20));
+        let model = prediction(0, "v1", Sentiment::Negative, 0).model;
+        before.track(&model, None, None);
+        for i in 0..20 {
+            closed(before.add(
+                &prediction(i, "v1", Sentiment::ALL[i % 3], i as i64),
+                "p",
+                0,
+                i as i64,
+            ));
+        }
+        for i in 0..10 {
+            assert!(before.add_label(&format!("r{i}"), i % 3).is_some());
+        }
+        let saved = before.feedback_state(&model).expect("tracked");
+        assert_eq!(saved.pairs.len(), 10);
+        assert_eq!(saved.baseline, Some(1.0));
+
+        let mut after = Monitor::new(&config(20));
+        let mut stored = saved.clone();
+        stored.pairs.push((7, 0));
+        after.track(&model, None, Some(stored));
+        assert_eq!(
+            after.feedback_state(&model),
+            Some(saved),
+            "restored as saved"
+        );
+
+        let mut fresh = Monitor::new(&config(20));
+        fresh.track(
+            &model,
+            None,
+            Some(FeedbackState {
+                pairs: (0..25).map(|i| (i % 3, i % 3)).collect(),
+                baseline: Some(1.5),
+            }),
+        );
+        let state = fresh.feedback_state(&model).expect("tracked");
+        assert_eq!(state.pairs.len(), 10, "at most the feedback window");
+        assert_eq!(
+            state.baseline, None,
+            "an impossible baseline is not trusted"
+        );
     }
 
     #[test]

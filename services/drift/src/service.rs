@@ -278,14 +278,25 @@ impl Worker {
         } else if topic == self.topics.labels {
             match LabelFeedback::decode_validated(payload) {
                 Ok(label) => {
-                    if self
+                    match self
                         .monitor
                         .add_label(&label.review_id, label.label.index())
                     {
-                        self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
-                    } else {
-                        metrics::counter!("sentiflow_drift_labels_unmatched_total").increment(1);
+                        Some(model) => {
+                            // Before the label's offset is stored: a restart resumes from here.
+                            if let Some(state) = self.monitor.feedback_state(&model) {
+                                self.retry_redis("store human-label state", || {
+                                    self.control.store_feedback(&model, &state)
+                                })
+                                .await?;
+                            }
+                            self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
+                        }
+                        None => {
+                            metrics::counter!("sentiflow_drift_labels_unmatched_total")
+                                .increment(1);
+                        }
                     }
                     Ok(())
                 }
@@ -331,8 +342,14 @@ impl Worker {
                     self.control.load_reference(&prediction.model)
                 })
                 .await?;
-            info!(model = %prediction.model.name, version = %prediction.model.version, stored_reference = reference.is_some(), "tracking a new model version");
-            self.monitor.track(&prediction.model, reference);
+            let feedback = self
+                .retry_redis("load human-label state", || {
+                    self.control.load_feedback(&prediction.model)
+                })
+                .await?;
+            info!(model = %prediction.model.name, version = %prediction.model.version, stored_reference = reference.is_some(),
+                stored_labels = feedback.as_ref().map_or(0, |state| state.pairs.len()), "tracking a new model version");
+            self.monitor.track(&prediction.model, reference, feedback);
         }
         let outcome = self.monitor.add(
             prediction,
