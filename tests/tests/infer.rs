@@ -766,7 +766,31 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let (status, json) = post(br#"{"texts": ["hello again"]}"#.to_vec()).await;
     assert_eq!(status, 200, "a freed slot serves again: {json}");
-    drop(stalled);
+    // The other one never sends its body: it is answered 408 and its slot comes back.
+    let mut second = stalled.remove(0);
+    let mut answer = String::new();
+    tokio::time::timeout(
+        sentiflow_infer::http::BODY_READ_TIMEOUT + Duration::from_secs(20),
+        second.read_to_string(&mut answer),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    let mut released = false;
+    for _ in 0..100 {
+        let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
+        if metrics
+            .lines()
+            .any(|line| line == "sentiflow_infer_http_in_flight_requests 0")
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(released, "every slot given back");
     let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
     assert!(
         metrics.contains("sentiflow_infer_http_errors_total{error_kind=\"overloaded\"}"),

@@ -9,7 +9,9 @@ use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
-use sentiflow_common::events::{DeadLetter, MAX_DEAD_LETTER_VALUE_BYTES, RawReview};
+use sentiflow_common::events::{
+    DeadLetter, MAX_DEAD_LETTER_KEY_BYTES, MAX_DEAD_LETTER_VALUE_BYTES, RawReview,
+};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_ingest::IngestConfig;
@@ -106,7 +108,20 @@ async fn publish_reviews(producer: &ResilientProducer, topic: &str, reviews: &[R
     }
 }
 
-fn malformed_inputs(template: &RawReview) -> Vec<(&'static str, Option<Vec<u8>>)> {
+/// Bytes of padding after `bad-<index>~` in the key of a malformed input that wants a huge key.
+const HUGE_KEY_PADDING: usize = 700_000;
+
+/// The key of malformed input `index`: `bad-<index>`, padded to about 700 KB when `huge`.
+fn malformed_key(index: usize, huge: bool) -> String {
+    if huge {
+        format!("bad-{index}~{}", "k".repeat(HUGE_KEY_PADDING))
+    } else {
+        format!("bad-{index}")
+    }
+}
+
+/// (error kind, payload, whether its key is huge) of every malformed input.
+fn malformed_inputs(template: &RawReview) -> Vec<(&'static str, Option<Vec<u8>>, bool)> {
     let mut value = serde_json::to_value(template).unwrap();
     value["event_id"] = serde_json::json!("malformed-base");
     let with = |edit: &dyn Fn(&mut serde_json::Value)| {
@@ -118,54 +133,71 @@ fn malformed_inputs(template: &RawReview) -> Vec<(&'static str, Option<Vec<u8>>)
     invalid_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
     invalid_utf8.extend_from_slice(b"\"}");
     vec![
-        ("invalid_json", Some(b"{this is not json".to_vec())),
-        ("invalid_json", Some(b"   ".to_vec())),
-        ("invalid_utf8", Some(invalid_utf8)),
+        ("invalid_json", Some(b"{this is not json".to_vec()), false),
+        ("invalid_json", Some(b"   ".to_vec()), false),
+        ("invalid_utf8", Some(invalid_utf8), false),
         (
             "schema_violation",
             with(&|v| {
                 v.as_object_mut().unwrap().remove("text");
             }),
+            false,
         ),
         (
             "schema_violation",
             with(&|v| v["rating"] = serde_json::json!("five")),
+            false,
         ),
         (
             "schema_violation",
             with(&|v| v["text"] = serde_json::json!("x".repeat(10_001))),
+            false,
         ),
         (
             "schema_violation",
             with(&|v| v["label"] = serde_json::json!("ecstatic")),
+            false,
         ),
         (
             "schema_violation",
             with(&|v| v["surprise"] = serde_json::json!(true)),
+            false,
         ),
         (
             "schema_violation",
             with(&|v| v["created_at"] = serde_json::json!("yesterday")),
+            false,
         ),
         (
             "unknown_schema_version",
             with(&|v| v["schema_version"] = serde_json::json!(2)),
+            false,
         ),
         (
             "oversize",
             with(&|v| v["metadata"] = serde_json::json!({"blob": "y".repeat(70_000)})),
+            false,
         ),
         // Its base64 would pass the producer's 1 MB limit: the dead letter keeps a prefix instead
         // of being refused and retried forever (which stopped the whole instance).
         (
             "oversize",
             with(&|v| v["metadata"] = serde_json::json!({"blob": "z".repeat(800_000)})),
+            false,
+        ),
+        // A 700 KB key and a 250 KB value: together under the broker's limit, but a dead letter
+        // keyed by the whole original key plus its payload would not be.
+        (
+            "oversize",
+            with(&|v| v["metadata"] = serde_json::json!({"blob": "w".repeat(250_000)})),
+            true,
         ),
         (
             "empty_after_cleaning",
             with(&|v| v["text"] = serde_json::json!("@someone https://t.co/xyz !!!")),
+            false,
         ),
-        ("empty_payload", None),
+        ("empty_payload", None, false),
     ]
 }
 
@@ -197,11 +229,11 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
         .collect();
 
     publish_reviews(&producer, &raw_topic, &valid[..150]).await;
-    for (index, (_, payload)) in malformed.iter().enumerate() {
+    for (index, (_, payload, huge_key)) in malformed.iter().enumerate() {
         publish(
             &producer,
             &raw_topic,
-            &format!("bad-{index}"),
+            &malformed_key(index, *huge_key),
             payload.as_deref(),
         )
         .await;
@@ -269,7 +301,7 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
     );
 
     let mut expected_kinds = BTreeMap::new();
-    for (kind, _) in &malformed {
+    for (kind, _, _) in &malformed {
         *expected_kinds.entry((*kind).to_owned()).or_insert(0usize) += 1;
     }
     let mut got_kinds = BTreeMap::new();
@@ -281,11 +313,20 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
         assert!(!letter.reason.is_empty());
         assert_eq!(letter.service, "ingest");
         assert_eq!(letter.source.topic, raw_topic);
-        let index: usize = std::str::from_utf8(message.key().unwrap())
-            .unwrap()
+        let key = std::str::from_utf8(message.key().unwrap()).unwrap();
+        let index: usize = key
             .trim_start_matches("bad-")
+            .split('~')
+            .next()
+            .unwrap()
             .parse()
             .unwrap();
+        let original_key = malformed_key(index, malformed[index].2);
+        assert_eq!(
+            key.as_bytes(),
+            &original_key.as_bytes()[..original_key.len().min(MAX_DEAD_LETTER_KEY_BYTES)],
+            "the dead letter is keyed by the original key, cut to 16 KiB"
+        );
         assert_eq!(
             letter.error_kind, malformed[index].0,
             "kind of bad-{index}: {}",
@@ -293,25 +334,23 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
         );
         let original = malformed[index].1.clone().unwrap_or_default();
         assert_eq!(letter.original_size_bytes, original.len() as u64);
-        if original.len() > MAX_DEAD_LETTER_VALUE_BYTES {
-            assert!(letter.original_truncated, "bad-{index} flagged as cut");
-            assert_eq!(
-                letter.original_value().unwrap(),
-                original[..MAX_DEAD_LETTER_VALUE_BYTES],
-                "prefix kept"
-            );
-            assert_eq!(
-                letter.original_sha256.as_deref(),
-                Some(sha256_hex(&original).as_str())
-            );
-        } else {
-            assert!(!letter.original_truncated);
-            assert_eq!(
-                letter.original_value().unwrap(),
-                original,
-                "original bytes kept"
-            );
-        }
+        let kept = original.len().min(MAX_DEAD_LETTER_VALUE_BYTES);
+        assert_eq!(
+            letter.original_value().unwrap(),
+            original[..kept],
+            "original bytes kept (a prefix beyond 256 KiB)"
+        );
+        assert_eq!(
+            letter.original_key().unwrap().unwrap(),
+            original_key.as_bytes()[..original_key.len().min(MAX_DEAD_LETTER_KEY_BYTES)]
+        );
+        let cut = kept < original.len() || original_key.len() > MAX_DEAD_LETTER_KEY_BYTES;
+        assert_eq!(letter.original_truncated, cut, "bad-{index} flagged as cut");
+        assert_eq!(
+            letter.original_sha256,
+            cut.then(|| sha256_hex(&original)),
+            "the whole value's sha256 when cut"
+        );
         *got_kinds.entry(letter.error_kind.clone()).or_insert(0usize) += 1;
     }
     assert_eq!(got_kinds, expected_kinds);

@@ -4,7 +4,7 @@
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::DeliveryFuture;
 
-use crate::events::{DeadLetter, SourceCoordinate};
+use crate::events::{DeadLetter, MAX_DEAD_LETTER_KEY_BYTES, SourceCoordinate};
 use crate::kafka::ResilientProducer;
 
 /// Produces dead letters for one service.
@@ -40,8 +40,8 @@ impl DeadLetterSink {
         DeadLetter::new(self.service, error_kind, reason, source, key, value)
     }
 
-    /// Enqueues a dead letter (keyed by the original key) and counts it; await the future before storing
-    /// the source offset.
+    /// Enqueues a dead letter (keyed by the original key, cut to [`MAX_DEAD_LETTER_KEY_BYTES`] like
+    /// its copy in the payload) and counts it; await the future before storing the source offset.
     pub async fn enqueue(
         &self,
         letter: &DeadLetter,
@@ -50,7 +50,12 @@ impl DeadLetterSink {
         let payload = serde_json::to_vec(letter).expect("dead letters always serialise");
         let future = self
             .producer
-            .enqueue(&self.topic, original_key, &payload, None)
+            .enqueue(
+                &self.topic,
+                original_key.map(|key| &key[..key.len().min(MAX_DEAD_LETTER_KEY_BYTES)]),
+                &payload,
+                None,
+            )
             .await?;
         metrics::counter!(format!("sentiflow_{}_dlq_total", self.service), "error_kind" => letter.error_kind.clone()).increment(1);
         tracing::warn!(

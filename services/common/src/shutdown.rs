@@ -10,7 +10,9 @@ pub const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 /// Runs `main` on a multi-threaded runtime, then gives blocking jobs at most [`BLOCKING_GRACE`]
 /// before the process exits. A training job has no cancellation point and can run for minutes;
 /// its request's offset was never stored, so it is replayed after a restart, and waiting for it
-/// (what dropping a runtime does) would keep a drained service alive until it is killed.
+/// (what dropping a runtime does) would keep a drained service alive until it is killed. Registry
+/// versions are written to a temp dir and renamed, so a job cut off at exit leaves nothing half-made;
+/// a GPU job may still be inside the driver then, which the process exit tears down with it.
 ///
 /// # Panics
 /// When the runtime cannot be built (no threads can be spawned).

@@ -544,6 +544,10 @@ fn specific_invalid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
             ("missing label (nullable, required)", Edit::Remove("/label")),
         ],
         EventSchema::DeadLetter => vec![
+            (
+                "sha256 not hex",
+                Edit::Set("/original_sha256", || json!("z".repeat(64))),
+            ),
             ("negative offset", Edit::Set("/source/offset", || json!(-1))),
             (
                 "bad error_kind",
@@ -728,6 +732,10 @@ fn specific_valid(schema: EventSchema) -> Vec<(&'static str, Edit)> {
         ],
         EventSchema::DeadLetter => vec![
             ("no key", Edit::Set("/original_key_b64", || Value::Null)),
+            (
+                "explicitly not truncated",
+                Edit::Set("/original_truncated", || json!(false)),
+            ),
             (
                 "empty value",
                 Edit::Set("/original_value_b64", || json!("")),

@@ -225,10 +225,27 @@ impl Control {
         Ok(Err(holder.unwrap_or_default()))
     }
 
-    /// The broker acknowledged the pending request of model `name`: it is no longer pending.
-    pub async fn request_delivered(&self, name: &str) -> Result<(), DriftError> {
+    /// The broker acknowledged `request`: it is no longer pending (unless another request has
+    /// replaced it meanwhile, which stays).
+    pub async fn request_delivered(&self, request: &RetrainRequest) -> Result<(), DriftError> {
+        let payload = serde_json::to_string(request).expect("requests serialise");
+        self.forget_pending(&request.model.name, &payload).await
+    }
+
+    /// Removes the pending entry of `name` only if it still holds `payload` (one script): a replica
+    /// that took the lock meanwhile keeps its own entry.
+    async fn forget_pending(&self, name: &str, payload: &str) -> Result<(), DriftError> {
+        let script = redis::Script::new(
+            "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+               return redis.call('HDEL', KEYS[1], ARGV[1]) else return 0 end",
+        );
         let mut connection = self.store.connection();
-        let _: u64 = connection.hdel(self.pending_key(), name).await?;
+        let _: i64 = script
+            .key(self.pending_key())
+            .arg(name)
+            .arg(payload)
+            .invoke_async(&mut connection)
+            .await?;
         Ok(())
     }
 
@@ -244,7 +261,7 @@ impl Control {
                 Ok(request) if request.model.name == name => request,
                 Ok(_) | Err(_) => {
                     tracing::warn!(model = %name, "unreadable pending retrain request; dropped");
-                    let _: u64 = connection.hdel(self.pending_key(), &name).await?;
+                    self.forget_pending(&name, &json).await?;
                     continue;
                 }
             };
@@ -252,7 +269,7 @@ impl Control {
             if holder.as_deref() == Some(request.request_id.as_str()) {
                 pending.push(request);
             } else {
-                let _: u64 = connection.hdel(self.pending_key(), &name).await?;
+                self.forget_pending(&name, &json).await?;
             }
         }
         Ok(pending)

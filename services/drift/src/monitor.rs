@@ -201,9 +201,17 @@ impl Monitor {
     }
 
     /// Whether the version has no state yet (the service then looks for a stored reference).
-    pub fn is_new(&self, model: &ModelRef) -> bool {
+    pub fn is_new(&self, prediction: &Prediction) -> bool {
+        let model = &prediction.model;
         let key = (model.name.clone(), model.version.clone());
-        !self.versions.contains_key(&key) && !self.retired.contains_key(&key)
+        if self.versions.contains_key(&key) {
+            return false;
+        }
+        // A replaced version seen again after the grace period is a rollback: tracked afresh, with
+        // its stored reference and labels, like a version never seen.
+        self.retired.get(&key).is_none_or(|retired_at| {
+            prediction.event_time >= *retired_at + chrono::Duration::seconds(ROLLBACK_GRACE_SECS)
+        })
     }
 
     /// Starts tracking a version, with a reference loaded from storage if there is one.
@@ -706,7 +714,7 @@ mod tests {
             monitor.add(&prediction(27, "v1", Sentiment::Negative, late), "p", 0, 27),
             Outcome::Windowed(_)
         ));
-        assert!(!monitor.is_new(&prediction(0, "v1", Sentiment::Negative, 0).model));
+        assert!(!monitor.is_new(&prediction(0, "v1", Sentiment::Negative, 0)));
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl Worker {
         prediction: &Prediction,
     ) -> Result<(), Abandoned> {
         self.stats.predictions.fetch_add(1, Ordering::Relaxed);
-        if self.monitor.is_new(&prediction.model) {
+        if self.monitor.is_new(prediction) {
             let reference = self
                 .retry_redis("load reference", || {
                     self.control.load_reference(&prediction.model)
@@ -463,7 +463,7 @@ impl Worker {
     async fn after_request_delivered(&self, request: &RetrainRequest) {
         self.stats.retrain_requests.fetch_add(1, Ordering::Relaxed);
         let name = &request.model.name;
-        if let Err(error) = self.control.request_delivered(name).await {
+        if let Err(error) = self.control.request_delivered(request).await {
             // Harmless: the next start publishes it again and the trainer drops a known request id.
             warn!(%error, "cannot clear the delivered request from the pending ones");
         }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,24 +53,21 @@ struct InFlight {
     _slot: Arc<Slot>,
 }
 
-/// One taken slot; gives it back (and updates the in-flight gauge) when dropped.
+/// One taken slot; gives it back (and lowers the in-flight gauge) when dropped.
 struct Slot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    slots: Arc<tokio::sync::Semaphore>,
-    max: usize,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Slot {
-    fn record(slots: &tokio::sync::Semaphore, max: usize) {
-        let in_flight = max.saturating_sub(slots.available_permits());
-        metrics::gauge!("sentiflow_infer_http_in_flight_requests").set(in_flight as f64);
+    fn taken(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("sentiflow_infer_http_in_flight_requests").increment(1.0);
+        Self { _permit: permit }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        Self::record(&self.slots, self.max);
+        metrics::gauge!("sentiflow_infer_http_in_flight_requests").decrement(1.0);
     }
 }
 
@@ -109,12 +106,11 @@ pub struct PredictResponse {
 /// The routes merged into the service's HTTP server.
 pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
-    let max = limits.max_concurrent;
     Router::new()
         .route(
             "/v1/predict",
             post(predict).route_layer(middleware::from_fn(move |request, next| {
-                shed_when_full(slots.clone(), max, request, next)
+                shed_when_full(slots.clone(), request, next)
             })),
         )
         .route("/openapi.json", get(openapi))
@@ -126,19 +122,13 @@ pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
 /// burst pile up bodies and blocked threads without bound.
 async fn shed_when_full(
     slots: Arc<tokio::sync::Semaphore>,
-    max: usize,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match slots.clone().try_acquire_owned() {
+    match slots.try_acquire_owned() {
         Ok(permit) => {
-            Slot::record(&slots, max);
             request.extensions_mut().insert(InFlight {
-                _slot: Arc::new(Slot {
-                    permit: Some(permit),
-                    slots,
-                    max,
-                }),
+                _slot: Arc::new(Slot::taken(permit)),
             });
             next.run(request).await
         }
@@ -168,14 +158,25 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
         .into_response()
 }
 
-async fn predict(
-    State(state): State<HttpState>,
-    in_flight: Option<axum::Extension<InFlight>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+/// How long a request's body may take to arrive once its headers have: a client that never sends it
+/// would otherwise hold an in-flight slot (and block a graceful shutdown) for good.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn predict(State(state): State<HttpState>, request: Request) -> Response {
     let started = Instant::now();
-    let in_flight = in_flight.map(|axum::Extension(slot)| slot);
-    let response = predict_inner(&state, in_flight, body).await;
+    let in_flight = request.extensions().get::<InFlight>().cloned();
+    let response =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &state)).await {
+            Ok(body) => predict_inner(&state, in_flight, body).await,
+            Err(_) => error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ),
+        };
     metrics::counter!("sentiflow_infer_http_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     metrics::histogram!("sentiflow_infer_http_request_seconds")
         .record(started.elapsed().as_secs_f64());
@@ -350,6 +351,7 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                     "responses": {
                         "200": {"description": "One prediction per text, in order", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
                         "400": error_response("invalid_json: the body is not JSON; unreadable_body: the body could not be read"),
+                        "408": error_response("body_timeout: the body did not arrive within 10 s of the headers"),
                         "413": error_response("body_too_large"),
                         "422": error_response("invalid_request, empty_texts, too_many_texts or text_too_long"),
                         "500": error_response("inference_failed: the model failed on this request (logged)"),
