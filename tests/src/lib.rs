@@ -232,6 +232,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
     Ok((status, body))
 }
 
+/// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
+pub async fn metric_line_eventually(
+    addr: std::net::SocketAddr,
+    line: &str,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((_, metrics)) = http_get(addr, "/metrics").await
+            && metrics.lines().any(|candidate| candidate == line)
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A minimal HTTP/1.0 POST of a JSON body: (status, body).
 pub async fn http_post(
     addr: std::net::SocketAddr,

@@ -860,12 +860,13 @@ async fn a_request_never_acknowledged_is_published_at_the_next_start() {
         Some("stranded-request"),
         "the lock stays with the request until the trainer's verdict"
     );
-    let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
-        .await
-        .unwrap();
     assert!(
-        metrics.contains("sentiflow_drift_retrain_decisions_total{outcome=\"republished\"} 1"),
-        "{metrics}"
+        sentiflow_tests::metric_line_eventually(
+            running.http_addr,
+            "sentiflow_drift_retrain_decisions_total{outcome=\"republished\"} 1",
+            Duration::from_secs(10)
+        )
+        .await
     );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();

@@ -740,19 +740,15 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
             .unwrap();
         stalled.push(stream);
     }
-    let mut both_held = false;
-    for _ in 0..600 {
-        let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
-        if metrics
-            .lines()
-            .any(|line| line == "sentiflow_infer_http_in_flight_requests 2")
-        {
-            both_held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(both_held, "the two stalled requests hold both slots");
+    assert!(
+        sentiflow_tests::metric_line_eventually(
+            addr,
+            "sentiflow_infer_http_in_flight_requests 2",
+            Duration::from_secs(30)
+        )
+        .await,
+        "the two stalled requests hold both slots"
+    );
     let (status, shed) = post(br#"{"texts": ["hello"]}"#.to_vec()).await;
     assert_eq!(
         (status, shed["error"].as_str()),
@@ -778,19 +774,15 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.0 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
-    let mut released = false;
-    for _ in 0..100 {
-        let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
-        if metrics
-            .lines()
-            .any(|line| line == "sentiflow_infer_http_in_flight_requests 0")
-        {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(released, "every slot given back");
+    assert!(
+        sentiflow_tests::metric_line_eventually(
+            addr,
+            "sentiflow_infer_http_in_flight_requests 0",
+            Duration::from_secs(5)
+        )
+        .await,
+        "every slot given back"
+    );
     let (_, metrics) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
     assert!(
         metrics.contains("sentiflow_infer_http_errors_total{error_kind=\"overloaded\"}"),
