@@ -232,17 +232,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
     Ok((status, body))
 }
 
-/// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
-pub async fn metric_line_eventually(
-    addr: std::net::SocketAddr,
-    line: &str,
-    timeout: Duration,
-) -> bool {
+/// Like [`eventually`] for a condition that has to await (a Redis read, an HTTP call).
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok((_, metrics)) = http_get(addr, "/metrics").await
-            && metrics.lines().any(|candidate| candidate == line)
-        {
+        if condition().await {
             return true;
         }
         if Instant::now() >= deadline {
@@ -250,6 +248,20 @@ pub async fn metric_line_eventually(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
+pub async fn metric_line_eventually(
+    addr: std::net::SocketAddr,
+    line: &str,
+    timeout: Duration,
+) -> bool {
+    eventually_async(timeout, || async {
+        http_get(addr, "/metrics")
+            .await
+            .is_ok_and(|(_, metrics)| metrics.lines().any(|candidate| candidate == line))
+    })
+    .await
 }
 
 /// A minimal HTTP/1.0 POST of a JSON body: (status, body).

@@ -727,20 +727,17 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
         .await
         .unwrap();
     await_delivery(ack).await.unwrap();
-    let mut released = false;
-    for _ in 0..600 {
-        if control
-            .lock_holder(&model("v3").name)
-            .await
-            .unwrap()
-            .is_none()
-        {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(released, "a rejected retrain releases the lock");
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(60), || async {
+            control
+                .lock_holder(&model("v3").name)
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await,
+        "a rejected retrain releases the lock"
+    );
     let mut counted = String::new();
     for _ in 0..100 {
         let (_, metrics) = sentiflow_tests::http_get(running.http_addr, "/metrics")
@@ -836,21 +833,18 @@ async fn a_request_never_acknowledged_is_published_at_the_next_start() {
         vec![stranded.clone()],
         "exactly the stranded request, once"
     );
-    let mut cleared = false;
-    for _ in 0..100 {
-        if control.pending_requests().await.unwrap().is_empty()
-            && control
-                .cooldown_left(&stranded.model.name)
-                .await
-                .unwrap()
-                .is_some()
-        {
-            cleared = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(cleared, "delivered: no longer pending, cooldown started");
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(10), || async {
+            control.pending_requests().await.unwrap().is_empty()
+                && control
+                    .cooldown_left(&stranded.model.name)
+                    .await
+                    .unwrap()
+                    .is_some()
+        })
+        .await,
+        "delivered: no longer pending, cooldown started"
+    );
     assert_eq!(
         control
             .lock_holder(&stranded.model.name)
