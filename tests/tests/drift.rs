@@ -160,6 +160,21 @@ fn config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, group: &str) -> Drif
     config
 }
 
+/// Starts drift with `config` under a shutdown token of its own.
+async fn start_drift(config: DriftConfig) -> (sentiflow_drift::Running, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_drift::start(config, shutdown.clone())
+        .await
+        .expect("drift starts");
+    (running, shutdown)
+}
+
+/// Stops drift gracefully; its task must end without error.
+async fn stop_drift(running: sentiflow_drift::Running, shutdown: CancellationToken) {
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
 /// Reads exactly `expected` messages of `topic` (then `SETTLE` for extras).
 async fn read(kafka: &KafkaArgs, topic: &str, expected: usize) -> Vec<OwnedMessage> {
     sentiflow_tests::read_exactly(
@@ -235,13 +250,7 @@ fn scored(reports: &[DriftReport]) -> Vec<&DriftReport> {
 async fn stationary_stream_reports_ok_and_requests_no_retrain() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "stat", "drift-stat"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) = start_drift(config(&kafka, &redis.url(), "stat", "drift-stat")).await;
 
     let windows = 12;
     let rows: Vec<_> = domain_a()
@@ -291,8 +300,7 @@ async fn stationary_stream_reports_ok_and_requests_no_retrain() {
         "{metrics}"
     );
     assert!(metrics.contains("sentiflow_drift_status{model_version=\"v1\"}"));
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 /// Runs chromium headless on `url` and returns the DOM after its scripts ran.
@@ -318,13 +326,8 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
     let group = format!("drift-{}", uuid::Uuid::new_v4().simple());
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        windows_only(&kafka, &redis.url(), "shift", &group),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) =
+        start_drift(windows_only(&kafka, &redis.url(), "shift", &group)).await;
 
     // Domain A until stable (two reference windows + four scored), then domain B.
     let a: Vec<_> = domain_a().into_iter().take(6 * WINDOW as usize).collect();
@@ -423,15 +426,9 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
 
     // Restart (same group: resumes after the reported windows; state rebuilt from Redis): the new
     // instance confirms drift again, but the cooldown holds back a second request.
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        windows_only(&kafka, &redis.url(), "shift", &group),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    stop_drift(running, shutdown).await;
+    let (running, shutdown) =
+        start_drift(windows_only(&kafka, &redis.url(), "shift", &group)).await;
     publish(
         &kafka,
         &b[6 * WINDOW as usize..9 * WINDOW as usize],
@@ -468,8 +465,7 @@ async fn shifted_stream_is_confirmed_after_k_windows_and_requests_exactly_one_re
         Some(request.request_id.as_str()),
         "the lock names the request"
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -514,10 +510,7 @@ async fn the_class_mix_scan_reports_a_shift_within_a_hundred_predictions_and_ask
         "no drift before the shift"
     );
 
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(config, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_drift(config).await;
     // One key, so one partition keeps the stream's order (the oracle saw it in this order).
     publish_keyed(&kafka, &stream, 0, "v1", Some("one-partition")).await;
     let reports = read_reports(&kafka, expected.len()).await;
@@ -561,8 +554,7 @@ async fn the_class_mix_scan_reports_a_shift_within_a_hundred_predictions_and_ask
         requests[0].report_id.as_deref(),
         Some(confirming.report_id.as_str())
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -575,13 +567,8 @@ async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
         .mute(Duration::from_secs(3600), "maintenance window")
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        windows_only(&kafka, &redis.url(), "mute", "drift-mute"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) =
+        start_drift(windows_only(&kafka, &redis.url(), "mute", "drift-mute")).await;
     let a: Vec<_> = domain_a().into_iter().take(2 * WINDOW as usize).collect();
     let b = domain_b();
     publish(&kafka, &a, 0, "v1").await;
@@ -622,8 +609,7 @@ async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
         Some(all[6].report_id.as_str())
     );
     assert!(!all[6].muted);
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,13 +679,7 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
             .unwrap()
             .is_some()
     );
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "op", "drift-op"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) = start_drift(config(&kafka, &redis.url(), "op", "drift-op")).await;
     let update = ModelUpdate {
         schema_version: SCHEMA_VERSION,
         event_id: uuid::Uuid::new_v4().to_string(),
@@ -758,8 +738,7 @@ async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
         !control.unlock_any(&model("v3").name).await.unwrap(),
         "no lock is left to release"
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 /// A drift-built request for `model`, as `request_retrain` would publish it.
@@ -820,13 +799,8 @@ async fn a_request_never_acknowledged_is_published_at_the_next_start() {
         vec![stranded.clone()]
     );
 
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "pending", "drift-pending"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) =
+        start_drift(config(&kafka, &redis.url(), "pending", "drift-pending")).await;
     let requests = retrain_requests(&kafka, 1).await;
     assert_eq!(
         requests,
@@ -862,17 +836,11 @@ async fn a_request_never_acknowledged_is_published_at_the_next_start() {
         )
         .await
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 
     // A restart after the delivery publishes nothing more.
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "pending", "drift-pending"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) =
+        start_drift(config(&kafka, &redis.url(), "pending", "drift-pending")).await;
     assert!(
         sentiflow_tests::eventually(
             Duration::from_secs(30),
@@ -897,8 +865,7 @@ async fn a_request_never_acknowledged_is_published_at_the_next_start() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 /// Publishes human labels (`labels.feedback`) for predictions `first..` with the given true labels.
@@ -952,13 +919,8 @@ async fn wait_joined(running: &sentiflow_drift::Running, expected: u64) {
 async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "labels", "drift-labels"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (running, shutdown) =
+        start_drift(config(&kafka, &redis.url(), "labels", "drift-labels")).await;
     let window = WINDOW as usize;
     let a: Vec<_> = domain_a().into_iter().take(5 * window).collect();
     let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
@@ -993,15 +955,9 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
         .expect("stored");
     assert_eq!(stored.baseline, Some(1.0));
     assert!(!stored.pairs.is_empty());
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(
-        config(&kafka, &redis.url(), "labels", "drift-labels"),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    stop_drift(running, shutdown).await;
+    let (running, shutdown) =
+        start_drift(config(&kafka, &redis.url(), "labels", "drift-labels")).await;
 
     // A window whose predictions are wrong about half the time, with the same class mix (each
     // prediction takes the true label of its neighbour), then its human labels.
@@ -1034,8 +990,7 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
         DriftStatus::Ok,
         "the inputs did not drift: {psi:?}"
     );
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1048,10 +1003,7 @@ async fn time_windows_close_on_a_quiet_stream() {
     // A window needs a whole burst: it cannot close early even if consumption starts late.
     config.min_window_events = 100;
     config.reference_windows = 1;
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_drift::start(config, shutdown.clone())
-        .await
-        .unwrap();
+    let (running, shutdown) = start_drift(config).await;
     let rows: Vec<_> = domain_a().into_iter().take(200).collect();
     // Two bursts; nothing arrives after each, so only the clock can close their windows.
     publish(&kafka, &rows[..100], 0, "v1").await;
@@ -1067,6 +1019,5 @@ async fn time_windows_close_on_a_quiet_stream() {
     }
     assert!(reports[0].signals.is_empty(), "the reference window");
     assert!(!reports[1].signals.is_empty());
-    shutdown.cancel();
-    running.task.await.unwrap().unwrap();
+    stop_drift(running, shutdown).await;
 }
