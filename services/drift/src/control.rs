@@ -76,15 +76,8 @@ impl Control {
         &self,
         model: &ModelRef,
     ) -> Result<Option<FeedbackState>, DriftError> {
-        let mut connection = self.store.connection();
-        let json: Option<String> = connection.get(self.feedback_key(model)).await?;
-        Ok(json.and_then(|json| match serde_json::from_str(&json) {
-            Ok(state) => Some(state),
-            Err(error) => {
-                tracing::warn!(%error, version = %model.version, "stored human-label state is unreadable; starting afresh");
-                None
-            }
-        }))
+        self.load_version_state(self.feedback_key(model), model, "human-label state")
+            .await
     }
 
     /// Stores the human-label state of `model` (kept 30 days, like references).
@@ -93,11 +86,37 @@ impl Control {
         model: &ModelRef,
         state: &FeedbackState,
     ) -> Result<(), DriftError> {
-        let json = serde_json::to_string(state).expect("feedback states serialise");
+        self.store_version_state(self.feedback_key(model), state)
+            .await
+    }
+
+    /// A version's JSON state at `key`; an unreadable one is logged and taken as absent (rebuilt).
+    async fn load_version_state<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        model: &ModelRef,
+        what: &str,
+    ) -> Result<Option<T>, DriftError> {
         let mut connection = self.store.connection();
-        let _: () = connection
-            .set_ex(self.feedback_key(model), json, 30 * 24 * 3600)
-            .await?;
+        let json: Option<String> = connection.get(key).await?;
+        Ok(json.and_then(|json| match serde_json::from_str(&json) {
+            Ok(state) => Some(state),
+            Err(error) => {
+                tracing::warn!(%error, version = %model.version, what, "stored drift state is unreadable; rebuilding it");
+                None
+            }
+        }))
+    }
+
+    /// Stores a version's JSON state at `key` for 30 days.
+    async fn store_version_state<T: serde::Serialize>(
+        &self,
+        key: String,
+        state: &T,
+    ) -> Result<(), DriftError> {
+        let json = serde_json::to_string(state).expect("drift states serialise");
+        let mut connection = self.store.connection();
+        let _: () = connection.set_ex(key, json, 30 * 24 * 3600).await?;
         Ok(())
     }
 
@@ -297,15 +316,8 @@ impl Control {
 
     /// The stored reference of `model`, if any (an unreadable one is ignored and rebuilt).
     pub async fn load_reference(&self, model: &ModelRef) -> Result<Option<Sample>, DriftError> {
-        let mut connection = self.store.connection();
-        let json: Option<String> = connection.get(self.reference_key(model)).await?;
-        Ok(json.and_then(|json| match serde_json::from_str(&json) {
-            Ok(sample) => Some(sample),
-            Err(error) => {
-                tracing::warn!(%error, version = %model.version, "stored drift reference is unreadable; rebuilding it");
-                None
-            }
-        }))
+        self.load_version_state(self.reference_key(model), model, "reference")
+            .await
     }
 
     /// Stores the reference of `model` (kept 30 days).
@@ -314,12 +326,8 @@ impl Control {
         model: &ModelRef,
         sample: &Sample,
     ) -> Result<(), DriftError> {
-        let json = serde_json::to_string(sample).expect("samples serialise");
-        let mut connection = self.store.connection();
-        let _: () = connection
-            .set_ex(self.reference_key(model), json, 30 * 24 * 3600)
-            .await?;
-        Ok(())
+        self.store_version_state(self.reference_key(model), sample)
+            .await
     }
 }
 
