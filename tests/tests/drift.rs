@@ -160,6 +160,11 @@ fn config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, group: &str) -> Drif
     config
 }
 
+/// Drift's Redis operations on `redis_url` under key prefix `prefix`.
+fn control_at(redis_url: &str, prefix: &str) -> Control {
+    Control::new(RedisStore::connect_lazy(&RedisArgs::local(redis_url, prefix)).unwrap())
+}
+
 /// Starts drift with `config` under a shutdown token of its own.
 async fn start_drift(config: DriftConfig) -> (sentiflow_drift::Running, CancellationToken) {
     let shutdown = CancellationToken::new();
@@ -616,8 +621,7 @@ async fn mute_suppresses_retrain_and_unmute_resumes_with_one_request() {
 async fn operator_retrain_takes_the_lock_and_force_replaces_it() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
-    let control =
-        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "op")).unwrap());
+    let control = control_at(&redis.url(), "op");
     let ttl = Duration::from_secs(600);
     let first = control::operator_retrain(
         &kafka,
@@ -768,8 +772,7 @@ fn drift_request(model: ModelRef, request_id: &str) -> RetrainRequest {
 async fn a_request_never_acknowledged_is_published_at_the_next_start() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis = sentiflow_tests::redis();
-    let control =
-        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "pending")).unwrap());
+    let control = control_at(&redis.url(), "pending");
     let ttl = Duration::from_secs(600);
     let stranded = drift_request(model("v5"), "stranded-request");
     assert_eq!(
@@ -946,8 +949,7 @@ async fn late_human_labels_reveal_a_macro_f1_drop_without_input_drift() {
     // A restart: the labels' offsets are stored, so the label window and its baseline must come back
     // from Redis; otherwise the bad window's labels below would become the new baseline and the
     // drop would never show.
-    let control =
-        Control::new(RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "labels")).unwrap());
+    let control = control_at(&redis.url(), "labels");
     let stored = control
         .load_feedback(&model("v1"))
         .await

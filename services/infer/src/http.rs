@@ -46,14 +46,12 @@ struct HttpState {
     limits: HttpLimits,
 }
 
-/// A slot among `--http-max-concurrent`, taken before the body is read and held until the scoring
-/// job ends, even when the client has gone (the job runs on regardless and still holds a session).
-#[derive(Clone)]
-struct InFlight {
-    _slot: Arc<Slot>,
-}
+/// A slot among `--http-max-concurrent`, taken before the body is read and held (shared through the
+/// request's extensions) until the scoring job ends, even when the client has gone: the job runs on
+/// regardless and still holds a session. Dropping the last handle gives it back and lowers the gauge.
+type InFlight = Arc<Slot>;
 
-/// One taken slot; gives it back (and lowers the in-flight gauge) when dropped.
+/// One taken slot.
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -127,9 +125,8 @@ async fn shed_when_full(
 ) -> Response {
     match slots.try_acquire_owned() {
         Ok(permit) => {
-            request.extensions_mut().insert(InFlight {
-                _slot: Arc::new(Slot::taken(permit)),
-            });
+            let slot: InFlight = Arc::new(Slot::taken(permit));
+            request.extensions_mut().insert(slot);
             next.run(request).await
         }
         Err(_) => {
