@@ -242,12 +242,13 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
     let dead_letters = malformed_clean.len() + 1 + malformed_feedback.len();
 
     let shutdown = CancellationToken::new();
-    let running = sentiflow_trainer::start(
-        trainer_config(&kafka, &redis_server.url(), data.path(), 50, 300),
-        shutdown.clone(),
-    )
-    .await
-    .expect("trainer starts");
+    // Segments of 50 messages, folded into one every 3: the snapshot below reads compacted segments,
+    // and compactions may run while it is cut.
+    let mut config = trainer_config(&kafka, &redis_server.url(), data.path(), 50, 300);
+    config.compact_after_segments = 3;
+    let running = sentiflow_trainer::start(config, shutdown.clone())
+        .await
+        .expect("trainer starts");
     let total = (clean_messages + feedback_messages) as u64;
     assert!(
         eventually(Duration::from_secs(90), || running.stats.snapshot().durable
@@ -262,6 +263,22 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
     assert_eq!(stats.unlabelled, 60);
     assert_eq!(stats.feedback, (early.len() + late.len()) as u64);
     assert_eq!(stats.dead_lettered, dead_letters as u64);
+    assert!(
+        eventually(Duration::from_secs(30), || running
+            .stats
+            .snapshot()
+            .compactions
+            >= 1)
+        .await,
+        "segments were compacted: {:?}",
+        running.stats.snapshot()
+    );
+    let files = running.segments.list().unwrap().len() as u64;
+    assert!(
+        files < running.stats.snapshot().segments,
+        "{files} segment files for {} segments written",
+        running.stats.snapshot().segments
+    );
 
     // Dead letters: exactly the malformed messages, each with its kind and a reason.
     let dlq = read_exactly(
@@ -382,6 +399,10 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
         "sentiflow_trainer_labels_total{provenance=\"none\"}",
         "sentiflow_trainer_segments_written_total",
         "sentiflow_trainer_segment_write_seconds_bucket",
+        "sentiflow_trainer_compactions_total{outcome=\"written\"}",
+        "sentiflow_trainer_compacted_away_records_total{reason=\"superseded\"}",
+        "sentiflow_trainer_compaction_seconds_bucket",
+        "sentiflow_trainer_segment_files",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from /metrics");
     }
@@ -414,6 +435,48 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
         (from_cli.rows, &from_cli.class_counts, &from_cli.origin),
         (manifest.rows, &manifest.class_counts, &manifest.origin)
     );
+
+    // `sentiflow dataset compact` folds what is left into one segment; the snapshot stays the same,
+    // and a snapshot of the folded segment has the same files (row for row: the same checksums).
+    let dataset_cli = |args: &[&str]| {
+        let cli = sentiflow::cli::Cli::try_parse_from(
+            ["sentiflow", "dataset"]
+                .iter()
+                .chain(args)
+                .chain(&["--data-dir", data.path().to_str().unwrap()]),
+        )
+        .expect("CLI flags");
+        let sentiflow::cli::Command::Dataset { command } = cli.command else {
+            panic!("parsed as a dataset command")
+        };
+        command
+    };
+    let compact = dataset_cli(&["compact"]);
+    tokio::task::spawn_blocking(move || sentiflow::dataset::run(compact))
+        .await
+        .unwrap()
+        .expect("sentiflow dataset compact");
+    assert_eq!(running.segments.list().unwrap().len(), 1);
+    let snapshot = dataset_cli(&["snapshot"]);
+    tokio::task::spawn_blocking(move || sentiflow::dataset::run(snapshot))
+        .await
+        .unwrap()
+        .expect("sentiflow dataset snapshot after compaction");
+    let ids = running.snapshots.list().unwrap();
+    let compacted = running.snapshots.manifest(&ids[2]).unwrap();
+    assert_eq!(
+        (&compacted.origin, &compacted.files),
+        (&manifest.origin, &manifest.files)
+    );
+    let error = sentiflow::cli::Cli::try_parse_from([
+        "sentiflow",
+        "dataset",
+        "compact",
+        "--retain-days",
+        "0",
+    ])
+    .unwrap_err();
+    assert!(error.to_string().contains("--retain-days"), "{error}");
 }
 
 /// Stops the trainer with records in its open segment (gracefully, then by aborting its task as a crash

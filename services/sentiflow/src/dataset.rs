@@ -1,11 +1,12 @@
-//! `sentiflow dataset import|snapshot|list|show`: labelled files (the ../shared/data corpora, CSV or JSONL)
-//! or the trainer service's curated segments into immutable snapshots, and a look at the catalogue.
+//! `sentiflow dataset import|snapshot|compact|list|show`: labelled files (the ../shared/data corpora, CSV or
+//! JSONL) or the trainer service's curated segments into immutable snapshots, and a look at the catalogue.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use sentiflow_common::events::{LabelProvenance, RawReview};
+use sentiflow_trainer::curation::compact_segments;
 use sentiflow_trainer::dataset::{DatasetRow, Manifest, Origin, SnapshotStore, sha256_file};
 use sentiflow_trainer::segment::SegmentStore;
 use sentiflow_trainer::{CurateOptions, curate_snapshot};
@@ -19,6 +20,9 @@ pub enum DatasetCommand {
     Import(ImportArgs),
     /// Build a snapshot from the trainer service's curated segments (`<data-dir>/curation/segments`).
     Snapshot(SnapshotArgs),
+    /// Fold the curated segments into one that keeps what snapshots depend on (the trainer service does
+    /// this every `--compact-after-segments`; safe to run while it runs).
+    Compact(CompactArgs),
     /// List snapshots, oldest first.
     List(StoreArgs),
     /// Print a snapshot's manifest as JSON.
@@ -60,6 +64,18 @@ pub struct SnapshotArgs {
     pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Flags of `sentiflow dataset compact`.
+#[derive(clap::Args, Debug)]
+pub struct CompactArgs {
+    /// Store location (segments are in `<data-dir>/curation/segments`).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Also drop reviews nothing arrived about (review event or human label) for this many days, and
+    /// human labels that old for reviews never seen (default: keep everything).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_days: Option<u32>,
+}
+
 /// Flags of `sentiflow dataset import`.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
@@ -96,10 +112,11 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             .with_context(|| format!("curating {}", segments.dir().display()))?;
             let counts = &curated.counts;
             println!(
-                "read {} records from {} segments ({} read twice after a restart, removed); kept out: {} unlabelled, {} in a language not allowed, {} outside the time range, {} human labels without their review; {} messages were dead-lettered",
+                "read {} records from {} segments ({} read twice after a restart, removed; {} left out by compactions before); kept out: {} unlabelled, {} in a language not allowed, {} outside the time range, {} human labels without their review; {} messages were dead-lettered",
                 counts.records,
                 counts.segments,
                 counts.redelivered,
+                counts.compacted_away,
                 counts.unlabelled,
                 counts.language_excluded,
                 counts.outside_time_range,
@@ -107,6 +124,37 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
                 counts.dead_lettered
             );
             print_summary(&curated.manifest);
+            Ok(())
+        }
+        DatasetCommand::Compact(args) => {
+            let segments = SegmentStore::in_data_dir(&args.store.data_dir);
+            let expire_before = args
+                .retain_days
+                .map(|days| chrono::Utc::now() - chrono::Duration::days(i64::from(days)));
+            let report = compact_segments(&segments, expire_before)
+                .with_context(|| format!("compacting {}", segments.dir().display()))?;
+            let away = &report.away;
+            match &report.segment_id {
+                Some(segment) => println!(
+                    "compacted {} segments ({} records) into {segment} ({} records); left out: {} read twice, {} superseded, {} expired",
+                    report.segments_in,
+                    report.records_in,
+                    report.records_out,
+                    away.redelivered,
+                    away.superseded,
+                    away.expired
+                ),
+                None => println!(
+                    "nothing to compact: {} records in at most one segment, none to leave out",
+                    report.records_in
+                ),
+            }
+            if report.leftovers_removed > 0 {
+                println!(
+                    "removed {} segments an interrupted compaction had already replaced",
+                    report.leftovers_removed
+                );
+            }
             Ok(())
         }
         DatasetCommand::List(store) => {

@@ -1,22 +1,28 @@
-//! Measures the curation path offline: durable segment writes (fsync + rename) and building a snapshot
-//! from the segments. `cargo run --release -p sentiflow-trainer --example curation_bench [rows]`.
+//! Measures the curation path offline: durable segment writes (fsync + rename), a snapshot from many
+//! segments, compacting them, and the same snapshot from the compacted segment.
+//! `cargo run --release -p sentiflow-trainer --example curation_bench [rows] [records per segment]`.
 #![allow(clippy::print_stdout)] // a measurement's report belongs on stdout
 
 use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use sentiflow_common::events::{LabelProvenance, Sentiment, SourceCoordinate};
+use sentiflow_trainer::curation::compact_segments;
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::segment::{CurationRecord, OffsetTracker, RecordKind, SegmentStore};
 use sentiflow_trainer::{CurateOptions, curate_snapshot};
 
 fn main() -> anyhow::Result<()> {
-    let rows: usize = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse())
-        .transpose()?
-        .unwrap_or(200_000);
-    let per_segment = 10_000;
+    let mut args = std::env::args().skip(1);
+    let mut number = |default: usize| -> anyhow::Result<usize> {
+        Ok(args
+            .next()
+            .map(|arg| arg.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let rows = number(200_000)?;
+    let per_segment = number(10_000)?.max(1);
     let dir = tempfile::tempdir()?;
     let segments = SegmentStore::in_data_dir(dir.path());
     let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
@@ -24,26 +30,34 @@ fn main() -> anyhow::Result<()> {
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
         .expect("valid time");
+    // One record in ten edits an earlier review (a later event with a new text and its source label):
+    // what a platform's edits would bring.
+    let distinct = rows - rows / 10;
     let records: Vec<CurationRecord> = (0..rows)
-        .map(|index| CurationRecord {
-            kind: RecordKind::Review,
-            event_id: format!("event-{index}"),
-            event_time: time,
-            review_id: format!("review-{index}"),
-            text: format!(
-                "review {index}: the flight was late again and nobody at the desk could tell us why"
-            ),
-            source: "bench".to_owned(),
-            created_at: time,
-            label: Sentiment::from_index(index % 3),
-            provenance: Some(LabelProvenance::SourceLabel),
-            confidence: 1.0,
-            lang_allowed: true,
-            coordinate: SourceCoordinate {
-                topic: "reviews.clean".to_owned(),
-                partition: (index % 3) as i32,
-                offset: (index / 3) as i64,
-            },
+        .map(|index| {
+            let edit = index >= distinct;
+            let review = if edit { index - distinct } else { index };
+            CurationRecord {
+                kind: RecordKind::Review,
+                event_id: format!("event-{index}"),
+                event_time: time,
+                review_id: format!("review-{review}"),
+                text: format!(
+                    "review {review}: the flight was late again and nobody at the desk could tell us why{}",
+                    if edit { " (edited)" } else { "" }
+                ),
+                source: "bench".to_owned(),
+                created_at: time,
+                label: Sentiment::from_index(review % 3),
+                provenance: Some(LabelProvenance::SourceLabel),
+                confidence: 1.0,
+                lang_allowed: true,
+                coordinate: SourceCoordinate {
+                    topic: "reviews.clean".to_owned(),
+                    partition: (review % 3) as i32,
+                    offset: index as i64,
+                },
+            }
         })
         .collect();
     let started = Instant::now();
@@ -63,13 +77,44 @@ fn main() -> anyhow::Result<()> {
         rows as f64 / write
     );
     let started = Instant::now();
-    let curated = curate_snapshot(&segments, &snapshots, &CurateOptions::default())?;
-    let snapshot = started.elapsed().as_secs_f64();
+    let before = curate_snapshot(&segments, &snapshots, &CurateOptions::default())?;
+    let from_segments = started.elapsed().as_secs_f64();
     println!(
-        "snapshot: {} rows from {} segments in {snapshot:.2} s ({:.0} rows/s)",
-        curated.manifest.rows,
-        curated.counts.segments,
-        rows as f64 / snapshot
+        "snapshot: {} rows from {} segments in {from_segments:.2} s ({:.0} records/s)",
+        before.manifest.rows,
+        before.counts.segments,
+        rows as f64 / from_segments
+    );
+    let started = Instant::now();
+    let report = compact_segments(&segments, None)?;
+    let compaction = started.elapsed().as_secs_f64();
+    println!(
+        "compaction: {} segments, {} records → 1 segment, {} records ({} superseded) in {compaction:.2} s",
+        report.segments_in, report.records_in, report.records_out, report.away.superseded
+    );
+    let started = Instant::now();
+    let after = curate_snapshot(&segments, &snapshots, &CurateOptions::default())?;
+    let from_compacted = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        after
+            .manifest
+            .files
+            .iter()
+            .map(|file| &file.sha256)
+            .collect::<Vec<_>>()
+            == before
+                .manifest
+                .files
+                .iter()
+                .map(|file| &file.sha256)
+                .collect::<Vec<_>>(),
+        "the snapshot after compaction differs"
+    );
+    println!(
+        "snapshot: {} rows from the compacted segment in {from_compacted:.2} s ({:.2}× the time from {} segments; same files)",
+        after.manifest.rows,
+        from_compacted / from_segments,
+        before.counts.segments
     );
     Ok(())
 }

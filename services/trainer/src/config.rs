@@ -73,6 +73,22 @@ pub struct TrainerConfig {
     #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
 
+    /// Fold the curation segments into one after this many more were written (0: never). Compaction
+    /// keeps, per review, the records a snapshot can still depend on (latest event, strongest label,
+    /// latest human label), so snapshots stay the same while the segment count and re-read copies do not grow.
+    #[arg(
+        long,
+        env = "SENTIFLOW_TRAINER_COMPACT_AFTER_SEGMENTS",
+        default_value_t = 64
+    )]
+    pub compact_after_segments: u32,
+
+    /// When compacting, drop reviews nothing arrived about (review event or human label) for this many
+    /// days, and human labels for reviews never seen that are as old (off when unset: keep everything).
+    /// Their rows live on in snapshots already written, such as the champion's, which retrains build on.
+    #[arg(long, env = "SENTIFLOW_TRAINER_CURATION_RETENTION_DAYS")]
+    pub curation_retention_days: Option<u32>,
+
     /// Before a retrain snapshot, how long curation may keep reading to reach where `reviews.clean`
     /// and `labels.feedback` ended when the retrain started, milliseconds (the snapshot then holds what
     /// it has read, and the log and `sentiflow_trainer_retrain_catch_ups_total` say so).
@@ -155,6 +171,8 @@ impl TrainerConfig {
             segment_max_age_ms: 30_000,
             snapshot_every_rows: None,
             snapshot_every_ms: None,
+            compact_after_segments: 64,
+            curation_retention_days: None,
             retrain_catch_up_ms: 30_000,
             no_retrain: false,
             retrain_group_id: format!("{}-trainer-retrain", kafka_prefix),
@@ -207,6 +225,12 @@ impl TrainerConfig {
         if self.retrain_catch_up_ms == 0 {
             return invalid("--retrain-catch-up-ms", "must be at least 1");
         }
+        if self.curation_retention_days == Some(0) {
+            return invalid(
+                "--curation-retention-days",
+                "must be at least 1 when set (leave it unset to keep everything)",
+            );
+        }
         if self.snapshot_every_ms == Some(0) {
             return invalid("--snapshot-every-ms", "must be at least 1 when set");
         }
@@ -240,5 +264,15 @@ mod tests {
         zero.retrain_catch_up_ms = 0;
         let error = zero.validate().unwrap_err().to_string();
         assert!(error.contains("--retrain-catch-up-ms"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_day_retention_is_refused_naming_the_flag() {
+        let mut zero = config();
+        zero.curation_retention_days = Some(0);
+        let error = zero.validate().unwrap_err().to_string();
+        assert!(error.contains("--curation-retention-days"), "{error}");
+        zero.curation_retention_days = Some(30);
+        assert!(zero.validate().is_ok());
     }
 }

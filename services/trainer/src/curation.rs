@@ -1,6 +1,7 @@
 //! Snapshots from curated segments: every closed segment is read, re-read copies are removed, a human label
 //! overrides a source or weak label of the same review, unlabelled reviews are counted and kept out, and
-//! the result becomes an immutable snapshot whose manifest records the offsets it was cut from.
+//! the result becomes an immutable snapshot whose manifest records the offsets it was cut from. Compaction
+//! folds the segments into one that keeps only the records a snapshot can still depend on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,9 +10,9 @@ use sentiflow_common::events::{LabelProvenance, SourceCoordinate};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{
-    DatasetError, DatasetRow, Manifest, OffsetRange, Origin, SnapshotStore, Split, merge_labels,
+    DatasetError, DatasetRow, Manifest, Origin, SnapshotStore, Split, label_rank, merge_labels,
 };
-use crate::segment::{CurationRecord, RecordKind, SegmentStore, merge_ranges};
+use crate::segment::{CurationRecord, RecordKind, SegmentContents, SegmentStore, merge_ranges};
 
 /// Which reviews a snapshot takes (the retrain loop narrows the time range of a request).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +52,10 @@ pub struct CurationCounts {
     pub feedback_without_review: u64,
     /// Messages dead-lettered instead of curated (from the segments' metadata).
     pub dead_lettered: u64,
+    /// Records compactions left out of the segments before this snapshot (superseded, re-read or
+    /// expired; see [`compact_records`]), so `records`, `redelivered` and `human_labels` count what is left.
+    #[serde(default)]
+    pub compacted_away: u64,
     /// Rows taken from the base snapshot.
     pub base_rows: u64,
     /// Base snapshot rows left out because a curated row has their review id or text.
@@ -169,20 +174,18 @@ pub fn curate_snapshot(
     snapshots: &SnapshotStore,
     options: &CurateOptions,
 ) -> Result<CuratedSnapshot, DatasetError> {
-    let mut records = Vec::new();
-    let mut ranges: Vec<OffsetRange> = Vec::new();
-    let mut segment_count = 0;
-    let mut dead_lettered = 0;
-    for path in segments.list()? {
-        let (meta, mut segment_records) = segments.read(&path)?;
-        segment_count += 1;
-        dead_lettered += meta.dead_lettered;
-        ranges.extend(meta.offsets);
-        records.append(&mut segment_records);
-    }
-    let (mut rows, mut counts) = curate_rows(records, options);
+    let loaded = {
+        let lock = segments.lock()?;
+        segments.load(&lock)?
+    };
+    let ranges = merge_ranges(loaded.metas.iter().flat_map(|meta| &meta.offsets));
+    let dead_lettered = loaded.metas.iter().map(|meta| meta.dead_lettered).sum();
+    let compacted_away = loaded.metas.iter().map(|meta| meta.compacted_away).sum();
+    let segment_count = loaded.metas.len() as u64;
+    let (mut rows, mut counts) = curate_rows(loaded.records, options);
     counts.segments = segment_count;
     counts.dead_lettered = dead_lettered;
+    counts.compacted_away = compacted_away;
     if let Some(base) = &options.base_snapshot {
         let ids: BTreeSet<String> = rows.iter().map(|row| row.review_id.clone()).collect();
         let texts: BTreeSet<String> = rows.iter().map(|row| row.text.clone()).collect();
@@ -205,7 +208,7 @@ pub fn curate_snapshot(
     let manifest = snapshots.write(
         &rows,
         Origin::Topics {
-            offsets: merge_ranges(&ranges),
+            offsets: ranges,
             base_snapshot: options.base_snapshot.clone(),
         },
     )?;
@@ -223,13 +226,187 @@ pub fn curate_snapshot(
     Ok(CuratedSnapshot { manifest, counts })
 }
 
+/// Records a compaction left out, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactedAway {
+    /// Copies of a record already kept (same topic, partition and offset).
+    pub redelivered: u64,
+    /// Review events and human labels a later or stronger one of the same review overrides.
+    pub superseded: u64,
+    /// Records of reviews nothing arrived about within the retention window.
+    pub expired: u64,
+}
+
+impl CompactedAway {
+    /// All records left out.
+    pub fn total(&self) -> u64 {
+        self.redelivered + self.superseded + self.expired
+    }
+}
+
+/// The records [`curate_rows`] still depends on, with what was left out: for each review id its latest
+/// review event (text, time, language, source), its review event with the strongest label (the latest
+/// among equals) and its latest human label. [`curate_rows`] makes the same rows of the compacted
+/// records as of the originals, also after more records are appended to either (every choice above
+/// is a maximum by a fixed order, so re-read copies and later arrivals fold in the same way).
+///
+/// With `expire_before`, a review whose kept records all arrived (event time) before it is left out
+/// whole, and so is a human label for a review never seen that arrived before it.
+pub fn compact_records(
+    records: impl IntoIterator<Item = CurationRecord>,
+    expire_before: Option<DateTime<Utc>>,
+) -> (Vec<CurationRecord>, CompactedAway) {
+    /// The records one review keeps.
+    #[derive(Default)]
+    struct Kept {
+        latest: Option<CurationRecord>,
+        strongest_label: Option<CurationRecord>,
+        human: Option<CurationRecord>,
+    }
+    /// Keeps `record` in `slot` when the slot is empty or `outranks(record, kept)`.
+    fn keep_if(
+        slot: &mut Option<CurationRecord>,
+        record: &CurationRecord,
+        outranks: impl Fn(&CurationRecord, &CurationRecord) -> bool,
+    ) {
+        if slot.as_ref().is_none_or(|kept| outranks(record, kept)) {
+            *slot = Some(record.clone());
+        }
+    }
+    let later =
+        |a: &CurationRecord, b: &CurationRecord| position(&a.coordinate) > position(&b.coordinate);
+    let stronger = |a: &CurationRecord, b: &CurationRecord| {
+        (a.provenance.map(label_rank), position(&a.coordinate))
+            > (b.provenance.map(label_rank), position(&b.coordinate))
+    };
+    let newer = |a: &CurationRecord, b: &CurationRecord| {
+        (a.event_time, position(&a.coordinate)) > (b.event_time, position(&b.coordinate))
+    };
+
+    let mut away = CompactedAway::default();
+    let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+    let mut unique = 0u64;
+    let mut by_review: BTreeMap<String, Kept> = BTreeMap::new();
+    for record in records {
+        let coordinate = &record.coordinate;
+        if !seen.insert((
+            coordinate.topic.clone(),
+            coordinate.partition,
+            coordinate.offset,
+        )) {
+            away.redelivered += 1;
+            continue;
+        }
+        unique += 1;
+        let kept = by_review.entry(record.review_id.clone()).or_default();
+        match record.kind {
+            RecordKind::Review => {
+                if record.label.is_some() && record.provenance.is_some() {
+                    keep_if(&mut kept.strongest_label, &record, stronger);
+                }
+                keep_if(&mut kept.latest, &record, later);
+            }
+            RecordKind::Feedback => keep_if(&mut kept.human, &record, newer),
+        }
+    }
+
+    let mut compacted = Vec::new();
+    for kept in by_review.into_values() {
+        let mut records: Vec<CurationRecord> = [kept.latest, kept.strongest_label, kept.human]
+            .into_iter()
+            .flatten()
+            .collect();
+        records.dedup_by(|a, b| a.coordinate == b.coordinate);
+        let last_arrival = records.iter().map(|record| record.event_time).max();
+        if let (Some(cutoff), Some(last)) = (expire_before, last_arrival)
+            && last < cutoff
+        {
+            away.expired += records.len() as u64;
+            continue;
+        }
+        compacted.extend(records);
+    }
+    away.superseded = unique - away.expired - compacted.len() as u64;
+    compacted.sort_by(|a, b| position(&a.coordinate).cmp(&position(&b.coordinate)));
+    (compacted, away)
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionReport {
+    /// Segment files folded (0 when there was nothing to do).
+    pub segments_in: u64,
+    /// Records they held.
+    pub records_in: u64,
+    /// Records the compacted segment holds.
+    pub records_out: u64,
+    /// What was left out, by why.
+    pub away: CompactedAway,
+    /// The compacted segment, when one was written.
+    pub segment_id: Option<String>,
+    /// Segments of an earlier compaction a crash had left behind, removed.
+    pub leftovers_removed: u64,
+}
+
+/// Folds every closed segment into one (see [`compact_records`]), under the directory's lock so no
+/// snapshot reads half of it. Nothing is written when a single segment would come out unchanged.
+/// Offsets and dead-letter counts of every input carry over, so a snapshot's manifest is unchanged.
+pub fn compact_segments(
+    segments: &SegmentStore,
+    expire_before: Option<DateTime<Utc>>,
+) -> Result<CompactionReport, DatasetError> {
+    let lock = segments.lock()?;
+    let loaded = segments.load(&lock)?;
+    let mut report = CompactionReport {
+        segments_in: loaded.metas.len() as u64,
+        records_in: loaded.records.len() as u64,
+        leftovers_removed: loaded.leftovers_removed as u64,
+        ..CompactionReport::default()
+    };
+    let (records, away) = compact_records(loaded.records, expire_before);
+    report.records_out = records.len() as u64;
+    report.away = away;
+    if loaded.metas.len() < 2 && away.total() == 0 {
+        report.segments_in = 0;
+        return Ok(report);
+    }
+    let contents = SegmentContents {
+        offsets: merge_ranges(loaded.metas.iter().flat_map(|meta| &meta.offsets)),
+        dead_lettered: loaded.metas.iter().map(|meta| meta.dead_lettered).sum(),
+        replaces: loaded
+            .metas
+            .iter()
+            .map(|meta| meta.segment_id.clone())
+            .collect(),
+        compacted_away: loaded
+            .metas
+            .iter()
+            .map(|meta| meta.compacted_away)
+            .sum::<u64>()
+            + away.total(),
+    };
+    let meta = segments.replace(&lock, &loaded.paths, &records, contents)?;
+    tracing::info!(
+        segment = %meta.segment_id,
+        segments_in = report.segments_in,
+        records_in = report.records_in,
+        records_out = report.records_out,
+        redelivered = away.redelivered,
+        superseded = away.superseded,
+        expired = away.expired,
+        "segments compacted"
+    );
+    report.segment_id = Some(meta.segment_id);
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
     use sentiflow_common::events::Sentiment;
 
     use super::*;
-    use crate::dataset::Split;
+    use crate::dataset::{OffsetRange, Split};
 
     fn review(
         id: &str,
@@ -333,6 +510,7 @@ mod tests {
                 human_labels: 4,
                 feedback_without_review: 1,
                 dead_lettered: 0,
+                compacted_away: 0,
                 base_rows: 0,
                 base_replaced: 0,
             }
@@ -553,5 +731,267 @@ mod tests {
             curate_snapshot(&segments, &snapshots, &later),
             Err(DatasetError::Empty)
         ));
+    }
+
+    /// A small seeded generator (xorshift64*), so the compaction cases are the same on every run.
+    struct Cases(u64);
+
+    impl Cases {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+        }
+    }
+
+    /// Review events, human labels and re-read copies of a few reviews in arrival order: offsets grow
+    /// per partition, label times and review times do not follow arrival.
+    fn random_records(cases: &mut Cases) -> Vec<CurationRecord> {
+        let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).single().unwrap();
+        let minutes =
+            |cases: &mut Cases| start + chrono::Duration::minutes(cases.below(600) as i64);
+        let reviews = 1 + cases.below(6);
+        let mut next_offset = [0i64; 3];
+        let mut records: Vec<CurationRecord> = Vec::new();
+        for n in 0..(5 + cases.below(40)) {
+            if !records.is_empty() && cases.below(8) == 0 {
+                let copy = records[cases.below(records.len() as u64) as usize].clone();
+                records.push(copy);
+                continue;
+            }
+            let id_index = cases.below(reviews + 1);
+            let id = format!("r{id_index}");
+            let record = if cases.below(3) == 0 {
+                let mut label = human(
+                    &id,
+                    Sentiment::from_index(cases.below(3) as usize).unwrap(),
+                    0,
+                    0,
+                );
+                label.event_time = minutes(cases);
+                label.created_at = label.event_time;
+                label.coordinate.offset = next_offset[2];
+                next_offset[2] += 1;
+                label
+            } else {
+                let partition = (id_index % 2) as usize;
+                let label = match cases.below(5) {
+                    0 => None,
+                    1 => Some(LabelProvenance::WeakLexicon),
+                    2 => Some(LabelProvenance::SourceRating),
+                    3 => Some(LabelProvenance::SourceLabel),
+                    _ => Some(LabelProvenance::Human),
+                }
+                .map(|provenance| {
+                    (
+                        Sentiment::from_index(cases.below(3) as usize).unwrap(),
+                        provenance,
+                    )
+                });
+                let mut event = review(&id, label, partition as i32, next_offset[partition]);
+                next_offset[partition] += 1;
+                event.text = format!("text of {id}, version {n}");
+                event.created_at = minutes(cases);
+                event.event_time = minutes(cases);
+                event.lang_allowed = cases.below(6) != 0;
+                event
+            };
+            records.push(record);
+        }
+        records
+    }
+
+    #[test]
+    fn compacted_records_curate_into_the_same_rows_also_with_later_records() {
+        let mut cases = Cases(0x5EED_CAFE);
+        let window = CurateOptions {
+            data_from: Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).single(),
+            data_to: Utc.with_ymd_and_hms(2026, 3, 1, 7, 0, 0).single(),
+            base_snapshot: None,
+        };
+        let mut folded = 0;
+        for case in 0..500 {
+            let records = random_records(&mut cases);
+            let cut = cases.below(records.len() as u64 + 1) as usize;
+            let (compacted, away) = compact_records(records[..cut].to_vec(), None);
+            assert_eq!(away.expired, 0);
+            assert_eq!(compacted.len() as u64 + away.total(), cut as u64);
+            folded += away.total();
+            let mut later = compacted.clone();
+            later.extend_from_slice(&records[cut..]);
+            // Compacting again, after the later records, changes nothing either.
+            let (twice, _) = compact_records(later.clone(), None);
+            for options in [CurateOptions::default(), window.clone()] {
+                let (expected, expected_counts) = curate_rows(records.clone(), &options);
+                for candidate in [&later, &twice] {
+                    let (rows, counts) = curate_rows(candidate.clone(), &options);
+                    assert_eq!(rows, expected, "case {case}, cut {cut}, {options:?}");
+                    let kept_out = |counts: &CurationCounts| {
+                        (
+                            counts.reviews,
+                            counts.unlabelled,
+                            counts.language_excluded,
+                            counts.outside_time_range,
+                        )
+                    };
+                    assert_eq!(kept_out(&counts), kept_out(&expected_counts), "case {case}");
+                }
+            }
+        }
+        assert!(folded > 1000, "the cases exercise folding: {folded}");
+    }
+
+    #[test]
+    fn a_review_expires_whole_once_nothing_about_it_arrived_in_the_window() {
+        use LabelProvenance::SourceLabel;
+        use Sentiment::{Negative, Positive};
+        let at = |hour| {
+            Utc.with_ymd_and_hms(2026, 3, 4, hour, 0, 0)
+                .single()
+                .unwrap()
+        };
+        let arrived = |mut record: CurationRecord, hour| {
+            record.event_time = at(hour);
+            record
+        };
+        let records = vec![
+            arrived(review("old", Some((Positive, SourceLabel)), 0, 0), 1),
+            arrived(human("old", Negative, 0, 0), 2),
+            arrived(review("relabelled", Some((Positive, SourceLabel)), 0, 1), 1),
+            arrived(human("relabelled", Negative, 0, 1), 9),
+            arrived(review("new", None, 1, 0), 8),
+            arrived(human("ghost-old", Negative, 0, 2), 3),
+            arrived(human("ghost-new", Negative, 0, 3), 10),
+        ];
+        let (kept, away) = compact_records(records, Some(at(5)));
+        let ids: Vec<&str> = kept
+            .iter()
+            .map(|record| record.review_id.as_str())
+            .collect();
+        assert_eq!(ids, ["relabelled", "ghost-new", "relabelled", "new"]);
+        assert_eq!(
+            away,
+            CompactedAway {
+                redelivered: 0,
+                superseded: 0,
+                expired: 3
+            }
+        );
+    }
+
+    #[test]
+    fn compaction_folds_segments_into_one_that_snapshots_the_same_and_survives_a_crash() {
+        use LabelProvenance::{SourceLabel, WeakLexicon};
+        use Sentiment::{Negative, Neutral, Positive};
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentStore::in_data_dir(dir.path());
+        let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
+        let write = |records: &[CurationRecord], dead_lettered| {
+            let mut tracker = crate::segment::OffsetTracker::default();
+            for record in records {
+                let c = &record.coordinate;
+                tracker.add(&c.topic, c.partition, c.offset);
+            }
+            segments
+                .write(records, tracker.ranges(), dead_lettered)
+                .unwrap()
+        };
+        let mut first: Vec<CurationRecord> = (0..30)
+            .map(|index| {
+                let class = Sentiment::from_index(index % 3).unwrap();
+                review(
+                    &format!("r{index:02}"),
+                    Some((class, WeakLexicon)),
+                    0,
+                    index as i64,
+                )
+            })
+            .collect();
+        first.push(human("r00", Neutral, 1, 0));
+        write(&first, 1);
+        // Edits of ten reviews (the later text wins), a stronger label for five, re-read copies.
+        let mut second: Vec<CurationRecord> = (0..10)
+            .map(|index| {
+                let mut edit = review(&format!("r{index:02}"), None, 0, 30 + index as i64);
+                edit.text = format!("edited text of r{index:02}");
+                edit
+            })
+            .collect();
+        second.extend((10..15).map(|index| {
+            review(
+                &format!("r{index:02}"),
+                Some((Positive, SourceLabel)),
+                0,
+                40 + index as i64,
+            )
+        }));
+        second.extend(first[25..30].iter().cloned());
+        second.push(human("r00", Negative, 2, 1));
+        write(&second, 0);
+        write(&[], 2);
+        let before = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        let before_segments = segments.list().unwrap();
+        let kept = dir.path().join("kept");
+        std::fs::create_dir_all(&kept).unwrap();
+        for path in &before_segments {
+            std::fs::copy(path, kept.join(path.file_name().unwrap())).unwrap();
+        }
+
+        let report = compact_segments(&segments, None).unwrap();
+        assert_eq!(report.segments_in, 3);
+        assert_eq!(report.records_in, 52);
+        assert_eq!(
+            report.away,
+            CompactedAway {
+                redelivered: 5,
+                superseded: 6,
+                expired: 0
+            },
+            "r00's first human label and r10..r14's weak-labelled events are superseded; an edit \
+             without a label keeps the labelled event beside it"
+        );
+        assert_eq!(report.records_out, 41);
+        assert_eq!(segments.list().unwrap().len(), 1);
+        let after = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        let rows = |manifest: &Manifest| -> Vec<DatasetRow> {
+            Split::ALL
+                .into_iter()
+                .flat_map(|split| snapshots.read(&manifest.snapshot_id, split).unwrap())
+                .collect()
+        };
+        assert_eq!(rows(&after.manifest), rows(&before.manifest));
+        assert_eq!(after.manifest.origin, before.manifest.origin);
+        assert_eq!(after.counts.dead_lettered, 3);
+        assert_eq!(after.counts.compacted_away, 11);
+        assert_eq!(after.counts.redelivered, 0);
+        let edited = rows(&after.manifest)
+            .into_iter()
+            .find(|row| row.review_id == "r03")
+            .unwrap();
+        assert_eq!(edited.text, "edited text of r03");
+
+        // A crash after the compacted segment was written, before its inputs were removed: the next
+        // load skips and removes them, so nothing is counted twice.
+        for path in &before_segments {
+            std::fs::copy(kept.join(path.file_name().unwrap()), path).unwrap();
+        }
+        assert_eq!(segments.list().unwrap().len(), 4);
+        let recovered = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        assert_eq!(rows(&recovered.manifest), rows(&before.manifest));
+        assert_eq!(recovered.counts.redelivered, 0);
+        assert_eq!(
+            segments.list().unwrap().len(),
+            1,
+            "the leftovers were removed"
+        );
+
+        // One segment with nothing to fold is left as it is.
+        let again = compact_segments(&segments, None).unwrap();
+        assert_eq!((again.segments_in, again.segment_id), (0, None));
+        write(&second[..3], 0);
+        let more = compact_segments(&segments, None).unwrap();
+        assert_eq!((more.segments_in, more.away.redelivered), (2, 3));
+        assert_eq!(segments.list().unwrap().len(), 1);
     }
 }

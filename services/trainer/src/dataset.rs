@@ -643,21 +643,24 @@ fn read_parquet(path: &Path) -> Result<Vec<DatasetRow>, DatasetError> {
     Ok(rows)
 }
 
+/// How much a label's provenance counts when labels of one review disagree: human over source label over
+/// source rating over weak lexicon.
+pub fn label_rank(provenance: LabelProvenance) -> u8 {
+    match provenance {
+        LabelProvenance::Human => 3,
+        LabelProvenance::SourceLabel => 2,
+        LabelProvenance::SourceRating => 1,
+        LabelProvenance::WeakLexicon => 0,
+    }
+}
+
 /// Merges labelled rows so that a human label overrides a source or weak label of the same review,
 /// and a later label of equal rank replaces an earlier one. Output is ordered by review id.
 pub fn merge_labels(rows: impl IntoIterator<Item = DatasetRow>) -> Vec<DatasetRow> {
-    fn rank(provenance: LabelProvenance) -> u8 {
-        match provenance {
-            LabelProvenance::Human => 3,
-            LabelProvenance::SourceLabel => 2,
-            LabelProvenance::SourceRating => 1,
-            LabelProvenance::WeakLexicon => 0,
-        }
-    }
     let mut merged: BTreeMap<String, DatasetRow> = BTreeMap::new();
     for row in rows {
         match merged.get_mut(&row.review_id) {
-            Some(existing) if rank(row.provenance) < rank(existing.provenance) => {
+            Some(existing) if label_rank(row.provenance) < label_rank(existing.provenance) => {
                 // A human label that arrived before its review: the review brings the text.
                 if existing.text.is_empty() && !row.text.is_empty() {
                     existing.text = row.text;

@@ -5,6 +5,8 @@
 //! and `labels.feedback` are appended to a segment file that is written to a temp file, fsynced and
 //! renamed before the offsets it accounts for are stored, so a crash makes the trainer read messages
 //! again but never loses one; the copies a re-read creates are removed when a snapshot is built.
+//! Every `--compact-after-segments` segments are folded into one (crash-safe: the compacted segment
+//! names the ones it replaces), keeping per review only what a snapshot can still depend on.
 //! Malformed messages go to `reviews.dlq` with a reason, acknowledged before their offsets count.
 //!
 //! Guarantee of the retrain loop: at-least-once per `retrain.requests` message, one request at a time, and
@@ -20,8 +22,9 @@
 //!   [`pipeline::train_and_register`] → gate → promote or reject → `models.updates`.
 //! - [`catch_up`]: before a retrain snapshot, curation reads its partitions up to where they ended
 //!   when the retrain started.
-//! - [`segment`]: durable append-only curation segments recording their offset ranges.
-//! - [`curation`]: segments → deduplicated, label-merged rows → an immutable snapshot.
+//! - [`segment`]: durable append-only curation segments recording their offset ranges; the directory
+//!   lock under which segments are loaded or replaced.
+//! - [`curation`]: segments → deduplicated, label-merged rows → an immutable snapshot; compaction.
 //! - [`dataset`]: splits by review-id hash, immutable snapshots with checksummed manifests, label merging.
 //! - [`registry`]: artifacts on disk, records and aliases in Redis, `models.updates` events.
 //! - [`pipeline`]: one training run: train, evaluate, export, card, register, gate.

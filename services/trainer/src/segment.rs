@@ -2,7 +2,7 @@
 //! and `labels.feedback`, each made durable (temp file, fsync, rename, directory fsync) before the Kafka
 //! offsets it accounts for are stored, and each recording those offset ranges in its Parquet metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -142,6 +142,51 @@ pub struct SegmentMeta {
     pub dead_lettered: u64,
     /// Offsets of every message the segment accounts for (records and dead letters), per partition.
     pub offsets: Vec<OffsetRange>,
+    /// Segments this one replaces (a compaction's inputs). Any of them a crash left behind is skipped
+    /// and removed the next time the segments are loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
+    /// Records compactions left out of this segment's inputs so far (superseded, re-read or expired).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compacted_away: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Every complete segment at one moment, read under the store's lock.
+#[derive(Debug, Default)]
+pub struct LoadedSegments {
+    /// Paths of the segments read, oldest name first.
+    pub paths: Vec<PathBuf>,
+    /// Their metadata, in the same order.
+    pub metas: Vec<SegmentMeta>,
+    /// Their records, segment after segment.
+    pub records: Vec<CurationRecord>,
+    /// Segments a finished compaction had replaced but a crash left behind: skipped and removed.
+    pub leftovers_removed: usize,
+}
+
+/// Exclusive hold on a segment directory (an advisory lock on `<dir>/.lock`, across processes too):
+/// loading every segment and replacing segments by their compaction never interleave. Writing a new
+/// segment needs no lock: it appears by an atomic rename. Released when dropped.
+#[derive(Debug)]
+pub struct SegmentLock {
+    _file: File,
+}
+
+/// The fields of a segment's metadata that its writer chooses (the rest are set when it is written).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentContents {
+    /// Offsets of every message the segment accounts for.
+    pub offsets: Vec<OffsetRange>,
+    /// Messages dead-lettered instead of kept.
+    pub dead_lettered: u64,
+    /// Segments it replaces (compaction).
+    pub replaces: Vec<String>,
+    /// Records compactions left out so far.
+    pub compacted_away: u64,
 }
 
 /// Tracks the offset range of every partition consumed into one segment.
@@ -296,6 +341,97 @@ impl SegmentStore {
         offsets: Vec<OffsetRange>,
         dead_lettered: u64,
     ) -> Result<SegmentMeta, DatasetError> {
+        self.write_contents(
+            records,
+            SegmentContents {
+                offsets,
+                dead_lettered,
+                ..SegmentContents::default()
+            },
+        )
+    }
+
+    /// Takes the directory's lock, waiting while another reader or compactor holds it.
+    pub fn lock(&self) -> Result<SegmentLock, DatasetError> {
+        std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
+        let path = self.dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        file.lock().map_err(io_error(&path))?;
+        Ok(SegmentLock { _file: file })
+    }
+
+    /// Reads every complete segment. A segment that a later one replaces (a compaction a crash
+    /// interrupted before it removed its inputs) is skipped and removed, so no record is read twice.
+    pub fn load(&self, _lock: &SegmentLock) -> Result<LoadedSegments, DatasetError> {
+        let mut read = Vec::new();
+        for path in self.list()? {
+            let (meta, records) = self.read(&path)?;
+            read.push((path, meta, records));
+        }
+        let replaced: BTreeSet<String> = read
+            .iter()
+            .flat_map(|(_, meta, _)| meta.replaces.iter().cloned())
+            .collect();
+        let mut leftovers = Vec::new();
+        let mut loaded = LoadedSegments::default();
+        for (path, meta, mut records) in read {
+            if replaced.contains(&meta.segment_id) {
+                leftovers.push(path);
+                continue;
+            }
+            loaded.paths.push(path);
+            loaded.metas.push(meta);
+            loaded.records.append(&mut records);
+        }
+        if !leftovers.is_empty() {
+            self.remove(&leftovers)?;
+            tracing::info!(
+                removed = leftovers.len(),
+                "removed segments a compaction had replaced before a crash interrupted it"
+            );
+        }
+        loaded.leftovers_removed = leftovers.len();
+        Ok(loaded)
+    }
+
+    /// Writes `records` as one segment that replaces the segments at `inputs`, then removes those (a
+    /// crash in between leaves both: [`SegmentStore::load`] then skips and removes the inputs).
+    pub fn replace(
+        &self,
+        _lock: &SegmentLock,
+        inputs: &[PathBuf],
+        records: &[CurationRecord],
+        contents: SegmentContents,
+    ) -> Result<SegmentMeta, DatasetError> {
+        let meta = self.write_contents(records, contents)?;
+        self.remove(inputs)?;
+        Ok(meta)
+    }
+
+    /// Removes segment files (already gone is fine) and makes the removal durable.
+    fn remove(&self, paths: &[PathBuf]) -> Result<(), DatasetError> {
+        for path in paths {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(path)(error)),
+            }
+        }
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(&self.dir))
+    }
+
+    fn write_contents(
+        &self,
+        records: &[CurationRecord],
+        contents: SegmentContents,
+    ) -> Result<SegmentMeta, DatasetError> {
         std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         let created_at = Utc::now();
         let segment_id = format!(
@@ -308,8 +444,10 @@ impl SegmentStore {
             segment_id: segment_id.clone(),
             created_at,
             rows: records.len() as u64,
-            dead_lettered,
-            offsets,
+            dead_lettered: contents.dead_lettered,
+            offsets: contents.offsets,
+            replaces: contents.replaces,
+            compacted_away: contents.compacted_away,
         };
         let target = self.dir.join(format!("{segment_id}.parquet"));
         let staging = self.dir.join(format!(".tmp-{segment_id}.parquet"));

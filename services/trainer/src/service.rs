@@ -31,7 +31,7 @@ use crate::catch_up::{
     self, CatchUpOutcome, ConsumerView, FlushAnswer, FlushRequest, PartitionEnd, ReadPositions,
 };
 use crate::config::TrainerConfig;
-use crate::curation::{CurateOptions, curate_snapshot};
+use crate::curation::{CurateOptions, compact_segments, curate_snapshot};
 use crate::dataset::SnapshotStore;
 use crate::error::{Rejection, TrainerError};
 use crate::registry::Registry;
@@ -57,6 +57,8 @@ pub struct TrainerStats {
     segments: AtomicU64,
     /// Snapshots written by the schedule.
     snapshots: AtomicU64,
+    /// Compactions that folded segments into one.
+    compactions: AtomicU64,
     /// Retrain flushes for which curation read on, up to the retrain's partition ends.
     catch_ups: AtomicU64,
     /// Retrain flushes answered when the catch-up deadline passed first.
@@ -94,6 +96,8 @@ pub struct StatsSnapshot {
     pub segments: u64,
     /// Snapshots written by the schedule.
     pub snapshots: u64,
+    /// Compactions that folded segments into one.
+    pub compactions: u64,
     /// Retrain flushes for which curation read on, up to the retrain's partition ends.
     pub catch_ups: u64,
     /// Retrain flushes answered when the catch-up deadline passed first.
@@ -125,6 +129,7 @@ impl TrainerStats {
             durable: get(&self.durable),
             segments: get(&self.segments),
             snapshots: get(&self.snapshots),
+            compactions: get(&self.compactions),
             catch_ups: get(&self.catch_ups),
             catch_up_timeouts: get(&self.catch_up_timeouts),
             retrain_requests: get(&self.retrain_requests),
@@ -298,6 +303,10 @@ pub async fn start(
         segment_max_age: Duration::from_millis(config.segment_max_age_ms),
         snapshot_every_rows: config.snapshot_every_rows,
         snapshot_every: config.snapshot_every_ms.map(Duration::from_millis),
+        compact_after_segments: u64::from(config.compact_after_segments),
+        curation_retention: config
+            .curation_retention_days
+            .map(|days| chrono::Duration::days(i64::from(days))),
         health: health.clone(),
         drain_timeout: Duration::from_millis(config.telemetry.drain_timeout_ms),
         catch_up_timeout: Duration::from_millis(config.retrain_catch_up_ms),
@@ -359,14 +368,18 @@ struct OpenSegment {
     deadline: tokio::time::Instant,
 }
 
-/// When the schedule last cut a snapshot and what arrived since.
-struct SnapshotSchedule {
+/// The background work segments trigger: scheduled snapshots and compactions.
+struct Schedule {
     /// Records curated since the last scheduled snapshot.
     rows_since: u64,
     /// When the last scheduled snapshot started (or the service started).
     last: Instant,
     /// The snapshot being written, if any (one at a time).
     running: Option<tokio::task::JoinHandle<()>>,
+    /// Segments written since the last compaction started (at start: the segments on disk).
+    segments_since_compaction: u64,
+    /// The compaction running, if any (one at a time).
+    compaction: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Worker {
@@ -383,6 +396,10 @@ struct Worker {
     segment_max_age: Duration,
     snapshot_every_rows: Option<u64>,
     snapshot_every: Option<Duration>,
+    /// Segments written between compactions (0: never compact).
+    compact_after_segments: u64,
+    /// How long a review stays in the segments after anything about it last arrived (unset: forever).
+    curation_retention: Option<chrono::Duration>,
     health: Health,
     drain_timeout: Duration,
     /// How long a retrain's flush may wait for curation to read up to the partition ends.
@@ -422,11 +439,16 @@ impl Worker {
     ) -> Result<(), TrainerError> {
         let mut open: Option<OpenSegment> = None;
         let mut flush_open = true;
-        let mut schedule = SnapshotSchedule {
+        let segment_files = self.segments.list()?.len() as u64;
+        metrics::gauge!("sentiflow_trainer_segment_files").set(segment_files as f64);
+        let mut schedule = Schedule {
             rows_since: 0,
             last: Instant::now(),
             running: None,
+            segments_since_compaction: segment_files,
+            compaction: None,
         };
+        self.maybe_compact(&mut schedule);
         let mut read = ReadPositions::default();
         let mut catching_up: Option<CatchUp> = None;
         let mut abandoned = false;
@@ -540,14 +562,20 @@ impl Worker {
         if !abandoned && self.close(&mut open, &mut schedule).await.is_err() {
             warn!("last segment abandoned at shutdown; its messages will be read again");
         }
-        if let Some(snapshot) = schedule.running.take()
-            && tokio::time::timeout(self.drain_timeout, snapshot)
-                .await
-                .is_err()
-        {
-            warn!(
-                "scheduled snapshot still running at shutdown; it finishes or leaves nothing behind"
-            );
+        for (task, what) in [
+            (schedule.running.take(), "scheduled snapshot"),
+            (schedule.compaction.take(), "segment compaction"),
+        ] {
+            if let Some(task) = task
+                && tokio::time::timeout(self.drain_timeout, task)
+                    .await
+                    .is_err()
+            {
+                warn!(
+                    task = what,
+                    "still running at shutdown; it finishes or leaves nothing behind"
+                );
+            }
         }
         self.finish();
         Ok(())
@@ -623,7 +651,7 @@ impl Worker {
         &self,
         catch_up: CatchUp,
         open: &mut Option<OpenSegment>,
-        schedule: &mut SnapshotSchedule,
+        schedule: &mut Schedule,
     ) -> Result<(), Abandoned> {
         let outcome = match catch_up.settled {
             Some(outcome) => outcome,
@@ -784,7 +812,7 @@ impl Worker {
     async fn close(
         &self,
         open: &mut Option<OpenSegment>,
-        schedule: &mut SnapshotSchedule,
+        schedule: &mut Schedule,
     ) -> Result<(), Abandoned> {
         let Some(segment) = open.take() else {
             return Ok(());
@@ -837,13 +865,70 @@ impl Worker {
         metrics::counter!("sentiflow_trainer_segments_written_total").increment(1);
         metrics::histogram!("sentiflow_trainer_segment_size_rows").record(meta.rows as f64);
         debug!(segment = %meta.segment_id, rows = meta.rows, dead_lettered = meta.dead_lettered, "segment closed");
+        if let Ok(paths) = self.segments.list() {
+            metrics::gauge!("sentiflow_trainer_segment_files").set(paths.len() as f64);
+        }
         schedule.rows_since += meta.rows;
+        schedule.segments_since_compaction += 1;
         self.maybe_snapshot(schedule);
+        self.maybe_compact(schedule);
         Ok(())
     }
 
+    /// Starts a compaction when enough segments were written since the last one and none is running.
+    /// A failed compaction is counted and logged; the next one is tried after as many segments again.
+    fn maybe_compact(&self, schedule: &mut Schedule) {
+        if self.compact_after_segments == 0
+            || schedule.segments_since_compaction < self.compact_after_segments
+            || schedule
+                .compaction
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        schedule.segments_since_compaction = 0;
+        let (segments, stats) = (self.segments.clone(), self.stats.clone());
+        let expire_before = self
+            .curation_retention
+            .map(|keep| chrono::Utc::now() - keep);
+        schedule.compaction = Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            match compact_segments(&segments, expire_before) {
+                Ok(report) => {
+                    let outcome = if report.segment_id.is_some() {
+                        stats.compactions.fetch_add(1, Ordering::Relaxed);
+                        "written"
+                    } else {
+                        "nothing_to_fold"
+                    };
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => outcome)
+                        .increment(1);
+                    metrics::histogram!("sentiflow_trainer_compaction_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    for (reason, records) in [
+                        ("redelivered", report.away.redelivered),
+                        ("superseded", report.away.superseded),
+                        ("expired", report.away.expired),
+                    ] {
+                        metrics::counter!("sentiflow_trainer_compacted_away_records_total", "reason" => reason)
+                            .increment(records);
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => error.kind())
+                        .increment(1);
+                    warn!(%error, "segment compaction failed; the segments stay as they were");
+                }
+            }
+            if let Ok(paths) = segments.list() {
+                metrics::gauge!("sentiflow_trainer_segment_files").set(paths.len() as f64);
+            }
+        }));
+    }
+
     /// Starts a scheduled snapshot when one is due and none is running.
-    fn maybe_snapshot(&self, schedule: &mut SnapshotSchedule) {
+    fn maybe_snapshot(&self, schedule: &mut Schedule) {
         let due = schedule.rows_since > 0
             && (self
                 .snapshot_every_rows
