@@ -70,8 +70,9 @@ pub struct CompactArgs {
     /// Store location (segments are in `<data-dir>/curation/segments`).
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Also drop reviews nothing arrived about (review event or human label) for this many days, and
-    /// human labels that old for reviews never seen (default: keep everything).
+    /// Also move reviews nothing arrived about (review event or human label, by event time) for this
+    /// many days, and human labels that old for reviews never seen, to `<data-dir>/curation/archive/`
+    /// (default: keep everything in the active segments).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub retain_days: Option<u32>,
 }
@@ -148,6 +149,13 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
                     "nothing to compact: {} records in at most one segment, none to leave out",
                     report.records_in
                 ),
+            }
+            if let Some(archive) = &report.archive_segment_id {
+                println!(
+                    "{} expired records moved to {}/{archive}.parquet",
+                    away.expired,
+                    segments.archive().dir().display()
+                );
             }
             if report.leftovers_removed > 0 {
                 println!(

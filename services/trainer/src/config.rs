@@ -83,9 +83,9 @@ pub struct TrainerConfig {
     )]
     pub compact_after_segments: u32,
 
-    /// When compacting, drop reviews nothing arrived about (review event or human label) for this many
-    /// days, and human labels for reviews never seen that are as old (off when unset: keep everything).
-    /// Their rows live on in snapshots already written, such as the champion's, which retrains build on.
+    /// When compacting, move reviews nothing arrived about (review event or human label, by event time)
+    /// for this many days, and human labels that old for reviews never seen, to `curation/archive/`
+    /// (never deleted); later snapshots hold them only through the champion's snapshot (off when unset).
     #[arg(long, env = "SENTIFLOW_TRAINER_CURATION_RETENTION_DAYS")]
     pub curation_retention_days: Option<u32>,
 

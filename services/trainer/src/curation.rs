@@ -53,7 +53,8 @@ pub struct CurationCounts {
     /// Messages dead-lettered instead of curated (from the segments' metadata).
     pub dead_lettered: u64,
     /// Records compactions left out of the segments before this snapshot (superseded, re-read or
-    /// expired; see [`compact_records`]), so `records`, `redelivered` and `human_labels` count what is left.
+    /// expired; see [`compact_records`]), so `records`, `redelivered`, `human_labels` and
+    /// `feedback_without_review` count what is left.
     #[serde(default)]
     pub compacted_away: u64,
     /// Rows taken from the base snapshot.
@@ -233,7 +234,7 @@ pub struct CompactedAway {
     pub redelivered: u64,
     /// Review events and human labels a later or stronger one of the same review overrides.
     pub superseded: u64,
-    /// Records of reviews nothing arrived about within the retention window.
+    /// Records of reviews nothing arrived about within the retention window (moved to the archive).
     pub expired: u64,
 }
 
@@ -250,12 +251,13 @@ impl CompactedAway {
 /// records as of the originals, also after more records are appended to either (every choice above
 /// is a maximum by a fixed order, so re-read copies and later arrivals fold in the same way).
 ///
-/// With `expire_before`, a review whose kept records all arrived (event time) before it is left out
-/// whole, and so is a human label for a review never seen that arrived before it.
+/// With `expire_before`, a review whose kept records all have an event time before it (for a review
+/// event, when ingest cleaned it; for a human label, the time its event carries) is moved out whole into
+/// the third list, and so is a human label for a review never seen that is as old.
 pub fn compact_records(
     records: impl IntoIterator<Item = CurationRecord>,
     expire_before: Option<DateTime<Utc>>,
-) -> (Vec<CurationRecord>, CompactedAway) {
+) -> (Vec<CurationRecord>, Vec<CurationRecord>, CompactedAway) {
     /// The records one review keeps.
     #[derive(Default)]
     struct Kept {
@@ -306,11 +308,15 @@ pub fn compact_records(
                 }
                 keep_if(&mut kept.latest, &record, later);
             }
-            RecordKind::Feedback => keep_if(&mut kept.human, &record, newer),
+            RecordKind::Feedback if record.label.is_some() => {
+                keep_if(&mut kept.human, &record, newer);
+            }
+            RecordKind::Feedback => {}
         }
     }
 
     let mut compacted = Vec::new();
+    let mut expired = Vec::new();
     for kept in by_review.into_values() {
         let mut records: Vec<CurationRecord> = [kept.latest, kept.strongest_label, kept.human]
             .into_iter()
@@ -322,13 +328,16 @@ pub fn compact_records(
             && last < cutoff
         {
             away.expired += records.len() as u64;
+            expired.extend(records);
             continue;
         }
         compacted.extend(records);
     }
     away.superseded = unique - away.expired - compacted.len() as u64;
-    compacted.sort_by(|a, b| position(&a.coordinate).cmp(&position(&b.coordinate)));
-    (compacted, away)
+    for records in [&mut compacted, &mut expired] {
+        records.sort_by(|a, b| position(&a.coordinate).cmp(&position(&b.coordinate)));
+    }
+    (compacted, expired, away)
 }
 
 /// What one compaction did.
@@ -344,12 +353,15 @@ pub struct CompactionReport {
     pub away: CompactedAway,
     /// The compacted segment, when one was written.
     pub segment_id: Option<String>,
+    /// The archive segment holding the expired records, when any expired.
+    pub archive_segment_id: Option<String>,
     /// Segments of an earlier compaction a crash had left behind, removed.
     pub leftovers_removed: u64,
 }
 
 /// Folds every closed segment into one (see [`compact_records`]), under the directory's lock so no
-/// snapshot reads half of it. Nothing is written when a single segment would come out unchanged.
+/// snapshot reads half of it; expired records go to the archive ([`SegmentStore::archive`]), never
+/// deleted. Nothing is written when a single segment would come out unchanged.
 /// Offsets and dead-letter counts of every input carry over, so a snapshot's manifest is unchanged.
 pub fn compact_segments(
     segments: &SegmentStore,
@@ -363,7 +375,7 @@ pub fn compact_segments(
         leftovers_removed: loaded.leftovers_removed as u64,
         ..CompactionReport::default()
     };
-    let (records, away) = compact_records(loaded.records, expire_before);
+    let (records, expired, away) = compact_records(loaded.records, expire_before);
     report.records_out = records.len() as u64;
     report.away = away;
     if loaded.metas.len() < 2 && away.total() == 0 {
@@ -385,7 +397,7 @@ pub fn compact_segments(
             .sum::<u64>()
             + away.total(),
     };
-    let meta = segments.replace(&lock, &loaded.paths, &records, contents)?;
+    let (meta, archive) = segments.replace(&lock, &loaded.paths, &records, &expired, contents)?;
     tracing::info!(
         segment = %meta.segment_id,
         segments_in = report.segments_in,
@@ -394,9 +406,11 @@ pub fn compact_segments(
         redelivered = away.redelivered,
         superseded = away.superseded,
         expired = away.expired,
+        archive = ?archive.as_ref().map(|archive| &archive.segment_id),
         "segments compacted"
     );
     report.segment_id = Some(meta.segment_id);
+    report.archive_segment_id = archive.map(|archive| archive.segment_id);
     Ok(report)
 }
 
@@ -404,6 +418,8 @@ pub fn compact_segments(
 mod tests {
     use chrono::TimeZone;
     use sentiflow_common::events::Sentiment;
+
+    use std::path::PathBuf;
 
     use super::*;
     use crate::dataset::{OffsetRange, Split};
@@ -814,14 +830,15 @@ mod tests {
         for case in 0..500 {
             let records = random_records(&mut cases);
             let cut = cases.below(records.len() as u64 + 1) as usize;
-            let (compacted, away) = compact_records(records[..cut].to_vec(), None);
+            let (compacted, expired, away) = compact_records(records[..cut].to_vec(), None);
+            assert!(expired.is_empty());
             assert_eq!(away.expired, 0);
             assert_eq!(compacted.len() as u64 + away.total(), cut as u64);
             folded += away.total();
             let mut later = compacted.clone();
             later.extend_from_slice(&records[cut..]);
             // Compacting again, after the later records, changes nothing either.
-            let (twice, _) = compact_records(later.clone(), None);
+            let (twice, _, _) = compact_records(later.clone(), None);
             for options in [CurateOptions::default(), window.clone()] {
                 let (expected, expected_counts) = curate_rows(records.clone(), &options);
                 for candidate in [&later, &twice] {
@@ -864,12 +881,15 @@ mod tests {
             arrived(human("ghost-old", Negative, 0, 2), 3),
             arrived(human("ghost-new", Negative, 0, 3), 10),
         ];
-        let (kept, away) = compact_records(records, Some(at(5)));
-        let ids: Vec<&str> = kept
-            .iter()
-            .map(|record| record.review_id.as_str())
-            .collect();
-        assert_eq!(ids, ["relabelled", "ghost-new", "relabelled", "new"]);
+        let (kept, expired, away) = compact_records(records, Some(at(5)));
+        let ids = |records: &[CurationRecord]| -> Vec<String> {
+            records
+                .iter()
+                .map(|record| record.review_id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&kept), ["relabelled", "ghost-new", "relabelled", "new"]);
+        assert_eq!(ids(&expired), ["old", "ghost-old", "old"]);
         assert_eq!(
             away,
             CompactedAway {
@@ -993,5 +1013,29 @@ mod tests {
         let more = compact_segments(&segments, None).unwrap();
         assert_eq!((more.segments_in, more.away.redelivered), (2, 3));
         assert_eq!(segments.list().unwrap().len(), 1);
+
+        // Retention moves what expired into the archive, whole; nothing is deleted.
+        let expired = compact_segments(
+            &segments,
+            Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                expired.records_in,
+                expired.records_out,
+                expired.away.expired
+            ),
+            (41, 0, 41)
+        );
+        let archive = segments.archive();
+        let archived: Vec<PathBuf> = archive.list().unwrap();
+        assert_eq!(archived.len(), 1);
+        let (_, archived) = archive.read(&archived[0]).unwrap();
+        assert_eq!(archived.len(), 41);
+        assert!(matches!(
+            curate_snapshot(&segments, &snapshots, &CurateOptions::default()),
+            Err(DatasetError::Empty)
+        ));
     }
 }

@@ -173,8 +173,11 @@ pub struct LoadedSegments {
 /// segment needs no lock: it appears by an atomic rename. Released when dropped.
 #[derive(Debug)]
 pub struct SegmentLock {
-    _file: File,
+    _file: Option<File>,
 }
+
+/// Longest [`SegmentStore::lock`] waits for another holder before it gives up with an error.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The fields of a segment's metadata that its writer chooses (the rest are set when it is written).
 #[derive(Debug, Clone, Default)]
@@ -351,18 +354,51 @@ impl SegmentStore {
         )
     }
 
-    /// Takes the directory's lock, waiting while another reader or compactor holds it.
+    /// Takes the directory's lock, waiting while another reader or compactor holds it, at most
+    /// [`LOCK_WAIT`]. A directory that does not exist yet is not created (there is nothing to guard),
+    /// and one that cannot hold a lock file (read-only) is read without it: only writers need it.
     pub fn lock(&self) -> Result<SegmentLock, DatasetError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        file.lock().map_err(io_error(&path))?;
-        Ok(SegmentLock { _file: file })
+        let opened = match File::open(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                File::options().create(true).append(true).open(&path)
+            }
+            opened => opened,
+        };
+        let file = match opened {
+            Ok(file) => file,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                tracing::debug!(%error, path = %path.display(), "segments read without a lock");
+                return Ok(SegmentLock { _file: None });
+            }
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(SegmentLock { _file: Some(file) }),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io_error(&path)(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "another process held the segment lock for {} s (a stuck `sentiflow dataset compact`?)",
+                            LOCK_WAIT.as_secs()
+                        ),
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(io_error(&path)(error)),
+            }
+        }
     }
 
     /// Reads every complete segment. A segment that a later one replaces (a compaction a crash
@@ -400,17 +436,34 @@ impl SegmentStore {
     }
 
     /// Writes `records` as one segment that replaces the segments at `inputs`, then removes those (a
-    /// crash in between leaves both: [`SegmentStore::load`] then skips and removes the inputs).
+    /// crash in between leaves both: [`SegmentStore::load`] then skips and removes the inputs). Records
+    /// moved out (`archived`, when any) are first written as a segment of [`SegmentStore::archive`].
     pub fn replace(
         &self,
         _lock: &SegmentLock,
         inputs: &[PathBuf],
         records: &[CurationRecord],
+        archived: &[CurationRecord],
         contents: SegmentContents,
-    ) -> Result<SegmentMeta, DatasetError> {
+    ) -> Result<(SegmentMeta, Option<SegmentMeta>), DatasetError> {
+        let archive = if archived.is_empty() {
+            None
+        } else {
+            Some(
+                self.archive()
+                    .write_contents(archived, SegmentContents::default())?,
+            )
+        };
         let meta = self.write_contents(records, contents)?;
         self.remove(inputs)?;
-        Ok(meta)
+        Ok((meta, archive))
+    }
+
+    /// Where records that passed the retention window go: `<dir>/../archive`, in the segment format (a
+    /// file moved back into the segment directory is read again like any segment). Never read here.
+    pub fn archive(&self) -> SegmentStore {
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        SegmentStore::new(parent.join("archive"))
     }
 
     /// Removes segment files (already gone is fine) and makes the removal durable.

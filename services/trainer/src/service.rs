@@ -183,7 +183,11 @@ pub async fn start(
         path: segments.dir().to_owned(),
         source,
     })?;
-    let stale = segments.remove_stale_temp_files()?;
+    // Under the lock: a `sentiflow dataset compact` running beside us may be writing a temp file.
+    let stale = {
+        let _lock = segments.lock()?;
+        segments.remove_stale_temp_files()?
+    };
     if stale > 0 {
         info!(
             stale,
@@ -562,14 +566,13 @@ impl Worker {
         if !abandoned && self.close(&mut open, &mut schedule).await.is_err() {
             warn!("last segment abandoned at shutdown; its messages will be read again");
         }
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         for (task, what) in [
             (schedule.running.take(), "scheduled snapshot"),
             (schedule.compaction.take(), "segment compaction"),
         ] {
             if let Some(task) = task
-                && tokio::time::timeout(self.drain_timeout, task)
-                    .await
-                    .is_err()
+                && tokio::time::timeout_at(deadline, task).await.is_err()
             {
                 warn!(
                     task = what,
@@ -865,9 +868,7 @@ impl Worker {
         metrics::counter!("sentiflow_trainer_segments_written_total").increment(1);
         metrics::histogram!("sentiflow_trainer_segment_size_rows").record(meta.rows as f64);
         debug!(segment = %meta.segment_id, rows = meta.rows, dead_lettered = meta.dead_lettered, "segment closed");
-        if let Ok(paths) = self.segments.list() {
-            metrics::gauge!("sentiflow_trainer_segment_files").set(paths.len() as f64);
-        }
+        metrics::gauge!("sentiflow_trainer_segment_files").increment(1.0);
         schedule.rows_since += meta.rows;
         schedule.segments_since_compaction += 1;
         self.maybe_snapshot(schedule);
@@ -894,8 +895,11 @@ impl Worker {
             .map(|keep| chrono::Utc::now() - keep);
         schedule.compaction = Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            match compact_segments(&segments, expire_before) {
-                Ok(report) => {
+            let compacted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                compact_segments(&segments, expire_before)
+            }));
+            match compacted {
+                Ok(Ok(report)) => {
                     let outcome = if report.segment_id.is_some() {
                         stats.compactions.fetch_add(1, Ordering::Relaxed);
                         "written"
@@ -915,10 +919,15 @@ impl Worker {
                             .increment(records);
                     }
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => error.kind())
                         .increment(1);
                     warn!(%error, "segment compaction failed; the segments stay as they were");
+                }
+                Err(_) => {
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => "panic")
+                        .increment(1);
+                    tracing::error!("segment compaction panicked; the segments stay as they were");
                 }
             }
             if let Ok(paths) = segments.list() {
