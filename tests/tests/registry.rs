@@ -1,5 +1,6 @@
 //! The model registry against a real Redis: register, promote, roll back, list, and refuse a tampered
-//! artifact; a failed registration leaves nothing behind.
+//! artifact; a failed registration leaves nothing behind; `sentiflow dataset prune` keeps the snapshots
+//! registered versions were trained on.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,7 @@ use sentiflow_common::config::RedisArgs;
 use sentiflow_common::events::{ModelAlias, ModelFamily, UpdateAction};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_common::store::RedisStore;
+use sentiflow_trainer::dataset::{DatasetRow, Origin, SnapshotStore};
 use sentiflow_trainer::registry::{NewModel, Registry, RegistryError};
 
 fn new_model(name: &str, payload: &[u8], macro_f1: f64) -> NewModel {
@@ -157,4 +159,106 @@ async fn register_promote_rollback_and_checksum_refusal() {
         .map(|entry| entry.file_name())
         .collect();
     assert_eq!(leftovers.len(), 2, "only v1 and v2: {leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
+    use clap::Parser as _;
+    let redis_server = sentiflow_tests::redis();
+    let prefix = "prune-test";
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
+    let rows: Vec<DatasetRow> = (0..60)
+        .map(|index| DatasetRow {
+            review_id: format!("r{index}"),
+            text: format!("review {index}"),
+            label: sentiflow_common::events::Sentiment::from_index(index % 3).unwrap(),
+            provenance: sentiflow_common::events::LabelProvenance::SourceLabel,
+            confidence: 1.0,
+            created_at: chrono::Utc::now(),
+            source: "test".to_owned(),
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        // Snapshot ids order by their millisecond; a pause keeps the write order.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let origin = Origin::File {
+            path: "test".into(),
+            sha256: "0".repeat(64),
+        };
+        ids.push(snapshots.write(&rows, origin).unwrap().snapshot_id);
+    }
+    let store = RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), prefix)).unwrap();
+    let registry = Registry::new(dir.path().join("models"), store);
+    let mut trained = new_model("sentiment-hashed", b"onnx-one", 0.61);
+    trained.snapshot_id = ids[0].clone();
+    registry.register(trained).await.unwrap();
+
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let prune = |redis_url: String, extra: &[&str]| {
+        let mut args = vec![
+            "sentiflow".to_owned(),
+            "dataset".to_owned(),
+            "prune".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.clone(),
+            "--redis-url".to_owned(),
+            redis_url,
+            "--redis-key-prefix".to_owned(),
+            prefix.to_owned(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
+        let sentiflow::cli::Command::Dataset { command } = cli.command else {
+            panic!("parsed as a dataset command")
+        };
+        tokio::task::spawn_blocking(move || sentiflow::dataset::run(command))
+    };
+    let old_enough = ["--keep-latest", "1", "--min-age-hours", "0"];
+    prune(
+        redis_server.url(),
+        &[&old_enough[..], &["--dry-run"]].concat(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        snapshots.list().unwrap().len(),
+        4,
+        "a dry run removes nothing"
+    );
+    prune(redis_server.url(), &[]).await.unwrap().unwrap();
+    assert_eq!(
+        snapshots.list().unwrap().len(),
+        4,
+        "by default snapshots younger than 24 hours stay"
+    );
+    // Redis unreachable: the references are unknown, so nothing goes.
+    let error = prune(
+        "redis://127.0.0.1:1/".to_owned(),
+        &[&old_enough[..], &["--redis-timeout-ms", "300"]].concat(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("nothing was removed"),
+        "{error:#}"
+    );
+    assert_eq!(snapshots.list().unwrap().len(), 4);
+    prune(redis_server.url(), &old_enough)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        snapshots.list().unwrap(),
+        [ids[0].clone(), ids[3].clone()],
+        "the registered version's snapshot and the newest stay"
+    );
+    assert!(
+        snapshots
+            .read(&ids[0], sentiflow_trainer::dataset::Split::Train)
+            .is_ok()
+    );
 }

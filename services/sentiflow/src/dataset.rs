@@ -1,5 +1,5 @@
-//! `sentiflow dataset import|snapshot|compact|list|show`: labelled files (the ../shared/data corpora, CSV or
-//! JSONL) or the trainer service's curated segments into immutable snapshots, and a look at the catalogue.
+//! `sentiflow dataset import|snapshot|compact|prune|list|show`: labelled files (the ../shared/data corpora,
+//! CSV or JSONL) or the trainer service's curated segments into immutable snapshots, and their upkeep.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use sentiflow_common::events::{LabelProvenance, RawReview};
 use sentiflow_trainer::curation::compact_segments;
-use sentiflow_trainer::dataset::{DatasetRow, Manifest, Origin, SnapshotStore, sha256_file};
+use sentiflow_trainer::dataset::{
+    DatasetRow, Manifest, Origin, PrunePolicy, PruneVerdict, SnapshotStore, sha256_file,
+};
 use sentiflow_trainer::segment::SegmentStore;
 use sentiflow_trainer::{CurateOptions, curate_snapshot};
 
@@ -23,6 +25,9 @@ pub enum DatasetCommand {
     /// Fold the curated segments into one that keeps what snapshots depend on (the trainer service does
     /// this every `--compact-after-segments`; safe to run while it runs).
     Compact(CompactArgs),
+    /// Remove snapshots no registered model version was trained on, except the newest and the young
+    /// ones (every retrain writes a full snapshot; they add up).
+    Prune(PruneArgs),
     /// List snapshots, oldest first.
     List(StoreArgs),
     /// Print a snapshot's manifest as JSON.
@@ -75,6 +80,27 @@ pub struct CompactArgs {
     /// (default: keep everything in the active segments).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub retain_days: Option<u32>,
+}
+
+/// Flags of `sentiflow dataset prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// The registry (Redis) whose model versions' snapshots stay, and the data directory.
+    #[command(flatten)]
+    pub registry: crate::models::RegistryArgs,
+    /// Keep the newest this many snapshots whatever else holds.
+    #[arg(long, default_value_t = 3)]
+    pub keep_latest: usize,
+    /// Keep snapshots younger than this many hours (a retrain may be training on one it has not
+    /// registered yet).
+    #[arg(long, default_value_t = 24)]
+    pub min_age_hours: u32,
+    /// Print what would be removed and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `sentiflow dataset import`.
@@ -165,6 +191,7 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DatasetCommand::Prune(args) => prune(&args),
         DatasetCommand::List(store) => {
             let store = store.store();
             for id in store.list()? {
@@ -183,6 +210,96 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `sentiflow dataset prune`: asks the registry which snapshots its versions were trained on (and
+/// removes nothing when it cannot), then removes what the policy lets go.
+fn prune(args: &PruneArgs) -> anyhow::Result<()> {
+    let registry = args.registry.open()?;
+    // `dataset` commands run on a blocking thread of the CLI's runtime.
+    let referenced = tokio::runtime::Handle::current()
+        .block_on(async {
+            let mut referenced: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for name in registry.names().await? {
+                for record in registry.versions(&name).await? {
+                    referenced
+                        .entry(record.snapshot_id.clone())
+                        .or_default()
+                        .push(format!("{name}@{}", record.version));
+                }
+            }
+            Ok::<_, sentiflow_trainer::registry::RegistryError>(referenced)
+        })
+        .context("reading the registry's model versions (nothing was removed)")?;
+    let store = SnapshotStore::new(args.registry.data_dir.join("snapshots"));
+    let now = chrono::Utc::now();
+    let min_age = chrono::Duration::hours(i64::from(args.min_age_hours));
+    let policy = PrunePolicy {
+        keep_latest: args.keep_latest,
+        min_age,
+    };
+    let plan = store.plan_prune(&referenced, &policy, now)?;
+    let mut freed = 0;
+    let mut removed = 0;
+    for entry in plan
+        .iter()
+        .filter(|entry| entry.verdict == PruneVerdict::Remove)
+    {
+        if !args.dry_run {
+            store
+                .remove(&entry.snapshot_id)
+                .with_context(|| format!("removing {}", entry.snapshot_id))?;
+        }
+        freed += entry.bytes;
+        removed += 1;
+    }
+    let leftovers = if args.dry_run {
+        0
+    } else {
+        store.remove_leftovers(now - min_age)?
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": args.dry_run,
+                "snapshots": plan,
+                "removed": removed,
+                "freed_bytes": freed,
+                "leftovers_removed": leftovers,
+            }))?
+        );
+        return Ok(());
+    }
+    println!("{:<40} {:>9} {:>10}  fate", "snapshot", "rows", "MB");
+    for entry in &plan {
+        println!(
+            "{:<40} {:>9} {:>10.1}  {}",
+            entry.snapshot_id,
+            entry
+                .rows
+                .map_or_else(|| "?".to_owned(), |rows| rows.to_string()),
+            entry.bytes as f64 / 1e6,
+            entry.verdict.describe()
+        );
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!(
+        "{verb} {removed} of {} snapshots, {:.1} MB{}",
+        plan.len(),
+        freed as f64 / 1e6,
+        if leftovers > 0 {
+            format!("; removed {leftovers} leftovers of interrupted writes")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// `latest` or an explicit id.

@@ -252,6 +252,80 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+/// Which snapshots a prune keeps besides those registered models were trained on.
+#[derive(Debug, Clone, Copy)]
+pub struct PrunePolicy {
+    /// The newest this many snapshots stay.
+    pub keep_latest: usize,
+    /// Snapshots younger than this stay (a retrain may be training on one it has not registered yet).
+    pub min_age: chrono::Duration,
+}
+
+/// What a prune does to one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum PruneVerdict {
+    /// Kept: registered model versions (`NAME@VERSION`) were trained on it.
+    Referenced {
+        /// The versions.
+        models: Vec<String>,
+    },
+    /// Kept: among the newest `keep_latest`.
+    Latest,
+    /// Kept: younger than `min_age`.
+    Young,
+    /// Kept: its manifest cannot be read (for an operator to look at).
+    Unreadable {
+        /// Why.
+        error: String,
+    },
+    /// Removed (in a dry run: would be).
+    Remove,
+}
+
+impl PruneVerdict {
+    /// One line for a table.
+    pub fn describe(&self) -> String {
+        match self {
+            PruneVerdict::Referenced { models } => format!("kept: trained {}", models.join(", ")),
+            PruneVerdict::Latest => "kept: among the newest".to_owned(),
+            PruneVerdict::Young => "kept: younger than --min-age-hours".to_owned(),
+            PruneVerdict::Unreadable { error } => format!("kept: unreadable manifest ({error})"),
+            PruneVerdict::Remove => "remove".to_owned(),
+        }
+    }
+}
+
+/// One snapshot in a prune plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneEntry {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// When it was written (None when the manifest is unreadable).
+    pub created_at: Option<DateTime<Utc>>,
+    /// Rows (None when the manifest is unreadable).
+    pub rows: Option<u64>,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// What happens to it.
+    #[serde(flatten)]
+    pub verdict: PruneVerdict,
+}
+
+/// Bytes of the files directly in `dir` (a snapshot has no sub-directories); 0 when unreadable.
+fn directory_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|metadata| metadata.is_file())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Errors of snapshot writing and reading.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -533,6 +607,90 @@ impl SnapshotStore {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// What a prune with `policy` would do to every snapshot, oldest first. `referenced` maps a
+    /// snapshot id to the registered model versions (`NAME@VERSION`) trained on it.
+    pub fn plan_prune(
+        &self,
+        referenced: &BTreeMap<String, Vec<String>>,
+        policy: &PrunePolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<PruneEntry>, DatasetError> {
+        let ids = self.list()?;
+        let latest_from = ids.len().saturating_sub(policy.keep_latest);
+        let mut plan = Vec::with_capacity(ids.len());
+        for (index, snapshot_id) in ids.into_iter().enumerate() {
+            let bytes = directory_bytes(&self.root.join(&snapshot_id));
+            let manifest = self.manifest(&snapshot_id);
+            let (created_at, rows) = match &manifest {
+                Ok(manifest) => (Some(manifest.created_at), Some(manifest.rows)),
+                Err(_) => (None, None),
+            };
+            let verdict = if let Some(models) = referenced.get(&snapshot_id) {
+                PruneVerdict::Referenced {
+                    models: models.clone(),
+                }
+            } else if index >= latest_from {
+                PruneVerdict::Latest
+            } else if let Err(error) = &manifest {
+                PruneVerdict::Unreadable {
+                    error: error.to_string(),
+                }
+            } else if created_at.is_some_and(|created| now - created < policy.min_age) {
+                PruneVerdict::Young
+            } else {
+                PruneVerdict::Remove
+            };
+            plan.push(PruneEntry {
+                snapshot_id,
+                created_at,
+                rows,
+                bytes,
+                verdict,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Removes a snapshot: renamed out of the listing first (so no reader sees it half removed), then
+    /// deleted.
+    pub fn remove(&self, snapshot_id: &str) -> Result<(), DatasetError> {
+        let path = self.root.join(snapshot_id);
+        if !snapshot_id.starts_with("snap-") || snapshot_id.contains(['/', '\\']) || !path.is_dir()
+        {
+            return Err(DatasetError::NotFound(snapshot_id.to_owned()));
+        }
+        let removing = self.root.join(format!(".removing-{snapshot_id}"));
+        std::fs::rename(&path, &removing).map_err(io_error(&path))?;
+        std::fs::remove_dir_all(&removing).map_err(io_error(&removing))
+    }
+
+    /// Removes what interrupted writes and removals left in the store (`.tmp-*`, `.removing-*`) that is
+    /// older than `older_than` (a younger one may be a write in progress); returns how many.
+    pub fn remove_leftovers(&self, older_than: DateTime<Utc>) -> Result<usize, DatasetError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(io_error(&self.root)(error)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(".tmp-") || name.starts_with(".removing-")) {
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .map(DateTime::<Utc>::from)
+                .map_err(io_error(&entry.path()))?;
+            if modified < older_than {
+                std::fs::remove_dir_all(entry.path()).map_err(io_error(&entry.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The id of the newest snapshot, if any.
@@ -856,6 +1014,89 @@ mod tests {
         assert_eq!(store.manifest(&manifest.snapshot_id).unwrap(), manifest);
         // No staging directory is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn prune_keeps_referenced_newest_young_and_unreadable_snapshots_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let ids: Vec<String> = (0..5)
+            .map(|_| {
+                // Ids order by their millisecond; a pause keeps the write order.
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                let origin = Origin::File {
+                    path: "unit".into(),
+                    sha256: "0".repeat(64),
+                };
+                store.write(&rows(60), origin).unwrap().snapshot_id
+            })
+            .collect();
+        assert_eq!(store.list().unwrap(), ids);
+        std::fs::write(dir.path().join(&ids[2]).join("manifest.json"), b"{ torn").unwrap();
+        let referenced = BTreeMap::from([(ids[0].clone(), vec!["sentiment-hashed@v1".to_owned()])]);
+        let policy = |hours| PrunePolicy {
+            keep_latest: 1,
+            min_age: chrono::Duration::hours(hours),
+        };
+        let verdicts = |plan: Vec<PruneEntry>| -> Vec<PruneVerdict> {
+            plan.into_iter().map(|entry| entry.verdict).collect()
+        };
+        let now = Utc::now();
+        let young = verdicts(store.plan_prune(&referenced, &policy(1), now).unwrap());
+        assert_eq!(
+            young[0],
+            PruneVerdict::Referenced {
+                models: vec!["sentiment-hashed@v1".to_owned()]
+            }
+        );
+        assert_eq!(
+            (&young[1], &young[3], &young[4]),
+            (
+                &PruneVerdict::Young,
+                &PruneVerdict::Young,
+                &PruneVerdict::Latest
+            )
+        );
+        assert!(matches!(young[2], PruneVerdict::Unreadable { .. }));
+
+        let plan = store
+            .plan_prune(&referenced, &policy(0), now + chrono::Duration::seconds(1))
+            .unwrap();
+        assert!(plan.iter().all(|entry| entry.bytes > 0));
+        let doomed: Vec<String> = plan
+            .iter()
+            .filter(|entry| entry.verdict == PruneVerdict::Remove)
+            .map(|entry| entry.snapshot_id.clone())
+            .collect();
+        assert_eq!(doomed, [ids[1].clone(), ids[3].clone()]);
+        for id in &doomed {
+            store.remove(id).unwrap();
+        }
+        assert_eq!(
+            store.list().unwrap(),
+            [ids[0].clone(), ids[2].clone(), ids[4].clone()]
+        );
+        assert!(store.read(&ids[4], Split::Train).is_ok());
+        for bad in ["../escape", "snap-../../x", "not-a-snapshot", &ids[1]] {
+            assert_eq!(store.remove(bad).unwrap_err().kind(), "not_found", "{bad}");
+        }
+
+        // Leftovers of interrupted writes and removals go once they are older than the cut-off.
+        std::fs::create_dir_all(dir.path().join(".tmp-abc")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".removing-snap-x")).unwrap();
+        assert_eq!(
+            store
+                .remove_leftovers(now - chrono::Duration::hours(1))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .remove_leftovers(Utc::now() + chrono::Duration::seconds(5))
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.list().unwrap().len(), 3);
     }
 
     #[test]
