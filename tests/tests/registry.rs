@@ -189,6 +189,18 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         };
         ids.push(snapshots.write(&rows, origin).unwrap().snapshot_id);
     }
+    // Two days old: only the registry and --keep-latest protect them. (A manifest is not under a
+    // checksum of its own; its files are.)
+    for id in &ids {
+        let path = dir.path().join("snapshots").join(id).join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["created_at"] = serde_json::json!(chrono::Utc::now() - chrono::Duration::days(2));
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    }
+    let embeddings = dir.path().join("embeddings").join(&ids[1]).join("config");
+    std::fs::create_dir_all(&embeddings).unwrap();
+    std::fs::write(embeddings.join("train.f32"), [0u8; 16]).unwrap();
     let store = RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), prefix)).unwrap();
     let registry = Registry::new(dir.path().join("models"), store);
     let mut trained = new_model("sentiment-hashed", b"onnx-one", 0.61);
@@ -205,9 +217,10 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
             data_dir.clone(),
             "--redis-url".to_owned(),
             redis_url,
-            "--redis-key-prefix".to_owned(),
-            prefix.to_owned(),
         ];
+        if !extra.contains(&"--redis-key-prefix") {
+            args.extend(["--redis-key-prefix".to_owned(), prefix.to_owned()]);
+        }
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
         let sentiflow::cli::Command::Dataset { command } = cli.command else {
@@ -215,10 +228,10 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         };
         tokio::task::spawn_blocking(move || sentiflow::dataset::run(command))
     };
-    let old_enough = ["--keep-latest", "1", "--min-age-hours", "0"];
+    let keep_one = ["--keep-latest", "1"];
     prune(
         redis_server.url(),
-        &[&old_enough[..], &["--dry-run"]].concat(),
+        &[&keep_one[..], &["--dry-run"]].concat(),
     )
     .await
     .unwrap()
@@ -228,16 +241,34 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         4,
         "a dry run removes nothing"
     );
-    prune(redis_server.url(), &[]).await.unwrap().unwrap();
+    prune(
+        redis_server.url(),
+        &[&keep_one[..], &["--min-age-hours", "72"]].concat(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(
         snapshots.list().unwrap().len(),
         4,
-        "by default snapshots younger than 24 hours stay"
+        "snapshots younger than --min-age-hours stay"
+    );
+    // A key prefix with no registry behind it must not read as "no model needs any snapshot".
+    let error = prune(
+        redis_server.url(),
+        &[&keep_one[..], &["--redis-key-prefix", "elsewhere"]].concat(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("lists no model version"),
+        "{error:#}"
     );
     // Redis unreachable: the references are unknown, so nothing goes.
     let error = prune(
         "redis://127.0.0.1:1/".to_owned(),
-        &[&old_enough[..], &["--redis-timeout-ms", "300"]].concat(),
+        &[&keep_one[..], &["--redis-timeout-ms", "300"]].concat(),
     )
     .await
     .unwrap()
@@ -247,10 +278,19 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         "{error:#}"
     );
     assert_eq!(snapshots.list().unwrap().len(), 4);
-    prune(redis_server.url(), &old_enough)
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(
+        sentiflow::cli::Cli::try_parse_from([
+            "sentiflow",
+            "dataset",
+            "prune",
+            "--min-age-hours",
+            "0"
+        ])
+        .is_err(),
+        "an age below one hour is refused"
+    );
+
+    prune(redis_server.url(), &keep_one).await.unwrap().unwrap();
     assert_eq!(
         snapshots.list().unwrap(),
         [ids[0].clone(), ids[3].clone()],
@@ -260,5 +300,9 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         snapshots
             .read(&ids[0], sentiflow_trainer::dataset::Split::Train)
             .is_ok()
+    );
+    assert!(
+        !dir.path().join("embeddings").join(&ids[1]).exists(),
+        "a removed snapshot's embedding cache goes with it"
     );
 }

@@ -2,6 +2,7 @@
 //! CSV or JSONL) or the trainer service's curated segments into immutable snapshots, and their upkeep.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -91,9 +92,9 @@ pub struct PruneArgs {
     /// Keep the newest this many snapshots whatever else holds.
     #[arg(long, default_value_t = 3)]
     pub keep_latest: usize,
-    /// Keep snapshots younger than this many hours (a retrain may be training on one it has not
-    /// registered yet).
-    #[arg(long, default_value_t = 24)]
+    /// Keep snapshots younger than this many hours, at least 1 (a retrain may be training on one it
+    /// has not registered yet; the same age protects interrupted writes' leftovers).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
     pub min_age_hours: u32,
     /// Print what would be removed and remove nothing.
     #[arg(long)]
@@ -213,14 +214,14 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
 }
 
 /// `sentiflow dataset prune`: asks the registry which snapshots its versions were trained on (and
-/// removes nothing when it cannot), then removes what the policy lets go.
+/// removes nothing when it cannot, or when it lists no version at all: a wrong URL or key prefix must not
+/// look like an empty registry), adds those the model cards on disk name, asks again right before
+/// removing, and removes what the policy lets go, with the snapshot's embedding cache.
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     let registry = args.registry.open()?;
-    // `dataset` commands run on a blocking thread of the CLI's runtime.
-    let referenced = tokio::runtime::Handle::current()
-        .block_on(async {
-            let mut referenced: std::collections::BTreeMap<String, Vec<String>> =
-                std::collections::BTreeMap::new();
+    let references = || -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+        let read = async {
+            let mut referenced: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for name in registry.names().await? {
                 for record in registry.versions(&name).await? {
                     referenced
@@ -230,8 +231,18 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
                 }
             }
             Ok::<_, sentiflow_trainer::registry::RegistryError>(referenced)
-        })
+        };
+        // `dataset` commands run on a blocking thread of the CLI's runtime; without one, make one.
+        let referenced = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(read),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(read),
+        }
         .context("reading the registry's model versions (nothing was removed)")?;
+        Ok(referenced)
+    };
     let store = SnapshotStore::new(args.registry.data_dir.join("snapshots"));
     let now = chrono::Utc::now();
     let min_age = chrono::Duration::hours(i64::from(args.min_age_hours));
@@ -239,7 +250,35 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         keep_latest: args.keep_latest,
         min_age,
     };
-    let plan = store.plan_prune(&referenced, &policy, now)?;
+    let mut referenced = references()?;
+    let snapshots = store.list()?;
+    if referenced.is_empty() && !snapshots.is_empty() {
+        bail!(
+            "the registry ({}, key prefix {:?}) lists no model version, yet {} snapshots exist: check \
+             --redis-url and --redis-key-prefix (nothing was removed)",
+            args.registry.redis.url,
+            args.registry.redis.key_prefix,
+            snapshots.len()
+        );
+    }
+    for (snapshot, card) in snapshots_named_by_cards(&args.registry.data_dir.join("models")) {
+        referenced.entry(snapshot).or_default().push(card);
+    }
+    let mut plan = store.plan_prune(&referenced, &policy, now)?;
+    // A version registered while the plan was made (a retrain finishing) keeps its snapshot too.
+    for (snapshot, versions) in references()? {
+        let known = referenced.entry(snapshot).or_default();
+        for version in versions {
+            if !known.contains(&version) {
+                known.push(version);
+            }
+        }
+    }
+    if plan.iter().any(|entry| {
+        entry.verdict == PruneVerdict::Remove && referenced.contains_key(&entry.snapshot_id)
+    }) {
+        plan = store.plan_prune(&referenced, &policy, now)?;
+    }
     let mut freed = 0;
     let mut removed = 0;
     for entry in plan
@@ -250,6 +289,20 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
             store
                 .remove(&entry.snapshot_id)
                 .with_context(|| format!("removing {}", entry.snapshot_id))?;
+            // The encoder family's embeddings of the snapshot's rows (keyed by its id) go with it.
+            let embeddings = args
+                .registry
+                .data_dir
+                .join("embeddings")
+                .join(&entry.snapshot_id);
+            match std::fs::remove_dir_all(&embeddings) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("removing {}", embeddings.display()));
+                }
+            }
         }
         freed += entry.bytes;
         removed += 1;
@@ -300,6 +353,38 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Snapshot ids the model cards under `models_dir` (`<name>/<version>/card.json`) were trained on, with
+/// `NAME@VERSION (card)`; unreadable cards are skipped (the registry's own list is the main source).
+fn snapshots_named_by_cards(models_dir: &Path) -> Vec<(String, String)> {
+    let mut named = Vec::new();
+    let Ok(names) = std::fs::read_dir(models_dir) else {
+        return named;
+    };
+    for name in names.flatten() {
+        let Ok(versions) = std::fs::read_dir(name.path()) else {
+            continue;
+        };
+        for version in versions.flatten() {
+            let card = version.path().join("card.json");
+            let snapshot = std::fs::read(&card)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|card| card.get("snapshot_id")?.as_str().map(str::to_owned));
+            if let Some(snapshot) = snapshot {
+                named.push((
+                    snapshot,
+                    format!(
+                        "{}@{} (card)",
+                        name.file_name().to_string_lossy(),
+                        version.file_name().to_string_lossy()
+                    ),
+                ));
+            }
+        }
+    }
+    named
 }
 
 /// `latest` or an explicit id.

@@ -367,7 +367,7 @@ pub fn compact_segments(
     segments: &SegmentStore,
     expire_before: Option<DateTime<Utc>>,
 ) -> Result<CompactionReport, DatasetError> {
-    let lock = segments.lock()?;
+    let lock = segments.lock_for_writing()?;
     let loaded = segments.load(&lock)?;
     let mut report = CompactionReport {
         segments_in: loaded.metas.len() as u64,

@@ -680,14 +680,19 @@ impl SnapshotStore {
             if !(name.starts_with(".tmp-") || name.starts_with(".removing-")) {
                 continue;
             }
-            let modified = entry
-                .metadata()
-                .and_then(|metadata| metadata.modified())
-                .map(DateTime::<Utc>::from)
-                .map_err(io_error(&entry.path()))?;
+            // Gone meanwhile (its writer renamed it, or another prune removed it) is fine.
+            let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
+            let modified = match entry.metadata().and_then(|metadata| metadata.modified()) {
+                Ok(modified) => DateTime::<Utc>::from(modified),
+                Err(error) if gone(&error) => continue,
+                Err(error) => return Err(io_error(&entry.path())(error)),
+            };
             if modified < older_than {
-                std::fs::remove_dir_all(entry.path()).map_err(io_error(&entry.path()))?;
-                removed += 1;
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(error) if gone(&error) => {}
+                    Err(error) => return Err(io_error(&entry.path())(error)),
+                }
             }
         }
         Ok(removed)

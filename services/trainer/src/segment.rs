@@ -354,26 +354,42 @@ impl SegmentStore {
         )
     }
 
-    /// Takes the directory's lock, waiting while another reader or compactor holds it, at most
-    /// [`LOCK_WAIT`]. A directory that does not exist yet is not created (there is nothing to guard),
-    /// and one that cannot hold a lock file (read-only) is read without it: only writers need it.
+    /// Takes the directory's lock for reading every segment, waiting while another reader or compactor
+    /// holds it, at most [`LOCK_WAIT`]. A directory that does not exist yet is not created (there is
+    /// nothing to guard), and one whose lock file cannot be opened for writing (read-only data, another
+    /// user's file) is read without the lock: a reader may then see a compaction's inputs and its output
+    /// together, which loading resolves (the output names its inputs).
     pub fn lock(&self) -> Result<SegmentLock, DatasetError> {
+        self.take_lock(false)
+    }
+
+    /// Takes the directory's lock for replacing segments (compaction): as [`SegmentStore::lock`], but a
+    /// lock file that cannot be opened for writing is an error, never a reason to go on without it.
+    pub fn lock_for_writing(&self) -> Result<SegmentLock, DatasetError> {
+        self.take_lock(true)
+    }
+
+    fn take_lock(&self, writing: bool) -> Result<SegmentLock, DatasetError> {
+        if writing {
+            std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
+        }
         let path = self.dir.join(".lock");
-        let opened = match File::open(&path) {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                File::options().create(true).append(true).open(&path)
-            }
-            opened => opened,
-        };
-        let file = match opened {
+        // Opened for writing: on NFS and CIFS an exclusive flock needs a writable descriptor.
+        let file = match File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
             Ok(file) => file,
             Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::NotFound
-                        | std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::ReadOnlyFilesystem
-                ) =>
+                if !writing
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
             {
                 tracing::debug!(%error, path = %path.display(), "segments read without a lock");
                 return Ok(SegmentLock { _file: None });

@@ -183,11 +183,15 @@ pub async fn start(
         path: segments.dir().to_owned(),
         source,
     })?;
-    // Under the lock: a `sentiflow dataset compact` running beside us may be writing a temp file.
-    let stale = {
-        let _lock = segments.lock()?;
-        segments.remove_stale_temp_files()?
-    };
+    // Under the lock (on a blocking thread: it may wait): a `sentiflow dataset compact` running beside
+    // us may be writing a temp file.
+    let cleaning = segments.clone();
+    let stale = tokio::task::spawn_blocking(move || {
+        let _lock = cleaning.lock_for_writing()?;
+        cleaning.remove_stale_temp_files()
+    })
+    .await
+    .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))?;
     if stale > 0 {
         info!(
             stale,
