@@ -362,14 +362,13 @@ fn k8s_containers(objects: &[(String, Value)]) -> Vec<(String, String, Value, St
     let mut containers = Vec::new();
     for (file, object) in objects {
         let kind = object["kind"].as_str().unwrap();
-        if kind != "Deployment" && kind != "Job" {
-            continue;
-        }
+        let pod = match kind {
+            "Deployment" | "Job" => &object["spec"]["template"]["spec"],
+            "CronJob" => &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            _ => continue,
+        };
         let name = format!("{kind}/{}", object["metadata"]["name"].as_str().unwrap());
-        for container in object["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .unwrap()
-        {
+        for container in pod["containers"].as_array().unwrap() {
             let image = container["image"].as_str().unwrap();
             let target = target_of_image(image).unwrap_or_else(|| panic!("{name}: {image}"));
             let binary = targets
@@ -958,14 +957,6 @@ fn image_property(name: &str) -> Option<String> {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `--long=value` arguments of `command` for the `SENTIFLOW_*` variables of a compose service, so the
 /// service's configuration is parsed from exactly what compose would set.
 fn args_from_env(command: &clap::Command, env: &BTreeMap<String, String>) -> Vec<String> {
@@ -1007,10 +998,21 @@ async fn the_secure_override_broker_accepts_the_services_kafka_flags() {
 
     // The compose ports, moved to free local ones; the `kafka` host is this machine (the certificate
     // names both `kafka` and `localhost`).
-    let ports: BTreeMap<&str, String> = [("9092", 0), ("9093", 0), ("29092", 0), ("9094", 0)]
-        .into_iter()
-        .map(|(compose_port, _)| (compose_port, free_port().to_string()))
+    // Each port's listener stays bound until all four are chosen, so no two are the same.
+    let held: Vec<std::net::TcpListener> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
+    let ports: BTreeMap<&str, String> = ["9092", "9093", "29092", "9094"]
+        .into_iter()
+        .zip(&held)
+        .map(|(compose_port, listener)| {
+            (
+                compose_port,
+                listener.local_addr().unwrap().port().to_string(),
+            )
+        })
+        .collect();
+    drop(held);
     let address = regex::Regex::new(r"(kafka|localhost|127\.0\.0\.1)?:(\d+)\b").unwrap();
     let relocate = |value: &str| {
         address
