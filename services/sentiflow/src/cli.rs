@@ -68,7 +68,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::models::ModelsCommand,
     },
-    /// Dataset snapshots: import labelled files, snapshot the curated stream, list, show manifests.
+    /// Dataset snapshots: import labelled files, snapshot the curated stream, compact its segments, prune
+    /// snapshots no model needs, list, show manifests.
     Dataset {
         /// What to do.
         #[command(subcommand)]
