@@ -83,17 +83,12 @@ pub fn curate_rows(
     options: &CurateOptions,
 ) -> (Vec<DatasetRow>, CurationCounts) {
     let mut counts = CurationCounts::default();
-    let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+    let mut seen = FirstCopies::default();
     let mut reviews: Vec<CurationRecord> = Vec::new();
     let mut feedback: Vec<CurationRecord> = Vec::new();
     for record in records {
         counts.records += 1;
-        let coordinate = &record.coordinate;
-        if !seen.insert((
-            coordinate.topic.clone(),
-            coordinate.partition,
-            coordinate.offset,
-        )) {
+        if !seen.first(&record.coordinate) {
             counts.redelivered += 1;
             continue;
         }
@@ -160,6 +155,21 @@ pub fn curate_rows(
     let rows = merge_labels(candidates);
     counts.unlabelled = (admitted.len() - rows.len()) as u64;
     (rows, counts)
+}
+
+/// Recognises the copies a re-read after a crash creates: the same topic, partition and offset again.
+#[derive(Default)]
+struct FirstCopies(BTreeSet<(String, i32, i64)>);
+
+impl FirstCopies {
+    /// True the first time a coordinate is seen.
+    fn first(&mut self, coordinate: &SourceCoordinate) -> bool {
+        self.0.insert((
+            coordinate.topic.clone(),
+            coordinate.partition,
+            coordinate.offset,
+        ))
+    }
 }
 
 /// A coordinate as a sortable tuple.
@@ -286,16 +296,11 @@ pub fn compact_records(
     };
 
     let mut away = CompactedAway::default();
-    let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+    let mut seen = FirstCopies::default();
     let mut unique = 0u64;
     let mut by_review: BTreeMap<String, Kept> = BTreeMap::new();
     for record in records {
-        let coordinate = &record.coordinate;
-        if !seen.insert((
-            coordinate.topic.clone(),
-            coordinate.partition,
-            coordinate.offset,
-        )) {
+        if !seen.first(&record.coordinate) {
             away.redelivered += 1;
             continue;
         }
