@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{
     DatasetError, DatasetRow, Manifest, Origin, SnapshotStore, Split, label_rank, merge_labels,
 };
-use crate::segment::{CurationRecord, RecordKind, SegmentContents, SegmentStore, merge_ranges};
+use crate::segment::{CurationRecord, RecordKind, SegmentStore};
 
 /// Which reviews a snapshot takes (the retrain loop narrows the time range of a request).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -189,14 +189,12 @@ pub fn curate_snapshot(
         let lock = segments.lock()?;
         segments.load(&lock)?
     };
-    let ranges = merge_ranges(loaded.metas.iter().flat_map(|meta| &meta.offsets));
-    let dead_lettered = loaded.metas.iter().map(|meta| meta.dead_lettered).sum();
-    let compacted_away = loaded.metas.iter().map(|meta| meta.compacted_away).sum();
+    let combined = loaded.combined();
     let segment_count = loaded.metas.len() as u64;
     let (mut rows, mut counts) = curate_rows(loaded.records, options);
     counts.segments = segment_count;
-    counts.dead_lettered = dead_lettered;
-    counts.compacted_away = compacted_away;
+    counts.dead_lettered = combined.dead_lettered;
+    counts.compacted_away = combined.compacted_away;
     if let Some(base) = &options.base_snapshot {
         let ids: BTreeSet<String> = rows.iter().map(|row| row.review_id.clone()).collect();
         let texts: BTreeSet<String> = rows.iter().map(|row| row.text.clone()).collect();
@@ -219,7 +217,7 @@ pub fn curate_snapshot(
     let manifest = snapshots.write(
         &rows,
         Origin::Topics {
-            offsets: ranges,
+            offsets: combined.offsets,
             base_snapshot: options.base_snapshot.clone(),
         },
     )?;
@@ -380,6 +378,7 @@ pub fn compact_segments(
         leftovers_removed: loaded.leftovers_removed as u64,
         ..CompactionReport::default()
     };
+    let mut contents = loaded.combined();
     let (records, expired, away) = compact_records(loaded.records, expire_before);
     report.records_out = records.len() as u64;
     report.away = away;
@@ -387,21 +386,7 @@ pub fn compact_segments(
         report.segments_in = 0;
         return Ok(report);
     }
-    let contents = SegmentContents {
-        offsets: merge_ranges(loaded.metas.iter().flat_map(|meta| &meta.offsets)),
-        dead_lettered: loaded.metas.iter().map(|meta| meta.dead_lettered).sum(),
-        replaces: loaded
-            .metas
-            .iter()
-            .map(|meta| meta.segment_id.clone())
-            .collect(),
-        compacted_away: loaded
-            .metas
-            .iter()
-            .map(|meta| meta.compacted_away)
-            .sum::<u64>()
-            + away.total(),
-    };
+    contents.compacted_away += away.total();
     let (meta, archive) = segments.replace(&lock, &loaded.paths, &records, &expired, contents)?;
     tracing::info!(
         segment = %meta.segment_id,

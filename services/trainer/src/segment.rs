@@ -168,6 +168,23 @@ pub struct LoadedSegments {
     pub leftovers_removed: usize,
 }
 
+impl LoadedSegments {
+    /// What the loaded segments account for together, as one segment replacing them would record it:
+    /// merged offset ranges, summed dead letters and compacted-away records, their ids.
+    pub fn combined(&self) -> SegmentContents {
+        SegmentContents {
+            offsets: merge_ranges(self.metas.iter().flat_map(|meta| &meta.offsets)),
+            dead_lettered: self.metas.iter().map(|meta| meta.dead_lettered).sum(),
+            replaces: self
+                .metas
+                .iter()
+                .map(|meta| meta.segment_id.clone())
+                .collect(),
+            compacted_away: self.metas.iter().map(|meta| meta.compacted_away).sum(),
+        }
+    }
+}
+
 /// Exclusive hold on a segment directory (an advisory lock on `<dir>/.lock`, across processes too):
 /// loading every segment and replacing segments by their compaction never interleave. Writing a new
 /// segment needs no lock: it appears by an atomic rename. Released when dropped.
