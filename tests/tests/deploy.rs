@@ -368,7 +368,8 @@ fn k8s_containers(objects: &[(String, Value)]) -> Vec<(String, String, Value, St
             _ => continue,
         };
         let name = format!("{kind}/{}", object["metadata"]["name"].as_str().unwrap());
-        for container in pod["containers"].as_array().unwrap() {
+        let init_containers = pod["initContainers"].as_array().into_iter().flatten();
+        for container in init_containers.chain(pod["containers"].as_array().unwrap()) {
             let image = container["image"].as_str().unwrap();
             let target = target_of_image(image).unwrap_or_else(|| panic!("{name}: {image}"));
             let binary = targets
@@ -1165,5 +1166,48 @@ async fn the_secure_override_broker_accepts_the_services_kafka_flags() {
     assert!(
         metadata(&wrong).is_err(),
         "a wrong SCRAM password must be refused"
+    );
+}
+
+#[test]
+fn k8s_arguments_of_the_cli_image_parse_as_sentiflow_commands() {
+    use clap::Parser as _;
+    let objects = k8s_objects();
+    let mut parsed = 0;
+    for (file, name, container, binary) in k8s_containers(&objects) {
+        let Some(args) = container["args"].as_array() else {
+            continue;
+        };
+        if binary != "sentiflow" {
+            continue;
+        }
+        let args: Vec<&str> = args.iter().map(|arg| arg.as_str().unwrap()).collect();
+        // A shell script (`command: [sh, -c]`): every `sentiflow …` it runs, redirections dropped.
+        let command_lines: Vec<Vec<&str>> = if container["command"].is_array() {
+            args.iter()
+                .flat_map(|script| script.split([';', '&', '|']))
+                .map(|part| {
+                    part.split_whitespace()
+                        .take_while(|word| !word.contains('>'))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|words| words.first() == Some(&"sentiflow"))
+                .collect()
+        } else {
+            vec![[&["sentiflow"][..], &args].concat()]
+        };
+        for command_line in command_lines {
+            if let Err(error) = sentiflow::cli::Cli::try_parse_from(&command_line) {
+                panic!("{file} {name}: {command_line:?} is not a sentiflow command line: {error}");
+            }
+            parsed += 1;
+        }
+    }
+    // topics-init, bootstrap-model's three, the two prune steps at least.
+    assert!(parsed >= 6, "only {parsed} command lines found");
+    // The check itself can fail: a made-up flag is refused.
+    assert!(
+        sentiflow::cli::Cli::try_parse_from(["sentiflow", "models", "prune", "--keep-all"])
+            .is_err()
     );
 }

@@ -1,6 +1,6 @@
 //! The model registry against a real Redis: register, promote, roll back, list, and refuse a tampered
 //! artifact; a failed registration leaves nothing behind; `sentiflow dataset prune` keeps the snapshots
-//! registered versions were trained on.
+//! registered versions were trained on; `sentiflow models prune` keeps what serving and rollback need.
 
 use std::collections::BTreeMap;
 
@@ -305,4 +305,244 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
         !dir.path().join("embeddings").join(&ids[1]).exists(),
         "a removed snapshot's embedding cache goes with it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions() {
+    use clap::Parser as _;
+    use redis::AsyncCommands as _;
+    use sentiflow_trainer::registry::{Removal, VersionPruneEntry, VersionVerdict};
+    let redis_server = sentiflow_tests::redis();
+    let prefix = "models-prune-test";
+    let dir = tempfile::tempdir().unwrap();
+    let models_dir = dir.path().join("models");
+    let store = RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), prefix)).unwrap();
+    let registry = Registry::new(&models_dir, store);
+    const NAME: &str = "sentiment-hashed";
+    for index in 1..=8 {
+        registry
+            .register(new_model(NAME, format!("onnx-{index}").as_bytes(), 0.6))
+            .await
+            .unwrap();
+    }
+    registry
+        .register(new_model("sentiment-encoder", b"encoder", 0.6))
+        .await
+        .unwrap();
+    for version in ["v1", "v2", "v3", "v4"] {
+        registry.promote(NAME, version).await.unwrap();
+    }
+    registry.set_challenger(NAME, "v5").await.unwrap();
+    assert_eq!(registry.history(NAME).await.unwrap(), ["v3", "v2", "v1"]);
+    // Two days old, all but v8 and the encoder: only aliases, history and --keep-latest protect them.
+    let mut redis = redis::Client::open(redis_server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for index in 1..=7 {
+        let key = format!("{prefix}:registry:{NAME}:record:v{index}");
+        let json: String = redis.get(&key).await.unwrap();
+        let mut record: serde_json::Value = serde_json::from_str(&json).unwrap();
+        record["registered_at"] = serde_json::json!(chrono::Utc::now() - chrono::Duration::days(2));
+        let () = redis.set(&key, record.to_string()).await.unwrap();
+    }
+    // A registration that crashed between its rename and its Redis write, and one that crashed
+    // while writing, both two days ago.
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    for leftover in ["v99", ".tmp-crashed"] {
+        let path = models_dir.join(NAME).join(leftover);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("model.onnx"), b"orphan").unwrap();
+        std::fs::File::open(&path)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let prune = |redis_url: String, extra: &[&str]| {
+        let mut args: Vec<String> = ["sentiflow", "models", "prune", "--data-dir", &data_dir]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(["--redis-url".to_owned(), redis_url]);
+        if !extra.contains(&"--redis-key-prefix") {
+            args.extend(["--redis-key-prefix".to_owned(), prefix.to_owned()]);
+        }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
+        let sentiflow::cli::Command::Models { command } = cli.command else {
+            panic!("parsed as a models command")
+        };
+        sentiflow::models::run(command)
+    };
+    let on_disk = || {
+        let mut versions: Vec<String> = std::fs::read_dir(models_dir.join(NAME))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        versions.sort();
+        versions
+    };
+    let all_there = on_disk();
+    let policy = ["--keep-latest", "2", "--keep-history", "2"];
+    prune(redis_server.url(), &[&policy[..], &["--dry-run"]].concat())
+        .await
+        .unwrap();
+    assert_eq!(on_disk(), all_there, "a dry run removes nothing");
+    prune(
+        redis_server.url(),
+        &[&policy[..], &["--min-age-hours", "72"]].concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        registry.versions(NAME).await.unwrap().len(),
+        8,
+        "versions younger than --min-age-hours stay"
+    );
+    let error = prune(
+        redis_server.url(),
+        &[&policy[..], &["--redis-key-prefix", "elsewhere"]].concat(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("lists no model"), "{error:#}");
+    let error = prune(
+        "redis://127.0.0.1:1/".to_owned(),
+        &[&policy[..], &["--redis-timeout-ms", "300"]].concat(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("nothing was removed"),
+        "{error:#}"
+    );
+    for refused in [["--keep-history", "0"], ["--min-age-hours", "0"]] {
+        assert!(
+            sentiflow::cli::Cli::try_parse_from(
+                [&["sentiflow", "models", "prune"][..], &refused[..]].concat()
+            )
+            .is_err(),
+            "{refused:?} is refused"
+        );
+    }
+    assert_eq!(on_disk(), all_there);
+
+    // A retrain (trainer stopped between recording its outcome and announcing it) will still make v6
+    // the challenger when it finishes: v6 stays until the outcome is announced.
+    let outcomes = sentiflow_trainer::OutcomeLog::new(
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), prefix)).unwrap(),
+    );
+    let mut pending = sentiflow_trainer::RetrainOutcome {
+        request_id: "req-1".to_owned(),
+        request_event_id: "evt-1".to_owned(),
+        reason: "drift".to_owned(),
+        outcome: sentiflow_trainer::OutcomeKind::Rejected,
+        message: String::new(),
+        model_name: NAME.to_owned(),
+        version: Some("v6".to_owned()),
+        previous_champion: Some("v4".to_owned()),
+        snapshot_id: None,
+        snapshot_rows: None,
+        data_range: String::new(),
+        curation: String::new(),
+        recipe: String::new(),
+        gate: None,
+        metrics: BTreeMap::new(),
+        seconds: 1.0,
+        decided_at: chrono::Utc::now() - chrono::Duration::days(2),
+        events: Vec::new(),
+        announced: false,
+    };
+    outcomes.put(&pending).await.unwrap();
+    prune(redis_server.url(), &policy).await.unwrap();
+    // v4 champion, v5 challenger, v3 and v2 the first two rollbacks, v7 and v8 the newest, v6 held by
+    // the retrain; v1 (third in the history) goes, the unregistered v99 stays, the stale temp
+    // directory goes.
+    let kept: Vec<String> = registry
+        .versions(NAME)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.version)
+        .collect();
+    assert_eq!(kept, ["v2", "v3", "v4", "v5", "v6", "v7", "v8"]);
+    pending.announced = true;
+    outcomes.put(&pending).await.unwrap();
+    prune(redis_server.url(), &policy).await.unwrap();
+    // Announced: v6 goes now.
+    let kept: Vec<String> = registry
+        .versions(NAME)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.version)
+        .collect();
+    assert_eq!(kept, ["v2", "v3", "v4", "v5", "v7", "v8"]);
+    assert_eq!(on_disk(), ["v2", "v3", "v4", "v5", "v7", "v8", "v99"]);
+    assert_eq!(registry.history(NAME).await.unwrap(), ["v3", "v2"]);
+    assert!(matches!(
+        registry.get(NAME, "v6").await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(
+        matches!(
+            registry.promote(NAME, "v6").await,
+            Err(RegistryError::NotFound(_))
+        ),
+        "a pruned version cannot be promoted"
+    );
+    assert_eq!(
+        registry.versions("sentiment-encoder").await.unwrap().len(),
+        1,
+        "another name's newest stays"
+    );
+    for record in registry.versions(NAME).await.unwrap() {
+        assert!(registry.load_verified(&record).await.is_ok(), "{record:?}");
+    }
+
+    prune(
+        redis_server.url(),
+        &[&policy[..], &["--remove-unregistered"]].concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on_disk(), ["v2", "v3", "v4", "v5", "v7", "v8"]);
+
+    // Rollback walks the history that is left; the removed v1 was taken out of it.
+    assert_eq!(
+        registry.rollback(NAME).await.unwrap(),
+        ("v4".to_owned(), "v3".to_owned())
+    );
+    // A history entry whose version disappeared anyway (deleted by hand) is skipped, not restored.
+    let () = redis
+        .lpush(format!("{prefix}:registry:{NAME}:history"), "v6")
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.rollback(NAME).await.unwrap(),
+        ("v3".to_owned(), "v2".to_owned())
+    );
+    assert!(matches!(
+        registry.rollback(NAME).await,
+        Err(RegistryError::NoHistory(_))
+    ));
+
+    // A version promoted after the plan marked it is kept by the removal's atomic check.
+    let planned = VersionPruneEntry {
+        name: NAME.to_owned(),
+        version: "v2".to_owned(),
+        registered: true,
+        registered_at: None,
+        snapshot_id: None,
+        bytes: 0,
+        verdict: VersionVerdict::Remove,
+    };
+    assert_eq!(
+        registry.remove_version(&planned, 1).await.unwrap(),
+        Removal::Kept("became champion".to_owned())
+    );
+    assert!(registry.get(NAME, "v2").await.is_ok());
+    assert!(models_dir.join(NAME).join("v2").join("model.onnx").exists());
 }

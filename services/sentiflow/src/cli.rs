@@ -62,7 +62,7 @@ pub enum Command {
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
     Eval(Box<crate::train::EvalArgs>),
-    /// The model registry: list, show, promote, roll back.
+    /// The model registry: list, show, promote, roll back, prune versions nothing needs.
     Models {
         /// What to do.
         #[command(subcommand)]

@@ -1,16 +1,21 @@
-//! `sentiflow models list|show|promote|rollback`: the registry from the command line. Promote and
-//! rollback move the `champion` alias in Redis and announce it on `models.updates`.
+//! `sentiflow models list|show|promote|rollback|prune`: the registry from the command line. Promote and
+//! rollback move the `champion` alias in Redis and announce it on `models.updates`; prune removes the
+//! versions nothing needs any more.
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs};
 use sentiflow_common::events::{Event, ModelAlias, ModelUpdate, UpdateAction};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
-use sentiflow_trainer::registry::{ModelRecord, Registry};
+use sentiflow_trainer::registry::{
+    ModelRecord, Registry, Removal, VersionPrunePolicy, VersionVerdict,
+};
+use sentiflow_trainer::retrain::OutcomeLog;
 
 /// Where the registry lives.
 #[derive(clap::Args, Debug, Clone)]
@@ -77,6 +82,41 @@ pub enum ModelsCommand {
         /// Model name.
         name: String,
     },
+    /// Remove model versions nothing needs: every version that is not the champion or challenger, not
+    /// in the first --keep-history entries of the rollback history, not among the newest
+    /// --keep-latest of its name and older than --min-age-hours (every retrain registers one; they add
+    /// up). The snapshots they were trained on become prunable by `sentiflow dataset prune`.
+    Prune(PruneModelsArgs),
+}
+
+/// Flags of `sentiflow models prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneModelsArgs {
+    /// Registry location.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Keep the newest this many versions of each model name whatever else holds.
+    #[arg(long, default_value_t = 3)]
+    pub keep_latest: usize,
+    /// Keep this many earlier champions per name (the rollback history, most recent first), at least
+    /// 1; `models rollback` can go back that far. Deeper entries are dropped from the history with
+    /// their versions.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_history: u32,
+    /// Keep versions registered less than this many hours ago, at least 1 (a retrain may be gating
+    /// one it has just registered; the same age protects interrupted writes' leftovers).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_age_hours: u32,
+    /// Also remove version directories the registry has no record of (left by a registration that
+    /// crashed between writing its files and its record); by default they are listed and kept.
+    #[arg(long)]
+    pub remove_unregistered: bool,
+    /// Print what would be removed and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs a models command.
@@ -186,7 +226,123 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<()> {
             println!("{name}: champion {from} -> {to} (rolled back)");
             Ok(())
         }
+        ModelsCommand::Prune(args) => prune(&args).await,
     }
+}
+
+/// `sentiflow models prune`: plans from the registry, then removes each planned version through the
+/// registry's atomic check (a version promoted meanwhile stays).
+async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
+    let registry = args.registry.open()?;
+    let policy = VersionPrunePolicy {
+        keep_latest: args.keep_latest,
+        keep_history: args.keep_history as usize,
+        min_age: chrono::Duration::hours(i64::from(args.min_age_hours)),
+        remove_unregistered: args.remove_unregistered,
+    };
+    let now = chrono::Utc::now();
+    let names = registry
+        .names()
+        .await
+        .context("reading the registry (nothing was removed)")?;
+    if names.is_empty() && registry.has_version_directories()? {
+        bail!(
+            "the registry ({}, key prefix {:?}) lists no model, yet {} holds version directories: \
+             check --redis-url and --redis-key-prefix (nothing was removed)",
+            args.registry.redis.url,
+            args.registry.redis.key_prefix,
+            args.registry.data_dir.join("models").display()
+        );
+    }
+    // A retrain whose outcome is recorded but not yet announced (its trainer stopped in between) will
+    // still promote its version or make it the challenger when it finishes.
+    let store = RedisStore::connect_lazy(&args.registry.redis).context("redis")?;
+    let held: BTreeMap<(String, String), String> = OutcomeLog::new(store)
+        .all()
+        .await
+        .context("reading the retrain outcomes (nothing was removed)")?
+        .into_values()
+        .filter(|outcome| !outcome.announced)
+        .filter_map(|outcome| {
+            let version = outcome.version?;
+            let reason = format!("retrain {} not yet announced", outcome.request_id);
+            Some(((outcome.model_name, version), reason))
+        })
+        .collect();
+    let mut plan = registry
+        .plan_prune(&policy, &held, now)
+        .await
+        .context("planning the prune (nothing was removed)")?;
+    let (mut removed, mut freed) = (0, 0);
+    for entry in &mut plan {
+        if entry.verdict != VersionVerdict::Remove {
+            continue;
+        }
+        if !args.dry_run {
+            let removal = registry
+                .remove_version(entry, policy.keep_history)
+                .await
+                .with_context(|| format!("removing {}@{}", entry.name, entry.version))?;
+            if let Removal::Kept(reason) = removal {
+                tracing::info!(name = %entry.name, version = %entry.version, %reason, "kept after all");
+                entry.verdict = VersionVerdict::Changed { reason };
+                continue;
+            }
+        }
+        removed += 1;
+        freed += entry.bytes;
+    }
+    let leftovers = if args.dry_run {
+        0
+    } else {
+        registry.remove_leftovers(now - policy.min_age)?
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": args.dry_run,
+                "versions": plan,
+                "removed": removed,
+                "freed_bytes": freed,
+                "leftovers_removed": leftovers,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:<20} {:>9}  fate",
+        "NAME", "VERSION", "REGISTERED", "MB"
+    );
+    for entry in &plan {
+        println!(
+            "{:<20} {:<8} {:<20} {:>9.1}  {}",
+            entry.name,
+            entry.version,
+            entry.registered_at.map_or_else(
+                || "?".to_owned(),
+                |at| at.format("%Y-%m-%d %H:%M").to_string()
+            ),
+            entry.bytes as f64 / 1e6,
+            entry.verdict.describe()
+        );
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!(
+        "{verb} {removed} of {} versions, {:.1} MB{}",
+        plan.len(),
+        freed as f64 / 1e6,
+        if leftovers > 0 {
+            format!("; removed {leftovers} leftovers of interrupted writes")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// Publishes a models.updates event and waits for the broker's acknowledgement.

@@ -312,8 +312,9 @@ pub struct PruneEntry {
     pub verdict: PruneVerdict,
 }
 
-/// Bytes of the files directly in `dir` (a snapshot has no sub-directories); 0 when unreadable.
-fn directory_bytes(dir: &Path) -> u64 {
+/// Bytes of the files directly in `dir` (a snapshot or model version has no sub-directories); 0 when
+/// unreadable.
+pub(crate) fn directory_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -324,6 +325,42 @@ fn directory_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Removes the directories in `dir` that interrupted writes and removals left (`.tmp-*`,
+/// `.removing-*`) and were last modified before `older_than` (a younger one may be a write in
+/// progress); returns how many. Shared by the snapshot store and the model registry.
+pub(crate) fn remove_stale_leftovers(
+    dir: &Path,
+    older_than: DateTime<Utc>,
+) -> Result<usize, (PathBuf, std::io::Error)> {
+    // Gone meanwhile (its writer renamed it, or another prune removed it) is fine.
+    let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if gone(&error) => return Ok(0),
+        Err(error) => return Err((dir.to_owned(), error)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(".tmp-") || name.starts_with(".removing-")) {
+            continue;
+        }
+        let modified = match entry.metadata().and_then(|metadata| metadata.modified()) {
+            Ok(modified) => DateTime::<Utc>::from(modified),
+            Err(error) if gone(&error) => continue,
+            Err(error) => return Err((entry.path(), error)),
+        };
+        if modified < older_than {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) if gone(&error) => {}
+                Err(error) => return Err((entry.path(), error)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Errors of snapshot writing and reading.
@@ -669,33 +706,8 @@ impl SnapshotStore {
     /// Removes what interrupted writes and removals left in the store (`.tmp-*`, `.removing-*`) that is
     /// older than `older_than` (a younger one may be a write in progress); returns how many.
     pub fn remove_leftovers(&self, older_than: DateTime<Utc>) -> Result<usize, DatasetError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(error) => return Err(io_error(&self.root)(error)),
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with(".tmp-") || name.starts_with(".removing-")) {
-                continue;
-            }
-            // Gone meanwhile (its writer renamed it, or another prune removed it) is fine.
-            let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
-            let modified = match entry.metadata().and_then(|metadata| metadata.modified()) {
-                Ok(modified) => DateTime::<Utc>::from(modified),
-                Err(error) if gone(&error) => continue,
-                Err(error) => return Err(io_error(&entry.path())(error)),
-            };
-            if modified < older_than {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(error) if gone(&error) => {}
-                    Err(error) => return Err(io_error(&entry.path())(error)),
-                }
-            }
-        }
-        Ok(removed)
+        remove_stale_leftovers(&self.root, older_than)
+            .map_err(|(path, source)| DatasetError::Io { path, source })
     }
 
     /// The id of the newest snapshot, if any.

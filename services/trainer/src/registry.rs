@@ -15,6 +15,9 @@ use sentiflow_common::store::RedisStore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod prune;
+pub use prune::{Removal, VersionPruneEntry, VersionPrunePolicy, VersionVerdict};
+
 /// File name of the ONNX artifact inside a version directory.
 pub const MODEL_FILE: &str = "model.onnx";
 
@@ -372,57 +375,107 @@ impl Registry {
         self.get(name, &version).await
     }
 
-    /// Points `challenger` at a version.
+    /// Points `challenger` at a version (atomically with the check that its record exists, so a version
+    /// `models prune` is removing cannot become the challenger).
     pub async fn set_challenger(&self, name: &str, version: &str) -> Result<(), RegistryError> {
-        self.get(name, version).await?;
-        let () = self
-            .redis
-            .connection()
-            .set(
-                self.key(&[name, "alias", ModelAlias::Challenger.as_str()]),
-                version,
-            )
+        valid_name(name)?;
+        let script = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end \
+             redis.call('SET', KEYS[1], ARGV[1]) return 1",
+        );
+        let set: i64 = script
+            .key(self.key(&[name, "alias", ModelAlias::Challenger.as_str()]))
+            .key(self.key(&[name, "record", version]))
+            .arg(version)
+            .invoke_async(&mut self.redis.connection())
             .await?;
+        if set == 0 {
+            return Err(RegistryError::NotFound(format!("{name}:{version}")));
+        }
         Ok(())
     }
 
     /// Makes `version` the champion; the previous champion goes on the rollback history.
-    /// Returns the previous champion.
+    /// Returns the previous champion. The check that the version's record exists and the move are one
+    /// atomic step (a Lua script), so a version `models prune` is removing cannot become the champion.
     pub async fn promote(
         &self,
         name: &str,
         version: &str,
     ) -> Result<Option<String>, RegistryError> {
-        self.get(name, version).await?;
-        let champion_key = self.key(&[name, "alias", ModelAlias::Champion.as_str()]);
-        let history_key = self.key(&[name, "history"]);
-        let mut connection = self.redis.connection();
-        let previous: Option<String> = connection.get(&champion_key).await?;
-        if previous.as_deref() == Some(version) {
-            return Ok(previous);
+        valid_name(name)?;
+        let script = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[3]) == 0 then return {'missing'} end \
+             local previous = redis.call('GET', KEYS[1]) \
+             if previous == ARGV[1] then return {'unchanged', previous} end \
+             redis.call('SET', KEYS[1], ARGV[1]) \
+             if previous then redis.call('LPUSH', KEYS[2], previous) return {'promoted', previous} end \
+             return {'promoted'}",
+        );
+        let outcome: Vec<String> = script
+            .key(self.key(&[name, "alias", ModelAlias::Champion.as_str()]))
+            .key(self.history_key(name))
+            .key(self.key(&[name, "record", version]))
+            .arg(version)
+            .invoke_async(&mut self.redis.connection())
+            .await?;
+        match outcome.first().map(String::as_str) {
+            Some("missing") => Err(RegistryError::NotFound(format!("{name}:{version}"))),
+            Some("unchanged") => Ok(outcome.get(1).cloned()),
+            _ => {
+                let previous = outcome.get(1).cloned();
+                tracing::info!(name, version, ?previous, "champion promoted");
+                Ok(previous)
+            }
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic().set(&champion_key, version);
-        if let Some(previous) = &previous {
-            pipe.lpush(&history_key, previous);
-        }
-        let () = pipe.query_async(&mut connection).await?;
-        tracing::info!(name, version, ?previous, "champion promoted");
-        Ok(previous)
     }
 
-    /// Restores the previous champion. Returns (from, to).
+    /// Restores the previous champion: the newest entry of the rollback history whose record still
+    /// exists (entries `models prune` removed are skipped and dropped). Returns (from, to).
     pub async fn rollback(&self, name: &str) -> Result<(String, String), RegistryError> {
-        let champion_key = self.key(&[name, "alias", ModelAlias::Champion.as_str()]);
-        let history_key = self.key(&[name, "history"]);
-        let mut connection = self.redis.connection();
-        let current: Option<String> = connection.get(&champion_key).await?;
-        let current = current.ok_or_else(|| RegistryError::NotFound(format!("{name}@champion")))?;
-        let previous: Option<String> = connection.lpop(&history_key, None).await?;
-        let previous = previous.ok_or_else(|| RegistryError::NoHistory(name.to_owned()))?;
-        let () = connection.set(&champion_key, &previous).await?;
-        tracing::info!(name, from = %current, to = %previous, "champion rolled back");
-        Ok((current, previous))
+        valid_name(name)?;
+        let script = redis::Script::new(
+            "local current = redis.call('GET', KEYS[1]) \
+             if not current then return {'no_champion'} end \
+             while true do \
+               local previous = redis.call('LPOP', KEYS[2]) \
+               if not previous then return {'no_history'} end \
+               if redis.call('EXISTS', ARGV[1] .. previous) == 1 then \
+                 redis.call('SET', KEYS[1], previous) return {'rolled_back', current, previous} \
+               end \
+             end",
+        );
+        let outcome: Vec<String> = script
+            .key(self.key(&[name, "alias", ModelAlias::Champion.as_str()]))
+            .key(self.history_key(name))
+            .arg(self.key(&[name, "record", ""]))
+            .invoke_async(&mut self.redis.connection())
+            .await?;
+        match (
+            outcome.first().map(String::as_str),
+            outcome.get(1),
+            outcome.get(2),
+        ) {
+            (Some("rolled_back"), Some(current), Some(previous)) => {
+                tracing::info!(name, from = %current, to = %previous, "champion rolled back");
+                Ok((current.clone(), previous.clone()))
+            }
+            (Some("no_champion"), ..) => Err(RegistryError::NotFound(format!("{name}@champion"))),
+            _ => Err(RegistryError::NoHistory(name.to_owned())),
+        }
+    }
+
+    /// The rollback history of `name`, the most recent earlier champion first.
+    pub async fn history(&self, name: &str) -> Result<Vec<String>, RegistryError> {
+        Ok(self
+            .redis
+            .connection()
+            .lrange(self.history_key(name), 0, -1)
+            .await?)
+    }
+
+    fn history_key(&self, name: &str) -> String {
+        self.key(&[name, "history"])
     }
 
     /// Reads a version's ONNX bytes, refusing them when the checksum differs from the registered one.
