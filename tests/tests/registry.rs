@@ -418,7 +418,11 @@ async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions()
         format!("{error:#}").contains("nothing was removed"),
         "{error:#}"
     );
-    for refused in [["--keep-history", "0"], ["--min-age-hours", "0"]] {
+    for refused in [
+        ["--keep-history", "0"],
+        ["--min-age-hours", "0"],
+        ["--keep-outcomes-days", "30"],
+    ] {
         assert!(
             sentiflow::cli::Cli::try_parse_from(
                 [&["sentiflow", "models", "prune"][..], &refused[..]].concat()
@@ -470,7 +474,22 @@ async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions()
     assert_eq!(kept, ["v2", "v3", "v4", "v5", "v6", "v7", "v8"]);
     pending.announced = true;
     outcomes.put(&pending).await.unwrap();
+    // Outcomes older than --keep-outcomes-days (90) are forgotten once announced, not before.
+    let old_outcome = |request_id: &str, announced: bool| sentiflow_trainer::RetrainOutcome {
+        request_id: request_id.to_owned(),
+        version: None,
+        decided_at: chrono::Utc::now() - chrono::Duration::days(100),
+        announced,
+        ..pending.clone()
+    };
+    outcomes.put(&old_outcome("req-old", true)).await.unwrap();
+    outcomes
+        .put(&old_outcome("req-old-unannounced", false))
+        .await
+        .unwrap();
     prune(redis_server.url(), &policy).await.unwrap();
+    let remembered: Vec<String> = outcomes.all().await.unwrap().into_keys().collect();
+    assert_eq!(remembered, ["req-1", "req-old-unannounced"]);
     // Announced: v6 goes now.
     let kept: Vec<String> = registry
         .versions(NAME)

@@ -111,6 +111,11 @@ pub struct PruneModelsArgs {
     /// crashed between writing its files and its record); by default they are listed and kept.
     #[arg(long)]
     pub remove_unregistered: bool,
+    /// Also forget the trainer's announced retrain outcomes decided more than this many days ago
+    /// (they deduplicate redelivered `retrain.requests`; keep them longer than that topic's retention,
+    /// 30 days in the catalogue, hence at least 31).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(31..))]
+    pub keep_outcomes_days: u32,
     /// Print what would be removed and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -257,7 +262,8 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
     // A retrain whose outcome is recorded but not yet announced (its trainer stopped in between) will
     // still promote its version or make it the challenger when it finishes.
     let store = RedisStore::connect_lazy(&args.registry.redis).context("redis")?;
-    let held: BTreeMap<(String, String), String> = OutcomeLog::new(store)
+    let outcomes = OutcomeLog::new(store);
+    let held: BTreeMap<(String, String), String> = outcomes
         .all()
         .await
         .context("reading the retrain outcomes (nothing was removed)")?
@@ -292,10 +298,17 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
         removed += 1;
         freed += entry.bytes;
     }
-    let leftovers = if args.dry_run {
-        0
+    let (leftovers, outcomes_forgotten) = if args.dry_run {
+        (0, 0)
     } else {
-        registry.remove_leftovers(now - policy.min_age)?
+        let cutoff = now - chrono::Duration::days(i64::from(args.keep_outcomes_days));
+        (
+            registry.remove_leftovers(now - policy.min_age)?,
+            outcomes
+                .forget_announced_before(cutoff)
+                .await
+                .context("forgetting old retrain outcomes")?,
+        )
     };
     if args.json {
         println!(
@@ -306,6 +319,7 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
                 "removed": removed,
                 "freed_bytes": freed,
                 "leftovers_removed": leftovers,
+                "retrain_outcomes_forgotten": outcomes_forgotten,
             }))?
         );
         return Ok(());
@@ -342,6 +356,12 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if outcomes_forgotten > 0 {
+        println!(
+            "forgot {outcomes_forgotten} announced retrain outcomes older than {} days",
+            args.keep_outcomes_days
+        );
+    }
     Ok(())
 }
 

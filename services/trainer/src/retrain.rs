@@ -172,6 +172,27 @@ impl OutcomeLog {
             .collect()
     }
 
+    /// Forgets the announced outcomes decided before `cutoff` (the request ids they deduplicate can no
+    /// longer be redelivered once the topic's retention has passed); returns how many. Unannounced
+    /// ones stay: their retrain still has to finish. A corrupt entry stops it (nothing is forgotten).
+    pub async fn forget_announced_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, RegistryError> {
+        let stale: Vec<String> = self
+            .all()
+            .await?
+            .into_iter()
+            .filter(|(_, outcome)| outcome.announced && outcome.decided_at < cutoff)
+            .map(|(request_id, _)| request_id)
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let removed: usize = self.redis.connection().hdel(&self.key, &stale).await?;
+        Ok(removed)
+    }
+
     /// Records (or updates) an outcome.
     pub async fn put(&self, outcome: &RetrainOutcome) -> Result<(), RegistryError> {
         let json = serde_json::to_string(outcome).expect("outcomes serialise");
