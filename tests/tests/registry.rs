@@ -548,20 +548,51 @@ async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions()
         Err(RegistryError::NoHistory(_))
     ));
 
-    // A version promoted after the plan marked it is kept by the removal's atomic check.
-    let planned = VersionPruneEntry {
-        name: NAME.to_owned(),
-        version: "v2".to_owned(),
-        registered: true,
-        registered_at: None,
-        snapshot_id: None,
-        bytes: 0,
-        verdict: VersionVerdict::Remove,
-    };
-    assert_eq!(
-        registry.remove_version(&planned, 1).await.unwrap(),
-        Removal::Kept("became champion".to_owned())
+    // A version that became champion, challenger or the next rollback after the plan marked it is
+    // kept by the removal's atomic check.
+    registry.promote(NAME, "v7").await.unwrap();
+    registry.set_challenger(NAME, "v8").await.unwrap();
+    assert_eq!(registry.history(NAME).await.unwrap(), ["v2"]);
+    for (version, reason) in [
+        ("v7", "became champion"),
+        ("v8", "became challenger"),
+        ("v2", "became rollback history"),
+    ] {
+        let planned = VersionPruneEntry {
+            name: NAME.to_owned(),
+            version: version.to_owned(),
+            registered: true,
+            registered_at: None,
+            snapshot_id: None,
+            directory: models_dir.join(NAME).join(version),
+            bytes: 0,
+            verdict: VersionVerdict::Remove,
+        };
+        assert_eq!(
+            registry.remove_version(&planned, 1).await.unwrap(),
+            Removal::Kept(reason.to_owned())
+        );
+        assert!(registry.get(NAME, version).await.is_ok());
+        assert!(
+            models_dir
+                .join(NAME)
+                .join(version)
+                .join("model.onnx")
+                .exists()
+        );
+    }
+
+    // Run where the records' artifact paths do not exist (a host outside the deployment's mounts):
+    // refused, nothing removed.
+    let moved = dir.path().join("models-elsewhere");
+    std::fs::rename(&models_dir, &moved).unwrap();
+    let error = prune(redis_server.url(), &["--keep-latest", "0"])
+        .await
+        .unwrap_err();
+    std::fs::rename(&moved, &models_dir).unwrap();
+    assert!(
+        format!("{error:#}").contains("directories exists here"),
+        "{error:#}"
     );
-    assert!(registry.get(NAME, "v2").await.is_ok());
-    assert!(models_dir.join(NAME).join("v2").join("model.onnx").exists());
+    assert_eq!(registry.versions(NAME).await.unwrap().len(), 6);
 }

@@ -684,6 +684,46 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
         registry.get(MODEL, "v3").await.is_err(),
         "nothing retrained"
     );
+
+    // A recorded, unannounced outcome whose version left the registry (removed by hand, or by a
+    // prune that did not see the outcome) cannot be applied: it is finished as `failed`, not retried
+    // forever, and the champion stays.
+    let vanished = sentiflow_trainer::RetrainOutcome {
+        request_id: "req-vanished".to_owned(),
+        outcome: OutcomeKind::Promoted,
+        version: Some("v9".to_owned()),
+        events: Vec::new(),
+        announced: false,
+        ..rejected.clone()
+    };
+    outcomes.put(&vanished).await.unwrap();
+    publish(
+        &kafka,
+        topics::RETRAIN_REQUESTS,
+        &encoded(&[retrain_request("req-vanished", DeviceWanted::Cpu)]),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || stats.snapshot().retrains_failed >= 1).await,
+        "failed: {:?}",
+        stats.snapshot()
+    );
+    let finished = outcomes.get("req-vanished").await.unwrap().unwrap();
+    assert_eq!(finished.outcome, OutcomeKind::Failed);
+    assert!(finished.announced);
+    assert!(
+        finished.message.contains("removed from the registry"),
+        "{}",
+        finished.message
+    );
+    assert_eq!(
+        registry
+            .alias(MODEL, ModelAlias::Champion)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();
 }

@@ -13,7 +13,7 @@ use sentiflow_common::events::{Event, ModelAlias, ModelUpdate, UpdateAction};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
 use sentiflow_trainer::registry::{
-    ModelRecord, Registry, Removal, VersionPrunePolicy, VersionVerdict,
+    ModelRecord, Registry, Removal, VersionPruneEntry, VersionPrunePolicy, VersionVerdict,
 };
 use sentiflow_trainer::retrain::OutcomeLog;
 
@@ -84,8 +84,10 @@ pub enum ModelsCommand {
     },
     /// Remove model versions nothing needs: every version that is not the champion or challenger, not
     /// in the first --keep-history entries of the rollback history, not among the newest
-    /// --keep-latest of its name and older than --min-age-hours (every retrain registers one; they add
-    /// up). The snapshots they were trained on become prunable by `sentiflow dataset prune`.
+    /// --keep-latest of its name, not named by an unannounced retrain outcome, readable and older than
+    /// --min-age-hours (every retrain registers one; they add up). The snapshots they were trained on
+    /// become prunable by `sentiflow dataset prune`. Exits non-zero when a removal fails (after
+    /// trying the others).
     Prune(PruneModelsArgs),
 }
 
@@ -279,37 +281,86 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
         .plan_prune(&policy, &held, now)
         .await
         .context("planning the prune (nothing was removed)")?;
+    let registered: Vec<_> = plan.iter().filter(|entry| entry.registered).collect();
+    if !registered.is_empty() && !registered.iter().any(|entry| entry.directory.is_dir()) {
+        bail!(
+            "none of the {} registered versions' directories exists here (e.g. {}): run where the \
+             registry's artifacts are, with the deployment's --data-dir (nothing was removed)",
+            registered.len(),
+            registered[0].directory.display()
+        );
+    }
+    // One failure does not stop the others; the run reports them all and exits non-zero.
+    let mut failures = Vec::new();
     let (mut removed, mut freed) = (0, 0);
     for entry in &mut plan {
         if entry.verdict != VersionVerdict::Remove {
             continue;
         }
         if !args.dry_run {
-            let removal = registry
-                .remove_version(entry, policy.keep_history)
-                .await
-                .with_context(|| format!("removing {}@{}", entry.name, entry.version))?;
-            if let Removal::Kept(reason) = removal {
-                tracing::info!(name = %entry.name, version = %entry.version, %reason, "kept after all");
-                entry.verdict = VersionVerdict::Changed { reason };
-                continue;
+            match registry.remove_version(entry, policy.keep_history).await {
+                Ok(Removal::Removed) => {}
+                Ok(Removal::Kept(reason)) => {
+                    tracing::info!(name = %entry.name, version = %entry.version, %reason, "kept after all");
+                    entry.verdict = VersionVerdict::Changed { reason };
+                    continue;
+                }
+                Ok(Removal::RecordOnly(error)) => {
+                    failures.push(format!("{}@{}: {error}", entry.name, entry.version));
+                    entry.verdict = VersionVerdict::Failed { error };
+                    continue;
+                }
+                Err(error) => {
+                    failures.push(format!("{}@{}: {error}", entry.name, entry.version));
+                    entry.verdict = VersionVerdict::Failed {
+                        error: error.to_string(),
+                    };
+                    continue;
+                }
             }
         }
         removed += 1;
         freed += entry.bytes;
     }
-    let (leftovers, outcomes_forgotten) = if args.dry_run {
-        (0, 0)
-    } else {
+    let (mut leftovers, mut outcomes_forgotten) = (0, 0);
+    if !args.dry_run {
+        match registry.remove_leftovers(now - policy.min_age) {
+            Ok(count) => leftovers = count,
+            Err(error) => failures.push(format!("leftovers of interrupted writes: {error}")),
+        }
         let cutoff = now - chrono::Duration::days(i64::from(args.keep_outcomes_days));
-        (
-            registry.remove_leftovers(now - policy.min_age)?,
-            outcomes
-                .forget_announced_before(cutoff)
-                .await
-                .context("forgetting old retrain outcomes")?,
-        )
-    };
+        match outcomes.forget_announced_before(cutoff).await {
+            Ok(count) => outcomes_forgotten = count,
+            Err(error) => failures.push(format!("forgetting old retrain outcomes: {error}")),
+        }
+    }
+    report_prune(
+        args,
+        &plan,
+        (removed, freed),
+        leftovers,
+        outcomes_forgotten,
+        &failures,
+    )?;
+    if !failures.is_empty() {
+        bail!(
+            "{} of the prune's steps failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Prints a prune's plan and totals: a table, or JSON with `--json`.
+fn report_prune(
+    args: &PruneModelsArgs,
+    plan: &[VersionPruneEntry],
+    (removed, freed): (usize, u64),
+    leftovers: usize,
+    outcomes_forgotten: usize,
+    failures: &[String],
+) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
@@ -320,6 +371,7 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
                 "freed_bytes": freed,
                 "leftovers_removed": leftovers,
                 "retrain_outcomes_forgotten": outcomes_forgotten,
+                "failures": failures,
             }))?
         );
         return Ok(());
@@ -328,7 +380,7 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
         "{:<20} {:<8} {:<20} {:>9}  fate",
         "NAME", "VERSION", "REGISTERED", "MB"
     );
-    for entry in &plan {
+    for entry in plan {
         println!(
             "{:<20} {:<8} {:<20} {:>9.1}  {}",
             entry.name,

@@ -330,7 +330,12 @@ impl Registry {
             .await?;
         let mut records = Vec::with_capacity(versions.len());
         for version in versions {
-            records.push(self.get(name, &version).await?);
+            match self.get(name, &version).await {
+                Ok(record) => records.push(record),
+                // Removed by a prune between the two reads.
+                Err(RegistryError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(records)
     }
@@ -431,18 +436,23 @@ impl Registry {
     }
 
     /// Restores the previous champion: the newest entry of the rollback history whose record still
-    /// exists (entries `models prune` removed are skipped and dropped). Returns (from, to).
+    /// exists (entries `models prune` removed are skipped, logged and dropped). Returns (from, to).
+    /// The script reads the records of history entries it was not given as keys: fine on a standalone
+    /// Redis (what the registry runs on), not on Redis Cluster.
     pub async fn rollback(&self, name: &str) -> Result<(String, String), RegistryError> {
         valid_name(name)?;
         let script = redis::Script::new(
             "local current = redis.call('GET', KEYS[1]) \
              if not current then return {'no_champion'} end \
+             local skipped = {} \
              while true do \
                local previous = redis.call('LPOP', KEYS[2]) \
-               if not previous then return {'no_history'} end \
+               if not previous then return {'no_history', unpack(skipped)} end \
                if redis.call('EXISTS', ARGV[1] .. previous) == 1 then \
-                 redis.call('SET', KEYS[1], previous) return {'rolled_back', current, previous} \
+                 redis.call('SET', KEYS[1], previous) \
+                 return {'rolled_back', current, previous, unpack(skipped)} \
                end \
+               table.insert(skipped, previous) \
              end",
         );
         let outcome: Vec<String> = script
@@ -451,17 +461,23 @@ impl Registry {
             .arg(self.key(&[name, "record", ""]))
             .invoke_async(&mut self.redis.connection())
             .await?;
-        match (
-            outcome.first().map(String::as_str),
-            outcome.get(1),
-            outcome.get(2),
-        ) {
-            (Some("rolled_back"), Some(current), Some(previous)) => {
+        let skipped = |from: usize| outcome.get(from..).unwrap_or_default().join(", ");
+        match outcome.first().map(String::as_str) {
+            Some("rolled_back") if outcome.len() >= 3 => {
+                let (current, previous) = (&outcome[1], &outcome[2]);
+                if outcome.len() > 3 {
+                    tracing::warn!(name, skipped = %skipped(3), "rollback history entries without a record skipped");
+                }
                 tracing::info!(name, from = %current, to = %previous, "champion rolled back");
                 Ok((current.clone(), previous.clone()))
             }
-            (Some("no_champion"), ..) => Err(RegistryError::NotFound(format!("{name}@champion"))),
-            _ => Err(RegistryError::NoHistory(name.to_owned())),
+            Some("no_champion") => Err(RegistryError::NotFound(format!("{name}@champion"))),
+            _ => {
+                if outcome.len() > 1 {
+                    tracing::warn!(name, skipped = %skipped(1), "rollback history entries without a record dropped");
+                }
+                Err(RegistryError::NoHistory(name.to_owned()))
+            }
         }
     }
 

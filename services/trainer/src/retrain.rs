@@ -913,20 +913,40 @@ impl RetrainWorker {
         self.retry_transient("redis", || self.outcomes.put(&outcome))
             .await?;
         if let Some(version) = outcome.version.clone() {
-            match outcome.outcome {
+            let name = outcome.model_name.clone();
+            // A version whose record is gone (removed by hand, or by a prune that did not see this
+            // outcome) cannot be applied however often it is retried: the outcome becomes `failed`.
+            let vanished = |result: Result<(), RegistryError>| match result {
+                Ok(()) => Ok(None),
+                Err(RegistryError::NotFound(what)) => Ok(Some(what)),
+                Err(error) => Err(error),
+            };
+            let missing = match outcome.outcome {
                 OutcomeKind::Promoted => {
-                    self.retry_transient("redis", || {
-                        self.registry.promote(&outcome.model_name, &version)
+                    self.retry_transient("redis", || async {
+                        vanished(self.registry.promote(&name, &version).await.map(drop))
                     })
-                    .await?;
+                    .await?
                 }
                 OutcomeKind::Rejected => {
-                    self.retry_transient("redis", || {
-                        self.registry.set_challenger(&outcome.model_name, &version)
+                    self.retry_transient("redis", || async {
+                        vanished(self.registry.set_challenger(&name, &version).await)
                     })
-                    .await?;
+                    .await?
                 }
-                OutcomeKind::Failed | OutcomeKind::Duplicate => {}
+                OutcomeKind::Failed | OutcomeKind::Duplicate => None,
+            };
+            if let Some(missing) = missing {
+                warn!(request_id = %outcome.request_id, %version, %missing,
+                    "the retrained version is no longer in the registry; recording the retrain as failed");
+                outcome.message = format!(
+                    "{version} was registered, then removed from the registry before it could be \
+                     applied ({missing}); nothing was promoted"
+                );
+                outcome.outcome = OutcomeKind::Failed;
+                outcome.events.clear();
+                self.retry_transient("redis", || self.outcomes.put(&outcome))
+                    .await?;
             }
         }
         for event in &outcome.events {

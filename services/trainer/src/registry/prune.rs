@@ -64,6 +64,11 @@ pub enum VersionVerdict {
         /// What changed, e.g. "became champion".
         reason: String,
     },
+    /// Planned for removal; the removal failed (the run goes on and exits non-zero).
+    Failed {
+        /// Why, and what is left.
+        error: String,
+    },
     /// Removed (in a dry run: would be).
     Remove,
 }
@@ -81,6 +86,7 @@ impl VersionVerdict {
             Self::Unreadable { error } => format!("kept: unreadable record ({error})"),
             Self::Unregistered => "kept: not in the registry (--remove-unregistered)".to_owned(),
             Self::Changed { reason } => format!("kept: {reason} while pruning"),
+            Self::Failed { error } => format!("FAILED: {error}"),
             Self::Remove => "remove".to_owned(),
         }
     }
@@ -99,6 +105,9 @@ pub struct VersionPruneEntry {
     pub registered_at: Option<DateTime<Utc>>,
     /// Snapshot it was trained on, when the record says.
     pub snapshot_id: Option<String>,
+    /// Its artifact directory: the one its record's `artifact_uri` is in (where serving reads it), or
+    /// for an unregistered one where it was found.
+    pub directory: PathBuf,
     /// Bytes of its artifact directory.
     pub bytes: u64,
     /// What happens to it.
@@ -111,6 +120,9 @@ pub struct VersionPruneEntry {
 pub enum Removal {
     /// Record and directory removed.
     Removed,
+    /// The record is removed but the directory could not be moved out of the listing (e.g.
+    /// permissions): it is unregistered from now on. Why.
+    RecordOnly(String),
     /// Kept after all: since the plan it became the champion or challenger, moved up the rollback
     /// history, or (an unregistered directory) was registered. The reason.
     Kept(String),
@@ -142,8 +154,24 @@ impl Registry {
             let history = self.history(&name).await?;
             let latest_from = registered.len().saturating_sub(policy.keep_latest);
             for (index, version) in registered.iter().enumerate() {
-                let dir = self.root.join(&name).join(version);
-                let record = self.get(&name, version).await;
+                let mut record = self.get(&name, version).await;
+                let dir = match &record {
+                    Ok(found) => match version_directory(&found.artifact_uri, &name, version) {
+                        Some(dir) => dir,
+                        None => {
+                            let error = RegistryError::Corrupt {
+                                key: self.key(&[&name, "record", version]),
+                                reason: format!(
+                                    "artifact_uri {} is not in a {name}/{version} directory",
+                                    found.artifact_uri
+                                ),
+                            };
+                            record = Err(error);
+                            self.root.join(&name).join(version)
+                        }
+                    },
+                    Err(_) => self.root.join(&name).join(version),
+                };
                 let depth = history
                     .iter()
                     .take(policy.keep_history)
@@ -180,6 +208,7 @@ impl Registry {
                     registered_at,
                     snapshot_id,
                     bytes: directory_bytes(&dir),
+                    directory: dir,
                     verdict,
                 });
             }
@@ -203,6 +232,7 @@ impl Registry {
                     registered_at: modified(&dir),
                     snapshot_id: None,
                     bytes: directory_bytes(&dir),
+                    directory: dir,
                     verdict,
                 });
             }
@@ -256,22 +286,30 @@ impl Registry {
                 return Ok(Removal::Kept("was registered".to_owned()));
             }
         }
-        let dir = self.root.join(name).join(version);
-        let removing = self.root.join(name).join(format!(
+        let dir = &entry.directory;
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let removing = parent.join(format!(
             ".removing-{version}-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        match std::fs::rename(&dir, &removing) {
+        match std::fs::rename(dir, &removing) {
             Ok(()) => {}
-            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Removal::Removed);
+            // Already gone: the record was all that was left.
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Ok(Removal::RecordOnly(format!(
+                    "record removed, but {} could not be moved away ({source}); it is listed as \
+                     unregistered from now on (--remove-unregistered removes it)",
+                    dir.display()
+                )));
             }
-            Err(source) => return Err(RegistryError::Io { path: dir, source }),
         }
-        std::fs::remove_dir_all(&removing).map_err(|source| RegistryError::Io {
-            path: removing,
-            source,
-        })?;
+        // A failure here leaves a `.removing-*` leftover that the next prune removes.
+        if let Err(source) = std::fs::remove_dir_all(&removing)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %removing.display(), %source, "pruned version's files not fully removed; the next prune retries");
+        }
         tracing::info!(name, version, "model version pruned");
         Ok(Removal::Removed)
     }
@@ -296,6 +334,14 @@ impl Registry {
         }
         Ok(false)
     }
+}
+
+/// The version directory `artifact_uri` (`…/<name>/<version>/model.onnx`) is in, or None when its
+/// path does not end that way (a record that would make a prune delete something else).
+fn version_directory(artifact_uri: &str, name: &str, version: &str) -> Option<PathBuf> {
+    let dir = Path::new(artifact_uri).parent()?;
+    let ends_right = dir.file_name()? == version && dir.parent()?.file_name()? == name;
+    ends_right.then(|| dir.to_owned())
 }
 
 /// Names of the sub-directories of `dir` that do not start with '.', sorted; empty when `dir` is
