@@ -399,7 +399,7 @@ async fn curated_snapshot_has_exact_rows_human_labels_offsets_and_dead_letters()
         "sentiflow_trainer_labels_total{provenance=\"none\"}",
         "sentiflow_trainer_segments_written_total",
         "sentiflow_trainer_segment_write_seconds_bucket",
-        "sentiflow_trainer_compactions_total{outcome=\"written\"}",
+        "sentiflow_trainer_compactions_total{outcome=\"written\",scope=",
         "sentiflow_trainer_compacted_away_records_total{reason=\"superseded\"}",
         "sentiflow_trainer_compaction_seconds_bucket",
         "sentiflow_trainer_segment_files",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use sentiflow_common::events::{LabelProvenance, RawReview};
-use sentiflow_trainer::curation::compact_segments;
+use sentiflow_trainer::curation::{CompactionScope, compact_segments};
 use sentiflow_trainer::dataset::{
     DatasetRow, Manifest, Origin, PrunePolicy, PruneVerdict, SnapshotStore, sha256_file,
 };
@@ -159,7 +159,7 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             let expire_before = args
                 .retain_days
                 .map(|days| chrono::Utc::now() - chrono::Duration::days(i64::from(days)));
-            let report = compact_segments(&segments, expire_before)
+            let report = compact_segments(&segments, expire_before, CompactionScope::All)
                 .with_context(|| format!("compacting {}", segments.dir().display()))?;
             let away = &report.away;
             match &report.segment_id {

@@ -1,5 +1,6 @@
 //! Measures the curation path offline: durable segment writes (fsync + rename), a snapshot from many
-//! segments, compacting them, and the same snapshot from the compacted segment.
+//! segments, compacting them, and the same snapshot from the compacted segment; then the service's
+//! rhythm (a compaction every 64 segments while they are written) with full against tiered compactions.
 //! `cargo run --release -p sentiflow-trainer --example curation_bench [rows] [records per segment]`.
 #![allow(clippy::print_stdout)] // a measurement's report belongs on stdout
 
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use sentiflow_common::events::{LabelProvenance, Sentiment, SourceCoordinate};
-use sentiflow_trainer::curation::compact_segments;
+use sentiflow_trainer::curation::{CompactionScope, compact_segments};
 use sentiflow_trainer::dataset::SnapshotStore;
 use sentiflow_trainer::segment::{CurationRecord, OffsetTracker, RecordKind, SegmentStore};
 use sentiflow_trainer::{CurateOptions, curate_snapshot};
@@ -86,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         rows as f64 / from_segments
     );
     let started = Instant::now();
-    let report = compact_segments(&segments, None)?;
+    let report = compact_segments(&segments, None, CompactionScope::All)?;
     let compaction = started.elapsed().as_secs_f64();
     println!(
         "compaction: {} segments, {} records → 1 segment, {} records ({} superseded) in {compaction:.2} s",
@@ -115,6 +116,67 @@ fn main() -> anyhow::Result<()> {
         after.manifest.rows,
         from_compacted / from_segments,
         before.counts.segments
+    );
+
+    // The service's rhythm: a compaction after every 64 segments written, full against tiered.
+    let files = |manifest: &sentiflow_trainer::dataset::Manifest| -> Vec<String> {
+        manifest
+            .files
+            .iter()
+            .map(|file| file.sha256.clone())
+            .collect()
+    };
+    let mut results = Vec::new();
+    for (label, scope) in [
+        ("full (every segment)", CompactionScope::All),
+        (
+            "tiered (the service)",
+            CompactionScope::Tiered {
+                fresh_segments: 64,
+                full_after: chrono::Duration::days(1),
+            },
+        ),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let segments = SegmentStore::in_data_dir(dir.path());
+        let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
+        let (mut rewritten, mut compactions, mut seconds) = (0u64, 0u64, 0.0);
+        for (index, chunk) in records.chunks(per_segment).enumerate() {
+            let mut tracker = OffsetTracker::default();
+            for record in chunk {
+                let c = &record.coordinate;
+                tracker.add(&c.topic, c.partition, c.offset);
+            }
+            segments.write(chunk, tracker.ranges(), 0)?;
+            if (index + 1) % 64 == 0 {
+                let started = Instant::now();
+                let report = compact_segments(&segments, None, scope)?;
+                seconds += started.elapsed().as_secs_f64();
+                rewritten += report.records_in;
+                compactions += 1;
+            }
+        }
+        let left = segments.list()?.len();
+        let snapshot = curate_snapshot(&segments, &snapshots, &CurateOptions::default())?;
+        anyhow::ensure!(
+            files(&snapshot.manifest) == files(&before.manifest),
+            "the snapshot after {label} compactions differs"
+        );
+        results.push((label, compactions, rewritten, seconds, left));
+    }
+    let (_, _, full_rewritten, full_seconds, _) = results[0];
+    println!(
+        "| compactions every 64 segments of {per_segment} | compactions | records read and rewritten | seconds | ratio (time) | segments left |"
+    );
+    for (label, compactions, rewritten, seconds, left) in &results {
+        println!(
+            "| {label:<28} | {compactions:>11} | {rewritten:>25} | {seconds:>7.2} | {:>11.2}× | {left:>13} |",
+            seconds / full_seconds
+        );
+    }
+    println!(
+        "(same snapshot files either way; tiered rewrote {:.2}× the records full did)",
+        results[1].2 as f64 / full_rewritten as f64
     );
     Ok(())
 }

@@ -73,9 +73,12 @@ pub struct TrainerConfig {
     #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
 
-    /// Fold the curation segments into one after this many more were written (0: never). Compaction
-    /// keeps, per review, the records a snapshot can still depend on (latest event, strongest label,
-    /// latest human label), so snapshots stay the same while the segment count and re-read copies do not grow.
+    /// Compact the curation segments after this many more were written (0: never): the newest
+    /// segments, each older one joining while it holds no more records than those after it (tiered,
+    /// so old records are not rewritten every time), and every segment once a day when
+    /// --curation-retention-days is set. Compaction keeps, per review, the records a snapshot can still
+    /// depend on (latest event, strongest label, latest human label), so snapshots stay the same while
+    /// the segment count and re-read copies do not grow.
     #[arg(
         long,
         env = "SENTIFLOW_TRAINER_COMPACT_AFTER_SEGMENTS",
@@ -83,9 +86,10 @@ pub struct TrainerConfig {
     )]
     pub compact_after_segments: u32,
 
-    /// When compacting, move reviews nothing arrived about (review event or human label, by event time)
-    /// for this many days, and human labels that old for reviews never seen, to `curation/archive/`
-    /// (never deleted); later snapshots hold them only through the champion's snapshot (off when unset).
+    /// In the daily full compaction, move reviews nothing arrived about (review event or human label,
+    /// by event time) for this many days, and human labels that old for reviews never seen, to
+    /// `curation/archive/` (never deleted); later snapshots hold them only through the champion's
+    /// snapshot (off when unset).
     #[arg(long, env = "SENTIFLOW_TRAINER_CURATION_RETENTION_DAYS")]
     pub curation_retention_days: Option<u32>,
 

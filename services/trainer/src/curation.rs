@@ -346,8 +346,13 @@ pub fn compact_records(
 /// What one compaction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactionReport {
+    /// Whether it folded every segment (and applied the retention cutoff, if any), or only the newest
+    /// tier ([`CompactionScope::Tiered`]).
+    pub full: bool,
     /// Segment files folded (0 when there was nothing to do).
     pub segments_in: u64,
+    /// Segment files left as they were (older tiers of a tiered compaction).
+    pub segments_untouched: u64,
     /// Records they held.
     pub records_in: u64,
     /// Records the compacted segment holds.
@@ -362,20 +367,78 @@ pub struct CompactionReport {
     pub leftovers_removed: u64,
 }
 
-/// Folds every closed segment into one (see [`compact_records`]), under the directory's lock so no
-/// snapshot reads half of it; expired records go to the archive ([`SegmentStore::archive`]), never
-/// deleted. Nothing is written when a single segment would come out unchanged.
-/// Offsets and dead-letter counts of every input carry over, so a snapshot's manifest is unchanged.
+/// Which segments a compaction folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionScope {
+    /// Every segment, with the retention cutoff applied (`sentiflow dataset compact`).
+    All,
+    /// The newest tier ([`newest_tier_start`]): the segments written since the last compaction, and
+    /// an older segment only once the segments newer than it hold together at least as many records, so a record is rewritten about
+    /// log2(records / segment) times in its life instead of at every compaction, and the number of
+    /// segments stays logarithmic too. Expiry needs every segment (a review's newer records may lie
+    /// in a segment the tier leaves out), so with a retention cutoff the compaction is full when the
+    /// oldest segment (after a full compaction: its output) is older than `full_after`.
+    Tiered {
+        /// Segments written since the last compaction: always folded (the tier grows from them).
+        fresh_segments: usize,
+        /// Age of the oldest segment from which a compaction with a retention cutoff is full.
+        full_after: chrono::Duration,
+    },
+}
+
+/// Index of the first segment of the newest tier: the `fresh` newest segments (those written since
+/// the last compaction, at least 2), then each older one as long as it holds no more records than all
+/// those taken after it (a segment with no records, only dead letters, counts as one). `rows` are the
+/// segments' record counts, oldest name first.
+pub fn newest_tier_start(rows: &[u64], fresh: usize) -> usize {
+    let mut start = rows.len().saturating_sub(fresh.max(2));
+    let mut taken: u64 = rows[start..].iter().map(|&rows| rows.max(1)).sum();
+    while start > 0 && rows[start - 1].max(1) <= taken {
+        start -= 1;
+        taken += rows[start].max(1);
+    }
+    start
+}
+
+/// Folds closed segments into one (see [`compact_records`]) under the directory's lock so no snapshot
+/// reads half of it: every segment, or the newest tier ([`CompactionScope`]). Expired records go to
+/// the archive ([`SegmentStore::archive`]), never deleted, and only in a full compaction. Nothing is
+/// written when a single segment would come out unchanged. Offsets and dead-letter counts of every
+/// input carry over, so a snapshot's manifest is unchanged. (Folding any subset of segments is sound:
+/// every record [`compact_records`] keeps is a maximum by a fixed order, and the maximum of a union is
+/// the maximum of the parts' maxima.)
 pub fn compact_segments(
     segments: &SegmentStore,
     expire_before: Option<DateTime<Utc>>,
+    scope: CompactionScope,
 ) -> Result<CompactionReport, DatasetError> {
     let lock = segments.lock_for_writing()?;
-    let loaded = segments.load(&lock)?;
+    let (listed, leftovers_removed) = segments.list_metas(&lock)?;
+    let full = match scope {
+        CompactionScope::All => true,
+        CompactionScope::Tiered { full_after, .. } => {
+            expire_before.is_some()
+                && listed
+                    .first()
+                    .is_some_and(|(_, oldest)| Utc::now() - oldest.created_at >= full_after)
+        }
+    };
+    let start = match scope {
+        CompactionScope::Tiered { fresh_segments, .. } if !full => {
+            let rows: Vec<u64> = listed.iter().map(|(_, meta)| meta.rows).collect();
+            newest_tier_start(&rows, fresh_segments)
+        }
+        _ => 0,
+    };
+    let full = start == 0;
+    let expire_before = expire_before.filter(|_| full);
+    let loaded = segments.load_listed(&listed[start..])?;
     let mut report = CompactionReport {
+        full,
         segments_in: loaded.metas.len() as u64,
+        segments_untouched: start as u64,
         records_in: loaded.records.len() as u64,
-        leftovers_removed: loaded.leftovers_removed as u64,
+        leftovers_removed: leftovers_removed as u64,
         ..CompactionReport::default()
     };
     let mut contents = loaded.combined();
@@ -390,7 +453,9 @@ pub fn compact_segments(
     let (meta, archive) = segments.replace(&lock, &loaded.paths, &records, &expired, contents)?;
     tracing::info!(
         segment = %meta.segment_id,
+        full,
         segments_in = report.segments_in,
+        segments_untouched = report.segments_untouched,
         records_in = report.records_in,
         records_out = report.records_out,
         redelivered = away.redelivered,
@@ -829,9 +894,27 @@ mod tests {
             later.extend_from_slice(&records[cut..]);
             // Compacting again, after the later records, changes nothing either.
             let (twice, _, _) = compact_records(later.clone(), None);
+            // Nor does folding any subset of segments (a tiered compaction folds the newest ones; the
+            // folded segment is named, so read, after the others).
+            let chunks: Vec<&[CurationRecord]> =
+                records.chunks(1 + cases.below(8) as usize).collect();
+            let chosen: Vec<bool> = chunks.iter().map(|_| cases.below(2) == 0).collect();
+            let folded_part: Vec<CurationRecord> = chunks
+                .iter()
+                .zip(&chosen)
+                .filter(|(_, chosen)| **chosen)
+                .flat_map(|(chunk, _)| chunk.iter().cloned())
+                .collect();
+            let mut subset: Vec<CurationRecord> = chunks
+                .iter()
+                .zip(&chosen)
+                .filter(|(_, chosen)| !**chosen)
+                .flat_map(|(chunk, _)| chunk.iter().cloned())
+                .collect();
+            subset.extend(compact_records(folded_part, None).0);
             for options in [CurateOptions::default(), window.clone()] {
                 let (expected, expected_counts) = curate_rows(records.clone(), &options);
-                for candidate in [&later, &twice] {
+                for candidate in [&later, &twice, &subset] {
                     let (rows, counts) = curate_rows(candidate.clone(), &options);
                     assert_eq!(rows, expected, "case {case}, cut {cut}, {options:?}");
                     let kept_out = |counts: &CurationCounts| {
@@ -948,7 +1031,7 @@ mod tests {
             std::fs::copy(path, kept.join(path.file_name().unwrap())).unwrap();
         }
 
-        let report = compact_segments(&segments, None).unwrap();
+        let report = compact_segments(&segments, None, CompactionScope::All).unwrap();
         assert_eq!(report.segments_in, 3);
         assert_eq!(report.records_in, 52);
         assert_eq!(
@@ -997,10 +1080,10 @@ mod tests {
         );
 
         // One segment with nothing to fold is left as it is.
-        let again = compact_segments(&segments, None).unwrap();
+        let again = compact_segments(&segments, None, CompactionScope::All).unwrap();
         assert_eq!((again.segments_in, again.segment_id), (0, None));
         write(&second[..3], 0);
-        let more = compact_segments(&segments, None).unwrap();
+        let more = compact_segments(&segments, None, CompactionScope::All).unwrap();
         assert_eq!((more.segments_in, more.away.redelivered), (2, 3));
         assert_eq!(segments.list().unwrap().len(), 1);
 
@@ -1008,6 +1091,7 @@ mod tests {
         let expired = compact_segments(
             &segments,
             Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single(),
+            CompactionScope::All,
         )
         .unwrap();
         assert_eq!(
@@ -1027,5 +1111,134 @@ mod tests {
             curate_snapshot(&segments, &snapshots, &CurateOptions::default()),
             Err(DatasetError::Empty)
         ));
+    }
+
+    #[test]
+    fn the_newest_tier_takes_segments_while_they_are_no_bigger_than_those_after_them() {
+        for (rows, fresh, start) in [
+            (&[][..], 2, 0),
+            (&[5][..], 2, 0),
+            (&[1000, 10, 10, 10][..], 2, 1),
+            (&[1000, 640, 10, 10][..], 2, 2),
+            (&[1000, 640, 10, 10][..], 3, 1),
+            (&[1000, 640, 400, 300, 10, 10][..], 2, 4),
+            (&[30, 10, 10, 10][..], 2, 0),
+            (&[1000, 0, 0, 0][..], 2, 1),
+            (&[1000, 10, 0, 500, 10][..], 1, 1),
+            (&[10000, 10, 0, 5000, 10][..], 2, 1),
+            // A last segment closed early (smaller than the one before) does not stop the fold.
+            (&[5000, 50, 50, 3][..], 3, 1),
+            (&[5000, 50, 50, 3][..], 64, 0),
+        ] {
+            assert_eq!(newest_tier_start(rows, fresh), start, "{rows:?} {fresh}");
+        }
+        // Fed 64 segments of 10 at a time, the segments stay few and each record is rewritten a few
+        // times, not at every compaction.
+        let mut segments: Vec<u64> = Vec::new();
+        let mut rewritten = 0u64;
+        for _ in 0..100 {
+            segments.extend([10; 64]);
+            let start = newest_tier_start(&segments, 64);
+            let folded: u64 = segments[start..].iter().sum();
+            rewritten += folded;
+            segments.truncate(start);
+            segments.push(folded);
+        }
+        let written = 100 * 64 * 10;
+        assert!(segments.len() <= 8, "{segments:?}");
+        assert!(
+            rewritten <= written * 8,
+            "{rewritten} records rewritten for {written} written"
+        );
+    }
+
+    #[test]
+    fn a_tiered_compaction_folds_the_newest_segments_and_expires_only_when_full() {
+        use LabelProvenance::SourceLabel;
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentStore::in_data_dir(dir.path());
+        let snapshots = SnapshotStore::new(dir.path().join("snapshots"));
+        let mut offset = 0;
+        let mut write = |count: usize, edit: bool| {
+            let records: Vec<CurationRecord> = (0..count)
+                .map(|index| {
+                    let class = Sentiment::from_index(index % 3).unwrap();
+                    let mut record = review(
+                        &format!("r{index:03}"),
+                        Some((class, SourceLabel)),
+                        0,
+                        offset,
+                    );
+                    if edit {
+                        record.text = format!("edit {offset} of r{index:03}");
+                    }
+                    offset += 1;
+                    record
+                })
+                .collect();
+            let mut tracker = crate::segment::OffsetTracker::default();
+            for record in &records {
+                tracker.add("t.reviews.clean", 0, record.coordinate.offset);
+            }
+            segments.write(&records, tracker.ranges(), 0).unwrap()
+        };
+        let big = write(100, false);
+        for _ in 0..3 {
+            write(10, true);
+        }
+        let before = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        let rows = |manifest: &Manifest| -> Vec<DatasetRow> {
+            Split::ALL
+                .into_iter()
+                .flat_map(|split| snapshots.read(&manifest.snapshot_id, split).unwrap())
+                .collect()
+        };
+        let big_path = segments.list().unwrap()[0].clone();
+        assert!(big_path.ends_with(format!("{}.parquet", big.segment_id)));
+        let big_bytes = std::fs::read(&big_path).unwrap();
+
+        let daily = CompactionScope::Tiered {
+            fresh_segments: 3,
+            full_after: chrono::Duration::days(1),
+        };
+        // Records of 2026 are long past a cutoff in 2030, but the oldest segment is young: the tier is
+        // folded without expiry.
+        let far = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single();
+        let tiered = compact_segments(&segments, far, daily).unwrap();
+        assert!(!tiered.full);
+        assert_eq!(
+            (
+                tiered.segments_in,
+                tiered.segments_untouched,
+                tiered.records_in
+            ),
+            (3, 1, 30)
+        );
+        assert_eq!(tiered.away.superseded, 20, "r000..r009 edited three times");
+        assert_eq!(tiered.away.expired, 0);
+        assert_eq!(segments.list().unwrap().len(), 2);
+        assert_eq!(
+            std::fs::read(&big_path).unwrap(),
+            big_bytes,
+            "the old tier is untouched"
+        );
+        let after = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        assert_eq!(rows(&after.manifest), rows(&before.manifest));
+        assert_eq!(after.manifest.origin, before.manifest.origin);
+
+        // Once the oldest segment is older than `full_after`, the compaction is full and expires.
+        let full = compact_segments(
+            &segments,
+            far,
+            CompactionScope::Tiered {
+                fresh_segments: 3,
+                full_after: chrono::Duration::zero(),
+            },
+        )
+        .unwrap();
+        assert!(full.full);
+        assert_eq!((full.segments_in, full.records_in), (2, 110));
+        assert_eq!(full.away.expired, 100);
+        assert!(segments.list().unwrap().len() <= 1);
     }
 }

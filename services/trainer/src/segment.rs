@@ -436,35 +436,56 @@ impl SegmentStore {
 
     /// Reads every complete segment. A segment that a later one replaces (a compaction a crash
     /// interrupted before it removed its inputs) is skipped and removed, so no record is read twice.
-    pub fn load(&self, _lock: &SegmentLock) -> Result<LoadedSegments, DatasetError> {
-        let mut read = Vec::new();
+    pub fn load(&self, lock: &SegmentLock) -> Result<LoadedSegments, DatasetError> {
+        let (listed, leftovers_removed) = self.list_metas(lock)?;
+        let mut loaded = self.load_listed(&listed)?;
+        loaded.leftovers_removed = leftovers_removed;
+        Ok(loaded)
+    }
+
+    /// The path and metadata (from the file's footer, records unread) of every complete segment,
+    /// oldest name first; segments a later one replaces are skipped and removed, as by
+    /// [`SegmentStore::load`]. Returns how many were removed too.
+    pub fn list_metas(
+        &self,
+        _lock: &SegmentLock,
+    ) -> Result<(Vec<(PathBuf, SegmentMeta)>, usize), DatasetError> {
+        let mut listed = Vec::new();
         for path in self.list()? {
-            let (meta, records) = self.read(&path)?;
-            read.push((path, meta, records));
+            let meta = read_segment_meta(&path)?;
+            listed.push((path, meta));
         }
-        let replaced: BTreeSet<String> = read
+        let replaced: BTreeSet<String> = listed
             .iter()
-            .flat_map(|(_, meta, _)| meta.replaces.iter().cloned())
+            .flat_map(|(_, meta)| meta.replaces.iter().cloned())
             .collect();
-        let mut leftovers = Vec::new();
+        let (leftovers, listed): (Vec<_>, Vec<_>) = listed
+            .into_iter()
+            .partition(|(_, meta)| replaced.contains(&meta.segment_id));
+        if !leftovers.is_empty() {
+            let paths: Vec<PathBuf> = leftovers.into_iter().map(|(path, _)| path).collect();
+            self.remove(&paths)?;
+            tracing::info!(
+                removed = paths.len(),
+                "removed segments a compaction had replaced before a crash interrupted it"
+            );
+            return Ok((listed, paths.len()));
+        }
+        Ok((listed, 0))
+    }
+
+    /// Reads the records of segments [`SegmentStore::list_metas`] listed (under the same lock).
+    pub fn load_listed(
+        &self,
+        listed: &[(PathBuf, SegmentMeta)],
+    ) -> Result<LoadedSegments, DatasetError> {
         let mut loaded = LoadedSegments::default();
-        for (path, meta, mut records) in read {
-            if replaced.contains(&meta.segment_id) {
-                leftovers.push(path);
-                continue;
-            }
-            loaded.paths.push(path);
+        for (path, _) in listed {
+            let (meta, mut records) = self.read(path)?;
+            loaded.paths.push(path.clone());
             loaded.metas.push(meta);
             loaded.records.append(&mut records);
         }
-        if !leftovers.is_empty() {
-            self.remove(&leftovers)?;
-            tracing::info!(
-                removed = leftovers.len(),
-                "removed segments a compaction had replaced before a crash interrupted it"
-            );
-        }
-        loaded.leftovers_removed = leftovers.len();
         Ok(loaded)
     }
 
@@ -619,7 +640,36 @@ fn encode(records: &[CurationRecord], meta: &SegmentMeta) -> Result<Vec<u8>, Str
     Ok(bytes)
 }
 
+/// A segment's metadata, read from its footer alone.
+fn read_segment_meta(path: &Path) -> Result<SegmentMeta, DatasetError> {
+    open_segment(path).map(|(meta, _)| meta)
+}
+
 fn read_segment(path: &Path) -> Result<(SegmentMeta, Vec<CurationRecord>), DatasetError> {
+    let (meta, builder) = open_segment(path)?;
+    let reader = builder.build().map_err(|error| format_error(path, error))?;
+    let mut records = Vec::with_capacity(meta.rows as usize);
+    for batch in reader {
+        let batch = batch.map_err(|error| format_error(path, error))?;
+        decode_batch(path, &batch, &mut records)?;
+    }
+    if records.len() as u64 != meta.rows {
+        return Err(format_error(
+            path,
+            format!(
+                "{} records but the metadata says {}",
+                records.len(),
+                meta.rows
+            ),
+        ));
+    }
+    Ok((meta, records))
+}
+
+/// Opens a segment: its checked metadata and a reader builder for its records.
+fn open_segment(
+    path: &Path,
+) -> Result<(SegmentMeta, ParquetRecordBatchReaderBuilder<File>), DatasetError> {
     let file = File::open(path).map_err(io_error(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|error| format_error(path, error))?;
@@ -641,23 +691,7 @@ fn read_segment(path: &Path) -> Result<(SegmentMeta, Vec<CurationRecord>), Datas
             ),
         ));
     }
-    let reader = builder.build().map_err(|error| format_error(path, error))?;
-    let mut records = Vec::with_capacity(meta.rows as usize);
-    for batch in reader {
-        let batch = batch.map_err(|error| format_error(path, error))?;
-        decode_batch(path, &batch, &mut records)?;
-    }
-    if records.len() as u64 != meta.rows {
-        return Err(format_error(
-            path,
-            format!(
-                "{} records but the metadata says {}",
-                records.len(),
-                meta.rows
-            ),
-        ));
-    }
-    Ok((meta, records))
+    Ok((meta, builder))
 }
 
 fn column<'a, T: 'static>(

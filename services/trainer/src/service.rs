@@ -31,7 +31,7 @@ use crate::catch_up::{
     self, CatchUpOutcome, ConsumerView, FlushAnswer, FlushRequest, PartitionEnd, ReadPositions,
 };
 use crate::config::TrainerConfig;
-use crate::curation::{CurateOptions, compact_segments, curate_snapshot};
+use crate::curation::{CompactionScope, CurateOptions, compact_segments, curate_snapshot};
 use crate::dataset::SnapshotStore;
 use crate::error::{Rejection, TrainerError};
 use crate::registry::Registry;
@@ -880,7 +880,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Starts a compaction when enough segments were written since the last one and none is running.
+    /// Starts a (tiered) compaction when enough segments were written since the last one and none is
+    /// running.
     /// A failed compaction is counted and logged; the next one is tried after as many segments again.
     fn maybe_compact(&self, schedule: &mut Schedule) {
         if self.compact_after_segments == 0
@@ -892,15 +893,23 @@ impl Worker {
         {
             return;
         }
+        let fresh_segments =
+            usize::try_from(schedule.segments_since_compaction).unwrap_or(usize::MAX);
         schedule.segments_since_compaction = 0;
         let (segments, stats) = (self.segments.clone(), self.stats.clone());
         let expire_before = self
             .curation_retention
             .map(|keep| chrono::Utc::now() - keep);
+        // The newest tier (what was written since the last compaction, and older segments the
+        // newer ones have caught up with); every segment, applying the retention, once a day.
+        let scope = CompactionScope::Tiered {
+            fresh_segments,
+            full_after: chrono::Duration::days(1),
+        };
         schedule.compaction = Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let compacted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                compact_segments(&segments, expire_before)
+                compact_segments(&segments, expire_before, scope)
             }));
             match compacted {
                 Ok(Ok(report)) => {
@@ -910,7 +919,8 @@ impl Worker {
                     } else {
                         "nothing_to_fold"
                     };
-                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => outcome)
+                    let scope = if report.full { "full" } else { "tiered" };
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => outcome, "scope" => scope)
                         .increment(1);
                     metrics::histogram!("sentiflow_trainer_compaction_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -924,12 +934,12 @@ impl Worker {
                     }
                 }
                 Ok(Err(error)) => {
-                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => error.kind())
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => error.kind(), "scope" => "unknown")
                         .increment(1);
                     warn!(%error, "segment compaction failed; the segments stay as they were");
                 }
                 Err(_) => {
-                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => "panic")
+                    metrics::counter!("sentiflow_trainer_compactions_total", "outcome" => "panic", "scope" => "unknown")
                         .increment(1);
                     tracing::error!("segment compaction panicked; the segments stay as they were");
                 }
