@@ -132,7 +132,6 @@ fn main() -> anyhow::Result<()> {
         (
             "tiered (the service)",
             CompactionScope::Tiered {
-                fresh_segments: 64,
                 full_after: chrono::Duration::days(1),
             },
         ),

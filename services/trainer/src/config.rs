@@ -73,10 +73,10 @@ pub struct TrainerConfig {
     #[arg(long, env = "SENTIFLOW_TRAINER_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
 
-    /// Compact the curation segments after this many more were written (0: never): the newest
-    /// segments, each older one joining while it holds no more records than those after it (tiered,
-    /// so old records are not rewritten every time), and every segment once a day when
-    /// --curation-retention-days is set. Compaction keeps, per review, the records a snapshot can still
+    /// Compact the curation segments after this many more were written (0: never): the segments
+    /// written since, and earlier compactions' outputs from the newest while each holds at most twice
+    /// the records taken (tiered, so old records are not rewritten every time), and every segment once
+    /// a day when --curation-retention-days is set. Compaction keeps, per review, the records a snapshot can still
     /// depend on (latest event, strongest label, latest human label), so snapshots stay the same while
     /// the segment count and re-read copies do not grow.
     #[arg(

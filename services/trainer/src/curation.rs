@@ -4,6 +4,7 @@
 //! folds the segments into one that keeps only the records a snapshot can still depend on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use sentiflow_common::events::{LabelProvenance, SourceCoordinate};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{
     DatasetError, DatasetRow, Manifest, Origin, SnapshotStore, Split, label_rank, merge_labels,
 };
-use crate::segment::{CurationRecord, RecordKind, SegmentStore};
+use crate::segment::{CurationRecord, RecordKind, SegmentMeta, SegmentStore};
 
 /// Which reviews a snapshot takes (the retrain loop narrows the time range of a request).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -372,32 +373,43 @@ pub struct CompactionReport {
 pub enum CompactionScope {
     /// Every segment, with the retention cutoff applied (`sentiflow dataset compact`).
     All,
-    /// The newest tier ([`newest_tier_start`]): the segments written since the last compaction, and
-    /// an older segment only once the segments newer than it hold together at least as many records, so a record is rewritten about
-    /// log2(records / segment) times in its life instead of at every compaction, and the number of
-    /// segments stays logarithmic too. Expiry needs every segment (a review's newer records may lie
-    /// in a segment the tier leaves out), so with a retention cutoff the compaction is full when the
-    /// oldest segment (after a full compaction: its output) is older than `full_after`.
+    /// The newest tier ([`tier_to_fold`]): every segment the consumer wrote since the last
+    /// compaction, and a compaction's earlier output only once the segments newer than it hold at
+    /// least half as many records, so a record is rewritten about log2(records / segment) times in
+    /// its life instead of at every compaction, and each kept output holds more than twice the next
+    /// newer one, so their number stays logarithmic. Expiry needs every segment (a review's newer
+    /// records may lie in a segment the tier leaves out), so with a retention cutoff the compaction is
+    /// full when the oldest segment (after a full compaction: about its time) is older than
+    /// `full_after`.
     Tiered {
-        /// Segments written since the last compaction: always folded (the tier grows from them).
-        fresh_segments: usize,
         /// Age of the oldest segment from which a compaction with a retention cutoff is full.
         full_after: chrono::Duration,
     },
 }
 
-/// Index of the first segment of the newest tier: the `fresh` newest segments (those written since
-/// the last compaction, at least 2), then each older one as long as it holds no more records than all
-/// those taken after it (a segment with no records, only dead letters, counts as one). `rows` are the
-/// segments' record counts, oldest name first.
-pub fn newest_tier_start(rows: &[u64], fresh: usize) -> usize {
-    let mut start = rows.len().saturating_sub(fresh.max(2));
-    let mut taken: u64 = rows[start..].iter().map(|&rows| rows.max(1)).sum();
-    while start > 0 && rows[start - 1].max(1) <= taken {
-        start -= 1;
-        taken += rows[start].max(1);
+/// The segments a tiered compaction folds, by index: every segment the consumer wrote (not a
+/// compaction's output), then compaction outputs from the newest, each as long as it holds at most
+/// twice the records taken so far (a segment with no records, only dead letters, counts as one).
+/// `segments` are (records, whether it is a compaction's output), in name order. The chosen set need
+/// not be contiguous: folding any subset is sound (see [`compact_segments`]).
+pub fn tier_to_fold(segments: &[(u64, bool)]) -> Vec<usize> {
+    let mut fold: Vec<usize> = (0..segments.len())
+        .filter(|&index| !segments[index].1)
+        .collect();
+    let mut taken: u64 = fold.iter().map(|&index| segments[index].0.max(1)).sum();
+    for index in (0..segments.len()).rev() {
+        let (rows, output) = segments[index];
+        if !output {
+            continue;
+        }
+        if rows.max(1) > taken.saturating_mul(2) {
+            break;
+        }
+        taken += rows.max(1);
+        fold.push(index);
     }
-    start
+    fold.sort_unstable();
+    fold
 }
 
 /// Folds closed segments into one (see [`compact_records`]) under the directory's lock so no snapshot
@@ -423,20 +435,25 @@ pub fn compact_segments(
                     .is_some_and(|(_, oldest)| Utc::now() - oldest.created_at >= full_after)
         }
     };
-    let start = match scope {
-        CompactionScope::Tiered { fresh_segments, .. } if !full => {
-            let rows: Vec<u64> = listed.iter().map(|(_, meta)| meta.rows).collect();
-            newest_tier_start(&rows, fresh_segments)
-        }
-        _ => 0,
+    let chosen: Vec<(PathBuf, SegmentMeta)> = if full {
+        listed.clone()
+    } else {
+        let sizes: Vec<(u64, bool)> = listed
+            .iter()
+            .map(|(_, meta)| (meta.rows, !meta.replaces.is_empty()))
+            .collect();
+        tier_to_fold(&sizes)
+            .into_iter()
+            .map(|index| listed[index].clone())
+            .collect()
     };
-    let full = start == 0;
+    let full = chosen.len() == listed.len();
     let expire_before = expire_before.filter(|_| full);
-    let loaded = segments.load_listed(&listed[start..])?;
+    let loaded = segments.load_listed(&chosen)?;
     let mut report = CompactionReport {
         full,
         segments_in: loaded.metas.len() as u64,
-        segments_untouched: start as u64,
+        segments_untouched: (listed.len() - chosen.len()) as u64,
         records_in: loaded.records.len() as u64,
         leftovers_removed: leftovers_removed as u64,
         ..CompactionReport::default()
@@ -1114,42 +1131,92 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_tier_takes_segments_while_they_are_no_bigger_than_those_after_them() {
-        for (rows, fresh, start) in [
-            (&[][..], 2, 0),
-            (&[5][..], 2, 0),
-            (&[1000, 10, 10, 10][..], 2, 1),
-            (&[1000, 640, 10, 10][..], 2, 2),
-            (&[1000, 640, 10, 10][..], 3, 1),
-            (&[1000, 640, 400, 300, 10, 10][..], 2, 4),
-            (&[30, 10, 10, 10][..], 2, 0),
-            (&[1000, 0, 0, 0][..], 2, 1),
-            (&[1000, 10, 0, 500, 10][..], 1, 1),
-            (&[10000, 10, 0, 5000, 10][..], 2, 1),
-            // A last segment closed early (smaller than the one before) does not stop the fold.
-            (&[5000, 50, 50, 3][..], 3, 1),
-            (&[5000, 50, 50, 3][..], 64, 0),
+    fn the_tier_holds_every_fresh_segment_and_outputs_the_newer_ones_caught_up_with() {
+        const OUT: bool = true;
+        const NEW: bool = false;
+        for (segments, fold) in [
+            (&[][..], &[][..]),
+            (&[(5, NEW)][..], &[0][..]),
+            (
+                &[(1000, OUT), (10, NEW), (10, NEW), (10, NEW)][..],
+                &[1, 2, 3][..],
+            ),
+            (
+                &[(1000, OUT), (60, OUT), (10, NEW), (20, NEW)][..],
+                &[1, 2, 3][..],
+            ),
+            (
+                &[(1000, OUT), (61, OUT), (10, NEW), (20, NEW)][..],
+                &[2, 3][..],
+            ),
+            (
+                &[(100, OUT), (10, NEW), (60, OUT), (20, NEW)][..],
+                &[0, 1, 2, 3][..],
+            ),
+            (
+                &[(200, OUT), (10, NEW), (60, OUT), (20, NEW)][..],
+                &[1, 2, 3][..],
+            ),
+            (&[(1000, OUT), (0, NEW), (0, NEW)][..], &[1, 2][..]),
+            // A segment the consumer closed while a compaction ran sorts before its output: still
+            // fresh, still folded; the output stays until the newer segments catch up with it.
+            (
+                &[(9000, OUT), (3, NEW), (5000, OUT), (40, NEW)][..],
+                &[1, 3][..],
+            ),
+            (&[(30, OUT), (10, NEW), (10, NEW)][..], &[0, 1, 2][..]),
         ] {
-            assert_eq!(newest_tier_start(rows, fresh), start, "{rows:?} {fresh}");
+            assert_eq!(tier_to_fold(segments), fold, "{segments:?}");
         }
-        // Fed 64 segments of 10 at a time, the segments stay few and each record is rewritten a few
-        // times, not at every compaction.
-        let mut segments: Vec<u64> = Vec::new();
-        let mut rewritten = 0u64;
-        for _ in 0..100 {
-            segments.extend([10; 64]);
-            let start = newest_tier_start(&segments, 64);
-            let folded: u64 = segments[start..].iter().sum();
-            rewritten += folded;
-            segments.truncate(start);
-            segments.push(folded);
+        // The service's rhythm over 300 compactions of 64 fresh segments each, with steady, halving
+        // (down to 1 record a segment), slowly declining, bursty and growing traffic, and a segment
+        // closed during every compaction: the number of outputs stays logarithmic and a record is rewritten
+        // a logarithmic number of times.
+        let mut cases = Cases(0x007E_12ED);
+        for pattern in ["steady", "halving", "declining", "bursty", "growing"] {
+            let mut segments: Vec<(u64, bool)> = Vec::new();
+            let (mut written, mut rewritten) = (0u64, 0u64);
+            for round in 0..300u64 {
+                for _ in 0..64 {
+                    let rows = match pattern {
+                        "steady" => 100,
+                        "halving" => (10_000 >> round.min(40)).max(1),
+                        "declining" => 10_000 - 33 * round,
+                        "bursty" => {
+                            if cases.below(10) == 0 {
+                                5_000
+                            } else {
+                                1 + cases.below(20)
+                            }
+                        }
+                        _ => 1 + round,
+                    };
+                    written += rows;
+                    segments.push((rows, false));
+                }
+                let fold = tier_to_fold(&segments);
+                let folded: u64 = fold.iter().map(|&index| segments[index].0).sum();
+                rewritten += folded;
+                let mut next: Vec<(u64, bool)> = (0..segments.len())
+                    .filter(|index| !fold.contains(index))
+                    .map(|index| segments[index])
+                    .collect();
+                next.push((3, false));
+                written += 3;
+                next.push((folded, true));
+                segments = next;
+            }
+            let bound = 2 + (written as f64).log2().ceil() as u64;
+            let outputs = segments.iter().filter(|(_, output)| *output).count() as u64;
+            assert!(
+                outputs <= bound,
+                "{pattern}: {outputs} outputs: {segments:?}"
+            );
+            assert!(
+                rewritten <= written * bound,
+                "{pattern}: {rewritten} rewritten for {written} written"
+            );
         }
-        let written = 100 * 64 * 10;
-        assert!(segments.len() <= 8, "{segments:?}");
-        assert!(
-            rewritten <= written * 8,
-            "{rewritten} records rewritten for {written} written"
-        );
     }
 
     #[test]
@@ -1182,10 +1249,11 @@ mod tests {
             }
             segments.write(&records, tracker.ranges(), 0).unwrap()
         };
-        let big = write(100, false);
-        for _ in 0..3 {
-            write(10, true);
-        }
+        // An earlier compaction's output of 100 records, then three fresh segments of 10 edits.
+        write(50, false);
+        write(100, false);
+        compact_segments(&segments, None, CompactionScope::All).unwrap();
+        let fresh: Vec<_> = (0..3).map(|_| write(10, true)).collect();
         let before = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
         let rows = |manifest: &Manifest| -> Vec<DatasetRow> {
             Split::ALL
@@ -1193,12 +1261,24 @@ mod tests {
                 .flat_map(|split| snapshots.read(&manifest.snapshot_id, split).unwrap())
                 .collect()
         };
-        let big_path = segments.list().unwrap()[0].clone();
-        assert!(big_path.ends_with(format!("{}.parquet", big.segment_id)));
+        let listed = segments.list().unwrap();
+        let big_path = listed
+            .iter()
+            .find(|path| {
+                !fresh
+                    .iter()
+                    .any(|meta| path.ends_with(format!("{}.parquet", meta.segment_id)))
+            })
+            .unwrap()
+            .clone();
         let big_bytes = std::fs::read(&big_path).unwrap();
+        let kept = dir.path().join("kept");
+        std::fs::create_dir_all(&kept).unwrap();
+        for path in &listed {
+            std::fs::copy(path, kept.join(path.file_name().unwrap())).unwrap();
+        }
 
         let daily = CompactionScope::Tiered {
-            fresh_segments: 3,
             full_after: chrono::Duration::days(1),
         };
         // Records of 2026 are long past a cutoff in 2030, but the oldest segment is young: the tier is
@@ -1226,12 +1306,23 @@ mod tests {
         assert_eq!(rows(&after.manifest), rows(&before.manifest));
         assert_eq!(after.manifest.origin, before.manifest.origin);
 
+        // A crash after the tier's output was written, before its inputs were removed: the next load
+        // removes exactly those inputs, never the untouched older segment.
+        for path in &listed {
+            std::fs::copy(kept.join(path.file_name().unwrap()), path).unwrap();
+        }
+        assert_eq!(segments.list().unwrap().len(), 5);
+        let recovered = curate_snapshot(&segments, &snapshots, &CurateOptions::default()).unwrap();
+        assert_eq!(rows(&recovered.manifest), rows(&before.manifest));
+        assert_eq!(recovered.counts.redelivered, 0);
+        assert_eq!(segments.list().unwrap().len(), 2);
+        assert_eq!(std::fs::read(&big_path).unwrap(), big_bytes);
+
         // Once the oldest segment is older than `full_after`, the compaction is full and expires.
         let full = compact_segments(
             &segments,
             far,
             CompactionScope::Tiered {
-                fresh_segments: 3,
                 full_after: chrono::Duration::zero(),
             },
         )

@@ -893,17 +893,14 @@ impl Worker {
         {
             return;
         }
-        let fresh_segments =
-            usize::try_from(schedule.segments_since_compaction).unwrap_or(usize::MAX);
         schedule.segments_since_compaction = 0;
         let (segments, stats) = (self.segments.clone(), self.stats.clone());
         let expire_before = self
             .curation_retention
             .map(|keep| chrono::Utc::now() - keep);
-        // The newest tier (what was written since the last compaction, and older segments the
-        // newer ones have caught up with); every segment, applying the retention, once a day.
+        // The newest tier (what the consumer wrote since the last compaction, and earlier outputs the
+        // newer segments have caught up with); every segment, applying the retention, once a day.
         let scope = CompactionScope::Tiered {
-            fresh_segments,
             full_after: chrono::Duration::days(1),
         };
         schedule.compaction = Some(tokio::task::spawn_blocking(move || {
