@@ -3,8 +3,9 @@
 //! windows and asks for exactly one retrain, also across a restart (cooldown); the class-mix scan
 //! reports the shift within a hundred predictions, as its offline monitor does; a mute suppresses and
 //! an unmute resumes; operator requests take the lock; a request whose delivery was never confirmed is
-//! published at the next start; human labels reveal a macro-F1 drop across a restart; the dashboard
-//! renders real data in Chromium.
+//! published at the next start; human labels reveal a macro-F1 drop across a restart; labels after a
+//! restart join predictions read before it and labels read again count once; the dashboard renders
+//! real data in Chromium.
 //!
 //! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
 //! text's, the confidence a deterministic function of the text.
@@ -1022,4 +1023,120 @@ async fn time_windows_close_on_a_quiet_stream() {
     assert!(reports[0].signals.is_empty(), "the reference window");
     assert!(!reports[1].signals.is_empty());
     stop_drift(running, shutdown).await;
+}
+
+/// Commits offset 0 of every partition of `topic` for `group` (as if a crash had lost the commits of
+/// everything read since): the group's next member reads it all again.
+fn rewind_group(kafka: &KafkaArgs, group: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        list.add_partition_offset(topic, partition.id(), rdkafka::Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_after_a_restart_join_predictions_read_before_it_and_count_once() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let group = "drift-warm";
+    let (running, shutdown) = start_drift(config(&kafka, &redis.url(), "warm", group)).await;
+    let window = WINDOW as usize;
+    let a: Vec<_> = domain_a().into_iter().take(2 * window + 60).collect();
+    let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
+    // Two windows, reported, then the start of a third, so the first two windows' offsets are stored
+    // in every partition and committed: a restart does not read them again; the open third window's
+    // 60 predictions are replayed.
+    publish(&kafka, &a[..2 * window], 0, "v1").await;
+    read_reports(&kafka, 2).await;
+    publish(&kafka, &a[2 * window..], 2 * window, "v1").await;
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || {
+            stats.predictions.load(std::sync::atomic::Ordering::Relaxed) == 2 * WINDOW + 60
+        })
+        .await
+    );
+    stop_drift(running, shutdown).await;
+
+    // After the restart the predictions before the committed offsets are remembered again from the
+    // partitions' tails, not windowed; the open window's are replayed as usual. Labels for the
+    // remembered ones join (before, they counted as unmatched).
+    let (running, shutdown) = start_drift(config(&kafka, &redis.url(), "warm", group)).await;
+    let warmed = running
+        .stats
+        .joins_warmed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(warmed, 2 * WINDOW);
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || {
+            stats.predictions.load(std::sync::atomic::Ordering::Relaxed) == 60
+        })
+        .await,
+        "the open window is replayed"
+    );
+    publish_labels(&kafka, &truths[..window], 0).await;
+    wait_joined(&running, WINDOW).await;
+    stop_drift(running, shutdown).await;
+    let control = control_at(&redis.url(), "warm");
+    let stored = control.load_feedback(&model("v1")).await.unwrap().unwrap();
+    let kept = window.min(config(&kafka, &redis.url(), "warm", group).feedback_window);
+    assert_eq!(
+        stored.pairs.len(),
+        kept,
+        "the label window holds the joined labels"
+    );
+    let applied: i64 = stored.applied.values().map(|offset| offset + 1).sum();
+    assert_eq!(applied, WINDOW as i64, "every label's offset is recorded");
+
+    // The label commits are lost (a crash): the labels are read again, recognised by their offsets
+    // and not counted twice.
+    rewind_group(&kafka, group, &kafka.topic(topics::LABELS_FEEDBACK));
+    let (running, shutdown) = start_drift(config(&kafka, &redis.url(), "warm", group)).await;
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(Duration::from_secs(30), || {
+            stats
+                .labels_replayed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == WINDOW
+        })
+        .await,
+        "every label read again is recognised: {} replayed, {} joined",
+        stats
+            .labels_replayed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .labels_joined
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(
+        stats
+            .labels_joined
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    stop_drift(running, shutdown).await;
+    let stored = control.load_feedback(&model("v1")).await.unwrap().unwrap();
+    assert_eq!(stored.pairs.len(), kept);
+    assert_eq!(
+        stored
+            .applied
+            .values()
+            .map(|offset| offset + 1)
+            .sum::<i64>(),
+        WINDOW as i64,
+        "nothing counted twice"
+    );
 }

@@ -179,7 +179,9 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_FEEDBACK_WINDOW", default_value_t = 200)]
     pub feedback_window: usize,
 
-    /// Predictions remembered per process to join late human labels to (oldest forgotten first).
+    /// Predictions remembered to join late human labels to (oldest forgotten first); at start, up to
+    /// this many (split over the partitions) from just before where the group resumes are read again
+    /// to refill it.
     #[arg(long, env = "SENTIFLOW_DRIFT_JOIN_CAPACITY", default_value_t = 200_000)]
     pub join_capacity: usize,
 

@@ -6,7 +6,7 @@
 //! Guarantee: at-least-once, in order per partition. A prediction's offset is stored only after every
 //! window holding it was reported (and any retrain request it triggered acknowledged), so a restart
 //! replays the open windows; alert hygiene state that must survive restarts (mute, cooldown, lock,
-//! references) lives in Redis.
+//! references, label windows with the label offsets they applied) lives in Redis.
 //!
 //! # Layout
 //! - [`config`]: flags, thresholds and start-up checks.
@@ -20,6 +20,8 @@
 //! - [`monitor`]: per-version windows, references, label join and confirmation (no I/O).
 //! - [`control`]: Redis keys (mute, cooldown, lock, references) and the operator actions.
 //! - [`service`]: the consume → window → report → request loop.
+//! - [`warm`]: at start, the predictions just before where the group resumes, read again for the
+//!   label join only.
 //! - [`metrics`]: Prometheus gauges and counters.
 //! - [`http`]: `/dashboard` and `/api/reports`.
 
@@ -33,6 +35,7 @@ pub mod sequential;
 pub mod service;
 pub mod signals;
 pub mod stats;
+pub mod warm;
 pub mod window;
 
 pub use config::DriftConfig;

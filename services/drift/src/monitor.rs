@@ -107,6 +107,8 @@ pub struct VersionState {
     pub feedback: VecDeque<(usize, usize)>,
     /// Macro-F1 of the first full feedback window.
     pub feedback_baseline: Option<f64>,
+    /// Highest `labels.feedback` offset applied to this version, per partition.
+    pub labels_applied: BTreeMap<i32, i64>,
 }
 
 /// The human-label state of one version: kept in Redis so a restart neither loses the labels read
@@ -118,6 +120,25 @@ pub struct FeedbackState {
     pub pairs: Vec<(usize, usize)>,
     /// Macro-F1 of the first full feedback window.
     pub baseline: Option<f64>,
+    /// Highest `labels.feedback` offset applied, per partition: a label read again after a crash
+    /// (its offset was not yet committed) is recognised and not counted twice. Empty in states
+    /// written before it existed.
+    #[serde(default)]
+    pub applied: BTreeMap<i32, i64>,
+}
+
+/// How a human label met the predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelJoin {
+    /// Joined to the prediction of this version and added to its label window.
+    Joined(ModelRef),
+    /// Already applied to this version before a restart (read again): not counted twice.
+    Replayed(ModelRef),
+    /// The review was predicted by this version, which has no state in this process yet (a
+    /// prediction read before a restart): track it, then add the label again.
+    Untracked(ModelRef),
+    /// No remembered prediction of the review.
+    Unmatched,
 }
 
 /// A window that closed, ready to be reported.
@@ -156,8 +177,8 @@ pub struct Monitor {
     retired: HashMap<(String, String), DateTime<Utc>>,
     /// Latest version seen per model name.
     latest: HashMap<String, String>,
-    /// review id → (model key, predicted class), bounded FIFO for joining late labels.
-    joins: HashMap<String, ((String, String), usize)>,
+    /// review id → (model, predicted class), bounded FIFO for joining late labels.
+    joins: HashMap<String, (ModelRef, usize)>,
     /// Insertion order of `joins`.
     join_order: VecDeque<String>,
 }
@@ -245,6 +266,7 @@ impl Monitor {
             confirmation: Confirmation::default(),
             feedback: pairs,
             feedback_baseline: baseline,
+            labels_applied: feedback.applied,
         });
     }
 
@@ -256,6 +278,7 @@ impl Monitor {
         Some(FeedbackState {
             pairs: state.feedback.iter().copied().collect(),
             baseline: state.feedback_baseline,
+            applied: state.labels_applied.clone(),
         })
     }
 
@@ -292,17 +315,17 @@ impl Monitor {
             && previous != model.version
         {
             let old = (model.name.clone(), previous);
-            if let Some(mut state) = self.versions.remove(&old) {
-                if let Some(open) = state.open.take()
-                    && open.sample.events() >= self.min_window_events
-                {
-                    closed.push(self.close(&mut state, open, WindowKind::Count));
-                }
-                self.forget_joins_of(&old);
+            if let Some(mut state) = self.versions.remove(&old)
+                && let Some(open) = state.open.take()
+                && open.sample.events() >= self.min_window_events
+            {
+                closed.push(self.close(&mut state, open, WindowKind::Count));
             }
+            // Also joins remembered at start-up for a version this process never tracked.
+            self.forget_joins_of(&old);
             self.retired.insert(old, prediction.event_time);
         }
-        self.remember_join(&prediction.review_id, key.clone(), prediction.label.index());
+        self.remember_join(&prediction.review_id, model, prediction.label.index());
         let (window_events, window_secs, min_events) =
             (self.window_events, self.window_secs, self.min_window_events);
         let mut state = self.versions.remove(&key).expect("tracked above");
@@ -445,13 +468,13 @@ impl Monitor {
         })
     }
 
-    fn remember_join(&mut self, review_id: &str, key: (String, String), class: usize) {
+    fn remember_join(&mut self, review_id: &str, model: &ModelRef, class: usize) {
         if self.join_capacity == 0 {
             return;
         }
         if self
             .joins
-            .insert(review_id.to_owned(), (key, class))
+            .insert(review_id.to_owned(), (model.clone(), class))
             .is_none()
         {
             self.join_order.push_back(review_id.to_owned());
@@ -464,15 +487,74 @@ impl Monitor {
     }
 
     fn forget_joins_of(&mut self, key: &(String, String)) {
-        self.joins.retain(|_, (k, _)| k != key);
+        self.joins
+            .retain(|_, (model, _)| (&model.name, &model.version) != (&key.0, &key.1));
         let joins = &self.joins;
         self.join_order.retain(|id| joins.contains_key(id));
     }
 
-    /// Joins a human label to the prediction of `review_id`; returns the version it joined, if any.
-    pub fn add_label(&mut self, review_id: &str, truth: usize) -> Option<ModelRef> {
-        let (key, predicted) = self.joins.get(review_id).cloned()?;
-        let state = self.versions.get_mut(&key)?;
+    /// Remembers, for joining human labels only, the predictions read again at start-up from just
+    /// before where this process resumes (they are not windowed: their windows were reported). Only
+    /// the newest version of each name (by event time) is kept, as the process before the restart
+    /// had forgotten the versions it replaced; it becomes the version a different one replaces.
+    /// Returns how many predictions were remembered.
+    pub fn warm_joins(&mut self, predictions: &[Prediction]) -> usize {
+        let mut newest: HashMap<&str, (&ModelRef, DateTime<Utc>)> = HashMap::new();
+        for prediction in predictions {
+            let entry = newest
+                .entry(prediction.model.name.as_str())
+                .or_insert((&prediction.model, prediction.event_time));
+            if prediction.event_time > entry.1 {
+                *entry = (&prediction.model, prediction.event_time);
+            }
+        }
+        let newest: HashMap<String, ModelRef> = newest
+            .into_iter()
+            .map(|(name, (model, _))| (name.to_owned(), model.clone()))
+            .collect();
+        let mut remembered = 0;
+        for prediction in predictions {
+            let model = &prediction.model;
+            if newest
+                .get(&model.name)
+                .is_some_and(|newest| newest.version == model.version)
+            {
+                self.remember_join(&prediction.review_id, model, prediction.label.index());
+                remembered += 1;
+            }
+        }
+        for (name, model) in newest {
+            self.latest.entry(name).or_insert(model.version);
+        }
+        remembered
+    }
+
+    /// Joins a human label, read at `partition`/`offset` of `labels.feedback`, to the prediction of
+    /// `review_id`.
+    pub fn add_label(
+        &mut self,
+        review_id: &str,
+        truth: usize,
+        partition: i32,
+        offset: i64,
+    ) -> LabelJoin {
+        let Some((model, predicted)) = self.joins.get(review_id).cloned() else {
+            return LabelJoin::Unmatched;
+        };
+        let Some(state) = self
+            .versions
+            .get_mut(&(model.name.clone(), model.version.clone()))
+        else {
+            return LabelJoin::Untracked(model);
+        };
+        if state
+            .labels_applied
+            .get(&partition)
+            .is_some_and(|&applied| offset <= applied)
+        {
+            return LabelJoin::Replayed(model);
+        }
+        state.labels_applied.insert(partition, offset);
         state.feedback.push_back((predicted, truth));
         while state.feedback.len() > self.feedback_window {
             state.feedback.pop_front();
@@ -481,7 +563,13 @@ impl Monitor {
             let pairs: Vec<(usize, usize)> = state.feedback.iter().copied().collect();
             state.feedback_baseline = Some(stats::classification_scores(&pairs, 3).0);
         }
-        Some(state.model.clone())
+        LabelJoin::Joined(model)
+    }
+
+    /// Whether `model` was replaced by a newer version of its name (its labels no longer count).
+    pub fn is_retired(&self, model: &ModelRef) -> bool {
+        self.retired
+            .contains_key(&(model.name.clone(), model.version.clone()))
     }
 
     /// Marks that a retrain was requested (or found already requested) for `model`'s episode.
@@ -728,14 +816,19 @@ mod tests {
         for i in 0..40 {
             reports.extend(add(&mut monitor, i));
         }
-        assert!(monitor.add_label("unknown-review", 0).is_none());
+        assert_eq!(
+            monitor.add_label("unknown-review", 0, 0, 0),
+            LabelJoin::Unmatched
+        );
         // 10 correct labels: the baseline (macro-F1 1.0).
         for i in 20..30 {
-            assert!(monitor.add_label(&format!("r{i}"), i % 3).is_some());
+            let joined = monitor.add_label(&format!("r{i}"), i % 3, 0, i as i64);
+            assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         // 10 labels that disagree with every prediction.
         for i in 30..40 {
-            assert!(monitor.add_label(&format!("r{i}"), (i + 1) % 3).is_some());
+            let joined = monitor.add_label(&format!("r{i}"), (i + 1) % 3, 0, i as i64);
+            assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         for i in 40..60 {
             reports.extend(add(&mut monitor, i));
@@ -765,11 +858,13 @@ mod tests {
             ));
         }
         for i in 0..10 {
-            assert!(before.add_label(&format!("r{i}"), i % 3).is_some());
+            let joined = before.add_label(&format!("r{i}"), i % 3, 0, i as i64);
+            assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         let saved = before.feedback_state(&model).expect("tracked");
         assert_eq!(saved.pairs.len(), 10);
         assert_eq!(saved.baseline, Some(1.0));
+        assert_eq!(saved.applied, BTreeMap::from([(0, 9)]));
 
         let mut after = Monitor::new(&config(20));
         let mut stored = saved.clone();
@@ -788,6 +883,7 @@ mod tests {
             Some(FeedbackState {
                 pairs: (0..25).map(|i| (i % 3, i % 3)).collect(),
                 baseline: Some(1.5),
+                applied: BTreeMap::new(),
             }),
         );
         let state = fresh.feedback_state(&model).expect("tracked");
@@ -944,5 +1040,62 @@ mod tests {
         c.observe(DriftStatus::Ok, 500, &rule);
         assert!(!c.confirmed);
         assert!(!c.requested);
+    }
+
+    #[test]
+    fn after_a_restart_labels_join_warmed_predictions_once_and_replays_are_recognised() {
+        // Before the restart: v1 predicted r0..r19, then v2 replaced it for r20..r29; labels for r20..r24
+        // were applied (offsets 0..4 of label partition 1) and saved.
+        let mut before = Monitor::new(&config(100));
+        let mut read: Vec<Prediction> = Vec::new();
+        for i in 0..30 {
+            let version = if i < 20 { "v1" } else { "v2" };
+            let prediction = prediction(i, version, Sentiment::ALL[i % 3], i as i64);
+            closed(before.add(&prediction, "p", 0, i as i64));
+            read.push(prediction);
+        }
+        let v2 = read[20].model.clone();
+        for i in 20..25 {
+            let joined = before.add_label(&format!("r{i}"), i % 3, 1, (i - 20) as i64);
+            assert_eq!(joined, LabelJoin::Joined(v2.clone()));
+        }
+        let saved = before.feedback_state(&v2).unwrap();
+
+        // After it: the predictions are remembered again (not windowed); v1's are not (v2 replaced
+        // it), so a late label for r3 does not count against v1.
+        let mut after = Monitor::new(&config(100));
+        assert_eq!(after.warm_joins(&read), 10);
+        assert_eq!(after.add_label("r3", 0, 1, 10), LabelJoin::Unmatched);
+        // v2 has no state yet: the service tracks it with its stored state, then adds the label.
+        assert_eq!(
+            after.add_label("r26", 2, 1, 6),
+            LabelJoin::Untracked(v2.clone())
+        );
+        after.track(&v2, None, Some(saved));
+        // Labels read again after the crash (offsets 3, 4) are recognised; the new ones count.
+        assert_eq!(
+            after.add_label("r23", 2, 1, 3),
+            LabelJoin::Replayed(v2.clone())
+        );
+        assert_eq!(
+            after.add_label("r24", 0, 1, 4),
+            LabelJoin::Replayed(v2.clone())
+        );
+        assert_eq!(
+            after.add_label("r26", 2, 1, 6),
+            LabelJoin::Joined(v2.clone())
+        );
+        // Another partition's offsets are its own.
+        assert_eq!(
+            after.add_label("r27", 0, 0, 4),
+            LabelJoin::Joined(v2.clone())
+        );
+        let state = after.feedback_state(&v2).unwrap();
+        assert_eq!(state.pairs.len(), 7);
+        assert_eq!(state.applied, BTreeMap::from([(0, 4), (1, 6)]));
+        // When a newer version arrives, the warmed joins of v2 go with it.
+        closed(after.add(&prediction(40, "v3", Sentiment::Negative, 40), "p", 0, 40));
+        assert_eq!(after.add_label("r28", 1, 1, 7), LabelJoin::Unmatched);
+        assert!(after.is_retired(&v2));
     }
 }

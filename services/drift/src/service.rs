@@ -33,7 +33,8 @@ use crate::config::DriftConfig;
 use crate::control::Control;
 use crate::error::DriftError;
 use crate::http::{self, Board};
-use crate::monitor::{ClosedWindow, Monitor, Outcome};
+use crate::monitor::{ClosedWindow, LabelJoin, Monitor, Outcome};
+use crate::warm;
 
 /// Running totals of this process (Prometheus has the same; tests and `up` read these).
 #[derive(Debug, Default)]
@@ -42,6 +43,10 @@ pub struct DriftStats {
     pub predictions: AtomicU64,
     /// Human labels joined to a prediction.
     pub labels_joined: AtomicU64,
+    /// Human labels read again after a restart that had already been applied (not counted twice).
+    pub labels_replayed: AtomicU64,
+    /// Predictions read again at start-up to remember for joining labels.
+    pub joins_warmed: AtomicU64,
     /// Drift reports published.
     pub reports: AtomicU64,
     /// Retrain requests published by this service.
@@ -83,7 +88,7 @@ pub async fn start(
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
     let redis = RedisStore::connect_lazy(&config.redis)?;
     let control = Control::new(redis.clone());
-    let monitor = Monitor::new(&config);
+    let mut monitor = Monitor::new(&config);
     let board = Board::new(config.history, monitor.thresholds().clone());
     let topics = Topics {
         predictions: config.kafka.topic(topics::PREDICTIONS),
@@ -126,6 +131,7 @@ pub async fn start(
         ),
     ];
     let stats = Arc::new(DriftStats::default());
+    warm_joins(&config, &topics.predictions, &mut monitor, &stats).await;
     let worker = Worker {
         dlq: DeadLetterSink::new(
             producer.clone(),
@@ -159,6 +165,60 @@ pub async fn start(
         task,
     })
 }
+
+/// Remembers, for the label join, the predictions just before where this group resumes (read once
+/// more, not windowed), so human labels arriving after a restart still join them. Best effort: on a
+/// broker error or after `JOIN_WARMUP_DEADLINE` the service starts with what it has, and says so.
+async fn warm_joins(config: &DriftConfig, topic: &str, monitor: &mut Monitor, stats: &DriftStats) {
+    if config.join_capacity == 0 {
+        return;
+    }
+    let (kafka, group, topic_name, capacity) = (
+        config.kafka.clone(),
+        config.group_id.clone(),
+        topic.to_owned(),
+        config.join_capacity,
+    );
+    let started = std::time::Instant::now();
+    let read = tokio::task::spawn_blocking(move || {
+        warm::recent_predictions(&kafka, &group, &topic_name, capacity, JOIN_WARMUP_DEADLINE)
+    })
+    .await;
+    match read {
+        Ok(Ok(warmed)) => {
+            let remembered = monitor.warm_joins(&warmed.predictions);
+            stats
+                .joins_warmed
+                .store(remembered as u64, Ordering::Relaxed);
+            metrics::counter!("sentiflow_drift_join_warmup_predictions_total")
+                .increment(remembered as u64);
+            if warmed.timed_out {
+                warn!(
+                    remembered,
+                    deadline_s = JOIN_WARMUP_DEADLINE.as_secs(),
+                    "label join warm-up stopped at its deadline; labels for older predictions may not join"
+                );
+            } else {
+                info!(
+                    remembered,
+                    read = warmed.predictions.len(),
+                    invalid = warmed.invalid,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "label join warmed from recent predictions"
+                );
+            }
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "label join warm-up failed; labels for predictions read before this start will not join");
+        }
+        Err(join_error) => {
+            warn!(%join_error, "label join warm-up panicked; starting without it");
+        }
+    }
+}
+
+/// Longest the start-up join warm-up reads before the service starts without the rest.
+const JOIN_WARMUP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Physical topic names.
 struct Topics {
@@ -277,29 +337,7 @@ impl Worker {
             }
         } else if topic == self.topics.labels {
             match LabelFeedback::decode_validated(payload) {
-                Ok(label) => {
-                    match self
-                        .monitor
-                        .add_label(&label.review_id, label.label.index())
-                    {
-                        Some(model) => {
-                            // Before the label's offset is stored: a restart resumes from here.
-                            if let Some(state) = self.monitor.feedback_state(&model) {
-                                self.retry_redis("store human-label state", || {
-                                    self.control.store_feedback(&model, &state)
-                                })
-                                .await?;
-                            }
-                            self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
-                        }
-                        None => {
-                            metrics::counter!("sentiflow_drift_labels_unmatched_total")
-                                .increment(1);
-                        }
-                    }
-                    Ok(())
-                }
+                Ok(label) => self.on_label(message, &label).await,
                 Err(error) => {
                     self.dead_letter(message, error.kind(), &error.to_string())
                         .await
@@ -328,6 +366,59 @@ impl Worker {
                 }
             }
         }
+    }
+
+    async fn on_label(
+        &mut self,
+        message: &OwnedMessage,
+        label: &LabelFeedback,
+    ) -> Result<(), Abandoned> {
+        let (partition, offset) = (message.partition(), message.offset());
+        let truth = label.label.index();
+        let mut joined = self
+            .monitor
+            .add_label(&label.review_id, truth, partition, offset);
+        if let LabelJoin::Untracked(model) = &joined
+            && !self.monitor.is_retired(model)
+        {
+            // Predicted before a restart (remembered at start-up) by a version no prediction since
+            // has brought back: its stored state comes back first, so the label lands in its window.
+            let reference = self
+                .retry_redis("load reference", || self.control.load_reference(model))
+                .await?;
+            let feedback = self
+                .retry_redis("load human-label state", || {
+                    self.control.load_feedback(model)
+                })
+                .await?;
+            info!(model = %model.name, version = %model.version,
+                "tracking the version a human label refers to (predicted before a restart)");
+            self.monitor.track(model, reference, feedback);
+            joined = self
+                .monitor
+                .add_label(&label.review_id, truth, partition, offset);
+        }
+        match joined {
+            LabelJoin::Joined(model) => {
+                // Before the label's offset is stored: a restart resumes from here.
+                if let Some(state) = self.monitor.feedback_state(&model) {
+                    self.retry_redis("store human-label state", || {
+                        self.control.store_feedback(&model, &state)
+                    })
+                    .await?;
+                }
+                self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
+            }
+            LabelJoin::Replayed(_) => {
+                self.stats.labels_replayed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sentiflow_drift_labels_replayed_total").increment(1);
+            }
+            LabelJoin::Untracked(_) | LabelJoin::Unmatched => {
+                metrics::counter!("sentiflow_drift_labels_unmatched_total").increment(1);
+            }
+        }
+        Ok(())
     }
 
     async fn on_prediction(
