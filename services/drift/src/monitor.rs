@@ -13,6 +13,7 @@ use crate::config::{DriftConfig, Threshold};
 use crate::sequential::ClassMixScan;
 use crate::signals::{self, CLASS_MIX_SCAN_G, FeedbackScores};
 use crate::stats;
+use crate::warm::WarmPrediction;
 use crate::window::{OpenWindow, Sample};
 
 /// Seconds after a version was replaced during which its predictions are stragglers, not a rollback.
@@ -496,9 +497,12 @@ impl Monitor {
     /// Remembers, for joining human labels only, the predictions read again at start-up from just
     /// before where this process resumes (they are not windowed: their windows were reported). Only
     /// the newest version of each name (by event time) is kept, as the process before the restart
-    /// had forgotten the versions it replaced; it becomes the version a different one replaces.
-    /// Returns how many predictions were remembered.
-    pub fn warm_joins(&mut self, predictions: &[Prediction]) -> usize {
+    /// had forgotten the versions it replaced; it becomes the version a different one replaces, and
+    /// the older versions seen count as replaced by it at its first prediction (so a straggler of
+    /// one in the replay is not taken for a new version). Returns how many predictions were
+    /// remembered.
+    pub fn warm_joins(&mut self, predictions: &[WarmPrediction]) -> usize {
+        // Per name: the newest version, its last and first event time.
         let mut newest: HashMap<&str, (&ModelRef, DateTime<Utc>)> = HashMap::new();
         for prediction in predictions {
             let entry = newest
@@ -512,15 +516,32 @@ impl Monitor {
             .into_iter()
             .map(|(name, (model, _))| (name.to_owned(), model.clone()))
             .collect();
+        let is_newest = |model: &ModelRef| {
+            newest
+                .get(&model.name)
+                .is_some_and(|newest| newest.version == model.version)
+        };
+        let mut replaced_at: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut remembered = 0;
         for prediction in predictions {
             let model = &prediction.model;
-            if newest
-                .get(&model.name)
-                .is_some_and(|newest| newest.version == model.version)
-            {
-                self.remember_join(&prediction.review_id, model, prediction.label.index());
+            if is_newest(model) {
+                self.remember_join(&prediction.review_id, model, prediction.class);
                 remembered += 1;
+                let first = replaced_at
+                    .entry(model.name.clone())
+                    .or_insert(prediction.event_time);
+                *first = (*first).min(prediction.event_time);
+            }
+        }
+        for prediction in predictions {
+            let model = &prediction.model;
+            if !is_newest(model)
+                && let Some(at) = replaced_at.get(&model.name)
+            {
+                self.retired
+                    .entry((model.name.clone(), model.version.clone()))
+                    .or_insert(*at);
             }
         }
         for (name, model) in newest {
@@ -1063,8 +1084,26 @@ mod tests {
 
         // After it: the predictions are remembered again (not windowed); v1's are not (v2 replaced
         // it), so a late label for r3 does not count against v1.
+        let warmed: Vec<WarmPrediction> = read.iter().cloned().map(Into::into).collect();
+        // Without tracking v2, a newer version still takes v2's warmed joins away with it.
+        let mut replaced = Monitor::new(&config(100));
+        replaced.warm_joins(&warmed);
+        closed(replaced.add(&prediction(41, "v3", Sentiment::Negative, 41), "p", 0, 41));
+        assert_eq!(replaced.add_label("r26", 2, 1, 6), LabelJoin::Unmatched);
+        // A straggler of v1 replayed after the warm-up is not taken for a new version replacing v2.
+        let mut straggler = Monitor::new(&config(100));
+        straggler.warm_joins(&warmed);
+        assert!(matches!(
+            straggler.add(&prediction(19, "v1", Sentiment::Negative, 19), "p", 0, 19),
+            Outcome::Retired
+        ));
+        assert_eq!(
+            straggler.add_label("r26", 2, 1, 6),
+            LabelJoin::Untracked(v2.clone())
+        );
+
         let mut after = Monitor::new(&config(100));
-        assert_eq!(after.warm_joins(&read), 10);
+        assert_eq!(after.warm_joins(&warmed), 10);
         assert_eq!(after.add_label("r3", 0, 1, 10), LabelJoin::Unmatched);
         // v2 has no state yet: the service tracks it with its stored state, then adds the label.
         assert_eq!(

@@ -4,6 +4,7 @@
 //! (mute, cooldown and lock permitting). Offsets of predictions are stored only once every window
 //! holding them has been reported, so a crash replays the open windows.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,7 @@ use crate::config::DriftConfig;
 use crate::control::Control;
 use crate::error::DriftError;
 use crate::http::{self, Board};
-use crate::monitor::{ClosedWindow, LabelJoin, Monitor, Outcome};
+use crate::monitor::{ClosedWindow, FeedbackState, LabelJoin, Monitor, Outcome};
 use crate::warm;
 
 /// Running totals of this process (Prometheus has the same; tests and `up` read these).
@@ -131,7 +132,7 @@ pub async fn start(
         ),
     ];
     let stats = Arc::new(DriftStats::default());
-    warm_joins(&config, &topics.predictions, &mut monitor, &stats).await;
+    let label_ends = warm_joins(&config, &topics, &mut monitor, &stats, &shutdown).await;
     let worker = Worker {
         dlq: DeadLetterSink::new(
             producer.clone(),
@@ -146,6 +147,7 @@ pub async fn start(
         stats: stats.clone(),
         config,
         shutdown,
+        label_ends,
     };
     info!(%http_addr, "drift started; dashboard at /dashboard");
     let task = tokio::spawn(async move {
@@ -167,21 +169,34 @@ pub async fn start(
 }
 
 /// Remembers, for the label join, the predictions just before where this group resumes (read once
-/// more, not windowed), so human labels arriving after a restart still join them. Best effort: on a
-/// broker error or after `JOIN_WARMUP_DEADLINE` the service starts with what it has, and says so.
-async fn warm_joins(config: &DriftConfig, topic: &str, monitor: &mut Monitor, stats: &DriftStats) {
-    if config.join_capacity == 0 {
-        return;
-    }
-    let (kafka, group, topic_name, capacity) = (
+/// more, not windowed), so human labels arriving after a restart still join them; returns the labels
+/// topic's high watermarks (empty when unknown). Best effort: on a broker error, at
+/// `JOIN_WARMUP_DEADLINE` or at shutdown the service starts with what it has, and says so.
+async fn warm_joins(
+    config: &DriftConfig,
+    topics: &Topics,
+    monitor: &mut Monitor,
+    stats: &DriftStats,
+    shutdown: &CancellationToken,
+) -> HashMap<i32, i64> {
+    let (kafka, group, predictions, labels, capacity, stop) = (
         config.kafka.clone(),
         config.group_id.clone(),
-        topic.to_owned(),
+        topics.predictions.clone(),
+        topics.labels.clone(),
         config.join_capacity,
+        shutdown.clone(),
     );
     let started = std::time::Instant::now();
     let read = tokio::task::spawn_blocking(move || {
-        warm::recent_predictions(&kafka, &group, &topic_name, capacity, JOIN_WARMUP_DEADLINE)
+        warm::recent_predictions(
+            &kafka,
+            &group,
+            (&predictions, &labels),
+            capacity,
+            JOIN_WARMUP_DEADLINE,
+            &stop,
+        )
     })
     .await;
     match read {
@@ -192,12 +207,9 @@ async fn warm_joins(config: &DriftConfig, topic: &str, monitor: &mut Monitor, st
                 .store(remembered as u64, Ordering::Relaxed);
             metrics::counter!("sentiflow_drift_join_warmup_predictions_total")
                 .increment(remembered as u64);
-            if warmed.timed_out {
-                warn!(
-                    remembered,
-                    deadline_s = JOIN_WARMUP_DEADLINE.as_secs(),
-                    "label join warm-up stopped at its deadline; labels for older predictions may not join"
-                );
+            if let Some(why) = &warmed.stopped_early {
+                warn!(remembered, %why,
+                    "label join warm-up stopped early; labels for older predictions may not join");
             } else {
                 info!(
                     remembered,
@@ -207,12 +219,15 @@ async fn warm_joins(config: &DriftConfig, topic: &str, monitor: &mut Monitor, st
                     "label join warmed from recent predictions"
                 );
             }
+            warmed.label_ends
         }
         Ok(Err(error)) => {
             warn!(%error, "label join warm-up failed; labels for predictions read before this start will not join");
+            HashMap::new()
         }
         Err(join_error) => {
             warn!(%join_error, "label join warm-up panicked; starting without it");
+            HashMap::new()
         }
     }
 }
@@ -243,9 +258,32 @@ struct Worker {
     topics: Topics,
     stats: Arc<DriftStats>,
     shutdown: CancellationToken,
+    /// High watermarks of the labels topic's partitions at start.
+    label_ends: HashMap<i32, i64>,
 }
 
 impl Worker {
+    /// A version's stored human-label state, without applied label offsets at or beyond the labels
+    /// topic's current ends (recorded against an earlier incarnation of the topic: a recreated topic
+    /// counts from 0 again and its labels must not be taken for replays).
+    async fn load_feedback(&self, model: &ModelRef) -> Result<Option<FeedbackState>, Abandoned> {
+        let mut state = self
+            .retry_redis("load human-label state", || {
+                self.control.load_feedback(model)
+            })
+            .await?;
+        if let Some(state) = state.as_mut()
+            && !self.label_ends.is_empty()
+        {
+            state.applied.retain(|partition, offset| {
+                self.label_ends
+                    .get(partition)
+                    .is_some_and(|&end| *offset < end)
+            });
+        }
+        Ok(state)
+    }
+
     async fn run(mut self, consumer: Consumer) -> Result<(), DriftError> {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         // Time windows of a quiet stream are closed by the clock (a no-op without --window-secs).
@@ -386,11 +424,7 @@ impl Worker {
             let reference = self
                 .retry_redis("load reference", || self.control.load_reference(model))
                 .await?;
-            let feedback = self
-                .retry_redis("load human-label state", || {
-                    self.control.load_feedback(model)
-                })
-                .await?;
+            let feedback = self.load_feedback(model).await?;
             info!(model = %model.name, version = %model.version,
                 "tracking the version a human label refers to (predicted before a restart)");
             self.monitor.track(model, reference, feedback);
@@ -433,11 +467,7 @@ impl Worker {
                     self.control.load_reference(&prediction.model)
                 })
                 .await?;
-            let feedback = self
-                .retry_redis("load human-label state", || {
-                    self.control.load_feedback(&prediction.model)
-                })
-                .await?;
+            let feedback = self.load_feedback(&prediction.model).await?;
             info!(model = %prediction.model.name, version = %prediction.model.version, stored_reference = reference.is_some(),
                 stored_labels = feedback.as_ref().map_or(0, |state| state.pairs.len()), "tracking a new model version");
             self.monitor.track(&prediction.model, reference, feedback);

@@ -5,68 +5,108 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use sentiflow_common::config::KafkaArgs;
-use sentiflow_common::events::{Event as _, Prediction};
+use sentiflow_common::events::{Event as _, ModelRef, Prediction};
+use tokio_util::sync::CancellationToken;
+
+/// What the label join needs of one prediction (the rest of it is dropped as it is read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmPrediction {
+    /// The review it scored.
+    pub review_id: String,
+    /// The version that scored it.
+    pub model: ModelRef,
+    /// The predicted class index.
+    pub class: usize,
+    /// When it was scored.
+    pub event_time: DateTime<Utc>,
+}
+
+impl From<Prediction> for WarmPrediction {
+    fn from(prediction: Prediction) -> Self {
+        Self {
+            review_id: prediction.review_id,
+            model: prediction.model,
+            class: prediction.label.index(),
+            event_time: prediction.event_time,
+        }
+    }
+}
 
 /// What the warm-up read.
 #[derive(Debug, Default)]
-pub struct WarmedPredictions {
+pub struct Warmed {
     /// Valid predictions, in the order read (per partition, by offset).
-    pub predictions: Vec<Prediction>,
+    pub predictions: Vec<WarmPrediction>,
     /// Messages that were not valid predictions (they went to the dead-letter topic when first read).
     pub invalid: u64,
-    /// Whether the deadline passed before every partition was read to where the group resumes.
-    pub timed_out: bool,
+    /// Why it stopped before every partition was read to where the group resumes, if it did.
+    pub stopped_early: Option<String>,
+    /// High watermark of each partition of the labels topic at start (a label window's applied
+    /// offsets at or beyond them belong to an earlier incarnation of the topic).
+    pub label_ends: HashMap<i32, i64>,
 }
 
-/// Reads, from each partition of `topic`, up to `capacity` / partitions predictions before the offset
-/// `group_id` has committed there (a partition without one is read from its start by the service
-/// anyway), within `deadline`. Blocking; joins no group and commits nothing.
+/// Reads, from each partition of `predictions`, up to `capacity` / partitions predictions before the
+/// offset `group_id` has committed there (a partition without one is read from its start by the
+/// service anyway), and the high watermarks of `labels`; everything within `deadline`, stopping at
+/// `shutdown`. Blocking; joins no group and commits nothing. A poll error ends the reading with what
+/// was read.
 pub fn recent_predictions(
     kafka: &KafkaArgs,
     group_id: &str,
-    topic: &str,
+    (predictions, labels): (&str, &str),
     capacity: usize,
     deadline: Duration,
-) -> KafkaResult<WarmedPredictions> {
+    shutdown: &CancellationToken,
+) -> KafkaResult<Warmed> {
     let started = Instant::now();
-    let query = Duration::from_secs(10).min(deadline);
+    let left = || deadline.saturating_sub(started.elapsed());
+    let query = || left().min(Duration::from_secs(10));
+    // The operator's options are in `client_config()`; the settings that keep this consumer from
+    // committing (and rewinding the group) come after them, so no option can undo them.
     let mut config = kafka.client_config();
     config
         .set("group.id", group_id)
         .set("client.id", "sentiflow-drift-join-warmup")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    for option in &kafka.options {
-        config.set(option.key.clone(), option.value.clone());
-    }
     let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), query)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|found| found.error().is_none())
-        .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
-        .collect();
-    let mut warmed = WarmedPredictions::default();
+    let mut warmed = Warmed::default();
+    let partitions_of = |topic: &str| -> KafkaResult<Vec<i32>> {
+        let metadata = consumer.fetch_metadata(Some(topic), query())?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|found| found.error().is_none())
+            .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+            .collect())
+    };
+    for partition in partitions_of(labels)? {
+        let (_, high) = consumer.fetch_watermarks(labels, partition, query())?;
+        warmed.label_ends.insert(partition, high);
+    }
+    let partitions = partitions_of(predictions)?;
     if partitions.is_empty() || capacity == 0 {
         return Ok(warmed);
     }
     let mut list = TopicPartitionList::new();
     for &partition in &partitions {
-        list.add_partition(topic, partition);
+        list.add_partition(predictions, partition);
     }
     // A group coordinator that is still loading (a new group, a broker just started) answers with a
     // retriable error for a moment.
     let committed = loop {
-        match consumer.committed_offsets(list.clone(), query) {
+        match consumer.committed_offsets(list.clone(), query()) {
             Ok(committed) => break committed,
-            Err(error) if started.elapsed() < deadline / 2 => {
+            Err(error) if left() > deadline / 2 && !shutdown.is_cancelled() => {
                 tracing::debug!(%error, "committed offsets not available yet; retrying");
                 std::thread::sleep(Duration::from_millis(250));
             }
@@ -79,16 +119,16 @@ pub fn recent_predictions(
     let mut ends: HashMap<i32, i64> = HashMap::new();
     for &partition in &partitions {
         let Some(Offset::Offset(resume)) = committed
-            .find_partition(topic, partition)
+            .find_partition(predictions, partition)
             .filter(|element| element.error().is_ok())
             .map(|element| element.offset())
         else {
             continue;
         };
-        let (low, _) = consumer.fetch_watermarks(topic, partition, query)?;
+        let (low, _) = consumer.fetch_watermarks(predictions, partition, query())?;
         let start = (resume - per_partition).max(low);
         if start < resume {
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            assignment.add_partition_offset(predictions, partition, Offset::Offset(start))?;
             ends.insert(partition, resume);
         }
     }
@@ -97,26 +137,40 @@ pub fn recent_predictions(
     }
     consumer.assign(&assignment)?;
     while !ends.is_empty() {
-        let Some(left) = deadline.checked_sub(started.elapsed()) else {
-            warmed.timed_out = true;
+        if shutdown.is_cancelled() {
+            warmed.stopped_early = Some("shutdown".to_owned());
             break;
-        };
-        let Some(message) = consumer.poll(left.min(Duration::from_millis(500))) else {
+        }
+        if left().is_zero() {
+            warmed.stopped_early = Some(format!("deadline of {} s", deadline.as_secs()));
+            break;
+        }
+        let Some(message) = consumer.poll(left().min(Duration::from_millis(200))) else {
             continue;
         };
-        let message = message?;
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                warmed.stopped_early = Some(format!("poll error: {error}"));
+                break;
+            }
+        };
         let partition = message.partition();
         let Some(&end) = ends.get(&partition) else {
             continue;
         };
         if message.offset() < end {
             match Prediction::decode_validated(message.payload().unwrap_or_default()) {
-                Ok(prediction) => warmed.predictions.push(prediction),
+                Ok(prediction) => warmed.predictions.push(prediction.into()),
                 Err(_) => warmed.invalid += 1,
             }
         }
         if message.offset() + 1 >= end {
             ends.remove(&partition);
+            // Done with it: stop fetching what the service reads itself.
+            let mut done = TopicPartitionList::new();
+            done.add_partition(predictions, partition);
+            let _ = consumer.pause(&done);
         }
     }
     Ok(warmed)
