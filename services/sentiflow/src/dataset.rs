@@ -337,22 +337,33 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
             entry.verdict.describe()
         );
     }
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    print_prune_totals(
+        args.dry_run,
+        (removed, plan.len(), "snapshots"),
+        freed,
+        leftovers,
+    );
+    Ok(())
+}
+
+/// The last line of a prune's table (`dataset prune`, `models prune`): what was (or would be) removed
+/// of how many `things`, the bytes freed and the leftovers of interrupted writes removed.
+pub(crate) fn print_prune_totals(
+    dry_run: bool,
+    (removed, total, things): (usize, usize, &str),
+    freed_bytes: u64,
+    leftovers: usize,
+) {
+    let verb = if dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb} {removed} of {} snapshots, {:.1} MB{}",
-        plan.len(),
-        freed as f64 / 1e6,
+        "{verb} {removed} of {total} {things}, {:.1} MB{}",
+        freed_bytes as f64 / 1e6,
         if leftovers > 0 {
             format!("; removed {leftovers} leftovers of interrupted writes")
         } else {
             String::new()
         }
     );
-    Ok(())
 }
 
 /// Snapshot ids the model cards under `models_dir` (`<name>/<version>/card.json`) were trained on, with

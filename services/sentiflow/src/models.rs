@@ -393,20 +393,11 @@ fn report_prune(
             entry.verdict.describe()
         );
     }
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
-    println!(
-        "{verb} {removed} of {} versions, {:.1} MB{}",
-        plan.len(),
-        freed as f64 / 1e6,
-        if leftovers > 0 {
-            format!("; removed {leftovers} leftovers of interrupted writes")
-        } else {
-            String::new()
-        }
+    crate::dataset::print_prune_totals(
+        args.dry_run,
+        (removed, plan.len(), "versions"),
+        freed,
+        leftovers,
     );
     if outcomes_forgotten > 0 {
         println!(
