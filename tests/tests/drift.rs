@@ -4,8 +4,8 @@
 //! reports the shift within a hundred predictions, as its offline monitor does; a mute suppresses and
 //! an unmute resumes; operator requests take the lock; a request whose delivery was never confirmed is
 //! published at the next start; human labels reveal a macro-F1 drop across a restart; labels after a
-//! restart join predictions read before it and labels read again count once; the dashboard renders
-//! real data in Chromium.
+//! restart join predictions read before it (also when no replayed prediction tracks their version)
+//! and labels read again count once; the dashboard renders real data in Chromium.
 //!
 //! Predictions are synthetic but built from real texts: the label is the corpus label, the length the
 //! text's, the confidence a deterministic function of the text.
@@ -1139,4 +1139,54 @@ async fn labels_after_a_restart_join_predictions_read_before_it_and_count_once()
         WINDOW as i64,
         "nothing counted twice"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_after_a_restart_brings_back_the_version_no_replayed_prediction_tracks() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let group = "drift-untracked";
+    // Time windows on (an hour: they never close here) make the clock store the offsets of
+    // predictions whose windows were reported, so nothing is left to replay at the restart.
+    let settings = || {
+        let mut settings = config(&kafka, &redis.url(), "untracked", group);
+        settings.window_secs = 3600;
+        settings
+    };
+    let (running, shutdown) = start_drift(settings()).await;
+    let window = WINDOW as usize;
+    let a: Vec<_> = domain_a().into_iter().take(2 * window).collect();
+    let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
+    publish(&kafka, &a, 0, "v1").await;
+    read_reports(&kafka, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_drift(running, shutdown).await;
+
+    // No prediction is replayed, so no prediction tracks v1 again: the labels do, through the
+    // remembered predictions and v1's stored state.
+    let (running, shutdown) = start_drift(settings()).await;
+    assert_eq!(
+        running
+            .stats
+            .joins_warmed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2 * WINDOW
+    );
+    publish_labels(&kafka, &truths[..50], 0).await;
+    wait_joined(&running, 50).await;
+    assert_eq!(
+        running
+            .stats
+            .predictions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing was replayed"
+    );
+    stop_drift(running, shutdown).await;
+    let stored = control_at(&redis.url(), "untracked")
+        .load_feedback(&model("v1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.pairs.len(), 50);
 }
