@@ -1159,7 +1159,8 @@ async fn a_label_after_a_restart_brings_back_the_version_no_replayed_prediction_
     let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
     publish(&kafka, &a, 0, "v1").await;
     read_reports(&kafka, 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several clock ticks (one a second) store the reported windows' offsets.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     stop_drift(running, shutdown).await;
 
     // No prediction is replayed, so no prediction tracks v1 again: the labels do, through the
