@@ -161,6 +161,32 @@ async fn register_promote_rollback_and_checksum_refusal() {
     assert_eq!(leftovers.len(), 2, "only v1 and v2: {leftovers:?}");
 }
 
+/// `sentiflow <group> prune --data-dir … --redis-url …` with `--redis-key-prefix prefix` unless `extra`
+/// names another, then `extra`.
+fn prune_command_line(
+    group: &str,
+    data_dir: &str,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> sentiflow::cli::Cli {
+    use clap::Parser as _;
+    let mut args = vec![
+        "sentiflow",
+        group,
+        "prune",
+        "--data-dir",
+        data_dir,
+        "--redis-url",
+        redis_url,
+    ];
+    if !extra.contains(&"--redis-key-prefix") {
+        args.extend(["--redis-key-prefix", prefix]);
+    }
+    args.extend_from_slice(extra);
+    sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
     use clap::Parser as _;
@@ -209,20 +235,7 @@ async fn dataset_prune_keeps_what_registered_versions_were_trained_on() {
 
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let prune = |redis_url: String, extra: &[&str]| {
-        let mut args = vec![
-            "sentiflow".to_owned(),
-            "dataset".to_owned(),
-            "prune".to_owned(),
-            "--data-dir".to_owned(),
-            data_dir.clone(),
-            "--redis-url".to_owned(),
-            redis_url,
-        ];
-        if !extra.contains(&"--redis-key-prefix") {
-            args.extend(["--redis-key-prefix".to_owned(), prefix.to_owned()]);
-        }
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
+        let cli = prune_command_line("dataset", &data_dir, &redis_url, prefix, extra);
         let sentiflow::cli::Command::Dataset { command } = cli.command else {
             panic!("parsed as a dataset command")
         };
@@ -362,15 +375,7 @@ async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions()
 
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let prune = |redis_url: String, extra: &[&str]| {
-        let mut args: Vec<String> = ["sentiflow", "models", "prune", "--data-dir", &data_dir]
-            .map(str::to_owned)
-            .to_vec();
-        args.extend(["--redis-url".to_owned(), redis_url]);
-        if !extra.contains(&"--redis-key-prefix") {
-            args.extend(["--redis-key-prefix".to_owned(), prefix.to_owned()]);
-        }
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
+        let cli = prune_command_line("models", &data_dir, &redis_url, prefix, extra);
         let sentiflow::cli::Command::Models { command } = cli.command else {
             panic!("parsed as a models command")
         };

@@ -31,8 +31,16 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// Opens the registry.
     pub fn open(&self) -> anyhow::Result<Registry> {
+        Ok(self.open_with_store()?.0)
+    }
+
+    /// Opens the registry and hands back its Redis connection for other keys of the deployment.
+    pub fn open_with_store(&self) -> anyhow::Result<(Registry, RedisStore)> {
         let store = RedisStore::connect_lazy(&self.redis).context("redis")?;
-        Ok(Registry::new(self.data_dir.join("models"), store))
+        Ok((
+            Registry::new(self.data_dir.join("models"), store.clone()),
+            store,
+        ))
     }
 }
 
@@ -240,7 +248,7 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<()> {
 /// `sentiflow models prune`: plans from the registry, then removes each planned version through the
 /// registry's atomic check (a version promoted meanwhile stays).
 async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
-    let registry = args.registry.open()?;
+    let (registry, store) = args.registry.open_with_store()?;
     let policy = VersionPrunePolicy {
         keep_latest: args.keep_latest,
         keep_history: args.keep_history as usize,
@@ -263,7 +271,6 @@ async fn prune(args: &PruneModelsArgs) -> anyhow::Result<()> {
     }
     // A retrain whose outcome is recorded but not yet announced (its trainer stopped in between) will
     // still promote its version or make it the challenger when it finishes.
-    let store = RedisStore::connect_lazy(&args.registry.redis).context("redis")?;
     let outcomes = OutcomeLog::new(store);
     let held: BTreeMap<(String, String), String> = outcomes
         .all()

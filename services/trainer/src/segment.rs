@@ -185,6 +185,9 @@ impl LoadedSegments {
     }
 }
 
+/// A segment as read: its path, metadata and what was read of its records (all, or nothing: `()`).
+type ReadSegment<T> = (PathBuf, SegmentMeta, T);
+
 /// Exclusive hold on a segment directory (an advisory lock on `<dir>/.lock`, across processes too):
 /// loading every segment and replacing segments by their compaction never interleave. Writing a new
 /// segment needs no lock: it appears by an atomic rename. Released when dropped.
@@ -436,10 +439,22 @@ impl SegmentStore {
 
     /// Reads every complete segment. A segment that a later one replaces (a compaction a crash
     /// interrupted before it removed its inputs) is skipped and removed, so no record is read twice.
-    pub fn load(&self, lock: &SegmentLock) -> Result<LoadedSegments, DatasetError> {
-        let (listed, leftovers_removed) = self.list_metas(lock)?;
-        let mut loaded = self.load_listed(&listed)?;
-        loaded.leftovers_removed = leftovers_removed;
+    pub fn load(&self, _lock: &SegmentLock) -> Result<LoadedSegments, DatasetError> {
+        let mut read = Vec::new();
+        for path in self.list()? {
+            let (meta, records) = self.read(&path)?;
+            read.push((path, meta, records));
+        }
+        let (read, leftovers_removed) = self.drop_replaced(read)?;
+        let mut loaded = LoadedSegments {
+            leftovers_removed,
+            ..LoadedSegments::default()
+        };
+        for (path, meta, mut records) in read {
+            loaded.paths.push(path);
+            loaded.metas.push(meta);
+            loaded.records.append(&mut records);
+        }
         Ok(loaded)
     }
 
@@ -453,25 +468,40 @@ impl SegmentStore {
         let mut listed = Vec::new();
         for path in self.list()? {
             let meta = read_segment_meta(&path)?;
-            listed.push((path, meta));
+            listed.push((path, meta, ()));
         }
-        let replaced: BTreeSet<String> = listed
-            .iter()
-            .flat_map(|(_, meta)| meta.replaces.iter().cloned())
-            .collect();
-        let (leftovers, listed): (Vec<_>, Vec<_>) = listed
+        let (listed, removed) = self.drop_replaced(listed)?;
+        let listed = listed
             .into_iter()
-            .partition(|(_, meta)| replaced.contains(&meta.segment_id));
+            .map(|(path, meta, ())| (path, meta))
+            .collect();
+        Ok((listed, removed))
+    }
+
+    /// Removes, from what was read and from disk, the segments a later one names as replaced (what a
+    /// crash between a compaction's write and its removal of the inputs left); returns the rest and
+    /// how many went.
+    fn drop_replaced<T>(
+        &self,
+        read: Vec<ReadSegment<T>>,
+    ) -> Result<(Vec<ReadSegment<T>>, usize), DatasetError> {
+        let replaced: BTreeSet<String> = read
+            .iter()
+            .flat_map(|(_, meta, _)| meta.replaces.iter().cloned())
+            .collect();
+        let (leftovers, kept): (Vec<_>, Vec<_>) = read
+            .into_iter()
+            .partition(|(_, meta, _)| replaced.contains(&meta.segment_id));
         if !leftovers.is_empty() {
-            let paths: Vec<PathBuf> = leftovers.into_iter().map(|(path, _)| path).collect();
+            let paths: Vec<PathBuf> = leftovers.into_iter().map(|(path, _, _)| path).collect();
             self.remove(&paths)?;
             tracing::info!(
                 removed = paths.len(),
                 "removed segments a compaction had replaced before a crash interrupted it"
             );
-            return Ok((listed, paths.len()));
+            return Ok((kept, paths.len()));
         }
-        Ok((listed, 0))
+        Ok((kept, 0))
     }
 
     /// Reads the records of segments [`SegmentStore::list_metas`] listed (under the same lock).
