@@ -1191,3 +1191,78 @@ async fn a_label_after_a_restart_brings_back_the_version_no_replayed_prediction_
         .unwrap();
     assert_eq!(stored.pairs.len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_read_before_their_predictions_wait_for_them_and_survive_a_restart() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let group = "drift-hold";
+    let settings = || {
+        let mut settings = config(&kafka, &redis.url(), "hold", group);
+        settings.label_grace_secs = 15;
+        settings
+    };
+    let a: Vec<_> = domain_a().into_iter().take(300).collect();
+    let truths: Vec<Sentiment> = a.iter().map(|(_, label)| *label).collect();
+    let (running, shutdown) = start_drift(settings()).await;
+    // A reviewer quicker than infer: 300 labels for reviews not scored yet, then 20 for reviews that
+    // will never be (all held: their grace time has not passed).
+    publish_labels(&kafka, &truths, 0).await;
+    publish_labels(&kafka, &[Sentiment::Negative; 20], 100_000).await;
+    let held = |running: &sentiflow_drift::Running, expected: u64| {
+        let stats = running.stats.clone();
+        async move {
+            sentiflow_tests::eventually(WAIT, || stats.labels_held.load(Relaxed) == expected).await
+        }
+    };
+    assert!(held(&running, 320).await, "every label is held");
+    assert_eq!(running.stats.labels_joined.load(Relaxed), 0);
+    assert_eq!(running.stats.labels_unmatched.load(Relaxed), 0);
+    // A restart before any prediction: held labels were not committed, so they are read again.
+    stop_drift(running, shutdown).await;
+    let (running, shutdown) = start_drift(settings()).await;
+    assert!(held(&running, 320).await, "the held labels are read again");
+    publish(&kafka, &a, 0, "v1").await;
+    wait_joined(&running, 300).await;
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || stats.labels_unmatched.load(Relaxed) == 20).await,
+        "the labels nothing predicted give up after their grace time"
+    );
+    assert_eq!(running.stats.labels_held.load(Relaxed), 0);
+    assert_eq!(running.stats.labels_joined.load(Relaxed), 300);
+    stop_drift(running, shutdown).await;
+    let stored = control_at(&redis.url(), "hold")
+        .load_feedback(&model("v1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = 300.min(settings().feedback_window);
+    assert_eq!(stored.pairs.len(), kept);
+    assert!(
+        stored
+            .pairs
+            .iter()
+            .all(|(predicted, truth)| predicted == truth),
+        "each label met its own prediction"
+    );
+    assert_eq!(
+        stored
+            .applied
+            .values()
+            .map(|offset| offset + 1)
+            .sum::<i64>(),
+        300,
+        "the joined labels are the first 300 of their partitions"
+    );
+
+    // Everything was applied and committed: a third start reads no label again.
+    let (running, shutdown) = start_drift(settings()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(running.stats.labels_held.load(Relaxed), 0);
+    assert_eq!(running.stats.labels_joined.load(Relaxed), 0);
+    assert_eq!(running.stats.labels_unmatched.load(Relaxed), 0);
+    assert_eq!(running.stats.labels_replayed.load(Relaxed), 0);
+    stop_drift(running, shutdown).await;
+}

@@ -185,6 +185,22 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_JOIN_CAPACITY", default_value_t = 200_000)]
     pub join_capacity: usize,
 
+    /// Human labels read before their prediction that are held for it (in order per partition, their
+    /// offsets not committed); when full, the oldest goes unjoined. 0 holds none: such a label is
+    /// unmatched at once.
+    #[arg(
+        long,
+        env = "SENTIFLOW_DRIFT_MAX_HELD_LABELS",
+        default_value_t = 10_000
+    )]
+    pub max_held_labels: usize,
+
+    /// How long a held label waits for its prediction, seconds, counted from when it was read (and
+    /// at least until drift has read every prediction published before it): covers infer lagging
+    /// behind a reviewer.
+    #[arg(long, env = "SENTIFLOW_DRIFT_LABEL_GRACE_SECS", default_value_t = 60)]
+    pub label_grace_secs: u64,
+
     /// Most values kept per distribution in a reference (a uniform reservoir beyond).
     #[arg(
         long,
@@ -275,6 +291,12 @@ impl DriftConfig {
             return invalid(
                 "--feedback-window",
                 "must be at least 10 labelled predictions",
+            );
+        }
+        if self.label_grace_secs > 3600 {
+            return invalid(
+                "--label-grace-secs",
+                "must be at most 3600 (a held label keeps its partition's later labels waiting)",
             );
         }
         if self.reference_max_values < 10 {

@@ -9,6 +9,9 @@
 //! - `sentiflow_drift_retrain_requests_total{requested_by}` (seen on `retrain.requests`),
 //!   `sentiflow_drift_retrain_decisions_total{outcome}`, `sentiflow_drift_last_retrain_timestamp_seconds`,
 //!   `sentiflow_drift_retrain_lock_releases_total`;
+//! - the human-label join (counted where it happens): `sentiflow_drift_labels_joined_total`,
+//!   `_labels_unmatched_total`, `_labels_replayed_total`, `_join_warmup_predictions_total`,
+//!   `_labels_held_total`, `_held_labels`, `_labels_released_total{reason}`;
 //! - consumer lag: `sentiflow_drift_consumer_lag_messages{topic,partition}` (from common).
 
 use sentiflow_common::events::{DriftReport, DriftStatus};

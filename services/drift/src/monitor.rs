@@ -550,6 +550,11 @@ impl Monitor {
         remembered
     }
 
+    /// Whether a prediction of `review_id` is remembered for the label join.
+    pub fn knows_review(&self, review_id: &str) -> bool {
+        self.joins.contains_key(review_id)
+    }
+
     /// Joins a human label, read at `partition`/`offset` of `labels.feedback`, to the prediction of
     /// `review_id`.
     pub fn add_label(

@@ -33,9 +33,10 @@ use crate::SERVICE;
 use crate::config::DriftConfig;
 use crate::control::Control;
 use crate::error::DriftError;
+use crate::hold::{LabelHold, Release};
 use crate::http::{self, Board};
 use crate::monitor::{ClosedWindow, FeedbackState, LabelJoin, Monitor, Outcome};
-use crate::warm;
+use crate::warm::{self, PredictionEnds};
 
 /// Running totals of this process (Prometheus has the same; tests and `up` read these).
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ pub struct DriftStats {
     pub labels_joined: AtomicU64,
     /// Human labels read again after a restart that had already been applied (not counted twice).
     pub labels_replayed: AtomicU64,
+    /// Human labels that joined no prediction (after any wait in the hold).
+    pub labels_unmatched: AtomicU64,
+    /// Human labels held now, waiting for their prediction.
+    pub labels_held: AtomicU64,
     /// Predictions read again at start-up to remember for joining labels.
     pub joins_warmed: AtomicU64,
     /// Drift reports published.
@@ -132,7 +137,18 @@ pub async fn start(
         ),
     ];
     let stats = Arc::new(DriftStats::default());
-    let label_ends = warm_joins(&config, &topics, &mut monitor, &stats, &shutdown).await;
+    let (label_ends, prediction_resume) =
+        warm_joins(&config, &topics, &mut monitor, &stats, &shutdown).await;
+    let prediction_ends = if config.max_held_labels > 0 {
+        Some(PredictionEnds::new(&config.kafka, &topics.predictions)?)
+    } else {
+        None
+    };
+    let hold = LabelHold::new(
+        config.max_held_labels,
+        Duration::from_secs(config.label_grace_secs),
+        prediction_resume,
+    );
     let worker = Worker {
         dlq: DeadLetterSink::new(
             producer.clone(),
@@ -148,6 +164,9 @@ pub async fn start(
         config,
         shutdown,
         label_ends,
+        hold,
+        prediction_ends,
+        labels_read: HashMap::new(),
     };
     info!(%http_addr, "drift started; dashboard at /dashboard");
     let task = tokio::spawn(async move {
@@ -170,15 +189,16 @@ pub async fn start(
 
 /// Remembers, for the label join, the predictions just before where this group resumes (read once
 /// more, not windowed), so human labels arriving after a restart still join them; returns the labels
-/// topic's high watermarks (empty when unknown). Best effort: on a broker error, at
-/// `JOIN_WARMUP_DEADLINE` or at shutdown the service starts with what it has, and says so.
+/// topic's high watermarks and where the predictions topic's partitions are resumed (each empty when
+/// unknown). Best effort: on a broker error, at `JOIN_WARMUP_DEADLINE` or at shutdown the service
+/// starts with what it has, and says so.
 async fn warm_joins(
     config: &DriftConfig,
     topics: &Topics,
     monitor: &mut Monitor,
     stats: &DriftStats,
     shutdown: &CancellationToken,
-) -> HashMap<i32, i64> {
+) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
     let (kafka, group, predictions, labels, capacity, stop) = (
         config.kafka.clone(),
         config.group_id.clone(),
@@ -219,15 +239,15 @@ async fn warm_joins(
                     "label join warmed from recent predictions"
                 );
             }
-            warmed.label_ends
+            (warmed.label_ends, warmed.prediction_resume)
         }
         Ok(Err(error)) => {
             warn!(%error, "label join warm-up failed; labels for predictions read before this start will not join");
-            HashMap::new()
+            (HashMap::new(), HashMap::new())
         }
         Err(join_error) => {
             warn!(%join_error, "label join warm-up panicked; starting without it");
-            HashMap::new()
+            (HashMap::new(), HashMap::new())
         }
     }
 }
@@ -260,6 +280,12 @@ struct Worker {
     shutdown: CancellationToken,
     /// High watermarks of the labels topic's partitions at start.
     label_ends: HashMap<i32, i64>,
+    /// Human labels waiting for their prediction.
+    hold: LabelHold,
+    /// The predictions topic's ends, for what a label read now must wait for (`None`: hold off).
+    prediction_ends: Option<PredictionEnds>,
+    /// Last offset read per `labels.feedback` partition.
+    labels_read: HashMap<i32, i64>,
 }
 
 impl Worker {
@@ -310,6 +336,9 @@ impl Worker {
                     if stopped {
                         break;
                     }
+                    if self.release_held(&consumer).await.is_err() {
+                        break;
+                    }
                     // Offsets those windows pinned may now be stored.
                     for ((topic, partition), offset) in &last_seen {
                         if let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset)
@@ -342,7 +371,14 @@ impl Worker {
                 if self.config.window_secs > 0 {
                     last_seen.insert((topic.to_owned(), partition), offset);
                 }
+                self.hold.predictions_read(partition, offset);
+                if !self.hold.is_empty() && self.release_held(&consumer).await.is_err() {
+                    break;
+                }
                 self.monitor.safe_offset(topic, partition, offset)
+            } else if topic == self.topics.labels {
+                self.labels_read.insert(partition, offset);
+                self.hold.safe_offset(partition, offset)
             } else {
                 Some(offset)
             };
@@ -406,6 +442,8 @@ impl Worker {
         }
     }
 
+    /// A human label read at `partition`/`offset`: joined now, or held until its prediction is read
+    /// (or can no longer come).
     async fn on_label(
         &mut self,
         message: &OwnedMessage,
@@ -413,9 +451,103 @@ impl Worker {
     ) -> Result<(), Abandoned> {
         let (partition, offset) = (message.partition(), message.offset());
         let truth = label.label.index();
-        let mut joined = self
-            .monitor
-            .add_label(&label.review_id, truth, partition, offset);
+        let queued = self.hold.is_holding(partition);
+        if self.hold.enabled() && (queued || !self.monitor.knows_review(&label.review_id)) {
+            let waits_for = self.unread_predictions().await;
+            if queued || self.hold.should_wait(&waits_for) {
+                let pushed_out = self.hold.hold(
+                    (&label.review_id, truth),
+                    (partition, offset),
+                    waits_for,
+                    std::time::Instant::now(),
+                );
+                metrics::counter!("sentiflow_drift_labels_held_total").increment(1);
+                if let Some(oldest) = pushed_out {
+                    self.count_release(Release::Overflow);
+                    warn!(review_id = %oldest.review_id, partition = oldest.partition, offset = oldest.offset,
+                        capacity = self.config.max_held_labels, "label hold full; applying its oldest label now");
+                    self.apply_label(
+                        &oldest.review_id,
+                        oldest.truth,
+                        oldest.partition,
+                        oldest.offset,
+                    )
+                    .await?;
+                }
+                self.show_held();
+                return Ok(());
+            }
+        }
+        self.apply_label(&label.review_id, truth, partition, offset)
+            .await
+    }
+
+    /// Where the predictions topic ends on the partitions this process has not read to the end yet
+    /// (a label read now may be for a prediction there). Empty when the ends cannot be read.
+    async fn unread_predictions(&mut self) -> Vec<(i32, i64)> {
+        let Some(reader) = self.prediction_ends.as_mut() else {
+            return Vec::new();
+        };
+        let (ends, error) = reader.get().await;
+        if let Some(error) = error {
+            metrics::counter!("sentiflow_drift_errors_total", "error_kind" => "prediction_ends")
+                .increment(1);
+            warn!(%error, "cannot read where the predictions topic ends; a label holds only for its grace time");
+        }
+        self.hold.unread(&ends)
+    }
+
+    /// Applies every held label that may go now; stores the label offsets that frees.
+    async fn release_held(&mut self, consumer: &Consumer) -> Result<(), Abandoned> {
+        let mut freed = std::collections::BTreeSet::new();
+        let now = std::time::Instant::now();
+        while let Some((label, why)) = {
+            let monitor = &self.monitor;
+            self.hold
+                .release(now, |review_id| monitor.knows_review(review_id))
+        } {
+            self.count_release(why);
+            self.apply_label(&label.review_id, label.truth, label.partition, label.offset)
+                .await?;
+            freed.insert(label.partition);
+        }
+        if freed.is_empty() {
+            return Ok(());
+        }
+        self.show_held();
+        for partition in freed {
+            let Some(&read) = self.labels_read.get(&partition) else {
+                continue;
+            };
+            if let Some(safe) = self.hold.safe_offset(partition, read)
+                && let Err(error) = consumer.store_offset(&self.topics.labels, partition, safe)
+            {
+                warn!(%error, partition, "storing the label offset failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn count_release(&self, why: Release) {
+        metrics::counter!("sentiflow_drift_labels_released_total", "reason" => why.as_str())
+            .increment(1);
+    }
+
+    fn show_held(&self) {
+        let held = self.hold.len();
+        self.stats.labels_held.store(held as u64, Ordering::Relaxed);
+        metrics::gauge!("sentiflow_drift_held_labels").set(held as f64);
+    }
+
+    /// Joins a human label to its remembered prediction and counts the outcome.
+    async fn apply_label(
+        &mut self,
+        review_id: &str,
+        truth: usize,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), Abandoned> {
+        let mut joined = self.monitor.add_label(review_id, truth, partition, offset);
         if let LabelJoin::Untracked(model) = &joined
             && !self.monitor.is_retired(model)
         {
@@ -428,9 +560,7 @@ impl Worker {
             info!(model = %model.name, version = %model.version,
                 "tracking the version a human label refers to (predicted before a restart)");
             self.monitor.track(model, reference, feedback);
-            joined = self
-                .monitor
-                .add_label(&label.review_id, truth, partition, offset);
+            joined = self.monitor.add_label(review_id, truth, partition, offset);
         }
         match joined {
             LabelJoin::Joined(model) => {
@@ -449,6 +579,7 @@ impl Worker {
                 metrics::counter!("sentiflow_drift_labels_replayed_total").increment(1);
             }
             LabelJoin::Untracked(_) | LabelJoin::Unmatched => {
+                self.stats.labels_unmatched.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sentiflow_drift_labels_unmatched_total").increment(1);
             }
         }

@@ -50,6 +50,10 @@ pub struct Warmed {
     /// High watermark of each partition of the labels topic at start (a label window's applied
     /// offsets at or beyond them belong to an earlier incarnation of the topic).
     pub label_ends: HashMap<i32, i64>,
+    /// Where the service resumes reading each partition of the predictions topic: the group's
+    /// committed offset, else the partition's start (or end, when `auto.offset.reset` is set to
+    /// latest); the label hold measures how far predictions were read from there.
+    pub prediction_resume: HashMap<i32, i64>,
 }
 
 /// Reads, from each partition of `predictions`, up to `capacity` / partitions predictions before the
@@ -94,7 +98,7 @@ pub fn recent_predictions(
         warmed.label_ends.insert(partition, high);
     }
     let partitions = partitions_of(predictions)?;
-    if partitions.is_empty() || capacity == 0 {
+    if partitions.is_empty() {
         return Ok(warmed);
     }
     let mut list = TopicPartitionList::new();
@@ -117,17 +121,25 @@ pub fn recent_predictions(
     let mut assignment = TopicPartitionList::new();
     // partition → the offset the group resumes at (read up to, not including, it).
     let mut ends: HashMap<i32, i64> = HashMap::new();
+    let from_latest = resets_to_latest(kafka);
     for &partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(predictions, partition, query())?;
         let Some(Offset::Offset(resume)) = committed
             .find_partition(predictions, partition)
             .filter(|element| element.error().is_ok())
             .map(|element| element.offset())
         else {
+            // Nothing committed: the service starts where `auto.offset.reset` says.
+            warmed
+                .prediction_resume
+                .insert(partition, if from_latest { high } else { low });
             continue;
         };
-        let (low, _) = consumer.fetch_watermarks(predictions, partition, query())?;
+        warmed
+            .prediction_resume
+            .insert(partition, resume.clamp(low, high));
         let start = (resume - per_partition).max(low);
-        if start < resume {
+        if capacity > 0 && start < resume {
             assignment.add_partition_offset(predictions, partition, Offset::Offset(start))?;
             ends.insert(partition, resume);
         }
@@ -174,4 +186,97 @@ pub fn recent_predictions(
         }
     }
     Ok(warmed)
+}
+
+/// Whether the operator's options make a consumer without a committed offset start at a partition's
+/// end (librdkafka's default here is its start: see `at_least_once_consumer`).
+fn resets_to_latest(kafka: &KafkaArgs) -> bool {
+    kafka
+        .options
+        .iter()
+        .rev()
+        .find(|option| option.key == "auto.offset.reset")
+        .is_some_and(|option| matches!(option.value.as_str(), "latest" | "largest" | "end"))
+}
+
+/// The high watermarks of the predictions topic's partitions, read through a client of its own (it
+/// joins no group) and reused for a second, so a burst of labels costs one round of broker calls.
+pub struct PredictionEnds {
+    client: std::sync::Arc<BaseConsumer>,
+    topic: String,
+    cached: Option<(Instant, HashMap<i32, i64>)>,
+}
+
+impl std::fmt::Debug for PredictionEnds {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PredictionEnds")
+            .field("topic", &self.topic)
+            .field("cached", &self.cached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long fetched ends are reused.
+const ENDS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// Longest a fetch of the ends may take.
+const ENDS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PredictionEnds {
+    /// A reader of `topic`'s ends.
+    pub fn new(kafka: &KafkaArgs, topic: &str) -> KafkaResult<Self> {
+        let mut config = kafka.client_config();
+        config
+            .set("client.id", "sentiflow-drift-prediction-ends")
+            .set("enable.auto.commit", "false");
+        Ok(Self {
+            client: std::sync::Arc::new(config.create()?),
+            topic: topic.to_owned(),
+            cached: None,
+        })
+    }
+
+    /// The ends (partition → high watermark), fetched at most once a second; on a broker error the
+    /// last ones fetched (or none) and the error.
+    pub async fn get(&mut self) -> (HashMap<i32, i64>, Option<String>) {
+        if let Some((at, ends)) = &self.cached
+            && at.elapsed() < ENDS_FRESH_FOR
+        {
+            return (ends.clone(), None);
+        }
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        let fetched = tokio::task::spawn_blocking(move || -> KafkaResult<HashMap<i32, i64>> {
+            let metadata = client.fetch_metadata(Some(&topic), ENDS_TIMEOUT)?;
+            let mut ends = HashMap::new();
+            for found in metadata
+                .topics()
+                .iter()
+                .filter(|found| found.error().is_none())
+            {
+                for partition in found.partitions() {
+                    let (_, high) =
+                        client.fetch_watermarks(&topic, partition.id(), ENDS_TIMEOUT)?;
+                    ends.insert(partition.id(), high);
+                }
+            }
+            Ok(ends)
+        })
+        .await;
+        match fetched {
+            Ok(Ok(ends)) => {
+                self.cached = Some((Instant::now(), ends.clone()));
+                (ends, None)
+            }
+            Ok(Err(error)) => (self.last(), Some(error.to_string())),
+            Err(join_error) => (self.last(), Some(join_error.to_string())),
+        }
+    }
+
+    fn last(&self) -> HashMap<i32, i64> {
+        self.cached
+            .as_ref()
+            .map(|(_, ends)| ends.clone())
+            .unwrap_or_default()
+    }
 }
