@@ -15,7 +15,7 @@ use std::time::Duration;
 use rdkafka::message::OwnedMessage;
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::catalogue::topics;
-use sentiflow_common::config::{KafkaArgs, RedisArgs};
+use sentiflow_common::config::{KafkaArgs, KafkaOption, RedisArgs};
 use sentiflow_common::events::{
     Device, DeviceWanted, DriftReport, DriftStatus, Event as _, LabelFeedback, ModelFamily,
     ModelRef, ModelUpdate, Prediction, Probabilities, RequestedBy, RetrainRequest, SCHEMA_VERSION,
@@ -1200,7 +1200,7 @@ async fn labels_read_before_their_predictions_wait_for_them_and_survive_a_restar
     let group = "drift-hold";
     let settings = || {
         let mut settings = config(&kafka, &redis.url(), "hold", group);
-        settings.label_grace_secs = 15;
+        settings.label_grace_secs = 30;
         settings
     };
     let a: Vec<_> = domain_a().into_iter().take(300).collect();
@@ -1217,6 +1217,7 @@ async fn labels_read_before_their_predictions_wait_for_them_and_survive_a_restar
         }
     };
     assert!(held(&running, 320).await, "every label is held");
+    assert_eq!(running.stats.labels_waited.load(Relaxed), 320);
     assert_eq!(running.stats.labels_joined.load(Relaxed), 0);
     assert_eq!(running.stats.labels_unmatched.load(Relaxed), 0);
     // A restart before any prediction: held labels were not committed, so they are read again.
@@ -1257,12 +1258,197 @@ async fn labels_read_before_their_predictions_wait_for_them_and_survive_a_restar
         "the joined labels are the first 300 of their partitions"
     );
 
-    // Everything was applied and committed: a third start reads no label again.
+    // Every label was applied and committed: a third start reads none again. (The 300 predictions
+    // are, their window being open, and then a new one: by then the group is joined and every
+    // partition fetched from its committed offset.)
     let (running, shutdown) = start_drift(settings()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    publish(&kafka, &domain_a()[300..301], 300, "v1").await;
+    let stats = running.stats.clone();
+    assert!(sentiflow_tests::eventually(WAIT, || stats.predictions.load(Relaxed) == 301).await);
+    tokio::time::sleep(SETTLE).await;
     assert_eq!(running.stats.labels_held.load(Relaxed), 0);
     assert_eq!(running.stats.labels_joined.load(Relaxed), 0);
     assert_eq!(running.stats.labels_unmatched.load(Relaxed), 0);
     assert_eq!(running.stats.labels_replayed.load(Relaxed), 0);
+    stop_drift(running, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_published_with_sentiflow_label_join_and_a_file_with_a_bad_row_publishes_nothing() {
+    use clap::Parser as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    let (running, shutdown) = start_drift(config(
+        &kafka,
+        &redis.url(),
+        "cli-labels",
+        "drift-cli-labels",
+    ))
+    .await;
+    let a: Vec<_> = domain_a().into_iter().take(60).collect();
+    publish(&kafka, &a, 0, "v1").await;
+    let stats = running.stats.clone();
+    assert!(sentiflow_tests::eventually(WAIT, || stats.predictions.load(Relaxed) == 60).await);
+    let label = |extra: &[&str]| {
+        let mut args = vec![
+            "sentiflow",
+            "label",
+            "--kafka-brokers",
+            &kafka.brokers,
+            "--topic-prefix",
+            &kafka.topic_prefix,
+        ];
+        args.extend_from_slice(extra);
+        let cli = sentiflow::cli::Cli::try_parse_from(args).expect("CLI flags");
+        let sentiflow::cli::Command::Label(args) = cli.command else {
+            panic!("not the label command");
+        };
+        sentiflow::label::run(*args)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A CSV file (the reviewer from the flag), a JSONL file (its own reviewer), and one label by flags.
+    let mut csv = "review_id,label,note\n".to_owned();
+    for (index, (_, truth)) in a.iter().enumerate().take(40) {
+        csv.push_str(&format!("review-{index},{truth},\"checked, twice\"\n"));
+    }
+    let csv_path = dir.path().join("labels.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let mut jsonl = String::new();
+    for (index, (_, truth)) in a.iter().enumerate().take(59).skip(40) {
+        jsonl.push_str(
+            &serde_json::json!({"review_id": format!("review-{index}"), "label": truth.as_str(), "reviewer": "tool-7"})
+                .to_string(),
+        );
+        jsonl.push('\n');
+    }
+    let jsonl_path = dir.path().join("labels.jsonl");
+    std::fs::write(&jsonl_path, jsonl).unwrap();
+    label(&["--file", csv_path.to_str().unwrap(), "--reviewer", "ana"])
+        .await
+        .expect("the CSV file is published");
+    label(&["--file", jsonl_path.to_str().unwrap()])
+        .await
+        .expect("the JSONL file is published");
+    let last = a[59].1.to_string();
+    label(&[
+        "--review-id",
+        "review-59",
+        "--label",
+        &last,
+        "--reviewer",
+        "bo",
+    ])
+    .await
+    .expect("one label by flags");
+    wait_joined(&running, 60).await;
+
+    // One bad row (and a row without any reviewer): the whole file is refused, nothing is sent.
+    let bad_path = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad_path,
+        "review_id,label,reviewer\nreview-1,negative,ana\nreview-2,angry,ana\nreview-3,neutral,\n",
+    )
+    .unwrap();
+    let error = label(&["--file", bad_path.to_str().unwrap()])
+        .await
+        .expect_err("a bad row refuses the file")
+        .to_string();
+    assert!(
+        error.contains("2 of 3 labels are invalid; nothing was published"),
+        "{error}"
+    );
+    let dry = label(&[
+        "--file",
+        csv_path.to_str().unwrap(),
+        "--reviewer",
+        "ana",
+        "--dry-run",
+    ])
+    .await;
+    assert!(dry.is_ok(), "{dry:?}");
+    for flags in [
+        &["--review-id", "review-1"][..],
+        &["--label", "negative"],
+        &[
+            "--review-id",
+            "review-1",
+            "--label",
+            "negative",
+            "--file",
+            "x.csv",
+        ],
+    ] {
+        let mut args = vec!["sentiflow", "label"];
+        args.extend_from_slice(flags);
+        assert!(
+            sentiflow::cli::Cli::try_parse_from(args).is_err(),
+            "{flags:?} is refused"
+        );
+    }
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        running.stats.labels_joined.load(Relaxed),
+        60,
+        "nothing more arrived"
+    );
+    assert_eq!(running.stats.labels_held.load(Relaxed), 0);
+    let messages = read(&kafka, topics::LABELS_FEEDBACK, 60).await;
+    assert_eq!(messages.len(), 60);
+    let reviewers: std::collections::BTreeSet<String> = messages
+        .iter()
+        .map(|message| {
+            LabelFeedback::decode_validated(rdkafka::Message::payload(message).unwrap())
+                .unwrap()
+                .reviewer
+        })
+        .collect();
+    assert_eq!(
+        reviewers.into_iter().collect::<Vec<_>>(),
+        ["ana", "bo", "tool-7"]
+    );
+    stop_drift(running, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_read_before_the_backlog_holding_its_prediction_waits_for_the_backlog() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis = sentiflow_tests::redis();
+    // No grace time: a label waits only for the predictions published before it was read. Small
+    // fetches interleave the two topics, so the labels are read long before the backlog's end.
+    let mut settings = config(&kafka, &redis.url(), "backlog", "drift-backlog");
+    settings.label_grace_secs = 0;
+    settings.kafka.options.push(KafkaOption {
+        key: "max.partition.fetch.bytes".to_owned(),
+        value: "16384".to_owned(),
+    });
+    let backlog = 6_000;
+    let rows: Vec<_> = domain_a().into_iter().cycle().take(backlog).collect();
+    let truths: Vec<Sentiment> = rows[backlog - 100..]
+        .iter()
+        .map(|(_, label)| *label)
+        .collect();
+    // Drift is down while infer scores a backlog and reviewers label its last 100 reviews.
+    publish(&kafka, &rows, 0, "v1").await;
+    publish_labels(&kafka, &truths, backlog - 100).await;
+    publish_labels(&kafka, &[Sentiment::Neutral; 5], 900_000).await;
+    let (running, shutdown) = start_drift(settings).await;
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || stats.predictions.load(Relaxed) == backlog as u64)
+            .await
+    );
+    wait_joined(&running, 100).await;
+    assert!(
+        sentiflow_tests::eventually(WAIT, || stats.labels_unmatched.load(Relaxed) == 5).await,
+        "the labels of reviews never scored go once the backlog is read"
+    );
+    let waited = stats.labels_waited.load(Relaxed);
+    assert!(
+        waited >= 100,
+        "the labels were read before their predictions and waited: {waited}"
+    );
+    assert_eq!(stats.labels_held.load(Relaxed), 0);
     stop_drift(running, shutdown).await;
 }

@@ -98,6 +98,14 @@ impl LabelHold {
         self.read_to.insert(partition, offset + 1);
     }
 
+    /// Records the consumer's own position in a `predictions` partition (it moves past offsets that
+    /// hold no message for the application, such as transaction markers, and is known where nothing
+    /// was read yet): the reading position is at least that.
+    pub fn predictions_position(&mut self, partition: i32, position: i64) {
+        let read_to = self.read_to.entry(partition).or_insert(position);
+        *read_to = (*read_to).max(position);
+    }
+
     /// The `predictions` partitions of `ends` (partition → high watermark) not yet read to their end,
     /// with that end; partitions whose reading position is unknown are left out.
     pub fn unread(&self, ends: &HashMap<i32, i64>) -> Vec<(i32, i64)> {
@@ -306,6 +314,18 @@ mod tests {
         assert_eq!(quick.release(start, never), None);
         quick.predictions_read(1, 5);
         assert_eq!(quick.release(start, never).unwrap().1, Release::WaitedOut);
+
+        // The consumer's position past a transaction marker at the end counts as read to there, and
+        // a partition first known by its position is waited for from then on.
+        let waits = quick.unread(&HashMap::from([(0, 12)]));
+        quick.hold(("r3", 1), (0, 4), waits, start);
+        quick.predictions_read(0, 10);
+        assert_eq!(quick.release(start, never), None, "read to 11 of 12");
+        quick.predictions_position(0, 12);
+        quick.predictions_position(0, 11);
+        assert_eq!(quick.release(start, never).unwrap().0.review_id, "r3");
+        quick.predictions_position(9, 3);
+        assert_eq!(quick.unread(&HashMap::from([(9, 5)])), vec![(9, 5)]);
     }
 
     fn hold_with_grace(grace_secs: u64) -> LabelHold {

@@ -51,6 +51,8 @@ pub struct DriftStats {
     pub labels_unmatched: AtomicU64,
     /// Human labels held now, waiting for their prediction.
     pub labels_held: AtomicU64,
+    /// Human labels that were held (read before their prediction, or behind one that was).
+    pub labels_waited: AtomicU64,
     /// Predictions read again at start-up to remember for joining labels.
     pub joins_warmed: AtomicU64,
     /// Drift reports published.
@@ -167,6 +169,8 @@ pub async fn start(
         hold,
         prediction_ends,
         labels_read: HashMap::new(),
+        labels_freed: std::collections::BTreeSet::new(),
+        overflows: 0,
     };
     info!(%http_addr, "drift started; dashboard at /dashboard");
     let task = tokio::spawn(async move {
@@ -286,6 +290,10 @@ struct Worker {
     prediction_ends: Option<PredictionEnds>,
     /// Last offset read per `labels.feedback` partition.
     labels_read: HashMap<i32, i64>,
+    /// `labels.feedback` partitions whose held labels were applied since their offsets were stored.
+    labels_freed: std::collections::BTreeSet<i32>,
+    /// Labels the full hold let go without waiting.
+    overflows: u64,
 }
 
 impl Worker {
@@ -336,9 +344,11 @@ impl Worker {
                     if stopped {
                         break;
                     }
-                    if self.release_held(&consumer).await.is_err() {
+                    self.update_prediction_positions(&consumer);
+                    if self.release_held().await.is_err() {
                         break;
                     }
+                    self.store_freed_label_offsets(&consumer);
                     // Offsets those windows pinned may now be stored.
                     for ((topic, partition), offset) in &last_seen {
                         if let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset)
@@ -372,7 +382,7 @@ impl Worker {
                     last_seen.insert((topic.to_owned(), partition), offset);
                 }
                 self.hold.predictions_read(partition, offset);
-                if !self.hold.is_empty() && self.release_held(&consumer).await.is_err() {
+                if !self.hold.is_empty() && self.release_held().await.is_err() {
                     break;
                 }
                 self.monitor.safe_offset(topic, partition, offset)
@@ -387,6 +397,7 @@ impl Worker {
             {
                 warn!(%error, topic, partition, "storing the offset failed");
             }
+            self.store_freed_label_offsets(&consumer);
         }
         kafka::commit_at_shutdown(&consumer, SERVICE, "some input will be replayed");
         let drain = Duration::from_millis(self.config.telemetry.drain_timeout_ms);
@@ -461,11 +472,17 @@ impl Worker {
                     waits_for,
                     std::time::Instant::now(),
                 );
+                self.stats.labels_waited.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sentiflow_drift_labels_held_total").increment(1);
                 if let Some(oldest) = pushed_out {
                     self.count_release(Release::Overflow);
-                    warn!(review_id = %oldest.review_id, partition = oldest.partition, offset = oldest.offset,
-                        capacity = self.config.max_held_labels, "label hold full; applying its oldest label now");
+                    self.overflows += 1;
+                    if self.overflows % 1000 == 1 {
+                        warn!(review_id = %oldest.review_id, partition = oldest.partition, offset = oldest.offset,
+                            capacity = self.config.max_held_labels, overflows = self.overflows,
+                            "label hold full; applying its oldest labels without waiting (logged every 1,000)");
+                    }
+                    self.labels_freed.insert(oldest.partition);
                     self.apply_label(
                         &oldest.review_id,
                         oldest.truth,
@@ -497,9 +514,9 @@ impl Worker {
         self.hold.unread(&ends)
     }
 
-    /// Applies every held label that may go now; stores the label offsets that frees.
-    async fn release_held(&mut self, consumer: &Consumer) -> Result<(), Abandoned> {
-        let mut freed = std::collections::BTreeSet::new();
+    /// Applies every held label that may go now (their partitions' offsets are stored after).
+    async fn release_held(&mut self) -> Result<(), Abandoned> {
+        let mut released = false;
         let now = std::time::Instant::now();
         while let Some((label, why)) = {
             let monitor = &self.monitor;
@@ -507,15 +524,20 @@ impl Worker {
                 .release(now, |review_id| monitor.knows_review(review_id))
         } {
             self.count_release(why);
+            self.labels_freed.insert(label.partition);
+            released = true;
             self.apply_label(&label.review_id, label.truth, label.partition, label.offset)
                 .await?;
-            freed.insert(label.partition);
         }
-        if freed.is_empty() {
-            return Ok(());
+        if released {
+            self.show_held();
         }
-        self.show_held();
-        for partition in freed {
+        Ok(())
+    }
+
+    /// Stores the offsets of the `labels.feedback` partitions whose held labels were applied.
+    fn store_freed_label_offsets(&mut self, consumer: &Consumer) {
+        for partition in std::mem::take(&mut self.labels_freed) {
             let Some(&read) = self.labels_read.get(&partition) else {
                 continue;
             };
@@ -525,7 +547,23 @@ impl Worker {
                 warn!(%error, partition, "storing the label offset failed");
             }
         }
-        Ok(())
+    }
+
+    /// Tells the hold the consumer's positions in `predictions` (past offsets that carry no message,
+    /// and known before a partition delivers anything).
+    fn update_prediction_positions(&mut self, consumer: &Consumer) {
+        if self.hold.is_empty() {
+            return;
+        }
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for element in positions.elements_for_topic(&self.topics.predictions) {
+            if let rdkafka::Offset::Offset(position) = element.offset() {
+                self.hold
+                    .predictions_position(element.partition(), position);
+            }
+        }
     }
 
     fn count_release(&self, why: Release) {

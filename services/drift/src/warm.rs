@@ -135,9 +135,15 @@ pub fn recent_predictions(
                 .insert(partition, if from_latest { high } else { low });
             continue;
         };
-        warmed
-            .prediction_resume
-            .insert(partition, resume.clamp(low, high));
+        // Out of range (retention deleted it, or the topic was recreated): the consumer resets.
+        let resumes_at = if (low..=high).contains(&resume) {
+            resume
+        } else if from_latest {
+            high
+        } else {
+            low
+        };
+        warmed.prediction_resume.insert(partition, resumes_at);
         let start = (resume - per_partition).max(low);
         if capacity > 0 && start < resume {
             assignment.add_partition_offset(predictions, partition, Offset::Offset(start))?;
@@ -205,6 +211,8 @@ pub struct PredictionEnds {
     client: std::sync::Arc<BaseConsumer>,
     topic: String,
     cached: Option<(Instant, HashMap<i32, i64>)>,
+    /// When the last fetch failed: no other is tried for `ENDS_RETRY_AFTER_FAILURE`.
+    failed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for PredictionEnds {
@@ -213,6 +221,7 @@ impl std::fmt::Debug for PredictionEnds {
             .debug_struct("PredictionEnds")
             .field("topic", &self.topic)
             .field("cached", &self.cached)
+            .field("failed_at", &self.failed_at)
             .finish_non_exhaustive()
     }
 }
@@ -220,8 +229,11 @@ impl std::fmt::Debug for PredictionEnds {
 /// How long fetched ends are reused.
 const ENDS_FRESH_FOR: Duration = Duration::from_secs(1);
 
-/// Longest a fetch of the ends may take.
+/// Longest a fetch of the ends may take, all its broker calls together.
 const ENDS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a failed fetch, how long the last ends (or none) are used before the broker is asked again.
+const ENDS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 impl PredictionEnds {
     /// A reader of `topic`'s ends.
@@ -234,20 +246,29 @@ impl PredictionEnds {
             client: std::sync::Arc::new(config.create()?),
             topic: topic.to_owned(),
             cached: None,
+            failed_at: None,
         })
     }
 
-    /// The ends (partition → high watermark), fetched at most once a second; on a broker error the
-    /// last ones fetched (or none) and the error.
+    /// The ends (partition → high watermark), fetched at most once a second; when a fetch fails,
+    /// the last ones fetched (or none) with the error, and no fetch for the next five seconds.
     pub async fn get(&mut self) -> (HashMap<i32, i64>, Option<String>) {
         if let Some((at, ends)) = &self.cached
             && at.elapsed() < ENDS_FRESH_FOR
         {
             return (ends.clone(), None);
         }
+        if self
+            .failed_at
+            .is_some_and(|at| at.elapsed() < ENDS_RETRY_AFTER_FAILURE)
+        {
+            return (self.last(), None);
+        }
         let (client, topic) = (self.client.clone(), self.topic.clone());
         let fetched = tokio::task::spawn_blocking(move || -> KafkaResult<HashMap<i32, i64>> {
-            let metadata = client.fetch_metadata(Some(&topic), ENDS_TIMEOUT)?;
+            let started = Instant::now();
+            let left = || ENDS_TIMEOUT.saturating_sub(started.elapsed());
+            let metadata = client.fetch_metadata(Some(&topic), left())?;
             let mut ends = HashMap::new();
             for found in metadata
                 .topics()
@@ -255,22 +276,24 @@ impl PredictionEnds {
                 .filter(|found| found.error().is_none())
             {
                 for partition in found.partitions() {
-                    let (_, high) =
-                        client.fetch_watermarks(&topic, partition.id(), ENDS_TIMEOUT)?;
+                    let (_, high) = client.fetch_watermarks(&topic, partition.id(), left())?;
                     ends.insert(partition.id(), high);
                 }
             }
             Ok(ends)
         })
         .await;
-        match fetched {
+        let error = match fetched {
             Ok(Ok(ends)) => {
                 self.cached = Some((Instant::now(), ends.clone()));
-                (ends, None)
+                self.failed_at = None;
+                return (ends, None);
             }
-            Ok(Err(error)) => (self.last(), Some(error.to_string())),
-            Err(join_error) => (self.last(), Some(join_error.to_string())),
-        }
+            Ok(Err(error)) => error.to_string(),
+            Err(join_error) => join_error.to_string(),
+        };
+        self.failed_at = Some(Instant::now());
+        (self.last(), Some(error))
     }
 
     fn last(&self) -> HashMap<i32, i64> {

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Ask for a retrain of the serving model now (publishes a retrain request by an operator).
     Retrain(Box<crate::drift::RetrainArgs>),
+    /// Publish human labels to labels.feedback (one by flags, or a CSV/JSONL file; every row is
+    /// checked first and nothing is sent if one is invalid): curation prefers them, drift joins them.
+    Label(Box<crate::label::LabelArgs>),
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     #[command(
         after_help = "The version directory holds model.onnx, the model card (card.json, card.md) and its \
@@ -220,6 +223,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 ..TelemetryArgs::ephemeral()
             });
             crate::drift::retrain(*args).await
+        }
+        Command::Label(args) => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            crate::label::run(*args).await
         }
         Command::Infer(config) => {
             telemetry::init_tracing(&config.telemetry);

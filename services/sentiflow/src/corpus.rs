@@ -66,7 +66,7 @@ pub enum CorpusError {
 }
 
 /// Opens a file, transparently decompressing `.gz`.
-fn open(path: &Path) -> Result<Box<dyn Read>, CorpusError> {
+pub(crate) fn open(path: &Path) -> Result<Box<dyn Read>, CorpusError> {
     let file = File::open(path).map_err(|source| CorpusError::Io {
         path: path.to_owned(),
         source,

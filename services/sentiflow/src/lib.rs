@@ -10,6 +10,7 @@
 //! - [`dataset`]: `sentiflow dataset import|list|show` (snapshots for offline training).
 //! - [`models`]: `sentiflow models list|show|promote|rollback`.
 //! - [`drift`]: `sentiflow drift run|mute|unmute|status` and `sentiflow retrain`.
+//! - [`label`]: `sentiflow label` (human labels to `labels.feedback`).
 //! - [`train`]: `sentiflow train` and `sentiflow eval`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod corpus;
 pub mod dataset;
 pub mod drift;
+pub mod label;
 pub mod local;
 pub mod models;
 pub mod replay;
