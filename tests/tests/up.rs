@@ -60,6 +60,8 @@ async fn up_replays_a_shift_and_closes_the_loop() {
             max_recall_drop: 0.15,
         },
         label_weights: sentiflow_trainer::dataset::LabelWeights::default(),
+        // Reviewers label 5 % of the rows as they are published (`up`'s default).
+        human_labels: 0.05,
     };
     let result =
         tokio::time::timeout(Duration::from_secs(480), up(args, CancellationToken::new())).await;
@@ -67,6 +69,23 @@ async fn up_replays_a_shift_and_closes_the_loop() {
         .expect("up finished in time")
         .expect("up replayed, reconciled and closed the loop");
     assert_eq!(report.published, 4000);
+    // About 5 % of the labelled rows; drift joins the labels of the rows that were predicted (the
+    // last ones' after holding them for their predictions).
+    let (joined, held, unmatched) = report.labels_seen_by_drift;
+    eprintln!(
+        "human labels: {} published; drift: {joined} joined, {held} held, {unmatched} unmatched",
+        report.labels_published
+    );
+    assert!(
+        (100..=300).contains(&report.labels_published),
+        "{}",
+        report.labels_published
+    );
+    assert!(
+        joined * 10 >= report.labels_published * 8,
+        "{joined} joined"
+    );
+    assert!(joined + held + unmatched <= report.labels_published);
     let closed_loop = report
         .closed_loop
         .expect("the shift scenario reports the loop");

@@ -185,8 +185,8 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_JOIN_CAPACITY", default_value_t = 200_000)]
     pub join_capacity: usize,
 
-    /// Human labels read before their prediction that are held for it (in order per partition, their
-    /// offsets not committed); when full, the oldest goes unjoined. 0 holds none: such a label is
+    /// Human labels read before their prediction that are held for it (their offsets not committed);
+    /// when full, the one held longest is applied without waiting. 0 holds none: such a label is
     /// unmatched at once.
     #[arg(
         long,

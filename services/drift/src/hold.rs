@@ -1,16 +1,17 @@
-//! Human labels read before the prediction they label: held, in order per `labels.feedback`
-//! partition, until the prediction is read or can no longer be on its way (no I/O here).
+//! Human labels read before the prediction they label: held until the prediction is read or can no
+//! longer be on its way (no I/O here).
 //!
 //! A label can overtake its prediction: after a restart the predictions after the committed offsets
 //! are replayed while labels for them are read; when drift lags on `predictions`; when a reviewer is
-//! quicker than infer. A held label is applied once its review has a remembered prediction, or once
-//! every `predictions` partition was read up to where it ended when the label was read **and** the
-//! grace time since the label was read has passed. Labels of one partition are applied in offset
-//! order, so the highest applied label offset a version's state records still tells a label read
-//! again after a crash from a new one; a held label's offset is not stored, so a restart reads it
-//! again and nothing is lost.
+//! quicker than infer. A held label is applied as soon as its review's prediction is read, or given
+//! up once every `predictions` partition was read up to where it ended when the label was read
+//! **and** the grace time since the label was read has passed. Labels that can join are applied at
+//! once, even behind a held one; the offset stored for a `labels.feedback` partition stays just
+//! before its first held label, so a restart reads every held label again and nothing is lost, and
+//! [`LabelHold::resolved_through`] tells the label windows up to where every label was dealt with,
+//! which with the offsets applied beyond it recognises a label read again after a crash.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// A human label waiting for its prediction.
@@ -33,11 +34,11 @@ pub struct HeldLabel {
 /// Why a held label is let go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// Its review has a remembered prediction now.
+    /// Its review's prediction was read.
     Predicted,
     /// The predictions it waited for were read and its grace time passed: it will not join.
     WaitedOut,
-    /// The hold is full: the oldest label of the longest queue goes, joined if it can be.
+    /// The hold is full: the label held longest goes, joined if it can be.
     Overflow,
 }
 
@@ -57,8 +58,10 @@ impl Release {
 pub struct LabelHold {
     capacity: usize,
     grace: Duration,
-    queues: BTreeMap<i32, VecDeque<HeldLabel>>,
-    held: usize,
+    /// By (`labels.feedback` partition, offset): per partition in the order read.
+    held: BTreeMap<(i32, i64), HeldLabel>,
+    /// Review id → the held labels of it.
+    by_review: HashMap<String, Vec<(i32, i64)>>,
     /// `predictions` partition → the next offset this process reads there (where it resumed, then
     /// one past the last prediction read). A partition missing here is not waited for.
     read_to: HashMap<i32, i64>,
@@ -72,8 +75,8 @@ impl LabelHold {
         Self {
             capacity,
             grace,
-            queues: BTreeMap::new(),
-            held: 0,
+            held: BTreeMap::new(),
+            by_review: HashMap::new(),
             read_to: resume,
         }
     }
@@ -85,12 +88,12 @@ impl LabelHold {
 
     /// Labels held now.
     pub fn len(&self) -> usize {
-        self.held
+        self.held.len()
     }
 
     /// True when no label is held.
     pub fn is_empty(&self) -> bool {
-        self.held == 0
+        self.held.is_empty()
     }
 
     /// Records that the prediction at `partition`/`offset` was read.
@@ -122,21 +125,14 @@ impl LabelHold {
         unread
     }
 
-    /// Whether a label of `partition` is held (a later one must queue behind it).
-    pub fn is_holding(&self, partition: i32) -> bool {
-        self.queues
-            .get(&partition)
-            .is_some_and(|queue| !queue.is_empty())
-    }
-
     /// Whether a label read now for which no prediction is remembered must be held: the hold is on
-    /// and some prediction may still be on its way (`waits_for` not read yet, or a grace time).
+    /// and its prediction may still be on its way (`waits_for` not read yet, or a grace time).
     pub fn should_wait(&self, waits_for: &[(i32, i64)]) -> bool {
         self.enabled() && (!waits_for.is_empty() || !self.grace.is_zero())
     }
 
     /// Holds a label read at `now` that waits for `waits_for` (from [`Self::unread`]). Returns the
-    /// label the capacity pushes out, if any: the oldest of the longest queue, to be applied now.
+    /// label the capacity pushes out, if any: the one held longest, to be applied now.
     pub fn hold(
         &mut self,
         (review_id, truth): (&str, usize),
@@ -144,59 +140,74 @@ impl LabelHold {
         waits_for: Vec<(i32, i64)>,
         now: Instant,
     ) -> Option<HeldLabel> {
-        self.queues
-            .entry(partition)
+        self.by_review
+            .entry(review_id.to_owned())
             .or_default()
-            .push_back(HeldLabel {
+            .push((partition, offset));
+        self.held.insert(
+            (partition, offset),
+            HeldLabel {
                 review_id: review_id.to_owned(),
                 truth,
                 partition,
                 offset,
                 waits_for,
                 held_at: now,
-            });
-        self.held += 1;
-        if self.held <= self.capacity {
+            },
+        );
+        if self.held.len() <= self.capacity {
             return None;
         }
-        let longest = self
-            .queues
-            .iter()
-            .max_by_key(|(partition, queue)| (queue.len(), std::cmp::Reverse(**partition)))
-            .map(|(&partition, _)| partition)?;
-        self.pop_front(longest)
+        let oldest = self
+            .first_per_partition()
+            .min_by_key(|label| (label.held_at, label.partition))
+            .map(|label| (label.partition, label.offset))?;
+        self.remove(oldest)
     }
 
-    /// The next held label that may be applied at `now`, and why; `predicted` tells whether a
-    /// review has a remembered prediction. Only the first label of each partition can go; a label
-    /// whose review was predicted waits behind an earlier one of its partition that was not.
-    pub fn release(
-        &mut self,
-        now: Instant,
-        predicted: impl Fn(&str) -> bool,
-    ) -> Option<(HeldLabel, Release)> {
-        let (partition, why) = self.queues.iter().find_map(|(&partition, queue)| {
-            let head = queue.front()?;
-            if predicted(&head.review_id) {
-                Some((partition, Release::Predicted))
-            } else if self.waited_out(head, now) {
-                Some((partition, Release::WaitedOut))
-            } else {
-                None
-            }
-        })?;
-        let label = self.pop_front(partition)?;
-        Some((label, why))
+    /// The held labels of `review_id`, whose prediction was just read (in the order read).
+    pub fn take_predicted(&mut self, review_id: &str) -> Vec<HeldLabel> {
+        let Some(keys) = self.by_review.remove(review_id) else {
+            return Vec::new();
+        };
+        keys.into_iter()
+            .filter_map(|key| self.held.remove(&key))
+            .collect()
+    }
+
+    /// The next held label to give up on at `now`: its predictions were read and its grace passed.
+    pub fn next_waited_out(&mut self, now: Instant) -> Option<HeldLabel> {
+        // Within a partition labels were read in offset order, so the first is the first to go.
+        let key = self
+            .first_per_partition()
+            .find(|label| self.waited_out(label, now))
+            .map(|label| (label.partition, label.offset))?;
+        self.remove(key)
     }
 
     /// The offset of `labels.feedback` `partition` that may be stored once `read` was read there:
-    /// just before the first label still held, else `read`.
+    /// just before its first label still held, else `read`.
     pub fn safe_offset(&self, partition: i32, read: i64) -> Option<i64> {
-        match self.queues.get(&partition).and_then(VecDeque::front) {
-            Some(first) if first.offset > 0 => Some((first.offset - 1).min(read)),
-            Some(_) => None,
-            None => Some(read),
-        }
+        let through = self.resolved_through(partition, read);
+        (through >= 0).then_some(through)
+    }
+
+    /// The highest offset of `partition` up to which every label read (`read` the last) was dealt
+    /// with: applied, dead-lettered or given up; -1 when none was.
+    pub fn resolved_through(&self, partition: i32, read: i64) -> i64 {
+        self.held
+            .range((partition, i64::MIN)..=(partition, i64::MAX))
+            .next()
+            .map_or(read, |(&(_, first), _)| (first - 1).min(read))
+    }
+
+    fn first_per_partition(&self) -> impl Iterator<Item = &HeldLabel> {
+        let mut last_partition = None;
+        self.held.values().filter(move |label| {
+            let first = last_partition != Some(label.partition);
+            last_partition = Some(label.partition);
+            first
+        })
     }
 
     fn waited_out(&self, label: &HeldLabel, now: Instant) -> bool {
@@ -208,13 +219,14 @@ impl LabelHold {
             })
     }
 
-    fn pop_front(&mut self, partition: i32) -> Option<HeldLabel> {
-        let queue = self.queues.get_mut(&partition)?;
-        let label = queue.pop_front()?;
-        if queue.is_empty() {
-            self.queues.remove(&partition);
+    fn remove(&mut self, key: (i32, i64)) -> Option<HeldLabel> {
+        let label = self.held.remove(&key)?;
+        if let Some(keys) = self.by_review.get_mut(&label.review_id) {
+            keys.retain(|held| *held != key);
+            if keys.is_empty() {
+                self.by_review.remove(&label.review_id);
+            }
         }
-        self.held -= 1;
         Some(label)
     }
 }
@@ -232,8 +244,8 @@ mod tests {
     }
 
     #[test]
-    fn a_label_waits_until_its_prediction_is_read_and_later_labels_of_its_partition_wait_behind_it()
-    {
+    fn a_held_label_goes_when_its_prediction_is_read_and_the_stored_offset_stays_before_the_first_held()
+     {
         let start = Instant::now();
         let mut hold = hold(100, 30);
         let ends = HashMap::from([(0, 12), (1, 5), (7, 3)]);
@@ -248,34 +260,27 @@ mod tests {
             hold.hold(("r1", 2), (3, 40), waits.clone(), start)
                 .is_none()
         );
-        assert!(hold.is_holding(3));
-        // r2 already has its prediction but must not overtake r1 on partition 3.
-        assert!(hold.hold(("r2", 0), (3, 41), waits, start).is_none());
+        assert!(hold.hold(("r2", 0), (3, 42), waits, start).is_none());
         assert!(hold.hold(("r9", 1), (4, 7), vec![], start).is_none());
         assert_eq!(hold.len(), 3);
-        let known = |review: &str| review == "r2";
-        assert_eq!(
-            hold.release(start, known),
-            None,
-            "nothing ready: r1 has no prediction, r9's grace has not passed"
-        );
-        assert_eq!(hold.safe_offset(3, 41), Some(39));
+        assert_eq!(hold.next_waited_out(start), None, "grace");
+        // Offset 41 (a label that joined at once) is dealt with, but 40 is held: store 39.
+        assert_eq!(hold.safe_offset(3, 42), Some(39));
+        assert_eq!(hold.resolved_through(3, 42), 39);
         assert_eq!(hold.safe_offset(4, 7), Some(6));
         assert_eq!(hold.safe_offset(5, 9), Some(9), "nothing held there");
+        assert_eq!(hold.take_predicted("r-other"), vec![]);
 
-        // r1's prediction is read: r1 goes, then r2 behind it.
-        let known = |review: &str| review == "r1" || review == "r2";
-        let (first, why) = hold.release(start, known).unwrap();
-        assert_eq!(
-            (first.review_id.as_str(), first.offset, why),
-            ("r1", 40, Release::Predicted)
-        );
-        let (second, _) = hold.release(start, known).unwrap();
-        assert_eq!(second.review_id, "r2");
-        assert!(!hold.is_holding(3));
-        assert_eq!(hold.safe_offset(3, 41), Some(41));
-        assert_eq!(hold.release(start, known), None);
+        // r2's prediction is read first: it goes although r1 before it is still held.
+        let r2 = hold.take_predicted("r2");
+        assert_eq!(r2.len(), 1);
+        assert_eq!((r2[0].review_id.as_str(), r2[0].offset), ("r2", 42));
+        assert_eq!(hold.safe_offset(3, 42), Some(39));
+        let r1 = hold.take_predicted("r1");
+        assert_eq!(r1[0].offset, 40);
+        assert_eq!(hold.safe_offset(3, 42), Some(42));
         assert_eq!(hold.len(), 1);
+        assert!(hold.take_predicted("r1").is_empty());
     }
 
     #[test]
@@ -287,23 +292,24 @@ mod tests {
         let waits = hold.unread(&HashMap::from([(0, 12)]));
         hold.hold(("r1", 2), (0, 0), waits, start);
         assert_eq!(hold.safe_offset(0, 0), None, "nothing before it to store");
-        let never = |_: &str| false;
+        assert_eq!(hold.resolved_through(0, 0), -1);
         assert_eq!(
-            hold.release(later, never),
+            hold.next_waited_out(later),
             None,
             "partition 0 read to 10 of 12"
         );
         hold.predictions_read(0, 10);
-        assert_eq!(hold.release(later, never), None, "read to 11 of 12");
+        assert_eq!(hold.next_waited_out(later), None, "read to 11 of 12");
         hold.predictions_read(0, 11);
         assert_eq!(
-            hold.release(start + Duration::from_secs(29), never),
+            hold.next_waited_out(start + Duration::from_secs(29)),
             None,
             "grace"
         );
-        let (label, why) = hold.release(later, never).unwrap();
-        assert_eq!((label.review_id.as_str(), why), ("r1", Release::WaitedOut));
+        let label = hold.next_waited_out(later).unwrap();
+        assert_eq!(label.review_id, "r1");
         assert!(hold.is_empty());
+        assert!(hold.take_predicted("r1").is_empty(), "forgotten with it");
 
         // Without a grace time a label waits only for the predictions.
         let mut quick = hold_with_grace(0);
@@ -311,19 +317,19 @@ mod tests {
         let waits = quick.unread(&HashMap::from([(1, 6)]));
         assert!(quick.should_wait(&waits));
         quick.hold(("r2", 1), (0, 3), waits, start);
-        assert_eq!(quick.release(start, never), None);
+        assert_eq!(quick.next_waited_out(start), None);
         quick.predictions_read(1, 5);
-        assert_eq!(quick.release(start, never).unwrap().1, Release::WaitedOut);
+        assert_eq!(quick.next_waited_out(start).unwrap().review_id, "r2");
 
         // The consumer's position past a transaction marker at the end counts as read to there, and
         // a partition first known by its position is waited for from then on.
         let waits = quick.unread(&HashMap::from([(0, 12)]));
         quick.hold(("r3", 1), (0, 4), waits, start);
         quick.predictions_read(0, 10);
-        assert_eq!(quick.release(start, never), None, "read to 11 of 12");
+        assert_eq!(quick.next_waited_out(start), None, "read to 11 of 12");
         quick.predictions_position(0, 12);
         quick.predictions_position(0, 11);
-        assert_eq!(quick.release(start, never).unwrap().0.review_id, "r3");
+        assert_eq!(quick.next_waited_out(start).unwrap().review_id, "r3");
         quick.predictions_position(9, 3);
         assert_eq!(quick.unread(&HashMap::from([(9, 5)])), vec![(9, 5)]);
     }
@@ -333,22 +339,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_hold_lets_the_oldest_label_of_its_longest_queue_go_and_capacity_zero_holds_nothing() {
+    fn a_full_hold_lets_the_label_held_longest_go_and_capacity_zero_holds_nothing() {
         let start = Instant::now();
+        let second = start + Duration::from_secs(1);
         let mut hold = hold(3, 30);
-        assert!(hold.hold(("a1", 0), (0, 1), vec![], start).is_none());
         assert!(hold.hold(("b1", 0), (1, 1), vec![], start).is_none());
-        assert!(hold.hold(("b2", 0), (1, 2), vec![], start).is_none());
-        let pushed = hold.hold(("a2", 0), (0, 2), vec![], start).unwrap();
-        assert_eq!(
-            (pushed.review_id.as_str(), pushed.partition),
-            ("a1", 0),
-            "queues of equal length: the lower partition"
-        );
-        let pushed = hold.hold(("b3", 0), (1, 3), vec![], start).unwrap();
-        assert_eq!(pushed.review_id, "b1");
+        assert!(hold.hold(("a1", 0), (0, 1), vec![], second).is_none());
+        assert!(hold.hold(("b2", 0), (1, 2), vec![], second).is_none());
+        let pushed = hold.hold(("a2", 0), (0, 2), vec![], second).unwrap();
+        assert_eq!((pushed.review_id.as_str(), pushed.partition), ("b1", 1));
+        let pushed = hold.hold(("a3", 0), (0, 3), vec![], second).unwrap();
+        assert_eq!(pushed.review_id, "a1", "same time: the lower partition");
         assert_eq!(hold.len(), 3);
-        assert_eq!(hold.safe_offset(1, 3), Some(1));
+        assert_eq!(hold.safe_offset(0, 3), Some(1));
+        assert!(
+            hold.take_predicted("b1").is_empty(),
+            "pushed out, forgotten"
+        );
 
         let off = LabelHold::new(0, Duration::from_secs(30), HashMap::new());
         assert!(!off.enabled());

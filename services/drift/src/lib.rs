@@ -18,7 +18,7 @@
 //! - [`sequential`]: the per-prediction class-mix scan (G test over recent suffixes) that closes a
 //!   window early on an abrupt shift.
 //! - [`monitor`]: per-version windows, references, label join and confirmation (no I/O).
-//! - [`hold`]: human labels read before their prediction, held in order until it is read (no I/O).
+//! - [`hold`]: human labels read before their prediction, held until it is read or cannot come (no I/O).
 //! - [`control`]: Redis keys (mute, cooldown, lock, references) and the operator actions.
 //! - [`service`]: the consume → window → report → request loop.
 //! - [`warm`]: at start, the predictions just before where the group resumes, read again for the

@@ -1,7 +1,7 @@
 //! The in-memory state of the drift monitor, free of I/O so it can be tested alone: windows and the
 //! reference per model version, the human-label join, and confirmation with hysteresis.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use sentiflow_common::events::{
@@ -108,8 +108,11 @@ pub struct VersionState {
     pub feedback: VecDeque<(usize, usize)>,
     /// Macro-F1 of the first full feedback window.
     pub feedback_baseline: Option<f64>,
-    /// Highest `labels.feedback` offset applied to this version, per partition.
+    /// Per `labels.feedback` partition, the offset up to which every label had been dealt with when
+    /// this version last took one (see [`FeedbackState::applied`]).
     pub labels_applied: BTreeMap<i32, i64>,
+    /// Per partition, offsets beyond that applied to this version.
+    pub labels_beyond: BTreeMap<i32, BTreeSet<i64>>,
 }
 
 /// The human-label state of one version: kept in Redis so a restart neither loses the labels read
@@ -121,11 +124,16 @@ pub struct FeedbackState {
     pub pairs: Vec<(usize, usize)>,
     /// Macro-F1 of the first full feedback window.
     pub baseline: Option<f64>,
-    /// Highest `labels.feedback` offset applied, per partition: a label read again after a crash
-    /// (its offset was not yet committed) is recognised and not counted twice. Empty in states
-    /// written before it existed.
+    /// Per `labels.feedback` partition, the offset up to which every label had been dealt with
+    /// (applied, given up or dead-lettered) when this version last took one: a label read again
+    /// after a crash (its offset was not yet committed) at or below it is recognised and not counted
+    /// twice. Empty in states written before it existed.
     #[serde(default)]
     pub applied: BTreeMap<i32, i64>,
+    /// Per partition, the offsets beyond `applied` applied to this version (a label whose prediction
+    /// was read while an earlier one still waited for its own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied_beyond: BTreeMap<i32, Vec<i64>>,
 }
 
 /// How a human label met the predictions.
@@ -268,6 +276,11 @@ impl Monitor {
             feedback: pairs,
             feedback_baseline: baseline,
             labels_applied: feedback.applied,
+            labels_beyond: feedback
+                .applied_beyond
+                .into_iter()
+                .map(|(partition, offsets)| (partition, offsets.into_iter().collect()))
+                .collect(),
         });
     }
 
@@ -280,6 +293,11 @@ impl Monitor {
             pairs: state.feedback.iter().copied().collect(),
             baseline: state.feedback_baseline,
             applied: state.labels_applied.clone(),
+            applied_beyond: state
+                .labels_beyond
+                .iter()
+                .map(|(&partition, offsets)| (partition, offsets.iter().copied().collect()))
+                .collect(),
         })
     }
 
@@ -556,13 +574,14 @@ impl Monitor {
     }
 
     /// Joins a human label, read at `partition`/`offset` of `labels.feedback`, to the prediction of
-    /// `review_id`.
+    /// `review_id`; `resolved_through` is the offset of that partition up to which every label is
+    /// dealt with once this one is (-1: none).
     pub fn add_label(
         &mut self,
         review_id: &str,
         truth: usize,
-        partition: i32,
-        offset: i64,
+        (partition, offset): (i32, i64),
+        resolved_through: i64,
     ) -> LabelJoin {
         let Some((model, predicted)) = self.joins.get(review_id).cloned() else {
             return LabelJoin::Unmatched;
@@ -573,14 +592,27 @@ impl Monitor {
         else {
             return LabelJoin::Untracked(model);
         };
-        if state
-            .labels_applied
-            .get(&partition)
-            .is_some_and(|&applied| offset <= applied)
+        let through = state.labels_applied.get(&partition).copied().unwrap_or(-1);
+        if offset <= through
+            || state
+                .labels_beyond
+                .get(&partition)
+                .is_some_and(|beyond| beyond.contains(&offset))
         {
             return LabelJoin::Replayed(model);
         }
-        state.labels_applied.insert(partition, offset);
+        let through = through.max(resolved_through);
+        if through >= 0 {
+            state.labels_applied.insert(partition, through);
+        }
+        let beyond = state.labels_beyond.entry(partition).or_default();
+        if offset > through {
+            beyond.insert(offset);
+        }
+        beyond.retain(|&applied| applied > through);
+        if beyond.is_empty() {
+            state.labels_beyond.remove(&partition);
+        }
         state.feedback.push_back((predicted, truth));
         while state.feedback.len() > self.feedback_window {
             state.feedback.pop_front();
@@ -843,17 +875,17 @@ mod tests {
             reports.extend(add(&mut monitor, i));
         }
         assert_eq!(
-            monitor.add_label("unknown-review", 0, 0, 0),
+            monitor.add_label("unknown-review", 0, (0, 0), 0),
             LabelJoin::Unmatched
         );
         // 10 correct labels: the baseline (macro-F1 1.0).
         for i in 20..30 {
-            let joined = monitor.add_label(&format!("r{i}"), i % 3, 0, i as i64);
+            let joined = monitor.add_label(&format!("r{i}"), i % 3, (0, i as i64), i as i64);
             assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         // 10 labels that disagree with every prediction.
         for i in 30..40 {
-            let joined = monitor.add_label(&format!("r{i}"), (i + 1) % 3, 0, i as i64);
+            let joined = monitor.add_label(&format!("r{i}"), (i + 1) % 3, (0, i as i64), i as i64);
             assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         for i in 40..60 {
@@ -884,7 +916,7 @@ mod tests {
             ));
         }
         for i in 0..10 {
-            let joined = before.add_label(&format!("r{i}"), i % 3, 0, i as i64);
+            let joined = before.add_label(&format!("r{i}"), i % 3, (0, i as i64), i as i64);
             assert!(matches!(joined, LabelJoin::Joined(_)));
         }
         let saved = before.feedback_state(&model).expect("tracked");
@@ -909,7 +941,7 @@ mod tests {
             Some(FeedbackState {
                 pairs: (0..25).map(|i| (i % 3, i % 3)).collect(),
                 baseline: Some(1.5),
-                applied: BTreeMap::new(),
+                ..FeedbackState::default()
             }),
         );
         let state = fresh.feedback_state(&model).expect("tracked");
@@ -1069,6 +1101,78 @@ mod tests {
     }
 
     #[test]
+    fn labels_applied_while_an_earlier_one_waited_are_recognised_when_read_again() {
+        let mut before = Monitor::new(&config(100));
+        let mut read: Vec<Prediction> = Vec::new();
+        for i in 0..10 {
+            let prediction = prediction(i, "v1", Sentiment::ALL[i % 3], i as i64);
+            closed(before.add(&prediction, "p", 0, i as i64));
+            read.push(prediction);
+        }
+        let v1 = read[0].model.clone();
+        for offset in 0..5 {
+            let review = format!("r{offset}");
+            assert_eq!(
+                before.add_label(&review, 0, (0, offset), offset),
+                LabelJoin::Joined(v1.clone())
+            );
+        }
+        // Offset 5 waits for its prediction; 6 and 7 join meanwhile (every label through 4 is dealt
+        // with), then a crash before 5 is applied.
+        assert_eq!(
+            before.add_label("r6", 1, (0, 6), 4),
+            LabelJoin::Joined(v1.clone())
+        );
+        assert_eq!(
+            before.add_label("r7", 1, (0, 7), 4),
+            LabelJoin::Joined(v1.clone())
+        );
+        let saved = before.feedback_state(&v1).unwrap();
+        assert_eq!(saved.applied, BTreeMap::from([(0, 4)]));
+        assert_eq!(saved.applied_beyond, BTreeMap::from([(0, vec![6, 7])]));
+        let json = serde_json::to_string(&saved).unwrap();
+        assert_eq!(serde_json::from_str::<FeedbackState>(&json).unwrap(), saved);
+
+        // The restart reads from offset 5 again: 5 joins, 6 and 7 are replays, 8 is new.
+        let mut after = Monitor::new(&config(100));
+        after.warm_joins(
+            &read
+                .iter()
+                .cloned()
+                .map(Into::into)
+                .collect::<Vec<WarmPrediction>>(),
+        );
+        after.track(&v1, None, Some(saved));
+        assert_eq!(
+            after.add_label("r6", 1, (0, 6), 4),
+            LabelJoin::Replayed(v1.clone())
+        );
+        assert_eq!(
+            after.add_label("r5", 2, (0, 5), 7),
+            LabelJoin::Joined(v1.clone())
+        );
+        assert_eq!(
+            after.add_label("r7", 1, (0, 7), 7),
+            LabelJoin::Replayed(v1.clone())
+        );
+        assert_eq!(
+            after.add_label("r8", 2, (0, 8), 8),
+            LabelJoin::Joined(v1.clone())
+        );
+        let state = after.feedback_state(&v1).unwrap();
+        assert_eq!(state.applied, BTreeMap::from([(0, 8)]));
+        assert!(
+            state.applied_beyond.is_empty(),
+            "nothing beyond once all are dealt with"
+        );
+        assert_eq!(state.pairs.len(), 9, "0..=8, each once");
+        // States written before `applied_beyond` existed still load.
+        let old: FeedbackState =
+            serde_json::from_str(r#"{"pairs":[[0,0]],"baseline":null,"applied":{"0":3}}"#).unwrap();
+        assert!(old.applied_beyond.is_empty());
+    }
+
+    #[test]
     fn after_a_restart_labels_join_warmed_predictions_once_and_replays_are_recognised() {
         // Before the restart: v1 predicted r0..r19, then v2 replaced it for r20..r29; labels for r20..r24
         // were applied (offsets 0..4 of label partition 1) and saved.
@@ -1082,7 +1186,12 @@ mod tests {
         }
         let v2 = read[20].model.clone();
         for i in 20..25 {
-            let joined = before.add_label(&format!("r{i}"), i % 3, 1, (i - 20) as i64);
+            let joined = before.add_label(
+                &format!("r{i}"),
+                i % 3,
+                (1, (i - 20) as i64),
+                (i - 20) as i64,
+            );
             assert_eq!(joined, LabelJoin::Joined(v2.clone()));
         }
         let saved = before.feedback_state(&v2).unwrap();
@@ -1094,7 +1203,10 @@ mod tests {
         let mut replaced = Monitor::new(&config(100));
         replaced.warm_joins(&warmed);
         closed(replaced.add(&prediction(41, "v3", Sentiment::Negative, 41), "p", 0, 41));
-        assert_eq!(replaced.add_label("r26", 2, 1, 6), LabelJoin::Unmatched);
+        assert_eq!(
+            replaced.add_label("r26", 2, (1, 6), 6),
+            LabelJoin::Unmatched
+        );
         // A straggler of v1 replayed after the warm-up is not taken for a new version replacing v2.
         let mut straggler = Monitor::new(&config(100));
         straggler.warm_joins(&warmed);
@@ -1103,35 +1215,35 @@ mod tests {
             Outcome::Retired
         ));
         assert_eq!(
-            straggler.add_label("r26", 2, 1, 6),
+            straggler.add_label("r26", 2, (1, 6), 6),
             LabelJoin::Untracked(v2.clone())
         );
 
         let mut after = Monitor::new(&config(100));
         assert_eq!(after.warm_joins(&warmed), 10);
-        assert_eq!(after.add_label("r3", 0, 1, 10), LabelJoin::Unmatched);
+        assert_eq!(after.add_label("r3", 0, (1, 10), 10), LabelJoin::Unmatched);
         // v2 has no state yet: the service tracks it with its stored state, then adds the label.
         assert_eq!(
-            after.add_label("r26", 2, 1, 6),
+            after.add_label("r26", 2, (1, 6), 6),
             LabelJoin::Untracked(v2.clone())
         );
         after.track(&v2, None, Some(saved));
         // Labels read again after the crash (offsets 3, 4) are recognised; the new ones count.
         assert_eq!(
-            after.add_label("r23", 2, 1, 3),
+            after.add_label("r23", 2, (1, 3), 3),
             LabelJoin::Replayed(v2.clone())
         );
         assert_eq!(
-            after.add_label("r24", 0, 1, 4),
+            after.add_label("r24", 0, (1, 4), 4),
             LabelJoin::Replayed(v2.clone())
         );
         assert_eq!(
-            after.add_label("r26", 2, 1, 6),
+            after.add_label("r26", 2, (1, 6), 6),
             LabelJoin::Joined(v2.clone())
         );
         // Another partition's offsets are its own.
         assert_eq!(
-            after.add_label("r27", 0, 0, 4),
+            after.add_label("r27", 0, (0, 4), 4),
             LabelJoin::Joined(v2.clone())
         );
         let state = after.feedback_state(&v2).unwrap();
@@ -1139,7 +1251,7 @@ mod tests {
         assert_eq!(state.applied, BTreeMap::from([(0, 4), (1, 6)]));
         // When a newer version arrives, the warmed joins of v2 go with it.
         closed(after.add(&prediction(40, "v3", Sentiment::Negative, 40), "p", 0, 40));
-        assert_eq!(after.add_label("r28", 1, 1, 7), LabelJoin::Unmatched);
+        assert_eq!(after.add_label("r28", 1, (1, 7), 7), LabelJoin::Unmatched);
         assert!(after.is_retired(&v2));
     }
 }

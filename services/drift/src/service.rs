@@ -309,11 +309,20 @@ impl Worker {
         if let Some(state) = state.as_mut()
             && !self.label_ends.is_empty()
         {
-            state.applied.retain(|partition, offset| {
+            let before_end = |partition: &i32, offset: i64| {
                 self.label_ends
                     .get(partition)
-                    .is_some_and(|&end| *offset < end)
-            });
+                    .is_some_and(|&end| offset < end)
+            };
+            state
+                .applied
+                .retain(|partition, offset| before_end(partition, *offset));
+            for (partition, offsets) in &mut state.applied_beyond {
+                offsets.retain(|&offset| before_end(partition, offset));
+            }
+            state
+                .applied_beyond
+                .retain(|_, offsets| !offsets.is_empty());
         }
         Ok(state)
     }
@@ -461,11 +470,11 @@ impl Worker {
         label: &LabelFeedback,
     ) -> Result<(), Abandoned> {
         let (partition, offset) = (message.partition(), message.offset());
+        self.labels_read.insert(partition, offset);
         let truth = label.label.index();
-        let queued = self.hold.is_holding(partition);
-        if self.hold.enabled() && (queued || !self.monitor.knows_review(&label.review_id)) {
+        if self.hold.enabled() && !self.monitor.knows_review(&label.review_id) {
             let waits_for = self.unread_predictions().await;
-            if queued || self.hold.should_wait(&waits_for) {
+            if self.hold.should_wait(&waits_for) {
                 let pushed_out = self.hold.hold(
                     (&label.review_id, truth),
                     (partition, offset),
@@ -514,16 +523,13 @@ impl Worker {
         self.hold.unread(&ends)
     }
 
-    /// Applies every held label that may go now (their partitions' offsets are stored after).
+    /// Gives up on every held label whose predictions were read and whose grace time passed (their
+    /// partitions' offsets are stored after).
     async fn release_held(&mut self) -> Result<(), Abandoned> {
         let mut released = false;
         let now = std::time::Instant::now();
-        while let Some((label, why)) = {
-            let monitor = &self.monitor;
-            self.hold
-                .release(now, |review_id| monitor.knows_review(review_id))
-        } {
-            self.count_release(why);
+        while let Some(label) = self.hold.next_waited_out(now) {
+            self.count_release(Release::WaitedOut);
             self.labels_freed.insert(label.partition);
             released = true;
             self.apply_label(&label.review_id, label.truth, label.partition, label.offset)
@@ -585,7 +591,11 @@ impl Worker {
         partition: i32,
         offset: i64,
     ) -> Result<(), Abandoned> {
-        let mut joined = self.monitor.add_label(review_id, truth, partition, offset);
+        let read = self.labels_read.get(&partition).copied().unwrap_or(offset);
+        let resolved_through = self.hold.resolved_through(partition, read);
+        let mut joined =
+            self.monitor
+                .add_label(review_id, truth, (partition, offset), resolved_through);
         if let LabelJoin::Untracked(model) = &joined
             && !self.monitor.is_retired(model)
         {
@@ -598,7 +608,9 @@ impl Worker {
             info!(model = %model.name, version = %model.version,
                 "tracking the version a human label refers to (predicted before a restart)");
             self.monitor.track(model, reference, feedback);
-            joined = self.monitor.add_label(review_id, truth, partition, offset);
+            joined =
+                self.monitor
+                    .add_label(review_id, truth, (partition, offset), resolved_through);
         }
         match joined {
             LabelJoin::Joined(model) => {
@@ -647,6 +659,13 @@ impl Worker {
             message.partition(),
             message.offset(),
         );
+        for label in self.hold.take_predicted(&prediction.review_id) {
+            self.count_release(Release::Predicted);
+            self.labels_freed.insert(label.partition);
+            self.apply_label(&label.review_id, label.truth, label.partition, label.offset)
+                .await?;
+            self.show_held();
+        }
         match outcome {
             Outcome::Retired => {
                 metrics::counter!("sentiflow_drift_retired_predictions_total").increment(1);

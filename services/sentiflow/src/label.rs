@@ -158,13 +158,25 @@ fn feedback(
         .filter(|reviewer| !reviewer.is_empty())
         .or_else(|| reviewer.map(str::to_owned))
         .ok_or("no reviewer: add a reviewer column or pass --reviewer")?;
-    let review_id = row.review_id.trim().to_owned();
     let note = row.note.filter(|note| !note.is_empty());
+    let event = label_event(row.review_id.trim().to_owned(), label, reviewer, note, now);
+    event.validate().map_err(|error| error.to_string())?;
+    Ok(event)
+}
+
+/// A `labels.feedback` event whose id is derived from what it says (not validated).
+pub(crate) fn label_event(
+    review_id: String,
+    label: Sentiment,
+    reviewer: String,
+    note: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> LabelFeedback {
     let identity = format!(
         "{review_id}\u{1f}{label}\u{1f}{reviewer}\u{1f}{}",
         note.as_deref().unwrap_or_default()
     );
-    let event = LabelFeedback {
+    LabelFeedback {
         schema_version: SCHEMA_VERSION,
         event_id: uuid::Uuid::new_v5(&LABEL_NAMESPACE, identity.as_bytes()).to_string(),
         event_time: now,
@@ -172,9 +184,7 @@ fn feedback(
         label,
         reviewer,
         note,
-    };
-    event.validate().map_err(|error| error.to_string())?;
-    Ok(event)
+    }
 }
 
 /// Every label row of `path` with its 1-based line (CSV: the header is line 1) or record number.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -159,6 +160,67 @@ pub struct UpArgs {
     /// Training weight of human labels in those retrains (the same flag as `sentiflow trainer`).
     #[command(flatten)]
     pub label_weights: sentiflow_trainer::dataset::LabelWeights,
+
+    /// Share of the replayed labelled rows (chosen by a hash of the review id) whose corpus label is
+    /// also published to labels.feedback as a reviewer's, right after each block: drift joins them to
+    /// the predictions (the feedback macro-F1 signal) and curation prefers them. 0 publishes none.
+    #[arg(long, env = "SENTIFLOW_UP_HUMAN_LABELS", default_value_t = 0.05, value_parser = parse_share)]
+    pub human_labels: f64,
+}
+
+/// A share in [0, 1].
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number between 0 and 1, got {text:?}"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{share} is not between 0 and 1"))
+    }
+}
+
+/// Reviewer name of the labels `up` publishes for a share of the replayed rows.
+pub const REPLAY_REVIEWER: &str = "up-replay";
+
+/// The `labels.feedback` events for the share `share` of `records` (raw reviews) that carry a label,
+/// chosen by a hash of the review id (the same rows every run).
+fn replay_labels(records: &[Record], share: f64) -> Vec<Record> {
+    if share <= 0.0 {
+        return Vec::new();
+    }
+    let now = chrono::Utc::now();
+    records
+        .iter()
+        .filter_map(|record| {
+            let review: sentiflow_common::events::RawReview =
+                serde_json::from_slice(&record.payload).ok()?;
+            let label = review.label?;
+            // FNV-1a: stable across builds and platforms, unlike std's hasher.
+            let hash = review
+                .review_id
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+            if (hash % 1_000_000) as f64 >= share * 1_000_000.0 {
+                return None;
+            }
+            let event = crate::label::label_event(
+                review.review_id,
+                label,
+                REPLAY_REVIEWER.to_owned(),
+                None,
+                now,
+            );
+            Some(Record {
+                key: event.review_id.clone(),
+                payload: serde_json::to_vec(&event).ok()?,
+                lossy_utf8: false,
+            })
+        })
+        .collect()
 }
 
 /// What one `up` run did (the CLI prints it as it goes; tests assert on it).
@@ -168,6 +230,10 @@ pub struct UpReport {
     pub published: u64,
     /// The closed loop as the shift scenario saw it (None in plain and without a replay).
     pub closed_loop: Option<LoopReport>,
+    /// Human labels published with the replay (`--human-labels`).
+    pub labels_published: u64,
+    /// Drift's label join when the replay (and the loop) ended: (joined, held, unmatched).
+    pub labels_seen_by_drift: (u64, u64, u64),
 }
 
 /// The closed loop during a shift replay.
@@ -389,11 +455,18 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
         );
         outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
-            result = run => result.map(|(published, closed_loop)| {
-                report.published = published;
+            result = run => result.map(|(published, closed_loop): (Published, _)| {
+                report.published = published.rows;
+                report.labels_published = published.labels;
                 report.closed_loop = closed_loop;
             }),
         };
+        let drift = &stack.drift.stats;
+        report.labels_seen_by_drift = (
+            drift.labels_joined.load(Ordering::Relaxed),
+            drift.labels_held.load(Ordering::Relaxed),
+            drift.labels_unmatched.load(Ordering::Relaxed),
+        );
     }
     print_where_to_look(
         &kafka_server.bootstrap_servers(),
@@ -421,7 +494,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     outcome.map(|()| report)
 }
 
-/// Replays the corpus as the scenario says; returns the rows published and, for a shift, the loop.
+/// Replays the corpus as the scenario says; returns what was published and, for a shift, the loop.
 async fn run_replay(
     plan: &Replay,
     args: &UpArgs,
@@ -430,7 +503,7 @@ async fn run_replay(
     stack: &Stack,
     registry: &Registry,
     confirm_after: u64,
-) -> anyhow::Result<(u64, Option<LoopReport>)> {
+) -> anyhow::Result<(Published, Option<LoopReport>)> {
     match plan {
         Replay::Plain => {
             let records = corpus::read_records(corpus_path, args.format, args.limit)?;
@@ -438,8 +511,15 @@ async fn run_replay(
                 what: format!("rows of {}", corpus_path.display()),
                 records: &records,
             }];
-            let replayed =
-                replay_blocks(&blocks, args.rate, kafka_args, stack, console_visible()).await?;
+            let replayed = replay_blocks(
+                &blocks,
+                args,
+                args.rate,
+                kafka_args,
+                stack,
+                console_visible(),
+            )
+            .await?;
             Ok((replayed.published, None))
         }
         Replay::Shift(plan) => {
@@ -477,9 +557,16 @@ struct Block<'a> {
     records: &'a [Record],
 }
 
+/// Rows and human labels a replay published.
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    rows: u64,
+    labels: u64,
+}
+
 /// What a replay did, reconciled.
 struct Replayed {
-    published: u64,
+    published: Published,
     /// The stack's totals when each block had been processed (the first entry: before the replay).
     marks: Vec<Marks>,
 }
@@ -488,6 +575,7 @@ struct Replayed {
 /// infer and drift, then prints the reconciliation of the whole replay.
 async fn replay_blocks(
     blocks: &[Block<'_>],
+    args: &UpArgs,
     rate: Option<u32>,
     kafka_args: &KafkaArgs,
     stack: &Stack,
@@ -498,6 +586,7 @@ async fn replay_blocks(
     let mut marks = vec![first];
     let started = Instant::now();
     let mut published = 0u64;
+    let mut labels_published = 0u64;
     for block in blocks {
         let lossy = block
             .records
@@ -529,6 +618,21 @@ async fn replay_blocks(
         .await?;
         bar.finish();
         published += summary.published;
+        // Reviewers answer right away: labels published now overtake the predictions of the block's
+        // last rows, which drift holds them for.
+        let labels = replay_labels(block.records, args.human_labels);
+        if !labels.is_empty() {
+            let hidden = replay::progress_bar(labels.len() as u64, "labels", false);
+            let sent = replay::publish(
+                &producer,
+                &kafka_args.topic(topics::LABELS_FEEDBACK),
+                &labels,
+                None,
+                &hidden,
+            )
+            .await?;
+            labels_published += sent.published;
+        }
         marks.push(
             stack
                 .wait_processed(&before, summary.published, STALL, visible)
@@ -573,7 +677,13 @@ async fn replay_blocks(
     }
     let Some(model) = stack.infer.slot.current() else {
         println!("  infer: no champion is serving (see --no-bootstrap), so nothing was predicted");
-        return Ok(Replayed { published, marks });
+        return Ok(Replayed {
+            published: Published {
+                rows: published,
+                labels: labels_published,
+            },
+            marks,
+        });
     };
     println!(
         "  consumed by infer          {:>8}  ({:.0} events/s from the first raw event, model {} {} on {})",
@@ -604,7 +714,23 @@ async fn replay_blocks(
         "  consumed by drift          {:>8}  predictions",
         done.watched
     );
-    Ok(Replayed { published, marks })
+    if labels_published > 0 {
+        let drift = &stack.drift.stats;
+        println!(
+            "  human labels               {labels_published:>8}  to labels.feedback ({:.0} % of the labelled rows, reviewer {REPLAY_REVIEWER}); drift so far: {} joined, {} held for their prediction, {} unmatched (rows dropped or dead-lettered have none)",
+            args.human_labels * 100.0,
+            drift.labels_joined.load(Ordering::Relaxed),
+            drift.labels_held.load(Ordering::Relaxed),
+            drift.labels_unmatched.load(Ordering::Relaxed),
+        );
+    }
+    Ok(Replayed {
+        published: Published {
+            rows: published,
+            labels: labels_published,
+        },
+        marks,
+    })
 }
 
 /// The shift scenario: airline tweets, then the other topics; then waits for the retrain drift asked
@@ -616,7 +742,7 @@ async fn run_shift(
     stack: &Stack,
     registry: &Registry,
     confirm_after: u64,
-) -> anyhow::Result<(u64, LoopReport)> {
+) -> anyhow::Result<(Published, LoopReport)> {
     let serving_before = serving_version(stack);
     let replay_started = chrono::Utc::now();
     let trainer_before = stack.trainer.stats.snapshot();
@@ -645,7 +771,7 @@ async fn run_shift(
     ];
     let rate = Some(args.rate.unwrap_or(SHIFT_DEFAULT_RATE));
     // The service logs tell the story; progress bars would only garble them.
-    let replayed = replay_blocks(&blocks, rate, kafka_args, stack, false).await?;
+    let replayed = replay_blocks(&blocks, args, rate, kafka_args, stack, false).await?;
     let (before_predictions, shifted_predictions) = match replayed.marks.as_slice() {
         [start, before_shift, after_shift] => (
             before_shift.since(start).predictions,
