@@ -165,14 +165,19 @@ impl LabelHold {
         self.remove(oldest)
     }
 
-    /// The held labels of `review_id`, whose prediction was just read (in the order read).
-    pub fn take_predicted(&mut self, review_id: &str) -> Vec<HeldLabel> {
-        let Some(keys) = self.by_review.remove(review_id) else {
-            return Vec::new();
-        };
-        keys.into_iter()
-            .filter_map(|key| self.held.remove(&key))
-            .collect()
+    /// The keys (partition, offset) of the held labels of `review_id`, whose prediction was just
+    /// read, in the order read. Take each with [`Self::take`] just before applying it: the ones not
+    /// yet applied must still count as held for [`Self::resolved_through`].
+    pub fn predicted(&self, review_id: &str) -> Vec<(i32, i64)> {
+        let mut keys = self.by_review.get(review_id).cloned().unwrap_or_default();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Takes the held label at `key` out of the hold.
+    pub fn take(&mut self, key: (i32, i64)) -> Option<HeldLabel> {
+        self.remove(key)
     }
 
     /// The next held label to give up on at `now`: its predictions were read and its grace passed.
@@ -201,12 +206,23 @@ impl LabelHold {
             .map_or(read, |(&(_, first), _)| (first - 1).min(read))
     }
 
+    /// The first held label of each partition, jumping from partition to partition (the hold may
+    /// be large; the partitions are few).
     fn first_per_partition(&self) -> impl Iterator<Item = &HeldLabel> {
-        let mut last_partition = None;
-        self.held.values().filter(move |label| {
-            let first = last_partition != Some(label.partition);
-            last_partition = Some(label.partition);
-            first
+        let mut next = self
+            .held
+            .first_key_value()
+            .map(|(&(partition, _), _)| partition);
+        std::iter::from_fn(move || {
+            let partition = next?;
+            let (_, label) = self.held.range((partition, i64::MIN)..).next()?;
+            next = partition.checked_add(1).and_then(|after| {
+                self.held
+                    .range((after, i64::MIN)..)
+                    .next()
+                    .map(|(&(partition, _), _)| partition)
+            });
+            Some(label)
         })
     }
 
@@ -269,18 +285,37 @@ mod tests {
         assert_eq!(hold.resolved_through(3, 42), 39);
         assert_eq!(hold.safe_offset(4, 7), Some(6));
         assert_eq!(hold.safe_offset(5, 9), Some(9), "nothing held there");
-        assert_eq!(hold.take_predicted("r-other"), vec![]);
+        assert_eq!(hold.predicted("r-other"), vec![]);
 
         // r2's prediction is read first: it goes although r1 before it is still held.
-        let r2 = hold.take_predicted("r2");
-        assert_eq!(r2.len(), 1);
-        assert_eq!((r2[0].review_id.as_str(), r2[0].offset), ("r2", 42));
+        assert_eq!(hold.predicted("r2"), vec![(3, 42)]);
+        let r2 = hold.take((3, 42)).unwrap();
+        assert_eq!((r2.review_id.as_str(), r2.offset), ("r2", 42));
         assert_eq!(hold.safe_offset(3, 42), Some(39));
-        let r1 = hold.take_predicted("r1");
-        assert_eq!(r1[0].offset, 40);
-        assert_eq!(hold.safe_offset(3, 42), Some(42));
+        assert_eq!(hold.take((3, 42)), None, "taken once");
+        // Two labels of r1: while the first is applied, the second still counts as held.
+        assert!(hold.hold(("r1", 0), (3, 43), vec![], start).is_none());
+        let keys = hold.predicted("r1");
+        assert_eq!(keys, vec![(3, 40), (3, 43)]);
+        assert_eq!(hold.take(keys[0]).unwrap().offset, 40);
+        assert_eq!(hold.resolved_through(3, 43), 42, "43 is still held");
+        assert_eq!(hold.take(keys[1]).unwrap().offset, 43);
+        assert_eq!(hold.resolved_through(3, 43), 43);
         assert_eq!(hold.len(), 1);
-        assert!(hold.take_predicted("r1").is_empty());
+        assert!(hold.predicted("r1").is_empty());
+        // Many partitions: the first of each is found.
+        for partition in 10..20 {
+            hold.hold(("p", 0), (partition, 5), vec![], start);
+            hold.hold(("p", 0), (partition, 6), vec![], start);
+        }
+        let later = start + Duration::from_secs(31);
+        let mut gone = Vec::new();
+        while let Some(label) = hold.next_waited_out(later) {
+            gone.push((label.partition, label.offset));
+        }
+        assert_eq!(gone.len(), 21);
+        assert_eq!(&gone[..3], &[(4, 7), (10, 5), (10, 6)]);
+        assert!(hold.is_empty());
     }
 
     #[test]
@@ -309,7 +344,7 @@ mod tests {
         let label = hold.next_waited_out(later).unwrap();
         assert_eq!(label.review_id, "r1");
         assert!(hold.is_empty());
-        assert!(hold.take_predicted("r1").is_empty(), "forgotten with it");
+        assert!(hold.predicted("r1").is_empty(), "forgotten with it");
 
         // Without a grace time a label waits only for the predictions.
         let mut quick = hold_with_grace(0);
@@ -352,10 +387,7 @@ mod tests {
         assert_eq!(pushed.review_id, "a1", "same time: the lower partition");
         assert_eq!(hold.len(), 3);
         assert_eq!(hold.safe_offset(0, 3), Some(1));
-        assert!(
-            hold.take_predicted("b1").is_empty(),
-            "pushed out, forgotten"
-        );
+        assert!(hold.predicted("b1").is_empty(), "pushed out, forgotten");
 
         let off = LabelHold::new(0, Duration::from_secs(30), HashMap::new());
         assert!(!off.enabled());

@@ -131,9 +131,30 @@ pub struct FeedbackState {
     #[serde(default)]
     pub applied: BTreeMap<i32, i64>,
     /// Per partition, the offsets beyond `applied` applied to this version (a label whose prediction
-    /// was read while an earlier one still waited for its own).
+    /// was read while an earlier one still waited for its own), as inclusive ranges: labels applied
+    /// while one is held are mostly consecutive, so the state stays small.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub applied_beyond: BTreeMap<i32, Vec<i64>>,
+    pub applied_beyond: BTreeMap<i32, Vec<(i64, i64)>>,
+}
+
+/// Consecutive offsets as inclusive ranges.
+fn to_ranges(offsets: &BTreeSet<i64>) -> Vec<(i64, i64)> {
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for &offset in offsets {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == offset => *end = offset,
+            _ => ranges.push((offset, offset)),
+        }
+    }
+    ranges
+}
+
+/// The offsets of inclusive ranges (reversed or overlapping ones are read as written).
+fn from_ranges(ranges: &[(i64, i64)]) -> BTreeSet<i64> {
+    ranges
+        .iter()
+        .flat_map(|&(start, end)| start..=end)
+        .collect()
 }
 
 /// How a human label met the predictions.
@@ -278,8 +299,8 @@ impl Monitor {
             labels_applied: feedback.applied,
             labels_beyond: feedback
                 .applied_beyond
-                .into_iter()
-                .map(|(partition, offsets)| (partition, offsets.into_iter().collect()))
+                .iter()
+                .map(|(&partition, ranges)| (partition, from_ranges(ranges)))
                 .collect(),
         });
     }
@@ -296,7 +317,7 @@ impl Monitor {
             applied_beyond: state
                 .labels_beyond
                 .iter()
-                .map(|(&partition, offsets)| (partition, offsets.iter().copied().collect()))
+                .map(|(&partition, offsets)| (partition, to_ranges(offsets)))
                 .collect(),
         })
     }
@@ -1129,7 +1150,12 @@ mod tests {
         );
         let saved = before.feedback_state(&v1).unwrap();
         assert_eq!(saved.applied, BTreeMap::from([(0, 4)]));
-        assert_eq!(saved.applied_beyond, BTreeMap::from([(0, vec![6, 7])]));
+        assert_eq!(saved.applied_beyond, BTreeMap::from([(0, vec![(6, 7)])]));
+        assert_eq!(
+            to_ranges(&BTreeSet::from([3, 4, 5, 9, 11, 12])),
+            vec![(3, 5), (9, 9), (11, 12)]
+        );
+        assert_eq!(from_ranges(&[(3, 5), (9, 9)]), BTreeSet::from([3, 4, 5, 9]));
         let json = serde_json::to_string(&saved).unwrap();
         assert_eq!(serde_json::from_str::<FeedbackState>(&json).unwrap(), saved);
 

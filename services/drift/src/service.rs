@@ -309,20 +309,25 @@ impl Worker {
         if let Some(state) = state.as_mut()
             && !self.label_ends.is_empty()
         {
-            let before_end = |partition: &i32, offset: i64| {
-                self.label_ends
-                    .get(partition)
-                    .is_some_and(|&end| offset < end)
+            // This process read up to `labels_read` itself (a version rolled back to was saved by it).
+            let end = |partition: &i32| {
+                let read = self.labels_read.get(partition).map(|&read| read + 1);
+                self.label_ends.get(partition).copied().max(read)
             };
+            let before_end =
+                |partition: &i32, offset: i64| end(partition).is_some_and(|end| offset < end);
             state
                 .applied
                 .retain(|partition, offset| before_end(partition, *offset));
-            for (partition, offsets) in &mut state.applied_beyond {
-                offsets.retain(|&offset| before_end(partition, offset));
+            for (partition, ranges) in &mut state.applied_beyond {
+                ranges.retain(|&(start, _)| before_end(partition, start));
+                if let Some(end) = end(partition) {
+                    for range in ranges.iter_mut() {
+                        range.1 = range.1.min(end - 1);
+                    }
+                }
             }
-            state
-                .applied_beyond
-                .retain(|_, offsets| !offsets.is_empty());
+            state.applied_beyond.retain(|_, ranges| !ranges.is_empty());
         }
         Ok(state)
     }
@@ -659,7 +664,10 @@ impl Worker {
             message.partition(),
             message.offset(),
         );
-        for label in self.hold.take_predicted(&prediction.review_id) {
+        for key in self.hold.predicted(&prediction.review_id) {
+            let Some(label) = self.hold.take(key) else {
+                continue;
+            };
             self.count_release(Release::Predicted);
             self.labels_freed.insert(label.partition);
             self.apply_label(&label.review_id, label.truth, label.partition, label.offset)

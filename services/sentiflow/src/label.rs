@@ -155,10 +155,15 @@ fn feedback(
     })?;
     let reviewer = row
         .reviewer
+        .map(|reviewer| reviewer.trim().to_owned())
         .filter(|reviewer| !reviewer.is_empty())
-        .or_else(|| reviewer.map(str::to_owned))
+        .or_else(|| reviewer.map(|reviewer| reviewer.trim().to_owned()))
+        .filter(|reviewer| !reviewer.is_empty())
         .ok_or("no reviewer: add a reviewer column or pass --reviewer")?;
-    let note = row.note.filter(|note| !note.is_empty());
+    let note = row
+        .note
+        .map(|note| note.trim().to_owned())
+        .filter(|note| !note.is_empty());
     let event = label_event(row.review_id.trim().to_owned(), label, reviewer, note, now);
     event.validate().map_err(|error| error.to_string())?;
     Ok(event)
@@ -225,7 +230,8 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<(u64, LabelRow)>> {
         Ok(rows)
     } else if name.contains(".csv") {
         let mut csv = csv::ReaderBuilder::new()
-            .flexible(false)
+            // Flexible: a short row is reported with its line number (a missing field).
+            .flexible(true)
             .from_reader(reader);
         let headers = csv
             .headers()
@@ -297,6 +303,8 @@ mod tests {
 
         let unknown = feedback(row("r-1", "angry", None), Some("ana"), now).unwrap_err();
         assert!(unknown.contains("not one of negative"), "{unknown}");
+        let blank = feedback(row("r-1", "neutral", Some("  ")), Some(" "), now).unwrap_err();
+        assert!(blank.contains("no reviewer"), "{blank}");
         let nobody = feedback(row("r-1", "neutral", Some("")), None, now).unwrap_err();
         assert!(nobody.contains("no reviewer"), "{nobody}");
         let no_id = feedback(row("  ", "neutral", None), Some("ana"), now).unwrap_err();
