@@ -717,7 +717,7 @@ async fn replay_blocks(
     if labels_published > 0 {
         let drift = &stack.drift.stats;
         println!(
-            "  human labels               {labels_published:>8}  to labels.feedback ({:.0} % of the labelled rows, reviewer {REPLAY_REVIEWER}); drift so far: {} joined, {} held for their prediction, {} unmatched (rows dropped or dead-lettered have none)",
+            "  human labels               {labels_published:>8}  to labels.feedback ({:.0} % of the labelled rows, reviewer {REPLAY_REVIEWER}); drift so far: {} joined, {} held for their prediction, {} unmatched (a row ingest dropped as a duplicate or dead-lettered has no prediction: its label is held for --label-grace-secs, then unmatched)",
             args.human_labels * 100.0,
             drift.labels_joined.load(Ordering::Relaxed),
             drift.labels_held.load(Ordering::Relaxed),
