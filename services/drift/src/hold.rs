@@ -251,7 +251,7 @@ impl LabelHold {
 mod tests {
     use super::*;
 
-    fn hold(capacity: usize, grace_secs: u64) -> LabelHold {
+    fn new_hold(capacity: usize, grace_secs: u64) -> LabelHold {
         LabelHold::new(
             capacity,
             Duration::from_secs(grace_secs),
@@ -263,7 +263,7 @@ mod tests {
     fn a_held_label_goes_when_its_prediction_is_read_and_the_stored_offset_stays_before_the_first_held()
      {
         let start = Instant::now();
-        let mut hold = hold(100, 30);
+        let mut hold = new_hold(100, 30);
         let ends = HashMap::from([(0, 12), (1, 5), (7, 3)]);
         let waits = hold.unread(&ends);
         assert_eq!(
@@ -323,7 +323,7 @@ mod tests {
      {
         let start = Instant::now();
         let later = start + Duration::from_secs(31);
-        let mut hold = hold(100, 30);
+        let mut hold = new_hold(100, 30);
         let waits = hold.unread(&HashMap::from([(0, 12)]));
         hold.hold(("r1", 2), (0, 0), waits, start);
         assert_eq!(hold.safe_offset(0, 0), None, "nothing before it to store");
@@ -347,7 +347,7 @@ mod tests {
         assert!(hold.predicted("r1").is_empty(), "forgotten with it");
 
         // Without a grace time a label waits only for the predictions.
-        let mut quick = hold_with_grace(0);
+        let mut quick = new_hold(100, 0);
         assert!(!quick.should_wait(&[]), "nothing to wait for");
         let waits = quick.unread(&HashMap::from([(1, 6)]));
         assert!(quick.should_wait(&waits));
@@ -369,15 +369,11 @@ mod tests {
         assert_eq!(quick.unread(&HashMap::from([(9, 5)])), vec![(9, 5)]);
     }
 
-    fn hold_with_grace(grace_secs: u64) -> LabelHold {
-        hold(100, grace_secs)
-    }
-
     #[test]
     fn a_full_hold_lets_the_label_held_longest_go_and_capacity_zero_holds_nothing() {
         let start = Instant::now();
         let second = start + Duration::from_secs(1);
-        let mut hold = hold(3, 30);
+        let mut hold = new_hold(3, 30);
         assert!(hold.hold(("b1", 0), (1, 1), vec![], start).is_none());
         assert!(hold.hold(("a1", 0), (0, 1), vec![], second).is_none());
         assert!(hold.hold(("b2", 0), (1, 2), vec![], second).is_none());

@@ -401,6 +401,7 @@ impl Worker {
                 }
                 self.monitor.safe_offset(topic, partition, offset)
             } else if topic == self.topics.labels {
+                // Also for a label that went to the dead-letter topic: it is dealt with too.
                 self.labels_read.insert(partition, offset);
                 self.hold.safe_offset(partition, offset)
             } else {

@@ -153,20 +153,20 @@ fn feedback(
             row.label
         )
     })?;
-    let reviewer = row
-        .reviewer
-        .map(|reviewer| reviewer.trim().to_owned())
-        .filter(|reviewer| !reviewer.is_empty())
-        .or_else(|| reviewer.map(|reviewer| reviewer.trim().to_owned()))
-        .filter(|reviewer| !reviewer.is_empty())
+    let reviewer = non_blank(row.reviewer.as_deref())
+        .or_else(|| non_blank(reviewer))
         .ok_or("no reviewer: add a reviewer column or pass --reviewer")?;
-    let note = row
-        .note
-        .map(|note| note.trim().to_owned())
-        .filter(|note| !note.is_empty());
+    let note = non_blank(row.note.as_deref());
     let event = label_event(row.review_id.trim().to_owned(), label, reviewer, note, now);
     event.validate().map_err(|error| error.to_string())?;
     Ok(event)
+}
+
+/// `text` trimmed, unless that leaves nothing.
+fn non_blank(text: Option<&str>) -> Option<String> {
+    text.map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(str::to_owned)
 }
 
 /// A `labels.feedback` event whose id is derived from what it says (not validated).
