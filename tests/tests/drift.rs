@@ -1407,6 +1407,39 @@ async fn labels_published_with_sentiflow_label_join_and_a_file_with_a_bad_row_pu
         reviewers.into_iter().collect::<Vec<_>>(),
         ["ana", "bo", "tool-7"]
     );
+
+    // The CSV file published again counts nothing twice; a reviewer's correction replaces a label.
+    label(&["--file", csv_path.to_str().unwrap(), "--reviewer", "ana"])
+        .await
+        .expect("the CSV file is published again");
+    let stats = running.stats.clone();
+    assert!(
+        sentiflow_tests::eventually(WAIT, || stats.labels_duplicate.load(Relaxed) == 40).await,
+        "40 duplicates, {} joined",
+        stats.labels_joined.load(Relaxed)
+    );
+    let corrected = Sentiment::ALL
+        .into_iter()
+        .find(|class| *class != a[0].1)
+        .unwrap()
+        .to_string();
+    label(&[
+        "--review-id",
+        "review-0",
+        "--label",
+        &corrected,
+        "--reviewer",
+        "bo",
+    ])
+    .await
+    .expect("a correction");
+    assert!(
+        sentiflow_tests::eventually(WAIT, || stats.labels_relabelled.load(Relaxed) == 1).await,
+        "the correction replaced the earlier label"
+    );
+    assert_eq!(stats.labels_joined.load(Relaxed), 61, "60 + the correction");
+    assert_eq!(stats.labels_duplicate.load(Relaxed), 40);
+    assert_eq!(stats.labels_unmatched.load(Relaxed), 0);
     stop_drift(running, shutdown).await;
 }
 

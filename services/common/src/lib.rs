@@ -14,6 +14,7 @@
 //! - [`store`]: Redis with reconnection and a readiness probe.
 //! - [`health`]: liveness/readiness state behind `/healthz` and `/readyz`.
 //! - [`telemetry`]: tracing, Prometheus metrics and the HTTP server.
+//! - [`hash`]: stable 64-bit hashes (FNV-1a, MurmurHash3's finaliser).
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`cache`]: where the setup put Kafka jars, ONNX Runtime, corpora and lexicons.
@@ -23,6 +24,7 @@ pub mod catalogue;
 pub mod config;
 pub mod dlq;
 pub mod events;
+pub mod hash;
 pub mod health;
 pub mod kafka;
 pub mod retry;

@@ -174,8 +174,9 @@ pub struct DriftConfig {
     #[arg(long, env = "SENTIFLOW_DRIFT_LOCK_TTL_SECS", default_value_t = 7200)]
     pub lock_ttl_secs: u64,
 
-    /// Labelled predictions (from `labels.feedback`) in the rolling macro-F1 window; the first full
-    /// window of a version is its baseline.
+    /// Labelled predictions (from `labels.feedback`) in the rolling macro-F1 window, one per review
+    /// (a label repeated for a review in the window is not counted twice; a different one replaces
+    /// it); the first full window of a version is its baseline.
     #[arg(long, env = "SENTIFLOW_DRIFT_FEEDBACK_WINDOW", default_value_t = 200)]
     pub feedback_window: usize,
 

@@ -10,7 +10,8 @@
 //!   `sentiflow_drift_retrain_decisions_total{outcome}`, `sentiflow_drift_last_retrain_timestamp_seconds`,
 //!   `sentiflow_drift_retrain_lock_releases_total`;
 //! - the human-label join (counted where it happens): `sentiflow_drift_labels_joined_total`,
-//!   `_labels_unmatched_total`, `_labels_replayed_total`, `_join_warmup_predictions_total`,
+//!   `_labels_unmatched_total`, `_labels_replayed_total`, `_labels_relabelled_total` (also joined),
+//!   `_labels_duplicate_total`, `_join_warmup_predictions_total`,
 //!   `_labels_held_total`, `_held_labels`, `_labels_released_total{reason}`;
 //! - consumer lag: `sentiflow_drift_consumer_lag_messages{topic,partition}` (from common).
 

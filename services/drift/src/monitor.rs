@@ -104,8 +104,8 @@ pub struct VersionState {
     pub scan: Option<ClassMixScan>,
     /// Confirmation state.
     pub confirmation: Confirmation,
-    /// Rolling (predicted, true) class indices from human labels.
-    pub feedback: VecDeque<(usize, usize)>,
+    /// The latest human label of each of the last reviews labelled, oldest first.
+    pub feedback: VecDeque<FeedbackLabel>,
     /// Macro-F1 of the first full feedback window.
     pub feedback_baseline: Option<f64>,
     /// Per `labels.feedback` partition, the offset up to which every label had been dealt with when
@@ -115,6 +115,24 @@ pub struct VersionState {
     pub labels_beyond: BTreeMap<i32, BTreeSet<i64>>,
 }
 
+/// One human label in a version's label window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedbackLabel {
+    /// [`review_key`] of the review; `None` for labels restored from a state written before keys were
+    /// kept (they cannot be recognised as labelled again).
+    pub review: Option<u64>,
+    /// The class the version predicted.
+    pub predicted: usize,
+    /// The class the reviewer gave.
+    pub truth: usize,
+}
+
+/// The key a review is known by in a label window: 8 bytes instead of the id, stable across restarts.
+/// A collision (about 1 in 10^16 per pair of reviews) would take one review's label for the other's.
+pub fn review_key(review_id: &str) -> u64 {
+    sentiflow_common::hash::fnv1a64(review_id.as_bytes())
+}
+
 /// The human-label state of one version: kept in Redis so a restart neither loses the labels read
 /// before it (their offsets are stored once applied) nor takes a degraded model's score as the new
 /// baseline.
@@ -122,6 +140,11 @@ pub struct VersionState {
 pub struct FeedbackState {
     /// Rolling (predicted, true) class indices, oldest first.
     pub pairs: Vec<(usize, usize)>,
+    /// The [`review_key`] of each pair, in the same order (`null` for a label restored from a state
+    /// written before keys were kept). Empty in such states: their labels count, but a review among
+    /// them labelled again is not recognised.
+    #[serde(default)]
+    pub reviews: Vec<Option<u64>>,
     /// Macro-F1 of the first full feedback window.
     pub baseline: Option<f64>,
     /// Per `labels.feedback` partition, the offset up to which every label had been dealt with
@@ -162,6 +185,12 @@ fn from_ranges(ranges: &[(i64, i64)]) -> BTreeSet<i64> {
 pub enum LabelJoin {
     /// Joined to the prediction of this version and added to its label window.
     Joined(ModelRef),
+    /// A review already in this version's label window labelled again with a different class: the
+    /// new label replaces the earlier one (the latest label of a review wins, as in curation).
+    Relabelled(ModelRef),
+    /// A review already in this version's label window labelled again with the same class (a labels
+    /// file published twice, two reviewers agreeing): not counted twice.
+    Duplicate(ModelRef),
     /// Already applied to this version before a restart (read again): not counted twice.
     Replayed(ModelRef),
     /// The review was predicted by this version, which has no state in this process yet (a
@@ -169,6 +198,14 @@ pub enum LabelJoin {
     Untracked(ModelRef),
     /// No remembered prediction of the review.
     Unmatched,
+}
+
+/// The (predicted, true) class pairs of a label window, oldest first.
+fn feedback_pairs(feedback: &VecDeque<FeedbackLabel>) -> Vec<(usize, usize)> {
+    feedback
+        .iter()
+        .map(|label| (label.predicted, label.truth))
+        .collect()
 }
 
 /// A window that closed, ready to be reported.
@@ -276,10 +313,21 @@ impl Monitor {
         let scan = reference.as_ref().and_then(|r| self.new_scan(r));
         let feedback = feedback.unwrap_or_default();
         let classes = Sentiment::ALL.len();
-        let mut pairs: VecDeque<(usize, usize)> = feedback
+        let keys_kept = feedback.reviews.len() == feedback.pairs.len();
+        let mut pairs: VecDeque<FeedbackLabel> = feedback
             .pairs
-            .into_iter()
-            .filter(|&(predicted, truth)| predicted < classes && truth < classes)
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(predicted, truth))| predicted < classes && truth < classes)
+            .map(|(at, &(predicted, truth))| FeedbackLabel {
+                review: if keys_kept {
+                    feedback.reviews[at]
+                } else {
+                    None
+                },
+                predicted,
+                truth,
+            })
             .collect();
         while pairs.len() > self.feedback_window {
             pairs.pop_front();
@@ -311,7 +359,12 @@ impl Monitor {
             .versions
             .get(&(model.name.clone(), model.version.clone()))?;
         Some(FeedbackState {
-            pairs: state.feedback.iter().copied().collect(),
+            pairs: state
+                .feedback
+                .iter()
+                .map(|label| (label.predicted, label.truth))
+                .collect(),
+            reviews: state.feedback.iter().map(|label| label.review).collect(),
             baseline: state.feedback_baseline,
             applied: state.labels_applied.clone(),
             applied_beyond: state
@@ -498,7 +551,7 @@ impl Monitor {
         if state.feedback.len() < self.feedback_window {
             return None;
         }
-        let pairs: Vec<(usize, usize)> = state.feedback.iter().copied().collect();
+        let pairs = feedback_pairs(&state.feedback);
         let (macro_f1, recall) = stats::classification_scores(&pairs, 3);
         Some(FeedbackScores {
             baseline_macro_f1: baseline,
@@ -634,15 +687,38 @@ impl Monitor {
         if beyond.is_empty() {
             state.labels_beyond.remove(&partition);
         }
-        state.feedback.push_back((predicted, truth));
+        let review = review_key(review_id);
+        let earlier = state
+            .feedback
+            .iter()
+            .position(|label| label.review == Some(review));
+        if let Some(at) = earlier
+            && state.feedback[at].truth == truth
+        {
+            return LabelJoin::Duplicate(model);
+        }
+        if let Some(at) = earlier {
+            // The window holds the latest label of each review: the earlier one goes, the new one
+            // joins at the end like any label.
+            state.feedback.remove(at);
+        }
+        state.feedback.push_back(FeedbackLabel {
+            review: Some(review),
+            predicted,
+            truth,
+        });
         while state.feedback.len() > self.feedback_window {
             state.feedback.pop_front();
         }
         if state.feedback_baseline.is_none() && state.feedback.len() >= self.feedback_window {
-            let pairs: Vec<(usize, usize)> = state.feedback.iter().copied().collect();
+            let pairs = feedback_pairs(&state.feedback);
             state.feedback_baseline = Some(stats::classification_scores(&pairs, 3).0);
         }
-        LabelJoin::Joined(model)
+        if earlier.is_some() {
+            LabelJoin::Relabelled(model)
+        } else {
+            LabelJoin::Joined(model)
+        }
     }
 
     /// Whether `model` was replaced by a newer version of its name (its labels no longer count).
@@ -948,6 +1024,7 @@ mod tests {
         let mut after = Monitor::new(&config(20));
         let mut stored = saved.clone();
         stored.pairs.push((7, 0));
+        stored.reviews.push(Some(review_key("r7")));
         after.track(&model, None, Some(stored));
         assert_eq!(
             after.feedback_state(&model),
@@ -1196,6 +1273,107 @@ mod tests {
         let old: FeedbackState =
             serde_json::from_str(r#"{"pairs":[[0,0]],"baseline":null,"applied":{"0":3}}"#).unwrap();
         assert!(old.applied_beyond.is_empty());
+    }
+
+    #[test]
+    fn a_review_labelled_again_counts_once_and_its_latest_label_wins() {
+        let mut before = Monitor::new(&config(20));
+        for i in 0..20 {
+            closed(before.add(
+                &prediction(i, "v1", Sentiment::ALL[i % 3], i as i64),
+                "p",
+                0,
+                i as i64,
+            ));
+        }
+        let v1 = prediction(0, "v1", Sentiment::Negative, 0).model;
+        // 10 correct labels fill the window: baseline 1.0.
+        for i in 0..10_i64 {
+            assert_eq!(
+                before.add_label(&format!("r{i}"), i as usize % 3, (0, i), i),
+                LabelJoin::Joined(v1.clone())
+            );
+        }
+        // The same labels published again (a file sent twice): none counts, but each is dealt with.
+        for i in 0..10_i64 {
+            assert_eq!(
+                before.add_label(&format!("r{i}"), i as usize % 3, (0, 10 + i), 10 + i),
+                LabelJoin::Duplicate(v1.clone())
+            );
+        }
+        let state = before.feedback_state(&v1).unwrap();
+        assert_eq!(
+            state.pairs,
+            (0..10).map(|i| (i % 3, i % 3)).collect::<Vec<_>>()
+        );
+        assert_eq!(state.applied, BTreeMap::from([(0, 19)]));
+        // A reviewer corrects r4: the earlier label goes, the new one is the newest in the window.
+        assert_eq!(
+            before.add_label("r4", 2, (0, 20), 20),
+            LabelJoin::Relabelled(v1.clone())
+        );
+        let saved = before.feedback_state(&v1).unwrap();
+        assert_eq!(saved.pairs.len(), 10, "still one label per review");
+        assert_eq!(
+            saved.pairs.last(),
+            Some(&(1, 2)),
+            "r4: predicted 1, now labelled 2"
+        );
+        assert_eq!(saved.reviews.last(), Some(&Some(review_key("r4"))));
+        assert_eq!(saved.reviews.len(), 10);
+        assert_eq!(
+            saved.baseline,
+            Some(1.0),
+            "the baseline stays the first full window's"
+        );
+        let json = serde_json::to_string(&saved).unwrap();
+        assert_eq!(serde_json::from_str::<FeedbackState>(&json).unwrap(), saved);
+
+        // After a restart the keys come back: r4's new label again is a duplicate, its old one a
+        // correction back; a replayed offset stays a replay.
+        let mut after = Monitor::new(&config(20));
+        after.warm_joins(
+            &(0..20)
+                .map(|i| prediction(i, "v1", Sentiment::ALL[i % 3], i as i64).into())
+                .collect::<Vec<WarmPrediction>>(),
+        );
+        after.track(&v1, None, Some(saved.clone()));
+        assert_eq!(after.feedback_state(&v1), Some(saved));
+        assert_eq!(
+            after.add_label("r4", 2, (0, 20), 20),
+            LabelJoin::Replayed(v1.clone())
+        );
+        assert_eq!(
+            after.add_label("r4", 2, (0, 21), 21),
+            LabelJoin::Duplicate(v1.clone())
+        );
+        assert_eq!(
+            after.add_label("r4", 1, (0, 22), 22),
+            LabelJoin::Relabelled(v1.clone())
+        );
+        let state = after.feedback_state(&v1).unwrap();
+        assert!(
+            state
+                .pairs
+                .iter()
+                .all(|&(predicted, truth)| predicted == truth)
+        );
+
+        // A state written before keys were kept: its labels count and are never matched.
+        let old: FeedbackState =
+            serde_json::from_str(r#"{"pairs":[[0,0],[1,1]],"baseline":null,"applied":{"0":1}}"#)
+                .unwrap();
+        assert!(old.reviews.is_empty());
+        let mut upgraded = Monitor::new(&config(20));
+        upgraded.warm_joins(&[prediction(0, "v1", Sentiment::Negative, 0).into()]);
+        upgraded.track(&v1, None, Some(old));
+        assert_eq!(
+            upgraded.add_label("r0", 0, (0, 2), 2),
+            LabelJoin::Joined(v1.clone())
+        );
+        let state = upgraded.feedback_state(&v1).unwrap();
+        assert_eq!(state.pairs, vec![(0, 0), (1, 1), (0, 0)]);
+        assert_eq!(state.reviews, vec![None, None, Some(review_key("r0"))]);
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub struct DriftStats {
     pub labels_joined: AtomicU64,
     /// Human labels read again after a restart that had already been applied (not counted twice).
     pub labels_replayed: AtomicU64,
+    /// Human labels that replaced an earlier, different label of the same review in its version's
+    /// label window (also counted in `labels_joined`: they joined a prediction).
+    pub labels_relabelled: AtomicU64,
+    /// Human labels that repeated the label of a review already in its version's label window (a
+    /// file published twice, reviewers agreeing): not counted twice.
+    pub labels_duplicate: AtomicU64,
     /// Human labels that joined no prediction (after any wait in the hold).
     pub labels_unmatched: AtomicU64,
     /// Human labels held now, waiting for their prediction.
@@ -618,17 +624,31 @@ impl Worker {
                 self.monitor
                     .add_label(review_id, truth, (partition, offset), resolved_through);
         }
+        if let LabelJoin::Joined(model) | LabelJoin::Relabelled(model) | LabelJoin::Duplicate(model) =
+            &joined
+            && let Some(state) = self.monitor.feedback_state(model)
+        {
+            // Before the label's offset is stored: a restart resumes from here (a duplicate changed
+            // only the replay marks, which must be stored all the same).
+            self.retry_redis("store human-label state", || {
+                self.control.store_feedback(model, &state)
+            })
+            .await?;
+        }
         match joined {
-            LabelJoin::Joined(model) => {
-                // Before the label's offset is stored: a restart resumes from here.
-                if let Some(state) = self.monitor.feedback_state(&model) {
-                    self.retry_redis("store human-label state", || {
-                        self.control.store_feedback(&model, &state)
-                    })
-                    .await?;
-                }
+            LabelJoin::Joined(_) => {
                 self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
+            }
+            LabelJoin::Relabelled(_) => {
+                self.stats.labels_joined.fetch_add(1, Ordering::Relaxed);
+                self.stats.labels_relabelled.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sentiflow_drift_labels_joined_total").increment(1);
+                metrics::counter!("sentiflow_drift_labels_relabelled_total").increment(1);
+            }
+            LabelJoin::Duplicate(_) => {
+                self.stats.labels_duplicate.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sentiflow_drift_labels_duplicate_total").increment(1);
             }
             LabelJoin::Replayed(_) => {
                 self.stats.labels_replayed.fetch_add(1, Ordering::Relaxed);

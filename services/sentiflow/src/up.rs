@@ -197,13 +197,7 @@ fn replay_labels(records: &[Record], share: f64) -> Vec<Record> {
             let review: sentiflow_common::events::RawReview =
                 serde_json::from_slice(&record.payload).ok()?;
             let label = review.label?;
-            // FNV-1a: stable across builds and platforms, unlike std's hasher.
-            let hash = review
-                .review_id
-                .bytes()
-                .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                    (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-                });
+            let hash = sentiflow_common::hash::fnv1a64(review.review_id.as_bytes());
             if (hash % 1_000_000) as f64 >= share * 1_000_000.0 {
                 return None;
             }
