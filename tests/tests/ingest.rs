@@ -536,3 +536,254 @@ async fn invalid_configuration_is_refused_at_start() {
         .unwrap_err();
     assert!(error.to_string().contains("session timeout"), "{error}");
 }
+
+/// `sentiflow dlq …` parsed as a user types it, against this test's broker, topics and Redis keys.
+fn dlq_command(kafka: &KafkaArgs, redis_url: &str, words: &[&str]) -> sentiflow::dlq::DlqCommand {
+    use clap::Parser as _;
+    let redis_prefix = format!("{}-redis", kafka.topic_prefix);
+    let mut args = vec!["sentiflow", "dlq"];
+    args.extend_from_slice(words);
+    args.extend_from_slice(&[
+        "--kafka-brokers",
+        &kafka.brokers,
+        "--topic-prefix",
+        &kafka.topic_prefix,
+        "--redis-url",
+        redis_url,
+        "--redis-key-prefix",
+        &redis_prefix,
+    ]);
+    match sentiflow::cli::Cli::try_parse_from(args)
+        .expect("dlq flags")
+        .command
+    {
+        sentiflow::cli::Command::Dlq { command } => command,
+        _ => panic!("not the dlq command"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed() {
+    use sentiflow::dlq::{DlqCommand, read, redrive, summarize};
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let redis_url = redis_server.url();
+    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
+    let dlq_topic = kafka.topic(topics::REVIEWS_DLQ);
+    let clean_topic = kafka.topic(topics::REVIEWS_CLEAN);
+
+    // A payload limit too low for long reviews: 5 of them are dead-lettered as oversize, and so is
+    // one too large for a dead letter to hold whole; 2 are not JSON.
+    let mut too_strict = ingest_config(&kafka, &redis_url, 64);
+    too_strict.max_payload_bytes = 1_024;
+    let shutdown = CancellationToken::new();
+    let first = sentiflow_ingest::start(too_strict, shutdown.clone())
+        .await
+        .expect("ingest starts");
+    let short = real_reviews(10, 0);
+    let long: Vec<RawReview> = real_reviews(5, 10)
+        .into_iter()
+        .map(|review| RawReview {
+            text: format!("{} {}", review.text, "and it went on and on. ".repeat(60)),
+            ..review
+        })
+        .collect();
+    publish_reviews(&producer, &raw_topic, &short).await;
+    publish_reviews(&producer, &raw_topic, &long).await;
+    publish(&producer, &raw_topic, "huge", Some(&vec![b'x'; 300 * 1024])).await;
+    publish(&producer, &raw_topic, "bad-1", Some(b"{not json")).await;
+    publish(&producer, &raw_topic, "bad-2", Some(b"[1, 2")).await;
+    let dead = read_exactly(
+        &kafka.brokers,
+        &dlq_topic,
+        8,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(dead.len(), 8);
+    shutdown.cancel();
+    first.task.await.unwrap().unwrap();
+    // Something on the dead-letter topic that is not a dead letter is reported, never fatal.
+    publish(&producer, &dlq_topic, "junk", Some(b"not a dead letter")).await;
+
+    let DlqCommand::Summary(summary) = dlq_command(&kafka, &redis_url, &["summary"]) else {
+        panic!("summary");
+    };
+    let scan = read(&summary.selection).await.expect("the topic is read");
+    assert_eq!(scan.read, 9);
+    assert_eq!(scan.unreadable.len(), 1);
+    let rows = summarize(&scan.letters);
+    let counts: Vec<(&str, &str, &str, u64, u64)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.service.as_str(),
+                row.error_kind.as_str(),
+                row.source_topic.as_str(),
+                row.letters,
+                row.truncated,
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("ingest", "invalid_json", raw_topic.as_str(), 2, 0),
+            ("ingest", "oversize", raw_topic.as_str(), 6, 1),
+        ]
+    );
+    sentiflow::dlq::run(dlq_command(&kafka, &redis_url, &["summary"]))
+        .await
+        .expect("the summary prints");
+    sentiflow::dlq::run(dlq_command(&kafka, &redis_url, &["list", "--limit", "3"]))
+        .await
+        .expect("the list prints");
+    sentiflow::dlq::run(dlq_command(
+        &kafka,
+        &redis_url,
+        &[
+            "list",
+            "--format",
+            "original",
+            "--error-kind",
+            "invalid_json",
+        ],
+    ))
+    .await
+    .expect("the originals print");
+    // Filters: kind, age, source topic, time.
+    for (words, expected) in [
+        (
+            &["list", "--error-kind", "oversize", "--since", "1h"][..],
+            6,
+        ),
+        (
+            &[
+                "list",
+                "--error-kind",
+                "oversize",
+                "--error-kind",
+                "invalid_json",
+            ],
+            8,
+        ),
+        (&["list", "--service", "infer"], 0),
+        (&["list", "--source-topic", "reviews.raw"], 8),
+        (&["list", "--source-topic", "reviews.clean"], 0),
+        (&["list", "--until", "2026-01-01T00:00:00Z"], 0),
+        (&["list", "--since", "2099-01-01T00:00:00Z"], 0),
+    ] {
+        let DlqCommand::List(list) = dlq_command(&kafka, &redis_url, words) else {
+            panic!("list");
+        };
+        let scan = read(&list.selection).await.expect("read");
+        assert_eq!(scan.letters.len(), expected, "{words:?}");
+    }
+
+    let redrive_args = |words: &[&str]| {
+        let mut all = vec!["redrive"];
+        all.extend_from_slice(words);
+        let DlqCommand::Redrive(args) = dlq_command(&kafka, &redis_url, &all) else {
+            panic!("redrive");
+        };
+        args
+    };
+    let refused = redrive(&redrive_args(&[])).await.unwrap_err().to_string();
+    assert!(refused.contains("redrive needs --error-kind"), "{refused}");
+    let dry = redrive(&redrive_args(&["--error-kind", "oversize", "--dry-run"]))
+        .await
+        .expect("dry run");
+    assert!(dry.dry_run);
+    assert_eq!(dry.selected, 6);
+    assert_eq!(dry.published.get(&raw_topic), Some(&5));
+    assert_eq!(dry.truncated, 1, "the cut original cannot be sent");
+
+    // The limit is raised (the default, 64 KiB): the five come through, exactly once each.
+    let shutdown = CancellationToken::new();
+    let second = sentiflow_ingest::start(ingest_config(&kafka, &redis_url, 64), shutdown.clone())
+        .await
+        .expect("ingest restarts");
+    let done = redrive(&redrive_args(&["--error-kind", "oversize"]))
+        .await
+        .expect("redrive");
+    assert_eq!(done.published.get(&raw_topic), Some(&5));
+    assert_eq!(
+        (done.truncated, done.failed, done.already_redriven),
+        (1, 0, 0)
+    );
+    let clean = read_exactly(
+        &kafka.brokers,
+        &clean_topic,
+        15,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    let ids: BTreeSet<String> = json_payloads(&clean)
+        .iter()
+        .map(|value| value["review_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(clean.len(), 15);
+    assert!(long.iter().all(|review| ids.contains(&review.review_id)));
+    let raw = read_exactly(
+        &kafka.brokers,
+        &raw_topic,
+        23,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let marked = raw
+        .iter()
+        .filter(|message| {
+            use rdkafka::message::Headers as _;
+            message.headers().is_some_and(|headers| {
+                headers
+                    .iter()
+                    .any(|header| header.key == sentiflow::dlq::REDRIVEN_FROM_HEADER)
+            })
+        })
+        .count();
+    assert_eq!(marked, 5, "each redriven message names its dead letter");
+
+    // The same command again sends nothing; --again sends them, and ingest's dedupe drops them.
+    let again = redrive(&redrive_args(&["--error-kind", "oversize"]))
+        .await
+        .expect("second redrive");
+    assert_eq!(again.published_total(), 0);
+    assert_eq!(again.already_redriven, 5);
+    let forced = redrive(&redrive_args(&["--error-kind", "oversize", "--again"]))
+        .await
+        .expect("forced redrive");
+    assert_eq!(forced.published_total(), 5);
+    let running = second.stats.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || running.snapshot().3 >= 5).await,
+        "ingest dropped the forced copies as duplicates: {:?}",
+        running.snapshot()
+    );
+    let clean = read_exactly(
+        &kafka.brokers,
+        &clean_topic,
+        15,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(clean.len(), 15, "the copies were dropped as duplicates");
+    let mut scan = read(&summary.selection).await.expect("read");
+    sentiflow::dlq::mark_redriven(
+        &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
+        &mut scan.letters,
+    )
+    .await;
+    let oversize = summarize(&scan.letters)
+        .into_iter()
+        .find(|row| row.error_kind == "oversize")
+        .unwrap();
+    assert_eq!(oversize.redriven, Some(5));
+    shutdown.cancel();
+    second.task.await.unwrap().unwrap();
+}

@@ -54,6 +54,13 @@ pub enum Command {
     /// Publish human labels to labels.feedback (one by flags, or a CSV/JSONL file; every row is
     /// checked first and nothing is sent if one is invalid): curation prefers them, drift joins them.
     Label(Box<crate::label::LabelArgs>),
+    /// The dead-letter topic for operators: summary by service and error kind, the letters, and
+    /// redrive of their originals to the source topic once the cause is fixed.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
     /// Train a model on a snapshot, register it, gate it against the champion (and promote with --promote).
     #[command(
         after_help = "The version directory holds model.onnx, the model card (card.json, card.md) and its \
@@ -223,6 +230,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 ..TelemetryArgs::ephemeral()
             });
             crate::drift::retrain(*args).await
+        }
+        Command::Dlq { command } => {
+            telemetry::init_tracing(&TelemetryArgs {
+                log_filter: "warn".to_owned(),
+                ..TelemetryArgs::ephemeral()
+            });
+            crate::dlq::run(command).await
         }
         Command::Label(args) => {
             telemetry::init_tracing(&TelemetryArgs {

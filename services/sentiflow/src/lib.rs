@@ -11,6 +11,7 @@
 //! - [`models`]: `sentiflow models list|show|promote|rollback`.
 //! - [`drift`]: `sentiflow drift run|mute|unmute|status` and `sentiflow retrain`.
 //! - [`label`]: `sentiflow label` (human labels to `labels.feedback`).
+//! - [`dlq`]: `sentiflow dlq summary|list|redrive` (the dead-letter topic for operators).
 //! - [`train`]: `sentiflow train` and `sentiflow eval`.
 //! - [`corpus`]: corpus files → raw review events.
 //! - [`replay`]: publishing records with bounded in-flight sends and a progress bar.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod corpus;
 pub mod dataset;
+pub mod dlq;
 pub mod drift;
 pub mod label;
 pub mod local;

@@ -1,0 +1,913 @@
+//! `sentiflow dlq`: the operators' side of `reviews.dlq` — a summary by service and error kind, the dead
+//! letters themselves, and redrive: the original bytes sent back to their source topic once the cause is fixed.
+#![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use sentiflow_common::catalogue::{Catalogue, topics};
+use sentiflow_common::config::{KafkaArgs, RedisArgs};
+use sentiflow_common::events::{DeadLetter, Event as _};
+use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::store::RedisStore;
+use serde::Serialize;
+
+/// Header naming the dead letter a redriven message came from (`<dlq topic>/<partition>/<offset>`);
+/// services ignore it, it is there for whoever reads the topic.
+pub const REDRIVEN_FROM_HEADER: &str = "sentiflow-redriven-from";
+
+/// Broker calls (metadata, watermarks, offsets by time).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long reading may go without a message before the end is taken as unreachable.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest reason and original shown in a table cell.
+const CELL_CHARS: usize = 60;
+
+/// `sentiflow dlq …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Count the dead letters by service, error kind and source topic (first and last time, how many
+    /// were cut, how many were redriven).
+    Summary(SummaryArgs),
+    /// Print dead letters: the newest `--limit` that match, oldest first (a table, JSON lines, or the
+    /// original values one per line to fix and replay).
+    List(ListArgs),
+    /// Publish the original key and value of each selected dead letter to its source topic (or
+    /// `--to`) again, once the cause was fixed; each letter at most once unless `--again`.
+    #[command(
+        after_help = "Redrive needs --error-kind: it is for a cause that was fixed (a limit raised, a policy \
+                      changed, a bug fixed). Letters whose original was cut (over 256 KiB) are skipped: \
+                      their bytes are gone. Each redriven letter is remembered in Redis (key \
+                      <prefix>:dlq:redriven:<event id>, for --remember-days) so running the same command \
+                      twice sends nothing twice; a letter whose publication failed is not remembered."
+    )]
+    Redrive(RedriveArgs),
+}
+
+/// Which dead letters a command looks at.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Selection {
+    /// Kafka connection (the dead-letter topic is `<topic prefix>reviews.dlq`).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Only letters of this service (ingest, infer, trainer, drift); repeatable.
+    #[arg(long = "service")]
+    pub services: Vec<String>,
+    /// Only letters of this error kind (e.g. oversize, schema_violation); repeatable.
+    #[arg(long = "error-kind")]
+    pub error_kinds: Vec<String>,
+    /// Only letters read from this topic (a catalogue name such as reviews.raw, or a physical name).
+    #[arg(long)]
+    pub source_topic: Option<String>,
+    /// Only letters written at or after this time: RFC 3339 (2026-12-06T10:00:00Z) or an age (30m, 2h, 7d).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only letters written before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Flags of `dlq summary`.
+#[derive(clap::Args, Debug)]
+pub struct SummaryArgs {
+    /// Which letters.
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Redis, for the redriven counts (left out with a warning when it does not answer).
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `dlq list` prints.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFormat {
+    /// One row per letter.
+    Table,
+    /// One JSON object per line: the letter, where it sits in the topic, whether it was redriven.
+    Json,
+    /// The original values, one per line (UTF-8 single-line values only; others are named on stderr).
+    Original,
+}
+
+/// Flags of `dlq list`.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Which letters.
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Redis, for the redriven column (left out with a warning when it does not answer).
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The newest this many matching letters (0: all).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// Flags of `dlq redrive`.
+#[derive(clap::Args, Debug)]
+pub struct RedriveArgs {
+    /// Which letters (`--error-kind` is required).
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Redis, where redriven letters are remembered.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Publish to this topic instead of each letter's source topic (a catalogue name gets the prefix).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Say what would be published, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also letters redriven before.
+    #[arg(long)]
+    pub again: bool,
+    /// How long a redriven letter is remembered (the catalogue keeps reviews.dlq 30 days).
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remember_days: u64,
+}
+
+/// A dead letter and where it sits in the dead-letter topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundLetter {
+    /// Partition of the dead-letter topic.
+    pub dlq_partition: i32,
+    /// Offset in that partition.
+    pub dlq_offset: i64,
+    /// Whether it was redriven (unknown when Redis was not asked or did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redriven: Option<bool>,
+    /// The letter.
+    pub letter: DeadLetter,
+}
+
+/// A message of the dead-letter topic that is not a valid dead letter.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// What one read of the dead-letter topic found.
+#[derive(Debug, Default, Serialize)]
+pub struct Scan {
+    /// The physical dead-letter topic.
+    pub topic: String,
+    /// Messages read (from `--since`'s offsets, or the start, to the ends at the time of reading).
+    pub read: u64,
+    /// The letters that match the selection, in topic order (by partition, then offset).
+    pub letters: Vec<FoundLetter>,
+    /// Messages that are not dead letters (counted, never fatal).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// One line of the summary.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// Service that wrote the letters.
+    pub service: String,
+    /// Their error kind.
+    pub error_kind: String,
+    /// The topic they were read from.
+    pub source_topic: String,
+    /// How many.
+    pub letters: u64,
+    /// How many had their original cut (cannot be redriven).
+    pub truncated: u64,
+    /// How many were redriven (unknown without Redis).
+    pub redriven: Option<u64>,
+    /// Time of the first.
+    pub first: DateTime<Utc>,
+    /// Time of the last.
+    pub last: DateTime<Utc>,
+}
+
+/// What a redrive did (or, dry, would do).
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RedriveReport {
+    /// Letters selected.
+    pub selected: u64,
+    /// Published (dry run: would be), per target topic.
+    pub published: BTreeMap<String, u64>,
+    /// Skipped: redriven before (without `--again`).
+    pub already_redriven: u64,
+    /// Skipped: the original was cut.
+    pub truncated: u64,
+    /// Skipped: the target would be the dead-letter topic itself, or the original is not valid base64.
+    pub not_redrivable: u64,
+    /// Publications that failed (not remembered: a rerun tries them again).
+    pub failed: u64,
+    /// True for `--dry-run`.
+    pub dry_run: bool,
+}
+
+impl RedriveReport {
+    /// Letters published (or that would be).
+    pub fn published_total(&self) -> u64 {
+        self.published.values().sum()
+    }
+}
+
+/// Runs `sentiflow dlq …`.
+pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::Summary(args) => {
+            let mut scan = read(&args.selection).await?;
+            mark_redriven(&args.redis, &mut scan.letters).await;
+            print_summary(&args, &scan)
+        }
+        DlqCommand::List(args) => {
+            let mut scan = read(&args.selection).await?;
+            if args.limit > 0 && scan.letters.len() > args.limit {
+                newest_first(&mut scan.letters);
+                scan.letters.truncate(args.limit);
+                scan.letters.reverse();
+            }
+            if args.format != ListFormat::Original {
+                mark_redriven(&args.redis, &mut scan.letters).await;
+            }
+            print_list(&args, &scan);
+            Ok(())
+        }
+        DlqCommand::Redrive(args) => {
+            let report = redrive(&args).await?;
+            print_redrive(&report);
+            if report.failed > 0 {
+                bail!(
+                    "{} of {} letters could not be published (not remembered: run the same command again)",
+                    report.failed,
+                    report.selected
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses an RFC 3339 time or an age before now (`30m`, `2h`, `7d`).
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let age = crate::drift::parse_duration(text)
+        .map_err(|error| format!("expected an RFC 3339 time or an age like 2h: {error}"))?;
+    let age = chrono::Duration::from_std(age).map_err(|error| error.to_string())?;
+    Ok(Utc::now() - age)
+}
+
+/// A topic given by an operator: a catalogue name gets the prefix, anything else is taken as it is.
+fn physical_topic(kafka: &KafkaArgs, topic: &str) -> String {
+    if Catalogue::embedded().get(topic).is_some() {
+        kafka.topic(topic)
+    } else {
+        topic.to_owned()
+    }
+}
+
+impl Selection {
+    /// Whether `letter` is selected.
+    fn matches(&self, letter: &DeadLetter, source_topic: Option<&str>) -> bool {
+        (self.services.is_empty() || self.services.contains(&letter.service))
+            && (self.error_kinds.is_empty() || self.error_kinds.contains(&letter.error_kind))
+            && source_topic.is_none_or(|topic| topic == letter.source.topic)
+            && self.since.is_none_or(|since| letter.event_time >= since)
+            && self.until.is_none_or(|until| letter.event_time < until)
+    }
+}
+
+/// Reads the dead-letter topic from `--since` (or its start) to its ends at the time of the call.
+pub async fn read(selection: &Selection) -> anyhow::Result<Scan> {
+    let selection = selection.clone();
+    tokio::task::spawn_blocking(move || read_blocking(&selection)).await?
+}
+
+fn read_blocking(selection: &Selection) -> anyhow::Result<Scan> {
+    let topic = selection.kafka.topic(topics::REVIEWS_DLQ);
+    let source_topic = selection
+        .source_topic
+        .as_deref()
+        .map(|topic| physical_topic(&selection.kafka, topic));
+    let consumer = reader(&selection.kafka)?;
+    let partitions = topic_partitions(&consumer, &topic)?;
+    // Where to start and stop per partition: the ends now, so reading a busy topic terminates.
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let starts = match selection.since {
+        Some(since) => {
+            let mut query = TopicPartitionList::new();
+            for &partition in &partitions {
+                query.add_partition_offset(
+                    &topic,
+                    partition,
+                    Offset::Offset(since.timestamp_millis()),
+                )?;
+            }
+            Some(
+                consumer
+                    .offsets_for_times(query, QUERY_TIMEOUT)
+                    .with_context(|| format!("finding the offsets of {topic} at {since}"))?,
+            )
+        }
+        None => None,
+    };
+    for &partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, QUERY_TIMEOUT)
+            .with_context(|| format!("reading the ends of {topic} partition {partition}"))?;
+        let start = match starts
+            .as_ref()
+            .and_then(|starts| starts.find_partition(&topic, partition))
+            .map(|found| found.offset())
+        {
+            Some(Offset::Offset(offset)) => offset.max(low),
+            // No message at or after the time: nothing to read in this partition.
+            Some(Offset::End) => high,
+            _ => low,
+        };
+        if start < high {
+            assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
+            ends.insert(partition, high);
+        }
+    }
+    let mut scan = Scan {
+        topic: topic.clone(),
+        ..Scan::default()
+    };
+    if ends.is_empty() {
+        return Ok(scan);
+    }
+    consumer.assign(&assignment)?;
+    let mut last_message = Instant::now();
+    while !ends.is_empty() {
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            if last_message.elapsed() > STALL_TIMEOUT {
+                bail!(
+                    "reading {topic} stalled: nothing for {} s with {} partitions unfinished ({} messages read)",
+                    STALL_TIMEOUT.as_secs(),
+                    ends.len(),
+                    scan.read
+                );
+            }
+            drop_finished(&consumer, &topic, &mut ends);
+            continue;
+        };
+        let message = result.with_context(|| format!("reading {topic}"))?;
+        last_message = Instant::now();
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(&end) = ends.get(&partition) else {
+            continue;
+        };
+        if offset >= end {
+            ends.remove(&partition);
+            continue;
+        }
+        scan.read += 1;
+        match DeadLetter::decode_validated(message.payload().unwrap_or_default()) {
+            Ok(letter) => {
+                if selection.matches(&letter, source_topic.as_deref()) {
+                    scan.letters.push(FoundLetter {
+                        dlq_partition: partition,
+                        dlq_offset: offset,
+                        redriven: None,
+                        letter,
+                    });
+                }
+            }
+            Err(error) => scan.unreadable.push(Unreadable {
+                partition,
+                offset,
+                reason: error.to_string(),
+            }),
+        }
+        if offset + 1 >= end {
+            ends.remove(&partition);
+        }
+    }
+    scan.letters
+        .sort_by_key(|found| (found.dlq_partition, found.dlq_offset));
+    Ok(scan)
+}
+
+/// A consumer that reads by assignment: its group is never joined and nothing is committed.
+fn reader(kafka: &KafkaArgs) -> anyhow::Result<BaseConsumer> {
+    let mut config = kafka.client_config();
+    config
+        .set(
+            "group.id",
+            format!("sentiflow-dlq-{}", uuid::Uuid::new_v4()),
+        )
+        .set("client.id", "sentiflow-dlq")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for option in &kafka.options {
+        config.set(option.key.clone(), option.value.clone());
+    }
+    config.create().context("creating a Kafka client")
+}
+
+/// The partitions of `topic`, or a clear error when it does not exist.
+fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), QUERY_TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .filter(|found| found.error().is_none() && !found.partitions().is_empty());
+    match found {
+        Some(found) => Ok(found.partitions().iter().map(|p| p.id()).collect()),
+        None => bail!("topic {topic} does not exist (check --kafka-brokers and --topic-prefix)"),
+    }
+}
+
+/// Forgets partitions whose position reached their end (transaction markers or deleted records can
+/// leave the last offsets without a message).
+fn drop_finished(consumer: &BaseConsumer, topic: &str, ends: &mut BTreeMap<i32, i64>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    ends.retain(|&partition, &mut end| {
+        !matches!(
+            positions.find_partition(topic, partition).map(|found| found.offset()),
+            Some(Offset::Offset(position)) if position >= end
+        )
+    });
+}
+
+/// Orders letters newest first (by their time, then place).
+fn newest_first(letters: &mut [FoundLetter]) {
+    letters.sort_by(|a, b| {
+        (b.letter.event_time, b.dlq_partition, b.dlq_offset).cmp(&(
+            a.letter.event_time,
+            a.dlq_partition,
+            a.dlq_offset,
+        ))
+    });
+}
+
+/// The Redis key remembering that the letter with `event_id` was redriven.
+fn redriven_key(store: &RedisStore, event_id: &str) -> String {
+    store.key(&["dlq", "redriven", event_id])
+}
+
+/// Fills in `redriven` from Redis; warns and leaves it unknown when Redis does not answer.
+pub async fn mark_redriven(redis: &RedisArgs, letters: &mut [FoundLetter]) {
+    if letters.is_empty() {
+        return;
+    }
+    match redriven_flags(redis, letters).await {
+        Ok(flags) => {
+            for (found, flag) in letters.iter_mut().zip(flags) {
+                found.redriven = Some(flag);
+            }
+        }
+        Err(error) => eprintln!("warning: redriven marks left out: Redis: {error:#}"),
+    }
+}
+
+async fn redriven_flags(redis: &RedisArgs, letters: &[FoundLetter]) -> anyhow::Result<Vec<bool>> {
+    let store = RedisStore::connect_lazy(redis)?;
+    let mut connection = store.connection();
+    let mut flags = Vec::with_capacity(letters.len());
+    for chunk in letters.chunks(500) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|found| redriven_key(&store, &found.letter.event_id))
+            .collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await?;
+        flags.extend(values.into_iter().map(|value| value.is_some()));
+    }
+    Ok(flags)
+}
+
+/// The summary rows, by (service, error kind, source topic).
+pub fn summarize(letters: &[FoundLetter]) -> Vec<SummaryRow> {
+    let mut rows: BTreeMap<(String, String, String), SummaryRow> = BTreeMap::new();
+    for found in letters {
+        let letter = &found.letter;
+        let row = rows
+            .entry((
+                letter.service.clone(),
+                letter.error_kind.clone(),
+                letter.source.topic.clone(),
+            ))
+            .or_insert_with(|| SummaryRow {
+                service: letter.service.clone(),
+                error_kind: letter.error_kind.clone(),
+                source_topic: letter.source.topic.clone(),
+                letters: 0,
+                truncated: 0,
+                redriven: Some(0),
+                first: letter.event_time,
+                last: letter.event_time,
+            });
+        row.letters += 1;
+        row.truncated += u64::from(letter.original_truncated);
+        row.redriven = match (row.redriven, found.redriven) {
+            (Some(count), Some(flag)) => Some(count + u64::from(flag)),
+            _ => None,
+        };
+        row.first = row.first.min(letter.event_time);
+        row.last = row.last.max(letter.event_time);
+    }
+    rows.into_values().collect()
+}
+
+fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
+    let rows = summarize(&scan.letters);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "topic": scan.topic,
+                "read": scan.read,
+                "selected": scan.letters.len(),
+                "groups": rows,
+                "unreadable": scan.unreadable,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} messages read, {} dead letters selected, {} unreadable",
+        scan.topic,
+        scan.read,
+        scan.letters.len(),
+        scan.unreadable.len()
+    );
+    if rows.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<24} {:<28} {:>8} {:>9} {:>9}  {:<20}  {:<20}",
+        "SERVICE",
+        "ERROR KIND",
+        "SOURCE TOPIC",
+        "LETTERS",
+        "TRUNCATED",
+        "REDRIVEN",
+        "FIRST",
+        "LAST"
+    );
+    for row in &rows {
+        println!(
+            "{:<8} {:<24} {:<28} {:>8} {:>9} {:>9}  {:<20}  {:<20}",
+            row.service,
+            row.error_kind,
+            row.source_topic,
+            row.letters,
+            row.truncated,
+            row.redriven
+                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            row.first.format("%Y-%m-%d %H:%M:%S"),
+            row.last.format("%Y-%m-%d %H:%M:%S"),
+        );
+    }
+    for unreadable in scan.unreadable.iter().take(10) {
+        println!(
+            "unreadable: partition {} offset {}: {}",
+            unreadable.partition, unreadable.offset, unreadable.reason
+        );
+    }
+    Ok(())
+}
+
+/// `text` on one line, control characters escaped, at most `chars` characters.
+fn cell(text: &str, chars: usize) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            let escape = c.is_control();
+            c.escape_default()
+                .filter(move |_| escape)
+                .chain(Some(c).filter(|_| !escape))
+        })
+        .collect();
+    let mut cut: String = escaped.chars().take(chars).collect();
+    if escaped.chars().count() > chars {
+        cut.push('…');
+    }
+    cut
+}
+
+fn print_list(args: &ListArgs, scan: &Scan) {
+    match args.format {
+        ListFormat::Json => {
+            for found in &scan.letters {
+                println!(
+                    "{}",
+                    serde_json::to_string(found).expect("letters always serialise")
+                );
+            }
+        }
+        ListFormat::Original => {
+            for found in &scan.letters {
+                let at = format!(
+                    "partition {} offset {}",
+                    found.dlq_partition, found.dlq_offset
+                );
+                match found.letter.original_value().map(String::from_utf8) {
+                    _ if found.letter.original_truncated => {
+                        eprintln!("skipped {at}: the original was cut");
+                    }
+                    Ok(Ok(text)) if !text.contains('\n') && !text.is_empty() => println!("{text}"),
+                    _ => eprintln!("skipped {at}: the original is not one line of UTF-8"),
+                }
+            }
+        }
+        ListFormat::Table => {
+            println!(
+                "{:<10} {:<20} {:<8} {:<22} {:<26} {:>7} {:<8}  {:<40}  ORIGINAL",
+                "DLQ AT", "TIME", "SERVICE", "ERROR KIND", "SOURCE", "BYTES", "REDRIVEN", "REASON"
+            );
+            for found in &scan.letters {
+                let letter = &found.letter;
+                let original = letter
+                    .original_value()
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_else(|_| "(not base64)".to_owned());
+                println!(
+                    "{:<10} {:<20} {:<8} {:<22} {:<26} {:>7} {:<8}  {:<40}  {}",
+                    format!("{}@{}", found.dlq_partition, found.dlq_offset),
+                    letter.event_time.format("%Y-%m-%d %H:%M:%S"),
+                    letter.service,
+                    letter.error_kind,
+                    format!(
+                        "{}/{}@{}",
+                        letter.source.topic, letter.source.partition, letter.source.offset
+                    ),
+                    letter.original_size_bytes,
+                    match found.redriven {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "?",
+                    },
+                    cell(&letter.reason, 40),
+                    cell(&original, CELL_CHARS),
+                );
+            }
+            println!(
+                "{} of the selected letters shown ({} messages read from {})",
+                scan.letters.len(),
+                scan.read,
+                scan.topic
+            );
+        }
+    }
+}
+
+/// Publishes the originals of the selected letters again (see [`DlqCommand::Redrive`]).
+pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<RedriveReport> {
+    if args.selection.error_kinds.is_empty() {
+        bail!(
+            "redrive needs --error-kind: name the kind of failure whose cause was fixed (see `sentiflow dlq summary`)"
+        );
+    }
+    let scan = read(&args.selection).await?;
+    let store = RedisStore::connect_lazy(&args.redis).context("redis")?;
+    let mut connection = store.connection();
+    let target = args
+        .to
+        .as_deref()
+        .map(|topic| physical_topic(&args.selection.kafka, topic));
+    let mut report = RedriveReport {
+        selected: scan.letters.len() as u64,
+        dry_run: args.dry_run,
+        ..RedriveReport::default()
+    };
+    let mut chosen: Vec<Outgoing<'_>> = Vec::new();
+    for found in &scan.letters {
+        let letter = &found.letter;
+        if letter.original_truncated {
+            report.truncated += 1;
+            continue;
+        }
+        let topic = target
+            .clone()
+            .unwrap_or_else(|| letter.source.topic.clone());
+        let (Ok(key), Ok(value)) = (letter.original_key(), letter.original_value()) else {
+            report.not_redrivable += 1;
+            continue;
+        };
+        if topic == scan.topic {
+            report.not_redrivable += 1;
+            continue;
+        }
+        chosen.push(Outgoing {
+            found,
+            topic,
+            key,
+            value,
+        });
+    }
+    let known: Vec<bool> = if chosen.is_empty() {
+        Vec::new()
+    } else {
+        let letters: Vec<FoundLetter> = chosen
+            .iter()
+            .map(|outgoing| outgoing.found.clone())
+            .collect();
+        redriven_flags(&args.redis, &letters)
+            .await
+            .context("reading the redriven marks from Redis")?
+    };
+    let mut to_send = Vec::new();
+    for (chosen, redriven) in chosen.into_iter().zip(known) {
+        if redriven && !args.again {
+            report.already_redriven += 1;
+        } else {
+            to_send.push(chosen);
+        }
+    }
+    if args.dry_run {
+        for outgoing in &to_send {
+            *report.published.entry(outgoing.topic.clone()).or_default() += 1;
+        }
+        return Ok(report);
+    }
+    let targets: std::collections::BTreeSet<&String> =
+        to_send.iter().map(|outgoing| &outgoing.topic).collect();
+    check_topics_exist(&args.selection.kafka, &targets).await?;
+    let producer = ResilientProducer::new(&args.selection.kafka, "dlq")?;
+    let ttl = args.remember_days.saturating_mul(86_400);
+    let mut deliveries = Vec::with_capacity(to_send.len());
+    for Outgoing {
+        found,
+        topic,
+        key,
+        value,
+    } in &to_send
+    {
+        let mark = redriven_key(&store, &found.letter.event_id);
+        let record = serde_json::json!({
+            "at": Utc::now(),
+            "to": topic,
+            "dlq_partition": found.dlq_partition,
+            "dlq_offset": found.dlq_offset,
+        })
+        .to_string();
+        // Remembered before it is sent: two redrives running at once cannot both send it.
+        let mut set = redis::cmd("SET");
+        set.arg(&mark).arg(&record).arg("EX").arg(ttl);
+        if !args.again {
+            set.arg("NX");
+        }
+        let claimed: Option<String> = set
+            .query_async(&mut connection)
+            .await
+            .context("remembering a redriven letter in Redis")?;
+        if claimed.is_none() {
+            report.already_redriven += 1;
+            continue;
+        }
+        let from = format!(
+            "{}/{}/{}",
+            scan.topic, found.dlq_partition, found.dlq_offset
+        );
+        let headers = OwnedHeaders::new().insert(Header {
+            key: REDRIVEN_FROM_HEADER,
+            value: Some(from.as_bytes()),
+        });
+        match producer
+            .enqueue(topic, key.as_deref(), value, Some(headers))
+            .await
+        {
+            Ok(delivery) => deliveries.push((mark, topic.clone(), delivery)),
+            Err(error) => {
+                eprintln!("could not publish {from} to {topic}: {error}");
+                forget(&mut connection, &mark).await;
+                report.failed += 1;
+            }
+        }
+    }
+    for (mark, topic, delivery) in deliveries {
+        match await_delivery(delivery).await {
+            Ok(_) => *report.published.entry(topic).or_default() += 1,
+            Err(error) => {
+                eprintln!("a redriven message to {topic} was not acknowledged: {error}");
+                forget(&mut connection, &mark).await;
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A letter about to be redriven: where to and what.
+struct Outgoing<'a> {
+    found: &'a FoundLetter,
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+/// Removes a redriven mark whose message was not published, so a rerun sends it.
+async fn forget(connection: &mut redis::aio::ConnectionManager, mark: &str) {
+    let removed: redis::RedisResult<u64> =
+        redis::cmd("DEL").arg(mark).query_async(connection).await;
+    if let Err(error) = removed {
+        eprintln!("could not forget the mark {mark} (rerun with --again for it): {error}");
+    }
+}
+
+/// Fails unless every topic in `targets` exists (a producer would wait its whole timeout otherwise).
+async fn check_topics_exist(
+    kafka: &KafkaArgs,
+    targets: &std::collections::BTreeSet<&String>,
+) -> anyhow::Result<()> {
+    let kafka = kafka.clone();
+    let targets: Vec<String> = targets.iter().map(|topic| (*topic).clone()).collect();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer = reader(&kafka)?;
+        for topic in &targets {
+            topic_partitions(&consumer, topic)?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+fn print_redrive(report: &RedriveReport) {
+    let verb = if report.dry_run {
+        "would publish"
+    } else {
+        "published"
+    };
+    println!(
+        "{} dead letters selected; {verb} {}",
+        report.selected,
+        report.published_total()
+    );
+    for (topic, count) in &report.published {
+        println!("  {count:>8}  to {topic}");
+    }
+    for (count, why) in [
+        (
+            report.already_redriven,
+            "skipped: redriven before (--again to send them again)",
+        ),
+        (
+            report.truncated,
+            "skipped: the original was cut (over 256 KiB), its bytes are gone",
+        ),
+        (
+            report.not_redrivable,
+            "skipped: the target is the dead-letter topic, or the original is not base64",
+        ),
+        (report.failed, "failed: not published, not remembered"),
+    ] {
+        if count > 0 {
+            println!("  {count:>8}  {why}");
+        }
+    }
+    if report.dry_run {
+        println!("dry run: nothing was published or remembered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_stay_on_one_line_and_are_cut() {
+        assert_eq!(cell("{\"a\":1}\n\tb", 60), "{\"a\":1}\\n\\tb");
+        assert_eq!(cell("abcdef", 3), "abc…");
+        assert_eq!(cell("héllo", 10), "héllo");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_an_age() {
+        assert_eq!(
+            parse_time("2026-12-06T10:00:00+01:00").unwrap(),
+            DateTime::parse_from_rfc3339("2026-12-06T09:00:00Z").unwrap()
+        );
+        let two_hours_ago = parse_time("2h").unwrap();
+        let age = Utc::now() - two_hours_ago;
+        assert!((7_190..=7_210).contains(&age.num_seconds()), "{age}");
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("0h").is_err());
+    }
+}
