@@ -42,6 +42,8 @@ fn ingest_config(kafka: &KafkaArgs, redis_url: &str, max_batch: usize) -> Ingest
         lang_policy: LangPolicy::Mark,
         weak_label_threshold: 0.5,
         lexicon_path: None,
+        http_max_reviews: 500,
+        http_max_concurrent: 16,
     }
 }
 
@@ -564,7 +566,8 @@ fn dlq_command(kafka: &KafkaArgs, redis_url: &str, words: &[&str]) -> sentiflow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed() {
-    use sentiflow::dlq::{DlqCommand, read, redrive, summarize};
+    use sentiflow::dlq::{DlqCommand, Keep, read, redrive, summarize};
+    let no_interrupt = CancellationToken::new();
     let kafka = kafka_with_topics().await;
     let redis_server = redis();
     let redis_url = redis_server.url();
@@ -611,9 +614,16 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     let DlqCommand::Summary(summary) = dlq_command(&kafka, &redis_url, &["summary"]) else {
         panic!("summary");
     };
-    let scan = read(&summary.selection).await.expect("the topic is read");
-    assert_eq!(scan.read, 9);
-    assert_eq!(scan.unreadable.len(), 1);
+    let scan = read(&summary.selection, Keep::WithoutOriginals)
+        .await
+        .expect("the topic is read");
+    assert_eq!((scan.read, scan.selected, scan.unreadable_total), (9, 8, 1));
+    assert!(
+        scan.letters
+            .iter()
+            .all(|found| found.letter.original_value_b64.is_empty()),
+        "a summary keeps no originals"
+    );
     let rows = summarize(&scan.letters);
     let counts: Vec<(&str, &str, &str, u64, u64)> = rows
         .iter()
@@ -634,15 +644,11 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
             ("ingest", "oversize", raw_topic.as_str(), 6, 1),
         ]
     );
-    sentiflow::dlq::run(dlq_command(&kafka, &redis_url, &["summary"]))
-        .await
-        .expect("the summary prints");
-    sentiflow::dlq::run(dlq_command(&kafka, &redis_url, &["list", "--limit", "3"]))
-        .await
-        .expect("the list prints");
-    sentiflow::dlq::run(dlq_command(
-        &kafka,
-        &redis_url,
+    for words in [
+        &["summary"][..],
+        &["summary", "--json"],
+        &["list", "--limit", "3"],
+        &["list", "--format", "json"],
         &[
             "list",
             "--format",
@@ -650,9 +656,23 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
             "--error-kind",
             "invalid_json",
         ],
-    ))
-    .await
-    .expect("the originals print");
+    ] {
+        sentiflow::dlq::run(dlq_command(&kafka, &redis_url, words), no_interrupt.clone())
+            .await
+            .unwrap_or_else(|error| panic!("{words:?}: {error:#}"));
+    }
+    // The newest three, oldest first; the whole selection in time order.
+    let all = read(&summary.selection, Keep::All).await.unwrap().letters;
+    let newest = read(&summary.selection, Keep::Newest(3)).await.unwrap();
+    assert_eq!(newest.selected, 8);
+    let place = |letters: &[sentiflow::dlq::FoundLetter]| -> Vec<i64> {
+        letters.iter().map(|found| found.dlq_offset).collect()
+    };
+    assert_eq!(place(&newest.letters), place(&all[5..]));
+    assert!(
+        all.windows(2)
+            .all(|pair| pair[0].letter.event_time <= pair[1].letter.event_time)
+    );
     // Filters: kind, age, source topic, time.
     for (words, expected) in [
         (
@@ -678,7 +698,7 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         let DlqCommand::List(list) = dlq_command(&kafka, &redis_url, words) else {
             panic!("list");
         };
-        let scan = read(&list.selection).await.expect("read");
+        let scan = read(&list.selection, Keep::All).await.expect("read");
         assert_eq!(scan.letters.len(), expected, "{words:?}");
     }
 
@@ -690,11 +710,31 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         };
         args
     };
-    let refused = redrive(&redrive_args(&[])).await.unwrap_err().to_string();
-    assert!(refused.contains("redrive needs --error-kind"), "{refused}");
-    let dry = redrive(&redrive_args(&["--error-kind", "oversize", "--dry-run"]))
+    let refused = redrive(&redrive_args(&[]), &no_interrupt)
         .await
-        .expect("dry run");
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("redrive needs --error-kind"), "{refused}");
+    let missing = redrive(
+        &redrive_args(&[
+            "--error-kind",
+            "oversize",
+            "--to",
+            "no-such-topic",
+            "--dry-run",
+        ]),
+        &no_interrupt,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("does not exist"), "{missing}");
+    let dry = redrive(
+        &redrive_args(&["--error-kind", "oversize", "--dry-run"]),
+        &no_interrupt,
+    )
+    .await
+    .expect("dry run");
     assert!(dry.dry_run);
     assert_eq!(dry.selected, 6);
     assert_eq!(dry.published.get(&raw_topic), Some(&5));
@@ -705,14 +745,66 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     let second = sentiflow_ingest::start(ingest_config(&kafka, &redis_url, 64), shutdown.clone())
         .await
         .expect("ingest restarts");
-    let done = redrive(&redrive_args(&["--error-kind", "oversize"]))
+    // Another run is sending one of them right now (its claim): this run leaves that one alone.
+    let claimed = all
+        .iter()
+        .find(|found| found.letter.error_kind == "oversize" && !found.letter.original_truncated)
+        .unwrap();
+    let claim_key = format!(
+        "{}-redis:dlq:redriven:{}",
+        kafka.topic_prefix, claimed.letter.event_id
+    );
+    let mut redis_connection = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&claim_key)
+        .arg("pending")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut redis_connection)
+        .await
+        .unwrap();
+    let interrupted = CancellationToken::new();
+    interrupted.cancel();
+    let stopped = redrive(&redrive_args(&["--error-kind", "oversize"]), &interrupted)
+        .await
+        .expect("an interrupted redrive reports");
+    assert_eq!(
+        (
+            stopped.published_total(),
+            stopped.not_attempted,
+            stopped.already_redriven
+        ),
+        (0, 4, 1),
+        "interrupted before the first letter"
+    );
+    let done = redrive(&redrive_args(&["--error-kind", "oversize"]), &no_interrupt)
         .await
         .expect("redrive");
-    assert_eq!(done.published.get(&raw_topic), Some(&5));
+    assert_eq!(done.published.get(&raw_topic), Some(&4));
     assert_eq!(
-        (done.truncated, done.failed, done.already_redriven),
-        (1, 0, 0)
+        (
+            done.truncated,
+            done.failed,
+            done.already_redriven,
+            done.not_attempted
+        ),
+        (1, 0, 1, 0)
     );
+    // The other run's claim lapses without a send: the next run sends that letter.
+    let _: () = redis::cmd("DEL")
+        .arg(&claim_key)
+        .query_async(&mut redis_connection)
+        .await
+        .unwrap();
+    let rest = redrive(&redrive_args(&["--error-kind", "oversize"]), &no_interrupt)
+        .await
+        .expect("redrive the rest");
+    assert_eq!(rest.published.get(&raw_topic), Some(&1));
+    assert_eq!(rest.already_redriven, 4);
     let clean = read_exactly(
         &kafka.brokers,
         &clean_topic,
@@ -749,14 +841,17 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     assert_eq!(marked, 5, "each redriven message names its dead letter");
 
     // The same command again sends nothing; --again sends them, and ingest's dedupe drops them.
-    let again = redrive(&redrive_args(&["--error-kind", "oversize"]))
+    let again = redrive(&redrive_args(&["--error-kind", "oversize"]), &no_interrupt)
         .await
         .expect("second redrive");
     assert_eq!(again.published_total(), 0);
     assert_eq!(again.already_redriven, 5);
-    let forced = redrive(&redrive_args(&["--error-kind", "oversize", "--again"]))
-        .await
-        .expect("forced redrive");
+    let forced = redrive(
+        &redrive_args(&["--error-kind", "oversize", "--again"]),
+        &no_interrupt,
+    )
+    .await
+    .expect("forced redrive");
     assert_eq!(forced.published_total(), 5);
     let running = second.stats.clone();
     assert!(
@@ -773,7 +868,9 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     )
     .await;
     assert_eq!(clean.len(), 15, "the copies were dropped as duplicates");
-    let mut scan = read(&summary.selection).await.expect("read");
+    let mut scan = read(&summary.selection, Keep::WithoutOriginals)
+        .await
+        .expect("read");
     sentiflow::dlq::mark_redriven(
         &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
         &mut scan.letters,
@@ -786,4 +883,134 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     assert_eq!(oversize.redriven, Some(5));
     shutdown.cancel();
     second.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
+    use sentiflow_tests::http_post;
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
+    settings.http_max_reviews = 50;
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(settings, shutdown.clone())
+        .await
+        .expect("ingest starts");
+    let addr = running.http_addr;
+    let post = |body: Vec<u8>| async move {
+        let (status, answer) = http_post(addr, "/v1/reviews", &body)
+            .await
+            .expect("answered");
+        let answer: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|error| panic!("a JSON answer ({status}): {error}: {answer}"));
+        (status, answer)
+    };
+    let reviews = real_reviews(21, 0);
+
+    // One review as an object, then twenty as an array: 202 with where each landed.
+    let (status, answer) = post(serde_json::to_vec(&reviews[0]).unwrap()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(
+        answer["reviews"][0]["review_id"],
+        reviews[0].review_id.as_str()
+    );
+    assert!(answer["reviews"][0]["offset"].as_i64().unwrap() >= 0);
+    let batch = serde_json::to_vec(&reviews[1..]).unwrap();
+    let (status, answer) = post(batch.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 20);
+    assert_eq!(answer["topic"], kafka.topic(topics::REVIEWS_RAW));
+
+    // Two bad reviews among valid ones: 422 naming each, nothing published.
+    let mut mixed: Vec<serde_json::Value> = real_reviews(3, 21)
+        .iter()
+        .map(|review| serde_json::to_value(review).unwrap())
+        .collect();
+    let mut no_text = mixed[0].clone();
+    no_text.as_object_mut().unwrap().remove("text");
+    let mut future_version = mixed[1].clone();
+    future_version["schema_version"] = 2.into();
+    mixed.insert(1, no_text);
+    mixed.insert(3, future_version);
+    let (status, answer) = post(serde_json::to_vec(&mixed).unwrap()).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"], "invalid_reviews");
+    assert_eq!(answer["rejected_total"], 2);
+    let rejected: Vec<(u64, &str)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["index"].as_u64().unwrap(),
+                entry["error_kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [(1, "schema_violation"), (3, "unknown_schema_version")]
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 5 reviews are invalid; none was accepted")
+    );
+
+    // Bodies that are not reviews at all.
+    for (body, expected_status, kind) in [
+        (b"{not json".to_vec(), 400, "invalid_json"),
+        (b"42".to_vec(), 400, "invalid_body"),
+        (b"[]".to_vec(), 422, "no_reviews"),
+        (
+            serde_json::to_vec(&vec![&reviews[0]; 51]).unwrap(),
+            422,
+            "too_many_reviews",
+        ),
+    ] {
+        let (status, answer) = post(body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (expected_status, Some(kind))
+        );
+    }
+
+    // A client retrying the batch (say, after a 503): accepted again, dropped by dedupe downstream.
+    let (status, answer) = post(batch).await;
+    assert_eq!(status, 202, "{answer}");
+    let clean = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_CLEAN),
+        21,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )
+    .await;
+    let ids: BTreeSet<String> = json_payloads(&clean)
+        .iter()
+        .map(|value| value["review_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(clean.len(), 21, "each review once, the retry deduplicated");
+    assert_eq!(
+        ids,
+        reviews
+            .iter()
+            .map(|review| review.review_id.clone())
+            .collect::<BTreeSet<_>>()
+    );
+    let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains(
+            "sentiflow_ingest_http_reviews_total{outcome=\"accepted\",error_kind=\"none\"} 41"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sentiflow_ingest_http_errors_total{error_kind=\"invalid_reviews\"} 1")
+    );
+    assert!(metrics.contains("sentiflow_ingest_http_requests_total{status=\"202\"} 3"));
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }

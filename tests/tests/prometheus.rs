@@ -257,6 +257,8 @@ mod pipeline {
                 lang_policy: LangPolicy::Mark,
                 weak_label_threshold: 0.5,
                 lexicon_path: None,
+                http_max_reviews: 500,
+                http_max_concurrent: 16,
             },
             shutdown.clone(),
         )

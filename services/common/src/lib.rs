@@ -14,6 +14,7 @@
 //! - [`store`]: Redis with reconnection and a readiness probe.
 //! - [`health`]: liveness/readiness state behind `/healthz` and `/readyz`.
 //! - [`telemetry`]: tracing, Prometheus metrics and the HTTP server.
+//! - [`http`]: the request APIs' JSON errors, load shedding and bounded body reads.
 //! - [`hash`]: stable 64-bit hashes (FNV-1a, MurmurHash3's finaliser).
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
@@ -26,6 +27,7 @@ pub mod dlq;
 pub mod events;
 pub mod hash;
 pub mod health;
+pub mod http;
 pub mod kafka;
 pub mod retry;
 pub mod schema;

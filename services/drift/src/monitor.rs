@@ -128,7 +128,7 @@ pub struct FeedbackLabel {
 }
 
 /// The key a review is known by in a label window: 8 bytes instead of the id, stable across restarts.
-/// A collision (about 1 in 10^16 per pair of reviews) would take one review's label for the other's.
+/// A collision (2^-64 per pair of reviews) would take one review's label for the other's.
 pub fn review_key(review_id: &str) -> u64 {
     sentiflow_common::hash::fnv1a64(review_id.as_bytes())
 }
@@ -314,6 +314,11 @@ impl Monitor {
         let feedback = feedback.unwrap_or_default();
         let classes = Sentiment::ALL.len();
         let keys_kept = feedback.reviews.len() == feedback.pairs.len();
+        if !keys_kept && !feedback.reviews.is_empty() {
+            tracing::warn!(model = %model.name, version = %model.version,
+                pairs = feedback.pairs.len(), keys = feedback.reviews.len(),
+                "the stored label window's review keys do not match its labels: keys dropped");
+        }
         let mut pairs: VecDeque<FeedbackLabel> = feedback
             .pairs
             .iter()
@@ -331,6 +336,15 @@ impl Monitor {
             .collect();
         while pairs.len() > self.feedback_window {
             pairs.pop_front();
+        }
+        // One label per review: a key stored twice (a corrupt state) keeps only its latest label's.
+        let mut seen = std::collections::HashSet::new();
+        for label in pairs.iter_mut().rev() {
+            if let Some(review) = label.review
+                && !seen.insert(review)
+            {
+                label.review = None;
+            }
         }
         let baseline = feedback
             .baseline
@@ -1374,6 +1388,27 @@ mod tests {
         let state = upgraded.feedback_state(&v1).unwrap();
         assert_eq!(state.pairs, vec![(0, 0), (1, 1), (0, 0)]);
         assert_eq!(state.reviews, vec![None, None, Some(review_key("r0"))]);
+
+        // An impossible pair inside the window goes with its key, the keys after it stay on their
+        // labels; a key stored twice keeps only its latest label's.
+        let stored = FeedbackState {
+            pairs: vec![(0, 0), (9, 1), (1, 2), (2, 2)],
+            reviews: vec![
+                Some(review_key("a")),
+                Some(review_key("b")),
+                Some(review_key("c")),
+                Some(review_key("a")),
+            ],
+            ..FeedbackState::default()
+        };
+        let mut restored = Monitor::new(&config(20));
+        restored.track(&v1, None, Some(stored));
+        let state = restored.feedback_state(&v1).unwrap();
+        assert_eq!(state.pairs, vec![(0, 0), (1, 2), (2, 2)]);
+        assert_eq!(
+            state.reviews,
+            vec![None, Some(review_key("c")), Some(review_key("a"))]
+        );
     }
 
     #[test]

@@ -2,21 +2,20 @@
 //! it. Every bad request gets a 4xx with a JSON body `{"error": <kind>, "message": …}`, never a panic;
 //! requests beyond `--http-max-concurrent` are shed with 503 `overloaded` before their body is read.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::SERVICE;
 use crate::model::ModelSlot;
 use crate::score::probabilities;
 
@@ -44,29 +43,6 @@ impl HttpLimits {
 struct HttpState {
     slot: ModelSlot,
     limits: HttpLimits,
-}
-
-/// A slot among `--http-max-concurrent`, taken before the body is read and held (shared through the
-/// request's extensions) until the scoring job ends, even when the client has gone: the job runs on
-/// regardless and still holds a session. Dropping the last handle gives it back and lowers the gauge.
-type InFlight = Arc<Slot>;
-
-/// One taken slot.
-struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Slot {
-    fn taken(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("sentiflow_infer_http_in_flight_requests").increment(1.0);
-        Self { _permit: permit }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        metrics::gauge!("sentiflow_infer_http_in_flight_requests").decrement(1.0);
-    }
 }
 
 /// The body of `POST /v1/predict`.
@@ -103,12 +79,12 @@ pub struct PredictResponse {
 
 /// The routes merged into the service's HTTP server.
 pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
+    let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
     Router::new()
         .route(
             "/v1/predict",
             post(predict).route_layer(middleware::from_fn(move |request, next| {
-                shed_when_full(slots.clone(), request, next)
+                slots.clone().shed_when_full(request, next)
             })),
         )
         .route("/openapi.json", get(openapi))
@@ -116,97 +92,28 @@ pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
 
-/// Takes an in-flight slot for the request or answers 503 `overloaded` at once: waiting would let a
-/// burst pile up bodies and blocked threads without bound.
-async fn shed_when_full(
-    slots: Arc<tokio::sync::Semaphore>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match slots.try_acquire_owned() {
-        Ok(permit) => {
-            let slot: InFlight = Arc::new(Slot::taken(permit));
-            request.extensions_mut().insert(slot);
-            next.run(request).await
-        }
-        Err(_) => {
-            metrics::counter!("sentiflow_infer_http_requests_total", "status" => "503")
-                .increment(1);
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many requests in flight (--http-max-concurrent); retry shortly",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        }
-    }
-}
-
 /// A JSON error response, counted by kind.
 fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
-    metrics::counter!("sentiflow_infer_http_errors_total", "error_kind" => kind).increment(1);
-    (
-        status,
-        Json(json!({"error": kind, "message": message.into()})),
-    )
-        .into_response()
+    json_error(SERVICE, status, kind, message)
 }
 
-/// How long a request's body may take to arrive once its headers have: a client that never sends it
-/// would otherwise hold an in-flight slot (and block a graceful shutdown) for good.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request's body may take to arrive once its headers have (see the common helper).
+pub const BODY_READ_TIMEOUT: std::time::Duration = sentiflow_common::http::BODY_READ_TIMEOUT;
 
 async fn predict(State(state): State<HttpState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
-    let response =
-        match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &state)).await {
-            Ok(body) => predict_inner(&state, in_flight, body).await,
-            Err(_) => error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            ),
-        };
-    metrics::counter!("sentiflow_infer_http_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!("sentiflow_infer_http_request_seconds")
-        .record(started.elapsed().as_secs_f64());
+    let response = match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
+        Ok(body) => predict_inner(&state, in_flight, &body).await,
+        Err(response) => response,
+    };
+    record_request(SERVICE, &response, started);
     response
 }
 
-async fn predict_inner(
-    state: &HttpState,
-    in_flight: Option<InFlight>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn predict_inner(state: &HttpState, in_flight: Option<InFlight>, body: &[u8]) -> Response {
     let limits = state.limits;
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "body_too_large"
-            } else {
-                "unreadable_body"
-            };
-            return error(
-                status,
-                kind,
-                format!(
-                    "{} (the body limit is {} bytes)",
-                    rejection.body_text(),
-                    limits.max_body_bytes()
-                ),
-            );
-        }
-    };
-    let value: Value = match serde_json::from_slice(&body) {
+    let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(parse_error) => {
             return error(

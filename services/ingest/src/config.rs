@@ -90,6 +90,18 @@ pub struct IngestConfig {
     /// VADER lexicon file (default: the one infra/setup.sh installed in the cache).
     #[arg(long, env = "SENTIFLOW_LEXICON_PATH")]
     pub lexicon_path: Option<PathBuf>,
+
+    /// Most reviews in one `POST /v1/reviews` request (each at most `--max-payload-bytes`).
+    #[arg(long, env = "SENTIFLOW_INGEST_HTTP_MAX_REVIEWS", default_value_t = 500)]
+    pub http_max_reviews: usize,
+
+    /// Most `POST /v1/reviews` requests in flight; one more is answered 503 `overloaded` at once.
+    #[arg(
+        long,
+        env = "SENTIFLOW_INGEST_HTTP_MAX_CONCURRENT",
+        default_value_t = 16
+    )]
+    pub http_max_concurrent: usize,
 }
 
 /// A configuration that cannot work, caught at start-up instead of at the first message.
@@ -125,6 +137,12 @@ impl IngestConfig {
         }
         if self.max_payload_bytes < 256 {
             return invalid("--max-payload-bytes", "must be at least 256 bytes");
+        }
+        if self.http_max_reviews == 0 || self.http_max_reviews > 10_000 {
+            return invalid("--http-max-reviews", "must be between 1 and 10000");
+        }
+        if self.http_max_concurrent == 0 {
+            return invalid("--http-max-concurrent", "must be at least 1");
         }
         if !(self.weak_label_threshold > 0.0 && self.weak_label_threshold <= 1.0) {
             return invalid("--weak-label-threshold", "must be in (0, 1]");

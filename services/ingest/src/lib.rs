@@ -12,10 +12,12 @@
 //! - [`label`]: source label / rating / weak lexicon labelling.
 //! - [`dedupe`]: Redis claims by event id and text fingerprint.
 //! - [`service`]: the consume → process → produce → store-offset loop.
+//! - [`http`]: `POST /v1/reviews`, reviews over HTTP, checked like the Kafka path, then published.
 
 pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod http;
 pub mod label;
 pub mod pipeline;
 pub mod service;

@@ -90,7 +90,7 @@ pub async fn start(
     let lexicon = sentiflow_model::lexicon::Lexicon::load(&lexicon_path)
         .map_err(|error| IngestError::Lexicon(format!("{}: {error}", lexicon_path.display())))?;
     info!(path = %lexicon_path.display(), entries = lexicon.len(), "lexicon loaded");
-    let processor = Processor {
+    let processor = Arc::new(Processor {
         max_payload_bytes: config.max_payload_bytes,
         author_hash_key: config.author_hash_key.expose().as_bytes().to_vec(),
         lang_allow: config
@@ -101,7 +101,7 @@ pub async fn start(
             .collect(),
         lang_policy: config.lang_policy,
         labeller: Labeller::new(lexicon, config.weak_label_threshold),
-    };
+    });
 
     let health = Health::new(SERVICE);
     let raw_topic = config.kafka.topic(topics::REVIEWS_RAW);
@@ -114,7 +114,16 @@ pub async fn start(
     let (http_addr, http_task) = telemetry::serve_http(
         config.telemetry.http_addr,
         health.clone(),
-        axum_router(),
+        crate::http::router(
+            processor.clone(),
+            producer.clone(),
+            raw_topic.clone(),
+            crate::http::HttpLimits {
+                max_reviews: config.http_max_reviews,
+                max_review_bytes: config.max_payload_bytes,
+                max_concurrent: config.http_max_concurrent,
+            },
+        ),
         probes_stop.clone(),
     )
     .await?;
@@ -143,7 +152,7 @@ pub async fn start(
         producer,
         consumer,
         redis,
-        processor: Arc::new(processor),
+        processor,
         transform_workers: std::thread::available_parallelism().map_or(1, usize::from),
         health: health.clone(),
         max_batch: config.max_batch,
@@ -171,10 +180,6 @@ pub async fn start(
         health,
         task,
     })
-}
-
-fn axum_router() -> axum::Router {
-    axum::Router::new()
 }
 
 /// A batch of consumed messages with their receive times, shared with the transform threads.

@@ -236,7 +236,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 log_filter: "warn".to_owned(),
                 ..TelemetryArgs::ephemeral()
             });
-            crate::dlq::run(command).await
+            crate::dlq::run(command, shutdown).await
         }
         Command::Label(args) => {
             telemetry::init_tracing(&TelemetryArgs {

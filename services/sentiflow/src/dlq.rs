@@ -16,6 +16,7 @@ use sentiflow_common::events::{DeadLetter, Event as _};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 /// Header naming the dead letter a redriven message came from (`<dlq topic>/<partition>/<offset>`);
 /// services ignore it, it is there for whoever reads the topic.
@@ -43,10 +44,13 @@ pub enum DlqCommand {
     /// `--to`) again, once the cause was fixed; each letter at most once unless `--again`.
     #[command(
         after_help = "Redrive needs --error-kind: it is for a cause that was fixed (a limit raised, a policy \
-                      changed, a bug fixed). Letters whose original was cut (over 256 KiB) are skipped: \
-                      their bytes are gone. Each redriven letter is remembered in Redis (key \
-                      <prefix>:dlq:redriven:<event id>, for --remember-days) so running the same command \
-                      twice sends nothing twice; a letter whose publication failed is not remembered."
+                      changed, a bug fixed). Letters whose original was cut (a value over 256 KiB, a key \
+                      over 16 KiB) or is empty are skipped. Each letter is claimed in Redis (key \
+                      <prefix>:dlq:redriven:<event id>) for 5 minutes before it is sent and remembered for \
+                      --remember-days once the broker acknowledged it, so running the same command twice, \
+                      or two at once, sends nothing twice; a letter whose publication failed is given back. \
+                      Ctrl-C stops between letters; what was sent is still awaited and reported. The exit \
+                      status is 1 when any letter is not redriven for sure."
     )]
     Redrive(RedriveArgs),
 }
@@ -134,8 +138,9 @@ pub struct RedriveArgs {
     /// Also letters redriven before.
     #[arg(long)]
     pub again: bool,
-    /// How long a redriven letter is remembered (the catalogue keeps reviews.dlq 30 days).
-    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How long a redriven letter is remembered, days (the catalogue keeps reviews.dlq at least 30
+    /// days; a segment can outlive that by up to its roll time, 7 days by default).
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..))]
     pub remember_days: u64,
 }
 
@@ -164,6 +169,20 @@ pub struct Unreadable {
     pub reason: String,
 }
 
+/// Which selected letters a read keeps in memory (a dead-letter topic can hold gigabytes of originals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every one, whole (redrive).
+    All,
+    /// The newest this many by time, whole (list).
+    Newest(usize),
+    /// Every one without its original value (summary).
+    WithoutOriginals,
+}
+
+/// Unreadable messages named one by one; beyond that they are only counted.
+const UNREADABLE_KEPT: usize = 100;
+
 /// What one read of the dead-letter topic found.
 #[derive(Debug, Default, Serialize)]
 pub struct Scan {
@@ -171,9 +190,13 @@ pub struct Scan {
     pub topic: String,
     /// Messages read (from `--since`'s offsets, or the start, to the ends at the time of reading).
     pub read: u64,
-    /// The letters that match the selection, in topic order (by partition, then offset).
+    /// Dead letters that match the selection.
+    pub selected: u64,
+    /// The matching letters kept (see [`Keep`]), oldest first (by time, then place in the topic).
     pub letters: Vec<FoundLetter>,
     /// Messages that are not dead letters (counted, never fatal).
+    pub unreadable_total: u64,
+    /// The first of them.
     pub unreadable: Vec<Unreadable>,
 }
 
@@ -209,10 +232,19 @@ pub struct RedriveReport {
     pub already_redriven: u64,
     /// Skipped: the original was cut.
     pub truncated: u64,
-    /// Skipped: the target would be the dead-letter topic itself, or the original is not valid base64.
+    /// Skipped: the target would be the dead-letter topic itself, or the original is empty (a null or
+    /// empty value) or not valid base64.
     pub not_redrivable: u64,
     /// Publications that failed (not remembered: a rerun tries them again).
     pub failed: u64,
+    /// Not tried: the run was interrupted or Redis failed before them (a rerun sends them).
+    pub not_attempted: u64,
+    /// Published, but the mark could not be made final: its claim expires after
+    /// [`PENDING_CLAIM_SECS`], and a rerun after that sends the letter again.
+    pub unconfirmed_marks: u64,
+    /// Why the run stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     /// True for `--dry-run`.
     pub dry_run: bool,
 }
@@ -224,21 +256,24 @@ impl RedriveReport {
     }
 }
 
-/// Runs `sentiflow dlq …`.
-pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
+/// How long a redrive's claim on a letter lasts until the broker acknowledged it and the mark is made
+/// final: a run that dies in between leaves claims that expire, so a later run sends those letters.
+pub const PENDING_CLAIM_SECS: u64 = 300;
+
+/// Runs `sentiflow dlq …`; `shutdown` (Ctrl-C) stops a redrive between letters.
+pub async fn run(command: DlqCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
     match command {
         DlqCommand::Summary(args) => {
-            let mut scan = read(&args.selection).await?;
+            let mut scan = read(&args.selection, Keep::WithoutOriginals).await?;
             mark_redriven(&args.redis, &mut scan.letters).await;
             print_summary(&args, &scan)
         }
         DlqCommand::List(args) => {
-            let mut scan = read(&args.selection).await?;
-            if args.limit > 0 && scan.letters.len() > args.limit {
-                newest_first(&mut scan.letters);
-                scan.letters.truncate(args.limit);
-                scan.letters.reverse();
-            }
+            let keep = match args.limit {
+                0 => Keep::All,
+                limit => Keep::Newest(limit),
+            };
+            let mut scan = read(&args.selection, keep).await?;
             if args.format != ListFormat::Original {
                 mark_redriven(&args.redis, &mut scan.letters).await;
             }
@@ -246,13 +281,18 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DlqCommand::Redrive(args) => {
-            let report = redrive(&args).await?;
+            let report = redrive(&args, &shutdown).await?;
             print_redrive(&report);
-            if report.failed > 0 {
+            let unfinished = report.failed + report.not_attempted + report.unconfirmed_marks;
+            if unfinished > 0 {
                 bail!(
-                    "{} of {} letters could not be published (not remembered: run the same command again)",
-                    report.failed,
-                    report.selected
+                    "{unfinished} of {} letters are not redriven for sure{}: run the same command again",
+                    report.selected,
+                    report
+                        .stopped
+                        .as_ref()
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -267,8 +307,10 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     }
     let age = crate::drift::parse_duration(text)
         .map_err(|error| format!("expected an RFC 3339 time or an age like 2h: {error}"))?;
-    let age = chrono::Duration::from_std(age).map_err(|error| error.to_string())?;
-    Ok(Utc::now() - age)
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| format!("the age {text:?} is too large"))
 }
 
 /// A topic given by an operator: a catalogue name gets the prefix, anything else is taken as it is.
@@ -291,13 +333,14 @@ impl Selection {
     }
 }
 
-/// Reads the dead-letter topic from `--since` (or its start) to its ends at the time of the call.
-pub async fn read(selection: &Selection) -> anyhow::Result<Scan> {
+/// Reads the dead-letter topic from `--since` (or its start) to its ends at the time of the call,
+/// keeping what `keep` says of the letters that match.
+pub async fn read(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
     let selection = selection.clone();
-    tokio::task::spawn_blocking(move || read_blocking(&selection)).await?
+    tokio::task::spawn_blocking(move || read_blocking(&selection, keep)).await?
 }
 
-fn read_blocking(selection: &Selection) -> anyhow::Result<Scan> {
+fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
     let topic = selection.kafka.topic(topics::REVIEWS_DLQ);
     let source_topic = selection
         .source_topic
@@ -312,10 +355,11 @@ fn read_blocking(selection: &Selection) -> anyhow::Result<Scan> {
         Some(since) => {
             let mut query = TopicPartitionList::new();
             for &partition in &partitions {
+                // Broker timestamps start at 1970: an earlier time reads from the start.
                 query.add_partition_offset(
                     &topic,
                     partition,
-                    Offset::Offset(since.timestamp_millis()),
+                    Offset::Offset(since.timestamp_millis().max(0)),
                 )?;
             }
             Some(
@@ -353,10 +397,20 @@ fn read_blocking(selection: &Selection) -> anyhow::Result<Scan> {
         return Ok(scan);
     }
     consumer.assign(&assignment)?;
-    let mut last_message = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_position_check = Instant::now();
     while !ends.is_empty() {
+        if last_position_check.elapsed() >= Duration::from_secs(1) {
+            last_position_check = Instant::now();
+            for partition in finished(&consumer, &topic, &ends) {
+                finish(&consumer, &topic, partition, &mut ends);
+            }
+            if ends.is_empty() {
+                break;
+            }
+        }
         let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-            if last_message.elapsed() > STALL_TIMEOUT {
+            if last_progress.elapsed() > STALL_TIMEOUT {
                 bail!(
                     "reading {topic} stalled: nothing for {} s with {} partitions unfinished ({} messages read)",
                     STALL_TIMEOUT.as_secs(),
@@ -364,44 +418,90 @@ fn read_blocking(selection: &Selection) -> anyhow::Result<Scan> {
                     scan.read
                 );
             }
-            drop_finished(&consumer, &topic, &mut ends);
             continue;
         };
         let message = result.with_context(|| format!("reading {topic}"))?;
-        last_message = Instant::now();
         let (partition, offset) = (message.partition(), message.offset());
         let Some(&end) = ends.get(&partition) else {
             continue;
         };
         if offset >= end {
-            ends.remove(&partition);
+            finish(&consumer, &topic, partition, &mut ends);
             continue;
         }
+        last_progress = Instant::now();
         scan.read += 1;
         match DeadLetter::decode_validated(message.payload().unwrap_or_default()) {
-            Ok(letter) => {
+            Ok(mut letter) => {
                 if selection.matches(&letter, source_topic.as_deref()) {
+                    scan.selected += 1;
+                    if keep == Keep::WithoutOriginals {
+                        letter.original_value_b64.clear();
+                    }
                     scan.letters.push(FoundLetter {
                         dlq_partition: partition,
                         dlq_offset: offset,
                         redriven: None,
                         letter,
                     });
+                    if let Keep::Newest(limit) = keep
+                        && scan.letters.len() >= limit.saturating_mul(2).max(64)
+                    {
+                        keep_newest(&mut scan.letters, limit);
+                    }
                 }
             }
-            Err(error) => scan.unreadable.push(Unreadable {
-                partition,
-                offset,
-                reason: error.to_string(),
-            }),
+            Err(error) => {
+                scan.unreadable_total += 1;
+                if scan.unreadable.len() < UNREADABLE_KEPT {
+                    scan.unreadable.push(Unreadable {
+                        partition,
+                        offset,
+                        reason: error.to_string(),
+                    });
+                }
+            }
         }
         if offset + 1 >= end {
-            ends.remove(&partition);
+            finish(&consumer, &topic, partition, &mut ends);
         }
     }
-    scan.letters
-        .sort_by_key(|found| (found.dlq_partition, found.dlq_offset));
+    if let Keep::Newest(limit) = keep {
+        keep_newest(&mut scan.letters, limit);
+    }
+    scan.letters.sort_by_key(|found| {
+        (
+            found.letter.event_time,
+            found.dlq_partition,
+            found.dlq_offset,
+        )
+    });
     Ok(scan)
+}
+
+/// Stops reading `partition`: it reached its end (pausing it keeps the fetcher off a busy partition).
+fn finish(consumer: &BaseConsumer, topic: &str, partition: i32, ends: &mut BTreeMap<i32, i64>) {
+    ends.remove(&partition);
+    let mut paused = TopicPartitionList::new();
+    paused.add_partition(topic, partition);
+    if let Err(error) = consumer.pause(&paused) {
+        tracing::debug!(%error, partition, "could not pause a finished partition");
+    }
+}
+
+/// Keeps the newest `limit` letters (by time, then place), in no particular order.
+fn keep_newest(letters: &mut Vec<FoundLetter>, limit: usize) {
+    if letters.len() <= limit {
+        return;
+    }
+    letters.sort_by(|a, b| {
+        (b.letter.event_time, b.dlq_partition, b.dlq_offset).cmp(&(
+            a.letter.event_time,
+            a.dlq_partition,
+            a.dlq_offset,
+        ))
+    });
+    letters.truncate(limit);
 }
 
 /// A consumer that reads by assignment: its group is never joined and nothing is committed.
@@ -439,29 +539,21 @@ fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<
     }
 }
 
-/// Forgets partitions whose position reached their end (transaction markers or deleted records can
-/// leave the last offsets without a message).
-fn drop_finished(consumer: &BaseConsumer, topic: &str, ends: &mut BTreeMap<i32, i64>) {
+/// Partitions whose position reached their end without a message at the last offsets (transaction
+/// markers, deleted records).
+fn finished(consumer: &BaseConsumer, topic: &str, ends: &BTreeMap<i32, i64>) -> Vec<i32> {
     let Ok(positions) = consumer.position() else {
-        return;
+        return Vec::new();
     };
-    ends.retain(|&partition, &mut end| {
-        !matches!(
-            positions.find_partition(topic, partition).map(|found| found.offset()),
-            Some(Offset::Offset(position)) if position >= end
-        )
-    });
-}
-
-/// Orders letters newest first (by their time, then place).
-fn newest_first(letters: &mut [FoundLetter]) {
-    letters.sort_by(|a, b| {
-        (b.letter.event_time, b.dlq_partition, b.dlq_offset).cmp(&(
-            a.letter.event_time,
-            a.dlq_partition,
-            a.dlq_offset,
-        ))
-    });
+    ends.iter()
+        .filter(|&(&partition, &end)| {
+            matches!(
+                positions.find_partition(topic, partition).map(|found| found.offset()),
+                Some(Offset::Offset(position)) if position >= end
+            )
+        })
+        .map(|(&partition, _)| partition)
+        .collect()
 }
 
 /// The Redis key remembering that the letter with `event_id` was redriven.
@@ -543,8 +635,9 @@ fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "topic": scan.topic,
                 "read": scan.read,
-                "selected": scan.letters.len(),
+                "selected": scan.selected,
                 "groups": rows,
+                "unreadable_total": scan.unreadable_total,
                 "unreadable": scan.unreadable,
             }))?
         );
@@ -552,10 +645,7 @@ fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
     }
     println!(
         "{}: {} messages read, {} dead letters selected, {} unreadable",
-        scan.topic,
-        scan.read,
-        scan.letters.len(),
-        scan.unreadable.len()
+        scan.topic, scan.read, scan.selected, scan.unreadable_total
     );
     if rows.is_empty() {
         return Ok(());
@@ -574,9 +664,9 @@ fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
     for row in &rows {
         println!(
             "{:<8} {:<24} {:<28} {:>8} {:>9} {:>9}  {:<20}  {:<20}",
-            row.service,
-            row.error_kind,
-            row.source_topic,
+            cell(&row.service, 8),
+            cell(&row.error_kind, 24),
+            cell(&row.source_topic, 28),
             row.letters,
             row.truncated,
             row.redriven
@@ -585,10 +675,19 @@ fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
             row.last.format("%Y-%m-%d %H:%M:%S"),
         );
     }
-    for unreadable in scan.unreadable.iter().take(10) {
+    const UNREADABLE_SHOWN: usize = 10;
+    for unreadable in scan.unreadable.iter().take(UNREADABLE_SHOWN) {
         println!(
             "unreadable: partition {} offset {}: {}",
-            unreadable.partition, unreadable.offset, unreadable.reason
+            unreadable.partition,
+            unreadable.offset,
+            cell(&unreadable.reason, 200)
+        );
+    }
+    if scan.unreadable_total > UNREADABLE_SHOWN as u64 {
+        println!(
+            "… and {} more unreadable (--json names the first {UNREADABLE_KEPT})",
+            scan.unreadable_total - UNREADABLE_SHOWN as u64
         );
     }
     Ok(())
@@ -613,6 +712,18 @@ fn cell(text: &str, chars: usize) -> String {
 }
 
 fn print_list(args: &ListArgs, scan: &Scan) {
+    let shown = format!(
+        "{} of {} selected letters shown ({} messages read from {}){}",
+        scan.letters.len(),
+        scan.selected,
+        scan.read,
+        scan.topic,
+        if (scan.letters.len() as u64) < scan.selected {
+            "; --limit 0 shows all"
+        } else {
+            ""
+        }
+    );
     match args.format {
         ListFormat::Json => {
             for found in &scan.letters {
@@ -652,8 +763,8 @@ fn print_list(args: &ListArgs, scan: &Scan) {
                     "{:<10} {:<20} {:<8} {:<22} {:<26} {:>7} {:<8}  {:<40}  {}",
                     format!("{}@{}", found.dlq_partition, found.dlq_offset),
                     letter.event_time.format("%Y-%m-%d %H:%M:%S"),
-                    letter.service,
-                    letter.error_kind,
+                    cell(&letter.service, 8),
+                    cell(&letter.error_kind, 22),
                     format!(
                         "{}/{}@{}",
                         letter.source.topic, letter.source.partition, letter.source.offset
@@ -668,32 +779,37 @@ fn print_list(args: &ListArgs, scan: &Scan) {
                     cell(&original, CELL_CHARS),
                 );
             }
-            println!(
-                "{} of the selected letters shown ({} messages read from {})",
-                scan.letters.len(),
-                scan.read,
-                scan.topic
-            );
+            println!("{shown}");
+            return;
         }
     }
+    // JSON and originals go to files: the count goes to stderr.
+    eprintln!("{shown}");
 }
 
 /// Publishes the originals of the selected letters again (see [`DlqCommand::Redrive`]).
-pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<RedriveReport> {
+///
+/// Each letter is first claimed in Redis for [`PENDING_CLAIM_SECS`] (`SET NX`: concurrent runs never
+/// both send it), then published; once the broker acknowledged it the mark is made final for
+/// `--remember-days`. A failed publication gives its claim back. Redis failing or `shutdown` stops the
+/// claiming; what was already sent is still awaited and reported.
+pub async fn redrive(
+    args: &RedriveArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RedriveReport> {
     if args.selection.error_kinds.is_empty() {
         bail!(
             "redrive needs --error-kind: name the kind of failure whose cause was fixed (see `sentiflow dlq summary`)"
         );
     }
-    let scan = read(&args.selection).await?;
+    let scan = read(&args.selection, Keep::All).await?;
     let store = RedisStore::connect_lazy(&args.redis).context("redis")?;
-    let mut connection = store.connection();
     let target = args
         .to
         .as_deref()
         .map(|topic| physical_topic(&args.selection.kafka, topic));
     let mut report = RedriveReport {
-        selected: scan.letters.len() as u64,
+        selected: scan.selected,
         dry_run: args.dry_run,
         ..RedriveReport::default()
     };
@@ -707,107 +823,147 @@ pub async fn redrive(args: &RedriveArgs) -> anyhow::Result<RedriveReport> {
         let topic = target
             .clone()
             .unwrap_or_else(|| letter.source.topic.clone());
-        let (Ok(key), Ok(value)) = (letter.original_key(), letter.original_value()) else {
-            report.not_redrivable += 1;
-            continue;
-        };
-        if topic == scan.topic {
-            report.not_redrivable += 1;
-            continue;
+        match (letter.original_key(), letter.original_value()) {
+            (Ok(key), Ok(value)) if !value.is_empty() && topic != scan.topic => {
+                chosen.push(Outgoing {
+                    found,
+                    topic,
+                    key,
+                    value,
+                    marked: false,
+                });
+            }
+            _ => report.not_redrivable += 1,
         }
-        chosen.push(Outgoing {
-            found,
-            topic,
-            key,
-            value,
-        });
     }
-    let known: Vec<bool> = if chosen.is_empty() {
-        Vec::new()
-    } else {
+    let targets: std::collections::BTreeSet<&String> =
+        chosen.iter().map(|outgoing| &outgoing.topic).collect();
+    check_topics_exist(&args.selection.kafka, &targets).await?;
+    if !chosen.is_empty() {
         let letters: Vec<FoundLetter> = chosen
             .iter()
             .map(|outgoing| outgoing.found.clone())
             .collect();
-        redriven_flags(&args.redis, &letters)
-            .await
-            .context("reading the redriven marks from Redis")?
-    };
-    let mut to_send = Vec::new();
-    for (chosen, redriven) in chosen.into_iter().zip(known) {
-        if redriven && !args.again {
-            report.already_redriven += 1;
-        } else {
-            to_send.push(chosen);
+        match redriven_flags(&args.redis, &letters).await {
+            Ok(flags) => {
+                for (outgoing, flag) in chosen.iter_mut().zip(flags) {
+                    outgoing.marked = flag;
+                }
+            }
+            Err(error) if args.dry_run => {
+                eprintln!(
+                    "warning: Redis did not answer ({error:#}): counting every letter as not redriven"
+                );
+            }
+            Err(error) => return Err(error.context("reading the redriven marks from Redis")),
         }
     }
+    let (to_send, marked): (Vec<Outgoing<'_>>, Vec<Outgoing<'_>>) = chosen
+        .into_iter()
+        .partition(|outgoing| !outgoing.marked || args.again);
+    report.already_redriven += marked.len() as u64;
     if args.dry_run {
         for outgoing in &to_send {
             *report.published.entry(outgoing.topic.clone()).or_default() += 1;
         }
         return Ok(report);
     }
-    let targets: std::collections::BTreeSet<&String> =
-        to_send.iter().map(|outgoing| &outgoing.topic).collect();
-    check_topics_exist(&args.selection.kafka, &targets).await?;
     let producer = ResilientProducer::new(&args.selection.kafka, "dlq")?;
-    let ttl = args.remember_days.saturating_mul(86_400);
+    let mut connection = store.connection();
     let mut deliveries = Vec::with_capacity(to_send.len());
-    for Outgoing {
-        found,
-        topic,
-        key,
-        value,
-    } in &to_send
-    {
-        let mark = redriven_key(&store, &found.letter.event_id);
-        let record = serde_json::json!({
-            "at": Utc::now(),
-            "to": topic,
-            "dlq_partition": found.dlq_partition,
-            "dlq_offset": found.dlq_offset,
-        })
-        .to_string();
-        // Remembered before it is sent: two redrives running at once cannot both send it.
-        let mut set = redis::cmd("SET");
-        set.arg(&mark).arg(&record).arg("EX").arg(ttl);
-        if !args.again {
-            set.arg("NX");
+    for (index, outgoing) in to_send.iter().enumerate() {
+        if shutdown.is_cancelled() {
+            report.not_attempted += (to_send.len() - index) as u64;
+            report.stopped = Some("interrupted".to_owned());
+            break;
         }
-        let claimed: Option<String> = set
-            .query_async(&mut connection)
-            .await
-            .context("remembering a redriven letter in Redis")?;
-        if claimed.is_none() {
-            report.already_redriven += 1;
-            continue;
-        }
+        let mark = redriven_key(&store, &outgoing.found.letter.event_id);
+        // A letter marked before (only with --again) keeps its mark until its new copy is acknowledged.
+        let claimed = if outgoing.marked {
+            false
+        } else {
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&mark)
+                .arg("pending")
+                .arg("NX")
+                .arg("EX")
+                .arg(PENDING_CLAIM_SECS)
+                .query_async(&mut connection)
+                .await;
+            match set {
+                Ok(Some(_)) => true,
+                Ok(None) => {
+                    // Claimed by a run going on at the same time.
+                    report.already_redriven += 1;
+                    continue;
+                }
+                Err(error) => {
+                    report.not_attempted += (to_send.len() - index) as u64;
+                    report.stopped = Some(format!("Redis: {error}"));
+                    break;
+                }
+            }
+        };
         let from = format!(
             "{}/{}/{}",
-            scan.topic, found.dlq_partition, found.dlq_offset
+            scan.topic, outgoing.found.dlq_partition, outgoing.found.dlq_offset
         );
         let headers = OwnedHeaders::new().insert(Header {
             key: REDRIVEN_FROM_HEADER,
             value: Some(from.as_bytes()),
         });
         match producer
-            .enqueue(topic, key.as_deref(), value, Some(headers))
+            .enqueue(
+                &outgoing.topic,
+                outgoing.key.as_deref(),
+                &outgoing.value,
+                Some(headers),
+            )
             .await
         {
-            Ok(delivery) => deliveries.push((mark, topic.clone(), delivery)),
+            Ok(delivery) => deliveries.push((outgoing, mark, claimed, delivery)),
             Err(error) => {
-                eprintln!("could not publish {from} to {topic}: {error}");
-                forget(&mut connection, &mark).await;
+                eprintln!("could not publish {from} to {}: {error}", outgoing.topic);
+                if claimed {
+                    give_back(&mut connection, &mark).await;
+                }
                 report.failed += 1;
             }
         }
     }
-    for (mark, topic, delivery) in deliveries {
+    let remember_secs = args.remember_days.saturating_mul(86_400);
+    for (outgoing, mark, claimed, delivery) in deliveries {
         match await_delivery(delivery).await {
-            Ok(_) => *report.published.entry(topic).or_default() += 1,
+            Ok(_) => {
+                *report.published.entry(outgoing.topic.clone()).or_default() += 1;
+                let record = serde_json::json!({
+                    "at": Utc::now(),
+                    "to": outgoing.topic,
+                    "dlq_partition": outgoing.found.dlq_partition,
+                    "dlq_offset": outgoing.found.dlq_offset,
+                })
+                .to_string();
+                let set: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&mark)
+                    .arg(record)
+                    .arg("EX")
+                    .arg(remember_secs)
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(error) = set {
+                    eprintln!("published, but the mark {mark} could not be made final: {error}");
+                    report.unconfirmed_marks += 1;
+                }
+            }
             Err(error) => {
-                eprintln!("a redriven message to {topic} was not acknowledged: {error}");
-                forget(&mut connection, &mark).await;
+                // Not acknowledged in time: it may still have been written, so a rerun may duplicate it.
+                eprintln!(
+                    "a redriven message to {} was not acknowledged: {error}",
+                    outgoing.topic
+                );
+                if claimed {
+                    give_back(&mut connection, &mark).await;
+                }
                 report.failed += 1;
             }
         }
@@ -821,14 +977,24 @@ struct Outgoing<'a> {
     topic: String,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
+    /// Redriven before (a mark exists).
+    marked: bool,
 }
 
-/// Removes a redriven mark whose message was not published, so a rerun sends it.
-async fn forget(connection: &mut redis::aio::ConnectionManager, mark: &str) {
-    let removed: redis::RedisResult<u64> =
-        redis::cmd("DEL").arg(mark).query_async(connection).await;
+/// Deletes this run's claim on a letter whose message was not published, so a rerun sends it (left
+/// in place, the claim expires after [`PENDING_CLAIM_SECS`]).
+async fn give_back(connection: &mut redis::aio::ConnectionManager, mark: &str) {
+    // Only a claim: never a final mark another run wrote meanwhile.
+    let removed: redis::RedisResult<u64> = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == 'pending' then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+    .key(mark)
+    .invoke_async(connection)
+    .await;
     if let Err(error) = removed {
-        eprintln!("could not forget the mark {mark} (rerun with --again for it): {error}");
+        eprintln!(
+            "could not give back the claim {mark} ({error}); it expires in {PENDING_CLAIM_SECS} s"
+        );
     }
 }
 
@@ -837,6 +1003,9 @@ async fn check_topics_exist(
     kafka: &KafkaArgs,
     targets: &std::collections::BTreeSet<&String>,
 ) -> anyhow::Result<()> {
+    if targets.is_empty() {
+        return Ok(());
+    }
     let kafka = kafka.clone();
     let targets: Vec<String> = targets.iter().map(|topic| (*topic).clone()).collect();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -863,6 +1032,9 @@ fn print_redrive(report: &RedriveReport) {
     for (topic, count) in &report.published {
         println!("  {count:>8}  to {topic}");
     }
+    let unconfirmed = format!(
+        "published, but the mark is not final: a rerun after {PENDING_CLAIM_SECS} s sends them again"
+    );
     for (count, why) in [
         (
             report.already_redriven,
@@ -870,17 +1042,25 @@ fn print_redrive(report: &RedriveReport) {
         ),
         (
             report.truncated,
-            "skipped: the original was cut (over 256 KiB), its bytes are gone",
+            "skipped: the original was cut (a value over 256 KiB or a key over 16 KiB), its bytes are gone",
         ),
         (
             report.not_redrivable,
-            "skipped: the target is the dead-letter topic, or the original is not base64",
+            "skipped: the original is empty or not base64, or the target is the dead-letter topic",
         ),
-        (report.failed, "failed: not published, not remembered"),
+        (
+            report.failed,
+            "failed: not acknowledged by the broker, claim given back",
+        ),
+        (report.not_attempted, "not tried: the run stopped early"),
+        (report.unconfirmed_marks, unconfirmed.as_str()),
     ] {
         if count > 0 {
             println!("  {count:>8}  {why}");
         }
+    }
+    if let Some(why) = &report.stopped {
+        println!("stopped early: {why}");
     }
     if report.dry_run {
         println!("dry run: nothing was published or remembered");

@@ -59,6 +59,8 @@ impl StackConfig {
             lang_policy: sentiflow_ingest::config::LangPolicy::Mark,
             weak_label_threshold: 0.5,
             lexicon_path: None,
+            http_max_reviews: 500,
+            http_max_concurrent: 16,
         };
         let infer = InferConfig {
             kafka: kafka.clone(),

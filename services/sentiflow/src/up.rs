@@ -710,8 +710,13 @@ async fn replay_blocks(
     );
     if labels_published > 0 {
         let drift = &stack.drift.stats;
+        // Labels published by an earlier run on the same data (no --fresh) come back as duplicates.
+        let duplicates = match drift.labels_duplicate.load(Ordering::Relaxed) {
+            0 => String::new(),
+            count => format!(", {count} duplicates of labels already counted"),
+        };
         println!(
-            "  human labels               {labels_published:>8}  to labels.feedback ({:.0} % of the labelled rows, reviewer {REPLAY_REVIEWER}); drift so far: {} joined, {} held for their prediction, {} unmatched (a row ingest dropped as a duplicate or dead-lettered has no prediction: its label is held for --label-grace-secs, then unmatched)",
+            "  human labels               {labels_published:>8}  to labels.feedback ({:.0} % of the labelled rows, reviewer {REPLAY_REVIEWER}); drift so far: {} joined{duplicates}, {} held for their prediction, {} unmatched (a row ingest dropped as a duplicate or dead-lettered has no prediction: its label is held for --label-grace-secs, then unmatched)",
             args.human_labels * 100.0,
             drift.labels_joined.load(Ordering::Relaxed),
             drift.labels_held.load(Ordering::Relaxed),
