@@ -776,10 +776,10 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         (
             stopped.published_total(),
             stopped.not_attempted,
-            stopped.already_redriven
+            stopped.in_progress
         ),
         (0, 4, 1),
-        "interrupted before the first letter"
+        "interrupted before the first letter; the claimed one is never sent by this run"
     );
     let done = redrive(&redrive_args(&["--error-kind", "oversize"]), &no_interrupt)
         .await
@@ -789,11 +789,26 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         (
             done.truncated,
             done.failed,
+            done.in_progress,
             done.already_redriven,
             done.not_attempted
         ),
-        (1, 0, 1, 0)
+        (1, 0, 1, 0, 0)
     );
+    // It shows as pending, the four as redriven.
+    let mut marked_now = read(&summary.selection, Keep::WithoutOriginals)
+        .await
+        .unwrap();
+    sentiflow::dlq::mark_redriven(
+        &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
+        &mut marked_now.letters,
+    )
+    .await;
+    let row = summarize(&marked_now.letters)
+        .into_iter()
+        .find(|row| row.error_kind == "oversize")
+        .unwrap();
+    assert_eq!((row.redriven, row.pending), (Some(4), Some(1)));
     // The other run's claim lapses without a send: the next run sends that letter.
     let _: () = redis::cmd("DEL")
         .arg(&claim_key)
@@ -908,7 +923,8 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     let reviews = real_reviews(21, 0);
 
     // One review as an object, then twenty as an array: 202 with where each landed.
-    let (status, answer) = post(serde_json::to_vec(&reviews[0]).unwrap()).await;
+    let first = serde_json::to_vec_pretty(&reviews[0]).unwrap();
+    let (status, answer) = post(first.clone()).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 1);
     assert_eq!(
@@ -999,6 +1015,20 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
             .iter()
             .map(|review| review.review_id.clone())
             .collect::<BTreeSet<_>>()
+    );
+    // Published byte for byte as sent (checked on those bytes, like a message on reviews.raw).
+    let raw = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_RAW),
+        41,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(raw.len(), 41);
+    assert!(
+        raw.iter()
+            .any(|message| message.payload() == Some(first.as_slice()))
     );
     let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert!(

@@ -10,16 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::future::join_all;
 use sentiflow_common::events::SourceCoordinate;
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use serde::Serialize;
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::SERVICE;
@@ -83,6 +86,7 @@ pub fn router(
                 slots.clone().shed_when_full(request, next)
             })),
         )
+        .route("/openapi.json", get(openapi))
         .with_state(ApiState {
             processor,
             producer,
@@ -96,64 +100,27 @@ async fn accept(State(state): State<ApiState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
     let response = match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
-        Ok(body) => accept_body(&state, in_flight, &body).await,
+        Ok(body) => accept_body(&state, in_flight, body).await,
         Err(response) => response,
     };
     record_request(SERVICE, &response, started);
     response
 }
 
-async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: &[u8]) -> Response {
-    let reviews = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(reviews)) => reviews,
-        Ok(review @ Value::Object(_)) => vec![review],
-        Ok(_) => {
-            return json_error(
-                SERVICE,
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "expected one review object or an array of them",
-            );
-        }
-        Err(error) => {
-            return json_error(
-                SERVICE,
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {error}"),
-            );
-        }
-    };
-    if reviews.is_empty() {
-        return json_error(
-            SERVICE,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_reviews",
-            "the array holds no review",
-        );
-    }
-    if reviews.len() > state.limits.max_reviews {
-        return json_error(
-            SERVICE,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "too_many_reviews",
-            format!(
-                "{} reviews; at most {} per request (--http-max-reviews)",
-                reviews.len(),
-                state.limits.max_reviews
-            ),
-        );
-    }
-    // The same checks as a message on reviews.raw (cleaning and language detection included), off the
-    // async workers: ~150 µs a review.
+async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: Bytes) -> Response {
+    // Parsing and the checks (cleaning and language detection, ~150 µs a review) run off the async
+    // workers; the slot is held until publication ends, since the request still holds its bytes.
     let processor = state.processor.clone();
+    let limits = state.limits;
+    let job_slot = in_flight.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let _in_flight = in_flight;
-        check(&processor, reviews)
+        let _in_flight = job_slot;
+        parse_and_check(&processor, &body, limits)
     })
     .await;
-    let (valid, rejected) = match checked {
-        Ok(checked) => checked,
+    let (valid, rejected, total) = match checked {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(response)) => return *response,
         Err(join_error) => {
             tracing::error!(%join_error, "checking an HTTP request failed");
             return json_error(
@@ -165,7 +132,6 @@ async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: &[u8])
         }
     };
     if !rejected.is_empty() {
-        let total = valid.len() + rejected.len();
         for rejection in &rejected {
             metrics::counter!("sentiflow_ingest_http_reviews_total", "outcome" => "rejected", "error_kind" => rejection.error_kind)
                 .increment(1);
@@ -186,10 +152,12 @@ async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: &[u8])
         )
             .into_response();
     }
-    publish(state, valid).await
+    let response = publish(state, valid).await;
+    drop(in_flight);
+    response
 }
 
-/// A review that passed the checks: its bytes as they will be published.
+/// A review that passed the checks: its bytes exactly as the client sent them.
 struct ValidReview {
     event_id: String,
     review_id: String,
@@ -207,22 +175,84 @@ struct RejectedReview {
     message: String,
 }
 
-/// Checks every review; the valid ones come back serialised compactly, as they will be published.
-fn check(processor: &Processor, reviews: Vec<Value>) -> (Vec<ValidReview>, Vec<RejectedReview>) {
+/// What a request's checks found: the valid reviews, the rejected ones, how many there were.
+type Checked = (Vec<ValidReview>, Vec<RejectedReview>, usize);
+
+/// Splits the body into its reviews without building them (each one's raw bytes, at most
+/// `max_reviews + 1` of them are looked at), then checks each exactly as a message on `reviews.raw`
+/// is checked: the same bytes, the same size limit.
+fn parse_and_check(
+    processor: &Processor,
+    body: &[u8],
+    limits: HttpLimits,
+) -> Result<Checked, Box<Response>> {
+    let invalid_json = |error: &dyn std::fmt::Display| {
+        json_error(
+            SERVICE,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {error}"),
+        )
+    };
+    let reviews: Vec<&RawValue> = match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let mut deserializer = serde_json::Deserializer::from_slice(body);
+            let parsed = BoundedReviews(limits.max_reviews).deserialize(&mut deserializer);
+            match parsed.and_then(|reviews| deserializer.end().map(|()| reviews)) {
+                Ok(reviews) => reviews,
+                Err(error) if error.to_string().starts_with(TOO_MANY) => {
+                    return Err(Box::new(json_error(
+                        SERVICE,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "too_many_reviews",
+                        format!(
+                            "more than {} reviews; at most {} per request (--http-max-reviews)",
+                            limits.max_reviews, limits.max_reviews
+                        ),
+                    )));
+                }
+                Err(error) => return Err(Box::new(invalid_json(&error))),
+            }
+        }
+        Some(b'{') => match serde_json::from_slice::<&RawValue>(body) {
+            Ok(review) => vec![review],
+            Err(error) => return Err(Box::new(invalid_json(&error))),
+        },
+        _ => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => {
+                return Err(Box::new(json_error(
+                    SERVICE,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "expected one review object or an array of them",
+                )));
+            }
+            Err(error) => return Err(Box::new(invalid_json(&error))),
+        },
+    };
+    if reviews.is_empty() {
+        return Err(Box::new(json_error(
+            SERVICE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_reviews",
+            "the array holds no review",
+        )));
+    }
     let source = SourceCoordinate {
         topic: "http".to_owned(),
         partition: 0,
         offset: 0,
     };
-    let mut valid = Vec::with_capacity(reviews.len());
+    let total = reviews.len();
+    let mut valid = Vec::with_capacity(total);
     let mut rejected = Vec::new();
     for (index, review) in reviews.into_iter().enumerate() {
-        let bytes = serde_json::to_vec(&review).expect("a parsed JSON value serialises");
-        match processor.process(Some(&bytes), &source) {
+        let bytes = review.get().as_bytes();
+        match processor.process(Some(bytes), &source) {
             Ok(clean) => valid.push(ValidReview {
                 event_id: clean.source_event_id,
                 review_id: clean.review_id,
-                bytes,
+                bytes: bytes.to_vec(),
             }),
             Err(rejection) => rejected.push(RejectedReview {
                 index,
@@ -231,29 +261,73 @@ fn check(processor: &Processor, reviews: Vec<Value>) -> (Vec<ValidReview>, Vec<R
             }),
         }
     }
-    (valid, rejected)
+    Ok((valid, rejected, total))
 }
 
-/// Publishes the checked reviews keyed by review id and waits for every acknowledgement.
-async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
-    let mut deliveries = Vec::with_capacity(reviews.len());
-    for review in &reviews {
-        match state
-            .producer
-            .enqueue(
-                &state.raw_topic,
-                Some(review.review_id.as_bytes()),
-                &review.bytes,
-                None,
-            )
-            .await
-        {
-            Ok(delivery) => deliveries.push(await_delivery(delivery)),
-            Err(error) => return broker_unavailable(&error.to_string()),
-        }
+/// The start of the error a [`BoundedReviews`] gives when the array is longer than its bound.
+const TOO_MANY: &str = "too many reviews";
+
+/// A JSON array of raw values that stops reading after `.0` of them (plus one, to know it was more).
+struct BoundedReviews(usize);
+
+impl<'de> DeserializeSeed<'de> for BoundedReviews {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
     }
-    let acknowledged = match tokio::time::timeout(PUBLISH_TIMEOUT, join_all(deliveries)).await {
-        Ok(acknowledged) => acknowledged,
+}
+
+impl<'de> Visitor<'de> for BoundedReviews {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an array of reviews")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        let mut reviews = Vec::with_capacity(self.0.min(1024));
+        while let Some(review) = items.next_element::<&'de RawValue>()? {
+            if reviews.len() == self.0 {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            reviews.push(review);
+        }
+        Ok(reviews)
+    }
+}
+
+/// Publishes the checked reviews keyed by review id and waits for every acknowledgement, all within
+/// [`PUBLISH_TIMEOUT`] (a full producer queue waits inside it too).
+async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
+    let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+        let mut deliveries = Vec::with_capacity(reviews.len());
+        for review in &reviews {
+            let delivery = state
+                .producer
+                .enqueue(
+                    &state.raw_topic,
+                    Some(review.review_id.as_bytes()),
+                    &review.bytes,
+                    None,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+            deliveries.push(await_delivery(delivery));
+        }
+        join_all(deliveries)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<(i32, i64)>, _>>()
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    let places = match sent {
+        Ok(Ok(places)) => places,
+        Ok(Err(error)) => return broker_unavailable(&error),
         Err(_) => {
             return broker_unavailable(&format!(
                 "not every review was acknowledged within {} s",
@@ -261,18 +335,16 @@ async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
             ));
         }
     };
-    let mut accepted = Vec::with_capacity(reviews.len());
-    for (review, acknowledgement) in reviews.into_iter().zip(acknowledged) {
-        match acknowledgement {
-            Ok((partition, offset)) => accepted.push(Accepted {
-                event_id: review.event_id,
-                review_id: review.review_id,
-                partition,
-                offset,
-            }),
-            Err(error) => return broker_unavailable(&error.to_string()),
-        }
-    }
+    let accepted: Vec<Accepted> = reviews
+        .into_iter()
+        .zip(places)
+        .map(|(review, (partition, offset))| Accepted {
+            event_id: review.event_id,
+            review_id: review.review_id,
+            partition,
+            offset,
+        })
+        .collect();
     metrics::counter!("sentiflow_ingest_http_reviews_total", "outcome" => "accepted", "error_kind" => "none")
         .increment(accepted.len() as u64);
     (
@@ -303,9 +375,98 @@ fn broker_unavailable(reason: &str) -> Response {
     response
 }
 
+async fn openapi(State(state): State<ApiState>) -> axum::Json<Value> {
+    axum::Json(openapi_document(state.limits))
+}
+
+/// The OpenAPI 3.1 description of ingest's HTTP API.
+pub fn openapi_document(limits: HttpLimits) -> Value {
+    let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sentiflow ingest",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Reviews over HTTP: checked like messages on reviews.raw, then published to it."
+        },
+        "paths": {
+            "/v1/reviews": {
+                "post": {
+                    "summary": "Publish reviews to reviews.raw (all or none pass the checks)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "oneOf": [
+                            {"$ref": "https://sentiflow.dev/schemas/review.schema.json"},
+                            {"type": "array", "minItems": 1, "maxItems": limits.max_reviews, "items": {"$ref": "https://sentiflow.dev/schemas/review.schema.json"}}
+                        ],
+                        "description": format!("One review or an array; each at most {} bytes as compact JSON; the body at most {} bytes.", limits.max_review_bytes, limits.max_body_bytes())
+                    }}}},
+                    "responses": {
+                        "202": {"description": "Every review acknowledged by the broker", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                        "400": error_response("invalid_json, invalid_body (not one object or an array) or unreadable_body"),
+                        "408": error_response("body_timeout: the body did not arrive within 10 s of the headers"),
+                        "413": error_response("body_too_large"),
+                        "422": {"description": "invalid_reviews (nothing published; `rejected` names each: index, error_kind, message), no_reviews or too_many_reviews", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                        "503": error_response("broker_unavailable: not every review was acknowledged; send the same request again (Retry-After: 5); overloaded: more than --http-max-concurrent requests in flight (Retry-After: 1)")
+                    }
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness and details", "responses": {"200": {"description": "Health snapshot"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 200 when Kafka and Redis answer, else 503", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition format"}}}}
+        },
+        "components": {
+            "schemas": {
+                "Accepted": {
+                    "type": "object",
+                    "required": ["accepted", "topic", "reviews"],
+                    "properties": {
+                        "accepted": {"type": "integer"},
+                        "topic": {"type": "string"},
+                        "reviews": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["event_id", "review_id", "partition", "offset"],
+                            "properties": {"event_id": {"type": "string"}, "review_id": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}
+                        }}
+                    }
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string", "description": "Stable error kind (also the `error_kind` label of sentiflow_ingest_http_errors_total)."},
+                        "message": {"type": "string"},
+                        "rejected_total": {"type": "integer"},
+                        "rejected": {"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "error_kind": {"type": "string"}, "message": {"type": "string"}}}}
+                    }
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openapi_document_states_the_configured_limits() {
+        let document = openapi_document(HttpLimits {
+            max_reviews: 7,
+            max_review_bytes: 300,
+            max_concurrent: 1,
+        });
+        let post = &document["paths"]["/v1/reviews"]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["oneOf"][1]["maxItems"],
+            7
+        );
+        for status in ["202", "400", "408", "413", "422", "503"] {
+            assert!(
+                post["responses"][status].is_object(),
+                "{status} is documented"
+            );
+        }
+    }
 
     #[test]
     fn the_body_limit_fits_the_largest_valid_request() {

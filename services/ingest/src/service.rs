@@ -165,13 +165,26 @@ pub async fn start(
     };
     let stats = worker.stats.clone();
     info!(%http_addr, topic = %raw_topic, "ingest started");
+    let http_drain = Duration::from_millis(config.telemetry.drain_timeout_ms);
     let task = tokio::spawn(async move {
         let result = worker.run().await;
         probes_stop.cancel();
         for probe in probes {
             let _ = probe.await;
         }
-        let _ = http_task.await;
+        // In-flight `POST /v1/reviews` requests get the drain time to finish; one cut off is resent
+        // by its client (it got no 202) and deduplicated by event id.
+        let mut http_task = http_task;
+        if tokio::time::timeout(http_drain, &mut http_task)
+            .await
+            .is_err()
+        {
+            warn!(
+                drain_ms = http_drain.as_millis() as u64,
+                "HTTP requests still in flight after the drain time: cut off"
+            );
+            http_task.abort();
+        }
         result
     });
     Ok(Running {

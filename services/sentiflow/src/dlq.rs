@@ -153,10 +153,36 @@ pub struct FoundLetter {
     pub dlq_offset: i64,
     /// Whether it was redriven (unknown when Redis was not asked or did not answer).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redriven: Option<bool>,
+    pub redriven: Option<Mark>,
     /// The letter.
     pub letter: DeadLetter,
 }
+
+/// What Redis remembers of a letter's redrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mark {
+    /// Never redriven (or remembered no longer).
+    No,
+    /// Claimed by a redrive that has not seen the broker's acknowledgement yet: one going on now, or
+    /// one that died (the claim lapses after [`PENDING_CLAIM_SECS`]).
+    Pending,
+    /// Redriven: the broker acknowledged the copy.
+    Yes,
+}
+
+impl Mark {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::No => "no",
+            Self::Pending => "pending",
+            Self::Yes => "yes",
+        }
+    }
+}
+
+/// Value prefix of a claim (`pending:<run id>`); a final mark is a JSON record.
+const CLAIM_PREFIX: &str = "pending";
 
 /// A message of the dead-letter topic that is not a valid dead letter.
 #[derive(Debug, Clone, Serialize)]
@@ -215,6 +241,8 @@ pub struct SummaryRow {
     pub truncated: u64,
     /// How many were redriven (unknown without Redis).
     pub redriven: Option<u64>,
+    /// How many are claimed by a redrive not finished (unknown without Redis).
+    pub pending: Option<u64>,
     /// Time of the first.
     pub first: DateTime<Utc>,
     /// Time of the last.
@@ -230,6 +258,9 @@ pub struct RedriveReport {
     pub published: BTreeMap<String, u64>,
     /// Skipped: redriven before (without `--again`).
     pub already_redriven: u64,
+    /// Skipped: claimed by another redrive that has not finished (or died: its claim lapses after
+    /// [`PENDING_CLAIM_SECS`]); never sent, even with `--again`.
+    pub in_progress: u64,
     /// Skipped: the original was cut.
     pub truncated: u64,
     /// Skipped: the target would be the dead-letter topic itself, or the original is empty (a null or
@@ -283,7 +314,10 @@ pub async fn run(command: DlqCommand, shutdown: CancellationToken) -> anyhow::Re
         DlqCommand::Redrive(args) => {
             let report = redrive(&args, &shutdown).await?;
             print_redrive(&report);
-            let unfinished = report.failed + report.not_attempted + report.unconfirmed_marks;
+            let unfinished = report.failed
+                + report.not_attempted
+                + report.unconfirmed_marks
+                + report.in_progress;
             if unfinished > 0 {
                 bail!(
                     "{unfinished} of {} letters are not redriven for sure{}: run the same command again",
@@ -566,32 +600,41 @@ pub async fn mark_redriven(redis: &RedisArgs, letters: &mut [FoundLetter]) {
     if letters.is_empty() {
         return;
     }
-    match redriven_flags(redis, letters).await {
-        Ok(flags) => {
-            for (found, flag) in letters.iter_mut().zip(flags) {
-                found.redriven = Some(flag);
+    let event_ids: Vec<&str> = letters
+        .iter()
+        .map(|found| found.letter.event_id.as_str())
+        .collect();
+    match marks(redis, &event_ids).await {
+        Ok(marks) => {
+            for (found, mark) in letters.iter_mut().zip(marks) {
+                found.redriven = Some(mark);
             }
         }
         Err(error) => eprintln!("warning: redriven marks left out: Redis: {error:#}"),
     }
 }
 
-async fn redriven_flags(redis: &RedisArgs, letters: &[FoundLetter]) -> anyhow::Result<Vec<bool>> {
+/// What Redis remembers of the letters with `event_ids`, in order.
+async fn marks(redis: &RedisArgs, event_ids: &[&str]) -> anyhow::Result<Vec<Mark>> {
     let store = RedisStore::connect_lazy(redis)?;
     let mut connection = store.connection();
-    let mut flags = Vec::with_capacity(letters.len());
-    for chunk in letters.chunks(500) {
+    let mut marks = Vec::with_capacity(event_ids.len());
+    for chunk in event_ids.chunks(500) {
         let keys: Vec<String> = chunk
             .iter()
-            .map(|found| redriven_key(&store, &found.letter.event_id))
+            .map(|event_id| redriven_key(&store, event_id))
             .collect();
         let values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut connection)
             .await?;
-        flags.extend(values.into_iter().map(|value| value.is_some()));
+        marks.extend(values.into_iter().map(|value| match value {
+            None => Mark::No,
+            Some(value) if value.starts_with(CLAIM_PREFIX) => Mark::Pending,
+            Some(_) => Mark::Yes,
+        }));
     }
-    Ok(flags)
+    Ok(marks)
 }
 
 /// The summary rows, by (service, error kind, source topic).
@@ -612,15 +655,18 @@ pub fn summarize(letters: &[FoundLetter]) -> Vec<SummaryRow> {
                 letters: 0,
                 truncated: 0,
                 redriven: Some(0),
+                pending: Some(0),
                 first: letter.event_time,
                 last: letter.event_time,
             });
         row.letters += 1;
         row.truncated += u64::from(letter.original_truncated);
-        row.redriven = match (row.redriven, found.redriven) {
-            (Some(count), Some(flag)) => Some(count + u64::from(flag)),
+        let count = |so_far: Option<u64>, wanted: Mark| match (so_far, found.redriven) {
+            (Some(count), Some(mark)) => Some(count + u64::from(mark == wanted)),
             _ => None,
         };
+        row.redriven = count(row.redriven, Mark::Yes);
+        row.pending = count(row.pending, Mark::Pending);
         row.first = row.first.min(letter.event_time);
         row.last = row.last.max(letter.event_time);
     }
@@ -669,8 +715,11 @@ fn print_summary(args: &SummaryArgs, scan: &Scan) -> anyhow::Result<()> {
             cell(&row.source_topic, 28),
             row.letters,
             row.truncated,
-            row.redriven
-                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            match (row.redriven, row.pending) {
+                (Some(redriven), Some(0)) => redriven.to_string(),
+                (Some(redriven), Some(pending)) => format!("{redriven}+{pending}p"),
+                _ => "?".to_owned(),
+            },
             row.first.format("%Y-%m-%d %H:%M:%S"),
             row.last.format("%Y-%m-%d %H:%M:%S"),
         );
@@ -770,11 +819,7 @@ fn print_list(args: &ListArgs, scan: &Scan) {
                         letter.source.topic, letter.source.partition, letter.source.offset
                     ),
                     letter.original_size_bytes,
-                    match found.redriven {
-                        Some(true) => "yes",
-                        Some(false) => "no",
-                        None => "?",
-                    },
+                    found.redriven.map_or("?", Mark::as_str),
                     cell(&letter.reason, 40),
                     cell(&original, CELL_CHARS),
                 );
@@ -787,12 +832,17 @@ fn print_list(args: &ListArgs, scan: &Scan) {
     eprintln!("{shown}");
 }
 
+/// Letters claimed, sent and finalised together: the time from claim to final mark stays far below
+/// [`PENDING_CLAIM_SECS`] whatever the selection's size.
+const REDRIVE_CHUNK: usize = 256;
+
 /// Publishes the originals of the selected letters again (see [`DlqCommand::Redrive`]).
 ///
-/// Each letter is first claimed in Redis for [`PENDING_CLAIM_SECS`] (`SET NX`: concurrent runs never
-/// both send it), then published; once the broker acknowledged it the mark is made final for
-/// `--remember-days`. A failed publication gives its claim back. Redis failing or `shutdown` stops the
-/// claiming; what was already sent is still awaited and reported.
+/// In chunks: each letter is claimed in Redis (`SET NX`, a value naming this run, for
+/// [`PENDING_CLAIM_SECS`]: concurrent runs never both send it), published, and once the broker
+/// acknowledged it the mark is made final for `--remember-days`; a failed publication gives this
+/// run's claim back. Redis failing or `shutdown` stops before the next letter; what was sent is still
+/// awaited and reported.
 pub async fn redrive(
     args: &RedriveArgs,
     shutdown: &CancellationToken,
@@ -830,7 +880,7 @@ pub async fn redrive(
                     topic,
                     key,
                     value,
-                    marked: false,
+                    mark: Mark::No,
                 });
             }
             _ => report.not_redrivable += 1,
@@ -839,29 +889,32 @@ pub async fn redrive(
     let targets: std::collections::BTreeSet<&String> =
         chosen.iter().map(|outgoing| &outgoing.topic).collect();
     check_topics_exist(&args.selection.kafka, &targets).await?;
-    if !chosen.is_empty() {
-        let letters: Vec<FoundLetter> = chosen
-            .iter()
-            .map(|outgoing| outgoing.found.clone())
-            .collect();
-        match redriven_flags(&args.redis, &letters).await {
-            Ok(flags) => {
-                for (outgoing, flag) in chosen.iter_mut().zip(flags) {
-                    outgoing.marked = flag;
-                }
+    let event_ids: Vec<&str> = chosen
+        .iter()
+        .map(|outgoing| outgoing.found.letter.event_id.as_str())
+        .collect();
+    match marks(&args.redis, &event_ids).await {
+        Ok(found) => {
+            for (outgoing, mark) in chosen.iter_mut().zip(found) {
+                outgoing.mark = mark;
             }
-            Err(error) if args.dry_run => {
-                eprintln!(
-                    "warning: Redis did not answer ({error:#}): counting every letter as not redriven"
-                );
-            }
-            Err(error) => return Err(error.context("reading the redriven marks from Redis")),
+        }
+        Err(error) if args.dry_run => {
+            eprintln!(
+                "warning: Redis did not answer ({error:#}): counting every letter as not redriven"
+            );
+        }
+        Err(error) => return Err(error.context("reading the redriven marks from Redis")),
+    }
+    let mut to_send = Vec::with_capacity(chosen.len());
+    for outgoing in chosen {
+        match outgoing.mark {
+            // Another run may be sending it right now: never twice, even with --again.
+            Mark::Pending => report.in_progress += 1,
+            Mark::Yes if !args.again => report.already_redriven += 1,
+            Mark::Yes | Mark::No => to_send.push(outgoing),
         }
     }
-    let (to_send, marked): (Vec<Outgoing<'_>>, Vec<Outgoing<'_>>) = chosen
-        .into_iter()
-        .partition(|outgoing| !outgoing.marked || args.again);
-    report.already_redriven += marked.len() as u64;
     if args.dry_run {
         for outgoing in &to_send {
             *report.published.entry(outgoing.topic.clone()).or_default() += 1;
@@ -869,106 +922,164 @@ pub async fn redrive(
         return Ok(report);
     }
     let producer = ResilientProducer::new(&args.selection.kafka, "dlq")?;
-    let mut connection = store.connection();
-    let mut deliveries = Vec::with_capacity(to_send.len());
-    for (index, outgoing) in to_send.iter().enumerate() {
+    let mut run = Redrive {
+        store: &store,
+        connection: store.connection(),
+        claim: format!("{CLAIM_PREFIX}:{}", uuid::Uuid::new_v4()),
+        remember_secs: args.remember_days.saturating_mul(86_400),
+        dlq_topic: &scan.topic,
+    };
+    for (index, chunk) in to_send.chunks(REDRIVE_CHUNK).enumerate() {
+        let left = to_send.len() - index * REDRIVE_CHUNK;
         if shutdown.is_cancelled() {
-            report.not_attempted += (to_send.len() - index) as u64;
+            report.not_attempted += left as u64;
             report.stopped = Some("interrupted".to_owned());
             break;
         }
-        let mark = redriven_key(&store, &outgoing.found.letter.event_id);
-        // A letter marked before (only with --again) keeps its mark until its new copy is acknowledged.
-        let claimed = if outgoing.marked {
-            false
-        } else {
-            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                .arg(&mark)
-                .arg("pending")
-                .arg("NX")
-                .arg("EX")
-                .arg(PENDING_CLAIM_SECS)
-                .query_async(&mut connection)
-                .await;
-            match set {
-                Ok(Some(_)) => true,
-                Ok(None) => {
-                    // Claimed by a run going on at the same time.
-                    report.already_redriven += 1;
-                    continue;
-                }
-                Err(error) => {
-                    report.not_attempted += (to_send.len() - index) as u64;
-                    report.stopped = Some(format!("Redis: {error}"));
-                    break;
-                }
-            }
-        };
-        let from = format!(
-            "{}/{}/{}",
-            scan.topic, outgoing.found.dlq_partition, outgoing.found.dlq_offset
-        );
-        let headers = OwnedHeaders::new().insert(Header {
-            key: REDRIVEN_FROM_HEADER,
-            value: Some(from.as_bytes()),
-        });
-        match producer
-            .enqueue(
-                &outgoing.topic,
-                outgoing.key.as_deref(),
-                &outgoing.value,
-                Some(headers),
-            )
-            .await
-        {
-            Ok(delivery) => deliveries.push((outgoing, mark, claimed, delivery)),
-            Err(error) => {
-                eprintln!("could not publish {from} to {}: {error}", outgoing.topic);
-                if claimed {
-                    give_back(&mut connection, &mark).await;
-                }
-                report.failed += 1;
-            }
-        }
-    }
-    let remember_secs = args.remember_days.saturating_mul(86_400);
-    for (outgoing, mark, claimed, delivery) in deliveries {
-        match await_delivery(delivery).await {
-            Ok(_) => {
-                *report.published.entry(outgoing.topic.clone()).or_default() += 1;
-                let record = serde_json::json!({
-                    "at": Utc::now(),
-                    "to": outgoing.topic,
-                    "dlq_partition": outgoing.found.dlq_partition,
-                    "dlq_offset": outgoing.found.dlq_offset,
-                })
-                .to_string();
-                let set: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(&mark)
-                    .arg(record)
-                    .arg("EX")
-                    .arg(remember_secs)
-                    .query_async(&mut connection)
-                    .await;
-                if let Err(error) = set {
-                    eprintln!("published, but the mark {mark} could not be made final: {error}");
-                    report.unconfirmed_marks += 1;
-                }
-            }
-            Err(error) => {
-                // Not acknowledged in time: it may still have been written, so a rerun may duplicate it.
-                eprintln!(
-                    "a redriven message to {} was not acknowledged: {error}",
-                    outgoing.topic
-                );
-                if claimed {
-                    give_back(&mut connection, &mark).await;
-                }
-                report.failed += 1;
-            }
+        if let Err(stopped) = run.send_chunk(&producer, chunk, &mut report).await {
+            report.not_attempted += (left - chunk.len()) as u64;
+            report.stopped = Some(stopped);
+            break;
         }
     }
     Ok(report)
+}
+
+/// One redrive's Redis state: its claim value and how long final marks last.
+struct Redrive<'a> {
+    store: &'a RedisStore,
+    connection: redis::aio::ConnectionManager,
+    /// `pending:<run id>`: the value of this run's claims, so it never gives back another's.
+    claim: String,
+    remember_secs: u64,
+    dlq_topic: &'a str,
+}
+
+impl Redrive<'_> {
+    /// Claims, sends and finalises one chunk. `Err` (why) when Redis failed while claiming: the
+    /// letters of the chunk not claimed are counted as not tried, the ones sent are finished first.
+    async fn send_chunk(
+        &mut self,
+        producer: &ResilientProducer,
+        chunk: &[Outgoing<'_>],
+        report: &mut RedriveReport,
+    ) -> Result<(), String> {
+        let mut deliveries = Vec::with_capacity(chunk.len());
+        let mut stopped = None;
+        for (position, outgoing) in chunk.iter().enumerate() {
+            let mark = redriven_key(self.store, &outgoing.found.letter.event_id);
+            // A letter redriven before (only with --again) keeps its mark until its new copy is acknowledged.
+            let claimed = if outgoing.mark == Mark::Yes {
+                false
+            } else {
+                let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                    .arg(&mark)
+                    .arg(&self.claim)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(PENDING_CLAIM_SECS)
+                    .query_async(&mut self.connection)
+                    .await;
+                match set {
+                    Ok(Some(_)) => true,
+                    Ok(None) => {
+                        // Claimed (or finished) by a run going on at the same time.
+                        report.in_progress += 1;
+                        continue;
+                    }
+                    Err(error) => {
+                        report.not_attempted += (chunk.len() - position) as u64;
+                        stopped = Some(format!("Redis: {error}"));
+                        break;
+                    }
+                }
+            };
+            let from = format!(
+                "{}/{}/{}",
+                self.dlq_topic, outgoing.found.dlq_partition, outgoing.found.dlq_offset
+            );
+            let headers = OwnedHeaders::new().insert(Header {
+                key: REDRIVEN_FROM_HEADER,
+                value: Some(from.as_bytes()),
+            });
+            match producer
+                .enqueue(
+                    &outgoing.topic,
+                    outgoing.key.as_deref(),
+                    &outgoing.value,
+                    Some(headers),
+                )
+                .await
+            {
+                Ok(delivery) => deliveries.push((outgoing, mark, claimed, delivery)),
+                Err(error) => {
+                    eprintln!("could not publish {from} to {}: {error}", outgoing.topic);
+                    if claimed {
+                        self.give_back(&mark).await;
+                    }
+                    report.failed += 1;
+                }
+            }
+        }
+        for (outgoing, mark, claimed, delivery) in deliveries {
+            match await_delivery(delivery).await {
+                Ok(_) => {
+                    *report.published.entry(outgoing.topic.clone()).or_default() += 1;
+                    let record = serde_json::json!({
+                        "at": Utc::now(),
+                        "to": outgoing.topic,
+                        "dlq_partition": outgoing.found.dlq_partition,
+                        "dlq_offset": outgoing.found.dlq_offset,
+                    })
+                    .to_string();
+                    let set: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(&mark)
+                        .arg(record)
+                        .arg("EX")
+                        .arg(self.remember_secs)
+                        .query_async(&mut self.connection)
+                        .await;
+                    if let Err(error) = set {
+                        eprintln!(
+                            "published, but the mark {mark} could not be made final: {error}"
+                        );
+                        report.unconfirmed_marks += 1;
+                    }
+                }
+                Err(error) => {
+                    // Not acknowledged in time: it may still have been written, so a rerun may
+                    // duplicate it (consumers dedupe by event id where it matters).
+                    eprintln!(
+                        "a redriven message to {} was not acknowledged: {error}",
+                        outgoing.topic
+                    );
+                    if claimed {
+                        self.give_back(&mark).await;
+                    }
+                    report.failed += 1;
+                }
+            }
+        }
+        stopped.map_or(Ok(()), Err)
+    }
+
+    /// Deletes this run's claim on a letter whose message was not published, so a rerun sends it
+    /// (left in place, the claim lapses after [`PENDING_CLAIM_SECS`]); never another run's claim or
+    /// a final mark.
+    async fn give_back(&mut self, mark: &str) {
+        let removed: redis::RedisResult<u64> = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(mark)
+        .arg(&self.claim)
+        .invoke_async(&mut self.connection)
+        .await;
+        if let Err(error) = removed {
+            eprintln!(
+                "could not give back the claim {mark} ({error}); it lapses in {PENDING_CLAIM_SECS} s"
+            );
+        }
+    }
 }
 
 /// A letter about to be redriven: where to and what.
@@ -977,25 +1088,8 @@ struct Outgoing<'a> {
     topic: String,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
-    /// Redriven before (a mark exists).
-    marked: bool,
-}
-
-/// Deletes this run's claim on a letter whose message was not published, so a rerun sends it (left
-/// in place, the claim expires after [`PENDING_CLAIM_SECS`]).
-async fn give_back(connection: &mut redis::aio::ConnectionManager, mark: &str) {
-    // Only a claim: never a final mark another run wrote meanwhile.
-    let removed: redis::RedisResult<u64> = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == 'pending' then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-    .key(mark)
-    .invoke_async(connection)
-    .await;
-    if let Err(error) = removed {
-        eprintln!(
-            "could not give back the claim {mark} ({error}); it expires in {PENDING_CLAIM_SECS} s"
-        );
-    }
+    /// What Redis remembers of it.
+    mark: Mark,
 }
 
 /// Fails unless every topic in `targets` exists (a producer would wait its whole timeout otherwise).
@@ -1039,6 +1133,10 @@ fn print_redrive(report: &RedriveReport) {
         (
             report.already_redriven,
             "skipped: redriven before (--again to send them again)",
+        ),
+        (
+            report.in_progress,
+            "skipped: claimed by a redrive not finished (or one that died: its claim lapses within 5 minutes)",
         ),
         (
             report.truncated,

@@ -1113,6 +1113,12 @@ fn print_where_to_look(
         "  publish one:    echo '<review json>' | kcat -P -b {brokers} -t {} -k <review_id>",
         topics::REVIEWS_RAW
     );
+    println!(
+        "  or over HTTP:   curl -s http://{ingest_http}/v1/reviews -H 'content-type: application/json' -d '<review json, or an array>'"
+    );
+    println!(
+        "  dead letters by kind: sentiflow dlq summary --kafka-brokers {brokers}   (dlq list, dlq redrive)"
+    );
     println!("  ingest metrics: curl -s http://{ingest_http}/metrics | grep sentiflow_ingest");
     println!("  ingest health:  curl -s http://{ingest_http}/readyz");
     println!(
