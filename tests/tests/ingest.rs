@@ -907,6 +907,7 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     let redis_server = redis();
     let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
     settings.http_max_reviews = 50;
+    settings.telemetry.drain_timeout_ms = 500;
     let shutdown = CancellationToken::new();
     let running = sentiflow_ingest::start(settings, shutdown.clone())
         .await
@@ -1041,6 +1042,31 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
         metrics.contains("sentiflow_ingest_http_errors_total{error_kind=\"invalid_reviews\"} 1")
     );
     assert!(metrics.contains("sentiflow_ingest_http_requests_total{status=\"202\"} 3"));
+
+    // At shutdown, a request still in flight after the drain time (here one whose body never comes,
+    // which alone would wait 10 s) is answered 503 and the service stops.
+    let stalled = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                b"POST /v1/reviews HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[",
+            )
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
+    let answer = stalled.await.unwrap().unwrap();
+    assert!(answer.contains(" 503 "), "{answer}");
+    assert!(answer.contains("shutting down"), "{answer}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "cut off after the drain time, not the body timeout: {:?}",
+        stopping.elapsed()
+    );
 }

@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::SERVICE;
 use crate::pipeline::Processor;
@@ -60,6 +61,8 @@ struct ApiState {
     producer: ResilientProducer,
     raw_topic: String,
     limits: HttpLimits,
+    /// Cancelled when the drain time at shutdown is over: requests still in flight answer 503.
+    cut_off: CancellationToken,
 }
 
 /// Where one accepted review landed.
@@ -77,6 +80,7 @@ pub fn router(
     producer: ResilientProducer,
     raw_topic: String,
     limits: HttpLimits,
+    cut_off: CancellationToken,
 ) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
     Router::new()
@@ -92,6 +96,7 @@ pub fn router(
             producer,
             raw_topic,
             limits,
+            cut_off,
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
@@ -99,9 +104,16 @@ pub fn router(
 async fn accept(State(state): State<ApiState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
-    let response = match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
-        Ok(body) => accept_body(&state, in_flight, body).await,
-        Err(response) => response,
+    let response = tokio::select! {
+        response = async {
+            match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
+                Ok(body) => accept_body(&state, in_flight, body).await,
+                Err(response) => response,
+            }
+        } => response,
+        () = state.cut_off.cancelled() => broker_unavailable(
+            "ingest is shutting down and its drain time is over"
+        ),
     };
     record_request(SERVICE, &response, started);
     response
@@ -398,7 +410,7 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                             {"$ref": "https://sentiflow.dev/schemas/review.schema.json"},
                             {"type": "array", "minItems": 1, "maxItems": limits.max_reviews, "items": {"$ref": "https://sentiflow.dev/schemas/review.schema.json"}}
                         ],
-                        "description": format!("One review or an array; each at most {} bytes as compact JSON; the body at most {} bytes.", limits.max_review_bytes, limits.max_body_bytes())
+                        "description": format!("One review or an array; each at most {} bytes as sent (whitespace counts); the body at most {} bytes.", limits.max_review_bytes, limits.max_body_bytes())
                     }}}},
                     "responses": {
                         "202": {"description": "Every review acknowledged by the broker", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
@@ -447,6 +459,63 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn processor() -> Processor {
+        let lexicon = sentiflow_model::lexicon::Lexicon::parse(
+            "great\t3.1\t0.8\t[3, 3]\nterrible\t-2.5\t0.5\t[-3, -2]\n",
+        )
+        .unwrap();
+        Processor {
+            max_payload_bytes: 600,
+            author_hash_key: b"unit-test-author-key".to_vec(),
+            lang_allow: Vec::new(),
+            lang_policy: crate::config::LangPolicy::Mark,
+            labeller: crate::label::Labeller::new(lexicon, 0.5),
+        }
+    }
+
+    const REVIEW: &str = r#"{"schema_version":1,"event_id":"e-1","event_time":"2026-12-06T10:00:00Z","review_id":"r-1","source":"app","author":"a","text":"a great trip","created_at":"2026-12-06T09:00:00Z"}"#;
+
+    fn outcome(body: &str) -> Result<(usize, usize), (u16, String)> {
+        let limits = HttpLimits {
+            max_reviews: 3,
+            max_review_bytes: 600,
+            max_concurrent: 1,
+        };
+        match parse_and_check(&processor(), body.as_bytes(), limits) {
+            Ok((valid, rejected, _)) => Ok((valid.len(), rejected.len())),
+            Err(response) => Err((
+                response.status().as_u16(),
+                response
+                    .headers()
+                    .get("content-type")
+                    .map(|value| value.to_str().unwrap().to_owned())
+                    .unwrap_or_default(),
+            )),
+        }
+    }
+
+    #[test]
+    fn bodies_are_split_checked_and_refused_with_the_right_status() {
+        assert_eq!(outcome(REVIEW), Ok((1, 0)));
+        assert_eq!(outcome(&format!(" \n[{REVIEW},\n {REVIEW}]\n")), Ok((2, 0)));
+        let escaped = REVIEW.replace("a great trip", "a great trip \\u00e9\\n");
+        assert_eq!(outcome(&format!("[{escaped}]")), Ok((1, 0)));
+        let too_long = REVIEW.replace("a great trip", &"long ".repeat(100));
+        assert_eq!(outcome(&format!("[{REVIEW},{too_long}]")), Ok((1, 1)));
+        let status = |body: &str| outcome(body).unwrap_err().0;
+        assert_eq!(status("[1, 2"), 400);
+        assert_eq!(status(&format!("[{REVIEW},]")), 400);
+        assert_eq!(status("\"text\""), 400);
+        assert_eq!(status("42"), 400);
+        assert_eq!(status(""), 400);
+        assert_eq!(status("[]"), 422);
+        // More than the bound: refused before the rest is even read (it is not JSON).
+        assert_eq!(
+            status(&format!("[{REVIEW},{REVIEW},{REVIEW},{REVIEW}, garbage")),
+            422
+        );
+    }
 
     #[test]
     fn openapi_document_states_the_configured_limits() {

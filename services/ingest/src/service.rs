@@ -111,6 +111,7 @@ pub async fn start(
     let redis = RedisStore::connect_lazy(&config.redis)?;
 
     let probes_stop = shutdown.child_token();
+    let http_cut_off = CancellationToken::new();
     let (http_addr, http_task) = telemetry::serve_http(
         config.telemetry.http_addr,
         health.clone(),
@@ -123,6 +124,7 @@ pub async fn start(
                 max_review_bytes: config.max_payload_bytes,
                 max_concurrent: config.http_max_concurrent,
             },
+            http_cut_off.clone(),
         ),
         probes_stop.clone(),
     )
@@ -172,8 +174,8 @@ pub async fn start(
         for probe in probes {
             let _ = probe.await;
         }
-        // In-flight `POST /v1/reviews` requests get the drain time to finish; one cut off is resent
-        // by its client (it got no 202) and deduplicated by event id.
+        // In-flight `POST /v1/reviews` requests get the drain time to finish; then they answer 503
+        // (their clients resend; reviews that landed are deduplicated by event id).
         let mut http_task = http_task;
         if tokio::time::timeout(http_drain, &mut http_task)
             .await
@@ -181,9 +183,15 @@ pub async fn start(
         {
             warn!(
                 drain_ms = http_drain.as_millis() as u64,
-                "HTTP requests still in flight after the drain time: cut off"
+                "HTTP requests still in flight after the drain time: answering them 503"
             );
-            http_task.abort();
+            http_cut_off.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), &mut http_task)
+                .await
+                .is_err()
+            {
+                http_task.abort();
+            }
         }
         result
     });

@@ -318,7 +318,7 @@ pub async fn run(command: DlqCommand, shutdown: CancellationToken) -> anyhow::Re
                 + report.not_attempted
                 + report.unconfirmed_marks
                 + report.in_progress;
-            if unfinished > 0 {
+            if unfinished > 0 && !report.dry_run {
                 bail!(
                     "{unfinished} of {} letters are not redriven for sure{}: run the same command again",
                     report.selected,
@@ -936,7 +936,10 @@ pub async fn redrive(
             report.stopped = Some("interrupted".to_owned());
             break;
         }
-        if let Err(stopped) = run.send_chunk(&producer, chunk, &mut report).await {
+        if let Err(stopped) = run
+            .send_chunk(&producer, chunk, &mut report, shutdown)
+            .await
+        {
             report.not_attempted += (left - chunk.len()) as u64;
             report.stopped = Some(stopped);
             break;
@@ -956,17 +959,24 @@ struct Redrive<'a> {
 }
 
 impl Redrive<'_> {
-    /// Claims, sends and finalises one chunk. `Err` (why) when Redis failed while claiming: the
-    /// letters of the chunk not claimed are counted as not tried, the ones sent are finished first.
+    /// Claims, sends and finalises one chunk. `Err` (why) when Redis failed while claiming or
+    /// `shutdown` came: the letters of the chunk not claimed are counted as not tried, the ones sent
+    /// are finished first.
     async fn send_chunk(
         &mut self,
         producer: &ResilientProducer,
         chunk: &[Outgoing<'_>],
         report: &mut RedriveReport,
+        shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let mut deliveries = Vec::with_capacity(chunk.len());
         let mut stopped = None;
         for (position, outgoing) in chunk.iter().enumerate() {
+            if shutdown.is_cancelled() {
+                report.not_attempted += (chunk.len() - position) as u64;
+                stopped = Some("interrupted".to_owned());
+                break;
+            }
             let mark = redriven_key(self.store, &outgoing.found.letter.event_id);
             // A letter redriven before (only with --again) keeps its mark until its new copy is acknowledged.
             let claimed = if outgoing.mark == Mark::Yes {
@@ -983,8 +993,17 @@ impl Redrive<'_> {
                 match set {
                     Ok(Some(_)) => true,
                     Ok(None) => {
-                        // Claimed (or finished) by a run going on at the same time.
-                        report.in_progress += 1;
+                        // Claimed or finished by a run going on at the same time.
+                        let now: redis::RedisResult<Option<String>> = redis::cmd("GET")
+                            .arg(&mark)
+                            .query_async(&mut self.connection)
+                            .await;
+                        match now {
+                            Ok(Some(value)) if !value.starts_with(CLAIM_PREFIX) => {
+                                report.already_redriven += 1;
+                            }
+                            _ => report.in_progress += 1,
+                        }
                         continue;
                     }
                     Err(error) => {
@@ -1148,7 +1167,7 @@ fn print_redrive(report: &RedriveReport) {
         ),
         (
             report.failed,
-            "failed: not acknowledged by the broker, claim given back",
+            "failed: not acknowledged by the broker (this run's claim given back)",
         ),
         (report.not_attempted, "not tried: the run stopped early"),
         (report.unconfirmed_marks, unconfirmed.as_str()),
