@@ -796,19 +796,22 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         (1, 0, 1, 0, 0)
     );
     // It shows as pending, the four as redriven.
-    let mut marked_now = read(&summary.selection, Keep::WithoutOriginals)
-        .await
-        .unwrap();
-    sentiflow::dlq::mark_redriven(
-        &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
-        &mut marked_now.letters,
-    )
-    .await;
-    let row = summarize(&marked_now.letters)
-        .into_iter()
-        .find(|row| row.error_kind == "oversize")
-        .unwrap();
-    assert_eq!((row.redriven, row.pending), (Some(4), Some(1)));
+    let oversize_marks = || async {
+        let mut scan = read(&summary.selection, Keep::WithoutOriginals)
+            .await
+            .expect("read");
+        sentiflow::dlq::mark_redriven(
+            &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
+            &mut scan.letters,
+        )
+        .await;
+        let row = summarize(&scan.letters)
+            .into_iter()
+            .find(|row| row.error_kind == "oversize")
+            .expect("oversize letters");
+        (row.redriven, row.pending)
+    };
+    assert_eq!(oversize_marks().await, (Some(4), Some(1)));
     // The other run's claim lapses without a send: the next run sends that letter.
     let _: () = redis::cmd("DEL")
         .arg(&claim_key)
@@ -883,19 +886,7 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     )
     .await;
     assert_eq!(clean.len(), 15, "the copies were dropped as duplicates");
-    let mut scan = read(&summary.selection, Keep::WithoutOriginals)
-        .await
-        .expect("read");
-    sentiflow::dlq::mark_redriven(
-        &RedisArgs::local(&redis_url, format!("{}-redis", kafka.topic_prefix)),
-        &mut scan.letters,
-    )
-    .await;
-    let oversize = summarize(&scan.letters)
-        .into_iter()
-        .find(|row| row.error_kind == "oversize")
-        .unwrap();
-    assert_eq!(oversize.redriven, Some(5));
+    assert_eq!(oversize_marks().await, (Some(5), Some(0)));
     shutdown.cancel();
     second.task.await.unwrap().unwrap();
 }
