@@ -373,7 +373,8 @@ pub enum LogFormat {
 /// HTTP endpoint, logging and shutdown settings.
 #[derive(Args, Clone, Debug)]
 pub struct TelemetryArgs {
-    /// Address of the HTTP server for /healthz, /readyz and /metrics (port 0 picks a free port).
+    /// Address of the HTTP server for /healthz, /readyz, /metrics and the service's API (ingest's
+    /// POST /v1/reviews, infer's POST /v1/predict, with /openapi.json); port 0 picks a free port.
     #[arg(
         long = "http-addr",
         env = "SENTIFLOW_HTTP_ADDR",

@@ -38,7 +38,8 @@ pub struct IngestConfig {
     )]
     pub group_id: String,
 
-    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`).
+    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`); over
+    /// HTTP a larger review makes its request 422 `invalid_reviews`.
     #[arg(
         long,
         env = "SENTIFLOW_INGEST_MAX_PAYLOAD_BYTES",
