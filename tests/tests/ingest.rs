@@ -89,6 +89,29 @@ async fn publish(producer: &ResilientProducer, topic: &str, key: &str, payload: 
     await_delivery(future).await.expect("delivered");
 }
 
+/// Reads `reviews.clean` until `expected` reviews arrived (then `settle` for extras): the messages and
+/// their review ids.
+async fn clean_reviews(
+    kafka: &KafkaArgs,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> (Vec<rdkafka::message::OwnedMessage>, BTreeSet<String>) {
+    let clean = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_CLEAN),
+        expected,
+        timeout,
+        settle,
+    )
+    .await;
+    let ids = json_payloads(&clean)
+        .iter()
+        .map(|value| value["review_id"].as_str().unwrap().to_owned())
+        .collect();
+    (clean, ids)
+}
+
 /// Publishes in order, awaiting every acknowledgement at the end (the idempotent producer keeps order).
 async fn publish_reviews(producer: &ResilientProducer, topic: &str, reviews: &[RawReview]) {
     let mut acks = Vec::with_capacity(reviews.len());
@@ -427,18 +450,13 @@ async fn restart_mid_stream_loses_nothing() {
         )
         .await
         .unwrap();
-        let clean = read_exactly(
-            &kafka.brokers,
-            &kafka.topic(topics::REVIEWS_CLEAN),
+        let (clean, ids) = clean_reviews(
+            &kafka,
             reviews.len(),
             Duration::from_secs(90),
             Duration::from_secs(3),
         )
         .await;
-        let ids: BTreeSet<String> = json_payloads(&clean)
-            .iter()
-            .map(|value| value["review_id"].as_str().unwrap().to_owned())
-            .collect();
         assert_eq!(
             ids.len(),
             reviews.len(),
@@ -823,18 +841,8 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         .expect("redrive the rest");
     assert_eq!(rest.published.get(&raw_topic), Some(&1));
     assert_eq!(rest.already_redriven, 4);
-    let clean = read_exactly(
-        &kafka.brokers,
-        &clean_topic,
-        15,
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-    )
-    .await;
-    let ids: BTreeSet<String> = json_payloads(&clean)
-        .iter()
-        .map(|value| value["review_id"].as_str().unwrap().to_owned())
-        .collect();
+    let (clean, ids) =
+        clean_reviews(&kafka, 15, Duration::from_secs(60), Duration::from_secs(2)).await;
     assert_eq!(clean.len(), 15);
     assert!(long.iter().all(|review| ids.contains(&review.review_id)));
     let raw = read_exactly(
@@ -988,18 +996,8 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     // A client retrying the batch (say, after a 503): accepted again, dropped by dedupe downstream.
     let (status, answer) = post(batch).await;
     assert_eq!(status, 202, "{answer}");
-    let clean = read_exactly(
-        &kafka.brokers,
-        &kafka.topic(topics::REVIEWS_CLEAN),
-        21,
-        Duration::from_secs(60),
-        Duration::from_secs(3),
-    )
-    .await;
-    let ids: BTreeSet<String> = json_payloads(&clean)
-        .iter()
-        .map(|value| value["review_id"].as_str().unwrap().to_owned())
-        .collect();
+    let (clean, ids) =
+        clean_reviews(&kafka, 21, Duration::from_secs(60), Duration::from_secs(3)).await;
     assert_eq!(clean.len(), 21, "each review once, the retry deduplicated");
     assert_eq!(
         ids,
