@@ -592,7 +592,6 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     let producer = ResilientProducer::new(&kafka, "test").unwrap();
     let raw_topic = kafka.topic(topics::REVIEWS_RAW);
     let dlq_topic = kafka.topic(topics::REVIEWS_DLQ);
-    let clean_topic = kafka.topic(topics::REVIEWS_CLEAN);
 
     // A payload limit too low for long reviews: 5 of them are dead-lettered as oversize, and so is
     // one too large for a dead letter to hold whole; 2 are not JSON.
@@ -885,14 +884,8 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         "ingest dropped the forced copies as duplicates: {:?}",
         running.snapshot()
     );
-    let clean = read_exactly(
-        &kafka.brokers,
-        &clean_topic,
-        15,
-        Duration::from_secs(30),
-        Duration::from_secs(2),
-    )
-    .await;
+    let (clean, _) =
+        clean_reviews(&kafka, 15, Duration::from_secs(30), Duration::from_secs(2)).await;
     assert_eq!(clean.len(), 15, "the copies were dropped as duplicates");
     assert_eq!(oversize_marks().await, (Some(5), Some(0)));
     shutdown.cancel();

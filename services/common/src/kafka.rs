@@ -112,8 +112,8 @@ pub fn at_least_once_consumer(
     Ok(consumer)
 }
 
-/// User-supplied `--kafka-option`s win over our role defaults.
-fn override_from_options(config: &mut rdkafka::ClientConfig, kafka: &KafkaArgs) {
+/// User-supplied `--kafka-option`s win over our role defaults: call after setting them.
+pub fn override_from_options(config: &mut rdkafka::ClientConfig, kafka: &KafkaArgs) {
     for option in &kafka.options {
         config.set(option.key.clone(), option.value.clone());
     }

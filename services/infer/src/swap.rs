@@ -650,9 +650,7 @@ pub fn updates_consumer(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .set("enable.partition.eof", "false");
-    for option in &kafka_args.options {
-        config.set(option.key.clone(), option.value.clone());
-    }
+    sentiflow_common::kafka::override_from_options(&mut config, kafka_args);
     let consumer: Consumer =
         config.create_with_context(sentiflow_common::kafka::ServiceContext::new(SERVICE))?;
     consumer.subscribe(&[topic])?;

@@ -551,9 +551,7 @@ fn reader(kafka: &KafkaArgs) -> anyhow::Result<BaseConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    for option in &kafka.options {
-        config.set(option.key.clone(), option.value.clone());
-    }
+    sentiflow_common::kafka::override_from_options(&mut config, kafka);
     config.create().context("creating a Kafka client")
 }
 
