@@ -270,12 +270,28 @@ pub async fn http_post(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    http_post_with_headers(addr, path, &[], body)
+        .await
+        .map(|(status, _head, body)| (status, body))
+}
+
+/// [`http_post`] with extra request headers; answers (status, status line and headers, body).
+pub async fn http_post_with_headers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     stream
         .write_all(
             format!(
-                "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
                 body.len()
             )
             .as_bytes(),
@@ -291,11 +307,11 @@ pub async fn http_post(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
+        .map(|(head, body)| (head.to_owned(), body.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 /// Path of a file in `../shared/data` (tests may read it directly).

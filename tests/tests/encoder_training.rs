@@ -69,6 +69,7 @@ fn infer_config(
         kafka: kafka.clone(),
         redis: RedisArgs::local(redis_url, prefix),
         telemetry: sentiflow_common::config::TelemetryArgs::ephemeral(),
+        api_auth: Default::default(),
         group_id: "infer-encoder".to_owned(),
         data_dir: data_dir.to_path_buf(),
         model_name: "sentiment-hashed".to_owned(),

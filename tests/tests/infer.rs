@@ -159,6 +159,7 @@ fn infer_config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, data_dir: &Pat
         kafka: kafka.clone(),
         redis: RedisArgs::local(redis_url, prefix),
         telemetry: TelemetryArgs::ephemeral(),
+        api_auth: Default::default(),
         group_id: format!("infer-{}", uuid::Uuid::new_v4().simple()),
         data_dir: data_dir.to_path_buf(),
         model_name: MODEL.to_owned(),
@@ -637,18 +638,42 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     // The promotion below may be published before infer's update consumer is assigned; the
     // registry check then finds it (every second here instead of 30).
     config.registry_poll_secs = 1;
+    const API_KEY: &str = "infer-test-key-0123456789";
+    let keys_file = dir.path().join("api-keys");
+    std::fs::write(&keys_file, format!("{API_KEY}\n")).unwrap();
+    config.api_auth.api_keys_file = Some(keys_file);
     let running = sentiflow_infer::start(config, shutdown.clone())
         .await
         .unwrap();
     let addr = running.http_addr;
-    let post = |body: Vec<u8>| async move {
-        let (status, body) = sentiflow_tests::http_post(addr, "/v1/predict", &body)
-            .await
-            .unwrap();
+    let post_as = |authorization: &'static str, body: Vec<u8>| async move {
+        let headers = [("Authorization", authorization)];
+        let headers = if authorization.is_empty() {
+            &headers[..0]
+        } else {
+            &headers[..]
+        };
+        let (status, _, body) =
+            sentiflow_tests::http_post_with_headers(addr, "/v1/predict", headers, &body)
+                .await
+                .unwrap();
         let json: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|error| panic!("status {status}: body is not JSON ({error}): {body}"));
         (status, json)
     };
+    let post = |body: Vec<u8>| post_as("Bearer infer-test-key-0123456789", body);
+
+    // Without the key (or with another), 401 before anything else, even before a model is served.
+    let (status, body) = post_as("", br#"{"texts": ["hello"]}"#.to_vec()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_api_key"))
+    );
+    let (status, body) = post_as("Bearer not-the-key-0123456789", b"{}".to_vec()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
 
     // No champion yet: not ready, and predict says why.
     let (status, body) = post(br#"{"texts": ["hello"]}"#.to_vec()).await;
@@ -731,7 +756,7 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
         stream
             .write_all(
                 format!(
-                    "POST /v1/predict HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    "POST /v1/predict HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )
                 .as_bytes(),
@@ -754,6 +779,12 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
         (status, shed["error"].as_str()),
         (503, Some("overloaded")),
         "{shed}"
+    );
+    // The key is checked before a slot is taken: a request without one is told so, not shed.
+    let (status, refused) = post_as("", br#"{"texts": ["hello"]}"#.to_vec()).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (401, Some("missing_api_key"))
     );
     let mut first = stalled.remove(0);
     first.write_all(body).await.unwrap();

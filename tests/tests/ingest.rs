@@ -31,6 +31,7 @@ fn ingest_config(kafka: &KafkaArgs, redis_url: &str, max_batch: usize) -> Ingest
         kafka: kafka.clone(),
         redis: RedisArgs::local(redis_url, format!("{}-redis", kafka.topic_prefix)),
         telemetry: TelemetryArgs::ephemeral(),
+        api_auth: Default::default(),
         group_id: format!("{}-ingest", kafka.topic_prefix),
         max_payload_bytes: 65_536,
         max_batch,
@@ -555,6 +556,20 @@ async fn invalid_configuration_is_refused_at_start() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("session timeout"), "{error}");
+    let keys = tempfile::tempdir().unwrap();
+    let keys_file = keys.path().join("api-keys");
+    std::fs::write(&keys_file, "# producers\ntoo-short\n").unwrap();
+    let mut config = ingest_config(&kafka, "redis://127.0.0.1:1/", 10);
+    config.api_auth.api_keys_file = Some(keys_file);
+    let error = sentiflow_ingest::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("line 2: a key must be at least 16 characters"),
+        "{error}"
+    );
 }
 
 /// `sentiflow dlq …` parsed as a user types it, against this test's broker, topics and Redis keys.
@@ -1051,4 +1066,130 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
         "cut off after the drain time, not the body timeout: {:?}",
         stopping.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
+    use sentiflow_tests::{eventually_async, http_post_with_headers, metric_line_eventually};
+    const OLD_KEY: &str = "old-key-0123456789abcdef";
+    const NEW_KEY: &str = "new-key-fedcba9876543210";
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let keys = tempfile::tempdir().unwrap();
+    let keys_file = keys.path().join("api-keys");
+    std::fs::write(&keys_file, format!("# producers\n{OLD_KEY}\n")).unwrap();
+    let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
+    settings.api_auth.api_keys_file = Some(keys_file.clone());
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(settings, shutdown.clone())
+        .await
+        .expect("ingest starts");
+    let addr = running.http_addr;
+    let post = |authorization: Option<String>, body: Vec<u8>| async move {
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect();
+        let (status, head, answer) = http_post_with_headers(addr, "/v1/reviews", &headers, &body)
+            .await
+            .expect("answered");
+        let answer: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|error| panic!("a JSON answer ({status}): {error}: {answer}"));
+        (status, head.to_ascii_lowercase(), answer)
+    };
+    let bearer = |key: &str| Some(format!("Bearer {key}"));
+    let reviews = real_reviews(3, 0);
+    let review = |index: usize| serde_json::to_vec(&reviews[index]).unwrap();
+
+    // No key, another scheme, an unknown key: 401 with a JSON body and a challenge, nothing published.
+    let (status, head, answer) = post(None, review(0)).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("missing_api_key"))
+    );
+    assert!(
+        head.contains("www-authenticate: bearer realm=\"sentiflow\""),
+        "{head}"
+    );
+    for refused in [format!("Basic {OLD_KEY}"), format!("Bearer {NEW_KEY}")] {
+        let (status, head, answer) = post(Some(refused), review(0)).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (401, Some("invalid_api_key"))
+        );
+        assert!(head.contains("error=\"invalid_token\""), "{head}");
+    }
+    // The probes, the metrics and the API's description stay open.
+    for path in ["/healthz", "/metrics", "/openapi.json"] {
+        let (status, _) = http_get(addr, path).await.unwrap();
+        assert_eq!(status, 200, "{path}");
+    }
+    let (_, openapi) = http_get(addr, "/openapi.json").await.unwrap();
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
+    let operation = &openapi["paths"]["/v1/reviews"]["post"];
+    assert_eq!(operation["security"], serde_json::json!([{"apiKey": []}]));
+    assert!(operation["responses"]["401"].is_object());
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["apiKey"]["scheme"],
+        "bearer"
+    );
+    let (status, _, answer) = post(bearer(OLD_KEY), review(0)).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // Rotation: the new key is added, clients move, the old key is retired; no restart.
+    std::fs::write(&keys_file, format!("{OLD_KEY}\n{NEW_KEY}\n")).unwrap();
+    assert!(
+        metric_line_eventually(addr, "sentiflow_ingest_api_keys 2", Duration::from_secs(15)).await,
+        "the added key is in force"
+    );
+    let (status, _, answer) = post(bearer(NEW_KEY), review(1)).await;
+    assert_eq!(status, 202, "{answer}");
+    std::fs::write(&keys_file, format!("{NEW_KEY}\n")).unwrap();
+    let probe = br#"[]"#.to_vec();
+    assert!(
+        eventually_async(Duration::from_secs(15), || {
+            let probe = probe.clone();
+            async move { post(bearer(OLD_KEY), probe).await.0 == 401 }
+        })
+        .await,
+        "the retired key is refused"
+    );
+    // A file broken while being edited is refused once; the key in force keeps working.
+    std::fs::write(&keys_file, "new-key-fe").unwrap();
+    assert!(
+        metric_line_eventually(
+            addr,
+            "sentiflow_ingest_api_keys_reload_errors_total 1",
+            Duration::from_secs(15)
+        )
+        .await
+    );
+    let (status, _, answer) = post(bearer(NEW_KEY), review(2)).await;
+    assert_eq!(status, 202, "{answer}");
+
+    let (clean, ids) =
+        clean_reviews(&kafka, 3, Duration::from_secs(60), Duration::from_secs(2)).await;
+    assert_eq!(clean.len(), 3, "exactly the three accepted reviews");
+    assert_eq!(
+        ids,
+        reviews
+            .iter()
+            .map(|review| review.review_id.clone())
+            .collect::<BTreeSet<_>>()
+    );
+    let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
+    for line in [
+        "sentiflow_ingest_http_errors_total{error_kind=\"missing_api_key\"} 1",
+        "sentiflow_ingest_http_requests_total{status=\"202\"} 3",
+        "sentiflow_ingest_api_keys 1",
+    ] {
+        assert!(
+            metrics.lines().any(|candidate| candidate == line),
+            "{line}\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("sentiflow_ingest_http_errors_total{error_kind=\"invalid_api_key\"}"));
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }

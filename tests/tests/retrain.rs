@@ -367,6 +367,7 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
             kafka: kafka.clone(),
             redis: RedisArgs::local(&redis_server.url(), &prefix),
             telemetry: TelemetryArgs::ephemeral(),
+            api_auth: Default::default(),
             group_id: format!("infer-{}", uuid::Uuid::new_v4().simple()),
             data_dir: data.path().to_owned(),
             model_name: MODEL.to_owned(),

@@ -27,6 +27,7 @@ async fn up_replays_a_shift_and_closes_the_loop() {
     let data_dir = tempfile::tempdir().unwrap();
     let window = 200;
     let args = UpArgs {
+        api_auth: Default::default(),
         data_dir: data_dir.path().join("local"),
         fresh: true,
         kafka_port: free_port(),

@@ -15,11 +15,13 @@
 //! - [`health`]: liveness/readiness state behind `/healthz` and `/readyz`.
 //! - [`telemetry`]: tracing, Prometheus metrics and the HTTP server.
 //! - [`http`]: the request APIs' JSON errors, load shedding and bounded body reads.
+//! - [`api_keys`]: `--api-keys-file`, bearer-key checks on the request APIs, rotated without restart.
 //! - [`hash`]: stable 64-bit hashes (FNV-1a, MurmurHash3's finaliser).
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`cache`]: where the setup put Kafka jars, ONNX Runtime, corpora and lexicons.
 
+pub mod api_keys;
 pub mod cache;
 pub mod catalogue;
 pub mod config;

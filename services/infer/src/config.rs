@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use sentiflow_common::api_keys::ApiAuthArgs;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 use sentiflow_model::runtime::DeviceRequest;
 
@@ -46,6 +47,10 @@ pub struct InferConfig {
     /// HTTP endpoints, logs and shutdown.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// API keys of the request API.
+    #[command(flatten)]
+    pub api_auth: ApiAuthArgs,
 
     /// Consumer group id; replicas of infer share it and split the partitions of `reviews.clean`.
     #[arg(

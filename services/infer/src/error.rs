@@ -22,6 +22,9 @@ pub enum InferError {
     /// The HTTP endpoint could not bind.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    /// The API keys file cannot be used.
+    #[error(transparent)]
+    ApiKeys(#[from] sentiflow_common::api_keys::ApiKeysError),
 }
 
 /// Why one consumed message produced no prediction (it goes to the dead-letter topic).

@@ -2,6 +2,7 @@
 //! it. Every bad request gets a 4xx with a JSON body `{"error": <kind>, "message": …}`, never a panic;
 //! requests beyond `--http-max-concurrent` are shed with 503 `overloaded` before their body is read.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sentiflow_common::api_keys::{ApiKeys, document_in_openapi, protect};
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -43,6 +45,7 @@ impl HttpLimits {
 struct HttpState {
     slot: ModelSlot,
     limits: HttpLimits,
+    api_keys_required: bool,
 }
 
 /// The body of `POST /v1/predict`.
@@ -78,17 +81,26 @@ pub struct PredictResponse {
 }
 
 /// The routes merged into the service's HTTP server.
-pub fn router(slot: ModelSlot, limits: HttpLimits) -> Router {
+pub fn router(slot: ModelSlot, limits: HttpLimits, api_keys: Option<Arc<ApiKeys>>) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
+    let api_keys_required = api_keys.is_some();
     Router::new()
         .route(
             "/v1/predict",
-            post(predict).route_layer(middleware::from_fn(move |request, next| {
-                slots.clone().shed_when_full(request, next)
-            })),
+            // The key is checked first: a request without one takes no slot.
+            protect(
+                post(predict).route_layer(middleware::from_fn(move |request, next| {
+                    slots.clone().shed_when_full(request, next)
+                })),
+                api_keys,
+            ),
         )
         .route("/openapi.json", get(openapi))
-        .with_state(HttpState { slot, limits })
+        .with_state(HttpState {
+            slot,
+            limits,
+            api_keys_required,
+        })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
 
@@ -226,7 +238,11 @@ async fn predict_inner(state: &HttpState, in_flight: Option<InFlight>, body: &[u
 }
 
 async fn openapi(State(state): State<HttpState>) -> Json<Value> {
-    Json(openapi_document(state.limits))
+    let mut document = openapi_document(state.limits);
+    if state.api_keys_required {
+        document_in_openapi(&mut document, "/v1/predict");
+    }
+    Json(document)
 }
 
 /// The OpenAPI 3.1 description of the service's HTTP API.

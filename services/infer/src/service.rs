@@ -112,6 +112,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, InferError> {
     config.validate()?;
+    let api_keys = config.api_auth.load(SERVICE, config.telemetry.http_addr)?;
     // Install the metrics recorder before the first gauge (the device) is set, or it is lost.
     telemetry::prometheus();
     let env = ort_environment(&config)?;
@@ -189,7 +190,7 @@ pub async fn start(
     let (http_addr, http_task) = telemetry::serve_http(
         config.telemetry.http_addr,
         health.clone(),
-        http::router(slot.clone(), limits),
+        http::router(slot.clone(), limits, api_keys.clone()),
         probes_stop.clone(),
     )
     .await?;
@@ -207,6 +208,7 @@ pub async fn start(
             probes_stop.clone(),
         ),
     ];
+    background.extend(api_keys.map(|keys| keys.spawn_reloader(probes_stop.clone())));
     // The first registry check runs at once (the interval's first tick), before any update arrives.
     background.push(tokio::spawn(swap::follow_updates(
         swapper,

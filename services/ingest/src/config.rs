@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use sentiflow_common::api_keys::ApiAuthArgs;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
 
 /// What to do with a review whose detected language is not in `--lang-allow`.
@@ -29,6 +30,10 @@ pub struct IngestConfig {
     /// HTTP endpoints, logs and shutdown.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// API keys of the request API.
+    #[command(flatten)]
+    pub api_auth: ApiAuthArgs,
 
     /// Consumer group id; replicas of ingest share it and split the partitions.
     #[arg(

@@ -73,4 +73,7 @@ pub enum IngestError {
     /// The HTTP endpoint could not bind.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    /// The API keys file cannot be used.
+    #[error(transparent)]
+    ApiKeys(#[from] sentiflow_common::api_keys::ApiKeysError),
 }

@@ -17,6 +17,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::future::join_all;
+use sentiflow_common::api_keys::{ApiKeys, document_in_openapi, protect};
 use sentiflow_common::events::SourceCoordinate;
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
@@ -63,6 +64,8 @@ struct ApiState {
     limits: HttpLimits,
     /// Cancelled when the drain time at shutdown is over: requests still in flight answer 503.
     cut_off: CancellationToken,
+    /// Whether `--api-keys-file` guards the API (said in /openapi.json).
+    api_keys_required: bool,
 }
 
 /// Where one accepted review landed.
@@ -81,14 +84,20 @@ pub fn router(
     raw_topic: String,
     limits: HttpLimits,
     cut_off: CancellationToken,
+    api_keys: Option<Arc<ApiKeys>>,
 ) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
+    let api_keys_required = api_keys.is_some();
     Router::new()
         .route(
             "/v1/reviews",
-            post(accept).route_layer(middleware::from_fn(move |request, next| {
-                slots.clone().shed_when_full(request, next)
-            })),
+            // The key is checked first: a request without one takes no slot.
+            protect(
+                post(accept).route_layer(middleware::from_fn(move |request, next| {
+                    slots.clone().shed_when_full(request, next)
+                })),
+                api_keys,
+            ),
         )
         .route("/openapi.json", get(openapi))
         .with_state(ApiState {
@@ -97,6 +106,7 @@ pub fn router(
             raw_topic,
             limits,
             cut_off,
+            api_keys_required,
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
@@ -388,7 +398,11 @@ fn broker_unavailable(reason: &str) -> Response {
 }
 
 async fn openapi(State(state): State<ApiState>) -> axum::Json<Value> {
-    axum::Json(openapi_document(state.limits))
+    let mut document = openapi_document(state.limits);
+    if state.api_keys_required {
+        document_in_openapi(&mut document, "/v1/reviews");
+    }
+    axum::Json(document)
 }
 
 /// The OpenAPI 3.1 description of ingest's HTTP API.

@@ -81,6 +81,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, IngestError> {
     config.validate()?;
+    let api_keys = config.api_auth.load(SERVICE, config.telemetry.http_addr)?;
     let lexicon_path = match &config.lexicon_path {
         Some(path) => path.clone(),
         None => CacheDir::from_env()
@@ -125,10 +126,12 @@ pub async fn start(
                 max_concurrent: config.http_max_concurrent,
             },
             http_cut_off.clone(),
+            api_keys.clone(),
         ),
         probes_stop.clone(),
     )
     .await?;
+    let api_keys_reloader = api_keys.map(|keys| keys.spawn_reloader(probes_stop.clone()));
     let probes = [
         kafka::spawn_kafka_probe(
             producer.clone(),
@@ -171,7 +174,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let result = worker.run().await;
         probes_stop.cancel();
-        for probe in probes {
+        for probe in probes.into_iter().chain(api_keys_reloader) {
             let _ = probe.await;
         }
         // In-flight `POST /v1/reviews` requests get the drain time to finish; then they answer 503

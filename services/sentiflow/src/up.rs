@@ -67,7 +67,11 @@ pub struct UpArgs {
     #[arg(long, env = "SENTIFLOW_UP_REDIS_PORT", default_value_t = 36379)]
     pub redis_port: u16,
 
-    /// HTTP address of the ingest service (/healthz, /readyz, /metrics).
+    /// API keys of ingest's POST /v1/reviews and infer's POST /v1/predict (the services' flag).
+    #[command(flatten)]
+    pub api_auth: sentiflow_common::api_keys::ApiAuthArgs,
+
+    /// HTTP address of the ingest service (POST /v1/reviews, /healthz, /readyz, /metrics).
     #[arg(
         long,
         env = "SENTIFLOW_UP_INGEST_HTTP_ADDR",
@@ -385,6 +389,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     );
     config.ingest.telemetry.http_addr = args.ingest_http_addr;
     config.infer.telemetry.http_addr = args.infer_http_addr;
+    config.ingest.api_auth = args.api_auth.clone();
+    config.infer.api_auth = args.api_auth.clone();
     config.infer.device = args.device;
     config.trainer.telemetry.http_addr = args.trainer_http_addr;
     config.trainer.gate = args.gate;
@@ -397,7 +403,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
         .max(config.drift.confirm_min_events + args.drift_window_events);
     let stack = Stack::start(config, &shutdown).await?;
     println!(
-        "  ingest http://{}/healthz  /readyz  /metrics",
+        "  ingest http://{}/v1/reviews  /healthz  /readyz  /metrics  /openapi.json",
         stack.ingest.http_addr
     );
     println!(
@@ -467,6 +473,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
         stack.ingest.http_addr,
         stack.infer.http_addr,
         stack.trainer.http_addr,
+        args.api_auth.api_keys_file.is_some(),
     );
     println!(
         "  drift page:     http://{}/dashboard  (operators: sentiflow drift status|mute|unmute, sentiflow retrain --reason …)",
@@ -1099,7 +1106,13 @@ fn print_where_to_look(
     ingest_http: SocketAddr,
     infer_http: SocketAddr,
     trainer_http: SocketAddr,
+    api_keys: bool,
 ) {
+    let auth = if api_keys {
+        " -H \"authorization: Bearer $SENTIFLOW_API_KEY\""
+    } else {
+        ""
+    };
     println!("\nwhere to look");
     println!(
         "  clean reviews:  kcat -C -b {brokers} -t {} -o -5 -e",
@@ -1114,7 +1127,7 @@ fn print_where_to_look(
         topics::REVIEWS_RAW
     );
     println!(
-        "  or over HTTP:   curl -s http://{ingest_http}/v1/reviews -H 'content-type: application/json' -d '<review json, or an array>'"
+        "  or over HTTP:   curl -s http://{ingest_http}/v1/reviews{auth} -H 'content-type: application/json' -d '<review json, or an array>'"
     );
     println!(
         "  dead letters by kind: sentiflow dlq summary --kafka-brokers {brokers}   (dlq list, dlq redrive)"
@@ -1130,7 +1143,7 @@ fn print_where_to_look(
         topics::ALERTS_NEGATIVE
     );
     println!(
-        "  predict:        curl -s http://{infer_http}/v1/predict -H 'content-type: application/json' -d '{{\"texts\": [\"the flight was awful\"]}}'"
+        "  predict:        curl -s http://{infer_http}/v1/predict{auth} -H 'content-type: application/json' -d '{{\"texts\": [\"the flight was awful\"]}}'"
     );
     println!("  infer health:   curl -s http://{infer_http}/healthz");
     println!(
