@@ -2,7 +2,8 @@
 //! parse (base, secure override, gpu profile), every service binary has an image, a compose service and a
 //! k8s workload, every `SENTIFLOW_*` variable they set is a real flag of the binary it configures, ports and
 //! health paths agree with the services' defaults and routes, KEDA watches the real consumer groups, the
-//! k8s YAML passes a strict schema check (which fails on a real mistake), and the Redis TLS flags work
+//! k8s YAML passes a strict schema check (which fails on a real mistake), secrets and mounts referenced exist
+//! (the API keys file in a whole-directory secret mount), and the Redis TLS flags work
 //! against a TLS-only Redis with the certificates of infra/tls/gen-certs.sh.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -714,6 +715,110 @@ async fn ports_and_health_paths_agree_with_the_services() {
     let (status, _) = sentiflow_tests::http_get(addr, "/health").await.unwrap();
     assert_eq!(status, 404);
     shutdown.cancel();
+}
+
+#[test]
+fn k8s_secrets_mounts_and_the_api_keys_file_fit_together() {
+    let objects = k8s_objects();
+    let secrets: BTreeMap<String, &Value> = objects
+        .iter()
+        .filter(|(_, object)| object["kind"] == "Secret")
+        .map(|(_, object)| {
+            (
+                object["metadata"]["name"].as_str().unwrap().to_owned(),
+                &object["stringData"],
+            )
+        })
+        .collect();
+    let mut api_key_readers = BTreeSet::new();
+    for (file, object) in &objects {
+        let Some(pod) = object["spec"]["template"]["spec"]
+            .as_object()
+            .or_else(|| object["spec"]["jobTemplate"]["spec"]["template"]["spec"].as_object())
+        else {
+            continue;
+        };
+        let name = format!("{file} {}", object["metadata"]["name"].as_str().unwrap());
+        let volumes: BTreeMap<&str, &Value> = pod
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|volume| (volume["name"].as_str().unwrap(), volume))
+            .collect();
+        for volume in volumes.values() {
+            if let Some(secret) = volume["secret"]["secretName"].as_str() {
+                assert!(secrets.contains_key(secret), "{name}: no Secret {secret}");
+            }
+        }
+        let containers = pod
+            .get("initContainers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .chain(pod["containers"].as_array().unwrap());
+        for container in containers {
+            let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|mount| {
+                    let volume = mount["name"].as_str().unwrap();
+                    assert!(volumes.contains_key(volume), "{name}: no volume {volume}");
+                    (volume, mount["mountPath"].as_str().unwrap())
+                })
+                .collect();
+            for entry in container["env"].as_array().into_iter().flatten() {
+                let reference = &entry["valueFrom"]["secretKeyRef"];
+                if let (Some(secret), Some(key)) =
+                    (reference["name"].as_str(), reference["key"].as_str())
+                {
+                    assert!(
+                        secrets
+                            .get(secret)
+                            .is_some_and(|data| data.get(key).is_some()),
+                        "{name}: Secret {secret} has no key {key}"
+                    );
+                }
+                if entry["name"] != "SENTIFLOW_API_KEYS_FILE" {
+                    continue;
+                }
+                // The file lies in a mounted secret that holds it, mounted whole (not with subPath,
+                // which the kubelet never updates: rotation would need a restart).
+                let path = Path::new(entry["value"].as_str().unwrap());
+                let (volume, _) = mounts
+                    .iter()
+                    .find(|(_, at)| Path::new(at) == path.parent().unwrap())
+                    .unwrap_or_else(|| panic!("{name}: nothing mounted at {}", path.display()));
+                let secret = volumes[volume]["secret"]["secretName"].as_str().unwrap();
+                let file_name = path.file_name().unwrap().to_str().unwrap();
+                let template = secrets[secret][file_name]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: Secret {secret} has no key {file_name}"));
+                assert!(
+                    container["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|mount| mount.get("subPath").is_none()),
+                    "{name}"
+                );
+                // The template's placeholder is refused by the service, so nobody runs with it.
+                let dir = tempfile::tempdir().unwrap();
+                let keys = dir.path().join(file_name);
+                std::fs::write(&keys, template).unwrap();
+                let refused = sentiflow_common::api_keys::ApiKeys::load("test", &keys)
+                    .expect_err("the template's placeholder is not a usable key");
+                assert!(refused.to_string().contains("printable ASCII"), "{refused}");
+                api_key_readers.insert(object["metadata"]["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        api_key_readers,
+        BTreeSet::from(["infer".to_owned(), "ingest".to_owned()]),
+        "the services with a request API read the API keys (the GPU infer replaces the CPU one)"
+    );
 }
 
 #[test]
