@@ -38,10 +38,10 @@ fn alert_rules_pass_their_unit_tests() {
 }
 
 /// Every metric name the services export: string literals `"sentiflow_…"` in their sources, with the
-/// `sentiflow_{}_…` templates of the shared plumbing expanded for each service.
+/// `sentiflow_{}_…` / `sentiflow_{service}_…` templates of the shared plumbing expanded for each service.
 fn exported_metrics() -> BTreeSet<String> {
     let literal = regex::Regex::new(r#""(sentiflow_[a-z_]+)""#).unwrap();
-    let template = regex::Regex::new(r"sentiflow_\{\}_([a-z_]+)").unwrap();
+    let template = regex::Regex::new(r"sentiflow_\{[a-z_]*\}_([a-z_]+)").unwrap();
     let mut names = BTreeSet::new();
     let mut stack = vec![repo_root().join("services")];
     while let Some(dir) = stack.pop() {
@@ -336,6 +336,24 @@ mod pipeline {
         }
         for ack in acks {
             await_delivery(ack).await.unwrap();
+        }
+        // The request APIs answer (the dashboard charts their requests and errors): a review and a
+        // body that is not JSON to ingest, texts and a bad body to infer (200, or 503 before a model).
+        for (addr, path, good) in [
+            (ingest.http_addr, "/v1/reviews", records[0].payload.clone()),
+            (
+                infer.http_addr,
+                "/v1/predict",
+                br#"{"texts": ["the crew was lovely"]}"#.to_vec(),
+            ),
+        ] {
+            for body in [good, b"{not json".to_vec()] {
+                let (status, answer) = sentiflow_tests::http_post(addr, path, &body).await.unwrap();
+                assert!(
+                    [200, 202, 400, 503].contains(&status),
+                    "{path}: {status} {answer}"
+                );
+            }
         }
 
         // Until drift has seen its retrain request and every service reports its consumer lag.

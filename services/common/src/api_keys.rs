@@ -208,7 +208,13 @@ impl ApiKeys {
     pub fn load(service: &'static str, path: &Path) -> Result<Arc<Self>, ApiKeysError> {
         let (text, file_digest) = read_keys_file(path)?;
         let key_digests = parse_keys(path, &text)?;
-        metrics::gauge!(format!("sentiflow_{service}_api_keys")).set(key_digests.len() as f64);
+        metrics::gauge!(format!("sentiflow_{}_api_keys", service)).set(key_digests.len() as f64);
+        // The error counter exists from the start, so the first refusal is an increase an alert sees.
+        metrics::counter!(format!(
+            "sentiflow_{}_api_keys_reload_errors_total",
+            service
+        ))
+        .increment(0);
         Ok(Arc::new(Self {
             service,
             path: path.to_owned(),
