@@ -905,6 +905,72 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     assert_eq!(oversize_marks().await, (Some(5), Some(0)));
     shutdown.cancel();
     second.task.await.unwrap().unwrap();
+
+    // Many letters stream through a redrive in chunks (256 each): 600 letters of another kind, sent
+    // to a topic of their own, each exactly once, and none again on a second run.
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let bulk_topic = format!("{}.redrive-bulk", kafka.topic_prefix);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka.client_config().create().unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(&bulk_topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for index in 0..600_i64 {
+        let letter = DeadLetter::new(
+            "ingest",
+            "bulk_test",
+            "made by the test",
+            sentiflow_common::events::SourceCoordinate {
+                topic: raw_topic.clone(),
+                partition: 0,
+                offset: index,
+            },
+            Some(format!("bulk-{index}").as_bytes()),
+            format!("original {index}").as_bytes(),
+        );
+        acks.push(
+            producer
+                .enqueue(
+                    &dlq_topic,
+                    None,
+                    &serde_json::to_vec(&letter).unwrap(),
+                    None,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        await_delivery(ack).await.unwrap();
+    }
+    let bulk = redrive_args(&["--error-kind", "bulk_test", "--to", &bulk_topic]);
+    let streamed = redrive(&bulk, &no_interrupt).await.expect("bulk redrive");
+    assert_eq!(streamed.selected, 600);
+    assert_eq!(streamed.published.get(&bulk_topic), Some(&600));
+    assert!(streamed.read_to_end && streamed.stopped.is_none());
+    let copies = read_exactly(
+        &kafka.brokers,
+        &bulk_topic,
+        600,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await;
+    let originals: BTreeSet<&[u8]> = copies
+        .iter()
+        .map(|message| message.payload().unwrap())
+        .collect();
+    assert_eq!((copies.len(), originals.len()), (600, 600), "each once");
+    assert!(originals.contains(&b"original 599"[..]));
+    let again = redrive(&bulk, &no_interrupt)
+        .await
+        .expect("second bulk redrive");
+    assert_eq!((again.published_total(), again.already_redriven), (0, 600));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -36,7 +36,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Create the catalogue's topics (idempotent).
     Topics(TopicsArgs),
-    /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq).
+    /// Run the ingest service (reviews.raw → reviews.clean / reviews.dlq; POST /v1/reviews).
     Ingest(Box<IngestConfig>),
     /// Run the inference service (reviews.clean → predictions / alerts.negative; POST /v1/predict).
     Infer(Box<sentiflow_infer::InferConfig>),

@@ -273,9 +273,12 @@ pub struct RedriveReport {
     /// Published, but the mark could not be made final: its claim expires after
     /// [`PENDING_CLAIM_SECS`], and a rerun after that sends the letter again.
     pub unconfirmed_marks: u64,
-    /// Why the run stopped early, if it did.
+    /// Why the run stopped early, if it did (the rest of the topic was then not read: `selected`
+    /// counts the letters read until then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Whether every selected letter was looked at (false when the run stopped early).
+    pub read_to_end: bool,
     /// True for `--dry-run`.
     pub dry_run: bool,
 }
@@ -318,9 +321,9 @@ pub async fn run(command: DlqCommand, shutdown: CancellationToken) -> anyhow::Re
                 + report.not_attempted
                 + report.unconfirmed_marks
                 + report.in_progress;
-            if unfinished > 0 && !report.dry_run {
+            if (unfinished > 0 || report.stopped.is_some()) && !report.dry_run {
                 bail!(
-                    "{unfinished} of {} letters are not redriven for sure{}: run the same command again",
+                    "{unfinished} of {} letters read are not redriven for sure{}: run the same command again",
                     report.selected,
                     report
                         .stopped
@@ -375,6 +378,40 @@ pub async fn read(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
 }
 
 fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
+    let mut letters = Vec::new();
+    let mut scan = scan_blocking(selection, |mut found| {
+        if keep == Keep::WithoutOriginals {
+            found.letter.original_value_b64.clear();
+        }
+        letters.push(found);
+        if let Keep::Newest(limit) = keep
+            && letters.len() >= limit.saturating_mul(2).max(64)
+        {
+            keep_newest(&mut letters, limit);
+        }
+        true
+    })?;
+    if let Keep::Newest(limit) = keep {
+        keep_newest(&mut letters, limit);
+    }
+    letters.sort_by_key(|found| {
+        (
+            found.letter.event_time,
+            found.dlq_partition,
+            found.dlq_offset,
+        )
+    });
+    scan.letters = letters;
+    Ok(scan)
+}
+
+/// Reads the dead-letter topic (from `--since`'s offsets or the start, to its ends at the time of
+/// the call) and hands every letter the selection matches to `take`, in the order read; `take`
+/// answering false stops the read. The [`Scan`] returned counts what was read, without letters.
+fn scan_blocking(
+    selection: &Selection,
+    mut take: impl FnMut(FoundLetter) -> bool,
+) -> anyhow::Result<Scan> {
     let topic = selection.kafka.topic(topics::REVIEWS_DLQ);
     let source_topic = selection
         .source_topic
@@ -463,26 +500,20 @@ fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
             finish(&consumer, &topic, partition, &mut ends);
             continue;
         }
-        last_progress = Instant::now();
         scan.read += 1;
         match DeadLetter::decode_validated(message.payload().unwrap_or_default()) {
-            Ok(mut letter) => {
+            Ok(letter) => {
                 if selection.matches(&letter, source_topic.as_deref()) {
-                    scan.selected += 1;
-                    if keep == Keep::WithoutOriginals {
-                        letter.original_value_b64.clear();
-                    }
-                    scan.letters.push(FoundLetter {
+                    let taken = take(FoundLetter {
                         dlq_partition: partition,
                         dlq_offset: offset,
                         redriven: None,
                         letter,
                     });
-                    if let Keep::Newest(limit) = keep
-                        && scan.letters.len() >= limit.saturating_mul(2).max(64)
-                    {
-                        keep_newest(&mut scan.letters, limit);
+                    if !taken {
+                        return Ok(scan);
                     }
+                    scan.selected += 1;
                 }
             }
             Err(error) => {
@@ -499,17 +530,9 @@ fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
         if offset + 1 >= end {
             finish(&consumer, &topic, partition, &mut ends);
         }
+        // After `take` (which may have waited on a redrive), so that wait is not taken for a stall.
+        last_progress = Instant::now();
     }
-    if let Keep::Newest(limit) = keep {
-        keep_newest(&mut scan.letters, limit);
-    }
-    scan.letters.sort_by_key(|found| {
-        (
-            found.letter.event_time,
-            found.dlq_partition,
-            found.dlq_offset,
-        )
-    });
     Ok(scan)
 }
 
@@ -850,29 +873,160 @@ pub async fn redrive(
             "redrive needs --error-kind: name the kind of failure whose cause was fixed (see `sentiflow dlq summary`)"
         );
     }
-    let scan = read(&args.selection, Keep::All).await?;
     let store = RedisStore::connect_lazy(&args.redis).context("redis")?;
+    let dlq_topic = args.selection.kafka.topic(topics::REVIEWS_DLQ);
     let target = args
         .to
         .as_deref()
         .map(|topic| physical_topic(&args.selection.kafka, topic));
+    // Every target topic is checked before the first letter goes to it (a producer would otherwise
+    // wait its whole timeout); `--to` before anything is read.
+    let mut checked_topics = std::collections::BTreeSet::new();
+    if let Some(target) = &target {
+        check_topics_exist(&args.selection.kafka, std::slice::from_ref(target)).await?;
+        checked_topics.insert(target.clone());
+    }
+    let producer = if args.dry_run {
+        None
+    } else {
+        Some(ResilientProducer::new(&args.selection.kafka, "dlq")?)
+    };
     let mut report = RedriveReport {
-        selected: scan.selected,
         dry_run: args.dry_run,
         ..RedriveReport::default()
     };
-    let mut chosen: Vec<Outgoing<'_>> = Vec::new();
-    for found in &scan.letters {
+    let mut run = Redrive {
+        store: &store,
+        connection: store.connection(),
+        claim: format!("{CLAIM_PREFIX}:{}", uuid::Uuid::new_v4()),
+        remember_secs: args.remember_days.saturating_mul(86_400),
+        dlq_topic: &dlq_topic,
+    };
+    // The letters stream from the reader in chunks, so memory holds a few chunks of originals
+    // however large the dead-letter topic is.
+    let (letters, mut incoming) = tokio::sync::mpsc::channel::<FoundLetter>(2 * REDRIVE_CHUNK);
+    let selection = args.selection.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        scan_blocking(&selection, |found| letters.blocking_send(found).is_ok())
+    });
+    let mut redis_warned = false;
+    loop {
+        let chunk = next_chunk(&mut incoming).await;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut chosen = choose(&chunk, target.as_deref(), &dlq_topic, &mut report);
+        if report.stopped.is_some() {
+            // Letters the reader had already handed over when the run stopped.
+            report.not_attempted += chosen.len() as u64;
+            continue;
+        }
+        let unchecked: Vec<String> = chosen
+            .iter()
+            .map(|outgoing| outgoing.topic.clone())
+            .filter(|topic| !checked_topics.contains(topic))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unchecked.is_empty() {
+            if let Err(error) = check_topics_exist(&args.selection.kafka, &unchecked).await {
+                report.not_attempted += chosen.len() as u64;
+                report.stopped = Some(format!("{error:#}"));
+                incoming.close();
+                continue;
+            }
+            checked_topics.extend(unchecked);
+        }
+        let event_ids: Vec<&str> = chosen
+            .iter()
+            .map(|outgoing| outgoing.found.letter.event_id.as_str())
+            .collect();
+        match marks(&args.redis, &event_ids).await {
+            Ok(found) => {
+                for (outgoing, mark) in chosen.iter_mut().zip(found) {
+                    outgoing.mark = mark;
+                }
+            }
+            Err(error) if args.dry_run => {
+                if !redis_warned {
+                    eprintln!(
+                        "warning: Redis did not answer ({error:#}): counting every letter as not redriven"
+                    );
+                    redis_warned = true;
+                }
+            }
+            Err(error) => {
+                report.not_attempted += chosen.len() as u64;
+                report.stopped = Some(format!("reading the redriven marks from Redis: {error:#}"));
+                incoming.close();
+                continue;
+            }
+        }
+        let mut to_send = Vec::with_capacity(chosen.len());
+        for outgoing in chosen {
+            match outgoing.mark {
+                // Another run may be sending it right now: never twice, even with --again.
+                Mark::Pending => report.in_progress += 1,
+                Mark::Yes if !args.again => report.already_redriven += 1,
+                Mark::Yes | Mark::No => to_send.push(outgoing),
+            }
+        }
+        let Some(producer) = &producer else {
+            for outgoing in &to_send {
+                *report.published.entry(outgoing.topic.clone()).or_default() += 1;
+            }
+            continue;
+        };
+        let stopped = if shutdown.is_cancelled() {
+            report.not_attempted += to_send.len() as u64;
+            Err("interrupted".to_owned())
+        } else {
+            run.send_chunk(producer, &to_send, &mut report, shutdown)
+                .await
+        };
+        if let Err(stopped) = stopped {
+            report.stopped = Some(stopped);
+            // The reader stops; what it had handed over is counted as not tried.
+            incoming.close();
+        }
+    }
+    let scan = reader.await??;
+    report.selected = scan.selected;
+    report.read_to_end = report.stopped.is_none();
+    Ok(report)
+}
+
+/// The next letters from the reader, up to [`REDRIVE_CHUNK`]; empty once it is done (or closed and
+/// drained).
+async fn next_chunk(incoming: &mut tokio::sync::mpsc::Receiver<FoundLetter>) -> Vec<FoundLetter> {
+    let mut chunk = Vec::with_capacity(REDRIVE_CHUNK);
+    while chunk.len() < REDRIVE_CHUNK {
+        let room = REDRIVE_CHUNK - chunk.len();
+        if incoming.recv_many(&mut chunk, room).await == 0 {
+            break;
+        }
+    }
+    chunk
+}
+
+/// The letters of `chunk` that can be redriven, with their target; the others are counted in
+/// `report` (a cut original, an empty or undecodable one, or a target that is the dead-letter topic).
+fn choose<'a>(
+    chunk: &'a [FoundLetter],
+    target: Option<&str>,
+    dlq_topic: &str,
+    report: &mut RedriveReport,
+) -> Vec<Outgoing<'a>> {
+    let mut chosen = Vec::with_capacity(chunk.len());
+    for found in chunk {
         let letter = &found.letter;
         if letter.original_truncated {
             report.truncated += 1;
             continue;
         }
-        let topic = target
-            .clone()
-            .unwrap_or_else(|| letter.source.topic.clone());
+        let topic = target.unwrap_or(&letter.source.topic).to_owned();
         match (letter.original_key(), letter.original_value()) {
-            (Ok(key), Ok(value)) if !value.is_empty() && topic != scan.topic => {
+            (Ok(key), Ok(value)) if !value.is_empty() && topic != dlq_topic => {
                 chosen.push(Outgoing {
                     found,
                     topic,
@@ -884,66 +1038,7 @@ pub async fn redrive(
             _ => report.not_redrivable += 1,
         }
     }
-    let targets: std::collections::BTreeSet<&String> =
-        chosen.iter().map(|outgoing| &outgoing.topic).collect();
-    check_topics_exist(&args.selection.kafka, &targets).await?;
-    let event_ids: Vec<&str> = chosen
-        .iter()
-        .map(|outgoing| outgoing.found.letter.event_id.as_str())
-        .collect();
-    match marks(&args.redis, &event_ids).await {
-        Ok(found) => {
-            for (outgoing, mark) in chosen.iter_mut().zip(found) {
-                outgoing.mark = mark;
-            }
-        }
-        Err(error) if args.dry_run => {
-            eprintln!(
-                "warning: Redis did not answer ({error:#}): counting every letter as not redriven"
-            );
-        }
-        Err(error) => return Err(error.context("reading the redriven marks from Redis")),
-    }
-    let mut to_send = Vec::with_capacity(chosen.len());
-    for outgoing in chosen {
-        match outgoing.mark {
-            // Another run may be sending it right now: never twice, even with --again.
-            Mark::Pending => report.in_progress += 1,
-            Mark::Yes if !args.again => report.already_redriven += 1,
-            Mark::Yes | Mark::No => to_send.push(outgoing),
-        }
-    }
-    if args.dry_run {
-        for outgoing in &to_send {
-            *report.published.entry(outgoing.topic.clone()).or_default() += 1;
-        }
-        return Ok(report);
-    }
-    let producer = ResilientProducer::new(&args.selection.kafka, "dlq")?;
-    let mut run = Redrive {
-        store: &store,
-        connection: store.connection(),
-        claim: format!("{CLAIM_PREFIX}:{}", uuid::Uuid::new_v4()),
-        remember_secs: args.remember_days.saturating_mul(86_400),
-        dlq_topic: &scan.topic,
-    };
-    for (index, chunk) in to_send.chunks(REDRIVE_CHUNK).enumerate() {
-        let left = to_send.len() - index * REDRIVE_CHUNK;
-        if shutdown.is_cancelled() {
-            report.not_attempted += left as u64;
-            report.stopped = Some("interrupted".to_owned());
-            break;
-        }
-        if let Err(stopped) = run
-            .send_chunk(&producer, chunk, &mut report, shutdown)
-            .await
-        {
-            report.not_attempted += (left - chunk.len()) as u64;
-            report.stopped = Some(stopped);
-            break;
-        }
-    }
-    Ok(report)
+    chosen
 }
 
 /// One redrive's Redis state: its claim value and how long final marks last.
@@ -1110,15 +1205,12 @@ struct Outgoing<'a> {
 }
 
 /// Fails unless every topic in `targets` exists (a producer would wait its whole timeout otherwise).
-async fn check_topics_exist(
-    kafka: &KafkaArgs,
-    targets: &std::collections::BTreeSet<&String>,
-) -> anyhow::Result<()> {
+async fn check_topics_exist(kafka: &KafkaArgs, targets: &[String]) -> anyhow::Result<()> {
     if targets.is_empty() {
         return Ok(());
     }
     let kafka = kafka.clone();
-    let targets: Vec<String> = targets.iter().map(|topic| (*topic).clone()).collect();
+    let targets = targets.to_vec();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let consumer = reader(&kafka)?;
         for topic in &targets {
@@ -1175,7 +1267,7 @@ fn print_redrive(report: &RedriveReport) {
         }
     }
     if let Some(why) = &report.stopped {
-        println!("stopped early: {why}");
+        println!("stopped early: {why}; the letters after those read were not looked at");
     }
     if report.dry_run {
         println!("dry run: nothing was published or remembered");
