@@ -973,9 +973,39 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
     assert_eq!((again.published_total(), again.already_redriven), (0, 600));
 }
 
+/// The HTTP API's metrics are process-wide, and the tests of this binary run at once: the tests that
+/// count them take turns and compare what changed while they held the turn.
+static HTTP_METRICS_TURN: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+/// The value of the series written exactly as `series` (0 when absent).
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// How much each of `series` grew between two scrapes.
+fn metric_growth(before: &str, after: &str, series: &[&str]) -> Vec<f64> {
+    series
+        .iter()
+        .map(|series| metric_value(after, series) - metric_value(before, series))
+        .collect()
+}
+
+/// Replaces a file the way an operator should (a temporary file renamed over it), so a reader never
+/// sees it half-written.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     use sentiflow_tests::http_post;
+    let _turn = HTTP_METRICS_TURN.lock().await;
     let kafka = kafka_with_topics().await;
     let redis_server = redis();
     let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
@@ -986,6 +1016,7 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
         .await
         .expect("ingest starts");
     let addr = running.http_addr;
+    let (_, metrics_before) = http_get(addr, "/metrics").await.unwrap();
     let post = |body: Vec<u8>| async move {
         let (status, answer) = http_post(addr, "/v1/reviews", &body)
             .await
@@ -1095,16 +1126,19 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
             .any(|message| message.payload() == Some(first.as_slice()))
     );
     let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
-    assert!(
-        metrics.contains(
-            "sentiflow_ingest_http_reviews_total{outcome=\"accepted\",error_kind=\"none\"} 41"
+    assert_eq!(
+        metric_growth(
+            &metrics_before,
+            &metrics,
+            &[
+                "sentiflow_ingest_http_reviews_total{outcome=\"accepted\",error_kind=\"none\"}",
+                "sentiflow_ingest_http_errors_total{error_kind=\"invalid_reviews\"}",
+                "sentiflow_ingest_http_requests_total{status=\"202\"}",
+            ]
         ),
+        [41.0, 1.0, 3.0],
         "{metrics}"
     );
-    assert!(
-        metrics.contains("sentiflow_ingest_http_errors_total{error_kind=\"invalid_reviews\"} 1")
-    );
-    assert!(metrics.contains("sentiflow_ingest_http_requests_total{status=\"202\"} 3"));
 
     // At shutdown, a request still in flight after the drain time (here one whose body never comes,
     // which alone would wait 10 s) is answered 503 and the service stops.
@@ -1139,6 +1173,7 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
     use sentiflow_tests::{eventually_async, http_post_with_headers, metric_line_eventually};
     const OLD_KEY: &str = "old-key-0123456789abcdef";
     const NEW_KEY: &str = "new-key-fedcba9876543210";
+    let _turn = HTTP_METRICS_TURN.lock().await;
     let kafka = kafka_with_topics().await;
     let redis_server = redis();
     let keys = tempfile::tempdir().unwrap();
@@ -1151,6 +1186,17 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
         .await
         .expect("ingest starts");
     let addr = running.http_addr;
+    let (_, metrics_before) = http_get(addr, "/metrics").await.unwrap();
+    for line in [
+        "sentiflow_ingest_api_keys 1",
+        "sentiflow_ingest_api_keys_file_ok 1",
+        "sentiflow_ingest_api_keys_reload_errors_total 0",
+    ] {
+        assert!(
+            metrics_before.lines().any(|candidate| candidate == line),
+            "from the start: {line}\n{metrics_before}"
+        );
+    }
     let post = |authorization: Option<String>, body: Vec<u8>| async move {
         let headers: Vec<(&str, &str)> = authorization
             .as_deref()
@@ -1204,14 +1250,14 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
     assert_eq!(status, 202, "{answer}");
 
     // Rotation: the new key is added, clients move, the old key is retired; no restart.
-    std::fs::write(&keys_file, format!("{OLD_KEY}\n{NEW_KEY}\n")).unwrap();
+    replace_file(&keys_file, &format!("{OLD_KEY}\n{NEW_KEY}\n"));
     assert!(
         metric_line_eventually(addr, "sentiflow_ingest_api_keys 2", Duration::from_secs(15)).await,
         "the added key is in force"
     );
     let (status, _, answer) = post(bearer(NEW_KEY), review(1)).await;
     assert_eq!(status, 202, "{answer}");
-    std::fs::write(&keys_file, format!("{NEW_KEY}\n")).unwrap();
+    replace_file(&keys_file, &format!("{NEW_KEY}\n"));
     let probe = br#"[]"#.to_vec();
     assert!(
         eventually_async(Duration::from_secs(15), || {
@@ -1221,13 +1267,21 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
         .await,
         "the retired key is refused"
     );
-    // A file broken while being edited is refused once; the key in force keeps working.
-    std::fs::write(&keys_file, "new-key-fe").unwrap();
+    // A file that cannot be used is refused once; the key in force keeps working.
+    replace_file(&keys_file, "new-key-fe");
     assert!(
         metric_line_eventually(
             addr,
             "sentiflow_ingest_api_keys_reload_errors_total 1",
             Duration::from_secs(15)
+        )
+        .await
+    );
+    assert!(
+        metric_line_eventually(
+            addr,
+            "sentiflow_ingest_api_keys_file_ok 0",
+            Duration::from_secs(1)
         )
         .await
     );
@@ -1245,17 +1299,27 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
             .collect::<BTreeSet<_>>()
     );
     let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
-    for line in [
-        "sentiflow_ingest_http_errors_total{error_kind=\"missing_api_key\"} 1",
-        "sentiflow_ingest_http_requests_total{status=\"202\"} 3",
-        "sentiflow_ingest_api_keys 1",
-    ] {
-        assert!(
-            metrics.lines().any(|candidate| candidate == line),
-            "{line}\n{metrics}"
-        );
-    }
-    assert!(metrics.contains("sentiflow_ingest_http_errors_total{error_kind=\"invalid_api_key\"}"));
+    let growth = metric_growth(
+        &metrics_before,
+        &metrics,
+        &[
+            "sentiflow_ingest_http_errors_total{error_kind=\"missing_api_key\"}",
+            "sentiflow_ingest_http_requests_total{status=\"202\"}",
+            "sentiflow_ingest_http_reviews_total{outcome=\"accepted\",error_kind=\"none\"}",
+        ],
+    );
+    assert_eq!(growth, [1.0, 3.0, 3.0], "{metrics}");
+    assert!(
+        metric_value(
+            &metrics,
+            "sentiflow_ingest_http_errors_total{error_kind=\"invalid_api_key\"}"
+        ) >= 3.0
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "sentiflow_ingest_api_keys 1")
+    );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

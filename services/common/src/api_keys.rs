@@ -109,8 +109,8 @@ pub enum ApiKeysError {
     },
 }
 
-/// The keys in force: only their SHA-256 digests are kept, so a presented key is compared in constant
-/// time against fixed-length values and no key sits in memory in the clear.
+/// The keys in force: only their SHA-256 digests are kept (the file's text is dropped once parsed), so
+/// a presented key is compared in constant time against fixed-length values.
 #[derive(Debug)]
 pub struct ApiKeys {
     service: &'static str,
@@ -122,6 +122,8 @@ pub struct ApiKeys {
 struct LoadedKeys {
     file_digest: [u8; 32],
     key_digests: Vec<[u8; 32]>,
+    /// The file with `file_digest` was refused (the keys are those of an earlier file).
+    file_refused: bool,
 }
 
 /// Why a request was refused, the `error_kind` of its 401.
@@ -208,8 +210,11 @@ impl ApiKeys {
     pub fn load(service: &'static str, path: &Path) -> Result<Arc<Self>, ApiKeysError> {
         let (text, file_digest) = read_keys_file(path)?;
         let key_digests = parse_keys(path, &text)?;
+        // The recorder must exist before the first gauge is set, or the value is lost.
+        crate::telemetry::prometheus();
         metrics::gauge!(format!("sentiflow_{}_api_keys", service)).set(key_digests.len() as f64);
-        // The error counter exists from the start, so the first refusal is an increase an alert sees.
+        metrics::gauge!(format!("sentiflow_{}_api_keys_file_ok", service)).set(1.0);
+        // The error counter exists from the start, so the first refusal is an increase.
         metrics::counter!(format!(
             "sentiflow_{}_api_keys_reload_errors_total",
             service
@@ -221,6 +226,7 @@ impl ApiKeys {
             loaded: RwLock::new(LoadedKeys {
                 file_digest,
                 key_digests,
+                file_refused: false,
             }),
         }))
     }
@@ -234,13 +240,22 @@ impl ApiKeys {
             .len()
     }
 
-    /// Reads the file again; returns whether the keys changed. A file that cannot be used leaves the
-    /// keys in force as they were (a half-written file must not lock every client out).
+    /// Reads the file again; returns whether the keys changed. A file that cannot be used (missing,
+    /// empty, a bad line) leaves the keys in force as they were; replace the file atomically (write
+    /// a temporary file, then rename it) so that no read sees a valid part of it.
     ///
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key.
     pub fn reload(&self) -> Result<bool, ApiKeysError> {
-        let (text, file_digest) = read_keys_file(&self.path)?;
+        let (text, file_digest) = read_keys_file(&self.path).inspect_err(|_| {
+            let mut loaded = self
+                .loaded
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Whatever file comes back is read again, even one equal to the last refused.
+            loaded.file_digest = [0; 32];
+            loaded.file_refused = true;
+        })?;
         let unchanged = |loaded: &LoadedKeys| loaded.file_digest == file_digest;
         if unchanged(
             &self
@@ -254,10 +269,12 @@ impl ApiKeys {
             Ok(digests) => digests,
             Err(error) => {
                 // Remember the bad file so that it is reported once, not every few seconds.
-                self.loaded
+                let mut loaded = self
+                    .loaded
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .file_digest = file_digest;
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                loaded.file_digest = file_digest;
+                loaded.file_refused = true;
                 return Err(error);
             }
         };
@@ -268,9 +285,20 @@ impl ApiKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = LoadedKeys {
             file_digest,
             key_digests,
+            file_refused: false,
         };
         metrics::gauge!(format!("sentiflow_{}_api_keys", self.service)).set(count as f64);
         Ok(true)
+    }
+
+    /// Whether the keys in force are those of the file as it is now (false while a file that cannot
+    /// be used sits there, or after it could not be read).
+    pub fn file_ok(&self) -> bool {
+        !self
+            .loaded
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .file_refused
     }
 
     /// Whether `presented` is one of the keys in force.
@@ -359,9 +387,14 @@ impl ApiKeys {
                     let keys = Arc::clone(&keys);
                     tokio::task::spawn_blocking(move || keys.reload()).await
                 };
+                let file_ok = format!("sentiflow_{}_api_keys_file_ok", keys.service);
                 match reloaded {
                     Ok(Ok(changed)) => {
-                        last_refusal = None;
+                        let file_ok_now = keys.file_ok();
+                        metrics::gauge!(file_ok).set(if file_ok_now { 1.0 } else { 0.0 });
+                        if file_ok_now {
+                            last_refusal = None;
+                        }
                         if changed {
                             tracing::info!(
                                 path = %keys.path.display(),
@@ -371,6 +404,7 @@ impl ApiKeys {
                         }
                     }
                     Ok(Err(error)) => {
+                        metrics::gauge!(file_ok).set(0.0);
                         let refusal = error.to_string();
                         if last_refusal.as_ref() != Some(&refusal) {
                             metrics::counter!(format!(
@@ -523,17 +557,19 @@ mod tests {
         assert!(keys.reload().expect("valid file"));
         assert!(!keys.accepts(KEY_A) && keys.accepts(KEY_B));
 
-        // A half-written or emptied file is refused once, and the keys in force stay.
+        // A broken or emptied file is refused once, and the keys in force stay.
+        assert!(keys.file_ok());
         std::fs::write(&path, "ffff").expect("truncated");
         assert!(keys.reload().is_err());
         assert!(!keys.reload().expect("the same bad file again is not news"));
+        assert!(!keys.file_ok(), "still the refused file");
         assert!(keys.accepts(KEY_B));
         std::fs::remove_file(&path).expect("remove");
         assert!(matches!(keys.reload(), Err(ApiKeysError::Read { .. })));
-        assert!(keys.accepts(KEY_B));
+        assert!(keys.accepts(KEY_B) && !keys.file_ok());
 
         std::fs::write(&path, format!("{KEY_A}\n")).expect("restored");
         assert!(keys.reload().expect("valid file"));
-        assert!(keys.accepts(KEY_A) && !keys.accepts(KEY_B));
+        assert!(keys.accepts(KEY_A) && !keys.accepts(KEY_B) && keys.file_ok());
     }
 }
