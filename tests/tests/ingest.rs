@@ -542,6 +542,123 @@ async fn redis_outage_holds_the_stream_and_flips_readiness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
+    use sentiflow::local::{KafkaOptions, KafkaServer};
+    use sentiflow_common::cache::CacheDir;
+    // A broker of this test's own, stopped and started again on the same data (the other tests share
+    // one that stays up).
+    let data = tempfile::tempdir().unwrap();
+    let options = {
+        let cache = CacheDir::from_env().expect("cache dir");
+        KafkaOptions {
+            num_partitions: 3,
+            ..KafkaOptions::from_cache(&cache, data.path().join("kafka")).expect("Kafka jars")
+        }
+    };
+    let start_broker = |options: KafkaOptions| async move {
+        tokio::task::spawn_blocking(move || KafkaServer::start(options))
+            .await
+            .unwrap()
+            .expect("the broker starts")
+    };
+    let mut broker = start_broker(options.clone()).await;
+    let kafka = KafkaArgs::local(broker.bootstrap_servers(), sentiflow_tests::unique_prefix());
+    sentiflow_common::kafka::ensure_topics(
+        &kafka,
+        sentiflow_common::catalogue::Catalogue::embedded(),
+        Some(1),
+    )
+    .await
+    .expect("topics");
+    let redis_server = redis();
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(
+        ingest_config(&kafka, &redis_server.url(), 50),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
+    let reviews = real_reviews(300, 0);
+    publish_reviews(&producer, &raw_topic, &reviews[..150]).await;
+    assert!(
+        eventually(Duration::from_secs(60), || running.stats.snapshot().1
+            == 150)
+        .await,
+        "the first half is processed before the outage"
+    );
+    assert!(eventually(Duration::from_secs(30), || running.health.is_ready()).await);
+
+    // The broker goes away; a producer keeps sending (its messages wait in its queue).
+    tokio::task::spawn_blocking(move || {
+        broker.stop().expect("the broker stops");
+        broker
+    })
+    .await
+    .unwrap();
+    let queued = {
+        let producer = producer.clone();
+        let raw_topic = raw_topic.clone();
+        let rest = reviews[150..].to_vec();
+        tokio::spawn(async move { publish_reviews(&producer, &raw_topic, &rest).await })
+    };
+    let http_addr = running.http_addr;
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
+            http_get(http_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 503)
+        })
+        .await,
+        "/readyz turns 503 while the broker is down"
+    );
+    let (_, metrics) = http_get(http_addr, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "sentiflow_ingest_dependency_up{dependency=\"kafka\"} 0"),
+        "the outage is in the metrics too"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !running.task.is_finished(),
+        "ingest holds on, it does not exit"
+    );
+
+    // Back on the same port and data: everything published arrives clean, each review at least once.
+    let _broker = start_broker(options).await;
+    tokio::time::timeout(Duration::from_secs(90), queued)
+        .await
+        .expect("the queued reviews are acknowledged once the broker is back")
+        .unwrap();
+    let (clean, ids) = clean_reviews(
+        &kafka,
+        300,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        ids,
+        reviews
+            .iter()
+            .map(|review| review.review_id.clone())
+            .collect::<BTreeSet<_>>(),
+        "nothing lost"
+    );
+    assert_eq!(clean.len(), 300, "nothing doubled");
+    assert!(
+        eventually(Duration::from_secs(60), || running.health.is_ready()).await,
+        "ready again"
+    );
+    let (status, _) = http_get(running.http_addr, "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_configuration_is_refused_at_start() {
     let kafka = KafkaArgs::local("127.0.0.1:1", "unused");
     let mut config = ingest_config(&kafka, "redis://127.0.0.1:1/", 10);
