@@ -110,6 +110,62 @@ pub async fn kafka_with_topics() -> KafkaArgs {
     args
 }
 
+/// A broker of one test's own, for tests that stop it (the shared one must stay up for the others),
+/// with every catalogue topic created under a fresh prefix.
+#[derive(Debug)]
+pub struct OwnBroker {
+    options: KafkaOptions,
+    server: Option<KafkaServer>,
+    /// Settings for clients of this broker.
+    pub kafka: KafkaArgs,
+    _data: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    /// Starts the broker (3 partitions per topic) and creates the topics.
+    pub async fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let cache = CacheDir::from_env().expect("cache dir");
+        let options = KafkaOptions {
+            num_partitions: 3,
+            ..KafkaOptions::from_cache(&cache, data.path().join("kafka")).expect("Kafka jars")
+        };
+        let server = Self::spawn(options.clone()).await;
+        let kafka = KafkaArgs::local(server.bootstrap_servers(), unique_prefix());
+        sentiflow_common::kafka::ensure_topics(&kafka, Catalogue::embedded(), Some(1))
+            .await
+            .expect("create topics");
+        Self {
+            options,
+            server: Some(server),
+            kafka,
+            _data: data,
+        }
+    }
+
+    async fn spawn(options: KafkaOptions) -> KafkaServer {
+        tokio::task::spawn_blocking(move || KafkaServer::start(options))
+            .await
+            .expect("join")
+            .expect("the broker starts")
+    }
+
+    /// Stops the broker (a controlled shutdown).
+    pub async fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            tokio::task::spawn_blocking(move || server.stop().expect("the broker stops"))
+                .await
+                .expect("join");
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.server = Some(Self::spawn(self.options.clone()).await);
+    }
+}
+
 /// Reads `topic` from the beginning until `expected` messages arrived, then keeps listening for `settle`
 /// to catch extras; panics when fewer than `expected` arrive within `timeout`.
 pub async fn read_exactly(

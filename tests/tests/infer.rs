@@ -416,6 +416,101 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_holds_predictions_and_loses_none() {
+    let mut broker = sentiflow_tests::OwnBroker::start().await;
+    let kafka = broker.kafka.clone();
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf-outage", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+    let texts = texts(400);
+    let messages = review_messages(&texts, 0);
+    sentiflow_tests::publish_clean(&kafka, &messages[..200]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = sentiflow_infer::start(
+        infer_config(&kafka, &redis_server.url(), "inf-outage", dir.path()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let predictions_topic = kafka.topic(topics::PREDICTIONS);
+    let before = sentiflow_tests::read_exactly(
+        &kafka.brokers,
+        &predictions_topic,
+        200,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(before.len(), 200);
+
+    // The broker goes away while reviews keep coming (a producer queues them).
+    broker.stop().await;
+    let queued = {
+        let kafka = kafka.clone();
+        let rest = messages[200..].to_vec();
+        tokio::spawn(async move { sentiflow_tests::publish_clean(&kafka, &rest).await })
+    };
+    let http_addr = running.http_addr;
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
+            sentiflow_tests::http_get(http_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 503)
+        })
+        .await,
+        "/readyz turns 503 while the broker is down"
+    );
+    assert!(
+        !running.task.is_finished(),
+        "infer holds on, it does not exit"
+    );
+
+    // Back on the same port and data: every review is predicted (at least once: infer is
+    // at-least-once, and a batch whose offsets were not committed is scored again).
+    broker.restart().await;
+    tokio::time::timeout(Duration::from_secs(90), queued)
+        .await
+        .expect("the queued reviews are acknowledged once the broker is back")
+        .unwrap();
+    let expected: BTreeSet<String> = messages.iter().map(|(key, _)| key.clone()).collect();
+    // Read until every review has a prediction (a review missing after all arrived is a loss: the
+    // read then fails for want of messages).
+    let mut want = expected.len();
+    let (predicted, total) = loop {
+        let all = sentiflow_tests::read_exactly(
+            &kafka.brokers,
+            &predictions_topic,
+            want,
+            Duration::from_secs(120),
+            Duration::from_secs(3),
+        )
+        .await;
+        let mut labels: BTreeMap<String, String> = BTreeMap::new();
+        for value in sentiflow_tests::json_payloads(&all) {
+            let review = value["review_id"].as_str().unwrap().to_owned();
+            let label = value["label"].as_str().unwrap().to_owned();
+            if let Some(earlier) = labels.insert(review, label.clone()) {
+                assert_eq!(earlier, label, "a review scored twice gets the same label");
+            }
+        }
+        let predicted: BTreeSet<String> = labels.into_keys().collect();
+        if predicted.len() == expected.len() {
+            break (predicted, all.len());
+        }
+        want = all.len() + (expected.len() - predicted.len());
+    };
+    assert_eq!(predicted, expected, "every review predicted, none lost");
+    assert!(total >= expected.len());
+    assert!(
+        sentiflow_tests::eventually(Duration::from_secs(60), || running.health.is_ready()).await,
+        "ready again"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_swap_under_load_promote_then_rollback_loses_nothing() {
     let kafka = sentiflow_tests::kafka_with_topics().await;
     let redis_server = sentiflow_tests::redis();

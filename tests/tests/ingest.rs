@@ -543,33 +543,8 @@ async fn redis_outage_holds_the_stream_and_flips_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
-    use sentiflow::local::{KafkaOptions, KafkaServer};
-    use sentiflow_common::cache::CacheDir;
-    // A broker of this test's own, stopped and started again on the same data (the other tests share
-    // one that stays up).
-    let data = tempfile::tempdir().unwrap();
-    let options = {
-        let cache = CacheDir::from_env().expect("cache dir");
-        KafkaOptions {
-            num_partitions: 3,
-            ..KafkaOptions::from_cache(&cache, data.path().join("kafka")).expect("Kafka jars")
-        }
-    };
-    let start_broker = |options: KafkaOptions| async move {
-        tokio::task::spawn_blocking(move || KafkaServer::start(options))
-            .await
-            .unwrap()
-            .expect("the broker starts")
-    };
-    let mut broker = start_broker(options.clone()).await;
-    let kafka = KafkaArgs::local(broker.bootstrap_servers(), sentiflow_tests::unique_prefix());
-    sentiflow_common::kafka::ensure_topics(
-        &kafka,
-        sentiflow_common::catalogue::Catalogue::embedded(),
-        Some(1),
-    )
-    .await
-    .expect("topics");
+    let mut broker = sentiflow_tests::OwnBroker::start().await;
+    let kafka = broker.kafka.clone();
     let redis_server = redis();
     let shutdown = CancellationToken::new();
     let running = sentiflow_ingest::start(
@@ -591,12 +566,7 @@ async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
     assert!(eventually(Duration::from_secs(30), || running.health.is_ready()).await);
 
     // The broker goes away; a producer keeps sending (its messages wait in its queue).
-    tokio::task::spawn_blocking(move || {
-        broker.stop().expect("the broker stops");
-        broker
-    })
-    .await
-    .unwrap();
+    broker.stop().await;
     let queued = {
         let producer = producer.clone();
         let raw_topic = raw_topic.clone();
@@ -627,7 +597,7 @@ async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
     );
 
     // Back on the same port and data: everything published arrives clean, each review at least once.
-    let _broker = start_broker(options).await;
+    broker.restart().await;
     tokio::time::timeout(Duration::from_secs(90), queued)
         .await
         .expect("the queued reviews are acknowledged once the broker is back")
