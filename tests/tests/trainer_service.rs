@@ -607,6 +607,99 @@ async fn restart_mid_stream_loses_nothing_and_snapshots_have_no_duplicates() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_holds_curation_and_the_snapshot_loses_nothing() {
+    let mut broker = sentiflow_tests::OwnBroker::start().await;
+    let kafka = broker.kafka.clone();
+    let redis_server = redis();
+    let data = tempfile::tempdir().unwrap();
+    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let clean_topic = kafka.topic(topics::REVIEWS_CLEAN);
+    let reviews: Vec<CleanReview> = (0..1000)
+        .map(|index| {
+            let class = Sentiment::from_index(index % 3).unwrap();
+            clean_review(index, Some((class, LabelProvenance::SourceLabel)))
+        })
+        .collect();
+    publish_all(&producer, &clean_topic, encoded(&reviews[..500])).await;
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_trainer::start(
+        trainer_config(&kafka, &redis_server.url(), data.path(), 200, 500),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(90), || running.stats.snapshot().durable
+            == 500)
+        .await,
+        "before the outage: {:?}",
+        running.stats.snapshot()
+    );
+
+    // The broker goes away while reviews keep coming (a producer queues them).
+    broker.stop().await;
+    let queued = {
+        let producer = producer.clone();
+        let topic = clean_topic.clone();
+        let rest = encoded(&reviews[500..]);
+        tokio::spawn(async move { publish_all(&producer, &topic, rest).await })
+    };
+    let http_addr = running.http_addr;
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
+            http_get(http_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 503)
+        })
+        .await,
+        "/readyz turns 503 while the broker is down"
+    );
+    assert!(!running.task.is_finished(), "the trainer holds on");
+
+    // Back on the same port and data: every review reaches a segment, and a snapshot has each once.
+    broker.restart().await;
+    tokio::time::timeout(Duration::from_secs(90), queued)
+        .await
+        .expect("the queued reviews are acknowledged once the broker is back")
+        .unwrap();
+    let segments = running.segments.clone();
+    assert!(
+        eventually(Duration::from_secs(120), || segment_contents(&segments)
+            .0
+            .len()
+            == reviews.len())
+        .await,
+        "every review reached a segment: {:?}",
+        running.stats.snapshot()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || running.health.is_ready()).await,
+        "ready again"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+    let (segments, snapshots) = (running.segments.clone(), running.snapshots.clone());
+    let curated = tokio::task::spawn_blocking(move || {
+        curate_snapshot(&segments, &snapshots, &CurateOptions::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(curated.manifest.rows, reviews.len() as u64);
+    let mut ids = BTreeSet::new();
+    for split in Split::ALL {
+        for row in running
+            .snapshots
+            .read(&curated.manifest.snapshot_id, split)
+            .unwrap()
+        {
+            assert!(ids.insert(row.review_id), "no duplicate rows");
+        }
+    }
+    assert_eq!(ids.len(), reviews.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_is_refused_at_start() {
     let kafka = KafkaArgs::local("127.0.0.1:1", "unused");
