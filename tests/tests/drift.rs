@@ -309,6 +309,77 @@ async fn stationary_stream_reports_ok_and_requests_no_retrain() {
     stop_drift(running, shutdown).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_holds_the_windows_and_counts_each_prediction_once() {
+    let mut broker = sentiflow_tests::OwnBroker::start().await;
+    let kafka = broker.kafka.clone();
+    let redis = sentiflow_tests::redis();
+    let (running, shutdown) =
+        start_drift(windows_only(&kafka, &redis.url(), "outage", "drift-outage")).await;
+    let reports = |expected: usize| {
+        let kafka = kafka.clone();
+        async move {
+            let messages = sentiflow_tests::read_exactly(
+                &kafka.brokers,
+                &kafka.topic(topics::DRIFT_REPORTS),
+                expected,
+                WAIT,
+                SETTLE,
+            )
+            .await;
+            messages
+                .iter()
+                .map(|message| {
+                    use rdkafka::Message as _;
+                    DriftReport::decode_validated(message.payload().unwrap()).expect("schema-valid")
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let rows: Vec<_> = domain_a().into_iter().take(4 * WINDOW as usize).collect();
+    let half = 2 * WINDOW as usize;
+    publish(&kafka, &rows[..half], 0, "v1").await;
+    assert_eq!(reports(2).await.len(), 2, "two windows before the outage");
+
+    // The broker goes away while predictions keep coming (a producer queues them).
+    broker.stop().await;
+    let queued = {
+        let kafka = kafka.clone();
+        let rest = rows[half..].to_vec();
+        tokio::spawn(async move { publish(&kafka, &rest, half, "v1").await })
+    };
+    let http_addr = running.http_addr;
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
+            sentiflow_tests::http_get(http_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 503)
+        })
+        .await,
+        "/readyz turns 503 while the broker is down"
+    );
+    assert!(!running.task.is_finished(), "drift holds on");
+
+    // Back on the same port and data: two more windows of exactly one window's predictions each.
+    broker.restart().await;
+    tokio::time::timeout(Duration::from_secs(90), queued)
+        .await
+        .expect("the queued predictions are acknowledged once the broker is back")
+        .unwrap();
+    let all = reports(4).await;
+    assert_eq!(
+        all.len(),
+        4,
+        "exactly four windows: none lost, none counted twice"
+    );
+    assert!(all.iter().all(|report| report.window.events == WINDOW));
+    assert!(
+        sentiflow_tests::eventually(Duration::from_secs(60), || running.health.is_ready()).await,
+        "ready again"
+    );
+    stop_drift(running, shutdown).await;
+}
+
 /// Runs chromium headless on `url` and returns the DOM after its scripts ran.
 fn dump_dom(url: &str) -> String {
     let output = std::process::Command::new("chromium")
