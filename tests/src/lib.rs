@@ -306,6 +306,21 @@ where
     }
 }
 
+/// Polls `GET path` on `addr` until it answers `status`; false when `timeout` passes first.
+pub async fn status_eventually(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> bool {
+    eventually_async(timeout, || async move {
+        http_get(addr, path)
+            .await
+            .is_ok_and(|(answered, _)| answered == status)
+    })
+    .await
+}
+
 /// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
 pub async fn metric_line_eventually(
     addr: std::net::SocketAddr,

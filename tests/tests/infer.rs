@@ -453,12 +453,8 @@ async fn a_broker_outage_holds_predictions_and_loses_none() {
     };
     let http_addr = running.http_addr;
     assert!(
-        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
-            sentiflow_tests::http_get(http_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 503)
-        })
-        .await,
+        sentiflow_tests::status_eventually(http_addr, "/readyz", 503, Duration::from_secs(30))
+            .await,
         "/readyz turns 503 while the broker is down"
     );
     assert!(

@@ -475,45 +475,60 @@ async fn restart_mid_stream_loses_nothing() {
     }
 }
 
+/// Ingest (batches of 50) on `kafka` and `redis_url`, ready, with the first `processed` of `reviews`
+/// published and cleaned: the state an outage test starts from.
+async fn ingest_after(
+    kafka: &KafkaArgs,
+    redis_url: &str,
+    reviews: &[RawReview],
+    processed: usize,
+) -> (
+    sentiflow_ingest::Running,
+    CancellationToken,
+    ResilientProducer,
+) {
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(ingest_config(kafka, redis_url, 50), shutdown.clone())
+        .await
+        .unwrap();
+    let producer = ResilientProducer::new(kafka, "test").unwrap();
+    publish_reviews(
+        &producer,
+        &kafka.topic(topics::REVIEWS_RAW),
+        &reviews[..processed],
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(60), || running.stats.snapshot().1
+            == processed as u64)
+        .await,
+        "the first {processed} processed"
+    );
+    assert!(eventually(Duration::from_secs(30), || running.health.is_ready()).await);
+    (running, shutdown, producer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_outage_holds_the_stream_and_flips_readiness() {
     let kafka = kafka_with_topics().await;
     let mut redis_server = redis();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_ingest::start(
-        ingest_config(&kafka, &redis_server.url(), 50),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let producer = ResilientProducer::new(&kafka, "test").unwrap();
-    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
     let reviews = real_reviews(400, 0);
-
-    publish_reviews(&producer, &raw_topic, &reviews[..200]).await;
-    assert!(
-        eventually(Duration::from_secs(60), || running.stats.snapshot().1
-            == 200)
-        .await,
-        "first half processed"
-    );
-    assert!(eventually(Duration::from_secs(10), || running.health.is_ready()).await);
+    let (running, shutdown, producer) =
+        ingest_after(&kafka, &redis_server.url(), &reviews, 200).await;
+    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
 
     redis_server.stop().unwrap();
     publish_reviews(&producer, &raw_topic, &reviews[200..]).await;
-    let not_ready = async {
-        for _ in 0..100 {
-            if http_get(running.http_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 503)
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    assert!(not_ready.await, "/readyz turns 503 while Redis is down");
+    assert!(
+        sentiflow_tests::status_eventually(
+            running.http_addr,
+            "/readyz",
+            503,
+            Duration::from_secs(10)
+        )
+        .await,
+        "/readyz turns 503 while Redis is down"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         running.stats.snapshot().1,
@@ -546,24 +561,10 @@ async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
     let mut broker = sentiflow_tests::OwnBroker::start().await;
     let kafka = broker.kafka.clone();
     let redis_server = redis();
-    let shutdown = CancellationToken::new();
-    let running = sentiflow_ingest::start(
-        ingest_config(&kafka, &redis_server.url(), 50),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let producer = ResilientProducer::new(&kafka, "test").unwrap();
-    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
     let reviews = real_reviews(300, 0);
-    publish_reviews(&producer, &raw_topic, &reviews[..150]).await;
-    assert!(
-        eventually(Duration::from_secs(60), || running.stats.snapshot().1
-            == 150)
-        .await,
-        "the first half is processed before the outage"
-    );
-    assert!(eventually(Duration::from_secs(30), || running.health.is_ready()).await);
+    let (running, shutdown, producer) =
+        ingest_after(&kafka, &redis_server.url(), &reviews, 150).await;
+    let raw_topic = kafka.topic(topics::REVIEWS_RAW);
 
     // The broker goes away; a producer keeps sending (its messages wait in its queue).
     broker.stop().await;
@@ -575,12 +576,8 @@ async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
     };
     let http_addr = running.http_addr;
     assert!(
-        sentiflow_tests::eventually_async(Duration::from_secs(30), || async move {
-            http_get(http_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 503)
-        })
-        .await,
+        sentiflow_tests::status_eventually(http_addr, "/readyz", 503, Duration::from_secs(30))
+            .await,
         "/readyz turns 503 while the broker is down"
     );
     let (_, metrics) = http_get(http_addr, "/metrics").await.unwrap();
