@@ -113,6 +113,14 @@ async fn clean_reviews(
     (clean, ids)
 }
 
+/// The review ids of `reviews`.
+fn review_ids(reviews: &[RawReview]) -> BTreeSet<String> {
+    reviews
+        .iter()
+        .map(|review| review.review_id.clone())
+        .collect()
+}
+
 /// Publishes in order, awaiting every acknowledgement at the end (the idempotent producer keeps order).
 async fn publish_reviews(producer: &ResilientProducer, topic: &str, reviews: &[RawReview]) {
     let mut acks = Vec::with_capacity(reviews.len());
@@ -606,14 +614,7 @@ async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
         Duration::from_secs(3),
     )
     .await;
-    assert_eq!(
-        ids,
-        reviews
-            .iter()
-            .map(|review| review.review_id.clone())
-            .collect::<BTreeSet<_>>(),
-        "nothing lost"
-    );
+    assert_eq!(ids, review_ids(&reviews), "nothing lost");
     assert_eq!(clean.len(), 300, "nothing doubled");
     assert!(
         eventually(Duration::from_secs(60), || running.health.is_ready()).await,
@@ -1188,13 +1189,7 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     let (clean, ids) =
         clean_reviews(&kafka, 21, Duration::from_secs(60), Duration::from_secs(3)).await;
     assert_eq!(clean.len(), 21, "each review once, the retry deduplicated");
-    assert_eq!(
-        ids,
-        reviews
-            .iter()
-            .map(|review| review.review_id.clone())
-            .collect::<BTreeSet<_>>()
-    );
+    assert_eq!(ids, review_ids(&reviews));
     // Published byte for byte as sent (checked on those bytes, like a message on reviews.raw).
     let raw = read_exactly(
         &kafka.brokers,
@@ -1375,13 +1370,7 @@ async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
     let (clean, ids) =
         clean_reviews(&kafka, 3, Duration::from_secs(60), Duration::from_secs(2)).await;
     assert_eq!(clean.len(), 3, "exactly the three accepted reviews");
-    assert_eq!(
-        ids,
-        reviews
-            .iter()
-            .map(|review| review.review_id.clone())
-            .collect::<BTreeSet<_>>()
-    );
+    assert_eq!(ids, review_ids(&reviews));
     let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
     let growth = metric_growth(
         &metrics_before,
