@@ -75,7 +75,16 @@ fn queried_metrics(text: &str) -> BTreeSet<String> {
     }
     let without = alternation.replace_all(text, "");
     names.extend(plain.find_iter(&without).map(|m| m.as_str().to_owned()));
+    // A histogram is queried through its series (`_bucket`, `_sum`, `_count`) but exported as one name.
     names
+        .into_iter()
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .map_or(name.clone(), str::to_owned)
+        })
+        .collect()
 }
 
 fn assert_all_exported(file: &Path, queried: &BTreeSet<String>) {
