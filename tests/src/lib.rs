@@ -166,6 +166,20 @@ impl OwnBroker {
     }
 }
 
+/// The W3C trace id a message carries in its `traceparent` header, if a valid one.
+pub fn trace_id_of(message: &OwnedMessage) -> Option<String> {
+    sentiflow_common::trace::of_message(message).map(|(context, _)| context.trace_id())
+}
+
+/// The value of header `name` of a message, as text.
+pub fn header_of(message: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    message.headers()?.iter().find_map(|header| {
+        (header.key == name)
+            .then(|| String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+    })
+}
+
 /// Reads `topic` from the beginning until `expected` messages arrived, then keeps listening for `settle`
 /// to catch extras; panics when fewer than `expected` arrive within `timeout`.
 pub async fn read_exactly(

@@ -285,7 +285,32 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
         ("bad-3".to_owned(), Vec::new()),
     ];
     messages.splice(100..100, malformed);
-    sentiflow_tests::publish_clean(&kafka, &messages).await;
+    // The first ten arrive with a trace context (as ingest gives them); the rest without.
+    let traceparent = |index: usize| format!("00-{:032x}-{:016x}-01", index + 1, index + 1);
+    {
+        let producer = sentiflow_common::kafka::ResilientProducer::new(&kafka, "test").unwrap();
+        let mut acks = Vec::new();
+        for (index, (key, payload)) in messages[..10].iter().enumerate() {
+            let context =
+                sentiflow_common::trace::TraceContext::parse(traceparent(index).as_bytes())
+                    .unwrap();
+            acks.push(
+                producer
+                    .enqueue(
+                        &kafka.topic(topics::REVIEWS_CLEAN),
+                        Some(key.as_bytes()),
+                        payload,
+                        Some(sentiflow_common::trace::headers(&context, None)),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            sentiflow_common::kafka::await_delivery(ack).await.unwrap();
+        }
+    }
+    sentiflow_tests::publish_clean(&kafka, &messages[10..]).await;
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = sentiflow_infer::start(
@@ -311,6 +336,19 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
         "exactly one prediction per review"
     );
     let values = sentiflow_tests::json_payloads(&predictions);
+    // Every prediction carries a trace: the clean review's continued, or a new one.
+    let mut prediction_traces = BTreeMap::new();
+    for (message, value) in predictions.iter().zip(&values) {
+        let review_id = value["review_id"].as_str().unwrap().to_owned();
+        let trace = sentiflow_tests::trace_id_of(message).expect("a traceparent");
+        let index: usize = review_id.trim_start_matches("review-").parse().unwrap();
+        if index < 10 {
+            assert_eq!(trace, format!("{:032x}", index + 1), "{review_id}");
+        }
+        prediction_traces.insert(review_id, trace);
+    }
+    let distinct: BTreeSet<&String> = prediction_traces.values().collect();
+    assert_eq!(distinct.len(), texts.len(), "one trace per review");
     let offline = offline_probabilities(&trained_models().v1, &texts);
     let offline_oov = offline_oov_rates(&trained_models().v1, &trained_models().v1_seen, &texts);
     assert!(
@@ -369,6 +407,14 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
     )
     .await;
     assert_eq!(alerts.len(), expected_alerts);
+    for message in &alerts {
+        let alert: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(
+            sentiflow_tests::trace_id_of(message).as_ref(),
+            prediction_traces.get(alert["review_id"].as_str().unwrap()),
+            "an alert is in its prediction's trace"
+        );
+    }
     for alert in sentiflow_tests::json_payloads(&alerts) {
         SchemaRegistry::global()
             .validate(EventSchema::NegativeAlert, &alert)
@@ -384,6 +430,11 @@ async fn predictions_match_offline_scoring_with_alerts_and_dead_letters() {
         Duration::from_secs(1),
     )
     .await;
+    assert!(
+        dead.iter()
+            .all(|letter| sentiflow_tests::trace_id_of(letter).is_some()),
+        "dead letters carry a trace too"
+    );
     let dead = sentiflow_tests::json_payloads(&dead);
     assert_eq!(
         sentiflow_tests::count_by(&dead, "error_kind"),

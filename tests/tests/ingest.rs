@@ -952,17 +952,31 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         Duration::from_secs(1),
     )
     .await;
-    let marked = raw
+    // Each copy names its dead letter and continues the trace of the message that failed.
+    let letter_traces: BTreeMap<String, Option<String>> = all
         .iter()
-        .filter(|message| {
-            use rdkafka::message::Headers as _;
-            message.headers().is_some_and(|headers| {
-                headers
-                    .iter()
-                    .any(|header| header.key == sentiflow::dlq::REDRIVEN_FROM_HEADER)
-            })
+        .map(|found| {
+            (
+                format!("{dlq_topic}/{}/{}", found.dlq_partition, found.dlq_offset),
+                found.trace_id.clone(),
+            )
         })
-        .count();
+        .collect();
+    let mut marked = 0;
+    for message in &raw {
+        let Some(from) = sentiflow_tests::header_of(message, sentiflow::dlq::REDRIVEN_FROM_HEADER)
+        else {
+            continue;
+        };
+        marked += 1;
+        let letter_trace = letter_traces[&from].clone();
+        assert!(letter_trace.is_some(), "dead letters carry a trace");
+        assert_eq!(
+            sentiflow_tests::trace_id_of(message),
+            letter_trace,
+            "{from}"
+        );
+    }
     assert_eq!(marked, 5, "each redriven message names its dead letter");
 
     // The same command again sends nothing; --again sends them, and ingest's dedupe drops them.
@@ -1113,10 +1127,24 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     let reviews = real_reviews(21, 0);
 
     // One review as an object, then twenty as an array: 202 with where each landed.
+    // The first comes with the caller's trace context, which its events continue.
+    const CALLER_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let first = serde_json::to_vec_pretty(&reviews[0]).unwrap();
-    let (status, answer) = post(first.clone()).await;
+    let (status, _, answer) = sentiflow_tests::http_post_with_headers(
+        addr,
+        "/v1/reviews",
+        &[
+            ("traceparent", CALLER_TRACE),
+            ("tracestate", "vendor=opaque"),
+        ],
+        &first,
+    )
+    .await
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 1);
+    assert_eq!(answer["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(
         answer["reviews"][0]["review_id"],
         reviews[0].review_id.as_str()
@@ -1126,6 +1154,9 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     let (status, answer) = post(batch.clone()).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 20);
+    // Without a trace context the request starts a trace of its own.
+    let batch_trace = answer["trace_id"].as_str().unwrap().to_owned();
+    assert!(batch_trace.len() == 32 && batch_trace != "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(answer["topic"], kafka.topic(topics::REVIEWS_RAW));
 
     // Two bad reviews among valid ones: 422 naming each, nothing published.
@@ -1200,10 +1231,32 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
     )
     .await;
     assert_eq!(raw.len(), 41);
+    let first_raw = raw
+        .iter()
+        .find(|message| message.payload() == Some(first.as_slice()))
+        .expect("published byte for byte");
+    let hop = sentiflow_tests::header_of(first_raw, "traceparent").unwrap();
     assert!(
-        raw.iter()
-            .any(|message| message.payload() == Some(first.as_slice()))
+        hop.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && hop != CALLER_TRACE,
+        "a child of the caller's context: {hop}"
     );
+    assert_eq!(
+        sentiflow_tests::header_of(first_raw, "tracestate").as_deref(),
+        Some("vendor=opaque")
+    );
+    // The clean events continue the trace of their request.
+    for message in &clean {
+        let review: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let expected = if review["review_id"] == reviews[0].review_id.as_str() {
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        } else {
+            batch_trace.as_str()
+        };
+        assert_eq!(
+            sentiflow_tests::trace_id_of(message).as_deref(),
+            Some(expected)
+        );
+    }
     let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(
         metric_growth(

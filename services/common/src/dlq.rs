@@ -1,6 +1,7 @@
 //! The dead-letter helper: permanent failures go to `reviews.dlq` with the original bytes, their source
 //! coordinate, an error kind and a reason, and are counted per kind. Nothing bad is ever dropped silently.
 
+use rdkafka::Message;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::DeliveryFuture;
 
@@ -40,21 +41,25 @@ impl DeadLetterSink {
         DeadLetter::new(self.service, error_kind, reason, source, key, value)
     }
 
-    /// Enqueues a dead letter (keyed by the original key, cut to [`MAX_DEAD_LETTER_KEY_BYTES`] like
-    /// its copy in the payload) and counts it; await the future before storing the source offset.
-    pub async fn enqueue(
+    /// Enqueues the dead letter of `original` (keyed by its key, cut to [`MAX_DEAD_LETTER_KEY_BYTES`]
+    /// like its copy in the payload, and continuing its trace) and counts it; await the future before
+    /// storing the source offset.
+    pub async fn enqueue<M: Message>(
         &self,
         letter: &DeadLetter,
-        original_key: Option<&[u8]>,
+        original: &M,
     ) -> KafkaResult<DeliveryFuture> {
         let payload = serde_json::to_vec(letter).expect("dead letters always serialise");
+        let (trace, headers) = crate::trace::headers_after(original);
         let future = self
             .producer
             .enqueue(
                 &self.topic,
-                original_key.map(|key| &key[..key.len().min(MAX_DEAD_LETTER_KEY_BYTES)]),
+                original
+                    .key()
+                    .map(|key| &key[..key.len().min(MAX_DEAD_LETTER_KEY_BYTES)]),
                 &payload,
-                None,
+                Some(headers),
             )
             .await?;
         metrics::counter!(format!("sentiflow_{}_dlq_total", self.service), "error_kind" => letter.error_kind.clone()).increment(1);
@@ -65,6 +70,7 @@ impl DeadLetterSink {
             topic = %letter.source.topic,
             partition = letter.source.partition,
             offset = letter.source.offset,
+            trace_id = %trace.trace_id(),
             "message sent to the dead-letter topic"
         );
         Ok(future)

@@ -18,6 +18,7 @@
 //! - [`api_keys`]: `--api-keys-file`, bearer-key checks on the request APIs, rotated without restart.
 //! - [`hash`]: stable 64-bit hashes (FNV-1a, MurmurHash3's finaliser).
 //! - [`retry`]: exponential backoff for transient failures.
+//! - [`trace`]: W3C `traceparent` carried from message to message (and from `POST /v1/reviews`).
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`cache`]: where the setup put Kafka jars, ONNX Runtime, corpora and lexicons.
 
@@ -36,5 +37,6 @@ pub mod schema;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use tokio_util::sync::CancellationToken;

@@ -946,7 +946,7 @@ impl Worker {
         );
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
-            let sent = match self.dlq.enqueue(&letter, message.key()).await {
+            let sent = match self.dlq.enqueue(&letter, message).await {
                 Ok(future) => kafka::await_delivery(future).await.map(|_| ()),
                 Err(error) => Err(error),
             };

@@ -789,13 +789,15 @@ impl Worker {
                 let payload = prediction
                     .to_json_vec()
                     .expect("predictions always serialise");
+                // The prediction and its alert continue the clean review's trace.
+                let (_, trace) = sentiflow_common::trace::headers_after(message);
                 let mut futures = vec![
                     self.producer
                         .enqueue(
                             &self.predictions_topic,
                             Some(prediction.key().as_bytes()),
                             &payload,
-                            None,
+                            Some(trace.clone()),
                         )
                         .await?,
                 ];
@@ -807,7 +809,7 @@ impl Worker {
                                 &self.alerts_topic,
                                 Some(alert.key().as_bytes()),
                                 &payload,
-                                None,
+                                Some(trace),
                             )
                             .await?,
                     );
@@ -824,7 +826,7 @@ impl Worker {
                     message.key(),
                     message.payload().unwrap_or_default(),
                 );
-                Ok(vec![self.dlq.enqueue(&letter, message.key()).await?])
+                Ok(vec![self.dlq.enqueue(&letter, message).await?])
             }
         }
     }

@@ -17,10 +17,12 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::future::join_all;
+use rdkafka::message::OwnedHeaders;
 use sentiflow_common::api_keys::{ApiKeys, document_in_openapi, protect};
 use sentiflow_common::events::SourceCoordinate;
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
+use sentiflow_common::trace::{self, TraceContext};
 use serde::Serialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -114,10 +116,11 @@ pub fn router(
 async fn accept(State(state): State<ApiState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
+    let trace = RequestTrace::of(request.headers());
     let response = tokio::select! {
         response = async {
             match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
-                Ok(body) => accept_body(&state, in_flight, body).await,
+                Ok(body) => accept_body(&state, in_flight, body, &trace).await,
                 Err(response) => response,
             }
         } => response,
@@ -129,7 +132,37 @@ async fn accept(State(state): State<ApiState>, request: Request) -> Response {
     response
 }
 
-async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: Bytes) -> Response {
+/// The trace the reviews of one request continue: the caller's `traceparent` (a child of it), or a new
+/// trace; every review of the request is published with it.
+struct RequestTrace {
+    context: TraceContext,
+    headers: OwnedHeaders,
+}
+
+impl RequestTrace {
+    fn of(headers: &axum::http::HeaderMap) -> Self {
+        let parent = headers
+            .get(trace::TRACEPARENT)
+            .and_then(|value| TraceContext::parse(value.as_bytes()));
+        let context = parent.map_or_else(TraceContext::root, |parent| parent.child());
+        // A tracestate belongs to the caller's trace only.
+        let state = parent
+            .and_then(|_| headers.get(trace::TRACESTATE))
+            .map(axum::http::HeaderValue::as_bytes)
+            .filter(|state| state.len() <= 8_192);
+        Self {
+            headers: trace::headers(&context, state),
+            context,
+        }
+    }
+}
+
+async fn accept_body(
+    state: &ApiState,
+    in_flight: Option<InFlight>,
+    body: Bytes,
+    trace: &RequestTrace,
+) -> Response {
     // Parsing and the checks (cleaning and language detection, ~150 µs a review) run off the async
     // workers; the slot is held until publication ends, since the request still holds its bytes.
     let processor = state.processor.clone();
@@ -174,7 +207,7 @@ async fn accept_body(state: &ApiState, in_flight: Option<InFlight>, body: Bytes)
         )
             .into_response();
     }
-    let response = publish(state, valid).await;
+    let response = publish(state, valid, trace).await;
     drop(in_flight);
     response
 }
@@ -324,7 +357,7 @@ impl<'de> Visitor<'de> for BoundedReviews {
 
 /// Publishes the checked reviews keyed by review id and waits for every acknowledgement, all within
 /// [`PUBLISH_TIMEOUT`] (a full producer queue waits inside it too).
-async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
+async fn publish(state: &ApiState, reviews: Vec<ValidReview>, trace: &RequestTrace) -> Response {
     let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
         let mut deliveries = Vec::with_capacity(reviews.len());
         for review in &reviews {
@@ -334,7 +367,7 @@ async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
                     &state.raw_topic,
                     Some(review.review_id.as_bytes()),
                     &review.bytes,
-                    None,
+                    Some(trace.headers.clone()),
                 )
                 .await
                 .map_err(|error| error.to_string())?;
@@ -374,6 +407,7 @@ async fn publish(state: &ApiState, reviews: Vec<ValidReview>) -> Response {
         axum::Json(json!({
             "accepted": accepted.len(),
             "topic": state.raw_topic,
+            "trace_id": trace.context.trace_id(),
             "reviews": accepted,
         })),
     )
@@ -419,6 +453,10 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
             "/v1/reviews": {
                 "post": {
                     "summary": "Publish reviews to reviews.raw (all or none pass the checks)",
+                    "parameters": [
+                        {"name": "traceparent", "in": "header", "required": false, "schema": {"type": "string"}, "description": "W3C Trace Context: the reviews continue this trace through clean events, predictions, alerts and dead letters (a new trace without it)"},
+                        {"name": "tracestate", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Passed on with a valid traceparent"}
+                    ],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {
                         "oneOf": [
                             {"$ref": "https://sentiflow.dev/schemas/review.schema.json"},
@@ -444,10 +482,11 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
             "schemas": {
                 "Accepted": {
                     "type": "object",
-                    "required": ["accepted", "topic", "reviews"],
+                    "required": ["accepted", "topic", "trace_id", "reviews"],
                     "properties": {
                         "accepted": {"type": "integer"},
                         "topic": {"type": "string"},
+                        "trace_id": {"type": "string", "description": "The W3C trace id every review of the request carries (the caller's, from traceparent, or a new one)"},
                         "reviews": {"type": "array", "items": {
                             "type": "object",
                             "required": ["event_id", "review_id", "partition", "offset"],

@@ -516,11 +516,18 @@ impl Worker {
                 key,
                 payload,
                 ..
-            } => self
-                .producer
-                .enqueue(&self.clean_topic, Some(key.as_bytes()), payload, None)
-                .await
-                .map(Some),
+            } => {
+                let (_, trace) = sentiflow_common::trace::headers_after(message);
+                self.producer
+                    .enqueue(
+                        &self.clean_topic,
+                        Some(key.as_bytes()),
+                        payload,
+                        Some(trace),
+                    )
+                    .await
+                    .map(Some)
+            }
             Outcome::Clean { .. } => Ok(None),
             Outcome::Rejected(rejection) => {
                 let letter = self.dlq.letter(
@@ -530,7 +537,7 @@ impl Worker {
                     message.key(),
                     message.payload().unwrap_or_default(),
                 );
-                self.dlq.enqueue(&letter, message.key()).await.map(Some)
+                self.dlq.enqueue(&letter, message).await.map(Some)
             }
         }
     }

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::Header;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use sentiflow_common::catalogue::{Catalogue, topics};
 use sentiflow_common::config::{KafkaArgs, RedisArgs};
 use sentiflow_common::events::{DeadLetter, Event as _};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
+use sentiflow_common::trace::{self, TraceContext};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -154,6 +155,12 @@ pub struct FoundLetter {
     /// Whether it was redriven (unknown when Redis was not asked or did not answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redriven: Option<Mark>,
+    /// The W3C trace id the dead letter carries (that of the message that failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Its trace context and `tracestate`, which a redriven copy continues.
+    #[serde(skip)]
+    pub trace: Option<(TraceContext, Option<Vec<u8>>)>,
     /// The letter.
     pub letter: DeadLetter,
 }
@@ -504,10 +511,13 @@ fn scan_blocking(
         match DeadLetter::decode_validated(message.payload().unwrap_or_default()) {
             Ok(letter) => {
                 if selection.matches(&letter, source_topic.as_deref()) {
+                    let trace = trace::of_message(&message);
                     let taken = take(FoundLetter {
                         dlq_partition: partition,
                         dlq_offset: offset,
                         redriven: None,
+                        trace_id: trace.as_ref().map(|(context, _)| context.trace_id()),
+                        trace,
                         letter,
                     });
                     if !taken {
@@ -1110,7 +1120,12 @@ impl Redrive<'_> {
                 "{}/{}/{}",
                 self.dlq_topic, outgoing.found.dlq_partition, outgoing.found.dlq_offset
             );
-            let headers = OwnedHeaders::new().insert(Header {
+            // The copy continues the trace of the message that failed.
+            let (context, state) = outgoing.found.trace.as_ref().map_or_else(
+                || (TraceContext::root(), None),
+                |(context, state)| (context.child(), state.as_deref()),
+            );
+            let headers = trace::headers(&context, state).insert(Header {
                 key: REDRIVEN_FROM_HEADER,
                 value: Some(from.as_bytes()),
             });

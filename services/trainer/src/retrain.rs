@@ -473,7 +473,7 @@ impl RetrainWorker {
             message.payload().unwrap_or_default(),
         );
         self.retry_transient("kafka", || async {
-            let future = self.dlq.enqueue(&letter, message.key()).await?;
+            let future = self.dlq.enqueue(&letter, message).await?;
             kafka::await_delivery(future).await
         })
         .await

@@ -795,7 +795,7 @@ impl Worker {
         );
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
-            let delivered = match self.dlq.enqueue(&letter, message.key()).await {
+            let delivered = match self.dlq.enqueue(&letter, message).await {
                 Ok(future) => self.until_drained(kafka::await_delivery(future)).await?,
                 Err(error) => Err(error),
             };
