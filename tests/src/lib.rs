@@ -166,6 +166,73 @@ impl OwnBroker {
     }
 }
 
+/// `kafka` for a test's own producer that must outlast a broker outage: its messages wait in the
+/// queue for 5 minutes instead of the services' 60 s.
+pub fn patient(kafka: &KafkaArgs) -> KafkaArgs {
+    let mut patient = kafka.clone();
+    patient.options.push(
+        "message.timeout.ms=300000"
+            .parse()
+            .expect("a librdkafka property"),
+    );
+    patient
+}
+
+/// Waits until consumer group `group` has committed offsets summing to `total` over the partitions
+/// of `topic` (so a stop after that redelivers nothing); `Err` with the last sum seen when `timeout`
+/// passes first.
+pub async fn committed_eventually(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    total: i64,
+    timeout: Duration,
+) -> Result<(), Option<i64>> {
+    let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let committed = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|metadata| {
+                    let mut partitions = TopicPartitionList::new();
+                    for partition in metadata.topics().first()?.partitions() {
+                        partitions.add_partition(&topic, partition.id());
+                    }
+                    consumer
+                        .committed_offsets(partitions, Duration::from_secs(5))
+                        .ok()
+                })
+                .map(|offsets| {
+                    offsets
+                        .elements()
+                        .iter()
+                        .filter_map(|element| match element.offset() {
+                            Offset::Offset(offset) => Some(offset),
+                            _ => None,
+                        })
+                        .sum::<i64>()
+                });
+            if committed == Some(total) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(committed);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .expect("join")
+}
+
 /// The W3C trace id a message carries in its `traceparent` header, if a valid one.
 pub fn trace_id_of(message: &OwnedMessage) -> Option<String> {
     sentiflow_common::trace::of_message(message).map(|(context, _)| context.trace_id())

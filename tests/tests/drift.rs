@@ -341,10 +341,24 @@ async fn a_broker_outage_holds_the_windows_and_counts_each_prediction_once() {
     publish(&kafka, &rows[..half], 0, "v1").await;
     assert_eq!(reports(2).await.len(), 2, "two windows before the outage");
 
-    // The broker goes away while predictions keep coming (a producer queues them).
+    // Once those are committed (so the outage redelivers nothing) the broker goes away while
+    // predictions keep coming (a producer queues them).
+    let committed = sentiflow_tests::committed_eventually(
+        &kafka.brokers,
+        "drift-outage",
+        &kafka.topic(topics::PREDICTIONS),
+        half as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        committed,
+        Ok(()),
+        "the offsets before the outage are committed"
+    );
     broker.stop().await;
     let queued = {
-        let kafka = kafka.clone();
+        let kafka = sentiflow_tests::patient(&kafka);
         let rest = rows[half..].to_vec();
         tokio::spawn(async move { publish(&kafka, &rest, half, "v1").await })
     };

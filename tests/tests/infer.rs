@@ -498,7 +498,7 @@ async fn a_broker_outage_holds_predictions_and_loses_none() {
     // The broker goes away while reviews keep coming (a producer queues them).
     broker.stop().await;
     let queued = {
-        let kafka = kafka.clone();
+        let kafka = sentiflow_tests::patient(&kafka);
         let rest = messages[200..].to_vec();
         tokio::spawn(async move { sentiflow_tests::publish_clean(&kafka, &rest).await })
     };

@@ -613,7 +613,7 @@ async fn a_broker_outage_holds_curation_and_the_snapshot_loses_nothing() {
     let kafka = broker.kafka.clone();
     let redis_server = redis();
     let data = tempfile::tempdir().unwrap();
-    let producer = ResilientProducer::new(&kafka, "test").unwrap();
+    let producer = ResilientProducer::new(&sentiflow_tests::patient(&kafka), "test").unwrap();
     let clean_topic = kafka.topic(topics::REVIEWS_CLEAN);
     let reviews: Vec<CleanReview> = (0..1000)
         .map(|index| {

@@ -98,7 +98,8 @@ impl TraceContext {
         };
         let trace_id = parse_hex::<16>(trace_id)?;
         let parent_id = parse_hex::<8>(parent_id)?;
-        let flags = parse_hex::<1>(flags)?[0];
+        // Only the sampled flag is defined for version 00; the others are sent on as zero.
+        let flags = parse_hex::<1>(flags)?[0] & 0x01;
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
@@ -215,9 +216,9 @@ mod tests {
         ] {
             assert_eq!(TraceContext::parse(invalid.as_bytes()), None, "{invalid:?}");
         }
-        // A later version with more fields is read as version 00.
+        // A later version with more fields is read as version 00; undefined flags are not passed on.
         let later = TraceContext::parse(
-            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff-what-comes",
         )
         .expect("a later version");
         assert_eq!(later.header_value(), EXAMPLE);

@@ -342,7 +342,10 @@ impl Worker {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         // Time windows of a quiet stream are closed by the clock (a no-op without --window-secs).
         let mut clock = tokio::time::interval(Duration::from_secs(1));
-        // Last prediction offset seen per partition, to store offsets freed by the clock.
+        // Last prediction offset seen per partition, to store offsets freed by the clock: a partition
+        // that goes quiet while a window holding its predictions is open would otherwise keep that
+        // window's start as its stored offset after the window was reported (and a restart would
+        // count those predictions again).
         let mut last_seen: std::collections::HashMap<(String, i32), i64> =
             std::collections::HashMap::new();
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -398,9 +401,7 @@ impl Worker {
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
             let safe = if topic == self.topics.predictions {
-                if self.config.window_secs > 0 {
-                    last_seen.insert((topic.to_owned(), partition), offset);
-                }
+                last_seen.insert((topic.to_owned(), partition), offset);
                 self.hold.predictions_read(partition, offset);
                 if !self.hold.is_empty() && self.release_held().await.is_err() {
                     break;

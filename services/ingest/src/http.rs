@@ -145,13 +145,19 @@ impl RequestTrace {
             .get(trace::TRACEPARENT)
             .and_then(|value| TraceContext::parse(value.as_bytes()));
         let context = parent.map_or_else(TraceContext::root, |parent| parent.child());
-        // A tracestate belongs to the caller's trace only.
+        // A tracestate belongs to the caller's trace only; repeated headers form one list.
         let state = parent
-            .and_then(|_| headers.get(trace::TRACESTATE))
-            .map(axum::http::HeaderValue::as_bytes)
-            .filter(|state| state.len() <= 8_192);
+            .map(|_| {
+                headers
+                    .get_all(trace::TRACESTATE)
+                    .iter()
+                    .map(axum::http::HeaderValue::as_bytes)
+                    .collect::<Vec<_>>()
+                    .join(&b","[..])
+            })
+            .filter(|state| !state.is_empty() && state.len() <= 8_192);
         Self {
-            headers: trace::headers(&context, state),
+            headers: trace::headers(&context, state.as_deref()),
             context,
         }
     }

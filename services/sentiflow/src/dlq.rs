@@ -3,6 +3,8 @@
 #![allow(clippy::print_stdout)] // a CLI's report belongs on stdout
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -295,6 +297,17 @@ impl RedriveReport {
     pub fn published_total(&self) -> u64 {
         self.published.values().sum()
     }
+
+    /// Letters accounted for in one way or another (each handed-over letter lands in one count).
+    fn counted(&self) -> u64 {
+        self.published_total()
+            + self.already_redriven
+            + self.in_progress
+            + self.truncated
+            + self.not_redrivable
+            + self.failed
+            + self.not_attempted
+    }
 }
 
 /// How long a redrive's claim on a letter lasts until the broker acknowledged it and the mark is made
@@ -328,7 +341,7 @@ pub async fn run(command: DlqCommand, shutdown: CancellationToken) -> anyhow::Re
                 + report.not_attempted
                 + report.unconfirmed_marks
                 + report.in_progress;
-            if (unfinished > 0 || report.stopped.is_some()) && !report.dry_run {
+            if report.stopped.is_some() || (unfinished > 0 && !report.dry_run) {
                 bail!(
                     "{unfinished} of {} letters read are not redriven for sure{}: run the same command again",
                     report.selected,
@@ -386,7 +399,7 @@ pub async fn read(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
 
 fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
     let mut letters = Vec::new();
-    let mut scan = scan_blocking(selection, |mut found| {
+    let mut scan = scan_blocking(selection, &AtomicBool::new(false), |mut found| {
         if keep == Keep::WithoutOriginals {
             found.letter.original_value_b64.clear();
         }
@@ -414,9 +427,10 @@ fn read_blocking(selection: &Selection, keep: Keep) -> anyhow::Result<Scan> {
 
 /// Reads the dead-letter topic (from `--since`'s offsets or the start, to its ends at the time of
 /// the call) and hands every letter the selection matches to `take`, in the order read; `take`
-/// answering false stops the read. The [`Scan`] returned counts what was read, without letters.
+/// answering false, or `stop` set, stops the read. The [`Scan`] returned counts what was read, without letters.
 fn scan_blocking(
     selection: &Selection,
+    stop: &AtomicBool,
     mut take: impl FnMut(FoundLetter) -> bool,
 ) -> anyhow::Result<Scan> {
     let topic = selection.kafka.topic(topics::REVIEWS_DLQ);
@@ -477,7 +491,7 @@ fn scan_blocking(
     consumer.assign(&assignment)?;
     let mut last_progress = Instant::now();
     let mut last_position_check = Instant::now();
-    while !ends.is_empty() {
+    while !ends.is_empty() && !stop.load(Ordering::Relaxed) {
         if last_position_check.elapsed() >= Duration::from_secs(1) {
             last_position_check = Instant::now();
             for partition in finished(&consumer, &topic, &ends) {
@@ -916,12 +930,32 @@ pub async fn redrive(
     // however large the dead-letter topic is.
     let (letters, mut incoming) = tokio::sync::mpsc::channel::<FoundLetter>(2 * REDRIVE_CHUNK);
     let selection = args.selection.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        scan_blocking(&selection, |found| letters.blocking_send(found).is_ok())
-    });
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop_reading);
+        tokio::task::spawn_blocking(move || {
+            scan_blocking(&selection, &stop, |found| {
+                letters.blocking_send(found).is_ok()
+            })
+        })
+    };
+    // After a stop the reader is told to end and what it had handed over is counted as not tried.
+    let stop = |incoming: &mut tokio::sync::mpsc::Receiver<FoundLetter>| {
+        stop_reading.store(true, Ordering::Relaxed);
+        incoming.close();
+    };
     let mut redis_warned = false;
     loop {
-        let chunk = next_chunk(&mut incoming).await;
+        // Ctrl-C is heard while the reader looks for matching letters, not only between chunks.
+        let chunk = tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if report.stopped.is_none() => {
+                report.stopped = Some("interrupted".to_owned());
+                stop(&mut incoming);
+                continue;
+            }
+            chunk = next_chunk(&mut incoming) => chunk,
+        };
         if chunk.is_empty() {
             break;
         }
@@ -942,7 +976,7 @@ pub async fn redrive(
             if let Err(error) = check_topics_exist(&args.selection.kafka, &unchecked).await {
                 report.not_attempted += chosen.len() as u64;
                 report.stopped = Some(format!("{error:#}"));
-                incoming.close();
+                stop(&mut incoming);
                 continue;
             }
             checked_topics.extend(unchecked);
@@ -968,7 +1002,7 @@ pub async fn redrive(
             Err(error) => {
                 report.not_attempted += chosen.len() as u64;
                 report.stopped = Some(format!("reading the redriven marks from Redis: {error:#}"));
-                incoming.close();
+                stop(&mut incoming);
                 continue;
             }
         }
@@ -996,26 +1030,28 @@ pub async fn redrive(
         };
         if let Err(stopped) = stopped {
             report.stopped = Some(stopped);
-            // The reader stops; what it had handed over is counted as not tried.
-            incoming.close();
+            stop(&mut incoming);
         }
     }
-    let scan = reader.await??;
-    report.selected = scan.selected;
+    match reader.await? {
+        Ok(scan) => report.selected = scan.selected,
+        // What was sent is still reported (and remembered in Redis: a rerun sends the rest).
+        Err(error) => {
+            report.selected = report.counted();
+            report
+                .stopped
+                .get_or_insert(format!("reading the dead letters: {error:#}"));
+        }
+    }
     report.read_to_end = report.stopped.is_none();
     Ok(report)
 }
 
-/// The next letters from the reader, up to [`REDRIVE_CHUNK`]; empty once it is done (or closed and
-/// drained).
+/// The letters the reader has handed over, up to [`REDRIVE_CHUNK`] (at least one); empty once it is
+/// done (or closed and drained). Cancel-safe: a letter is either returned or left in the channel.
 async fn next_chunk(incoming: &mut tokio::sync::mpsc::Receiver<FoundLetter>) -> Vec<FoundLetter> {
     let mut chunk = Vec::with_capacity(REDRIVE_CHUNK);
-    while chunk.len() < REDRIVE_CHUNK {
-        let room = REDRIVE_CHUNK - chunk.len();
-        if incoming.recv_many(&mut chunk, room).await == 0 {
-            break;
-        }
-    }
+    incoming.recv_many(&mut chunk, REDRIVE_CHUNK).await;
     chunk
 }
 
