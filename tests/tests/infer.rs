@@ -1025,31 +1025,45 @@ async fn shadow_scoring_scores_the_sample_with_the_challenger_and_serves_the_cha
     );
     sentiflow_tests::publish_clean(&kafka, &messages).await;
     let brokers = &sentiflow_tests::kafka().brokers;
-    let served = sentiflow_tests::json_payloads(
-        &sentiflow_tests::read_exactly(
-            brokers,
-            &kafka.topic(topics::PREDICTIONS),
-            texts.len(),
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-        )
-        .await,
-    );
+    let served_messages = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::PREDICTIONS),
+        texts.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    let served = sentiflow_tests::json_payloads(&served_messages);
     assert_eq!(served.len(), texts.len());
     assert!(
         served.iter().all(|value| value["model"]["version"] == "v1"),
         "the champion serves every review"
     );
-    let shadow = sentiflow_tests::json_payloads(
-        &sentiflow_tests::read_exactly(
-            brokers,
-            &kafka.topic(topics::PREDICTIONS_SHADOW),
-            sampled.len(),
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-        )
-        .await,
-    );
+    let shadow_messages = sentiflow_tests::read_exactly(
+        brokers,
+        &kafka.topic(topics::PREDICTIONS_SHADOW),
+        sampled.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let shadow = sentiflow_tests::json_payloads(&shadow_messages);
+    // A shadow prediction is in the trace of its review, like the served one.
+    let served_traces: BTreeMap<String, Option<String>> = served_messages
+        .iter()
+        .zip(&served)
+        .map(|(message, value)| {
+            (
+                value["review_id"].as_str().unwrap().to_owned(),
+                sentiflow_tests::trace_id_of(message),
+            )
+        })
+        .collect();
+    for (message, value) in shadow_messages.iter().zip(&shadow) {
+        let trace = sentiflow_tests::trace_id_of(message);
+        assert!(trace.is_some());
+        assert_eq!(trace, served_traces[value["review_id"].as_str().unwrap()]);
+    }
     let shadowed: BTreeSet<String> = shadow
         .iter()
         .map(|value| value["review_id"].as_str().unwrap().to_owned())

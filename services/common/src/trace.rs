@@ -2,8 +2,10 @@
 //! message (or `POST /v1/reviews` request) to its clean event, prediction, alert or dead letter.
 //!
 //! Each service that turns one message into others gives the outputs a child of the input's context
-//! (same trace id, a new parent id) or, when the input has none or an invalid one, a new trace; a
-//! `tracestate` is passed on unchanged. So a consumer of `predictions` or `alerts.negative` can find
+//! (same trace id, a new parent id) or, when the input has none or an invalid one, a new trace whose
+//! id is derived from the input's place (topic, partition, offset), so that every output of that
+//! message — its prediction and shadow prediction, or a copy made when it is read again — shares it;
+//! a `tracestate` is passed on unchanged. So a consumer of `predictions` or `alerts.negative` can find
 //! the producer's request, and an operator can follow one review through the services' logs.
 
 use rdkafka::Message;
@@ -58,6 +60,28 @@ impl TraceContext {
     pub fn root() -> Self {
         Self {
             trace_id: random_bytes(),
+            parent_id: random_bytes(),
+            flags: 0x01,
+        }
+    }
+
+    /// A new trace (sampled) for the message at `topic`/`partition`/`offset` that carries no context:
+    /// its id is a hash of that place, so all that is made from the message shares it.
+    pub fn root_for(topic: &str, partition: i32, offset: i64) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"sentiflow-trace\0")
+            .chain_update(topic.as_bytes())
+            .chain_update(partition.to_be_bytes())
+            .chain_update(offset.to_be_bytes())
+            .finalize();
+        let mut trace_id = [0_u8; 16];
+        trace_id.copy_from_slice(&digest[..16]);
+        if trace_id == [0; 16] {
+            trace_id[15] = 1;
+        }
+        Self {
+            trace_id,
             parent_id: random_bytes(),
             flags: 0x01,
         }
@@ -146,11 +170,15 @@ pub fn of_message<M: Message>(message: &M) -> Option<(TraceContext, Option<Vec<u
     context.map(|context| (context, state))
 }
 
-/// Trace headers for a message that `from` leads to: a child of its context, or a new trace.
+/// Trace headers for a message that `from` leads to: a child of its context, or a new trace of its
+/// own ([`TraceContext::root_for`] its place).
 pub fn headers_after<M: Message>(from: &M) -> (TraceContext, OwnedHeaders) {
     let (context, state) = match of_message(from) {
         Some((context, state)) => (context.child(), state),
-        None => (TraceContext::root(), None),
+        None => (
+            TraceContext::root_for(from.topic(), from.partition(), from.offset()),
+            None,
+        ),
     };
     let headers = headers(&context, state.as_deref());
     (context, headers)
@@ -181,13 +209,17 @@ mod tests {
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn message_with(headers: Option<OwnedHeaders>) -> OwnedMessage {
+        message_at(0, headers)
+    }
+
+    fn message_at(offset: i64, headers: Option<OwnedHeaders>) -> OwnedMessage {
         OwnedMessage::new(
             Some(b"{}".to_vec()),
             Some(b"key".to_vec()),
             "topic".to_owned(),
             Timestamp::NotAvailable,
             0,
-            0,
+            offset,
             headers,
         )
     }
@@ -251,9 +283,21 @@ mod tests {
                 (TRACESTATE.to_owned(), b"vendor=opaque".to_vec()),
             ]
         );
-        let (root, _) = headers_after(&message_with(None));
-        let (another, _) = headers_after(&message_with(None));
-        assert_ne!(root.trace_id(), another.trace_id(), "a new trace each time");
+        // Without a context: a trace of the message's own, the same for everything made from it.
+        let (root, _) = headers_after(&message_at(7, None));
+        let (again, _) = headers_after(&message_at(7, None));
+        let (another, _) = headers_after(&message_at(8, None));
+        assert_eq!(root.trace_id(), again.trace_id(), "one message, one trace");
+        assert_ne!(
+            root.header_value(),
+            again.header_value(),
+            "each output its parent id"
+        );
+        assert_ne!(
+            root.trace_id(),
+            another.trace_id(),
+            "another message, another trace"
+        );
         let invalid = message_with(Some(OwnedHeaders::new().insert(Header {
             key: TRACEPARENT,
             value: Some(b"garbage".as_slice()),

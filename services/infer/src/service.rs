@@ -613,7 +613,7 @@ impl Worker {
                 }
             }
             self.record(&messages, received, &scored);
-            self.publish_shadow(&scored).await;
+            self.publish_shadow(&messages, &scored).await;
         }
         pending.close();
         while pending.recv().await.is_some() {}
@@ -663,7 +663,22 @@ impl Worker {
 
     /// Best effort: shadow predictions go to `predictions.shadow` without holding up offsets, and
     /// their agreement with the champion goes to metrics.
-    async fn publish_shadow(&self, scored: &ScoredBatch) {
+    async fn publish_shadow(&self, messages: &[OwnedMessage], scored: &ScoredBatch) {
+        if scored.shadow.is_empty() {
+            return;
+        }
+        // A shadow prediction continues the trace of its review's message, like the served one.
+        let message_of: std::collections::HashMap<&str, &OwnedMessage> = scored
+            .outcomes
+            .iter()
+            .zip(messages)
+            .filter_map(|(outcome, message)| match outcome {
+                Outcome::Predicted { prediction, .. } => {
+                    Some((prediction.review_id.as_str(), message))
+                }
+                Outcome::Rejected(_) => None,
+            })
+            .collect();
         for shadow in &scored.shadow {
             let champion = shadow.champion_label.as_str();
             let challenger = shadow.prediction.label.as_str();
@@ -675,13 +690,16 @@ impl Worker {
                 .prediction
                 .to_json_vec()
                 .expect("predictions always serialise");
+            let trace = message_of
+                .get(shadow.prediction.review_id.as_str())
+                .map(|message| sentiflow_common::trace::headers_after(*message).1);
             if let Err(error) = self
                 .producer
                 .enqueue(
                     &self.shadow_topic,
                     Some(shadow.prediction.key().as_bytes()),
                     &payload,
-                    None,
+                    trace,
                 )
                 .await
             {
