@@ -804,8 +804,16 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         all.windows(2)
             .all(|pair| pair[0].letter.event_time <= pair[1].letter.event_time)
     );
-    // Filters: kind, age, source topic, time.
+    // Filters: kind, age, source topic, time, trace.
+    let one_trace = all[0].trace_id.clone().expect("dead letters carry a trace");
+    let one_trace_upper = one_trace.to_ascii_uppercase();
     for (words, expected) in [
+        (&["list", "--trace-id", one_trace.as_str()][..], 1),
+        (&["list", "--trace-id", one_trace_upper.as_str()], 1),
+        (
+            &["list", "--trace-id", "0123456789abcdef0123456789abcdef"],
+            0,
+        ),
         (
             &["list", "--error-kind", "oversize", "--since", "1h"][..],
             6,
@@ -831,6 +839,19 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
         };
         let scan = read(&list.selection, Keep::All).await.expect("read");
         assert_eq!(scan.letters.len(), expected, "{words:?}");
+    }
+    {
+        use clap::Parser as _;
+        let refused = sentiflow::cli::Cli::try_parse_from([
+            "sentiflow",
+            "dlq",
+            "list",
+            "--trace-id",
+            "not-a-trace",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("32 hex digits"), "{refused}");
     }
 
     let redrive_args = |words: &[&str]| {

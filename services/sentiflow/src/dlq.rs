@@ -79,6 +79,19 @@ pub struct Selection {
     /// Only letters written before this time (same forms as --since).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
+    /// Only letters in this W3C trace (32 hex digits: a producer's `traceparent` trace id, or the
+    /// `trace_id` of ingest's 202 answer); repeatable.
+    #[arg(long = "trace-id", value_parser = parse_trace_id)]
+    pub trace_ids: Vec<String>,
+}
+
+fn parse_trace_id(text: &str) -> Result<String, String> {
+    let id = text.trim().to_ascii_lowercase();
+    if id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        Ok(id)
+    } else {
+        Err("a trace id is 32 hex digits (the second field of a traceparent)".to_owned())
+    }
 }
 
 /// Flags of `dlq summary`.
@@ -524,8 +537,12 @@ fn scan_blocking(
         scan.read += 1;
         match DeadLetter::decode_validated(message.payload().unwrap_or_default()) {
             Ok(letter) => {
-                if selection.matches(&letter, source_topic.as_deref()) {
-                    let trace = trace::of_message(&message);
+                let trace = trace::of_message(&message);
+                let in_trace = selection.trace_ids.is_empty()
+                    || trace.as_ref().is_some_and(|(context, _)| {
+                        selection.trace_ids.contains(&context.trace_id())
+                    });
+                if in_trace && selection.matches(&letter, source_topic.as_deref()) {
                     let taken = take(FoundLetter {
                         dlq_partition: partition,
                         dlq_offset: offset,
