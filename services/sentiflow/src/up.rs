@@ -470,6 +470,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
     }
     print_where_to_look(
         &kafka_server.bootstrap_servers(),
+        &redis_server.url(),
         stack.ingest.http_addr,
         stack.infer.http_addr,
         stack.trainer.http_addr,
@@ -1103,6 +1104,7 @@ fn print_loop(report: &LoopReport, window_events: u64) {
 
 fn print_where_to_look(
     brokers: &str,
+    redis_url: &str,
     ingest_http: SocketAddr,
     infer_http: SocketAddr,
     trainer_http: SocketAddr,
@@ -1130,7 +1132,7 @@ fn print_where_to_look(
         "  or over HTTP:   curl -s http://{ingest_http}/v1/reviews{auth} -H 'content-type: application/json' -d '<review json, or an array>'"
     );
     println!(
-        "  dead letters by kind: sentiflow dlq summary --kafka-brokers {brokers}   (dlq list, dlq redrive)"
+        "  dead letters by kind: sentiflow dlq summary --kafka-brokers {brokers} --redis-url {redis_url}   (dlq list, dlq redrive)"
     );
     println!("  ingest metrics: curl -s http://{ingest_http}/metrics | grep sentiflow_ingest");
     println!("  ingest health:  curl -s http://{ingest_http}/readyz");
