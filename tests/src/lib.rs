@@ -164,6 +164,16 @@ impl OwnBroker {
         self.stop().await;
         self.server = Some(Self::spawn(self.options.clone()).await);
     }
+
+    /// Starts it again and waits (90 s at most) for `queued`, a producer that queued messages during
+    /// the outage, to have every one acknowledged.
+    pub async fn restart_and_await(&mut self, queued: tokio::task::JoinHandle<()>) {
+        self.restart().await;
+        tokio::time::timeout(Duration::from_secs(90), queued)
+            .await
+            .expect("the queued messages are acknowledged once the broker is back")
+            .expect("the queueing producer task");
+    }
 }
 
 /// `kafka` for a test's own producer that must outlast a broker outage: its messages wait in the
@@ -178,9 +188,20 @@ pub fn patient(kafka: &KafkaArgs) -> KafkaArgs {
     patient
 }
 
+/// Asserts that consumer group `group` commits offsets summing to `total` over the partitions of
+/// `topic` within 30 s (so a broker outage after that redelivers nothing).
+pub async fn assert_committed(brokers: &str, group: &str, topic: &str, total: i64) {
+    let committed =
+        committed_eventually(brokers, group, topic, total, Duration::from_secs(30)).await;
+    assert_eq!(
+        committed,
+        Ok(()),
+        "the offsets before the outage are committed"
+    );
+}
+
 /// Waits until consumer group `group` has committed offsets summing to `total` over the partitions
-/// of `topic` (so a stop after that redelivers nothing); `Err` with the last sum seen when `timeout`
-/// passes first.
+/// of `topic`; `Err` with the last sum seen when `timeout` passes first.
 pub async fn committed_eventually(
     brokers: &str,
     group: &str,

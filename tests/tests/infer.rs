@@ -515,11 +515,7 @@ async fn a_broker_outage_holds_predictions_and_loses_none() {
 
     // Back on the same port and data: every review is predicted (at least once: infer is
     // at-least-once, and a batch whose offsets were not committed is scored again).
-    broker.restart().await;
-    tokio::time::timeout(Duration::from_secs(90), queued)
-        .await
-        .expect("the queued reviews are acknowledged once the broker is back")
-        .unwrap();
+    broker.restart_and_await(queued).await;
     let expected: BTreeSet<String> = messages.iter().map(|(key, _)| key.clone()).collect();
     // Read until every review has a prediction (a review missing after all arrived is a loss: the
     // read then fails for want of messages).

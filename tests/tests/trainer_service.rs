@@ -654,11 +654,7 @@ async fn a_broker_outage_holds_curation_and_the_snapshot_loses_nothing() {
     assert!(!running.task.is_finished(), "the trainer holds on");
 
     // Back on the same port and data: every review reaches a segment, and a snapshot has each once.
-    broker.restart().await;
-    tokio::time::timeout(Duration::from_secs(90), queued)
-        .await
-        .expect("the queued reviews are acknowledged once the broker is back")
-        .unwrap();
+    broker.restart_and_await(queued).await;
     let segments = running.segments.clone();
     assert!(
         eventually(Duration::from_secs(120), || segment_contents(&segments)
