@@ -63,6 +63,18 @@ pub fn redis() -> RedisServer {
     .expect("start a test Redis (is redis-server installed? run infra/setup.sh)")
 }
 
+/// [`redis`] with append-only persistence: what it held survives [`RedisServer::restart`].
+pub fn persistent_redis() -> RedisServer {
+    init_logs();
+    RedisServer::start(RedisOptions {
+        data_dir: scratch_dir("redis"),
+        port: None,
+        password: None,
+        persistence: true,
+    })
+    .expect("start a test Redis (is redis-server installed? run infra/setup.sh)")
+}
+
 /// A directory under the system temp dir for one server; stale ones of dead test processes are removed.
 fn scratch_dir(kind: &str) -> PathBuf {
     let root = std::env::temp_dir().join("sentiflow-tests");
@@ -419,6 +431,31 @@ pub async fn status_eventually(
         http_get(addr, path)
             .await
             .is_ok_and(|(answered, _)| answered == status)
+    })
+    .await
+}
+
+/// Polls `addr`'s `/healthz` until its `status` is `status` (`ready`, `degraded`, `not_ready`) and its
+/// check `check` has `ok == check_ok`, with `/readyz` answering accordingly (200 unless `not_ready`);
+/// false when `timeout` passes first.
+pub async fn health_eventually(
+    addr: std::net::SocketAddr,
+    status: &str,
+    check: &str,
+    check_ok: bool,
+    timeout: Duration,
+) -> bool {
+    let ready_status = if status == "not_ready" { 503 } else { 200 };
+    eventually_async(timeout, || async move {
+        let Ok((_, body)) = http_get(addr, "/healthz").await else {
+            return false;
+        };
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        health["status"] == status
+            && health["checks"][check]["ok"].as_bool() == Some(check_ok)
+            && http_get(addr, "/readyz")
+                .await
+                .is_ok_and(|(answered, _)| answered == ready_status)
     })
     .await
 }

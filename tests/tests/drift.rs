@@ -380,6 +380,91 @@ async fn a_broker_outage_holds_the_windows_and_counts_each_prediction_once() {
     stop_drift(running, shutdown).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_holds_the_windows_and_counts_each_prediction_once() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    // Persistent, as a production Redis is: the reference and label state survive the restart.
+    let mut redis = sentiflow_tests::persistent_redis();
+    // An operator mute in force: the windows that close during the outage must still say so.
+    let store = RedisStore::connect_lazy(&RedisArgs::local(&redis.url(), "redis-outage")).unwrap();
+    Control::new(store)
+        .mute(Duration::from_secs(3600), "maintenance window")
+        .await
+        .unwrap();
+    let (running, shutdown) = start_drift(windows_only(
+        &kafka,
+        &redis.url(),
+        "redis-outage",
+        "drift-redis-outage",
+    ))
+    .await;
+    let rows: Vec<_> = domain_a()
+        .into_iter()
+        .take((REFERENCE_WINDOWS as usize + 4) * WINDOW as usize)
+        .collect();
+    let before = (REFERENCE_WINDOWS as usize + 2) * WINDOW as usize;
+    publish(&kafka, &rows[..before], 0, "v1").await;
+    let first = read_reports(&kafka, REFERENCE_WINDOWS as usize + 2).await;
+    assert_eq!(
+        scored(&first).len(),
+        2,
+        "two scored windows before the outage"
+    );
+
+    // Redis goes away while predictions keep coming: drift's state lives there, so it is not
+    // ready (no request API of its own to keep in rotation) and its windows wait, retrying.
+    redis.stop().unwrap();
+    publish(&kafka, &rows[before..], before, "v1").await;
+    let http_addr = running.http_addr;
+    assert!(
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "not_ready",
+            "redis",
+            false,
+            Duration::from_secs(30)
+        )
+        .await,
+        "/readyz turns 503 while Redis is down"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!running.task.is_finished(), "drift holds on");
+
+    redis.restart().unwrap();
+    let all = read_reports(&kafka, REFERENCE_WINDOWS as usize + 4).await;
+    let scored = scored(&all);
+    assert_eq!(
+        scored.len(),
+        4,
+        "exactly four scored windows: none lost, none counted twice"
+    );
+    assert!(scored.iter().all(|report| report.window.events == WINDOW));
+    assert!(
+        scored.iter().all(|report| report.muted),
+        "the mute read before the outage holds during it: {:?}",
+        scored.iter().map(|report| report.muted).collect::<Vec<_>>()
+    );
+    sentiflow_tests::assert_committed(
+        &kafka.brokers,
+        "drift-redis-outage",
+        &kafka.topic(topics::PREDICTIONS),
+        rows.len() as i64,
+    )
+    .await;
+    assert!(
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "ready",
+            "redis",
+            true,
+            Duration::from_secs(30)
+        )
+        .await,
+        "ready again"
+    );
+    stop_drift(running, shutdown).await;
+}
+
 /// Runs chromium headless on `url` and returns the DOM after its scripts ran.
 fn dump_dom(url: &str) -> String {
     let output = std::process::Command::new("chromium")

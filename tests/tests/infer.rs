@@ -502,12 +502,20 @@ async fn a_broker_outage_holds_predictions_and_loses_none() {
         let rest = messages[200..].to_vec();
         tokio::spawn(async move { sentiflow_tests::publish_clean(&kafka, &rest).await })
     };
+    // Only the stream needs the broker: degraded, still ready, and predict answers.
     let http_addr = running.http_addr;
     assert!(
-        sentiflow_tests::status_eventually(http_addr, "/readyz", 503, Duration::from_secs(30))
-            .await,
-        "/readyz turns 503 while the broker is down"
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "degraded",
+            "kafka",
+            false,
+            Duration::from_secs(30)
+        )
+        .await,
+        "degraded (kafka check failing) but still ready while the broker is down"
     );
+    assert_predict_answers(http_addr).await;
     assert!(
         !running.task.is_finished(),
         "infer holds on, it does not exit"
@@ -546,9 +554,139 @@ async fn a_broker_outage_holds_predictions_and_loses_none() {
     assert_eq!(predicted, expected, "every review predicted, none lost");
     assert!(total >= expected.len());
     assert!(
-        sentiflow_tests::eventually(Duration::from_secs(60), || running.health.is_ready()).await,
-        "ready again"
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "ready",
+            "kafka",
+            true,
+            Duration::from_secs(60)
+        )
+        .await,
+        "ready, not degraded, again"
     );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+/// `POST /v1/predict` answers 200 with one prediction per text (used while a dependency is down).
+async fn assert_predict_answers(addr: std::net::SocketAddr) {
+    let body = serde_json::json!({"texts": ["the crew was lovely", "lost my bag again"]});
+    let (status, answer) =
+        sentiflow_tests::http_post(addr, "/v1/predict", &serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "predict answers: {answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer["predictions"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_keeps_serving_and_the_next_promotion_is_followed() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    // Persistent, so the registry survives the restart as a production Redis's would.
+    let mut redis_server = sentiflow_tests::persistent_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf-redis", dir.path()).await;
+    registry.promote(MODEL, "v1").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = infer_config(&kafka, &redis_server.url(), "inf-redis", dir.path());
+    config.registry_poll_secs = 1;
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    wait_serving(&running, "v1").await;
+    let http_addr = running.http_addr;
+    let texts = texts(300);
+    let messages = review_messages(&texts, 0);
+    let predictions_topic = kafka.topic(topics::PREDICTIONS);
+
+    // Redis goes away: the registry cannot be read, but the loaded champion serves both the API and
+    // the stream; the service is degraded, not out of rotation.
+    redis_server.stop().unwrap();
+    assert!(
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "degraded",
+            "redis",
+            false,
+            Duration::from_secs(30)
+        )
+        .await,
+        "degraded (redis check failing) but still ready while Redis is down"
+    );
+    assert_predict_answers(http_addr).await;
+    sentiflow_tests::publish_clean(&kafka, &messages[..150]).await;
+    let during = sentiflow_tests::read_exactly(
+        &kafka.brokers,
+        &predictions_topic,
+        150,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(during.len(), 150, "the stream is predicted without Redis");
+    assert!(
+        sentiflow_tests::json_payloads(&during)
+            .iter()
+            .all(|prediction| prediction["model"]["version"] == "v1"),
+        "by the champion loaded before the outage"
+    );
+
+    // Back, with its data: a promotion made now is followed (the registry check every second finds
+    // it even if its update event raced the update consumer), and the stream goes on with v2.
+    redis_server.restart().unwrap();
+    assert!(
+        sentiflow_tests::health_eventually(
+            http_addr,
+            "ready",
+            "redis",
+            true,
+            Duration::from_secs(30)
+        )
+        .await,
+        "ready, not degraded, once Redis is back"
+    );
+    // The test's own registry connection fails once on the dropped socket, then reconnects.
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async {
+            registry.get(MODEL, "v1").await.is_ok()
+        })
+        .await,
+        "the registry answers again"
+    );
+    promote(&kafka, &registry, "v2").await;
+    wait_serving(&running, "v2").await;
+    sentiflow_tests::publish_clean(&kafka, &messages[150..]).await;
+    let all = sentiflow_tests::read_exactly(
+        &kafka.brokers,
+        &predictions_topic,
+        300,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(all.len(), 300, "every review predicted once, none lost");
+    let version_of: BTreeMap<String, String> = sentiflow_tests::json_payloads(&all)
+        .iter()
+        .map(|prediction| {
+            (
+                prediction["review_id"].as_str().unwrap().to_owned(),
+                prediction["model"]["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(version_of.len(), 300, "one prediction per review");
+    for (index, (review_id, _)) in messages.iter().enumerate() {
+        let expected = if index < 150 { "v1" } else { "v2" };
+        assert_eq!(
+            version_of[review_id], expected,
+            "review {index}: v1 during the outage, the new champion after"
+        );
+    }
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

@@ -1,7 +1,13 @@
 //! Liveness and readiness state of a service: named dependency checks (kafka, redis, model…) plus
 //! free-form facts (device, model version) that `/healthz` shows and `/readyz` gates on.
+//!
+//! A check is *required* unless the service marks it *optional*: `/readyz` answers 503 only while a
+//! required check fails, because readiness decides whether requests are routed to this instance. A
+//! dependency that only a background stream needs (Redis for infer's model updates, say) must not take
+//! a request API out of rotation on every replica at once; while such a check fails the service is
+//! `degraded`: ready, with the failure in `/healthz`, `/readyz`'s body and `_dependency_up`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -13,10 +19,49 @@ use serde_json::Value;
 pub struct CheckState {
     /// Whether the dependency is usable right now.
     pub ok: bool,
+    /// Whether readiness waits for it (an optional check only makes the service `degraded`).
+    pub required: bool,
     /// Human-readable detail of the last observation.
     pub detail: String,
     /// When `ok` last changed.
     pub since: DateTime<Utc>,
+}
+
+/// Readiness of a service as `/healthz` and `/readyz` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every check is ok.
+    Ready,
+    /// Every required check is ok, an optional one is not: requests are served, a stream may wait.
+    Degraded,
+    /// A required check fails.
+    NotReady,
+}
+
+impl Readiness {
+    /// The `status` field of the health document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Degraded => "degraded",
+            Self::NotReady => "not_ready",
+        }
+    }
+
+    /// Whether requests should be routed here (`/readyz` 200).
+    pub fn serves(self) -> bool {
+        self != Self::NotReady
+    }
+
+    fn of(checks: &BTreeMap<String, CheckState>) -> Self {
+        if checks.values().any(|check| check.required && !check.ok) {
+            Self::NotReady
+        } else if checks.values().any(|check| !check.ok) {
+            Self::Degraded
+        } else {
+            Self::Ready
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -24,6 +69,7 @@ struct HealthInner {
     service: &'static str,
     started: DateTime<Utc>,
     checks: Mutex<BTreeMap<String, CheckState>>,
+    optional: Mutex<BTreeSet<String>>,
     info: Mutex<BTreeMap<String, Value>>,
 }
 
@@ -41,9 +87,22 @@ impl Health {
                 service,
                 started: Utc::now(),
                 checks: Mutex::new(BTreeMap::new()),
+                optional: Mutex::new(BTreeSet::new()),
                 info: Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// Marks checks that readiness does not wait for (see the module documentation); set once at
+    /// start-up, before or after the checks are first reported.
+    pub fn mark_optional(&self, names: &[&str]) {
+        let mut optional = lock(&self.inner.optional);
+        optional.extend(names.iter().map(|name| (*name).to_owned()));
+        let mut checks = lock(&self.inner.checks);
+        for (name, check) in checks.iter_mut() {
+            check.required = !optional.contains(name);
+        }
+        self.publish_readiness(Readiness::of(&checks));
     }
 
     /// The service this registry belongs to.
@@ -54,82 +113,94 @@ impl Health {
     /// Records the outcome of a check; logs and counts transitions only, so probes can call it often.
     pub fn set_check(&self, name: &str, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
-        let mut checks = self
-            .inner
-            .checks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let required = !lock(&self.inner.optional).contains(name);
+        let mut checks = lock(&self.inner.checks);
         let changed = checks.get(name).is_none_or(|previous| previous.ok != ok);
         if changed {
             if ok {
                 tracing::info!(service = self.inner.service, check = name, %detail, "dependency ready");
-            } else {
+            } else if required {
                 tracing::warn!(service = self.inner.service, check = name, %detail, "dependency not ready");
+            } else {
+                tracing::warn!(service = self.inner.service, check = name, %detail, "optional dependency not ready; degraded, still serving");
             }
         }
         let since = match checks.get(name) {
             Some(previous) if !changed => previous.since,
             _ => Utc::now(),
         };
-        checks.insert(name.to_owned(), CheckState { ok, detail, since });
+        checks.insert(
+            name.to_owned(),
+            CheckState {
+                ok,
+                required,
+                detail,
+                since,
+            },
+        );
         metrics::gauge!(format!("sentiflow_{}_dependency_up", self.inner.service), "dependency" => name.to_owned())
             .set(if ok { 1.0 } else { 0.0 });
+        self.publish_readiness(Readiness::of(&checks));
+    }
+
+    fn publish_readiness(&self, readiness: Readiness) {
+        metrics::gauge!(format!("sentiflow_{}_ready", self.inner.service))
+            .set(if readiness.serves() { 1.0 } else { 0.0 });
+        metrics::gauge!(format!("sentiflow_{}_degraded", self.inner.service)).set(
+            if readiness == Readiness::Degraded {
+                1.0
+            } else {
+                0.0
+            },
+        );
     }
 
     /// Publishes a fact shown by `/healthz` (e.g. `device`, `model_version`).
     pub fn set_info(&self, key: &str, value: impl Into<Value>) {
-        self.inner
-            .info
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(key.to_owned(), value.into());
+        lock(&self.inner.info).insert(key.to_owned(), value.into());
     }
 
     /// The state of one check, if it was ever set.
     pub fn check(&self, name: &str) -> Option<CheckState> {
-        self.inner
-            .checks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(name)
-            .cloned()
+        lock(&self.inner.checks).get(name).cloned()
     }
 
-    /// Ready when every registered check is ok.
+    /// Ready, degraded or not ready, from the checks as they stand.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::of(&lock(&self.inner.checks))
+    }
+
+    /// Whether requests should be routed here: every required check is ok (`/readyz` 200).
     pub fn is_ready(&self) -> bool {
-        self.inner
-            .checks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .all(|check| check.ok)
+        self.readiness().serves()
+    }
+
+    /// Whether every check, optional ones included, is ok.
+    pub fn all_ok(&self) -> bool {
+        self.readiness() == Readiness::Ready
     }
 
     /// The JSON document served by `/healthz` and `/readyz`.
     pub fn snapshot(&self) -> Value {
-        let checks = self
-            .inner
-            .checks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let info = self
-            .inner
-            .info
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let ready = checks.values().all(|check| check.ok);
+        let checks = lock(&self.inner.checks).clone();
+        let info = lock(&self.inner.info).clone();
+        let readiness = Readiness::of(&checks);
         serde_json::json!({
             "service": self.inner.service,
             "version": env!("CARGO_PKG_VERSION"),
-            "status": if ready { "ready" } else { "not_ready" },
-            "ready": ready,
+            "status": readiness.as_str(),
+            "ready": readiness.serves(),
             "started_at": self.inner.started,
             "checks": checks,
             "info": info,
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -143,6 +214,7 @@ mod tests {
         health.set_check("kafka", true, "ok");
         health.set_check("redis", false, "connection refused");
         assert!(!health.is_ready());
+        assert_eq!(health.readiness(), Readiness::NotReady);
         let since = health.check("redis").unwrap().since;
         health.set_check("redis", false, "still refused");
         assert_eq!(
@@ -152,10 +224,38 @@ mod tests {
         );
         health.set_check("redis", true, "pong");
         assert!(health.is_ready());
+        assert!(health.all_ok());
         health.set_info("device", "cpu");
         let snapshot = health.snapshot();
         assert_eq!(snapshot["ready"], true);
+        assert_eq!(snapshot["status"], "ready");
         assert_eq!(snapshot["info"]["device"], "cpu");
         assert_eq!(snapshot["checks"]["redis"]["detail"], "pong");
+        assert_eq!(snapshot["checks"]["redis"]["required"], true);
+    }
+
+    #[test]
+    fn a_failing_optional_check_degrades_but_keeps_the_service_ready() {
+        let health = Health::new("test");
+        health.set_check("redis", false, "connection refused");
+        assert_eq!(health.readiness(), Readiness::NotReady);
+        // Marked after the check was first reported: it is re-read as optional.
+        health.mark_optional(&["redis"]);
+        assert_eq!(health.readiness(), Readiness::Degraded);
+        assert!(health.is_ready());
+        assert!(!health.all_ok());
+        let snapshot = health.snapshot();
+        assert_eq!(snapshot["status"], "degraded");
+        assert_eq!(snapshot["ready"], true);
+        assert_eq!(snapshot["checks"]["redis"]["required"], false);
+        assert_eq!(snapshot["checks"]["redis"]["ok"], false);
+
+        // A required check still decides readiness, whatever the optional ones say.
+        health.set_check("model", false, "loading");
+        assert_eq!(health.readiness(), Readiness::NotReady);
+        assert_eq!(health.snapshot()["status"], "not_ready");
+        health.set_check("model", true, "serving v1");
+        health.set_check("redis", true, "pong");
+        assert_eq!(health.readiness(), Readiness::Ready);
     }
 }

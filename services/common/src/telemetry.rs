@@ -1,5 +1,5 @@
 //! Logs (tracing), metrics (the `metrics` facade with the Prometheus exporter) and the HTTP endpoints every
-//! service serves: `/healthz` (liveness + facts), `/readyz` (503 until every dependency check is ok), `/metrics`.
+//! service serves: `/healthz` (liveness + facts), `/readyz` (503 while a required check fails), `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

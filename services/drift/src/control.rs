@@ -11,7 +11,8 @@
 //! - `drift:reference:<model name>:<version>` — reference statistics of a version (JSON);
 //! - `drift:feedback:<model name>:<version>` — the version's human-label window and baseline (JSON).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::AsyncCommands as _;
@@ -41,6 +42,60 @@ pub struct Mute {
     pub reason: String,
     /// Seconds left.
     pub ttl_secs: u64,
+}
+
+impl Mute {
+    /// This mute `elapsed` after it was read, if it is still in force then.
+    pub fn after(&self, elapsed: Duration) -> Option<Mute> {
+        seconds_left_after(self.ttl_secs, elapsed).map(|ttl_secs| Mute {
+            reason: self.reason.clone(),
+            ttl_secs,
+        })
+    }
+}
+
+/// Seconds left of something that had `seconds_left` when read, `elapsed` ago (`u64::MAX`: no expiry);
+/// `None` once it has run out.
+pub fn seconds_left_after(seconds_left: u64, elapsed: Duration) -> Option<u64> {
+    if seconds_left == u64::MAX {
+        return Some(u64::MAX);
+    }
+    let left_ms = u128::from(seconds_left) * 1000;
+    let elapsed_ms = elapsed.as_millis();
+    (left_ms > elapsed_ms).then(|| ((left_ms - elapsed_ms).div_ceil(1000)) as u64)
+}
+
+/// A mute or cooldown as last read from Redis, so that a window closing while Redis cannot be read
+/// is still reported muted when it was (the operator cannot change it meanwhile: the keys are there).
+#[derive(Debug, Default)]
+pub struct LastRead {
+    mute: Option<(Option<Mute>, Instant)>,
+    cooldowns: HashMap<String, (Option<u64>, Instant)>,
+}
+
+impl LastRead {
+    /// Remembers a mute read now.
+    pub fn mute_read(&mut self, mute: Option<Mute>) {
+        self.mute = Some((mute, Instant::now()));
+    }
+
+    /// The mute as last read, aged; `None` when none was in force or none was ever read.
+    pub fn mute(&self) -> Option<Mute> {
+        let (mute, at) = self.mute.as_ref()?;
+        mute.as_ref()?.after(at.elapsed())
+    }
+
+    /// Remembers the cooldown of model `name` read now (seconds left).
+    pub fn cooldown_read(&mut self, name: &str, seconds_left: Option<u64>) {
+        self.cooldowns
+            .insert(name.to_owned(), (seconds_left, Instant::now()));
+    }
+
+    /// The cooldown of model `name` as last read, aged.
+    pub fn cooldown(&self, name: &str) -> Option<u64> {
+        let (seconds_left, at) = self.cooldowns.get(name)?;
+        seconds_left_after((*seconds_left)?, at.elapsed())
+    }
 }
 
 impl Control {
@@ -408,5 +463,54 @@ impl Control {
         let mut connection = self.store.connection();
         let deleted: u64 = connection.del(self.lock_key(name)).await?;
         Ok(deleted > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_mute_or_cooldown_runs_out_on_time() {
+        assert_eq!(seconds_left_after(10, Duration::from_millis(0)), Some(10));
+        assert_eq!(
+            seconds_left_after(10, Duration::from_millis(2_500)),
+            Some(8)
+        );
+        assert_eq!(
+            seconds_left_after(10, Duration::from_millis(9_999)),
+            Some(1)
+        );
+        assert_eq!(seconds_left_after(10, Duration::from_secs(10)), None);
+        assert_eq!(seconds_left_after(0, Duration::ZERO), None);
+        assert_eq!(
+            seconds_left_after(u64::MAX, Duration::from_secs(1 << 40)),
+            Some(u64::MAX),
+            "no expiry stays"
+        );
+        let mute = Mute {
+            reason: "maintenance".to_owned(),
+            ttl_secs: 60,
+        };
+        assert_eq!(mute.after(Duration::from_secs(30)).unwrap().ttl_secs, 30);
+        assert_eq!(mute.after(Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn last_read_answers_only_what_was_read() {
+        let mut last = LastRead::default();
+        assert_eq!(last.mute(), None, "never read: not muted");
+        assert_eq!(last.cooldown("m"), None);
+        last.mute_read(Some(Mute {
+            reason: "maintenance".to_owned(),
+            ttl_secs: 3600,
+        }));
+        last.cooldown_read("m", Some(600));
+        last.cooldown_read("other", None);
+        assert_eq!(last.mute().unwrap().reason, "maintenance");
+        assert!(last.cooldown("m").is_some_and(|left| left <= 600));
+        assert_eq!(last.cooldown("other"), None);
+        last.mute_read(None);
+        assert_eq!(last.mute(), None, "an unmute read later wins");
     }
 }

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::SERVICE;
 use crate::config::DriftConfig;
-use crate::control::Control;
+use crate::control::{Control, LastRead};
 use crate::error::DriftError;
 use crate::hold::{LabelHold, Release};
 use crate::http::{self, Board};
@@ -177,6 +177,7 @@ pub async fn start(
         labels_read: HashMap::new(),
         labels_freed: std::collections::BTreeSet::new(),
         overflows: 0,
+        last_read: LastRead::default(),
     };
     info!(%http_addr, "drift started; dashboard at /dashboard");
     let task = tokio::spawn(async move {
@@ -300,6 +301,8 @@ struct Worker {
     labels_freed: std::collections::BTreeSet<i32>,
     /// Labels the full hold let go without waiting.
     overflows: u64,
+    /// Mute and cooldowns as last read, for windows that close while Redis cannot be read.
+    last_read: LastRead,
 }
 
 impl Worker {
@@ -720,18 +723,32 @@ impl Worker {
             info!(version = %model.version, events = reference.events(), "reference complete");
         }
         let model = closed.report.model.clone();
-        let mute = self.control.mute_status().await.unwrap_or_else(|error| {
-            warn!(%error, "cannot read the mute key; reporting unmuted");
-            None
-        });
-        let cooldown = self
-            .control
-            .cooldown_left(&model.name)
-            .await
-            .unwrap_or_else(|error| {
-                warn!(%error, "cannot read the cooldown key");
-                None
-            });
+        let mute = match self.control.mute_status().await {
+            Ok(mute) => {
+                self.last_read.mute_read(mute.clone());
+                mute
+            }
+            Err(error) => {
+                let mute = self.last_read.mute();
+                metrics::counter!("sentiflow_drift_errors_total", "error_kind" => "control_read")
+                    .increment(1);
+                warn!(%error, muted = mute.is_some(), "cannot read the mute key; reporting the mute as last read");
+                mute
+            }
+        };
+        let cooldown = match self.control.cooldown_left(&model.name).await {
+            Ok(cooldown) => {
+                self.last_read.cooldown_read(&model.name, cooldown);
+                cooldown
+            }
+            Err(error) => {
+                let cooldown = self.last_read.cooldown(&model.name);
+                metrics::counter!("sentiflow_drift_errors_total", "error_kind" => "control_read")
+                    .increment(1);
+                warn!(%error, cooling_down = cooldown.is_some(), "cannot read the cooldown key; using the cooldown as last read");
+                cooldown
+            }
+        };
         let report = &mut closed.report;
         report.muted = mute.is_some() || cooldown.is_some();
         report.event_time = Utc::now();

@@ -280,7 +280,7 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                 }
             },
             "/healthz": {"get": {"summary": "Liveness and details: checks, device, served model", "responses": {"200": {"description": "Health snapshot"}}}},
-            "/readyz": {"get": {"summary": "Readiness: 200 when a model serves and Kafka and Redis answer, else 503", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 200 when a model serves, else 503; with Kafka or Redis down still 200, status degraded (predictions are answered, the stream and model updates wait)", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition format"}}}}
         },
         "components": {

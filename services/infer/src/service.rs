@@ -131,6 +131,9 @@ pub async fn start(
         other => InferError::Runtime(other.to_string()),
     })?;
     let health = Health::new(SERVICE);
+    // `POST /v1/predict` needs only the loaded model: a broker or Redis outage holds the prediction
+    // stream and model updates, and must not take the API of every replica out of rotation.
+    health.mark_optional(&["kafka", "redis"]);
     report_device(&health, request, &probe);
 
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;

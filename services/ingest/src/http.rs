@@ -481,7 +481,7 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                 }
             },
             "/healthz": {"get": {"summary": "Liveness and details", "responses": {"200": {"description": "Health snapshot"}}}},
-            "/readyz": {"get": {"summary": "Readiness: 200 when Kafka and Redis answer, else 503", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 200 when Kafka answers, else 503; with Redis down still 200, status degraded (reviews are accepted, the stream waits)", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition format"}}}}
         },
         "components": {
