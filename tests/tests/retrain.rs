@@ -118,8 +118,12 @@ struct Bed {
 
 /// A fresh [`Bed`] whose registry has the champion `v1` ([`register_champion`]).
 async fn bed_with_champion() -> Bed {
+    bed_with_champion_on(redis()).await
+}
+
+/// [`bed_with_champion`] on a Redis of the caller's.
+async fn bed_with_champion_on(redis_server: RedisServer) -> Bed {
     let kafka = kafka_with_topics().await;
-    let redis_server = redis();
     let data = tempfile::tempdir().unwrap();
     let prefix = format!("{}-redis", kafka.topic_prefix);
     let registry = registry(&redis_server.url(), &prefix, data.path());
@@ -544,6 +548,127 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();
     infer.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_holds_a_retrain_request_which_is_then_decided_once() {
+    // Persistent, as a production Redis is: the registry and the outcome log survive the restart.
+    let Bed {
+        kafka,
+        mut redis_server,
+        data,
+        prefix,
+        registry,
+    } = bed_with_champion_on(sentiflow_tests::persistent_redis()).await;
+    let gate = GatePolicy {
+        epsilon: 1.0,
+        max_recall_drop: 1.0,
+    };
+    let shutdown = CancellationToken::new();
+    let trainer = curated_trainer(
+        trainer_config(&kafka, &redis_server.url(), &prefix, data.path(), gate),
+        &kafka,
+        shutdown.clone(),
+    )
+    .await;
+    let stats = trainer.stats.clone();
+    let decided = |s: sentiflow_trainer::StatsSnapshot| {
+        s.retrains_promoted + s.retrains_rejected + s.retrains_failed + s.retrains_duplicate
+    };
+
+    // Redis goes away; a retrain request and more reviews arrive. Curation needs only the broker and
+    // the disk; the request waits (retrying) for the registry and the outcome log.
+    redis_server.stop().unwrap();
+    let request = retrain_request("req-redis-outage", DeviceWanted::Cpu);
+    publish(
+        &kafka,
+        topics::RETRAIN_REQUESTS,
+        &encoded(std::slice::from_ref(&request)),
+    )
+    .await;
+    let more = clean_reviews(&airline(CHAMPION_ROWS + CURATED_ROWS, 300));
+    publish(&kafka, topics::REVIEWS_CLEAN, &encoded(&more)).await;
+    assert!(
+        sentiflow_tests::health_eventually(
+            trainer.http_addr,
+            "not_ready",
+            "redis",
+            false,
+            Duration::from_secs(30)
+        )
+        .await,
+        "/readyz 503 while Redis is down"
+    );
+    assert!(
+        eventually(WAIT, || stats.snapshot().durable
+            >= (CURATED_ROWS + 300) as u64)
+        .await,
+        "curation goes on without Redis: {:?}",
+        stats.snapshot()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        decided(stats.snapshot()),
+        0,
+        "nothing decided while the registry cannot be read: {:?}",
+        stats.snapshot()
+    );
+
+    // Back with its data: the request is trained, gated and promoted, once.
+    redis_server.restart().unwrap();
+    assert!(
+        eventually(WAIT, || decided(stats.snapshot()) >= 1).await,
+        "decided once Redis is back: {:?}",
+        stats.snapshot()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let totals = stats.snapshot();
+    assert_eq!(
+        (totals.retrains_promoted, decided(totals)),
+        (1, 1),
+        "{totals:?}"
+    );
+    let actions = updates_by_action(&kafka, 2, "v2").await;
+    assert_eq!(actions.get("registered"), Some(&1), "{actions:?}");
+    assert_eq!(actions.get("promoted"), Some(&1), "{actions:?}");
+    // The test's registry connection fails once on the dropped socket, then reconnects.
+    assert!(
+        sentiflow_tests::eventually_async(Duration::from_secs(30), || async {
+            registry.alias(MODEL, ModelAlias::Champion).await.is_ok()
+        })
+        .await
+    );
+    assert_eq!(
+        registry
+            .alias(MODEL, ModelAlias::Champion)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v2")
+    );
+    let outcome = trainer
+        .retrain_outcomes
+        .clone()
+        .expect("retrain loop on")
+        .get("req-redis-outage")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(outcome.outcome, OutcomeKind::Promoted);
+    assert!(outcome.announced);
+    assert!(
+        sentiflow_tests::health_eventually(
+            trainer.http_addr,
+            "ready",
+            "redis",
+            true,
+            Duration::from_secs(60)
+        )
+        .await,
+        "ready again"
+    );
+    shutdown.cancel();
+    trainer.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
