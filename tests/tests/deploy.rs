@@ -396,6 +396,52 @@ fn config_map(objects: &[(String, Value)], name: &str) -> BTreeMap<String, Strin
         .collect()
 }
 
+/// Applies Prometheus `relabel_configs` (actions `keep` and `replace`, `;`-joined source labels, fully
+/// anchored regexes, `$n` replacements) to a target's labels; `None` when a `keep` drops it.
+fn relabel(
+    rules: &[Value],
+    mut labels: BTreeMap<String, String>,
+) -> Option<BTreeMap<String, String>> {
+    for rule in rules {
+        let joined: Vec<&str> = rule["source_labels"]
+            .as_array()
+            .map(|sources| {
+                sources
+                    .iter()
+                    .map(|source| {
+                        labels
+                            .get(source.as_str().unwrap())
+                            .map_or("", String::as_str)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let value = joined.join(";");
+        let pattern = rule["regex"].as_str().unwrap_or("(.*)");
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        let captures = regex.captures(&value);
+        match rule["action"].as_str().unwrap_or("replace") {
+            "keep" => captures.as_ref()?,
+            "replace" => {
+                let Some(captures) = captures else { continue };
+                let mut replaced = String::new();
+                captures.expand(rule["replacement"].as_str().unwrap_or("$1"), &mut replaced);
+                labels.insert(rule["target_label"].as_str().unwrap().to_owned(), replaced);
+                continue;
+            }
+            other => panic!("relabel action {other} is not simulated here"),
+        };
+    }
+    Some(labels)
+}
+
+/// A label or annotation name as Kubernetes service discovery exposes it (`[^A-Za-z0-9_]` → `_`).
+fn sd_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 // ------------------------------------------------------------------------------------------------ tests
 
 #[test]
@@ -1315,4 +1361,78 @@ fn k8s_arguments_of_the_cli_image_parse_as_sentiflow_commands() {
         sentiflow::cli::Cli::try_parse_from(["sentiflow", "models", "prune", "--keep-all"])
             .is_err()
     );
+}
+
+#[test]
+fn the_k8s_scrape_config_gives_each_service_its_own_job() {
+    // The rules group by job: in Kubernetes each service must be scraped as sentiflow-<service>, as
+    // prometheus.yml does for compose. Pod discovery's labels are built from each workload's pod
+    // template, and the config's relabelling is applied to them.
+    let config = yaml_documents(
+        &std::fs::read_to_string(repo_root().join("infra/prometheus/prometheus-k8s.yml")).unwrap(),
+    )
+    .remove(0);
+    assert_eq!(config["rule_files"][0], "rules.yml");
+    let job = &config["scrape_configs"][0];
+    assert_eq!(job["kubernetes_sd_configs"][0]["role"], "pod");
+    let rules = job["relabel_configs"].as_array().unwrap();
+    let mut jobs = BTreeMap::new();
+    for (file, object) in k8s_objects() {
+        if object["kind"] != "Deployment" {
+            continue;
+        }
+        let pod = &object["spec"]["template"]["metadata"];
+        let mut labels = BTreeMap::from([
+            (
+                "job".to_owned(),
+                job["job_name"].as_str().unwrap().to_owned(),
+            ),
+            ("__address__".to_owned(), "10.1.2.3:9100".to_owned()),
+            ("__metrics_path__".to_owned(), "/metrics".to_owned()),
+            ("__meta_kubernetes_pod_ip".to_owned(), "10.1.2.3".to_owned()),
+            (
+                "__meta_kubernetes_pod_name".to_owned(),
+                "pod-7f9c".to_owned(),
+            ),
+        ]);
+        for (kind, map) in [
+            ("label", &pod["labels"]),
+            ("annotation", &pod["annotations"]),
+        ] {
+            for (key, value) in map.as_object().into_iter().flatten() {
+                labels.insert(
+                    format!("__meta_kubernetes_pod_{kind}_{}", sd_name(key)),
+                    value.as_str().unwrap().to_owned(),
+                );
+            }
+        }
+        let scraped = relabel(rules, labels);
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let Some(scraped) = scraped else {
+            panic!("{file} {name}: dropped by the scrape config");
+        };
+        assert_eq!(scraped["__address__"], "10.1.2.3:9100", "{file} {name}");
+        assert_eq!(scraped["__metrics_path__"], "/metrics", "{file} {name}");
+        assert_eq!(scraped["instance"], "pod-7f9c", "{file} {name}");
+        jobs.insert(name.to_owned(), scraped["job"].clone());
+    }
+    for service in ["ingest", "infer", "trainer", "drift"] {
+        assert_eq!(
+            jobs.get(service).map(String::as_str),
+            Some(format!("sentiflow-{service}").as_str()),
+            "{jobs:?}"
+        );
+    }
+    // And the keep rule really filters: a pod of another application is not scraped.
+    let other = BTreeMap::from([
+        (
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "__meta_kubernetes_pod_label_app_kubernetes_io_part_of".to_owned(),
+            "someone-else".to_owned(),
+        ),
+    ]);
+    assert_eq!(relabel(rules, other), None);
 }
