@@ -411,8 +411,9 @@ async fn a_redis_outage_holds_the_windows_and_counts_each_prediction_once() {
         "two scored windows before the outage"
     );
 
-    // Redis goes away while predictions keep coming: drift's state lives there, so it is not
-    // ready (no request API of its own to keep in rotation) and its windows wait, retrying.
+    // Redis goes away while predictions keep coming: drift's state lives there, so it is not ready
+    // (no request API of its own to keep in rotation). Windows that need no state write are still
+    // reported, with the mute as last read (read during the outage, so it cannot come from Redis).
     redis.stop().unwrap();
     publish(&kafka, &rows[before..], before, "v1").await;
     let http_addr = running.http_addr;
@@ -427,30 +428,26 @@ async fn a_redis_outage_holds_the_windows_and_counts_each_prediction_once() {
         .await,
         "/readyz turns 503 while Redis is down"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = read_reports(&kafka, REFERENCE_WINDOWS as usize + 4).await;
+    let scored_during = scored(&during);
+    assert_eq!(scored_during.len(), 4);
+    assert!(
+        scored_during
+            .iter()
+            .all(|report| report.window.events == WINDOW)
+    );
+    assert!(
+        scored_during.iter().all(|report| report.muted),
+        "the mute read before the outage holds during it: {:?}",
+        scored_during
+            .iter()
+            .map(|report| report.muted)
+            .collect::<Vec<_>>()
+    );
     assert!(!running.task.is_finished(), "drift holds on");
 
+    // Back with its data: nothing more is reported (none counted twice), every offset is committed.
     redis.restart().unwrap();
-    let all = read_reports(&kafka, REFERENCE_WINDOWS as usize + 4).await;
-    let scored = scored(&all);
-    assert_eq!(
-        scored.len(),
-        4,
-        "exactly four scored windows: none lost, none counted twice"
-    );
-    assert!(scored.iter().all(|report| report.window.events == WINDOW));
-    assert!(
-        scored.iter().all(|report| report.muted),
-        "the mute read before the outage holds during it: {:?}",
-        scored.iter().map(|report| report.muted).collect::<Vec<_>>()
-    );
-    sentiflow_tests::assert_committed(
-        &kafka.brokers,
-        "drift-redis-outage",
-        &kafka.topic(topics::PREDICTIONS),
-        rows.len() as i64,
-    )
-    .await;
     assert!(
         sentiflow_tests::health_eventually(
             http_addr,
@@ -462,6 +459,19 @@ async fn a_redis_outage_holds_the_windows_and_counts_each_prediction_once() {
         .await,
         "ready again"
     );
+    let all = read_reports(&kafka, REFERENCE_WINDOWS as usize + 4).await;
+    assert_eq!(
+        scored(&all).len(),
+        4,
+        "exactly four scored windows: none lost, none counted twice"
+    );
+    sentiflow_tests::assert_committed(
+        &kafka.brokers,
+        "drift-redis-outage",
+        &kafka.topic(topics::PREDICTIONS),
+        rows.len() as i64,
+    )
+    .await;
     stop_drift(running, shutdown).await;
 }
 

@@ -586,6 +586,48 @@ async fn redis_outage_holds_the_stream_and_keeps_accepting_reviews() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_redis_address_at_start_never_becomes_ready() {
+    // Redis is optional for readiness only once it has answered: a new instance with a wrong address
+    // must not join the rotation (a rolling update would otherwise replace every working replica).
+    let kafka = kafka_with_topics().await;
+    let nothing_there = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(
+        ingest_config(&kafka, &format!("redis://127.0.0.1:{nothing_there}/"), 50),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        sentiflow_tests::health_eventually(
+            running.http_addr,
+            "not_ready",
+            "redis",
+            false,
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    // Kafka answers meanwhile, and it stays out of rotation.
+    assert!(
+        eventually(Duration::from_secs(30), || running
+            .health
+            .check("kafka")
+            .is_some_and(|check| check.ok))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = http_get(running.http_addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(!running.health.is_ready());
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_holds_the_stream_and_loses_nothing() {
     let mut broker = sentiflow_tests::OwnBroker::start().await;
     let kafka = broker.kafka.clone();

@@ -5,7 +5,10 @@
 //! required check fails, because readiness decides whether requests are routed to this instance. A
 //! dependency that only a background stream needs (Redis for infer's model updates, say) must not take
 //! a request API out of rotation on every replica at once; while such a check fails the service is
-//! `degraded`: ready, with the failure in `/healthz`, `/readyz`'s body and `_dependency_up`.
+//! `degraded`: ready, with the failure in `/healthz`, `/readyz`'s body and `_dependency_up`. An
+//! optional check still gates readiness until it has been ok once, so an instance started with a wrong
+//! broker or Redis address never becomes ready (a rolling update stalls instead of replacing every
+//! working replica with one whose stream cannot run).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,8 +22,11 @@ use serde_json::Value;
 pub struct CheckState {
     /// Whether the dependency is usable right now.
     pub ok: bool,
-    /// Whether readiness waits for it (an optional check only makes the service `degraded`).
+    /// Whether readiness waits for it now: a check not marked optional, or an optional one that has
+    /// not been ok yet.
     pub required: bool,
+    /// Whether it has been ok at least once since start.
+    pub ever_ok: bool,
     /// Human-readable detail of the last observation.
     pub detail: String,
     /// When `ok` last changed.
@@ -64,12 +70,23 @@ impl Readiness {
     }
 }
 
+#[derive(Debug, Default)]
+struct Checks {
+    states: BTreeMap<String, CheckState>,
+    optional: BTreeSet<String>,
+}
+
+impl Checks {
+    fn required(&self, name: &str, ever_ok: bool) -> bool {
+        !(ever_ok && self.optional.contains(name))
+    }
+}
+
 #[derive(Debug)]
 struct HealthInner {
     service: &'static str,
     started: DateTime<Utc>,
-    checks: Mutex<BTreeMap<String, CheckState>>,
-    optional: Mutex<BTreeSet<String>>,
+    checks: Mutex<Checks>,
     info: Mutex<BTreeMap<String, Value>>,
 }
 
@@ -86,23 +103,47 @@ impl Health {
             inner: Arc::new(HealthInner {
                 service,
                 started: Utc::now(),
-                checks: Mutex::new(BTreeMap::new()),
-                optional: Mutex::new(BTreeSet::new()),
+                checks: Mutex::new(Checks::default()),
                 info: Mutex::new(BTreeMap::new()),
             }),
         }
     }
 
-    /// Marks checks that readiness does not wait for (see the module documentation); set once at
-    /// start-up, before or after the checks are first reported.
-    pub fn mark_optional(&self, names: &[&str]) {
-        let mut optional = lock(&self.inner.optional);
-        optional.extend(names.iter().map(|name| (*name).to_owned()));
+    /// Registers checks as failing "not checked yet", so the service is not ready before its probes
+    /// have answered (a check never reported does not count).
+    pub fn expect_checks(&self, names: &[&str]) {
         let mut checks = lock(&self.inner.checks);
-        for (name, check) in checks.iter_mut() {
-            check.required = !optional.contains(name);
+        for name in names {
+            if !checks.states.contains_key(*name) {
+                checks.states.insert(
+                    (*name).to_owned(),
+                    CheckState {
+                        ok: false,
+                        required: true,
+                        ever_ok: false,
+                        detail: "not checked yet".to_owned(),
+                        since: Utc::now(),
+                    },
+                );
+                metrics::gauge!(format!("sentiflow_{}_dependency_up", self.inner.service), "dependency" => (*name).to_owned())
+                    .set(0.0);
+            }
         }
-        self.publish_readiness(Readiness::of(&checks));
+        self.publish_readiness(Readiness::of(&checks.states));
+    }
+
+    /// Marks checks that readiness does not wait for once they have been ok (see the module
+    /// documentation); set at start-up, before or after the checks are first reported.
+    pub fn mark_optional(&self, names: &[&str]) {
+        let mut checks = lock(&self.inner.checks);
+        checks
+            .optional
+            .extend(names.iter().map(|name| (*name).to_owned()));
+        let Checks { states, optional } = &mut *checks;
+        for (name, check) in states.iter_mut() {
+            check.required = !(check.ever_ok && optional.contains(name));
+        }
+        self.publish_readiness(Readiness::of(&checks.states));
     }
 
     /// The service this registry belongs to.
@@ -113,9 +154,15 @@ impl Health {
     /// Records the outcome of a check; logs and counts transitions only, so probes can call it often.
     pub fn set_check(&self, name: &str, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
-        let required = !lock(&self.inner.optional).contains(name);
         let mut checks = lock(&self.inner.checks);
-        let changed = checks.get(name).is_none_or(|previous| previous.ok != ok);
+        let previous = checks.states.get(name);
+        let changed = previous.is_none_or(|previous| previous.ok != ok);
+        let ever_ok = ok || previous.is_some_and(|previous| previous.ever_ok);
+        let since = match previous {
+            Some(previous) if !changed => previous.since,
+            _ => Utc::now(),
+        };
+        let required = checks.required(name, ever_ok);
         if changed {
             if ok {
                 tracing::info!(service = self.inner.service, check = name, %detail, "dependency ready");
@@ -125,22 +172,19 @@ impl Health {
                 tracing::warn!(service = self.inner.service, check = name, %detail, "optional dependency not ready; degraded, still serving");
             }
         }
-        let since = match checks.get(name) {
-            Some(previous) if !changed => previous.since,
-            _ => Utc::now(),
-        };
-        checks.insert(
+        checks.states.insert(
             name.to_owned(),
             CheckState {
                 ok,
                 required,
+                ever_ok,
                 detail,
                 since,
             },
         );
         metrics::gauge!(format!("sentiflow_{}_dependency_up", self.inner.service), "dependency" => name.to_owned())
             .set(if ok { 1.0 } else { 0.0 });
-        self.publish_readiness(Readiness::of(&checks));
+        self.publish_readiness(Readiness::of(&checks.states));
     }
 
     fn publish_readiness(&self, readiness: Readiness) {
@@ -162,12 +206,12 @@ impl Health {
 
     /// The state of one check, if it was ever set.
     pub fn check(&self, name: &str) -> Option<CheckState> {
-        lock(&self.inner.checks).get(name).cloned()
+        lock(&self.inner.checks).states.get(name).cloned()
     }
 
     /// Ready, degraded or not ready, from the checks as they stand.
     pub fn readiness(&self) -> Readiness {
-        Readiness::of(&lock(&self.inner.checks))
+        Readiness::of(&lock(&self.inner.checks).states)
     }
 
     /// Whether requests should be routed here: every required check is ok (`/readyz` 200).
@@ -182,7 +226,7 @@ impl Health {
 
     /// The JSON document served by `/healthz` and `/readyz`.
     pub fn snapshot(&self) -> Value {
-        let checks = lock(&self.inner.checks).clone();
+        let checks = lock(&self.inner.checks).states.clone();
         let info = lock(&self.inner.info).clone();
         let readiness = Readiness::of(&checks);
         serde_json::json!({
@@ -237,10 +281,23 @@ mod tests {
     #[test]
     fn a_failing_optional_check_degrades_but_keeps_the_service_ready() {
         let health = Health::new("test");
+        health.expect_checks(&["redis"]);
+        assert_eq!(health.readiness(), Readiness::NotReady, "not checked yet");
+        assert_eq!(
+            health.snapshot()["checks"]["redis"]["detail"],
+            "not checked yet"
+        );
         health.set_check("redis", false, "connection refused");
         assert_eq!(health.readiness(), Readiness::NotReady);
-        // Marked after the check was first reported: it is re-read as optional.
+        // Marked after the check was first reported, before it was ever ok: still gates readiness
+        // (a wrong address at start never becomes ready).
         health.mark_optional(&["redis"]);
+        assert_eq!(health.readiness(), Readiness::NotReady);
+        assert_eq!(health.snapshot()["checks"]["redis"]["required"], true);
+        health.set_check("redis", true, "pong");
+        assert_eq!(health.readiness(), Readiness::Ready);
+        // Once it has been ok, its failure only degrades.
+        health.set_check("redis", false, "connection refused");
         assert_eq!(health.readiness(), Readiness::Degraded);
         assert!(health.is_ready());
         assert!(!health.all_ok());

@@ -65,35 +65,50 @@ pub fn seconds_left_after(seconds_left: u64, elapsed: Duration) -> Option<u64> {
     (left_ms > elapsed_ms).then(|| ((left_ms - elapsed_ms).div_ceil(1000)) as u64)
 }
 
-/// A mute or cooldown as last read from Redis, so that a window closing while Redis cannot be read
-/// is still reported muted when it was (the operator cannot change it meanwhile: the keys are there).
+/// A mute or cooldown as last read from (or written to) Redis, so that a window closing while Redis
+/// cannot be read is still reported muted when it was (the operator cannot change it meanwhile: the
+/// keys are in Redis).
 #[derive(Debug, Default)]
 pub struct LastRead {
+    inner: std::sync::Mutex<LastReadInner>,
+}
+
+#[derive(Debug, Default)]
+struct LastReadInner {
     mute: Option<(Option<Mute>, Instant)>,
     cooldowns: HashMap<String, (Option<u64>, Instant)>,
 }
 
 impl LastRead {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LastReadInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Remembers a mute read now.
-    pub fn mute_read(&mut self, mute: Option<Mute>) {
-        self.mute = Some((mute, Instant::now()));
+    pub fn mute_read(&self, mute: Option<Mute>) {
+        self.lock().mute = Some((mute, Instant::now()));
     }
 
     /// The mute as last read, aged; `None` when none was in force or none was ever read.
     pub fn mute(&self) -> Option<Mute> {
-        let (mute, at) = self.mute.as_ref()?;
+        let inner = self.lock();
+        let (mute, at) = inner.mute.as_ref()?;
         mute.as_ref()?.after(at.elapsed())
     }
 
-    /// Remembers the cooldown of model `name` read now (seconds left).
-    pub fn cooldown_read(&mut self, name: &str, seconds_left: Option<u64>) {
-        self.cooldowns
+    /// Remembers the cooldown of model `name` read (or started) now: seconds left.
+    pub fn cooldown_read(&self, name: &str, seconds_left: Option<u64>) {
+        self.lock()
+            .cooldowns
             .insert(name.to_owned(), (seconds_left, Instant::now()));
     }
 
     /// The cooldown of model `name` as last read, aged.
     pub fn cooldown(&self, name: &str) -> Option<u64> {
-        let (seconds_left, at) = self.cooldowns.get(name)?;
+        let inner = self.lock();
+        let (seconds_left, at) = inner.cooldowns.get(name)?;
         seconds_left_after((*seconds_left)?, at.elapsed())
     }
 }
@@ -206,7 +221,12 @@ impl Control {
             .await?;
         Ok(reason.map(|reason| Mute {
             reason,
-            ttl_secs: (ttl_ms.max(0) as u64).div_ceil(1000),
+            // -1: no expiry (a key set by hand), as for the cooldown.
+            ttl_secs: if ttl_ms == -1 {
+                u64::MAX
+            } else {
+                (ttl_ms.max(0) as u64).div_ceil(1000)
+            },
         }))
     }
 
@@ -498,7 +518,7 @@ mod tests {
 
     #[test]
     fn last_read_answers_only_what_was_read() {
-        let mut last = LastRead::default();
+        let last = LastRead::default();
         assert_eq!(last.mute(), None, "never read: not muted");
         assert_eq!(last.cooldown("m"), None);
         last.mute_read(Some(Mute {

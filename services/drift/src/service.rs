@@ -824,12 +824,19 @@ impl Worker {
             warn!(%error, "cannot clear the delivered request from the pending ones");
         }
         let cooldown = Duration::from_secs(self.config.cooldown_secs);
-        if let Err(error) = self
+        match self
             .control
             .start_cooldown(name, &request.request_id, cooldown)
             .await
         {
-            warn!(%error, "cannot start the cooldown; the lock still prevents a second retrain");
+            Ok(()) if !cooldown.is_zero() => {
+                self.last_read
+                    .cooldown_read(name, Some(self.config.cooldown_secs));
+            }
+            Ok(()) => {}
+            Err(error) => {
+                warn!(%error, "cannot start the cooldown; the lock still prevents a second retrain")
+            }
         }
     }
 

@@ -132,7 +132,9 @@ pub async fn start(
     })?;
     let health = Health::new(SERVICE);
     // `POST /v1/predict` needs only the loaded model: a broker or Redis outage holds the prediction
-    // stream and model updates, and must not take the API of every replica out of rotation.
+    // stream and model updates, and must not take the API of every replica out of rotation (once
+    // they have answered: an instance started with a wrong address never becomes ready).
+    health.expect_checks(&["kafka", "redis"]);
     health.mark_optional(&["kafka", "redis"]);
     report_device(&health, request, &probe);
 

@@ -106,7 +106,9 @@ pub async fn start(
 
     let health = Health::new(SERVICE);
     // `POST /v1/reviews` only needs the broker; without Redis the stream waits (nothing passes
-    // unchecked) while reviews are still accepted.
+    // unchecked) while reviews are still accepted (once Redis has answered: a wrong address at start
+    // never becomes ready).
+    health.expect_checks(&["kafka", "redis"]);
     health.mark_optional(&["redis"]);
     let raw_topic = config.kafka.topic(topics::REVIEWS_RAW);
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;

@@ -144,11 +144,11 @@ pub async fn run(
         DriftCommand::Status { redis, model_name } => {
             let control = control(&redis)?;
             match control.mute_status().await? {
-                Some(mute) => println!("muted: {} s left ({})", mute.ttl_secs, mute.reason),
+                Some(mute) => println!("muted: {} ({})", seconds_left(mute.ttl_secs), mute.reason),
                 None => println!("not muted"),
             }
             match control.cooldown_left(&model_name).await? {
-                Some(left) => println!("{model_name}: cooldown, {left} s left"),
+                Some(left) => println!("{model_name}: cooldown, {}", seconds_left(left)),
                 None => println!("{model_name}: no cooldown"),
             }
             match control.lock_holder(&model_name).await? {
@@ -191,6 +191,15 @@ pub async fn retrain(args: RetrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// "N s left", or "no expiry" for a key without one (set by hand).
+fn seconds_left(seconds: u64) -> String {
+    if seconds == u64::MAX {
+        "no expiry".to_owned()
+    } else {
+        format!("{seconds} s left")
+    }
 }
 
 #[cfg(test)]
