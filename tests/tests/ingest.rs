@@ -1390,6 +1390,126 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_api_key_is_held_to_its_rate_on_its_own() {
+    use sentiflow_tests::{http_post_with_headers, metric_line_eventually};
+    use sha2::Digest as _;
+    const FLOODING_KEY: &str = "flooding-key-0123456789";
+    const CALM_KEY: &str = "calm-key-9876543210abcd";
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let keys = tempfile::tempdir().unwrap();
+    let keys_file = keys.path().join("api-keys");
+    std::fs::write(&keys_file, format!("{FLOODING_KEY}\n{CALM_KEY}\n")).unwrap();
+    let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
+    settings.api_auth.api_keys_file = Some(keys_file);
+    // One request every 5 s per key, 3 at once (slow enough that a loaded machine's burst ends
+    // before a token comes back).
+    settings.api_auth.api_key_rate = Some(0.2);
+    settings.api_auth.api_key_burst = Some(3);
+    let shutdown = CancellationToken::new();
+    let running = sentiflow_ingest::start(settings, shutdown.clone())
+        .await
+        .expect("ingest starts");
+    let addr = running.http_addr;
+    let reviews = real_reviews(6, 0);
+    let post = |key: &'static str, index: usize| {
+        let body = serde_json::to_vec(&reviews[index]).unwrap();
+        async move {
+            let authorization = format!("Bearer {key}");
+            let (status, head, answer) = http_post_with_headers(
+                addr,
+                "/v1/reviews",
+                &[("Authorization", authorization.as_str())],
+                &body,
+            )
+            .await
+            .expect("answered");
+            let answer: serde_json::Value = serde_json::from_str(&answer)
+                .unwrap_or_else(|error| panic!("a JSON answer ({status}): {error}: {answer}"));
+            (status, head.to_ascii_lowercase(), answer)
+        }
+    };
+
+    // The burst passes, the next request of that key is refused with when to come back.
+    for index in 0..3 {
+        let (status, _, answer) = post(FLOODING_KEY, index).await;
+        assert_eq!(status, 202, "request {index} of the burst: {answer}");
+    }
+    let (status, head, answer) = post(FLOODING_KEY, 3).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{answer}"
+    );
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .expect("a Retry-After header")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry_after), "{head}");
+    // Another key is not held back by the flood.
+    let (status, _, answer) = post(CALM_KEY, 4).await;
+    assert_eq!(status, 202, "{answer}");
+    let flooding_id =
+        sentiflow_common::api_keys::key_id(&sha2::Sha256::digest(FLOODING_KEY).into());
+    assert!(
+        metric_line_eventually(
+            addr,
+            &format!("sentiflow_ingest_api_key_rate_limited_total{{key=\"{flooding_id}\"}} 1"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "counted under the key's id"
+    );
+    let (_, openapi) = http_get(addr, "/openapi.json").await.unwrap();
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
+    assert!(openapi["paths"]["/v1/reviews"]["post"]["responses"]["429"].is_object());
+
+    // After the refill the key may send again; exactly the accepted reviews arrive clean.
+    tokio::time::sleep(Duration::from_secs(retry_after) + Duration::from_millis(100)).await;
+    let (status, _, answer) = post(FLOODING_KEY, 5).await;
+    assert_eq!(status, 202, "{answer}");
+    let clean = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::REVIEWS_CLEAN),
+        5,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    let ids: BTreeSet<String> = json_payloads(&clean)
+        .iter()
+        .map(|event| event["review_id"].as_str().unwrap().to_owned())
+        .collect();
+    let accepted: Vec<RawReview> = [0, 1, 2, 4, 5]
+        .iter()
+        .map(|&i| reviews[i].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        review_ids(&accepted),
+        "the refused review was not published"
+    );
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_without_keys_refuses_to_start() {
+    let kafka = kafka_with_topics().await;
+    let redis_server = redis();
+    let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
+    settings.api_auth.api_key_rate = Some(5.0);
+    let Err(error) = sentiflow_ingest::start(settings, CancellationToken::new()).await else {
+        panic!("a rate without keys must be refused");
+    };
+    let error = error.to_string();
+    assert!(error.contains("needs --api-keys-file"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_http_api_needs_a_key_in_force_and_keys_rotate_without_a_restart() {
     use sentiflow_tests::{eventually_async, http_post_with_headers, metric_line_eventually};
     const OLD_KEY: &str = "old-key-0123456789abcdef";

@@ -1,10 +1,13 @@
 //! API keys for the services' request APIs (`--api-keys-file`): `Authorization: Bearer <key>` checked
-//! against the keys of a file that is re-read while the service runs, so keys rotate without a restart.
+//! against the keys of a file that is re-read while the service runs, so keys rotate without a restart;
+//! optionally a request rate per key (`--api-key-rate`, a token bucket each), so one client's flood is
+//! answered 429 instead of taking the request slots every other client shares.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -38,6 +41,112 @@ pub struct ApiAuthArgs {
         value_name = "PATH"
     )]
     pub api_keys_file: Option<PathBuf>,
+
+    /// Sustained requests per second each API key may make (a token bucket per key; needs
+    /// --api-keys-file). A request over it is answered 429 `rate_limited` with `Retry-After`, before it
+    /// takes a request slot, so one client's flood cannot crowd out the others. Unset: no per-key limit
+    /// (the shared slots of --http-max-concurrent still bound the load).
+    #[arg(
+        long = "api-key-rate",
+        env = "SENTIFLOW_API_KEY_RATE",
+        value_name = "PER_SECOND"
+    )]
+    pub api_key_rate: Option<f64>,
+
+    /// Requests a key may make at once above its rate (the bucket's size; default: the rate rounded
+    /// up, at least 1).
+    #[arg(
+        long = "api-key-burst",
+        env = "SENTIFLOW_API_KEY_BURST",
+        value_name = "REQUESTS"
+    )]
+    pub api_key_burst: Option<u32>,
+}
+
+/// The per-key request rate of `--api-key-rate` / `--api-key-burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size: requests allowed at once.
+    pub burst: f64,
+}
+
+impl ApiAuthArgs {
+    /// The per-key rate asked for, if any.
+    ///
+    /// # Errors
+    /// A rate that is not a positive number, a burst of 0, or either without `--api-keys-file`.
+    pub fn rate_limit(&self) -> Result<Option<RateLimit>, ApiKeysError> {
+        let Some(per_second) = self.api_key_rate else {
+            return match self.api_key_burst {
+                Some(_) => Err(ApiKeysError::Rate(
+                    "--api-key-burst needs --api-key-rate".to_owned(),
+                )),
+                None => Ok(None),
+            };
+        };
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(ApiKeysError::Rate(format!(
+                "--api-key-rate must be a positive number of requests per second, not {per_second}"
+            )));
+        }
+        if self.api_keys_file.is_none() {
+            return Err(ApiKeysError::Rate(
+                "--api-key-rate limits each API key: it needs --api-keys-file".to_owned(),
+            ));
+        }
+        let burst = match self.api_key_burst {
+            Some(0) => {
+                return Err(ApiKeysError::Rate(
+                    "--api-key-burst must be at least 1".to_owned(),
+                ));
+            }
+            Some(burst) => f64::from(burst),
+            None => per_second.ceil().max(1.0),
+        };
+        Ok(Some(RateLimit { per_second, burst }))
+    }
+}
+
+/// A token bucket: full at first, refilled at the rate, one token per request.
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn full(limit: RateLimit, now: Instant) -> Self {
+        Self {
+            tokens: limit.burst,
+            updated: now,
+        }
+    }
+
+    /// Takes a token at `now`; without one, how long until there is one.
+    fn take(&mut self, limit: RateLimit, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / limit.per_second,
+            ))
+        }
+    }
+}
+
+/// A key's short public id in metrics and logs: the first 8 hex digits of its SHA-256 (`printf %s
+/// "$KEY" | sha256sum | cut -c1-8`), which says nothing usable about the key itself.
+pub fn key_id(digest: &[u8; 32]) -> String {
+    digest[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 impl ApiAuthArgs {
@@ -51,12 +160,14 @@ impl ApiAuthArgs {
         service: &'static str,
         http_addr: SocketAddr,
     ) -> Result<Option<Arc<ApiKeys>>, ApiKeysError> {
+        let rate_limit = self.rate_limit()?;
         match &self.api_keys_file {
             Some(path) => {
-                let keys = ApiKeys::load(service, path)?;
+                let keys = ApiKeys::load_limited(service, path, rate_limit)?;
                 tracing::info!(
                     path = %path.display(),
                     keys = keys.key_count(),
+                    rate_per_key = ?rate_limit,
                     "the request API requires an API key (Authorization: Bearer)"
                 );
                 Ok(Some(keys))
@@ -99,6 +210,9 @@ pub enum ApiKeysError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `--api-key-rate` / `--api-key-burst` cannot be used as given.
+    #[error("{0}")]
+    Rate(String),
     /// No key at all: every request would be refused, which is never what was meant.
     #[error(
         "API keys file {path} holds no key (one key per line); to leave the API open, unset --api-keys-file"
@@ -116,6 +230,9 @@ pub struct ApiKeys {
     service: &'static str,
     path: PathBuf,
     loaded: RwLock<LoadedKeys>,
+    rate_limit: Option<RateLimit>,
+    /// One bucket per key in force that has been used (retired keys' buckets go at a reload).
+    buckets: Mutex<HashMap<[u8; 32], TokenBucket>>,
 }
 
 #[derive(Debug)]
@@ -208,6 +325,18 @@ impl ApiKeys {
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key.
     pub fn load(service: &'static str, path: &Path) -> Result<Arc<Self>, ApiKeysError> {
+        Self::load_limited(service, path, None)
+    }
+
+    /// [`ApiKeys::load`] with a request rate per key.
+    ///
+    /// # Errors
+    /// The file cannot be read, holds an invalid key or no key.
+    pub fn load_limited(
+        service: &'static str,
+        path: &Path,
+        rate_limit: Option<RateLimit>,
+    ) -> Result<Arc<Self>, ApiKeysError> {
         let (text, file_digest) = read_keys_file(path)?;
         let key_digests = parse_keys(path, &text)?;
         // The recorder must exist before the first gauge is set, or the value is lost.
@@ -228,6 +357,8 @@ impl ApiKeys {
                 key_digests,
                 file_refused: false,
             }),
+            rate_limit,
+            buckets: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -279,6 +410,10 @@ impl ApiKeys {
             }
         };
         let count = key_digests.len();
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| key_digests.contains(key));
         *self
             .loaded
             .write()
@@ -303,16 +438,36 @@ impl ApiKeys {
 
     /// Whether `presented` is one of the keys in force.
     pub fn accepts(&self, presented: &str) -> bool {
+        self.accepted_digest(presented).is_some()
+    }
+
+    /// The digest of `presented` when it is one of the keys in force.
+    fn accepted_digest(&self, presented: &str) -> Option<[u8; 32]> {
         let digest = sha256(presented.as_bytes());
         let loaded = self
             .loaded
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Every key is compared, so the time taken does not say which one (if any) matched.
-        loaded
+        let found = loaded
             .key_digests
             .iter()
-            .fold(false, |found, key| digests_equal(key, &digest) | found)
+            .fold(false, |found, key| digests_equal(key, &digest) | found);
+        found.then_some(digest)
+    }
+
+    /// Takes one request of the key with `digest` from its bucket at `now`; without a per-key rate
+    /// every request passes. `Err`: how long until the key may make one.
+    fn take_request(&self, digest: [u8; 32], now: Instant) -> Result<(), Duration> {
+        let Some(limit) = self.rate_limit else {
+            return Ok(());
+        };
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(digest)
+            .or_insert_with(|| TokenBucket::full(limit, now))
+            .take(limit, now)
     }
 
     /// Checks a request's `Authorization: Bearer <key>` header.
@@ -320,6 +475,11 @@ impl ApiKeys {
     /// # Errors
     /// The header is missing, not a bearer token, or its key is not in force.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
+        self.check_key(headers).map(|_| ())
+    }
+
+    /// [`ApiKeys::check`], answering the digest of the key presented.
+    fn check_key(&self, headers: &HeaderMap) -> Result<[u8; 32], AuthFailure> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or(AuthFailure::MissingApiKey)?;
@@ -328,17 +488,22 @@ impl ApiKeys {
             .trim()
             .split_once(' ')
             .ok_or(AuthFailure::InvalidApiKey)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || !self.accepts(token.trim()) {
+        if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthFailure::InvalidApiKey);
         }
-        Ok(())
+        self.accepted_digest(token.trim())
+            .ok_or(AuthFailure::InvalidApiKey)
     }
 
-    /// Middleware: a request without a key in force is answered 401 before anything else happens to it
-    /// (it takes no request slot and its body is not read).
+    /// Middleware: a request without a key in force is answered 401, and one over its key's rate 429,
+    /// before anything else happens to it (it takes no request slot and its body is not read).
     pub async fn require_key(self: Arc<Self>, request: Request, next: Next) -> Response {
-        let Err(failure) = self.check(request.headers()) else {
-            return next.run(request).await;
+        let failure = match self.check_key(request.headers()) {
+            Ok(digest) => match self.take_request(digest, Instant::now()) {
+                Ok(()) => return next.run(request).await,
+                Err(wait) => return self.rate_limited(&digest, wait),
+            },
+            Err(failure) => failure,
         };
         metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => "401")
             .increment(1);
@@ -362,6 +527,31 @@ impl ApiKeys {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(challenge),
         );
+        response
+    }
+
+    /// The 429 of a request over its key's rate: `Retry-After` in whole seconds (at least 1).
+    fn rate_limited(&self, digest: &[u8; 32], wait: Duration) -> Response {
+        let key = key_id(digest);
+        metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => "429")
+            .increment(1);
+        metrics::counter!(format!("sentiflow_{}_api_key_rate_limited_total", self.service), "key" => key.clone())
+            .increment(1);
+        tracing::debug!(
+            key,
+            wait_ms = wait.as_millis() as u64,
+            "request over its API key's rate"
+        );
+        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = json_error(
+            self.service,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("API key {key} is over its rate (--api-key-rate); retry in {retry_after} s"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         response
     }
 
@@ -441,6 +631,10 @@ where
 pub fn document_in_openapi(document: &mut serde_json::Value, path: &str) {
     let operation = &mut document["paths"][path]["post"];
     operation["security"] = serde_json::json!([{"apiKey": []}]);
+    operation["responses"]["429"] = serde_json::json!({
+        "description": "rate_limited: the API key is over --api-key-rate; retry after `Retry-After` seconds",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    });
     operation["responses"]["401"] = serde_json::json!({
         "description": "missing_api_key or invalid_api_key: send `Authorization: Bearer <API key>` with a key of --api-keys-file",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -571,5 +765,115 @@ mod tests {
         std::fs::write(&path, format!("{KEY_A}\n")).expect("restored");
         assert!(keys.reload().expect("valid file"));
         assert!(keys.accepts(KEY_A) && !keys.accepts(KEY_B) && keys.file_ok());
+    }
+
+    #[test]
+    fn the_rate_flags_are_checked_and_the_burst_defaults_to_the_rate() {
+        let (_dir, path) = keys_file(KEY_A);
+        let args = |rate: Option<f64>, burst: Option<u32>, file: bool| ApiAuthArgs {
+            api_keys_file: file.then(|| path.clone()),
+            api_key_rate: rate,
+            api_key_burst: burst,
+        };
+        assert_eq!(args(None, None, true).rate_limit().unwrap(), None);
+        assert_eq!(
+            args(Some(2.5), None, true).rate_limit().unwrap(),
+            Some(RateLimit {
+                per_second: 2.5,
+                burst: 3.0
+            })
+        );
+        assert_eq!(
+            args(Some(0.2), None, true).rate_limit().unwrap(),
+            Some(RateLimit {
+                per_second: 0.2,
+                burst: 1.0
+            })
+        );
+        assert_eq!(
+            args(Some(10.0), Some(40), true)
+                .rate_limit()
+                .unwrap()
+                .map(|limit| limit.burst),
+            Some(40.0)
+        );
+        for (rate, burst, file, says) in [
+            (Some(5.0), None, false, "needs --api-keys-file"),
+            (None, Some(5), true, "--api-key-burst needs --api-key-rate"),
+            (Some(0.0), None, true, "positive"),
+            (Some(-1.0), None, true, "positive"),
+            (Some(f64::NAN), None, true, "positive"),
+            (Some(1.0), Some(0), true, "at least 1"),
+        ] {
+            let error = args(rate, burst, file)
+                .rate_limit()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{rate:?} {burst:?} {file}: {error}");
+        }
+    }
+
+    #[test]
+    fn each_key_has_its_own_bucket_refilled_at_the_rate() {
+        let (_dir, path) = keys_file(&format!("{KEY_A}\n{KEY_B}\n"));
+        let limit = RateLimit {
+            per_second: 2.0,
+            burst: 2.0,
+        };
+        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
+        let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        assert_eq!(keys.take_request(a, at(0)), Ok(()));
+        assert_eq!(keys.take_request(a, at(0)), Ok(()), "the burst");
+        let wait = keys.take_request(a, at(0)).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500), "one token at 2/s");
+        assert_eq!(
+            keys.take_request(b, at(0)),
+            Ok(()),
+            "another key is not held back"
+        );
+        assert_eq!(
+            keys.take_request(a, at(250)).unwrap_err(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(keys.take_request(a, at(500)), Ok(()), "refilled");
+        assert!(keys.take_request(a, at(500)).is_err());
+        // A long pause refills up to the burst, not beyond.
+        assert_eq!(keys.take_request(a, at(60_000)), Ok(()));
+        assert_eq!(keys.take_request(a, at(60_000)), Ok(()));
+        assert!(keys.take_request(a, at(60_000)).is_err());
+
+        // Without a rate, every request passes.
+        let open = ApiKeys::load("test", &path).unwrap();
+        for _ in 0..100 {
+            assert_eq!(open.take_request(a, at(0)), Ok(()));
+        }
+        assert_eq!(key_id(&a).len(), 8);
+        assert!(key_id(&a).bytes().all(|byte| byte.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_reload_drops_the_buckets_of_retired_keys() {
+        let (_dir, path) = keys_file(&format!("{KEY_A}\n{KEY_B}\n"));
+        let limit = RateLimit {
+            per_second: 1.0,
+            burst: 1.0,
+        };
+        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
+        let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
+        let now = Instant::now();
+        keys.take_request(a, now).unwrap();
+        keys.take_request(b, now).unwrap();
+        std::fs::write(&path, format!("{KEY_A}\n")).unwrap();
+        assert!(keys.reload().unwrap());
+        let buckets = keys.buckets.lock().unwrap();
+        assert!(
+            buckets.contains_key(&a),
+            "a key in force keeps its bucket (and its debt)"
+        );
+        assert!(!buckets.contains_key(&b));
     }
 }
