@@ -460,6 +460,16 @@ pub async fn health_eventually(
     .await
 }
 
+/// Starts `redis` again (same port and data) and waits until the service at `addr` has seen it:
+/// its redis check ok and its status `ready`. Panics after 30 s.
+pub async fn restart_redis_and_await_ready(redis: &mut RedisServer, addr: std::net::SocketAddr) {
+    redis.restart().expect("restart the test Redis");
+    assert!(
+        health_eventually(addr, "ready", "redis", true, Duration::from_secs(30)).await,
+        "ready, not degraded, once Redis is back"
+    );
+}
+
 /// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
 pub async fn metric_line_eventually(
     addr: std::net::SocketAddr,

@@ -447,18 +447,7 @@ async fn a_redis_outage_holds_the_windows_and_counts_each_prediction_once() {
     assert!(!running.task.is_finished(), "drift holds on");
 
     // Back with its data: nothing more is reported (none counted twice), every offset is committed.
-    redis.restart().unwrap();
-    assert!(
-        sentiflow_tests::health_eventually(
-            http_addr,
-            "ready",
-            "redis",
-            true,
-            Duration::from_secs(30)
-        )
-        .await,
-        "ready again"
-    );
+    sentiflow_tests::restart_redis_and_await_ready(&mut redis, http_addr).await;
     let all = read_reports(&kafka, REFERENCE_WINDOWS as usize + 4).await;
     assert_eq!(
         scored(&all).len(),

@@ -638,18 +638,7 @@ async fn a_redis_outage_keeps_serving_and_the_next_promotion_is_followed() {
 
     // Back, with its data: a promotion made now is followed (the registry check every second finds
     // it even if its update event raced the update consumer), and the stream goes on with v2.
-    redis_server.restart().unwrap();
-    assert!(
-        sentiflow_tests::health_eventually(
-            http_addr,
-            "ready",
-            "redis",
-            true,
-            Duration::from_secs(30)
-        )
-        .await,
-        "ready, not degraded, once Redis is back"
-    );
+    sentiflow_tests::restart_redis_and_await_ready(&mut redis_server, http_addr).await;
     // The test's own registry connection fails once on the dropped socket, then reconnects.
     assert!(
         sentiflow_tests::eventually_async(Duration::from_secs(30), || async {

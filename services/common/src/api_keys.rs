@@ -63,6 +63,9 @@ pub struct ApiAuthArgs {
     pub api_key_burst: Option<u32>,
 }
 
+/// The slowest per-key rate accepted: one request a day (a slower one is a disabled key: remove it).
+pub const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
+
 /// The per-key request rate of `--api-key-rate` / `--api-key-burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -86,9 +89,10 @@ impl ApiAuthArgs {
                 None => Ok(None),
             };
         };
-        if !(per_second.is_finite() && per_second > 0.0) {
+        if !(per_second.is_finite() && per_second >= MIN_RATE_PER_SECOND) {
             return Err(ApiKeysError::Rate(format!(
-                "--api-key-rate must be a positive number of requests per second, not {per_second}"
+                "--api-key-rate must be a number of requests per second of at least {MIN_RATE_PER_SECOND:.6} \
+                 (one a day), not {per_second}"
             )));
         }
         if self.api_keys_file.is_none() {
@@ -126,22 +130,28 @@ impl TokenBucket {
 
     /// Takes a token at `now`; without one, how long until there is one.
     fn take(&mut self, limit: RateLimit, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
-        self.updated = now;
+        // Concurrent requests read the clock before taking the lock: one that comes in with an
+        // earlier time is refilled by nothing, and the bucket's time never goes back.
+        if now > self.updated {
+            let elapsed = (now - self.updated).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
+            self.updated = now;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / limit.per_second,
-            ))
+            Err(
+                Duration::try_from_secs_f64((1.0 - self.tokens) / limit.per_second)
+                    .unwrap_or(Duration::MAX),
+            )
         }
     }
 }
 
 /// A key's short public id in metrics and logs: the first 8 hex digits of its SHA-256 (`printf %s
-/// "$KEY" | sha256sum | cut -c1-8`), which says nothing usable about the key itself.
+/// "$KEY" | sha256sum | cut -c1-8`). It does not reveal a random key (`openssl rand -hex 32`); a weak,
+/// guessable key could be tested against it offline, as against any leaked digest.
 pub fn key_id(digest: &[u8; 32]) -> String {
     digest[..4]
         .iter()
@@ -410,10 +420,7 @@ impl ApiKeys {
             }
         };
         let count = key_digests.len();
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|key, _| key_digests.contains(key));
+        let in_force = key_digests.clone();
         *self
             .loaded
             .write()
@@ -422,6 +429,12 @@ impl ApiKeys {
             key_digests,
             file_refused: false,
         };
+        // After the new keys are in force, so a request checked against the old ones just before
+        // cannot leave a retired key's bucket behind.
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| in_force.contains(key));
         metrics::gauge!(format!("sentiflow_{}_api_keys", self.service)).set(count as f64);
         Ok(true)
     }
@@ -626,15 +639,19 @@ where
     }
 }
 
-/// Marks the POST operation at `path` of an OpenAPI document as needing a bearer key, with its 401
-/// answer (a service started without keys leaves its document as it is).
-pub fn document_in_openapi(document: &mut serde_json::Value, path: &str) {
+/// Marks the POST operation at `path` of an OpenAPI document as needing a bearer key of `keys`, with
+/// its 401 answer, and its 429 when `keys` has a per-key rate (a service started without keys leaves
+/// its document as it is).
+pub fn document_in_openapi(document: &mut serde_json::Value, path: &str, keys: &ApiKeys) {
     let operation = &mut document["paths"][path]["post"];
     operation["security"] = serde_json::json!([{"apiKey": []}]);
-    operation["responses"]["429"] = serde_json::json!({
-        "description": "rate_limited: the API key is over --api-key-rate; retry after `Retry-After` seconds",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    });
+    if keys.rate_limit.is_some() {
+        operation["responses"]["429"] = serde_json::json!({
+            "description": "rate_limited: the API key is over --api-key-rate",
+            "headers": {"Retry-After": {"description": "Whole seconds until the key may send again", "schema": {"type": "integer", "minimum": 1}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        });
+    }
     operation["responses"]["401"] = serde_json::json!({
         "description": "missing_api_key or invalid_api_key: send `Authorization: Bearer <API key>` with a key of --api-keys-file",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -800,9 +817,10 @@ mod tests {
         for (rate, burst, file, says) in [
             (Some(5.0), None, false, "needs --api-keys-file"),
             (None, Some(5), true, "--api-key-burst needs --api-key-rate"),
-            (Some(0.0), None, true, "positive"),
-            (Some(-1.0), None, true, "positive"),
-            (Some(f64::NAN), None, true, "positive"),
+            (Some(0.0), None, true, "at least"),
+            (Some(-1.0), None, true, "at least"),
+            (Some(f64::NAN), None, true, "at least"),
+            (Some(1e-9), None, true, "one a day"),
             (Some(1.0), Some(0), true, "at least 1"),
         ] {
             let error = args(rate, burst, file)
@@ -840,6 +858,13 @@ mod tests {
         );
         assert_eq!(keys.take_request(a, at(500)), Ok(()), "refilled");
         assert!(keys.take_request(a, at(500)).is_err());
+        // A request that read the clock earlier (it came in concurrently) gets no refill, and the
+        // bucket's time does not go back.
+        assert!(keys.take_request(a, at(400)).is_err());
+        assert_eq!(
+            keys.take_request(a, at(500)).unwrap_err(),
+            Duration::from_millis(500)
+        );
         // A long pause refills up to the burst, not beyond.
         assert_eq!(keys.take_request(a, at(60_000)), Ok(()));
         assert_eq!(keys.take_request(a, at(60_000)), Ok(()));

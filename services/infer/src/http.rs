@@ -45,7 +45,8 @@ impl HttpLimits {
 struct HttpState {
     slot: ModelSlot,
     limits: HttpLimits,
-    api_keys_required: bool,
+    /// The keys guarding the request API, if any (the OpenAPI document declares them).
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 /// The body of `POST /v1/predict`.
@@ -83,7 +84,7 @@ pub struct PredictResponse {
 /// The routes merged into the service's HTTP server.
 pub fn router(slot: ModelSlot, limits: HttpLimits, api_keys: Option<Arc<ApiKeys>>) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
-    let api_keys_required = api_keys.is_some();
+    let api_keys_in_force = api_keys.clone();
     Router::new()
         .route(
             "/v1/predict",
@@ -99,7 +100,7 @@ pub fn router(slot: ModelSlot, limits: HttpLimits, api_keys: Option<Arc<ApiKeys>
         .with_state(HttpState {
             slot,
             limits,
-            api_keys_required,
+            api_keys: api_keys_in_force,
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
@@ -239,8 +240,8 @@ async fn predict_inner(state: &HttpState, in_flight: Option<InFlight>, body: &[u
 
 async fn openapi(State(state): State<HttpState>) -> Json<Value> {
     let mut document = openapi_document(state.limits);
-    if state.api_keys_required {
-        document_in_openapi(&mut document, "/v1/predict");
+    if let Some(keys) = &state.api_keys {
+        document_in_openapi(&mut document, "/v1/predict", keys);
     }
     Json(document)
 }

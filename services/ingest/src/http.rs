@@ -67,7 +67,8 @@ struct ApiState {
     /// Cancelled when the drain time at shutdown is over: requests still in flight answer 503.
     cut_off: CancellationToken,
     /// Whether `--api-keys-file` guards the API (said in /openapi.json).
-    api_keys_required: bool,
+    /// The keys guarding the request API, if any (the OpenAPI document declares them).
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 /// Where one accepted review landed.
@@ -89,7 +90,7 @@ pub fn router(
     api_keys: Option<Arc<ApiKeys>>,
 ) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
-    let api_keys_required = api_keys.is_some();
+    let api_keys_in_force = api_keys.clone();
     Router::new()
         .route(
             "/v1/reviews",
@@ -108,7 +109,7 @@ pub fn router(
             raw_topic,
             limits,
             cut_off,
-            api_keys_required,
+            api_keys: api_keys_in_force,
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
@@ -439,8 +440,8 @@ fn broker_unavailable(reason: &str) -> Response {
 
 async fn openapi(State(state): State<ApiState>) -> axum::Json<Value> {
     let mut document = openapi_document(state.limits);
-    if state.api_keys_required {
-        document_in_openapi(&mut document, "/v1/reviews");
+    if let Some(keys) = &state.api_keys {
+        document_in_openapi(&mut document, "/v1/reviews", keys);
     }
     axum::Json(document)
 }
