@@ -53,8 +53,8 @@ pub struct ApiAuthArgs {
     )]
     pub api_key_rate: Option<f64>,
 
-    /// Requests a key may make at once above its rate (the bucket's size; default: the rate rounded
-    /// up, at least 1).
+    /// Requests a key may make at once, after a quiet spell (the bucket's size; default: the rate
+    /// rounded up, at least 1).
     #[arg(
         long = "api-key-burst",
         env = "SENTIFLOW_API_KEY_BURST",
