@@ -45,6 +45,12 @@ const CURATED_ROWS: usize = 1500;
 /// Long enough for a debug build on a loaded machine; a failure guard, not a speed assertion.
 const WAIT: Duration = Duration::from_secs(300);
 
+/// A gate every challenger passes, for tests about the promotion path.
+const EVERY_CHALLENGER_PASSES: GatePolicy = GatePolicy {
+    epsilon: 1.0,
+    max_recall_drop: 1.0,
+};
+
 /// Registry of one test: artifacts under `data_dir/models`, metadata under `prefix` in Redis.
 fn registry(redis_url: &str, prefix: &str, data_dir: &Path) -> Registry {
     let store = RedisStore::connect_lazy(&RedisArgs::local(redis_url, prefix)).unwrap();
@@ -354,11 +360,8 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
         registry,
     } = bed_with_champion().await;
 
-    // A gate every challenger passes: this test is about the promotion path.
-    let gate = GatePolicy {
-        epsilon: 1.0,
-        max_recall_drop: 1.0,
-    };
+    // This test is about the promotion path.
+    let gate = EVERY_CHALLENGER_PASSES;
     let shutdown = CancellationToken::new();
     let trainer = curated_trainer(
         trainer_config(&kafka, &redis_server.url(), &prefix, data.path(), gate),
@@ -560,10 +563,7 @@ async fn a_redis_outage_holds_a_retrain_request_which_is_then_decided_once() {
         prefix,
         registry,
     } = bed_with_champion_on(sentiflow_tests::persistent_redis()).await;
-    let gate = GatePolicy {
-        epsilon: 1.0,
-        max_recall_drop: 1.0,
-    };
+    let gate = EVERY_CHALLENGER_PASSES;
     let shutdown = CancellationToken::new();
     let trainer = curated_trainer(
         trainer_config(&kafka, &redis_server.url(), &prefix, data.path(), gate),
@@ -871,10 +871,7 @@ async fn a_retrain_snapshot_holds_every_review_published_before_the_request() {
         &redis_server.url(),
         &prefix,
         data.path(),
-        GatePolicy {
-            epsilon: 1.0,
-            max_recall_drop: 1.0,
-        },
+        EVERY_CHALLENGER_PASSES,
     );
     config.segment_max_age_ms = 3_600_000;
     config.segment_max_messages = 1_000_000;

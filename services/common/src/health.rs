@@ -76,10 +76,9 @@ struct Checks {
     optional: BTreeSet<String>,
 }
 
-impl Checks {
-    fn required(&self, name: &str, ever_ok: bool) -> bool {
-        !(ever_ok && self.optional.contains(name))
-    }
+/// Whether readiness waits for check `name`: unless it is optional and has been ok once.
+fn required(optional: &BTreeSet<String>, name: &str, ever_ok: bool) -> bool {
+    !(ever_ok && optional.contains(name))
 }
 
 #[derive(Debug)]
@@ -141,7 +140,7 @@ impl Health {
             .extend(names.iter().map(|name| (*name).to_owned()));
         let Checks { states, optional } = &mut *checks;
         for (name, check) in states.iter_mut() {
-            check.required = !(check.ever_ok && optional.contains(name));
+            check.required = required(optional, name, check.ever_ok);
         }
         self.publish_readiness(Readiness::of(&checks.states));
     }
@@ -162,7 +161,7 @@ impl Health {
             Some(previous) if !changed => previous.since,
             _ => Utc::now(),
         };
-        let required = checks.required(name, ever_ok);
+        let required = required(&checks.optional, name, ever_ok);
         if changed {
             if ok {
                 tracing::info!(service = self.inner.service, check = name, %detail, "dependency ready");
@@ -219,11 +218,6 @@ impl Health {
         self.readiness().serves()
     }
 
-    /// Whether every check, optional ones included, is ok.
-    pub fn all_ok(&self) -> bool {
-        self.readiness() == Readiness::Ready
-    }
-
     /// The JSON document served by `/healthz` and `/readyz`.
     pub fn snapshot(&self) -> Value {
         let checks = lock(&self.inner.checks).states.clone();
@@ -268,7 +262,7 @@ mod tests {
         );
         health.set_check("redis", true, "pong");
         assert!(health.is_ready());
-        assert!(health.all_ok());
+        assert_eq!(health.readiness(), Readiness::Ready);
         health.set_info("device", "cpu");
         let snapshot = health.snapshot();
         assert_eq!(snapshot["ready"], true);
@@ -300,7 +294,7 @@ mod tests {
         health.set_check("redis", false, "connection refused");
         assert_eq!(health.readiness(), Readiness::Degraded);
         assert!(health.is_ready());
-        assert!(!health.all_ok());
+        assert_ne!(health.readiness(), Readiness::Ready);
         let snapshot = health.snapshot();
         assert_eq!(snapshot["status"], "degraded");
         assert_eq!(snapshot["ready"], true);
