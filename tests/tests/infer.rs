@@ -907,6 +907,10 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     let keys_file = dir.path().join("api-keys");
     std::fs::write(&keys_file, format!("{API_KEY}\n")).unwrap();
     config.api_auth.api_keys_file = Some(keys_file);
+    // A rate no request below comes near (a token a microsecond); a burst under --http-max-texts
+    // (8), so a batch of 7 texts is more than the key may ever send at once.
+    config.api_auth.api_key_rate = Some(1_000_000.0);
+    config.api_auth.api_key_burst = Some(6);
     let running = sentiflow_infer::start(config, shutdown.clone())
         .await
         .unwrap();
@@ -973,6 +977,13 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     }
 
     let too_many = serde_json::to_vec(&serde_json::json!({"texts": vec!["a"; 9]})).unwrap();
+    let over_burst = serde_json::to_vec(&serde_json::json!({"texts": vec!["a"; 7]})).unwrap();
+    let whole_burst = serde_json::to_vec(&serde_json::json!({"texts": vec!["a"; 6]})).unwrap();
+    // A millisecond refills the bucket, whatever came before (and after).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (status, body) = post(whole_burst).await;
+    assert_eq!(status, 200, "the key's whole burst in one request: {body}");
+    tokio::time::sleep(Duration::from_millis(1)).await;
     let too_long = serde_json::to_vec(&serde_json::json!({"texts": ["x".repeat(501)]})).unwrap();
     for (body, want_status, want_kind) in [
         (b"not json".to_vec(), 400, "invalid_json"),
@@ -981,6 +992,7 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
         (br#"{"text": ["one"]}"#.to_vec(), 422, "invalid_request"),
         (br#"{"texts": [1, 2]}"#.to_vec(), 422, "invalid_request"),
         (too_many, 422, "too_many_texts"),
+        (over_burst, 413, "over_key_burst"),
         (too_long, 422, "text_too_long"),
         (vec![b' '; 1 << 20], 413, "body_too_large"),
     ] {
@@ -1007,6 +1019,13 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
     assert_eq!(
         openapi["components"]["schemas"]["PredictRequest"]["properties"]["texts"]["maxItems"],
         8
+    );
+    let responses = &openapi["paths"]["/v1/predict"]["post"]["responses"];
+    assert!(responses["429"]["headers"]["Retry-After"].is_object());
+    assert!(
+        responses["413"]["description"]
+            .as_str()
+            .is_some_and(|text| text.contains("over_key_burst"))
     );
     let (status, _) = sentiflow_tests::http_get(addr, "/readyz").await.unwrap();
     assert_eq!(status, 200);

@@ -1390,7 +1390,7 @@ async fn reviews_posted_over_http_are_checked_like_kafka_and_published_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn each_api_key_is_held_to_its_rate_on_its_own() {
+async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     use sentiflow_tests::{http_post_with_headers, metric_line_eventually};
     use sha2::Digest as _;
     const FLOODING_KEY: &str = "flooding-key-0123456789";
@@ -1403,7 +1403,7 @@ async fn each_api_key_is_held_to_its_rate_on_its_own() {
     std::fs::write(&keys_file, format!("{FLOODING_KEY}\n{CALM_KEY}\n")).unwrap();
     let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
     settings.api_auth.api_keys_file = Some(keys_file);
-    // One request every 5 s per key, 3 at once (slow enough that a loaded machine's burst ends
+    // One review every 5 s per key, 3 at once (slow enough that a loaded machine's burst ends
     // before a token comes back).
     settings.api_auth.api_key_rate = Some(0.2);
     settings.api_auth.api_key_burst = Some(3);
@@ -1412,9 +1412,19 @@ async fn each_api_key_is_held_to_its_rate_on_its_own() {
         .await
         .expect("ingest starts");
     let addr = running.http_addr;
-    let reviews = real_reviews(7, 0);
-    let post = |key: &'static str, index: usize| {
-        let body = serde_json::to_vec(&reviews[index]).unwrap();
+    let reviews = real_reviews(10, 0);
+    // One review is sent as an object, more as an array.
+    let post = |key: &'static str, indices: &[usize]| {
+        let body = match indices {
+            [index] => serde_json::to_vec(&reviews[*index]).unwrap(),
+            _ => serde_json::to_vec(
+                &indices
+                    .iter()
+                    .map(|&index| &reviews[index])
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        };
         async move {
             let authorization = format!("Bearer {key}");
             let (status, head, answer) = http_post_with_headers(
@@ -1430,38 +1440,57 @@ async fn each_api_key_is_held_to_its_rate_on_its_own() {
             (status, head.to_ascii_lowercase(), answer)
         }
     };
+    let retry_after = |head: &str| -> u64 {
+        head.lines()
+            .find_map(|line| line.strip_prefix("retry-after: "))
+            .expect("a Retry-After header")
+            .trim()
+            .parse()
+            .unwrap()
+    };
 
     // A first request (of the other key) warms the producer up, so the burst below is quick.
-    let (status, _, answer) = post(CALM_KEY, 6).await;
+    let (status, _, answer) = post(CALM_KEY, &[9]).await;
     assert_eq!(status, 202, "{answer}");
-    // The burst passes, the next request of that key is refused with when to come back.
-    for index in 0..3 {
-        let (status, _, answer) = post(FLOODING_KEY, index).await;
-        assert_eq!(status, 202, "request {index} of the burst: {answer}");
-    }
-    let (status, head, answer) = post(FLOODING_KEY, 3).await;
+    // A batch larger than the burst can never pass: 413, and it costs nothing.
+    let (status, head, answer) = post(FLOODING_KEY, &[0, 1, 2, 3]).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (413, Some("over_key_burst")),
+        "{answer}"
+    );
+    assert!(!head.contains("retry-after"), "{head}");
+    // A batch costs what it carries: 2 of the 3 reviews the key may send at once.
+    let (status, _, answer) = post(FLOODING_KEY, &[0, 1]).await;
+    assert_eq!(status, 202, "{answer}");
+    // One request of 2 more reviews is over the rate (one request more would not be).
+    let (status, head, answer) = post(FLOODING_KEY, &[2, 3]).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (429, Some("rate_limited")),
         "{answer}"
     );
-    let retry_after: u64 = head
-        .lines()
-        .find_map(|line| line.strip_prefix("retry-after: "))
-        .expect("a Retry-After header")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!((1..=5).contains(&retry_after), "{head}");
+    assert!((1..=5).contains(&retry_after(&head)), "{head}");
+    // The refused batch cost nothing: the one review left passes, the next is refused.
+    let (status, _, answer) = post(FLOODING_KEY, &[2]).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, head, answer) = post(FLOODING_KEY, &[3]).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{answer}"
+    );
+    let wait = retry_after(&head);
+    assert!((1..=5).contains(&wait), "{head}");
     // Another key is not held back by the flood.
-    let (status, _, answer) = post(CALM_KEY, 4).await;
+    let (status, _, answer) = post(CALM_KEY, &[4]).await;
     assert_eq!(status, 202, "{answer}");
     let flooding_id =
         sentiflow_common::api_keys::key_id(&sha2::Sha256::digest(FLOODING_KEY).into());
     assert!(
         metric_line_eventually(
             addr,
-            &format!("sentiflow_ingest_api_key_rate_limited_total{{key=\"{flooding_id}\"}} 1"),
+            &format!("sentiflow_ingest_api_key_rate_limited_total{{key=\"{flooding_id}\"}} 3"),
             Duration::from_secs(5)
         )
         .await,
@@ -1469,11 +1498,17 @@ async fn each_api_key_is_held_to_its_rate_on_its_own() {
     );
     let (_, openapi) = http_get(addr, "/openapi.json").await.unwrap();
     let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
-    assert!(openapi["paths"]["/v1/reviews"]["post"]["responses"]["429"].is_object());
+    let responses = &openapi["paths"]["/v1/reviews"]["post"]["responses"];
+    assert!(responses["429"].is_object());
+    let too_large = responses["413"]["description"].as_str().unwrap();
+    assert!(
+        too_large.contains("body_too_large") && too_large.contains("over_key_burst"),
+        "{too_large}"
+    );
 
     // After the refill the key may send again; exactly the accepted reviews arrive clean.
-    tokio::time::sleep(Duration::from_secs(retry_after) + Duration::from_millis(100)).await;
-    let (status, _, answer) = post(FLOODING_KEY, 5).await;
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+    let (status, _, answer) = post(FLOODING_KEY, &[3]).await;
     assert_eq!(status, 202, "{answer}");
     let clean = read_exactly(
         &kafka.brokers,
@@ -1487,14 +1522,14 @@ async fn each_api_key_is_held_to_its_rate_on_its_own() {
         .iter()
         .map(|event| event["review_id"].as_str().unwrap().to_owned())
         .collect();
-    let accepted: Vec<RawReview> = [0, 1, 2, 4, 5, 6]
+    let accepted: Vec<RawReview> = [0, 1, 2, 3, 4, 9]
         .iter()
         .map(|&i| reviews[i].clone())
         .collect();
     assert_eq!(
         ids,
         review_ids(&accepted),
-        "the refused review was not published"
+        "the refused requests published nothing"
     );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();

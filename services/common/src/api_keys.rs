@@ -1,7 +1,8 @@
 //! API keys for the services' request APIs (`--api-keys-file`): `Authorization: Bearer <key>` checked
 //! against the keys of a file that is re-read while the service runs, so keys rotate without a restart;
-//! optionally a request rate per key (`--api-key-rate`, a token bucket each), so one client's flood is
-//! answered 429 instead of taking the request slots every other client shares.
+//! optionally a rate per key (`--api-key-rate`, a token bucket each, counted in reviews or texts, so a
+//! batch costs what it carries), so one client's flood is answered 429 instead of taking the request
+//! slots every other client shares.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,10 +43,12 @@ pub struct ApiAuthArgs {
     )]
     pub api_keys_file: Option<PathBuf>,
 
-    /// Sustained requests per second each API key may make (a token bucket per key; needs
-    /// --api-keys-file). A request over it is answered 429 `rate_limited` with `Retry-After`, before it
-    /// takes a request slot, so one client's flood cannot crowd out the others. Unset: no per-key limit
-    /// (the shared slots of --http-max-concurrent still bound the load).
+    /// Sustained items per second each API key may send: reviews for ingest, texts for infer, so a
+    /// batch costs what it carries (a token bucket per key; needs --api-keys-file). A key with no
+    /// token left is answered 429 `rate_limited` with `Retry-After` before its request takes a slot;
+    /// a batch larger than what the key has left is answered 429 once it is read, and one larger than
+    /// the burst 413 `over_key_burst`. A refused request costs nothing. Unset: no per-key limit (the
+    /// shared slots of --http-max-concurrent still bound the load).
     #[arg(
         long = "api-key-rate",
         env = "SENTIFLOW_API_KEY_RATE",
@@ -53,34 +56,40 @@ pub struct ApiAuthArgs {
     )]
     pub api_key_rate: Option<f64>,
 
-    /// Requests a key may make at once, after a quiet spell (the bucket's size; default: the rate
-    /// rounded up, at least 1).
+    /// Items (reviews or texts) a key may send at once after a quiet spell: the bucket's size, and
+    /// the largest batch the key may send. Default: the rate rounded up, or the most items one
+    /// request may hold (--http-max-reviews, --http-max-texts) if that is more, so any valid batch
+    /// can pass.
     #[arg(
         long = "api-key-burst",
         env = "SENTIFLOW_API_KEY_BURST",
-        value_name = "REQUESTS"
+        value_name = "ITEMS"
     )]
     pub api_key_burst: Option<u32>,
 }
 
-/// The slowest per-key rate accepted: one request a day (a slower one is a disabled key: remove it).
+/// The slowest per-key rate accepted: one item a day (a slower one is a disabled key: remove it).
 pub const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
 
 /// The per-key request rate of `--api-key-rate` / `--api-key-burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
-    /// Tokens added per second.
+    /// Tokens (items: reviews or texts) added per second.
     pub per_second: f64,
-    /// Bucket size: requests allowed at once.
+    /// Bucket size: items allowed at once, and the largest batch a key may send.
     pub burst: f64,
 }
 
 impl ApiAuthArgs {
-    /// The per-key rate asked for, if any.
+    /// The per-key rate asked for, if any, for an API whose requests hold at most
+    /// `max_items_per_request` items.
     ///
     /// # Errors
     /// A rate that is not a positive number, a burst of 0, or either without `--api-keys-file`.
-    pub fn rate_limit(&self) -> Result<Option<RateLimit>, ApiKeysError> {
+    pub fn rate_limit(
+        &self,
+        max_items_per_request: usize,
+    ) -> Result<Option<RateLimit>, ApiKeysError> {
         let Some(per_second) = self.api_key_rate else {
             return match self.api_key_burst {
                 Some(_) => Err(ApiKeysError::Rate(
@@ -91,7 +100,7 @@ impl ApiAuthArgs {
         };
         if !(per_second.is_finite() && per_second >= MIN_RATE_PER_SECOND) {
             return Err(ApiKeysError::Rate(format!(
-                "--api-key-rate must be a number of requests per second of at least {MIN_RATE_PER_SECOND:.6} \
+                "--api-key-rate must be a number of items per second of at least {MIN_RATE_PER_SECOND:.6} \
                  (one a day), not {per_second}"
             )));
         }
@@ -107,17 +116,26 @@ impl ApiAuthArgs {
                 ));
             }
             Some(burst) => f64::from(burst),
-            None => per_second.ceil().max(1.0),
+            None => per_second.ceil().max(max_items_per_request as f64).max(1.0),
         };
         Ok(Some(RateLimit { per_second, burst }))
     }
 }
 
-/// A token bucket: full at first, refilled at the rate, one token per request.
+/// A token bucket: full at first, refilled at the rate, one token per item (review or text).
 #[derive(Debug, Clone, Copy)]
 struct TokenBucket {
     tokens: f64,
     updated: Instant,
+}
+
+/// Why a key's bucket refused a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Refusal {
+    /// Not enough tokens now: how long until there are.
+    Wait(Duration),
+    /// More items than the bucket holds: no wait makes the request pass.
+    OverBurst,
 }
 
 impl TokenBucket {
@@ -128,8 +146,7 @@ impl TokenBucket {
         }
     }
 
-    /// Takes a token at `now`; without one, how long until there is one.
-    fn take(&mut self, limit: RateLimit, now: Instant) -> Result<(), Duration> {
+    fn refill(&mut self, limit: RateLimit, now: Instant) {
         // Concurrent requests read the clock before taking the lock: one that comes in with an
         // earlier time is refilled by nothing, and the bucket's time never goes back.
         if now > self.updated {
@@ -137,14 +154,37 @@ impl TokenBucket {
             self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
             self.updated = now;
         }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+    }
+
+    /// Takes the first item's token of a request at `now`, before its body is read.
+    fn take_first(&mut self, limit: RateLimit, now: Instant) -> Result<(), Refusal> {
+        self.refill(limit, now);
+        self.take_with(limit, 0.0, 1.0)
+    }
+
+    /// Takes the tokens of the rest of a request of `items` whose first token was taken; a refused
+    /// request gives that token back, so it costs nothing.
+    fn take_rest(&mut self, limit: RateLimit, now: Instant, items: f64) -> Result<(), Refusal> {
+        self.refill(limit, now);
+        if items > limit.burst {
+            self.tokens = (self.tokens + 1.0).min(limit.burst);
+            return Err(Refusal::OverBurst);
+        }
+        self.take_with(limit, 1.0, items)
+    }
+
+    /// Takes `items` tokens when the bucket holds them with `held` more of the request's own.
+    fn take_with(&mut self, limit: RateLimit, held: f64, items: f64) -> Result<(), Refusal> {
+        let available = self.tokens + held;
+        if available >= items {
+            self.tokens = available - items;
             Ok(())
         } else {
-            Err(
-                Duration::try_from_secs_f64((1.0 - self.tokens) / limit.per_second)
+            self.tokens = available.min(limit.burst);
+            Err(Refusal::Wait(
+                Duration::try_from_secs_f64((items - available) / limit.per_second)
                     .unwrap_or(Duration::MAX),
-            )
+            ))
         }
     }
 }
@@ -160,8 +200,8 @@ pub fn key_id(digest: &[u8; 32]) -> String {
 }
 
 impl ApiAuthArgs {
-    /// Loads the keys for `service` (or says at start-up, loudly when the address is reachable from
-    /// other hosts, that its API is open).
+    /// Loads the keys for `service`, whose requests hold at most `max_items_per_request` items (or
+    /// says at start-up, loudly when the address is reachable from other hosts, that its API is open).
     ///
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key at all.
@@ -169,8 +209,19 @@ impl ApiAuthArgs {
         &self,
         service: &'static str,
         http_addr: SocketAddr,
+        max_items_per_request: usize,
     ) -> Result<Option<Arc<ApiKeys>>, ApiKeysError> {
-        let rate_limit = self.rate_limit()?;
+        let rate_limit = self.rate_limit(max_items_per_request)?;
+        if let Some(limit) = rate_limit
+            && limit.burst < max_items_per_request as f64
+        {
+            tracing::warn!(
+                burst = limit.burst,
+                max_items_per_request,
+                "--api-key-burst is below the most items one request may hold: larger batches are \
+                 answered 413 over_key_burst"
+            );
+        }
         match &self.api_keys_file {
             Some(path) => {
                 let keys = ApiKeys::load_limited(service, path, rate_limit)?;
@@ -231,6 +282,36 @@ pub enum ApiKeysError {
         /// The file.
         path: PathBuf,
     },
+}
+
+/// What a request let through under a per-key rate still owes: its first item was paid for when it
+/// came in; [`KeyAllowance::charge`] pays for the rest once the handler knows how many there are.
+#[derive(Clone, Debug)]
+pub struct KeyAllowance {
+    keys: Arc<ApiKeys>,
+    digest: [u8; 32],
+}
+
+impl KeyAllowance {
+    /// The allowance of `request`, when its key is under a per-key rate.
+    pub fn of(request: &Request) -> Option<Self> {
+        request.extensions().get::<Self>().cloned()
+    }
+
+    /// Charges a request of `items` reviews or texts to its key.
+    ///
+    /// # Errors
+    /// The answer to send instead: 429 `rate_limited` with `Retry-After` when the key has too few
+    /// tokens left, 413 `over_key_burst` when `items` is more than its burst. A refused request
+    /// gives its first token back.
+    pub fn charge(&self, items: usize) -> Result<(), Box<Response>> {
+        let now = Instant::now();
+        self.keys
+            .with_bucket(self.digest, now, |bucket, limit| {
+                bucket.take_rest(limit, now, items as f64)
+            })
+            .map_err(|refusal| Box::new(self.keys.refused(&self.digest, refusal, items)))
+    }
 }
 
 /// The keys in force: only their SHA-256 digests are kept (the file's text is dropped once parsed), so
@@ -469,18 +550,25 @@ impl ApiKeys {
         found.then_some(digest)
     }
 
-    /// Takes one request of the key with `digest` from its bucket at `now`; without a per-key rate
-    /// every request passes. `Err`: how long until the key may make one.
-    fn take_request(&self, digest: [u8; 32], now: Instant) -> Result<(), Duration> {
+    /// Runs `take` on the bucket of the key with `digest` at `now`; without a per-key rate every
+    /// request passes.
+    fn with_bucket(
+        &self,
+        digest: [u8; 32],
+        now: Instant,
+        take: impl FnOnce(&mut TokenBucket, RateLimit) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
         let Some(limit) = self.rate_limit else {
             return Ok(());
         };
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(digest)
-            .or_insert_with(|| TokenBucket::full(limit, now))
-            .take(limit, now)
+        take(
+            self.buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(digest)
+                .or_insert_with(|| TokenBucket::full(limit, now)),
+            limit,
+        )
     }
 
     /// Checks a request's `Authorization: Bearer <key>` header.
@@ -508,14 +596,29 @@ impl ApiKeys {
             .ok_or(AuthFailure::InvalidApiKey)
     }
 
-    /// Middleware: a request without a key in force is answered 401, and one over its key's rate 429,
-    /// before anything else happens to it (it takes no request slot and its body is not read).
-    pub async fn require_key(self: Arc<Self>, request: Request, next: Next) -> Response {
+    /// Middleware: a request without a key in force is answered 401, and one whose key has no token
+    /// left 429, before anything else happens to it (it takes no request slot and its body is not
+    /// read). A request let through under a per-key rate carries a [`KeyAllowance`] for the rest of
+    /// its items, which the handler charges once it has read them.
+    pub async fn require_key(self: Arc<Self>, mut request: Request, next: Next) -> Response {
         let failure = match self.check_key(request.headers()) {
-            Ok(digest) => match self.take_request(digest, Instant::now()) {
-                Ok(()) => return next.run(request).await,
-                Err(wait) => return self.rate_limited(&digest, wait),
-            },
+            Ok(digest) => {
+                let now = Instant::now();
+                return match self
+                    .with_bucket(digest, now, |bucket, limit| bucket.take_first(limit, now))
+                {
+                    Ok(()) => {
+                        if self.rate_limit.is_some() {
+                            request.extensions_mut().insert(KeyAllowance {
+                                keys: Arc::clone(&self),
+                                digest,
+                            });
+                        }
+                        next.run(request).await
+                    }
+                    Err(refusal) => self.refused(&digest, refusal, 1),
+                };
+            }
             Err(failure) => failure,
         };
         metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => "401")
@@ -543,28 +646,47 @@ impl ApiKeys {
         response
     }
 
-    /// The 429 of a request over its key's rate: `Retry-After` in whole seconds (at least 1).
-    fn rate_limited(&self, digest: &[u8; 32], wait: Duration) -> Response {
+    /// The answer to a request of `items` refused by its key's bucket: 429 with `Retry-After` in whole
+    /// seconds (at least 1), or 413 when the batch is larger than the burst.
+    fn refused(&self, digest: &[u8; 32], refusal: Refusal, items: usize) -> Response {
         let key = key_id(digest);
-        metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => "429")
+        let (status, error, message, retry_after) = match refusal {
+            Refusal::Wait(wait) => {
+                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "API key {key} is over its rate (--api-key-rate) for {items} item(s); retry in \
+                         {retry_after} s"
+                    ),
+                    Some(retry_after),
+                )
+            }
+            Refusal::OverBurst => {
+                let burst = self.rate_limit.map_or(0.0, |limit| limit.burst);
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "over_key_burst",
+                    format!(
+                        "{items} items in one request is more than API key {key} may send at once \
+                         ({burst} by --api-key-burst): send at most {burst} per request"
+                    ),
+                    None,
+                )
+            }
+        };
+        metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => status.as_str().to_owned())
             .increment(1);
         metrics::counter!(format!("sentiflow_{}_api_key_rate_limited_total", self.service), "key" => key.clone())
             .increment(1);
-        tracing::debug!(
-            key,
-            wait_ms = wait.as_millis() as u64,
-            "request over its API key's rate"
-        );
-        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = json_error(
-            self.service,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("API key {key} is over its rate (--api-key-rate); retry in {retry_after} s"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        tracing::debug!(key, items, ?refusal, "request over its API key's rate");
+        let mut response = json_error(self.service, status, error, message);
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
         response
     }
 
@@ -640,17 +762,27 @@ where
 }
 
 /// Marks the POST operation at `path` of an OpenAPI document as needing a bearer key of `keys`, with
-/// its 401 answer, and its 429 when `keys` has a per-key rate (a service started without keys leaves
+/// its 401 answer, and its 429 and key-burst 413 when `keys` has a per-key rate (a service started without keys leaves
 /// its document as it is).
 pub fn document_in_openapi(document: &mut serde_json::Value, path: &str, keys: &ApiKeys) {
     let operation = &mut document["paths"][path]["post"];
     operation["security"] = serde_json::json!([{"apiKey": []}]);
     if keys.rate_limit.is_some() {
         operation["responses"]["429"] = serde_json::json!({
-            "description": "rate_limited: the API key is over --api-key-rate",
-            "headers": {"Retry-After": {"description": "Whole seconds until the key may send again", "schema": {"type": "integer", "minimum": 1}}},
+            "description": "rate_limited: the API key is over --api-key-rate (counted in items: a batch costs what it carries); nothing was accepted",
+            "headers": {"Retry-After": {"description": "Whole seconds until the key may send this request", "schema": {"type": "integer", "minimum": 1}}},
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         });
+        // The document already says 413 for a body over the size limit: the key's burst is added.
+        let over_burst = "or over_key_burst: more items than the API key may send at once \
+                          (--api-key-burst); split the request";
+        let too_large = &mut operation["responses"]["413"];
+        too_large["description"] = match too_large["description"].as_str() {
+            Some(body_too_large) => format!("{body_too_large}, {over_burst}"),
+            None => over_burst.to_owned(),
+        }
+        .into();
+        too_large["content"] = serde_json::json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
     }
     operation["responses"]["401"] = serde_json::json!({
         "description": "missing_api_key or invalid_api_key: send `Authorization: Bearer <API key>` with a key of --api-keys-file",
@@ -785,34 +917,50 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_flags_are_checked_and_the_burst_defaults_to_the_rate() {
+    fn the_rate_flags_are_checked_and_the_burst_defaults_to_the_rate_or_the_largest_request() {
         let (_dir, path) = keys_file(KEY_A);
         let args = |rate: Option<f64>, burst: Option<u32>, file: bool| ApiAuthArgs {
             api_keys_file: file.then(|| path.clone()),
             api_key_rate: rate,
             api_key_burst: burst,
         };
-        assert_eq!(args(None, None, true).rate_limit().unwrap(), None);
+        assert_eq!(args(None, None, true).rate_limit(1).unwrap(), None);
         assert_eq!(
-            args(Some(2.5), None, true).rate_limit().unwrap(),
+            args(Some(2.5), None, true).rate_limit(1).unwrap(),
             Some(RateLimit {
                 per_second: 2.5,
                 burst: 3.0
             })
         );
         assert_eq!(
-            args(Some(0.2), None, true).rate_limit().unwrap(),
+            args(Some(0.2), None, true).rate_limit(1).unwrap(),
             Some(RateLimit {
                 per_second: 0.2,
                 burst: 1.0
             })
         );
         assert_eq!(
-            args(Some(10.0), Some(40), true)
-                .rate_limit()
+            args(Some(0.2), None, true)
+                .rate_limit(500)
                 .unwrap()
                 .map(|limit| limit.burst),
-            Some(40.0)
+            Some(500.0),
+            "any request the API takes can pass"
+        );
+        assert_eq!(
+            args(Some(2_000.5), None, true)
+                .rate_limit(500)
+                .unwrap()
+                .map(|limit| limit.burst),
+            Some(2_001.0)
+        );
+        assert_eq!(
+            args(Some(10.0), Some(40), true)
+                .rate_limit(500)
+                .unwrap()
+                .map(|limit| limit.burst),
+            Some(40.0),
+            "an explicit burst is kept, even below the largest request"
         );
         for (rate, burst, file, says) in [
             (Some(5.0), None, false, "needs --api-keys-file"),
@@ -824,11 +972,32 @@ mod tests {
             (Some(1.0), Some(0), true, "at least 1"),
         ] {
             let error = args(rate, burst, file)
-                .rate_limit()
+                .rate_limit(1)
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(says), "{rate:?} {burst:?} {file}: {error}");
         }
+    }
+
+    /// Takes the first token of a request of the key with `digest` at `now`.
+    fn take_first(keys: &ApiKeys, digest: [u8; 32], now: Instant) -> Result<(), Refusal> {
+        keys.with_bucket(digest, now, |bucket, limit| bucket.take_first(limit, now))
+    }
+
+    /// Takes the rest of a request of `items` of the key with `digest` at `now`.
+    fn take_rest(
+        keys: &ApiKeys,
+        digest: [u8; 32],
+        now: Instant,
+        items: usize,
+    ) -> Result<(), Refusal> {
+        keys.with_bucket(digest, now, |bucket, limit| {
+            bucket.take_rest(limit, now, items as f64)
+        })
+    }
+
+    fn wait_millis(millis: u64) -> Result<(), Refusal> {
+        Err(Refusal::Wait(Duration::from_millis(millis)))
     }
 
     #[test]
@@ -843,40 +1012,83 @@ mod tests {
         let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
         let start = Instant::now();
         let at = |millis: u64| start + Duration::from_millis(millis);
-        assert_eq!(keys.take_request(a, at(0)), Ok(()));
-        assert_eq!(keys.take_request(a, at(0)), Ok(()), "the burst");
-        let wait = keys.take_request(a, at(0)).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(500), "one token at 2/s");
+        assert_eq!(take_first(&keys, a, at(0)), Ok(()));
+        assert_eq!(take_first(&keys, a, at(0)), Ok(()), "the burst");
         assert_eq!(
-            keys.take_request(b, at(0)),
+            take_first(&keys, a, at(0)),
+            wait_millis(500),
+            "one token at 2/s"
+        );
+        assert_eq!(
+            take_first(&keys, b, at(0)),
             Ok(()),
             "another key is not held back"
         );
-        assert_eq!(
-            keys.take_request(a, at(250)).unwrap_err(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(keys.take_request(a, at(500)), Ok(()), "refilled");
-        assert!(keys.take_request(a, at(500)).is_err());
+        assert_eq!(take_first(&keys, a, at(250)), wait_millis(250));
+        assert_eq!(take_first(&keys, a, at(500)), Ok(()), "refilled");
+        assert!(take_first(&keys, a, at(500)).is_err());
         // A request that read the clock earlier (it came in concurrently) gets no refill, and the
         // bucket's time does not go back.
-        assert!(keys.take_request(a, at(400)).is_err());
-        assert_eq!(
-            keys.take_request(a, at(500)).unwrap_err(),
-            Duration::from_millis(500)
-        );
+        assert!(take_first(&keys, a, at(400)).is_err());
+        assert_eq!(take_first(&keys, a, at(500)), wait_millis(500));
         // A long pause refills up to the burst, not beyond.
-        assert_eq!(keys.take_request(a, at(60_000)), Ok(()));
-        assert_eq!(keys.take_request(a, at(60_000)), Ok(()));
-        assert!(keys.take_request(a, at(60_000)).is_err());
+        assert_eq!(take_first(&keys, a, at(60_000)), Ok(()));
+        assert_eq!(take_first(&keys, a, at(60_000)), Ok(()));
+        assert!(take_first(&keys, a, at(60_000)).is_err());
 
-        // Without a rate, every request passes.
+        // Without a rate, every request passes, whatever it carries.
         let open = ApiKeys::load("test", &path).unwrap();
         for _ in 0..100 {
-            assert_eq!(open.take_request(a, at(0)), Ok(()));
+            assert_eq!(take_first(&open, a, at(0)), Ok(()));
+            assert_eq!(take_rest(&open, a, at(0), 1_000_000), Ok(()));
         }
         assert_eq!(key_id(&a).len(), 8);
         assert!(key_id(&a).bytes().all(|byte| byte.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_batch_costs_one_token_per_item_and_a_refused_one_costs_nothing() {
+        let (_dir, path) = keys_file(KEY_A);
+        let limit = RateLimit {
+            per_second: 10.0,
+            burst: 5.0,
+        };
+        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        let tokens = || keys.buckets.lock().unwrap()[&a].tokens;
+
+        // A batch of 3: one token as it comes in, two once it is read.
+        assert_eq!(take_first(&keys, a, at(0)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(0), 3), Ok(()));
+        assert!((tokens() - 2.0).abs() < 1e-9, "{}", tokens());
+        // A batch of 4 with 2 left: refused with the wait for the 2 it lacks, its first token back.
+        assert_eq!(take_first(&keys, a, at(0)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(0), 4), wait_millis(200));
+        assert!((tokens() - 2.0).abs() < 1e-9, "refused: costs nothing");
+        // More than the burst never passes, whatever the wait: 413, and it costs nothing either.
+        assert_eq!(take_first(&keys, a, at(10_000)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(10_000), 6), Err(Refusal::OverBurst));
+        assert!((tokens() - 5.0).abs() < 1e-9, "{}", tokens());
+        // The whole burst in one batch passes.
+        assert_eq!(take_first(&keys, a, at(10_000)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(10_000), 5), Ok(()));
+        assert!(tokens().abs() < 1e-9);
+        // The first token of a single item is the whole request: nothing more to take.
+        assert_eq!(take_first(&keys, a, at(10_100)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(10_100), 1), Ok(()));
+        assert_eq!(take_first(&keys, a, at(10_100)), wait_millis(100));
+
+        // The answers: 429 with Retry-After in whole seconds, 413 without.
+        let waiting = keys.refused(&a, Refusal::Wait(Duration::from_millis(1_200)), 4);
+        assert_eq!(waiting.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(waiting.headers()[header::RETRY_AFTER], "2");
+        let quick = keys.refused(&a, Refusal::Wait(Duration::from_millis(10)), 1);
+        assert_eq!(quick.headers()[header::RETRY_AFTER], "1");
+        let too_many = keys.refused(&a, Refusal::OverBurst, 6);
+        assert_eq!(too_many.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!too_many.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]
@@ -890,8 +1102,8 @@ mod tests {
         let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
         let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
         let now = Instant::now();
-        keys.take_request(a, now).unwrap();
-        keys.take_request(b, now).unwrap();
+        take_first(&keys, a, now).unwrap();
+        take_first(&keys, b, now).unwrap();
         std::fs::write(&path, format!("{KEY_A}\n")).unwrap();
         assert!(keys.reload().unwrap());
         let buckets = keys.buckets.lock().unwrap();

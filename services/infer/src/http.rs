@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sentiflow_common::api_keys::{ApiKeys, document_in_openapi, protect};
+use sentiflow_common::api_keys::{ApiKeys, KeyAllowance, document_in_openapi, protect};
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -116,15 +116,21 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = sentiflow_common::http::BODY_
 async fn predict(State(state): State<HttpState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
+    let allowance = KeyAllowance::of(&request);
     let response = match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
-        Ok(body) => predict_inner(&state, in_flight, &body).await,
+        Ok(body) => predict_inner(&state, in_flight, allowance, &body).await,
         Err(response) => response,
     };
     record_request(SERVICE, &response, started);
     response
 }
 
-async fn predict_inner(state: &HttpState, in_flight: Option<InFlight>, body: &[u8]) -> Response {
+async fn predict_inner(
+    state: &HttpState,
+    in_flight: Option<InFlight>,
+    allowance: Option<KeyAllowance>,
+    body: &[u8],
+) -> Response {
     let limits = state.limits;
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
@@ -163,6 +169,11 @@ async fn predict_inner(state: &HttpState, in_flight: Option<InFlight>, body: &[u
                 limits.max_texts
             ),
         );
+    }
+    if let Some(allowance) = allowance
+        && let Err(refused) = allowance.charge(request.texts.len())
+    {
+        return *refused;
     }
     if let Some((index, text)) = request
         .texts

@@ -112,7 +112,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, InferError> {
     config.validate()?;
-    let api_keys = config.api_auth.load(SERVICE, config.telemetry.http_addr)?;
+    let api_keys =
+        config
+            .api_auth
+            .load(SERVICE, config.telemetry.http_addr, config.http_max_texts)?;
     // Install the metrics recorder before the first gauge (the device) is set, or it is lost.
     telemetry::prometheus();
     let env = ort_environment(&config)?;

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::future::join_all;
 use rdkafka::message::OwnedHeaders;
-use sentiflow_common::api_keys::{ApiKeys, document_in_openapi, protect};
+use sentiflow_common::api_keys::{ApiKeys, KeyAllowance, document_in_openapi, protect};
 use sentiflow_common::events::SourceCoordinate;
 use sentiflow_common::http::{InFlight, RequestSlots, json_error, read_body, record_request};
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
@@ -117,11 +117,12 @@ pub fn router(
 async fn accept(State(state): State<ApiState>, request: Request) -> Response {
     let started = Instant::now();
     let in_flight = request.extensions().get::<InFlight>().cloned();
+    let allowance = KeyAllowance::of(&request);
     let trace = RequestTrace::of(request.headers());
     let response = tokio::select! {
         response = async {
             match read_body(SERVICE, request, state.limits.max_body_bytes()).await {
-                Ok(body) => accept_body(&state, in_flight, body, &trace).await,
+                Ok(body) => accept_body(&state, in_flight, allowance, body, &trace).await,
                 Err(response) => response,
             }
         } => response,
@@ -167,6 +168,7 @@ impl RequestTrace {
 async fn accept_body(
     state: &ApiState,
     in_flight: Option<InFlight>,
+    allowance: Option<KeyAllowance>,
     body: Bytes,
     trace: &RequestTrace,
 ) -> Response {
@@ -193,6 +195,12 @@ async fn accept_body(
             );
         }
     };
+    // Every review read counts against the key, valid or not: each was parsed and checked.
+    if let Some(allowance) = allowance
+        && let Err(refused) = allowance.charge(total)
+    {
+        return *refused;
+    }
     if !rejected.is_empty() {
         for rejection in &rejected {
             metrics::counter!("sentiflow_ingest_http_reviews_total", "outcome" => "rejected", "error_kind" => rejection.error_kind)

@@ -81,7 +81,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, IngestError> {
     config.validate()?;
-    let api_keys = config.api_auth.load(SERVICE, config.telemetry.http_addr)?;
+    let api_keys =
+        config
+            .api_auth
+            .load(SERVICE, config.telemetry.http_addr, config.http_max_reviews)?;
     let lexicon_path = match &config.lexicon_path {
         Some(path) => path.clone(),
         None => CacheDir::from_env()
