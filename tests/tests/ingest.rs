@@ -1403,10 +1403,10 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     std::fs::write(&keys_file, format!("{FLOODING_KEY}\n{CALM_KEY}\n")).unwrap();
     let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
     settings.api_auth.api_keys_file = Some(keys_file);
-    // One review every 5 s per key, 3 at once (slow enough that a loaded machine's burst ends
-    // before a token comes back).
+    // One review every 5 s per key, 4 at once (slow enough that a loaded machine's burst ends
+    // before a token comes back); a request may hold 500.
     settings.api_auth.api_key_rate = Some(0.2);
-    settings.api_auth.api_key_burst = Some(3);
+    settings.api_auth.api_key_burst = Some(4);
     let shutdown = CancellationToken::new();
     let running = sentiflow_ingest::start(settings, shutdown.clone())
         .await
@@ -1452,38 +1452,44 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     // A first request (of the other key) warms the producer up, so the burst below is quick.
     let (status, _, answer) = post(CALM_KEY, &[9]).await;
     assert_eq!(status, 202, "{answer}");
-    // A batch larger than the burst can never pass: 413, and it costs nothing.
-    let (status, head, answer) = post(FLOODING_KEY, &[0, 1, 2, 3]).await;
+    let (_, metrics_before) = http_get(addr, "/metrics").await.unwrap();
+    // A batch larger than the burst can never pass: 413, no Retry-After; its first review counts.
+    let (status, head, answer) = post(FLOODING_KEY, &[0, 1, 2, 3, 4]).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (413, Some("over_key_burst")),
         "{answer}"
     );
     assert!(!head.contains("retry-after"), "{head}");
-    // A batch costs what it carries: 2 of the 3 reviews the key may send at once.
+    // A batch costs what it carries: 2 of the 3 reviews left.
     let (status, _, answer) = post(FLOODING_KEY, &[0, 1]).await;
     assert_eq!(status, 202, "{answer}");
-    // One request of 2 more reviews is over the rate (one request more would not be).
-    let (status, head, answer) = post(FLOODING_KEY, &[2, 3]).await;
+    // A batch of 3 with 1 left is refused once read (one request more would not be), with the wait
+    // for the whole batch; its first review counts, so the next request is refused as it comes in.
+    let (status, head, answer) = post(FLOODING_KEY, &[2, 3, 4]).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (429, Some("rate_limited")),
         "{answer}"
     );
-    assert!((1..=5).contains(&retry_after(&head)), "{head}");
-    // The refused batch cost nothing: the one review left passes, the next is refused.
-    let (status, _, answer) = post(FLOODING_KEY, &[2]).await;
-    assert_eq!(status, 202, "{answer}");
-    let (status, head, answer) = post(FLOODING_KEY, &[3]).await;
+    assert!((5..=15).contains(&retry_after(&head)), "{head}");
+    let (status, head, answer) = post(FLOODING_KEY, &[2]).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (429, Some("rate_limited")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no token left"),
         "{answer}"
     );
     let wait = retry_after(&head);
     assert!((1..=5).contains(&wait), "{head}");
     // Another key is not held back by the flood.
-    let (status, _, answer) = post(CALM_KEY, &[4]).await;
+    let (status, _, answer) = post(CALM_KEY, &[5]).await;
     assert_eq!(status, 202, "{answer}");
     let flooding_id =
         sentiflow_common::api_keys::key_id(&sha2::Sha256::digest(FLOODING_KEY).into());
@@ -1496,6 +1502,20 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
         .await,
         "counted under the key's id"
     );
+    let (_, metrics) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric_growth(
+            &metrics_before,
+            &metrics,
+            &[
+                "sentiflow_ingest_http_requests_total{status=\"413\"}",
+                "sentiflow_ingest_http_requests_total{status=\"429\"}",
+                "sentiflow_ingest_http_requests_total{status=\"202\"}",
+            ]
+        ),
+        [1.0, 2.0, 2.0],
+        "each answer counted once: {metrics}"
+    );
     let (_, openapi) = http_get(addr, "/openapi.json").await.unwrap();
     let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
     let responses = &openapi["paths"]["/v1/reviews"]["post"]["responses"];
@@ -1503,17 +1523,17 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     let too_large = responses["413"]["description"].as_str().unwrap();
     assert!(
         too_large.contains("body_too_large") && too_large.contains("over_key_burst"),
-        "{too_large}"
+        "the burst (4) is below --http-max-reviews (500): {too_large}"
     );
 
     // After the refill the key may send again; exactly the accepted reviews arrive clean.
     tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
-    let (status, _, answer) = post(FLOODING_KEY, &[3]).await;
+    let (status, _, answer) = post(FLOODING_KEY, &[2]).await;
     assert_eq!(status, 202, "{answer}");
     let clean = read_exactly(
         &kafka.brokers,
         &kafka.topic(topics::REVIEWS_CLEAN),
-        6,
+        5,
         Duration::from_secs(60),
         Duration::from_secs(2),
     )
@@ -1522,7 +1542,7 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
         .iter()
         .map(|event| event["review_id"].as_str().unwrap().to_owned())
         .collect();
-    let accepted: Vec<RawReview> = [0, 1, 2, 3, 4, 9]
+    let accepted: Vec<RawReview> = [0, 1, 2, 5, 9]
         .iter()
         .map(|&i| reviews[i].clone())
         .collect();

@@ -47,8 +47,8 @@ pub struct ApiAuthArgs {
     /// batch costs what it carries (a token bucket per key; needs --api-keys-file). A key with no
     /// token left is answered 429 `rate_limited` with `Retry-After` before its request takes a slot;
     /// a batch larger than what the key has left is answered 429 once it is read, and one larger than
-    /// the burst 413 `over_key_burst`. A refused request costs nothing. Unset: no per-key limit (the
-    /// shared slots of --http-max-concurrent still bound the load).
+    /// the burst 413 `over_key_burst`; a refused request costs its first item. Unset: no per-key
+    /// limit (the shared slots of --http-max-concurrent still bound the load).
     #[arg(
         long = "api-key-rate",
         env = "SENTIFLOW_API_KEY_RATE",
@@ -71,7 +71,7 @@ pub struct ApiAuthArgs {
 /// The slowest per-key rate accepted: one item a day (a slower one is a disabled key: remove it).
 pub const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
 
-/// The per-key request rate of `--api-key-rate` / `--api-key-burst`.
+/// The per-key rate of `--api-key-rate` / `--api-key-burst`, in items (reviews or texts).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     /// Tokens (items: reviews or texts) added per second.
@@ -159,34 +159,35 @@ impl TokenBucket {
     /// Takes the first item's token of a request at `now`, before its body is read.
     fn take_first(&mut self, limit: RateLimit, now: Instant) -> Result<(), Refusal> {
         self.refill(limit, now);
-        self.take_with(limit, 0.0, 1.0)
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Refusal::Wait(wait_for(1.0 - self.tokens, limit)))
+        }
     }
 
-    /// Takes the tokens of the rest of a request of `items` whose first token was taken; a refused
-    /// request gives that token back, so it costs nothing.
+    /// Takes the tokens of the rest of a request of `items` whose first token was taken. A refused
+    /// request keeps that token spent: it was read and parsed, and a free refusal would let a key
+    /// send oversized batches without end. The wait is for the whole request, sent again.
     fn take_rest(&mut self, limit: RateLimit, now: Instant, items: f64) -> Result<(), Refusal> {
         self.refill(limit, now);
         if items > limit.burst {
-            self.tokens = (self.tokens + 1.0).min(limit.burst);
             return Err(Refusal::OverBurst);
         }
-        self.take_with(limit, 1.0, items)
-    }
-
-    /// Takes `items` tokens when the bucket holds them with `held` more of the request's own.
-    fn take_with(&mut self, limit: RateLimit, held: f64, items: f64) -> Result<(), Refusal> {
-        let available = self.tokens + held;
-        if available >= items {
-            self.tokens = available - items;
+        let rest = (items - 1.0).max(0.0);
+        if self.tokens >= rest {
+            self.tokens -= rest;
             Ok(())
         } else {
-            self.tokens = available.min(limit.burst);
-            Err(Refusal::Wait(
-                Duration::try_from_secs_f64((items - available) / limit.per_second)
-                    .unwrap_or(Duration::MAX),
-            ))
+            Err(Refusal::Wait(wait_for(items - self.tokens, limit)))
         }
     }
+}
+
+/// How long `missing` tokens take to come back at the rate.
+fn wait_for(missing: f64, limit: RateLimit) -> Duration {
+    Duration::try_from_secs_f64(missing / limit.per_second).unwrap_or(Duration::MAX)
 }
 
 /// A key's short public id in metrics and logs: the first 8 hex digits of its SHA-256 (`printf %s
@@ -298,19 +299,20 @@ impl KeyAllowance {
         request.extensions().get::<Self>().cloned()
     }
 
-    /// Charges a request of `items` reviews or texts to its key.
+    /// Charges a request of `items` reviews or texts to its key (a request costs at least one).
     ///
     /// # Errors
     /// The answer to send instead: 429 `rate_limited` with `Retry-After` when the key has too few
     /// tokens left, 413 `over_key_burst` when `items` is more than its burst. A refused request
-    /// gives its first token back.
+    /// keeps its first token spent.
     pub fn charge(&self, items: usize) -> Result<(), Box<Response>> {
         let now = Instant::now();
+        let items = items.max(1);
         self.keys
             .with_bucket(self.digest, now, |bucket, limit| {
                 bucket.take_rest(limit, now, items as f64)
             })
-            .map_err(|refusal| Box::new(self.keys.refused(&self.digest, refusal, items)))
+            .map_err(|refusal| Box::new(self.keys.refused(&self.digest, refusal, Some(items))))
     }
 }
 
@@ -616,7 +618,12 @@ impl ApiKeys {
                         }
                         next.run(request).await
                     }
-                    Err(refusal) => self.refused(&digest, refusal, 1),
+                    Err(refusal) => {
+                        // The handler never runs, so its request metric is counted here.
+                        metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => "429")
+                            .increment(1);
+                        self.refused(&digest, refusal, None)
+                    }
                 };
             }
             Err(failure) => failure,
@@ -646,20 +653,27 @@ impl ApiKeys {
         response
     }
 
-    /// The answer to a request of `items` refused by its key's bucket: 429 with `Retry-After` in whole
-    /// seconds (at least 1), or 413 when the batch is larger than the burst.
-    fn refused(&self, digest: &[u8; 32], refusal: Refusal, items: usize) -> Response {
+    /// The answer to a request refused by its key's bucket, as it came in (`items` unknown yet) or
+    /// once read: 429 with `Retry-After` in whole seconds (at least 1), or 413 when the batch is
+    /// larger than the burst. The caller counts the answer in `_http_requests_total`.
+    fn refused(&self, digest: &[u8; 32], refusal: Refusal, items: Option<usize>) -> Response {
         let key = key_id(digest);
         let (status, error, message, retry_after) = match refusal {
             Refusal::Wait(wait) => {
                 let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let message = match items {
+                    None => format!(
+                        "API key {key} has no token left (--api-key-rate); retry in {retry_after} s"
+                    ),
+                    Some(items) => format!(
+                        "API key {key} has too few tokens left for {items} items (--api-key-rate); \
+                         this request may be sent again in {retry_after} s"
+                    ),
+                };
                 (
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
-                    format!(
-                        "API key {key} is over its rate (--api-key-rate) for {items} item(s); retry in \
-                         {retry_after} s"
-                    ),
+                    message,
                     Some(retry_after),
                 )
             }
@@ -669,15 +683,14 @@ impl ApiKeys {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "over_key_burst",
                     format!(
-                        "{items} items in one request is more than API key {key} may send at once \
-                         ({burst} by --api-key-burst): send at most {burst} per request"
+                        "{} items in one request is more than API key {key} may send at once \
+                         ({burst} by --api-key-burst): send at most {burst} per request",
+                        items.unwrap_or(0)
                     ),
                     None,
                 )
             }
         };
-        metrics::counter!(format!("sentiflow_{}_http_requests_total", self.service), "status" => status.as_str().to_owned())
-            .increment(1);
         metrics::counter!(format!("sentiflow_{}_api_key_rate_limited_total", self.service), "key" => key.clone())
             .increment(1);
         tracing::debug!(key, items, ?refusal, "request over its API key's rate");
@@ -762,9 +775,14 @@ where
 }
 
 /// Marks the POST operation at `path` of an OpenAPI document as needing a bearer key of `keys`, with
-/// its 401 answer, and its 429 and key-burst 413 when `keys` has a per-key rate (a service started without keys leaves
-/// its document as it is).
-pub fn document_in_openapi(document: &mut serde_json::Value, path: &str, keys: &ApiKeys) {
+/// its 401 answer, its 429 when `keys` has a per-key rate, and its key-burst 413 when that burst is
+/// below `max_items_per_request` (a service started without keys leaves its document as it is).
+pub fn document_in_openapi(
+    document: &mut serde_json::Value,
+    path: &str,
+    keys: &ApiKeys,
+    max_items_per_request: usize,
+) {
     let operation = &mut document["paths"][path]["post"];
     operation["security"] = serde_json::json!([{"apiKey": []}]);
     if keys.rate_limit.is_some() {
@@ -773,6 +791,10 @@ pub fn document_in_openapi(document: &mut serde_json::Value, path: &str, keys: &
             "headers": {"Retry-After": {"description": "Whole seconds until the key may send this request", "schema": {"type": "integer", "minimum": 1}}},
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         });
+    }
+    if let Some(limit) = keys.rate_limit
+        && limit.burst < max_items_per_request as f64
+    {
         // The document already says 413 for a body over the size limit: the key's burst is added.
         let over_burst = "or over_key_burst: more items than the API key may send at once \
                           (--api-key-burst); split the request";
@@ -1047,7 +1069,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_costs_one_token_per_item_and_a_refused_one_costs_nothing() {
+    fn a_batch_costs_one_token_per_item_and_a_refused_one_costs_its_first() {
         let (_dir, path) = keys_file(KEY_A);
         let limit = RateLimit {
             per_second: 10.0,
@@ -1063,30 +1085,45 @@ mod tests {
         assert_eq!(take_first(&keys, a, at(0)), Ok(()));
         assert_eq!(take_rest(&keys, a, at(0), 3), Ok(()));
         assert!((tokens() - 2.0).abs() < 1e-9, "{}", tokens());
-        // A batch of 4 with 2 left: refused with the wait for the 2 it lacks, its first token back.
+        // A batch of 4 with 2 left: refused, its first token spent; the wait is for all 4 sent again.
         assert_eq!(take_first(&keys, a, at(0)), Ok(()));
-        assert_eq!(take_rest(&keys, a, at(0), 4), wait_millis(200));
-        assert!((tokens() - 2.0).abs() < 1e-9, "refused: costs nothing");
-        // More than the burst never passes, whatever the wait: 413, and it costs nothing either.
+        assert_eq!(take_rest(&keys, a, at(0), 4), wait_millis(300));
+        assert!((tokens() - 1.0).abs() < 1e-9, "{}", tokens());
+        assert_eq!(take_first(&keys, a, at(300)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(300), 4), Ok(()), "after the wait");
+        // More than the burst never passes, whatever the wait: 413, its first token spent.
         assert_eq!(take_first(&keys, a, at(10_000)), Ok(()));
         assert_eq!(take_rest(&keys, a, at(10_000), 6), Err(Refusal::OverBurst));
-        assert!((tokens() - 5.0).abs() < 1e-9, "{}", tokens());
+        assert!((tokens() - 4.0).abs() < 1e-9, "{}", tokens());
+        // So a key sending oversized batches without end is soon refused as they come in.
+        let mut refused_at_the_door = false;
+        for _ in 0..10 {
+            match take_first(&keys, a, at(10_000)) {
+                Ok(()) => assert_eq!(
+                    take_rest(&keys, a, at(10_000), 500),
+                    Err(Refusal::OverBurst)
+                ),
+                Err(Refusal::Wait(_)) => refused_at_the_door = true,
+                Err(Refusal::OverBurst) => unreachable!("the first token is never over the burst"),
+            }
+        }
+        assert!(refused_at_the_door);
         // The whole burst in one batch passes.
-        assert_eq!(take_first(&keys, a, at(10_000)), Ok(()));
-        assert_eq!(take_rest(&keys, a, at(10_000), 5), Ok(()));
+        assert_eq!(take_first(&keys, a, at(20_000)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(20_000), 5), Ok(()));
         assert!(tokens().abs() < 1e-9);
         // The first token of a single item is the whole request: nothing more to take.
-        assert_eq!(take_first(&keys, a, at(10_100)), Ok(()));
-        assert_eq!(take_rest(&keys, a, at(10_100), 1), Ok(()));
-        assert_eq!(take_first(&keys, a, at(10_100)), wait_millis(100));
+        assert_eq!(take_first(&keys, a, at(20_100)), Ok(()));
+        assert_eq!(take_rest(&keys, a, at(20_100), 1), Ok(()));
+        assert_eq!(take_first(&keys, a, at(20_100)), wait_millis(100));
 
         // The answers: 429 with Retry-After in whole seconds, 413 without.
-        let waiting = keys.refused(&a, Refusal::Wait(Duration::from_millis(1_200)), 4);
+        let waiting = keys.refused(&a, Refusal::Wait(Duration::from_millis(1_200)), Some(4));
         assert_eq!(waiting.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(waiting.headers()[header::RETRY_AFTER], "2");
-        let quick = keys.refused(&a, Refusal::Wait(Duration::from_millis(10)), 1);
+        let quick = keys.refused(&a, Refusal::Wait(Duration::from_millis(10)), None);
         assert_eq!(quick.headers()[header::RETRY_AFTER], "1");
-        let too_many = keys.refused(&a, Refusal::OverBurst, 6);
+        let too_many = keys.refused(&a, Refusal::OverBurst, Some(6));
         assert_eq!(too_many.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(!too_many.headers().contains_key(header::RETRY_AFTER));
     }

@@ -170,11 +170,6 @@ async fn predict_inner(
             ),
         );
     }
-    if let Some(allowance) = allowance
-        && let Err(refused) = allowance.charge(request.texts.len())
-    {
-        return *refused;
-    }
     if let Some((index, text)) = request
         .texts
         .iter()
@@ -198,6 +193,12 @@ async fn predict_inner(
             "no model is serving yet; see /healthz",
         );
     };
+    // Only a request that will be scored is charged to its key.
+    if let Some(allowance) = allowance
+        && let Err(refused) = allowance.charge(request.texts.len())
+    {
+        return *refused;
+    }
     let scoring_model = model.clone();
     let texts = request.texts;
     let scored = tokio::task::spawn_blocking(move || {
@@ -252,7 +253,7 @@ async fn predict_inner(
 async fn openapi(State(state): State<HttpState>) -> Json<Value> {
     let mut document = openapi_document(state.limits);
     if let Some(keys) = &state.api_keys {
-        document_in_openapi(&mut document, "/v1/predict", keys);
+        document_in_openapi(&mut document, "/v1/predict", keys, state.limits.max_texts);
     }
     Json(document)
 }

@@ -179,7 +179,7 @@ async fn accept_body(
     let job_slot = in_flight.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let _in_flight = job_slot;
-        parse_and_check(&processor, &body, limits)
+        parse_and_check(&processor, &body, limits, allowance.as_ref())
     })
     .await;
     let (valid, rejected, total) = match checked {
@@ -195,12 +195,6 @@ async fn accept_body(
             );
         }
     };
-    // Every review read counts against the key, valid or not: each was parsed and checked.
-    if let Some(allowance) = allowance
-        && let Err(refused) = allowance.charge(total)
-    {
-        return *refused;
-    }
     if !rejected.is_empty() {
         for rejection in &rejected {
             metrics::counter!("sentiflow_ingest_http_reviews_total", "outcome" => "rejected", "error_kind" => rejection.error_kind)
@@ -249,12 +243,14 @@ struct RejectedReview {
 type Checked = (Vec<ValidReview>, Vec<RejectedReview>, usize);
 
 /// Splits the body into its reviews without building them (each one's raw bytes, at most
-/// `max_reviews + 1` of them are looked at), then checks each exactly as a message on `reviews.raw`
-/// is checked: the same bytes, the same size limit.
+/// `max_reviews + 1` of them are looked at), charges them to the caller's API key (every review
+/// counts, valid or not), then checks each exactly as a message on `reviews.raw` is checked: the
+/// same bytes, the same size limit.
 fn parse_and_check(
     processor: &Processor,
     body: &[u8],
     limits: HttpLimits,
+    allowance: Option<&KeyAllowance>,
 ) -> Result<Checked, Box<Response>> {
     let invalid_json = |error: &dyn std::fmt::Display| {
         json_error(
@@ -307,6 +303,10 @@ fn parse_and_check(
             "no_reviews",
             "the array holds no review",
         )));
+    }
+    // Before the checks (~150 µs a review), so a key over its rate costs no more than the split.
+    if let Some(allowance) = allowance {
+        allowance.charge(reviews.len())?;
     }
     let source = SourceCoordinate {
         topic: "http".to_owned(),
@@ -449,7 +449,7 @@ fn broker_unavailable(reason: &str) -> Response {
 async fn openapi(State(state): State<ApiState>) -> axum::Json<Value> {
     let mut document = openapi_document(state.limits);
     if let Some(keys) = &state.api_keys {
-        document_in_openapi(&mut document, "/v1/reviews", keys);
+        document_in_openapi(&mut document, "/v1/reviews", keys, state.limits.max_reviews);
     }
     axum::Json(document)
 }
@@ -550,7 +550,7 @@ mod tests {
             max_review_bytes: 600,
             max_concurrent: 1,
         };
-        match parse_and_check(&processor(), body.as_bytes(), limits) {
+        match parse_and_check(&processor(), body.as_bytes(), limits, None) {
             Ok((valid, rejected, _)) => Ok((valid.len(), rejected.len())),
             Err(response) => Err((
                 response.status().as_u16(),
