@@ -3,10 +3,12 @@
 //! dropping it while `POST /v1/reviews` still accepts (degraded, not out of rotation).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
+use sentiflow::status::{ServiceName, StatusArgs};
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
 use sentiflow_common::events::{
@@ -540,6 +542,19 @@ async fn redis_outage_holds_the_stream_and_keeps_accepting_reviews() {
         .await,
         "degraded (redis check failing) but still ready while Redis is down"
     );
+    // `sentiflow status` says the same, with exit status 1 (degraded).
+    let report = sentiflow::status::report(&status_args(addr, &[]))
+        .await
+        .unwrap();
+    let table = report.table();
+    assert_eq!(report.exit_status, 1, "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("ingest   degraded")
+                && line.contains("redis (optional) failing since")),
+        "{table}"
+    );
     let body = serde_json::to_vec(&reviews[400..]).unwrap();
     let (status, answer) = sentiflow_tests::http_post(addr, "/v1/reviews", &body)
         .await
@@ -581,6 +596,11 @@ async fn redis_outage_holds_the_stream_and_keeps_accepting_reviews() {
             .await,
         "ready, not degraded, again"
     );
+    let report = sentiflow::status::report(&status_args(addr, &[]))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_status, 0, "{}", report.table());
+    assert!(report.table().contains("all 2 ok"), "{}", report.table());
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
@@ -623,6 +643,35 @@ async fn a_wrong_redis_address_at_start_never_becomes_ready() {
     let (status, body) = http_get(running.http_addr, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(!running.health.is_ready());
+    // `sentiflow status`: ingest not ready; ingest's address given as infer's is named as such, and
+    // a port nobody serves is unreachable; exit status 2.
+    let closed = format!("http://127.0.0.1:{nothing_there}");
+    let report = sentiflow::status::report(&status_args(
+        running.http_addr,
+        &[
+            (ServiceName::Infer, format!("http://{}", running.http_addr)),
+            (ServiceName::Trainer, closed),
+        ],
+    ))
+    .await
+    .unwrap();
+    let table = report.table();
+    assert_eq!(report.exit_status, 2, "{table}");
+    let statuses: Vec<&str> = report
+        .services
+        .iter()
+        .map(|service| service.status.as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["not_ready", "unexpected", "unreachable"],
+        "{table}"
+    );
+    assert!(
+        // Optional for ingest, but required until it has answered once.
+        table.contains("redis (required) failing") && table.contains("answered by `ingest`"),
+        "{table}"
+    );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
@@ -1167,6 +1216,28 @@ static HTTP_METRICS_TURN: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// The value of the series written exactly as `series` (0 when absent).
+/// `sentiflow status` asking ingest at `ingest` and the `others` at their URLs.
+fn status_args(ingest: SocketAddr, others: &[(ServiceName, String)]) -> StatusArgs {
+    let url_of = |service: ServiceName| {
+        others
+            .iter()
+            .find(|(other, _)| *other == service)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default()
+    };
+    StatusArgs {
+        ingest_url: format!("http://{ingest}"),
+        infer_url: url_of(ServiceName::Infer),
+        trainer_url: url_of(ServiceName::Trainer),
+        drift_url: url_of(ServiceName::Drift),
+        services: std::iter::once(ServiceName::Ingest)
+            .chain(others.iter().map(|(service, _)| *service))
+            .collect(),
+        timeout_secs: 5.0,
+        json: false,
+    }
+}
+
 fn metric_value(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()

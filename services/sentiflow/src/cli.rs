@@ -72,6 +72,9 @@ pub enum Command {
     Train(Box<crate::train::TrainArgs>),
     /// Evaluate a model (file or registry) on a labelled file.
     Eval(Box<crate::train::EvalArgs>),
+    /// Every service's readiness at a glance (status, failing checks, the model infer serves); exit
+    /// status 0 all ready, 1 one degraded, 2 one not ready or unreachable.
+    Status(Box<crate::status::StatusArgs>),
     /// The model registry: list, show, promote, roll back, prune versions nothing needs.
     Models {
         /// What to do.
@@ -196,6 +199,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             });
             crate::train::eval(*args).await
         }
+        Command::Status(args) => crate::status::run(*args).await,
         Command::Models { command } => {
             telemetry::init_tracing(&TelemetryArgs {
                 log_filter: "warn".to_owned(),

@@ -29,5 +29,6 @@ pub mod models;
 pub mod replay;
 pub mod scenario;
 pub mod stack;
+pub mod status;
 pub mod train;
 pub mod up;

@@ -428,6 +428,15 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<UpR
         topics::PREDICTIONS,
         topics::RETRAIN_REQUESTS
     );
+    println!(
+        "  all four at a glance: sentiflow status{}",
+        status_flags(&[
+            ("ingest", stack.ingest.http_addr, "127.0.0.1:9101"),
+            ("infer", stack.infer.http_addr, "127.0.0.1:9102"),
+            ("trainer", stack.trainer.http_addr, "127.0.0.1:9103"),
+            ("drift", stack.drift.http_addr, "127.0.0.1:9104"),
+        ])
+    );
     if let Some(version) = &champion {
         // infer loads the champion in the background; the replay's first predictions should be its.
         let slot = stack.infer.slot.clone();
@@ -1297,4 +1306,37 @@ pub async fn bootstrap_champion(
         record.trained_on
     );
     Ok(record.version.clone())
+}
+
+/// The `sentiflow status` flags for the services not on `status`'s default addresses.
+fn status_flags(services: &[(&str, SocketAddr, &str)]) -> String {
+    services
+        .iter()
+        .filter(|(_, addr, default)| addr.to_string() != *default)
+        .map(|(service, addr, _)| format!(" --{service}-url http://{addr}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_told_only_the_addresses_that_differ_from_its_defaults() {
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            status_flags(&[
+                ("ingest", at("127.0.0.1:9101"), "127.0.0.1:9101"),
+                ("drift", at("127.0.0.1:9104"), "127.0.0.1:9104"),
+            ]),
+            ""
+        );
+        assert_eq!(
+            status_flags(&[
+                ("ingest", at("127.0.0.1:9101"), "127.0.0.1:9101"),
+                ("infer", at("0.0.0.0:19102"), "127.0.0.1:9102"),
+            ]),
+            " --infer-url http://0.0.0.0:19102"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The `sentiflow` binary on this GPU-less machine: `train --device cuda` exits non-zero with a clear
 //! message before touching any snapshot or registry; `bench train` and `bench drift` without their
-//! baselines say how to install them.
+//! baselines say how to install them; `status` exits 2 naming an unreachable service.
 
 use std::process::Command;
 
@@ -71,4 +71,40 @@ fn bench_drift_without_river_says_how_to_install_it() {
             && stderr.contains("infra/setup.sh --bench"),
         "stderr: {stderr}"
     );
+}
+
+#[test]
+fn status_exits_two_when_a_service_is_unreachable_and_says_which() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = sentiflow()
+        .args(["status", "--services", "drift", "--drift-url"])
+        .arg(format!("http://127.0.0.1:{closed_port}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("drift    unreachable")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("ingest"),
+        "only the services asked: {stdout}"
+    );
+    assert!(stderr.contains("drift unreachable"), "{stderr}");
+
+    // A command that cannot run is an ordinary failure (1), not a finding.
+    let output = sentiflow()
+        .args(["status", "--timeout-secs", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--timeout-secs"), "{stderr}");
 }
