@@ -1215,7 +1215,6 @@ async fn dead_letters_are_summarised_listed_and_redriven_once_the_cause_is_fixed
 static HTTP_METRICS_TURN: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
-/// The value of the series written exactly as `series` (0 when absent).
 /// `sentiflow status` asking ingest at `ingest` and the `others` at their URLs.
 fn status_args(ingest: SocketAddr, others: &[(ServiceName, String)]) -> StatusArgs {
     let url_of = |service: ServiceName| {
@@ -1238,6 +1237,7 @@ fn status_args(ingest: SocketAddr, others: &[(ServiceName, String)]) -> StatusAr
     }
 }
 
+/// The value of the series written exactly as `series` (0 when absent).
 fn metric_value(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()

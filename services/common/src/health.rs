@@ -203,6 +203,11 @@ impl Health {
         lock(&self.inner.info).insert(key.to_owned(), value.into());
     }
 
+    /// Withdraws a fact that no longer holds (e.g. a load error once a later model loaded).
+    pub fn clear_info(&self, key: &str) {
+        lock(&self.inner.info).remove(key);
+    }
+
     /// The state of one check, if it was ever set.
     pub fn check(&self, name: &str) -> Option<CheckState> {
         lock(&self.inner.checks).states.get(name).cloned()

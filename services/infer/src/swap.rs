@@ -475,6 +475,8 @@ impl Swapper {
                 "loaded_at": model.loaded_at(),
             }),
         );
+        // "still serving <the old version>" no longer holds.
+        self.health.clear_info("last_load_error");
         let detail = format!(
             "{} serves {} {version} on {}{}",
             self.instance,

@@ -46,7 +46,7 @@ impl ServiceName {
 #[command(
     after_help = "Exit status: 0 when every service asked is ready, 1 when one is degraded (serving, but an \
                   optional dependency is down) and none is worse, 2 when one is not ready, unreachable or \
-                  not the service expected at its address. The defaults are the addresses `sentiflow up` \
+                  not the service expected at its address, 3 when it could not ask (a bad flag). The defaults are the addresses `sentiflow up` \
                   serves on; in Kubernetes, port-forward each service's 9100 or run it in the cluster."
 )]
 pub struct StatusArgs {
@@ -145,7 +145,7 @@ impl ServiceStatus {
                 };
                 let since = check["since"]
                     .as_str()
-                    .map(|since| format!(" since {since}"))
+                    .map(|since| format!(" since {}", to_the_second(since)))
                     .unwrap_or_default();
                 format!(
                     "{name} ({kind}) failing{since}: {}",
@@ -174,7 +174,12 @@ impl ServiceStatus {
         let mut notes = Vec::new();
         if let Some(model) = info["model"].as_object() {
             let text = |key: &str| model.get(key).and_then(Value::as_str).unwrap_or("?");
-            let device = info["device"].as_str().unwrap_or("?");
+            // The device the served model's session runs on; the start-up probe's otherwise.
+            let device = model
+                .get("device")
+                .and_then(Value::as_str)
+                .or_else(|| info["device"].as_str())
+                .unwrap_or("?");
             notes.push(format!(
                 "serving {} {} ({} on {device})",
                 text("name"),
@@ -204,6 +209,17 @@ impl ServiceStatus {
     }
 }
 
+/// An RFC 3339 time to the second (`2026-12-06T12:17:30Z`); anything else as it is.
+fn to_the_second(time: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(time).map_or_else(
+        |_| time.to_owned(),
+        |time| {
+            time.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        },
+    )
+}
+
 /// An `http://host:port[/prefix]` base URL taken apart.
 #[derive(Debug, PartialEq, Eq)]
 struct BaseUrl {
@@ -212,14 +228,39 @@ struct BaseUrl {
     prefix: String,
 }
 
+impl BaseUrl {
+    /// The `Host` header: brackets around an IPv6 address, the port unless it is 80.
+    fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
 fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        "only http:// URLs are supported (the health endpoints serve plain HTTP)".to_owned()
-    })?;
+    let rest = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+        .ok_or_else(|| {
+            "only http:// URLs are supported (the health endpoints serve plain HTTP)".to_owned()
+        })?;
+    if rest.contains(['?', '#', '@']) {
+        return Err("a base URL has no query, fragment or user".to_owned());
+    }
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let parse_port = |port: &str| {
         port.parse::<u16>()
-            .map_err(|_| format!("`{port}` is not a port"))
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("`{port}` is not a port"))
     };
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (host, after) = bracketed
@@ -231,7 +272,10 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
             None => return Err(format!("`{after}` after the IPv6 address")),
         }
     } else {
-        match authority.rsplit_once(':') {
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err("an IPv6 address goes in brackets: http://[::1]:9101".to_owned());
+            }
             Some((host, port)) => (host, parse_port(port)?),
             None => (authority, 80),
         }
@@ -246,38 +290,131 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
     })
 }
 
-/// GETs `<url>/healthz`: the HTTP status code and the body.
+/// The position just past the blank line that ends an HTTP head, if `bytes` holds it.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .map(|position| position + 4)
+}
+
+/// How the body of an HTTP answer is delimited.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// The status code and body framing of an HTTP answer's head.
+fn parse_head(head: &[u8]) -> Result<(u16, Framing), String> {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let code = status_line
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or("the answer is not HTTP")?;
+    let mut framing = Framing::UntilClose;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
+            framing = Framing::Chunked;
+        } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
+            let length = value
+                .parse::<usize>()
+                .map_err(|_| format!("a Content-Length of `{value}`"))?;
+            framing = Framing::Length(length);
+        }
+    }
+    Ok((code, framing))
+}
+
+/// The body of a chunked answer, once `bytes` holds all of it (`None`: more is needed).
+fn dechunk(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(line_end) = bytes[at..].windows(2).position(|pair| pair == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_line = String::from_utf8_lossy(&bytes[at..at + line_end]);
+        let size_text = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("a chunk size of `{size_text}`"))?;
+        at += line_end + 2;
+        if size == 0 {
+            return Ok(Some(body));
+        }
+        if bytes.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&bytes[at..at + size]);
+        at += size + 2;
+    }
+}
+
+/// GETs `<url>/healthz`: the HTTP status code and the body, read as far as the answer says it goes
+/// (a server that keeps the connection open is not waited on).
 async fn get_healthz(url: &BaseUrl) -> Result<(u16, Vec<u8>), String> {
     let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|error| format!("connect: {error}"))?;
-    // HTTP/1.0: the answer ends when the connection closes, never chunked.
     let request = format!(
-        "GET {}/healthz HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n",
-        url.prefix, url.host
+        "GET {}/healthz HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        url.prefix,
+        url.host_header()
     );
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|error| format!("send: {error}"))?;
     let mut answer = Vec::new();
-    stream
-        .take(MAX_ANSWER_BYTES)
-        .read_to_end(&mut answer)
-        .await
-        .map_err(|error| format!("read: {error}"))?;
-    let head_end = answer
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or("the answer is not HTTP")?;
-    let status_line = String::from_utf8_lossy(&answer[..head_end]);
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/"))
-        .ok_or("the answer is not HTTP")?;
-    Ok((code, answer[head_end + 4..].to_vec()))
+    let mut buffer = [0_u8; 8192];
+    let mut head: Option<(usize, u16, Framing)> = None;
+    loop {
+        let read = stream
+            .read(&mut buffer)
+            .await
+            .map_err(|error| format!("read: {error}"))?;
+        answer.extend_from_slice(&buffer[..read]);
+        if answer.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(format!("an answer over {MAX_ANSWER_BYTES} bytes"));
+        }
+        if head.is_none()
+            && let Some(end) = head_end(&answer)
+        {
+            let (code, framing) = parse_head(&answer[..end])?;
+            head = Some((end, code, framing));
+        }
+        if let Some((end, code, framing)) = &head {
+            let body = &answer[*end..];
+            match framing {
+                Framing::Length(length) if body.len() >= *length => {
+                    return Ok((*code, body[..*length].to_vec()));
+                }
+                Framing::Chunked => {
+                    if let Some(body) = dechunk(body)? {
+                        return Ok((*code, body));
+                    }
+                }
+                Framing::UntilClose if read == 0 => return Ok((*code, body.to_vec())),
+                _ => {}
+            }
+        }
+        if read == 0 {
+            return Err(match head {
+                Some(_) => "the answer ended early".to_owned(),
+                None => "the answer is not HTTP".to_owned(),
+            });
+        }
+    }
 }
 
 /// Asks one service at `url` how it is.
@@ -316,7 +453,13 @@ pub async fn ask(service: ServiceName, url: &str, timeout: Duration) -> ServiceS
             );
         }
     };
-    let answered_by = health["service"].as_str().unwrap_or("").to_owned();
+    let Some(answered_by) = health["service"].as_str().map(str::to_owned) else {
+        return outcome(
+            "unexpected",
+            Some("the answer is JSON but not a sentiflow health document".to_owned()),
+            None,
+        );
+    };
     if answered_by != service.as_str() {
         return outcome(
             "unexpected",
@@ -350,12 +493,26 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// The table printed without `--json`.
+    /// The table printed without `--json`, its columns as wide as their widest cell.
     pub fn table(&self) -> String {
+        let status_width = self
+            .services
+            .iter()
+            .map(|status| status.status.len())
+            .chain(["STATUS".len()])
+            .max()
+            .unwrap_or(0);
+        let url_width = self
+            .services
+            .iter()
+            .map(|status| status.url.len())
+            .chain(["URL".len()])
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:<11} {:<23} CHECKS / NOTES",
+            "{:<8} {:<status_width$} {:<url_width$} CHECKS / NOTES",
             "SERVICE", "STATUS", "URL"
         );
         for status in &self.services {
@@ -367,7 +524,7 @@ impl StatusReport {
             };
             let _ = writeln!(
                 out,
-                "{:<8} {:<11} {:<23} {detail}",
+                "{:<8} {:<status_width$} {:<url_width$} {detail}",
                 status.service.as_str(),
                 status.status,
                 status.url
@@ -420,6 +577,11 @@ pub async fn report(args: &StatusArgs) -> anyhow::Result<StatusReport> {
     })
 }
 
+/// The exit status of `status` when it could not ask (a bad flag, a bad timeout): 3, "unknown" in the
+/// 0 ok / 1 warning / 2 critical / 3 unknown convention of monitoring probes, so a script never reads a
+/// failure to ask as a finding.
+pub const EXIT_UNKNOWN: u8 = 3;
+
 /// The exit status of a command that ran and found something to report (not an error of the command).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -435,7 +597,10 @@ pub struct ExitStatus {
 /// # Errors
 /// [`ExitStatus`] when a service is not ready; a bad `--timeout-secs`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let report = report(&args).await?;
+    let report = report(&args).await.map_err(|error| ExitStatus {
+        code: EXIT_UNKNOWN,
+        message: format!("error: {error:#}"),
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -488,17 +653,136 @@ mod tests {
                 prefix: String::new()
             }
         );
+        assert_eq!(
+            parse_base_url("HTTP://Ingest:9101").unwrap().host,
+            "Ingest",
+            "the scheme in any case"
+        );
         for (url, says) in [
             ("https://a:1", "only http://"),
             ("127.0.0.1:9101", "only http://"),
             ("http://a:port", "not a port"),
             ("http://a:70000", "not a port"),
+            ("http://a:0", "not a port"),
+            ("http://a:1/?x=1", "no query"),
+            ("http://::1", "in brackets"),
             ("http://:9101", "no host"),
             ("http://[::1", "closing"),
             ("http://[::1]x", "after the IPv6"),
         ] {
             let error = parse_base_url(url).unwrap_err();
             assert!(error.contains(says), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_host_header_brackets_ipv6_and_names_a_port_other_than_80() {
+        let header = |url: &str| parse_base_url(url).unwrap().host_header();
+        assert_eq!(header("http://[::1]:9102"), "[::1]:9102");
+        assert_eq!(header("http://infer.sentiflow.svc"), "infer.sentiflow.svc");
+        assert_eq!(header("http://10.0.0.7:9100/x"), "10.0.0.7:9100");
+    }
+
+    #[test]
+    fn check_times_are_shown_to_the_second() {
+        assert_eq!(
+            to_the_second("2026-12-06T12:17:30.530538079Z"),
+            "2026-12-06T12:17:30Z"
+        );
+        assert_eq!(to_the_second("not a time"), "not a time");
+    }
+
+    /// Serves `answer` to the first connection, then keeps it open (a server that ignores
+    /// `Connection: close`) until the test ends.
+    async fn serve_once(answer: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0_u8; 4096];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_as_far_as_they_say_they_go() {
+        let health =
+            br#"{"service":"ingest","status":"ready","checks":{"kafka":{"ok":true}},"info":{}}"#;
+        let timeout = Duration::from_secs(2);
+        // Content-Length on a connection kept open: read to the length, not to a close.
+        let mut sized = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            health.len()
+        )
+        .into_bytes();
+        sized.extend_from_slice(health);
+        let url = serve_once(sized.leak()).await;
+        let status = ask(ServiceName::Ingest, &url, timeout).await;
+        assert_eq!(status.status, "ready", "{status:?}");
+        // Chunked, split mid-document.
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let (first, second) = health.split_at(20);
+        for chunk in [first, second] {
+            chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            chunked.extend_from_slice(chunk);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let url = serve_once(chunked.leak()).await;
+        let status = ask(ServiceName::Ingest, &url, timeout).await;
+        assert_eq!(status.status, "ready", "{status:?}");
+        assert_eq!(status.checks_summary(), "all 1 ok");
+
+        let sized_answer = |status_line: &str, body: &str| -> &'static [u8] {
+            format!(
+                "{status_line}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+            .leak()
+        };
+        for (answer, want, says) in [
+            (
+                &b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..],
+                "unreachable",
+                "not HTTP",
+            ),
+            (
+                sized_answer("HTTP/1.1 404 Not Found", "{}"),
+                "unexpected",
+                "answered 404",
+            ),
+            (
+                sized_answer("HTTP/1.1 200 OK", "{}"),
+                "unexpected",
+                "not a sentiflow health document",
+            ),
+            (
+                sized_answer("HTTP/1.1 200 OK", r#"{"service":"ingest","status":"ok"}"#),
+                "unexpected",
+                "unknown status",
+            ),
+            (
+                // Fewer bytes than said, on a connection kept open.
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}"[..],
+                "unreachable",
+                "no answer within",
+            ),
+        ] {
+            let url = serve_once(answer).await;
+            let status = ask(ServiceName::Ingest, &url, Duration::from_millis(500)).await;
+            assert_eq!(status.status, want, "{status:?}");
+            assert!(
+                status
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.contains(says)),
+                "{says}: {status:?}"
+            );
+            assert_eq!(status.severity(), 2);
         }
     }
 

@@ -1313,7 +1313,18 @@ fn status_flags(services: &[(&str, SocketAddr, &str)]) -> String {
     services
         .iter()
         .filter(|(_, addr, default)| addr.to_string() != *default)
-        .map(|(service, addr, _)| format!(" --{service}-url http://{addr}"))
+        .map(|(service, addr, _)| {
+            // A wildcard bind is reached on loopback.
+            let mut reachable = *addr;
+            if addr.ip().is_unspecified() {
+                reachable.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            format!(" --{service}-url http://{reachable}")
+        })
         .collect()
 }
 
@@ -1336,7 +1347,11 @@ mod tests {
                 ("ingest", at("127.0.0.1:9101"), "127.0.0.1:9101"),
                 ("infer", at("0.0.0.0:19102"), "127.0.0.1:9102"),
             ]),
-            " --infer-url http://0.0.0.0:19102"
+            " --infer-url http://127.0.0.1:19102"
+        );
+        assert_eq!(
+            status_flags(&[("drift", at("[::]:9200"), "127.0.0.1:9104")]),
+            " --drift-url http://[::1]:9200"
         );
     }
 }

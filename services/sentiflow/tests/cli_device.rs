@@ -1,6 +1,7 @@
 //! The `sentiflow` binary on this GPU-less machine: `train --device cuda` exits non-zero with a clear
 //! message before touching any snapshot or registry; `bench train` and `bench drift` without their
-//! baselines say how to install them; `status` exits 2 naming an unreachable service.
+//! baselines say how to install them; `status` exits 2 naming an unreachable service, 3 when it
+//! cannot ask.
 
 use std::process::Command;
 
@@ -99,12 +100,18 @@ fn status_exits_two_when_a_service_is_unreachable_and_says_which() {
     );
     assert!(stderr.contains("drift unreachable"), "{stderr}");
 
-    // A command that cannot run is an ordinary failure (1), not a finding.
-    let output = sentiflow()
-        .args(["status", "--timeout-secs", "0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--timeout-secs"), "{stderr}");
+    // Could not ask (a bad value, a bad flag): 3, never read as a finding.
+    for args in [
+        &["status", "--timeout-secs", "0"][..],
+        &["status", "--services", "ingest,nothing"][..],
+        &["status", "--service", "ingest"][..],
+    ] {
+        let output = sentiflow().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    let output = sentiflow().args(["status", "--help"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Exit status: 0"));
 }
