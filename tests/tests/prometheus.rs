@@ -2,7 +2,8 @@
 //! rules pass their unit tests (`promtool test rules`), and every sentiflow metric that the rules and
 //! the Grafana dashboard query is one the services really export: named in their sources, and (for the
 //! dashboard) present in `/metrics` of a running pipeline (ingest, infer, trainer, drift on a real Kafka
-//! and Redis, fed raw reviews until drift has requested a retrain).
+//! and Redis, fed raw reviews until drift has requested a retrain); the lag gauge the rules sum over
+//! replicas counts each partition once across a rebalance.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -448,5 +449,136 @@ mod pipeline {
             tokio::time::timeout(stop, drift.task).await.is_ok(),
             "drift stops"
         );
+    }
+}
+
+/// The lag gauge on a real broker: a replica that loses partitions in a rebalance stops showing their
+/// lag, so the lag alert's and the dashboards' sum over replicas counts each partition once.
+mod lag {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use sentiflow_common::catalogue::topics;
+    use sentiflow_common::config::KafkaOption;
+    use sentiflow_common::kafka::{Consumer, at_least_once_consumer};
+    use sentiflow_tests::kafka_with_topics;
+
+    const MESSAGES_PER_PARTITION: i64 = 10;
+
+    /// `partition → lag` of `service`'s gauge for `topic`, as the process's exposition shows it.
+    fn lag_of(service: &str, topic: &str) -> BTreeMap<i32, f64> {
+        let exposition = sentiflow_common::telemetry::prometheus().render();
+        let prefix = format!("sentiflow_{service}_consumer_lag_messages{{");
+        exposition
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter(|line| line.contains(&format!("topic=\"{topic}\"")))
+            .filter_map(|line| {
+                let partition = line.split("partition=\"").nth(1)?.split('"').next()?;
+                let value = line.rsplit(' ').next()?;
+                Some((partition.parse().ok()?, value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Keeps `consumer` polling (assignments, rebalances and statistics are served by the poll)
+    /// without storing an offset, so the group's committed offsets stay where they are.
+    fn keep_polling(consumer: Consumer) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let _ = consumer.recv().await;
+            }
+        })
+    }
+
+    /// Waits until `check` holds (90 s at most: a failure guard, not a speed assertion).
+    async fn wait_for(what: &str, topic: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: first {:?}, second {:?}",
+                lag_of("lagfirst", topic),
+                lag_of("lagsecond", topic)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replica_that_loses_a_partition_in_a_rebalance_stops_showing_its_lag() {
+        let mut kafka = kafka_with_topics().await;
+        kafka.options.push(KafkaOption {
+            key: "statistics.interval.ms".to_owned(),
+            value: "200".to_owned(),
+        });
+        let topic = kafka.topic(topics::REVIEWS_CLEAN);
+        let group = format!("{}-lag", kafka.topic_prefix);
+        let producer: rdkafka::producer::FutureProducer = kafka.client_config().create().unwrap();
+        for partition in 0..3 {
+            for index in 0..MESSAGES_PER_PARTITION {
+                producer
+                    .send(
+                        FutureRecord::<str, str>::to(&topic)
+                            .partition(partition)
+                            .payload(&format!("message {index}")),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .expect("delivered");
+            }
+        }
+        // The group has committed offset 0 everywhere: each partition lags by all its messages.
+        let committer: BaseConsumer = {
+            let mut config: ClientConfig = kafka.client_config();
+            config.set("group.id", &group);
+            config.create().unwrap()
+        };
+        let mut offsets = TopicPartitionList::new();
+        for partition in 0..3 {
+            offsets
+                .add_partition_offset(&topic, partition, Offset::Offset(0))
+                .unwrap();
+        }
+        committer.commit(&offsets, CommitMode::Sync).unwrap();
+        drop(committer);
+
+        let full = MESSAGES_PER_PARTITION as f64;
+        let first = keep_polling(
+            at_least_once_consumer(&kafka, &group, "lagfirst", &[topic.as_str()]).unwrap(),
+        );
+        wait_for(
+            "the only replica shows every partition's lag",
+            &topic,
+            || lag_of("lagfirst", &topic) == BTreeMap::from([(0, full), (1, full), (2, full)]),
+        )
+        .await;
+
+        let second = keep_polling(
+            at_least_once_consumer(&kafka, &group, "lagsecond", &[topic.as_str()]).unwrap(),
+        );
+        // Once the second replica has partitions, each partition's lag is shown by one replica
+        // only: the sum over both is the group's lag, not more.
+        wait_for(
+            "after the rebalance each partition's lag counts once",
+            &topic,
+            || {
+                let first = lag_of("lagfirst", &topic);
+                let second = lag_of("lagsecond", &topic);
+                let moved = second.values().filter(|lag| **lag == full).count();
+                moved > 0
+                    && (0..3).all(|partition| {
+                        first.get(&partition).copied().unwrap_or(0.0)
+                            + second.get(&partition).copied().unwrap_or(0.0)
+                            == full
+                    })
+            },
+        )
+        .await;
+        first.abort();
+        second.abort();
     }
 }

@@ -1,7 +1,8 @@
 //! Kafka plumbing with at-least-once semantics: consumers that store offsets only when told to, idempotent
 //! producers that are rebuilt after a fatal error, topic creation from the catalogue, and lag metrics.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
@@ -24,27 +25,85 @@ use crate::health::Health;
 pub struct ServiceContext {
     /// Service name, the `<service>` part of metric names.
     service: &'static str,
+    /// Which partitions this client consumes, and which it reported a lag for.
+    lag: Arc<Mutex<LagState>>,
+}
+
+/// The partitions behind a client's lag gauges.
+#[derive(Debug, Default)]
+struct LagState {
+    /// Assigned to this consumer by the group (kept from the rebalance callbacks; librdkafka's
+    /// statistics go on listing a revoked partition with its last committed offset, so they cannot
+    /// tell).
+    assigned: HashSet<(String, i32)>,
+    /// Reported in the last statistics.
+    reported: HashSet<(String, i32)>,
 }
 
 impl ServiceContext {
     /// A context whose metrics are named after `service`.
     pub fn new(service: &'static str) -> Self {
-        Self { service }
+        Self {
+            service,
+            lag: Arc::default(),
+        }
     }
+
+    fn lag_state(&self) -> std::sync::MutexGuard<'_, LagState> {
+        self.lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The `(topic, partition)` pairs of a partition list.
+fn partitions_of(list: &TopicPartitionList) -> impl Iterator<Item = (String, i32)> + '_ {
+    list.elements()
+        .into_iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+}
+
+/// The lag gauges to set from one statistics report: each partition `state` has assigned, with its lag
+/// as observed, and 0 once for a partition reported before and not now (`state.reported` updated).
+/// Without the 0, a replica that lost a partition in a rebalance would show its last lag for ever,
+/// and a sum over replicas (the lag alert, the dashboards) would add it to the new owner's.
+fn lag_updates(
+    state: &mut LagState,
+    observed: impl IntoIterator<Item = (String, i32, i64)>,
+) -> Vec<(String, i32, f64)> {
+    let mut now_reported = HashSet::new();
+    let mut updates = Vec::new();
+    for (topic, partition, lag) in observed {
+        let key = (topic, partition);
+        // -1: not fetched (yet); partition -1 is librdkafka's internal UA partition, never assigned.
+        if lag < 0 || !state.assigned.contains(&key) {
+            continue;
+        }
+        updates.push((key.0.clone(), key.1, lag as f64));
+        now_reported.insert(key);
+    }
+    for (topic, partition) in state.reported.difference(&now_reported) {
+        updates.push((topic.clone(), *partition, 0.0));
+    }
+    state.reported = now_reported;
+    updates
 }
 
 impl ClientContext for ServiceContext {
     fn stats(&self, statistics: Statistics) {
         let name = format!("sentiflow_{}_consumer_lag_messages", self.service);
-        for (topic, stats) in statistics.topics {
-            for (partition, partition_stats) in stats.partitions {
-                // librdkafka reports partition -1 (the internal UA partition) and -1 lag before the first fetch.
-                if partition < 0 || partition_stats.consumer_lag < 0 {
-                    continue;
-                }
-                metrics::gauge!(name.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set(partition_stats.consumer_lag as f64);
-            }
+        let observed = statistics.topics.into_iter().flat_map(|(topic, stats)| {
+            stats
+                .partitions
+                .into_iter()
+                .map(move |(partition, partition_stats)| {
+                    (topic.clone(), partition, partition_stats.consumer_lag)
+                })
+        });
+        let updates = lag_updates(&mut self.lag_state(), observed);
+        for (topic, partition, lag) in updates {
+            metrics::gauge!(name.clone(), "topic" => topic, "partition" => partition.to_string())
+                .set(lag);
         }
     }
 
@@ -65,6 +124,20 @@ impl ConsumerContext for ServiceContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         info!(service = self.service, ?rebalance, "rebalance done");
+        // Eager assignors revoke everything, then assign the new set; cooperative ones add and
+        // remove partitions: both are followed by adding and removing.
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                self.lag_state().assigned.extend(partitions_of(assigned))
+            }
+            Rebalance::Revoke(revoked) => {
+                let mut state = self.lag_state();
+                for partition in partitions_of(revoked) {
+                    state.assigned.remove(&partition);
+                }
+            }
+            Rebalance::Error(_) => {}
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -361,4 +434,65 @@ pub fn is_permanent_produce_error(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(rows: &[(&str, i32, i64)]) -> Vec<(String, i32, i64)> {
+        rows.iter()
+            .map(|(topic, partition, lag)| ((*topic).to_owned(), *partition, *lag))
+            .collect()
+    }
+
+    fn sorted(mut updates: Vec<(String, i32, f64)>) -> Vec<(String, i32, f64)> {
+        updates.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        updates
+    }
+
+    #[test]
+    fn a_partition_this_client_no_longer_consumes_shows_no_lag() {
+        let assigned = |partitions: &[i32]| -> HashSet<(String, i32)> {
+            partitions
+                .iter()
+                .map(|partition| ("raw".to_owned(), *partition))
+                .collect()
+        };
+        let mut state = LagState {
+            assigned: assigned(&[0, 1, 2]),
+            reported: HashSet::new(),
+        };
+        // Two partitions consumed; the UA partition and one not fetched yet are left out.
+        let updates = lag_updates(
+            &mut state,
+            observed(&[
+                ("raw", 0, 120),
+                ("raw", 1, 7),
+                ("raw", -1, 0),
+                ("raw", 2, -1),
+            ]),
+        );
+        assert_eq!(
+            sorted(updates),
+            [("raw".to_owned(), 0, 120.0), ("raw".to_owned(), 1, 7.0)]
+        );
+        // A rebalance moved partition 1 to another replica; the statistics still list it with the
+        // group's committed offset, but it is no longer this client's: 0 once, then left alone.
+        state.assigned = assigned(&[0, 2]);
+        let updates = lag_updates(&mut state, observed(&[("raw", 0, 90), ("raw", 1, 7)]));
+        assert_eq!(
+            sorted(updates),
+            [("raw".to_owned(), 0, 90.0), ("raw".to_owned(), 1, 0.0)]
+        );
+        let updates = lag_updates(&mut state, observed(&[("raw", 0, 80), ("raw", 1, 7)]));
+        assert_eq!(updates, [("raw".to_owned(), 0, 80.0)]);
+        // A partition gone from the statistics goes to 0 as well; one assigned again is reported.
+        state.assigned = assigned(&[1]);
+        let updates = lag_updates(&mut state, observed(&[("raw", 1, 3)]));
+        assert_eq!(
+            sorted(updates),
+            [("raw".to_owned(), 0, 0.0), ("raw".to_owned(), 1, 3.0)]
+        );
+    }
 }
