@@ -47,8 +47,9 @@ pub struct ApiAuthArgs {
     /// batch costs what it carries (a token bucket per key; needs --api-keys-file). A key with no
     /// token left is answered 429 `rate_limited` with `Retry-After` before its request takes a slot;
     /// a batch larger than what the key has left is answered 429 once it is read, and one larger than
-    /// the burst 413 `over_key_burst`; a refused request costs its first item. Unset: no per-key
-    /// limit (the shared slots of --http-max-concurrent still bound the load).
+    /// the burst 413 `over_key_burst`; a refused request costs its first item. Per instance: behind a
+    /// load balancer a key may send this times the replicas. Unset: no per-key limit (the shared
+    /// slots of --http-max-concurrent still bound the load).
     #[arg(
         long = "api-key-rate",
         env = "SENTIFLOW_API_KEY_RATE",
