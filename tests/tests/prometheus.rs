@@ -495,26 +495,40 @@ mod lag {
     }
 
     /// Waits until `check` holds (90 s at most: a failure guard, not a speed assertion).
-    async fn wait_for(what: &str, topic: &str, check: impl Fn() -> bool) {
+    async fn wait_for(what: &str, services: [&str; 2], topic: &str, check: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while !check() {
             assert!(
                 Instant::now() < deadline,
-                "{what}: first {:?}, second {:?}",
-                lag_of("lagfirst", topic),
-                lag_of("lagsecond", topic)
+                "{what}: {} {:?}, {} {:?}",
+                services[0],
+                lag_of(services[0], topic),
+                services[1],
+                lag_of(services[1], topic)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_replica_that_loses_a_partition_in_a_rebalance_stops_showing_its_lag() {
+    /// Two consumers of one group, named `services` in their metrics, with `assignor` (librdkafka's
+    /// default, eager, when `None`): once the second joins, each partition's lag is shown once.
+    async fn each_partition_lag_counts_once_across_a_rebalance(
+        services: [&'static str; 2],
+        assignor: Option<&str>,
+    ) {
+        // The recorder exists before the first gauge is set.
+        sentiflow_common::telemetry::prometheus();
         let mut kafka = kafka_with_topics().await;
         kafka.options.push(KafkaOption {
             key: "statistics.interval.ms".to_owned(),
             value: "200".to_owned(),
         });
+        if let Some(assignor) = assignor {
+            kafka.options.push(KafkaOption {
+                key: "partition.assignment.strategy".to_owned(),
+                value: assignor.to_owned(),
+            });
+        }
         let topic = kafka.topic(topics::REVIEWS_CLEAN);
         let group = format!("{}-lag", kafka.topic_prefix);
         let producer: rdkafka::producer::FutureProducer = kafka.client_config().create().unwrap();
@@ -547,27 +561,30 @@ mod lag {
         drop(committer);
 
         let full = MESSAGES_PER_PARTITION as f64;
+        let [first_name, second_name] = services;
         let first = keep_polling(
-            at_least_once_consumer(&kafka, &group, "lagfirst", &[topic.as_str()]).unwrap(),
+            at_least_once_consumer(&kafka, &group, first_name, &[topic.as_str()]).unwrap(),
         );
         wait_for(
             "the only replica shows every partition's lag",
+            services,
             &topic,
-            || lag_of("lagfirst", &topic) == BTreeMap::from([(0, full), (1, full), (2, full)]),
+            || lag_of(first_name, &topic) == BTreeMap::from([(0, full), (1, full), (2, full)]),
         )
         .await;
 
         let second = keep_polling(
-            at_least_once_consumer(&kafka, &group, "lagsecond", &[topic.as_str()]).unwrap(),
+            at_least_once_consumer(&kafka, &group, second_name, &[topic.as_str()]).unwrap(),
         );
         // Once the second replica has partitions, each partition's lag is shown by one replica
         // only: the sum over both is the group's lag, not more.
         wait_for(
             "after the rebalance each partition's lag counts once",
+            services,
             &topic,
             || {
-                let first = lag_of("lagfirst", &topic);
-                let second = lag_of("lagsecond", &topic);
+                let first = lag_of(first_name, &topic);
+                let second = lag_of(second_name, &topic);
                 let moved = second.values().filter(|lag| **lag == full).count();
                 moved > 0
                     && (0..3).all(|partition| {
@@ -580,5 +597,19 @@ mod lag {
         .await;
         first.abort();
         second.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replica_that_loses_a_partition_in_a_rebalance_stops_showing_its_lag() {
+        each_partition_lag_counts_once_across_a_rebalance(["lagfirst", "lagsecond"], None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_same_with_the_cooperative_sticky_assignor() {
+        each_partition_lag_counts_once_across_a_rebalance(
+            ["coopfirst", "coopsecond"],
+            Some("cooperative-sticky"),
+        )
+        .await;
     }
 }
