@@ -314,8 +314,16 @@ async fn a_broker_outage_holds_the_windows_and_counts_each_prediction_once() {
     let mut broker = sentiflow_tests::OwnBroker::start().await;
     let kafka = broker.kafka.clone();
     let redis = sentiflow_tests::redis();
-    let (running, shutdown) =
-        start_drift(windows_only(&kafka, &redis.url(), "outage", "drift-outage")).await;
+    let mut config = windows_only(&kafka, &redis.url(), "outage", "drift-outage");
+    // The broker's shortest session, so that the group session always times out during the outage
+    // (with the 45 s default it did only when the broker was slow to come back): the consumer loses
+    // its partitions, must not keep trying to store offsets for them, and must rejoin.
+    config.kafka.options.push(
+        "session.timeout.ms=6000"
+            .parse()
+            .expect("a librdkafka property"),
+    );
+    let (running, shutdown) = start_drift(config).await;
     let reports = |expected: usize| {
         let kafka = kafka.clone();
         async move {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use sentiflow_common::catalogue::topics;
 use sentiflow_common::dlq::DeadLetterSink;
@@ -27,7 +28,7 @@ use sentiflow_common::store::{self, RedisStore};
 use sentiflow_common::telemetry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::SERVICE;
 use crate::config::DriftConfig;
@@ -375,14 +376,26 @@ impl Worker {
                         break;
                     }
                     self.store_freed_label_offsets(&consumer);
-                    // Offsets those windows pinned may now be stored.
-                    for ((topic, partition), offset) in &last_seen {
-                        if let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset)
-                            && let Err(error) = consumer.store_offset(topic, *partition, safe)
-                        {
-                            warn!(%error, topic, partition, "storing the offset failed");
+                    // Offsets those windows pinned may now be stored. A partition this consumer
+                    // no longer holds (revoked, or lost when the group session timed out) cannot
+                    // take one: it is forgotten until its next message, instead of failing (and
+                    // warning) every second for as long as it stays elsewhere.
+                    last_seen.retain(|(topic, partition), offset| {
+                        let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset) else {
+                            return true;
+                        };
+                        match consumer.store_offset(topic, *partition, safe) {
+                            Ok(()) => true,
+                            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                                debug!(topic, partition, "partition no longer assigned; its last offset is forgotten");
+                                false
+                            }
+                            Err(error) => {
+                                warn!(%error, topic, partition, "storing the offset failed");
+                                true
+                            }
                         }
-                    }
+                    });
                     continue;
                 }
                 received = consumer.recv() => match received {
