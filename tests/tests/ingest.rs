@@ -1626,6 +1626,131 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     running.task.await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_each_keys_bucket_in_redis_and_fall_back_to_their_own_without_it() {
+    use sentiflow_common::api_keys::RateScope;
+    use sentiflow_tests::http_post_with_headers;
+    const KEY: &str = "shared-key-0123456789abcdef";
+    let _turn = HTTP_METRICS_TURN.lock().await;
+    let kafka = kafka_with_topics().await;
+    let mut redis_server = redis();
+    let keys = tempfile::tempdir().unwrap();
+    let keys_file = keys.path().join("api-keys");
+    std::fs::write(&keys_file, format!("{KEY}\n")).unwrap();
+    let shutdown = CancellationToken::new();
+    // Three replicas of one deployment (one group, one Redis prefix): two share the key's bucket
+    // (the default scope), one keeps its own. One review every 10 s, 3 at once.
+    let mut replicas = Vec::new();
+    for scope in [RateScope::Shared, RateScope::Shared, RateScope::Instance] {
+        let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
+        settings.api_auth.api_keys_file = Some(keys_file.clone());
+        settings.api_auth.api_key_rate = Some(0.1);
+        settings.api_auth.api_key_burst = Some(3);
+        settings.api_auth.api_key_rate_scope = scope;
+        replicas.push(
+            sentiflow_ingest::start(settings, shutdown.clone())
+                .await
+                .expect("ingest starts"),
+        );
+    }
+    let reviews = real_reviews(12, 0);
+    let post = |addr: SocketAddr, indices: std::ops::Range<usize>| {
+        let body = serde_json::to_vec(&reviews[indices].iter().collect::<Vec<_>>()).unwrap();
+        async move {
+            let (status, _, answer) = http_post_with_headers(
+                addr,
+                "/v1/reviews",
+                &[("Authorization", &format!("Bearer {KEY}"))],
+                &body,
+            )
+            .await
+            .expect("answered");
+            (status, answer)
+        }
+    };
+    let (first, second, own) = (
+        replicas[0].http_addr,
+        replicas[1].http_addr,
+        replicas[2].http_addr,
+    );
+
+    // The key's burst spent at one shared replica is spent at the other.
+    let (status, answer) = post(first, 0..3).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post(second, 3..4).await;
+    assert_eq!(status, 429, "the shared bucket is empty: {answer}");
+    assert!(answer.contains("no token left"), "{answer}");
+    // The replica with its own buckets does not see it.
+    let (status, answer) = post(own, 4..7).await;
+    assert_eq!(status, 202, "{answer}");
+    let (mut connection, bucket_keys) = {
+        let client = redis::Client::open(redis_server.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let bucket_keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!(
+                "{}-redis:api-key-bucket:ingest:*",
+                kafka.topic_prefix
+            ))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        (connection, bucket_keys)
+    };
+    assert_eq!(
+        bucket_keys.len(),
+        1,
+        "one bucket for the key: {bucket_keys:?}"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&bucket_keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 30_000 + 60_000,
+        "dropped once full again (30 s) plus a minute: {ttl} ms"
+    );
+
+    // Without Redis the shared replicas fall back to their own buckets (counted) and keep
+    // answering; the first replica's own bucket is full, so it accepts a burst again.
+    let (_, metrics_before) = http_get(first, "/metrics").await.unwrap();
+    redis_server.stop().unwrap();
+    let (status, answer) = post(first, 7..10).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post(first, 10..11).await;
+    assert_eq!(status, 429, "its own bucket holds the limit: {answer}");
+    let (_, metrics) = http_get(first, "/metrics").await.unwrap();
+    let fallbacks = metric_growth(
+        &metrics_before,
+        &metrics,
+        &["sentiflow_ingest_api_key_rate_fallbacks_total"],
+    )[0];
+    assert_eq!(
+        fallbacks, 3.0,
+        "each take decided locally is counted (two for the batch, one for the single review)"
+    );
+
+    // Once Redis is back (empty: it kept nothing) and the pause after the last failure is over,
+    // the shared bucket decides again.
+    sentiflow_tests::restart_redis_and_await_ready(&mut redis_server, first).await;
+    assert!(
+        sentiflow_tests::health_eventually(second, "ready", "redis", true, Duration::from_secs(30))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, answer) = post(second, 11..12).await;
+    assert_eq!(status, 202, "a new, full shared bucket: {answer}");
+    let (status, answer) = post(first, 3..4).await;
+    assert_eq!(
+        status, 202,
+        "the shared bucket, not the first replica's empty own one: {answer}"
+    );
+    shutdown.cancel();
+    for replica in replicas {
+        replica.task.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_without_keys_refuses_to_start() {
     let kafka = kafka_with_topics().await;

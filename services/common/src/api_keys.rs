@@ -2,7 +2,8 @@
 //! against the keys of a file that is re-read while the service runs, so keys rotate without a restart;
 //! optionally a rate per key (`--api-key-rate`, a token bucket each, counted in reviews or texts, so a
 //! batch costs what it carries), so one client's flood is answered 429 instead of taking the request
-//! slots every other client shares.
+//! slots every other client shares. The buckets live in this process or, with
+//! `--api-key-rate-scope shared`, in Redis, shared by every replica of the service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,11 +16,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::MethodRouter;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::json_error;
+use crate::shared_buckets::{SharedBuckets, SharedVerdict};
+use crate::store::RedisStore;
 
 /// Shortest key accepted: a guessable key is worse than none, since it looks like protection.
 pub const MIN_KEY_CHARS: usize = 16;
@@ -47,9 +50,9 @@ pub struct ApiAuthArgs {
     /// batch costs what it carries (a token bucket per key; needs --api-keys-file). A key with no
     /// token left is answered 429 `rate_limited` with `Retry-After` before its request takes a slot;
     /// a batch larger than what the key has left is answered 429 once it is read, and one larger than
-    /// the burst 413 `over_key_burst`; a refused request costs its first item. Per instance: behind a
-    /// load balancer a key may send this times the replicas. Unset: no per-key limit (the shared
-    /// slots of --http-max-concurrent still bound the load).
+    /// the burst 413 `over_key_burst`; a refused request costs its first item. Whether the replicas
+    /// of the service share each key's bucket: --api-key-rate-scope. Unset: no per-key limit (the
+    /// shared slots of --http-max-concurrent still bound the load).
     #[arg(
         long = "api-key-rate",
         env = "SENTIFLOW_API_KEY_RATE",
@@ -67,6 +70,31 @@ pub struct ApiAuthArgs {
         value_name = "ITEMS"
     )]
     pub api_key_burst: Option<u32>,
+
+    /// Where each key's bucket lives. `shared`: in Redis (--redis-url), one bucket per key for all
+    /// replicas of this service, so the rate holds behind a load balancer; each request asks Redis
+    /// (twice: as it comes in, and for the rest of its items), and when Redis does not answer within
+    /// 100 ms this instance's own bucket decides, for a second at a time, until Redis answers again
+    /// (counted in `_api_key_rate_fallbacks_total`). `instance`: each replica keeps its own buckets
+    /// (no Redis call; behind a load balancer a key may send the rate times the replicas).
+    #[arg(
+        long = "api-key-rate-scope",
+        env = "SENTIFLOW_API_KEY_RATE_SCOPE",
+        value_name = "SCOPE",
+        value_enum,
+        default_value_t = RateScope::Shared
+    )]
+    pub api_key_rate_scope: RateScope,
+}
+
+/// Where the per-key buckets of `--api-key-rate` live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum RateScope {
+    /// In Redis, shared by every replica of the service (this instance's own when Redis is down).
+    #[default]
+    Shared,
+    /// In this process only.
+    Instance,
 }
 
 /// The slowest per-key rate accepted: one item a day (a slower one is a disabled key: remove it).
@@ -212,6 +240,7 @@ impl ApiAuthArgs {
         service: &'static str,
         http_addr: SocketAddr,
         max_items_per_request: usize,
+        redis: &RedisStore,
     ) -> Result<Option<Arc<ApiKeys>>, ApiKeysError> {
         let rate_limit = self.rate_limit(max_items_per_request)?;
         if let Some(limit) = rate_limit
@@ -226,11 +255,14 @@ impl ApiAuthArgs {
         }
         match &self.api_keys_file {
             Some(path) => {
-                let keys = ApiKeys::load_limited(service, path, rate_limit)?;
+                let shared = (rate_limit.is_some() && self.api_key_rate_scope == RateScope::Shared)
+                    .then(|| redis.clone());
+                let keys = ApiKeys::load_limited(service, path, rate_limit, shared)?;
                 tracing::info!(
                     path = %path.display(),
                     keys = keys.key_count(),
                     rate_per_key = ?rate_limit,
+                    rate_scope = ?self.api_key_rate_scope,
                     "the request API requires an API key (Authorization: Bearer)"
                 );
                 Ok(Some(keys))
@@ -306,13 +338,11 @@ impl KeyAllowance {
     /// The answer to send instead: 429 `rate_limited` with `Retry-After` when the key has too few
     /// tokens left, 413 `over_key_burst` when `items` is more than its burst. A refused request
     /// keeps its first token spent.
-    pub fn charge(&self, items: usize) -> Result<(), Box<Response>> {
-        let now = Instant::now();
+    pub async fn charge(&self, items: usize) -> Result<(), Box<Response>> {
         let items = items.max(1);
         self.keys
-            .with_bucket(self.digest, now, |bucket, limit| {
-                bucket.take_rest(limit, now, items as f64)
-            })
+            .take(self.digest, Take::Rest(items as f64))
+            .await
             .map_err(|refusal| Box::new(self.keys.refused(&self.digest, refusal, Some(items))))
     }
 }
@@ -325,8 +355,20 @@ pub struct ApiKeys {
     path: PathBuf,
     loaded: RwLock<LoadedKeys>,
     rate_limit: Option<RateLimit>,
-    /// One bucket per key in force that has been used (retired keys' buckets go at a reload).
+    /// One bucket per key in force that has been used (retired keys' buckets go at a reload); with
+    /// shared buckets, what decides while Redis cannot.
     buckets: Mutex<HashMap<[u8; 32], TokenBucket>>,
+    /// The buckets in Redis, with `--api-key-rate-scope shared`.
+    shared: Option<SharedBuckets>,
+}
+
+/// What a request takes from its key's bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Take {
+    /// Its first item's token, as it comes in.
+    First,
+    /// The rest of its items, once counted (the first was taken).
+    Rest(f64),
 }
 
 #[derive(Debug)]
@@ -419,10 +461,11 @@ impl ApiKeys {
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key.
     pub fn load(service: &'static str, path: &Path) -> Result<Arc<Self>, ApiKeysError> {
-        Self::load_limited(service, path, None)
+        Self::load_limited(service, path, None, None)
     }
 
-    /// [`ApiKeys::load`] with a request rate per key.
+    /// [`ApiKeys::load`] with a rate per key, its buckets in this process or, given `shared`, in
+    /// that Redis.
     ///
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key.
@@ -430,6 +473,7 @@ impl ApiKeys {
         service: &'static str,
         path: &Path,
         rate_limit: Option<RateLimit>,
+        shared: Option<RedisStore>,
     ) -> Result<Arc<Self>, ApiKeysError> {
         let (text, file_digest) = read_keys_file(path)?;
         let key_digests = parse_keys(path, &text)?;
@@ -453,6 +497,9 @@ impl ApiKeys {
             }),
             rate_limit,
             buckets: Mutex::new(HashMap::new()),
+            shared: shared
+                .filter(|_| rate_limit.is_some())
+                .map(|store| SharedBuckets::new(store, service)),
         }))
     }
 
@@ -553,8 +600,41 @@ impl ApiKeys {
         found.then_some(digest)
     }
 
-    /// Runs `take` on the bucket of the key with `digest` at `now`; without a per-key rate every
+    /// Takes what a request owes from the bucket of the key with `digest`: the shared one in Redis
+    /// when there is one and it answers, this instance's otherwise; without a per-key rate every
     /// request passes.
+    async fn take(&self, digest: [u8; 32], take: Take) -> Result<(), Refusal> {
+        let Some(limit) = self.rate_limit else {
+            return Ok(());
+        };
+        if let Take::Rest(items) = take
+            && items > limit.burst
+        {
+            return Err(Refusal::OverBurst);
+        }
+        if let Some(shared) = &self.shared {
+            let (need, want) = match take {
+                Take::First => (1.0, 1.0),
+                Take::Rest(items) => ((items - 1.0).max(0.0), items),
+            };
+            match shared
+                .take(&digest, limit.per_second, limit.burst, need, want)
+                .await
+            {
+                Some(SharedVerdict::Taken) => return Ok(()),
+                Some(SharedVerdict::Wait(wait)) => return Err(Refusal::Wait(wait)),
+                None => {}
+            }
+        }
+        let now = Instant::now();
+        self.with_bucket(digest, now, |bucket, limit| match take {
+            Take::First => bucket.take_first(limit, now),
+            Take::Rest(items) => bucket.take_rest(limit, now, items),
+        })
+    }
+
+    /// Runs `take` on this instance's bucket of the key with `digest` at `now`; without a per-key
+    /// rate every request passes.
     fn with_bucket(
         &self,
         digest: [u8; 32],
@@ -606,10 +686,7 @@ impl ApiKeys {
     pub async fn require_key(self: Arc<Self>, mut request: Request, next: Next) -> Response {
         let failure = match self.check_key(request.headers()) {
             Ok(digest) => {
-                let now = Instant::now();
-                return match self
-                    .with_bucket(digest, now, |bucket, limit| bucket.take_first(limit, now))
-                {
+                return match self.take(digest, Take::First).await {
                     Ok(()) => {
                         if self.rate_limit.is_some() {
                             request.extensions_mut().insert(KeyAllowance {
@@ -946,6 +1023,7 @@ mod tests {
             api_keys_file: file.then(|| path.clone()),
             api_key_rate: rate,
             api_key_burst: burst,
+            api_key_rate_scope: RateScope::Shared,
         };
         assert_eq!(args(None, None, true).rate_limit(1).unwrap(), None);
         assert_eq!(
@@ -1030,7 +1108,7 @@ mod tests {
             per_second: 2.0,
             burst: 2.0,
         };
-        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let keys = ApiKeys::load_limited("test", &path, Some(limit), None).unwrap();
         let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
         let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
         let start = Instant::now();
@@ -1076,7 +1154,7 @@ mod tests {
             per_second: 10.0,
             burst: 5.0,
         };
-        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let keys = ApiKeys::load_limited("test", &path, Some(limit), None).unwrap();
         let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
         let start = Instant::now();
         let at = |millis: u64| start + Duration::from_millis(millis);
@@ -1136,7 +1214,7 @@ mod tests {
             per_second: 1.0,
             burst: 1.0,
         };
-        let keys = ApiKeys::load_limited("test", &path, Some(limit)).unwrap();
+        let keys = ApiKeys::load_limited("test", &path, Some(limit), None).unwrap();
         let a = keys.check_key(&bearer(&format!("Bearer {KEY_A}"))).unwrap();
         let b = keys.check_key(&bearer(&format!("Bearer {KEY_B}"))).unwrap();
         let now = Instant::now();

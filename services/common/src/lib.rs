@@ -15,7 +15,8 @@
 //! - [`health`]: liveness/readiness state behind `/healthz` and `/readyz`.
 //! - [`telemetry`]: tracing, Prometheus metrics and the HTTP server.
 //! - [`http`]: the request APIs' JSON errors, load shedding and bounded body reads.
-//! - [`api_keys`]: `--api-keys-file`, bearer-key checks on the request APIs, rotated without restart.
+//! - [`api_keys`]: `--api-keys-file`, bearer-key checks on the request APIs, rotated without restart,
+//!   and a rate per key (per instance, or shared by the replicas through Redis: `shared_buckets`).
 //! - [`hash`]: stable 64-bit hashes (FNV-1a, MurmurHash3's finaliser).
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`trace`]: W3C `traceparent` carried from message to message (and from `POST /v1/reviews`).
@@ -34,6 +35,7 @@ pub mod http;
 pub mod kafka;
 pub mod retry;
 pub mod schema;
+mod shared_buckets;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

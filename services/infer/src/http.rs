@@ -195,7 +195,7 @@ async fn predict_inner(
     };
     // Only a request that will be scored is charged to its key.
     if let Some(allowance) = allowance
-        && let Err(refused) = allowance.charge(request.texts.len())
+        && let Err(refused) = allowance.charge(request.texts.len()).await
     {
         return *refused;
     }

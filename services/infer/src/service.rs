@@ -112,10 +112,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, InferError> {
     config.validate()?;
-    let api_keys =
-        config
-            .api_auth
-            .load(SERVICE, config.telemetry.http_addr, config.http_max_texts)?;
+    let redis = RedisStore::connect_lazy(&config.redis)?;
+    let api_keys = config.api_auth.load(
+        SERVICE,
+        config.telemetry.http_addr,
+        config.http_max_texts,
+        &redis,
+    )?;
     // Install the metrics recorder before the first gauge (the device) is set, or it is lost.
     telemetry::prometheus();
     let env = ort_environment(&config)?;
@@ -142,7 +145,6 @@ pub async fn start(
     report_device(&health, request, &probe);
 
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
-    let redis = RedisStore::connect_lazy(&config.redis)?;
     let registry = Registry::new(config.models_dir(), redis.clone());
     let family = crate::family::choose(
         config.family,

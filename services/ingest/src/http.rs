@@ -306,7 +306,8 @@ fn parse_and_check(
     }
     // Before the checks (~150 µs a review), so a key over its rate costs no more than the split.
     if let Some(allowance) = allowance {
-        allowance.charge(reviews.len())?;
+        // On a blocking thread (see `accept_body`): the shared bucket's Redis call is awaited here.
+        tokio::runtime::Handle::current().block_on(allowance.charge(reviews.len()))?;
     }
     let source = SourceCoordinate {
         topic: "http".to_owned(),

@@ -81,10 +81,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, IngestError> {
     config.validate()?;
-    let api_keys =
-        config
-            .api_auth
-            .load(SERVICE, config.telemetry.http_addr, config.http_max_reviews)?;
+    let redis = RedisStore::connect_lazy(&config.redis)?;
+    let api_keys = config.api_auth.load(
+        SERVICE,
+        config.telemetry.http_addr,
+        config.http_max_reviews,
+        &redis,
+    )?;
     let lexicon_path = match &config.lexicon_path {
         Some(path) => path.clone(),
         None => CacheDir::from_env()
@@ -117,7 +120,6 @@ pub async fn start(
     let producer = ResilientProducer::new(&config.kafka, SERVICE)?;
     let consumer =
         kafka::at_least_once_consumer(&config.kafka, &config.group_id, SERVICE, &[&raw_topic])?;
-    let redis = RedisStore::connect_lazy(&config.redis)?;
 
     let probes_stop = shutdown.child_token();
     let http_cut_off = CancellationToken::new();
