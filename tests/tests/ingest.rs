@@ -1478,6 +1478,9 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
     // before a token comes back); a request may hold 500.
     settings.api_auth.api_key_rate = Some(0.2);
     settings.api_auth.api_key_burst = Some(4);
+    // The buckets are the shared ones in Redis (the default): a loaded machine's Redis may be slow
+    // but must not pass for down here.
+    settings.api_auth.api_key_rate_timeout_ms = 5_000;
     let shutdown = CancellationToken::new();
     let running = sentiflow_ingest::start(settings, shutdown.clone())
         .await
@@ -1630,37 +1633,41 @@ async fn each_api_key_is_held_to_its_rate_in_reviews_on_its_own() {
 async fn replicas_share_each_keys_bucket_in_redis_and_fall_back_to_their_own_without_it() {
     use sentiflow_common::api_keys::RateScope;
     use sentiflow_tests::http_post_with_headers;
+    use sha2::Digest as _;
     const KEY: &str = "shared-key-0123456789abcdef";
+    const WARM_KEY: &str = "warm-up-key-0123456789abcdef";
     let _turn = HTTP_METRICS_TURN.lock().await;
     let kafka = kafka_with_topics().await;
     let mut redis_server = redis();
     let keys = tempfile::tempdir().unwrap();
     let keys_file = keys.path().join("api-keys");
-    std::fs::write(&keys_file, format!("{KEY}\n")).unwrap();
+    std::fs::write(&keys_file, format!("{KEY}\n{WARM_KEY}\n")).unwrap();
     let shutdown = CancellationToken::new();
     // Three replicas of one deployment (one group, one Redis prefix): two share the key's bucket
-    // (the default scope), one keeps its own. One review every 10 s, 3 at once.
+    // (the default scope), one keeps its own. One review every 20 s, 3 at once. A loaded machine's
+    // Redis may be slow, but must not pass for down here: 5 s before the local bucket decides.
     let mut replicas = Vec::new();
     for scope in [RateScope::Shared, RateScope::Shared, RateScope::Instance] {
         let mut settings = ingest_config(&kafka, &redis_server.url(), 64);
         settings.api_auth.api_keys_file = Some(keys_file.clone());
-        settings.api_auth.api_key_rate = Some(0.1);
+        settings.api_auth.api_key_rate = Some(0.05);
         settings.api_auth.api_key_burst = Some(3);
         settings.api_auth.api_key_rate_scope = scope;
+        settings.api_auth.api_key_rate_timeout_ms = 5_000;
         replicas.push(
             sentiflow_ingest::start(settings, shutdown.clone())
                 .await
                 .expect("ingest starts"),
         );
     }
-    let reviews = real_reviews(12, 0);
-    let post = |addr: SocketAddr, indices: std::ops::Range<usize>| {
+    let reviews = real_reviews(15, 0);
+    let post_as = |key: &'static str, addr: SocketAddr, indices: std::ops::Range<usize>| {
         let body = serde_json::to_vec(&reviews[indices].iter().collect::<Vec<_>>()).unwrap();
         async move {
             let (status, _, answer) = http_post_with_headers(
                 addr,
                 "/v1/reviews",
-                &[("Authorization", &format!("Bearer {KEY}"))],
+                &[("Authorization", &format!("Bearer {key}"))],
                 &body,
             )
             .await
@@ -1668,12 +1675,19 @@ async fn replicas_share_each_keys_bucket_in_redis_and_fall_back_to_their_own_wit
             (status, answer)
         }
     };
+    let post = |addr: SocketAddr, indices: std::ops::Range<usize>| post_as(KEY, addr, indices);
     let (first, second, own) = (
         replicas[0].http_addr,
         replicas[1].http_addr,
         replicas[2].http_addr,
     );
 
+    // Each replica's producer is warmed up first, by another key, so the bursts below are quick.
+    for (replica, index) in [(first, 12), (second, 13), (own, 14)] {
+        let (status, answer) = post_as(WARM_KEY, replica, index..index + 1).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let (_, metrics_start) = http_get(first, "/metrics").await.unwrap();
     // The key's burst spent at one shared replica is spent at the other.
     let (status, answer) = post(first, 0..3).await;
     assert_eq!(status, 202, "{answer}");
@@ -1696,19 +1710,36 @@ async fn replicas_share_each_keys_bucket_in_redis_and_fall_back_to_their_own_wit
             .unwrap();
         (connection, bucket_keys)
     };
-    assert_eq!(
-        bucket_keys.len(),
-        1,
-        "one bucket for the key: {bucket_keys:?}"
+    let digest: [u8; 32] = sha2::Sha256::digest(KEY).into();
+    let bucket = format!(
+        "{}-redis:api-key-bucket:ingest:{}",
+        kafka.topic_prefix,
+        hex::encode(&digest[..8])
     );
+    assert_eq!(
+        bucket_keys.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "one bucket per key (this one and the warm-up key): {bucket_keys:?}"
+    );
+    assert!(bucket_keys.contains(&bucket), "{bucket} in {bucket_keys:?}");
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(&bucket_keys[0])
+        .arg(&bucket)
         .query_async(&mut connection)
         .await
         .unwrap();
     assert!(
-        ttl > 0 && ttl <= 30_000 + 60_000,
-        "dropped once full again (30 s) plus a minute: {ttl} ms"
+        ttl > 0 && ttl <= 60_000 + 60_000,
+        "dropped once full again (60 s) plus a minute: {ttl} ms"
+    );
+    let (_, metrics) = http_get(first, "/metrics").await.unwrap();
+    assert_eq!(
+        metric_growth(
+            &metrics_start,
+            &metrics,
+            &["sentiflow_ingest_api_key_rate_fallbacks_total"]
+        ),
+        [0.0],
+        "Redis decided every take so far"
     );
 
     // Without Redis the shared replicas fall back to their own buckets (counted) and keep
@@ -1730,8 +1761,8 @@ async fn replicas_share_each_keys_bucket_in_redis_and_fall_back_to_their_own_wit
         "each take decided locally is counted (two for the batch, one for the single review)"
     );
 
-    // Once Redis is back (empty: it kept nothing) and the pause after the last failure is over,
-    // the shared bucket decides again.
+    // Once Redis is back (empty: it kept nothing) and the pause after the last failure (1 s) is
+    // over, the shared bucket decides again.
     sentiflow_tests::restart_redis_and_await_ready(&mut redis_server, first).await;
     assert!(
         sentiflow_tests::health_eventually(second, "ready", "redis", true, Duration::from_secs(30))

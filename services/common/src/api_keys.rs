@@ -31,7 +31,7 @@ pub const MIN_KEY_CHARS: usize = 16;
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Who may call the service's request API.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct ApiAuthArgs {
     /// File of API keys, one per line (blank lines and lines starting with `#` are ignored; at least
     /// 16 printable ASCII characters, no spaces). When set, the service's POST API answers 401 unless
@@ -73,10 +73,11 @@ pub struct ApiAuthArgs {
 
     /// Where each key's bucket lives. `shared`: in Redis (--redis-url), one bucket per key for all
     /// replicas of this service, so the rate holds behind a load balancer; each request asks Redis
-    /// (twice: as it comes in, and for the rest of its items), and when Redis does not answer within
-    /// 100 ms this instance's own bucket decides, for a second at a time, until Redis answers again
-    /// (counted in `_api_key_rate_fallbacks_total`). `instance`: each replica keeps its own buckets
-    /// (no Redis call; behind a load balancer a key may send the rate times the replicas).
+    /// (as it comes in, and for the rest of its items when it holds more than one), and when Redis
+    /// does not answer within --api-key-rate-timeout-ms this instance's own bucket decides until
+    /// Redis answers again (one request a second asks; counted in `_api_key_rate_fallbacks_total`).
+    /// `instance`: each replica keeps its own buckets (no Redis call; behind a load balancer a key
+    /// may send the rate times the replicas).
     #[arg(
         long = "api-key-rate-scope",
         env = "SENTIFLOW_API_KEY_RATE_SCOPE",
@@ -85,7 +86,34 @@ pub struct ApiAuthArgs {
         default_value_t = RateScope::Shared
     )]
     pub api_key_rate_scope: RateScope,
+
+    /// With shared buckets: longest a request waits for Redis before this instance's own bucket
+    /// for the key decides instead.
+    #[arg(
+        long = "api-key-rate-timeout-ms",
+        env = "SENTIFLOW_API_KEY_RATE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = DEFAULT_RATE_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub api_key_rate_timeout_ms: u64,
 }
+
+impl Default for ApiAuthArgs {
+    /// As with no flag given: an open API.
+    fn default() -> Self {
+        Self {
+            api_keys_file: None,
+            api_key_rate: None,
+            api_key_burst: None,
+            api_key_rate_scope: RateScope::Shared,
+            api_key_rate_timeout_ms: DEFAULT_RATE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Default of `--api-key-rate-timeout-ms`.
+pub const DEFAULT_RATE_TIMEOUT_MS: u64 = 100;
 
 /// Where the per-key buckets of `--api-key-rate` live.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -256,7 +284,12 @@ impl ApiAuthArgs {
         match &self.api_keys_file {
             Some(path) => {
                 let shared = (rate_limit.is_some() && self.api_key_rate_scope == RateScope::Shared)
-                    .then(|| redis.clone());
+                    .then(|| {
+                        (
+                            redis.clone(),
+                            Duration::from_millis(self.api_key_rate_timeout_ms),
+                        )
+                    });
                 let keys = ApiKeys::load_limited(service, path, rate_limit, shared)?;
                 tracing::info!(
                     path = %path.display(),
@@ -465,7 +498,7 @@ impl ApiKeys {
     }
 
     /// [`ApiKeys::load`] with a rate per key, its buckets in this process or, given `shared`, in
-    /// that Redis.
+    /// that Redis (asked for at most that long before the local bucket decides).
     ///
     /// # Errors
     /// The file cannot be read, holds an invalid key or no key.
@@ -473,7 +506,7 @@ impl ApiKeys {
         service: &'static str,
         path: &Path,
         rate_limit: Option<RateLimit>,
-        shared: Option<RedisStore>,
+        shared: Option<(RedisStore, Duration)>,
     ) -> Result<Arc<Self>, ApiKeysError> {
         let (text, file_digest) = read_keys_file(path)?;
         let key_digests = parse_keys(path, &text)?;
@@ -499,7 +532,7 @@ impl ApiKeys {
             buckets: Mutex::new(HashMap::new()),
             shared: shared
                 .filter(|_| rate_limit.is_some())
-                .map(|store| SharedBuckets::new(store, service)),
+                .map(|(store, timeout)| SharedBuckets::new(store, service, timeout)),
         }))
     }
 
@@ -607,10 +640,14 @@ impl ApiKeys {
         let Some(limit) = self.rate_limit else {
             return Ok(());
         };
-        if let Take::Rest(items) = take
-            && items > limit.burst
-        {
-            return Err(Refusal::OverBurst);
+        if let Take::Rest(items) = take {
+            if items > limit.burst {
+                return Err(Refusal::OverBurst);
+            }
+            if items <= 1.0 {
+                // Its one item was taken as it came in.
+                return Ok(());
+            }
         }
         if let Some(shared) = &self.shared {
             let (need, want) = match take {
@@ -1024,6 +1061,7 @@ mod tests {
             api_key_rate: rate,
             api_key_burst: burst,
             api_key_rate_scope: RateScope::Shared,
+            api_key_rate_timeout_ms: 100,
         };
         assert_eq!(args(None, None, true).rate_limit(1).unwrap(), None);
         assert_eq!(
@@ -1078,6 +1116,24 @@ mod tests {
                 .to_string();
             assert!(error.contains(says), "{rate:?} {burst:?} {file}: {error}");
         }
+    }
+
+    #[test]
+    fn no_flags_mean_the_default_arguments() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            auth: ApiAuthArgs,
+        }
+        let parsed = <Command as clap::Parser>::try_parse_from(["service"])
+            .unwrap()
+            .auth;
+        let default = ApiAuthArgs::default();
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{default:?}"),
+            "clap's defaults and Default agree"
+        );
     }
 
     /// Takes the first token of a request of the key with `digest` at `now`.

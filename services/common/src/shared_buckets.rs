@@ -9,7 +9,7 @@ use crate::store::RedisStore;
 /// Refills the bucket in `KEYS[1]` to the server's time, takes `ARGV[3]` tokens when it holds that
 /// many, and answers `{1, 0}` (taken) or `{0, ms}` (how long until `ARGV[4]` tokens are there).
 /// ARGV: rate per second, burst, tokens needed now, tokens the wait is counted for. An absent bucket
-/// is full; a bucket is dropped once it would be full again anyway (plus a minute).
+/// is full; a bucket is dropped once it would be full again anyway (plus a minute; 31 years at most).
 const TAKE_SCRIPT: &str = r"
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -27,6 +27,10 @@ end
 if tokens > burst then
   tokens = burst
 end
+if now < updated then
+  -- Redis's clock stepped back (or a failover came to a host behind): count from now.
+  updated = now
+end
 if now > updated then
   tokens = math.min(burst, tokens + (now - updated) * rate)
   updated = now
@@ -41,15 +45,13 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
   'updated', string.format('%.6f', updated))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 60000)
+redis.call('PEXPIRE', KEYS[1],
+  string.format('%d', math.min(math.ceil(burst / rate * 1000) + 60000, 1000000000000)))
 return {granted, wait_ms}
 ";
 
-/// Longest a request waits for Redis before its key's local bucket decides instead.
-pub(crate) const SHARED_BUCKET_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// After Redis failed, how long the local buckets decide before Redis is asked again (so an outage
-/// costs one timeout a second, not one per request).
+/// After Redis failed, how long the local buckets decide before one request asks Redis again (so an
+/// outage costs one request a timeout each second, not every request).
 pub(crate) const SHARED_BUCKET_PAUSE: Duration = Duration::from_secs(1);
 
 /// What Redis's bucket said.
@@ -66,16 +68,20 @@ pub(crate) struct SharedBuckets {
     store: RedisStore,
     service: &'static str,
     script: redis::Script,
+    /// Longest a request waits for Redis before its key's local bucket decides instead.
+    timeout: Duration,
     outage: Mutex<Outage>,
 }
 
 /// Redis's state as the buckets last saw it.
 #[derive(Debug, Default)]
 struct Outage {
-    /// Until when Redis is not asked (after a failure).
+    /// Until when Redis is not asked (after a failure, or while one request probes it).
     paused_until: Option<Instant>,
     /// The last call failed (logged once per outage, not once a second).
     failing: bool,
+    /// Failures so far: a success only ends the outage when no failure came after its call began.
+    failures: u64,
 }
 
 impl std::fmt::Debug for SharedBuckets {
@@ -88,13 +94,14 @@ impl std::fmt::Debug for SharedBuckets {
 }
 
 impl SharedBuckets {
-    pub(crate) fn new(store: RedisStore, service: &'static str) -> Self {
+    pub(crate) fn new(store: RedisStore, service: &'static str, timeout: Duration) -> Self {
         // Exists from the start, so the first fallback is an increase.
         metrics::counter!(format!("sentiflow_{service}_api_key_rate_fallbacks_total")).increment(0);
         Self {
             store,
             service,
             script: redis::Script::new(TAKE_SCRIPT),
+            timeout,
             outage: Mutex::new(Outage::default()),
         }
     }
@@ -121,28 +128,42 @@ impl SharedBuckets {
         want: f64,
     ) -> Option<SharedVerdict> {
         let now = Instant::now();
-        if self.outage().paused_until.is_some_and(|until| now < until) {
-            self.count_fallback();
-            return None;
-        }
+        let failures_before = {
+            let mut outage = self.outage();
+            if outage.paused_until.is_some_and(|until| now < until) {
+                drop(outage);
+                self.count_fallback();
+                return None;
+            }
+            if outage.failing {
+                // This request probes Redis; the others go on deciding locally meanwhile.
+                outage.paused_until = Some(now + self.timeout);
+            }
+            outage.failures
+        };
         let mut connection = self.store.connection();
         let mut invocation = self.script.key(self.bucket_key(digest));
         invocation.arg(per_second).arg(burst).arg(need).arg(want);
+        // A call that times out may still have taken its tokens in Redis: the request is then
+        // charged twice (there and locally), which errs on the side of the limit.
         let answer = tokio::time::timeout(
-            SHARED_BUCKET_TIMEOUT,
+            self.timeout,
             invocation.invoke_async::<(i64, i64)>(&mut connection),
         )
         .await;
         let failure = match answer {
             Ok(Ok((granted, wait_ms))) => {
                 let mut outage = self.outage();
-                if outage.failing {
-                    tracing::info!(
-                        service = self.service,
-                        "the shared API-key buckets in Redis answer again"
-                    );
+                if outage.failures == failures_before {
+                    if outage.failing {
+                        tracing::info!(
+                            service = self.service,
+                            "the shared API-key buckets in Redis answer again"
+                        );
+                    }
+                    outage.failing = false;
+                    outage.paused_until = None;
                 }
-                *outage = Outage::default();
                 return Some(if granted == 1 {
                     SharedVerdict::Taken
                 } else {
@@ -150,11 +171,14 @@ impl SharedBuckets {
                 });
             }
             Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {} ms", SHARED_BUCKET_TIMEOUT.as_millis()),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
         let mut outage = self.outage();
-        outage.paused_until = Some(now + SHARED_BUCKET_PAUSE);
-        if !outage.failing {
+        outage.failures += 1;
+        outage.paused_until = Some(Instant::now() + SHARED_BUCKET_PAUSE);
+        if outage.failing {
+            tracing::debug!(service = self.service, %failure, "shared API-key buckets still unusable");
+        } else {
             outage.failing = true;
             tracing::warn!(
                 service = self.service,
@@ -162,8 +186,6 @@ impl SharedBuckets {
                 "the shared API-key buckets in Redis cannot be used: this instance's own buckets \
                  decide until Redis answers (a key may meanwhile send the rate at each replica)"
             );
-        } else {
-            tracing::debug!(service = self.service, %failure, "shared API-key buckets still unusable");
         }
         drop(outage);
         self.count_fallback();
