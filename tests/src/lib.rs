@@ -470,6 +470,23 @@ pub async fn restart_redis_and_await_ready(redis: &mut RedisServer, addr: std::n
     );
 }
 
+/// The value of the series written exactly as `series` (name and labels) in a Prometheus text page;
+/// 0 when absent.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// How much each of `series` grew between two scrapes (the counters are process-wide: compare growth).
+pub fn metric_growth(before: &str, after: &str, series: &[&str]) -> Vec<f64> {
+    series
+        .iter()
+        .map(|series| metric_value(after, series) - metric_value(before, series))
+        .collect()
+}
+
 /// Polls `addr`'s `/metrics` until one line is exactly `line`; false when `timeout` passes first.
 pub async fn metric_line_eventually(
     addr: std::net::SocketAddr,

@@ -212,6 +212,33 @@ fn bench_drift_runs_every_detector_on_the_same_streams() {
 }
 
 #[test]
+fn the_http_path_bench_scores_every_request_through_infers_batcher_on_both_sides() {
+    let data = sentiflow_tests::shared_data("");
+    let texts = sentiflow::bench::infer::labelled_texts(&[], &data, 200).unwrap();
+    let (bytes, metadata) = sentiflow::bench::infer::bench_model(None, &texts).unwrap();
+    let model = sentiflow::bench::infer::serving_model(&bytes, &metadata, 256).unwrap();
+    let strings: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
+    let report =
+        sentiflow::bench::infer::http_batching(std::sync::Arc::new(model), &strings, 8, 400, 256)
+            .unwrap();
+    assert_eq!((report.clients, report.requests), (8, 400));
+    assert_eq!(report.one_run_per_request.runs, 400, "one run per request");
+    assert!((1..=400).contains(&report.merged.runs), "{report:?}");
+    for side in [&report.one_run_per_request, &report.merged] {
+        assert!(
+            side.rows_per_second > 0.0 && side.p50_ms <= side.p99_ms,
+            "{side:?}"
+        );
+    }
+    let table = report.render();
+    assert!(
+        table.contains("(--http-batch-texts 1, baseline)"),
+        "{table}"
+    );
+    assert!(table.contains("merged (--http-batch-texts 256)"), "{table}");
+}
+
+#[test]
 fn encoder_benches_report_both_families_on_the_device_really_used() {
     let data = sentiflow_tests::shared_data("");
     let infer = run_infer(
@@ -223,9 +250,14 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
         None,
         BenchDevice::Auto,
         BenchPrecision::Both,
+        (4, 32),
     )
     .expect("bench infer --family encoder runs");
     assert_eq!(infer.rows, 64);
+    let http = infer.http.as_ref().expect("--http-clients 4");
+    assert_eq!((http.clients, http.requests), (4, 32));
+    assert_eq!(http.one_run_per_request.runs, 32, "one run per request");
+    assert!((1..=32).contains(&http.merged.runs), "{http:?}");
     assert!(infer.encoder_rows_per_second > 0.0 && infer.hashed_rows_per_second > 0.0);
     assert!(infer.encoder_batch_p50_ms <= infer.encoder_batch_p99_ms);
     if infer.device == "cpu" {
@@ -264,7 +296,8 @@ fn encoder_benches_report_both_families_on_the_device_really_used() {
             64,
             Some(&data.join("x.onnx")),
             BenchDevice::Cpu,
-            BenchPrecision::Fp16
+            BenchPrecision::Fp16,
+            (0, 0),
         )
         .unwrap_err()
         .to_string()

@@ -87,6 +87,7 @@ fn infer_config(
         http_max_texts: 8,
         http_max_text_bytes: 1_000,
         http_max_concurrent: 16,
+        http_batch_texts: 256,
         encoder_model_name: "sentiment-encoder".to_owned(),
         family: sentiflow_infer::config::FamilyArg::Encoder,
     }

@@ -178,6 +178,7 @@ fn infer_config(kafka: &KafkaArgs, redis_url: &str, prefix: &str, data_dir: &Pat
         http_max_texts: 8,
         http_max_text_bytes: 500,
         http_max_concurrent: 16,
+        http_batch_texts: 256,
         encoder_model_name: "sentiment-encoder".to_owned(),
         family: sentiflow_infer::config::FamilyArg::Auto,
     }
@@ -1104,6 +1105,98 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
         "{metrics}"
     );
 
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predict_requests_waiting_for_the_session_share_a_run_and_each_gets_its_own_rows() {
+    let kafka = sentiflow_tests::kafka_with_topics().await;
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_models(&redis_server.url(), "inf-batch", dir.path()).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = infer_config(&kafka, &redis_server.url(), "inf-batch", dir.path());
+    config.http_max_concurrent = 64;
+    config.http_max_texts = 64;
+    config.http_max_text_bytes = 5_000;
+    let running = sentiflow_infer::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let addr = running.http_addr;
+    promote(&kafka, &registry, "v1").await;
+    wait_serving(&running, "v1").await;
+    let post = |texts: Vec<String>| async move {
+        let body = serde_json::to_vec(&serde_json::json!({ "texts": texts })).unwrap();
+        let (status, body) = sentiflow_tests::http_post(addr, "/v1/predict", &body)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 200, "{json}");
+        json["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|prediction| {
+                ["negative", "neutral", "positive"]
+                    .map(|class| prediction["probabilities"][class].as_f64().unwrap() as f32)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (_, before) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
+
+    // A long request takes the only session (~5,000-byte texts take a while to featurize); the
+    // small requests sent meanwhile wait for it and are scored together.
+    let long_texts: Vec<String> = texts(64)
+        .iter()
+        .map(|text| {
+            text.repeat(5_000 / text.len().max(1))
+                .chars()
+                .take(4_000)
+                .collect()
+        })
+        .collect();
+    let long = tokio::spawn(post(long_texts.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let small_texts = texts(40);
+    let small: Vec<_> = small_texts
+        .chunks(2)
+        .map(|pair| tokio::spawn(post(pair.to_vec())))
+        .collect();
+    let long_rows = long.await.unwrap();
+    let mut small_rows = Vec::new();
+    for task in small {
+        small_rows.extend(task.await.unwrap());
+    }
+
+    // Each request got its own texts' rows, in order, as if scored alone.
+    let v1 = &trained_models().v1;
+    for (got, want) in small_rows
+        .iter()
+        .zip(offline_probabilities(v1, &small_texts))
+        .chain(long_rows.iter().zip(offline_probabilities(v1, &long_texts)))
+    {
+        for (got, want) in got.iter().zip(want) {
+            assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+        }
+    }
+    assert_eq!((small_rows.len(), long_rows.len()), (40, 64));
+    let (_, after) = sentiflow_tests::http_get(addr, "/metrics").await.unwrap();
+    let [requests, runs] = sentiflow_tests::metric_growth(
+        &before,
+        &after,
+        &[
+            "sentiflow_infer_http_run_requests_sum",
+            "sentiflow_infer_http_run_requests_count",
+        ],
+    )[..] else {
+        unreachable!("two series")
+    };
+    assert_eq!(requests, 21.0, "every request in one run: {after}");
+    assert!(
+        runs < requests,
+        "the 20 small requests shared runs: {runs} runs for {requests} requests"
+    );
     shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }

@@ -19,7 +19,8 @@ use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_ingest::IngestConfig;
 use sentiflow_ingest::config::LangPolicy;
 use sentiflow_tests::{
-    eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis,
+    eventually, http_get, json_payloads, kafka_with_topics, metric_growth, metric_value,
+    read_exactly, redis,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -1235,22 +1236,6 @@ fn status_args(ingest: SocketAddr, others: &[(ServiceName, String)]) -> StatusAr
         timeout_secs: 5.0,
         json: false,
     }
-}
-
-/// The value of the series written exactly as `series` (0 when absent).
-fn metric_value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// How much each of `series` grew between two scrapes.
-fn metric_growth(before: &str, after: &str, series: &[&str]) -> Vec<f64> {
-    series
-        .iter()
-        .map(|series| metric_value(after, series) - metric_value(before, series))
-        .collect()
 }
 
 /// Replaces a file the way an operator should (a temporary file renamed over it), so a reader never

@@ -392,6 +392,7 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
             http_max_texts: 8,
             http_max_text_bytes: 500,
             http_max_concurrent: 16,
+            http_batch_texts: 256,
             encoder_model_name: "sentiment-encoder".to_owned(),
             family: sentiflow_infer::config::FamilyArg::Auto,
         },

@@ -156,6 +156,13 @@ pub struct InferConfig {
         default_value_t = 16
     )]
     pub http_max_concurrent: usize,
+
+    /// Most texts in one model run of `POST /v1/predict` requests: requests that arrive while every
+    /// session is busy are scored together, up to this many texts, and each gets its own rows (a
+    /// request that finds a session free runs at once; a larger request runs alone). 1 scores each
+    /// request on its own.
+    #[arg(long, env = "SENTIFLOW_INFER_HTTP_BATCH_TEXTS", default_value_t = 256)]
+    pub http_batch_texts: usize,
 }
 
 /// A configuration that cannot work, caught at start-up instead of at the first message.
@@ -206,6 +213,9 @@ impl InferConfig {
         }
         if self.http_max_concurrent == 0 {
             return invalid("--http-max-concurrent", "must be at least 1");
+        }
+        if self.http_batch_texts == 0 || self.http_batch_texts > 4096 {
+            return invalid("--http-batch-texts", "must be between 1 and 4096");
         }
         if self.registry_poll_secs == 0 {
             return invalid("--registry-poll-secs", "must be at least 1");

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::SERVICE;
-use crate::model::ModelSlot;
+use crate::batcher::{BatchError, Held, PredictBatcher};
+use crate::model::{ModelSlot, ServingModel};
 use crate::score::probabilities;
 
 /// Limits on one request, from the configuration.
@@ -47,6 +48,8 @@ struct HttpState {
     limits: HttpLimits,
     /// The keys guarding the request API, if any (the OpenAPI document declares them).
     api_keys: Option<Arc<ApiKeys>>,
+    /// Where requests wait for a session and are merged into runs.
+    batcher: PredictBatcher<ServingModel>,
 }
 
 /// The body of `POST /v1/predict`.
@@ -82,7 +85,12 @@ pub struct PredictResponse {
 }
 
 /// The routes merged into the service's HTTP server.
-pub fn router(slot: ModelSlot, limits: HttpLimits, api_keys: Option<Arc<ApiKeys>>) -> Router {
+pub fn router(
+    slot: ModelSlot,
+    limits: HttpLimits,
+    api_keys: Option<Arc<ApiKeys>>,
+    batcher: PredictBatcher<ServingModel>,
+) -> Router {
     let slots = RequestSlots::new(SERVICE, limits.max_concurrent);
     let api_keys_in_force = api_keys.clone();
     Router::new()
@@ -101,6 +109,7 @@ pub fn router(slot: ModelSlot, limits: HttpLimits, api_keys: Option<Arc<ApiKeys>
             slot,
             limits,
             api_keys: api_keys_in_force,
+            batcher,
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes()))
 }
@@ -199,32 +208,24 @@ async fn predict_inner(
     {
         return *refused;
     }
-    let scoring_model = model.clone();
-    let texts = request.texts;
-    let scored = tokio::task::spawn_blocking(move || {
-        let _in_flight = in_flight;
-        let started = Instant::now();
-        scoring_model
-            .score(&texts)
-            .map(|rows| (rows, started.elapsed()))
-    })
-    .await;
+    // The request keeps its slot until its run is over, even if the client goes away meanwhile.
+    let held = in_flight.map(|slot| Box::new(slot) as Held);
+    let scored = state
+        .batcher
+        .score(Arc::clone(&model), request.texts, held)
+        .await;
     let (rows, elapsed) = match scored {
-        Ok(Ok(scored)) => scored,
-        Ok(Err(runtime_error)) => {
-            tracing::error!(%runtime_error, "inference failed on an HTTP request");
+        Ok(scored) => (scored.rows, scored.elapsed),
+        Err(failure) => {
+            tracing::error!(%failure, "inference failed on an HTTP request");
+            let message = match failure {
+                BatchError::Model(message) => message,
+                BatchError::Lost => failure.to_string(),
+            };
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "inference_failed",
-                runtime_error.to_string(),
-            );
-        }
-        Err(join_error) => {
-            tracing::error!(%join_error, "inference task failed on an HTTP request");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference_failed",
-                "the inference task failed",
+                message,
             );
         }
     };

@@ -14,7 +14,9 @@
 //!   partition pause/resume as backpressure.
 //! - [`swap`]: follows `models.updates` and the registry, loads, verifies, warms and swaps models.
 //! - [`http`]: `POST /v1/predict` and `/openapi.json`.
+//! - [`batcher`]: dynamic batching of `POST /v1/predict`: requests waiting for a session share a run.
 
+pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod family;

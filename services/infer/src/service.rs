@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::SERVICE;
+use crate::batcher::PredictBatcher;
 use crate::config::InferConfig;
 use crate::error::InferError;
 use crate::http::{self, HttpLimits};
@@ -200,7 +201,18 @@ pub async fn start(
     let (http_addr, http_task) = telemetry::serve_http(
         config.telemetry.http_addr,
         health.clone(),
-        http::router(slot.clone(), limits, api_keys.clone()),
+        http::router(
+            slot.clone(),
+            limits,
+            api_keys.clone(),
+            // One run per session at once; requests beyond those wait in line (at most the slots
+            // of --http-max-concurrent) and are merged.
+            PredictBatcher::spawn(
+                config.http_batch_texts,
+                config.workers,
+                config.http_max_concurrent,
+            ),
+        ),
         probes_stop.clone(),
     )
     .await?;

@@ -85,6 +85,7 @@ impl StackConfig {
             http_max_texts: 256,
             http_max_text_bytes: 5_000,
             http_max_concurrent: 16,
+            http_batch_texts: 256,
             encoder_model_name: "sentiment-encoder".to_owned(),
             family: sentiflow_infer::config::FamilyArg::Auto,
         };

@@ -123,18 +123,7 @@ fn time_serving_path(
     batch: usize,
     texts: &[&str],
 ) -> anyhow::Result<ServingPathResult> {
-    let metadata = onnx::read_metadata(bytes)?;
-    let model = super::infer::serving_model_on(
-        bytes,
-        &metadata,
-        sentiflow_common::events::ModelFamily::Encoder,
-        sentiflow_infer::model::LoadSpec {
-            device: request,
-            workers: 1,
-            intra_threads: threads,
-            max_batch: batch,
-        },
-    )?;
+    let model = serving_model(bytes, request, threads, batch)?;
     let batches: Vec<&[&str]> = texts.chunks(batch.max(1)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let started = Instant::now();
@@ -241,6 +230,9 @@ pub struct EncoderInferReport {
     pub fp16: Option<Fp16Result>,
     /// The main graph through infer's scoring path.
     pub serving: ServingPathResult,
+    /// `POST /v1/predict`'s scoring path under concurrent one-text requests (absent with
+    /// `--http-clients 0`).
+    pub http: Option<super::infer::HttpBatchingReport>,
 }
 
 impl EncoderInferReport {
@@ -310,10 +302,21 @@ impl EncoderInferReport {
             .as_ref()
             .map(|reason| format!("\nCUDA not used: {reason}\n"))
             .unwrap_or_default();
+        let http = self
+            .http
+            .as_ref()
+            .map(|http| {
+                format!(
+                    "\n{} one-text requests per side, one session:\n\n{}\n",
+                    http.requests,
+                    http.render()
+                )
+            })
+            .unwrap_or_default();
         format!(
             "sentiflow bench infer --family encoder: {} texts (max {} tokens, {} truncated), model {}\n\
              (goal on one H100: ≥ 90k sentences/s, p99 ≤ 10 ms for a batch of 256)\n{fallback}\n{}{fp16_note}\
-             tokenizing alone: {:.0} rows/s, {} threads\n",
+             tokenizing alone: {:.0} rows/s, {} threads\n{http}",
             self.rows,
             self.max_length,
             self.truncated,
@@ -325,12 +328,34 @@ impl EncoderInferReport {
     }
 }
 
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+/// The `quantile` (0–1) of ascending `sorted` values (0 when there are none).
+pub(super) fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+/// The encoder in `bytes` loaded as infer serves it: one session of `threads` intra-op threads.
+fn serving_model(
+    bytes: &[u8],
+    request: DeviceRequest,
+    threads: usize,
+    batch: usize,
+) -> anyhow::Result<sentiflow_infer::model::ServingModel> {
+    let metadata = onnx::read_metadata(bytes)?;
+    super::infer::serving_model_on(
+        bytes,
+        &metadata,
+        sentiflow_common::events::ModelFamily::Encoder,
+        sentiflow_infer::model::LoadSpec {
+            device: request,
+            workers: 1,
+            intra_threads: threads,
+            max_batch: batch,
+        },
+    )
 }
 
 /// Runs `bench infer --family encoder`.
@@ -347,6 +372,7 @@ pub fn run_infer(
     model: Option<&Path>,
     device: BenchDevice,
     precision: BenchPrecision,
+    (http_clients, http_requests): (usize, usize),
 ) -> anyhow::Result<EncoderInferReport> {
     if model.is_some() && precision != BenchPrecision::Fp32 {
         bail!(
@@ -452,6 +478,19 @@ pub fn run_infer(
     };
 
     let serving = time_serving_path(&bytes, request, threads, batch, &strings)?;
+    // One-text requests through infer's HTTP path: at most one per text of the run (the encoder
+    // scores a lone text in milliseconds on a CPU).
+    let http = (http_clients > 0)
+        .then(|| {
+            super::infer::http_batching(
+                std::sync::Arc::new(serving_model(&bytes, request, threads, batch)?),
+                &strings,
+                http_clients,
+                http_requests.min(strings.len()),
+                batch,
+            )
+        })
+        .transpose()?;
 
     // Baseline: the hashed family on the same texts.
     let (hashed_bytes, hashed_metadata) = super::infer::bench_model(None, &texts)?;
@@ -485,6 +524,7 @@ pub fn run_infer(
         hashed_rows_per_second: strings.len() as f64 / hashed_seconds,
         fp16,
         serving,
+        http,
     })
 }
 

@@ -1,7 +1,10 @@
 //! `sentiflow bench infer`: batch inference rows/s of our serving path (featurize + ONNX Runtime, one
-//! thread) against fastText's `predict` (fasttext-wheel, one thread) on the same texts, in one run.
+//! thread) against fastText's `predict` (fasttext-wheel, one thread) on the same texts, in one run; and
+//! `POST /v1/predict`'s scoring path under concurrent one-text requests, each request its own model
+//! run (`--http-batch-texts 1`) against requests merged while they wait (infer's default).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -54,6 +57,13 @@ pub struct InferBenchArgs {
     /// batches, with the largest probability difference between them).
     #[arg(long, value_enum, default_value_t = super::encoder::BenchPrecision::Fp32)]
     pub precision: super::encoder::BenchPrecision,
+    /// Concurrent clients of the `POST /v1/predict` scoring path, each sending one-text requests one
+    /// after another (0 skips that part).
+    #[arg(long, default_value_t = 16)]
+    pub http_clients: usize,
+    /// One-text requests sent by all clients together, per side.
+    #[arg(long, default_value_t = 8_000)]
+    pub http_requests: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +88,151 @@ pub struct InferBenchReport {
     pub fasttext_rows_per_second: f64,
     /// fastText version.
     pub fasttext_version: String,
+    /// `POST /v1/predict`'s scoring path under concurrent one-text requests (absent with
+    /// `--http-clients 0`).
+    pub http: Option<HttpBatchingReport>,
+}
+
+/// The HTTP scoring path (infer's `PredictBatcher`, one session, as `infer --workers 1` runs it) under
+/// `clients` concurrent clients sending one-text requests back to back.
+#[derive(Debug, Serialize)]
+pub struct HttpBatchingReport {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Requests per side.
+    pub requests: usize,
+    /// Each request its own model run (`--http-batch-texts 1`): the baseline.
+    pub one_run_per_request: HttpSide,
+    /// Requests that wait for the session share a run (up to `texts_per_run` texts).
+    pub merged: HttpSide,
+    /// The merged side's `--http-batch-texts`.
+    pub texts_per_run: usize,
+}
+
+/// One side of [`HttpBatchingReport`].
+#[derive(Debug, Serialize)]
+pub struct HttpSide {
+    /// Texts (= requests) scored per second.
+    pub rows_per_second: f64,
+    /// Model runs.
+    pub runs: usize,
+    /// Request latency (queue + run), median, milliseconds.
+    pub p50_ms: f64,
+    /// Request latency, 99th percentile, milliseconds.
+    pub p99_ms: f64,
+}
+
+impl HttpBatchingReport {
+    /// Its table.
+    pub fn render(&self) -> String {
+        let row = |name: String, side: &HttpSide| {
+            vec![
+                name,
+                format!("{:.0}", side.rows_per_second),
+                super::ratio(
+                    side.rows_per_second,
+                    self.one_run_per_request.rows_per_second,
+                ),
+                format!("{:.1}", self.requests as f64 / side.runs.max(1) as f64),
+                format!("{:.2}", side.p50_ms),
+                format!("{:.2}", side.p99_ms),
+            ]
+        };
+        let rows = vec![
+            vec![
+                format!(
+                    "POST /v1/predict scoring, {} clients × one-text requests",
+                    self.clients
+                ),
+                "rows/s".to_owned(),
+                "vs one run each".to_owned(),
+                "requests per run".to_owned(),
+                "p50 ms".to_owned(),
+                "p99 ms".to_owned(),
+            ],
+            row(
+                "one model run per request (--http-batch-texts 1, baseline)".to_owned(),
+                &self.one_run_per_request,
+            ),
+            row(
+                format!(
+                    "waiting requests merged (--http-batch-texts {})",
+                    self.texts_per_run
+                ),
+                &self.merged,
+            ),
+        ];
+        super::markdown_table(&rows)
+    }
+}
+
+/// Drives infer's `POST /v1/predict` scoring path (its batcher, one session) with `clients`
+/// concurrent clients sending `requests` one-text requests in all, once per side.
+pub fn http_batching(
+    model: Arc<sentiflow_infer::model::ServingModel>,
+    texts: &[&str],
+    clients: usize,
+    requests: usize,
+    texts_per_run: usize,
+) -> anyhow::Result<HttpBatchingReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let texts: Arc<Vec<String>> = Arc::new(texts.iter().map(|text| (*text).to_owned()).collect());
+    let clients = clients.max(1);
+    let side = |cap: usize, requests: usize| -> anyhow::Result<HttpSide> {
+        runtime.block_on(async {
+            let batcher = sentiflow_infer::batcher::PredictBatcher::spawn(cap, 1, clients);
+            let started = Instant::now();
+            let mut tasks = Vec::with_capacity(clients);
+            for client in 0..clients {
+                let (batcher, model, texts) =
+                    (batcher.clone(), Arc::clone(&model), Arc::clone(&texts));
+                let count = requests / clients + usize::from(client < requests % clients);
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(count);
+                    // Each request counts 1/n of the run of n requests it was part of.
+                    let mut runs = 0.0;
+                    for index in 0..count {
+                        let text = texts[(client + index * clients) % texts.len()].clone();
+                        let sent = Instant::now();
+                        let scored = batcher.score(Arc::clone(&model), vec![text], None).await?;
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        runs += 1.0 / scored.run_requests as f64;
+                    }
+                    anyhow::Ok((latencies, runs))
+                }));
+            }
+            let mut latencies = Vec::with_capacity(requests);
+            let mut runs = 0.0;
+            for task in tasks {
+                let (task_latencies, task_runs) = task.await??;
+                latencies.extend(task_latencies);
+                runs += task_runs;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            latencies.sort_by(f64::total_cmp);
+            Ok(HttpSide {
+                rows_per_second: latencies.len() as f64 / seconds,
+                runs: runs.round() as usize,
+                p50_ms: super::encoder::percentile(&latencies, 0.5),
+                p99_ms: super::encoder::percentile(&latencies, 0.99),
+            })
+        })
+    };
+    // Each side once unmeasured first, so that neither pays for warming up.
+    side(1, requests.min(500))?;
+    side(texts_per_run, requests.min(500))?;
+    let one_run_per_request = side(1, requests)?;
+    let merged = side(texts_per_run, requests)?;
+    Ok(HttpBatchingReport {
+        clients,
+        requests,
+        one_run_per_request,
+        merged,
+        texts_per_run,
+    })
 }
 
 impl InferBenchReport {
@@ -110,12 +265,20 @@ impl InferBenchReport {
                 "".to_owned(),
             ],
         ];
-        format!(
+        let mut out = format!(
             "sentiflow bench infer: {} texts, model {} (goal: ≥ 1× fastText)\n\n{}",
             self.rows,
             self.model,
             super::markdown_table(&rows)
-        )
+        );
+        if let Some(http) = &self.http {
+            out.push_str(&format!(
+                "\n\n{} one-text requests per side, one session on one core:\n\n{}",
+                http.requests,
+                http.render()
+            ));
+        }
+        out
     }
 }
 
@@ -250,7 +413,7 @@ pub fn run(args: &InferBenchArgs) -> anyhow::Result<InferBenchReport> {
     tracing::info!(cpu, "pinned to one CPU");
     let texts = labelled_texts(&args.files, &args.data_dir, args.rows)?;
     let (bytes, metadata) = bench_model(args.model.as_deref(), &texts)?;
-    let model = serving_model(&bytes, &metadata, args.batch)?;
+    let model = Arc::new(serving_model(&bytes, &metadata, args.batch)?);
     let strings: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
 
     // Ours, end to end: raw text in, probabilities out (best of three passes).
@@ -327,7 +490,19 @@ pub fn run(args: &InferBenchArgs) -> anyhow::Result<InferBenchReport> {
         .evals
         .get("predict")
         .context("fastText baseline reported no predict timing")?;
+    let http = (args.http_clients > 0)
+        .then(|| {
+            http_batching(
+                Arc::clone(&model),
+                &strings,
+                args.http_clients,
+                args.http_requests,
+                args.batch,
+            )
+        })
+        .transpose()?;
     Ok(InferBenchReport {
+        http,
         rows: strings.len(),
         batch: args.batch,
         model: format!("{} {}", metadata.name, metadata.version),

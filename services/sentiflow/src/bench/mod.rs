@@ -76,6 +76,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 args.model.as_deref(),
                 args.device,
                 args.precision,
+                (args.http_clients, args.http_requests),
             )?;
             (args.json, serde_json::to_value(&report)?, report.render())
         }
