@@ -42,9 +42,14 @@ if [ -z "${ONLY_TRAIN:-}" ]; then
   stamp "burn CUDA tests rc=$?"
 
   for batch in 256 1024; do
-    stamp "bench infer --family encoder --device cuda --batch $batch"
-    timeout 90 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" --precision both \
-      --data-dir "$data" --json > "$OUT/infer$batch.json"
+    # The HTTP path (one-text requests: one run each vs merged) once, with the batch of 256.
+    http="--http-clients 64 --http-requests 6000"
+    [ "$batch" = 256 ] || http="--http-clients 0"
+    stamp "bench infer --family encoder --device cuda --batch $batch $http"
+    # $http is split into flags on purpose.
+    # shellcheck disable=SC2086
+    timeout 150 /tmp/sentiflow bench infer --family encoder --device cuda --rows 50000 --batch "$batch" --precision both \
+      $http --data-dir "$data" --json > "$OUT/infer$batch.json"
     stamp "rc=$?"
     cat "$OUT/infer$batch.json"
   done
