@@ -232,7 +232,7 @@ fn the_http_path_bench_scores_every_request_through_infers_batcher_on_both_sides
     }
     let table = report.render();
     assert!(
-        table.contains("(--http-batch-texts 1, baseline)"),
+        table.contains("one model run per request, all at once (baseline)"),
         "{table}"
     );
     assert!(table.contains("merged (--http-batch-texts 256)"), "{table}");

@@ -68,6 +68,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
                     .set_buckets_for_metric(Matcher::Suffix("_rows".to_owned()), BATCH_SIZE_BUCKETS)
             })
             .and_then(|builder| {
+                // Requests merged into one model run of infer's HTTP path: a size, like a batch's.
+                builder.set_buckets_for_metric(
+                    Matcher::Full("sentiflow_infer_http_run_requests".to_owned()),
+                    BATCH_SIZE_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
                 // A full-name match wins over the `_seconds` suffix.
                 builder.set_buckets_for_metric(
                     Matcher::Full("sentiflow_trainer_retrain_seconds".to_owned()),

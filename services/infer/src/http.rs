@@ -80,8 +80,12 @@ pub struct PredictResponse {
     pub device: sentiflow_common::events::Device,
     /// One entry per text, in request order.
     pub predictions: Vec<TextPrediction>,
-    /// Model run time, milliseconds.
+    /// Model run time, milliseconds (of the run this request was scored in).
     pub inference_ms: f64,
+    /// Requests scored in that run (more than 1: requests that waited were merged).
+    pub run_requests: usize,
+    /// Texts scored in that run.
+    pub run_texts: usize,
 }
 
 /// The routes merged into the service's HTTP server.
@@ -214,8 +218,8 @@ async fn predict_inner(
         .batcher
         .score(Arc::clone(&model), request.texts, held)
         .await;
-    let (rows, elapsed) = match scored {
-        Ok(scored) => (scored.rows, scored.elapsed),
+    let scored = match scored {
+        Ok(scored) => scored,
         Err(failure) => {
             tracing::error!(%failure, "inference failed on an HTTP request");
             let message = match failure {
@@ -229,8 +233,9 @@ async fn predict_inner(
             );
         }
     };
-    metrics::histogram!("sentiflow_infer_http_texts_rows").record(rows.len() as f64);
-    let predictions = rows
+    metrics::histogram!("sentiflow_infer_http_texts_rows").record(scored.rows.len() as f64);
+    let predictions = scored
+        .rows
         .into_iter()
         .map(|row| {
             let probabilities = probabilities(row);
@@ -246,7 +251,9 @@ async fn predict_inner(
         model: model.model_ref().clone(),
         device: model.event_device(),
         predictions,
-        inference_ms: elapsed.as_secs_f64() * 1000.0,
+        inference_ms: scored.elapsed.as_secs_f64() * 1000.0,
+        run_requests: scored.run_requests,
+        run_texts: scored.run_texts,
     })
     .into_response()
 }
@@ -314,7 +321,7 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                 },
                 "PredictResponse": {
                     "type": "object",
-                    "required": ["model", "device", "predictions", "inference_ms"],
+                    "required": ["model", "device", "predictions", "inference_ms", "run_requests", "run_texts"],
                     "properties": {
                         "model": {"type": "object", "required": ["name", "version", "family"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "family": {"type": "string", "enum": ["hashed", "encoder"]}}},
                         "device": {"type": "string", "enum": ["cpu", "cuda"], "description": "The device that really ran the model."},
@@ -327,7 +334,9 @@ pub fn openapi_document(limits: HttpLimits) -> Value {
                                 "probabilities": {"type": "object", "required": ["negative", "neutral", "positive"], "properties": {"negative": {"type": "number"}, "neutral": {"type": "number"}, "positive": {"type": "number"}}}
                             }
                         }},
-                        "inference_ms": {"type": "number"}
+                        "inference_ms": {"type": "number", "description": "Model time of the run this request was scored in."},
+                        "run_requests": {"type": "integer", "minimum": 1, "description": "Requests scored in that run: more than 1 when requests that waited for a session were merged (--http-batch-texts)."},
+                        "run_texts": {"type": "integer", "minimum": 1, "description": "Texts scored in that run."}
                     }
                 },
                 "Error": error_body

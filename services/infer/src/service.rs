@@ -205,11 +205,11 @@ pub async fn start(
             slot.clone(),
             limits,
             api_keys.clone(),
-            // One run per session at once; requests beyond those wait in line (at most the slots
-            // of --http-max-concurrent) and are merged.
+            // Requests beyond the runs at once wait in line (at most the slots of
+            // --http-max-concurrent) and are merged.
             PredictBatcher::spawn(
                 config.http_batch_texts,
-                config.workers,
+                crate::batcher::runs_at_once(config.workers),
                 config.http_max_concurrent,
             ),
         ),

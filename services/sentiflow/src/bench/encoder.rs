@@ -307,7 +307,7 @@ impl EncoderInferReport {
             .as_ref()
             .map(|http| {
                 format!(
-                    "\n{} one-text requests per side, one session:\n\n{}\n",
+                    "\n{} one-text requests per side (twice each, averaged), one session:\n\n{}\n",
                     http.requests,
                     http.render()
                 )
