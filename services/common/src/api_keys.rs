@@ -213,31 +213,21 @@ impl TokenBucket {
         }
     }
 
-    /// Takes the first item's token of a request at `now`, before its body is read.
-    fn take_first(&mut self, limit: RateLimit, now: Instant) -> Result<(), Refusal> {
+    /// Takes `need` tokens at `now` when the bucket holds that many; otherwise the wait until it
+    /// holds `want` (see [`Take::need_and_want`]; the Redis script of `shared_buckets` does the same).
+    fn take(
+        &mut self,
+        limit: RateLimit,
+        now: Instant,
+        need: f64,
+        want: f64,
+    ) -> Result<(), Refusal> {
         self.refill(limit, now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= need {
+            self.tokens -= need;
             Ok(())
         } else {
-            Err(Refusal::Wait(wait_for(1.0 - self.tokens, limit)))
-        }
-    }
-
-    /// Takes the tokens of the rest of a request of `items` whose first token was taken. A refused
-    /// request keeps that token spent: it was read and parsed, and a free refusal would let a key
-    /// send oversized batches without end. The wait is for the whole request, sent again.
-    fn take_rest(&mut self, limit: RateLimit, now: Instant, items: f64) -> Result<(), Refusal> {
-        self.refill(limit, now);
-        if items > limit.burst {
-            return Err(Refusal::OverBurst);
-        }
-        let rest = (items - 1.0).max(0.0);
-        if self.tokens >= rest {
-            self.tokens -= rest;
-            Ok(())
-        } else {
-            Err(Refusal::Wait(wait_for(items - self.tokens, limit)))
+            Err(Refusal::Wait(wait_for(want - self.tokens, limit)))
         }
     }
 }
@@ -251,10 +241,7 @@ fn wait_for(missing: f64, limit: RateLimit) -> Duration {
 /// "$KEY" | sha256sum | cut -c1-8`). It does not reveal a random key (`openssl rand -hex 32`); a weak,
 /// guessable key could be tested against it offline, as against any leaked digest.
 pub fn key_id(digest: &[u8; 32]) -> String {
-    digest[..4]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(&digest[..4])
 }
 
 impl ApiAuthArgs {
@@ -398,10 +385,33 @@ pub struct ApiKeys {
 /// What a request takes from its key's bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Take {
-    /// Its first item's token, as it comes in.
+    /// Its first item's token, as it comes in, before its body is read.
     First,
-    /// The rest of its items, once counted (the first was taken).
+    /// The rest of its items, once counted (the first was taken). A refused request keeps that
+    /// first token spent: it was read and parsed, and a free refusal would let a key send oversized
+    /// batches without end.
     Rest(f64),
+}
+
+impl Take {
+    /// What no bucket needs to decide: a batch larger than the burst (no wait helps), the rest of a
+    /// one-item request (nothing left to take).
+    fn settled(self, limit: RateLimit) -> Option<Result<(), Refusal>> {
+        match self {
+            Self::Rest(items) if items > limit.burst => Some(Err(Refusal::OverBurst)),
+            Self::Rest(items) if items <= 1.0 => Some(Ok(())),
+            _ => None,
+        }
+    }
+
+    /// The tokens to take now, and those a refused request waits for: the whole request, sent
+    /// again.
+    fn need_and_want(self) -> (f64, f64) {
+        match self {
+            Self::First => (1.0, 1.0),
+            Self::Rest(items) => (items - 1.0, items),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -637,23 +647,10 @@ impl ApiKeys {
     /// when there is one and it answers, this instance's otherwise; without a per-key rate every
     /// request passes.
     async fn take(&self, digest: [u8; 32], take: Take) -> Result<(), Refusal> {
-        let Some(limit) = self.rate_limit else {
-            return Ok(());
-        };
-        if let Take::Rest(items) = take {
-            if items > limit.burst {
-                return Err(Refusal::OverBurst);
-            }
-            if items <= 1.0 {
-                // Its one item was taken as it came in.
-                return Ok(());
-            }
-        }
-        if let Some(shared) = &self.shared {
-            let (need, want) = match take {
-                Take::First => (1.0, 1.0),
-                Take::Rest(items) => ((items - 1.0).max(0.0), items),
-            };
+        if let (Some(shared), Some(limit)) = (&self.shared, self.rate_limit)
+            && take.settled(limit).is_none()
+        {
+            let (need, want) = take.need_and_want();
             match shared
                 .take(&digest, limit.per_second, limit.burst, need, want)
                 .await
@@ -663,32 +660,24 @@ impl ApiKeys {
                 None => {}
             }
         }
-        let now = Instant::now();
-        self.with_bucket(digest, now, |bucket, limit| match take {
-            Take::First => bucket.take_first(limit, now),
-            Take::Rest(items) => bucket.take_rest(limit, now, items),
-        })
+        self.take_here(digest, Instant::now(), take)
     }
 
-    /// Runs `take` on this instance's bucket of the key with `digest` at `now`; without a per-key
-    /// rate every request passes.
-    fn with_bucket(
-        &self,
-        digest: [u8; 32],
-        now: Instant,
-        take: impl FnOnce(&mut TokenBucket, RateLimit) -> Result<(), Refusal>,
-    ) -> Result<(), Refusal> {
+    /// [`ApiKeys::take`] from this instance's bucket of the key with `digest`, at `now`.
+    fn take_here(&self, digest: [u8; 32], now: Instant, take: Take) -> Result<(), Refusal> {
         let Some(limit) = self.rate_limit else {
             return Ok(());
         };
-        take(
-            self.buckets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(digest)
-                .or_insert_with(|| TokenBucket::full(limit, now)),
-            limit,
-        )
+        if let Some(settled) = take.settled(limit) {
+            return settled;
+        }
+        let (need, want) = take.need_and_want();
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(digest)
+            .or_insert_with(|| TokenBucket::full(limit, now))
+            .take(limit, now, need, want)
     }
 
     /// Checks a request's `Authorization: Bearer <key>` header.
@@ -1138,7 +1127,7 @@ mod tests {
 
     /// Takes the first token of a request of the key with `digest` at `now`.
     fn take_first(keys: &ApiKeys, digest: [u8; 32], now: Instant) -> Result<(), Refusal> {
-        keys.with_bucket(digest, now, |bucket, limit| bucket.take_first(limit, now))
+        keys.take_here(digest, now, Take::First)
     }
 
     /// Takes the rest of a request of `items` of the key with `digest` at `now`.
@@ -1148,9 +1137,7 @@ mod tests {
         now: Instant,
         items: usize,
     ) -> Result<(), Refusal> {
-        keys.with_bucket(digest, now, |bucket, limit| {
-            bucket.take_rest(limit, now, items as f64)
-        })
+        keys.take_here(digest, now, Take::Rest(items as f64))
     }
 
     fn wait_millis(millis: u64) -> Result<(), Refusal> {

@@ -109,11 +109,8 @@ impl SharedBuckets {
     /// The Redis key of the bucket of the key with `digest`: 64 bits of the digest (as in metrics,
     /// only longer: two keys of one file never share a bucket by chance).
     pub(crate) fn bucket_key(&self, digest: &[u8; 32]) -> String {
-        let id: String = digest[..8]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        self.store.key(&["api-key-bucket", self.service, &id])
+        self.store
+            .key(&["api-key-bucket", self.service, &hex::encode(&digest[..8])])
     }
 
     /// Takes `need` tokens from the key's shared bucket (the wait, when refused, is counted for

@@ -212,8 +212,7 @@ fn score_run<M: BatchModel>(mut run: Vec<Job<M>>) {
     let started = Instant::now();
     let scored = checked(model.score_batch(&texts), texts.len());
     let elapsed = started.elapsed();
-    metrics::histogram!("sentiflow_infer_http_run_texts_rows").record(texts.len() as f64);
-    metrics::histogram!("sentiflow_infer_http_run_requests").record(run.len() as f64);
+    count_run(texts.len(), run.len());
     let run_requests = run.len();
     match scored {
         Ok(rows) => {
@@ -246,12 +245,17 @@ fn score_run<M: BatchModel>(mut run: Vec<Job<M>>) {
                         run_texts: own.len(),
                     })
                     .map_err(BatchError::Model);
-                metrics::histogram!("sentiflow_infer_http_run_texts_rows").record(own.len() as f64);
-                metrics::histogram!("sentiflow_infer_http_run_requests").record(1.0);
+                count_run(own.len(), 1);
                 let _ = job.reply.send(answer);
             }
         }
     }
+}
+
+/// One model run of the HTTP path, in `_http_run_texts_rows` and `_http_run_requests`.
+fn count_run(texts: usize, requests: usize) {
+    metrics::histogram!("sentiflow_infer_http_run_texts_rows").record(texts as f64);
+    metrics::histogram!("sentiflow_infer_http_run_requests").record(requests as f64);
 }
 
 /// The rows of a run, or why not (also when the model gave a row count that is not one per text).
