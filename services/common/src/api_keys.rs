@@ -1125,6 +1125,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_scope_or_timeout_that_cannot_work_is_refused_with_its_flag() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            auth: ApiAuthArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Command as clap::Parser>::try_parse_from([&["service"], args].concat()).map(|c| c.auth)
+        };
+        let scope = parse(&["--api-key-rate-scope", "instance"]).unwrap();
+        assert_eq!(scope.api_key_rate_scope, RateScope::Instance);
+        for (args, says) in [
+            (
+                &["--api-key-rate-scope", "cluster"][..],
+                "--api-key-rate-scope",
+            ),
+            (
+                &["--api-key-rate-timeout-ms", "0"][..],
+                "--api-key-rate-timeout-ms",
+            ),
+            (
+                &["--api-key-rate-timeout-ms", "60001"][..],
+                "--api-key-rate-timeout-ms",
+            ),
+        ] {
+            let Err(error) = parse(args) else {
+                panic!("{args:?} must be refused");
+            };
+            assert!(error.to_string().contains(says), "{args:?}: {error}");
+        }
+    }
+
     /// Takes the first token of a request of the key with `digest` at `now`.
     fn take_first(keys: &ApiKeys, digest: [u8; 32], now: Instant) -> Result<(), Refusal> {
         keys.take_here(digest, now, Take::First)

@@ -263,6 +263,8 @@ mod tests {
             (vec!["--shadow-fraction=-0.1"], "--shadow-fraction"),
             (vec!["--http-max-texts", "0"], "--http-max-texts"),
             (vec!["--http-max-concurrent", "0"], "--http-max-concurrent"),
+            (vec!["--http-batch-texts", "0"], "--http-batch-texts"),
+            (vec!["--http-batch-texts", "4097"], "--http-batch-texts"),
             (vec!["--drain-timeout-ms", "60000"], "--drain-timeout-ms"),
         ] {
             let error = config(&args).validate().expect_err("refused");
