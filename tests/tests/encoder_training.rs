@@ -7,6 +7,7 @@
 use sentiflow::corpus::CorpusFormat;
 use sentiflow_common::cache::CacheDir;
 use sentiflow_common::config::RedisArgs;
+use sentiflow_common::events::ModelFamily;
 use sentiflow_common::store::RedisStore;
 use sentiflow_model::encoder::HeadConfig;
 use sentiflow_model::onnx::{Family, read_metadata, verify_structure};
@@ -190,6 +191,8 @@ async fn encoder_family_trains_registers_and_serves_through_ort() {
     assert_eq!(card["family"], "encoder");
     assert_eq!(card["encoder_config"]["max_length"], 48);
     assert_eq!(card["label_weights"]["human"], LabelWeights::DEFAULT_HUMAN);
+    // The default (auto) keeps the encoder family's balance over the whole set.
+    assert_eq!(card["label_weights"]["class_balance"], "global");
     sentiflow_tests::assert_card_files(&card_dir, &outcome.record);
 
     // `infer --family encoder` started before any encoder champion exists serves the hashed name
@@ -562,7 +565,10 @@ async fn fine_tuned_encoder_registers_serves_through_ort_and_is_gated_against_it
     assert_eq!(card.history.len(), 1);
     assert_eq!(card.history[0].steps, 6);
     assert!(card.encoder_config.fine_tuned);
-    assert_eq!(card.label_weights, Some(LabelWeights::default()));
+    assert_eq!(
+        card.label_weights,
+        Some(LabelWeights::default().for_family(ModelFamily::Encoder))
+    );
     sentiflow_tests::assert_card_files(&card_dir, &first.record);
     let markdown = std::fs::read_to_string(card_dir.join("card.md")).unwrap();
     assert!(

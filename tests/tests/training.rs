@@ -9,7 +9,7 @@ use sentiflow_common::events::LabelProvenance;
 use sentiflow_common::store::RedisStore;
 use sentiflow_model::featurize::FeaturizerConfig;
 use sentiflow_model::train::TrainConfig;
-use sentiflow_trainer::dataset::{LabelWeights, Manifest, SnapshotStore, Split};
+use sentiflow_trainer::dataset::{ClassBalance, LabelWeights, Manifest, SnapshotStore, Split};
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::PipelineError;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
@@ -233,7 +233,10 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
     let lexicon = sentiflow::train::lexicon().unwrap();
     let train_with = |human: f32| {
         let mut request = small_request(&manifest.snapshot_id, 5);
-        request.label_weights = LabelWeights { human };
+        request.label_weights = LabelWeights {
+            human,
+            ..LabelWeights::default()
+        };
         let (store, registry, lexicon, ort) = (&store, &registry, lexicon.clone(), &ort);
         async move { pipeline::train_and_register(store, registry, lexicon, ort, &request).await }
     };
@@ -313,5 +316,88 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
     assert_eq!(
         registry.versions("sentiment-hashed").await.unwrap().len(),
         versions_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classes_are_balanced_within_each_source_unless_asked_otherwise_and_the_card_says_so() {
+    let redis_server = sentiflow_tests::redis();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::new(dir.path().join("snapshots"));
+    let manifest = import_airline_slice(dir.path(), &store, 1500, None);
+    // Two sources with opposite class mixes: every negative tweet and a fifth of the others in one,
+    // the rest in the other (as airline tweets and product reviews would differ).
+    let mut rows = Vec::new();
+    for split in Split::ALL {
+        rows.extend(store.read(&manifest.snapshot_id, split).unwrap());
+    }
+    for (index, row) in rows.iter_mut().enumerate() {
+        row.source = if row.label.index() == 0 || index % 5 == 0 {
+            "complaints".to_owned()
+        } else {
+            "reviews".to_owned()
+        };
+    }
+    let manifest = store.write(&rows, manifest.origin).unwrap();
+    assert_eq!(manifest.sources.len(), 2, "{:?}", manifest.sources);
+    let redis =
+        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "balance-test")).unwrap();
+    let registry = Registry::new(dir.path().join("models"), redis);
+    let ort = sentiflow::train::ort_environment().unwrap();
+    let lexicon = sentiflow::train::lexicon().unwrap();
+    let train_with = |class_balance: ClassBalance| {
+        let mut request = small_request(&manifest.snapshot_id, 5);
+        request.label_weights = LabelWeights {
+            class_balance,
+            ..LabelWeights::default()
+        };
+        let (store, registry, lexicon, ort) = (&store, &registry, lexicon.clone(), &ort);
+        async move { pipeline::train_and_register(store, registry, lexicon, ort, &request).await }
+    };
+    let card = |version: &str, file: &str| {
+        std::fs::read_to_string(
+            dir.path()
+                .join(format!("models/sentiment-hashed/{version}/{file}")),
+        )
+        .unwrap()
+    };
+    let card_json = |version: &str| -> serde_json::Value {
+        serde_json::from_str(&card(version, "card.json")).unwrap()
+    };
+
+    // The default (auto) balances the hashed family within each source.
+    let by_source = train_with(LabelWeights::default().class_balance)
+        .await
+        .unwrap();
+    let global = train_with(ClassBalance::Global).await.unwrap();
+    assert_eq!(
+        card_json(&by_source.record.version)["label_weights"]["class_balance"],
+        "source"
+    );
+    assert_eq!(
+        card_json(&global.record.version)["label_weights"]["class_balance"],
+        "global"
+    );
+    assert_ne!(
+        card_json(&by_source.record.version)["weights_sha256"],
+        card_json(&global.record.version)["weights_sha256"],
+        "the balance reaches the trainer"
+    );
+    assert!(
+        card(&by_source.record.version, "card.md").contains("classes balanced within each source"),
+        "{}",
+        card(&by_source.record.version, "card.md")
+    );
+    assert!(
+        card(&global.record.version, "card.md")
+            .contains("classes balanced over the whole training set"),
+        "{}",
+        card(&global.record.version, "card.md")
+    );
+    // Asked for by name it is the same training run, reproducible like any other.
+    let again = train_with(ClassBalance::Source).await.unwrap();
+    assert_eq!(
+        card_json(&again.record.version)["weights_sha256"],
+        card_json(&by_source.record.version)["weights_sha256"]
     );
 }

@@ -374,6 +374,7 @@ pub async fn train_and_register_encoder(
         .label_weights
         .validate()
         .map_err(PipelineError::Config)?;
+    let label_weights = request.label_weights.for_family(ModelFamily::Encoder);
     if let Some(blend) = &request.blend {
         blend.check()?;
     }
@@ -438,9 +439,7 @@ pub async fn train_and_register_encoder(
                 let rows = &splits[index];
                 (
                     rows.iter().map(|row| row.label.index()).collect::<Vec<_>>(),
-                    rows.iter()
-                        .map(|row| request.label_weights.weight(row))
-                        .collect::<Vec<_>>(),
+                    label_weights.row_weights(rows),
                 )
             };
             let (train_labels, train_weights) = labelled(0);
@@ -468,7 +467,7 @@ pub async fn train_and_register_encoder(
                     member_lexicon,
                     &splits[0],
                     &splits[1],
-                    request.label_weights,
+                    label_weights,
                 )?),
                 None => None,
             };
@@ -579,7 +578,7 @@ pub async fn train_and_register_encoder(
         featurizer_config_hash: blend_config.config_hash(),
         encoder_config: blend_config,
         head_config: request.head.clone(),
-        label_weights: request.label_weights,
+        label_weights,
         device: device.to_owned(),
         device_reason,
         weights_sha256,

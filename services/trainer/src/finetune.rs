@@ -188,7 +188,7 @@ fn tokenize_split(
         truncated: 0,
         empty: 0,
     };
-    for row in rows {
+    for (row, weight) in rows.iter().zip(label_weights.row_weights(rows)) {
         let (ids, cut) = tokenizer
             .encode(&row.text)
             .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
@@ -201,7 +201,7 @@ fn tokenize_split(
         split.examples.push(TokenizedExample {
             ids,
             label: row.label.index(),
-            weight: label_weights.weight(row),
+            weight,
         });
     }
     Ok(split)
@@ -278,6 +278,7 @@ pub async fn fine_tune_and_register(
         .label_weights
         .validate()
         .map_err(PipelineError::Config)?;
+    let label_weights = request.label_weights.for_family(ModelFamily::Encoder);
     if let Some(blend) = &request.blend {
         blend.check()?;
     }
@@ -295,7 +296,7 @@ pub async fn fine_tune_and_register(
                 blend,
                 train_rows.clone(),
                 validation_rows.clone(),
-                request.label_weights,
+                label_weights,
             )
             .await?,
         ),
@@ -311,8 +312,8 @@ pub async fn fine_tune_and_register(
         }
         train_rows.truncate(cap);
     }
-    let training = tokenize_split(&tokenizer, &train_rows, request.label_weights)?;
-    let tokenized_validation = tokenize_split(&tokenizer, &validation_rows, request.label_weights)?;
+    let training = tokenize_split(&tokenizer, &train_rows, label_weights)?;
+    let tokenized_validation = tokenize_split(&tokenizer, &validation_rows, label_weights)?;
     let initial = BertClassifierWeights::from_safetensors(
         &files.weights,
         &files.weights_config,
@@ -464,7 +465,7 @@ pub async fn fine_tune_and_register(
         featurizer_config_hash: served_config.config_hash(),
         encoder_config: served_config,
         fine_tune_config: request.fine_tune.clone(),
-        label_weights: Some(request.label_weights),
+        label_weights: Some(label_weights),
         device: request.device.as_str().to_owned(),
         device_reason: request.device_reason.clone(),
         weights_sha256,
@@ -636,7 +637,11 @@ mod tests {
             row(WeakLexicon, 0.7),
             row(Human, 1.0),
         ];
-        let split = tokenize_split(&tokenizer, &rows, LabelWeights { human: 4.0 }).unwrap();
+        let weights = LabelWeights {
+            human: 4.0,
+            ..LabelWeights::UNWEIGHTED
+        };
+        let split = tokenize_split(&tokenizer, &rows, weights).unwrap();
         let weights: Vec<f32> = split
             .examples
             .iter()

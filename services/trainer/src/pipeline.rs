@@ -231,10 +231,11 @@ pub fn choose_device_with(
 
 pub(crate) fn examples(rows: &[DatasetRow], weights: LabelWeights) -> Vec<Example> {
     rows.iter()
-        .map(|row| Example {
+        .zip(weights.row_weights(rows))
+        .map(|(row, weight)| Example {
             text: row.text.clone(),
             label: row.label.index(),
-            weight: weights.weight(row),
+            weight,
         })
         .collect()
 }
@@ -257,6 +258,7 @@ pub async fn train_and_register(
         .label_weights
         .validate()
         .map_err(PipelineError::Config)?;
+    let label_weights = request.label_weights.for_family(ModelFamily::Hashed);
     let manifest = store.manifest(&request.snapshot_id)?;
     let train_rows = store.read(&request.snapshot_id, Split::Train)?;
     let validation_rows = store.read(&request.snapshot_id, Split::Validation)?;
@@ -269,8 +271,8 @@ pub async fn train_and_register(
     let train_config = request.train.clone();
     let burn_config = request.burn.clone();
     let (train_examples, validation_examples) = (
-        examples(&train_rows, request.label_weights),
-        examples(&validation_rows, request.label_weights),
+        examples(&train_rows, label_weights),
+        examples(&validation_rows, label_weights),
     );
     let trained: TrainedModel = tokio::task::spawn_blocking(move || match trainer {
         Trainer::Sparse => train(
@@ -369,7 +371,7 @@ pub async fn train_and_register(
         featurizer_config_hash: metadata.featurizer_config_hash.clone(),
         train_config: request.train.clone(),
         burn_config: matches!(trainer, Trainer::Burn(_)).then(|| request.burn.clone()),
-        label_weights: request.label_weights,
+        label_weights,
         device: device.to_owned(),
         device_reason,
         weights_sha256: metadata.weights_sha256.clone(),

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use sentiflow_common::events::RawReview;
+use sentiflow_common::events::{ModelFamily, RawReview};
 use sentiflow_model::eval::{CLASS_NAMES, Evaluation, evaluate};
 use sentiflow_model::featurize::{Featurizer, FeaturizerConfig};
 use sentiflow_model::hashed::CLASSES;
 use sentiflow_model::train::{Example, TrainConfig, predict_texts, train};
-use sentiflow_trainer::dataset::{DatasetRow, SnapshotStore, Split};
+use sentiflow_trainer::dataset::{DatasetRow, LabelWeights, SnapshotStore, Split};
 use serde::{Deserialize, Serialize};
 
 use super::{bench_python, default_data_dir, markdown_table, pin_to_one_cpu, ratio};
@@ -216,12 +216,19 @@ pub fn fasttext_normalize(text: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Training examples weighed as `sentiflow train` weighs them by default (classes balanced within
+/// each source file).
 fn examples(rows: &[DatasetRow]) -> Vec<Example> {
     rows.iter()
-        .map(|row| Example {
+        .zip(
+            LabelWeights::default()
+                .for_family(ModelFamily::Hashed)
+                .row_weights(rows),
+        )
+        .map(|(row, weight)| Example {
             text: row.text.clone(),
             label: row.label.index(),
-            weight: row.confidence,
+            weight,
         })
         .collect()
 }
