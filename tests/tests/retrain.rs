@@ -29,8 +29,8 @@ use sentiflow_model::train::TrainConfig;
 use sentiflow_tests::{
     count_by, eventually, http_get, json_payloads, kafka_with_topics, read_exactly, redis,
 };
-use sentiflow_trainer::dataset::LabelWeights;
 use sentiflow_trainer::dataset::SnapshotStore;
+use sentiflow_trainer::dataset::{ClassBalance, LabelWeights};
 use sentiflow_trainer::gate::GatePolicy;
 use sentiflow_trainer::pipeline::{self, TrainDevice, TrainRequest};
 use sentiflow_trainer::registry::Registry;
@@ -104,7 +104,11 @@ async fn register_champion(registry: &Registry, data_dir: &Path) {
             burn: Default::default(),
             device: TrainDevice::Cpu,
             gate: GatePolicy::default(),
-            label_weights: LabelWeights::default(),
+            // As a champion trained before --class-balance was: its retrains keep its balance.
+            label_weights: LabelWeights {
+                class_balance: ClassBalance::Global,
+                ..LabelWeights::default()
+            },
         },
     )
     .await
@@ -483,6 +487,15 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
     assert_eq!(promoted.previous_champion.as_deref(), Some("v1"));
     assert_eq!(promoted.data_range, "all curated data");
     assert!(promoted.recipe.contains("v1"), "{}", promoted.recipe);
+    // The trainer runs with the default `auto`: the retrain keeps the champion's class balance.
+    let card = |version: &str| -> serde_json::Value {
+        let path = data
+            .path()
+            .join(format!("models/{MODEL}/{version}/card.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert_eq!(card("v1")["label_weights"]["class_balance"], "global");
+    assert_eq!(card("v2")["label_weights"]["class_balance"], "global");
     let snapshot_rows = promoted.snapshot_rows.expect("snapshot");
     let labelled = airline(CHAMPION_ROWS, CURATED_ROWS)
         .iter()

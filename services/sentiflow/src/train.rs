@@ -100,7 +100,7 @@ pub struct TrainArgs {
     /// Gate thresholds.
     #[command(flatten)]
     pub gate: GatePolicy,
-    /// Training weight of human labels (labels.feedback) in the snapshot.
+    /// Training weight of human labels (labels.feedback) in the snapshot, and the class balance.
     #[command(flatten)]
     pub label_weights: LabelWeights,
 }

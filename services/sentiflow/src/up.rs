@@ -161,7 +161,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub gate: sentiflow_trainer::gate::GatePolicy,
 
-    /// Training weight of human labels in those retrains (the same flag as `sentiflow trainer`).
+    /// Training weight of human labels and the class balance of the first champion and the retrains
+    /// (the same flags as `sentiflow trainer`).
     #[command(flatten)]
     pub label_weights: sentiflow_trainer::dataset::LabelWeights,
 

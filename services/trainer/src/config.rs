@@ -142,7 +142,7 @@ pub struct TrainerConfig {
     #[command(flatten)]
     pub gate: GatePolicy,
 
-    /// Training weight of human labels in the retrain loop.
+    /// Training weight of human labels and the class balance in the retrain loop.
     #[command(flatten)]
     pub label_weights: LabelWeights,
 }

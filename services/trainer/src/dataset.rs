@@ -70,9 +70,9 @@ pub const SPLIT_RULE: &str =
 /// 0.570 macro-F1 at weight 1 and to 0.587 at 5, the frozen-encoder head from 0.511 to 0.541 at 1 and
 /// to 0.570 at 15 (cross-fitted, `encoder_quality --unbalanced-sources --target-labels`).
 ///
-/// With `--class-balance source` (the default) the weights are then scaled so that, within each
-/// source (the corpus or platform a review came from), every class carries the same total weight
-/// (see [`ClassBalance::Source`]).
+/// With `--class-balance source` (what the default `auto` means for the hashed family) the weights
+/// are then scaled so that, within each source (the corpus or platform a review came from), every
+/// class carries the same total weight (see [`ClassBalance::Source`]).
 ///
 /// The hashed trainers scale each row's SGD step by its weight; the encoder head and fine-tune
 /// average the loss over a batch's summed weight, so there a weight is relative to its batch.
@@ -125,7 +125,7 @@ pub enum ClassBalance {
     Global,
     /// Within each source first: every class present in a source gets that source's total weight
     /// divided by the number of its classes (a row's factor capped at 10); each source keeps its
-    /// total weight.
+    /// total weight unless a factor was capped.
     Source,
 }
 
@@ -180,6 +180,11 @@ impl LabelWeights {
     /// training and validation splits are each balanced in themselves). `auto` must have been
     /// resolved by [`Self::for_family`]; left unresolved it balances by source (the hashed default).
     pub fn row_weights(&self, rows: &[DatasetRow]) -> Vec<f32> {
+        debug_assert_ne!(
+            self.class_balance,
+            ClassBalance::Auto,
+            "a trainer weighs rows with its family's class balance (LabelWeights::for_family)"
+        );
         let weights: Vec<f32> = rows.iter().map(|row| self.weight(row)).collect();
         if self.class_balance == ClassBalance::Global {
             return weights;

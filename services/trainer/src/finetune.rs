@@ -188,7 +188,8 @@ fn tokenize_split(
         truncated: 0,
         empty: 0,
     };
-    for (row, weight) in rows.iter().zip(label_weights.row_weights(rows)) {
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
         let (ids, cut) = tokenizer
             .encode(&row.text)
             .map_err(|error| PipelineError::Featurizer(error.to_string()))?;
@@ -198,6 +199,11 @@ fn tokenize_split(
             split.empty += 1;
             continue;
         }
+        kept.push((row, ids));
+    }
+    // Weighed after the empty rows are gone, so a class balance counts only rows that train.
+    let kept_rows: Vec<DatasetRow> = kept.iter().map(|(row, _)| (*row).clone()).collect();
+    for ((row, ids), weight) in kept.into_iter().zip(label_weights.row_weights(&kept_rows)) {
         split.examples.push(TokenizedExample {
             ids,
             label: row.label.index(),

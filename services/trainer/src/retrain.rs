@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::catch_up::{self, FlushAnswer, FlushRequest};
 use crate::curation::{CurateOptions, CuratedSnapshot, curate_snapshot};
-use crate::dataset::{DatasetError, LabelWeights, Origin, SnapshotStore};
+use crate::dataset::{ClassBalance, DatasetError, LabelWeights, Origin, SnapshotStore};
 use crate::encoder::{self, BlendRequest, EncoderFiles, EncoderTrainRequest};
 use crate::error::Rejection;
 use crate::finetune::{self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest};
@@ -330,7 +330,8 @@ pub(crate) struct RetrainWorker {
     pub data_dir: std::path::PathBuf,
     /// Gate thresholds.
     pub gate: GatePolicy,
-    /// How much each labelled row counts in a retrain, by label provenance.
+    /// How much each labelled row counts in a retrain, by label provenance, and the class balance
+    /// (`auto`: the champion's).
     pub label_weights: LabelWeights,
     /// Largest accepted request in bytes.
     pub max_payload_bytes: usize,
@@ -577,6 +578,10 @@ impl RetrainWorker {
         }
         let (featurizer, train, recipe) = recipe(champion.as_ref());
         outcome.recipe = recipe;
+        let label_weights = retrain_label_weights(
+            self.label_weights,
+            champion.as_ref().and_then(champion_class_balance),
+        );
 
         // A trainer that has just started, or whose consumer is still joining its group, holds no
         // partitions and cannot catch up: a snapshot now would miss the data that drifted. Give
@@ -634,7 +639,7 @@ impl RetrainWorker {
                     burn: Default::default(),
                     device,
                     gate: self.gate,
-                    label_weights: self.label_weights,
+                    label_weights,
                 };
                 pipeline::train_and_register(
                     &self.snapshots,
@@ -646,7 +651,7 @@ impl RetrainWorker {
                 .await?
             }
             Some(plan) => {
-                self.train_encoder(plan, snapshot_id, device, outcome)
+                self.train_encoder(plan, snapshot_id, device, label_weights, outcome)
                     .await?
             }
         };
@@ -689,6 +694,7 @@ impl RetrainWorker {
         plan: EncoderPlan,
         snapshot_id: String,
         device: TrainDevice,
+        label_weights: LabelWeights,
         outcome: &mut RetrainOutcome,
     ) -> Result<pipeline::TrainOutcome, Attempt> {
         let cache = sentiflow_common::cache::CacheDir::from_env()
@@ -717,7 +723,7 @@ impl RetrainWorker {
                     device: burn_device,
                     device_reason: reason,
                     gate: self.gate,
-                    label_weights: self.label_weights,
+                    label_weights,
                     blend,
                 };
                 Ok(finetune::fine_tune_and_register(
@@ -746,7 +752,7 @@ impl RetrainWorker {
                     head: sentiflow_model::encoder::HeadConfig::default(),
                     device,
                     gate: self.gate,
-                    label_weights: self.label_weights,
+                    label_weights,
                     threads: std::thread::available_parallelism().map_or(1, usize::from),
                     embedding_cache: Some(self.data_dir.join("embeddings")),
                     blend,
@@ -1117,9 +1123,85 @@ fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, Str
     }
 }
 
+/// The class balance a champion was trained with, from its card: `global` for a card written before
+/// the setting existed (or with no label weights at all); `None` when the card cannot be read.
+fn champion_class_balance(champion: &ModelRecord) -> Option<ClassBalance> {
+    let card_path = Path::new(&champion.artifact_uri).with_file_name("card.json");
+    let bytes = std::fs::read(&card_path).ok()?;
+    card_class_balance(&bytes)
+}
+
+/// [`champion_class_balance`] of a card's bytes.
+fn card_class_balance(card: &[u8]) -> Option<ClassBalance> {
+    let card: serde_json::Value = serde_json::from_slice(card).ok()?;
+    match card
+        .get("label_weights")
+        .and_then(|weights| weights.get("class_balance"))
+    {
+        Some(balance) => serde_json::from_value(balance.clone()).ok(),
+        None => Some(ClassBalance::Global),
+    }
+}
+
+/// The label weights of a retrain: the service's, except that `auto` keeps the champion's class
+/// balance (a retrain changes the data, not the recipe, so the gate compares like with like; a
+/// champion from before the setting keeps `global`). Without a readable champion card, `auto` stays
+/// for the trainer to resolve by family.
+fn retrain_label_weights(configured: LabelWeights, champion: Option<ClassBalance>) -> LabelWeights {
+    match (configured.class_balance, champion) {
+        (ClassBalance::Auto, Some(class_balance)) => LabelWeights {
+            class_balance,
+            ..configured
+        },
+        _ => configured,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_keeps_the_champions_class_balance_and_a_chosen_one_wins() {
+        let old_card = br#"{"label_weights": {"human": 5.0}}"#;
+        let older_card = br#"{"featurizer_config": {}}"#;
+        let source_card = br#"{"label_weights": {"human": 5.0, "class_balance": "source"}}"#;
+        let fine_tuned_without_weights = br#"{"label_weights": null}"#;
+        assert_eq!(card_class_balance(old_card), Some(ClassBalance::Global));
+        assert_eq!(card_class_balance(older_card), Some(ClassBalance::Global));
+        assert_eq!(card_class_balance(source_card), Some(ClassBalance::Source));
+        assert_eq!(
+            card_class_balance(fine_tuned_without_weights),
+            Some(ClassBalance::Global)
+        );
+        assert_eq!(card_class_balance(b"not json"), None);
+        assert_eq!(
+            card_class_balance(br#"{"label_weights": {"class_balance": "sideways"}}"#),
+            None
+        );
+
+        let configured = |class_balance| LabelWeights {
+            human: 3.0,
+            class_balance,
+        };
+        let auto = configured(ClassBalance::Auto);
+        for champion in [ClassBalance::Global, ClassBalance::Source] {
+            assert_eq!(
+                retrain_label_weights(auto, Some(champion)),
+                configured(champion),
+                "auto keeps the champion's {champion:?}"
+            );
+        }
+        assert_eq!(retrain_label_weights(auto, None), auto);
+        for chosen in [ClassBalance::Global, ClassBalance::Source] {
+            for champion in [None, Some(ClassBalance::Global), Some(ClassBalance::Source)] {
+                assert_eq!(
+                    retrain_label_weights(configured(chosen), champion),
+                    configured(chosen)
+                );
+            }
+        }
+    }
 
     #[test]
     fn wanted_devices_map_onto_the_pipeline() {
