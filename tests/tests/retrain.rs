@@ -104,9 +104,9 @@ async fn register_champion(registry: &Registry, data_dir: &Path) {
             burn: Default::default(),
             device: TrainDevice::Cpu,
             gate: GatePolicy::default(),
-            // As a champion trained before --class-balance was: its retrains keep its balance.
+            // Trained offline with the per-source balance; the retrain loop balances globally.
             label_weights: LabelWeights {
-                class_balance: ClassBalance::Global,
+                class_balance: ClassBalance::Source,
                 ..LabelWeights::default()
             },
         },
@@ -487,14 +487,15 @@ async fn retrain_request_promotes_once_infer_swaps_and_bad_requests_are_handled(
     assert_eq!(promoted.previous_champion.as_deref(), Some("v1"));
     assert_eq!(promoted.data_range, "all curated data");
     assert!(promoted.recipe.contains("v1"), "{}", promoted.recipe);
-    // The trainer runs with the default `auto`: the retrain keeps the champion's class balance.
+    // The trainer runs with the default `auto`: a retrain balances over the whole set, whatever the
+    // champion did (it learns for the stream its gate judges it on).
     let card = |version: &str| -> serde_json::Value {
         let path = data
             .path()
             .join(format!("models/{MODEL}/{version}/card.json"));
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };
-    assert_eq!(card("v1")["label_weights"]["class_balance"], "global");
+    assert_eq!(card("v1")["label_weights"]["class_balance"], "source");
     assert_eq!(card("v2")["label_weights"]["class_balance"], "global");
     let snapshot_rows = promoted.snapshot_rows.expect("snapshot");
     let labelled = airline(CHAMPION_ROWS, CURATED_ROWS)

@@ -90,7 +90,8 @@ pub struct LabelWeights {
     pub human: f32,
     /// How the classes are balanced before training: `source` within each source (the corpus or
     /// platform of the review), `global` over the whole training set only, `auto` by family (source
-    /// for the hashed family, global for the encoder family: what measured best for each).
+    /// for the hashed family, global for the encoder family: what measured best for each out of
+    /// domain; global in the retrain loop, whose gate judges the stream it serves).
     #[arg(
         long = "class-balance",
         value_name = "SCOPE",
@@ -119,7 +120,8 @@ pub struct LabelWeights {
 pub enum ClassBalance {
     /// `source` for the hashed family, `global` for the encoder family (its head, fine-tune and
     /// blended hashed member); each trainer resolves it ([`LabelWeights::for_family`]) before it
-    /// weighs a row, and its card records the result.
+    /// weighs a row, and its card records the result. The retrain loop makes it `global` first (it
+    /// learns for the stream its gate judges it on).
     Auto,
     /// Over the whole training set only (the trainer's inverse-frequency class weights).
     Global,
