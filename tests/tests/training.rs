@@ -211,6 +211,67 @@ async fn train_register_gate_promote_and_reproduce() {
     );
 }
 
+/// One snapshot trained with different label weights: a registry on a real Redis, ONNX Runtime and
+/// the lexicon, and the cards the runs write.
+struct WeightRuns {
+    dir: std::path::PathBuf,
+    store: SnapshotStore,
+    registry: Registry,
+    ort: sentiflow_model::runtime::OrtEnvironment,
+    lexicon: sentiflow_model::lexicon::Lexicon,
+    snapshot_id: String,
+}
+
+impl WeightRuns {
+    fn new(
+        redis_url: &str,
+        prefix: &str,
+        dir: &std::path::Path,
+        store: SnapshotStore,
+        snapshot_id: String,
+    ) -> Self {
+        let redis = RedisStore::connect_lazy(&RedisArgs::local(redis_url, prefix)).unwrap();
+        Self {
+            dir: dir.to_owned(),
+            store,
+            registry: Registry::new(dir.join("models"), redis),
+            ort: sentiflow::train::ort_environment().unwrap(),
+            lexicon: sentiflow::train::lexicon().unwrap(),
+            snapshot_id,
+        }
+    }
+
+    /// [`small_request`] with seed 5 and `label_weights`, trained and registered.
+    async fn train(
+        &self,
+        label_weights: LabelWeights,
+    ) -> Result<pipeline::TrainOutcome, PipelineError> {
+        let mut request = small_request(&self.snapshot_id, 5);
+        request.label_weights = label_weights;
+        pipeline::train_and_register(
+            &self.store,
+            &self.registry,
+            self.lexicon.clone(),
+            &self.ort,
+            &request,
+        )
+        .await
+    }
+
+    /// A file of a registered version's artifact directory.
+    fn card(&self, version: &str, file: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .join(format!("models/sentiment-hashed/{version}/{file}")),
+        )
+        .unwrap()
+    }
+
+    fn card_json(&self, version: &str) -> serde_json::Value {
+        serde_json::from_str(&self.card(version, "card.json")).unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn human_labels_weigh_as_configured_and_the_card_says_so() {
     let redis_server = sentiflow_tests::redis();
@@ -226,33 +287,25 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
         human > 450,
         "a third of the rows carry human labels: {human}"
     );
-    let redis =
-        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "weights-test")).unwrap();
-    let registry = Registry::new(dir.path().join("models"), redis);
-    let ort = sentiflow::train::ort_environment().unwrap();
-    let lexicon = sentiflow::train::lexicon().unwrap();
+    let runs = WeightRuns::new(
+        &redis_server.url(),
+        "weights-test",
+        dir.path(),
+        store,
+        manifest.snapshot_id.clone(),
+    );
+    let (store, registry, ort) = (&runs.store, &runs.registry, &runs.ort);
     let train_with = |human: f32| {
-        let mut request = small_request(&manifest.snapshot_id, 5);
-        request.label_weights = LabelWeights {
+        runs.train(LabelWeights {
             human,
             ..LabelWeights::default()
-        };
-        let (store, registry, lexicon, ort) = (&store, &registry, lexicon.clone(), &ort);
-        async move { pipeline::train_and_register(store, registry, lexicon, ort, &request).await }
+        })
     };
-    let card = |version: &str, file: &str| {
-        std::fs::read_to_string(
-            dir.path()
-                .join(format!("models/sentiment-hashed/{version}/{file}")),
-        )
-        .unwrap()
-    };
+    let card = |version: &str, file: &str| runs.card(version, file);
 
     let plain = train_with(1.0).await.unwrap();
     let weighted = train_with(5.0).await.unwrap();
-    let card_json = |version: &str| -> serde_json::Value {
-        serde_json::from_str(&card(version, "card.json")).unwrap()
-    };
+    let card_json = |version: &str| runs.card_json(version);
     assert_eq!(
         card_json(&plain.record.version)["label_weights"]["human"],
         1.0
@@ -282,7 +335,7 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
         registry.load_verified(&weighted.record).await.unwrap(),
     );
     let report = |weight| {
-        sentiflow::train::evaluate_models(&ort, &first, Some(&second), weight, &texts, &labels)
+        sentiflow::train::evaluate_models(ort, &first, Some(&second), weight, &texts, &labels)
             .unwrap()
     };
     let half = report(0.5);
@@ -292,8 +345,8 @@ async fn human_labels_weigh_as_configured_and_the_card_says_so() {
             && (second_evaluation.macro_f1 - weighted.test.macro_f1).abs() < 1e-9,
         "through ORT, each model scores what its card says"
     );
-    let first_probabilities = pipeline::predict_onnx(&ort, &first, &texts).unwrap();
-    let second_probabilities = pipeline::predict_onnx(&ort, &second, &texts).unwrap();
+    let first_probabilities = pipeline::predict_onnx(ort, &first, &texts).unwrap();
+    let second_probabilities = pipeline::predict_onnx(ort, &second, &texts).unwrap();
     assert_eq!(
         blended.evaluation,
         sentiflow_model::eval::evaluate(
@@ -340,30 +393,21 @@ async fn classes_are_balanced_within_each_source_unless_asked_otherwise_and_the_
     }
     let manifest = store.write(&rows, manifest.origin).unwrap();
     assert_eq!(manifest.sources.len(), 2, "{:?}", manifest.sources);
-    let redis =
-        RedisStore::connect_lazy(&RedisArgs::local(&redis_server.url(), "balance-test")).unwrap();
-    let registry = Registry::new(dir.path().join("models"), redis);
-    let ort = sentiflow::train::ort_environment().unwrap();
-    let lexicon = sentiflow::train::lexicon().unwrap();
+    let runs = WeightRuns::new(
+        &redis_server.url(),
+        "balance-test",
+        dir.path(),
+        store,
+        manifest.snapshot_id,
+    );
     let train_with = |class_balance: ClassBalance| {
-        let mut request = small_request(&manifest.snapshot_id, 5);
-        request.label_weights = LabelWeights {
+        runs.train(LabelWeights {
             class_balance,
             ..LabelWeights::default()
-        };
-        let (store, registry, lexicon, ort) = (&store, &registry, lexicon.clone(), &ort);
-        async move { pipeline::train_and_register(store, registry, lexicon, ort, &request).await }
+        })
     };
-    let card = |version: &str, file: &str| {
-        std::fs::read_to_string(
-            dir.path()
-                .join(format!("models/sentiment-hashed/{version}/{file}")),
-        )
-        .unwrap()
-    };
-    let card_json = |version: &str| -> serde_json::Value {
-        serde_json::from_str(&card(version, "card.json")).unwrap()
-    };
+    let card = |version: &str, file: &str| runs.card(version, file);
+    let card_json = |version: &str| runs.card_json(version);
 
     // The default (auto) balances the hashed family within each source.
     let by_source = train_with(LabelWeights::default().class_balance)
