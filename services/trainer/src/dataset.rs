@@ -1067,6 +1067,34 @@ mod tests {
     }
 
     #[test]
+    fn class_balance_flag_takes_its_three_values_and_refuses_others_by_name() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            weights: LabelWeights,
+        }
+        let parse = |args: &[&str]| {
+            <Command as clap::Parser>::try_parse_from([&["trainer"], args].concat())
+                .map(|command| command.weights.class_balance)
+        };
+        assert_eq!(parse(&[]).unwrap(), ClassBalance::Auto);
+        for (value, expected) in [
+            ("auto", ClassBalance::Auto),
+            ("global", ClassBalance::Global),
+            ("source", ClassBalance::Source),
+        ] {
+            assert_eq!(parse(&["--class-balance", value]).unwrap(), expected);
+        }
+        let refused = parse(&["--class-balance", "sideways"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("--class-balance") && refused.contains("sideways"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn label_weights_out_of_range_are_refused_and_old_cards_read_as_unweighted() {
         for bad in ["0", "-2", "NaN", "inf", "1001", "five"] {
             assert!(parse_label_weight(bad).is_err(), "{bad}");
