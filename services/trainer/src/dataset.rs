@@ -2,7 +2,8 @@
 //! of what a model was trained on. Splits are assigned by a hash of the review id, so a review never
 //! moves between train, validation and test across snapshots.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,37 +182,35 @@ impl LabelWeights {
     /// each source when [`Self::class_balance`] says so (the factors come from `rows` alone, so the
     /// training and validation splits are each balanced in themselves). `auto` must have been
     /// resolved by [`Self::for_family`]; left unresolved it balances by source (the hashed default).
-    pub fn row_weights(&self, rows: &[DatasetRow]) -> Vec<f32> {
+    pub fn row_weights<Row: Borrow<DatasetRow>>(&self, rows: &[Row]) -> Vec<f32> {
         debug_assert_ne!(
             self.class_balance,
             ClassBalance::Auto,
             "a trainer weighs rows with its family's class balance (LabelWeights::for_family)"
         );
-        let weights: Vec<f32> = rows.iter().map(|row| self.weight(row)).collect();
+        let rows = || rows.iter().map(Borrow::borrow);
+        let weights: Vec<f32> = rows().map(|row| self.weight(row)).collect();
         if self.class_balance == ClassBalance::Global {
             return weights;
         }
-        let mut totals: std::collections::HashMap<&str, [f64; 3]> =
-            std::collections::HashMap::new();
-        for (row, weight) in rows.iter().zip(&weights) {
-            totals.entry(row.source.as_str()).or_default()[row.label.index()] += f64::from(*weight);
+        let mut factors: HashMap<&str, [f64; 3]> = HashMap::new();
+        for (row, weight) in rows().zip(&weights) {
+            factors.entry(row.source.as_str()).or_default()[row.label.index()] +=
+                f64::from(*weight);
         }
-        let factors: std::collections::HashMap<&str, [f64; 3]> = totals
-            .into_iter()
-            .map(|(source, classes)| {
-                let present = classes.iter().filter(|total| **total > 0.0).count() as f64;
-                let sum: f64 = classes.iter().sum();
-                let factors = classes.map(|total| {
-                    if total > 0.0 {
-                        (sum / (present * total)).min(MAX_SOURCE_BALANCE_FACTOR)
-                    } else {
-                        0.0
-                    }
-                });
-                (source, factors)
-            })
-            .collect();
-        rows.iter()
+        // Each source's class totals become that class's factor.
+        for classes in factors.values_mut() {
+            let present = classes.iter().filter(|total| **total > 0.0).count() as f64;
+            let sum: f64 = classes.iter().sum();
+            *classes = classes.map(|total| {
+                if total > 0.0 {
+                    (sum / (present * total)).min(MAX_SOURCE_BALANCE_FACTOR)
+                } else {
+                    0.0
+                }
+            });
+        }
+        rows()
             .zip(weights)
             .map(|(row, weight)| {
                 let factor = factors[row.source.as_str()][row.label.index()];

@@ -202,8 +202,9 @@ fn tokenize_split(
         kept.push((row, ids));
     }
     // Weighed after the empty rows are gone, so a class balance counts only rows that train.
-    let kept_rows: Vec<DatasetRow> = kept.iter().map(|(row, _)| (*row).clone()).collect();
-    for ((row, ids), weight) in kept.into_iter().zip(label_weights.row_weights(&kept_rows)) {
+    let kept_rows: Vec<&DatasetRow> = kept.iter().map(|(row, _)| *row).collect();
+    let weights = label_weights.row_weights(&kept_rows);
+    for ((row, ids), weight) in kept.into_iter().zip(weights) {
         split.examples.push(TokenizedExample {
             ids,
             label: row.label.index(),
