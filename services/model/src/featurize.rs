@@ -29,14 +29,20 @@
 //!    (unmarked; the whole `<word>` is skipped because the unigram already covers it).
 //! 5. **Lexicon priors** (with a [`Lexicon`] and `lexicon_features`): for every token with a lexicon
 //!    valence (looked up as it is, then lowercased, for emoticons like `XD`), a token for its rounded valence (sign flipped inside a negation scope), one token for the
-//!    count of positive and one for the count of negative lexicon tokens (capped at 3), and the bin of
-//!    VADER's compound score of the cleaned text, repeated so that it makes up `lexicon_share` of the
-//!    bag. Mean pooling then turns the compound bin into a fixed-weight vote, whatever the text length:
-//!    the model learns how far to trust the lexicon.
+//!    count of positive and one for the count of negative lexicon tokens (capped at 3), and copies
+//!    standing for VADER's compound score `c` of the cleaned text, so many that they make up
+//!    `lexicon_share` of the bag. Mean pooling then turns them into a fixed-weight vote, whatever the
+//!    text length: the model learns how far to trust the lexicon. `lexicon_compound_encoding` says
+//!    what the copies are: `bins`, the token of `c`'s bin (`lexicon_compound_bins` equal-width bins
+//!    over `[-1, 1]`); `linear`, the anchor tokens `lin+`, `lin-` and `lin0` in proportion to
+//!    `max(c, 0)`, `max(−c, 0)` and `1 − |c|` (rounded), so the vote is linear in `c` and `|c|`;
+//!    `bins_and_linear` (the default since 2026-12-06), half the copies (rounded down) as bins and
+//!    the rest as linear.
 //! 6. **Ids**: FNV-1a 64 over `namespace byte ‖ token bytes` (bigrams joined by a space), finalised by
 //!    murmur3's `fmix64`, then `1 + hash mod (buckets − 1)`; id 0 is [`PADDING_ID`]. The hash is
 //!    fixed and portable (no per-process seed).
-//! 7. **Order and cap**: the compound-bin copies first, then the other lexicon tokens, unigrams,
+//! 7. **Order and cap**: the compound copies first (`lin+`, `lin-`, `lin0`, then the bin token), then
+//!    the other lexicon tokens, unigrams,
 //!    higher n-grams and character n-grams, in text order. Without lexicon features everything after
 //!    the first `max_features` ids is dropped; with them the non-compound ids are cut to
 //!    `⌊(1 − lexicon_share) · max_features⌋` first, so the copies always fit. Text without any token
@@ -44,7 +50,10 @@
 //!
 //! Any change that alters the ids emitted for any input (a rule above, the hash, the namespaces) must
 //! bump [`FEATURIZER_VERSION`]; a change of defaults alone changes [`FeaturizerConfig::config_hash`]
-//! instead. Serving refuses a model whose featurizer version it does not implement.
+//! instead, and so does a new option whose absent value keeps the old ids (as
+//! `lexicon_compound_encoding` = `bins`: left out of the JSON, so older configurations keep their
+//! hash; a build that predates an option refuses a configuration naming it, as an unknown field).
+//! Serving refuses a model whose featurizer version it does not implement.
 
 use std::fmt::Write as _;
 
@@ -115,8 +124,44 @@ pub struct FeaturizerConfig {
     pub lexicon_features: bool,
     /// Equal-width bins of VADER's compound score over `[-1, 1]`.
     pub lexicon_compound_bins: usize,
-    /// Share of the bag given to the compound-bin token, in `[0, 0.9]`; 0 emits it once.
+    /// Share of the bag given to the compound copies, in `[0, 0.9]`; 0 emits one copy.
     pub lexicon_share: f32,
+    /// How the compound score fills its share of the bag (rule 5). Configurations written before
+    /// this field existed lack it and read as [`CompoundEncoding::Bins`], which is left out of the
+    /// JSON (and so of [`FeaturizerConfig::config_hash`]): their ids and hashes are unchanged.
+    #[serde(default, skip_serializing_if = "CompoundEncoding::is_bins")]
+    pub lexicon_compound_encoding: CompoundEncoding,
+}
+
+/// How VADER's compound score `c` enters the bag (rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompoundEncoding {
+    /// Every copy is the token of the score's bin: a free vote per bin (the only encoding before
+    /// 2026-12-06).
+    #[default]
+    Bins,
+    /// The copies are split between a positive, a negative and a zero anchor token in proportion
+    /// to `max(c, 0)`, `max(−c, 0)` and `1 − |c|`: the vote is linear in `c` and `|c|`, so it
+    /// cannot learn one corpus's odd bins.
+    Linear,
+    /// Half the copies (rounded down) are the bin token, the others split as `linear`.
+    BinsAndLinear,
+}
+
+impl CompoundEncoding {
+    fn is_bins(&self) -> bool {
+        *self == Self::Bins
+    }
+
+    /// The name used in the configuration JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bins => "bins",
+            Self::Linear => "linear",
+            Self::BinsAndLinear => "bins_and_linear",
+        }
+    }
 }
 
 impl Default for FeaturizerConfig {
@@ -131,6 +176,7 @@ impl Default for FeaturizerConfig {
             lexicon_features: true,
             lexicon_compound_bins: 20,
             lexicon_share: 0.5,
+            lexicon_compound_encoding: CompoundEncoding::BinsAndLinear,
         }
     }
 }
@@ -200,7 +246,7 @@ impl FeaturizerConfig {
         format!(
             "{{\"version\":\"{FEATURIZER_VERSION}\",\"config\":{{\"buckets\":{},\"word_ngrams\":{},\
              \"char_ngram_min\":{},\"char_ngram_max\":{},\"max_features\":{},\"negation\":{},\
-             \"lexicon_features\":{},\"lexicon_compound_bins\":{},\"lexicon_share\":{:?}}}}}",
+             \"lexicon_features\":{},\"lexicon_compound_bins\":{},\"lexicon_share\":{:?}{}}}}}",
             self.buckets,
             self.word_ngrams,
             self.char_ngram_min,
@@ -210,6 +256,10 @@ impl FeaturizerConfig {
             self.lexicon_features,
             self.lexicon_compound_bins,
             self.lexicon_share,
+            match self.lexicon_compound_encoding {
+                CompoundEncoding::Bins => String::new(),
+                other => format!(",\"lexicon_compound_encoding\":\"{}\"", other.as_str()),
+            },
         )
     }
 }
@@ -352,15 +402,16 @@ impl Featurizer {
         }
         let mut sink = IdSink::new(&self.config);
 
-        let mut compound_bin = None;
+        let mut compound = None;
         if let Some(lexicon) = &self.lexicon {
-            compound_bin = Some(self.lexicon_tokens(lexicon, cleaned, &tokens, &mut sink));
+            compound = Some(self.lexicon_tokens(lexicon, cleaned, &tokens, &mut sink));
         }
         self.word_ngrams(&tokens, &mut sink);
         self.char_ngrams(&tokens, &mut sink);
 
         let mut ids = sink.ids;
-        if let Some(bin) = compound_bin {
+        if let Some(compound_value) = compound {
+            let bin = compound_bin(compound_value, self.config.lexicon_compound_bins);
             let mut text = SmallText::new();
             let _ = write!(text, "{bin}");
             let compound_id = self.id(namespace::LEXICON_COMPOUND, &[text.as_bytes()]);
@@ -372,8 +423,19 @@ impl Featurizer {
             ids.truncate(others_budget);
             let wanted = (share / (1.0 - share) * ids.len() as f64).round() as usize;
             let copies = wanted.clamp(1, budget - ids.len());
+            let (bin_copies, linear_copies) = match self.config.lexicon_compound_encoding {
+                CompoundEncoding::Bins => (copies, 0),
+                CompoundEncoding::Linear => (0, copies),
+                CompoundEncoding::BinsAndLinear => (copies / 2, copies - copies / 2),
+            };
+            let [positive, negative, zero] = linear_anchor_counts(compound_value, linear_copies);
+            let anchor = |name: &[u8]| self.id(namespace::LEXICON_COMPOUND, &[name]);
+            let copies = std::iter::repeat_n(anchor(LINEAR_ANCHORS[0]), positive)
+                .chain(std::iter::repeat_n(anchor(LINEAR_ANCHORS[1]), negative))
+                .chain(std::iter::repeat_n(anchor(LINEAR_ANCHORS[2]), zero))
+                .chain(std::iter::repeat_n(compound_id, bin_copies));
             // In place: the sink reserved the whole budget, so this moves ids without reallocating.
-            ids.splice(0..0, std::iter::repeat_n(compound_id, copies));
+            ids.splice(0..0, copies);
         }
         ids.truncate(self.config.max_features);
         (ids, tokens.len())
@@ -402,14 +464,14 @@ impl Featurizer {
         (ids, texts.len(), pad_to)
     }
 
-    /// Rule 5 except the compound copies, which are added last; returns the compound bin.
+    /// Rule 5 except the compound copies, which are added last; returns VADER's compound score.
     fn lexicon_tokens(
         &self,
         lexicon: &Lexicon,
         cleaned: &str,
         tokens: &Tokens,
         sink: &mut IdSink,
-    ) -> usize {
+    ) -> f64 {
         let mut positive = 0usize;
         let mut negative = 0usize;
         for token in &tokens.spans {
@@ -440,8 +502,7 @@ impl Featurizer {
             let _ = write!(text, "{name}{capped}");
             sink.push(self.id(namespace::LEXICON_COUNT, &[text.as_bytes()]));
         }
-        let compound = lexicon.score(cleaned).compound;
-        compound_bin(compound, self.config.lexicon_compound_bins)
+        lexicon.score(cleaned).compound
     }
 
     /// Rule 4: word n-grams of order 1..=word_ngrams, all unigrams first, then bigrams, …
@@ -618,6 +679,22 @@ pub fn pad_length(longest_row: usize) -> usize {
 }
 
 /// Bin of a compound score in `[-1, 1]` among `bins` equal-width bins (1.0 falls in the last one).
+/// The tokens `linear` splits the compound copies between: positive, negative, zero.
+const LINEAR_ANCHORS: [&[u8]; 3] = [b"lin+", b"lin-", b"lin0"];
+
+/// How many of `copies` go to each of [`LINEAR_ANCHORS`] for a compound score: `max(c, 0)`,
+/// `max(−c, 0)` and `1 − |c|` of them, rounded, summing to `copies`.
+fn linear_anchor_counts(compound: f64, copies: usize) -> [usize; 3] {
+    let compound = compound.clamp(-1.0, 1.0);
+    let signed = (compound.abs() * copies as f64).round() as usize;
+    let rest = copies - signed;
+    if compound >= 0.0 {
+        [signed, 0, rest]
+    } else {
+        [0, signed, rest]
+    }
+}
+
 fn compound_bin(compound: f64, bins: usize) -> usize {
     let position = (compound.clamp(-1.0, 1.0) + 1.0) / 2.0 * bins as f64;
     (position.floor() as usize).min(bins - 1)
@@ -1040,6 +1117,7 @@ mod tests {
         let config = FeaturizerConfig {
             lexicon_features: true,
             lexicon_share: 0.5,
+            lexicon_compound_encoding: CompoundEncoding::Bins,
             ..words_only()
         };
         let with_lexicon = featurizer(config.clone());
@@ -1194,12 +1272,93 @@ mod tests {
         assert_eq!(FEATURIZER_VERSION, "feat-v1");
         assert_eq!(stable_hash(b""), PINNED_EMPTY_HASH);
         assert_eq!(stable_hash(b"sentiflow"), PINNED_SENTIFLOW_HASH);
-        let featurizer = featurizer(FeaturizerConfig {
+        // Models trained before `lexicon_compound_encoding` existed read as `bins`: their ids must
+        // never change.
+        let bins = featurizer(FeaturizerConfig {
+            buckets: 1 << 20,
+            lexicon_compound_encoding: CompoundEncoding::Bins,
+            ..FeaturizerConfig::default()
+        });
+        assert_eq!(bins.featurize("Not good :("), PINNED_NOT_GOOD_IDS);
+        // The default splits the 23 copies: 12 as `linear` (VADER's compound of "Not good :(" is 0,
+        // as in VADER itself: all 12 on the zero anchor), then 11 bin copies.
+        let default = featurizer(FeaturizerConfig {
             buckets: 1 << 20,
             ..FeaturizerConfig::default()
         });
-        let ids = featurizer.featurize("Not good :(");
-        assert_eq!(ids, PINNED_NOT_GOOD_IDS);
+        let ids = default.featurize("Not good :(");
+        let anchor = |name: &[u8]| default.id(namespace::LEXICON_COMPOUND, &[name]);
+        let anchors = [anchor(b"lin+"), anchor(b"lin-"), anchor(b"lin0")];
+        assert_eq!(anchors, PINNED_LINEAR_ANCHORS);
+        assert_eq!(ids[..12], [anchors[2]; 12]);
+        assert_eq!(ids[12..23], PINNED_NOT_GOOD_IDS[..11]);
+        assert_eq!(
+            ids[23..],
+            PINNED_NOT_GOOD_IDS[23..],
+            "the other ids as before"
+        );
+    }
+
+    #[test]
+    fn linear_anchor_counts_follow_the_compound_score() {
+        assert_eq!(linear_anchor_counts(0.0, 12), [0, 0, 12]);
+        assert_eq!(linear_anchor_counts(1.0, 12), [12, 0, 0]);
+        assert_eq!(linear_anchor_counts(-0.5, 12), [0, 6, 6]);
+        assert_eq!(linear_anchor_counts(0.26, 10), [3, 0, 7], "rounded");
+        assert_eq!(linear_anchor_counts(-3.0, 5), [0, 5, 0], "clamped");
+        assert_eq!(linear_anchor_counts(0.7, 0), [0, 0, 0]);
+    }
+
+    #[test]
+    fn compound_encodings_share_the_copies_and_keep_the_other_ids() {
+        let text = "good flight but lost bag";
+        let with = |encoding| {
+            featurizer(FeaturizerConfig {
+                lexicon_features: true,
+                lexicon_compound_encoding: encoding,
+                ..words_only()
+            })
+        };
+        let bins = with(CompoundEncoding::Bins).featurize(text);
+        let compound = Lexicon::score(&small_lexicon(), &clean(text).text).compound;
+        let copies = 13;
+        for encoding in [CompoundEncoding::Linear, CompoundEncoding::BinsAndLinear] {
+            let featurizer = with(encoding);
+            let ids = featurizer.featurize(text);
+            assert_eq!(
+                ids.len(),
+                bins.len(),
+                "{encoding:?}: the same share of the bag"
+            );
+            assert_eq!(
+                ids[copies..],
+                bins[copies..],
+                "{encoding:?}: other ids unchanged"
+            );
+            let (bin_copies, linear_copies) = match encoding {
+                CompoundEncoding::Linear => (0, copies),
+                _ => (copies / 2, copies - copies / 2),
+            };
+            let counts = linear_anchor_counts(compound, linear_copies);
+            for (anchor, count) in LINEAR_ANCHORS.iter().zip(counts) {
+                let id = featurizer.id(namespace::LEXICON_COMPOUND, &[anchor]);
+                assert_eq!(
+                    ids[..copies].iter().filter(|&&other| other == id).count(),
+                    count,
+                    "{encoding:?}: {}",
+                    String::from_utf8_lossy(anchor)
+                );
+            }
+            assert_eq!(
+                ids[..copies].iter().filter(|&&id| id == bins[0]).count(),
+                bin_copies,
+                "{encoding:?}: bin copies"
+            );
+        }
+        assert!(
+            linear_anchor_counts(compound, copies)[1] > 0,
+            "after `but` the text scores negative: {compound}"
+        );
     }
 
     // Cross-checked with an independent Python implementation of FNV-1a 64 + fmix64.
@@ -1208,6 +1367,8 @@ mod tests {
     /// 23 compound-bin copies, the valence tokens of `neg_good` and `:(` (both −2), the counts
     /// `pos0` and `neg2`, the unigrams `not`, `neg_good`, `:(` (cross-checked in Python), the bigrams,
     /// then the character n-grams of `not` and `good`.
+    /// The ids of `lin+`, `lin-` and `lin0` in 2^20 buckets (cross-checked in Python).
+    const PINNED_LINEAR_ANCHORS: [i64; 3] = [988580, 163856, 547771];
     const PINNED_NOT_GOOD_IDS: &[i64] = &[
         56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898,
         56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 56898, 832481, 832481,
@@ -1271,6 +1432,10 @@ mod tests {
         );
     }
 
+    /// `config_hash` of the default configuration of feat-v1 before `lexicon_compound_encoding`.
+    const PINNED_BINS_DEFAULT_CONFIG_HASH: &str =
+        "3211e7fe7c84f95ce744d07a11b9ef26bb7f20f1e16b4bf28183047a8ef2988f";
+
     #[test]
     fn config_hash_is_canonical_and_sensitive() {
         let config = FeaturizerConfig::default();
@@ -1307,8 +1472,55 @@ mod tests {
             partial,
             FeaturizerConfig {
                 buckets: 1024,
+                lexicon_compound_encoding: CompoundEncoding::Bins,
                 ..FeaturizerConfig::default()
-            }
+            },
+            "a configuration without the encoding was written before it existed: bins"
+        );
+        // The canonical JSON (and so the hash) of such a configuration is what it was before the
+        // field existed, and the field appears as soon as it is not `bins`.
+        let before = FeaturizerConfig {
+            lexicon_compound_encoding: CompoundEncoding::Bins,
+            ..FeaturizerConfig::default()
+        };
+        assert_eq!(
+            before.canonical_json(),
+            "{\"version\":\"feat-v1\",\"config\":{\"buckets\":524288,\"word_ngrams\":2,\
+             \"char_ngram_min\":3,\"char_ngram_max\":5,\"max_features\":256,\"negation\":true,\
+             \"lexicon_features\":true,\"lexicon_compound_bins\":20,\"lexicon_share\":0.5}}"
+        );
+        assert_eq!(
+            before.config_hash(),
+            PINNED_BINS_DEFAULT_CONFIG_HASH,
+            "the hash the registry's older models carry"
+        );
+        assert!(
+            config.canonical_json().ends_with(
+                r#""lexicon_share":0.5,"lexicon_compound_encoding":"bins_and_linear"}}"#
+            )
+        );
+        for encoding in [CompoundEncoding::Linear, CompoundEncoding::BinsAndLinear] {
+            let config = FeaturizerConfig {
+                lexicon_compound_encoding: encoding,
+                ..FeaturizerConfig::default()
+            };
+            let round_trip: FeaturizerConfig =
+                serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+            assert_eq!(round_trip, config);
+            assert_eq!(
+                config.canonical_json(),
+                serde_json::to_string(&Canonical {
+                    version: FEATURIZER_VERSION,
+                    config: &config,
+                })
+                .unwrap()
+            );
+            assert_ne!(config.config_hash(), before.config_hash());
+        }
+        assert!(
+            serde_json::from_str::<FeaturizerConfig>(r#"{"lexicon_compound_encoding": "bin"}"#)
+                .is_err(),
+            "an unknown encoding is an error"
         );
         assert!(
             serde_json::from_str::<FeaturizerConfig>(r#"{"bucket": 1024}"#).is_err(),
