@@ -1,22 +1,42 @@
-//! Runs the featurizer with its default configuration over a sample of every shared data set: ids
-//! stay in `1..buckets` and under the cap, repeat runs agree, and already-cleaned text gives the same
-//! ids as raw text (the serving path may see either).
+//! Runs the featurizer with its default configuration, and with the `bins` lexicon vote every model
+//! registered before 2026-12-06 carries, over a sample of every shared data set: ids stay in
+//! `1..buckets` and under the cap, repeat runs agree, already-cleaned text gives the same ids as raw
+//! text (the serving path may see either), and the ids are pinned.
 
 mod quality_data;
 
 use sentiflow_model::clean;
-use sentiflow_model::featurize::{Featurizer, FeaturizerConfig, PAD_LENGTHS, pad_length};
+use sentiflow_model::featurize::{
+    CompoundEncoding, Featurizer, FeaturizerConfig, PAD_LENGTHS, pad_length,
+};
 use sha2::{Digest, Sha256};
 
-/// sha256 of every id of the sample below under the default configuration, as feat-v1 produced them
-/// before the featurizer's speed work (fast modulo, FxHash lexicon, allocation-free lexicon ids): a
-/// trained model's embedding rows are addressed by these ids, so any change is train/serve skew.
-const PINNED_SAMPLE_DIGEST: &str =
+/// sha256 of every id of the sample below under the default configuration with the `bins` lexicon
+/// vote (the default until 2026-12-06), as feat-v1 produced them before the featurizer's speed work
+/// (fast modulo, FxHash lexicon, allocation-free lexicon ids): a trained model's embedding rows are
+/// addressed by these ids, so any change is train/serve skew.
+const PINNED_BINS_SAMPLE_DIGEST: &str =
     "0eccf59a9403648cacdd47133c867ad0039b85e131a0fc2c62d7eb27956848cb";
+
+/// The same under the default configuration (`bins_and_linear`), as first released.
+const PINNED_DEFAULT_SAMPLE_DIGEST: &str =
+    "d62c71c72da177d71983113cac355122dac48d7ccc018a964cfb2bc8f54eed25";
 
 #[test]
 fn default_featurizer_on_real_text() {
-    let config = FeaturizerConfig::default();
+    check_on_real_text(FeaturizerConfig::default(), PINNED_DEFAULT_SAMPLE_DIGEST);
+}
+
+#[test]
+fn bins_featurizer_of_older_models_on_real_text() {
+    let config = FeaturizerConfig {
+        lexicon_compound_encoding: CompoundEncoding::Bins,
+        ..FeaturizerConfig::default()
+    };
+    check_on_real_text(config, PINNED_BINS_SAMPLE_DIGEST);
+}
+
+fn check_on_real_text(config: FeaturizerConfig, pinned_digest: &str) {
     let featurizer =
         Featurizer::new(config.clone(), Some(quality_data::installed_lexicon())).expect("valid");
     let mut texts: Vec<String> = quality_data::airline_rows()
@@ -78,9 +98,10 @@ fn default_featurizer_on_real_text() {
     assert!(longest <= PAD_LENGTHS[PAD_LENGTHS.len() - 1] && pad_length(longest) >= longest);
     assert_eq!(
         hex::encode(digest.finalize()),
-        PINNED_SAMPLE_DIGEST,
-        "feature ids of {} real texts changed",
-        texts.len()
+        pinned_digest,
+        "feature ids of {} real texts changed under {}",
+        texts.len(),
+        config.canonical_json()
     );
 
     let sample: Vec<&str> = texts.iter().take(50).map(String::as_str).collect();

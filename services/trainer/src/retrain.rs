@@ -1092,7 +1092,10 @@ fn snapshot_attempt(error: DatasetError) -> Attempt {
 }
 
 /// The featurizer and trainer settings of a retrain: the champion's (from its model card), so a retrain
-/// changes the data and nothing else; the defaults when there is no champion or its card is unreadable.
+/// changes the data and nothing else. When the card is unreadable the featurizer still comes from the
+/// champion's checksum-verified model file (its ids must not change under the stream: a model trained
+/// before a featurizer default changed keeps its configuration), with the default trainer settings;
+/// the defaults when there is no champion or neither can be read.
 fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, String) {
     let defaults = |why: String| (FeaturizerConfig::default(), TrainConfig::default(), why);
     let Some(champion) = champion else {
@@ -1110,14 +1113,44 @@ fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, Str
             card.train_config,
             format!("the champion's ({} {})", champion.name, champion.version),
         ),
-        Err(error) => {
-            warn!(path = %card_path.display(), %error, "champion card unreadable; retraining with the defaults");
-            defaults(format!(
-                "defaults (the champion's card {} is unreadable: {error})",
-                card_path.display()
-            ))
-        }
+        Err(card_error) => match champion_featurizer(champion) {
+            Ok(featurizer) => {
+                warn!(path = %card_path.display(), error = %card_error,
+                    "champion card unreadable; retraining with the featurizer of its model file and the default trainer settings");
+                (
+                    featurizer,
+                    TrainConfig::default(),
+                    format!(
+                        "the champion's featurizer ({} {}, from its model file; its card {} is unreadable: {card_error}) and the default trainer settings",
+                        champion.name,
+                        champion.version,
+                        card_path.display()
+                    ),
+                )
+            }
+            Err(model_error) => {
+                warn!(path = %card_path.display(), error = %card_error, %model_error,
+                    "champion card and model file unreadable; retraining with the defaults");
+                defaults(format!(
+                    "defaults (the champion's card {} is unreadable: {card_error}; its model file: {model_error})",
+                    card_path.display()
+                ))
+            }
+        },
     }
+}
+
+/// The featurizer configuration recorded in the champion's model file, checksum and hash verified.
+fn champion_featurizer(champion: &ModelRecord) -> Result<FeaturizerConfig, String> {
+    let path = Path::new(&champion.artifact_uri);
+    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    crate::registry::verify_checksum(path, &bytes, &champion.sha256)
+        .map_err(|error| error.to_string())?;
+    let metadata =
+        sentiflow_model::onnx::read_metadata(&bytes).map_err(|error| error.to_string())?;
+    crate::pipeline::featurizer_for(&metadata)
+        .map(|featurizer| featurizer.config().clone())
+        .map_err(|error| error.to_string())
 }
 
 /// The label weights of a retrain: the service's, with `auto` meaning `global`. A retrain learns for
@@ -1228,6 +1261,73 @@ mod tests {
         assert!(
             why.contains("unreadable")
                 && why.contains("/nonexistent/sentiment-hashed/v7/card.json"),
+            "{why}"
+        );
+    }
+
+    /// A champion trained before `bins_and_linear` became the default keeps `bins` in its retrains
+    /// even when its card is lost: the featurizer comes from its verified model file.
+    #[test]
+    fn recipe_reads_the_featurizer_from_the_model_file_when_the_card_is_unreadable() {
+        use sentiflow_model::featurize::CompoundEncoding;
+        use sentiflow_model::hashed::HashedModel;
+        use sentiflow_model::onnx::{ModelMetadata, export_hashed};
+        use sha2::{Digest as _, Sha256};
+
+        let older = FeaturizerConfig {
+            buckets: 64,
+            lexicon_compound_encoding: CompoundEncoding::Bins,
+            ..FeaturizerConfig::default()
+        };
+        assert_ne!(
+            older.config_hash(),
+            FeaturizerConfig::default().config_hash()
+        );
+        let directory = tempfile::tempdir().unwrap();
+        let model_path = directory.path().join("model.onnx");
+        let metadata = ModelMetadata {
+            name: "sentiment-hashed".to_owned(),
+            version: "v3".to_owned(),
+            family: "hashed".to_owned(),
+            featurizer_version: sentiflow_model::featurize::FEATURIZER_VERSION.to_owned(),
+            featurizer_config_hash: older.config_hash(),
+            featurizer_config: serde_json::to_string(&older).unwrap(),
+            labels: ModelMetadata::default_labels(),
+            training_snapshot: "snap".to_owned(),
+            weights_sha256: String::new(),
+            created_at: "2026-12-01T00:00:00+00:00".to_owned(),
+        };
+        let bytes = export_hashed(&HashedModel::zeros(64, 2), &metadata).unwrap();
+        std::fs::write(&model_path, &bytes).unwrap();
+        let mut champion = ModelRecord {
+            name: "sentiment-hashed".to_owned(),
+            version: "v3".to_owned(),
+            family: ModelFamily::Hashed,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            files: BTreeMap::new(),
+            artifact_uri: model_path.display().to_string(),
+            featurizer_version: "feat-v1".to_owned(),
+            snapshot_id: "snap".to_owned(),
+            trained_on: "cpu".to_owned(),
+            metrics: BTreeMap::new(),
+            gate: None,
+            registered_at: Utc::now(),
+        };
+        let (featurizer, train, why) = recipe(Some(&champion));
+        assert_eq!(featurizer, older, "{why}");
+        assert_eq!(train, TrainConfig::default());
+        assert!(
+            why.contains("the champion's featurizer (sentiment-hashed v3, from its model file")
+                && why.contains("card.json is unreadable"),
+            "{why}"
+        );
+
+        // A model file that fails its checksum is not trusted either: the defaults, saying why.
+        champion.sha256 = "0".repeat(64);
+        let (featurizer, _, why) = recipe(Some(&champion));
+        assert_eq!(featurizer, FeaturizerConfig::default());
+        assert!(
+            why.contains("defaults") && why.contains("its model file"),
             "{why}"
         );
     }
