@@ -431,12 +431,14 @@ impl Featurizer {
                 CompoundEncoding::Linear => (0, copies),
                 CompoundEncoding::BinsAndLinear => (copies / 2, copies - copies / 2),
             };
-            let [positive, negative, zero] = linear_anchor_counts(compound_value, linear_copies);
-            let anchor = |name: &[u8]| self.id(namespace::LEXICON_COMPOUND, &[name]);
-            let copies = std::iter::repeat_n(anchor(LINEAR_ANCHORS[0]), positive)
-                .chain(std::iter::repeat_n(anchor(LINEAR_ANCHORS[1]), negative))
-                .chain(std::iter::repeat_n(anchor(LINEAR_ANCHORS[2]), zero))
-                .chain(std::iter::repeat_n(compound_id, bin_copies));
+            let counts = linear_anchor_counts(compound_value, linear_copies);
+            // The default (`bins`) hashes no anchor.
+            let anchors = LINEAR_ANCHORS.iter().zip(counts).flat_map(|(name, count)| {
+                let id = (count > 0).then(|| self.id(namespace::LEXICON_COMPOUND, &[name]));
+                id.into_iter()
+                    .flat_map(move |id| std::iter::repeat_n(id, count))
+            });
+            let copies = anchors.chain(std::iter::repeat_n(compound_id, bin_copies));
             // In place: the sink reserved the whole budget, so this moves ids without reallocating.
             ids.splice(0..0, copies);
         }
