@@ -1235,6 +1235,24 @@ mod tests {
         assert!(matches!(snapshot_attempt(io), Attempt::Transient(_)));
     }
 
+    /// A registry record of a hashed `sentiment-hashed` version whose file is `artifact_uri`.
+    fn hashed_record(version: &str, sha256: String, artifact_uri: &str) -> ModelRecord {
+        ModelRecord {
+            name: "sentiment-hashed".to_owned(),
+            version: version.to_owned(),
+            family: ModelFamily::Hashed,
+            sha256,
+            files: BTreeMap::new(),
+            artifact_uri: artifact_uri.to_owned(),
+            featurizer_version: "feat-v1".to_owned(),
+            snapshot_id: "snap".to_owned(),
+            trained_on: "cpu".to_owned(),
+            metrics: BTreeMap::new(),
+            gate: None,
+            registered_at: Utc::now(),
+        }
+    }
+
     #[test]
     fn recipe_falls_back_to_the_defaults_without_a_readable_card() {
         let (featurizer, train, why) = recipe(None);
@@ -1242,20 +1260,11 @@ mod tests {
         assert_eq!(train, TrainConfig::default());
         assert!(why.contains("no champion"), "{why}");
 
-        let champion = ModelRecord {
-            name: "sentiment-hashed".to_owned(),
-            version: "v7".to_owned(),
-            family: ModelFamily::Hashed,
-            sha256: "0".repeat(64),
-            files: BTreeMap::new(),
-            artifact_uri: "/nonexistent/sentiment-hashed/v7/model.onnx".to_owned(),
-            featurizer_version: "feat-v1".to_owned(),
-            snapshot_id: "snap".to_owned(),
-            trained_on: "cpu".to_owned(),
-            metrics: BTreeMap::new(),
-            gate: None,
-            registered_at: Utc::now(),
-        };
+        let champion = hashed_record(
+            "v7",
+            "0".repeat(64),
+            "/nonexistent/sentiment-hashed/v7/model.onnx",
+        );
         let (featurizer, _, why) = recipe(Some(&champion));
         assert_eq!(featurizer, FeaturizerConfig::default());
         assert!(
@@ -1299,20 +1308,11 @@ mod tests {
         };
         let bytes = export_hashed(&HashedModel::zeros(64, 2), &metadata).unwrap();
         std::fs::write(&model_path, &bytes).unwrap();
-        let mut champion = ModelRecord {
-            name: "sentiment-hashed".to_owned(),
-            version: "v3".to_owned(),
-            family: ModelFamily::Hashed,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            files: BTreeMap::new(),
-            artifact_uri: model_path.display().to_string(),
-            featurizer_version: "feat-v1".to_owned(),
-            snapshot_id: "snap".to_owned(),
-            trained_on: "cpu".to_owned(),
-            metrics: BTreeMap::new(),
-            gate: None,
-            registered_at: Utc::now(),
-        };
+        let mut champion = hashed_record(
+            "v3",
+            hex::encode(Sha256::digest(&bytes)),
+            &model_path.display().to_string(),
+        );
         let (featurizer, train, why) = recipe(Some(&champion));
         assert_eq!(featurizer, older, "{why}");
         assert_eq!(train, TrainConfig::default());
