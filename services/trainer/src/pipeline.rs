@@ -513,6 +513,14 @@ pub fn predict_onnx(
 
 /// Rebuilds the featurizer recorded in a model's metadata, refusing versions this build does not implement.
 pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineError> {
+    featurizer_of(
+        &metadata.featurizer_version,
+        featurizer_config_for(metadata)?,
+    )
+}
+
+/// The featurizer configuration recorded in a model's metadata, checked against its version and hash.
+pub fn featurizer_config_for(metadata: &ModelMetadata) -> Result<FeaturizerConfig, PipelineError> {
     // The version first: another version's configuration may not even parse here.
     check_featurizer_version(&metadata.featurizer_version)?;
     let config: FeaturizerConfig = serde_json::from_str(&metadata.featurizer_config)
@@ -522,7 +530,7 @@ pub fn featurizer_for(metadata: &ModelMetadata) -> Result<Featurizer, PipelineEr
             "featurizer config does not match its recorded hash".to_owned(),
         ));
     }
-    featurizer_of(&metadata.featurizer_version, config)
+    Ok(config)
 }
 
 /// The featurizer of a blended encoder model's hashed member (the `hashed_ids` input).

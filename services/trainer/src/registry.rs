@@ -516,7 +516,7 @@ impl Registry {
 }
 
 /// The bytes of `path`, refused when their sha256 is not `expected`.
-fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>, RegistryError> {
+pub(crate) fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>, RegistryError> {
     let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
         path: path.to_owned(),
         source,

@@ -1142,15 +1142,11 @@ fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, Str
 
 /// The featurizer configuration recorded in the champion's model file, checksum and hash verified.
 fn champion_featurizer(champion: &ModelRecord) -> Result<FeaturizerConfig, String> {
-    let path = Path::new(&champion.artifact_uri);
-    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
-    crate::registry::verify_checksum(path, &bytes, &champion.sha256)
+    let bytes = crate::registry::read_verified(Path::new(&champion.artifact_uri), &champion.sha256)
         .map_err(|error| error.to_string())?;
     let metadata =
         sentiflow_model::onnx::read_metadata(&bytes).map_err(|error| error.to_string())?;
-    crate::pipeline::featurizer_for(&metadata)
-        .map(|featurizer| featurizer.config().clone())
-        .map_err(|error| error.to_string())
+    crate::pipeline::featurizer_config_for(&metadata).map_err(|error| error.to_string())
 }
 
 /// The label weights of a retrain: the service's, with `auto` meaning `global`. A retrain learns for
