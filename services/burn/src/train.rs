@@ -19,8 +19,8 @@ use sentiflow_model::eval::{Evaluation, evaluate};
 use sentiflow_model::featurize::{FEATURIZER_VERSION, Featurizer, pad_length};
 use sentiflow_model::hashed::{CLASSES, HashedModel, PADDING_ID};
 use sentiflow_model::train::{
-    EpochRecord, Example, LearningRateSchedule, OptimizerKind, Rng, TrainConfig, TrainError,
-    TrainedModel, check_examples, class_weights, initial_model,
+    EpochRecord, EpochSelection, EpochVerdict, Example, LearningRateSchedule, OptimizerKind, Rng,
+    TrainConfig, TrainError, TrainedModel, check_examples, class_weights, initial_model,
 };
 use serde::{Deserialize, Serialize};
 
@@ -270,8 +270,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let total_steps = (config.epochs * batches_per_epoch) as f64;
         let mut history = Vec::with_capacity(config.epochs);
         let mut best: Option<(HashedModel, usize, Evaluation)> = None;
-        let mut best_f1 = f64::NEG_INFINITY;
-        let mut epochs_without_improvement = 0;
+        let mut selection = EpochSelection::new(config);
         let mut kept: Vec<i64> = Vec::new();
 
         for epoch in 0..config.epochs {
@@ -399,18 +398,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 features_per_second: features as f64 / seconds.max(1e-9),
                 seconds,
             });
-            if evaluation.macro_f1 > best_f1 {
-                best_f1 = evaluation.macro_f1;
-                best = Some((inner.to_model()?, epoch + 1, evaluation));
-                epochs_without_improvement = 0;
-            } else {
-                epochs_without_improvement += 1;
-                if config.patience > 0 && epochs_without_improvement >= config.patience {
-                    break;
-                }
+            match selection.observe(epoch + 1, evaluation.macro_f1) {
+                EpochVerdict::Keep => best = Some((inner.to_model()?, epoch + 1, evaluation)),
+                EpochVerdict::Continue => {}
+                EpochVerdict::Stop => break,
             }
         }
-        let (model, best_epoch, evaluation) = best.expect("at least one epoch ran");
+        let (model, best_epoch, evaluation) =
+            best.expect("the last planned epoch is always eligible");
         Ok((model, history, best_epoch, evaluation))
     }
 }
