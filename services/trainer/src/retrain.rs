@@ -1270,8 +1270,8 @@ mod tests {
         );
     }
 
-    /// A champion's featurizer survives a lost card: its retrains take it from the verified model
-    /// file, so the ids the stream is served with do not change (here a non-default bucket count).
+    /// A champion trained before `bins_and_linear` became the default keeps `bins` in its retrains
+    /// even when its card is lost: the featurizer comes from its verified model file.
     #[test]
     fn recipe_reads_the_featurizer_from_the_model_file_when_the_card_is_unreadable() {
         use sentiflow_model::featurize::CompoundEncoding;
