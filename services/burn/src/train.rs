@@ -1,7 +1,8 @@
 //! Mini-batch training of [`HashedBag`] on any burn autodiff backend (CUDA on a GPU host, ndarray on
 //! the CPU in CI), mirroring the sparse CPU trainer's contract: the same [`TrainConfig`] (dimension,
 //! epochs, learning-rate schedule, AdaGrad or SGD, class weighting, L2, feature dropout, patience,
-//! seed), the same initialisation, early stopping on validation macro-F1 with best-epoch restore, and
+//! `min_epochs`, seed), the same initialisation, the same choice of the kept epoch and of when to stop
+//! early ([`EpochSelection`]: validation macro-F1, restored weights), and
 //! the same [`TrainedModel`] result, so the pipeline exports it with the same ONNX writer.
 //!
 //! Differences, by design: updates are dense over the whole table (burn's optimisers), one step per
@@ -173,7 +174,7 @@ pub fn predict_texts<B: Backend, S: AsRef<str>>(
     predict_bags(model, &bags, device)
 }
 
-/// Trains a [`HashedBag`] on `device` and returns the best epoch's weights as a [`TrainedModel`],
+/// Trains a [`HashedBag`] on `device` and returns the kept epoch's weights as a [`TrainedModel`],
 /// exactly as the sparse trainer does. Deterministic on the ndarray backend for the same inputs.
 pub fn train<B: AutodiffBackend>(
     featurizer: &Featurizer,

@@ -94,15 +94,25 @@ pub struct TrainConfig {
     pub feature_dropout: f32,
     /// Stop after this many epochs without a better validation macro-F1; 0 never stops early.
     pub patience: usize,
-    /// Epochs that always run before an epoch's weights may be kept or the run may stop early
-    /// (capped at `epochs`; 0 and 1 keep any epoch). Macro-F1 on a few hundred validation rows is
-    /// noisy, and on a small snapshot the first, barely fitted epoch can win by chance: on `up`'s
-    /// 6,000-row bootstrap with the `bins_and_linear` lexicon vote, epoch 1 (validation log-loss 0.82)
-    /// beat epochs 2–4 (down to 0.78) and was kept, a timid model whose highest P(negative) over all
-    /// 14,640 airline tweets was 0.82. See [`EpochSelection`].
+    /// The first (1-based) epoch whose weights may be kept (capped at `epochs`; 0 and 1 make every
+    /// epoch eligible): earlier epochs are never kept nor count against `patience`, so with patience
+    /// p > 0 a run lasts at least min(max(min_epochs, 1) + p, epochs) epochs. Macro-F1 on a few
+    /// hundred validation rows is noisy, and on a small snapshot the first, barely fitted epoch can
+    /// win by chance: on `up`'s bootstrap snapshot (5,881 airline tweets) with the `bins_and_linear`
+    /// lexicon vote, epoch 1 (validation log-loss 0.82) beat epochs 2–4 (down to 0.78) and was kept, a
+    /// timid model whose highest P(negative) over all 14,640 airline tweets was 0.82. A configuration
+    /// written before this field existed (an older model card) lacks it and reads as 1, what that
+    /// model was trained with, so its retrains keep choosing epochs as it did. See
+    /// [`EpochSelection`].
+    #[serde(default = "min_epochs_before_the_option")]
     pub min_epochs: usize,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
+}
+
+/// What an absent `min_epochs` means: every epoch eligible, as before the option existed.
+fn min_epochs_before_the_option() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -126,11 +136,13 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Pairs with [`crate::featurize::FeaturizerConfig::in_domain`]: a faster learning rate and no
-    /// feature dropout fit the training domain closely at the cost of robustness elsewhere.
+    /// feature dropout fit the training domain closely at the cost of robustness elsewhere. Measured
+    /// with every epoch eligible (`min_epochs` 1), which it keeps.
     pub fn in_domain() -> Self {
         Self {
             learning_rate: 0.05,
             feature_dropout: 0.0,
+            min_epochs: 1,
             ..Self::default()
         }
     }
@@ -249,7 +261,7 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// The result of [`train`]: the best epoch's weights and how the run went.
+/// The result of [`train`]: the kept epoch's weights and how the run went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainedModel {
     /// Weights of the kept epoch (see [`EpochSelection`]).
@@ -1084,6 +1096,29 @@ mod tests {
                 [Keep, Continue, Stop]
             );
         }
+    }
+
+    #[test]
+    fn a_configuration_without_min_epochs_reads_as_every_epoch_eligible() {
+        // The `train_config` of a model card written before the option (up's v1 of 2026-12-07 00:05).
+        let older = r#"{"dim":32,"epochs":8,"learning_rate":0.01,"schedule":"linear","optimizer":"adagrad","class_weighting":"inverse_frequency","l2_embeddings":0.0,"l2_output":0.0,"feature_dropout":0.3,"patience":3,"seed":42}"#;
+        let config: TrainConfig = serde_json::from_str(older).unwrap();
+        assert_eq!(config.min_epochs, 1);
+        assert_eq!(
+            config,
+            TrainConfig {
+                min_epochs: 1,
+                ..TrainConfig::default()
+            }
+        );
+        // New configurations carry the field, so they read back as written.
+        let current = TrainConfig::default();
+        let json = serde_json::to_string(&current).unwrap();
+        assert!(json.contains(r#""min_epochs":4"#), "{json}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), current);
+        // An empty object is still the full default apart from that field's absent value.
+        let empty: TrainConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.min_epochs, 1);
     }
 
     #[test]

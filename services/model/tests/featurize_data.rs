@@ -1,5 +1,5 @@
 //! Runs the featurizer with its default configuration, and with the `bins` lexicon vote every model
-//! registered before 2026-12-06 carries, over a sample of every shared data set: ids stay in
+//! registered before 2026-12-07 carries, over a sample of every shared data set: ids stay in
 //! `1..buckets` and under the cap, repeat runs agree, already-cleaned text gives the same ids as raw
 //! text (the serving path may see either), and the ids are pinned.
 
@@ -12,7 +12,7 @@ use sentiflow_model::featurize::{
 use sha2::{Digest, Sha256};
 
 /// sha256 of every id of the sample below under the default configuration with the `bins` lexicon
-/// vote (the default until 2026-12-06), as feat-v1 produced them before the featurizer's speed work
+/// vote (the default until 2026-12-07), as feat-v1 produced them before the featurizer's speed work
 /// (fast modulo, FxHash lexicon, allocation-free lexicon ids): a trained model's embedding rows are
 /// addressed by these ids, so any change is train/serve skew.
 const PINNED_BINS_SAMPLE_DIGEST: &str =

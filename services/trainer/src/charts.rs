@@ -85,6 +85,8 @@ pub struct ChartInputs<'a> {
     pub planned_epochs: usize,
     /// Early-stopping patience of the configuration (0: never stops early).
     pub patience: usize,
+    /// First epoch that could be kept (`TrainConfig::min_epochs`; 1 for the families without one).
+    pub min_epochs: usize,
 }
 
 /// One chart file as the card names it.
@@ -399,15 +401,23 @@ fn draw_confusion(root: &Root<'_>, inputs: &ChartInputs<'_>) -> DrawResult {
 /// The note under the curve's title: where early stopping ended the run and which epoch was kept.
 fn stopping_note(inputs: &ChartInputs<'_>) -> String {
     let ran = inputs.history.last().map_or(0, |point| point.epoch);
+    let eligible = if inputs.min_epochs > 1 {
+        format!(
+            " (the best validation macro-F1 from epoch {} on)",
+            inputs.min_epochs
+        )
+    } else {
+        String::new()
+    };
     if ran < inputs.planned_epochs {
         format!(
             "early stopping: no better validation macro-F1 for {} epochs, stopped after epoch {ran} of \
-             {}; weights of epoch {} kept",
+             {}; weights of epoch {} kept{eligible}",
             inputs.patience, inputs.planned_epochs, inputs.best_epoch
         )
     } else {
         format!(
-            "all {ran} planned epochs ran; weights of the best epoch ({}) kept",
+            "all {ran} planned epochs ran; weights of epoch {} kept{eligible}",
             inputs.best_epoch
         )
     }
@@ -539,7 +549,7 @@ fn draw_legend(root: &Root<'_>, best_epoch: usize, y: i32) -> DrawResult {
         (
             BEST,
             true,
-            format!("best epoch ({best_epoch}): weights kept"),
+            format!("kept epoch ({best_epoch}): its weights are the model"),
         ),
     ];
     let (swatch, gap, spacing) = (28, 8, 28);
@@ -628,6 +638,7 @@ mod tests {
             best_epoch: 3,
             planned_epochs: 8,
             patience: 2,
+            min_epochs: 1,
         }
     }
 

@@ -566,6 +566,7 @@ pub async fn train_and_register_encoder(
             best_epoch: trained.best_epoch,
             planned_epochs: request.head.epochs,
             patience: request.head.patience,
+            min_epochs: 1,
         },
         &charts::font_path(),
     );

@@ -460,6 +460,7 @@ pub async fn fine_tune_and_register(
             best_epoch: tuned.best_epoch,
             planned_epochs: request.fine_tune.epochs,
             patience: request.fine_tune.patience,
+            min_epochs: 1,
         },
         &charts::font_path(),
     );
