@@ -147,6 +147,11 @@ impl TrainConfig {
         }
     }
 
+    /// The first epoch whose weights may be kept: `min_epochs` capped at `epochs`.
+    pub fn first_eligible_epoch(&self) -> usize {
+        self.min_epochs.min(self.epochs)
+    }
+
     /// Checks ranges; [`train`] calls it.
     pub fn validate(&self) -> Result<(), TrainError> {
         let invalid = |reason: String| Err(TrainError::InvalidConfig(reason));
@@ -308,10 +313,10 @@ pub enum EpochVerdict {
 }
 
 impl EpochSelection {
-    /// A selection for a run of `config` (its `min_epochs` capped at its `epochs`).
+    /// A selection for a run of `config`.
     pub fn new(config: &TrainConfig) -> Self {
         Self {
-            min_epochs: config.min_epochs.min(config.epochs),
+            min_epochs: config.first_eligible_epoch(),
             patience: config.patience,
             best_macro_f1: None,
             epochs_without_improvement: 0,

@@ -358,7 +358,7 @@ pub async fn train_and_register(
             best_epoch: trained.best_epoch,
             planned_epochs: request.train.epochs,
             patience: request.train.patience,
-            min_epochs: request.train.min_epochs.min(request.train.epochs),
+            min_epochs: request.train.first_eligible_epoch(),
         },
         &charts::font_path(),
     );
