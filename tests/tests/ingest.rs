@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use sentiflow::status::{ServiceName, StatusArgs};
 use sentiflow_common::catalogue::topics;
@@ -16,6 +17,7 @@ use sentiflow_common::events::{
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
+use sentiflow_common::trace;
 use sentiflow_ingest::IngestConfig;
 use sentiflow_ingest::config::LangPolicy;
 use sentiflow_tests::{
@@ -145,6 +147,32 @@ async fn publish_reviews(producer: &ResilientProducer, topic: &str, reviews: &[R
     }
 }
 
+/// A traceparent put on raw events (the W3C specification's example).
+const TRACED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// `headers` with one more header whose name is any bytes: rdkafka's own API only takes `&str`
+/// names, other clients send what they like.
+#[allow(unsafe_code)]
+fn with_raw_header(headers: OwnedHeaders, name: &[u8], value: &[u8]) -> OwnedHeaders {
+    use rdkafka::bindings::{rd_kafka_header_add, rd_kafka_headers_t, rd_kafka_resp_err_t};
+    let list: *mut rd_kafka_headers_t = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rd_kafka_headers_t>()
+        .cast_mut();
+    // SAFETY: the list is alive and owned by `headers` (rdkafka's `BorrowedHeaders` is a view
+    // placed at its address); the sizes are the slices' own.
+    let added = unsafe {
+        rd_kafka_header_add(
+            list,
+            name.as_ptr().cast(),
+            isize::try_from(name.len()).expect("short name"),
+            value.as_ptr().cast(),
+            isize::try_from(value.len()).expect("short value"),
+        )
+    };
+    assert_eq!(added, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    headers
+}
+
 /// Bytes of padding after `bad-<index>~` in the key of a malformed input that wants a huge key.
 const HUGE_KEY_PADDING: usize = 700_000;
 
@@ -265,8 +293,35 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
         })
         .collect();
 
-    publish_reviews(&producer, &raw_topic, &valid[..150]).await;
-    for (index, (_, payload, huge_key)) in malformed.iter().enumerate() {
+    // The first valid and the first malformed event carry a header whose name is not UTF-8
+    // (rdkafka's header iteration panics on it: ingest crashed on such a message after every
+    // restart) next to a traceparent, which must still be continued.
+    for (key, payload) in [
+        (
+            valid[0].review_id.clone(),
+            serde_json::to_vec(&valid[0]).unwrap(),
+        ),
+        (
+            malformed_key(0, malformed[0].2),
+            malformed[0].1.clone().unwrap(),
+        ),
+    ] {
+        let headers = with_raw_header(
+            OwnedHeaders::new().insert(Header {
+                key: trace::TRACEPARENT,
+                value: Some(TRACED.as_bytes()),
+            }),
+            b"\xff\xfe",
+            b"opaque",
+        );
+        let ack = producer
+            .enqueue(&raw_topic, Some(key.as_bytes()), &payload, Some(headers))
+            .await
+            .expect("enqueue");
+        await_delivery(ack).await.expect("delivered");
+    }
+    publish_reviews(&producer, &raw_topic, &valid[1..150]).await;
+    for (index, (_, payload, huge_key)) in malformed.iter().enumerate().skip(1) {
         publish(
             &producer,
             &raw_topic,
@@ -309,6 +364,21 @@ async fn valid_duplicate_and_malformed_events_are_counted_exactly() {
         "exactly the valid events, no duplicates"
     );
     assert_eq!(dlq.len(), malformed.len(), "exactly the malformed events");
+    let traced_trace_id = &TRACED[3..35];
+    let continued = |messages: &[rdkafka::message::OwnedMessage], key: &str| {
+        let message = messages
+            .iter()
+            .find(|message| message.key() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} published"));
+        let (context, _) = trace::of_message(message).expect("a traceparent");
+        assert_eq!(
+            context.trace_id(),
+            traced_trace_id,
+            "{key} continues its trace"
+        );
+    };
+    continued(&clean, &valid[0].review_id);
+    continued(&dlq, &malformed_key(0, malformed[0].2));
 
     let registry = SchemaRegistry::global();
     let clean_values = json_payloads(&clean);

@@ -44,7 +44,7 @@ impl DeadLetterSink {
     /// Enqueues the dead letter of `original` (keyed by its key, cut to [`MAX_DEAD_LETTER_KEY_BYTES`]
     /// like its copy in the payload, and continuing its trace) and counts it; await the future before
     /// storing the source offset.
-    pub async fn enqueue<M: Message>(
+    pub async fn enqueue<M: Message<Headers: crate::trace::AsBorrowedHeaders>>(
         &self,
         letter: &DeadLetter,
         original: &M,

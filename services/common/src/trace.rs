@@ -8,13 +8,20 @@
 //! a `tracestate` is passed on unchanged. So a consumer of `predictions` or `alerts.negative` can find
 //! the producer's request, and an operator can follow one review through the services' logs.
 
+use std::ffi::{CStr, c_void};
+
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::bindings::{rd_kafka_header_get_last, rd_kafka_headers_t, rd_kafka_resp_err_t};
+use rdkafka::message::{BorrowedHeaders, Header, OwnedHeaders};
 
 /// Header (HTTP and Kafka) carrying the context.
 pub const TRACEPARENT: &str = "traceparent";
 /// Header carrying vendor state, passed on unchanged with a valid `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
+/// [`TRACEPARENT`] as the C string librdkafka looks headers up by.
+const TRACEPARENT_C: &CStr = c"traceparent";
+/// [`TRACESTATE`] as the C string librdkafka looks headers up by.
+const TRACESTATE_C: &CStr = c"tracestate";
 
 /// Longest `tracestate` passed on (the W3C limit is 32 members of at most 256 characters each).
 const MAX_TRACESTATE_BYTES: usize = 8_192;
@@ -150,29 +157,65 @@ impl TraceContext {
     }
 }
 
-/// The context a message carries and its `tracestate`, if its `traceparent` is valid.
-pub fn of_message<M: Message>(message: &M) -> Option<(TraceContext, Option<Vec<u8>>)> {
-    let headers = message.headers()?;
-    let mut context = None;
-    let mut state = None;
-    for header in headers.iter() {
-        match header.key {
-            TRACEPARENT => context = header.value.and_then(TraceContext::parse),
-            TRACESTATE => {
-                state = header
-                    .value
-                    .filter(|value| value.len() <= MAX_TRACESTATE_BYTES)
-                    .map(<[u8]>::to_vec);
-            }
-            _ => {}
-        }
+/// The context a message carries and its `tracestate`, if its `traceparent` is valid (the last of
+/// each header wins, as in HTTP).
+pub fn of_message<M: Message<Headers: AsBorrowedHeaders>>(
+    message: &M,
+) -> Option<(TraceContext, Option<Vec<u8>>)> {
+    let headers = message.headers()?.as_borrowed_headers();
+    let context = last_header_value(headers, TRACEPARENT_C).and_then(TraceContext::parse)?;
+    let state = last_header_value(headers, TRACESTATE_C)
+        .filter(|value| value.len() <= MAX_TRACESTATE_BYTES)
+        .map(<[u8]>::to_vec);
+    Some((context, state))
+}
+
+/// Headers of a consumed message (borrowed, or owned after `detach`) as librdkafka's own list.
+pub trait AsBorrowedHeaders {
+    /// The borrowed view of the headers.
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders;
+}
+
+impl AsBorrowedHeaders for BorrowedHeaders {
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders {
+        self
     }
-    context.map(|context| (context, state))
+}
+
+impl AsBorrowedHeaders for OwnedHeaders {
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders {
+        self.as_borrowed()
+    }
+}
+
+/// The value of the last header called `name`, looked up by librdkafka without reading any other
+/// header's name. rdkafka 0.39's `Headers::iter`/`get`/`try_get` unwrap the UTF-8 decoding of every
+/// name they pass, and the broker accepts any bytes as a name: one message with a non-UTF-8 header
+/// name from any producer would panic the consumer that reads it, again after each restart (its
+/// offset is never stored), and on every replica the partition moves to.
+#[allow(unsafe_code)]
+fn last_header_value<'a>(headers: &'a BorrowedHeaders, name: &CStr) -> Option<&'a [u8]> {
+    // rdkafka's `BorrowedHeaders` is a zero-sized view placed at the address of librdkafka's
+    // headers list (its private `as_native_ptr` is this same cast).
+    let list: *const rd_kafka_headers_t = std::ptr::from_ref(headers).cast();
+    let mut value: *const c_void = std::ptr::null();
+    let mut size = 0usize;
+    // SAFETY: `list` is a live headers list for as long as `headers` is borrowed, `name` is
+    // NUL-terminated, and librdkafka only writes the two out-pointers.
+    let found = unsafe { rd_kafka_header_get_last(list, name.as_ptr(), &mut value, &mut size) };
+    if found != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || value.is_null() {
+        return None;
+    }
+    // SAFETY: librdkafka returned a pointer to `size` bytes owned by the headers list, which
+    // outlives the borrow of `headers`.
+    Some(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) })
 }
 
 /// Trace headers for a message that `from` leads to: a child of its context, or a new trace of its
 /// own ([`TraceContext::root_for`] its place).
-pub fn headers_after<M: Message>(from: &M) -> (TraceContext, OwnedHeaders) {
+pub fn headers_after<M: Message<Headers: AsBorrowedHeaders>>(
+    from: &M,
+) -> (TraceContext, OwnedHeaders) {
     let (context, state) = match of_message(from) {
         Some((context, state)) => (context.child(), state),
         None => (
@@ -204,7 +247,8 @@ pub fn headers(context: &TraceContext, state: Option<&[u8]>) -> OwnedHeaders {
 mod tests {
     use super::*;
     use rdkafka::Timestamp;
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::bindings::rd_kafka_header_add;
+    use rdkafka::message::{Headers as _, OwnedMessage};
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -310,5 +354,68 @@ mod tests {
             1,
             "no tracestate without a valid traceparent"
         );
+    }
+
+    /// `headers` with one more header whose name is any bytes (rdkafka's own API takes `&str`).
+    #[allow(unsafe_code)]
+    fn with_raw_header(headers: OwnedHeaders, name: &[u8], value: &[u8]) -> OwnedHeaders {
+        let list: *mut rd_kafka_headers_t = std::ptr::from_ref(headers.as_borrowed())
+            .cast::<rd_kafka_headers_t>()
+            .cast_mut();
+        // SAFETY: the list is alive and owned by `headers`; sizes are the slices' own.
+        let added = unsafe {
+            rd_kafka_header_add(
+                list,
+                name.as_ptr().cast(),
+                isize::try_from(name.len()).expect("short name"),
+                value.as_ptr().cast(),
+                isize::try_from(value.len()).expect("short value"),
+            )
+        };
+        assert_eq!(added, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        headers
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_is_passed_over_not_a_panic() {
+        let traceparent = Header {
+            key: TRACEPARENT,
+            value: Some(EXAMPLE.as_bytes()),
+        };
+        let headers = with_raw_header(
+            OwnedHeaders::new().insert(traceparent),
+            b"\xff\xfe-not-utf8",
+            b"value",
+        );
+        let headers = with_raw_header(headers, TRACESTATE.as_bytes(), b"vendor=after");
+        let message = message_with(Some(headers));
+        let iterated =
+            std::panic::catch_unwind(|| message.headers().map(|headers| headers.iter().count()));
+        assert!(
+            iterated.is_err(),
+            "rdkafka's own iteration still panics on such a name"
+        );
+        let (context, state) = of_message(&message).expect("the traceparent is still read");
+        assert_eq!(context.header_value(), EXAMPLE);
+        assert_eq!(state.as_deref(), Some(b"vendor=after".as_slice()));
+        let (child, _) = headers_after(&message);
+        assert_eq!(child.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // The last of repeated headers wins; a header without a value counts as absent.
+        let repeated = OwnedHeaders::new()
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01".as_slice()),
+            })
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some(EXAMPLE.as_bytes()),
+            })
+            .insert(Header::<&[u8]> {
+                key: TRACESTATE,
+                value: None,
+            });
+        let (context, state) = of_message(&message_with(Some(repeated))).expect("valid");
+        assert_eq!(context.header_value(), EXAMPLE);
+        assert_eq!(state, None);
     }
 }
