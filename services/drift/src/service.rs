@@ -468,10 +468,7 @@ impl Worker {
             }
         } else if topic == self.topics.updates {
             match ModelUpdate::decode_validated(payload) {
-                Ok(update) => {
-                    self.on_model_update(&update).await;
-                    Ok(())
-                }
+                Ok(update) => self.on_model_update(&update).await,
                 Err(error) => {
                     self.dead_letter(message, error.kind(), &error.to_string())
                         .await
@@ -874,28 +871,30 @@ impl Worker {
     }
 
     /// A promotion or a rejection ends the retrain of that model: its lock is released (the TTL
-    /// remains the fallback when neither comes).
-    async fn on_model_update(&self, update: &ModelUpdate) {
+    /// remains the fallback when neither comes). Redis failures are retried, as for every other
+    /// write: storing the update's offset with the lock still held would keep later drift of the new
+    /// champion from asking for a retrain until the TTL ran out.
+    async fn on_model_update(&self, update: &ModelUpdate) -> Result<(), Abandoned> {
         if !matches!(
             update.action,
             UpdateAction::Promoted | UpdateAction::Rejected
         ) {
-            return;
+            return Ok(());
         }
-        match self.control.unlock_any(&update.model.name).await {
-            Ok(true) => {
-                metrics::counter!("sentiflow_drift_retrain_lock_releases_total").increment(1);
-                info!(model = %update.model.name, version = %update.model.version, action = %update.action, "retrain finished; lock released");
-            }
+        let released = self
+            .retry_redis("release the retrain lock", || {
+                self.control.unlock_any(&update.model.name)
+            })
+            .await?;
+        if released {
+            metrics::counter!("sentiflow_drift_retrain_lock_releases_total").increment(1);
+            info!(model = %update.model.name, version = %update.model.version, action = %update.action, "retrain finished; lock released");
+        } else {
             // No retrain was running (a bootstrap promotion, a `models promote` or `train --promote`
             // between retrains), or it outlived the lock's TTL: nothing to release or count.
-            Ok(false) => {
-                info!(model = %update.model.name, version = %update.model.version, action = %update.action, "model update; no retrain lock was held");
-            }
-            Err(error) => {
-                warn!(%error, "cannot release the retrain lock; its TTL will");
-            }
+            info!(model = %update.model.name, version = %update.model.version, action = %update.action, "model update; no retrain lock was held");
         }
+        Ok(())
     }
 
     fn on_retrain_request(&mut self, request: RetrainRequest) {

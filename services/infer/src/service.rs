@@ -362,9 +362,18 @@ impl Worker {
         worker.consume_loop(&consumer, queue).await;
         // The queue sender is dropped: the publisher drains what was queued and drops its sender, then
         // the acker drains what was enqueued.
-        let _ = publisher.await;
-        let _ = acker.await;
+        let published = publisher.await;
+        let acked = acker.await;
+        // What was acknowledged is committed even when a loop panicked; the panic then ends the
+        // service as a panic (a non-zero exit a supervisor restarts), not as a clean stop.
         worker.finish(&consumer);
+        for ended in [published, acked] {
+            if let Err(join_error) = ended
+                && join_error.is_panic()
+            {
+                std::panic::resume_unwind(join_error.into_panic());
+            }
+        }
         Ok(())
     }
 

@@ -29,6 +29,17 @@ pub enum Rejection {
     /// Nothing readable left after cleaning (only URLs, mentions, punctuation or whitespace).
     #[error("text is empty after cleaning")]
     EmptyAfterCleaning,
+    /// Cleaning lengthened the text past what a clean review may hold (placeholders are longer than
+    /// what they replace: `@a` → `@user`, `a@b.cd` → `<email>`).
+    #[error(
+        "text is {chars} characters after cleaning (mentions, addresses and links become placeholders); a clean review holds at most {limit}"
+    )]
+    TooLongAfterCleaning {
+        /// Characters (Unicode code points) of the cleaned text.
+        chars: usize,
+        /// The clean review schema's limit.
+        limit: usize,
+    },
     /// Language outside `--lang-allow` under `--lang-policy dlq`.
     #[error("language {lang} is not in the allow-list {allowed:?}")]
     LanguageNotAllowed {
@@ -50,6 +61,7 @@ impl Rejection {
             Self::UnknownSchemaVersion(_) => "unknown_schema_version",
             Self::SchemaViolation(_) => "schema_violation",
             Self::EmptyAfterCleaning => "empty_after_cleaning",
+            Self::TooLongAfterCleaning { .. } => "too_long_after_cleaning",
             Self::LanguageNotAllowed { .. } => "language_not_allowed",
         }
     }

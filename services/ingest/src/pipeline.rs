@@ -19,6 +19,9 @@ use crate::label::Labeller;
 const CLEAN_EVENT_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x5e47_1f10_c1ea_4e00_9a3b_2d6c_7e8f_0a1b);
 
+/// Longest text of a clean review in characters (`clean_review.schema.json`, `maxLength`).
+pub const MAX_CLEAN_TEXT_CHARS: usize = 10_000;
+
 /// Everything needed to turn one raw message into a clean review.
 #[derive(Debug)]
 pub struct Processor {
@@ -45,6 +48,15 @@ impl Processor {
         let cleaned = text::clean(&raw.text);
         if !text::has_content(&cleaned.text) {
             return Err(Rejection::EmptyAfterCleaning);
+        }
+        // Checked here rather than by validating the whole event: downstream consumers validate
+        // against `clean_review.schema.json` and would dead-letter a review ingest accepted.
+        let chars = cleaned.text.chars().count();
+        if chars > MAX_CLEAN_TEXT_CHARS {
+            return Err(Rejection::TooLongAfterCleaning {
+                chars,
+                limit: MAX_CLEAN_TEXT_CHARS,
+            });
         }
         let (lang, lang_confidence) = detect_language(&cleaned.text, raw.lang.as_deref());
         let lang_allowed =
@@ -144,7 +156,7 @@ mod tests {
         let lexicon =
             Lexicon::parse("great\t3.1\t0.8\t[3, 3]\nterrible\t-2.5\t0.5\t[-3, -2]\n").unwrap();
         Processor {
-            max_payload_bytes: 2048,
+            max_payload_bytes: 65_536,
             author_hash_key: b"unit-test-author-key".to_vec(),
             lang_allow: vec!["en".to_owned()],
             lang_policy,
@@ -231,7 +243,7 @@ mod tests {
         let spanish = "El servicio de esta aerolínea es malísimo, nunca más vuelvo a volar con ellos porque siempre llegan tarde";
         let table: Vec<(Option<Vec<u8>>, &str)> = vec![
             (None, "empty_payload"),
-            (Some(vec![b' '; 4096]), "oversize"),
+            (Some(vec![b' '; 65_537]), "oversize"),
             (Some(vec![b'"', 0xff, b'"']), "invalid_utf8"),
             (Some(b"{\"schema_version\": 1,".to_vec()), "invalid_json"),
             (
@@ -267,6 +279,13 @@ mod tests {
                     v["text"] = serde_json::json!("   @bob https://x.co/a ... !!")
                 })),
                 "empty_after_cleaning",
+            ),
+            (
+                // 10,000 characters in, 17,500 out: each `@a ` becomes `@user `.
+                Some(review(|v| {
+                    v["text"] = serde_json::json!(format!("{}good", "@a ".repeat(3_332)))
+                })),
+                "too_long_after_cleaning",
             ),
             (
                 Some(review(|v| v["text"] = serde_json::json!(spanish))),

@@ -78,8 +78,8 @@ pub struct CompactArgs {
     pub store: StoreArgs,
     /// Also move reviews nothing arrived about (review event or human label, by event time) for this
     /// many days, and human labels that old for reviews never seen, to `<data-dir>/curation/archive/`
-    /// (default: keep everything in the active segments).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// (default: keep everything in the active segments; 1 to 36500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sentiflow_trainer::config::MAX_RETENTION_DAYS)))]
     pub retain_days: Option<u32>,
 }
 

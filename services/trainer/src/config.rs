@@ -6,6 +6,9 @@ use clap::Parser;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 
 use crate::dataset::LabelWeights;
+
+/// Longest retention a compaction takes (100 years): "now minus the retention" must stay a date.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 use crate::gate::GatePolicy;
 
 /// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; `retrain.requests` →
@@ -89,7 +92,7 @@ pub struct TrainerConfig {
     /// In the daily full compaction, move reviews nothing arrived about (review event or human label,
     /// by event time) for this many days, and human labels that old for reviews never seen, to
     /// `curation/archive/` (never deleted); later snapshots hold them only through the champion's
-    /// snapshot (off when unset).
+    /// snapshot (off when unset; 1 to 36500).
     #[arg(long, env = "SENTIFLOW_TRAINER_CURATION_RETENTION_DAYS")]
     pub curation_retention_days: Option<u32>,
 
@@ -229,10 +232,12 @@ impl TrainerConfig {
         if self.retrain_catch_up_ms == 0 {
             return invalid("--retrain-catch-up-ms", "must be at least 1");
         }
-        if self.curation_retention_days == Some(0) {
+        if let Some(days) = self.curation_retention_days
+            && !(1..=MAX_RETENTION_DAYS).contains(&days)
+        {
             return invalid(
                 "--curation-retention-days",
-                "must be at least 1 when set (leave it unset to keep everything)",
+                "must be between 1 and 36500 (100 years) when set (leave it unset to keep everything)",
             );
         }
         if self.snapshot_every_ms == Some(0) {
@@ -276,6 +281,11 @@ mod tests {
         zero.curation_retention_days = Some(0);
         let error = zero.validate().unwrap_err().to_string();
         assert!(error.contains("--curation-retention-days"), "{error}");
+        zero.curation_retention_days = Some(u32::MAX);
+        let error = zero.validate().unwrap_err().to_string();
+        assert!(error.contains("36500"), "{error}");
+        zero.curation_retention_days = Some(MAX_RETENTION_DAYS);
+        assert!(zero.validate().is_ok());
         zero.curation_retention_days = Some(30);
         assert!(zero.validate().is_ok());
     }

@@ -744,7 +744,11 @@ impl SnapshotStore {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
         std::fs::write(&manifest_path, json).map_err(io_error(&manifest_path))?;
         let target = self.root.join(&snapshot_id);
-        std::fs::rename(staging, &target).map_err(io_error(&target))?;
+        // Durable before anything (a model card, a retrain) refers to the snapshot.
+        crate::durable::sync_staged_dir(staging)
+            .and_then(|()| std::fs::rename(staging, &target))
+            .and_then(|()| crate::durable::sync_parent(&target))
+            .map_err(io_error(&target))?;
         manifest.snapshot_id = snapshot_id;
         Ok(manifest)
     }

@@ -38,6 +38,7 @@ pub mod charts;
 pub mod config;
 pub mod curation;
 pub mod dataset;
+pub mod durable;
 pub mod encoder;
 pub mod error;
 pub mod finetune;

@@ -246,11 +246,15 @@ impl Registry {
         };
         let staging = model_dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
         let written = write_files(&staging, &model);
+        // Durable before Redis names it: a version whose record survives a crash must have its files.
         let written = written.and_then(|()| {
-            std::fs::rename(&staging, &target).map_err(|source| RegistryError::Io {
-                path: target.clone(),
-                source,
-            })
+            crate::durable::sync_staged_dir(&staging)
+                .and_then(|()| std::fs::rename(&staging, &target))
+                .and_then(|()| crate::durable::sync_parent(&target))
+                .map_err(|source| RegistryError::Io {
+                    path: target.clone(),
+                    source,
+                })
         });
         if let Err(error) = written {
             let _ = std::fs::remove_dir_all(&staging);
