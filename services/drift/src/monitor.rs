@@ -248,6 +248,10 @@ pub struct Monitor {
     joins: HashMap<String, (ModelRef, usize)>,
     /// Insertion order of `joins`.
     join_order: VecDeque<String>,
+    /// topic → partition → the highest offset this process has added: a prediction at or below it
+    /// is a re-read (after the group lost and got back the partition, it resumes from the committed
+    /// offset, which stays below the first prediction of every open window) and is not counted twice.
+    added_through: HashMap<String, HashMap<i32, i64>>,
 }
 
 /// What happened to one prediction.
@@ -257,6 +261,8 @@ pub enum Outcome {
     Windowed(Vec<ClosedWindow>),
     /// A straggler of a replaced version: counted, not windowed.
     Retired,
+    /// Read again (its partition was revoked or lost and assigned back): already in a window.
+    Reread,
 }
 
 impl Monitor {
@@ -285,6 +291,7 @@ impl Monitor {
             latest: HashMap::new(),
             joins: HashMap::new(),
             join_order: VecDeque::new(),
+            added_through: HashMap::new(),
         }
     }
 
@@ -402,6 +409,9 @@ impl Monitor {
         partition: i32,
         offset: i64,
     ) -> Outcome {
+        if !self.first_read(topic, partition, offset) {
+            return Outcome::Reread;
+        }
         let model = &prediction.model;
         let key = (model.name.clone(), model.version.clone());
         if let Some(retired_at) = self.retired.get(&key) {
@@ -573,6 +583,21 @@ impl Monitor {
             recall,
             labels: pairs.len(),
         })
+    }
+
+    /// Whether `(topic, partition, offset)` is past everything added from that partition so far
+    /// (and records it).
+    fn first_read(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        let partitions = match self.added_through.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.added_through.entry(topic.to_owned()).or_default(),
+        };
+        let through = partitions.entry(partition).or_insert(i64::MIN);
+        if offset <= *through {
+            return false;
+        }
+        *through = offset;
+        true
     }
 
     fn remember_join(&mut self, review_id: &str, model: &ModelRef, class: usize) {
@@ -849,7 +874,7 @@ mod tests {
     fn closed(outcome: Outcome) -> Vec<ClosedWindow> {
         match outcome {
             Outcome::Windowed(closed) => closed,
-            Outcome::Retired => panic!("unexpected retirement"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -1492,5 +1517,53 @@ mod tests {
         closed(after.add(&prediction(40, "v3", Sentiment::Negative, 40), "p", 0, 40));
         assert_eq!(after.add_label("r28", 1, (1, 7), 7), LabelJoin::Unmatched);
         assert!(after.is_retired(&v2));
+    }
+
+    #[test]
+    fn predictions_read_again_after_a_rebalance_are_not_counted_twice() {
+        let mut monitor = Monitor::new(&config(20));
+        for i in 0..30 {
+            closed(monitor.add(
+                &prediction(i, "v1", Sentiment::Negative, 0),
+                "p",
+                0,
+                i as i64,
+            ));
+        }
+        let open_before = monitor.open_windows();
+        // The group lost partition 0 and got it back: it resumes at the committed offset, below
+        // the open window's first prediction (20), and reads 20..30 again.
+        let resume = monitor.safe_offset("p", 0, 29).expect("an open window") + 1;
+        assert_eq!(resume, 20);
+        for i in resume..30 {
+            let i = usize::try_from(i).unwrap();
+            assert!(matches!(
+                monitor.add(
+                    &prediction(i, "v1", Sentiment::Negative, 0),
+                    "p",
+                    0,
+                    i as i64
+                ),
+                Outcome::Reread
+            ));
+        }
+        assert_eq!(monitor.open_windows(), open_before, "nothing added twice");
+        // Another partition, or another topic, at the same offsets is new.
+        closed(monitor.add(&prediction(30, "v1", Sentiment::Negative, 0), "p", 1, 25));
+        closed(monitor.add(&prediction(31, "v1", Sentiment::Negative, 0), "q", 0, 25));
+        // The window still closes after exactly 20 distinct predictions: 10 read before, 2 above,
+        // 8 more from partition 0.
+        let reports: Vec<ClosedWindow> = (30..38)
+            .flat_map(|i| {
+                closed(monitor.add(
+                    &prediction(i + 2, "v1", Sentiment::Negative, 0),
+                    "p",
+                    0,
+                    i as i64,
+                ))
+            })
+            .collect();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].report.window.events, 20);
     }
 }

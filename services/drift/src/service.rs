@@ -713,6 +713,9 @@ impl Worker {
             Outcome::Retired => {
                 metrics::counter!("sentiflow_drift_retired_predictions_total").increment(1);
             }
+            Outcome::Reread => {
+                metrics::counter!("sentiflow_drift_reread_predictions_total").increment(1);
+            }
             Outcome::Windowed(closed) => {
                 for window in closed {
                     self.on_closed(window).await?;

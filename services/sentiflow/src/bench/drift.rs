@@ -449,6 +449,7 @@ fn run_monitor(
         let closed = match monitor.add(&prediction, "predictions", 0, index as i64) {
             Outcome::Windowed(closed) => closed,
             Outcome::Retired => bail!("a prediction of the only model version was retired"),
+            Outcome::Reread => bail!("prediction {index} was taken for a re-read"),
         };
         for window in closed {
             let report = &window.report;
