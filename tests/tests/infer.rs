@@ -993,6 +993,17 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
         (br#"{"text": ["one"]}"#.to_vec(), 422, "invalid_request"),
         (br#"{"texts": [1, 2]}"#.to_vec(), 422, "invalid_request"),
         (too_many, 422, "too_many_texts"),
+        // Counted before any element is read as a text (elements of any type).
+        (
+            br#"{"texts": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}"#.to_vec(),
+            422,
+            "too_many_texts",
+        ),
+        (
+            br#"{"other": [0, 0, 0], "texts": ["a"]}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
         (over_burst, 413, "over_key_burst"),
         (too_long, 422, "text_too_long"),
         (vec![b' '; 1 << 20], 413, "body_too_large"),

@@ -14,7 +14,7 @@ use sentiflow_common::events::{
 };
 use sentiflow_common::health::Health;
 use sentiflow_common::kafka::{self, Consumer, ResilientProducer};
-use sentiflow_model::runtime::OrtEnvironment;
+use sentiflow_model::runtime::{Device, OrtEnvironment};
 use sentiflow_model::seen::SEEN_FEATURES_FILE;
 use sentiflow_trainer::registry::{ModelRecord, Registry, RegistryError};
 use tokio_util::sync::CancellationToken;
@@ -459,6 +459,7 @@ impl Swapper {
         }
         metrics::gauge!("sentiflow_infer_model_info", "model" => record.name.clone(), "version" => version.clone()).set(1.0);
         metrics::gauge!("sentiflow_infer_model_load_seconds").set(model.load_time().as_secs_f64());
+        report_serving_device(&self.health, model);
         self.health
             .set_check("model", true, format!("serving {} {version}", record.name));
         self.health.set_info(
@@ -657,4 +658,22 @@ pub fn updates_consumer(
         config.create_with_context(sentiflow_common::kafka::ServiceContext::new(SERVICE))?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+/// The device of the model now serving, in the device metric and `/healthz`: with `--device auto`
+/// every load tries CUDA and falls back to the CPU on its own (out of GPU memory during a swap,
+/// nodes CUDA cannot run), so the start-up probe's answer does not hold for every model.
+fn report_serving_device(health: &Health, model: &ServingModel) {
+    let device = model.device();
+    for known in [Device::Cpu, Device::Cuda] {
+        metrics::gauge!("sentiflow_infer_device_info", "device" => known.as_str())
+            .set(if known == device { 1.0 } else { 0.0 });
+    }
+    health.set_info("device", device.as_str());
+    match model.fallback_reason() {
+        Some(reason) => {
+            health.set_info("device_fallback_reason", reason);
+        }
+        None => health.clear_info("device_fallback_reason"),
+    }
 }
