@@ -9,7 +9,7 @@ use sentiflow_common::events::{ModelAlias, ModelFamily, UpdateAction};
 use sentiflow_common::schema::{EventSchema, SchemaRegistry};
 use sentiflow_common::store::RedisStore;
 use sentiflow_trainer::dataset::{DatasetRow, Origin, SnapshotStore};
-use sentiflow_trainer::registry::{NewModel, Registry, RegistryError};
+use sentiflow_trainer::registry::{NewModel, Promotion, Registry, RegistryError};
 
 fn new_model(name: &str, payload: &[u8], macro_f1: f64) -> NewModel {
     NewModel {
@@ -107,6 +107,60 @@ async fn register_promote_rollback_and_checksum_refusal() {
         registry.rollback("sentiment-hashed").await,
         Err(RegistryError::NoHistory(_))
     ));
+
+    // A promotion conditional on the champion a retrain was gated against (v1 serves now).
+    let champion = || async {
+        registry
+            .alias("sentiment-hashed", ModelAlias::Champion)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        registry
+            .promote_over("sentiment-hashed", "v2", Some("v0"))
+            .await
+            .unwrap(),
+        Promotion::ChampionChanged {
+            current: Some("v1".to_owned())
+        }
+    );
+    assert_eq!(
+        registry
+            .promote_over("sentiment-hashed", "v2", None)
+            .await
+            .unwrap(),
+        Promotion::ChampionChanged {
+            current: Some("v1".to_owned())
+        },
+        "gated against no champion, but one serves"
+    );
+    assert_eq!(champion().await.as_deref(), Some("v1"), "nothing changed");
+    assert_eq!(
+        registry
+            .promote_over("sentiment-hashed", "v2", Some("v1"))
+            .await
+            .unwrap(),
+        Promotion::Promoted {
+            previous: Some("v1".to_owned())
+        }
+    );
+    assert_eq!(
+        registry
+            .promote_over("sentiment-hashed", "v2", Some("v1"))
+            .await
+            .unwrap(),
+        Promotion::Unchanged {
+            previous: Some("v2".to_owned())
+        },
+        "a replay changes nothing"
+    );
+    assert_eq!(champion().await.as_deref(), Some("v2"));
+    let (from, to) = registry.rollback("sentiment-hashed").await.unwrap();
+    assert_eq!(
+        (from.as_str(), to.as_str()),
+        ("v2", "v1"),
+        "one history entry"
+    );
 
     // The update event of a promotion validates against its schema.
     let event = second.update_event(
@@ -462,6 +516,7 @@ async fn models_prune_keeps_aliases_rollback_history_newest_and_young_versions()
         seconds: 1.0,
         decided_at: chrono::Utc::now() - chrono::Duration::days(2),
         events: Vec::new(),
+        applied: false,
         announced: false,
     };
     outcomes.put(&pending).await.unwrap();

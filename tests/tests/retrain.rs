@@ -18,7 +18,7 @@ use sentiflow_common::config::{KafkaArgs, KafkaOption, RedisArgs, TelemetryArgs}
 use sentiflow_common::events::{
     CleanReview, DeviceWanted, Event, LabelFeedback, LabelInfo, LabelProvenance, ModelAlias,
     ModelFamily, ModelRef, RawReview, Redactions, RequestedBy, RetrainRequest, SCHEMA_VERSION,
-    SourceCoordinate, new_event_id,
+    SourceCoordinate, UpdateAction, new_event_id,
 };
 use sentiflow_common::kafka::{ResilientProducer, await_delivery};
 use sentiflow_common::store::RedisStore;
@@ -834,6 +834,7 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
         outcome: OutcomeKind::Promoted,
         version: Some("v9".to_owned()),
         events: Vec::new(),
+        applied: false,
         announced: false,
         ..rejected.clone()
     };
@@ -864,6 +865,76 @@ async fn gate_refusal_keeps_the_champion_and_a_restart_does_not_announce_again()
             .unwrap()
             .as_deref(),
         Some("v1")
+    );
+
+    // A recorded, unannounced promotion gated against a champion that no longer serves (an
+    // operator promoted or rolled back while it trained, then the trainer crashed before applying
+    // it): kept as the challenger, the champion stays, and its event says why.
+    let mut promoted_event = rejected
+        .events
+        .iter()
+        .find(|event| event.action == UpdateAction::Rejected)
+        .cloned()
+        .expect("the rejected event of v2");
+    promoted_event.event_id = new_event_id();
+    promoted_event.action = UpdateAction::Promoted;
+    promoted_event.alias = Some(ModelAlias::Champion);
+    promoted_event.previous_version = Some("v0".to_owned());
+    let stale = sentiflow_trainer::RetrainOutcome {
+        request_id: "req-stale".to_owned(),
+        outcome: OutcomeKind::Promoted,
+        version: Some("v2".to_owned()),
+        previous_champion: Some("v0".to_owned()),
+        events: vec![promoted_event.clone()],
+        applied: false,
+        announced: false,
+        ..rejected.clone()
+    };
+    outcomes.put(&stale).await.unwrap();
+    publish(
+        &kafka,
+        topics::RETRAIN_REQUESTS,
+        &encoded(&[retrain_request("req-stale", DeviceWanted::Cpu)]),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || stats.snapshot().retrains_rejected >= 1).await,
+        "kept as challenger: {:?}",
+        stats.snapshot()
+    );
+    let finished = outcomes.get("req-stale").await.unwrap().unwrap();
+    assert_eq!(finished.outcome, OutcomeKind::Rejected);
+    assert!(finished.applied && finished.announced);
+    assert!(
+        finished.message.contains("the champion became v1"),
+        "{}",
+        finished.message
+    );
+    for (alias, version) in [(ModelAlias::Champion, "v1"), (ModelAlias::Challenger, "v2")] {
+        assert_eq!(
+            registry.alias(MODEL, alias).await.unwrap().as_deref(),
+            Some(version)
+        );
+    }
+    let events = read_exactly(
+        &kafka.brokers,
+        &kafka.topic(topics::MODELS_UPDATES),
+        3,
+        WAIT,
+        Duration::from_secs(1),
+    )
+    .await;
+    let announced = json_payloads(&events)
+        .into_iter()
+        .find(|event| event["event_id"] == promoted_event.event_id.as_str())
+        .expect("the outcome's event, same id");
+    assert_eq!(announced["action"], "rejected");
+    assert_eq!(announced["alias"], "challenger");
+    assert!(
+        announced["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("kept as challenger")),
+        "{announced}"
     );
     shutdown.cancel();
     trainer.task.await.unwrap().unwrap();

@@ -87,6 +87,26 @@ impl ModelRecord {
     }
 }
 
+/// What [`Registry::promote_over`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promotion {
+    /// The version is now the champion; `previous` went on the rollback history.
+    Promoted {
+        /// The champion it replaced.
+        previous: Option<String>,
+    },
+    /// The version already was the champion (a promotion replayed); nothing changed.
+    Unchanged {
+        /// The version itself.
+        previous: Option<String>,
+    },
+    /// The champion is no longer the expected one; nothing changed.
+    ChampionChanged {
+        /// The champion now (None: there is none).
+        current: Option<String>,
+    },
+}
+
 /// Everything about a new model except what the registry assigns (version, path, checksum, time).
 #[derive(Debug, Clone)]
 pub struct NewModel {
@@ -412,11 +432,40 @@ impl Registry {
         name: &str,
         version: &str,
     ) -> Result<Option<String>, RegistryError> {
+        match self.promote_checked(name, version, None).await? {
+            Promotion::Promoted { previous } | Promotion::Unchanged { previous } => Ok(previous),
+            Promotion::ChampionChanged { .. } => {
+                unreachable!("an unconditional promotion compares with nothing")
+            }
+        }
+    }
+
+    /// Makes `version` the champion only while the champion is still `expected` (None: there is
+    /// none), in one atomic step: a challenger gated against `expected` must not replace a champion
+    /// an operator promoted or rolled back to in the meantime.
+    pub async fn promote_over(
+        &self,
+        name: &str,
+        version: &str,
+        expected: Option<&str>,
+    ) -> Result<Promotion, RegistryError> {
+        self.promote_checked(name, version, Some(expected.unwrap_or_default()))
+            .await
+    }
+
+    /// [`Self::promote`] and [`Self::promote_over`]; `expected` Some("") means "no champion".
+    async fn promote_checked(
+        &self,
+        name: &str,
+        version: &str,
+        expected: Option<&str>,
+    ) -> Result<Promotion, RegistryError> {
         valid_name(name)?;
         let script = redis::Script::new(
             "if redis.call('EXISTS', KEYS[3]) == 0 then return {'missing'} end \
              local previous = redis.call('GET', KEYS[1]) \
              if previous == ARGV[1] then return {'unchanged', previous} end \
+             if ARGV[2] == '1' and (previous or '') ~= ARGV[3] then return {'changed', previous or ''} end \
              redis.call('SET', KEYS[1], ARGV[1]) \
              if previous then redis.call('LPUSH', KEYS[2], previous) return {'promoted', previous} end \
              return {'promoted'}",
@@ -426,15 +475,19 @@ impl Registry {
             .key(self.history_key(name))
             .key(self.key(&[name, "record", version]))
             .arg(version)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
             .invoke_async(&mut self.redis.connection())
             .await?;
+        let second = || outcome.get(1).filter(|value| !value.is_empty()).cloned();
         match outcome.first().map(String::as_str) {
             Some("missing") => Err(RegistryError::NotFound(format!("{name}:{version}"))),
-            Some("unchanged") => Ok(outcome.get(1).cloned()),
+            Some("unchanged") => Ok(Promotion::Unchanged { previous: second() }),
+            Some("changed") => Ok(Promotion::ChampionChanged { current: second() }),
             _ => {
-                let previous = outcome.get(1).cloned();
+                let previous = second();
                 tracing::info!(name, version, ?previous, "champion promoted");
-                Ok(previous)
+                Ok(Promotion::Promoted { previous })
             }
         }
     }

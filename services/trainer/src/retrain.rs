@@ -48,7 +48,7 @@ use crate::error::Rejection;
 use crate::finetune::{self, EncoderMode, EncoderPlan, FineTuneConfig, FineTuneRequest};
 use crate::gate::GatePolicy;
 use crate::pipeline::{self, ModelCard, PipelineError, TrainDevice, TrainRequest};
-use crate::registry::{ModelRecord, Registry, RegistryError};
+use crate::registry::{ModelRecord, Promotion, Registry, RegistryError};
 use crate::segment::SegmentStore;
 use crate::service::TrainerStats;
 
@@ -125,6 +125,10 @@ pub struct RetrainOutcome {
     pub decided_at: DateTime<Utc>,
     /// The `models.updates` events this outcome publishes (fixed here so a replay re-sends the same ids).
     pub events: Vec<ModelUpdate>,
+    /// Whether the registry change is done (a replay after a crash does not apply it again: an
+    /// operator's rollback in between must stand). Outcomes recorded before the field read false.
+    #[serde(default)]
+    pub applied: bool,
     /// Whether the registry change and every event are done and acknowledged.
     pub announced: bool,
 }
@@ -507,6 +511,7 @@ impl RetrainWorker {
                 seconds: 0.0,
                 decided_at: Utc::now(),
                 events: Vec::new(),
+                applied: false,
                 announced: false,
             };
             match self.attempt(request, &mut outcome).await {
@@ -674,6 +679,34 @@ impl RetrainWorker {
             ));
         }
         Ok(())
+    }
+
+    /// A challenger that passed its gate against a champion that is no longer the champion (an
+    /// operator promoted or rolled back while it trained) is kept as the challenger instead: its
+    /// gate said nothing about the champion now serving.
+    fn keep_as_challenger(&self, outcome: &mut RetrainOutcome, current: Option<&str>) {
+        let gated_against = outcome
+            .previous_champion
+            .as_deref()
+            .unwrap_or("no champion");
+        let now = current.unwrap_or("no champion");
+        warn!(request_id = %outcome.request_id, version = ?outcome.version, gated_against, champion = now,
+            "the champion changed while retraining; the new version is kept as challenger, not promoted");
+        outcome.outcome = OutcomeKind::Rejected;
+        outcome.message = format!(
+            "passed its gate against {gated_against}, but the champion became {now} while it \
+             trained (an operator's promote or rollback); kept as challenger, not promoted ({})",
+            outcome.message
+        );
+        for event in &mut outcome.events {
+            if event.action == UpdateAction::Promoted {
+                event.action = UpdateAction::Rejected;
+                event.previous_version = None;
+                event.alias = Some(ModelAlias::Challenger);
+                // The event schema's limit for `detail`.
+                event.detail = Some(outcome.message.chars().take(4_000).collect());
+            }
+        }
     }
 
     /// The registry name this loop trains for `family`.
@@ -915,7 +948,9 @@ impl RetrainWorker {
     async fn complete(&self, mut outcome: RetrainOutcome) -> Result<(), Abandoned> {
         self.retry_transient("redis", || self.outcomes.put(&outcome))
             .await?;
-        if let Some(version) = outcome.version.clone() {
+        if let Some(version) = outcome.version.clone()
+            && !outcome.applied
+        {
             let name = outcome.model_name.clone();
             // A version whose record is gone (removed by hand, or by a prune that did not see this
             // outcome) cannot be applied however often it is retried: the outcome becomes `failed`.
@@ -926,10 +961,31 @@ impl RetrainWorker {
             };
             let missing = match outcome.outcome {
                 OutcomeKind::Promoted => {
-                    self.retry_transient("redis", || async {
-                        vanished(self.registry.promote(&name, &version).await.map(drop))
-                    })
-                    .await?
+                    let expected = outcome.previous_champion.clone();
+                    let promotion = self
+                        .retry_transient("redis", || async {
+                            match self
+                                .registry
+                                .promote_over(&name, &version, expected.as_deref())
+                                .await
+                            {
+                                Ok(promotion) => Ok(Ok(promotion)),
+                                Err(RegistryError::NotFound(what)) => Ok(Err(what)),
+                                Err(error) => Err(error),
+                            }
+                        })
+                        .await?;
+                    match promotion {
+                        Ok(Promotion::ChampionChanged { current }) => {
+                            self.keep_as_challenger(&mut outcome, current.as_deref());
+                            self.retry_transient("redis", || async {
+                                vanished(self.registry.set_challenger(&name, &version).await)
+                            })
+                            .await?
+                        }
+                        Ok(Promotion::Promoted { .. } | Promotion::Unchanged { .. }) => None,
+                        Err(missing) => Some(missing),
+                    }
                 }
                 OutcomeKind::Rejected => {
                     self.retry_transient("redis", || async {
@@ -948,9 +1004,10 @@ impl RetrainWorker {
                 );
                 outcome.outcome = OutcomeKind::Failed;
                 outcome.events.clear();
-                self.retry_transient("redis", || self.outcomes.put(&outcome))
-                    .await?;
             }
+            outcome.applied = true;
+            self.retry_transient("redis", || self.outcomes.put(&outcome))
+                .await?;
         }
         for event in &outcome.events {
             self.publish(event).await?;
