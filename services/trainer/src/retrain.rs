@@ -366,11 +366,27 @@ enum Attempt {
 impl From<PipelineError> for Attempt {
     fn from(error: PipelineError) -> Self {
         match &error {
+            PipelineError::Registry(RegistryError::Io { source, .. })
+            | PipelineError::Dataset(DatasetError::Io { source, .. })
+                if lasting_io_error(source) =>
+            {
+                Self::Failed(error.to_string())
+            }
             PipelineError::Registry(RegistryError::Redis(_) | RegistryError::Io { .. })
             | PipelineError::Dataset(DatasetError::Io { .. }) => Self::Transient(error.to_string()),
             _ => Self::Failed(error.to_string()),
         }
     }
+}
+
+/// A file that is not there or may not be read stays so however often the retrain is retried (a
+/// champion registered on another host, a Redis restored without `models/`): a `failed` outcome,
+/// not a loop that holds every later request behind it.
+fn lasting_io_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 impl RetrainWorker {
@@ -419,7 +435,19 @@ impl RetrainWorker {
             }
             Ok(request) => {
                 let existing = self
-                    .retry_transient("redis", || self.outcomes.get(&request.request_id))
+                    .retry_transient("redis", || async {
+                        match self.outcomes.get(&request.request_id).await {
+                            // Unreadable (written by another build): retrying cannot fix it, and
+                            // the request is decided again, its new outcome replacing the entry.
+                            Err(error @ RegistryError::Corrupt { .. }) => {
+                                metrics::counter!("sentiflow_trainer_errors_total", "error_kind" => "corrupt_outcome").increment(1);
+                                warn!(%error, request_id = %request.request_id,
+                                    "the recorded outcome of this request cannot be read; deciding it again");
+                                Ok(None)
+                            }
+                            other => other,
+                        }
+                    })
                     .await?;
                 match existing {
                     Some(outcome) if outcome.announced => {
@@ -1224,6 +1252,29 @@ fn retrain_label_weights(configured: LabelWeights) -> LabelWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_or_unreadable_file_fails_the_retrain_and_other_io_errors_are_retried() {
+        let io = |kind| {
+            PipelineError::Registry(RegistryError::Io {
+                path: "models/sentiment-hashed/v3/model.onnx".into(),
+                source: std::io::Error::from(kind),
+            })
+        };
+        let attempt = |error| match Attempt::from(error) {
+            Attempt::Failed(_) => "failed",
+            Attempt::Transient(_) => "transient",
+        };
+        assert_eq!(attempt(io(std::io::ErrorKind::NotFound)), "failed");
+        assert_eq!(attempt(io(std::io::ErrorKind::PermissionDenied)), "failed");
+        assert_eq!(attempt(io(std::io::ErrorKind::TimedOut)), "transient");
+        assert_eq!(attempt(io(std::io::ErrorKind::StorageFull)), "transient");
+        let dataset = PipelineError::Dataset(DatasetError::Io {
+            path: "snapshots/x/train.parquet".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(attempt(dataset), "failed");
+    }
 
     #[test]
     fn retrains_balance_globally_unless_told_otherwise() {
