@@ -297,15 +297,31 @@ async fn stationary_stream_reports_ok_and_requests_no_retrain() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+    // A series of `name` carrying every label of `labels` (in whatever order the exporter writes).
+    let has_series = |name: &str, labels: &[&str]| {
+        metrics.lines().any(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .and_then(|rest| rest.split_once('}'))
+                .is_some_and(|(written, _)| {
+                    let written: Vec<&str> = written.split(',').collect();
+                    written.len() == labels.len()
+                        && labels.iter().all(|label| written.contains(label))
+                })
+        })
+    };
+    let (model, version) = ("model=\"sentiment-hashed\"", "model_version=\"v1\"");
     assert!(
-        metrics.contains(
-            "sentiflow_drift_signal_statistic{model_version=\"v1\",signal=\"class_mix_psi\"}"
-        ) || metrics.contains(
-            "sentiflow_drift_signal_statistic{signal=\"class_mix_psi\",model_version=\"v1\"}"
+        has_series(
+            "sentiflow_drift_signal_statistic",
+            &[model, version, "signal=\"class_mix_psi\""]
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("sentiflow_drift_status{model_version=\"v1\"}"));
+    assert!(
+        has_series("sentiflow_drift_status", &[model, version]),
+        "{metrics}"
+    );
     stop_drift(running, shutdown).await;
 }
 

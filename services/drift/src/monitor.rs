@@ -252,6 +252,8 @@ pub struct Monitor {
     /// is a re-read (after the group lost and got back the partition, it resumes from the committed
     /// offset, which stays below the first prediction of every open window) and is not counted twice.
     added_through: HashMap<String, HashMap<i32, i64>>,
+    /// Versions replaced since [`Monitor::take_retired`] was last called.
+    newly_retired: Vec<ModelRef>,
 }
 
 /// What happened to one prediction.
@@ -292,6 +294,7 @@ impl Monitor {
             joins: HashMap::new(),
             join_order: VecDeque::new(),
             added_through: HashMap::new(),
+            newly_retired: Vec::new(),
         }
     }
 
@@ -432,11 +435,13 @@ impl Monitor {
             && previous != model.version
         {
             let old = (model.name.clone(), previous);
-            if let Some(mut state) = self.versions.remove(&old)
-                && let Some(open) = state.open.take()
-                && open.sample.events() >= self.min_window_events
-            {
-                closed.push(self.close(&mut state, open, WindowKind::Count));
+            if let Some(mut state) = self.versions.remove(&old) {
+                if let Some(open) = state.open.take()
+                    && open.sample.events() >= self.min_window_events
+                {
+                    closed.push(self.close(&mut state, open, WindowKind::Count));
+                }
+                self.newly_retired.push(state.model.clone());
             }
             // Also joins remembered at start-up for a version this process never tracked.
             self.forget_joins_of(&old);
@@ -583,6 +588,11 @@ impl Monitor {
             recall,
             labels: pairs.len(),
         })
+    }
+
+    /// The versions replaced by a newer one since the last call (the service resets their gauges).
+    pub fn take_retired(&mut self) -> Vec<ModelRef> {
+        std::mem::take(&mut self.newly_retired)
     }
 
     /// Whether `(topic, partition, offset)` is past everything added from that partition so far
@@ -979,9 +989,17 @@ mod tests {
                 i as i64,
             );
         }
+        assert!(monitor.take_retired().is_empty());
         // v2 arrives: v1's open window (5 events, below the minimum) is dropped and v1 retired.
         let out = closed(monitor.add(&prediction(25, "v2", Sentiment::Negative, 1), "p", 0, 25));
         assert!(out.is_empty());
+        let retired: Vec<String> = monitor
+            .take_retired()
+            .into_iter()
+            .map(|model| model.version)
+            .collect();
+        assert_eq!(retired, ["v1"], "reported once");
+        assert!(monitor.take_retired().is_empty());
         assert!(matches!(
             monitor.add(&prediction(26, "v1", Sentiment::Negative, 2), "p", 0, 26),
             Outcome::Retired

@@ -699,6 +699,7 @@ impl Worker {
             message.partition(),
             message.offset(),
         );
+
         for key in self.hold.predicted(&prediction.review_id) {
             let Some(label) = self.hold.take(key) else {
                 continue;
@@ -721,6 +722,10 @@ impl Worker {
                     self.on_closed(window).await?;
                 }
             }
+        }
+        // After the replaced version's last window was reported, which sets its gauges once more.
+        for retired in self.monitor.take_retired() {
+            crate::metrics::clear_retired(&retired);
         }
         self.board.set_open(self.monitor.open_windows());
         Ok(())
