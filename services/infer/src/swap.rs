@@ -5,7 +5,7 @@
 //! restart, when the first one appears.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::Message as _;
@@ -47,15 +47,55 @@ pub struct Swapper {
     pub updates_topic: String,
     /// This instance, as named in events (`infer@<host>/<pid>`).
     pub instance: String,
-    /// The last (version, sha256) that failed to load, so the periodic check does not retry and
-    /// re-report the same broken artifact every poll.
-    failed: Mutex<Option<(String, String)>>,
+    /// The last champion that failed to load, so the periodic check does not retry and re-report
+    /// the same broken artifact every poll.
+    failed: Mutex<Option<FailedLoad>>,
     /// One swap at a time (an event and the periodic check may race).
     installing: tokio::sync::Mutex<()>,
     /// The challenger scored in shadow (None when shadow scoring is off).
     shadow: Option<ModelSlot>,
-    /// The last challenger (version, sha256) that failed to load.
-    shadow_failed: Mutex<Option<(String, String)>>,
+    /// The last challenger that failed to load.
+    shadow_failed: Mutex<Option<FailedLoad>>,
+}
+
+/// How long a load that failed for a reason that may pass (the registry's disk or Redis, ONNX
+/// Runtime out of memory, CUDA) is left before the periodic check tries it again.
+const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(300);
+
+/// A version that failed to load: not tried again by the periodic check, for good when the artifact
+/// itself is refused (checksum, unsupported), until `retry_at` otherwise (e.g. the file was not yet
+/// visible on a shared volume when the promotion event arrived).
+#[derive(Debug, Clone)]
+struct FailedLoad {
+    version: String,
+    sha256: String,
+    retry_at: Option<Instant>,
+}
+
+impl FailedLoad {
+    fn of(record: &ModelRecord, error: &LoadError) -> Self {
+        Self::at(record, error, Instant::now())
+    }
+
+    fn at(record: &ModelRecord, error: &LoadError, now: Instant) -> Self {
+        let lasting = matches!(error, LoadError::Checksum(_) | LoadError::Unsupported(_));
+        Self {
+            version: record.version.clone(),
+            sha256: record.sha256.clone(),
+            retry_at: (!lasting).then(|| now + RETRY_FAILED_LOAD_AFTER),
+        }
+    }
+
+    /// Whether `record` is this failure and is not due to be tried again yet.
+    fn holds_back(&self, record: &ModelRecord) -> bool {
+        self.holds_back_at(record, Instant::now())
+    }
+
+    fn holds_back_at(&self, record: &ModelRecord, now: Instant) -> bool {
+        self.version == record.version
+            && self.sha256 == record.sha256
+            && self.retry_at.is_none_or(|retry_at| now < retry_at)
+    }
 }
 
 /// The registry name whose champion is served, and its family.
@@ -226,7 +266,7 @@ impl Swapper {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .is_some_and(|(version, sha)| *version == record.version && *sha == record.sha256);
+            .is_some_and(|failed| failed.holds_back(&record));
         if failed_before {
             return Ok(());
         }
@@ -248,7 +288,7 @@ impl Swapper {
                     .shadow_failed
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some((record.version.clone(), record.sha256.clone()));
+                    Some(FailedLoad::of(&record, &error));
                 shadow.clear();
                 let detail = format!(
                     "{}: challenger {} ({error}); shadow scoring paused",
@@ -367,7 +407,7 @@ impl Swapper {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .is_some_and(|(version, sha)| *version == record.version && *sha == record.sha256)
+            .is_some_and(|failed| failed.holds_back(record))
     }
 
     /// Fetches, verifies, loads and warms `record`, then swaps it in; on failure the old model stays.
@@ -504,8 +544,7 @@ impl Swapper {
         *self
             .failed
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Some((record.version.clone(), record.sha256.clone()));
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(FailedLoad::of(record, error));
         let serving = self.slot.current();
         match &serving {
             Some(model) => self.health.set_info(
@@ -675,5 +714,41 @@ fn report_serving_device(health: &Health, model: &ServingModel) {
             health.set_info("device_fallback_reason", reason);
         }
         None => health.clear_info("device_fallback_reason"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: &str, sha256: &str) -> ModelRecord {
+        serde_json::from_value(serde_json::json!({
+            "name": "sentiment-hashed",
+            "version": version,
+            "family": "hashed",
+            "sha256": sha256,
+            "artifact_uri": "/data/models/sentiment-hashed/v2/model.onnx",
+            "featurizer_version": "feat-v1",
+            "snapshot_id": "snap-x",
+            "trained_on": "cpu",
+            "metrics": {},
+            "gate": null,
+            "registered_at": "2026-12-07T00:00:00Z",
+        }))
+        .expect("a minimal record")
+    }
+
+    #[test]
+    fn a_refused_artifact_stays_refused_and_other_failures_are_tried_again_later() {
+        let now = Instant::now();
+        let v2 = record("v2", "aa");
+        let refused = FailedLoad::at(&v2, &LoadError::Checksum("mismatch".into()), now);
+        assert!(refused.holds_back_at(&v2, now + Duration::from_secs(86_400)));
+        let unreadable = FailedLoad::at(&v2, &LoadError::Registry("ENOENT".into()), now);
+        assert!(unreadable.holds_back_at(&v2, now + Duration::from_secs(299)));
+        assert!(!unreadable.holds_back_at(&v2, now + RETRY_FAILED_LOAD_AFTER));
+        // Another version, or the same version with other bytes, is tried at once.
+        assert!(!refused.holds_back_at(&record("v3", "aa"), now));
+        assert!(!refused.holds_back_at(&record("v2", "bb"), now));
     }
 }
