@@ -292,6 +292,28 @@ fn report_device(health: &Health, request: DeviceRequest, probe: &DeviceProbe) {
     }
 }
 
+/// Pauses every assigned partition not in `paused` yet (and records it there).
+fn pause_unpaused(consumer: &Consumer, paused: &mut std::collections::HashSet<(String, i32)>) {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            warn!(%error, "reading the assignment to pause it failed");
+            return;
+        }
+    };
+    let mut newly = rdkafka::TopicPartitionList::new();
+    for element in assignment.elements() {
+        if paused.insert((element.topic().to_owned(), element.partition())) {
+            newly.add_partition(element.topic(), element.partition());
+        }
+    }
+    if newly.count() > 0
+        && let Err(error) = consumer.pause(&newly)
+    {
+        warn!(%error, "pausing partitions failed");
+    }
+}
+
 /// A batch being scored, in consumption order.
 struct InFlight {
     messages: Arc<Vec<OwnedMessage>>,
@@ -433,12 +455,9 @@ impl Worker {
         queue: &'a mpsc::Sender<InFlight>,
         carried: &mut Vec<OwnedMessage>,
     ) -> Option<mpsc::Permit<'a, InFlight>> {
-        let assignment = consumer.assignment().ok();
-        if let Some(assignment) = &assignment
-            && let Err(error) = consumer.pause(assignment)
-        {
-            warn!(%error, "pausing partitions failed");
-        }
+        let mut paused = std::collections::HashSet::new();
+        pause_unpaused(consumer, &mut paused);
+        let mut paused_at = Instant::now();
         self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sentiflow_infer_pauses_total").increment(1);
         metrics::gauge!("sentiflow_infer_paused").set(1.0);
@@ -455,15 +474,26 @@ impl Worker {
                     if queue.capacity() >= resume_at {
                         break queue.try_reserve().ok();
                     }
+                    // A rebalance during the pause assigns partitions unpaused (new ones, and ones
+                    // taken away and given back): without this their whole backlog would pile up in
+                    // `carried`. New partitions at once, the whole assignment again every 100 ms.
+                    if paused_at.elapsed() >= Duration::from_millis(100) {
+                        paused.clear();
+                        paused_at = Instant::now();
+                    }
+                    pause_unpaused(consumer, &mut paused);
                 }
             }
         };
-        // Resume what was paused, even on shutdown: a paused partition would stay paused for a later
-        // reuse of this consumer's assignment.
-        if let Some(assignment) = &assignment
-            && let Err(error) = consumer.resume(assignment)
-        {
-            warn!(%error, "resuming partitions failed");
+        // Resume what is assigned now, even on shutdown: a paused partition would stay paused for a
+        // later reuse of this consumer's assignment.
+        match consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(error) = consumer.resume(&assignment) {
+                    warn!(%error, "resuming partitions failed");
+                }
+            }
+            Err(error) => warn!(%error, "reading the assignment to resume it failed"),
         }
         metrics::gauge!("sentiflow_infer_paused").set(0.0);
         permit
