@@ -358,7 +358,14 @@ impl Worker {
         }
         loop {
             let message = tokio::select! {
-                () = self.shutdown.cancelled() => break,
+                () = self.shutdown.cancelled() => {
+                    // A window closed by the last message may have freed other partitions' offsets
+                    // that the clock would have stored within the second: store them now, so a
+                    // restart does not window those predictions again. (Not after an abandoned
+                    // step, below: its window was taken out of the monitor but never reported.)
+                    self.store_unpinned_offsets(&consumer, &mut last_seen);
+                    break;
+                }
                 _ = clock.tick() => {
                     let closed = self.monitor.close_idle(Utc::now());
                     let mut stopped = false;
@@ -376,26 +383,7 @@ impl Worker {
                         break;
                     }
                     self.store_freed_label_offsets(&consumer);
-                    // Offsets those windows pinned may now be stored. A partition this consumer
-                    // no longer holds (revoked, or lost when the group session timed out) cannot
-                    // take one: it is forgotten until its next message, instead of failing (and
-                    // warning) every second for as long as it stays elsewhere.
-                    last_seen.retain(|(topic, partition), offset| {
-                        let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset) else {
-                            return true;
-                        };
-                        match consumer.store_offset(topic, *partition, safe) {
-                            Ok(()) => true,
-                            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
-                                debug!(topic, partition, "partition no longer assigned; its last offset is forgotten");
-                                false
-                            }
-                            Err(error) => {
-                                warn!(%error, topic, partition, "storing the offset failed");
-                                true
-                            }
-                        }
-                    });
+                    self.store_unpinned_offsets(&consumer, &mut last_seen);
                     continue;
                 }
                 received = consumer.recv() => match received {
@@ -444,6 +432,36 @@ impl Worker {
         }
         info!("drift stopped");
         Ok(())
+    }
+
+    /// Stores, for each prediction partition read, the offset its open windows no longer pin. A
+    /// partition this consumer no longer holds (revoked, or lost when the group session timed out)
+    /// cannot take one: it is forgotten until its next message, instead of failing (and warning)
+    /// every second for as long as it stays elsewhere.
+    fn store_unpinned_offsets(
+        &self,
+        consumer: &Consumer,
+        last_seen: &mut std::collections::HashMap<(String, i32), i64>,
+    ) {
+        last_seen.retain(|(topic, partition), offset| {
+            let Some(safe) = self.monitor.safe_offset(topic, *partition, *offset) else {
+                return true;
+            };
+            match consumer.store_offset(topic, *partition, safe) {
+                Ok(()) => true,
+                Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                    debug!(
+                        topic,
+                        partition, "partition no longer assigned; its last offset is forgotten"
+                    );
+                    false
+                }
+                Err(error) => {
+                    warn!(%error, topic, partition, "storing the offset failed");
+                    true
+                }
+            }
+        });
     }
 
     async fn handle(&mut self, message: &OwnedMessage) -> Result<(), Abandoned> {
