@@ -98,8 +98,13 @@ pub fn curate_rows(
             RecordKind::Feedback => feedback.push(record),
         }
     }
-    // A review id is a Kafka key, so its events sit in one partition: offset order is arrival order.
-    reviews.sort_by(|a, b| position(&a.coordinate).cmp(&position(&b.coordinate)));
+    // Event time (when ingest cleaned it) first: a review id is a Kafka key, so its events sit in one
+    // partition while the partition count stays, but after `reviews.clean` gains partitions an edit
+    // can land in a partition numbered below the original's. Ties (and one ingest's clock going
+    // back) fall to the position. `compact_records` orders the same way.
+    reviews.sort_by(|a, b| {
+        (a.event_time, position(&a.coordinate)).cmp(&(b.event_time, position(&b.coordinate)))
+    });
     feedback.sort_by(|a, b| {
         (a.event_time, position(&a.coordinate)).cmp(&(b.event_time, position(&b.coordinate)))
     });
@@ -284,11 +289,20 @@ pub fn compact_records(
             *slot = Some(record.clone());
         }
     }
-    let later =
-        |a: &CurationRecord, b: &CurationRecord| position(&a.coordinate) > position(&b.coordinate);
+    // The same order as `curate_rows`: event time, then position.
+    let later = |a: &CurationRecord, b: &CurationRecord| {
+        (a.event_time, position(&a.coordinate)) > (b.event_time, position(&b.coordinate))
+    };
     let stronger = |a: &CurationRecord, b: &CurationRecord| {
-        (a.provenance.map(label_rank), position(&a.coordinate))
-            > (b.provenance.map(label_rank), position(&b.coordinate))
+        (
+            a.provenance.map(label_rank),
+            a.event_time,
+            position(&a.coordinate),
+        ) > (
+            b.provenance.map(label_rank),
+            b.event_time,
+            position(&b.coordinate),
+        )
     };
     let newer = |a: &CurationRecord, b: &CurationRecord| {
         (a.event_time, position(&a.coordinate)) > (b.event_time, position(&b.coordinate))
@@ -603,6 +617,33 @@ mod tests {
                 base_replaced: 0,
             }
         );
+    }
+
+    #[test]
+    fn an_edit_in_a_lower_numbered_partition_is_still_the_latest() {
+        use LabelProvenance::SourceLabel;
+        use Sentiment::{Negative, Positive};
+        // `reviews.clean` gained partitions between the two events of review "r": the edit
+        // (cleaned a minute later) hashes to partition 0, below the original's partition 2.
+        let mut original = review("r", Some((Positive, SourceLabel)), 2, 10);
+        original.text = "the original".to_owned();
+        let mut edit = review("r", Some((Negative, SourceLabel)), 0, 3);
+        edit.text = "the edit".to_owned();
+        edit.event_time = original.event_time + chrono::Duration::minutes(1);
+        for records in [
+            vec![original.clone(), edit.clone()],
+            vec![edit.clone(), original.clone()],
+        ] {
+            let (rows, _) = curate_rows(records.clone(), &CurateOptions::default());
+            let view: Vec<(&str, Sentiment)> = rows
+                .iter()
+                .map(|row| (row.text.as_str(), row.label))
+                .collect();
+            assert_eq!(view, [("the edit", Negative)]);
+            let (kept, _, away) = compact_records(records, None);
+            assert_eq!(kept, [edit.clone()], "the original is superseded");
+            assert_eq!(away.total(), 1);
+        }
     }
 
     #[test]
