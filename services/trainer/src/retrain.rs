@@ -848,12 +848,10 @@ impl RetrainWorker {
         // The card holds the member's whole recipe (trainer settings included); the verified file
         // holds at least its weight and featurizer.
         let card_path = Path::new(&record.artifact_uri).with_file_name("card.json");
-        match std::fs::read(&card_path)
-            .map_err(|error| error.to_string())
-            .and_then(|bytes| {
-                // Either kind of encoder card (frozen head or fine-tuned) records the member here.
-                serde_json::from_slice::<BlendOfCard>(&bytes).map_err(|error| error.to_string())
-            }) {
+        match read_card(&record, &card_path).and_then(|bytes| {
+            // Either kind of encoder card (frozen head or fine-tuned) records the member here.
+            serde_json::from_slice::<BlendOfCard>(&bytes).map_err(|error| error.to_string())
+        }) {
             Ok(card) => {
                 return card.hashed_member.map(|member| BlendRequest {
                     weight: member.weight,
@@ -1181,17 +1179,27 @@ fn snapshot_attempt(error: DatasetError) -> Attempt {
 /// champion's checksum-verified model file (its ids must not change under the stream: a model trained
 /// before a featurizer default changed keeps its configuration), with the default trainer settings;
 /// the defaults when there is no champion or neither can be read.
+/// The bytes of a version's `card.json`, checked against the sha256 its registry record holds (a
+/// card that still parses but is not the registered one would change the recipe under the stream;
+/// records written before file checksums existed have none to check).
+fn read_card(record: &ModelRecord, card_path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(card_path).map_err(|error| error.to_string())?;
+    if let Some(expected) = record.files.get("card.json") {
+        crate::registry::verify_checksum(card_path, &bytes, expected)
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(bytes)
+}
+
 fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, String) {
     let defaults = |why: String| (FeaturizerConfig::default(), TrainConfig::default(), why);
     let Some(champion) = champion else {
         return defaults("defaults (no champion)".to_owned());
     };
     let card_path = Path::new(&champion.artifact_uri).with_file_name("card.json");
-    let card = std::fs::read(&card_path)
-        .map_err(|error| error.to_string())
-        .and_then(|bytes| {
-            serde_json::from_slice::<ModelCard>(&bytes).map_err(|error| error.to_string())
-        });
+    let card = read_card(champion, &card_path).and_then(|bytes| {
+        serde_json::from_slice::<ModelCard>(&bytes).map_err(|error| error.to_string())
+    });
     match card {
         Ok(card) => (
             card.featurizer_config,
@@ -1425,6 +1433,19 @@ mod tests {
                 && why.contains("card.json is unreadable"),
             "{why}"
         );
+
+        // A card that parses but is not the registered one (its checksum differs) is not read: the
+        // featurizer still comes from the model file, not from the card's other settings.
+        let card = serde_json::json!({"featurizer_config": FeaturizerConfig::default()});
+        let card_path = directory.path().join("card.json");
+        std::fs::write(&card_path, card.to_string()).unwrap();
+        champion
+            .files
+            .insert("card.json".to_owned(), "0".repeat(64));
+        let (featurizer, _, why) = recipe(Some(&champion));
+        assert_eq!(featurizer, older, "{why}");
+        assert!(why.contains("does not match the registered"), "{why}");
+        champion.files.clear();
 
         // A model file that fails its checksum is not trusted either: the defaults, saying why.
         champion.sha256 = "0".repeat(64);
