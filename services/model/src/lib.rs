@@ -39,6 +39,8 @@ pub mod lexicon;
 pub mod onnx;
 pub mod parallel;
 pub mod pii;
+#[cfg(test)]
+mod robustness;
 pub mod runtime;
 pub mod seen;
 mod spans;
