@@ -1004,6 +1004,8 @@ async fn http_predict_waits_for_a_model_and_rejects_bad_input_with_json() {
             422,
             "invalid_request",
         ),
+        // A lone surrogate escape: skipping the body does not check it, reading the text does.
+        (br#"{"texts": ["\ud800"]}"#.to_vec(), 400, "invalid_json"),
         (over_burst, 413, "over_key_burst"),
         (too_long, 422, "text_too_long"),
         (vec![b' '; 1 << 20], 413, "body_too_large"),

@@ -193,6 +193,9 @@ impl AsBorrowedHeaders for OwnedHeaders {
 /// name they pass, and the broker accepts any bytes as a name: one message with a non-UTF-8 header
 /// name from any producer would panic the consumer that reads it, again after each restart (its
 /// offset is never stored), and on every replica the partition moves to.
+// The cast below relies on it; an rdkafka that changed the layout fails to build here.
+const _: () = assert!(std::mem::size_of::<BorrowedHeaders>() == 0);
+
 #[allow(unsafe_code)]
 fn last_header_value<'a>(headers: &'a BorrowedHeaders, name: &CStr) -> Option<&'a [u8]> {
     // rdkafka's `BorrowedHeaders` is a zero-sized view placed at the address of librdkafka's
@@ -389,12 +392,6 @@ mod tests {
         );
         let headers = with_raw_header(headers, TRACESTATE.as_bytes(), b"vendor=after");
         let message = message_with(Some(headers));
-        let iterated =
-            std::panic::catch_unwind(|| message.headers().map(|headers| headers.iter().count()));
-        assert!(
-            iterated.is_err(),
-            "rdkafka's own iteration still panics on such a name"
-        );
         let (context, state) = of_message(&message).expect("the traceparent is still read");
         assert_eq!(context.header_value(), EXAMPLE);
         assert_eq!(state.as_deref(), Some(b"vendor=after".as_slice()));

@@ -248,10 +248,12 @@ pub struct Monitor {
     joins: HashMap<String, (ModelRef, usize)>,
     /// Insertion order of `joins`.
     join_order: VecDeque<String>,
-    /// topic → partition → the highest offset this process has added: a prediction at or below it
-    /// is a re-read (after the group lost and got back the partition, it resumes from the committed
-    /// offset, which stays below the first prediction of every open window) and is not counted twice.
-    added_through: HashMap<String, HashMap<i32, i64>>,
+    /// topic → partition → the highest offset this process has added and the latest event time
+    /// added from there: a prediction at or below that offset and no newer is a re-read (after the
+    /// group lost and got back the partition, it resumes from the committed offset, which stays
+    /// below the first prediction of every open window) and is not counted twice; a newer one below
+    /// it means the topic was recreated, and counts.
+    added_through: HashMap<String, HashMap<i32, (i64, DateTime<Utc>)>>,
     /// Versions replaced since [`Monitor::take_retired`] was last called.
     newly_retired: Vec<ModelRef>,
 }
@@ -412,7 +414,7 @@ impl Monitor {
         partition: i32,
         offset: i64,
     ) -> Outcome {
-        if !self.first_read(topic, partition, offset) {
+        if !self.first_read(topic, partition, offset, prediction.event_time) {
             return Outcome::Reread;
         }
         let model = &prediction.model;
@@ -595,19 +597,37 @@ impl Monitor {
         std::mem::take(&mut self.newly_retired)
     }
 
-    /// Whether `(topic, partition, offset)` is past everything added from that partition so far
-    /// (and records it).
-    fn first_read(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+    /// Whether the prediction at `(topic, partition, offset)`, made at `event_time`, was not added
+    /// yet (and records it).
+    fn first_read(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        event_time: DateTime<Utc>,
+    ) -> bool {
         let partitions = match self.added_through.get_mut(topic) {
             Some(partitions) => partitions,
             None => self.added_through.entry(topic.to_owned()).or_default(),
         };
-        let through = partitions.entry(partition).or_insert(i64::MIN);
-        if offset <= *through {
-            return false;
+        match partitions.get_mut(&partition) {
+            Some((through, latest)) if offset <= *through && event_time <= *latest => false,
+            Some((through, latest)) if offset > *through => {
+                *through = offset;
+                *latest = (*latest).max(event_time);
+                true
+            }
+            // Below the mark but newer than anything added from there: the topic was recreated
+            // (offsets start again); the mark starts again with it.
+            Some(mark) => {
+                *mark = (offset, event_time);
+                true
+            }
+            None => {
+                partitions.insert(partition, (offset, event_time));
+                true
+            }
         }
-        *through = offset;
-        true
     }
 
     fn remember_join(&mut self, review_id: &str, model: &ModelRef, class: usize) {
@@ -1566,12 +1586,29 @@ mod tests {
             ));
         }
         assert_eq!(monitor.open_windows(), open_before, "nothing added twice");
+        // Predictions made after everything added, at offsets that start again (the topic was
+        // recreated), are new; read again, they are not.
+        let events = |monitor: &Monitor| -> u64 {
+            monitor
+                .open_windows()
+                .iter()
+                .map(|(_, events, _)| events)
+                .sum()
+        };
+        let before = events(&monitor);
+        closed(monitor.add(&prediction(50, "v1", Sentiment::Negative, 100), "p", 0, 0));
+        assert_eq!(events(&monitor), before + 1);
+        assert!(matches!(
+            monitor.add(&prediction(50, "v1", Sentiment::Negative, 100), "p", 0, 0),
+            Outcome::Reread
+        ));
+        assert_eq!(events(&monitor), before + 1);
         // Another partition, or another topic, at the same offsets is new.
         closed(monitor.add(&prediction(30, "v1", Sentiment::Negative, 0), "p", 1, 25));
         closed(monitor.add(&prediction(31, "v1", Sentiment::Negative, 0), "q", 0, 25));
-        // The window still closes after exactly 20 distinct predictions: 10 read before, 2 above,
-        // 8 more from partition 0.
-        let reports: Vec<ClosedWindow> = (30..38)
+        // The window still closes after exactly 20 distinct predictions: 10 read before, 3 above,
+        // 7 more from partition 0 (whose mark restarted at offset 0).
+        let reports: Vec<ClosedWindow> = (31..38)
             .flat_map(|i| {
                 closed(monitor.add(
                     &prediction(i + 2, "v1", Sentiment::Negative, 0),

@@ -201,6 +201,14 @@ async fn predict_inner(
     }
     let request: PredictRequest = match serde_json::from_slice(body) {
         Ok(request) => request,
+        // What skipping did not check (a string's escapes and UTF-8) is still bad JSON.
+        Err(parse_error) if parse_error.is_syntax() || parse_error.is_eof() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {parse_error}"),
+            );
+        }
         Err(shape_error) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -59,8 +59,11 @@ pub struct Swapper {
 }
 
 /// How long a load that failed for a reason that may pass (the registry's disk or Redis, ONNX
-/// Runtime out of memory, CUDA) is left before the periodic check tries it again.
+/// Runtime out of memory, CUDA) is left before the periodic check tries it again; doubled after
+/// each further failure of the same artifact, up to [`RETRY_FAILED_LOAD_AT_MOST`].
 const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(300);
+/// The longest wait between two tries of the same failing artifact.
+const RETRY_FAILED_LOAD_AT_MOST: Duration = Duration::from_secs(3_600);
 
 /// A version that failed to load: not tried again by the periodic check, for good when the artifact
 /// itself is refused (checksum, unsupported), until `retry_at` otherwise (e.g. the file was not yet
@@ -69,21 +72,52 @@ const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(300);
 struct FailedLoad {
     version: String,
     sha256: String,
+    /// The error, as announced: a retry failing the same way is not announced again.
+    error: String,
+    /// Failed tries of this artifact in a row.
+    tries: u32,
     retry_at: Option<Instant>,
 }
 
 impl FailedLoad {
-    fn of(record: &ModelRecord, error: &LoadError) -> Self {
-        Self::at(record, error, Instant::now())
+    /// The failure of `record` after `previous` (the slot's last failure, if any).
+    fn after(previous: Option<&FailedLoad>, record: &ModelRecord, error: &LoadError) -> Self {
+        Self::after_at(previous, record, error, Instant::now())
     }
 
-    fn at(record: &ModelRecord, error: &LoadError, now: Instant) -> Self {
+    fn after_at(
+        previous: Option<&FailedLoad>,
+        record: &ModelRecord,
+        error: &LoadError,
+        now: Instant,
+    ) -> Self {
         let lasting = matches!(error, LoadError::Checksum(_) | LoadError::Unsupported(_));
+        let tries = previous
+            .filter(|previous| previous.is(record))
+            .map_or(1, |previous| previous.tries.saturating_add(1));
+        let wait = RETRY_FAILED_LOAD_AFTER
+            .saturating_mul(2u32.saturating_pow(tries - 1))
+            .min(RETRY_FAILED_LOAD_AT_MOST);
         Self {
             version: record.version.clone(),
             sha256: record.sha256.clone(),
-            retry_at: (!lasting).then(|| now + RETRY_FAILED_LOAD_AFTER),
+            error: error.to_string(),
+            tries,
+            retry_at: (!lasting).then(|| now + wait),
         }
+    }
+
+    fn is(&self, record: &ModelRecord) -> bool {
+        self.version == record.version && self.sha256 == record.sha256
+    }
+
+    /// Whether this failure repeats `previous` (same artifact, same error): not announced again.
+    fn repeats(&self, previous: Option<&FailedLoad>) -> bool {
+        previous.is_some_and(|previous| {
+            previous.version == self.version
+                && previous.sha256 == self.sha256
+                && previous.error == self.error
+        })
     }
 
     /// Whether `record` is this failure and is not due to be tried again yet.
@@ -92,9 +126,7 @@ impl FailedLoad {
     }
 
     fn holds_back_at(&self, record: &ModelRecord, now: Instant) -> bool {
-        self.version == record.version
-            && self.sha256 == record.sha256
-            && self.retry_at.is_none_or(|retry_at| now < retry_at)
+        self.is(record) && self.retry_at.is_none_or(|retry_at| now < retry_at)
     }
 }
 
@@ -284,12 +316,20 @@ impl Swapper {
                 error!(name = %record.name, version = %record.version, %error, "challenger refused; shadow scoring paused");
                 metrics::counter!("sentiflow_infer_model_load_failures_total", "error_kind" => error.kind())
                     .increment(1);
-                *self
-                    .shadow_failed
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some(FailedLoad::of(&record, &error));
+                let repeated = {
+                    let mut failed = self
+                        .shadow_failed
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let now = FailedLoad::after(failed.as_ref(), &record, &error);
+                    let repeated = now.repeats(failed.as_ref());
+                    *failed = Some(now);
+                    repeated
+                };
                 shadow.clear();
+                if repeated {
+                    return Err(error);
+                }
                 let detail = format!(
                     "{}: challenger {} ({error}); shadow scoring paused",
                     self.instance,
@@ -541,10 +581,16 @@ impl Swapper {
         error!(name = %record.name, version = %record.version, kind = error.kind(), %error, "model load refused; the current model keeps serving");
         metrics::counter!("sentiflow_infer_model_load_failures_total", "error_kind" => error.kind())
             .increment(1);
-        *self
-            .failed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(FailedLoad::of(record, error));
+        let repeated = {
+            let mut failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = FailedLoad::after(failed.as_ref(), record, error);
+            let repeated = now.repeats(failed.as_ref());
+            *failed = Some(now);
+            repeated
+        };
         let serving = self.slot.current();
         match &serving {
             Some(model) => self.health.set_info(
@@ -574,8 +620,11 @@ impl Swapper {
                 |model| model.model_ref().version.clone()
             )
         );
-        self.publish(record, UpdateAction::LoadFailed, None, detail)
-            .await;
+        // A retry that failed the same way was announced already.
+        if !repeated {
+            self.publish(record, UpdateAction::LoadFailed, None, detail)
+                .await;
+        }
     }
 
     /// Best effort: the event is an audit trail; serving never waits on it for long.
@@ -709,11 +758,12 @@ fn report_serving_device(health: &Health, model: &ServingModel) {
             .set(if known == device { 1.0 } else { 0.0 });
     }
     health.set_info("device", device.as_str());
-    match model.fallback_reason() {
-        Some(reason) => {
-            health.set_info("device_fallback_reason", reason);
-        }
-        None => health.clear_info("device_fallback_reason"),
+    match (model.fallback_reason(), device) {
+        (Some(reason), _) => health.set_info("device_fallback_reason", reason),
+        (None, Device::Cuda) => health.clear_info("device_fallback_reason"),
+        // Loaded on the CPU without trying CUDA (`--device cpu`, or `auto` after the start-up probe
+        // found no CUDA): the probe's reason, if any, still says why.
+        (None, Device::Cpu) => {}
     }
 }
 
@@ -742,13 +792,46 @@ mod tests {
     fn a_refused_artifact_stays_refused_and_other_failures_are_tried_again_later() {
         let now = Instant::now();
         let v2 = record("v2", "aa");
-        let refused = FailedLoad::at(&v2, &LoadError::Checksum("mismatch".into()), now);
+        let refused = FailedLoad::after_at(None, &v2, &LoadError::Checksum("mismatch".into()), now);
         assert!(refused.holds_back_at(&v2, now + Duration::from_secs(86_400)));
-        let unreadable = FailedLoad::at(&v2, &LoadError::Registry("ENOENT".into()), now);
+        let unreadable =
+            FailedLoad::after_at(None, &v2, &LoadError::Registry("ENOENT".into()), now);
         assert!(unreadable.holds_back_at(&v2, now + Duration::from_secs(299)));
         assert!(!unreadable.holds_back_at(&v2, now + RETRY_FAILED_LOAD_AFTER));
         // Another version, or the same version with other bytes, is tried at once.
         assert!(!refused.holds_back_at(&record("v3", "aa"), now));
         assert!(!refused.holds_back_at(&record("v2", "bb"), now));
+
+        // Each further failure of the same artifact doubles the wait, up to an hour, and is not
+        // announced again while its error stays the same.
+        let mut failure = unreadable;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let later = FailedLoad::after_at(
+                Some(&failure),
+                &v2,
+                &LoadError::Registry("ENOENT".into()),
+                now,
+            );
+            assert!(later.repeats(Some(&failure)));
+            waits.push(later.retry_at.unwrap() - now);
+            failure = later;
+        }
+        let minutes: Vec<u64> = waits.iter().map(|wait| wait.as_secs() / 60).collect();
+        assert_eq!(minutes, [10, 20, 40, 60, 60, 60]);
+        let other_error =
+            FailedLoad::after_at(Some(&failure), &v2, &LoadError::Runtime("OOM".into()), now);
+        assert!(
+            !other_error.repeats(Some(&failure)),
+            "a new reason is announced"
+        );
+        let other_version = FailedLoad::after_at(
+            Some(&failure),
+            &record("v3", "cc"),
+            &LoadError::Registry("ENOENT".into()),
+            now,
+        );
+        assert!(!other_version.repeats(Some(&failure)));
+        assert_eq!(other_version.tries, 1);
     }
 }

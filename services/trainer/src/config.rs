@@ -6,10 +6,10 @@ use clap::Parser;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, TelemetryArgs};
 
 use crate::dataset::LabelWeights;
+use crate::gate::GatePolicy;
 
 /// Longest retention a compaction takes (100 years): "now minus the retention" must stay a date.
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
-use crate::gate::GatePolicy;
 
 /// `reviews.clean` + `labels.feedback` → durable curation segments → dataset snapshots; `retrain.requests` →
 /// snapshot → train → gate → promote or reject on `models.updates`; bad input → `reviews.dlq`.

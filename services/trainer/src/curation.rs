@@ -100,8 +100,11 @@ pub fn curate_rows(
     }
     // Event time (when ingest cleaned it) first: a review id is a Kafka key, so its events sit in one
     // partition while the partition count stays, but after `reviews.clean` gains partitions an edit
-    // can land in a partition numbered below the original's. Ties (and one ingest's clock going
-    // back) fall to the position. `compact_records` orders the same way.
+    // can land in a partition numbered below the original's. Exact ties fall to the position. The
+    // price: two events of one review cleaned within an ingest clock's skew of each other (a clock
+    // stepped back, a rebalance to a host whose clock lags) are ordered by those clocks, not by
+    // the log. A total order is required (a mixed rule is not transitive). `compact_records`
+    // orders the same way.
     reviews.sort_by(|a, b| {
         (a.event_time, position(&a.coordinate)).cmp(&(b.event_time, position(&b.coordinate)))
     });

@@ -18,7 +18,21 @@ pub fn sync_staged_dir(dir: &Path) -> io::Result<()> {
             File::open(entry.path())?.sync_all()?;
         }
     }
-    File::open(dir)?.sync_all()
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory; a file system that cannot sync directories (some FUSE, SMB and 9p mounts
+/// answer EINVAL or ENOTSUP) is not an error: it offers nothing more to wait for.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    match File::open(dir)?.sync_all() {
+        Err(error)
+            if error.kind() == io::ErrorKind::Unsupported
+                || error.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Fsyncs the directory holding `path` (call after renaming into it, before anything refers to it).
@@ -27,7 +41,7 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    File::open(parent)?.sync_all()
+    sync_dir(parent)
 }
 
 #[cfg(test)]

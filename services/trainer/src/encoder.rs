@@ -523,14 +523,15 @@ pub async fn train_and_register_encoder(
             )
         }
     };
-    let champion_test = champion_evaluation(
+    let (gated_against, champion_test) = champion_evaluation(
         registry,
         ort,
         &request.model_name,
         test_rows.iter().map(|row| row.text.clone()).collect(),
         test_labels.clone(),
     )
-    .await?;
+    .await?
+    .unzip();
     let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
 
     let version = registry.reserve_version(&request.model_name).await?;
@@ -619,6 +620,7 @@ pub async fn train_and_register_encoder(
             test,
             champion_test,
             gate: decision,
+            gated_against,
             train_seconds: head_seconds,
             tokens_per_second: 0.0,
         },
@@ -808,7 +810,7 @@ pub(crate) async fn champion_evaluation(
     name: &str,
     texts: Vec<String>,
     labels: Vec<usize>,
-) -> Result<Option<Evaluation>, PipelineError> {
+) -> Result<Option<(String, Evaluation)>, PipelineError> {
     let record = match registry.resolve(name, "champion").await {
         Ok(record) => record,
         Err(RegistryError::NotFound(_)) => return Ok(None),
@@ -822,7 +824,7 @@ pub(crate) async fn champion_evaluation(
     })
     .await
     .map_err(|error| PipelineError::Onnx(error.to_string()))??;
-    Ok(Some(evaluation))
+    Ok(Some((record.version, evaluation)))
 }
 
 /// The family line's mention of a blend (empty for an encoder alone).

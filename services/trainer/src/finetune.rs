@@ -439,8 +439,10 @@ pub async fn fine_tune_and_register(
     let weights_sha256 = sentiflow_model::onnx::read_metadata(&onnx)
         .map_err(|error| PipelineError::Onnx(error.to_string()))?
         .weights_sha256;
-    let champion_test =
-        champion_evaluation(registry, ort, &request.model_name, test_texts, test_labels).await?;
+    let (gated_against, champion_test) =
+        champion_evaluation(registry, ort, &request.model_name, test_texts, test_labels)
+            .await?
+            .unzip();
     let decision = gate::decide_on(&test, champion_test.as_ref(), test_rows.len(), request.gate);
 
     let (charts, chart_files) = charts::render_or_skip(
@@ -525,6 +527,7 @@ pub async fn fine_tune_and_register(
         test,
         champion_test,
         gate: decision,
+        gated_against,
         train_seconds,
         tokens_per_second: 0.0,
     })

@@ -93,6 +93,9 @@ pub struct TrainOutcome {
     pub champion_test: Option<Evaluation>,
     /// The gate's decision.
     pub gate: GateDecision,
+    /// The champion version the gate compared with (None: there was none); a retrain promotes only
+    /// while it is still the champion.
+    pub gated_against: Option<String>,
     /// Seconds spent training (featurizing included).
     pub train_seconds: f64,
     /// Training tokens per second of the best run's SGD (mean over epochs).
@@ -413,6 +416,7 @@ pub async fn train_and_register(
         test,
         champion_test,
         gate: decision,
+        gated_against: champion.map(|champion| champion.version),
         train_seconds,
         tokens_per_second,
     })

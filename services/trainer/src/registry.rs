@@ -271,6 +271,8 @@ impl Registry {
             crate::durable::sync_staged_dir(&staging)
                 .and_then(|()| std::fs::rename(&staging, &target))
                 .and_then(|()| crate::durable::sync_parent(&target))
+                // The name's directory may be new: its entry in the models directory too.
+                .and_then(|()| crate::durable::sync_parent(&model_dir))
                 .map_err(|source| RegistryError::Io {
                     path: target.clone(),
                     source,

@@ -686,6 +686,9 @@ impl RetrainWorker {
             }
         };
         let record = trained.record;
+        // What the gate really compared with: the champion may have changed since it was read
+        // before the snapshot.
+        outcome.previous_champion = trained.gated_against;
         outcome.version = Some(record.version.clone());
         outcome.gate = Some(trained.gate.clone());
         outcome.metrics = record.metrics.clone();
@@ -1174,11 +1177,6 @@ fn snapshot_attempt(error: DatasetError) -> Attempt {
     }
 }
 
-/// The featurizer and trainer settings of a retrain: the champion's (from its model card), so a retrain
-/// changes the data and nothing else. When the card is unreadable the featurizer still comes from the
-/// champion's checksum-verified model file (its ids must not change under the stream: a model trained
-/// before a featurizer default changed keeps its configuration), with the default trainer settings;
-/// the defaults when there is no champion or neither can be read.
 /// The bytes of a version's `card.json`, checked against the sha256 its registry record holds (a
 /// card that still parses but is not the registered one would change the recipe under the stream;
 /// records written before file checksums existed have none to check).
@@ -1191,6 +1189,11 @@ fn read_card(record: &ModelRecord, card_path: &Path) -> Result<Vec<u8>, String> 
     Ok(bytes)
 }
 
+/// The featurizer and trainer settings of a retrain: the champion's (from its model card), so a retrain
+/// changes the data and nothing else. When the card is unreadable the featurizer still comes from the
+/// champion's checksum-verified model file (its ids must not change under the stream: a model trained
+/// before a featurizer default changed keeps its configuration), with the default trainer settings;
+/// the defaults when there is no champion or neither can be read.
 fn recipe(champion: Option<&ModelRecord>) -> (FeaturizerConfig, TrainConfig, String) {
     let defaults = |why: String| (FeaturizerConfig::default(), TrainConfig::default(), why);
     let Some(champion) = champion else {
