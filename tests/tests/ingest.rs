@@ -829,6 +829,12 @@ async fn invalid_configuration_is_refused_at_start() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("session timeout"), "{error}");
+    let mut config = ingest_config(&kafka, "redis://127.0.0.1:1/", 10);
+    config.max_payload_bytes = 1_000_000;
+    let error = sentiflow_ingest::start(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--max-payload-bytes"), "{error}");
     let keys = tempfile::tempdir().unwrap();
     let keys_file = keys.path().join("api-keys");
     std::fs::write(&keys_file, "# producers\ntoo-short\n").unwrap();

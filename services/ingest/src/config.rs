@@ -6,6 +6,11 @@ use clap::Parser;
 use sentiflow_common::api_keys::ApiAuthArgs;
 use sentiflow_common::config::{KafkaArgs, RedisArgs, Secret, TelemetryArgs};
 
+/// Largest `--max-payload-bytes`: a clean event carries its raw event's fields plus the cleaned
+/// text (at most 10,000 characters), and must fit the producer's `message.max.bytes` (1,000,000);
+/// one that does not is refused by librdkafka on every retry and stalls its partition.
+pub const MAX_PAYLOAD_BYTES: usize = 524_288;
+
 /// What to do with a review whose detected language is not in `--lang-allow`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LangPolicy {
@@ -43,8 +48,8 @@ pub struct IngestConfig {
     )]
     pub group_id: String,
 
-    /// Largest accepted message in bytes; larger ones go to the dead-letter topic (`oversize`); over
-    /// HTTP a larger review makes its request 422 `invalid_reviews`.
+    /// Largest accepted message in bytes (256 to 524288); larger ones go to the dead-letter topic
+    /// (`oversize`); over HTTP a larger review makes its request 422 `invalid_reviews`.
     #[arg(
         long,
         env = "SENTIFLOW_INGEST_MAX_PAYLOAD_BYTES",
@@ -141,8 +146,11 @@ impl IngestConfig {
         if self.max_batch == 0 {
             return invalid("--max-batch", "must be at least 1");
         }
-        if self.max_payload_bytes < 256 {
-            return invalid("--max-payload-bytes", "must be at least 256 bytes");
+        if !(256..=MAX_PAYLOAD_BYTES).contains(&self.max_payload_bytes) {
+            return invalid(
+                "--max-payload-bytes",
+                "must be between 256 and 524288 bytes (a review's clean event, a little larger, must fit the producer's 1,000,000-byte message limit)",
+            );
         }
         if self.http_max_reviews == 0 || self.http_max_reviews > 10_000 {
             return invalid("--http-max-reviews", "must be between 1 and 10000");
