@@ -618,7 +618,9 @@ impl Monitor {
                 true
             }
             // Below the mark but newer than anything added from there: the topic was recreated
-            // (offsets start again); the mark starts again with it.
+            // (offsets start again); the mark starts again with it. (Until the first such newer
+            // prediction, a recreated topic's predictions no newer than the old mark's — an infer
+            // host whose clock lags — are taken for re-reads.)
             Some(mark) => {
                 *mark = (offset, event_time);
                 true

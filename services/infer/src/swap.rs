@@ -4,6 +4,7 @@
 //! serving. An encoder request that found no encoder champion at start switches family, without a
 //! restart, when the first one appears.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -47,9 +48,10 @@ pub struct Swapper {
     pub updates_topic: String,
     /// This instance, as named in events (`infer@<host>/<pid>`).
     pub instance: String,
-    /// The last champion that failed to load, so the periodic check does not retry and re-report
+    /// The last champion that failed to load, per model name (the served family's and, while
+    /// waiting to switch, the other family's), so the periodic check does not retry and re-report
     /// the same broken artifact every poll.
-    failed: Mutex<Option<FailedLoad>>,
+    failed: Mutex<HashMap<String, FailedLoad>>,
     /// One swap at a time (an event and the periodic check may race).
     installing: tokio::sync::Mutex<()>,
     /// The challenger scored in shadow (None when shadow scoring is off).
@@ -175,7 +177,7 @@ impl Swapper {
             producer,
             updates_topic,
             instance: format!("{SERVICE}@{host}/{}", std::process::id()),
-            failed: Mutex::new(None),
+            failed: Mutex::new(HashMap::new()),
             installing: tokio::sync::Mutex::new(()),
             shadow: None,
             shadow_failed: Mutex::new(None),
@@ -305,6 +307,10 @@ impl Swapper {
         match self.load(&record).await {
             Ok(model) => {
                 info!(name = %record.name, version = %record.version, "challenger loaded for shadow scoring");
+                *self
+                    .shadow_failed
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
                 self.health.set_info(
                     "shadow_model",
                     serde_json::json!({"name": record.name, "version": record.version, "sha256": record.sha256}),
@@ -446,7 +452,7 @@ impl Swapper {
         self.failed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()
+            .get(&record.name)
             .is_some_and(|failed| failed.holds_back(record))
     }
 
@@ -474,10 +480,10 @@ impl Swapper {
                 if let Some(switch) = switch {
                     self.apply_family_switch(switch);
                 }
-                *self
-                    .failed
+                self.failed
                     .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&record.name);
                 self.announce_serving(&record, &model, previous.as_deref())
                     .await;
                 Ok(())
@@ -586,9 +592,10 @@ impl Swapper {
                 .failed
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let now = FailedLoad::after(failed.as_ref(), record, error);
-            let repeated = now.repeats(failed.as_ref());
-            *failed = Some(now);
+            let previous = failed.get(&record.name);
+            let now = FailedLoad::after(previous, record, error);
+            let repeated = now.repeats(previous);
+            failed.insert(record.name.clone(), now);
             repeated
         };
         let serving = self.slot.current();

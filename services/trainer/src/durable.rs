@@ -23,7 +23,7 @@ pub fn sync_staged_dir(dir: &Path) -> io::Result<()> {
 
 /// Fsyncs a directory; a file system that cannot sync directories (some FUSE, SMB and 9p mounts
 /// answer EINVAL or ENOTSUP) is not an error: it offers nothing more to wait for.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     match File::open(dir)?.sync_all() {
         Err(error)
             if error.kind() == io::ErrorKind::Unsupported

@@ -559,9 +559,7 @@ impl SegmentStore {
                 Err(error) => return Err(io_error(path)(error)),
             }
         }
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(&self.dir))
+        crate::durable::sync_dir(&self.dir).map_err(io_error(&self.dir))
     }
 
     fn write_contents(
@@ -595,7 +593,7 @@ impl SegmentStore {
             file.sync_all()?;
             drop(file);
             std::fs::rename(&staging, &target)?;
-            File::open(&self.dir)?.sync_all()
+            crate::durable::sync_dir(&self.dir)
         })();
         if let Err(error) = written {
             let _ = std::fs::remove_file(&staging);
