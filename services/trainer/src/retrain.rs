@@ -379,6 +379,17 @@ impl From<PipelineError> for Attempt {
     }
 }
 
+/// A version gone from the registry (removed by hand, or by a prune that did not see the outcome)
+/// as `Ok(Err(what))`: it cannot be applied however often it is retried. Other errors stay errors
+/// (retried).
+fn gone<T>(result: Result<T, RegistryError>) -> Result<Result<T, String>, RegistryError> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(RegistryError::NotFound(what)) => Ok(Err(what)),
+        Err(error) => Err(error),
+    }
+}
+
 /// A file that is not there or may not be read stays so however often the retrain is retried (a
 /// champion registered on another host, a Redis restored without `models/`): a `failed` outcome,
 /// not a loop that holds every later request behind it.
@@ -983,47 +994,35 @@ impl RetrainWorker {
             let name = outcome.model_name.clone();
             // A version whose record is gone (removed by hand, or by a prune that did not see this
             // outcome) cannot be applied however often it is retried: the outcome becomes `failed`.
-            let vanished = |result: Result<(), RegistryError>| match result {
-                Ok(()) => Ok(None),
-                Err(RegistryError::NotFound(what)) => Ok(Some(what)),
-                Err(error) => Err(error),
-            };
-            let missing = match outcome.outcome {
-                OutcomeKind::Promoted => {
-                    let expected = outcome.previous_champion.clone();
-                    let promotion = self
-                        .retry_transient("redis", || async {
-                            match self
-                                .registry
+            let mut missing = None;
+            if matches!(outcome.outcome, OutcomeKind::Promoted) {
+                let expected = outcome.previous_champion.clone();
+                let promotion = self
+                    .retry_transient("redis", || async {
+                        gone(
+                            self.registry
                                 .promote_over(&name, &version, expected.as_deref())
-                                .await
-                            {
-                                Ok(promotion) => Ok(Ok(promotion)),
-                                Err(RegistryError::NotFound(what)) => Ok(Err(what)),
-                                Err(error) => Err(error),
-                            }
-                        })
-                        .await?;
-                    match promotion {
-                        Ok(Promotion::ChampionChanged { current }) => {
-                            self.keep_as_challenger(&mut outcome, current.as_deref());
-                            self.retry_transient("redis", || async {
-                                vanished(self.registry.set_challenger(&name, &version).await)
-                            })
-                            .await?
-                        }
-                        Ok(Promotion::Promoted { .. } | Promotion::Unchanged { .. }) => None,
-                        Err(missing) => Some(missing),
+                                .await,
+                        )
+                    })
+                    .await?;
+                match promotion {
+                    // Becomes `Rejected`: set as challenger below.
+                    Ok(Promotion::ChampionChanged { current }) => {
+                        self.keep_as_challenger(&mut outcome, current.as_deref());
                     }
+                    Ok(Promotion::Promoted { .. } | Promotion::Unchanged { .. }) => {}
+                    Err(what) => missing = Some(what),
                 }
-                OutcomeKind::Rejected => {
-                    self.retry_transient("redis", || async {
-                        vanished(self.registry.set_challenger(&name, &version).await)
+            }
+            if matches!(outcome.outcome, OutcomeKind::Rejected) {
+                missing = self
+                    .retry_transient("redis", || async {
+                        gone(self.registry.set_challenger(&name, &version).await)
                     })
                     .await?
-                }
-                OutcomeKind::Failed | OutcomeKind::Duplicate => None,
-            };
+                    .err();
+            }
             if let Some(missing) = missing {
                 warn!(request_id = %outcome.request_id, %version, %missing,
                     "the retrained version is no longer in the registry; recording the retrain as failed");
